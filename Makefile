@@ -1,0 +1,41 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[console,embedded,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Set up and run the main job on the embedded default (no Docker, no external Redis).
+demo: $(STAMP)
+	$(BIN)/python -m mimir.core.demo
+
+## Set up and run every test (installs Debian packages and starts services when run as root).
+test: $(STAMP)
+	bash scripts/system-deps.sh
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+## The fast suite only (no Docker, no bundle build).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not docker and not bundle"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy core server worker
+	$(BIN)/lint-imports
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,126 @@
+"""Settings read from the environment, with the seed's variable names.
+
+One frozen dataclass, built by :meth:`Settings.from_env`; every part of Mimir
+(server, worker, console, CLI) reads its configuration through it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+__all__ = ["Settings", "default_data_dir", "default_pipelines_dir", "normalise_redis_url"]
+
+
+def _user_dir(kind: str) -> Path:
+    """Per-user base directory (XDG on Linux, the usual places elsewhere)."""
+    if kind == "data":
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    else:
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mimir"
+
+
+def default_data_dir() -> Path:
+    """Where plugins read and write files and the stores live, unless ``MIMIR_DATA_DIR``."""
+    return _user_dir("data") / "data"
+
+
+def default_pipelines_dir() -> Path:
+    """Where pipeline YAML files live, unless ``MIMIR_PIPELINES_DIR``."""
+    return _user_dir("data") / "pipelines"
+
+
+def default_state_dir() -> Path:
+    """Where local clusters keep their state file and logs."""
+    return _user_dir("state")
+
+
+def normalise_redis_url(value: str) -> str:
+    """Accept ``host:port``, ``host`` or a ``redis://``/``rediss://``/``unix://`` URL."""
+    value = value.strip()
+    if "://" in value:
+        return value
+    parsed = urlparse(f"redis://{value}")
+    host = parsed.hostname or "localhost"
+    port = parsed.port or 6379
+    return f"redis://{host}:{port}/0"
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _env_path(env: Mapping[str, str], name: str, default: Path) -> Path:
+    raw = env.get(name)
+    return Path(raw).expanduser() if raw else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration shared by every part of Mimir."""
+
+    #: API server port (``MIMIR_PORT``).
+    port: int = 8080
+    #: Redis URL (``REDIS_URL``; a bare ``host:port`` is accepted).
+    redis_url: str = "redis://redis:6379/0"
+    #: Whether REDIS_URL was given explicitly (the embedded default starts its own Redis otherwise).
+    redis_url_set: bool = False
+    #: External SPARQL 1.1 endpoint (``FUSEKI_URL``); ``None`` means the built-in store.
+    fuseki_url: str | None = None
+    #: Log level name (``MIMIR_LOG_LEVEL``).
+    log_level: str = "INFO"
+    #: Files plugins may read and write; stores (``MIMIR_DATA_DIR``).
+    data_dir: Path = field(default_factory=default_data_dir)
+    #: Pipeline YAML files (``MIMIR_PIPELINES_DIR``).
+    pipelines_dir: Path = field(default_factory=default_pipelines_dir)
+    #: Local cluster state and logs (``MIMIR_STATE_DIR``).
+    state_dir: Path = field(default_factory=default_state_dir)
+    #: Bearer token required by a server that listens beyond loopback (``MIMIR_API_TOKEN``).
+    api_token: str | None = field(default=None, repr=False)
+    #: Prefix of every Redis key (``MIMIR_KEY_PREFIX``).
+    key_prefix: str = "mimir:"
+    #: Seconds job records and results are kept (``MIMIR_JOB_TTL``).
+    job_ttl: int = 24 * 3600
+    #: Concurrent jobs per worker (``WORKER_CONCURRENCY``).
+    worker_concurrency: int = 5
+    #: Console's API URL (``MIMIR_API_URL``, or the seed's ``NEXT_PUBLIC_API_URL``).
+    api_url: str = "http://localhost:8080"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        redis_raw = env.get("REDIS_URL", "")
+        return cls(
+            port=_env_int(env, "MIMIR_PORT", 8080),
+            redis_url=normalise_redis_url(redis_raw) if redis_raw else "redis://redis:6379/0",
+            redis_url_set=bool(redis_raw),
+            fuseki_url=env.get("FUSEKI_URL") or None,
+            log_level=(env.get("MIMIR_LOG_LEVEL") or "INFO").upper(),
+            data_dir=_env_path(env, "MIMIR_DATA_DIR", default_data_dir()),
+            pipelines_dir=_env_path(env, "MIMIR_PIPELINES_DIR", default_pipelines_dir()),
+            state_dir=_env_path(env, "MIMIR_STATE_DIR", default_state_dir()),
+            api_token=env.get("MIMIR_API_TOKEN") or None,
+            key_prefix=env.get("MIMIR_KEY_PREFIX", "mimir:"),
+            job_ttl=_env_int(env, "MIMIR_JOB_TTL", 24 * 3600),
+            worker_concurrency=_env_int(env, "WORKER_CONCURRENCY", 5),
+            api_url=(
+                env.get("MIMIR_API_URL")
+                or env.get("NEXT_PUBLIC_API_URL")
+                or "http://localhost:8080"
+            ),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)  # type: ignore[arg-type]
