@@ -1,0 +1,128 @@
+"""The cluster-control protocol shared by the Docker and local-process backends.
+
+Exceptions::
+
+    ClusterError                 anything an operator must be told about, with a clear message
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+__all__ = [
+    "ClusterBackend",
+    "ClusterError",
+    "ClusterStatus",
+    "LogLine",
+    "Progress",
+    "ServiceStats",
+    "ServiceStatus",
+]
+
+#: Progress callback for long operations: ``progress(step, message)``, e.g.
+#: ``progress("build", "worker image: step 3/9")``. Called from the backend's task.
+Progress = Callable[[str, str], None]
+
+ServiceKind = Literal["redis", "server", "worker"]
+
+
+class ClusterError(Exception):
+    """A cluster operation failed; ``str(err)`` is meant for the operator.
+
+    ``detail`` carries supporting text such as the failing container's last log lines.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One service (redis, server, or the worker pool) of a cluster."""
+
+    name: str
+    kind: ServiceKind
+    #: "running", "starting", "stopped", "exited", "missing" …
+    state: str
+    #: "healthy", "unhealthy", "starting" or "" when the service has no health check.
+    health: str = ""
+    replicas: int = 1
+    #: Published ports, e.g. {"8080/tcp": "127.0.0.1:8080"}.
+    ports: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    backend: Literal["docker", "local"]
+    project: str
+    services: list[ServiceStatus]
+    #: URL at which the cluster's API answers, when it runs.
+    api_url: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return any(s.state == "running" for s in self.services)
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    """Resource use of one container or process at one moment."""
+
+    name: str
+    kind: ServiceKind
+    cpu_percent: float
+    memory_bytes: int
+    memory_limit_bytes: int | None = None
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class LogLine:
+    service: str
+    line: str
+    timestamp: float | None = None
+
+
+class ClusterBackend(Protocol):
+    """What the CLI and the console drive. Every method is a coroutine (or async iterator);
+    backends offload blocking SDK/process calls to threads so the caller's loop never blocks."""
+
+    backend: Literal["docker", "local"]
+    project: str
+
+    async def up(self, workers: int = 2, progress: Progress | None = None) -> ClusterStatus:
+        """Start redis, server and ``workers`` workers; return once /health answers and the
+        workers have registered, else raise :class:`ClusterError` with the last log lines."""
+        ...
+
+    async def scale(self, workers: int, progress: Progress | None = None) -> ClusterStatus:
+        """Run exactly ``workers`` workers; scaling down stops workers gracefully (SIGTERM)."""
+        ...
+
+    async def down(self, progress: Progress | None = None) -> None:
+        """Stop and remove the services; keep the data (volumes, state dir)."""
+        ...
+
+    async def clean(self, progress: Progress | None = None) -> None:
+        """Like :meth:`down`, and remove the data too."""
+        ...
+
+    async def restart(self, service: str, progress: Progress | None = None) -> ClusterStatus: ...
+
+    async def status(self) -> ClusterStatus: ...
+
+    def logs(
+        self, services: list[str] | None = None, follow: bool = False, tail: int = 100
+    ) -> AsyncIterator[LogLine]:
+        """Log lines of the given services (all when ``None``), merged."""
+        ...
+
+    async def stats(self) -> list[ServiceStats]: ...
+
+    async def build(self, progress: Progress | None = None) -> None:
+        """Build what the backend runs (images; a no-op for local processes)."""
+        ...
