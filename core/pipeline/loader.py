@@ -1,0 +1,275 @@
+"""Load a pipeline from a file, YAML text or a dict, and validate it before anything runs.
+
+Both YAML forms are accepted: a single pipeline (``name:``, ``steps:``), or a
+``pipelines:`` list whose first enabled entry is the one that runs. Every problem found
+is reported at once in a :class:`PipelineValidationError`, located by line and column
+(YAML source), step index and name, and field.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from mimir.core.errors import PipelineNotFoundError, PipelineValidationError, UnknownPluginError
+from mimir.core.pipeline.issues import ValidationIssue
+from mimir.core.pipeline.models import Pipeline, Step
+from mimir.core.pipeline.templating import contains_template
+from mimir.core.plugins.registry import PluginRegistry, default_registry
+
+__all__ = ["PipelineSource", "check_plugins", "load_pipeline", "parse_yaml", "select_pipeline"]
+
+PipelineSource = Path | str | Mapping[str, Any]
+Loc = tuple[str | int, ...]
+#: Where each node of a YAML document starts: ``{("steps", 0, "config"): (line, column)}``.
+LineMap = dict[Loc, tuple[int, int]]
+
+
+def parse_yaml(text: str, source: str | None = None) -> tuple[Any, LineMap]:
+    """Parse YAML ``text``; return the data and the 1-based position of every node."""
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(filter(None, [exc.context, exc.problem])) or str(exc)
+        issue = ValidationIssue(
+            message=f"invalid YAML: {problem}",
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+        )
+        raise PipelineValidationError([issue], source) from None
+    except yaml.YAMLError as exc:
+        issue = ValidationIssue(message=f"invalid YAML: {exc}")
+        raise PipelineValidationError([issue], source) from None
+    lines: LineMap = {}
+    if node is not None:
+        _record_lines(node, (), lines)
+    return data, lines
+
+
+def _record_lines(node: yaml.Node, loc: Loc, lines: LineMap) -> None:
+    lines[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                _record_lines(value_node, (*loc, key_node.value), lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, (*loc, index), lines)
+
+
+def select_pipeline(data: Any, source: str | None = None) -> tuple[dict[str, Any], Loc]:
+    """The pipeline mapping in ``data`` (either form) and its location in the document."""
+    if not isinstance(data, Mapping):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise PipelineValidationError(
+            [ValidationIssue(message=f"a pipeline must be a mapping with 'name' and 'steps', "
+                                     f"but the document is {kind}")],
+            source,
+        )
+    if "pipelines" not in data:
+        return dict(data), ()
+    entries = data["pipelines"]
+    if not isinstance(entries, list) or not entries:
+        raise PipelineValidationError(
+            [ValidationIssue(message="'pipelines' must be a non-empty list", field="pipelines")],
+            source,
+        )
+    for index, entry in enumerate(entries):
+        if isinstance(entry, Mapping) and entry.get("enabled", True) is not False:
+            return dict(entry), ("pipelines", index)
+        if not isinstance(entry, Mapping):
+            raise PipelineValidationError(
+                [ValidationIssue(message="each entry of 'pipelines' must be a mapping",
+                                 field=f"pipelines.{index}")],
+                source,
+            )
+    raise PipelineValidationError(
+        [ValidationIssue(message="no enabled pipeline in 'pipelines'", field="pipelines")], source
+    )
+
+
+def _position(lines: LineMap, loc: Loc) -> tuple[int | None, int | None]:
+    # The deepest recorded node on the way to loc (a missing field points at its parent).
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None, None
+
+
+def _step_name(data: Mapping[str, Any], index: int) -> str | None:
+    steps = data.get("steps")
+    if isinstance(steps, list) and index < len(steps) and isinstance(steps[index], Mapping):
+        name = steps[index].get("name")
+        return str(name) if name is not None else None
+    return None
+
+
+def _schema_issues(
+    exc: ValidationError, data: Mapping[str, Any], prefix: Loc, lines: LineMap
+) -> list[ValidationIssue]:
+    issues = []
+    for error in exc.errors():
+        loc: Loc = tuple(error["loc"])
+        message = error["msg"]
+        step_index = step_name = None
+        field_loc = loc
+        known: list[str] = list(Pipeline.model_fields)
+        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+            step_index, step_name = loc[1] + 1, _step_name(data, loc[1])
+            field_loc = loc[2:]
+            known = list(Step.model_fields)
+        suggestions: list[str] = []
+        if error["type"] == "extra_forbidden" and field_loc:
+            suggestions = difflib.get_close_matches(str(field_loc[-1]), known, n=3)
+            message = f"unknown field {field_loc[-1]!r}" + (
+                f" (did you mean {', '.join(suggestions)}?)" if suggestions else ""
+            )
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        line, column = _position(lines, (*prefix, *loc))
+        issues.append(
+            ValidationIssue(
+                message=message,
+                line=line,
+                column=column,
+                step_index=step_index,
+                step_name=step_name,
+                field=".".join(map(str, field_loc)) or None,
+                suggestions=suggestions,
+            )
+        )
+    return issues
+
+
+def _templated_at(config: Any, loc: Loc) -> bool:
+    """True when the config value at ``loc`` (or one above it) is filled in at run time."""
+    current = config
+    for part in loc:
+        if isinstance(current, str):
+            break
+        in_mapping = isinstance(current, Mapping) and part in current
+        in_list = isinstance(current, list) and isinstance(part, int) and part < len(current)
+        if not (in_mapping or in_list):
+            return False
+        current = current[part]
+        if isinstance(current, str) and contains_template(current):
+            return True
+    return False
+
+
+def check_plugins(
+    pipeline: Pipeline,
+    registry: PluginRegistry | None = None,
+    *,
+    lines: LineMap | None = None,
+    prefix: Loc = (),
+) -> list[ValidationIssue]:
+    """Problems with each step's plugin: unknown name, or config that does not fit.
+
+    Values that are templates are only checked at run time, once they are filled in.
+    """
+    registry = registry or default_registry()
+    lines = lines or {}
+    issues: list[ValidationIssue] = []
+    seen: dict[str, int] = {}
+    for index, step in enumerate(pipeline.steps):
+        step_loc: Loc = (*prefix, "steps", index)
+        if step.name in seen:
+            line, column = _position(lines, (*step_loc, "name"))
+            issues.append(ValidationIssue(
+                message=f"duplicate step name (step {seen[step.name]} has the same name)",
+                line=line, column=column, step_index=index + 1, step_name=step.name,
+                field="name",
+            ))
+        seen.setdefault(step.name, index + 1)
+        try:
+            plugin = registry.get(step.plugin)
+        except UnknownPluginError as exc:
+            line, column = _position(lines, (*step_loc, "plugin"))
+            issues.append(ValidationIssue(
+                message=str(exc), line=line, column=column, step_index=index + 1,
+                step_name=step.name, field="plugin", suggestions=exc.suggestions,
+            ))
+            continue
+        try:
+            plugin.config_model.model_validate(step.config)
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc: Loc = tuple(error["loc"])
+                if _templated_at(step.config, loc):
+                    continue
+                message = error["msg"]
+                if error["type"] == "extra_forbidden":
+                    known = list(plugin.config_model.model_fields)
+                    close = difflib.get_close_matches(str(loc[-1]), known, n=3)
+                    message = f"unknown config key {loc[-1]!r} for {step.plugin}" + (
+                        f" (did you mean {', '.join(close)}?)" if close
+                        else f" (known: {', '.join(known) or 'none'})"
+                    )
+                elif error["type"] == "missing":
+                    message = f"required by {step.plugin} but missing"
+                line, column = _position(lines, (*step_loc, "config", *loc))
+                issues.append(ValidationIssue(
+                    message=message, line=line, column=column, step_index=index + 1,
+                    step_name=step.name, field=".".join(map(str, ("config", *loc))),
+                ))
+    return issues
+
+
+def _read_source(source: PipelineSource) -> tuple[Any, LineMap, str | None]:
+    if isinstance(source, Mapping):
+        return dict(source), {}, None
+    if isinstance(source, Path) or (
+        isinstance(source, str)
+        and "\n" not in source
+        and source.strip().endswith((".yaml", ".yml"))
+    ):
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PipelineNotFoundError(f"pipeline file {str(path)!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PipelineNotFoundError(f"cannot read pipeline file {str(path)!r}: {exc}") from exc
+        data, lines = parse_yaml(text, str(path))
+        return data, lines, str(path)
+    data, lines = parse_yaml(source)
+    return data, lines, None
+
+
+def load_pipeline(
+    source: PipelineSource,
+    *,
+    registry: PluginRegistry | None = None,
+    check: bool = True,
+) -> Pipeline:
+    """A validated :class:`Pipeline` from a file path, YAML text or a dict.
+
+    A ``str`` that is one line ending in ``.yaml``/``.yml`` is a path; any other
+    ``str`` is YAML text. With ``check`` (the default) each step's plugin and config
+    are checked against ``registry`` (default: the process-wide one).
+    Raises :class:`PipelineValidationError` listing every problem, or
+    :class:`PipelineNotFoundError` for a missing file.
+    """
+    data, lines, name = _read_source(source)
+    selected, prefix = select_pipeline(data, name)
+    try:
+        pipeline = Pipeline.model_validate(selected)
+    except ValidationError as exc:
+        raise PipelineValidationError(_schema_issues(exc, selected, prefix, lines), name) from None
+    if check:
+        issues = check_plugins(pipeline, registry, lines=lines, prefix=prefix)
+        if issues:
+            raise PipelineValidationError(issues, name)
+    return pipeline

@@ -1,0 +1,74 @@
+"""What a plugin is: a config model, a one-line description and an async ``run``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from mimir.core.paths import resolve_data_path
+
+__all__ = ["Plugin", "PluginConfig", "RunContext"]
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's config model: unknown keys are errors (typos get caught)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+ConfigT = TypeVar("ConfigT", bound=PluginConfig)
+
+
+class RunContext:
+    """What a running step may see: its name, the pipeline context and the data directory."""
+
+    __slots__ = ("_data_dir", "context", "step_name")
+
+    def __init__(
+        self, step_name: str, context: Mapping[str, Any], data_dir: Path | None = None
+    ) -> None:
+        self.step_name = step_name
+        self.context = context
+        self._data_dir = data_dir
+
+    @property
+    def data_dir(self) -> Path:
+        """The directory plugins may read and write (``MIMIR_DATA_DIR`` unless given)."""
+        if self._data_dir is None:
+            from mimir.core.settings import Settings
+
+            self._data_dir = Settings.from_env().data_dir
+        return self._data_dir
+
+    def resolve_path(self, path: str, *, for_write: bool = False) -> Path:
+        """``path`` inside the data directory; :class:`PathEscapeError` if it leaves it."""
+        return resolve_data_path(self.data_dir, path, for_write=for_write)
+
+
+class Plugin(ABC, Generic[ConfigT]):
+    """Base class of plugins. Subclasses set the class attributes and implement ``run``.
+
+    A plugin is registered under ``<plugin_type>.<plugin_name>`` (e.g. ``Input.csv``).
+    One instance serves every step that uses it, so ``run`` must keep no per-call state
+    on ``self``. Blocking work (files, parsing big inputs) belongs in
+    ``asyncio.to_thread`` so the event loop stays responsive.
+    """
+
+    plugin_type: ClassVar[str]
+    plugin_name: ClassVar[str]
+    #: One line, shown by ``mimir plugins`` and ``GET /api/v1/plugins``.
+    description: ClassVar[str]
+    config_model: ClassVar[type[PluginConfig]] = PluginConfig
+
+    @classmethod
+    def full_name(cls) -> str:
+        """``<Type>.<name>``."""
+        return f"{cls.plugin_type}.{cls.plugin_name}"
+
+    @abstractmethod
+    async def run(self, config: ConfigT, run: RunContext) -> Any:
+        """Do the step's work and return its result (JSON-serialisable)."""
