@@ -33,7 +33,7 @@ def test_import_linter_contracts_hold(tmp_path: Path) -> None:
 
 
 def test_every_python_package_is_installed() -> None:
-    """A directory with ``__init__.py`` missing from pyproject would vanish from ``pip install .``."""
+    """A package directory missing from pyproject would vanish from ``pip install .``."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
     mapping = config["package-dir"]
@@ -53,6 +53,8 @@ def test_dispatcher_lists_commands_without_importing_them() -> None:
         "{'PySide6', 'fastapi', 'docker', 'qasync', 'pyqtgraph'}];"
         "assert not bad, bad"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "worker" in result.stdout and "server" in result.stdout

@@ -73,8 +73,12 @@ def select_pipeline(data: Any, source: str | None = None) -> tuple[dict[str, Any
     if not isinstance(data, Mapping):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise PipelineValidationError(
-            [ValidationIssue(message=f"a pipeline must be a mapping with 'name' and 'steps', "
-                                     f"but the document is {kind}")],
+            [
+                ValidationIssue(
+                    message=f"a pipeline must be a mapping with 'name' and 'steps', "
+                    f"but the document is {kind}"
+                )
+            ],
             source,
         )
     if "pipelines" not in data:
@@ -90,8 +94,12 @@ def select_pipeline(data: Any, source: str | None = None) -> tuple[dict[str, Any
             return dict(entry), ("pipelines", index)
         if not isinstance(entry, Mapping):
             raise PipelineValidationError(
-                [ValidationIssue(message="each entry of 'pipelines' must be a mapping",
-                                 field=f"pipelines.{index}")],
+                [
+                    ValidationIssue(
+                        message="each entry of 'pipelines' must be a mapping",
+                        field=f"pipelines.{index}",
+                    )
+                ],
                 source,
             )
     raise PipelineValidationError(
@@ -187,20 +195,32 @@ def check_plugins(
         step_loc: Loc = (*prefix, "steps", index)
         if step.name in seen:
             line, column = _position(lines, (*step_loc, "name"))
-            issues.append(ValidationIssue(
-                message=f"duplicate step name (step {seen[step.name]} has the same name)",
-                line=line, column=column, step_index=index + 1, step_name=step.name,
-                field="name",
-            ))
+            issues.append(
+                ValidationIssue(
+                    message=f"duplicate step name (step {seen[step.name]} has the same name)",
+                    line=line,
+                    column=column,
+                    step_index=index + 1,
+                    step_name=step.name,
+                    field="name",
+                )
+            )
         seen.setdefault(step.name, index + 1)
         try:
             plugin = registry.get(step.plugin)
         except UnknownPluginError as exc:
             line, column = _position(lines, (*step_loc, "plugin"))
-            issues.append(ValidationIssue(
-                message=str(exc), line=line, column=column, step_index=index + 1,
-                step_name=step.name, field="plugin", suggestions=exc.suggestions,
-            ))
+            issues.append(
+                ValidationIssue(
+                    message=str(exc),
+                    line=line,
+                    column=column,
+                    step_index=index + 1,
+                    step_name=step.name,
+                    field="plugin",
+                    suggestions=exc.suggestions,
+                )
+            )
             continue
         try:
             plugin.config_model.model_validate(step.config)
@@ -214,16 +234,23 @@ def check_plugins(
                     known = list(plugin.config_model.model_fields)
                     close = difflib.get_close_matches(str(loc[-1]), known, n=3)
                     message = f"unknown config key {loc[-1]!r} for {step.plugin}" + (
-                        f" (did you mean {', '.join(close)}?)" if close
+                        f" (did you mean {', '.join(close)}?)"
+                        if close
                         else f" (known: {', '.join(known) or 'none'})"
                     )
                 elif error["type"] == "missing":
                     message = f"required by {step.plugin} but missing"
                 line, column = _position(lines, (*step_loc, "config", *loc))
-                issues.append(ValidationIssue(
-                    message=message, line=line, column=column, step_index=index + 1,
-                    step_name=step.name, field=".".join(map(str, ("config", *loc))),
-                ))
+                issues.append(
+                    ValidationIssue(
+                        message=message,
+                        line=line,
+                        column=column,
+                        step_index=index + 1,
+                        step_name=step.name,
+                        field=".".join(map(str, ("config", *loc))),
+                    )
+                )
     return issues
 
 

@@ -102,9 +102,7 @@ def _render_str(text: str, context: Mapping[str, Any], environ: Mapping[str, str
     return _CONTEXT_REF.sub(lambda m: _as_text(lookup_path(context, m.group(1))), text)
 
 
-def render(
-    value: Any, context: Mapping[str, Any], environ: Mapping[str, str] | None = None
-) -> Any:
+def render(value: Any, context: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Any:
     """A copy of ``value`` with every template resolved against ``context`` and ``environ``."""
     env = os.environ if environ is None else environ
     if isinstance(value, str):

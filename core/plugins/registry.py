@@ -74,15 +74,14 @@ class PluginRegistry:
         for entry in entry_points(group=group):
             try:
                 loaded = entry.load()
-                classes: Iterable[Any] = (
-                    [loaded] if isinstance(loaded, type) else list(loaded)
-                )
+                classes: Iterable[Any] = [loaded] if isinstance(loaded, type) else list(loaded)
                 for plugin_class in classes:
                     self.register(plugin_class)
             except Exception as exc:  # third-party code: anything can go wrong
                 self.load_errors[entry.name] = f"{type(exc).__name__}: {exc}"
-                logger.warning("plugin entry point %r (%s) not loaded: %s", entry.name,
-                               entry.value, exc)
+                logger.warning(
+                    "plugin entry point %r (%s) not loaded: %s", entry.name, entry.value, exc
+                )
 
 
 _default: PluginRegistry | None = None
