@@ -1,0 +1,26 @@
+"""One running piece of a cluster (a container or a process), as ``mimir cluster ps`` lists it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mimir.app.cluster.base import ServiceKind
+
+__all__ = ["Instance"]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A container (Docker) or process (local) of one service."""
+
+    #: ``redis``, ``backend``, ``worker-2`` …
+    name: str
+    #: The service it belongs to: ``redis``, ``backend`` or ``worker``.
+    service: str
+    kind: ServiceKind
+    #: ``running``, ``exited``, ``created``, or ``stale`` (recorded, but the process is gone).
+    state: str
+    #: Container id (short) or process id.
+    ident: str
+    #: Health, exit code, image or command: whatever helps the operator most.
+    detail: str = ""

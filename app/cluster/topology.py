@@ -1,0 +1,350 @@
+"""The cluster's topology, defined once: services, images, ports, volumes, env, limits, labels.
+
+The Docker backend creates containers from it, the local backend takes the service names
+and environment from it, and the compose files in ``packaging/`` are generated from it
+(:func:`compose_file`) and checked against it by the tests. Qt-free and Docker-free.
+
+::
+
+    network <project>_net
+    redis    (redis:7-alpine, AOF on)            redis_data:/data
+    backend  (API, 8080 published on 127.0.0.1)  backend_data, backend_logs,
+                                                 backend_plugins, backend_pipelines
+    worker x N (queue consumers)                   worker_data, worker_logs
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from mimir.app.cluster.base import ClusterError, ServiceKind
+
+__all__ = [
+    "API_PORT",
+    "DEFAULT_REDIS_IMAGE",
+    "FALLBACK_REDIS_IMAGE",
+    "IMAGES",
+    "LABEL_PROJECT",
+    "LABEL_REPLICA",
+    "LABEL_SERVICE",
+    "SERVICE_KINDS",
+    "ServiceSpec",
+    "Topology",
+    "VolumeMount",
+    "build_topology",
+    "compose_file",
+    "parse_memory",
+    "validate_project_name",
+]
+
+#: Label naming the cluster (project) a container, volume or network belongs to.
+LABEL_PROJECT = "io.mimir.project"
+#: Label naming the service (redis, backend, worker) of a container.
+LABEL_SERVICE = "io.mimir.service"
+#: Label numbering the replicas of a scaled service (1, 2, …).
+LABEL_REPLICA = "io.mimir.replica"
+
+#: Port the API listens on inside the backend container.
+API_PORT = 8080
+REDIS_PORT = 6379
+
+#: The images the project builds (``mimir cluster build`` / ``packaging/build-distributed.sh``).
+IMAGES: dict[str, str] = {
+    "backend": "mimir-aip:backend-latest",
+    "worker": "mimir-aip:worker-latest",
+    "unified": "mimir-aip:unified-latest",
+}
+#: Redis image used when it can be had; otherwise :data:`FALLBACK_REDIS_IMAGE` is built.
+DEFAULT_REDIS_IMAGE = "redis:7-alpine"
+#: Built from the base image with Debian's redis-server (``packaging/Dockerfile.redis``).
+FALLBACK_REDIS_IMAGE = "mimir-aip:redis-latest"
+
+#: Service name → the protocol's kind. ``server`` is accepted as a name for ``backend``.
+SERVICE_KINDS: dict[str, ServiceKind] = {"redis": "redis", "backend": "server", "worker": "worker"}
+
+_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+
+
+def validate_project_name(project: str) -> str:
+    """Return ``project`` if usable as a container/volume name prefix, else raise."""
+    if not _PROJECT_RE.match(project):
+        raise ClusterError(
+            f"invalid project name {project!r}: use 1-41 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return project
+
+
+def parse_memory(value: str | int) -> int:
+    """``"512m"``/``"1g"``/``"1G"``/bytes → bytes."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgKMG]?)[bB]?\s*", value)
+    if not match:
+        raise ClusterError(f"invalid memory size {value!r}; use e.g. 512m or 1g")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit])
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """A named volume (without the project prefix) mounted at ``target``."""
+
+    volume: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the cluster, as a container (or process group) definition."""
+
+    name: str
+    kind: ServiceKind
+    image: str
+    command: list[str]
+    environment: dict[str, str]
+    volumes: list[VolumeMount] = field(default_factory=list)
+    #: Container port → (host address, host port), published on the host.
+    ports: dict[int, tuple[str, int]] = field(default_factory=dict)
+    #: CPU limit in cores (``None``: unlimited).
+    cpus: float | None = None
+    #: Memory limit, e.g. ``"512m"`` (``None``: unlimited).
+    memory: str | None = None
+    #: Health check command run inside the container.
+    healthcheck: list[str] | None = None
+    #: Network aliases other services reach this one by.
+    aliases: list[str] = field(default_factory=list)
+    #: Scaled service (workers): several replicas, no fixed container name.
+    scalable: bool = False
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else parse_memory(self.memory)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The whole cluster of one project."""
+
+    project: str
+    services: dict[str, ServiceSpec]
+    #: Volume names without the project prefix.
+    volumes: list[str]
+    network: str = "mimir-network"
+    workers: int = 2
+
+    def service(self, name: str) -> ServiceSpec:
+        """The service called ``name`` (``server`` means ``backend``)."""
+        name = "backend" if name == "server" else name
+        try:
+            return self.services[name]
+        except KeyError:
+            raise ClusterError(
+                f"unknown service {name!r}; choose from {', '.join(self.services)}"
+            ) from None
+
+    def volume_name(self, volume: str) -> str:
+        """The engine-side name of a volume: ``<project>_<volume>`` as compose names it."""
+        return f"{self.project}_{volume}"
+
+    @property
+    def network_name(self) -> str:
+        return f"{self.project}_{self.network}"
+
+    def container_name(self, service: str, replica: int = 1) -> str:
+        """``<project>-<service>`` or ``<project>-worker-<n>`` for a scaled service."""
+        spec = self.service(service)
+        if spec.scalable:
+            return f"{self.project}-{spec.name}-{replica}"
+        return f"{self.project}-{spec.name}"
+
+    def labels(self, service: str | None = None, replica: int | None = None) -> dict[str, str]:
+        """Labels that tie an object to this project (and service, replica)."""
+        labels = {LABEL_PROJECT: self.project}
+        if service is not None:
+            labels[LABEL_SERVICE] = self.service(service).name
+        if replica is not None:
+            labels[LABEL_REPLICA] = str(replica)
+        return labels
+
+
+def _python_http_check(port: int) -> list[str]:
+    # The images have no curl; Python is always there.
+    return [
+        "CMD",
+        "python3",
+        "-c",
+        f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', "
+        "timeout=4)",
+    ]
+
+
+def build_topology(
+    project: str = "mimir",
+    *,
+    workers: int = 2,
+    api_host: str = "127.0.0.1",
+    api_port: int = API_PORT,
+    api_token: str | None = None,
+    redis_image: str = DEFAULT_REDIS_IMAGE,
+    backend_image: str = IMAGES["backend"],
+    worker_image: str = IMAGES["worker"],
+    worker_concurrency: int = 5,
+    log_level: str = "INFO",
+    backend_cpus: float | None = 1.0,
+    backend_memory: str | None = "1g",
+    worker_cpus: float | None = 0.5,
+    worker_memory: str | None = "512m",
+    fuseki_url: str | None = None,
+) -> Topology:
+    """The seed's distributed topology for ``project``.
+
+    The API is published on ``api_host:api_port``; anything but loopback needs ``api_token``
+    (an API reachable from the network must not be open).
+    """
+    validate_project_name(project)
+    if workers < 0:
+        raise ClusterError(f"workers must be 0 or more, got {workers}")
+    if api_host not in {"127.0.0.1", "localhost", "::1"} and not api_token:
+        raise ClusterError(
+            f"the API would be published on {api_host}, beyond this machine: set an API token "
+            "(MIMIR_API_TOKEN or the profile's api_token) first"
+        )
+    redis_url = f"redis://redis:{REDIS_PORT}/0"
+    common = {"MIMIR_LOG_LEVEL": log_level, "REDIS_URL": redis_url}
+    if fuseki_url:
+        common["FUSEKI_URL"] = fuseki_url
+    backend_env = {
+        **common,
+        "MIMIR_PORT": str(API_PORT),
+        "MIMIR_DATA_DIR": "/app/data",
+        "MIMIR_LOG_DIR": "/app/logs",
+        "MIMIR_PLUGIN_DIR": "/app/plugins",
+        "MIMIR_PIPELINES_DIR": "/app/pipelines",
+    }
+    backend_command = ["mimir", "server", "--host", "0.0.0.0", "--port", str(API_PORT)]
+    if api_token:
+        backend_env["MIMIR_API_TOKEN"] = api_token
+    else:
+        # Bound to 0.0.0.0 inside its network namespace, published on loopback only.
+        backend_command.append("--insecure")
+    worker_env = {
+        **common,
+        "MIMIR_DATA_DIR": "/app/data",
+        "MIMIR_LOG_DIR": "/app/logs",
+        "WORKER_CONCURRENCY": str(worker_concurrency),
+    }
+    services = {
+        "redis": ServiceSpec(
+            name="redis",
+            kind="redis",
+            image=redis_image,
+            command=["redis-server", "--appendonly", "yes", "--dir", "/data"],
+            environment={},
+            volumes=[VolumeMount("redis_data", "/data")],
+            healthcheck=["CMD", "redis-cli", "ping"],
+            aliases=["redis"],
+        ),
+        "backend": ServiceSpec(
+            name="backend",
+            kind="server",
+            image=backend_image,
+            command=backend_command,
+            environment=backend_env,
+            volumes=[
+                VolumeMount("backend_data", "/app/data"),
+                VolumeMount("backend_logs", "/app/logs"),
+                VolumeMount("backend_plugins", "/app/plugins"),
+                VolumeMount("backend_pipelines", "/app/pipelines"),
+            ],
+            ports={API_PORT: (api_host, api_port)},
+            cpus=backend_cpus,
+            memory=backend_memory,
+            healthcheck=_python_http_check(API_PORT),
+            aliases=["backend"],
+        ),
+        "worker": ServiceSpec(
+            name="worker",
+            kind="worker",
+            image=worker_image,
+            command=["mimir", "worker"],
+            environment=worker_env,
+            volumes=[
+                VolumeMount("worker_data", "/app/data"),
+                VolumeMount("worker_logs", "/app/logs"),
+            ],
+            cpus=worker_cpus,
+            memory=worker_memory,
+            scalable=True,
+        ),
+    }
+    volumes = [m.volume for spec in services.values() for m in spec.volumes]
+    return Topology(project=project, services=services, volumes=volumes, workers=workers)
+
+
+def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if spec.name in ("backend", "worker"):
+        out["build"] = {
+            "context": "..",
+            "dockerfile": f"packaging/Dockerfile.{spec.name}",
+            "args": {"BASE_IMAGE": "${BASE_IMAGE:-python:3.11-slim}"},
+        }
+        out["image"] = spec.image
+    else:
+        out["image"] = "${REDIS_IMAGE:-" + spec.image + "}"
+    out["restart"] = "unless-stopped"
+    out["command"] = list(spec.command)
+    if spec.environment:
+        env = dict(spec.environment)
+        if spec.name == "worker":
+            env["WORKER_CONCURRENCY"] = "${WORKER_CONCURRENCY:-" + env["WORKER_CONCURRENCY"] + "}"
+        out["environment"] = env
+    if spec.ports:
+        out["ports"] = [
+            f"${{MIMIR_BIND:-{host}}}:${{MIMIR_PORT:-{port}}}:{container}"
+            for container, (host, port) in spec.ports.items()
+        ]
+    if spec.volumes:
+        out["volumes"] = [
+            f"{m.volume}:{m.target}" + (":ro" if m.read_only else "") for m in spec.volumes
+        ]
+    if spec.healthcheck:
+        out["healthcheck"] = {
+            "test": list(spec.healthcheck),
+            "interval": "5s",
+            "timeout": "5s",
+            "retries": 10,
+        }
+    if spec.name in ("backend", "worker"):
+        out["depends_on"] = {"redis": {"condition": "service_healthy"}}
+    if spec.cpus is not None:
+        out["cpus"] = spec.cpus
+    if spec.memory is not None:
+        out["mem_limit"] = spec.memory
+    # Labels as the Docker backend sets them, so `mimir cluster status` sees compose's
+    # containers too when the project names agree.
+    labels = {LABEL_SERVICE: spec.name}
+    out["labels"] = labels
+    out["networks"] = [topology.network]
+    return out
+
+
+def compose_file(topology: Topology) -> dict[str, Any]:
+    """The docker-compose (file format 2.4) document describing ``topology``.
+
+    Format 2.4 because docker-compose 1.x applies its ``cpus``/``mem_limit`` without swarm
+    and with ``--scale`` (3.x's ``deploy.resources`` needs ``--compatibility``).
+    """
+    services = {name: _compose_service(spec, topology) for name, spec in topology.services.items()}
+    return {
+        "version": "2.4",
+        "services": services,
+        "volumes": {
+            name: {"labels": {LABEL_PROJECT: topology.project}} for name in topology.volumes
+        },
+        "networks": {topology.network: {"driver": "bridge"}},
+    }
