@@ -1,16 +1,47 @@
-"""The plugins that ship with Mimir."""
+"""The plugins that ship with Mimir, one module per family.
+
+| family | module | plugins |
+|---|---|---|
+| ``Input`` | :mod:`.inputs` | ``csv``, ``json``, ``xml``, ``markdown``, ``api`` |
+| ``Data_Processing`` | :mod:`.processing` | ``transform``, ``aggregate`` |
+| ``AI`` | :mod:`.ai` | ``mock``, ``openai`` |
+| ``Output`` | :mod:`.outputs` | ``json``, ``csv``, ``html`` |
+| ``Debug`` | :mod:`.debug` | ``echo``, ``sleep``, ``fail`` |
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from mimir.core.plugins.base import Plugin
+from mimir.core.plugins.builtin.ai import MockAIPlugin, OpenAIPlugin
 from mimir.core.plugins.builtin.debug import EchoPlugin, FailPlugin, SleepPlugin
+from mimir.core.plugins.builtin.inputs import (
+    ApiInputPlugin,
+    CsvInputPlugin,
+    JsonInputPlugin,
+    MarkdownInputPlugin,
+    XmlInputPlugin,
+)
+from mimir.core.plugins.builtin.outputs import CsvOutputPlugin, HtmlOutputPlugin, JsonOutputPlugin
+from mimir.core.plugins.builtin.processing import AggregatePlugin, TransformPlugin
 
 __all__ = ["BUILTIN_PLUGINS"]
 
 #: Every built-in plugin class, registered by :func:`default_registry`.
 BUILTIN_PLUGINS: list[type[Plugin[Any]]] = [
+    CsvInputPlugin,
+    JsonInputPlugin,
+    XmlInputPlugin,
+    MarkdownInputPlugin,
+    ApiInputPlugin,
+    TransformPlugin,
+    AggregatePlugin,
+    MockAIPlugin,
+    OpenAIPlugin,
+    JsonOutputPlugin,
+    CsvOutputPlugin,
+    HtmlOutputPlugin,
     EchoPlugin,
     FailPlugin,
     SleepPlugin,

@@ -1,0 +1,241 @@
+"""``Output.*``: write JSON, CSV and HTML report files inside the data directory.
+
+Each file is written to a temporary name beside it and then renamed over the target,
+so a reader never sees half a file. The result names the file relative to the data
+directory, with its size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import html
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from mimir.core.errors import PluginError
+from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+
+__all__ = ["CsvOutputPlugin", "HtmlOutputPlugin", "JsonOutputPlugin"]
+
+
+class FileOutputConfig(PluginConfig):
+    input: Any = Field(description="The value to write (usually '{{ some_output }}').")
+    file_path: str = Field(description="Where to write, relative to the data directory.")
+
+
+def _write_atomically(path: Path, text: str, shown: str) -> int:
+    data = text.encode("utf-8")
+    try:
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except IsADirectoryError:
+        raise PluginError(f"{shown!r} is a directory") from None
+    except OSError as exc:
+        raise PluginError(f"cannot write {shown!r}: {exc.strerror or exc}") from None
+    return len(data)
+
+
+async def _write(run: RunContext, file_path: str, render: Any, rows: int | None) -> dict[str, Any]:
+    """Resolve ``file_path`` for writing, render the text in a thread and write it."""
+    path = run.resolve_path(file_path, for_write=True)
+
+    def work() -> int:
+        return _write_atomically(path, render(), file_path)
+
+    size = await asyncio.to_thread(work)
+    relative = path.relative_to(run.data_dir.expanduser().resolve()).as_posix()
+    result: dict[str, Any] = {"file_path": relative, "bytes": size}
+    if rows is not None:
+        result["rows"] = rows
+    return result
+
+
+def _row_count(value: Any) -> int | None:
+    return len(value) if isinstance(value, list) else None
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+class JsonOutputConfig(FileOutputConfig):
+    indent: int | None = Field(default=2, ge=0, le=8, description="Indentation (null: compact).")
+
+
+class JsonOutputPlugin(Plugin[JsonOutputConfig]):
+    plugin_type = "Output"
+    plugin_name = "json"
+    description = "Write a value to a JSON file."
+    config_model = JsonOutputConfig
+
+    async def run(self, config: JsonOutputConfig, run: RunContext) -> Any:
+        def render() -> str:
+            return json.dumps(config.input, indent=config.indent, default=str, ensure_ascii=False)
+
+        return await _write(run, config.file_path, render, _row_count(config.input))
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+class CsvOutputConfig(FileOutputConfig):
+    delimiter: str = Field(default=",", min_length=1, max_length=1, description="Field separator.")
+    columns: list[str] | None = Field(
+        default=None, description="Columns, in order (default: every field, first seen first)."
+    )
+    write_header: bool = Field(default=True, description="Write the column names first.")
+
+
+def _cell(value: Any) -> Any:
+    return (
+        json.dumps(value, default=str, ensure_ascii=False)
+        if isinstance(value, dict | list)
+        else value
+    )
+
+
+def columns_of(rows: list[Mapping[str, Any]]) -> list[str]:
+    """Every field name in ``rows``, in the order first seen."""
+    return list(dict.fromkeys(name for row in rows for name in row))
+
+
+def render_csv(value: Any, config: CsvOutputConfig) -> str:
+    """CSV text for a list of objects, a list of lists, or a single object."""
+    rows = [value] if isinstance(value, Mapping) else value
+    if not isinstance(rows, list):
+        raise PluginError(f"input must be a list of rows, got a {type(value).__name__}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=config.delimiter, lineterminator="\n")
+    if rows and all(isinstance(row, Mapping) for row in rows):
+        columns = config.columns or columns_of(rows)
+        if config.write_header:
+            writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row.get(column)) for column in columns])
+    elif all(isinstance(row, list | tuple) for row in rows):
+        if config.columns and config.write_header:
+            writer.writerow(config.columns)
+        for row in rows:
+            writer.writerow([_cell(cell) for cell in row])
+    else:
+        raise PluginError("input rows must be all objects or all lists")
+    return buffer.getvalue()
+
+
+class CsvOutputPlugin(Plugin[CsvOutputConfig]):
+    plugin_type = "Output"
+    plugin_name = "csv"
+    description = "Write rows (objects or lists) to a CSV file."
+    config_model = CsvOutputConfig
+
+    async def run(self, config: CsvOutputConfig, run: RunContext) -> Any:
+        return await _write(
+            run,
+            config.file_path,
+            lambda: render_csv(config.input, config),
+            _row_count(config.input),
+        )
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+class HtmlOutputConfig(FileOutputConfig):
+    title: str = Field(default="Mimir report", description="Heading and page title.")
+    description: str | None = Field(default=None, description="A paragraph under the title.")
+    columns: list[str] | None = Field(
+        default=None, description="Table columns, in order (default: every field)."
+    )
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }
+h1 { font-size: 1.6rem; margin-bottom: .25rem; }
+p.meta { color: #666; font-size: .85rem; }
+table { border-collapse: collapse; width: 100%; margin: 1rem 0; font-size: .95rem; }
+th, td { border: 1px solid #ddd; padding: .35rem .6rem; text-align: left; vertical-align: top; }
+th { background: #f3f4f6; }
+tr:nth-child(even) td { background: #fafafa; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+pre { background: #f6f8fa; padding: 1rem; overflow-x: auto; }
+""".strip()
+
+
+def _html_cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return f"<td>{html.escape('' if value is None else str(value).lower())}</td>"
+    if isinstance(value, int | float):
+        text = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+        return f'<td class="num">{html.escape(text)}</td>'
+    if isinstance(value, dict | list):
+        return f"<td><code>{html.escape(json.dumps(value, default=str))}</code></td>"
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _table(rows: list[Mapping[str, Any]], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "\n".join(
+        "<tr>" + "".join(_html_cell(row.get(c)) for c in columns) + "</tr>" for row in rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def render_html(value: Any, config: HtmlOutputConfig, generated_at: datetime) -> str:
+    """A self-contained HTML page showing ``value``; every piece of data is escaped."""
+    if isinstance(value, list) and value and all(isinstance(r, Mapping) for r in value):
+        content = _table(value, config.columns or columns_of(value))
+        summary = f"{len(value)} row{'s' if len(value) != 1 else ''}"
+    elif isinstance(value, list):
+        content = _table([{"value": v} for v in value], ["value"])
+        summary = f"{len(value)} item{'s' if len(value) != 1 else ''}"
+    elif isinstance(value, Mapping):
+        content = _table([{"field": k, "value": v} for k, v in value.items()], ["field", "value"])
+        summary = f"{len(value)} field{'s' if len(value) != 1 else ''}"
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
+        content = f"<pre>{html.escape(text)}</pre>"
+        summary = "text"
+    title = html.escape(config.title)
+    description = f"<p>{html.escape(config.description)}</p>\n" if config.description else ""
+    stamp = html.escape(generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{title}</title>\n<style>\n{_STYLE}\n</style>\n</head>\n<body>\n"
+        f"<h1>{title}</h1>\n{description}"
+        f'<p class="meta">{summary} · generated by Mimir AIP at {stamp}</p>\n'
+        f"{content}\n</body>\n</html>\n"
+    )
+
+
+class HtmlOutputPlugin(Plugin[HtmlOutputConfig]):
+    plugin_type = "Output"
+    plugin_name = "html"
+    description = "Write a readable HTML report: a title and a table of the rows."
+    config_model = HtmlOutputConfig
+
+    async def run(self, config: HtmlOutputConfig, run: RunContext) -> Any:
+        generated_at = datetime.now(UTC)
+        return await _write(
+            run,
+            config.file_path,
+            lambda: render_html(config.input, config, generated_at),
+            _row_count(config.input),
+        )
