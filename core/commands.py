@@ -1,0 +1,216 @@
+"""``mimir run``, ``mimir validate`` and ``mimir plugins``: pipelines from the command line.
+
+These run in-process with the core alone (no server, no Redis). Exit codes:
+
+- ``mimir run``: 0 the pipeline succeeded, 1 a step failed, 2 the pipeline (or the
+  command line) is invalid;
+- ``mimir validate``: 0 every file is valid, 1 one is not (2 for a bad command line);
+- ``mimir plugins``: 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from mimir.core.errors import MimirError, PipelineNotFoundError, PipelineValidationError
+from mimir.core.pipeline.issues import ValidationIssue
+
+__all__ = ["describe_plugins", "plugins_main", "run_main", "validate_main"]
+
+
+def _setup_logging() -> None:
+    # stdout carries the result; logs go to stderr, quiet unless MIMIR_LOG_LEVEL says so.
+    level = (os.environ.get("MIMIR_LOG_LEVEL") or "WARNING").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.WARNING),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def format_issue(issue: ValidationIssue, source: str | None) -> str:
+    """``file:line:column: step 2 'load', field 'config.x': message`` (what's known of it)."""
+    where = source or "<pipeline>"
+    if issue.line is not None:
+        where += f":{issue.line}"
+        if issue.column is not None:
+            where += f":{issue.column}"
+    rest = issue.model_copy(update={"line": None, "column": None})
+    return f"{where}: {rest}"
+
+
+def _print_invalid(exc: PipelineValidationError, source: str, stream: TextIO) -> None:
+    count = len(exc.errors)
+    print(f"{source}: invalid pipeline ({count} problem{'s' if count != 1 else ''})", file=stream)
+    for issue in exc.errors:
+        print(f"  {format_issue(issue, source)}", file=stream)
+        if issue.suggestions and "did you mean" not in issue.message:
+            print(f"    did you mean: {', '.join(issue.suggestions)}", file=stream)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _parse_context(raw: str | None, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    text = raw
+    if raw.startswith("@"):
+        try:
+            text = Path(raw[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            parser.error(f"--context {raw}: cannot read the file: {exc.strerror or exc}")
+    try:
+        context = json.loads(text)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--context is not valid JSON: {exc.msg} (column {exc.colno})")
+    if not isinstance(context, dict):
+        parser.error(f"--context must be a JSON object, got {type(context).__name__}")
+    return context
+
+
+def run_main(argv: list[str]) -> int:
+    """``mimir run FILE.yaml [--context JSON] [--data-dir DIR]``: run locally, print the result."""
+    parser = argparse.ArgumentParser(
+        prog="mimir run",
+        description="Run a pipeline file in this process and print its result as JSON.",
+    )
+    parser.add_argument("file", metavar="FILE.yaml", help="the pipeline file")
+    parser.add_argument(
+        "--context",
+        metavar="JSON",
+        help="the initial context, a JSON object (or @file.json)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="directory plugins read and write (default $MIMIR_DATA_DIR)",
+    )
+    parser.add_argument("--compact", action="store_true", help="print the result on one line")
+    args = parser.parse_args(argv)
+    context = _parse_context(args.context, parser)
+    _setup_logging()
+
+    from mimir.core.engine import execute_pipeline
+    from mimir.core.pipeline.loader import load_pipeline
+
+    try:
+        pipeline = load_pipeline(Path(args.file))
+    except PipelineValidationError as exc:
+        _print_invalid(exc, args.file, sys.stderr)
+        return 2
+    except PipelineNotFoundError as exc:
+        print(f"mimir run: {exc}", file=sys.stderr)
+        return 2
+    data_dir = args.data_dir
+    if data_dir is None:
+        from mimir.core.settings import Settings
+
+        data_dir = Settings.from_env().data_dir
+    try:
+        result = asyncio.run(execute_pipeline(pipeline, context, data_dir=data_dir))
+    except KeyboardInterrupt:
+        print("mimir run: interrupted", file=sys.stderr)
+        return 130
+    payload = result.model_dump(mode="json")
+    print(json.dumps(payload, indent=None if args.compact else 2, default=str))
+    if not result.success:
+        print(f"mimir run: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def validate_main(argv: list[str]) -> int:
+    """``mimir validate FILE.yaml [FILE.yaml ...]``: check files without running them."""
+    parser = argparse.ArgumentParser(
+        prog="mimir validate",
+        description="Check pipeline files (YAML, schema, plugins and their config) without "
+        "running them.",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE.yaml", help="pipeline files")
+    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    args = parser.parse_args(argv)
+    _setup_logging()
+
+    from mimir.core.pipeline.loader import load_pipeline
+
+    findings: list[dict[str, Any]] = []
+    for file in args.files:
+        try:
+            pipeline = load_pipeline(Path(file))
+        except PipelineValidationError as exc:
+            findings.append(
+                {"file": file, "valid": False, "errors": [i.model_dump() for i in exc.errors]}
+            )
+            if not args.json:
+                _print_invalid(exc, file, sys.stdout)
+        except MimirError as exc:
+            findings.append({"file": file, "valid": False, "errors": [{"message": str(exc)}]})
+            if not args.json:
+                print(f"{file}: {exc}")
+        else:
+            findings.append(
+                {"file": file, "valid": True, "name": pipeline.name, "steps": len(pipeline.steps)}
+            )
+            if not args.json:
+                steps = len(pipeline.steps)
+                print(f"OK {file}: {pipeline.name} ({steps} step{'s' if steps != 1 else ''})")
+    if args.json:
+        print(json.dumps({"files": findings}, indent=2))
+    return 0 if all(f["valid"] for f in findings) else 1
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+def describe_plugins() -> list[dict[str, Any]]:
+    """Every registered plugin as ``{name, type, description, config_schema}``."""
+    from mimir.core.plugins.registry import default_registry
+
+    return [
+        {
+            "name": plugin.full_name(),
+            "type": plugin.plugin_type,
+            "description": plugin.description,
+            "config_schema": plugin.config_model.model_json_schema(),
+        }
+        for plugin in default_registry()
+    ]
+
+
+def plugins_main(argv: list[str]) -> int:
+    """``mimir plugins [--json]``: list the plugins (``--json`` adds their config schemas)."""
+    parser = argparse.ArgumentParser(
+        prog="mimir plugins",
+        description="List the available plugins: built-ins and those installed through the "
+        "'mimir.plugins' entry-point group.",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON with each plugin's config schema"
+    )
+    args = parser.parse_args(argv)
+    _setup_logging()
+
+    from mimir.core.plugins.registry import default_registry
+
+    plugins = describe_plugins()
+    if args.json:
+        print(json.dumps({"plugins": plugins}, indent=2))
+    else:
+        width = max(len(p["name"]) for p in plugins)
+        print(f"{'PLUGIN':<{width}}  DESCRIPTION")
+        for plugin in plugins:
+            print(f"{plugin['name']:<{width}}  {plugin['description']}")
+    for name, reason in default_registry().load_errors.items():
+        print(f"mimir plugins: entry point {name!r} not loaded: {reason}", file=sys.stderr)
+    return 0
