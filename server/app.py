@@ -1,0 +1,91 @@
+"""The FastAPI application: :func:`create_app` wires settings, stores, routers and errors.
+
+The lifespan owns one ``redis.asyncio.Redis`` pool built from ``settings.redis_url``.
+It connects lazily, so the server starts, and runs pipelines synchronously, while Redis
+is down; ``GET /health`` says whether Redis answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from mimir.core import __version__
+from mimir.core.pipeline.store import PipelineStore
+from mimir.core.plugins.registry import default_registry
+from mimir.core.settings import Settings
+from mimir.server.auth import BearerTokenMiddleware
+from mimir.server.errors import install_error_handlers
+from mimir.server.middleware import RequestContextMiddleware
+from mimir.server.redaction import redact_url
+from mimir.server.routes import ROUTERS
+
+__all__ = ["create_app", "make_redis"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for a Redis connection or reply (queue calls that block pass their own).
+REDIS_CONNECT_TIMEOUT = 2.0
+REDIS_SOCKET_TIMEOUT = 10.0
+
+
+def make_redis(settings: Settings) -> Redis:
+    """The server's Redis client; no connection is made until the first command."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+        max_connections=64,
+    )
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    for directory in (settings.data_dir, settings.pipelines_dir):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            logger.warning("cannot create %s: %s", directory, exc)
+    app.state.redis = make_redis(settings)
+    logger.info(
+        "Mimir API %s: pipelines in %s, data in %s, redis %s, token %s",
+        __version__,
+        settings.pipelines_dir,
+        settings.data_dir,
+        redact_url(settings.redis_url),
+        "required" if settings.api_token else "not required",
+    )
+    try:
+        yield
+    finally:
+        await app.state.redis.aclose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new API application for ``settings`` (default: from the environment)."""
+    settings = settings or Settings.from_env()
+    registry = default_registry()
+    app = FastAPI(
+        title="Mimir AIP",
+        version=__version__,
+        description="YAML data/AI pipelines, run now or through a Redis job queue.",
+        lifespan=_lifespan,
+    )
+    # Available before the lifespan runs, so in-process test clients find them too.
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.store = PipelineStore(settings.pipelines_dir, registry)
+    app.state.redis = None
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    if settings.api_token:
+        app.add_middleware(BearerTokenMiddleware, token=settings.api_token)
+    app.add_middleware(RequestContextMiddleware)  # added last: outermost
+    return app

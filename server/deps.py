@@ -1,0 +1,61 @@
+"""Dependencies of the route handlers, as ``Annotated`` aliases.
+
+Everything long-lived is created by :func:`mimir.server.app.create_app` and its lifespan
+and kept on ``app.state``; these functions hand it to handlers::
+
+    async def handler(settings: SettingsDep, redis: RedisDep) -> ...
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from mimir.core.pipeline.store import PipelineStore
+from mimir.core.plugins.registry import PluginRegistry
+from mimir.core.settings import Settings
+
+__all__ = [
+    "RedisDep",
+    "RegistryDep",
+    "SettingsDep",
+    "StoreDep",
+    "get_redis",
+    "get_registry",
+    "get_settings",
+    "get_store",
+]
+
+
+def get_settings(request: Request) -> Settings:
+    """The server's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> PluginRegistry:
+    """The plugin registry pipelines are validated and run against."""
+    registry: PluginRegistry = request.app.state.registry
+    return registry
+
+
+def get_store(request: Request) -> PipelineStore:
+    """The pipeline files of ``MIMIR_PIPELINES_DIR`` (with their parse cache)."""
+    store: PipelineStore = request.app.state.store
+    return store
+
+
+def get_redis(request: Request) -> Redis:
+    """The lifespan-owned Redis client (connects lazily; Redis may be unreachable)."""
+    redis: Redis | None = getattr(request.app.state, "redis", None)
+    if redis is None:
+        raise RuntimeError("the Redis client is made by the app's lifespan, which has not run")
+    return redis
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[PluginRegistry, Depends(get_registry)]
+StoreDep = Annotated[PipelineStore, Depends(get_store)]
+RedisDep = Annotated[Redis, Depends(get_redis)]

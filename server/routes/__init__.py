@@ -1,0 +1,19 @@
+"""The API's routers, one module per resource; :data:`ROUTERS` is the explicit list.
+
+Each module exposes ``router: APIRouter`` whose paths include ``/api/v1/...``.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from mimir.server.routes import health, pipelines, plugins
+
+__all__ = ["ROUTERS"]
+
+#: Every router the app includes, in order.
+ROUTERS: list[APIRouter] = [
+    health.router,
+    pipelines.router,
+    plugins.router,
+]
