@@ -122,3 +122,116 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class ServerProcess:
+    """``python -m mimir.server`` as a child process on 127.0.0.1, for tests over HTTP.
+
+    ``env`` is the child's whole environment (start from ``os.environ``). ``.start()``
+    waits until ``/health`` answers (``wait_for_redis``: and says Redis is ok); if the
+    process exits or the deadline passes first it raises with the process's last output.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        env: dict[str, str],
+        args: list[str] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+    ) -> None:
+        import tempfile
+
+        self.port = port
+        self.host = host
+        self.env = dict(env)
+        self.args = list(args or [])
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="mimir-server-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        import sys
+
+        return [
+            sys.executable,
+            "-m",
+            "mimir.server",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
+
+    def output(self, lines: int = 40) -> str:
+        """The last ``lines`` lines the server printed (stdout and stderr)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting for it."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def start(self, timeout: float = 30.0, *, wait_for_redis: bool = False) -> ServerProcess:
+        """Launch and wait until ``/health`` answers; raise with the output on failure."""
+        import httpx
+
+        self.launch()
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"mimir server exited with code {code} before answering /health:\n"
+                    f"{self.output()}"
+                )
+            try:
+                answer = httpx.get(f"{self.base_url}/health", timeout=1.0)
+                if answer.status_code == 200 and (
+                    not wait_for_redis or answer.json().get("redis") == "ok"
+                ):
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"mimir server on port {self.port} not healthy after {timeout}s:\n"
+                    f"{self.output()}"
+                )
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit by itself; its exit code."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, sig: int | None = None, timeout: float = 30.0) -> int | None:
+        """Send ``sig`` (default SIGTERM) and wait; SIGKILL after ``timeout``. The exit code."""
+        import signal
+
+        if self.process is None:
+            return None
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM if sig is None else sig)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        return process.returncode

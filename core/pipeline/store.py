@@ -242,10 +242,11 @@ class PipelineStore:
             )
         return summaries
 
-    def get(self, name: str) -> StoredPipeline:
-        """The pipeline called ``name``: its file's stem, else the ``name:`` it declares."""
+    def get(self, name: str, *, declared: bool = True) -> StoredPipeline:
+        """The pipeline called ``name``: its file's stem, else (with ``declared``) the
+        ``name:`` a file declares."""
         path = self._existing_file(name)
-        if path is None:
+        if path is None and declared:
             path = self._declared(name)
         if path is None:
             raise PipelineNotFoundError(

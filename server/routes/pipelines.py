@@ -140,8 +140,8 @@ def validate(body: ValidateRequest, registry: RegistryDep) -> ValidationReport:
 
 @router.get("/{name}")
 def get_pipeline(name: str, store: StoreDep) -> PipelineDetail:
-    """One stored pipeline: its name, file, YAML text and parsed form."""
-    return _detail(store.get(name))
+    """One stored pipeline, by file name: its name, file, YAML text and parsed form."""
+    return _detail(store.get(name, declared=False))
 
 
 @router.put("/{name}")
