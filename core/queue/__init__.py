@@ -1,0 +1,52 @@
+"""The job queue on Redis Streams: producer (:class:`JobQueue`), consumer
+(:class:`QueueConsumer`, used by workers), the job record and key names."""
+
+from __future__ import annotations
+
+from mimir.core.queue.client import JobPage, JobQueue, JobSpec, connect
+from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer, retry_delay
+from mimir.core.queue.errors import (
+    JobNotFoundError,
+    JobStateError,
+    QueueError,
+    QueueUnavailableError,
+)
+from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
+from mimir.core.queue.models import (
+    FINAL_STATUSES,
+    DeadLetterEntry,
+    JobRecord,
+    JobStatus,
+    Priority,
+    Progress,
+    QueueStatus,
+    WaitResult,
+    WorkerInfo,
+)
+
+__all__ = [
+    "FINAL_STATUSES",
+    "GROUP",
+    "PRIORITIES",
+    "DeadLetterEntry",
+    "Delivery",
+    "JobNotFoundError",
+    "JobPage",
+    "JobQueue",
+    "JobRecord",
+    "JobSpec",
+    "JobStateError",
+    "JobStatus",
+    "Outcome",
+    "Priority",
+    "Progress",
+    "QueueConsumer",
+    "QueueError",
+    "QueueKeys",
+    "QueueStatus",
+    "QueueUnavailableError",
+    "WaitResult",
+    "WorkerInfo",
+    "connect",
+    "retry_delay",
+]

@@ -1,0 +1,502 @@
+"""``JobQueue``: enqueue, inspect, wait for, cancel and retry jobs (the producer side).
+
+The consumer side (what workers call) is :mod:`mimir.core.queue.consumer`. Every method
+here is one or a few round trips; Redis errors become :class:`QueueError` subclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mimir.core.queue import scripts
+from mimir.core.queue.errors import (
+    JobNotFoundError,
+    JobStateError,
+    QueueError,
+    QueueUnavailableError,
+)
+from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
+from mimir.core.queue.models import (
+    DeadLetterEntry,
+    JobRecord,
+    JobStatus,
+    Priority,
+    QueueStatus,
+    WaitResult,
+    WorkerInfo,
+    iso,
+    record_from_hash,
+    record_to_hash,
+    utc_now,
+)
+
+__all__ = ["DURATION_BUCKETS", "JobPage", "JobQueue", "JobSpec", "connect"]
+
+logger = logging.getLogger(__name__)
+
+#: Upper bounds (seconds) of the job duration histogram's buckets.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
+)  # fmt: skip
+
+#: Longest single blocking call while waiting; longer waits loop (so no socket timeout hits).
+_WAIT_SLICE = 5.0
+#: Seconds over which completed/failed per second are averaged.
+_RATE_WINDOW = 5
+
+
+class JobSpec(BaseModel):
+    """What to enqueue: the payload for the job type's handler and how to run it."""
+
+    #: Handler name (``mimir.core.jobs``): ``pipeline``, ``digital_twin`` …
+    type: str = "pipeline"
+    #: Handler input; for ``pipeline``: ``{"pipeline": {definition}, "context": {...}}``.
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Priority.normal
+    #: Worker pool; only workers started with this name in ``--queues`` take the job.
+    queue: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: Seconds one attempt may run before it is stopped (and counted as failed).
+    timeout: float | None = Field(default=3600.0, gt=0)
+    #: Retries after a failure (so at most ``max_retries + 1`` attempts / deliveries).
+    max_retries: int = Field(default=2, ge=0, le=100)
+    #: Seconds before the first retry; doubled each further retry, with jitter.
+    retry_backoff: float = Field(default=1.0, ge=0)
+    #: Seconds to wait before the job becomes available.
+    delay: float = Field(default=0.0, ge=0)
+    #: Enqueueing again with the same key (within the job TTL) returns the first job.
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    #: Display name (the pipeline's name).
+    pipeline: str | None = None
+
+
+class JobPage(BaseModel):
+    """One page of :meth:`JobQueue.list_jobs`."""
+
+    jobs: list[JobRecord]
+    total: int
+    offset: int
+    limit: int
+
+
+def connect(url: str, **options: Any) -> Redis:
+    """A ``redis.asyncio.Redis`` for the queue (decoded strings, timeouts on every call)."""
+    options.setdefault("decode_responses", True)
+    options.setdefault("socket_connect_timeout", 5)
+    options.setdefault("socket_timeout", _WAIT_SLICE + 10)
+    options.setdefault("health_check_interval", 30)
+    return Redis.from_url(url, **options)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@asynccontextmanager
+async def redis_errors(action: str) -> AsyncIterator[None]:
+    """Translate Redis errors raised inside into queue errors naming ``action``."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise QueueUnavailableError(f"cannot {action}: Redis is unavailable ({exc})") from exc
+    except RedisError as exc:
+        raise QueueError(f"cannot {action}: Redis error: {exc}") from exc
+
+
+class JobQueue:
+    """Producer-side handle on the queue in ``redis`` under ``prefix``."""
+
+    def __init__(self, redis: Redis, prefix: str = "mimir:", job_ttl: int = 24 * 3600) -> None:
+        self.redis = redis
+        self.keys = QueueKeys(prefix)
+        self.job_ttl = int(job_ttl)
+
+    # -- enqueue ---------------------------------------------------------------------
+
+    def _enqueue_args(self, spec: JobSpec, now: datetime) -> list[Any]:
+        job_id = uuid.uuid4().hex
+        now_ms = int(now.timestamp() * 1000)
+        due_ms = now_ms + int(spec.delay * 1000) if spec.delay > 0 else 0
+        status = JobStatus.scheduled if due_ms else JobStatus.queued
+        record = JobRecord(
+            job_id=job_id,
+            type=spec.type,
+            status=status,
+            priority=spec.priority,
+            queue=spec.queue,
+            max_retries=spec.max_retries,
+            timeout=spec.timeout,
+            pipeline=spec.pipeline,
+            enqueued_at=now,
+            scheduled_for=datetime.fromtimestamp(due_ms / 1000, now.tzinfo) if due_ms else None,
+            idempotency_key=spec.idempotency_key,
+        )
+        fields = record_to_hash(record)
+        fields["payload"] = json.dumps(spec.payload, separators=(",", ":"))
+        fields["retry_backoff"] = repr(spec.retry_backoff)
+        stream = self.keys.stream(spec.queue, spec.priority.value)
+        fields["stream"] = stream
+        event = {
+            "job_id": job_id,
+            "status": status.value,
+            "type": spec.type,
+            "priority": spec.priority.value,
+            "queue": spec.queue,
+            "attempts": 0,
+            "worker_id": None,
+            "pipeline": spec.pipeline,
+            "error": None,
+            "progress": None,
+        }
+        args: list[Any] = [
+            self.keys.job(job_id),
+            stream,
+            self.keys.index,
+            self.keys.idempotency(spec.idempotency_key) if spec.idempotency_key else "",
+            self.keys.scheduled,
+            self.keys.queues,
+            self.keys.events,
+            job_id,
+            now_ms,
+            self.job_ttl,
+            due_ms,
+            spec.queue,
+            json.dumps(event, separators=(",", ":")),
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+        return args
+
+    async def enqueue(self, spec: JobSpec) -> JobRecord:
+        """Put one job on the queue; answers its record (the earlier job's on an
+        idempotency-key hit)."""
+        return (await self.enqueue_many([spec]))[0]
+
+    async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[JobRecord]:
+        """Put many jobs on the queue in one round trip; answers their records in order."""
+        now = utc_now()
+        calls = [(scripts.ENQUEUE_SCRIPT, self._enqueue_args(spec, now)) for spec in specs]
+        async with redis_errors("enqueue"):
+            results = await scripts.run_scripts(self.redis, calls)
+        records: list[JobRecord] = []
+        for (_, args), (job_id, created) in zip(calls, results, strict=True):
+            if int(created):
+                fields = dict(zip(args[13::2], args[14::2], strict=True))
+                records.append(record_from_hash(fields))
+            else:
+                records.append(await self.get(_text(job_id)))
+        return records
+
+    # -- inspect ---------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord:
+        """The job's record; :class:`JobNotFoundError` when unknown or expired."""
+        async with redis_errors("read the job"):
+            raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
+        if not raw:
+            raise JobNotFoundError(job_id)
+        return record_from_hash(raw)
+
+    async def payload(self, job_id: str) -> dict[str, Any]:
+        """The job's payload (what its handler receives)."""
+        async with redis_errors("read the job"):
+            raw = await self.redis.hget(self.keys.job(job_id), "payload")  # type: ignore[misc]
+        if raw is None:
+            raise JobNotFoundError(job_id)
+        return dict(json.loads(_text(raw)))
+
+    async def wait(self, job_id: str, timeout: float) -> WaitResult:
+        """Block until the job ends or ``timeout`` seconds pass; never raises on timeout.
+
+        Wakes on the token the ending script pushes to the job's done list (BLPOP), not
+        by polling; the token is pushed back so other waiters wake too.
+        """
+        done_key = self.keys.done(job_id)
+        deadline = time.monotonic() + max(0.0, timeout)
+        async with redis_errors("wait for the job"):
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # BLPOP's timeout has 1 ms resolution; 0 would mean "forever".
+                slice_ = max(0.001, min(remaining, _WAIT_SLICE))
+                token = await self.redis.blpop([done_key], timeout=slice_)  # type: ignore[arg-type]
+                if token is not None:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        pipe.lpush(done_key, token[1])
+                        pipe.expire(done_key, self.job_ttl)
+                        pipe.hgetall(self.keys.job(job_id))
+                        _, _, raw = await pipe.execute()
+                    if not raw:
+                        raise JobNotFoundError(job_id)
+                    return WaitResult(job=record_from_hash(raw), timed_out=False)
+                # Nothing pushed yet: make sure the job exists before waiting on.
+                if not await self.redis.exists(self.keys.job(job_id)):
+                    raise JobNotFoundError(job_id)
+        record = await self.get(job_id)
+        return WaitResult(job=record, timed_out=not record.is_final)
+
+    async def list_jobs(
+        self,
+        status: JobStatus | None = None,
+        *,
+        queue: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> JobPage:
+        """Jobs newest first, optionally only those in ``status`` (and ``queue``)."""
+        offset, limit = max(0, offset), max(1, min(limit, 1000))
+        async with redis_errors("list jobs"):
+            if status is None and queue is None:
+                total = int(await self.redis.zcard(self.keys.index))
+                ids = await self.redis.zrevrange(self.keys.index, offset, offset + limit - 1)
+                return JobPage(
+                    jobs=await self._records([_text(i) for i in ids]),
+                    total=total,
+                    offset=offset,
+                    limit=limit,
+                )
+            # Filtered: walk the index newest first, counting every match for ``total``.
+            wanted: list[str] = []
+            total = cursor = 0
+            chunk = 1000
+            while True:
+                ids = await self.redis.zrevrange(self.keys.index, cursor, cursor + chunk - 1)
+                if not ids:
+                    break
+                cursor += len(ids)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id in ids:
+                        pipe.hmget(self.keys.job(_text(job_id)), ["status", "queue"])
+                    heads = await pipe.execute()
+                for job_id, (st, qu) in zip(ids, heads, strict=True):
+                    if st is None:
+                        continue
+                    if status is not None and _text(st) != status.value:
+                        continue
+                    if queue is not None and (qu is None or _text(qu) != queue):
+                        continue
+                    if offset <= total < offset + limit:
+                        wanted.append(_text(job_id))
+                    total += 1
+            jobs = await self._records(wanted)
+        return JobPage(jobs=jobs, total=total, offset=offset, limit=limit)
+
+    async def _records(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        if not job_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            raws = await pipe.execute()
+        return [record_from_hash(raw) for raw in raws if raw]
+
+    # -- control ---------------------------------------------------------------------
+
+    def _context(self, worker_id: str = "") -> list[Any]:
+        now = utc_now()
+        return [
+            self.keys.job_prefix,
+            self.keys.done_prefix,
+            self.keys.events,
+            self.keys.totals,
+            self.keys.rate(int(now.timestamp())),
+            self.keys.dead,
+            iso(now),
+            int(now.timestamp() * 1000),
+            self.job_ttl,
+            GROUP,
+            worker_id,
+        ]
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel the job: a queued or scheduled job ends now; a running one is asked to
+        stop (its worker cancels it, ``cancel_requested`` shows meanwhile). Cancelling
+        an ended job is a :class:`JobStateError`."""
+        args = [*self._context(), job_id, self.keys.scheduled, self.keys.cancel]
+        async with redis_errors("cancel the job"):
+            outcome = _text(await scripts.CANCEL_SCRIPT(self.redis, args))
+        if outcome == "missing":
+            raise JobNotFoundError(job_id)
+        if outcome not in {"cancelled", "cancelling"}:
+            raise JobStateError(f"job {job_id!r} has already ended ({outcome}); nothing to cancel")
+        return await self.get(job_id)
+
+    async def retry_dead(self, job_id: str) -> JobRecord:
+        """Put a failed or dead job back on its queue with its attempts reset."""
+        args = [*self._context(), job_id]
+        async with redis_errors("retry the job"):
+            outcome = _text(await scripts.RETRY_DEAD_SCRIPT(self.redis, args))
+        if outcome == "missing":
+            raise JobNotFoundError(job_id)
+        if outcome != "queued":
+            raise JobStateError(
+                f"job {job_id!r} is {outcome}; only failed or dead jobs can be retried"
+            )
+        return await self.get(job_id)
+
+    async def dead_letter(
+        self, offset: int = 0, limit: int = 50
+    ) -> tuple[list[DeadLetterEntry], int]:
+        """Dead-letter entries newest first, with their records when still kept; and
+        the total count."""
+        offset, limit = max(0, offset), max(1, min(limit, 1000))
+        async with redis_errors("read the dead letter"):
+            total = int(await self.redis.xlen(self.keys.dead))
+            entries = await self.redis.xrevrange(self.keys.dead, count=offset + limit)
+            entries = entries[offset:]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, fields in entries:
+                    pipe.hgetall(self.keys.job(_text(fields.get("job_id", b""))))
+                raws = await pipe.execute()
+        out = []
+        for (entry_id, fields), raw in zip(entries, raws, strict=True):
+            data = {_text(k): _text(v) for k, v in fields.items()}
+            out.append(
+                DeadLetterEntry(
+                    entry_id=_text(entry_id),
+                    job_id=data.get("job_id", ""),
+                    status=data.get("status", "dead"),
+                    error=data.get("error") or None,
+                    at=data.get("at") or None,
+                    job=record_from_hash(raw) if raw else None,
+                )
+            )
+        return out, total
+
+    # -- figures ---------------------------------------------------------------------
+
+    async def status(self) -> QueueStatus:
+        """Queue length (total, per priority, per pool), scheduled, running, dead,
+        live workers, completed/failed per second and all-time totals."""
+        now = int(time.time())
+        async with redis_errors("read the queue status"):
+            pools = sorted(_text(q) for q in await self.redis.smembers(self.keys.queues))  # type: ignore[misc]
+            streams = [
+                (pool, prio, self.keys.stream(pool, prio)) for pool in pools for prio in PRIORITIES
+            ]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, _, stream in streams:
+                    pipe.xlen(stream)
+                    pipe.xpending(stream, GROUP)
+                pipe.zcard(self.keys.scheduled)
+                pipe.xlen(self.keys.dead)
+                pipe.hgetall(self.keys.totals)
+                for second in range(now - _RATE_WINDOW, now):
+                    pipe.hgetall(self.keys.rate(second))
+                results = await pipe.execute(raise_on_error=False)
+            workers = await self.workers()
+        by_priority = dict.fromkeys(PRIORITIES, 0)
+        by_queue: dict[str, int] = {}
+        running = 0
+        for i, (pool, prio, _) in enumerate(streams):
+            length, pending = results[2 * i], results[2 * i + 1]
+            length = length if isinstance(length, int) else 0
+            pending_count = int(pending["pending"]) if isinstance(pending, dict) else 0
+            waiting = max(0, length - pending_count)
+            by_priority[prio] += waiting
+            by_queue[pool] = by_queue.get(pool, 0) + waiting
+            running += pending_count
+        rest = results[2 * len(streams) :]
+        scheduled, dead, totals_raw, *rates = rest
+        totals = {s: 0 for s in ("succeeded", "failed", "cancelled", "dead")}
+        if isinstance(totals_raw, dict):
+            totals.update({_text(k): int(v) for k, v in totals_raw.items()})
+        completed = failed = 0
+        for rate in rates:
+            if isinstance(rate, dict):
+                counts = {_text(k): int(v) for k, v in rate.items()}
+                completed += counts.get("succeeded", 0)
+                failed += counts.get("failed", 0) + counts.get("dead", 0)
+        return QueueStatus(
+            queue_length=sum(by_priority.values()),
+            by_priority=by_priority,
+            by_queue=by_queue,
+            scheduled=int(scheduled) if isinstance(scheduled, int) else 0,
+            running=running,
+            dead=int(dead) if isinstance(dead, int) else 0,
+            workers=len(workers),
+            completed_per_sec=round(completed / _RATE_WINDOW, 2),
+            failed_per_sec=round(failed / _RATE_WINDOW, 2),
+            totals=totals,
+        )
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat has not expired, oldest first."""
+        async with redis_errors("list workers"):
+            ids = [_text(w) for w in await self.redis.zrange(self.keys.workers, 0, -1)]
+            if not ids:
+                return []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for worker_id in ids:
+                    pipe.hgetall(self.keys.worker(worker_id))
+                raws = await pipe.execute()
+            gone = [w for w, raw in zip(ids, raws, strict=True) if not raw]
+            if gone:
+                await self.redis.zrem(self.keys.workers, *gone)
+        now = time.time()
+        out = []
+        for raw in raws:
+            if not raw:
+                continue
+            data = {_text(k): _text(v) for k, v in raw.items()}
+            info = WorkerInfo.model_validate(
+                {
+                    **data,
+                    "queues": json.loads(data.get("queues", "[]")),
+                    "current_jobs": json.loads(data.get("current_jobs", "[]")),
+                    "draining": data.get("draining") == "1",
+                }
+            )
+            if info.last_heartbeat is not None:
+                info.heartbeat_age_s = round(max(0.0, now - info.last_heartbeat.timestamp()), 3)
+            out.append(info)
+        return out
+
+    async def duration_histogram(self) -> tuple[list[tuple[float, int]], float, int]:
+        """Job durations: cumulative ``(upper bound, count)`` per bucket (the last is
+        ``inf``), the sum of durations and the count."""
+        async with redis_errors("read job durations"):
+            raw = await self.redis.hgetall(self.keys.duration)  # type: ignore[misc]
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        buckets: list[tuple[float, int]] = []
+        running = 0
+        for bound in (*DURATION_BUCKETS, math.inf):
+            running += int(data.get(bucket_field(bound), 0))
+            buckets.append((bound, running))
+        return buckets, float(data.get("sum", 0.0)), int(data.get("count", 0))
+
+    async def ping(self) -> None:
+        """Raise :class:`QueueUnavailableError` unless Redis answers."""
+        async with redis_errors("reach Redis"):
+            await asyncio.wait_for(self.redis.ping(), timeout=5)  # type: ignore[misc]
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+def bucket_field(bound: float) -> str:
+    """Hash field of the duration histogram bucket whose upper bound is ``bound``."""
+    return "le_inf" if math.isinf(bound) else f"le_{bound:g}"
+
+
+def bucket_for(seconds: float) -> str:
+    """Hash field of the smallest bucket holding ``seconds``."""
+    for bound in DURATION_BUCKETS:
+        if seconds <= bound:
+            return bucket_field(bound)
+    return bucket_field(math.inf)

@@ -1,0 +1,306 @@
+"""The worker side of the queue protocol: take jobs, renew leases, report outcomes.
+
+A :class:`QueueConsumer` is one consumer (the worker id) in the consumer group of every
+stream of the pools it serves. It knows the Redis protocol; the worker process
+(:mod:`mimir.worker`) decides when to call what. Redis errors propagate as they are so
+the worker can tell an outage (retry with backoff) from a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from mimir.core.queue import scripts
+from mimir.core.queue.client import bucket_for
+from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
+from mimir.core.queue.models import iso, utc_now
+
+__all__ = ["Delivery", "Outcome", "QueueConsumer", "retry_delay"]
+
+#: Longest backoff before a retry, in seconds.
+MAX_RETRY_DELAY = 600.0
+
+
+@dataclass
+class Delivery:
+    """A job this worker has started: what it needs to run it and to report on it."""
+
+    stream: str
+    entry_id: str
+    job_id: str
+    attempt: int
+    type: str
+    payload: dict[str, Any]
+    timeout: float | None
+    max_retries: int
+    retry_backoff: float
+    pipeline: str | None
+    queue: str
+    priority: str
+
+    @classmethod
+    def from_script(cls, stream: str, entry_id: str, flat: Sequence[Any]) -> Delivery:
+        data = dict(zip(flat[::2], flat[1::2], strict=True))
+        timeout = data.get("timeout")
+        return cls(
+            stream=stream,
+            entry_id=entry_id,
+            job_id=data["job_id"],
+            attempt=int(data["attempts"]),
+            type=data.get("type", "pipeline"),
+            payload=json.loads(data.get("payload") or "{}"),
+            timeout=float(timeout) if timeout else None,
+            max_retries=int(data.get("max_retries", 0)),
+            retry_backoff=float(data.get("retry_backoff", 1.0)),
+            pipeline=data.get("pipeline"),
+            queue=data.get("queue", "default"),
+            priority=data.get("priority", "normal"),
+        )
+
+
+@dataclass
+class Outcome:
+    """How an attempt ended. ``kind``: ``succeeded``, ``failed`` (retried while
+    attempts remain), ``cancelled``, or ``requeue`` (handed back unrun, e.g. on shutdown)."""
+
+    delivery: Delivery
+    kind: str
+    result: Any = None
+    error: str | None = None
+    duration: float | None = None
+    #: Filled in by :meth:`QueueConsumer.finish`: what was written (``retry`` for a
+    #: failure that will run again), or ``stale`` when the job was no longer ours.
+    applied: str = field(default="")
+
+
+def retry_delay(attempt: int, base: float) -> float:
+    """Backoff before retry number ``attempt`` (1, 2, …): ``base·2^(attempt-1)`` ± 50 %."""
+    delay = base * (2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
+    return min(delay, MAX_RETRY_DELAY)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+class QueueConsumer:
+    """Consumer ``worker_id`` of the streams of ``queues`` (a ``decode_responses`` client)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        worker_id: str,
+        queues: Sequence[str] = ("default",),
+        *,
+        prefix: str = "mimir:",
+        job_ttl: int = 24 * 3600,
+    ) -> None:
+        self.redis = redis
+        self.worker_id = worker_id
+        self.queues = list(queues)
+        self.keys = QueueKeys(prefix)
+        self.job_ttl = int(job_ttl)
+        #: Every stream served, highest priority first across pools.
+        self.streams = [self.keys.stream(q, p) for p in PRIORITIES for q in self.queues]
+
+    def _context(self) -> list[Any]:
+        now = utc_now()
+        return [
+            self.keys.job_prefix,
+            self.keys.done_prefix,
+            self.keys.events,
+            self.keys.totals,
+            self.keys.rate(int(now.timestamp())),
+            self.keys.dead,
+            iso(now),
+            int(now.timestamp() * 1000),
+            self.job_ttl,
+            GROUP,
+            self.worker_id,
+        ]
+
+    def _deliveries(self, raw: Any) -> list[Delivery]:
+        return [Delivery.from_script(s, e, _decode(flat)) for s, e, flat in _decode(raw)]
+
+    async def ensure_groups(self) -> None:
+        """Create the consumer group on every stream served (from the first entry)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                raise result
+        await self.redis.sadd(self.keys.queues, *self.queues)  # type: ignore[misc]
+
+    async def fetch(self, count: int, *, low_first: bool = False) -> list[Delivery]:
+        """Start up to ``count`` waiting jobs, highest priority first (one round trip).
+
+        With ``low_first`` one ``low`` and one ``normal`` job (when waiting) go ahead of
+        the rest: the worker asks for that every few fetches so low work never starves.
+        """
+        order: list[tuple[str, int]] = []
+        if low_first:
+            for priority in ("low", "normal"):
+                order += [(self.keys.stream(q, priority), 1) for q in self.queues]
+        order += [(stream, count) for stream in self.streams]
+        args = [*self._context(), "read", count, 0]
+        for stream, cap in order:
+            args += [stream, cap]
+        return self._deliveries(await scripts.FETCH_SCRIPT(self.redis, args))
+
+    async def read_blocking(self, count: int, block_ms: int) -> list[Delivery]:
+        """Wait up to ``block_ms`` for new entries on any stream served, then start them."""
+        try:
+            response = await self.redis.xreadgroup(
+                GROUP,
+                self.worker_id,
+                dict.fromkeys(self.streams, ">"),
+                count=count,
+                block=block_ms,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_groups()
+            return []
+        if not response:
+            return []
+        args = [*self._context(), "start", count, 0]
+        for stream, entries in _decode(response):
+            for entry_id, fields in entries:
+                args += [stream, entry_id, fields.get("job", "")]
+        return self._deliveries(await scripts.FETCH_SCRIPT(self.redis, args))
+
+    async def reclaim(self, count: int, min_idle: float) -> list[Delivery]:
+        """Take over and start up to ``count`` jobs whose lease (idle time in the
+        pending list) ran out ``min_idle`` seconds ago; a job delivered too often goes
+        to the dead letter instead."""
+        args = [*self._context(), "reclaim", count, int(min_idle * 1000), *self.streams]
+        return self._deliveries(await scripts.FETCH_SCRIPT(self.redis, args))
+
+    async def renew(self, deliveries: Sequence[Delivery]) -> list[str]:
+        """Renew the leases of running jobs; answers ``ok``, ``cancel`` (cancellation
+        requested) or ``lost`` (another worker holds it now) for each."""
+        if not deliveries:
+            return []
+        args = self._context()
+        for d in deliveries:
+            args += [d.stream, d.entry_id, d.job_id, d.attempt]
+        return [str(x) for x in _decode(await scripts.RENEW_SCRIPT(self.redis, args))]
+
+    def progress_call(
+        self, delivery: Delivery, step: int, total: int, name: str | None
+    ) -> tuple[scripts.Script, list[Any]]:
+        """The script call recording that step ``step`` of ``total`` is done (for
+        :meth:`apply`)."""
+        progress = json.dumps({"step": step, "total": total, "name": name})
+        return scripts.PROGRESS_SCRIPT, [
+            *self._context(),
+            delivery.job_id,
+            delivery.attempt,
+            progress,
+        ]
+
+    def finish_call(self, outcome: Outcome) -> tuple[scripts.Script, list[Any]]:
+        """The script call writing ``outcome`` (for :meth:`apply`); a failure with
+        attempts left becomes a retry after backoff. Sets ``outcome.applied``."""
+        d = outcome.delivery
+        kind = outcome.kind
+        due_ms, due_iso = 0, ""
+        if kind == "failed" and d.attempt <= d.max_retries:
+            kind = "retry"
+            delay = retry_delay(d.attempt, d.retry_backoff)
+            due = utc_now() + timedelta(seconds=delay)
+            due_ms, due_iso = int(due.timestamp() * 1000), iso(due)
+        result = (
+            json.dumps(outcome.result, separators=(",", ":"), default=str)
+            if outcome.result is not None
+            else ""
+        )
+        final = kind in {"succeeded", "failed", "cancelled"}
+        duration = outcome.duration if final and outcome.duration is not None else None
+        outcome.applied = kind
+        return scripts.FINISH_SCRIPT, [
+            *self._context(),
+            d.stream,
+            d.entry_id,
+            d.job_id,
+            d.attempt,
+            kind,
+            result,
+            outcome.error or "",
+            due_ms,
+            due_iso,
+            self.keys.scheduled,
+            self.keys.duration,
+            bucket_for(duration) if duration is not None else "",
+            repr(duration or 0.0),
+        ]
+
+    async def apply(self, calls: Sequence[tuple[scripts.Script, Sequence[Any]]]) -> list[Any]:
+        """Run progress/finish calls in one round trip; answers 1 (written) or 0
+        (fenced off: the job is no longer this worker's) for each."""
+        return [int(r) for r in await scripts.run_scripts(self.redis, calls)]
+
+    async def progress(self, delivery: Delivery, step: int, total: int, name: str | None) -> None:
+        """Record that step ``step`` of ``total`` is done."""
+        await self.apply([self.progress_call(delivery, step, total, name)])
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> None:
+        """Write the outcomes in one round trip (fenced: a job another worker has taken
+        over meanwhile is left alone and marked ``stale``)."""
+        results = await self.apply([self.finish_call(o) for o in outcomes])
+        for outcome, written in zip(outcomes, results, strict=True):
+            if not written:
+                outcome.applied = "stale"
+
+    async def move_due(self, limit: int = 500) -> float | None:
+        """Move scheduled jobs that are due into their streams; answers the next due
+        time (epoch seconds) or ``None``."""
+        args = [*self._context(), self.keys.scheduled, limit]
+        _, next_due = _decode(await scripts.MOVE_DUE_SCRIPT(self.redis, args))
+        return float(next_due) / 1000 if next_due else None
+
+    async def heartbeat(self, info: dict[str, Any], ttl: float) -> None:
+        """Publish this worker's heartbeat; it vanishes ``ttl`` seconds after the last."""
+        key = self.keys.worker(self.worker_id)
+        now = utc_now()
+        fields = {
+            k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in info.items()
+        }
+        fields["last_heartbeat"] = iso(now)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.pexpire(key, int(ttl * 1000))
+            pipe.zadd(self.keys.workers, {self.worker_id: now.timestamp()})
+            await pipe.execute()
+
+    async def deregister(self) -> None:
+        """Remove this worker from the registry (on a clean exit)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.keys.worker(self.worker_id))
+            pipe.zrem(self.keys.workers, self.worker_id)
+            for stream in self.streams:
+                pipe.xpending_range(stream, GROUP, "-", "+", 1, consumername=self.worker_id)
+            results = await pipe.execute(raise_on_error=False)
+        # Forget the consumer only where it holds nothing: deleting a consumer drops its
+        # pending entries, which would lose their jobs.
+        idle = [s for s, r in zip(self.streams, results[2:], strict=True) if r == []]
+        if idle:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream in idle:
+                    pipe.xgroup_delconsumer(stream, GROUP, self.worker_id)
+                await pipe.execute(raise_on_error=False)

@@ -1,0 +1,109 @@
+"""Every Redis key and channel name the queue uses, built in one place.
+
+All names start with the configured prefix (``MIMIR_KEY_PREFIX``, default ``mimir:``)::
+
+    {p}job:{id}                 hash    the job record (+ payload); expires after job_ttl
+    {p}done:{id}                list    one token pushed when the job ends (wakes waiters)
+    {p}idem:{key}               string  idempotency key -> job id
+    {p}stream:{queue}:{prio}    stream  ready jobs of one pool and priority (consumer group)
+    {p}scheduled                zset    delayed jobs and retries, scored by due time (ms)
+    {p}dead                     stream  dead-letter entries (job id, error, time)
+    {p}jobs                     zset    job index by enqueue time (ms), for listing
+    {p}queues                   set     pool names seen by enqueue
+    {p}totals                   hash    jobs ended, by final status
+    {p}rate:{second}            hash    jobs ended in one second, by final status
+    {p}duration                 hash    job duration histogram (bucket -> count, sum, count)
+    {p}worker:{id}              hash    a live worker's heartbeat (expires)
+    {p}workers                  zset    worker ids by last heartbeat
+    {p}events                   channel job state changes (JSON)
+    {p}cancel                   channel ids of running jobs asked to cancel
+
+The Lua scripts touch job records by id; they receive ``job_prefix``/``done_prefix``
+from here rather than spelling key names themselves (the queue targets one Redis, not
+a cluster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GROUP", "PRIORITIES", "QueueKeys"]
+
+#: Name of the consumer group every worker joins on every stream.
+GROUP = "workers"
+
+#: Priorities, highest first.
+PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Key names under ``prefix``."""
+
+    prefix: str = "mimir:"
+
+    @property
+    def job_prefix(self) -> str:
+        return f"{self.prefix}job:"
+
+    @property
+    def done_prefix(self) -> str:
+        return f"{self.prefix}done:"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.job_prefix}{job_id}"
+
+    def done(self, job_id: str) -> str:
+        return f"{self.done_prefix}{job_id}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}idem:{key}"
+
+    def stream(self, queue: str, priority: str) -> str:
+        return f"{self.prefix}stream:{queue}:{priority}"
+
+    def streams(self, queue: str) -> list[str]:
+        """The pool's streams, highest priority first."""
+        return [self.stream(queue, priority) for priority in PRIORITIES]
+
+    @property
+    def scheduled(self) -> str:
+        return f"{self.prefix}scheduled"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}dead"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}jobs"
+
+    @property
+    def queues(self) -> str:
+        return f"{self.prefix}queues"
+
+    @property
+    def totals(self) -> str:
+        return f"{self.prefix}totals"
+
+    def rate(self, second: int) -> str:
+        return f"{self.prefix}rate:{second}"
+
+    @property
+    def duration(self) -> str:
+        return f"{self.prefix}duration"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}worker:{worker_id}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}workers"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def cancel(self) -> str:
+        return f"{self.prefix}cancel"

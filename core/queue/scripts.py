@@ -1,0 +1,380 @@
+"""The queue's Lua scripts: each state change of a job is one atomic script.
+
+Scripts take no ``KEYS``; key names arrive in ``ARGV`` from :mod:`mimir.core.queue.keys`
+(job records are addressed by id under ``job_prefix``), so they target one Redis, not a
+cluster. Worker-side scripts share a context block at fixed positions::
+
+    ARGV[1] job_prefix   ARGV[2] done_prefix  ARGV[3] events channel  ARGV[4] totals hash
+    ARGV[5] rate hash    ARGV[6] dead stream  ARGV[7] now (ISO)       ARGV[8] now (ms)
+    ARGV[9] job ttl (s)  ARGV[10] group       ARGV[11] worker id
+
+Each script writes the record, moves the stream entry, and publishes a JSON event on
+the events channel. A worker's writes are *fenced*: they apply only while the record
+still names that worker and that attempt, so a worker that lost its lease cannot
+overwrite the outcome of the worker that took the job over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+__all__ = [
+    "CANCEL",
+    "ENQUEUE",
+    "FETCH",
+    "FINISH",
+    "MOVE_DUE",
+    "PROGRESS",
+    "RENEW",
+    "RETRY_DEAD",
+    "Script",
+    "run_scripts",
+]
+
+_PRELUDE = r"""
+local JP, DP, EVENTS, TOTALS, RATE, DEAD = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local NOW_ISO, NOW_MS, TTL, G, W = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], ARGV[11]
+
+local function nul(x) if x then return x end return cjson.null end
+
+local function publish(jk, jobid)
+  local f = redis.call('HMGET', jk, 'status', 'type', 'priority', 'queue', 'attempts',
+    'worker_id', 'pipeline', 'error', 'progress', 'finished_at')
+  local progress = cjson.null
+  if f[9] then progress = cjson.decode(f[9]) end
+  redis.call('PUBLISH', EVENTS, cjson.encode({job_id = jobid, status = nul(f[1]),
+    type = nul(f[2]), priority = nul(f[3]), queue = nul(f[4]),
+    attempts = tonumber(f[5]) or 0, worker_id = nul(f[6]), pipeline = nul(f[7]),
+    error = nul(f[8]), progress = progress, finished_at = nul(f[10])}))
+end
+
+local function finalize(jk, jobid, status, err)
+  redis.call('HSET', jk, 'status', status, 'finished_at', NOW_ISO)
+  if err and err ~= '' then redis.call('HSET', jk, 'error', err) end
+  if status == 'failed' or status == 'dead' then
+    local eid = redis.call('XADD', DEAD, '*', 'job_id', jobid, 'status', status,
+      'error', err or '', 'at', NOW_ISO)
+    redis.call('HSET', jk, 'dead_entry', eid)
+    redis.call('XTRIM', DEAD, 'MINID', '~', tostring(NOW_MS - TTL * 1000))
+  end
+  redis.call('EXPIRE', jk, TTL)
+  redis.call('HINCRBY', TOTALS, status, 1)
+  redis.call('HINCRBY', RATE, status, 1)
+  redis.call('EXPIRE', RATE, 120)
+  local dk = DP .. jobid
+  redis.call('DEL', dk)
+  redis.call('RPUSH', dk, status)
+  redis.call('EXPIRE', dk, TTL)
+  publish(jk, jobid)
+end
+
+local function drop_entry(stream, eid)
+  redis.call('XACK', stream, G, eid)
+  redis.call('XDEL', stream, eid)
+end
+"""
+
+# ARGV[12] mode ('read' | 'start' | 'reclaim'), ARGV[13] max jobs, ARGV[14] min idle ms,
+# then: read -> (stream, cap) pairs; start -> (stream, entry id, job id) triples;
+# reclaim -> streams. Returns {stream, entry id, flat HGETALL} per job started.
+FETCH = (
+    _PRELUDE
+    + r"""
+local mode, n, min_idle = ARGV[12], tonumber(ARGV[13]), ARGV[14]
+local out = {}
+
+local function start(stream, eid, jobid)
+  local jk = JP .. jobid
+  local f = redis.call('HMGET', jk, 'status', 'cancel_requested', 'max_retries', 'attempts',
+    'entry', 'error')
+  local st = f[1]
+  if (not st) or (st ~= 'queued' and st ~= 'running') or (f[5] and f[5] ~= eid) then
+    drop_entry(stream, eid)  -- expired, already ended, or a stale duplicate entry
+    return
+  end
+  if f[2] == '1' then
+    drop_entry(stream, eid)
+    finalize(jk, jobid, 'cancelled', '')
+    return
+  end
+  local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+  local max_retries = tonumber(f[3]) or 0
+  if attempts > max_retries + 1 then
+    drop_entry(stream, eid)
+    local why = 'delivered ' .. attempts .. ' times without finishing (max_retries=' ..
+      max_retries .. '): its workers died or lost their lease'
+    if f[6] then why = why .. '; last error: ' .. f[6] end
+    redis.call('HINCRBY', jk, 'attempts', -1)
+    finalize(jk, jobid, 'dead', why)
+    return
+  end
+  redis.call('HSET', jk, 'status', 'running', 'worker_id', W, 'started_at', NOW_ISO)
+  publish(jk, jobid)
+  out[#out + 1] = {stream, eid, redis.call('HGETALL', jk)}
+  n = n - 1
+end
+
+local function read_group(stream, count)
+  local res = redis.pcall('XREADGROUP', 'GROUP', G, W, 'COUNT', count, 'STREAMS', stream, '>')
+  if type(res) == 'table' and res.err then
+    if string.find(res.err, 'NOGROUP') then
+      redis.call('XGROUP', 'CREATE', stream, G, '0', 'MKSTREAM')
+      return nil
+    end
+    return redis.error_reply(res.err)
+  end
+  return res
+end
+
+if mode == 'read' then
+  for i = 15, #ARGV, 2 do
+    if n <= 0 then break end
+    local cap = math.min(tonumber(ARGV[i + 1]), n)
+    local res = read_group(ARGV[i], cap)
+    if res then
+      for _, entry in ipairs(res[1][2]) do
+        start(ARGV[i], entry[1], entry[2][2])
+      end
+    end
+  end
+elseif mode == 'start' then
+  for i = 15, #ARGV, 3 do
+    start(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  end
+elseif mode == 'reclaim' then
+  for i = 15, #ARGV do
+    if n <= 0 then break end
+    local res = redis.pcall('XAUTOCLAIM', ARGV[i], G, W, min_idle, '0-0', 'COUNT', n)
+    if not (type(res) == 'table' and res.err) then
+      for _, entry in ipairs(res[2]) do
+        if entry[2] then start(ARGV[i], entry[1], entry[2][2])
+        else redis.call('XACK', ARGV[i], G, entry[1]) end
+      end
+    end
+  end
+end
+return out
+"""
+)
+
+# ARGV[12] stream, [13] entry id, [14] job id, [15] attempt, [16] outcome
+# ('succeeded' | 'failed' | 'cancelled' | 'retry' | 'requeue'), [17] result JSON or '',
+# [18] error or '', [19] retry due (ms), [20] retry due (ISO), [21] scheduled zset,
+# [22] duration hash, [23] duration bucket field or '', [24] duration seconds.
+FINISH = (
+    _PRELUDE
+    + r"""
+local stream, eid, jobid, attempt, outcome = ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+local jk = JP .. jobid
+local f = redis.call('HMGET', jk, 'worker_id', 'attempts', 'status')
+if f[1] ~= W or f[2] ~= attempt or f[3] ~= 'running' then return 0 end
+drop_entry(stream, eid)
+if ARGV[17] ~= '' then redis.call('HSET', jk, 'result', ARGV[17]) end
+if outcome == 'retry' then
+  redis.call('HSET', jk, 'status', 'scheduled', 'scheduled_for', ARGV[20], 'error', ARGV[18])
+  redis.call('ZADD', ARGV[21], ARGV[19], jobid)
+  publish(jk, jobid)
+  return 1
+elseif outcome == 'requeue' then
+  local neid = redis.call('XADD', stream, '*', 'job', jobid)
+  redis.call('HSET', jk, 'status', 'queued', 'entry', neid)
+  redis.call('HINCRBY', jk, 'attempts', -1)
+  publish(jk, jobid)
+  return 1
+end
+finalize(jk, jobid, outcome, ARGV[18])
+if ARGV[23] ~= '' then
+  redis.call('HINCRBY', ARGV[22], ARGV[23], 1)
+  redis.call('HINCRBYFLOAT', ARGV[22], 'sum', ARGV[24])
+  redis.call('HINCRBY', ARGV[22], 'count', 1)
+end
+return 1
+"""
+)
+
+# ARGV[12] job id, [13] attempt, [14] progress JSON.
+PROGRESS = (
+    _PRELUDE
+    + r"""
+local jk = JP .. ARGV[12]
+local f = redis.call('HMGET', jk, 'worker_id', 'attempts', 'status')
+if f[1] ~= W or f[2] ~= ARGV[13] or f[3] ~= 'running' then return 0 end
+redis.call('HSET', jk, 'progress', ARGV[14])
+publish(jk, ARGV[12])
+return 1
+"""
+)
+
+# ARGV[12..] (stream, entry id, job id, attempt) quadruples. Resets the idle time of
+# each entry this worker still holds (the lease); answers 'ok' | 'cancel' | 'lost' each.
+RENEW = (
+    _PRELUDE
+    + r"""
+local out = {}
+for i = 12, #ARGV, 4 do
+  local jk = JP .. ARGV[i + 2]
+  local f = redis.call('HMGET', jk, 'worker_id', 'attempts', 'status', 'cancel_requested')
+  if f[1] == W and f[2] == ARGV[i + 3] and f[3] == 'running' then
+    redis.call('XCLAIM', ARGV[i], G, W, 0, ARGV[i + 1], 'JUSTID')
+    if f[4] == '1' then out[#out + 1] = 'cancel' else out[#out + 1] = 'ok' end
+  else
+    out[#out + 1] = 'lost'
+  end
+end
+return out
+"""
+)
+
+# ARGV[12] scheduled zset, [13] max jobs. Moves due jobs into their streams; answers
+# {moved, next due score or false}.
+MOVE_DUE = (
+    _PRELUDE
+    + r"""
+local ids = redis.call('ZRANGEBYSCORE', ARGV[12], '-inf', NOW_MS, 'LIMIT', 0, tonumber(ARGV[13]))
+for _, jobid in ipairs(ids) do
+  redis.call('ZREM', ARGV[12], jobid)
+  local jk = JP .. jobid
+  local f = redis.call('HMGET', jk, 'status', 'stream')
+  if f[1] == 'scheduled' and f[2] then
+    local eid = redis.call('XADD', f[2], '*', 'job', jobid)
+    redis.call('HSET', jk, 'status', 'queued', 'entry', eid)
+    publish(jk, jobid)
+  end
+end
+local nxt = redis.call('ZRANGE', ARGV[12], 0, 0, 'WITHSCORES')
+return {#ids, nxt[2] or false}
+"""
+)
+
+# ARGV[12] job id, [13] scheduled zset, [14] cancel channel.
+CANCEL = (
+    _PRELUDE
+    + r"""
+local jobid = ARGV[12]
+local jk = JP .. jobid
+local f = redis.call('HMGET', jk, 'status', 'stream', 'entry')
+if not f[1] then return 'missing' end
+if f[1] == 'queued' then
+  if f[2] and f[3] then redis.call('XDEL', f[2], f[3]) end
+  finalize(jk, jobid, 'cancelled', '')
+  return 'cancelled'
+elseif f[1] == 'scheduled' then
+  redis.call('ZREM', ARGV[13], jobid)
+  finalize(jk, jobid, 'cancelled', '')
+  return 'cancelled'
+elseif f[1] == 'running' then
+  redis.call('HSET', jk, 'cancel_requested', '1')
+  redis.call('PUBLISH', ARGV[14], jobid)
+  publish(jk, jobid)
+  return 'cancelling'
+end
+return f[1]
+"""
+)
+
+# ARGV[12] job id.
+RETRY_DEAD = (
+    _PRELUDE
+    + r"""
+local jobid = ARGV[12]
+local jk = JP .. jobid
+local f = redis.call('HMGET', jk, 'status', 'stream', 'dead_entry')
+if not f[1] then return 'missing' end
+if f[1] ~= 'failed' and f[1] ~= 'dead' then return f[1] end
+if f[3] then redis.call('XDEL', DEAD, f[3]) end
+redis.call('HDEL', jk, 'dead_entry', 'error', 'result', 'finished_at', 'started_at',
+  'worker_id', 'progress', 'cancel_requested', 'scheduled_for')
+local eid = redis.call('XADD', f[2], '*', 'job', jobid)
+redis.call('HSET', jk, 'status', 'queued', 'attempts', 0, 'entry', eid)
+redis.call('DEL', DP .. jobid)
+redis.call('EXPIRE', jk, TTL)
+publish(jk, jobid)
+return 'queued'
+"""
+)
+
+# ARGV[1] job key, [2] stream, [3] index zset, [4] idempotency key or '', [5] scheduled
+# zset, [6] queues set, [7] events channel, [8] job id, [9] now (ms), [10] ttl (s),
+# [11] due (ms, 0 = now), [12] pool name, [13] event JSON, [14..] record field pairs.
+# Answers {job id, 1} when created, {existing job id, 0} on an idempotency hit.
+ENQUEUE = r"""
+local jk, jobid, now, ttl, due = ARGV[1], ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]),
+  tonumber(ARGV[11])
+if ARGV[4] ~= '' then
+  local existing = redis.call('GET', ARGV[4])
+  if existing then return {existing, 0} end
+  redis.call('SET', ARGV[4], jobid, 'EX', ttl)
+end
+redis.call('HSET', jk, unpack(ARGV, 14))
+if due > now then
+  redis.call('ZADD', ARGV[5], due, jobid)
+else
+  local eid = redis.call('XADD', ARGV[2], '*', 'job', jobid)
+  redis.call('HSET', jk, 'entry', eid)
+end
+redis.call('EXPIRE', jk, ttl)
+redis.call('ZADD', ARGV[3], now, jobid)
+redis.call('ZREMRANGEBYSCORE', ARGV[3], '-inf', now - ttl * 1000)
+redis.call('SADD', ARGV[6], ARGV[12])
+redis.call('PUBLISH', ARGV[7], ARGV[13])
+return {jobid, 1}
+"""
+
+
+class Script:
+    """A Lua script run by SHA, loaded on first use and again after a Redis restart."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, redis: Redis, args: Sequence[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, 0, *args)  # type: ignore[misc]
+        except NoScriptError:
+            await redis.script_load(self.source)  # type: ignore[no-untyped-call]
+            return await redis.evalsha(self.sha, 0, *args)  # type: ignore[misc]
+
+
+async def run_scripts(redis: Redis, calls: Sequence[tuple[Script, Sequence[Any]]]) -> list[Any]:
+    """Run several script calls in one round trip; answers their results in order.
+
+    Calls that found their script missing (Redis restarted) are loaded and run again;
+    any other error is raised after the batch.
+    """
+    if not calls:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, args in calls:
+            pipe.evalsha(script.sha, 0, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        for source in {calls[i][0].source for i in missing}:
+            await redis.script_load(source)  # type: ignore[no-untyped-call]
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in missing:
+                pipe.evalsha(calls[i][0].sha, 0, *calls[i][1])
+            again = await pipe.execute(raise_on_error=False)
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+#: Script objects, one per source.
+ENQUEUE_SCRIPT = Script(ENQUEUE)
+FETCH_SCRIPT = Script(FETCH)
+FINISH_SCRIPT = Script(FINISH)
+PROGRESS_SCRIPT = Script(PROGRESS)
+RENEW_SCRIPT = Script(RENEW)
+MOVE_DUE_SCRIPT = Script(MOVE_DUE)
+CANCEL_SCRIPT = Script(CANCEL)
+RETRY_DEAD_SCRIPT = Script(RETRY_DEAD)

@@ -1,0 +1,75 @@
+"""``mimir worker``: run a worker process that drains the job queue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+__all__ = ["main"]
+
+
+def _parser(default_concurrency: int) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mimir worker", description="Drain the Mimir job queue (REDIS_URL)."
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=default_concurrency,
+        help=f"jobs run at once (WORKER_CONCURRENCY, default {default_concurrency})",
+    )
+    parser.add_argument(
+        "--queues",
+        default="default",
+        help="comma-separated worker pools to serve (default: default), e.g. default,gpu",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds running jobs get to finish after SIGTERM (MIMIR_WORKER_GRACE, 30)",
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=None,
+        help="seconds after which a silent worker's jobs are taken over (MIMIR_WORKER_LEASE, 30)",
+    )
+    parser.add_argument("--redis-url", default=None, help="Redis URL (default: REDIS_URL)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mimir worker``; answers the exit code."""
+    from mimir.core.settings import Settings, normalise_redis_url
+
+    settings = Settings.from_env()
+    args = _parser(settings.worker_concurrency).parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if not queues:
+        print("mimir worker: --queues needs at least one name", file=sys.stderr)
+        return 2
+    if args.concurrency < 1:
+        print("mimir worker: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    from mimir.worker.worker import WorkerConfig, run_worker
+
+    try:
+        config = WorkerConfig.from_settings(
+            settings,
+            concurrency=args.concurrency,
+            queues=queues,
+            grace=args.grace,
+            lease=args.lease,
+            redis_url=normalise_redis_url(args.redis_url) if args.redis_url else None,
+        )
+    except ValueError as exc:
+        print(f"mimir worker: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_worker(config))

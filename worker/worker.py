@@ -1,0 +1,543 @@
+"""The worker process: drain the queue with N asyncio tasks, renew leases, heartbeat,
+stop gracefully.
+
+Loops, all on one event loop:
+
+- **fetch**: while a slot is free, start waiting jobs (highest priority first; every
+  few fetches one ``low`` and one ``normal`` job go first so nothing starves), else
+  block on the streams for up to ``block`` seconds.
+- **maintenance**: heartbeat into the worker registry, renew the leases of running
+  jobs (a lost lease or a cancellation stops the job), take over jobs whose lease ran
+  out (dead workers), move due scheduled jobs into their streams.
+- **cancel listener**: running jobs asked to cancel stop at once (renewal is the
+  fallback when a message is missed).
+- **writer**: outcomes and progress go to Redis in batches, one round trip each; kept
+  and retried while Redis is away, so nothing is lost.
+
+SIGTERM/SIGINT: take no new jobs, let running ones finish within ``grace`` seconds,
+hand the rest back to the queue (others take them at once), leave the registry, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mimir.core.jobs import JobContext, JobFailedError, get_job_handler, load_job_handlers
+from mimir.core.queue.client import connect
+from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer
+from mimir.core.queue.models import iso, utc_now
+from mimir.core.settings import Settings
+
+__all__ = ["Worker", "WorkerConfig", "WorkerGaveUpError"]
+
+logger = logging.getLogger(__name__)
+
+#: Errors that mean "Redis is away for now": retried with backoff.
+_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
+
+
+@dataclass
+class WorkerConfig:
+    """How a worker runs; the intervals are short in tests, generous in production."""
+
+    redis_url: str
+    queues: list[str] = field(default_factory=lambda: ["default"])
+    concurrency: int = 5
+    prefix: str = "mimir:"
+    job_ttl: int = 24 * 3600
+    data_dir: Path | None = None
+    #: A job whose lease is not renewed for this long is taken over by another worker
+    #: (``MIMIR_WORKER_LEASE``).
+    lease: float = 30.0
+    #: Heartbeat period; the registry entry expires after three missed beats
+    #: (``MIMIR_WORKER_HEARTBEAT``).
+    heartbeat: float = 2.0
+    #: Seconds running jobs may take to finish after SIGTERM (``MIMIR_WORKER_GRACE``).
+    grace: float = 30.0
+    #: Seconds of Redis outage after which the worker gives up (exit 1)
+    #: (``MIMIR_WORKER_MAX_OUTAGE``).
+    max_outage: float = 300.0
+    #: Longest blocking read on the streams.
+    block: float = 1.0
+    #: Longest pause between checks for due scheduled jobs.
+    schedule_poll: float = 0.2
+    #: Every this many fetches, one low and one normal job go first.
+    starvation_every: int = 8
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
+        values: dict[str, Any] = {
+            "redis_url": settings.redis_url,
+            "concurrency": settings.worker_concurrency,
+            "prefix": settings.key_prefix,
+            "job_ttl": settings.job_ttl,
+            "data_dir": settings.data_dir,
+            "lease": _env_float("MIMIR_WORKER_LEASE", 30.0),
+            "heartbeat": _env_float("MIMIR_WORKER_HEARTBEAT", 2.0),
+            "grace": _env_float("MIMIR_WORKER_GRACE", 30.0),
+            "max_outage": _env_float("MIMIR_WORKER_MAX_OUTAGE", 300.0),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+class WorkerGaveUpError(RuntimeError):
+    """Redis stayed away longer than ``max_outage``."""
+
+
+class _Reconnect:
+    """Bounded, logged backoff for one loop while Redis is unavailable."""
+
+    def __init__(self, what: str, max_outage: float) -> None:
+        self.what = what
+        self.max_outage = max_outage
+        self.down_since: float | None = None
+        self.delay = 0.1
+
+    async def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+        down = now - self.down_since
+        left = self.max_outage - down
+        if left <= 0:
+            raise WorkerGaveUpError(
+                f"Redis unavailable for {down:.0f}s ({self.what}): {exc}; giving up"
+            ) from exc
+        logger.warning(
+            "%s: Redis unavailable (%s); retrying in %.1fs (giving up in %.0fs)",
+            self.what,
+            exc,
+            self.delay,
+            left,
+        )
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 5.0) * random.uniform(0.8, 1.2)
+
+    def ok(self) -> None:
+        if self.down_since is not None:
+            logger.info(
+                "%s: Redis reachable again after %.1fs",
+                self.what,
+                time.monotonic() - self.down_since,
+            )
+        self.down_since = None
+        self.delay = 0.1
+
+
+@dataclass
+class _Running:
+    delivery: Delivery
+    task: asyncio.Task[None]
+    #: Why the task was cancelled: ``cancel`` (asked to), ``lost`` (lease taken over),
+    #: ``shutdown`` (drain ran out of grace).
+    stop_reason: str | None = None
+
+
+class Worker:
+    """One worker process's queue consumer; :meth:`run` until stopped."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.hostname = socket.gethostname()
+        self.worker_id = f"worker-{self.hostname}-{os.getpid()}"
+        self.redis = connect(
+            config.redis_url,
+            socket_timeout=max(10.0, config.block + 5.0),
+            max_connections=None,
+        )
+        self.consumer = QueueConsumer(
+            self.redis,
+            self.worker_id,
+            config.queues,
+            prefix=config.prefix,
+            job_ttl=config.job_ttl,
+        )
+        self.started_at = utc_now()
+        self.running: dict[str, _Running] = {}
+        self.processed = self.succeeded = self.failed = 0
+        self._stopping = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._pending: list[Any] = []  # progress tuples and Outcomes, in order
+        self._pending_event = asyncio.Event()
+        self._process: Any = None  # psutil.Process, created lazily
+        self._fatal: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin a graceful stop (what SIGTERM does); a second call skips the grace."""
+        if self._stopping.is_set():
+            logger.warning("second stop request: handing back running jobs now")
+            self.config.grace = 0
+        self._stopping.set()
+        self._slot_free.set()
+
+    async def run(self) -> int:
+        """Serve until stopped; answers the exit code (0 after a graceful stop)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            await self._connect()
+        except WorkerGaveUpError as exc:
+            logger.error("%s", exc)
+            return 1
+        logger.info(
+            "%s serving queues %s with concurrency %d",
+            self.worker_id,
+            ",".join(self.config.queues),
+            self.config.concurrency,
+        )
+        loops = [
+            asyncio.create_task(self._guard(self._maintenance_loop), name="maintenance"),
+            asyncio.create_task(self._guard(self._scheduler_loop), name="scheduler"),
+            asyncio.create_task(self._guard(self._cancel_listener), name="cancel-listener"),
+            asyncio.create_task(self._guard(self._writer_loop), name="writer"),
+        ]
+        fetch = asyncio.create_task(self._guard(self._fetch_loop), name="fetch")
+        await self._stopping.wait()
+        code = 0 if self._fatal is None else 1
+        await self._drain(fetch)
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        if self._fatal is None:
+            with contextlib.suppress(*_OUTAGE_ERRORS):
+                await self.consumer.deregister()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        logger.info("%s stopped (processed %d jobs)", self.worker_id, self.processed)
+        return code
+
+    async def _guard(self, loop_fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await loop_fn()
+        except asyncio.CancelledError:
+            raise
+        except WorkerGaveUpError as exc:
+            logger.error("%s", exc)
+            self._fatal = exc
+            self.config.grace = 0
+            self.stop()
+        except Exception as exc:
+            logger.exception("worker loop %s crashed; stopping", loop_fn.__name__)
+            self._fatal = exc
+            self.stop()
+
+    async def _connect(self) -> None:
+        reconnect = _Reconnect("connect", self.config.max_outage)
+        while True:
+            try:
+                await self.consumer.ensure_groups()
+                await self._heartbeat()
+                reconnect.ok()
+                return
+            except _OUTAGE_ERRORS as exc:
+                if self._stopping.is_set():
+                    raise WorkerGaveUpError("stopped before Redis became reachable") from exc
+                await reconnect.failed(exc)
+
+    async def _drain(self, fetch: asyncio.Task[None]) -> None:
+        logger.info(
+            "stopping: no new jobs; %d running get %.0fs to finish",
+            len(self.running),
+            self.config.grace,
+        )
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(fetch, timeout=self.config.block + 5)
+        with contextlib.suppress(*_OUTAGE_ERRORS):
+            await self._heartbeat(draining=True)
+        tasks = [r.task for r in self.running.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.config.grace)
+            if pending:
+                logger.warning("grace over: handing %d running jobs back", len(pending))
+                for running in list(self.running.values()):
+                    if running.task in pending:
+                        running.stop_reason = "shutdown"
+                        running.task.cancel()
+                await asyncio.wait(pending)
+        await self._flush_remaining()
+
+    async def _flush_remaining(self) -> None:
+        """Write what is pending before exiting (Redis may be briefly away)."""
+        reconnect = _Reconnect("final write", min(self.config.max_outage, 30.0))
+        while self._pending:
+            try:
+                await self._write_batch()
+            except _OUTAGE_ERRORS as exc:
+                try:
+                    await reconnect.failed(exc)
+                except WorkerGaveUpError:
+                    logger.error(
+                        "could not write %d outcomes; their jobs will be retried after their "
+                        "lease expires",
+                        len(self._pending),
+                    )
+                    return
+
+    # -- fetching and running ----------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        reconnect = _Reconnect("fetch", self.config.max_outage)
+        fetches = 0
+        block_ms = max(1, int(self.config.block * 1000))
+        while not self._stopping.is_set():
+            free = self.config.concurrency - len(self.running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            fetches += 1
+            try:
+                low_first = fetches % self.config.starvation_every == 0
+                deliveries = await self.consumer.fetch(free, low_first=low_first)
+                if not deliveries:
+                    deliveries = await self.consumer.read_blocking(free, block_ms)
+                reconnect.ok()
+            except _OUTAGE_ERRORS as exc:
+                await reconnect.failed(exc)
+                continue
+            for delivery in deliveries:
+                self._start(delivery)
+
+    def _start(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._run_job(delivery), name=f"job-{delivery.job_id}")
+        self.running[delivery.job_id] = _Running(delivery, task)
+
+    async def _run_job(self, delivery: Delivery) -> None:
+        job_id = delivery.job_id
+        started = time.perf_counter()
+        outcome: Outcome | None
+        try:
+            handler = get_job_handler(delivery.type)
+            ctx = JobContext(
+                job_id=job_id,
+                attempt=delivery.attempt,
+                worker_id=self.worker_id,
+                data_dir=self.config.data_dir,
+                report_progress=lambda step, total, name: self._queue_write(
+                    (delivery, step, total, name)
+                ),
+            )
+            if delivery.timeout:
+                async with asyncio.timeout(delivery.timeout):
+                    result = await handler(delivery.payload, ctx)
+            else:
+                result = await handler(delivery.payload, ctx)
+            outcome = Outcome(delivery, "succeeded", result=result)
+        except asyncio.CancelledError:
+            reason = self.running[job_id].stop_reason if job_id in self.running else None
+            if reason == "cancel":
+                outcome = Outcome(delivery, "cancelled", error="cancelled while running")
+            elif reason == "lost":
+                logger.warning("job %s: lease lost to another worker; dropped here", job_id)
+                outcome = None
+            else:
+                outcome = Outcome(delivery, "requeue")
+        except TimeoutError:
+            outcome = Outcome(delivery, "failed", error=f"timed out after {delivery.timeout:g}s")
+        except JobFailedError as exc:
+            outcome = Outcome(delivery, "failed", error=str(exc), result=exc.result)
+        except Exception as exc:
+            logger.warning("job %s (%s) raised", job_id, delivery.type, exc_info=True)
+            outcome = Outcome(delivery, "failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.running.pop(job_id, None)
+            self._slot_free.set()
+        if outcome is not None:
+            outcome.duration = time.perf_counter() - started
+            self._queue_write(outcome)
+
+    # -- writing outcomes --------------------------------------------------------------
+
+    def _queue_write(self, item: Any) -> None:
+        self._pending.append(item)
+        self._pending_event.set()
+
+    async def _write_batch(self) -> None:
+        batch = self._pending[:]
+        # Only the latest progress of a job matters.
+        progress: dict[str, tuple[Delivery, int, int, str | None]] = {}
+        outcomes: list[Outcome] = []
+        for item in batch:
+            if isinstance(item, Outcome):
+                outcomes.append(item)
+            else:
+                progress[item[0].job_id] = item
+        calls = [self.consumer.progress_call(*p) for p in progress.values()]
+        calls += [self.consumer.finish_call(o) for o in outcomes]
+        results = await self.consumer.apply(calls)
+        del self._pending[: len(batch)]
+        for outcome, written in zip(outcomes, results[len(progress) :], strict=True):
+            self._account(outcome, bool(written))
+
+    def _account(self, outcome: Outcome, written: bool) -> None:
+        job_id = outcome.delivery.job_id
+        if not written:
+            logger.warning("job %s was taken over by another worker; outcome discarded", job_id)
+            return
+        if outcome.kind == "requeue":
+            logger.info("job %s handed back to the queue", job_id)
+            return
+        self.processed += 1
+        if outcome.kind == "succeeded":
+            self.succeeded += 1
+        elif outcome.kind == "failed":
+            self.failed += 1
+            logger.info(
+                "job %s attempt %d failed (%s): %s",
+                job_id,
+                outcome.delivery.attempt,
+                "will retry" if outcome.applied == "retry" else "final",
+                outcome.error,
+            )
+
+    async def _writer_loop(self) -> None:
+        reconnect = _Reconnect("write outcomes", self.config.max_outage)
+        while True:
+            await self._pending_event.wait()
+            self._pending_event.clear()
+            while self._pending:
+                try:
+                    await self._write_batch()
+                    reconnect.ok()
+                except _OUTAGE_ERRORS as exc:
+                    await reconnect.failed(exc)
+
+    # -- maintenance -------------------------------------------------------------------
+
+    async def _heartbeat(self, draining: bool = False) -> None:
+        if self._process is None:
+            import psutil  # lazily: only the worker needs it
+
+            self._process = psutil.Process()
+            self._process.cpu_percent(None)
+        info = {
+            "worker_id": self.worker_id,
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "queues": self.config.queues,
+            "concurrency": self.config.concurrency,
+            "started_at": iso(self.started_at),
+            "current_jobs": list(self.running),
+            "processed": self.processed,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "cpu_percent": self._process.cpu_percent(None),
+            "memory_bytes": self._process.memory_info().rss,
+            "draining": "1" if draining or self._stopping.is_set() else "0",
+        }
+        await self.consumer.heartbeat(info, ttl=self.config.heartbeat * 3)
+
+    async def _maintenance_loop(self) -> None:
+        reconnect = _Reconnect("maintenance", self.config.max_outage)
+        tick = max(0.05, min(self.config.heartbeat, self.config.lease / 3))
+        last_renew = last_reclaim = 0.0
+        while True:
+            try:
+                now = time.monotonic()
+                await self._heartbeat()
+                if now - last_renew >= self.config.lease / 3:
+                    await self._renew()
+                    last_renew = now
+                if now - last_reclaim >= self.config.lease / 2 and not self._stopping.is_set():
+                    await self._reclaim()
+                    last_reclaim = now
+                reconnect.ok()
+            except _OUTAGE_ERRORS as exc:
+                await reconnect.failed(exc)
+                continue
+            await asyncio.sleep(tick)
+
+    async def _renew(self) -> None:
+        running = list(self.running.values())
+        answers = await self.consumer.renew([r.delivery for r in running])
+        for entry, answer in zip(running, answers, strict=True):
+            if answer == "ok" or entry.task.done():
+                continue
+            if entry.stop_reason is None:
+                entry.stop_reason = answer  # 'cancel' or 'lost'
+                logger.info("job %s: %s; stopping it", entry.delivery.job_id, answer)
+                entry.task.cancel()
+
+    async def _reclaim(self) -> None:
+        free = self.config.concurrency - len(self.running)
+        if free <= 0:
+            return
+        for delivery in await self.consumer.reclaim(free, self.config.lease):
+            logger.info(
+                "took over job %s (attempt %d) from a worker whose lease expired",
+                delivery.job_id,
+                delivery.attempt,
+            )
+            self._start(delivery)
+
+    async def _scheduler_loop(self) -> None:
+        reconnect = _Reconnect("scheduler", self.config.max_outage)
+        while True:
+            try:
+                next_due = await self.consumer.move_due()
+                reconnect.ok()
+            except _OUTAGE_ERRORS as exc:
+                await reconnect.failed(exc)
+                continue
+            pause = self.config.schedule_poll
+            if next_due is not None:
+                pause = min(pause, max(0.01, next_due - time.time()))
+            await asyncio.sleep(pause)
+
+    async def _cancel_listener(self) -> None:
+        reconnect = _Reconnect("cancel listener", self.config.max_outage)
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.consumer.keys.cancel)
+                reconnect.ok()
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        continue
+                    self._cancel_requested(str(message["data"]))
+            except _OUTAGE_ERRORS as exc:
+                await reconnect.failed(exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _cancel_requested(self, job_id: str) -> None:
+        entry = self.running.get(job_id)
+        if entry is not None and entry.stop_reason is None and not entry.task.done():
+            logger.info("job %s: cancellation requested; stopping it", job_id)
+            entry.stop_reason = "cancel"
+            entry.task.cancel()
+
+
+async def run_worker(config: WorkerConfig) -> int:
+    """Run a worker until it is stopped; answers the exit code."""
+    load_job_handlers()
+    return await Worker(config).run()
