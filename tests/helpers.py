@@ -235,3 +235,121 @@ class ServerProcess:
                 process.kill()
                 process.wait(timeout=5)
         return process.returncode
+
+
+class WorkerProcess:
+    """A real ``python -m mimir.worker`` child process (queue helper).
+
+    ``env`` should hold ``REDIS_URL``; short lease/heartbeat intervals keep tests fast
+    (``MIMIR_WORKER_LEASE``, ``MIMIR_WORKER_HEARTBEAT`` default to 2 s and 0.2 s here).
+    ``start()`` returns once the worker's heartbeat key is in Redis.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        concurrency: int = 5,
+        queues: str = "default",
+        args: list[str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        import os
+        import tempfile
+
+        self.env = {**os.environ, **env}
+        self.env.setdefault("MIMIR_WORKER_LEASE", "2")
+        self.env.setdefault("MIMIR_WORKER_HEARTBEAT", "0.2")
+        self.env.setdefault("MIMIR_WORKER_GRACE", "10")
+        self.concurrency = concurrency
+        self.queues = queues
+        self.args = list(args or [])
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="mimir-worker-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._pid is not None, "worker not started"
+        return self._pid
+
+    @property
+    def worker_id(self) -> str:
+        return f"worker-{socket.gethostname()}-{self.pid}"
+
+    @property
+    def command(self) -> list[str]:
+        import sys
+
+        return [
+            sys.executable,
+            "-m",
+            "mimir.worker",
+            "--concurrency",
+            str(self.concurrency),
+            "--queues",
+            self.queues,
+            *self.args,
+        ]
+
+    def output(self, lines: int = 60) -> str:
+        """The last ``lines`` lines the worker logged."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def start(self, timeout: float = 20.0) -> WorkerProcess:
+        """Launch and wait until the worker's heartbeat key exists in Redis."""
+        import redis
+
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self._pid = self.process.pid
+        prefix = self.env.get("MIMIR_KEY_PREFIX", "mimir:")
+        client = redis.Redis.from_url(self.env["REDIS_URL"], socket_timeout=2)
+        try:
+            deadline = time.monotonic() + timeout
+            while not client.exists(f"{prefix}worker:{self.worker_id}"):
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"worker exited with {self.process.returncode}:\n{self.output()}"
+                    )
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"worker not registered after {timeout}s:\n{self.output()}")
+                time.sleep(0.02)
+        finally:
+            client.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit; its exit code."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, sig: int | None = None, timeout: float = 30.0) -> int | None:
+        """Send ``sig`` (default SIGTERM) and wait; SIGKILL after ``timeout``. The exit code."""
+        import signal
+
+        if self.process is None:
+            return None
+        process = self.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM if sig is None else sig)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        return process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies at once, holding whatever it held."""
+        import signal
+
+        self.stop(signal.SIGKILL, timeout=10)

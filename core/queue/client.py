@@ -333,7 +333,8 @@ class JobQueue:
         if outcome == "missing":
             raise JobNotFoundError(job_id)
         if outcome not in {"cancelled", "cancelling"}:
-            raise JobStateError(f"job {job_id!r} has already ended ({outcome}); nothing to cancel")
+            ended = outcome.removeprefix("ended:")
+            raise JobStateError(f"job {job_id!r} has already ended ({ended}); nothing to cancel")
         return await self.get(job_id)
 
     async def retry_dead(self, job_id: str) -> JobRecord:

@@ -273,7 +273,7 @@ elseif f[1] == 'running' then
   publish(jk, jobid)
   return 'cancelling'
 end
-return f[1]
+return 'ended:' .. f[1]
 """
 )
 
