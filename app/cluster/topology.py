@@ -242,7 +242,16 @@ def build_topology(
             name="redis",
             kind="redis",
             image=redis_image,
-            command=["redis-server", "--appendonly", "yes", "--dir", "/data"],
+            # Reached only on the cluster's private network: protected mode would refuse it.
+            command=[
+                "redis-server",
+                "--appendonly",
+                "yes",
+                "--dir",
+                "/data",
+                "--protected-mode",
+                "no",
+            ],
             environment={},
             volumes=[VolumeMount("redis_data", "/data")],
             healthcheck=["CMD", "redis-cli", "ping"],
@@ -289,8 +298,8 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if spec.name in ("backend", "worker"):
         out["build"] = {
-            "context": "..",
-            "dockerfile": f"packaging/Dockerfile.{spec.name}",
+            "context": ".",
+            "dockerfile": f"Dockerfile.{spec.name}",
             "args": {"BASE_IMAGE": "${BASE_IMAGE:-python:3.11-slim}"},
         }
         out["image"] = spec.image
@@ -327,10 +336,14 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
         out["mem_limit"] = spec.memory
     # Labels as the Docker backend sets them, so `mimir cluster status` sees compose's
     # containers too when the project names agree.
-    labels = {LABEL_SERVICE: spec.name}
-    out["labels"] = labels
+    out["labels"] = {LABEL_PROJECT: COMPOSE_PROJECT, LABEL_SERVICE: spec.name}
     out["networks"] = [topology.network]
     return out
+
+
+#: The project label in compose files: run ``MIMIR_PROJECT=x docker-compose -p x …`` so that
+#: ``mimir cluster status --project x`` sees the same containers and volumes.
+COMPOSE_PROJECT = "${MIMIR_PROJECT:-mimir}"
 
 
 def compose_file(topology: Topology) -> dict[str, Any]:
@@ -344,7 +357,7 @@ def compose_file(topology: Topology) -> dict[str, Any]:
         "version": "2.4",
         "services": services,
         "volumes": {
-            name: {"labels": {LABEL_PROJECT: topology.project}} for name in topology.volumes
+            name: {"labels": {LABEL_PROJECT: COMPOSE_PROJECT}} for name in topology.volumes
         },
         "networks": {topology.network: {"driver": "bridge"}},
     }

@@ -1,0 +1,211 @@
+"""``mimir cluster``: start, scale and stop a cluster through Docker or local processes.
+
+::
+
+    mimir cluster up [--workers N] [--backend docker|local] [--project NAME] [--port P]
+    mimir cluster scale N | down | clean | restart SERVICE | ps | status | stats | build
+    mimir cluster logs [SERVICE ...] [-f] [--tail N]
+
+Progress goes to stderr while a command works; tables and log lines go to stdout.
+Operator errors (no engine, port taken, nothing running …) exit 1 with one clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from typing import Any
+
+from mimir.app.cluster.base import ClusterBackend, ClusterError, ClusterStatus
+from mimir.app.cluster.selection import create_backend, default_backend_name
+from mimir.core.settings import Settings
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--backend",
+        choices=["docker", "local"],
+        help="docker (an engine must answer) or local processes; default: docker if an "
+        "engine answers, else local",
+    )
+    common.add_argument(
+        "--project", default="mimir", help="cluster name; clusters coexist (default: mimir)"
+    )
+    common.add_argument(
+        "--grace", type=float, help="seconds a stopping worker gets to hand back its jobs (30)"
+    )
+    common.add_argument("--timeout", type=float, help="seconds to wait for the cluster (90)")
+    docker = common.add_argument_group("docker backend")
+    docker.add_argument(
+        "--docker-host", help="engine URL: unix://, ssh://user@host, tcp://host:2376 "
+        "(default: DOCKER_HOST, else the local socket)"
+    )  # fmt: skip
+    docker.add_argument("--profile", help="JSON profile with engine, TLS material, bind, token")
+    docker.add_argument("--redis-image", help="Redis image (default redis:7-alpine, else built)")
+    docker.add_argument("--base-image", help="BASE_IMAGE build argument for 'build'")
+
+    parser = argparse.ArgumentParser(
+        prog="mimir cluster", description="Start, scale and stop a Mimir cluster."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    up = sub.add_parser("up", parents=[common], help="start the cluster and wait until ready")
+    up.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
+    up.add_argument("--port", type=int, help="API port on 127.0.0.1 (default MIMIR_PORT, 8080)")
+    up.add_argument("--concurrency", type=int, help="jobs per worker (WORKER_CONCURRENCY, 5)")
+    up.add_argument("--redis-url", help="local backend: use this Redis instead of starting one")
+    up.add_argument("--bind", help="docker backend: host address the API is published on")
+    scale = sub.add_parser("scale", parents=[common], help="run exactly N workers")
+    scale.add_argument("workers", type=int, metavar="N")
+    sub.add_parser("down", parents=[common], help="stop and remove the services, keep the data")
+    sub.add_parser("clean", parents=[common], help="like down, and remove the data (volumes)")
+    restart = sub.add_parser("restart", parents=[common], help="restart one service")
+    restart.add_argument("service", metavar="SERVICE", help="redis, backend, worker or worker-N")
+    logs = sub.add_parser("logs", parents=[common], help="show (and follow) log lines")
+    logs.add_argument("services", nargs="*", metavar="SERVICE", help="default: all")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--tail", type=int, default=100, help="lines per service first (100)")
+    sub.add_parser("ps", parents=[common], help="list containers/processes")
+    sub.add_parser("status", parents=[common], help="state and health of each service")
+    sub.add_parser("stats", parents=[common], help="CPU %% and memory of each container/process")
+    build = sub.add_parser("build", parents=[common], help="build the images (docker backend)")
+    build.add_argument(
+        "--unified", action="store_true", help="also build the one-container unified image"
+    )
+    return parser
+
+
+def _progress(step: str, message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {step}: {message}", file=sys.stderr, flush=True)
+
+
+def _backend_options(args: argparse.Namespace, backend: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "grace": args.grace,
+        "start_timeout": args.timeout,
+        "api_port": getattr(args, "port", None),
+        "worker_concurrency": getattr(args, "concurrency", None),
+    }
+    if backend == "local":
+        options["redis_url"] = getattr(args, "redis_url", None)
+    else:
+        options.update(
+            docker_host=args.docker_host,
+            profile=args.profile,
+            redis_image=args.redis_image,
+            base_image=args.base_image,
+            api_bind=getattr(args, "bind", None),
+        )
+    return options
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024 / 1024:.1f} MiB"
+
+
+def _print_status(status: ClusterStatus) -> None:
+    print(f"cluster {status.project!r} ({status.backend})  API: {status.api_url or '-'}")
+    rows = [("SERVICE", "STATE", "HEALTH", "REPLICAS", "PORTS")]
+    for s in status.services:
+        ports = ", ".join(f"{k} -> {v}" for k, v in s.ports.items())
+        rows.append((s.name, s.state, s.health or "-", str(s.replicas), ports or "-"))
+    _print_table(rows)
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
+    command = args.command
+    if command == "up":
+        status = await backend.up(args.workers, _progress)
+        _print_status(status)
+    elif command == "scale":
+        status = await backend.scale(args.workers, _progress)
+        _print_status(status)
+    elif command == "down":
+        await backend.down(_progress)
+    elif command == "clean":
+        await backend.clean(_progress)
+    elif command == "restart":
+        status = await backend.restart(args.service, _progress)
+        _print_status(status)
+    elif command == "status":
+        status = await backend.status()
+        _print_status(status)
+        stale = [i for i in await _instances(backend) if i.state == "stale"]
+        for item in stale:
+            print(f"stale entry: {item.name} (pid {item.ident}): {item.detail}")
+        return 0 if status.running else 3
+    elif command == "ps":
+        rows = [("NAME", "SERVICE", "STATE", "ID", "DETAIL")]
+        for item in await _instances(backend):
+            rows.append((item.name, item.service, item.state, item.ident, item.detail))
+        _print_table(rows)
+    elif command == "stats":
+        rows = [("NAME", "CPU %", "MEMORY", "LIMIT", "NET RX", "NET TX")]
+        for st in await backend.stats():
+            rows.append(
+                (
+                    st.name,
+                    f"{st.cpu_percent:.1f}",
+                    _mib(st.memory_bytes),
+                    _mib(st.memory_limit_bytes),
+                    _mib(st.net_rx_bytes),
+                    _mib(st.net_tx_bytes),
+                )
+            )
+        _print_table(rows)
+    elif command == "logs":
+        width = 0
+        async for line in backend.logs(args.services or None, args.follow, args.tail):
+            width = max(width, len(line.service))
+            print(f"{line.service.ljust(width)} | {line.line}", flush=args.follow)
+    elif command == "build":
+        await backend.build(_progress)
+        if args.unified:
+            build_unified = getattr(backend, "build_unified", None)
+            if build_unified is None:
+                raise ClusterError("--unified needs the docker backend")
+            await build_unified(_progress)
+    return 0
+
+
+async def _instances(backend: ClusterBackend) -> list[Any]:
+    instances = getattr(backend, "instances", None)
+    return list(await instances()) if instances else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mimir cluster``; returns the exit code."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        name = args.backend or default_backend_name(args.project, settings)
+        if args.backend is None and args.command in ("up", "build"):
+            _progress("backend", f"using the {name} backend (choose with --backend)")
+        backend = create_backend(name, args.project, settings, **_backend_options(args, name))
+        return asyncio.run(_run(args, backend))
+    except ClusterError as exc:
+        print(f"mimir cluster: error: {exc}", file=sys.stderr)
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
+        return 1
+    except ValueError as exc:  # e.g. a malformed environment variable
+        print(f"mimir cluster: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,111 @@
+"""Write ``packaging/docker-compose.{distributed,unified}.yml`` from :mod:`.topology`.
+
+``python -m mimir.app.cluster.compose [DIR]`` regenerates them; the tests check that the
+files in the repository equal what this module renders, so they never drift apart.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mimir.app.cluster.topology import (
+    API_PORT,
+    COMPOSE_PROJECT,
+    IMAGES,
+    LABEL_PROJECT,
+    LABEL_SERVICE,
+    build_topology,
+    compose_file,
+)
+
+__all__ = ["distributed_compose", "render", "unified_compose", "write_compose_files"]
+
+HEADER = """\
+# Generated from mimir.app.cluster.topology by `python -m mimir.app.cluster.compose`;
+# do not edit by hand (tests/cluster/test_topology.py checks it matches).
+# {usage}
+"""
+
+
+def distributed_compose() -> dict[str, Any]:
+    """Redis, backend and a scalable worker service (``--scale worker=N``)."""
+    return compose_file(build_topology("mimir", workers=2))
+
+
+def unified_compose() -> dict[str, Any]:
+    """One container with Redis, the server and ``WORKERS`` workers."""
+    return {
+        "version": "2.4",
+        "services": {
+            "mimir": {
+                "build": {
+                    "context": ".",
+                    "dockerfile": "Dockerfile.unified",
+                    "args": {"BASE_IMAGE": "${BASE_IMAGE:-python:3.11-slim}"},
+                },
+                "image": IMAGES["unified"],
+                "restart": "unless-stopped",
+                "environment": {
+                    "WORKERS": "${WORKERS:-2}",
+                    "WORKER_CONCURRENCY": "${WORKER_CONCURRENCY:-5}",
+                    "MIMIR_LOG_LEVEL": "INFO",
+                },
+                "ports": [f"${{MIMIR_BIND:-127.0.0.1}}:${{MIMIR_PORT:-{API_PORT}}}:{API_PORT}"],
+                "volumes": [
+                    "unified_data:/app/data",
+                    "unified_logs:/app/logs",
+                    "unified_pipelines:/app/pipelines",
+                    "unified_redis:/app/redis",
+                ],
+                "cpus": 2.0,
+                "mem_limit": "2g",
+                "stop_grace_period": "45s",
+                "labels": {LABEL_PROJECT: COMPOSE_PROJECT, LABEL_SERVICE: "unified"},
+            }
+        },
+        "volumes": {
+            name: {"labels": {LABEL_PROJECT: COMPOSE_PROJECT}}
+            for name in ("unified_data", "unified_logs", "unified_pipelines", "unified_redis")
+        },
+    }
+
+
+def render(document: dict[str, Any], usage: str) -> str:
+    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=100)
+    return HEADER.format(usage=usage) + body
+
+
+def write_compose_files(directory: Path) -> list[Path]:
+    files = {
+        "docker-compose.distributed.yml": render(
+            distributed_compose(),
+            "cd packaging && docker-compose -f docker-compose.distributed.yml up -d "
+            "--scale worker=3",
+        ),
+        "docker-compose.unified.yml": render(
+            unified_compose(),
+            "cd packaging && WORKERS=4 docker-compose -f docker-compose.unified.yml up -d",
+        ),
+    }
+    written = []
+    for name, text in files.items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    directory = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "packaging"
+    for path in write_compose_files(directory):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Which backend drives a cluster, and building it: shared by the CLI and the console.
+
+The default is the Docker backend when an engine answers, else the local-process backend;
+a local cluster already recorded for the project wins, so commands find what ``up`` started.
+``MIMIR_CLUSTER_BACKEND`` (``docker``/``local``) overrides the guess.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Literal
+
+from mimir.app.cluster.base import ClusterBackend, ClusterError
+from mimir.core.settings import Settings
+
+__all__ = ["BackendName", "create_backend", "default_backend_name", "docker_engine_answers"]
+
+logger = logging.getLogger(__name__)
+
+BackendName = Literal["docker", "local"]
+
+
+def docker_engine_answers(docker_host: str | None = None, timeout: float = 3.0) -> bool:
+    """True when the Docker SDK is installed and an engine answers ``/_ping``."""
+    try:
+        import docker  # the console extra
+    except ImportError:
+        return False
+    try:
+        if docker_host:
+            client = docker.DockerClient(base_url=docker_host, timeout=timeout)
+        else:
+            client = docker.from_env(timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception as exc:  # any failure means "no usable engine" for this guess
+        logger.debug("no Docker engine: %s", exc)
+        return False
+
+
+def default_backend_name(project: str, settings: Settings | None = None) -> BackendName:
+    """``MIMIR_CLUSTER_BACKEND``; else ``local`` if a local cluster is recorded for
+    ``project``; else ``docker`` if an engine answers; else ``local``."""
+    chosen = os.environ.get("MIMIR_CLUSTER_BACKEND", "").strip().lower()
+    if chosen in ("docker", "local"):
+        return chosen  # type: ignore[return-value]
+    if chosen:
+        raise ClusterError(f"MIMIR_CLUSTER_BACKEND must be 'docker' or 'local', got {chosen!r}")
+    settings = settings or Settings.from_env()
+    if (settings.state_dir / project / "state.json").exists():
+        return "local"
+    return "docker" if docker_engine_answers() else "local"
+
+
+def create_backend(
+    name: BackendName,
+    project: str = "mimir",
+    settings: Settings | None = None,
+    **options: Any,
+) -> ClusterBackend:
+    """Build the named backend. ``options`` go to its constructor (``None`` values dropped)."""
+    options = {key: value for key, value in options.items() if value is not None}
+    if name == "local":
+        from mimir.app.cluster.local import LocalBackend
+
+        return LocalBackend(project, settings, **options)
+    if name == "docker":
+        try:
+            from mimir.app.cluster.docker_backend import DockerBackend
+        except ImportError as exc:
+            raise ClusterError(
+                f"the Docker backend needs the Docker SDK ({exc}): pip install 'mimir-aip[console]'"
+            ) from exc
+        return DockerBackend(project, settings, **options)
+    raise ClusterError(f"unknown backend {name!r}; choose docker or local")
