@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -99,6 +101,10 @@ def connect(url: str, **options: Any) -> Redis:
     options.setdefault("socket_connect_timeout", 5)
     options.setdefault("socket_timeout", _WAIT_SLICE + 10)
     options.setdefault("health_check_interval", 30)
+    # A connection broken by a Redis restart is replaced and the command retried (a few
+    # times, briefly); a Redis that stays away surfaces as QueueUnavailableError.
+    options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3))
+    options.setdefault("retry_on_error", [RedisConnectionError])
     return Redis.from_url(url, **options)
 
 
