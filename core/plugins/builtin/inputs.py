@@ -68,7 +68,9 @@ class FileInputConfig(PluginConfig):
 # --------------------------------------------------------------------------- CSV
 
 _INT = re.compile(r"^[+-]?(0|[1-9][0-9]*)$")
-_FLOAT = re.compile(r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?$")
+_FLOAT = re.compile(
+    r"^[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?)$"
+)
 
 
 def infer_scalar(text: str) -> Any:
@@ -76,7 +78,7 @@ def infer_scalar(text: str) -> Any:
     stripped = text.strip()
     if _INT.match(stripped):
         return int(stripped)
-    if _FLOAT.match(stripped) and not stripped.lstrip("+-").startswith("00"):
+    if _FLOAT.match(stripped):
         return float(stripped)
     return text
 

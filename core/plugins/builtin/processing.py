@@ -139,15 +139,18 @@ def _transform(config: TransformConfig) -> list[dict[str, Any]]:
         def key(row: dict[str, Any], name: str = name) -> tuple[int, Any]:
             return _sort_key(row.get(name))
 
-        result.sort(key=key, reverse=descending)
+        # Rows without a value go last whichever the direction (sorts are stable).
+        present = [row for row in result if row.get(name) is not None]
+        missing = [row for row in result if row.get(name) is None]
+        result = sorted(present, key=key, reverse=descending) + missing
     if config.limit is not None:
         result = result[: config.limit]
     if config.select is not None:
-        missing = [f for f in config.select if result and all(f not in r for r in result)]
-        if missing:
+        absent = [f for f in config.select if result and all(f not in r for r in result)]
+        if absent:
             available = ", ".join(list(result[0])[:20])
             raise PluginError(
-                f"select: no row has field(s) {', '.join(missing)} (fields: {available})"
+                f"select: no row has field(s) {', '.join(absent)} (fields: {available})"
             )
         result = [{f: r.get(f) for f in config.select} for r in result]
     elif not computed:
