@@ -1,0 +1,80 @@
+"""Fixtures and an API helper for the cluster tests (local processes and Docker)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+#: A job that takes a moment, so that some are in flight while the cluster scales.
+def sleep_pipeline(seconds: float) -> dict[str, Any]:
+    return {
+        "name": "cluster-test",
+        "steps": [
+            {
+                "name": "nap",
+                "plugin": "Debug.sleep",
+                "config": {"seconds": seconds},
+                "output": "nap",
+            }
+        ],
+    }
+
+
+@dataclass
+class ClusterAPI:
+    """The cluster's REST API as the tests use it (enqueue, wait, list workers)."""
+
+    base_url: str
+    token: str | None = None
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.client = httpx.Client(base_url=self.base_url, timeout=10.0, headers=headers)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def enqueue(self, count: int, seconds: float = 0.05) -> list[str]:
+        ids = []
+        for _ in range(count):
+            response = self.client.post(
+                "/api/v1/queue/pipelines/enqueue",
+                json={"pipeline": sleep_pipeline(seconds), "context": {}},
+            )
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["job_id"])
+        return ids
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/api/v1/queue/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_finished(self, ids: list[str], timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+        """Poll until every job has ended; return the records by id."""
+        deadline = time.monotonic() + timeout
+        done: dict[str, dict[str, Any]] = {}
+        while True:
+            for job_id in ids:
+                if job_id not in done:
+                    record = self.job(job_id)
+                    if record["status"] in ("succeeded", "failed", "cancelled", "dead"):
+                        done[job_id] = record
+            if len(done) == len(ids):
+                return done
+            if time.monotonic() > deadline:
+                pending = {i: self.job(i)["status"] for i in ids if i not in done}
+                raise AssertionError(
+                    f"{len(pending)} job(s) unfinished after {timeout}s: {pending}"
+                )
+            time.sleep(0.1)
+
+    def workers(self) -> list[dict[str, Any]]:
+        response = self.client.get("/api/v1/workers")
+        assert response.status_code == 200, response.text
+        return list(response.json()["workers"])

@@ -1,0 +1,243 @@
+"""The local-process backend, end to end: real redis-server, server and worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine
+from mimir.app.cluster.cli import main as cluster_main
+from mimir.app.cluster.local import LocalBackend
+from mimir.core.settings import Settings
+from tests.cluster.conftest import ClusterAPI
+from tests.helpers import free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _settings(root: Path) -> Settings:
+    for name in ("data", "pipelines", "state"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    return Settings.from_env(
+        {
+            "MIMIR_DATA_DIR": str(root / "data"),
+            "MIMIR_PIPELINES_DIR": str(root / "pipelines"),
+            "MIMIR_STATE_DIR": str(root / "state"),
+            "WORKER_CONCURRENCY": "2",
+        }
+    )
+
+
+def _service(status: ClusterStatus, name: str):  # type: ignore[no-untyped-def]
+    return next(s for s in status.services if s.name == name)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str]] = []
+
+    def __call__(self, step: str, message: str) -> None:
+        self.messages.append((step, message))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("local-cluster")
+
+
+@pytest.fixture(scope="module")
+def backend(root: Path) -> Iterator[LocalBackend]:
+    """A two-worker local cluster, shared by this module's tests (in file order)."""
+    cluster = LocalBackend(
+        "citest", _settings(root), api_port=free_port(), grace=15, start_timeout=60
+    )
+    progress = Recorder()
+    asyncio.run(cluster.up(2, progress))
+    cluster.progress = progress  # type: ignore[attr-defined]
+    try:
+        yield cluster
+    finally:
+        asyncio.run(cluster.clean())
+
+
+@pytest.fixture(scope="module")
+def api(backend: LocalBackend) -> Iterator[ClusterAPI]:
+    client = ClusterAPI(backend.api_url)
+    yield client
+    client.close()
+
+
+def _worker_pids(backend: LocalBackend) -> set[int]:
+    state = backend.load_state()
+    assert state is not None
+    return {e.pid for e in state.entries("worker")}
+
+
+def test_up_starts_redis_server_and_registered_workers(
+    backend: LocalBackend, api: ClusterAPI
+) -> None:
+    status = asyncio.run(backend.status())
+    assert status.backend == "local" and status.running
+    assert status.api_url == backend.api_url
+    assert _service(status, "redis").state == "running"
+    assert (_service(status, "backend").state, _service(status, "backend").health) == (
+        "running",
+        "healthy",
+    )
+    workers = _service(status, "worker")
+    assert (workers.state, workers.replicas, workers.health) == ("running", 2, "healthy")
+    assert {w["pid"] for w in api.workers()} >= _worker_pids(backend)
+    steps = [step for step, _ in backend.progress.messages]  # type: ignore[attr-defined]
+    assert steps[:2] == ["redis", "backend"] and "health" in steps and "workers" in steps
+
+
+def test_processes_outlive_their_starter_in_own_sessions(backend: LocalBackend) -> None:
+    state = backend.load_state()
+    assert state is not None
+    for entry in state.processes:
+        assert os.getsid(entry.pid) == entry.pid != os.getsid(0)
+
+
+def test_jobs_enqueued_through_the_api_succeed(api: ClusterAPI) -> None:
+    records = api.wait_finished(api.enqueue(20), timeout=60)
+    assert {r["status"] for r in records.values()} == {"succeeded"}
+
+
+def test_scale_up_then_down_without_losing_jobs(backend: LocalBackend, api: ClusterAPI) -> None:
+    ids = api.enqueue(40, seconds=0.3)
+    status = asyncio.run(backend.scale(4))
+    assert _service(status, "worker").replicas == 4
+    assert len(_worker_pids(backend)) == 4
+    registered = {w["pid"] for w in api.workers()}
+    assert _worker_pids(backend) <= registered
+    # Scale down while jobs are still queued or running: they must all finish anyway.
+    assert any(api.job(i)["status"] in ("queued", "running") for i in ids)
+    progress = Recorder()
+    status = asyncio.run(backend.scale(1, progress))
+    assert _service(status, "worker").replicas == 1
+    assert any("SIGTERM" in message for _, message in progress.messages)
+    records = api.wait_finished(ids, timeout=90)
+    assert {r["status"] for r in records.values()} == {"succeeded"}
+    assert len({r["worker_id"] for r in records.values()}) >= 2  # jobs spread over workers
+
+
+def test_logs_show_real_lines_of_each_service(backend: LocalBackend) -> None:
+    async def collect() -> list[LogLine]:
+        return [line async for line in backend.logs(tail=50)]
+
+    lines = asyncio.run(collect())
+    services = {line.service for line in lines}
+    assert {"redis", "backend", "worker-1"} <= services
+    assert any("Mimir API listening" in line.line for line in lines if line.service == "backend")
+    assert any(
+        "Ready to accept connections" in line.line for line in lines if line.service == "redis"
+    )
+
+
+def test_logs_follow_picks_up_a_worker_started_meanwhile(backend: LocalBackend) -> None:
+    async def scenario() -> list[LogLine]:
+        seen: list[LogLine] = []
+
+        async def follow() -> None:
+            async for line in backend.logs(["worker"], follow=True, tail=0):
+                seen.append(line)
+                if line.service == "worker-2" and "serving" in line.line:
+                    return
+
+        task = asyncio.create_task(follow())
+        await backend.scale(2)
+        await asyncio.wait_for(task, timeout=30)
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert any(line.service == "worker-2" for line in seen)
+
+
+def test_stats_measure_each_process(backend: LocalBackend) -> None:
+    stats = {s.name: s for s in asyncio.run(backend.stats())}
+    assert {"redis", "backend", "worker-1"} <= set(stats)
+    assert stats["backend"].memory_bytes > 20 * 1024 * 1024
+    assert stats["backend"].kind == "server" and stats["redis"].kind == "redis"
+    assert all(s.cpu_percent >= 0 for s in stats.values())
+
+
+def test_a_new_backend_instance_finds_the_running_cluster(
+    backend: LocalBackend, root: Path
+) -> None:
+    other = LocalBackend("citest", _settings(root))  # no port given: found in the state file
+    status = asyncio.run(other.status())
+    assert status.running and status.api_url == backend.api_url
+    names = [i.name for i in asyncio.run(other.instances())]
+    assert names[:2] == ["redis", "backend"] and "worker-1" in names
+
+
+def test_a_dead_worker_is_noticed_as_stale_and_replaced(
+    backend: LocalBackend, root: Path, api: ClusterAPI
+) -> None:
+    other = LocalBackend("citest", _settings(root), grace=15)
+    victim = max(_worker_pids(backend))
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: (
+            not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+        ),
+        timeout=10,
+        message="killed worker gone",
+    )
+    stale = [i for i in asyncio.run(other.instances()) if i.state == "stale"]
+    assert [i.ident for i in stale] == [str(victim)]
+    assert _service(asyncio.run(other.status()), "worker").health == "unhealthy"
+    status = asyncio.run(other.up(2))
+    assert _service(status, "worker").replicas == 2
+    assert victim not in _worker_pids(other)
+    assert not [i for i in asyncio.run(other.instances()) if i.state == "stale"]
+
+
+def test_cli_reports_status_ps_and_operator_errors(
+    backend: LocalBackend, root: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MIMIR_STATE_DIR", str(root / "state"))
+    assert cluster_main(["status", "--project", "citest"]) == 0  # finds local by state file
+    out = capsys.readouterr().out
+    assert "cluster 'citest' (local)" in out and backend.api_url in out
+    assert cluster_main(["ps", "--backend", "local", "--project", "citest"]) == 0
+    assert "worker-1" in capsys.readouterr().out
+    assert cluster_main(["scale", "3", "--backend", "local", "--project", "nothing"]) == 1
+    err = capsys.readouterr().err
+    assert "no local cluster 'nothing' is running" in err
+    assert cluster_main(["restart", "frontend", "--backend", "local", "--project", "citest"]) == 1
+    assert "unknown service 'frontend'" in capsys.readouterr().err
+
+
+def test_up_on_a_taken_port_fails_clearly(root: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        cluster = LocalBackend("porttest", _settings(root), api_port=port)
+        with pytest.raises(ClusterError, match=f"port {port} on 127.0.0.1 is already in use"):
+            asyncio.run(cluster.up(1))
+    assert cluster.load_state() is None
+
+
+def test_down_keeps_the_data_and_clean_removes_it(backend: LocalBackend, api: ClusterAPI) -> None:
+    [job_id] = api.enqueue(1)
+    api.wait_finished([job_id])
+    state = backend.load_state()
+    assert state is not None
+    pids = [e.pid for e in state.processes]
+    asyncio.run(backend.down())
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+    assert backend.load_state() is None
+    assert not asyncio.run(backend.status()).running
+    asyncio.run(backend.up(1))  # same Redis data directory: the job record survived
+    assert api.job(job_id)["status"] == "succeeded"
+    asyncio.run(backend.clean())
+    assert not backend.directory.exists()
