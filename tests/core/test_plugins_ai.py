@@ -241,6 +241,17 @@ def test_openai_timeout_and_malformed_answers(data_dir: Path) -> None:
             run_plugin("AI.openai", {"base_url": stub.base_url, "prompt": "x"}, data_dir)
 
 
+def test_openai_without_a_key_for_the_public_endpoint_says_how_to_give_one(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("MIMIR_AI_BASE_URL", "OPENAI_BASE_URL", "MIMIR_AI_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(
+        StepFailed, match=r"no API key for https://api\.openai\.com/v1: set 'api_key'"
+    ):
+        run_plugin("AI.openai", {"prompt": "x"}, data_dir)
+
+
 def test_openai_key_is_hidden_in_the_parsed_config() -> None:
     plugin = default_registry().get("AI.openai")
     config = plugin.config_model.model_validate({"prompt": "x", "api_key": "sk-hidden"})

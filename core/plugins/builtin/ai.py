@@ -268,6 +268,11 @@ class OpenAIPlugin(Plugin[OpenAIConfig]):
         model = config.model or _first_env(MODEL_ENV) or DEFAULT_MODEL
         key = config.api_key.get_secret_value() if config.api_key else _first_env(API_KEY_ENV)
         url = chat_url(base_url)
+        if not key and base_url.rstrip("/") == DEFAULT_BASE_URL:
+            raise PluginError(
+                f"no API key for {DEFAULT_BASE_URL}: set 'api_key' in the step config "
+                f"(e.g. api_key: ${{{API_KEY_ENV[1]}}}) or ${API_KEY_ENV[0]} / ${API_KEY_ENV[1]}"
+            )
         messages: list[dict[str, str]] = []
         if config.system:
             messages.append({"role": "system", "content": config.system})
