@@ -181,7 +181,12 @@ def _html_cell(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return f"<td>{html.escape('' if value is None else str(value).lower())}</td>"
     if isinstance(value, int | float):
-        text = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+        if isinstance(value, int):
+            text = f"{value:,}"
+        elif value == 0 or 0.01 <= abs(value) < 1e15:
+            text = f"{value:,.2f}"
+        else:  # tiny, huge, inf and nan read better in general format
+            text = f"{value:g}"
         return f'<td class="num">{html.escape(text)}</td>'
     if isinstance(value, dict | list):
         return f"<td><code>{html.escape(json.dumps(value, default=str))}</code></td>"
