@@ -366,16 +366,19 @@ class JobQueue:
             total = int(await self.redis.xlen(self.keys.dead))
             entries = await self.redis.xrevrange(self.keys.dead, count=offset + limit)
             entries = entries[offset:]
+            decoded = [
+                (_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+                for entry_id, fields in entries
+            ]
             async with self.redis.pipeline(transaction=False) as pipe:
-                for _, fields in entries:
-                    pipe.hgetall(self.keys.job(_text(fields.get("job_id", b""))))
+                for _, data in decoded:
+                    pipe.hgetall(self.keys.job(data.get("job_id", "")))
                 raws = await pipe.execute()
         out = []
-        for (entry_id, fields), raw in zip(entries, raws, strict=True):
-            data = {_text(k): _text(v) for k, v in fields.items()}
+        for (entry_id, data), raw in zip(decoded, raws, strict=True):
             out.append(
                 DeadLetterEntry(
-                    entry_id=_text(entry_id),
+                    entry_id=entry_id,
                     job_id=data.get("job_id", ""),
                     status=data.get("status", "dead"),
                     error=data.get("error") or None,

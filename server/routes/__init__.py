@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mimir.server.routes import health, pipelines, plugins
+from mimir.server.routes import events, health, metrics, pipelines, plugins, queue, workers
 
 __all__ = ["ROUTERS"]
 
@@ -16,4 +16,8 @@ ROUTERS: list[APIRouter] = [
     health.router,
     pipelines.router,
     plugins.router,
+    queue.router,
+    workers.router,
+    events.router,
+    metrics.router,
 ]

@@ -1,0 +1,81 @@
+"""``GET /metrics``: Prometheus text format, read from the queue's Redis on each scrape.
+
+``mimir_queue_depth{priority}``, ``mimir_queue_scheduled``, ``mimir_queue_running``,
+``mimir_queue_dead``, ``mimir_jobs_total{status}`` (jobs ended, by final status),
+``mimir_job_duration_seconds`` (histogram of finished attempts), ``mimir_workers_alive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from mimir.core.queue import QueueStatus
+from mimir.server.routes.queue import QueueDep, queue_errors
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["metrics"])
+
+
+class _Snapshot:
+    """A collector over figures fetched before the scrape is rendered."""
+
+    def __init__(
+        self, status: QueueStatus, histogram: tuple[list[tuple[float, int]], float, int]
+    ) -> None:
+        self.status = status
+        self.histogram = histogram
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.status
+        depth = GaugeMetricFamily(
+            "mimir_queue_depth", "Jobs waiting for a worker, by priority.", labels=["priority"]
+        )
+        for priority, count in status.by_priority.items():
+            depth.add_metric([priority], count)
+        yield depth
+        yield GaugeMetricFamily(
+            "mimir_queue_scheduled", "Jobs delayed or waiting to retry.", value=status.scheduled
+        )
+        yield GaugeMetricFamily(
+            "mimir_queue_running", "Jobs held by workers.", value=status.running
+        )
+        yield GaugeMetricFamily(
+            "mimir_queue_dead", "Entries in the dead-letter stream.", value=status.dead
+        )
+        yield GaugeMetricFamily(
+            "mimir_workers_alive", "Workers with a live heartbeat.", value=status.workers
+        )
+        ended = CounterMetricFamily("mimir_jobs", "Jobs ended, by final status.", labels=["status"])
+        for name, count in status.totals.items():
+            ended.add_metric([name], count)
+        yield ended
+        buckets, total, _count = self.histogram
+        yield HistogramMetricFamily(
+            "mimir_job_duration_seconds",
+            "Run time of finished job attempts.",
+            buckets=[("+Inf" if b == float("inf") else f"{b:g}", n) for b, n in buckets],
+            sum_value=total,
+        )
+
+
+@router.get("/metrics")
+async def metrics(jobs: QueueDep) -> Response:
+    """The queue's figures for Prometheus."""
+    async with queue_errors():
+        status, histogram = await asyncio.gather(jobs.status(), jobs.duration_histogram())
+    registry = CollectorRegistry(auto_describe=False)
+    snapshot: Any = _Snapshot(status, histogram)
+    registry.register(snapshot)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

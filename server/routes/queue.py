@@ -1,0 +1,217 @@
+"""The job queue over HTTP (the seed's calls, exactly, plus list, cancel and dead letter).
+
+- ``POST /api/v1/queue/pipelines/enqueue`` — the execute body (``pipeline_file`` |
+  ``pipeline_name`` | ``pipeline``, ``context``) plus ``priority``, ``timeout``,
+  ``max_retries``, ``queue``, ``delay``, ``idempotency_key`` → ``202``;
+- ``GET /api/v1/queue/jobs/{id}``, ``GET /api/v1/queue/jobs/{id}/wait?timeout=60s``;
+- ``GET /api/v1/queue/status``, ``GET /api/v1/queue/jobs?status=&queue=&offset=&limit=``;
+- ``POST /api/v1/queue/jobs/{id}/cancel``;
+- ``GET /api/v1/queue/dead-letter``, ``POST /api/v1/queue/dead-letter/{id}/retry``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field, field_validator
+
+from mimir.core.durations import parse_duration
+from mimir.core.jobs import pipeline_job
+from mimir.core.pipeline.requests import PipelineRequest, resolve_pipeline_request
+from mimir.core.queue import (
+    DeadLetterEntry,
+    JobPage,
+    JobQueue,
+    JobRecord,
+    JobStatus,
+    Priority,
+    QueueError,
+    QueueStatus,
+)
+from mimir.server.deps import RedisDep, RegistryDep, SettingsDep, StoreDep
+
+__all__ = ["EnqueueAccepted", "EnqueueRequest", "QueueDep", "get_queue", "queue_errors", "router"]
+
+router = APIRouter(prefix="/api/v1/queue", tags=["queue"])
+
+#: Longest wait one ``/wait`` call may ask for.
+MAX_WAIT = 3600.0
+
+
+def get_queue(settings: SettingsDep, redis: RedisDep) -> JobQueue:
+    """The producer-side queue handle over the app's Redis pool."""
+    return JobQueue(redis, settings.key_prefix, settings.job_ttl)
+
+
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+
+
+@asynccontextmanager
+async def queue_errors() -> AsyncIterator[None]:
+    """Queue errors become their HTTP answer (404 unknown job, 409 wrong state, 503 no
+    Redis) in the API's JSON error shape."""
+    try:
+        yield
+    except QueueError as exc:
+        raise HTTPException(exc.http_status, str(exc)) from exc
+
+
+def _seconds(value: float | str | None, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+class EnqueueRequest(PipelineRequest):
+    """The execute body plus how to queue the job."""
+
+    priority: Priority = Priority.normal
+    #: Seconds (or a Go duration, ``"90s"``) one attempt may run.
+    timeout: float | str | None = None
+    max_retries: int = Field(default=2, ge=0, le=100)
+    #: Worker pool (``mimir worker --queues``).
+    queue: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: Seconds (or a Go duration) before the job becomes available.
+    delay: float | str | None = None
+    #: Seconds (or a Go duration) before the first retry (doubling, with jitter).
+    retry_backoff: float | str | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("timeout", "delay", "retry_backoff")
+    @classmethod
+    def _duration(cls, value: float | str | None, info: Any) -> float | None:
+        seconds = _seconds(value, info.field_name)
+        if seconds is not None and seconds < 0:
+            raise ValueError(f"{info.field_name} must not be negative")
+        if info.field_name == "timeout" and seconds == 0:
+            raise ValueError("timeout must be more than 0")
+        return seconds
+
+
+class EnqueueAccepted(BaseModel):
+    """The seed's answer to an enqueue."""
+
+    message: str = "Pipeline job enqueued successfully"
+    job_id: str
+    status: JobStatus
+
+
+class WaitAnswer(JobRecord):
+    """The job record, and whether the wait ended because the timeout passed."""
+
+    timed_out: bool
+
+
+class DeadLetterPage(BaseModel):
+    entries: list[DeadLetterEntry]
+    total: int
+    offset: int
+    limit: int
+
+
+@router.post(
+    "/pipelines/enqueue", status_code=status.HTTP_202_ACCEPTED, response_model=EnqueueAccepted
+)
+async def enqueue_pipeline(
+    body: EnqueueRequest,
+    jobs: QueueDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    registry: RegistryDep,
+    idempotency_header: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> EnqueueAccepted:
+    """Validate the pipeline, then queue it (the definition travels with the job)."""
+    pipeline = await asyncio.to_thread(
+        resolve_pipeline_request, body, settings, store=store, registry=registry
+    )
+    options: dict[str, Any] = {
+        "priority": body.priority,
+        "max_retries": body.max_retries,
+        "queue": body.queue,
+        "idempotency_key": body.idempotency_key or idempotency_header,
+    }
+    for name in ("timeout", "delay", "retry_backoff"):
+        if getattr(body, name) is not None:
+            options[name] = getattr(body, name)
+    async with queue_errors():
+        record = await jobs.enqueue(pipeline_job(pipeline, body.context, **options))
+    return EnqueueAccepted(job_id=record.job_id, status=record.status)
+
+
+@router.get("/status", response_model=QueueStatus)
+async def queue_status(jobs: QueueDep) -> QueueStatus:
+    """Jobs waiting (total and per priority), scheduled, running, dead, workers alive,
+    completed and failed per second, totals."""
+    async with queue_errors():
+        return await jobs.status()
+
+
+@router.get("/jobs", response_model=JobPage)
+async def list_jobs(
+    jobs: QueueDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    queue: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> JobPage:
+    """Jobs newest first, optionally only one status (and pool)."""
+    async with queue_errors():
+        return await jobs.list_jobs(status_filter, queue=queue, offset=offset, limit=limit)
+
+
+@router.get("/jobs/{job_id}", response_model=JobRecord)
+async def get_job(job_id: str, jobs: QueueDep) -> JobRecord:
+    """The job record."""
+    async with queue_errors():
+        return await jobs.get(job_id)
+
+
+@router.get("/jobs/{job_id}/wait", response_model=WaitAnswer)
+async def wait_for_job(
+    job_id: str, jobs: QueueDep, request: Request, timeout: str = "60s"
+) -> WaitAnswer:
+    """Block until the job ends or ``timeout`` (Go duration, e.g. ``500ms``, ``60s``,
+    ``1m30s``) passes; either way 200 with the record and ``timed_out``."""
+    try:
+        seconds = parse_duration(timeout)
+    except ValueError as exc:
+        raise HTTPException(422, f"query.timeout: {exc}") from None
+    if not 0 <= seconds <= MAX_WAIT:
+        raise HTTPException(422, f"query.timeout: must be between 0s and {MAX_WAIT:g}s")
+    async with queue_errors():
+        result = await jobs.wait(job_id, seconds)
+    return WaitAnswer(**result.job.model_dump(), timed_out=result.timed_out)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobRecord)
+async def cancel_job(job_id: str, jobs: QueueDep) -> JobRecord:
+    """Cancel: a waiting job ends now, a running one is stopped by its worker
+    (``cancel_requested`` is true until it has)."""
+    async with queue_errors():
+        return await jobs.cancel(job_id)
+
+
+@router.get("/dead-letter", response_model=DeadLetterPage)
+async def dead_letter(
+    jobs: QueueDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> DeadLetterPage:
+    """Failed and dead jobs, newest first."""
+    async with queue_errors():
+        entries, total = await jobs.dead_letter(offset, limit)
+    return DeadLetterPage(entries=entries, total=total, offset=offset, limit=limit)
+
+
+@router.post("/dead-letter/{job_id}/retry", response_model=JobRecord)
+async def retry_dead(job_id: str, jobs: QueueDep) -> JobRecord:
+    """Queue a failed or dead job again, attempts reset."""
+    async with queue_errors():
+        return await jobs.retry_dead(job_id)
