@@ -42,6 +42,7 @@ from mimir.app.cluster.base import (
 )
 from mimir.app.cluster.instances import Instance
 from mimir.app.cluster.topology import (
+    API_PORT,
     DEFAULT_REDIS_IMAGE,
     FALLBACK_REDIS_IMAGE,
     IMAGES,
@@ -238,6 +239,7 @@ class DockerBackend:
             api_token=self.api_token,
             redis_image=redis_image or self.redis_image,
             worker_concurrency=self.worker_concurrency,
+            worker_grace=max(1.0, self.grace - 5),
             log_level=self.settings.log_level,
             fuseki_url=self.settings.fuseki_url,
             **self.resources,
@@ -406,27 +408,46 @@ class DockerBackend:
             return ""
         return "\n".join(f"{container.name} | {line}" for line in text.splitlines())
 
+    def _adopt_running_backend(self) -> bool:
+        """Take the API port, bind address and token from a running backend container, so
+        that a new console finds a cluster an earlier one started. False if none runs."""
+        for container in self._containers("backend"):
+            if container.status != "running":
+                continue
+            bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(
+                f"{API_PORT}/tcp"
+            ) or []
+            if bindings:
+                self.api_port = int(bindings[0]["HostPort"])
+                self.api_bind = bindings[0]["HostIp"] or "0.0.0.0"
+            for item in container.attrs["Config"].get("Env") or []:
+                if item.startswith("MIMIR_API_TOKEN="):
+                    self.api_token = item.split("=", 1)[1] or self.api_token
+            return True
+        return False
+
     # ---------------------------------------------------------------- images
 
     def _resolve_redis_image(self, report: Progress, allow_build: bool) -> str:
+        """The configured Redis image if here, else the fallback if here, else pull the
+        configured one; ``allow_build`` (``build``) builds the fallback when that fails."""
         if self._image_exists(self.redis_image):
             return self.redis_image
-        if self.redis_image == DEFAULT_REDIS_IMAGE or allow_build:
-            try:
-                report("redis", f"pulling {self.redis_image}")
-                self._connect().images.pull(self.redis_image)
-                return self.redis_image
-            except docker.errors.DockerException as exc:
-                report("redis", f"cannot pull {self.redis_image} ({str(exc).splitlines()[0]})")
         if self._image_exists(FALLBACK_REDIS_IMAGE):
-            report("redis", f"using {FALLBACK_REDIS_IMAGE} (Debian's redis-server)")
+            report("redis", f"{self.redis_image} is not here: using {FALLBACK_REDIS_IMAGE}")
             return FALLBACK_REDIS_IMAGE
-        if not allow_build:
-            raise ClusterError(
-                f"image missing: neither {self.redis_image} nor {FALLBACK_REDIS_IMAGE} is "
-                "available: run 'mimir cluster build' (it builds the Redis image when it "
-                "cannot pull one)"
-            )
+        try:
+            report("redis", f"pulling {self.redis_image}")
+            self._connect().images.pull(self.redis_image)
+            return self.redis_image
+        except docker.errors.DockerException as exc:
+            reason = str(exc).splitlines()[0][-200:]
+            if not allow_build:
+                raise ClusterError(
+                    f"image missing: {self.redis_image} cannot be pulled ({reason}) and "
+                    f"{FALLBACK_REDIS_IMAGE} is not built: run 'mimir cluster build'"
+                ) from exc
+            report("redis", f"cannot pull {self.redis_image}: building {FALLBACK_REDIS_IMAGE}")
         self._build_image("redis", FALLBACK_REDIS_IMAGE, report)
         return FALLBACK_REDIS_IMAGE
 
@@ -582,6 +603,8 @@ class DockerBackend:
         report("network", f"network {topology.network_name} and {len(topology.volumes)} volumes")
         await self._call(self._ensure_network_and_volumes, topology)
         existing = {c.name: c for c in await self._call(self._containers)}
+        if await self._call(self._adopt_running_backend):
+            report("backend", f"cluster {self.project!r} already runs: API {self.api_url}")
         for service in ("redis", "backend"):
             spec = topology.service(service)
             name = topology.container_name(service)
@@ -633,10 +656,7 @@ class DockerBackend:
         report = progress or _no_progress
         if workers < 0:
             raise ClusterError(f"workers must be 0 or more, got {workers}")
-        backend = [
-            c for c in await self._call(self._containers, "backend") if c.status == "running"
-        ]
-        if not backend:
+        if not await self._call(self._adopt_running_backend):
             raise ClusterError(
                 f"no Docker cluster {self.project!r} is running (start one: mimir cluster up "
                 f"--project {self.project})"
@@ -687,6 +707,7 @@ class DockerBackend:
         """Restart ``redis``, ``backend``/``server``, ``worker`` (all) or ``worker-N``."""
         report = progress or _no_progress
         name = "backend" if service == "server" else service
+        await self._call(self._adopt_running_backend)
         containers = await self._call(self._containers)
         targets = [
             c
@@ -706,6 +727,7 @@ class DockerBackend:
 
     async def status(self) -> ClusterStatus:
         """Each service's state, health, replicas and published ports."""
+        await self._call(self._adopt_running_backend)
         containers = await self._call(self._containers)
         services = []
         for service, kind in SERVICE_KINDS.items():

@@ -355,6 +355,8 @@ class LocalBackend:
                 "MIMIR_LOG_LEVEL": self.settings.log_level,
                 "MIMIR_JOB_TTL": str(self.settings.job_ttl),
                 "WORKER_CONCURRENCY": str(self.worker_concurrency),
+                # Workers finish or hand back their jobs before our SIGKILL deadline.
+                "MIMIR_WORKER_GRACE": str(max(1.0, self.grace - 5)),
                 "PYTHONUNBUFFERED": "1",
             }
         )

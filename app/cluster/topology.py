@@ -193,6 +193,7 @@ def build_topology(
     backend_image: str = IMAGES["backend"],
     worker_image: str = IMAGES["worker"],
     worker_concurrency: int = 5,
+    worker_grace: float | None = None,
     log_level: str = "INFO",
     backend_cpus: float | None = 1.0,
     backend_memory: str | None = "1g",
@@ -237,6 +238,9 @@ def build_topology(
         "MIMIR_LOG_DIR": "/app/logs",
         "WORKER_CONCURRENCY": str(worker_concurrency),
     }
+    if worker_grace is not None:
+        # Seconds a stopping worker lets its jobs finish before handing them back.
+        worker_env["MIMIR_WORKER_GRACE"] = f"{worker_grace:g}"
     services = {
         "redis": ServiceSpec(
             name="redis",

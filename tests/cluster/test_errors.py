@@ -1,0 +1,96 @@
+"""Operator errors of the Docker backend that need no engine, and backend selection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from mimir.app.cluster.base import ClusterError
+from mimir.app.cluster.cli import main as cluster_main
+from mimir.app.cluster.docker_backend import DockerBackend, DockerProfile, _explain
+from mimir.app.cluster.selection import default_backend_name
+from tests.helpers import free_port
+
+
+def test_no_engine_at_a_missing_socket(tmp_path: Path) -> None:
+    backend = DockerBackend("x", docker_host=f"unix://{tmp_path}/docker.sock")
+    with pytest.raises(ClusterError, match=r"no Docker engine.*--backend local"):
+        asyncio.run(backend.status())
+
+
+def test_unreachable_remote_engine() -> None:
+    backend = DockerBackend("x", docker_host=f"tcp://127.0.0.1:{free_port()}")
+    with pytest.raises(ClusterError, match=r"cannot reach the Docker engine at tcp://127\.0\.0\.1"):
+        asyncio.run(backend.status())
+
+
+def test_permission_denied_on_the_socket_names_the_fix() -> None:
+    try:
+        raise PermissionError(13, "Permission denied")
+    except PermissionError as cause:
+        try:
+            raise ConnectionError("Connection aborted") from cause
+        except ConnectionError as exc:
+            error = _explain(exc, "unix:///var/run/docker.sock")
+    assert "permission denied on the Docker socket" in str(error)
+    assert "usermod -aG docker" in str(error)
+
+
+def test_cli_prints_the_error_and_exits_1(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code = cluster_main(
+        ["status", "--backend", "docker", "--docker-host", f"unix://{tmp_path}/none.sock"]
+    )
+    assert code == 1
+    assert "mimir cluster: error: no Docker engine" in capsys.readouterr().err
+
+
+def test_profile_loads_tls_material_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "remote.json").write_text(
+        json.dumps(
+            {
+                "docker_host": "tcp://build.example:2376",
+                "tls_ca": "ca.pem",
+                "tls_cert": "cert.pem",
+                "tls_key": "key.pem",
+                "api_bind": "0.0.0.0",
+                "api_token": "t0ken",
+            }
+        )
+    )
+    profile = DockerProfile.load(tmp_path / "remote.json")
+    assert profile.tls_ca == str(tmp_path / "ca.pem")
+    backend = DockerBackend("x", profile=profile)
+    assert backend.api_url == "http://build.example:8080"
+    assert backend.topology(1).service("backend").environment["MIMIR_API_TOKEN"] == "t0ken"
+
+
+def test_profile_with_unknown_keys_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text('{"docker_hots": "tcp://x:2376"}')
+    with pytest.raises(ClusterError, match="unknown keys"):
+        DockerProfile.load(tmp_path / "bad.json")
+
+
+def test_publishing_beyond_loopback_without_token_is_refused() -> None:
+    with pytest.raises(ClusterError, match="set an API token"):
+        DockerBackend("x", api_bind="0.0.0.0")
+
+
+def test_default_backend_follows_the_env_and_a_recorded_local_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIMIR_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("MIMIR_CLUSTER_BACKEND", "local")
+    assert default_backend_name("p") == "local"
+    monkeypatch.setenv("MIMIR_CLUSTER_BACKEND", "podman")
+    with pytest.raises(ClusterError, match="must be 'docker' or 'local'"):
+        default_backend_name("p")
+    monkeypatch.delenv("MIMIR_CLUSTER_BACKEND")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
+    assert default_backend_name("p") == "local"  # no engine answers
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "state.json").write_text("{}")
+    monkeypatch.delenv("DOCKER_HOST")
+    assert default_backend_name("p") == "local"  # a recorded local cluster wins
