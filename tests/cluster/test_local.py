@@ -130,7 +130,7 @@ def test_scale_up_then_down_without_losing_jobs(backend: LocalBackend, api: Clus
 
 def test_logs_show_real_lines_of_each_service(backend: LocalBackend) -> None:
     async def collect() -> list[LogLine]:
-        return [line async for line in backend.logs(tail=50)]
+        return [line async for line in backend.logs(tail=5000)]
 
     lines = asyncio.run(collect())
     services = {line.service for line in lines}
