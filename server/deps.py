@@ -1,5 +1,8 @@
 """Dependencies of the route handlers, as ``Annotated`` aliases.
 
+They are ``async`` (they never block) so that FastAPI calls them on the event loop
+instead of handing each to its thread pool.
+
 Everything long-lived is created by :func:`mimir.server.app.create_app` and its lifespan
 and kept on ``app.state``; these functions hand it to handlers::
 
@@ -29,25 +32,25 @@ __all__ = [
 ]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The server's settings."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_registry(request: Request) -> PluginRegistry:
+async def get_registry(request: Request) -> PluginRegistry:
     """The plugin registry pipelines are validated and run against."""
     registry: PluginRegistry = request.app.state.registry
     return registry
 
 
-def get_store(request: Request) -> PipelineStore:
+async def get_store(request: Request) -> PipelineStore:
     """The pipeline files of ``MIMIR_PIPELINES_DIR`` (with their parse cache)."""
     store: PipelineStore = request.app.state.store
     return store
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     """The lifespan-owned Redis client (connects lazily; Redis may be unreachable)."""
     redis: Redis | None = getattr(request.app.state, "redis", None)
     if redis is None:

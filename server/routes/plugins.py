@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from mimir.core.plugins.registry import PluginRegistry
 from mimir.server.deps import RegistryDep
 
 __all__ = ["PluginInfo", "PluginList", "router"]
@@ -30,8 +31,21 @@ class PluginList(BaseModel):
 
 
 @router.get("")
-def list_plugins(registry: RegistryDep) -> PluginList:
+async def list_plugins(registry: RegistryDep) -> PluginList:
     """The registered plugins, sorted by name."""
+    # Building JSON schemas takes milliseconds per plugin; the registry is fixed once
+    # built, so the list is made once per registry (and again if plugins are added).
+    key = (id(registry), tuple(registry.names()))
+    cached = _cache.get(key)
+    if cached is None:
+        cached = _cache[key] = _plugin_list(registry)
+    return cached
+
+
+_cache: dict[tuple[int, tuple[str, ...]], PluginList] = {}
+
+
+def _plugin_list(registry: PluginRegistry) -> PluginList:
     return PluginList(
         plugins=[
             PluginInfo(

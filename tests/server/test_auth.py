@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.helpers import RedisServer, ServerProcess
+from tests.helpers import RedisServer, ServerProcess, wait_until
 
 TOKEN = "s3cret-token-value"
 
@@ -34,8 +34,14 @@ def test_token_is_required_everywhere_but_health(
             headers=good,
         )
         assert run.status_code == 200 and run.json()["success"] is True
-    log = server.output(lines=1000)
-    assert "GET /api/v1/plugins 401" in log and "POST /api/v1/pipelines/execute 200" in log
+    # The access line is written once the answer is sent: wait for it.
+    log = wait_until(
+        lambda: (lambda text: "POST /api/v1/pipelines/execute 200" in text and text)(
+            server.output(lines=1000)
+        ),
+        message="the execute call's access log line",
+    )
+    assert "GET /api/v1/plugins 401" in log
     assert TOKEN not in log
 
 

@@ -1,0 +1,185 @@
+"""Synchronous execute through a real ``mimir server`` process over HTTP.
+
+``python -m benchmarks.server [--requests N] [--runs R]`` starts the server as a child
+process (with a private Redis, so ``/health`` does its real PING), then measures
+requests/s at concurrency 1 and 8 (httpx async clients, one keep-alive connection
+each) for:
+
+- ``GET /health`` (a Redis PING: the floor of what the stack costs per request);
+- ``POST /api/v1/pipelines/execute`` with ``pipeline_file`` naming a one-step no-op
+  pipeline (``Debug.echo``), and with the seed's ``test_pipeline.yaml`` (three steps).
+
+Each figure is the median of R runs. Client and server share this machine's cores, so
+the figures are a lower bound on what the server alone sustains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+NOOP_PIPELINE = """\
+name: noop
+steps:
+  - name: echo
+    plugin: Debug.echo
+    config: {value: "{{ input }}"}
+    output: echoed
+"""
+SEED_BODY = {"pipeline_file": "test_pipeline.yaml", "context": {"input": "test data"}}
+NOOP_BODY = {"pipeline_file": "noop.yaml", "context": {"input": "test data"}}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_server(workdir: Path, redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    pipelines = workdir / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "noop.yaml").write_text(NOOP_PIPELINE)
+    seed = ROOT / "resources" / "pipelines" / "test_pipeline.yaml"
+    if seed.exists():
+        shutil.copy(seed, pipelines / "test_pipeline.yaml")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIR_")}
+    env.update(
+        REDIS_URL=redis_url,
+        MIMIR_DATA_DIR=str(workdir / "data"),
+        MIMIR_PIPELINES_DIR=str(pipelines),
+        MIMIR_STATE_DIR=str(workdir / "state"),
+        MIMIR_LOG_LEVEL="WARNING",  # an access-log line per request would dominate
+    )
+    log = (workdir / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mimir.server", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {process.returncode}:\n"
+                f"{(workdir / 'server.log').read_text()[-2000:]}"
+            )
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return process, base_url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not answer /health within 60 s")
+
+
+async def _run(
+    base_url: str, method: str, path: str, body: Any, requests: int, concurrency: int
+) -> tuple[float, list[float]]:
+    """Requests/s and per-request latencies (ms) for ``requests`` calls by ``concurrency``."""
+    per_client = max(1, requests // concurrency)
+    latencies: list[float] = []
+
+    async def client_loop() -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+            await client.request(method, path, json=body)  # connect outside the timing
+            await barrier.wait()
+            for _ in range(per_client):
+                started = time.perf_counter()
+                answer = await client.request(method, path, json=body)
+                latencies.append((time.perf_counter() - started) * 1000)
+                if answer.status_code != 200 or (
+                    method == "POST" and answer.json().get("success") is not True
+                ):
+                    raise RuntimeError(f"{method} {path} -> {answer.status_code}: {answer.text}")
+
+    barrier = asyncio.Barrier(concurrency + 1)
+    tasks = [asyncio.create_task(client_loop()) for _ in range(concurrency)]
+    await barrier.wait()
+    started = time.perf_counter()
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    return per_client * concurrency / elapsed, latencies
+
+
+def _measure(
+    base_url: str, method: str, path: str, body: Any, requests: int, runs: int, concurrency: int
+) -> tuple[float, float]:
+    """Median requests/s over ``runs`` runs, and the median latency (ms) of all calls."""
+    rates, latencies = [], []
+    for _ in range(runs):
+        rate, lat = asyncio.run(_run(base_url, method, path, body, requests, concurrency))
+        rates.append(rate)
+        latencies.extend(lat)
+    return statistics.median(rates), statistics.median(latencies)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.server", description=__doc__)
+    parser.add_argument("--requests", type=int, default=400, help="requests per run (400)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure; median (5)")
+    args = parser.parse_args(argv)
+
+    from mimir.core.redis_embedded import EmbeddedRedisError, start_redis
+
+    workdir = Path(tempfile.mkdtemp(prefix="mimir-bench-server-"))
+    try:
+        try:
+            redis = start_redis(workdir / "redis")
+        except EmbeddedRedisError as exc:
+            print(f"benchmarks.server: no Redis to run against: {exc}")
+            return 1
+        process, base_url = _start_server(workdir, redis.url)
+        try:
+            cases = [
+                ("GET /health (Redis PING)", "GET", "/health", None),
+                ("POST execute, 1-step no-op", "POST", "/api/v1/pipelines/execute", NOOP_BODY),
+            ]
+            if (workdir / "pipelines" / "test_pipeline.yaml").exists():
+                cases.append(
+                    ("POST execute, seed call", "POST", "/api/v1/pipelines/execute", SEED_BODY)
+                )
+            print(
+                f"sync execute over HTTP: {args.runs} runs x {args.requests} requests, "
+                f"median; client and server on the same {os.cpu_count()} cores"
+            )
+            print(f"{'call':<30} {'c=1 req/s':>10} {'p50 ms':>8} {'c=8 req/s':>10} {'p50 ms':>8}")
+            for label, method, path, body in cases:
+                one, one_p50 = _measure(base_url, method, path, body, args.requests, args.runs, 1)
+                eight, eight_p50 = _measure(
+                    base_url, method, path, body, args.requests, args.runs, 8
+                )
+                print(f"{label:<30} {one:>10.0f} {one_p50:>8.2f} {eight:>10.0f} {eight_p50:>8.2f}")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            redis.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
