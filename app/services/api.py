@@ -1,0 +1,256 @@
+"""The console's HTTP client for the Mimir API: one :class:`httpx.AsyncClient`, typed calls.
+
+Exceptions::
+
+    ApiError                 the server answered with an error, or could not be reached
+     └── ApiUnreachable      no answer at all (connection refused, timeout, DNS …)
+
+``str(err)`` is the server's own message (``{"error": "..."}``) so views can show it as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+__all__ = ["DEFAULT_TIMEOUT", "ApiClient", "ApiError", "ApiUnreachable"]
+
+logger = logging.getLogger(__name__)
+
+#: Every call has a deadline; long-poll calls pass their own.
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+
+
+class ApiError(Exception):
+    """A call failed; ``status`` is the HTTP status (0 when there was no answer)."""
+
+    def __init__(self, message: str, status: int = 0, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class ApiUnreachable(ApiError):
+    """The server did not answer (refused, timed out, unknown host)."""
+
+
+def _message_of(response: httpx.Response) -> tuple[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return (text[:300] or response.reason_phrase or f"HTTP {response.status_code}"), None
+    if isinstance(body, dict):
+        message = body.get("error") or body.get("message") or body.get("detail")
+        if isinstance(message, list):  # FastAPI's default 422 shape
+            message = "; ".join(str(item.get("msg", item)) for item in message)
+        return str(message or f"HTTP {response.status_code}"), body.get("detail")
+    return f"HTTP {response.status_code}", body
+
+
+class ApiClient:
+    """Typed calls to one Mimir server. Create once, ``await aclose()`` at shutdown.
+
+    ``transport`` is the seam tests may use; the console and its tests use a real server.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._token = token or None
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers=self._auth_headers(),
+        )
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    @property
+    def base_url(self) -> str:
+        return str(self._client.base_url).rstrip("/")
+
+    def configure(self, base_url: str, token: str | None = None) -> None:
+        """Point the same client at another server (a profile switch)."""
+        self._token = token or None
+        self._client.base_url = httpx.URL(base_url.rstrip("/"))
+        self._client.headers.pop("Authorization", None)
+        self._client.headers.update(self._auth_headers())
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One call; the decoded JSON body (``None`` for 204), else :class:`ApiError`."""
+        kwargs: dict[str, Any] = {"json": json, "params": params}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ApiUnreachable(f"{self.base_url} did not answer {method} {path} in time") from exc
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"cannot reach {self.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            message, detail = _message_of(response)
+            raise ApiError(message, response.status_code, detail)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApiError(f"{method} {path}: the server's answer is not JSON", 502) from exc
+
+    async def stream_lines(self, path: str, *, read_timeout: float = 15.0) -> AsyncIterator[str]:
+        """The lines of a streamed answer (server-sent events); :class:`ApiError` on failure."""
+        timeout = httpx.Timeout(DEFAULT_TIMEOUT.connect or 3.0, read=read_timeout)
+        try:
+            async with self._client.stream("GET", path, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    message, detail = _message_of(response)
+                    raise ApiError(message, response.status_code, detail)
+                async for line in response.aiter_lines():
+                    yield line
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"event stream from {self.base_url} broke: {exc}") from exc
+
+    # ---------------------------------------------------------------- health, plugins
+
+    async def health(self) -> dict[str, Any]:
+        return await self.request("GET", "/health", timeout=3.0)
+
+    async def plugins(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/api/v1/plugins"))["plugins"]
+
+    # ---------------------------------------------------------------- pipelines
+
+    async def list_pipelines(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/api/v1/pipelines"))["pipelines"]
+
+    async def get_pipeline(self, name: str) -> dict[str, Any]:
+        """``{name, file, yaml, pipeline}``."""
+        return await self.request("GET", f"/api/v1/pipelines/{name}")
+
+    async def save_pipeline(self, name: str, yaml_text: str) -> dict[str, Any]:
+        return await self.request("PUT", f"/api/v1/pipelines/{name}", json={"yaml": yaml_text})
+
+    async def delete_pipeline(self, name: str) -> None:
+        await self.request("DELETE", f"/api/v1/pipelines/{name}")
+
+    async def validate_pipeline(self, yaml_text: str) -> dict[str, Any]:
+        """``{valid, errors: [{message, line, column, step_index, step_name, field}]}``."""
+        return await self.request("POST", "/api/v1/pipelines/validate", json={"yaml": yaml_text})
+
+    async def execute_pipeline(
+        self,
+        *,
+        name: str | None = None,
+        pipeline: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        timeout: float = 300.0,
+    ) -> dict[str, Any]:
+        """Run now; the PipelineResult (``success, error, context, steps, duration_ms``)."""
+        body: dict[str, Any] = {"context": context or {}}
+        if pipeline is not None:
+            body["pipeline"] = pipeline
+        else:
+            body["pipeline_name"] = name
+        return await self.request("POST", "/api/v1/pipelines/execute", json=body, timeout=timeout)
+
+    # ---------------------------------------------------------------- queue
+
+    async def enqueue(
+        self,
+        *,
+        name: str | None = None,
+        pipeline: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        priority: str = "normal",
+        count: int = 1,
+        concurrency: int = 16,
+        **options: Any,
+    ) -> list[str]:
+        """Enqueue ``count`` jobs of one pipeline; their ids, in order."""
+        if count < 1:
+            raise ApiError("count must be at least 1", 400)
+        body: dict[str, Any] = {"context": context or {}, "priority": priority, **options}
+        if pipeline is not None:
+            body["pipeline"] = pipeline
+        else:
+            body["pipeline_name"] = name
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one() -> str:
+            async with limit:
+                answer = await self.request("POST", "/api/v1/queue/pipelines/enqueue", json=body)
+                return str(answer["job_id"])
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    async def list_jobs(
+        self, status: str | None = None, *, offset: int = 0, limit: int = 200
+    ) -> dict[str, Any]:
+        """``{jobs: [record…], total, offset, limit}``, newest first."""
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if status:
+            params["status"] = status
+        return await self.request("GET", "/api/v1/queue/jobs", params=params)
+
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/api/v1/queue/jobs/{job_id}")
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return await self.request("POST", f"/api/v1/queue/jobs/{job_id}/cancel")
+
+    async def dead_letter(self) -> list[dict[str, Any]]:
+        answer = await self.request("GET", "/api/v1/queue/dead-letter")
+        if isinstance(answer, dict):
+            return list(answer.get("entries") or answer.get("jobs") or [])
+        return list(answer or [])
+
+    async def retry_dead(self, job_id: str) -> dict[str, Any]:
+        return await self.request("POST", f"/api/v1/queue/dead-letter/{job_id}/retry")
+
+    async def queue_status(self) -> dict[str, Any]:
+        return await self.request("GET", "/api/v1/queue/status", timeout=5.0)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/api/v1/workers", timeout=5.0))["workers"]
+
+    # ---------------------------------------------------------------- knowledge graph
+
+    async def kg_query(self, query: str) -> dict[str, Any]:
+        """A SPARQL query; the server's answer (``{vars, rows}`` or SPARQL JSON results)."""
+        return await self.request("POST", "/api/v1/kg/query", json={"query": query}, timeout=60.0)
+
+    async def has_kg(self) -> bool:
+        """True when the server offers the knowledge-graph API."""
+        try:
+            await self.kg_query("SELECT * WHERE { ?s ?p ?o } LIMIT 1")
+        except ApiError as exc:
+            if exc.status in (404, 405):
+                return False
+            return exc.status != 0 and exc.status < 500
+        return True

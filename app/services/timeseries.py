@@ -1,0 +1,112 @@
+"""Bounded time series for the dashboard: ring buffers over numpy arrays, and downsampling.
+
+Memory is fixed at construction (``capacity`` samples per series), so an hour at 1 Hz costs
+~57 KB per series however long the console runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+__all__ = ["RingSeries", "SeriesSet", "peak_downsample"]
+
+
+class RingSeries:
+    """The last ``capacity`` ``(t, value)`` samples, oldest first when read."""
+
+    def __init__(self, capacity: int = 3600) -> None:
+        if capacity < 2:
+            raise ValueError("capacity must be at least 2")
+        self.capacity = capacity
+        self._t = np.zeros(capacity, dtype=np.float64)
+        self._v = np.zeros(capacity, dtype=np.float64)
+        self._next = 0
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, t: float, value: float) -> None:
+        self._t[self._next] = t
+        self._v[self._next] = value
+        self._next = (self._next + 1) % self.capacity
+        self._size = min(self._size + 1, self.capacity)
+
+    def extend(self, samples: Iterable[tuple[float, float]]) -> None:
+        for t, value in samples:
+            self.append(t, value)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the times and values, oldest first."""
+        if self._size < self.capacity:
+            return self._t[: self._size].copy(), self._v[: self._size].copy()
+        order = np.r_[self._next : self.capacity, 0 : self._next]
+        return self._t[order], self._v[order]
+
+    def window(self, seconds: float, now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Samples of the last ``seconds`` (relative to ``now``, default the newest sample)."""
+        t, v = self.arrays()
+        if not len(t):
+            return t, v
+        end = t[-1] if now is None else now
+        start = int(np.searchsorted(t, end - seconds, side="left"))
+        return t[start:], v[start:]
+
+    @property
+    def last(self) -> float | None:
+        if not self._size:
+            return None
+        return float(self._v[(self._next - 1) % self.capacity])
+
+
+class SeriesSet:
+    """Named :class:`RingSeries` of one capacity, created on first use."""
+
+    def __init__(self, capacity: int = 3600) -> None:
+        self.capacity = capacity
+        self.series: dict[str, RingSeries] = {}
+
+    def __getitem__(self, name: str) -> RingSeries:
+        if name not in self.series:
+            self.series[name] = RingSeries(self.capacity)
+        return self.series[name]
+
+    def append(self, t: float, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self[name].append(t, value)
+
+    def names(self) -> list[str]:
+        return list(self.series)
+
+    def discard_missing(self, keep: Iterable[str], prefix: str) -> None:
+        """Forget series under ``prefix`` not in ``keep`` (workers that went away)."""
+        wanted = set(keep)
+        for name in [n for n in self.series if n.startswith(prefix) and n not in wanted]:
+            del self.series[name]
+
+
+def peak_downsample(t: np.ndarray, v: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ~``max_points`` samples keeping each bucket's min and max (spikes stay visible)."""
+    n = len(t)
+    if n <= max_points or max_points < 4:
+        return t, v
+    buckets = max_points // 2
+    size = n // buckets
+    usable = size * buckets
+    tb = t[:usable].reshape(buckets, size)
+    vb = v[:usable].reshape(buckets, size)
+    lo = vb.argmin(axis=1)
+    hi = vb.argmax(axis=1)
+    rows = np.arange(buckets)
+    first = np.minimum(lo, hi)
+    second = np.maximum(lo, hi)
+    out_t = np.empty(buckets * 2)
+    out_v = np.empty(buckets * 2)
+    out_t[0::2], out_v[0::2] = tb[rows, first], vb[rows, first]
+    out_t[1::2], out_v[1::2] = tb[rows, second], vb[rows, second]
+    if usable < n:  # keep the tail, which holds the newest samples
+        out_t = np.r_[out_t, t[usable:]]
+        out_v = np.r_[out_v, v[usable:]]
+    return out_t, out_v

@@ -1,0 +1,152 @@
+"""ApiClient and LiveFeed against a real server, worker and redis-server (no Qt)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mimir.app.services.api import ApiClient, ApiError, ApiUnreachable
+from mimir.app.services.events import LiveFeed
+from tests.app.conftest import SLEEP_PIPELINE, Stack
+from tests.helpers import async_wait_until, free_port
+
+
+async def until(condition, timeout: float) -> None:
+    """Wait for a plain (not awaitable) condition while the loop keeps running."""
+
+    async def check() -> bool:
+        return bool(condition())
+
+    await async_wait_until(check, timeout=timeout)
+
+
+def test_pipelines_crud_validate_execute(stack: Stack) -> None:
+    async def scenario() -> None:
+        api = ApiClient(stack.url)
+        try:
+            assert (await api.health())["status"] == "ok"
+            names = [p["name"] for p in await api.list_pipelines()]
+            assert "nap" in names
+            await api.save_pipeline(
+                "nap2", SLEEP_PIPELINE.replace("name: nap\n", "name: nap2\n", 1)
+            )
+            assert (await api.get_pipeline("nap2"))["yaml"].startswith("name: nap2")
+            bad = await api.validate_pipeline("name: x\nsteps:\n  - name: a\n    plugin: Nope.x\n")
+            assert bad["valid"] is False and bad["errors"]
+            result = await api.execute_pipeline(name="nap2")
+            assert result["success"] is True
+            assert [s["name"] for s in result["steps"]] == ["nap"]
+            await api.delete_pipeline("nap2")
+            with pytest.raises(ApiError) as info:
+                await api.get_pipeline("nap2")
+            assert info.value.status == 404 and "nap2" in str(info.value)
+            assert any(p["name"] == "Debug.sleep" for p in await api.plugins())
+        finally:
+            await api.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_enqueue_jobs_workers_cancel(stack: Stack) -> None:
+    async def scenario() -> None:
+        api = ApiClient(stack.url)
+        try:
+            ids = await api.enqueue(name="nap", count=20, priority="high")
+            assert len(set(ids)) == 20
+
+            async def all_done() -> bool:
+                page = await api.list_jobs("succeeded", limit=100)
+                return page["total"] >= 20
+
+            await async_wait_until(all_done, timeout=30)
+            status = await api.queue_status()
+            assert status["totals"]["succeeded"] >= 20
+            workers = await api.workers()
+            assert workers and workers[0]["worker_id"] == stack.worker.worker_id
+            slow = {
+                "name": "slow",
+                "steps": [{"name": "s", "plugin": "Debug.sleep", "config": {"seconds": 30}}],
+            }
+            [job_id] = await api.enqueue(pipeline=slow, priority="low")
+            await api.cancel_job(job_id)
+
+            async def cancelled() -> bool:
+                return (await api.get_job(job_id))["status"] == "cancelled"
+
+            await async_wait_until(cancelled, timeout=20)
+        finally:
+            await api.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_unreachable_and_bad_request_errors(stack: Stack) -> None:
+    async def scenario() -> None:
+        api = ApiClient(f"http://127.0.0.1:{free_port()}")
+        try:
+            with pytest.raises(ApiUnreachable):
+                await api.health()
+            api.configure(stack.url)
+            with pytest.raises(ApiError) as info:
+                await api.enqueue(name="no-such-pipeline")
+            assert 400 <= info.value.status < 500
+            assert "no-such-pipeline" in str(info.value)
+        finally:
+            await api.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_live_feed_streams_stats_and_jobs(stack: Stack) -> None:
+    async def scenario() -> None:
+        api = ApiClient(stack.url)
+        feed = LiveFeed(api, workers_interval=0.5)
+        stats: list[dict] = []
+        jobs: list[dict] = []
+        workers: list[list] = []
+        feed.subscribe("stats", stats.append)
+        feed.subscribe("job", jobs.append)
+        feed.subscribe("workers", workers.append)
+        feed.start()
+        try:
+            await until(lambda: feed.mode == "events" and stats, timeout=15)
+            ids = await api.enqueue(name="nap", count=5)
+            await until(
+                lambda: {j["job_id"] for j in jobs if j.get("status") == "succeeded"} >= set(ids),
+                timeout=30,
+            )
+            await until(lambda: any(w for w in workers), timeout=10)
+            assert "by_priority" in stats[-1]
+        finally:
+            await feed.stop()
+            await api.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_live_feed_polls_when_there_is_no_stream(stack: Stack) -> None:
+    """A server path without SSE (here: a bogus prefix) makes the feed poll queue/status."""
+
+    async def scenario() -> None:
+        api = ApiClient(stack.url)
+        original = api.stream_lines
+
+        def no_stream(path: str, **kw):  # the stream 404s as an older server's would
+            return original("/api/v1/no-such-events", **kw)
+
+        api.stream_lines = no_stream  # type: ignore[method-assign]
+        feed = LiveFeed(api, poll_interval=0.2)
+        modes: list[tuple] = []
+        stats: list[dict] = []
+        feed.subscribe("mode", modes.append)
+        feed.subscribe("stats", stats.append)
+        feed.start()
+        try:
+            await until(lambda: len(stats) >= 3, timeout=15)
+            assert feed.mode == "polling"
+        finally:
+            await feed.stop()
+            await api.aclose()
+
+    asyncio.run(scenario())
