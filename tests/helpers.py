@@ -141,13 +141,18 @@ class ServerProcess:
         host: str = "127.0.0.1",
         log_path: Path | None = None,
     ) -> None:
+        import os
         import tempfile
 
         self.port = port
         self.host = host
         self.env = dict(env)
         self.args = list(args or [])
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="mimir-server-", suffix=".log")[1])
+        if log_path is None:
+            handle, name = tempfile.mkstemp(prefix="mimir-server-", suffix=".log")
+            os.close(handle)
+            log_path = Path(name)
+        self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

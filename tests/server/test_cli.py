@@ -6,6 +6,7 @@ import asyncio
 import re
 import signal
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import psutil
 import pytest
 
 from mimir.core.queue.client import JobQueue, connect
-from tests.helpers import ServerProcess, port_open, wait_until
+from mimir.server.cli import is_loopback
+from mimir.server.redaction import redact_url
+from tests.helpers import RedisServer, ServerProcess, port_open, wait_until
 
 
 def _worker_count(redis_url: str) -> int:
@@ -83,3 +86,44 @@ def test_unknown_log_level_is_refused(make_server: Callable[..., ServerProcess])
     server = make_server(MIMIR_LOG_LEVEL="LOUD").launch()
     assert server.wait() == 2
     assert "unknown log level 'LOUD'" in server.output()
+
+
+def test_port_comes_from_mimir_port(
+    make_server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    server = make_server(redis_url=redis_server.url)
+    server.env["MIMIR_PORT"] = str(server.port)
+    server.args = []
+    command = [part for part in server.command if part not in {"--port", str(server.port)}]
+    with server.log_path.open("ab") as log:
+        server.process = subprocess.Popen(command, env=server.env, stdout=log, stderr=log)
+    wait_until(
+        lambda: f"listening on http://127.0.0.1:{server.port}" in server.output(),
+        timeout=30,
+        message="the server on $MIMIR_PORT",
+    )
+    assert httpx.get(f"{server.base_url}/health", timeout=5).json()["redis"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+        ("example.org", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_redis_passwords_are_redacted() -> None:
+    assert redact_url("redis://:hunter2@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert redact_url("redis://user:hunter2@host/1") == "redis://user:***@host/1"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
