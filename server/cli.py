@@ -199,6 +199,8 @@ def _serve(args: argparse.Namespace, settings: Settings, signals: _Signals) -> i
             timeout_graceful_shutdown=10,
         )
         server = _Server(config)
+        if signals.received:  # asked to stop while Redis and the workers were starting
+            return 0
         try:
             server.run()
         except SystemExit as exc:  # uvicorn exits this way when it cannot bind
