@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -273,7 +274,11 @@ class DockerBackend:
             try:
                 if self.docker_host:
                     client = docker.DockerClient(
-                        base_url=self.docker_host, tls=tls, timeout=60, use_ssh_client=False
+                        base_url=self.docker_host,
+                        tls=tls,
+                        timeout=60,
+                        # The system's ssh client honours ~/.ssh/config, as the docker CLI.
+                        use_ssh_client=shutil.which("ssh") is not None,
                     )
                 else:
                     client = docker.from_env(timeout=60)

@@ -94,3 +94,9 @@ def test_default_backend_follows_the_env_and_a_recorded_local_cluster(
     (tmp_path / "p" / "state.json").write_text("{}")
     monkeypatch.delenv("DOCKER_HOST")
     assert default_backend_name("p") == "local"  # a recorded local cluster wins
+
+
+def test_unreachable_ssh_engine() -> None:
+    backend = DockerBackend("x", docker_host=f"ssh://nobody@127.0.0.1:{free_port()}")
+    with pytest.raises(ClusterError, match=r"cannot reach the Docker engine at ssh://nobody@"):
+        asyncio.run(backend.status())
