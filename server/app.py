@@ -20,7 +20,7 @@ from mimir.core.plugins.registry import default_registry
 from mimir.core.settings import Settings
 from mimir.server.auth import BearerTokenMiddleware
 from mimir.server.errors import install_error_handlers
-from mimir.server.middleware import RequestContextMiddleware
+from mimir.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from mimir.server.redaction import redact_url
 from mimir.server.routes import ROUTERS
 
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 #: Seconds to wait for a Redis connection or reply (queue calls that block pass their own).
 REDIS_CONNECT_TIMEOUT = 2.0
 REDIS_SOCKET_TIMEOUT = 10.0
+#: Largest request body accepted (413 beyond): pipelines and contexts, not bulk data.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -87,5 +89,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if settings.api_token:
         app.add_middleware(BearerTokenMiddleware, token=settings.api_token)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestContextMiddleware)  # added last: outermost
     return app

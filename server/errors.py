@@ -15,6 +15,7 @@ PathEscapeError                    400     ``null``
 other MimirError                   400     ``null``
 request body not JSON              400     ``{"position": n}``
 request body/params invalid        422     ``[{"field", "message"}]``
+request body over 16 MiB           413     ``null``
 HTTP errors (404 route, 405 ...)   as is   ``null``
 anything else                      500     ``{"error": "internal error", "request_id"}``
 =================================  ======  =============================================

@@ -241,3 +241,16 @@ def test_pipeline_file_cannot_leave_the_pipelines_dir(
     # Inline YAML text that looks like a path is YAML, never a file to read.
     inline = api_client.post("/api/v1/pipelines/execute", json={"pipeline": str(outside)})
     assert inline.status_code == 422 and "must be a mapping" in inline.json()["error"]
+
+
+def test_an_oversized_body_is_413(api_client: httpx.Client) -> None:
+    huge = b'{"pipeline_file": "test_pipeline.yaml", "context": {"blob": "' + b"x" * (17 << 20)
+    answer = api_client.post(
+        "/api/v1/pipelines/execute",
+        content=huge + b'"}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 413
+    assert answer.json()["error"] == "request body larger than 16777216 bytes"
+    # The server is fine afterwards.
+    assert api_client.get("/health").status_code == 200
