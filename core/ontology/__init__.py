@@ -1,0 +1,50 @@
+"""Ontologies and the knowledge graph: an Oxigraph store on disk by default, or an
+external SPARQL 1.1 endpoint (``FUSEKI_URL``); one named graph per ontology version."""
+
+from __future__ import annotations
+
+from mimir.core.ontology.catalog import OntologyInfo
+from mimir.core.ontology.errors import (
+    EndpointError,
+    OntologyError,
+    OntologyExistsError,
+    OntologyNotFoundError,
+    QueryTimeoutError,
+    RdfParseError,
+    SparqlError,
+    UnsupportedFormatError,
+)
+from mimir.core.ontology.formats import FORMATS, resolve_format
+from mimir.core.ontology.results import RESULT_MEDIA_TYPES, QueryResult
+from mimir.core.ontology.store import (
+    DEFAULT_ROW_LIMIT,
+    DEFAULT_TIMEOUT,
+    OntologyStats,
+    OntologyStore,
+    Subgraph,
+    close_ontology_stores,
+    open_ontology_store,
+)
+
+__all__ = [
+    "DEFAULT_ROW_LIMIT",
+    "DEFAULT_TIMEOUT",
+    "FORMATS",
+    "RESULT_MEDIA_TYPES",
+    "EndpointError",
+    "OntologyError",
+    "OntologyExistsError",
+    "OntologyInfo",
+    "OntologyNotFoundError",
+    "OntologyStats",
+    "OntologyStore",
+    "QueryResult",
+    "QueryTimeoutError",
+    "RdfParseError",
+    "SparqlError",
+    "Subgraph",
+    "UnsupportedFormatError",
+    "close_ontology_stores",
+    "open_ontology_store",
+    "resolve_format",
+]

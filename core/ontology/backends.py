@@ -1,0 +1,359 @@
+"""Where the triples live: Oxigraph on disk (default) or an external SPARQL 1.1 endpoint.
+
+Both backends offer the same operations, so :class:`~mimir.core.ontology.store.OntologyStore`
+does not know which one it talks to:
+
+- :class:`OxigraphBackend` keeps a RocksDB-backed Oxigraph store in the data directory
+  (the engine under ``oxrdflib``). One process may open it at a time.
+- :class:`SparqlEndpointBackend` speaks the SPARQL 1.1 Protocol (query, update) and the
+  Graph Store Protocol over ``httpx`` to ``FUSEKI_URL`` (Fuseki's dataset URL, or an
+  ``oxigraph serve`` root: both answer ``/query`` and ``/update``; the graph store is
+  ``/data`` on Fuseki and ``/store`` on Oxigraph, found on first use).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlencode
+
+import httpx
+import pyoxigraph as ox
+
+from mimir.core.ontology.errors import EndpointError, QueryTimeoutError, SparqlError
+from mimir.core.ontology.results import QueryResult, term_to_json
+
+__all__ = ["OxigraphBackend", "SparqlEndpointBackend", "TripleBackend"]
+
+logger = logging.getLogger(__name__)
+
+
+class TripleBackend(Protocol):
+    """What the ontology store needs from a triple store."""
+
+    #: Queries without a default graph see every graph (else: the graphs they are given).
+    union_default_graph: bool
+
+    def put_graph(self, graph: str, triples: Sequence[ox.Triple]) -> None:
+        """Replace the content of named graph ``graph``."""
+
+    def add_triples(self, graph: str, triples: Sequence[ox.Triple]) -> None:
+        """Add ``triples`` to named graph ``graph``."""
+
+    def drop_graph(self, graph: str) -> None:
+        """Remove named graph ``graph`` (no error if it is absent)."""
+
+    def graph_triples(self, graph: str) -> list[ox.Triple]:
+        """Every triple of named graph ``graph``."""
+
+    def query(
+        self,
+        sparql: str,
+        *,
+        default_graphs: Sequence[str] | None,
+        row_limit: int,
+        timeout: float,
+    ) -> QueryResult:
+        """Run a read-only query; rows past ``row_limit`` are dropped (``truncated``)."""
+
+    def update(self, sparql: str, *, timeout: float) -> None:
+        """Run a SPARQL 1.1 update."""
+
+    def close(self) -> None:
+        """Release what the backend holds."""
+
+
+def _check_deadline(deadline: float, timeout: float) -> None:
+    if time.monotonic() > deadline:
+        raise QueryTimeoutError(f"query exceeded its time limit of {timeout:g} s")
+
+
+class OxigraphBackend:
+    """An Oxigraph store on disk (``path``), or in memory when ``path`` is ``None``."""
+
+    union_default_graph = True
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        try:
+            if path is None:
+                self._store = ox.Store()
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                self._store = ox.Store(str(path))
+        except OSError as exc:
+            raise EndpointError(
+                f"cannot open the ontology store at {path}: {exc} (is another Mimir server "
+                "using this data directory? Only one process may open it; give workers "
+                "FUSEKI_URL to share a graph)"
+            ) from exc
+        # Oxigraph is thread-safe; the lock only keeps replace-graph atomic for readers.
+        self._write_lock = threading.Lock()
+
+    def put_graph(self, graph: str, triples: Sequence[ox.Triple]) -> None:
+        node = ox.NamedNode(graph)
+        with self._write_lock:
+            self._store.remove_graph(node) if self._store.contains_named_graph(node) else None
+            self._store.add_graph(node)
+            self._store.bulk_extend(
+                ox.Quad(t.subject, t.predicate, t.object, node) for t in triples
+            )
+            self._store.flush()
+
+    def add_triples(self, graph: str, triples: Sequence[ox.Triple]) -> None:
+        node = ox.NamedNode(graph)
+        with self._write_lock:
+            self._store.extend(ox.Quad(t.subject, t.predicate, t.object, node) for t in triples)
+
+    def drop_graph(self, graph: str) -> None:
+        node = ox.NamedNode(graph)
+        with self._write_lock:
+            if self._store.contains_named_graph(node):
+                self._store.remove_graph(node)
+            self._store.flush()
+
+    def graph_triples(self, graph: str) -> list[ox.Triple]:
+        node = ox.NamedNode(graph)
+        return [q.triple for q in self._store.quads_for_pattern(None, None, None, node)]
+
+    def query(
+        self,
+        sparql: str,
+        *,
+        default_graphs: Sequence[str] | None,
+        row_limit: int,
+        timeout: float,
+    ) -> QueryResult:
+        started = time.monotonic()
+        deadline = started + timeout
+        options: dict[str, object] = {}
+        if default_graphs:
+            options["default_graph"] = [ox.NamedNode(g) for g in default_graphs]
+        else:
+            options["use_default_graph_as_union"] = True
+        try:
+            answer = self._store.query(sparql, **options)
+        except SyntaxError as exc:
+            raise SparqlError(f"invalid SPARQL query: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise SparqlError(f"query failed: {exc}") from None
+        try:
+            result = self._collect(answer, row_limit, deadline, timeout)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SparqlError(f"query failed: {exc}") from None
+        result.elapsed_ms = (time.monotonic() - started) * 1000
+        return result
+
+    @staticmethod
+    def _collect(answer: object, row_limit: int, deadline: float, timeout: float) -> QueryResult:
+        # Oxigraph evaluates lazily: checking the clock between rows stops a long answer.
+        if isinstance(answer, ox.QuerySolutions):
+            variables = [v.value for v in answer.variables]
+            rows: list[dict[str, dict[str, str]]] = []
+            truncated = False
+            for solution in answer:
+                _check_deadline(deadline, timeout)
+                if len(rows) >= row_limit:
+                    truncated = True
+                    break
+                row = {}
+                for name in variables:
+                    value = solution[name]
+                    if value is not None:
+                        row[name] = term_to_json(value)
+                rows.append(row)
+            return QueryResult(kind="select", variables=variables, rows=rows, truncated=truncated)
+        if isinstance(answer, ox.QueryTriples):
+            triples: list[ox.Triple] = []
+            truncated = False
+            for triple in answer:
+                _check_deadline(deadline, timeout)
+                if len(triples) >= row_limit:
+                    truncated = True
+                    break
+                triples.append(triple)
+            return QueryResult(kind="graph", triples=triples, truncated=truncated)
+        _check_deadline(deadline, timeout)
+        return QueryResult(kind="ask", boolean=bool(answer))
+
+    def update(self, sparql: str, *, timeout: float) -> None:
+        try:
+            with self._write_lock:
+                self._store.update(sparql)
+        except SyntaxError as exc:
+            raise SparqlError(f"invalid SPARQL update: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise SparqlError(f"update failed: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            self._store.flush()
+        except OSError:
+            logger.warning("flushing the ontology store failed", exc_info=True)
+        # Oxigraph closes (and unlocks) the database when the last reference goes.
+        self._store = ox.Store()
+
+
+_QUERY_ACCEPT = "application/sparql-results+json, application/n-triples;q=0.9, text/turtle;q=0.8"
+
+
+class SparqlEndpointBackend:
+    """An external SPARQL 1.1 endpoint (``FUSEKI_URL``) over HTTP."""
+
+    union_default_graph = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(timeout=timeout, transport=transport)
+        self._gsp_url: str | None = None
+
+    # -- HTTP plumbing -------------------------------------------------------------
+
+    def _request(
+        self, method: str, url: str, *, timeout: float | None = None, **kw: object
+    ) -> httpx.Response:
+        try:
+            response = self._client.request(
+                method,
+                url,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                **kw,  # type: ignore[arg-type]
+            )
+        except httpx.TimeoutException as exc:
+            raise QueryTimeoutError(f"SPARQL endpoint {self.url} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise EndpointError(f"SPARQL endpoint {self.url} is unreachable: {exc}") from exc
+        if response.status_code >= 500:
+            raise EndpointError(
+                f"SPARQL endpoint {self.url} failed ({response.status_code}): {response.text[:300]}"
+            )
+        return response
+
+    def _gsp(self) -> str:
+        """The Graph Store Protocol URL (``/data`` on Fuseki, ``/store`` on Oxigraph)."""
+        if self._gsp_url is None:
+            for path in ("/data", "/store"):
+                probe = self._request("HEAD", self.url + path, params={"default": ""})
+                if probe.status_code < 400:
+                    self._gsp_url = self.url + path
+                    break
+            else:
+                raise EndpointError(f"no SPARQL graph store at {self.url}/data or {self.url}/store")
+        return self._gsp_url
+
+    # -- graph store ----------------------------------------------------------------
+
+    def put_graph(self, graph: str, triples: Sequence[ox.Triple]) -> None:
+        body = ox.serialize(list(triples), format=ox.RdfFormat.N_TRIPLES) or b""
+        response = self._request(
+            "PUT",
+            self._gsp(),
+            params={"graph": graph},
+            content=body,
+            headers={"Content-Type": "application/n-triples"},
+        )
+        if response.status_code >= 400:
+            raise EndpointError(
+                f"storing graph {graph} failed ({response.status_code}): {response.text[:300]}"
+            )
+
+    def add_triples(self, graph: str, triples: Sequence[ox.Triple]) -> None:
+        body = ox.serialize(list(triples), format=ox.RdfFormat.N_TRIPLES) or b""
+        response = self._request(
+            "POST",
+            self._gsp(),
+            params={"graph": graph},
+            content=body,
+            headers={"Content-Type": "application/n-triples"},
+        )
+        if response.status_code >= 400:
+            raise EndpointError(
+                f"adding to graph {graph} failed ({response.status_code}): {response.text[:300]}"
+            )
+
+    def drop_graph(self, graph: str) -> None:
+        response = self._request("DELETE", self._gsp(), params={"graph": graph})
+        if response.status_code >= 400 and response.status_code != 404:
+            raise EndpointError(f"dropping graph {graph} failed ({response.status_code})")
+
+    def graph_triples(self, graph: str) -> list[ox.Triple]:
+        response = self._request(
+            "GET", self._gsp(), params={"graph": graph}, headers={"Accept": "application/n-triples"}
+        )
+        if response.status_code == 404:
+            return []
+        if response.status_code >= 400:
+            raise EndpointError(f"reading graph {graph} failed ({response.status_code})")
+        return [q.triple for q in ox.parse(response.content, format=ox.RdfFormat.N_TRIPLES)]
+
+    # -- SPARQL ------------------------------------------------------------------------
+
+    def query(
+        self,
+        sparql: str,
+        *,
+        default_graphs: Sequence[str] | None,
+        row_limit: int,
+        timeout: float,
+    ) -> QueryResult:
+        started = time.monotonic()
+        form: list[tuple[str, str]] = [("query", sparql)]
+        form.extend(("default-graph-uri", g) for g in default_graphs or ())
+        response = self._request(
+            "POST",
+            self.url + "/query",
+            content=urlencode(form).encode(),
+            headers={
+                "Accept": _QUERY_ACCEPT,
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            timeout=timeout,
+        )
+        if response.status_code >= 400:
+            raise SparqlError(f"the SPARQL endpoint refused the query: {response.text[:500]}")
+        media = response.headers.get("content-type", "").split(";")[0].strip()
+        if "json" in media:
+            data = json.loads(response.content)
+            if "boolean" in data:
+                result = QueryResult(kind="ask", boolean=bool(data["boolean"]))
+            else:
+                bindings = data.get("results", {}).get("bindings", [])
+                result = QueryResult(
+                    kind="select",
+                    variables=list(data.get("head", {}).get("vars", [])),
+                    rows=bindings[:row_limit],
+                    truncated=len(bindings) > row_limit,
+                )
+        else:
+            fmt = ox.RdfFormat.from_media_type(media) or ox.RdfFormat.N_TRIPLES
+            triples = [q.triple for q in ox.parse(response.content, format=fmt)]
+            result = QueryResult(
+                kind="graph", triples=triples[:row_limit], truncated=len(triples) > row_limit
+            )
+        result.elapsed_ms = (time.monotonic() - started) * 1000
+        return result
+
+    def update(self, sparql: str, *, timeout: float) -> None:
+        response = self._request(
+            "POST",
+            self.url + "/update",
+            content=sparql.encode(),
+            headers={"Content-Type": "application/sparql-update"},
+            timeout=timeout,
+        )
+        if response.status_code >= 400:
+            raise SparqlError(f"the SPARQL endpoint refused the update: {response.text[:500]}")
+
+    def close(self) -> None:
+        self._client.close()

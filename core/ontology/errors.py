@@ -1,0 +1,64 @@
+"""Errors of the ontology store and the knowledge graph::
+
+MimirError
+ └── OntologyError                 anything the ontology store refuses or fails at
+      ├── OntologyNotFoundError    no ontology (version) with that id
+      ├── OntologyExistsError      uploading a name and version that are taken
+      ├── RdfParseError            an uploaded document is not valid RDF (``.line``)
+      ├── UnsupportedFormatError   a format name or media type we cannot read or write
+      ├── SparqlError              a query or update is malformed or refused
+      │    └── QueryTimeoutError   a query ran longer than its time limit
+      └── EndpointError            the external SPARQL endpoint failed or is unreachable
+"""
+
+from __future__ import annotations
+
+from mimir.core.errors import MimirError
+
+__all__ = [
+    "EndpointError",
+    "OntologyError",
+    "OntologyExistsError",
+    "OntologyNotFoundError",
+    "QueryTimeoutError",
+    "RdfParseError",
+    "SparqlError",
+    "UnsupportedFormatError",
+]
+
+
+class OntologyError(MimirError):
+    """Base of the ontology store's errors."""
+
+
+class OntologyNotFoundError(OntologyError):
+    """No ontology (version) matches the id."""
+
+
+class OntologyExistsError(OntologyError):
+    """That ontology name and version already exist."""
+
+
+class RdfParseError(OntologyError):
+    """An RDF document failed to parse; ``line`` and ``column`` say where (1-based) if known."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        self.line = line
+        self.column = column
+        super().__init__(message)
+
+
+class UnsupportedFormatError(OntologyError):
+    """A format name or media type that the store cannot read or write."""
+
+
+class SparqlError(OntologyError):
+    """A SPARQL query or update is malformed, or not allowed where it was sent."""
+
+
+class QueryTimeoutError(SparqlError):
+    """A query ran longer than its time limit."""
+
+
+class EndpointError(OntologyError):
+    """The external SPARQL endpoint (``FUSEKI_URL``) failed or could not be reached."""

@@ -1,0 +1,392 @@
+"""The ontology store: one named graph per ontology version, plus SPARQL over all of them.
+
+Graph IRIs are ``<base>/ontology/<name>/<version>``. Methods are synchronous (they do disk
+or network I/O); async callers go through :meth:`OntologyStore.run_query` and friends,
+which run them in a thread and hold them to a time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyoxigraph as ox
+from pydantic import BaseModel, Field
+
+from mimir.core.ontology.backends import OxigraphBackend, SparqlEndpointBackend, TripleBackend
+from mimir.core.ontology.catalog import OntologyCatalog, OntologyInfo
+from mimir.core.ontology.errors import (
+    OntologyError,
+    OntologyNotFoundError,
+    QueryTimeoutError,
+    SparqlError,
+)
+from mimir.core.ontology.formats import parse_triples, resolve_format, serialize_triples
+from mimir.core.ontology.results import QueryResult
+from mimir.core.settings import Settings
+
+__all__ = [
+    "DEFAULT_BASE",
+    "DEFAULT_ROW_LIMIT",
+    "DEFAULT_TIMEOUT",
+    "OntologyStats",
+    "OntologyStore",
+    "Subgraph",
+    "close_ontology_stores",
+    "open_ontology_store",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Base of the graph IRIs (``<base>/ontology/<name>/<version>``).
+DEFAULT_BASE = "http://mimir-aip.local"
+#: Time limit of a query unless the caller gives one (seconds).
+DEFAULT_TIMEOUT = 30.0
+#: Rows a query answers at most unless the caller gives a limit.
+DEFAULT_ROW_LIMIT = 10_000
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+_PREFIXES = """PREFIX rdf: <http://www.w3.org/1999/02/22-rdf-syntax-ns#>
+PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>
+PREFIX owl: <http://www.w3.org/2002/07/owl#>
+"""
+_PROPERTY_TYPES = (
+    "rdf:Property, owl:ObjectProperty, owl:DatatypeProperty, owl:AnnotationProperty, "
+    "owl:FunctionalProperty, owl:InverseFunctionalProperty, owl:TransitiveProperty, "
+    "owl:SymmetricProperty"
+)
+_STATS_QUERY = (
+    _PREFIXES
+    + f"""SELECT ?triples ?classes ?properties ?individuals WHERE {{
+  {{ SELECT (COUNT(*) AS ?triples) WHERE {{ ?s ?p ?o }} }}
+  {{ SELECT (COUNT(DISTINCT ?c) AS ?classes) WHERE {{
+       ?c a ?ct FILTER(?ct IN (owl:Class, rdfs:Class)) }} }}
+  {{ SELECT (COUNT(DISTINCT ?q) AS ?properties) WHERE {{
+       ?q a ?qt FILTER(?qt IN ({_PROPERTY_TYPES})) }} }}
+  {{ SELECT (COUNT(DISTINCT ?i) AS ?individuals) WHERE {{
+       ?i a ?it FILTER(isIRI(?i) && ?it NOT IN (owl:Class, rdfs:Class, owl:Ontology,
+         owl:Restriction, rdfs:Datatype, owl:AllDisjointClasses, {_PROPERTY_TYPES})) }} }}
+}}"""
+)
+_LABEL = "http://www.w3.org/2000/01/rdf-schema#label"
+_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
+
+
+class OntologyStats(BaseModel):
+    """Counts of one ontology version's graph."""
+
+    id: str
+    triples: int
+    classes: int
+    properties: int
+    individuals: int
+
+
+class Subgraph(BaseModel):
+    """Nodes and edges around a root, for a graph view."""
+
+    root: str
+    depth: int
+    nodes: list[dict[str, Any]] = Field(default_factory=list)
+    edges: list[dict[str, Any]] = Field(default_factory=list)
+    #: ``max_nodes`` cut the walk short.
+    truncated: bool = False
+
+
+def _local_name(iri: str) -> str:
+    return re.split(r"[#/:]", iri.rstrip("/#"))[-1] or iri
+
+
+class OntologyStore:
+    """Ontology versions in a triple backend, described by a catalog."""
+
+    def __init__(
+        self, backend: TripleBackend, catalog: OntologyCatalog, base: str = DEFAULT_BASE
+    ) -> None:
+        self.backend = backend
+        self.catalog = catalog
+        self.base = base.rstrip("/")
+
+    # -- ontologies ----------------------------------------------------------------
+
+    def graph_uri(self, name: str, version: str) -> str:
+        """The named graph of ``name`` at ``version``."""
+        return f"{self.base}/ontology/{name}/{version}"
+
+    def upload(
+        self,
+        name: str,
+        content: bytes | str,
+        *,
+        version: str = "1",
+        fmt: str | None = "turtle",
+        description: str = "",
+        replace: bool = False,
+    ) -> OntologyInfo:
+        """Parse ``content`` (Turtle, RDF/XML, N-Triples or JSON-LD) into the graph of
+        ``name@version``; :class:`RdfParseError` names the line of a syntax error."""
+        for what, value in (("name", name), ("version", version)):
+            if not _NAME_RE.match(value or ""):
+                raise OntologyError(
+                    f"ontology {what} {value!r} must be 1-128 letters, digits, '_', '.' or '-'"
+                )
+        info = resolve_format(fmt)
+        graph = self.graph_uri(name, version)
+        ontology_id = f"{name}@{version}"
+        existing = self.catalog.get(ontology_id)
+        if existing is not None and not replace:
+            self.catalog.add(  # raises the "exists" error with its message
+                ontology_id=ontology_id,
+                name=name,
+                version=version,
+                graph_uri=graph,
+                fmt=info.name,
+                description=description,
+                triples=0,
+                replace=False,
+            )
+        triples = parse_triples(content, info, base_iri=graph + "/")
+        self.backend.put_graph(graph, triples)
+        return self.catalog.add(
+            ontology_id=ontology_id,
+            name=name,
+            version=version,
+            graph_uri=graph,
+            fmt=info.name,
+            description=description,
+            triples=len(triples),
+            replace=replace,
+        )
+
+    def list(self) -> list[OntologyInfo]:
+        """Every ontology version."""
+        return self.catalog.list()
+
+    def get(self, ontology_id: str) -> OntologyInfo:
+        """The version ``name@version`` (or the newest of ``name``)."""
+        found = self.catalog.get(ontology_id)
+        if found is None:
+            raise OntologyNotFoundError(f"no ontology {ontology_id!r}")
+        return found
+
+    def delete(self, ontology_id: str) -> OntologyInfo:
+        """Drop a version's graph and forget it."""
+        info = self.get(ontology_id)
+        self.backend.drop_graph(info.graph_uri)
+        self.catalog.remove(info.id)
+        return info
+
+    def stats(self, ontology_id: str) -> OntologyStats:
+        """Triples, classes, properties and individuals in a version's graph."""
+        info = self.get(ontology_id)
+        result = self.backend.query(
+            _STATS_QUERY, default_graphs=[info.graph_uri], row_limit=1, timeout=DEFAULT_TIMEOUT
+        )
+        row = result.rows[0] if result.rows else {}
+        counts = {k: int(row[k]["value"]) if k in row else 0 for k in result.variables}
+        return OntologyStats(id=info.id, **counts)
+
+    def export(self, ontology_id: str, fmt: str | None = "turtle") -> tuple[bytes, str]:
+        """A version's graph as a document in ``fmt``; answers the bytes and media type."""
+        info = self.get(ontology_id)
+        target = resolve_format(fmt)
+        return serialize_triples(
+            self.backend.graph_triples(info.graph_uri), target
+        ), target.media_type
+
+    def add_triples(self, ontology_id: str, triples: Sequence[ox.Triple]) -> int:
+        """Add triples to a version's graph (``Ontology.load``); answers how many."""
+        info = self.get(ontology_id)
+        self.backend.add_triples(info.graph_uri, triples)
+        self.catalog.touch(info.id, info.triples + len(triples))
+        return len(triples)
+
+    # -- SPARQL ---------------------------------------------------------------------
+
+    def _default_graphs(
+        self, ontology: str | None, given: Sequence[str] | None
+    ) -> list[str] | None:
+        if ontology:
+            return [self.get(ontology).graph_uri]
+        if given:
+            return list(given)
+        if self.backend.union_default_graph:
+            return None
+        # An external endpoint's default graph is its own affair: name ours explicitly.
+        return [info.graph_uri for info in self.catalog.list()] or None
+
+    def query(
+        self,
+        sparql: str,
+        *,
+        ontology: str | None = None,
+        default_graphs: Sequence[str] | None = None,
+        row_limit: int = DEFAULT_ROW_LIMIT,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> QueryResult:
+        """Run a read-only query (SELECT, ASK, CONSTRUCT, DESCRIBE) over ``ontology``'s
+        graph, the ``default_graphs`` given, or every graph."""
+        if not sparql or not sparql.strip():
+            raise SparqlError("the query is empty")
+        return self.backend.query(
+            sparql,
+            default_graphs=self._default_graphs(ontology, default_graphs),
+            row_limit=max(1, row_limit),
+            timeout=timeout,
+        )
+
+    def update(self, sparql: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Run a SPARQL 1.1 update."""
+        if not sparql or not sparql.strip():
+            raise SparqlError("the update is empty")
+        self.backend.update(sparql, timeout=timeout)
+
+    async def run_query(
+        self, sparql: str, *, timeout: float = DEFAULT_TIMEOUT, **kw: Any
+    ) -> QueryResult:
+        """:meth:`query` in a thread, answered within ``timeout`` seconds (a query still
+        computing its first row then goes on in its thread; its answer is dropped)."""
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self.query, sparql, timeout=timeout, **kw), timeout + 0.5
+            )
+        except TimeoutError:
+            raise QueryTimeoutError(f"query exceeded its time limit of {timeout:g} s") from None
+
+    async def run_update(self, sparql: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """:meth:`update` in a thread."""
+        await asyncio.to_thread(self.update, sparql, timeout=timeout)
+
+    # -- graph view -----------------------------------------------------------------
+
+    def subgraph(
+        self,
+        root_uri: str,
+        depth: int = 1,
+        *,
+        ontology: str | None = None,
+        max_nodes: int = 500,
+    ) -> Subgraph:
+        """Nodes and edges reachable from ``root_uri`` in ``depth`` hops (either direction).
+
+        Literal values become node ``properties``; IRIs and blank nodes become nodes.
+        """
+        if not root_uri or any(c in root_uri for c in '<> "{}|\\^`'):
+            raise SparqlError(f"root_uri {root_uri!r} is not an IRI")
+        depth = max(0, min(depth, 5))
+        graphs = self._default_graphs(ontology, None)
+        nodes: dict[str, dict[str, Any]] = {root_uri: {"id": root_uri, "kind": "uri"}}
+        edges: dict[tuple[str, str, str], dict[str, Any]] = {}
+        frontier = [root_uri]
+        truncated = False
+        for _ in range(depth):
+            if not frontier:
+                break
+            values = " ".join(f"<{n}>" for n in frontier)
+            result = self.backend.query(
+                f"SELECT ?s ?p ?o WHERE {{ VALUES ?n {{ {values} }} "
+                "{ ?n ?p ?o BIND(?n AS ?s) } UNION { ?s ?p ?n BIND(?n AS ?o) } }",
+                default_graphs=graphs,
+                row_limit=max_nodes * 20,
+                timeout=DEFAULT_TIMEOUT,
+            )
+            next_frontier: list[str] = []
+            for row in result.rows:
+                s, p, o = row["s"], row["p"]["value"], row["o"]
+                if o["type"] == "literal":
+                    node = nodes.get(s["value"])
+                    if node is not None:
+                        node.setdefault("properties", {})[_local_name(p)] = o["value"]
+                    continue
+                for term in (s, o):
+                    key = term["value"]
+                    if key not in nodes:
+                        if len(nodes) >= max_nodes:
+                            truncated = True
+                            break
+                        nodes[key] = {"id": key, "kind": term["type"]}
+                        if term["type"] == "uri":
+                            next_frontier.append(key)
+                else:
+                    edge = (s["value"], p, o["value"])
+                    edges.setdefault(
+                        edge,
+                        {
+                            "source": edge[0],
+                            "target": edge[2],
+                            "predicate": p,
+                            "label": _local_name(p),
+                        },
+                    )
+            frontier = next_frontier
+        self._label_nodes(nodes, graphs)
+        return Subgraph(
+            root=root_uri,
+            depth=depth,
+            nodes=list(nodes.values()),
+            edges=list(edges.values()),
+            truncated=truncated,
+        )
+
+    def _label_nodes(self, nodes: dict[str, dict[str, Any]], graphs: list[str] | None) -> None:
+        iris = [n for n, v in nodes.items() if v["kind"] == "uri"]
+        for node in nodes.values():
+            node["label"] = _local_name(node["id"])
+            node.setdefault("types", [])
+        for start in range(0, len(iris), 200):
+            values = " ".join(f"<{n}>" for n in iris[start : start + 200])
+            result = self.backend.query(
+                f"SELECT ?n ?p ?v WHERE {{ VALUES ?n {{ {values} }} "
+                f"VALUES ?p {{ <{_LABEL}> <{_TYPE}> }} ?n ?p ?v }}",
+                default_graphs=graphs,
+                row_limit=100_000,
+                timeout=DEFAULT_TIMEOUT,
+            )
+            for row in result.rows:
+                node = nodes[row["n"]["value"]]
+                if row["p"]["value"] == _LABEL:
+                    node["label"] = row["v"]["value"]
+                elif row["v"]["value"] not in node["types"]:
+                    node["types"].append(row["v"]["value"])
+
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()
+
+
+_OPEN: dict[tuple[str, str | None], OntologyStore] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_ontology_store(settings: Settings, *, base: str = DEFAULT_BASE) -> OntologyStore:
+    """The process's store for ``settings``: Oxigraph under ``<data_dir>/ontologies`` or,
+    with ``settings.fuseki_url``, that endpoint. One instance per data directory and URL,
+    shared by the API and the plugins of the same process (the on-disk store admits one
+    opener)."""
+    root = Path(settings.data_dir).expanduser().resolve() / "ontologies"
+    key = (str(root), settings.fuseki_url)
+    with _OPEN_LOCK:
+        store = _OPEN.get(key)
+        if store is None:
+            backend: TripleBackend
+            if settings.fuseki_url:
+                backend = SparqlEndpointBackend(settings.fuseki_url)
+            else:
+                backend = OxigraphBackend(root / "oxigraph")
+            store = OntologyStore(backend, OntologyCatalog(root / "catalog.sqlite3"), base)
+            _OPEN[key] = store
+        return store
+
+
+def close_ontology_stores() -> None:
+    """Close every store opened by :func:`open_ontology_store` (tests, shutdown)."""
+    with _OPEN_LOCK:
+        for store in _OPEN.values():
+            store.close()
+        _OPEN.clear()
