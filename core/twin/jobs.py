@@ -1,0 +1,71 @@
+"""The ``digital_twin`` job handler; importing this module registers it.
+
+The job carries the twin and the scenario themselves (workers need no shared store);
+the handler also records the outcome in the data directory's twin store when that store
+holds the run (a worker beside the server), and returns it as the job's result, from which
+the server fills its store otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from mimir.core.jobs import JobContext, JobFailedError, register_job_handler
+from mimir.core.twin.models import Scenario, Twin
+from mimir.core.twin.simulation import TwinError, simulate
+from mimir.core.twin.store import TwinStore
+
+__all__ = ["digital_twin_job", "run_digital_twin_job"]
+
+logger = logging.getLogger(__name__)
+
+
+def digital_twin_job(
+    twin: Twin, scenario: Scenario, run_id: str, seed: int | None
+) -> dict[str, Any]:
+    """The payload of a ``digital_twin`` job."""
+    return {
+        "twin": twin.model_dump(mode="json"),
+        "scenario": scenario.model_dump(mode="json"),
+        "run_id": run_id,
+        "seed": seed,
+    }
+
+
+async def run_digital_twin_job(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Simulate ``payload["scenario"]`` on ``payload["twin"]``; answers the run's result."""
+    try:
+        twin = Twin.model_validate(payload.get("twin"))
+        scenario = Scenario.model_validate(payload.get("scenario"))
+    except ValueError as exc:
+        raise JobFailedError(f"digital_twin job with an invalid payload: {exc}") from exc
+    run_id = str(payload.get("run_id") or ctx.job_id)
+    seed = payload.get("seed")
+    ctx.report_progress(0, 1, f"simulating {scenario.name}")
+    try:
+        result = await asyncio.to_thread(simulate, twin, scenario, seed)
+    except TwinError as exc:
+        await asyncio.to_thread(_record, ctx, run_id, None, str(exc))
+        raise JobFailedError(str(exc)) from exc
+    ctx.report_progress(1, 1, scenario.name)
+    await asyncio.to_thread(_record, ctx, run_id, result, None)
+    return {
+        "run_id": run_id,
+        "twin_id": twin.id,
+        "scenario_id": scenario.id,
+        **result.model_dump(mode="json"),
+    }
+
+
+def _record(ctx: JobContext, run_id: str, result: Any, error: str | None) -> None:
+    if ctx.data_dir is None or not (ctx.data_dir / "twins.sqlite3").exists():
+        return
+    try:
+        TwinStore.in_data_dir(ctx.data_dir).finish_run(run_id, result, error)
+    except Exception:  # the job's result still carries the outcome to the server
+        logger.warning("could not record twin run %s in %s", run_id, ctx.data_dir, exc_info=True)
+
+
+register_job_handler("digital_twin", run_digital_twin_job)
