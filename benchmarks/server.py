@@ -9,7 +9,7 @@ each) for:
 - ``POST /api/v1/pipelines/execute`` with ``pipeline_file`` naming a one-step no-op
   pipeline (``Debug.echo``), and with the seed's ``test_pipeline.yaml`` (three steps).
 
-Each figure is the median of R runs. Client and server share this machine's cores, so
+Each figure is the median of R interleaved runs. Client and server share this machine's cores, so
 the figures are a lower bound on what the server alone sustains.
 """
 
@@ -124,18 +124,6 @@ async def _run(
     return per_client * concurrency / elapsed, latencies
 
 
-def _measure(
-    base_url: str, method: str, path: str, body: Any, requests: int, runs: int, concurrency: int
-) -> tuple[float, float]:
-    """Median requests/s over ``runs`` runs, and the median latency (ms) of all calls."""
-    rates, latencies = [], []
-    for _ in range(runs):
-        rate, lat = asyncio.run(_run(base_url, method, path, body, requests, concurrency))
-        rates.append(rate)
-        latencies.extend(lat)
-    return statistics.median(rates), statistics.median(latencies)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.server", description=__doc__)
     parser.add_argument("--requests", type=int, default=400, help="requests per run (400)")
@@ -166,12 +154,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"median; client and server on the same {os.cpu_count()} cores"
             )
             print(f"{'call':<30} {'c=1 req/s':>10} {'p50 ms':>8} {'c=8 req/s':>10} {'p50 ms':>8}")
-            for label, method, path, body in cases:
-                one, one_p50 = _measure(base_url, method, path, body, args.requests, args.runs, 1)
-                eight, eight_p50 = _measure(
-                    base_url, method, path, body, args.requests, args.runs, 8
-                )
-                print(f"{label:<30} {one:>10.0f} {one_p50:>8.2f} {eight:>10.0f} {eight_p50:>8.2f}")
+            # Interleaved: every run measures every case, so drift in the machine's
+            # load hits all figures alike.
+            rates: dict[tuple[str, int], list[float]] = {}
+            latencies: dict[tuple[str, int], list[float]] = {}
+            for _ in range(args.runs):
+                for label, method, path, body in cases:
+                    for concurrency in (1, 8):
+                        rate, lat = asyncio.run(
+                            _run(base_url, method, path, body, args.requests, concurrency)
+                        )
+                        rates.setdefault((label, concurrency), []).append(rate)
+                        latencies.setdefault((label, concurrency), []).extend(lat)
+            for label, *_ in cases:
+                cells = [
+                    f"{statistics.median(rates[label, c]):>10.0f} "
+                    f"{statistics.median(latencies[label, c]):>8.2f}"
+                    for c in (1, 8)
+                ]
+                print(f"{label:<30} {' '.join(cells)}")
         finally:
             process.terminate()
             process.wait(timeout=30)
