@@ -167,7 +167,7 @@ class ApiClient:
         self,
         *,
         name: str | None = None,
-        pipeline: dict[str, Any] | None = None,
+        pipeline: dict[str, Any] | str | None = None,
         context: dict[str, Any] | None = None,
         timeout: float = 300.0,
     ) -> dict[str, Any]:
@@ -185,7 +185,7 @@ class ApiClient:
         self,
         *,
         name: str | None = None,
-        pipeline: dict[str, Any] | None = None,
+        pipeline: dict[str, Any] | str | None = None,
         context: dict[str, Any] | None = None,
         priority: str = "normal",
         count: int = 1,

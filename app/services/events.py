@@ -190,6 +190,8 @@ class LiveFeed:
             except ApiError as exc:
                 self._set_mode("offline", str(exc))
             else:
+                if self.mode == "offline":
+                    return  # the server is back: try its event stream first
                 if self.mode != "polling":
                     self._set_mode("polling", self.api.base_url)
                 self.last_stats = stats

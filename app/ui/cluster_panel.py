@@ -1,0 +1,424 @@
+"""Cluster panel: connection profiles, the services table, start/stop/restart/build/scale."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+from qasync import asyncSlot
+
+from mimir.app.cluster.base import ClusterError, ClusterStatus, ServiceStats
+from mimir.app.services.api import ApiError
+from mimir.app.services.profiles import PROFILE_KINDS, ConnectionProfile
+from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
+from mimir.app.ui.context import ConsoleContext
+
+__all__ = ["QtClusterPanel"]
+
+logger = logging.getLogger(__name__)
+
+_COLUMNS = ["Service", "State", "Health", "Replicas", "CPU", "Memory", "Ports"]
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.0f} MiB"
+
+
+class QtClusterPanel(QWidget):
+    """Drives the profile's cluster backend; every action is disabled while one runs."""
+
+    progress_reported = Signal(str, str)
+
+    def __init__(self, context: ConsoleContext) -> None:
+        super().__init__()
+        self.context = context
+        self.busy = False
+        self._stats: dict[str, list[ServiceStats]] = {}
+        self._build()
+        self.progress_reported.connect(self._on_progress)
+        context.profile_changed.connect(self._on_profile_changed)
+        context.cluster_status.connect(self._show_status)
+        self._timer = QTimer(self)
+        self._timer.setInterval(3000)
+        self._timer.timeout.connect(self._tick)
+        self._timer.start()
+        self._reload_profiles()
+
+    # ---------------------------------------------------------------- layout
+
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        root.setContentsMargins(20, 16, 20, 16)
+        root.setSpacing(10)
+        root.addWidget(
+            panel_header("Cluster", "Start, scale and stop the services that run your pipelines")
+        )
+        self.banner = Banner()
+        root.addWidget(self.banner)
+
+        profile_box = QGroupBox("Connection profile")
+        form = QFormLayout(profile_box)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
+        row = QHBoxLayout()
+        self.profile_combo = QComboBox()
+        self.profile_combo.setMinimumWidth(220)
+        self.profile_combo.currentIndexChanged.connect(self._on_profile_selected)
+        row.addWidget(self.profile_combo, 1)
+        self.save_profile_button = QPushButton("Save profile")
+        self.save_profile_button.clicked.connect(self._save_profile)
+        self.remove_profile_button = QPushButton("Remove")
+        self.remove_profile_button.clicked.connect(self._remove_profile)
+        row.addWidget(self.save_profile_button)
+        row.addWidget(self.remove_profile_button)
+        form.addRow("Profile", row)
+        self.name_edit = QLineEdit()
+        self.kind_combo = QComboBox()
+        for kind, label in PROFILE_KINDS.items():
+            self.kind_combo.addItem(label, kind)
+        self.kind_combo.currentIndexChanged.connect(self._on_kind_changed)
+        self.url_edit = QLineEdit()
+        self.docker_host_edit = QLineEdit()
+        self.docker_host_edit.setPlaceholderText("ssh://user@host or tcp://host:2376")
+        self.token_edit = QLineEdit()
+        self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        secure = self.context.profiles.tokens.secure
+        self.token_edit.setPlaceholderText(
+            "kept in the system keyring" if secure else "kept for this session only (no keyring)"
+        )
+        top = QHBoxLayout()
+        top.addWidget(self.name_edit, 1)
+        top.addWidget(self.kind_combo)
+        form.addRow("Name / kind", top)
+        form.addRow("API URL", self.url_edit)
+        form.addRow("Docker host", self.docker_host_edit)
+        form.addRow("API token", self.token_edit)
+        root.addWidget(profile_box)
+
+        actions = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.setObjectName("Primary")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("Danger")
+        self.restart_button = QPushButton("Restart service")
+        self.build_button = QPushButton("Build images")
+        self.workers_spin = QSpinBox()
+        self.workers_spin.setRange(0, 64)
+        self.workers_spin.setValue(2)
+        self.workers_spin.setPrefix("Workers: ")
+        self.scale_button = QPushButton("Scale")
+        self.start_button.clicked.connect(self.start_cluster)
+        self.stop_button.clicked.connect(self.stop_cluster)
+        self.restart_button.clicked.connect(self.restart_service)
+        self.build_button.clicked.connect(self.build_images)
+        self.scale_button.clicked.connect(self.scale_workers)
+        for widget in (self.start_button, self.stop_button, self.restart_button, self.build_button):
+            actions.addWidget(widget)
+        actions.addStretch(1)
+        actions.addWidget(self.workers_spin)
+        actions.addWidget(self.scale_button)
+        root.addLayout(actions)
+        self._actions = [
+            self.start_button,
+            self.stop_button,
+            self.restart_button,
+            self.build_button,
+            self.scale_button,
+            self.workers_spin,
+            self.profile_combo,
+            self.save_profile_button,
+            self.remove_profile_button,
+        ]
+
+        progress_row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 0)
+        self.progress.setMaximumWidth(160)
+        self.progress.hide()
+        self.step_label = QLabel("")
+        self.step_label.setObjectName("Hint")
+        progress_row.addWidget(self.progress)
+        progress_row.addWidget(self.step_label, 1)
+        root.addLayout(progress_row)
+
+        self.table = QTableWidget(0, len(_COLUMNS))
+        self.table.setHorizontalHeaderLabels(_COLUMNS)
+        self.table.verticalHeader().hide()
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setAlternatingRowColors(True)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        root.addWidget(self.table, 1)
+
+    # ---------------------------------------------------------------- profiles
+
+    def _reload_profiles(self) -> None:
+        profiles = self.context.profiles.load()
+        current = self.context.profile.name
+        self.profile_combo.blockSignals(True)
+        self.profile_combo.clear()
+        for profile in profiles:
+            self.profile_combo.addItem(profile.name, profile)
+        index = max(0, self.profile_combo.findText(current))
+        self.profile_combo.setCurrentIndex(index)
+        self.profile_combo.blockSignals(False)
+        self._fill_profile(self.profile_combo.currentData())
+
+    def _fill_profile(self, profile: ConnectionProfile | None) -> None:
+        if profile is None:
+            return
+        self.name_edit.setText(profile.name)
+        self.kind_combo.setCurrentIndex(max(0, self.kind_combo.findData(profile.kind)))
+        self.url_edit.setText(profile.api_url)
+        self.docker_host_edit.setText(profile.docker_host)
+        self.workers_spin.setValue(profile.workers)
+        self.token_edit.setText("")
+        self._on_kind_changed()
+
+    def _on_kind_changed(self) -> None:
+        kind = self.kind_combo.currentData()
+        self.docker_host_edit.setEnabled(kind == "remote_docker")
+        self._update_actions()
+
+    def _on_profile_selected(self) -> None:
+        profile = self.profile_combo.currentData()
+        if profile is not None:
+            self._fill_profile(profile)
+            self.context.apply_profile(profile)
+
+    def _on_profile_changed(self, profile: ConnectionProfile) -> None:
+        self._update_actions()
+        self._tick()
+
+    def _save_profile(self) -> None:
+        profile = ConnectionProfile(
+            name=self.name_edit.text().strip(),
+            kind=self.kind_combo.currentData(),
+            api_url=self.url_edit.text().strip(),
+            docker_host=self.docker_host_edit.text().strip(),
+            workers=self.workers_spin.value(),
+        )
+        try:
+            self.context.profiles.upsert(profile, self.token_edit.text() or None)
+        except ValueError as exc:
+            self.banner.error(str(exc))
+            return
+        self.banner.ok(f"Profile {profile.name!r} saved.")
+        self.context.profile = profile
+        self._reload_profiles()
+        self.context.apply_profile(profile)
+
+    def _remove_profile(self) -> None:
+        name = self.profile_combo.currentText()
+        self.context.profiles.remove(name)
+        self._reload_profiles()
+        self._on_profile_selected()
+
+    # ---------------------------------------------------------------- actions
+
+    def _update_actions(self) -> None:
+        controls = self.context.backend is not None
+        for widget in self._actions:
+            widget.setEnabled(not self.busy)
+        for widget in (
+            self.start_button,
+            self.stop_button,
+            self.restart_button,
+            self.build_button,
+            self.scale_button,
+            self.workers_spin,
+        ):
+            widget.setEnabled(not self.busy and controls)
+        if not controls and not self.busy:
+            self.step_label.setText("This profile talks to an API only: no cluster control.")
+
+    def _on_progress(self, step: str, message: str) -> None:
+        self.step_label.setText(f"{step}: {message}")
+
+    def _report(self, step: str, message: str) -> None:
+        # Backends may call this from a worker thread; the signal queues it to the GUI.
+        self.progress_reported.emit(step, message)
+
+    async def _run(self, title: str, action: Callable[[], Awaitable[Any]]) -> Any:
+        if self.busy:
+            return None
+        if self.context.backend is None:
+            self.banner.error("This profile has no cluster control (remote API only).")
+            return None
+        self.busy = True
+        self._update_actions()
+        self.banner.clear_message()
+        self.progress.show()
+        self.step_label.setText(f"{title}…")
+        try:
+            result = await action()
+        except ClusterError as exc:
+            text = str(exc)
+            if exc.detail:
+                text += "\n" + exc.detail.strip()[-1200:]
+            self.banner.error(f"{title} failed: {text}")
+            logger.warning("%s failed: %s", title, exc)
+            return None
+        else:
+            self.banner.ok(f"{title}: done.")
+            return result
+        finally:
+            self.busy = False
+            self.progress.hide()
+            self.step_label.setText("")
+            self._update_actions()
+            await self.refresh()
+
+    @asyncSlot()
+    async def start_cluster(self) -> None:
+        backend = self.context.backend
+        workers = self.workers_spin.value()
+        await self._run(
+            f"Start with {workers} workers",
+            lambda: backend.up(workers=workers, progress=self._report),  # type: ignore[union-attr]
+        )
+
+    @asyncSlot()
+    async def stop_cluster(self) -> None:
+        backend = self.context.backend
+
+        async def down() -> None:
+            # An open event stream would hold the server's graceful shutdown up.
+            await self.context.feed.stop()
+            try:
+                await backend.down(progress=self._report)  # type: ignore[union-attr]
+            finally:
+                self.context.start()
+
+        await self._run("Stop", down)
+
+    @asyncSlot()
+    async def scale_workers(self) -> None:
+        backend = self.context.backend
+        workers = self.workers_spin.value()
+        await self._run(
+            f"Scale to {workers} workers",
+            lambda: backend.scale(workers, progress=self._report),  # type: ignore[union-attr]
+        )
+
+    @asyncSlot()
+    async def build_images(self) -> None:
+        backend = self.context.backend
+        await self._run("Build", lambda: backend.build(progress=self._report))  # type: ignore[union-attr]
+
+    @asyncSlot()
+    async def restart_service(self) -> None:
+        row = self.table.currentRow()
+        if row < 0:
+            self.banner.info("Select a service in the table to restart it.")
+            return
+        name = self.table.item(row, 0).text()
+        backend = self.context.backend
+        await self._run(
+            f"Restart {name}",
+            lambda: backend.restart(name, progress=self._report),  # type: ignore[union-attr]
+        )
+
+    # ---------------------------------------------------------------- refresh
+
+    @asyncSlot()
+    async def _tick(self) -> None:
+        if not self.busy and self.isVisible():
+            await self.refresh(with_stats=True)
+        elif not self.busy:
+            await self.refresh()
+
+    async def refresh(self, with_stats: bool = False) -> None:
+        """Ask the backend (or, without one, the API) how the cluster is."""
+        backend = self.context.backend
+        if backend is None:
+            await self._refresh_api_only()
+            return
+        try:
+            status = await backend.status()
+            if with_stats and status.running:
+                stats = await backend.stats()
+                grouped: dict[str, list[ServiceStats]] = {}
+                for item in stats:
+                    grouped.setdefault(item.kind, []).append(item)
+                self._stats = grouped
+        except ClusterError as exc:
+            self.step_label.setText(f"status unavailable: {exc}")
+            return
+        except Exception as exc:  # a backend's SDK failing must not kill the timer
+            logger.warning("cluster status failed: %s", exc)
+            return
+        self.context.follow_cluster(status)
+
+    async def _refresh_api_only(self) -> None:
+        try:
+            health = await self.context.api.health()
+            state, detail = "running", str(health.get("status", ""))
+        except ApiError as exc:
+            state, detail = "unreachable", str(exc)
+        from mimir.app.cluster.base import ServiceStatus
+
+        status = ClusterStatus(
+            "docker",
+            self.context.profile.project,
+            [ServiceStatus("api", "server", state, detail if state == "running" else "")],
+            self.context.profile.api_url,
+        )
+        self.context.last_cluster_status = status
+        self.context.cluster_status.emit(status)
+
+    def _show_status(self, status: ClusterStatus) -> None:
+        self.table.setRowCount(len(status.services))
+        for row, service in enumerate(status.services):
+            stats = self._stats.get(service.kind, [])
+            cpu = f"{sum(s.cpu_percent for s in stats):.0f} %" if stats else ""
+            memory = _mib(sum(s.memory_bytes for s in stats)) if stats else ""
+            ports = ", ".join(f"{v}" for v in service.ports.values())
+            cells = [
+                service.name,
+                service.state,
+                service.health or "—",
+                str(service.replicas),
+                cpu,
+                memory,
+                ports,
+            ]
+            for column, text in enumerate(cells):
+                item = self.table.item(row, column)
+                if item is None:
+                    item = QTableWidgetItem()
+                    self.table.setItem(row, column, item)
+                item.setText(text)
+                if column in (1, 2):
+                    color = STATUS_COLORS.get(text)
+                    if color is not None:
+                        item.setForeground(color)
+        worker = next((s for s in status.services if s.kind == "worker"), None)
+        idle = not self.busy and not self.workers_spin.hasFocus()
+        if worker is not None and idle and worker.replicas:
+            self.workers_spin.setValue(worker.replicas)
+
+    async def wait_idle(self) -> None:
+        """For tests and scripts: until no action runs."""
+        while self.busy:
+            await asyncio.sleep(0.05)

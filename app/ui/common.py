@@ -1,0 +1,116 @@
+"""Small widgets every panel uses: the error/info banner, titles, KPI cards, styling."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
+
+__all__ = ["STATUS_COLORS", "Banner", "Card", "load_stylesheet", "panel_header"]
+
+logger = logging.getLogger(__name__)
+
+#: The stylesheet ships in resources/ (a data folder next to the packages, or in the bundle).
+_STYLE_CANDIDATES = [
+    Path(__file__).resolve().parents[2] / "resources" / "styles" / "dark.qss",
+]
+
+#: Colour of each job/service state, shared by tables and plots.
+STATUS_COLORS: dict[str, QColor] = {
+    "queued": QColor("#9AA3B2"),
+    "scheduled": QColor("#B39DDB"),
+    "running": QColor("#4C9AFF"),
+    "succeeded": QColor("#4CC38A"),
+    "failed": QColor("#FF6B6B"),
+    "cancelled": QColor("#C9A227"),
+    "dead": QColor("#FF4D8D"),
+    "healthy": QColor("#4CC38A"),
+    "unhealthy": QColor("#FF6B6B"),
+    "starting": QColor("#E0B341"),
+    "stopped": QColor("#8A93A3"),
+    "missing": QColor("#6C7586"),
+    "stale": QColor("#E0B341"),
+}
+
+
+def load_stylesheet() -> str:
+    import sys
+
+    candidates = list(_STYLE_CANDIDATES)
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        candidates.insert(0, Path(bundle) / "resources" / "styles" / "dark.qss")
+    for path in candidates:
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    logger.warning("stylesheet not found (looked in %s)", ", ".join(map(str, candidates)))
+    return ""
+
+
+class Banner(QLabel):
+    """An inline message: errors stay visible in the panel, not only in a log."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.hide()
+
+    def _show(self, kind: str, text: str) -> None:
+        self.setObjectName(kind)
+        self.setStyleSheet("")  # re-polish with the new object name
+        self.style().unpolish(self)
+        self.style().polish(self)
+        self.setText(text)
+        self.show()
+
+    def error(self, text: str) -> None:
+        self._show("BannerError", text)
+
+    def info(self, text: str) -> None:
+        self._show("BannerInfo", text)
+
+    def ok(self, text: str) -> None:
+        self._show("BannerOk", text)
+
+    def clear_message(self) -> None:
+        self.hide()
+        self.setText("")
+
+
+def panel_header(title: str, subtitle: str) -> QWidget:
+    box = QWidget()
+    layout = QVBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(0)
+    head = QLabel(title)
+    head.setObjectName("PanelTitle")
+    sub = QLabel(subtitle)
+    sub.setObjectName("PanelSubtitle")
+    layout.addWidget(head)
+    layout.addWidget(sub)
+    return box
+
+
+class Card(QFrame):
+    """A KPI tile: a big number over a small caption."""
+
+    def __init__(self, label: str, color: str = "#FFFFFF") -> None:
+        super().__init__()
+        self.setObjectName("Card")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(14, 10, 14, 10)
+        layout.setSpacing(2)
+        self.value = QLabel("—")
+        self.value.setObjectName("CardValue")
+        self.value.setStyleSheet(f"color: {color};")
+        caption = QLabel(label)
+        caption.setObjectName("CardLabel")
+        layout.addWidget(self.value)
+        layout.addWidget(caption)
+
+    def set(self, value: object) -> None:
+        self.value.setText(str(value))

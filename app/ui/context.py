@@ -1,0 +1,100 @@
+"""What the panels share: the API client, the live feed, the profile and its cluster backend.
+
+The Qt-free services push plain callbacks; this object turns them into Qt signals so
+panels subscribe the Qt way. Everything runs on the one qasync loop (the GUI thread),
+except the cluster backends' progress callbacks, which may come from worker threads and
+are therefore delivered through a queued signal.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from PySide6.QtCore import QObject, QSettings, Signal
+
+from mimir.app.cluster.base import ClusterBackend, ClusterError, ClusterStatus
+from mimir.app.services.api import ApiClient
+from mimir.app.services.events import LiveFeed
+from mimir.app.services.profiles import ConnectionProfile, ProfileStore
+
+__all__ = ["ConsoleContext"]
+
+logger = logging.getLogger(__name__)
+
+
+class ConsoleContext(QObject):
+    """Shared state of one console window."""
+
+    #: queue status dict, each second
+    stats = Signal(object)
+    #: a job record (subset) on each state change
+    job = Signal(object)
+    #: the workers list
+    workers = Signal(object)
+    #: feed mode ("events", "polling", "offline", "stopped") and a message
+    connection = Signal(str, str)
+    #: the cluster's status after a refresh or an action
+    cluster_status = Signal(object)
+    #: the profile (and so the API and backend) changed
+    profile_changed = Signal(object)
+
+    def __init__(self, settings: QSettings, profiles: ProfileStore | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.profiles = profiles or ProfileStore(settings)
+        self.profile: ConnectionProfile = self.profiles.current()
+        self.api = ApiClient(self.profile.api_url, self.profiles.token(self.profile.name))
+        self.feed = LiveFeed(self.api)
+        self.feed.subscribe("stats", self.stats.emit)
+        self.feed.subscribe("job", self.job.emit)
+        self.feed.subscribe("workers", self.workers.emit)
+        self.feed.subscribe("mode", lambda mode: self.connection.emit(mode[0], mode[1]))
+        self.backend: ClusterBackend | None = None
+        self.last_cluster_status: ClusterStatus | None = None
+        self._backend_override: ClusterBackend | None = None
+
+    # ---------------------------------------------------------------- profile and backend
+
+    def use_backend(self, backend: ClusterBackend | None) -> None:
+        """Drive this backend instead of the one the profile names (``--smoke``, tests)."""
+        self._backend_override = backend
+        self.backend = backend
+
+    def apply_profile(self, profile: ConnectionProfile) -> None:
+        """Switch API and backend to ``profile`` and remember it as current."""
+        self.profile = profile
+        self.profiles.set_current(profile.name)
+        self.api.configure(profile.api_url, self.profiles.token(profile.name))
+        self.backend = self._backend_override or self._make_backend(profile)
+        self.profile_changed.emit(profile)
+
+    def _make_backend(self, profile: ConnectionProfile) -> ClusterBackend | None:
+        if profile.backend is None:
+            return None
+        from mimir.app.cluster.selection import create_backend
+
+        options: dict[str, Any] = {}
+        if profile.kind == "remote_docker":
+            options["docker_host"] = profile.docker_host
+        if profile.backend == "docker":
+            options["api_token"] = self.profiles.token(profile.name)
+        try:
+            return create_backend(profile.backend, profile.project, **options)
+        except ClusterError as exc:
+            logger.warning("profile %s: %s", profile.name, exc)
+            return None
+
+    def follow_cluster(self, status: ClusterStatus) -> None:
+        """A running cluster says where its API is; point the client there."""
+        self.last_cluster_status = status
+        if status.api_url and status.api_url.rstrip("/") != self.api.base_url:
+            self.api.configure(status.api_url, self.profiles.token(self.profile.name))
+        self.cluster_status.emit(status)
+
+    def start(self) -> None:
+        self.feed.start()
+
+    async def close(self) -> None:
+        await self.feed.stop()
+        await self.api.aclose()

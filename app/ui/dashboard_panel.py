@@ -1,0 +1,205 @@
+"""Dashboard panel: KPI cards and live pyqtgraph plots of the queue, throughput and workers.
+
+Samples go into bounded ring buffers (Qt-free :mod:`~mimir.app.services.timeseries`); a
+1 Hz timer redraws. Curves are created once and updated with ``setData``; each is capped
+to a few hundred points by peak downsampling, and plots clip to view, so an hour of data
+costs the same to draw as a minute.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from mimir.app.services.timeseries import SeriesSet, peak_downsample
+from mimir.app.ui.common import Card, panel_header
+from mimir.app.ui.context import ConsoleContext
+
+__all__ = ["QtDashboardPanel"]
+
+WINDOWS = {"Last 5 minutes": 300.0, "Last hour": 3600.0}
+#: Points per curve after downsampling; enough for a full-width plot.
+MAX_POINTS = 600
+_PALETTE = ["#4C9AFF", "#4CC38A", "#E0B341", "#FF6B6B", "#B39DDB", "#36C5D6", "#FF9F5A"]
+
+pg.setConfigOptions(antialias=True, background="#1A1E25", foreground="#9AA3B2")
+
+
+def _pen(color: str, width: float = 2.0) -> Any:
+    return pg.mkPen(color=color, width=width)
+
+
+class QtDashboardPanel(QWidget):
+    """Live plots; feed it with :meth:`add_stats` / :meth:`add_workers` (the context does)."""
+
+    def __init__(self, context: ConsoleContext | None, capacity: int = 3600) -> None:
+        super().__init__()
+        self.series = SeriesSet(capacity)
+        self.window_seconds = 300.0
+        self._worker_ids: list[str] = []
+        self._build()
+        if context is not None:
+            context.stats.connect(self.add_stats)
+            context.workers.connect(self.add_workers)
+        self.timer = QTimer(self)
+        self.timer.setInterval(1000)
+        self.timer.timeout.connect(self.redraw)
+        self.timer.start()
+
+    # ---------------------------------------------------------------- layout
+
+    def _plot(self, title: str, unit: str = "") -> pg.PlotItem:
+        plot = self.graphics.addPlot(title=f"<span style='color:#D7DCE4'>{title}</span>")
+        plot.showGrid(x=True, y=True, alpha=0.15)
+        plot.setDownsampling(auto=True, mode="peak")
+        plot.setClipToView(True)
+        plot.setMouseEnabled(x=False, y=False)
+        plot.hideButtons()
+        plot.setLabel("bottom", "minutes ago")
+        if unit:
+            plot.setLabel("left", unit)
+        plot.addLegend(offset=(8, 4), labelTextColor="#C9CFD9", brush=pg.mkBrush("#1A1E25CC"))
+        plot.getViewBox().setLimits(yMin=0)
+        return plot
+
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        root.setContentsMargins(20, 16, 20, 16)
+        root.setSpacing(10)
+        head = QHBoxLayout()
+        head.addWidget(panel_header("Dashboard", "Queue, throughput and workers, live"), 1)
+        self.window_combo = QComboBox()
+        self.window_combo.addItems(list(WINDOWS))
+        self.window_combo.currentTextChanged.connect(self._on_window)
+        head.addWidget(QLabel("Window"))
+        head.addWidget(self.window_combo)
+        root.addLayout(head)
+
+        cards = QGridLayout()
+        cards.setSpacing(10)
+        self.cards = {
+            "queued": Card("Queued", "#D7DCE4"),
+            "running": Card("Running", "#4C9AFF"),
+            "workers": Card("Workers alive", "#36C5D6"),
+            "succeeded": Card("Succeeded", "#4CC38A"),
+            "failed": Card("Failed", "#FF6B6B"),
+            "dead": Card("Dead letter", "#FF4D8D"),
+            "rate": Card("Completed / s", "#E0B341"),
+        }
+        for column, card in enumerate(self.cards.values()):
+            cards.addWidget(card, 0, column)
+        root.addLayout(cards)
+
+        self.graphics = pg.GraphicsLayoutWidget()
+        self.graphics.ci.setSpacing(12)
+        root.addWidget(self.graphics, 1)
+        self.depth_plot = self._plot("Queue depth and running jobs", "jobs")
+        self.rate_plot = self._plot("Completed and failed per second", "jobs/s")
+        self.graphics.nextRow()
+        self.workers_plot = self._plot("Workers alive")
+        self.cpu_plot = self._plot("Worker CPU", "%")
+        self.mem_plot = self._plot("Worker memory", "MiB")
+        self.graphics.ci.layout.setColumnStretchFactor(0, 3)
+        # The top row's two plots span the three columns of the bottom row.
+        self.graphics.ci.removeItem(self.rate_plot)
+        self.graphics.ci.addItem(self.rate_plot, row=0, col=1, colspan=2)
+
+        self.curves: dict[str, Any] = {}
+        for name, label, color, plot in (
+            ("q:high", "high", "#FF6B6B", self.depth_plot),
+            ("q:normal", "normal", "#4C9AFF", self.depth_plot),
+            ("q:low", "low", "#9AA3B2", self.depth_plot),
+            ("running", "running", "#4CC38A", self.depth_plot),
+            ("completed", "completed/s", "#4CC38A", self.rate_plot),
+            ("failed", "failed/s", "#FF6B6B", self.rate_plot),
+            ("workers", "workers", "#36C5D6", self.workers_plot),
+        ):
+            curve = plot.plot([], [], name=label, pen=_pen(color))
+            curve.setDownsampling(auto=True, method="peak")
+            curve.setClipToView(True)
+            self.curves[name] = curve
+        self.workers_curve_fill = self.curves["workers"]
+        self.workers_curve_fill.setFillLevel(0)
+        self.workers_curve_fill.setBrush(pg.mkBrush("#36C5D633"))
+
+    def _on_window(self, text: str) -> None:
+        self.window_seconds = WINDOWS.get(text, 300.0)
+        self.redraw()
+
+    # ---------------------------------------------------------------- data in
+
+    def add_stats(self, stats: dict[str, Any], t: float | None = None) -> None:
+        t = time.time() if t is None else t
+        by_priority = stats.get("by_priority") or {}
+        values = {
+            "q:high": float(by_priority.get("high", 0)),
+            "q:normal": float(by_priority.get("normal", 0)),
+            "q:low": float(by_priority.get("low", 0)),
+            "running": float(stats.get("running", 0)),
+            "completed": float(stats.get("completed_per_sec", 0.0)),
+            "failed": float(stats.get("failed_per_sec", 0.0)),
+            "workers": float(stats.get("workers", 0)),
+        }
+        self.series.append(t, values)
+        totals = stats.get("totals") or {}
+        self.cards["queued"].set(stats.get("queue_length", 0))
+        self.cards["running"].set(stats.get("running", 0))
+        self.cards["workers"].set(stats.get("workers", 0))
+        self.cards["succeeded"].set(totals.get("succeeded", 0))
+        self.cards["failed"].set(totals.get("failed", 0))
+        self.cards["dead"].set(stats.get("dead", totals.get("dead", 0)))
+        self.cards["rate"].set(f"{float(stats.get('completed_per_sec', 0.0)):.1f}")
+
+    def add_workers(self, workers: list[dict[str, Any]], t: float | None = None) -> None:
+        t = time.time() if t is None else t
+        ids = [str(w.get("worker_id", "")) for w in workers]
+        for worker in workers:
+            wid = str(worker.get("worker_id", ""))
+            self.series[f"cpu:{wid}"].append(t, float(worker.get("cpu_percent", 0.0)))
+            self.series[f"mem:{wid}"].append(t, float(worker.get("memory_bytes", 0)) / 2**20)
+        self.series.discard_missing([f"cpu:{i}" for i in ids], "cpu:")
+        self.series.discard_missing([f"mem:{i}" for i in ids], "mem:")
+        if ids != self._worker_ids:
+            self._worker_ids = ids
+            self._rebuild_worker_curves()
+
+    def _rebuild_worker_curves(self) -> None:
+        for plot in (self.cpu_plot, self.mem_plot):
+            plot.clear()
+            if plot.legend is not None:
+                plot.legend.clear()
+        for index, wid in enumerate(self._worker_ids):
+            color = _PALETTE[index % len(_PALETTE)]
+            short = wid.rsplit("-", 1)[-1] if wid.count("-") >= 2 else wid
+            for prefix, plot in (("cpu", self.cpu_plot), ("mem", self.mem_plot)):
+                curve = plot.plot([], [], name=f"pid {short}", pen=_pen(color, 1.6))
+                curve.setDownsampling(auto=True, method="peak")
+                curve.setClipToView(True)
+                self.curves[f"{prefix}:{wid}"] = curve
+        for key in [k for k in self.curves if k[:4] in ("cpu:", "mem:")]:
+            if key[4:] not in self._worker_ids:
+                del self.curves[key]
+
+    # ---------------------------------------------------------------- drawing
+
+    def redraw(self) -> None:
+        now = time.time()
+        span = self.window_seconds
+        for name, curve in self.curves.items():
+            if name not in self.series.series:
+                continue
+            t, v = self.series[name].window(span, now)
+            t, v = peak_downsample(t, v, MAX_POINTS)
+            curve.setData((t - now) / 60.0, v)
+        for plot in (
+            self.depth_plot,
+            self.rate_plot,
+            self.workers_plot,
+            self.cpu_plot,
+            self.mem_plot,
+        ):
+            plot.setXRange(-span / 60.0, 0, padding=0.01)

@@ -1,0 +1,166 @@
+"""Logs panel: the cluster's logs streamed per service or merged; filter, pause, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from PySide6.QtGui import QFont, QTextCursor
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine
+from mimir.app.ui.common import Banner, panel_header
+from mimir.app.ui.context import ConsoleContext
+
+__all__ = ["QtLogsPanel"]
+
+logger = logging.getLogger(__name__)
+
+#: Lines kept in memory (and shown) at most.
+MAX_LINES = 5000
+
+
+class QtLogsPanel(QWidget):
+    def __init__(self, context: ConsoleContext) -> None:
+        super().__init__()
+        self.context = context
+        self.lines: deque[LogLine] = deque(maxlen=MAX_LINES)
+        self.received = 0
+        self._pending: list[LogLine] = []
+        self._task: asyncio.Task[None] | None = None
+        self._services: list[str] = []
+        self._build()
+        context.cluster_status.connect(self._on_status)
+        context.profile_changed.connect(lambda _p: self.restart_stream())
+
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        root.setContentsMargins(20, 16, 20, 16)
+        root.setSpacing(10)
+        root.addWidget(panel_header("Logs", "The cluster's services, streamed"))
+        self.banner = Banner()
+        root.addWidget(self.banner)
+        bar = QHBoxLayout()
+        self.service_combo = QComboBox()
+        self.service_combo.addItem("All services (merged)", None)
+        self.service_combo.currentIndexChanged.connect(lambda _i: self.restart_stream())
+        self.filter_edit = QLineEdit()
+        self.filter_edit.setPlaceholderText("Filter lines…")
+        self.filter_edit.setClearButtonEnabled(True)
+        self.filter_edit.textChanged.connect(self._rerender)
+        self.pause_box = QCheckBox("Pause")
+        self.pause_box.toggled.connect(self._on_pause)
+        self.clear_button = QPushButton("Clear")
+        self.clear_button.clicked.connect(self.clear)
+        self.count_label = QLabel("")
+        self.count_label.setObjectName("Hint")
+        bar.addWidget(self.service_combo)
+        bar.addWidget(self.filter_edit, 1)
+        bar.addWidget(self.count_label)
+        bar.addWidget(self.pause_box)
+        bar.addWidget(self.clear_button)
+        root.addLayout(bar)
+        self.view = QPlainTextEdit()
+        self.view.setObjectName("Code")
+        self.view.setReadOnly(True)
+        self.view.setMaximumBlockCount(MAX_LINES)
+        self.view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        font = QFont("DejaVu Sans Mono")
+        font.setPointSize(9)
+        self.view.setFont(font)
+        root.addWidget(self.view, 1)
+
+    # ---------------------------------------------------------------- stream
+
+    def _on_status(self, status: ClusterStatus) -> None:
+        names = [s.name for s in status.services if s.state not in ("missing",)]
+        if names != self._services:
+            self._services = names
+            current = self.service_combo.currentData()
+            self.service_combo.blockSignals(True)
+            self.service_combo.clear()
+            self.service_combo.addItem("All services (merged)", None)
+            for name in names:
+                self.service_combo.addItem(name, name)
+            self.service_combo.setCurrentIndex(max(0, self.service_combo.findData(current)))
+            self.service_combo.blockSignals(False)
+        if status.running and (self._task is None or self._task.done()):
+            self.restart_stream()
+
+    def restart_stream(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._task = None
+        if self.context.backend is None:
+            self.banner.info("This profile talks to an API only: its logs are not reachable.")
+            return
+        self.banner.clear_message()
+        service = self.service_combo.currentData()
+        self._task = asyncio.ensure_future(self._follow([service] if service else None))
+
+    async def _follow(self, services: list[str] | None) -> None:
+        backend = self.context.backend
+        assert backend is not None
+        try:
+            async for line in backend.logs(services, follow=True, tail=200):
+                self.add_line(line)
+        except asyncio.CancelledError:
+            raise
+        except ClusterError as exc:
+            self.banner.info(f"No logs: {exc}")
+        except Exception as exc:  # the stream ends; the panel stays usable
+            logger.warning("log stream ended: %s", exc)
+            self.banner.error(f"Log stream ended: {exc}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    # ---------------------------------------------------------------- lines
+
+    def _format(self, line: LogLine) -> str:
+        return f"{line.service:<10} │ {line.line}"
+
+    def _matches(self, line: LogLine) -> bool:
+        needle = self.filter_edit.text().strip().lower()
+        return not needle or needle in line.line.lower() or needle in line.service.lower()
+
+    def add_line(self, line: LogLine) -> None:
+        self.lines.append(line)
+        self.received += 1
+        if self.pause_box.isChecked():
+            return
+        if self._matches(line):
+            self.view.appendPlainText(self._format(line))
+        if self.received % 50 == 1:
+            self.count_label.setText(f"{len(self.lines)} lines")
+
+    def _on_pause(self, paused: bool) -> None:
+        if not paused:
+            self._rerender()
+
+    def _rerender(self) -> None:
+        shown = [self._format(line) for line in self.lines if self._matches(line)]
+        self.view.setPlainText("\n".join(shown[-MAX_LINES:]))
+        self.view.moveCursor(QTextCursor.MoveOperation.End)
+        self.count_label.setText(f"{len(shown)} of {len(self.lines)} lines")
+
+    def clear(self) -> None:
+        self.lines.clear()
+        self.view.clear()
+        self.count_label.setText("")

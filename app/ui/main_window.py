@@ -1,0 +1,188 @@
+"""The console's main window: navigation, the panels, a status bar; remembers its layout."""
+
+from __future__ import annotations
+
+import logging
+
+from PySide6.QtCore import QByteArray, Qt, QTimer
+from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mimir.app.cluster.base import ClusterStatus
+from mimir.app.ui.cluster_panel import QtClusterPanel
+from mimir.app.ui.context import ConsoleContext
+from mimir.app.ui.dashboard_panel import QtDashboardPanel
+from mimir.app.ui.jobs_panel import QtJobsPanel
+from mimir.app.ui.knowledge_panel import QtKnowledgePanel
+from mimir.app.ui.logs_panel import QtLogsPanel
+from mimir.app.ui.pipelines_panel import QtPipelinesPanel
+from mimir.app.ui.workers_panel import QtWorkersPanel
+
+__all__ = ["PANELS", "QtMainWindow"]
+
+logger = logging.getLogger(__name__)
+
+#: Navigation order: (key, label).
+PANELS = [
+    ("cluster", "Cluster"),
+    ("dashboard", "Dashboard"),
+    ("pipelines", "Pipelines"),
+    ("jobs", "Jobs"),
+    ("workers", "Workers"),
+    ("logs", "Logs"),
+    ("knowledge", "Knowledge"),
+]
+
+_MODE_TEXT = {
+    "events": ("#4CC38A", "Connected · live events"),
+    "polling": ("#E0B341", "Connected · polling"),
+    "offline": ("#FF6B6B", "Offline"),
+    "stopped": ("#8A93A3", "Not connected"),
+}
+
+
+class QtMainWindow(QMainWindow):
+    def __init__(self, context: ConsoleContext) -> None:
+        super().__init__()
+        self.context = context
+        self.setWindowTitle("Mimir AIP Console")
+        self.resize(1360, 860)
+        self.setMinimumSize(960, 620)
+
+        self.cluster = QtClusterPanel(context)
+        self.dashboard = QtDashboardPanel(context)
+        self.pipelines = QtPipelinesPanel(context)
+        self.jobs = QtJobsPanel(context)
+        self.workers = QtWorkersPanel(context)
+        self.logs = QtLogsPanel(context)
+        self.knowledge = QtKnowledgePanel(context)
+        self.panels: dict[str, QWidget] = {
+            "cluster": self.cluster,
+            "dashboard": self.dashboard,
+            "pipelines": self.pipelines,
+            "jobs": self.jobs,
+            "workers": self.workers,
+            "logs": self.logs,
+            "knowledge": self.knowledge,
+        }
+
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        side = QWidget()
+        side.setFixedWidth(190)
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        side_layout.setSpacing(0)
+        brand = QLabel("◆ Mimir AIP")
+        brand.setObjectName("Brand")
+        sub = QLabel("Operator console")
+        sub.setObjectName("BrandSub")
+        side_layout.addWidget(brand)
+        side_layout.addWidget(sub)
+        self.nav = QListWidget()
+        self.nav.setObjectName("NavList")
+        self.nav.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        for _key, label in PANELS:
+            self.nav.addItem(label)
+        side_layout.addWidget(self.nav, 1)
+        self.stack = QStackedWidget()
+        for key, _label in PANELS:
+            self.stack.addWidget(self.panels[key])
+        self.nav.currentRowChanged.connect(self._on_nav)
+        layout.addWidget(side)
+        layout.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+        for number in range(len(PANELS)):
+            QShortcut(
+                QKeySequence(f"Ctrl+{number + 1}"),
+                self,
+                activated=lambda n=number: self.nav.setCurrentRow(n),
+            )
+
+        self.connection_label = QLabel()
+        self.cluster_label = QLabel()
+        self.profile_label = QLabel()
+        self.statusBar().addWidget(self.connection_label)
+        self.statusBar().addWidget(self.cluster_label)
+        self.statusBar().addPermanentWidget(self.profile_label)
+        context.connection.connect(self._on_connection)
+        context.cluster_status.connect(self._on_cluster)
+        context.profile_changed.connect(lambda p: self._on_profile(p.name))
+        self._on_connection("stopped", "")
+        self._on_profile(context.profile.name)
+        self.cluster_label.setText("Cluster: unknown")
+        self._restore()
+
+    # ---------------------------------------------------------------- navigation
+
+    def show_panel(self, key: str) -> None:
+        self.nav.setCurrentRow([k for k, _ in PANELS].index(key))
+
+    def current_panel(self) -> str:
+        return PANELS[max(0, self.nav.currentRow())][0]
+
+    def _on_nav(self, row: int) -> None:
+        if row < 0:
+            return
+        self.stack.setCurrentIndex(row)
+        key = PANELS[row][0]
+        if key == "jobs":
+            self.jobs.refresh()
+        elif key == "pipelines" and self.pipelines.list.count() == 0:
+            self.pipelines.refresh_list()
+        elif key == "knowledge" and self.knowledge.available is None:
+            self.knowledge.check_available()
+
+    # ---------------------------------------------------------------- status bar
+
+    def _on_connection(self, mode: str, message: str) -> None:
+        color, text = _MODE_TEXT.get(mode, ("#8A93A3", mode))
+        self.connection_label.setText(f"<span style='color:{color}'>●</span> {text}")
+        self.connection_label.setToolTip(message or self.context.api.base_url)
+
+    def _on_cluster(self, status: ClusterStatus) -> None:
+        workers = next((s.replicas for s in status.services if s.kind == "worker"), 0)
+        state = "running" if status.running else "stopped"
+        where = f" · {status.api_url}" if status.api_url else ""
+        self.cluster_label.setText(
+            f"Cluster {status.project} ({status.backend}): {state} · {workers} workers{where}"
+        )
+
+    def _on_profile(self, name: str) -> None:
+        self.profile_label.setText(f"Profile: {name}")
+
+    # ---------------------------------------------------------------- persistence
+
+    def _restore(self) -> None:
+        settings = self.context.settings
+        geometry = settings.value("window/geometry")
+        if isinstance(geometry, QByteArray | bytes) and geometry:
+            self.restoreGeometry(QByteArray(geometry))
+        last = str(settings.value("window/panel", "cluster") or "cluster")
+        keys = [k for k, _ in PANELS]
+        self.nav.setCurrentRow(keys.index(last) if last in keys else 0)
+
+    def save_layout(self) -> None:
+        self.context.settings.setValue("window/geometry", self.saveGeometry())
+        self.context.settings.setValue("window/panel", self.current_panel())
+        self.context.settings.sync()
+
+    def start(self) -> None:
+        """Connect: apply the current profile, start the feed, first refreshes."""
+        self.context.apply_profile(self.context.profile)
+        self.context.start()
+        QTimer.singleShot(0, self.pipelines.refresh_list)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.save_layout()
+        super().closeEvent(event)

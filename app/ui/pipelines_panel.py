@@ -1,0 +1,307 @@
+"""Pipelines panel: the server's pipelines, a YAML editor validated as you type, run and enqueue."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+from qasync import asyncSlot
+
+from mimir.app.services.api import ApiError, ApiUnreachable
+from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
+from mimir.app.ui.context import ConsoleContext
+from mimir.app.ui.yaml_editor import QtYamlEditor, declared_name, first_error_line
+
+__all__ = ["NEW_PIPELINE", "QtPipelinesPanel"]
+
+logger = logging.getLogger(__name__)
+
+NEW_PIPELINE = """\
+name: new-pipeline
+description: what this pipeline does
+steps:
+  - name: wait
+    plugin: Debug.sleep
+    config: {seconds: 0.1}
+    output: waited
+"""
+
+
+class QtPipelinesPanel(QWidget):
+    def __init__(self, context: ConsoleContext) -> None:
+        super().__init__()
+        self.context = context
+        self.current_name: str | None = None
+        self.valid: bool | None = None
+        self.last_result: dict[str, Any] | None = None
+        self.last_enqueued: list[str] = []
+        self._build()
+        self._validate_timer = QTimer(self)
+        self._validate_timer.setSingleShot(True)
+        self._validate_timer.setInterval(350)
+        self._validate_timer.timeout.connect(self.validate)
+        self.editor.textChanged.connect(self._validate_timer.start)
+        QShortcut(QKeySequence.StandardKey.Save, self, activated=self.save)
+        QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.run_now)
+        QShortcut(QKeySequence("Ctrl+Enter"), self, activated=self.run_now)
+        context.profile_changed.connect(lambda _p: self.refresh_list())
+
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        root.setContentsMargins(20, 16, 20, 16)
+        root.setSpacing(10)
+        root.addWidget(panel_header("Pipelines", "Write, validate, run and enqueue YAML pipelines"))
+        self.banner = Banner()
+        root.addWidget(self.banner)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        self.list = QListWidget()
+        self.list.itemClicked.connect(self._on_selected)
+        left_layout.addWidget(self.list, 1)
+        list_buttons = QHBoxLayout()
+        self.new_button = QPushButton("New")
+        self.new_button.clicked.connect(self.new_pipeline)
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.clicked.connect(self.refresh_list)
+        list_buttons.addWidget(self.new_button)
+        list_buttons.addWidget(self.refresh_button)
+        left_layout.addLayout(list_buttons)
+        split.addWidget(left)
+
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        bar = QHBoxLayout()
+        self.save_button = QPushButton("Save  Ctrl+S")
+        self.validate_button = QPushButton("Validate")
+        self.run_button = QPushButton("Run now  Ctrl+Enter")
+        self.run_button.setObjectName("Primary")
+        self.count_spin = QSpinBox()
+        self.count_spin.setRange(1, 10000)
+        self.count_spin.setSuffix(" jobs")
+        self.priority_combo = QComboBox()
+        self.priority_combo.addItems(["normal", "high", "low"])
+        self.enqueue_button = QPushButton("Enqueue")
+        self.save_button.clicked.connect(self.save)
+        self.validate_button.clicked.connect(self.validate)
+        self.run_button.clicked.connect(self.run_now)
+        self.enqueue_button.clicked.connect(self.enqueue)
+        for widget in (self.save_button, self.validate_button, self.run_button):
+            bar.addWidget(widget)
+        bar.addStretch(1)
+        bar.addWidget(self.count_spin)
+        bar.addWidget(self.priority_combo)
+        bar.addWidget(self.enqueue_button)
+        right_layout.addLayout(bar)
+
+        self.editor = QtYamlEditor()
+        right_layout.addWidget(self.editor, 3)
+        self.validation_label = QLabel("")
+        self.validation_label.setWordWrap(True)
+        self.validation_label.setObjectName("Hint")
+        right_layout.addWidget(self.validation_label)
+        self.result_label = QLabel("Run a pipeline to see its result and step timings here.")
+        self.result_label.setObjectName("Hint")
+        self.result_label.setWordWrap(True)
+        right_layout.addWidget(self.result_label)
+        self.steps_table = QTableWidget(0, 4)
+        self.steps_table.setHorizontalHeaderLabels(["Step", "Plugin", "Status", "Time"])
+        self.steps_table.verticalHeader().hide()
+        self.steps_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.steps_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.steps_table.setMaximumHeight(170)
+        right_layout.addWidget(self.steps_table, 1)
+        split.addWidget(right)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 3)
+        split.setSizes([260, 800])
+        root.addWidget(split, 1)
+        self._buttons = [
+            self.save_button,
+            self.validate_button,
+            self.run_button,
+            self.enqueue_button,
+        ]
+
+    # ---------------------------------------------------------------- list and load
+
+    @asyncSlot()
+    async def refresh_list(self) -> None:
+        try:
+            pipelines = await self.context.api.list_pipelines()
+        except ApiError as exc:
+            self.banner.error(f"Cannot list pipelines: {exc}")
+            return
+        self.list.clear()
+        for item in pipelines:
+            entry = QListWidgetItem(f"{item['name']}\n{item.get('description') or ''}".strip())
+            entry.setData(Qt.ItemDataRole.UserRole, item["name"])
+            entry.setToolTip(f"{item.get('file', '')} · {item.get('steps', '?')} steps")
+            self.list.addItem(entry)
+            if item["name"] == self.current_name:
+                self.list.setCurrentItem(entry)
+        if not self.editor.toPlainText() and pipelines:
+            await self.open_pipeline(pipelines[0]["name"])
+
+    def _on_selected(self, item: QListWidgetItem) -> None:
+        self._open(item.data(Qt.ItemDataRole.UserRole))
+
+    @asyncSlot(str)
+    async def _open(self, name: str) -> None:
+        await self.open_pipeline(name)
+
+    async def open_pipeline(self, name: str) -> None:
+        try:
+            answer = await self.context.api.get_pipeline(name)
+        except ApiError as exc:
+            self.banner.error(f"Cannot open {name}: {exc}")
+            return
+        self.current_name = name
+        self.editor.setPlainText(answer.get("yaml", ""))
+        self.banner.clear_message()
+
+    def new_pipeline(self) -> None:
+        self.current_name = None
+        self.list.clearSelection()
+        self.editor.setPlainText(NEW_PIPELINE)
+        self.editor.setFocus()
+
+    # ---------------------------------------------------------------- validate, save, run
+
+    @asyncSlot()
+    async def validate(self) -> bool:
+        text = self.editor.toPlainText()
+        if not text.strip():
+            self.editor.mark_error(None)
+            self.validation_label.setText("")
+            return False
+        try:
+            answer = await self.context.api.validate_pipeline(text)
+        except ApiUnreachable:
+            self.validation_label.setText("Not validated: the server is unreachable.")
+            return False
+        except ApiError as exc:
+            self.validation_label.setText(f"Not validated: {exc}")
+            return False
+        if text != self.editor.toPlainText():  # typed on meanwhile; a newer check follows
+            return False
+        self.valid = bool(answer.get("valid"))
+        if self.valid:
+            self.editor.mark_error(None)
+            self.validation_label.setStyleSheet("color: #4CC38A;")
+            self.validation_label.setText("✓ Valid pipeline")
+        else:
+            line, message = first_error_line(answer.get("errors") or [])
+            self.editor.mark_error(line, message)
+            self.validation_label.setStyleSheet("color: #FF8A8A;")
+            self.validation_label.setText(message or "Invalid pipeline")
+        return self.valid
+
+    def _set_busy(self, busy: bool) -> None:
+        for button in self._buttons:
+            button.setEnabled(not busy)
+
+    @asyncSlot()
+    async def save(self) -> None:
+        text = self.editor.toPlainText()
+        name = declared_name(text) or self.current_name
+        if not name:
+            self.banner.error("Give the pipeline a top-level 'name:' before saving.")
+            return
+        self._set_busy(True)
+        try:
+            await self.context.api.save_pipeline(name, text)
+        except ApiError as exc:
+            self.banner.error(f"Not saved: {exc}")
+            line, _ = first_error_line(exc.detail if isinstance(exc.detail, list) else [])
+            if line:
+                self.editor.mark_error(line, str(exc))
+            return
+        finally:
+            self._set_busy(False)
+        self.current_name = name
+        self.banner.ok(f"Saved {name}.")
+        await self.refresh_list()
+
+    @asyncSlot()
+    async def run_now(self) -> None:
+        text = self.editor.toPlainText()
+        self._set_busy(True)
+        self.result_label.setText("Running…")
+        try:
+            result = await self.context.api.execute_pipeline(pipeline=text)
+        except ApiError as exc:
+            self.banner.error(f"Run failed: {exc}")
+            self.result_label.setText("")
+            return
+        finally:
+            self._set_busy(False)
+        self.last_result = result
+        self._show_result(result)
+
+    def _show_result(self, result: dict[str, Any]) -> None:
+        ok = bool(result.get("success"))
+        took = float(result.get("duration_ms", 0.0))
+        if ok:
+            keys = ", ".join(list((result.get("context") or {}).keys())[:8])
+            self.result_label.setStyleSheet("color: #4CC38A;")
+            self.result_label.setText(f"✓ Succeeded in {took:.0f} ms · context: {keys}")
+            self.banner.clear_message()
+        else:
+            self.result_label.setStyleSheet("color: #FF8A8A;")
+            self.result_label.setText(f"✗ Failed after {took:.0f} ms: {result.get('error')}")
+        steps = result.get("steps") or []
+        self.steps_table.setRowCount(len(steps))
+        for row, step in enumerate(steps):
+            cells = [
+                step.get("name", ""),
+                step.get("plugin", ""),
+                step.get("status", ""),
+                f"{float(step.get('duration_ms', 0.0)):.1f} ms",
+            ]
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(str(text))
+                if column == 2 and text in STATUS_COLORS:
+                    item.setForeground(STATUS_COLORS[text])
+                if step.get("error") and column == 2:
+                    item.setToolTip(str(step["error"]))
+                self.steps_table.setItem(row, column, item)
+        self.steps_table.setToolTip(json.dumps(result.get("context"), default=str)[:2000])
+
+    @asyncSlot()
+    async def enqueue(self) -> None:
+        text = self.editor.toPlainText()
+        count = self.count_spin.value()
+        priority = self.priority_combo.currentText()
+        self._set_busy(True)
+        try:
+            ids = await self.context.api.enqueue(pipeline=text, count=count, priority=priority)
+        except ApiError as exc:
+            self.banner.error(f"Not enqueued: {exc}")
+            return
+        finally:
+            self._set_busy(False)
+        self.last_enqueued = ids
+        self.banner.ok(f"Enqueued {len(ids)} job(s) at {priority} priority.")

@@ -1,0 +1,111 @@
+"""Workers panel: every live worker with its heartbeat age, current jobs and counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from mimir.app.ui.common import panel_header
+from mimir.app.ui.context import ConsoleContext
+
+__all__ = ["QtWorkersPanel"]
+
+_COLUMNS = [
+    "Worker",
+    "Host",
+    "PID",
+    "Queues",
+    "Slots",
+    "Heartbeat",
+    "Current jobs",
+    "Processed",
+    "Succeeded",
+    "Failed",
+    "CPU",
+    "Memory",
+]
+
+
+def _heartbeat_color(age: float) -> QColor:
+    if age < 3:
+        return QColor("#4CC38A")
+    if age < 10:
+        return QColor("#E0B341")
+    return QColor("#FF6B6B")
+
+
+class QtWorkersPanel(QWidget):
+    def __init__(self, context: ConsoleContext | None) -> None:
+        super().__init__()
+        root = QVBoxLayout(self)
+        root.setContentsMargins(20, 16, 20, 16)
+        root.setSpacing(10)
+        root.addWidget(panel_header("Workers", "Live workers from their heartbeats"))
+        self.summary = QLabel("No workers yet.")
+        self.summary.setObjectName("Hint")
+        root.addWidget(self.summary)
+        self.table = QTableWidget(0, len(_COLUMNS))
+        self.table.setHorizontalHeaderLabels(_COLUMNS)
+        self.table.verticalHeader().hide()
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setAlternatingRowColors(True)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        root.addWidget(self.table, 1)
+        self.workers: list[dict[str, Any]] = []
+        if context is not None:
+            context.workers.connect(self.show_workers)
+
+    def show_workers(self, workers: list[dict[str, Any]]) -> None:
+        self.workers = list(workers)
+        self.table.setRowCount(len(workers))
+        slots = sum(int(w.get("concurrency", 0)) for w in workers)
+        busy = sum(len(w.get("current_jobs") or []) for w in workers)
+        done = sum(int(w.get("processed", 0)) for w in workers)
+        self.summary.setText(
+            f"{len(workers)} workers · {busy}/{slots} slots busy · {done} jobs processed"
+        )
+        for row, worker in enumerate(sorted(workers, key=lambda w: str(w.get("worker_id")))):
+            age = float(worker.get("heartbeat_age_s", 0.0))
+            current = worker.get("current_jobs") or []
+            cells = [
+                str(worker.get("worker_id", "")),
+                str(worker.get("hostname", "")),
+                str(worker.get("pid", "")),
+                ", ".join(worker.get("queues") or []),
+                str(worker.get("concurrency", "")),
+                f"{age:.1f} s ago",
+                f"{len(current)}: " + ", ".join(j[:8] for j in current[:4]) if current else "idle",
+                str(worker.get("processed", 0)),
+                str(worker.get("succeeded", 0)),
+                str(worker.get("failed", 0)),
+                f"{float(worker.get('cpu_percent', 0.0)):.0f} %",
+                f"{int(worker.get('memory_bytes', 0)) / 2**20:.0f} MiB",
+            ]
+            for column, text in enumerate(cells):
+                item = self.table.item(row, column)
+                if item is None:
+                    item = QTableWidgetItem()
+                    self.table.setItem(row, column, item)
+                item.setText(text)
+                if column == 5:
+                    item.setForeground(_heartbeat_color(age))
+                if column in (2, 4, 7, 8, 9, 10, 11):
+                    item.setTextAlignment(
+                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
+                if column == 6 and worker.get("draining"):
+                    item.setText(item.text() + " (draining)")
