@@ -266,6 +266,16 @@ class PipelineStore:
                 return path
         return None
 
+    def read_text(self, name: str) -> tuple[str, str]:
+        """The file name and text of ``name`` (by file name), valid or not: for editing."""
+        path = self._existing_file(name)
+        if path is None:
+            raise PipelineNotFoundError(f"no pipeline file named {name!r}")
+        try:
+            return path.name, path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PipelineNotFoundError(f"cannot read pipeline file {path.name!r}: {exc}") from None
+
     def exists(self, name: str) -> bool:
         """True when a file for ``name`` exists (by file name only)."""
         return self._existing_file(name) is not None

@@ -63,7 +63,10 @@ class PipelineDetail(BaseModel):
     name: str
     file: str
     yaml: str
-    pipeline: dict[str, Any]
+    #: The parsed pipeline; ``None`` when the file does not validate (see ``errors``).
+    pipeline: dict[str, Any] | None
+    valid: bool = True
+    errors: list[ValidationIssue] = []
 
 
 class ValidateRequest(BaseModel):
@@ -140,8 +143,19 @@ def validate(body: ValidateRequest, registry: RegistryDep) -> ValidationReport:
 
 @router.get("/{name}")
 def get_pipeline(name: str, store: StoreDep) -> PipelineDetail:
-    """One stored pipeline, by file name: its name, file, YAML text and parsed form."""
-    return _detail(store.get(name, declared=False))
+    """One stored pipeline, by file name: its name, file, YAML text and parsed form.
+
+    A file that does not validate is still returned (``valid: false`` and its
+    ``errors``), so that an editor can load it and fix it.
+    """
+    try:
+        return _detail(store.get(name, declared=False))
+    except PipelineValidationError as exc:
+        file, text = store.read_text(name)
+        bare = store.check_name(name)
+        return PipelineDetail(
+            name=bare, file=file, yaml=text, pipeline=None, valid=False, errors=exc.errors
+        )
 
 
 @router.put("/{name}")

@@ -138,6 +138,14 @@ def test_crud(api_client: httpx.Client, pipelines_dir: Path) -> None:
     assert gone.status_code == 404 and "no pipeline named 'echo'" in gone.json()["error"]
     assert api_client.delete("/api/v1/pipelines/echo").status_code == 404
 
+    (pipelines_dir / "broken.yaml").write_text("name: broken\nsteps:\n  - name: a\n")
+    broken = api_client.get("/api/v1/pipelines/broken")
+    assert broken.status_code == 200  # an editor can still load it to fix it
+    assert broken.json()["valid"] is False and broken.json()["pipeline"] is None
+    assert broken.json()["yaml"].startswith("name: broken")
+    assert broken.json()["errors"][0]["field"] == "plugin"
+    assert broken.json()["errors"][0]["line"] == 3
+
     unsafe = api_client.put("/api/v1/pipelines/..evil", json={"yaml": ECHO_YAML})
     assert unsafe.status_code == 400 and "invalid pipeline name" in unsafe.json()["error"]
 
