@@ -2,8 +2,10 @@
 
 A pure ASGI middleware (streaming answers such as event streams pass through
 untouched). The request id comes from a sane ``X-Request-ID`` header or is made up,
-and is returned in ``X-Request-ID``. The log line holds method, path, status and time:
-never headers (the ``Authorization`` token stays out of the logs) nor query strings.
+and is returned in ``X-Request-ID``. Successful ``/health`` and ``/metrics`` calls are
+logged at DEBUG (probes poll them), everything else at INFO. The log line holds method,
+path, status and time: never headers (the ``Authorization`` token stays out of the logs)
+nor query strings.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = ["BodySizeLimitMiddleware", "RequestContextMiddleware"]
 logger = logging.getLogger("mimir.server.access")
 _errors = logging.getLogger(__name__)
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+#: Paths polled by probes and scrapers, logged at DEBUG unless they fail.
+_QUIET = frozenset({"/health", "/metrics"})
 
 
 class RequestContextMiddleware:
@@ -72,8 +76,11 @@ class RequestContextMiddleware:
                 )
                 await send({"type": "http.response.body", "body": body})
         finally:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info(
+            # Probes and scrapes come every few seconds: log them only when they fail.
+            level = logging.DEBUG if scope["path"] in _QUIET and status < 400 else logging.INFO
+            if logger.isEnabledFor(level):
+                logger.log(
+                    level,
                     "%s %s %d %.1fms id=%s",
                     scope["method"],
                     scope["path"],
