@@ -74,6 +74,12 @@ _STATS_QUERY = (
          owl:Restriction, rdfs:Datatype, owl:AllDisjointClasses, {_PROPERTY_TYPES})) }} }}
 }}"""
 )
+# An update's first keyword after its prologue (PREFIX/BASE declarations and comments).
+_UPDATE_RE = re.compile(
+    r"^(?:\s|#[^\n]*\n|(?:PREFIX\s+[^\s:]*:\s*<[^>]*>)|(?:BASE\s*<[^>]*>))*"
+    r"(INSERT|DELETE|LOAD|CLEAR|DROP|CREATE|ADD|MOVE|COPY|WITH)\b",
+    re.IGNORECASE,
+)
 _LABEL = "http://www.w3.org/2000/01/rdf-schema#label"
 _TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
 
@@ -234,6 +240,11 @@ class OntologyStore:
         graph, the ``default_graphs`` given, or every graph."""
         if not sparql or not sparql.strip():
             raise SparqlError("the query is empty")
+        if _UPDATE_RE.match(sparql):
+            raise SparqlError(
+                "this is a SPARQL update; queries here are read-only (send updates to "
+                "POST /api/v1/kg/update or as update= to the SPARQL endpoint)"
+            )
         return self.backend.query(
             sparql,
             default_graphs=self._default_graphs(ontology, default_graphs),

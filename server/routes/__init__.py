@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mimir.server.routes import events, health, metrics, pipelines, plugins, queue, workers
+from mimir.server.routes import (
+    events,
+    health,
+    kg,
+    metrics,
+    ontologies,
+    pipelines,
+    plugins,
+    queue,
+    twins,
+    workers,
+)
 
 __all__ = ["ROUTERS"]
 
@@ -20,4 +31,7 @@ ROUTERS: list[APIRouter] = [
     workers.router,
     events.router,
     metrics.router,
+    ontologies.router,
+    kg.router,
+    twins.router,
 ]

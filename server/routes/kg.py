@@ -1,0 +1,215 @@
+"""The knowledge graph: SPARQL over every ontology, and a SPARQL 1.1 Protocol endpoint.
+
+- ``POST /api/v1/kg/query`` ``{query, ontology?, limit?, timeout?}`` → SPARQL 1.1 JSON
+  results (a CONSTRUCT/DESCRIBE as ``subject/predicate/object`` bindings) plus
+  ``truncated`` and ``elapsed_ms``; read-only (an update is refused), held to a time limit
+  (default 30 s, at most 300 s) and a row limit (default 10,000, at most 100,000);
+- ``POST /api/v1/kg/update`` ``{update}`` runs a SPARQL 1.1 update;
+- ``GET /api/v1/kg/subgraph?root_uri=&depth=&ontology=`` → ``{nodes, edges}`` for a view;
+- ``GET|POST /api/v1/kg/sparql``: the SPARQL 1.1 Protocol (``query=``, ``update=``,
+  ``default-graph-uri=``; ``application/sparql-query`` and ``application/sparql-update``
+  bodies) with content negotiation — JSON, XML, CSV, TSV for rows and booleans; Turtle,
+  N-Triples, RDF/XML, JSON-LD for graphs — so rdflib's ``SPARQLStore``, SPARQLWrapper or
+  YASGUI use Mimir as they would use Fuseki.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from mimir.core.ontology import (
+    DEFAULT_ROW_LIMIT,
+    DEFAULT_TIMEOUT,
+    RESULT_MEDIA_TYPES,
+    QueryResult,
+    SparqlError,
+    Subgraph,
+)
+from mimir.server.errors import error_response
+from mimir.server.knowledge import KnowledgeRoute, OntologyStoreDep
+
+__all__ = ["QueryRequest", "UpdateRequest", "negotiate", "router"]
+
+router = APIRouter(prefix="/api/v1/kg", tags=["knowledge graph"], route_class=KnowledgeRoute)
+
+MAX_ROW_LIMIT = 100_000
+MAX_TIMEOUT = 300.0
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: SELECT, ASK, CONSTRUCT or DESCRIBE.
+    query: str = Field(min_length=1)
+    #: Query only this ontology's graph (``name@version`` or ``name``); default: all.
+    ontology: str | None = None
+    limit: int = Field(default=DEFAULT_ROW_LIMIT, ge=1, le=MAX_ROW_LIMIT)
+    #: Seconds.
+    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=MAX_TIMEOUT)
+
+
+class UpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    update: str = Field(min_length=1)
+    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=MAX_TIMEOUT)
+
+
+@router.post("/query")
+async def kg_query(body: QueryRequest, store: OntologyStoreDep) -> dict[str, Any]:
+    """Run a read-only query; answers SPARQL JSON plus ``truncated`` and ``elapsed_ms``."""
+    result = await store.run_query(
+        body.query, ontology=body.ontology, row_limit=body.limit, timeout=body.timeout
+    )
+    answer = result.to_sparql_json()
+    answer.update(
+        kind=result.kind, truncated=result.truncated, elapsed_ms=round(result.elapsed_ms, 3)
+    )
+    return answer
+
+
+@router.post("/update")
+async def kg_update(body: UpdateRequest, store: OntologyStoreDep) -> dict[str, str]:
+    """Run a SPARQL 1.1 update."""
+    await store.run_update(body.update, timeout=body.timeout)
+    return {"status": "ok"}
+
+
+@router.get("/subgraph", response_model=Subgraph)
+async def kg_subgraph(
+    store: OntologyStoreDep,
+    root_uri: Annotated[str, Query(min_length=1)],
+    depth: Annotated[int, Query(ge=0, le=5)] = 1,
+    ontology: str | None = None,
+    max_nodes: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> Subgraph:
+    """Nodes and edges within ``depth`` hops of ``root_uri``."""
+
+    return await asyncio.to_thread(
+        store.subgraph, root_uri, depth, ontology=ontology, max_nodes=max_nodes
+    )
+
+
+# -- SPARQL 1.1 Protocol ---------------------------------------------------------------
+
+_ROW_TYPES = {
+    "application/sparql-results+json": "json",
+    "application/json": "json",
+    "application/sparql-results+xml": "xml",
+    "application/xml": "xml",
+    "text/xml": "xml",
+    "text/csv": "csv",
+    "text/tab-separated-values": "tsv",
+}
+_GRAPH_TYPES = {
+    "text/turtle": "turtle",
+    "application/x-turtle": "turtle",
+    "application/n-triples": "ntriples",
+    "text/plain": "ntriples",
+    "application/rdf+xml": "rdfxml",
+    "application/xml": "rdfxml",
+    "text/xml": "rdfxml",
+    "application/ld+json": "jsonld",
+    "application/json": "jsonld",
+}
+_FORMAT_PARAM = {
+    "json": "json", "xml": "xml", "csv": "csv", "tsv": "tsv",
+    "turtle": "turtle", "ttl": "turtle", "ntriples": "ntriples", "nt": "ntriples",
+    "rdfxml": "rdfxml", "jsonld": "jsonld",
+}  # fmt: skip
+
+
+def _accepted(header: str) -> list[str]:
+    """Media types of an Accept header, best first (stable for equal quality)."""
+    ranked: list[tuple[float, int, str]] = []
+    for index, part in enumerate(header.split(",")):
+        fields = [f.strip() for f in part.split(";")]
+        if not fields[0]:
+            continue
+        quality = 1.0
+        for param in fields[1:]:
+            if param.startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            ranked.append((-quality, index, fields[0].lower()))
+    return [media for _, _, media in sorted(ranked)]
+
+
+def negotiate(result: QueryResult, accept: str, fmt: str | None) -> str | None:
+    """The format to answer ``result`` in, from ``format=`` or ``Accept``; ``None`` when
+    nothing acceptable can be produced."""
+    graph = result.kind == "graph"
+    table = _GRAPH_TYPES if graph else _ROW_TYPES
+    if fmt:
+        chosen = _FORMAT_PARAM.get(fmt.lower()) or table.get(fmt.lower())
+        if chosen and (chosen in RESULT_MEDIA_TYPES) != graph:
+            return chosen
+    media_types = _accepted(accept or "*/*")
+    for media in media_types:
+        if media in table:
+            return table[media]
+        if media in ("*/*", "application/*", "text/*"):
+            return "turtle" if graph else "json"
+    return None
+
+
+async def _protocol_params(request: Request) -> list[tuple[str, str]]:
+    params = list(request.query_params.multi_items())
+    if request.method == "POST":
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = (await request.body()).decode("utf-8", errors="replace")
+        if media == "application/sparql-query":
+            params.append(("query", body))
+        elif media == "application/sparql-update":
+            params.append(("update", body))
+        elif media in ("application/x-www-form-urlencoded", ""):
+            params.extend(parse_qsl(body, keep_blank_values=True))
+        else:
+            raise SparqlError(
+                f"unsupported content type {media!r}: use application/x-www-form-urlencoded, "
+                "application/sparql-query or application/sparql-update"
+            )
+    return params
+
+
+@router.api_route("/sparql", methods=["GET", "POST"])
+async def sparql_protocol(request: Request, store: OntologyStoreDep) -> Response:
+    """SPARQL 1.1 Protocol endpoint (query over GET/POST, update over POST)."""
+    params = await _protocol_params(request)
+    queries = [v for k, v in params if k == "query"]
+    updates = [v for k, v in params if k == "update"]
+    if len(queries) + len(updates) != 1:
+        return error_response(
+            400, "give exactly one 'query' (or, with POST, one 'update') parameter", None
+        )
+    if updates:
+        if request.method != "POST":
+            return error_response(405, "SPARQL updates must be sent with POST", None)
+        await store.run_update(updates[0], timeout=DEFAULT_TIMEOUT)
+        return Response(status_code=204)
+    default_graphs = [v for k, v in params if k == "default-graph-uri"]
+    fmt = next((v for k, v in params if k in ("format", "output")), None)
+    result = await store.run_query(
+        queries[0], default_graphs=default_graphs or None, timeout=DEFAULT_TIMEOUT
+    )
+    chosen = negotiate(result, request.headers.get("accept", ""), fmt)
+    if chosen is None:
+        kinds = (
+            "JSON, XML, CSV or TSV"
+            if result.kind != "graph"
+            else "Turtle, N-Triples, RDF/XML or JSON-LD"
+        )
+        return error_response(
+            406, f"cannot answer in any accepted type; this result comes as {kinds}", None
+        )
+    body, media = result.render(chosen)
+    headers = {"X-Mimir-Truncated": "true"} if result.truncated else {}
+    return Response(body, media_type=media, headers=headers)
