@@ -73,6 +73,8 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 #: Dependencies that the image's Python needs but this host's may not (environment markers:
 #: redis needs async-timeout on Python < 3.11.3, and Debian bookworm has 3.11.2).
 _MARKER_ONLY_WHEELS = ["async-timeout>=4.0.3"]
+#: Wheelhouses built by this process: one ``pip wheel`` per process is enough.
+_WHEELHOUSES_BUILT: set[Path] = set()
 
 
 def _no_progress(step: str, message: str) -> None:
@@ -225,7 +227,6 @@ class DockerBackend:
         self.packaging_dir = packaging_dir
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
-        self._wheelhouse_built = False
         # Validates the project name and the bind/token rule before anything runs.
         self.topology(workers=0)
 
@@ -469,7 +470,7 @@ class DockerBackend:
     def _build_wheelhouse(self, report: Progress) -> None:
         """``pip wheel`` the project and its dependencies on this host (containers may not
         reach a package index)."""
-        if self._wheelhouse_built:
+        if self.packaging_dir in _WHEELHOUSES_BUILT:
             return
         wheels = self.packaging_dir / "build" / "wheels"
         wheels.mkdir(parents=True, exist_ok=True)
@@ -487,7 +488,7 @@ class DockerBackend:
             raise ClusterError(
                 "building the wheelhouse failed (pip wheel)", detail=result.stderr[-3000:]
             )
-        self._wheelhouse_built = True
+        _WHEELHOUSES_BUILT.add(self.packaging_dir)
 
     def _build_image(self, which: str, tag: str, report: Progress) -> None:
         dockerfile = self.packaging_dir / f"Dockerfile.{which}"

@@ -12,14 +12,17 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from mimir.app.cluster import docker_backend as docker_module
 from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine
+from mimir.app.cluster.cli import main as cluster_main
 from mimir.app.cluster.docker_backend import DockerBackend
 from mimir.app.cluster.selection import docker_engine_answers
+from mimir.app.cluster.topology import IMAGES, Topology
 from tests.cluster.conftest import ClusterAPI
 from tests.helpers import free_port, wait_until
 
@@ -129,11 +132,15 @@ def test_logs_and_stats_return_real_data(backend: DockerBackend) -> None:
     assert backend_stats.net_rx_bytes > 0
 
 
-def test_a_new_backend_instance_finds_the_cluster(backend: DockerBackend) -> None:
+def test_a_new_backend_instance_finds_the_cluster(backend: DockerBackend, capsys) -> None:  # type: ignore[no-untyped-def]
     other = DockerBackend(PROJECT)  # default port 8080: it takes the real one from the engine
     status = asyncio.run(other.status())
     assert status.api_url == backend.api_url
-    assert [i.name for i in asyncio.run(other.instances())][-1] == f"{PROJECT}-worker-1"
+    names = {i.name for i in asyncio.run(other.instances())}
+    assert {f"{PROJECT}-redis", f"{PROJECT}-backend", f"{PROJECT}-worker-1"} <= names
+    assert cluster_main(["status", "--backend", "docker", "--project", PROJECT]) == 0
+    out = capsys.readouterr().out
+    assert f"cluster '{PROJECT}' (docker)  API: {backend.api_url}" in out
 
 
 def test_down_keeps_volumes_and_data_then_clean_removes_them(
@@ -205,3 +212,57 @@ def _alive(api: ClusterAPI) -> bool:
         return api.client.get("/health").status_code == 200
     except Exception:
         return False
+
+
+class _BrokenWorkers(DockerBackend):
+    """Workers that exit at once (concurrency 0 is refused), as a bad image would."""
+
+    def topology(self, workers: int, redis_image: str | None = None) -> Topology:
+        topology = super().topology(workers, redis_image)
+        worker = topology.services["worker"]
+        topology.services["worker"] = replace(
+            worker, command=[*worker.command, "--concurrency", "0"]
+        )
+        return topology
+
+
+def test_a_failing_container_is_named_with_its_last_log_lines(
+    build_messages: list[tuple[str, str]],
+) -> None:
+    cluster = _BrokenWorkers(f"{PROJECT}-bad", api_port=free_port(), start_timeout=60)
+    try:
+        with pytest.raises(ClusterError, match=f"container {PROJECT}-bad-worker-1") as caught:
+            asyncio.run(cluster.up(1))
+        assert "--concurrency must be at least 1" in caught.value.detail
+    finally:
+        asyncio.run(cluster.clean())
+
+
+def test_unified_image_runs_redis_server_and_workers_under_its_supervisor(
+    build_messages: list[tuple[str, str]],
+) -> None:
+    builder = DockerBackend(f"{PROJECT}-unified")
+    asyncio.run(builder.build_unified())
+    client = builder._connect()
+    port = free_port()
+    container = client.containers.run(
+        IMAGES["unified"],
+        detach=True,
+        name=f"{PROJECT}-unified",
+        environment={"WORKERS": "2", "GRACE": "10"},
+        ports={"8080/tcp": ("127.0.0.1", port)},
+        labels={"io.mimir.project": f"{PROJECT}-unified"},
+    )
+    try:
+        api = ClusterAPI(f"http://127.0.0.1:{port}")
+        wait_until(lambda: _alive(api) and len(api.workers()) == 2, timeout=90)
+        records = api.wait_finished(api.enqueue(10), timeout=60)
+        assert {r["status"] for r in records.values()} == {"succeeded"}
+        api.close()
+        container.stop(timeout=30)  # SIGTERM: workers, server, redis stop in turn
+        container.reload()
+        assert container.attrs["State"]["ExitCode"] == 0
+        logs = container.logs().decode()
+        assert "supervise: stopping workers, server, redis" in logs and "worker-2 | " in logs
+    finally:
+        container.remove(force=True)

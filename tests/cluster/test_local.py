@@ -241,3 +241,14 @@ def test_down_keeps_the_data_and_clean_removes_it(backend: LocalBackend, api: Cl
     assert api.job(job_id)["status"] == "succeeded"
     asyncio.run(backend.clean())
     assert not backend.directory.exists()
+
+
+def test_a_failing_start_names_the_process_and_shows_its_last_lines(root: Path) -> None:
+    settings = _settings(root / "broken").with_(worker_concurrency=0)  # the worker refuses 0
+    cluster = LocalBackend("broken", settings, api_port=free_port(), start_timeout=60)
+    with pytest.raises(ClusterError, match="worker-1 exited while starting") as caught:
+        asyncio.run(cluster.up(1))
+    assert "worker-1 | " in caught.value.detail
+    assert "--concurrency must be at least 1" in caught.value.detail
+    assert cluster.load_state() is None  # what had started was stopped again
+    assert not asyncio.run(cluster.status()).running
