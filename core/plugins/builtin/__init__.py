@@ -7,6 +7,7 @@
 | ``AI`` | :mod:`.ai` | ``mock``, ``openai`` |
 | ``Output`` | :mod:`.outputs` | ``json``, ``csv``, ``html`` |
 | ``Debug`` | :mod:`.debug` | ``echo``, ``sleep``, ``fail`` |
+| ``Ontology`` | :mod:`.ontology` | ``query``, ``load`` |
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mimir.core.plugins.builtin.inputs import (
     MarkdownInputPlugin,
     XmlInputPlugin,
 )
+from mimir.core.plugins.builtin.ontology import OntologyLoadPlugin, OntologyQueryPlugin
 from mimir.core.plugins.builtin.outputs import CsvOutputPlugin, HtmlOutputPlugin, JsonOutputPlugin
 from mimir.core.plugins.builtin.processing import AggregatePlugin, TransformPlugin
 
@@ -45,4 +47,6 @@ BUILTIN_PLUGINS: list[type[Plugin[Any]]] = [
     EchoPlugin,
     FailPlugin,
     SleepPlugin,
+    OntologyQueryPlugin,
+    OntologyLoadPlugin,
 ]
