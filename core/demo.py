@@ -229,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
             return process.wait()
         except KeyboardInterrupt:
             return 0
-    except RuntimeError as exc:
+    except httpx.HTTPStatusError as exc:
+        _say(
+            f"demo failed: {exc.request.method} {exc.request.url.path} answered "
+            f"{exc.response.status_code}: {exc.response.text[:300]}"
+        )
+        return 1
+    except (RuntimeError, httpx.HTTPError) as exc:
         _say(f"demo failed: {exc}")
         return 1
     finally:
