@@ -241,12 +241,24 @@ class SparqlEndpointBackend:
         return response
 
     def _gsp(self) -> str:
-        """The Graph Store Protocol URL (``/data`` on Fuseki, ``/store`` on Oxigraph)."""
+        """The Graph Store Protocol URL (``/data`` on Fuseki, ``/store`` on Oxigraph).
+
+        Found by posting nothing to a probe graph (a missing endpoint answers 404/405;
+        HEAD is no help: some servers answer it with a body), then dropping that graph.
+        """
         if self._gsp_url is None:
+            probe = "urn:mimir:graph-store-probe"
             for path in ("/data", "/store"):
-                probe = self._request("HEAD", self.url + path, params={"default": ""})
-                if probe.status_code < 400:
+                answer = self._request(
+                    "POST",
+                    self.url + path,
+                    params={"graph": probe},
+                    content=b"",
+                    headers={"Content-Type": "application/n-triples"},
+                )
+                if answer.status_code < 400:
                     self._gsp_url = self.url + path
+                    self._request("DELETE", self._gsp_url, params={"graph": probe})
                     break
             else:
                 raise EndpointError(f"no SPARQL graph store at {self.url}/data or {self.url}/store")
