@@ -127,3 +127,37 @@ def test_redis_passwords_are_redacted() -> None:
     assert redact_url("redis://:hunter2@redis:6379/0") == "redis://:***@redis:6379/0"
     assert redact_url("redis://user:hunter2@host/1") == "redis://user:***@host/1"
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.slow
+def test_embedded_restarts_a_worker_that_dies(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server(args=["--embedded", "--workers", "1"]).start(
+        timeout=60, wait_for_redis=True
+    )
+    assert server.process is not None
+    parent = psutil.Process(server.process.pid)
+
+    def workers() -> list[psutil.Process]:
+        alive = []
+        for child in parent.children():
+            try:
+                if "mimir.worker" in " ".join(child.cmdline()):
+                    alive.append(child)
+            except psutil.Error:  # exited (or a zombie) between listing and looking
+                continue
+        return alive
+
+    [first] = wait_until(workers, timeout=30, message="the embedded worker")
+    first.kill()
+    [second] = wait_until(
+        lambda: [w for w in workers() if w.pid != first.pid],
+        timeout=30,
+        message="a replacement worker",
+    )
+    assert f"worker pid {first.pid} exited with code -9; restarted as pid {second.pid}" in (
+        server.output(lines=200)
+    )
+    assert server.stop(timeout=60) == 0
+    assert not second.is_running() or second.status() == "zombie"
