@@ -113,7 +113,7 @@ def _mib(value: int | None) -> str:
 
 def _print_status(status: ClusterStatus) -> None:
     print(f"cluster {status.project!r} ({status.backend})  API: {status.api_url or '-'}")
-    rows = [("SERVICE", "STATE", "HEALTH", "REPLICAS", "PORTS")]
+    rows: list[tuple[str, ...]] = [("SERVICE", "STATE", "HEALTH", "REPLICAS", "PORTS")]
     for s in status.services:
         ports = ", ".join(f"{k} -> {v}" for k, v in s.ports.items())
         rows.append((s.name, s.state, s.health or "-", str(s.replicas), ports or "-"))
@@ -150,7 +150,7 @@ async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
             print(f"stale entry: {item.name} (pid {item.ident}): {item.detail}")
         return 0 if status.running else 3
     elif command == "ps":
-        rows = [("NAME", "SERVICE", "STATE", "ID", "DETAIL")]
+        rows: list[tuple[str, ...]] = [("NAME", "SERVICE", "STATE", "ID", "DETAIL")]
         for item in await _instances(backend):
             rows.append((item.name, item.service, item.state, item.ident, item.detail))
         _print_table(rows)

@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
@@ -41,11 +35,20 @@ from mimir.app.cluster.base import (
     ServiceStats,
     ServiceStatus,
 )
+from mimir.app.cluster.docker_engine import (
+    DEFAULT_SOCKET,
+    DockerProfile,
+    connect_engine,
+    cpu_percent,
+    explain_engine_error,
+    memory_used,
+    parse_docker_time,
+)
+from mimir.app.cluster.docker_images import PACKAGING_DIR, ImageBuilder
 from mimir.app.cluster.instances import Instance
 from mimir.app.cluster.topology import (
     API_PORT,
     DEFAULT_REDIS_IMAGE,
-    FALLBACK_REDIS_IMAGE,
     IMAGES,
     LABEL_PROJECT,
     LABEL_REPLICA,
@@ -63,123 +66,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: ``packaging/`` of the source checkout: Dockerfiles and the wheelhouse live there.
-PACKAGING_DIR = Path(__file__).resolve().parents[2] / "packaging"
-#: Base image used when ``python:3.11-slim`` cannot be had (built by scripts/system-deps.sh).
-LOCAL_BASE_IMAGE = "mimir/base:bookworm"
-DEFAULT_BASE_IMAGE = "python:3.11-slim"
-
-
-#: Dependencies that the image's Python needs but this host's may not (environment markers:
-#: redis needs async-timeout on Python < 3.11.3, and Debian bookworm has 3.11.2).
-_MARKER_ONLY_WHEELS = ["async-timeout>=4.0.3"]
-#: Wheelhouses built by this process: one ``pip wheel`` per process is enough.
-_WHEELHOUSES_BUILT: set[Path] = set()
-
 
 def _no_progress(step: str, message: str) -> None:
     logger.info("%s: %s", step, message)
-
-
-@dataclass(frozen=True)
-class DockerProfile:
-    """Where the engine is and how the API is exposed (a JSON file, ``--profile``).
-
-    ``{"docker_host": "tcp://host:2376", "tls_ca": "ca.pem", "tls_cert": "cert.pem",
-    "tls_key": "key.pem", "api_bind": "0.0.0.0", "api_token": "…"}``; relative paths are
-    relative to the file.
-    """
-
-    docker_host: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_verify: bool = True
-    api_bind: str | None = None
-    api_port: int | None = None
-    api_token: str | None = None
-
-    @classmethod
-    def load(cls, path: str | Path) -> DockerProfile:
-        file = Path(path).expanduser()
-        try:
-            data = json.loads(file.read_text())
-        except (OSError, ValueError) as exc:
-            raise ClusterError(f"cannot read the Docker profile {file}: {exc}") from exc
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if not isinstance(data, dict) or unknown:
-            raise ClusterError(
-                f"Docker profile {file}: unknown keys {sorted(unknown)}; known: {sorted(known)}"
-            )
-        for key in ("tls_ca", "tls_cert", "tls_key"):
-            if data.get(key):
-                data[key] = str((file.parent / Path(data[key]).expanduser()).resolve())
-        return cls(**data)
-
-
-def _explain(exc: BaseException, host: str) -> ClusterError:
-    """Turn an SDK/transport error into a message an operator can act on."""
-    text = f"{exc}"
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 10:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    every = " ".join(f"{type(e).__name__}: {e}" for e in chain)
-    if any(isinstance(e, PermissionError) for e in chain) or "Permission denied" in every:
-        return ClusterError(
-            f"permission denied on the Docker socket ({host}): add your user to the 'docker' "
-            "group (sudo usermod -aG docker $USER, then log in again) or run as root"
-        )
-    if host.startswith("unix://") or host == "":
-        if any(isinstance(e, FileNotFoundError) for e in chain) or "No such file" in every:
-            return ClusterError(
-                f"no Docker engine: {host or 'the local socket'} does not exist. Start dockerd "
-                "(or Docker Desktop), or use the local-process backend (--backend local)"
-            )
-        if "Connection refused" in every:
-            return ClusterError(
-                f"no Docker engine answers on {host}: is dockerd running? (or use --backend local)"
-            )
-    if host.startswith(("ssh://", "tcp://", "http://", "https://")):
-        return ClusterError(
-            f"cannot reach the Docker engine at {host}: {text.splitlines()[0] if text else every}"
-            " (check the host name, that it is up, and the SSH key or TLS material)"
-        )
-    return ClusterError(f"Docker engine error ({host or 'local socket'}): {text}")
-
-
-def _parse_time(value: str) -> float:
-    # Docker timestamps have nanoseconds: 2024-01-01T12:00:00.123456789Z
-    try:
-        head, _, frac = value.rstrip("Z").partition(".")
-        stamp = datetime.fromisoformat(head + "+00:00").timestamp()
-        return stamp + (float(f"0.{frac}") if frac else 0.0)
-    except ValueError:
-        return 0.0
-
-
-def _cpu_percent(sample: dict[str, Any]) -> float:
-    """CPU % from a stats sample: the delta against the engine's previous sample."""
-    cpu, pre = sample.get("cpu_stats", {}), sample.get("precpu_stats", {})
-    total = cpu.get("cpu_usage", {}).get("total_usage", 0)
-    pre_total = pre.get("cpu_usage", {}).get("total_usage", 0)
-    system, pre_system = cpu.get("system_cpu_usage", 0), pre.get("system_cpu_usage", 0)
-    cores = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or [1])
-    if not pre_system or system <= pre_system or total < pre_total:
-        return 0.0
-    return round((total - pre_total) / (system - pre_system) * cores * 100.0, 1)
-
-
-def _memory_used(sample: dict[str, Any]) -> tuple[int, int | None]:
-    memory = sample.get("memory_stats", {})
-    usage = int(memory.get("usage", 0))
-    stats = memory.get("stats", {})
-    # Page cache is reclaimable; subtract it as `docker stats` does (cgroup v1 / v2 key).
-    cache = stats.get("total_inactive_file", stats.get("inactive_file", stats.get("cache", 0)))
-    limit = memory.get("limit")
-    return max(usage - int(cache or 0), 0), int(limit) if limit else None
 
 
 class DockerBackend:
@@ -208,8 +97,9 @@ class DockerBackend:
         """``resources`` overrides the limits, e.g. ``{"worker_cpus": 1.0,
         "worker_memory": "1g"}`` (keys of :func:`~.topology.build_topology`)."""
         if isinstance(profile, (str, Path)):
-            profile = DockerProfile.load(profile)
-        self.profile = profile or DockerProfile()
+            self.profile = DockerProfile.load(profile)
+        else:
+            self.profile = profile or DockerProfile()
         self.settings = settings or Settings.from_env()
         self.project = project
         self.docker_host = (
@@ -225,6 +115,7 @@ class DockerBackend:
         self.start_timeout = start_timeout
         self.resources = resources or {}
         self.packaging_dir = packaging_dir
+        self.images = ImageBuilder(self._connect, packaging_dir, self.base_image, self.redis_image)
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         # Validates the project name and the bind/token rule before anything runs.
@@ -258,38 +149,9 @@ class DockerBackend:
 
     def _connect(self) -> docker.DockerClient:
         with self._client_lock:
-            if self._client is not None:
-                return self._client
-            tls: docker.tls.TLSConfig | bool = False
-            if self.profile.tls_cert or self.profile.tls_ca:
-                cert = (
-                    (self.profile.tls_cert, self.profile.tls_key)
-                    if self.profile.tls_cert and self.profile.tls_key
-                    else None
-                )
-                tls = docker.tls.TLSConfig(
-                    client_cert=cert,
-                    ca_cert=self.profile.tls_ca,
-                    verify=self.profile.tls_verify,
-                )
-            try:
-                if self.docker_host:
-                    client = docker.DockerClient(
-                        base_url=self.docker_host,
-                        tls=tls,
-                        timeout=60,
-                        # The system's ssh client honours ~/.ssh/config, as the docker CLI.
-                        use_ssh_client=shutil.which("ssh") is not None,
-                    )
-                else:
-                    client = docker.from_env(timeout=60)
-                client.ping()
-            except docker.errors.TLSParameterError as exc:
-                raise ClusterError(f"Docker TLS settings are incomplete: {exc}") from exc
-            except Exception as exc:
-                raise _explain(exc, self.docker_host or "unix:///var/run/docker.sock") from exc
-            self._client = client
-            return client
+            if self._client is None:
+                self._client = connect_engine(self.docker_host, self.profile)
+            return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking SDK call in a thread; translate its errors."""
@@ -314,9 +176,9 @@ class DockerBackend:
                 ) from exc
             raise ClusterError(f"Docker engine refused: {message}") from exc
         except docker.errors.DockerException as exc:
-            raise _explain(exc, self.docker_host or "unix:///var/run/docker.sock") from exc
+            raise explain_engine_error(exc, self.docker_host or DEFAULT_SOCKET) from exc
         except OSError as exc:
-            raise _explain(exc, self.docker_host or "unix:///var/run/docker.sock") from exc
+            raise explain_engine_error(exc, self.docker_host or DEFAULT_SOCKET) from exc
 
     def close(self) -> None:
         if self._client is not None:
@@ -333,11 +195,7 @@ class DockerBackend:
         return sorted(found, key=lambda c: (c.labels.get(LABEL_SERVICE, ""), _replica(c)))
 
     def _image_exists(self, image: str) -> bool:
-        try:
-            self._connect().images.get(image)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
+        return self.images.image_exists(image)
 
     def _ensure_network_and_volumes(self, topology: Topology) -> None:
         client = self._connect()
@@ -434,106 +292,21 @@ class DockerBackend:
 
     # ---------------------------------------------------------------- images
 
-    def _resolve_redis_image(self, report: Progress, allow_build: bool) -> str:
-        """The configured Redis image if here, else the fallback if here, else pull the
-        configured one; ``allow_build`` (``build``) builds the fallback when that fails."""
-        if self._image_exists(self.redis_image):
-            return self.redis_image
-        if self._image_exists(FALLBACK_REDIS_IMAGE):
-            report("redis", f"{self.redis_image} is not here: using {FALLBACK_REDIS_IMAGE}")
-            return FALLBACK_REDIS_IMAGE
-        try:
-            report("redis", f"pulling {self.redis_image}")
-            self._connect().images.pull(self.redis_image)
-            return self.redis_image
-        except docker.errors.DockerException as exc:
-            reason = str(exc).splitlines()[0][-200:]
-            if not allow_build:
-                raise ClusterError(
-                    f"image missing: {self.redis_image} cannot be pulled ({reason}) and "
-                    f"{FALLBACK_REDIS_IMAGE} is not built: run 'mimir cluster build'"
-                ) from exc
-            report("redis", f"cannot pull {self.redis_image}: building {FALLBACK_REDIS_IMAGE}")
-        self._build_image("redis", FALLBACK_REDIS_IMAGE, report)
-        return FALLBACK_REDIS_IMAGE
-
-    def _chosen_base_image(self, report: Progress) -> str:
-        if self.base_image:
-            return self.base_image
-        if self._image_exists(DEFAULT_BASE_IMAGE):
-            return DEFAULT_BASE_IMAGE
-        if self._image_exists(LOCAL_BASE_IMAGE):
-            report("build", f"{DEFAULT_BASE_IMAGE} is not here: using {LOCAL_BASE_IMAGE}")
-            return LOCAL_BASE_IMAGE
-        return DEFAULT_BASE_IMAGE  # the engine will try to pull it
-
-    def _build_wheelhouse(self, report: Progress) -> None:
-        """``pip wheel`` the project and its dependencies on this host (containers may not
-        reach a package index)."""
-        if self.packaging_dir in _WHEELHOUSES_BUILT:
-            return
-        wheels = self.packaging_dir / "build" / "wheels"
-        wheels.mkdir(parents=True, exist_ok=True)
-        for old in wheels.glob("mimir_aip-*.whl"):
-            old.unlink()
-        report("build", f"building the wheelhouse in {wheels}")
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels),
-             str(self.packaging_dir.parent), *_MARKER_ONLY_WHEELS],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )  # fmt: skip
-        if result.returncode != 0:
-            raise ClusterError(
-                "building the wheelhouse failed (pip wheel)", detail=result.stderr[-3000:]
-            )
-        _WHEELHOUSES_BUILT.add(self.packaging_dir)
-
-    def _build_image(self, which: str, tag: str, report: Progress) -> None:
-        dockerfile = self.packaging_dir / f"Dockerfile.{which}"
-        if not dockerfile.exists():
-            raise ClusterError(f"{dockerfile} is missing: build from a source checkout")
-        base = self._chosen_base_image(report)
-        report("build", f"{tag} from {dockerfile.name} (BASE_IMAGE={base})")
-        lines: list[str] = []
-        stream = self._connect().api.build(
-            path=str(self.packaging_dir),
-            dockerfile=dockerfile.name,
-            tag=tag,
-            buildargs={"BASE_IMAGE": base},
-            rm=True,
-            forcerm=True,
-            decode=True,
-            labels={"io.mimir.image": which},
-        )
-        for chunk in stream:
-            if "error" in chunk:
-                raise ClusterError(
-                    f"building {tag} failed: {chunk['error'].strip()}",
-                    detail="\n".join(lines[-20:]),
-                )
-            text = str(chunk.get("stream", "")).strip()
-            if text:
-                lines.append(text)
-                if text.startswith("Step "):
-                    report("build", f"{which}: {text}")
-
     async def build(self, progress: Progress | None = None) -> None:
         """Build the backend and worker images (and Redis's when it cannot be pulled)."""
         report = progress or _no_progress
         await self._call(self._connect)
-        await asyncio.to_thread(self._build_wheelhouse, report)
+        await asyncio.to_thread(self.images.build_wheelhouse, report)
         for which in ("backend", "worker"):
-            await self._call(self._build_image, which, IMAGES[which], report)
-        await self._call(self._resolve_redis_image, report, True)
+            await self._call(self.images.build_image, which, IMAGES[which], report)
+        await self._call(self.images.resolve_redis_image, report, True)
         report("build", "images built: " + ", ".join(IMAGES[w] for w in ("backend", "worker")))
 
     async def build_unified(self, progress: Progress | None = None) -> None:
         """Build the one-container image (Redis, server and workers under a supervisor)."""
         report = progress or _no_progress
-        await asyncio.to_thread(self._build_wheelhouse, report)
-        await self._call(self._build_image, "unified", IMAGES["unified"], report)
+        await asyncio.to_thread(self.images.build_wheelhouse, report)
+        await self._call(self.images.build_image, "unified", IMAGES["unified"], report)
 
     # ---------------------------------------------------------------- readiness
 
@@ -604,7 +377,7 @@ class DockerBackend:
                     f"image missing: {IMAGES[which]} is not on the engine: build it first "
                     "(mimir cluster build)"
                 )
-        redis_image = await self._call(self._resolve_redis_image, report, False)
+        redis_image = await self._call(self.images.resolve_redis_image, report, False)
         topology = self.topology(workers, redis_image)
         report("network", f"network {topology.network_name} and {len(topology.volumes)} volumes")
         await self._call(self._ensure_network_and_volumes, topology)
@@ -816,7 +589,7 @@ class DockerBackend:
                 raw = container.logs(tail=tail, timestamps=True).decode("utf-8", "replace")
                 for text in raw.splitlines():
                     stamp, _, line = text.partition(" ")
-                    lines.append(LogLine(short[container.name], line, _parse_time(stamp)))
+                    lines.append(LogLine(short[container.name], line, parse_docker_time(stamp)))
             return sorted(lines, key=lambda line: line.timestamp or 0.0)
 
         for line in await self._call(history):
@@ -834,7 +607,7 @@ class DockerBackend:
                 streams.append(stream)
                 for raw in _split_lines(stream):
                     stamp, _, line = raw.partition(" ")
-                    item = LogLine(short[container.name], line, _parse_time(stamp))
+                    item = LogLine(short[container.name], line, parse_docker_time(stamp))
                     loop.call_soon_threadsafe(queue.put_nowait, item)
             except Exception as exc:  # the stream ends when the container goes away
                 logger.debug("log stream of %s ended: %s", container.name, exc)
@@ -863,13 +636,13 @@ class DockerBackend:
 
             def one(container: Any) -> ServiceStats:
                 sample = container.stats(stream=False)
-                used, limit = _memory_used(sample)
+                used, limit = memory_used(sample)
                 networks = sample.get("networks") or {}
                 service = container.labels.get(LABEL_SERVICE, "worker")
                 return ServiceStats(
                     name=container.name,
                     kind=SERVICE_KINDS.get(service, "worker"),
-                    cpu_percent=_cpu_percent(sample),
+                    cpu_percent=cpu_percent(sample),
                     memory_bytes=used,
                     memory_limit_bytes=limit,
                     net_rx_bytes=sum(int(n.get("rx_bytes", 0)) for n in networks.values()),

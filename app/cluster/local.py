@@ -643,7 +643,7 @@ class LocalBackend:
                 raise ClusterError(f"no local cluster {self.project!r} is running")
             self.api_port = state.api_port
             if name in SERVICE_KINDS:
-                targets = state.entries(name)  # type: ignore[arg-type]
+                targets = state.entries(name)
             else:
                 entry = state.entry(name)
                 targets = [entry] if entry else []
@@ -696,11 +696,11 @@ class LocalBackend:
         """State of redis, backend and the worker pool (stale entries show as ``stale``)."""
         state = self.load_state()
         if state is None:
-            services = [
+            missing = [
                 ServiceStatus(name, kind, "missing", replicas=0)
                 for name, kind in SERVICE_KINDS.items()
             ]
-            return ClusterStatus("local", self.project, services, None)
+            return ClusterStatus("local", self.project, missing, None)
         self.api_port = state.api_port
         health, registered = await self._probe_api()
         services: list[ServiceStatus] = []

@@ -249,6 +249,13 @@ class QtClusterPanel(QWidget):
             self.workers_spin,
         ):
             widget.setEnabled(not self.busy and controls)
+        status = self.context.last_cluster_status
+        running = bool(controls and status is not None and status.running)
+        if controls and not self.busy:
+            self.start_button.setEnabled(not running)
+            self.stop_button.setEnabled(running)
+            self.scale_button.setEnabled(running)
+            self.restart_button.setEnabled(running)
         if not controls and not self.busy:
             self.step_label.setText("This profile talks to an API only: no cluster control.")
 
@@ -388,6 +395,7 @@ class QtClusterPanel(QWidget):
         self.context.cluster_status.emit(status)
 
     def _show_status(self, status: ClusterStatus) -> None:
+        self._update_actions()
         self.table.setRowCount(len(status.services))
         for row, service in enumerate(status.services):
             stats = self._stats.get(service.kind, [])

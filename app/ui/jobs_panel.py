@@ -197,7 +197,7 @@ class QtJobsPanel(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
-        for column, width in enumerate([110, 90, 130, 70, 70, 210, 80, 80, 80]):
+        for column, width in enumerate([128, 96, 150, 78, 84, 200, 92, 84, 84]):
             self.table.setColumnWidth(column, width)
         self.table.selectionModel().currentRowChanged.connect(self._on_current)
         split.addWidget(self.table)
@@ -279,7 +279,8 @@ class QtJobsPanel(QWidget):
 
     def _show_details(self, job: dict[str, Any]) -> None:
         shown = {k: job.get(k) for k in job if k not in ("result",)}
-        text = json.dumps(shown, indent=2, default=str)
+        text = f"Error: {job['error']}\n\n" if job.get("error") else ""
+        text += json.dumps(shown, indent=2, default=str)
         if job.get("result") is not None:
             text += "\n\nresult:\n" + json.dumps(job["result"], indent=2, default=str)[:20000]
         self.details.setPlainText(text)

@@ -63,7 +63,7 @@ class QtWorkersPanel(QWidget):
         self.table.setAlternatingRowColors(True)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(6, QHeaderView.ResizeMode.Stretch)
         root.addWidget(self.table, 1)
         self.workers: list[dict[str, Any]] = []
         if context is not None:

@@ -1,0 +1,202 @@
+"""``python -m mimir.app.screenshots OUT_DIR``: render every console panel, with real data, to PNG.
+
+Starts a throw-away local cluster (redis-server, the API server, three workers) in a
+scratch directory seeded with the example pipelines, enqueues waves of real jobs (some
+slow, some failing) for ``--seconds`` so the plots have history, then grabs each panel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+
+NAP = """\
+name: nightly-etl
+description: extract, transform and load (simulated)
+steps:
+  - name: extract
+    plugin: Debug.sleep
+    config: {seconds: 0.2}
+    output: extracted
+  - name: transform
+    plugin: Debug.sleep
+    config: {seconds: 0.4}
+    output: transformed
+"""
+
+FLAKY = """\
+name: flaky-import
+description: fails on purpose, to show failures and the dead letter
+steps:
+  - name: fetch
+    plugin: Debug.fail
+    config: {message: "upstream returned 503 Service Unavailable"}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _seed(scratch: Path) -> None:
+    for name in ("data", "pipelines", "state"):
+        (scratch / name).mkdir(parents=True, exist_ok=True)
+    for source, target in ((RESOURCES / "pipelines", "pipelines"), (RESOURCES / "data", "data")):
+        if source.is_dir():
+            shutil.copytree(source, scratch / target, dirs_exist_ok=True)
+    (scratch / "pipelines" / "nightly_etl.yaml").write_text(NAP)
+    (scratch / "pipelines" / "flaky_import.yaml").write_text(FLAKY)
+    os.environ.update(
+        MIMIR_DATA_DIR=str(scratch / "data"),
+        MIMIR_PIPELINES_DIR=str(scratch / "pipelines"),
+        MIMIR_STATE_DIR=str(scratch / "state"),
+    )
+    os.environ.pop("REDIS_URL", None)
+
+
+async def _until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"screenshots: {what} did not happen within {timeout:.0f}s")
+        await asyncio.sleep(0.1)
+
+
+async def _render(window, out: Path, seconds: float) -> list[Path]:
+    context = window.context
+    api = context.api
+    window.show_panel("cluster")
+    window.cluster.workers_spin.setValue(3)
+    await window.cluster.start_cluster()
+    if not (context.last_cluster_status and context.last_cluster_status.running):
+        raise RuntimeError(f"screenshots: cluster did not start: {window.cluster.banner.text()}")
+    await _until(lambda: context.feed.last_stats is not None, 30, "live stats")
+
+    # Waves of real work: bursts at each priority, a few failures, one long runner.
+    started = time.monotonic()
+    wave = 0
+    await api.enqueue(name="flaky-import", count=3, priority="low", max_retries=0)
+    while time.monotonic() - started < seconds:
+        wave += 1
+        count = 10 + (wave * 7) % 35
+        priority = ("normal", "high", "normal", "low")[wave % 4]
+        await api.enqueue(name="nightly-etl", count=count, priority=priority)
+        if wave % 5 == 0:
+            await api.enqueue(name="flaky-import", count=1, max_retries=0)
+        await asyncio.sleep(3.0)
+    long_job = {
+        "name": "model-training",
+        "steps": [{"name": "train", "plugin": "Debug.sleep", "config": {"seconds": 120}}],
+    }
+    await api.enqueue(pipeline=long_job, count=2, priority="high")
+    await asyncio.sleep(2.0)
+
+    shots: list[Path] = []
+
+    async def grab(key: str, settle: float = 0.6) -> None:
+        window.show_panel(key)
+        await asyncio.sleep(settle)  # the loop paints meanwhile (never processEvents here)
+        window.dashboard.redraw()
+        path = out / f"{key}.png"
+        window.grab().save(str(path))
+        shots.append(path)
+        print(f"screenshots: {path}")
+
+    await window.cluster.refresh(with_stats=True)
+    await grab("cluster")
+    await grab("dashboard", 1.2)
+    await window.pipelines.open_pipeline("sales_report")
+    await window.pipelines.validate()
+    await window.pipelines.run_now()
+    await grab("pipelines")
+    window.jobs.refresh()
+    await _until(lambda: window.jobs.model.rowCount() > 0, 15, "jobs in the table")
+    failed = window.jobs.proxy
+    for row in range(failed.rowCount()):
+        if failed.data(failed.index(row, 1)) == "failed":
+            window.jobs.table.selectRow(row)
+            break
+    await grab("jobs", 1.0)
+    await grab("workers")
+    await _until(lambda: len(window.logs.lines) > 20, 20, "log lines")
+    await grab("logs")
+    await window.knowledge.check_available()
+    if window.knowledge.available:
+        window.knowledge.run_query()
+    await grab("knowledge", 1.0)
+    return shots
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mimir.app.screenshots")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seconds", type=float, default=45.0, help="history before the shots")
+    parser.add_argument("--width", type=int, default=1440)
+    parser.add_argument("--height", type=int, default=900)
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    scratch = Path(tempfile.mkdtemp(prefix="mimir-shots-"))
+    _seed(scratch)
+
+    import logging
+
+    import qasync
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from mimir.app.cluster.local import LocalBackend
+    from mimir.app.services.profiles import ConnectionProfile
+    from mimir.app.ui.app import build_window, install_excepthook
+    from mimir.app.ui.common import load_stylesheet
+    from mimir.core.settings import Settings
+
+    logging.basicConfig(level=logging.WARNING)
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setStyleSheet(load_stylesheet())
+    errors = install_excepthook(show_dialog=False)
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    port = _free_port()
+    backend = LocalBackend("demo", Settings.from_env(), api_port=port, worker_concurrency=4)
+    settings = QSettings(str(scratch / "console.ini"), QSettings.Format.IniFormat)
+    window = build_window(settings, backend)
+    profile = ConnectionProfile("Local processes", "local_processes", f"http://127.0.0.1:{port}")
+    window.context.profiles.upsert(profile)
+    window.context.profile = profile
+    window.resize(args.width, args.height)
+    window.show()
+    window.start()
+
+    async def run() -> int:
+        try:
+            await _render(window, args.out_dir, args.seconds)
+        finally:
+            await window.context.feed.stop()
+            await window.logs.stop()
+            await backend.down()
+            await window.context.close()
+        if errors:
+            print(f"screenshots: unhandled errors:\n{errors[0]}", file=sys.stderr)
+            return 1
+        return 0
+
+    with loop:
+        return loop.run_until_complete(run())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
