@@ -9,14 +9,17 @@ each) for:
 - ``POST /api/v1/pipelines/execute`` with ``pipeline_file`` naming a one-step no-op
   pipeline (``Debug.echo``), and with the seed's ``test_pipeline.yaml`` (three steps).
 
-Each figure is the median of R interleaved runs. Client and server share this machine's cores, so
-the figures are a lower bound on what the server alone sustains.
+Each figure is the median of R interleaved runs. Client and server share this machine's
+cores, so the figures are a lower bound on what the server alone sustains; the last
+column is the app's own time per request, called in-process through ASGI one after the
+other (no HTTP, no client; ``/health`` still waits for its Redis PONG).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -124,6 +127,71 @@ async def _run(
     return per_client * concurrency / elapsed, latencies
 
 
+async def _asgi_cost(
+    workdir: Path, redis_url: str, cases: list[tuple[str, str, str, Any]], requests: int
+) -> dict[str, float]:
+    """Microseconds per request spent in the app itself, by case (median of 5 batches)."""
+    from mimir.core.settings import Settings
+    from mimir.server.app import create_app
+
+    settings = Settings(
+        data_dir=workdir / "data", pipelines_dir=workdir / "pipelines", redis_url=redis_url
+    )
+    app = create_app(settings)
+
+    async def call(method: str, path: str, data: bytes) -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "scheme": "http",
+            "server": ("127.0.0.1", 80),
+            "client": ("127.0.0.1", 1),
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+        delivered = False
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            await asyncio.Event().wait()  # a client that never disconnects
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+        if statuses != [200]:
+            raise RuntimeError(f"{method} {path} -> {statuses}")
+
+    costs: dict[str, float] = {}
+    async with app.router.lifespan_context(app):
+        for label, method, path, body in cases:
+            data = json.dumps(body).encode() if body is not None else b""
+            for _ in range(20):
+                await call(method, path, data)
+            batches = []
+            for _ in range(5):
+                started = time.perf_counter()
+                for _ in range(requests):
+                    await call(method, path, data)
+                batches.append((time.perf_counter() - started) / requests * 1e6)
+            costs[label] = statistics.median(batches)
+    return costs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.server", description=__doc__)
     parser.add_argument("--requests", type=int, default=400, help="requests per run (400)")
@@ -153,7 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"sync execute over HTTP: {args.runs} runs x {args.requests} requests, "
                 f"median; client and server on the same {os.cpu_count()} cores"
             )
-            print(f"{'call':<30} {'c=1 req/s':>10} {'p50 ms':>8} {'c=8 req/s':>10} {'p50 ms':>8}")
+            print(
+                f"{'call':<30} {'c=1 req/s':>10} {'p50 ms':>8} {'c=8 req/s':>10} {'p50 ms':>8}"
+                f" {'in-app µs':>10}"
+            )
             # Interleaved: every run measures every case, so drift in the machine's
             # load hits all figures alike.
             rates: dict[tuple[str, int], list[float]] = {}
@@ -166,13 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                         rates.setdefault((label, concurrency), []).append(rate)
                         latencies.setdefault((label, concurrency), []).extend(lat)
+            costs = asyncio.run(_asgi_cost(workdir, redis.url, cases, args.requests))
             for label, *_ in cases:
                 cells = [
                     f"{statistics.median(rates[label, c]):>10.0f} "
                     f"{statistics.median(latencies[label, c]):>8.2f}"
                     for c in (1, 8)
                 ]
-                print(f"{label:<30} {' '.join(cells)}")
+                print(f"{label:<30} {' '.join(cells)} {costs[label]:>10.0f}")
         finally:
             process.terminate()
             process.wait(timeout=30)
