@@ -1,0 +1,138 @@
+"""Twins over HTTP on a real server; runs as ``digital_twin`` jobs on a real worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers import RedisServer, ServerProcess, WorkerProcess, wait_until
+
+RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "ontologies"
+
+
+@pytest.fixture
+def twin(api_client: httpx.Client) -> dict[str, str]:
+    """The supply-chain ontology uploaded, its twin built and the example scenario stored."""
+    uploaded = api_client.post(
+        "/api/v1/ontologies?name=supply-chain",
+        content=(RESOURCES / "supply_chain.ttl").read_bytes(),
+        headers={"Content-Type": "text/turtle"},
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    created = api_client.post(
+        "/api/v1/twins", json={"name": "supply-chain", "ontology_id": "supply-chain"}
+    )
+    assert created.status_code == 201, created.text
+    twin_id = created.json()["id"]
+    scenario = yaml.safe_load((RESOURCES / "supply_chain_scenario.yaml").read_text())
+    stored = api_client.post(f"/api/v1/twins/{twin_id}/scenarios", json=scenario)
+    assert stored.status_code == 201, stored.text
+    return {"twin_id": twin_id, "scenario_id": stored.json()["id"]}
+
+
+@pytest.fixture
+def worker(redis_server: RedisServer, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A real worker with its own data directory (it shares nothing with the server but Redis)."""
+    process = WorkerProcess(
+        {"REDIS_URL": redis_server.url, "MIMIR_DATA_DIR": str(tmp_path / "worker-data")},
+        concurrency=2,
+        log_path=tmp_path / "worker.log",
+    ).start()
+    yield process
+    process.stop()
+
+
+def test_twin_scenario_and_inline_run(api_client: httpx.Client, twin: dict[str, str]) -> None:
+    twin_id = twin["twin_id"]
+    listed = api_client.get("/api/v1/twins").json()["twins"]
+    assert [(t["id"], t["entities"], t["relationships"]) for t in listed] == [(twin_id, 7, 6)]
+    detail = api_client.get(f"/api/v1/twins/{twin_id}").json()
+    assert {e["label"] for e in detail["entities"]} >= {"North DC", "SteelCo"}
+    run = api_client.post(
+        f"/api/v1/twins/{twin_id}/runs", json={"scenario_id": twin["scenario_id"], "wait": True}
+    )
+    assert run.status_code == 201, run.text
+    metrics = run.json()["result"]["metrics"]
+    assert metrics["bottlenecks"][0]["label"] == "North DC"
+    stored = api_client.get(f"/api/v1/twins/{twin_id}/runs/{run.json()['id']}").json()
+    assert stored["status"] == "succeeded" and stored["result"]["metrics"] == metrics
+    assert api_client.get(f"/api/v1/twins/{twin_id}/runs").json()["runs"][0]["result"] is None
+
+
+def test_twin_errors_are_4xx(api_client: httpx.Client, twin: dict[str, str]) -> None:
+    twin_id = twin["twin_id"]
+    assert api_client.get("/api/v1/twins/nope").status_code == 404
+    assert api_client.get(f"/api/v1/twins/{twin_id}/runs/nope").status_code == 404
+    bad_target = api_client.post(
+        f"/api/v1/twins/{twin_id}/scenarios",
+        json={"name": "x", "events": [{"at": 1, "type": "demand.surge", "target": "Mars"}]},
+    )
+    assert bad_target.status_code == 422 and "Mars" in bad_target.json()["error"]
+    bad_type = api_client.post(
+        f"/api/v1/twins/{twin_id}/scenarios",
+        json={"name": "x", "events": [{"at": 1, "type": "meteor", "target": "SteelCo"}]},
+    )
+    assert bad_type.status_code == 422
+    no_source = api_client.post("/api/v1/twins", json={"name": "x"})
+    assert no_source.status_code == 422
+    unknown_ontology = api_client.post("/api/v1/twins", json={"name": "x", "ontology_id": "zz"})
+    assert unknown_ontology.status_code == 404
+
+
+def test_the_seed_call_runs_the_twin_on_a_worker(
+    api_client: httpx.Client, twin: dict[str, str], worker: WorkerProcess
+) -> None:
+    accepted = api_client.post(
+        "/api/v1/queue/digital-twins/enqueue",
+        json={"twin_id": twin["twin_id"], "operation": "simulate"},
+    )
+    assert accepted.status_code == 202, accepted.text
+    body = accepted.json()
+    assert body["message"] == "Digital twin job enqueued successfully"
+    assert body["status"] == "queued" and body["scenario_id"] == twin["scenario_id"]
+    job = api_client.get(f"/api/v1/queue/jobs/{body['job_id']}/wait", params={"timeout": "60s"})
+    record = job.json()
+    assert record["status"] == "succeeded", (record, worker.output())
+    assert record["type"] == "digital_twin" and record["worker_id"] == worker.worker_id
+    run = api_client.get(f"/api/v1/twins/{twin['twin_id']}/runs/{body['run_id']}").json()
+    assert run["status"] == "succeeded" and run["job_id"] == body["job_id"]
+    assert run["result"]["metrics"]["bottlenecks"][0]["label"] == "North DC"
+    assert run["result"]["seed"] == 42  # the scenario's seed
+
+
+def test_a_run_queued_through_the_twin_api(
+    api_client: httpx.Client, twin: dict[str, str], worker: WorkerProcess
+) -> None:
+    twin_id = twin["twin_id"]
+    queued = api_client.post(
+        f"/api/v1/twins/{twin_id}/runs", json={"scenario_id": twin["scenario_id"], "seed": 5}
+    )
+    assert queued.status_code == 202, queued.text
+    run_id = queued.json()["id"]
+
+    def finished() -> dict | None:
+        run = api_client.get(f"/api/v1/twins/{twin_id}/runs/{run_id}").json()
+        return run if run["status"] in ("succeeded", "failed") else None
+
+    run = wait_until(finished, timeout=60, interval=0.1, message="the queued twin run")
+    assert run["status"] == "succeeded", (run, worker.output())
+    assert run["seed"] == 5 and run["result"]["seed"] == 5
+
+
+def test_enqueue_without_redis_is_503(
+    make_server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    from tests.helpers import free_port
+
+    server = make_server(redis_url=f"127.0.0.1:{free_port()}").start()
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        twin = client.post(
+            "/api/v1/twins",
+            json={"name": "t", "entities": [{"id": "http://e/a", "label": "a"}]},
+        ).json()
+        answer = client.post("/api/v1/queue/digital-twins/enqueue", json={"twin_id": twin["id"]})
+        assert answer.status_code == 503 and "Redis" in answer.json()["error"]
