@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from mimir.app.cluster import docker_backend as docker_module
 from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine
 from mimir.app.cluster.cli import main as cluster_main
 from mimir.app.cluster.docker_backend import DockerBackend
 from mimir.app.cluster.selection import docker_engine_answers
-from mimir.app.cluster.topology import IMAGES, Topology
+from mimir.app.cluster.topology import FALLBACK_REDIS_IMAGE, IMAGES, Topology
 from tests.cluster.conftest import ClusterAPI
 from tests.helpers import free_port, wait_until
 
@@ -172,7 +171,7 @@ def test_a_taken_port_is_reported(build_messages: list[tuple[str, str]]) -> None
 
 
 def test_a_missing_image_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(docker_module.IMAGES, "backend", "mimir-aip:no-such-image")
+    monkeypatch.setitem(IMAGES, "backend", "mimir-aip:no-such-image")
     with pytest.raises(ClusterError, match="image missing: mimir-aip:no-such-image"):
         asyncio.run(DockerBackend(f"{PROJECT}-img").up(1))
 
@@ -184,7 +183,7 @@ def test_compose_file_scales_workers_and_runs_jobs(build_messages: list[tuple[st
         **os.environ,
         "MIMIR_PORT": str(port),
         "MIMIR_PROJECT": "mimircompose",
-        "REDIS_IMAGE": docker_module.FALLBACK_REDIS_IMAGE,
+        "REDIS_IMAGE": FALLBACK_REDIS_IMAGE,
     }
     compose = ["docker-compose", "-p", "mimircompose", "-f", "docker-compose.distributed.yml"]
 

@@ -10,7 +10,8 @@ import pytest
 
 from mimir.app.cluster.base import ClusterError
 from mimir.app.cluster.cli import main as cluster_main
-from mimir.app.cluster.docker_backend import DockerBackend, DockerProfile, _explain
+from mimir.app.cluster.docker_backend import DockerBackend, DockerProfile
+from mimir.app.cluster.docker_engine import explain_engine_error
 from mimir.app.cluster.selection import default_backend_name
 from tests.helpers import free_port
 
@@ -34,7 +35,7 @@ def test_permission_denied_on_the_socket_names_the_fix() -> None:
         try:
             raise ConnectionError("Connection aborted") from cause
         except ConnectionError as exc:
-            error = _explain(exc, "unix:///var/run/docker.sock")
+            error = explain_engine_error(exc, "unix:///var/run/docker.sock")
     assert "permission denied on the Docker socket" in str(error)
     assert "usermod -aG docker" in str(error)
 
