@@ -131,13 +131,13 @@ class OxigraphBackend:
     ) -> QueryResult:
         started = time.monotonic()
         deadline = started + timeout
-        options: dict[str, object] = {}
-        if default_graphs:
-            options["default_graph"] = [ox.NamedNode(g) for g in default_graphs]
-        else:
-            options["use_default_graph_as_union"] = True
         try:
-            answer = self._store.query(sparql, **options)
+            if default_graphs:
+                answer = self._store.query(
+                    sparql, default_graph=[ox.NamedNode(g) for g in default_graphs]
+                )
+            else:
+                answer = self._store.query(sparql, use_default_graph_as_union=True)
         except SyntaxError as exc:
             raise SparqlError(f"invalid SPARQL query: {exc}") from None
         except (OSError, ValueError) as exc:

@@ -8,6 +8,7 @@ which run them in a thread and hold them to a time limit.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
 import threading
@@ -217,7 +218,7 @@ class OntologyStore:
 
     def _default_graphs(
         self, ontology: str | None, given: Sequence[str] | None
-    ) -> list[str] | None:
+    ) -> builtins.list[str] | None:
         if ontology:
             return [self.get(ontology).graph_uri]
         if given:
@@ -345,7 +346,9 @@ class OntologyStore:
             truncated=truncated,
         )
 
-    def _label_nodes(self, nodes: dict[str, dict[str, Any]], graphs: list[str] | None) -> None:
+    def _label_nodes(
+        self, nodes: dict[str, dict[str, Any]], graphs: builtins.list[str] | None
+    ) -> None:
         iris = [n for n, v in nodes.items() if v["kind"] == "uri"]
         for node in nodes.values():
             node["label"] = _local_name(node["id"])
