@@ -158,7 +158,8 @@ class OntologyStore:
                 triples=0,
                 replace=False,
             )
-        triples = parse_triples(content, info, base_iri=graph + "/")
+        # A graph is a set: a document may repeat a triple, the count must not.
+        triples = list(dict.fromkeys(parse_triples(content, info, base_iri=graph + "/")))
         self.backend.put_graph(graph, triples)
         return self.catalog.add(
             ontology_id=ontology_id,
