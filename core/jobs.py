@@ -20,11 +20,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mimir.core.errors import MimirError
-from mimir.core.pipeline.models import Pipeline
 from mimir.core.queue.client import JobSpec
+
+if TYPE_CHECKING:
+    from mimir.core.pipeline.models import Pipeline
 
 __all__ = [
     "JobContext",
@@ -83,35 +85,48 @@ def register_job_handler(job_type: str, handler: JobHandler, *, replace: bool = 
 
 
 def get_job_handler(job_type: str) -> JobHandler:
-    """The handler of ``job_type``; :class:`UnknownJobTypeError` names the known types."""
-    try:
-        return _HANDLERS[job_type]
-    except KeyError:
-        known = ", ".join(sorted(_HANDLERS)) or "none"
-        raise UnknownJobTypeError(
-            f"no handler for job type {job_type!r} (known: {known})"
-        ) from None
+    """The handler of ``job_type``, loading its ``mimir.jobs`` entry point (named after the
+    type) on first use; :class:`UnknownJobTypeError` names the known types."""
+    handler = _HANDLERS.get(job_type)
+    if handler is None:
+        _load_entry_point(job_type)
+        handler = _HANDLERS.get(job_type)
+    if handler is None:
+        known = ", ".join(sorted({*_HANDLERS, *_entry_point_names()})) or "none"
+        raise UnknownJobTypeError(f"no handler for job type {job_type!r} (known: {known})")
+    return handler
 
 
-#: Entry-point group through which installed packages register job handlers: each entry
-#: point names a module (importing it registers its handlers) or a callable that does.
-ENTRY_POINT_GROUP = "mimir.jobs"
-
-
-def load_job_handlers() -> list[str]:
-    """Import the job handlers installed through entry points; answers the job types.
-
-    A failing entry point is logged and skipped (the others still load).
-    """
+def _entry_point_names() -> list[str]:
     from importlib.metadata import entry_points
 
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
+    return [entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)]
+
+
+def _load_entry_point(job_type: str) -> None:
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP, name=job_type):
         try:
             loaded = entry.load()
             if callable(loaded):
                 loaded()
         except Exception:
-            logger.exception("job handler entry point %r failed to load (skipped)", entry.name)
+            logger.exception("job handler entry point %r failed to load", entry.name)
+
+
+#: Entry-point group through which installed packages register job handlers: each entry
+#: point is named after its job type and names a module (importing it registers the
+#: handler) or a callable that does.
+ENTRY_POINT_GROUP = "mimir.jobs"
+
+
+def load_job_handlers() -> list[str]:
+    """Load every installed job handler now (workers load each on first use instead);
+    answers the job types. A failing entry point is logged and skipped."""
+    for name in _entry_point_names():
+        if name not in _HANDLERS:
+            _load_entry_point(name)
     return job_types()
 
 

@@ -43,6 +43,9 @@ def _parser(default_concurrency: int) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mimir worker``; answers the exit code."""
+    # httpx (imported by some plugins) pulls in its command-line client, with click,
+    # rich and pygments (~5 MB), when they are installed; a worker never uses it.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from mimir.core.settings import Settings, normalise_redis_url
 
     settings = Settings.from_env()

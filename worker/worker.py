@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mimir.core.jobs import JobContext, JobFailedError, get_job_handler, load_job_handlers
+from mimir.core.jobs import JobContext, JobFailedError, get_job_handler
 from mimir.core.queue.client import connect
 from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer
 from mimir.core.queue.models import iso, utc_now
@@ -85,6 +86,8 @@ class WorkerConfig:
     schedule_poll: float = 0.2
     #: Every this many fetches, one low and one normal job go first.
     starvation_every: int = 8
+    #: After this many idle seconds the worker returns freed heap memory to the system.
+    trim_after: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
@@ -184,6 +187,8 @@ class Worker:
         self._pending_event = asyncio.Event()
         self._process: Any = None  # psutil.Process, created lazily
         self._fatal: BaseException | None = None
+        self._last_busy = time.monotonic()
+        self._trimmed = True
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -234,19 +239,30 @@ class Worker:
         return code
 
     async def _guard(self, loop_fn: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await loop_fn()
-        except asyncio.CancelledError:
-            raise
-        except WorkerGaveUpError as exc:
-            logger.error("%s", exc)
-            self._fatal = exc
-            self.config.grace = 0
-            self.stop()
-        except Exception as exc:
-            logger.exception("worker loop %s crashed; stopping", loop_fn.__name__)
-            self._fatal = exc
-            self.stop()
+        """Run a loop; restart it after an unexpected error (logged, with backoff) so a
+        surprise from Redis or a bug in one loop does not take the worker down. Only
+        :class:`WorkerGaveUpError` (Redis away too long) stops the worker."""
+        delay = 0.1
+        while True:
+            try:
+                await loop_fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except WorkerGaveUpError as exc:
+                logger.error("%s", exc)
+                self._fatal = exc
+                self.config.grace = 0
+                self.stop()
+                return
+            except Exception:
+                logger.exception(
+                    "worker loop %s failed; restarting it in %.1fs", loop_fn.__name__, delay
+                )
+                if self._stopping.is_set() and loop_fn == self._fetch_loop:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _connect(self) -> None:
         reconnect = _Reconnect("connect", self.config.max_outage)
@@ -326,6 +342,7 @@ class Worker:
                 self._start(delivery)
 
     def _start(self, delivery: Delivery) -> None:
+        self._trimmed = False
         task = asyncio.create_task(self._run_job(delivery), name=f"job-{delivery.job_id}")
         self.running[delivery.job_id] = _Running(delivery, task)
 
@@ -368,6 +385,7 @@ class Worker:
             outcome = Outcome(delivery, "failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             self.running.pop(job_id, None)
+            self._last_busy = time.monotonic()
             self._slot_free.set()
         if outcome is not None:
             outcome.duration = time.perf_counter() - started
@@ -381,20 +399,12 @@ class Worker:
 
     async def _write_batch(self) -> None:
         batch = self._pending[:]
-        # Only the latest progress of a job matters.
-        progress: dict[str, tuple[Delivery, int, int, str | None]] = {}
-        outcomes: list[Outcome] = []
-        for item in batch:
-            if isinstance(item, Outcome):
-                outcomes.append(item)
-            else:
-                progress[item[0].job_id] = item
-        calls = [self.consumer.progress_call(*p) for p in progress.values()]
-        calls += [self.consumer.finish_call(o) for o in outcomes]
-        results = await self.consumer.apply(calls)
+        outcomes = [item for item in batch if isinstance(item, Outcome)]
+        progress = [item for item in batch if not isinstance(item, Outcome)]
+        await self.consumer.write(outcomes, progress)
         del self._pending[: len(batch)]
-        for outcome, written in zip(outcomes, results[len(progress) :], strict=True):
-            self._account(outcome, bool(written))
+        for outcome in outcomes:
+            self._account(outcome, outcome.applied != "stale")
 
     def _account(self, outcome: Outcome, written: bool) -> None:
         job_id = outcome.delivery.job_id
@@ -469,6 +479,13 @@ class Worker:
                     await self._reclaim()
                     last_reclaim = now
                 reconnect.ok()
+                if (
+                    not self._trimmed
+                    and not self.running
+                    and now - self._last_busy >= self.config.trim_after
+                ):
+                    self._trimmed = True
+                    _release_memory()
             except _OUTAGE_ERRORS as exc:
                 await reconnect.failed(exc)
                 continue
@@ -523,7 +540,8 @@ class Worker:
                     if message is None:
                         continue
                     self._cancel_requested(str(message["data"]))
-            except _OUTAGE_ERRORS as exc:
+            except (*_OUTAGE_ERRORS, RedisError, RuntimeError) as exc:
+                # RuntimeError: redis-py's pub/sub after its connection was reset.
                 await reconnect.failed(exc)
             finally:
                 with contextlib.suppress(Exception):
@@ -537,7 +555,17 @@ class Worker:
             entry.task.cancel()
 
 
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc), so an idle
+    worker's RSS falls back after a burst of jobs."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 async def run_worker(config: WorkerConfig) -> int:
     """Run a worker until it is stopped; answers the exit code."""
-    load_job_handlers()
     return await Worker(config).run()

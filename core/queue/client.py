@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -34,6 +34,7 @@ from mimir.core.queue.errors import (
 )
 from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
 from mimir.core.queue.models import (
+    FINAL_STATUSES,
     DeadLetterEntry,
     JobRecord,
     JobStatus,
@@ -43,7 +44,6 @@ from mimir.core.queue.models import (
     WorkerInfo,
     iso,
     record_from_hash,
-    record_to_hash,
     utc_now,
 )
 
@@ -58,6 +58,8 @@ DURATION_BUCKETS: tuple[float, ...] = (
 
 #: Longest single blocking call while waiting; longer waits loop (so no socket timeout hits).
 _WAIT_SLICE = 5.0
+#: Jobs per enqueue script call (bounds how long one call holds Redis).
+_ENQUEUE_CHUNK = 1000
 #: Seconds over which completed/failed per second are averaged.
 _RATE_WINDOW = 5
 
@@ -133,59 +135,64 @@ class JobQueue:
 
     # -- enqueue ---------------------------------------------------------------------
 
-    def _enqueue_args(self, spec: JobSpec, now: datetime) -> list[Any]:
+    def _new_job(
+        self, spec: JobSpec, now: datetime, now_iso: str
+    ) -> tuple[dict[str, Any], JobRecord]:
+        """The script's entry for one job, and the record it creates."""
         job_id = uuid.uuid4().hex
-        now_ms = int(now.timestamp() * 1000)
-        due_ms = now_ms + int(spec.delay * 1000) if spec.delay > 0 else 0
-        status = JobStatus.scheduled if due_ms else JobStatus.queued
-        record = JobRecord(
+        due = now + timedelta(seconds=spec.delay) if spec.delay > 0 else None
+        record = JobRecord.model_construct(
             job_id=job_id,
             type=spec.type,
-            status=status,
+            status=JobStatus.scheduled if due else JobStatus.queued,
             priority=spec.priority,
             queue=spec.queue,
+            attempts=0,
             max_retries=spec.max_retries,
             timeout=spec.timeout,
+            worker_id=None,
             pipeline=spec.pipeline,
             enqueued_at=now,
-            scheduled_for=datetime.fromtimestamp(due_ms / 1000, now.tzinfo) if due_ms else None,
+            scheduled_for=due,
+            started_at=None,
+            finished_at=None,
+            progress=None,
+            result=None,
+            error=None,
             idempotency_key=spec.idempotency_key,
+            cancel_requested=False,
         )
-        fields = record_to_hash(record)
-        fields["payload"] = json.dumps(spec.payload, separators=(",", ":"))
-        fields["retry_backoff"] = repr(spec.retry_backoff)
         stream = self.keys.stream(spec.queue, spec.priority.value)
-        fields["stream"] = stream
-        event = {
+        fields: dict[str, str] = {
             "job_id": job_id,
-            "status": status.value,
             "type": spec.type,
+            "status": record.status.value,
             "priority": spec.priority.value,
             "queue": spec.queue,
-            "attempts": 0,
-            "worker_id": None,
-            "pipeline": spec.pipeline,
-            "error": None,
-            "progress": None,
+            "attempts": "0",
+            "max_retries": str(spec.max_retries),
+            "retry_backoff": repr(spec.retry_backoff),
+            "enqueued_at": now_iso,
+            "stream": stream,
+            "payload": json.dumps(spec.payload, separators=(",", ":")),
         }
-        args: list[Any] = [
-            self.keys.job(job_id),
-            stream,
-            self.keys.index,
-            self.keys.idempotency(spec.idempotency_key) if spec.idempotency_key else "",
-            self.keys.scheduled,
-            self.keys.queues,
-            self.keys.events,
-            job_id,
-            now_ms,
-            self.job_ttl,
-            due_ms,
-            spec.queue,
-            json.dumps(event, separators=(",", ":")),
-        ]
-        for name, value in fields.items():
-            args += [name, value]
-        return args
+        if spec.timeout is not None:
+            fields["timeout"] = repr(spec.timeout)
+        if spec.pipeline is not None:
+            fields["pipeline"] = spec.pipeline
+        if spec.idempotency_key is not None:
+            fields["idempotency_key"] = spec.idempotency_key
+        if due is not None:
+            fields["scheduled_for"] = iso(due)
+        entry = {
+            "id": job_id,
+            "stream": stream,
+            "queue": spec.queue,
+            "idem": self.keys.idempotency(spec.idempotency_key) if spec.idempotency_key else "",
+            "due": int(due.timestamp() * 1000) if due else 0,
+            "f": fields,
+        }
+        return entry, record
 
     async def enqueue(self, spec: JobSpec) -> JobRecord:
         """Put one job on the queue; answers its record (the earlier job's on an
@@ -193,16 +200,30 @@ class JobQueue:
         return (await self.enqueue_many([spec]))[0]
 
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[JobRecord]:
-        """Put many jobs on the queue in one round trip; answers their records in order."""
-        now = utc_now()
-        calls = [(scripts.ENQUEUE_SCRIPT, self._enqueue_args(spec, now)) for spec in specs]
+        """Put many jobs on the queue in one round trip (one script call per 1,000);
+        answers their records in order."""
+        context = self._context()
+        now = datetime.fromtimestamp(context[7] / 1000, UTC)
+        now_iso = iso(now)
+        created = [self._new_job(spec, now, now_iso) for spec in specs]
+        calls = []
+        for first in range(0, len(created), _ENQUEUE_CHUNK):
+            chunk = [entry for entry, _ in created[first : first + _ENQUEUE_CHUNK]]
+            args = [
+                *context,
+                self.keys.index,
+                self.keys.scheduled,
+                self.keys.queues,
+                json.dumps(chunk, separators=(",", ":")),
+            ]
+            calls.append((scripts.ENQUEUE_SCRIPT, args))
         async with redis_errors("enqueue"):
-            results = await scripts.run_scripts(self.redis, calls)
+            answers = await scripts.run_scripts(self.redis, calls)
+        flat = [item for answer in answers for item in answer]
         records: list[JobRecord] = []
-        for (_, args), (job_id, created) in zip(calls, results, strict=True):
-            if int(created):
-                fields = dict(zip(args[13::2], args[14::2], strict=True))
-                records.append(record_from_hash(fields))
+        for (_, record), job_id, was_created in zip(created, flat[::2], flat[1::2], strict=True):
+            if int(was_created):
+                records.append(record)
             else:
                 records.append(await self.get(_text(job_id)))
         return records
@@ -250,9 +271,13 @@ class JobQueue:
                     if not raw:
                         raise JobNotFoundError(job_id)
                     return WaitResult(job=record_from_hash(raw), timed_out=False)
-                # Nothing pushed yet: make sure the job exists before waiting on.
-                if not await self.redis.exists(self.keys.job(job_id)):
+                # Nothing pushed yet: make sure the job exists, and has not ended without
+                # a token (one lost to a Redis crash between AOF syncs), before waiting on.
+                status = await self.redis.hget(self.keys.job(job_id), "status")  # type: ignore[misc]
+                if status is None:
                     raise JobNotFoundError(job_id)
+                if _text(status) in FINAL_STATUSES:
+                    break
         record = await self.get(job_id)
         return WaitResult(job=record, timed_out=not record.is_final)
 

@@ -47,22 +47,25 @@ class Delivery:
     priority: str
 
     @classmethod
-    def from_script(cls, stream: str, entry_id: str, flat: Sequence[Any]) -> Delivery:
-        data = dict(zip(flat[::2], flat[1::2], strict=True))
-        timeout = data.get("timeout")
+    def from_script(cls, stream: str, entry_id: str, values: Sequence[Any]) -> Delivery:
+        """From the FETCH script's answer: the job's fields in the script's fixed order."""
+        values = [v.decode() if isinstance(v, bytes) else v for v in values]
+        job_id, attempts, type_, payload, timeout, max_retries, backoff, pipeline, queue, prio = (
+            values
+        )
         return cls(
-            stream=stream,
-            entry_id=entry_id,
-            job_id=data["job_id"],
-            attempt=int(data["attempts"]),
-            type=data.get("type", "pipeline"),
-            payload=json.loads(data.get("payload") or "{}"),
+            stream=stream.decode() if isinstance(stream, bytes) else stream,
+            entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+            job_id=job_id,
+            attempt=int(attempts),
+            type=type_ or "pipeline",
+            payload=json.loads(payload or "{}"),
             timeout=float(timeout) if timeout else None,
-            max_retries=int(data.get("max_retries", 0)),
-            retry_backoff=float(data.get("retry_backoff", 1.0)),
-            pipeline=data.get("pipeline"),
-            queue=data.get("queue", "default"),
-            priority=data.get("priority", "normal"),
+            max_retries=int(max_retries or 0),
+            retry_backoff=float(backoff or 1.0),
+            pipeline=pipeline,
+            queue=queue or "default",
+            priority=prio or "normal",
         )
 
 
@@ -132,7 +135,7 @@ class QueueConsumer:
         ]
 
     def _deliveries(self, raw: Any) -> list[Delivery]:
-        return [Delivery.from_script(s, e, _decode(flat)) for s, e, flat in _decode(raw)]
+        return [Delivery.from_script(s, e, values) for s, e, values in raw]
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every stream served (from the first entry)."""
@@ -201,22 +204,7 @@ class QueueConsumer:
             args += [d.stream, d.entry_id, d.job_id, d.attempt]
         return [str(x) for x in _decode(await scripts.RENEW_SCRIPT(self.redis, args))]
 
-    def progress_call(
-        self, delivery: Delivery, step: int, total: int, name: str | None
-    ) -> tuple[scripts.Script, list[Any]]:
-        """The script call recording that step ``step`` of ``total`` is done (for
-        :meth:`apply`)."""
-        progress = json.dumps({"step": step, "total": total, "name": name})
-        return scripts.PROGRESS_SCRIPT, [
-            *self._context(),
-            delivery.job_id,
-            delivery.attempt,
-            progress,
-        ]
-
-    def finish_call(self, outcome: Outcome) -> tuple[scripts.Script, list[Any]]:
-        """The script call writing ``outcome`` (for :meth:`apply`); a failure with
-        attempts left becomes a retry after backoff. Sets ``outcome.applied``."""
+    def _finish_entry(self, outcome: Outcome, progress: str = "") -> dict[str, Any]:
         d = outcome.delivery
         kind = outcome.kind
         due_ms, due_iso = 0, ""
@@ -233,39 +221,58 @@ class QueueConsumer:
         final = kind in {"succeeded", "failed", "cancelled"}
         duration = outcome.duration if final and outcome.duration is not None else None
         outcome.applied = kind
-        return scripts.FINISH_SCRIPT, [
-            *self._context(),
-            d.stream,
-            d.entry_id,
-            d.job_id,
-            d.attempt,
-            kind,
-            result,
-            outcome.error or "",
-            due_ms,
-            due_iso,
-            self.keys.scheduled,
-            self.keys.duration,
-            bucket_for(duration) if duration is not None else "",
-            repr(duration or 0.0),
-        ]
+        return {
+            "s": d.stream,
+            "e": d.entry_id,
+            "j": d.job_id,
+            "a": str(d.attempt),
+            "k": kind,
+            "r": result,
+            "err": outcome.error or "",
+            "due": due_ms,
+            "due_iso": due_iso,
+            "b": bucket_for(duration) if duration is not None else "",
+            "d": duration or 0.0,
+            "p": progress,
+        }
 
-    async def apply(self, calls: Sequence[tuple[scripts.Script, Sequence[Any]]]) -> list[Any]:
-        """Run progress/finish calls in one round trip; answers 1 (written) or 0
-        (fenced off: the job is no longer this worker's) for each."""
-        return [int(r) for r in await scripts.run_scripts(self.redis, calls)]
+    async def write(
+        self,
+        outcomes: Sequence[Outcome],
+        progress: Sequence[tuple[Delivery, int, int, str | None]] = (),
+    ) -> None:
+        """Write outcomes and progress in one round trip. A failure with attempts left
+        becomes a retry after backoff. Writes are fenced: an outcome for a job another
+        worker has taken over meanwhile is not written (``applied`` says ``stale``)."""
+        latest = {
+            d.job_id: json.dumps({"step": step, "total": total, "name": name})
+            for d, step, total, name in progress
+        }
+        calls: list[tuple[scripts.Script, list[Any]]] = []
+        context = self._context()
+        if outcomes:
+            entries = [self._finish_entry(o, latest.pop(o.delivery.job_id, "")) for o in outcomes]
+            args = [*context, self.keys.scheduled, self.keys.duration, json.dumps(entries)]
+            calls.append((scripts.FINISH_SCRIPT, args))
+        by_job = {d.job_id: d for d, *_ in progress}
+        for job_id, text in latest.items():
+            d = by_job[job_id]
+            calls.append((scripts.PROGRESS_SCRIPT, [*context, job_id, d.attempt, text]))
+        if not calls:
+            return
+        results = await scripts.run_scripts(self.redis, calls)
+        if outcomes:
+            for outcome, written in zip(outcomes, results[0], strict=True):
+                if not int(written):
+                    outcome.applied = "stale"
 
     async def progress(self, delivery: Delivery, step: int, total: int, name: str | None) -> None:
         """Record that step ``step`` of ``total`` is done."""
-        await self.apply([self.progress_call(delivery, step, total, name)])
+        await self.write([], [(delivery, step, total, name)])
 
     async def finish(self, outcomes: Sequence[Outcome]) -> None:
-        """Write the outcomes in one round trip (fenced: a job another worker has taken
-        over meanwhile is left alone and marked ``stale``)."""
-        results = await self.apply([self.finish_call(o) for o in outcomes])
-        for outcome, written in zip(outcomes, results, strict=True):
-            if not written:
-                outcome.applied = "stale"
+        """Write the outcomes (see :meth:`write`)."""
+        await self.write(outcomes)
 
     async def move_due(self, limit: int = 500) -> float | None:
         """Move scheduled jobs that are due into their streams; answers the next due

@@ -81,7 +81,8 @@ end
 
 # ARGV[12] mode ('read' | 'start' | 'reclaim'), ARGV[13] max jobs, ARGV[14] min idle ms,
 # then: read -> (stream, cap) pairs; start -> (stream, entry id, job id) triples;
-# reclaim -> streams. Returns {stream, entry id, flat HGETALL} per job started.
+# reclaim -> streams. Returns {stream, entry id, {job_id, attempts, type, payload, timeout,
+# max_retries, retry_backoff, pipeline, queue, priority}} per job started.
 FETCH = (
     _PRELUDE
     + r"""
@@ -115,7 +116,8 @@ local function start(stream, eid, jobid)
   end
   redis.call('HSET', jk, 'status', 'running', 'worker_id', W, 'started_at', NOW_ISO)
   publish(jk, jobid)
-  out[#out + 1] = {stream, eid, redis.call('HGETALL', jk)}
+  out[#out + 1] = {stream, eid, redis.call('HMGET', jk, 'job_id', 'attempts', 'type', 'payload',
+    'timeout', 'max_retries', 'retry_backoff', 'pipeline', 'queue', 'priority')}
   n = n - 1
 end
 
@@ -162,38 +164,46 @@ return out
 """
 )
 
-# ARGV[12] stream, [13] entry id, [14] job id, [15] attempt, [16] outcome
-# ('succeeded' | 'failed' | 'cancelled' | 'retry' | 'requeue'), [17] result JSON or '',
-# [18] error or '', [19] retry due (ms), [20] retry due (ISO), [21] scheduled zset,
-# [22] duration hash, [23] duration bucket field or '', [24] duration seconds.
+# ARGV[12] scheduled zset, [13] duration hash, [14] JSON array of outcomes, each
+# {s: stream, e: entry id, j: job id, a: attempt (text), k: 'succeeded' | 'failed' |
+# 'cancelled' | 'retry' | 'requeue', r: result JSON or '', err: error or '', due: retry
+# due (ms), due_iso, b: duration bucket field or '', d: duration (s), p: progress JSON or ''}.
+# Answers 1 (written) or 0 (fenced off) per outcome.
 FINISH = (
     _PRELUDE
     + r"""
-local stream, eid, jobid, attempt, outcome = ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]
-local jk = JP .. jobid
-local f = redis.call('HMGET', jk, 'worker_id', 'attempts', 'status')
-if f[1] ~= W or f[2] ~= attempt or f[3] ~= 'running' then return 0 end
-drop_entry(stream, eid)
-if ARGV[17] ~= '' then redis.call('HSET', jk, 'result', ARGV[17]) end
-if outcome == 'retry' then
-  redis.call('HSET', jk, 'status', 'scheduled', 'scheduled_for', ARGV[20], 'error', ARGV[18])
-  redis.call('ZADD', ARGV[21], ARGV[19], jobid)
-  publish(jk, jobid)
-  return 1
-elseif outcome == 'requeue' then
-  local neid = redis.call('XADD', stream, '*', 'job', jobid)
-  redis.call('HSET', jk, 'status', 'queued', 'entry', neid)
-  redis.call('HINCRBY', jk, 'attempts', -1)
-  publish(jk, jobid)
-  return 1
+local sched, dur = ARGV[12], ARGV[13]
+local out = {}
+for i, o in ipairs(cjson.decode(ARGV[14])) do
+  local jk = JP .. o.j
+  local f = redis.call('HMGET', jk, 'worker_id', 'attempts', 'status')
+  if f[1] ~= W or f[2] ~= o.a or f[3] ~= 'running' then
+    out[i] = 0
+  else
+    out[i] = 1
+    drop_entry(o.s, o.e)
+    if o.r ~= '' then redis.call('HSET', jk, 'result', o.r) end
+    if o.p ~= '' then redis.call('HSET', jk, 'progress', o.p) end
+    if o.k == 'retry' then
+      redis.call('HSET', jk, 'status', 'scheduled', 'scheduled_for', o.due_iso, 'error', o.err)
+      redis.call('ZADD', sched, o.due, o.j)
+      publish(jk, o.j)
+    elseif o.k == 'requeue' then
+      local neid = redis.call('XADD', o.s, '*', 'job', o.j)
+      redis.call('HSET', jk, 'status', 'queued', 'entry', neid)
+      redis.call('HINCRBY', jk, 'attempts', -1)
+      publish(jk, o.j)
+    else
+      finalize(jk, o.j, o.k, o.err)
+      if o.b ~= '' then
+        redis.call('HINCRBY', dur, o.b, 1)
+        redis.call('HINCRBYFLOAT', dur, 'sum', o.d)
+        redis.call('HINCRBY', dur, 'count', 1)
+      end
+    end
+  end
 end
-finalize(jk, jobid, outcome, ARGV[18])
-if ARGV[23] ~= '' then
-  redis.call('HINCRBY', ARGV[22], ARGV[23], 1)
-  redis.call('HINCRBYFLOAT', ARGV[22], 'sum', ARGV[24])
-  redis.call('HINCRBY', ARGV[22], 'count', 1)
-end
-return 1
+return out
 """
 )
 
@@ -298,32 +308,51 @@ return 'queued'
 """
 )
 
-# ARGV[1] job key, [2] stream, [3] index zset, [4] idempotency key or '', [5] scheduled
-# zset, [6] queues set, [7] events channel, [8] job id, [9] now (ms), [10] ttl (s),
-# [11] due (ms, 0 = now), [12] pool name, [13] event JSON, [14..] record field pairs.
-# Answers {job id, 1} when created, {existing job id, 0} on an idempotency hit.
-ENQUEUE = r"""
-local jk, jobid, now, ttl, due = ARGV[1], ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]),
-  tonumber(ARGV[11])
-if ARGV[4] ~= '' then
-  local existing = redis.call('GET', ARGV[4])
-  if existing then return {existing, 0} end
-  redis.call('SET', ARGV[4], jobid, 'EX', ttl)
+# ARGV[12] index zset, [13] scheduled zset, [14] queues set, [15] JSON array of jobs, each
+# {id, stream, queue, idem: idempotency key name or '', due: ms or 0, f: {record fields}}.
+# Answers {job id, 1} per job created, {existing job id, 0} per idempotency-key hit.
+ENQUEUE = (
+    _PRELUDE
+    + r"""
+local out = {}
+local pools = {}
+for _, job in ipairs(cjson.decode(ARGV[15])) do
+  local id, created = job.id, 1
+  if job.idem ~= '' then
+    local existing = redis.call('GET', job.idem)
+    if existing then
+      id, created = existing, 0
+    else
+      redis.call('SET', job.idem, id, 'EX', TTL)
+    end
+  end
+  if created == 1 then
+    local jk = JP .. id
+    local fields = {}
+    for k, v in pairs(job.f) do
+      fields[#fields + 1] = k
+      fields[#fields + 1] = v
+    end
+    redis.call('HSET', jk, unpack(fields))
+    if job.due > 0 then
+      redis.call('ZADD', ARGV[13], job.due, id)
+    else
+      local eid = redis.call('XADD', job.stream, '*', 'job', id)
+      redis.call('HSET', jk, 'entry', eid)
+    end
+    redis.call('EXPIRE', jk, TTL)
+    redis.call('ZADD', ARGV[12], NOW_MS, id)
+    pools[job.queue] = true
+    publish(jk, id)
+  end
+  out[#out + 1] = id
+  out[#out + 1] = created
 end
-redis.call('HSET', jk, unpack(ARGV, 14))
-if due > now then
-  redis.call('ZADD', ARGV[5], due, jobid)
-else
-  local eid = redis.call('XADD', ARGV[2], '*', 'job', jobid)
-  redis.call('HSET', jk, 'entry', eid)
-end
-redis.call('EXPIRE', jk, ttl)
-redis.call('ZADD', ARGV[3], now, jobid)
-redis.call('ZREMRANGEBYSCORE', ARGV[3], '-inf', now - ttl * 1000)
-redis.call('SADD', ARGV[6], ARGV[12])
-redis.call('PUBLISH', ARGV[7], ARGV[13])
-return {jobid, 1}
+redis.call('ZREMRANGEBYSCORE', ARGV[12], '-inf', NOW_MS - TTL * 1000)
+for pool in pairs(pools) do redis.call('SADD', ARGV[14], pool) end
+return out
 """
+)
 
 
 class Script:

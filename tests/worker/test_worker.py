@@ -159,13 +159,14 @@ def test_redis_restart_with_aof_loses_nothing(
     redis_server: RedisServer,
     run,
 ) -> None:
-    make_worker(concurrency=2)
+    worker = make_worker(concurrency=2)
     jobs = run(queue.enqueue_many([sleep_job(0.4) for _ in range(8)]))
     wait_until(lambda: run(queue.status()).running == 2, timeout=10)
     redis_server.restart()
-    records = [run(queue.wait(j.job_id, 60)).job for j in jobs]
-    assert [r.status for r in records] == [JobStatus.succeeded] * 8
+    records = [run(queue.wait(j.job_id, 30)).job for j in jobs]
+    assert [r.status for r in records] == [JobStatus.succeeded] * 8, worker.output()
     assert run(queue.status()).totals["succeeded"] == 8
+    assert worker.alive()
 
 
 def test_worker_survives_a_redis_outage(

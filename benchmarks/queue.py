@@ -1,0 +1,486 @@
+"""Queue benchmark: Mimir's Redis Streams queue against arq and Celery, same run, same job.
+
+``python -m benchmarks.queue [--jobs 10000] [--workers 2] [--systems mimir,arq,celery]``
+
+Each system gets a fresh redis-server (no persistence), two worker processes and the
+same no-op pipeline job (one ``Debug.echo`` step run by Mimir's engine). Figures:
+
+- enqueue rate, one job per call, sequentially (no workers running);
+- enqueue rate in batches of 1,000 (Mimir: one pipelined round trip per batch; arq:
+  ``asyncio.gather`` of 100; Celery: ``group(...).apply_async()``);
+- drain throughput: workers idle and ready, then ``--jobs`` jobs enqueued in batches;
+  jobs per second from the first enqueue until the last job's result is stored;
+- sequential round trip (enqueue → result seen by the client): p50 and p99;
+- idle worker RSS after the drain and 3 s without jobs (the larger of the two workers).
+
+Settings that shape the rivals: arq polls its queue and results every 1 ms (its
+``poll_delay``; the default 0.5 s would make its latency ~250x worse); Celery runs the
+``solo`` pool (one process per worker) with a prefetch of ``--concurrency`` and the
+Redis result backend (results via pub/sub). Mimir and arq run ``--concurrency`` jobs
+at once per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = {
+    "name": "noop",
+    "steps": [{"name": "noop", "plugin": "Debug.echo", "config": {"value": 1}}],
+}
+PAYLOAD = {"pipeline": PIPELINE, "context": {}}
+#: Seconds without jobs before idle RSS is read.
+IDLE_SETTLE = 3.0
+
+
+@dataclass
+class Figures:
+    system: str
+    enqueue_single: float = float("nan")
+    enqueue_batch: float = float("nan")
+    drain: float = float("nan")
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    idle_rss_mb: float = float("nan")
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.01
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisProcess:
+    """A throwaway redis-server without persistence."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = _free_port()
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        import redis
+
+        client = redis.Redis(port=self.port)
+        _wait_for(lambda: self._ping(client), 10, "redis-server")
+        client.close()
+
+    @staticmethod
+    def _ping(client: Any) -> bool:
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def flush(self) -> None:
+        import redis
+
+        with redis.Redis(port=self.port) as client:
+            client.flushall()
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+class WorkerProcesses:
+    """Worker subprocesses that print a ready marker."""
+
+    def __init__(
+        self, command: list[str], env: dict[str, str], count: int, marker: str, logs: Path
+    ):
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+        for i in range(count):
+            log = logs / f"{Path(command[2] if len(command) > 2 else 'w').name}-{i}.log"
+            self.logs.append(log)
+            with log.open("wb") as out:
+                self.processes.append(
+                    subprocess.Popen(
+                        command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+                    )
+                )
+        for log, process in zip(self.logs, self.processes, strict=True):
+            _wait_for(
+                lambda log=log, process=process: self._ready(log, process, marker),
+                60,
+                f"{log.name}",
+            )
+
+    @staticmethod
+    def _ready(log: Path, process: subprocess.Popen[bytes], marker: str) -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited: {log.read_text(errors='replace')[-2000:]}")
+        return marker in log.read_text(errors="replace")
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        return max(psutil.Process(p.pid).memory_info().rss for p in self.processes) / 2**20
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
+    p50 = statistics.median(samples)
+    p99 = samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))]
+    return p50 * 1000, p99 * 1000
+
+
+# -- the three systems --------------------------------------------------------------------
+
+
+class MimirDriver:
+    name = "mimir"
+
+    def __init__(self, url: str, concurrency: int) -> None:
+        from mimir.core.jobs import pipeline_job
+        from mimir.core.pipeline import load_pipeline
+        from mimir.core.queue import JobQueue, connect
+
+        self.loop = asyncio.new_event_loop()
+        self.url = url
+        self.concurrency = concurrency
+        self.queue = JobQueue(connect(url), job_ttl=3600)
+        pipeline = load_pipeline(PIPELINE)
+        self.spec = pipeline_job(pipeline, {})
+
+    def worker_command(self) -> tuple[list[str], dict[str, str], str]:
+        env = {
+            **os.environ,
+            "REDIS_URL": self.url,
+            "WORKER_CONCURRENCY": str(self.concurrency),
+            "MIMIR_LOG_LEVEL": "INFO",
+        }
+        return [sys.executable, "-m", "mimir.worker"], env, "serving queues"
+
+    def enqueue_single(self, n: int) -> None:
+        async def go() -> None:
+            for _ in range(n):
+                await self.queue.enqueue(self.spec)
+
+        self.loop.run_until_complete(go())
+
+    def enqueue_batch(self, n: int) -> Any:
+        async def go() -> None:
+            for first in range(0, n, 1000):
+                await self.queue.enqueue_many([self.spec] * min(1000, n - first))
+
+        self.loop.run_until_complete(go())
+        return None
+
+    def completed(self, handle: Any, n: int) -> bool:
+        done = self.loop.run_until_complete(
+            self.queue.redis.hget(self.queue.keys.totals, "succeeded")
+        )
+        return int(done or 0) >= n
+
+    def roundtrip(self) -> None:
+        async def go() -> None:
+            record = await self.queue.enqueue(self.spec)
+            result = await self.queue.wait(record.job_id, 10)
+            assert result.job.status == "succeeded", result.job
+
+        self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.queue.aclose())
+        self.loop.close()
+
+
+class ArqDriver:
+    name = "arq"
+
+    def __init__(self, url: str, concurrency: int) -> None:
+        from arq import create_pool
+        from arq.connections import RedisSettings
+
+        self.loop = asyncio.new_event_loop()
+        self.url = url
+        self.concurrency = concurrency
+        self.pool = self.loop.run_until_complete(create_pool(RedisSettings.from_dsn(url)))
+
+    def worker_command(self) -> tuple[list[str], dict[str, str], str]:
+        env = {
+            **os.environ,
+            "BENCH_REDIS_URL": self.url,
+            "BENCH_CONCURRENCY": str(self.concurrency),
+        }
+        return [sys.executable, "-m", "benchmarks._queue_rivals", "arq-worker"], env, "READY"
+
+    def enqueue_single(self, n: int) -> None:
+        async def go() -> None:
+            for _ in range(n):
+                await self.pool.enqueue_job("arq_noop", PAYLOAD)
+
+        self.loop.run_until_complete(go())
+
+    def enqueue_batch(self, n: int) -> Any:
+        async def go() -> None:
+            for first in range(0, n, 100):  # arq's pool holds ~100 connections
+                count = min(100, n - first)
+                await asyncio.gather(
+                    *(self.pool.enqueue_job("arq_noop", PAYLOAD) for _ in range(count))
+                )
+
+        self.loop.run_until_complete(go())
+        return None
+
+    def completed(self, handle: Any, n: int) -> bool:
+        from arq.constants import default_queue_name
+
+        return self.loop.run_until_complete(self.pool.zcard(default_queue_name)) == 0
+
+    def roundtrip(self) -> None:
+        async def go() -> None:
+            job = await self.pool.enqueue_job("arq_noop", PAYLOAD)
+            assert job is not None
+            await job.result(timeout=10, poll_delay=0.001)
+
+        self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.pool.aclose())
+        self.loop.close()
+
+
+class CeleryDriver:
+    name = "celery"
+
+    def __init__(self, url: str, concurrency: int) -> None:
+        os.environ["BENCH_REDIS_URL"] = url
+        os.environ["BENCH_CONCURRENCY"] = str(concurrency)
+        os.environ["BENCH_CELERY"] = "1"
+        import importlib
+
+        import benchmarks._queue_rivals as rivals
+
+        if rivals.celery_app is None:  # imported before BENCH_CELERY was set
+            rivals = importlib.reload(rivals)
+        self.app = rivals.celery_app
+        self.task = self.app.tasks["noop"]
+        self.url = url
+        self.concurrency = concurrency
+
+    def worker_command(self) -> tuple[list[str], dict[str, str], str]:
+        env = {
+            **os.environ,
+            "BENCH_REDIS_URL": self.url,
+            "BENCH_CONCURRENCY": str(self.concurrency),
+            "BENCH_CELERY": "1",
+        }
+        command = [sys.executable, "-m", "celery", "-A", "benchmarks._queue_rivals:celery_app",
+                   "worker", "--pool=solo", "--loglevel=WARNING", "--without-gossip",
+                   "--without-mingle", "--without-heartbeat"]  # fmt: skip
+        return command, env, "READY"
+
+    def enqueue_single(self, n: int) -> None:
+        for _ in range(n):
+            self.task.delay(PAYLOAD)
+
+    def enqueue_batch(self, n: int) -> Any:
+        from celery import group
+
+        return [
+            group(self.task.s(PAYLOAD) for _ in range(min(1000, n - first))).apply_async()
+            for first in range(0, n, 1000)
+        ]
+
+    def completed(self, handle: Any, n: int) -> bool:
+        return sum(result.completed_count() for result in handle) >= n
+
+    def roundtrip(self) -> None:
+        self.task.delay(PAYLOAD).get(timeout=10)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+DRIVERS: dict[str, type[Any]] = {"mimir": MimirDriver, "arq": ArqDriver, "celery": CeleryDriver}
+
+
+def measure(
+    name: str, jobs: int, single: int, roundtrips: int, workers: int, concurrency: int, tmp: Path
+) -> Figures:
+    figures = Figures(name)
+    redis = RedisProcess(tmp)
+    try:
+        driver = DRIVERS[name](redis.url, concurrency)
+    except ImportError as exc:
+        redis.stop()
+        figures.note = f"not installed ({exc.name}); pip install -e '.[bench]'"
+        return figures
+    pool: WorkerProcesses | None = None
+    try:
+        started = time.perf_counter()
+        driver.enqueue_single(single)
+        figures.enqueue_single = single / (time.perf_counter() - started)
+        started = time.perf_counter()
+        driver.enqueue_batch(jobs)
+        figures.enqueue_batch = jobs / (time.perf_counter() - started)
+        redis.flush()
+
+        command, env, marker = driver.worker_command()
+        pool = WorkerProcesses(command, env, workers, marker, tmp)
+        figures.extra["ready_rss_mb"] = pool.rss_mb()
+        started = time.perf_counter()
+        handle = driver.enqueue_batch(jobs)
+        _wait_for(lambda: driver.completed(handle, jobs), 600, f"{name} drain", interval=0.005)
+        figures.drain = jobs / (time.perf_counter() - started)
+
+        for _ in range(min(50, roundtrips)):  # warm up
+            driver.roundtrip()
+        samples = []
+        for _ in range(roundtrips):
+            began = time.perf_counter()
+            driver.roundtrip()
+            samples.append(time.perf_counter() - began)
+        figures.p50_ms, figures.p99_ms = _percentiles(samples)
+        time.sleep(IDLE_SETTLE)  # "idle": no job for a while (a worker may trim its heap)
+        figures.idle_rss_mb = pool.rss_mb()
+    except Exception as exc:  # report and go on with the other systems
+        figures.note = f"failed: {type(exc).__name__}: {exc}"
+    finally:
+        if pool is not None:
+            pool.stop()
+        driver.close()
+        redis.stop()
+    return figures
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    return "—" if value != value else f"{value:,.{digits}f}"
+
+
+def report(results: list[Figures], jobs: int, workers: int) -> list[str]:
+    rows = [
+        ("enqueue, single (jobs/s)", "enqueue_single", 0, True),
+        ("enqueue, batch (jobs/s)", "enqueue_batch", 0, True),
+        (f"drain {jobs:,} jobs, {workers} workers (jobs/s)", "drain", 0, True),
+        ("round trip p50 (ms)", "p50_ms", 2, False),
+        ("round trip p99 (ms)", "p99_ms", 2, False),
+        ("idle worker RSS (MB)", "idle_rss_mb", 1, False),
+    ]
+    names = [r.system for r in results]
+    head = f"{'':40}" + "".join(f"{n:>12}" for n in names) + f"{'mimir/best':>12}"
+    lines = [head, "-" * len(head)]
+    mimir = next((r for r in results if r.system == "mimir"), None)
+    rivals = [r for r in results if r.system != "mimir"]
+    for label, attr, digits, higher in rows:
+        values = [getattr(r, attr) for r in results]
+        line = f"{label:40}" + "".join(f"{_fmt(v, digits):>12}" for v in values)
+        rival_values = [getattr(r, attr) for r in rivals if getattr(r, attr) == getattr(r, attr)]
+        if mimir is not None and rival_values:
+            best = max(rival_values) if higher else min(rival_values)
+            line += f"{getattr(mimir, attr) / best:>11.2f}x"
+        lines.append(line)
+    for r in results:
+        if r.note:
+            lines.append(f"note: {r.system}: {r.note}")
+    if mimir is not None:
+        lines.append("")
+        lines += targets(mimir, rivals)
+    return lines
+
+
+def targets(mimir: Figures, rivals: list[Figures]) -> list[str]:
+    out = []
+    drains = [r.drain for r in rivals if r.drain == r.drain]
+    if drains:
+        need = 1.5 * max(drains)
+        verdict = "met" if mimir.drain >= need else f"MISSED by {need - mimir.drain:,.0f} jobs/s"
+        out.append(
+            f"target drain >= 1.5x faster rival ({need:,.0f} jobs/s): {_fmt(mimir.drain)} {verdict}"
+        )
+    p50s = [r.p50_ms for r in rivals if r.p50_ms == r.p50_ms]
+    bound = min([*p50s, 2.0])
+    verdict = "met" if mimir.p50_ms <= bound else f"MISSED by {mimir.p50_ms - bound:.2f} ms"
+    got = _fmt(mimir.p50_ms, 2)
+    out.append(f"target p50 <= better rival and < 2 ms ({bound:.2f} ms): {got} ms {verdict}")
+    verdict = "met" if mimir.idle_rss_mb < 60 else f"MISSED by {mimir.idle_rss_mb - 60:.1f} MB"
+    out.append(f"target idle worker RSS < 60 MB: {_fmt(mimir.idle_rss_mb, 1)} MB {verdict}")
+    if "ready_rss_mb" in mimir.extra:
+        out.append(f"(mimir worker RSS before its first job: {mimir.extra['ready_rss_mb']:.1f} MB)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.queue", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs drained (10000)")
+    parser.add_argument("--single", type=int, default=2_000, help="jobs enqueued one by one (2000)")
+    parser.add_argument("--roundtrips", type=int, default=500, help="sequential round trips (500)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+    parser.add_argument("--concurrency", type=int, default=10, help="jobs at once per worker (10)")
+    parser.add_argument("--systems", default="mimir,arq,celery", help="mimir,arq,celery")
+    args = parser.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - set(DRIVERS)
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(sorted(unknown))}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mimir-bench-") as tmp:
+        for name in systems:
+            print(f"measuring {name} ...", flush=True)
+            results.append(
+                measure(name, args.jobs, args.single, args.roundtrips, args.workers,
+                        args.concurrency, Path(tmp))
+            )  # fmt: skip
+    print()
+    print("\n".join(report(results, args.jobs, args.workers)))
+    return 0 if all(not r.note.startswith("failed") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
