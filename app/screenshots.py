@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             await window.context.feed.stop()
             await window.logs.stop()
             await backend.down()
-            await window.context.close()
+            await window.shutdown()
         if errors:
             print(f"screenshots: unhandled errors:\n{errors[0]}", file=sys.stderr)
             return 1

@@ -152,8 +152,7 @@ def run_console(argv: list[str] | None = None) -> int:
             return await run()
         finally:
             window.save_layout()
-            await window.logs.stop()
-            await window.context.close()
+            await window.shutdown()
 
     async def run() -> int:
         if args.smoke:

@@ -53,6 +53,8 @@ class QtClusterPanel(QWidget):
         super().__init__()
         self.context = context
         self.busy = False
+        #: Bumped when an action starts or ends: a status read that straddles one is stale.
+        self._generation = 0
         self._stats: dict[str, list[ServiceStats]] = {}
         self._build()
         self.progress_reported.connect(self._on_progress)
@@ -273,6 +275,7 @@ class QtClusterPanel(QWidget):
             self.banner.error("This profile has no cluster control (remote API only).")
             return None
         self.busy = True
+        self._generation += 1
         self._update_actions()
         self.banner.clear_message()
         self.progress.show()
@@ -290,11 +293,14 @@ class QtClusterPanel(QWidget):
             self.banner.ok(f"{title}: done.")
             return result
         finally:
+            # The table shows the outcome before the controls come back.
+            self.step_label.setText("reading the cluster's status…")
+            await self.refresh(force=True)
             self.busy = False
+            self._generation += 1
             self.progress.hide()
             self.step_label.setText("")
             self._update_actions()
-            await self.refresh()
 
     @asyncSlot()
     async def start_cluster(self) -> None:
@@ -355,12 +361,13 @@ class QtClusterPanel(QWidget):
         elif not self.busy:
             await self.refresh()
 
-    async def refresh(self, with_stats: bool = False) -> None:
+    async def refresh(self, with_stats: bool = False, force: bool = False) -> None:
         """Ask the backend (or, without one, the API) how the cluster is."""
         backend = self.context.backend
         if backend is None:
             await self._refresh_api_only()
             return
+        generation = self._generation
         try:
             status = await backend.status()
             if with_stats and status.running:
@@ -375,6 +382,8 @@ class QtClusterPanel(QWidget):
         except Exception as exc:  # a backend's SDK failing must not kill the timer
             logger.warning("cluster status failed: %s", exc)
             return
+        if generation != self._generation or (self.busy and not force):
+            return  # an action started or ended meanwhile: this reading is stale
         self.context.follow_cluster(status)
 
     async def _refresh_api_only(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from PySide6.QtCore import QByteArray, Qt, QTimer
@@ -182,6 +183,18 @@ class QtMainWindow(QMainWindow):
         self.context.apply_profile(self.context.profile)
         self.context.start()
         QTimer.singleShot(0, self.pipelines.refresh_list)
+
+    async def shutdown(self) -> None:
+        """Stop timers, streams and the client; cancel what the panels still run."""
+        for timer in self.findChildren(QTimer):
+            timer.stop()
+        await self.logs.stop()
+        await self.context.close()
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_layout()

@@ -1,0 +1,259 @@
+"""The console's panels driven as an operator would, offscreen, against a real local cluster.
+
+Each test starts redis-server, ``mimir server`` and workers as child processes through
+the Cluster panel (LocalBackend), on the console's single qasync loop. Waits are on
+conditions with deadlines (the GUI keeps running while we wait), never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("PySide6")
+qasync = pytest.importorskip("qasync")
+
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+
+from mimir.app.cluster.local import LocalBackend  # noqa: E402
+from mimir.app.services.profiles import ConnectionProfile  # noqa: E402
+from mimir.app.ui.app import build_window, install_excepthook  # noqa: E402
+from mimir.core.settings import Settings  # noqa: E402
+from tests.app.conftest import SLEEP_PIPELINE  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+
+
+async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` while the loop (and so the GUI) runs; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Console:
+    def __init__(self, window: Any, loop: Any, backend: LocalBackend) -> None:
+        self.window = window
+        self.loop = loop
+        self.backend = backend
+
+    def run(self, scenario: Callable[[], Any]) -> Any:
+        """Start the window, run ``scenario()``, stop the cluster: all on the running loop."""
+
+        async def session() -> Any:
+            self.window.show()
+            self.window.start()
+            try:
+                return await scenario()
+            finally:
+                await self.window.context.feed.stop()
+                await self.window.logs.stop()
+                await self.backend.down()
+                await self.window.shutdown()
+
+        return self.loop.run_until_complete(session())
+
+    async def start_cluster(self, workers: int = 1) -> None:
+        panel = self.window.cluster
+        self.window.show_panel("cluster")
+        panel.workers_spin.setValue(workers)
+        QTest.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+        await until(lambda: panel.busy, 5, "the start action to begin")
+        assert not panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
+        await until(lambda: not panel.busy, 90, "the cluster to start")
+        status = self.window.context.last_cluster_status
+        assert status is not None and status.running, (
+            panel.banner.text(),
+            self.backend.directory,
+            self.backend.load_state(),
+            self.window.context.backend is self.backend,
+        )
+        await until(
+            lambda: (self.window.context.feed.last_stats or {}).get("workers", 0) >= workers,
+            30,
+            "live stats with the workers",
+        )
+
+
+@pytest.fixture
+def console(qapp: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Console]:
+    for name in ("data", "pipelines", "state"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setenv(f"MIMIR_{name.upper()}_DIR", str(tmp_path / name))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("MIMIR_API_TOKEN", raising=False)
+    (tmp_path / "pipelines" / "nap.yaml").write_text(SLEEP_PIPELINE)
+    errors = install_excepthook(show_dialog=False)
+    loop = qasync.QEventLoop(qapp, already_running=False)
+    asyncio.set_event_loop(loop)
+    port = free_port()
+    backend = LocalBackend(
+        f"qt{os.getpid()}", Settings.from_env(), api_port=port, worker_concurrency=8, grace=10
+    )
+    settings = QSettings(str(tmp_path / "console.ini"), QSettings.Format.IniFormat)
+    window = build_window(settings, backend)
+    profile = ConnectionProfile("Test", "local_processes", api_url=f"http://127.0.0.1:{port}")
+    window.context.profiles.upsert(profile)
+    window.context.profile = profile
+    console = Console(window, loop, backend)
+    try:
+        yield console
+    finally:
+        window.close()
+        window.deleteLater()
+        loop.close()
+        asyncio.set_event_loop(None)
+    assert not errors, errors[0]
+
+
+def test_cluster_panel_starts_scales_and_stops(console: Console) -> None:
+    window = console.window
+
+    async def scenario() -> None:
+        await console.start_cluster(workers=1)
+        table = window.cluster.table
+        await until(lambda: table.rowCount() == 3, 10, "three services in the table")
+        states = {table.item(r, 0).text(): table.item(r, 1).text() for r in range(3)}
+        assert states == {"redis": "running", "backend": "running", "worker": "running"}
+        assert window.cluster.start_button.isEnabled() is False  # it runs already
+
+        window.cluster.workers_spin.setValue(3)
+        QTest.mouseClick(window.cluster.scale_button, Qt.MouseButton.LeftButton)
+        await until(lambda: window.workers.table.rowCount() == 3, 60, "three live workers")
+        await until(lambda: window.dashboard.cards["workers"].value.text() == "3", 20, "3 alive")
+
+        QTest.mouseClick(window.cluster.stop_button, Qt.MouseButton.LeftButton)
+        await until(lambda: window.cluster.busy, 5, "the stop action to begin")
+        await until(lambda: not window.cluster.busy, 60, "the cluster to stop")
+        status = window.context.last_cluster_status
+        assert status is not None and not status.running
+        assert "failed" not in window.cluster.banner.text()
+
+    console.run(scenario)
+
+
+def test_pipeline_editor_validates_saves_and_runs(console: Console) -> None:
+    window = console.window
+    panel = window.pipelines
+
+    async def scenario() -> None:
+        await console.start_cluster()
+        window.show_panel("pipelines")
+        await until(lambda: panel.list.count() >= 1, 15, "the server's pipelines")
+        QTest.mouseClick(panel.new_button, Qt.MouseButton.LeftButton)
+        broken = SLEEP_PIPELINE.replace("name: nap\n", "name: editor-test\n", 1).replace(
+            "plugin: Debug.sleep", "plugin: Debug.nope"
+        )
+        panel.editor.setPlainText(broken)
+        error_line = broken.splitlines().index("    plugin: Debug.nope") + 1
+        await until(lambda: panel.editor.error_line == error_line, 15, "the error line marked")
+        assert "Debug.nope" in panel.validation_label.text()
+
+        panel.editor.setPlainText(broken.replace("Debug.nope", "Debug.sleep"))
+        await until(lambda: panel.valid and panel.editor.error_line is None, 15, "valid")
+        panel.editor.setFocus()
+        QTest.keyClick(panel.editor, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+        await until(
+            lambda: any(
+                panel.list.item(i).data(Qt.ItemDataRole.UserRole) == "editor-test"
+                for i in range(panel.list.count())
+            ),
+            15,
+            "the saved pipeline in the list",
+        )
+        saved = await window.context.api.get_pipeline("editor-test")
+        assert "Debug.sleep" in saved["yaml"]
+
+        QTest.keyClick(panel.editor, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+        await until(lambda: panel.last_result is not None, 30, "the run's result")
+        assert panel.last_result["success"] is True
+        assert panel.steps_table.rowCount() == 1
+        assert panel.steps_table.item(0, 2).text() == "succeeded"
+        assert panel.steps_table.item(0, 3).text().endswith("ms")
+
+    console.run(scenario)
+
+
+def test_hundred_jobs_reach_jobs_table_and_dashboard(console: Console) -> None:
+    window = console.window
+    panel = window.pipelines
+
+    async def scenario() -> None:
+        await console.start_cluster(workers=2)
+        window.show_panel("pipelines")
+        await until(lambda: panel.list.count() >= 1, 15, "the server's pipelines")
+        await panel.open_pipeline("nap")
+        panel.count_spin.setValue(100)
+        panel.priority_combo.setCurrentText("high")
+        QTest.mouseClick(panel.enqueue_button, Qt.MouseButton.LeftButton)
+        await until(lambda: len(panel.last_enqueued) == 100, 30, "100 jobs enqueued")
+        window.show_panel("jobs")
+        jobs = window.jobs
+
+        def succeeded() -> int:
+            return sum(
+                1
+                for job_id in panel.last_enqueued
+                if (jobs.model.store.get(job_id) or {}).get("status") == "succeeded"
+            )
+
+        await until(lambda: succeeded() == 100, 60, "100 succeeded rows in the Jobs table")
+        await until(
+            lambda: int(window.dashboard.cards["succeeded"].value.text() or 0) >= 100,
+            15,
+            "the dashboard's succeeded counter at 100",
+        )
+        jobs.status_combo.setCurrentIndex(jobs.status_combo.findData("succeeded"))
+        QTest.keyClicks(jobs.search, panel.last_enqueued[0][:10])
+        await until(lambda: jobs.proxy.rowCount() == 1, 5, "the text filter to one row")
+        assert len(window.dashboard.series["running"]) > 0
+
+    console.run(scenario)
+
+
+def test_logs_arrive_and_a_running_job_is_cancelled(console: Console) -> None:
+    window = console.window
+
+    async def scenario() -> None:
+        await console.start_cluster()
+        window.show_panel("logs")
+        await until(
+            lambda: any(line.service.startswith("worker") for line in window.logs.lines),
+            30,
+            "worker log lines",
+        )
+        window.logs.filter_edit.setText("zzz-no-such-line")
+        assert window.logs.view.toPlainText() == ""
+        window.logs.filter_edit.setText("")
+
+        slow = SLEEP_PIPELINE.replace("seconds: 0.01", "seconds: 60")
+        [job_id] = await window.context.api.enqueue(pipeline=slow)
+        window.show_panel("jobs")
+        jobs = window.jobs
+        await until(
+            lambda: (jobs.model.store.get(job_id) or {}).get("status") == "running",
+            30,
+            "the slow job running",
+        )
+        jobs.search.setText(job_id)
+        await until(lambda: jobs.proxy.rowCount() == 1, 5, "the job alone in the table")
+        jobs.table.selectRow(0)
+        QTest.mouseClick(jobs.cancel_button, Qt.MouseButton.LeftButton)
+        await until(
+            lambda: (jobs.model.store.get(job_id) or {}).get("status") == "cancelled",
+            30,
+            "the job cancelled",
+        )
+
+    console.run(scenario)
