@@ -12,6 +12,7 @@ from mimir.core.ontology.errors import (
     QueryTimeoutError,
     RdfParseError,
     SparqlError,
+    StoreBusyError,
     UnsupportedFormatError,
 )
 from mimir.core.ontology.formats import FORMATS, resolve_format
@@ -24,6 +25,7 @@ from mimir.core.ontology.store import (
     Subgraph,
     close_ontology_stores,
     open_ontology_store,
+    open_ontology_store_via_api,
 )
 
 __all__ = [
@@ -42,9 +44,11 @@ __all__ = [
     "QueryTimeoutError",
     "RdfParseError",
     "SparqlError",
+    "StoreBusyError",
     "Subgraph",
     "UnsupportedFormatError",
     "close_ontology_stores",
     "open_ontology_store",
+    "open_ontology_store_via_api",
     "resolve_format",
 ]

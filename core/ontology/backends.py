@@ -25,7 +25,12 @@ from urllib.parse import urlencode
 import httpx
 import pyoxigraph as ox
 
-from mimir.core.ontology.errors import EndpointError, QueryTimeoutError, SparqlError
+from mimir.core.ontology.errors import (
+    EndpointError,
+    QueryTimeoutError,
+    SparqlError,
+    StoreBusyError,
+)
 from mimir.core.ontology.results import QueryResult, term_to_json
 
 __all__ = ["OxigraphBackend", "SparqlEndpointBackend", "TripleBackend"]
@@ -87,7 +92,8 @@ class OxigraphBackend:
                 path.mkdir(parents=True, exist_ok=True)
                 self._store = ox.Store(str(path))
         except OSError as exc:
-            raise EndpointError(
+            kind = StoreBusyError if "lock" in str(exc).lower() else EndpointError
+            raise kind(
                 f"cannot open the ontology store at {path}: {exc} (is another Mimir server "
                 "using this data directory? Only one process may open it; give workers "
                 "FUSEKI_URL to share a graph)"
@@ -211,11 +217,20 @@ class SparqlEndpointBackend:
         self,
         url: str,
         *,
+        query_url: str | None = None,
+        update_url: str | None = None,
+        graph_store: bool = True,
+        headers: dict[str, str] | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """``url`` is the dataset (``/query``, ``/update`` below it unless given);
+        without ``graph_store`` graphs are written and read through SPARQL instead."""
         self.url = url.rstrip("/")
-        self._client = httpx.Client(timeout=timeout, transport=transport)
+        self.query_url = query_url or self.url + "/query"
+        self.update_url = update_url or self.url + "/update"
+        self.graph_store = graph_store
+        self._client = httpx.Client(timeout=timeout, transport=transport, headers=headers)
         self._gsp_url: str | None = None
 
     # -- HTTP plumbing -------------------------------------------------------------
@@ -266,7 +281,20 @@ class SparqlEndpointBackend:
 
     # -- graph store ----------------------------------------------------------------
 
+    def _insert_data(self, graph: str, triples: Sequence[ox.Triple], replace: bool) -> None:
+        """Write through SPARQL Update (endpoints without a graph store)."""
+        node = str(ox.NamedNode(graph))
+        parts = [f"DROP SILENT GRAPH {node}"] if replace else []
+        for start in range(0, len(triples), 5000):
+            chunk = ox.serialize(list(triples[start : start + 5000]), format=ox.RdfFormat.N_TRIPLES)
+            parts.append(f"INSERT DATA {{ GRAPH {node} {{ {(chunk or b'').decode()} }} }}")
+        if parts:
+            self.update(" ;\n".join(parts), timeout=self._client.timeout.read or 30.0)
+
     def put_graph(self, graph: str, triples: Sequence[ox.Triple]) -> None:
+        if not self.graph_store:
+            self._insert_data(graph, triples, replace=True)
+            return
         body = ox.serialize(list(triples), format=ox.RdfFormat.N_TRIPLES) or b""
         response = self._request(
             "PUT",
@@ -281,6 +309,9 @@ class SparqlEndpointBackend:
             )
 
     def add_triples(self, graph: str, triples: Sequence[ox.Triple]) -> None:
+        if not self.graph_store:
+            self._insert_data(graph, triples, replace=False)
+            return
         body = ox.serialize(list(triples), format=ox.RdfFormat.N_TRIPLES) or b""
         response = self._request(
             "POST",
@@ -295,11 +326,22 @@ class SparqlEndpointBackend:
             )
 
     def drop_graph(self, graph: str) -> None:
+        if not self.graph_store:
+            self.update(f"DROP SILENT GRAPH {ox.NamedNode(graph)}", timeout=30.0)
+            return
         response = self._request("DELETE", self._gsp(), params={"graph": graph})
         if response.status_code >= 400 and response.status_code != 404:
             raise EndpointError(f"dropping graph {graph} failed ({response.status_code})")
 
     def graph_triples(self, graph: str) -> list[ox.Triple]:
+        if not self.graph_store:
+            result = self.query(
+                "CONSTRUCT { ?s ?p ?o } WHERE { ?s ?p ?o }",
+                default_graphs=[graph],
+                row_limit=10_000_000,
+                timeout=self._client.timeout.read or 30.0,
+            )
+            return list(result.triples)
         response = self._request(
             "GET", self._gsp(), params={"graph": graph}, headers={"Accept": "application/n-triples"}
         )
@@ -324,7 +366,7 @@ class SparqlEndpointBackend:
         form.extend(("default-graph-uri", g) for g in default_graphs or ())
         response = self._request(
             "POST",
-            self.url + "/query",
+            self.query_url,
             content=urlencode(form).encode(),
             headers={
                 "Accept": _QUERY_ACCEPT,
@@ -359,7 +401,7 @@ class SparqlEndpointBackend:
     def update(self, sparql: str, *, timeout: float) -> None:
         response = self._request(
             "POST",
-            self.url + "/update",
+            self.update_url,
             content=sparql.encode(),
             headers={"Content-Type": "application/sparql-update"},
             timeout=timeout,

@@ -23,6 +23,7 @@ __all__ = [
     "QueryTimeoutError",
     "RdfParseError",
     "SparqlError",
+    "StoreBusyError",
     "UnsupportedFormatError",
 ]
 
@@ -62,3 +63,7 @@ class QueryTimeoutError(SparqlError):
 
 class EndpointError(OntologyError):
     """The external SPARQL endpoint (``FUSEKI_URL``) failed or could not be reached."""
+
+
+class StoreBusyError(EndpointError):
+    """The on-disk store is open in another process (one opener at a time)."""

@@ -40,6 +40,7 @@ __all__ = [
     "Subgraph",
     "close_ontology_stores",
     "open_ontology_store",
+    "open_ontology_store_via_api",
 ]
 
 logger = logging.getLogger(__name__)
@@ -397,6 +398,19 @@ def open_ontology_store(settings: Settings, *, base: str = DEFAULT_BASE) -> Onto
             store = OntologyStore(backend, OntologyCatalog(root / "catalog.sqlite3"), base)
             _OPEN[key] = store
         return store
+
+
+def open_ontology_store_via_api(settings: Settings, *, base: str = DEFAULT_BASE) -> OntologyStore:
+    """A store that reaches the server's SPARQL endpoint (``settings.api_url`` +
+    ``/api/v1/kg/sparql``, with the API token) and shares its catalog on disk: for a
+    process (a worker) beside a server that holds the on-disk store. The caller closes it."""
+    root = Path(settings.data_dir).expanduser().resolve() / "ontologies"
+    endpoint = settings.api_url.rstrip("/") + "/api/v1/kg/sparql"
+    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else None
+    backend = SparqlEndpointBackend(
+        endpoint, query_url=endpoint, update_url=endpoint, graph_store=False, headers=headers
+    )
+    return OntologyStore(backend, OntologyCatalog(root / "catalog.sqlite3"), base)
 
 
 def close_ontology_stores() -> None:

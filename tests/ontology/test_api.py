@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
@@ -13,7 +14,7 @@ import rdflib
 from rdflib.compare import isomorphic
 from rdflib.plugins.stores.sparqlstore import SPARQLStore
 
-from tests.helpers import RedisServer, ServerProcess
+from tests.helpers import RedisServer, ServerProcess, WorkerProcess
 from tests.ontology.conftest import SC
 
 STORE_CLASS = rdflib.URIRef(SC + "Store")
@@ -212,3 +213,63 @@ def test_writes_need_the_token(
             "/api/v1/kg/update", json=update, headers={"Authorization": "Bearer s3cret"}
         )
         assert authorised.status_code == 200
+
+
+def test_a_worker_beside_the_server_reaches_the_store_through_it(
+    make_server: Callable[..., ServerProcess],
+    redis_server: RedisServer,
+    data_dir: Path,
+    tmp_path: Path,
+    supply_chain_ttl: str,
+) -> None:
+    # The server holds the on-disk store; a worker on the same data directory runs the
+    # Ontology plugins through the server's SPARQL endpoint (MIMIR_API_URL).
+    server = make_server(redis_url=redis_server.url, MIMIR_API_TOKEN="tok").start()
+    auth = {"Authorization": "Bearer tok"}
+    worker = WorkerProcess(
+        {
+            "REDIS_URL": redis_server.url,
+            "MIMIR_DATA_DIR": str(data_dir),
+            "MIMIR_API_URL": server.base_url,
+            "MIMIR_API_TOKEN": "tok",
+        },
+        concurrency=1,
+        log_path=tmp_path / "worker.log",
+    ).start()
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=30, headers=auth) as client:
+            assert (
+                client.post(
+                    "/api/v1/ontologies", json={"name": "supply-chain", "content": supply_chain_ttl}
+                ).status_code
+                == 201
+            )
+            pipeline = {
+                "name": "kg-on-worker",
+                "steps": [
+                    {"name": "load", "plugin": "Ontology.load", "output": "loaded", "config": {
+                        "ontology": "supply-chain", "input": "{{ stores }}",
+                        "subject": SC + "{key}", "type": str(STORE_CLASS), "label": "name",
+                        "properties": {SC + "capacity": "capacity"}}},
+                    {"name": "find", "plugin": "Ontology.query", "output": "big", "config": {
+                        "query": f"SELECT ?s WHERE {{ ?s a <{STORE_CLASS}> ; <{SC}capacity> ?c"
+                                 " FILTER(?c >= $min) } ORDER BY ?s",
+                        "params": {"min": 200}}},
+                ],
+            }  # fmt: skip
+            stores = [{"key": "StoreBolton", "name": "Store Bolton", "capacity": 250}]
+            accepted = client.post(
+                "/api/v1/queue/pipelines/enqueue",
+                json={"pipeline": pipeline, "context": {"stores": stores}},
+            )
+            assert accepted.status_code == 202, accepted.text
+            job = client.get(
+                f"/api/v1/queue/jobs/{accepted.json()['job_id']}/wait", params={"timeout": "60s"}
+            ).json()
+            assert job["status"] == "succeeded", (job, worker.output())
+            found = [row["s"] for row in job["result"]["context"]["big"]]
+            assert found == [SC + "StoreBolton", SC + "StoreLiverpool", SC + "StoreYork"]
+            stats = client.get("/api/v1/ontologies/supply-chain/stats").json()
+            assert stats["individuals"] == 8  # the worker's triples are in the server's graph
+    finally:
+        worker.stop()

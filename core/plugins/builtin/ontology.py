@@ -11,7 +11,8 @@
   (``"price"``) or ``{column, datatype, iri}``.
 
 Both use the store of the step's data directory (or ``FUSEKI_URL``). The on-disk store
-admits one process: a worker beside a running server needs ``FUSEKI_URL`` to share it.
+admits one process: where a server holds it (a worker sharing its data directory), the
+plugins reach it through that server's SPARQL endpoint at ``MIMIR_API_URL``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,22 @@ import asyncio
 import json
 import math
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pyoxigraph as ox
 from pydantic import Field
 
 from mimir.core.errors import PluginError
-from mimir.core.ontology import OntologyError, OntologyNotFoundError, OntologyStore
-from mimir.core.ontology import open_ontology_store as _open_store
+from mimir.core.ontology import (
+    OntologyError,
+    OntologyNotFoundError,
+    OntologyStore,
+    StoreBusyError,
+    open_ontology_store,
+    open_ontology_store_via_api,
+)
 from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
 
 __all__ = ["OntologyLoadPlugin", "OntologyQueryPlugin", "sparql_term"]
@@ -39,14 +48,24 @@ _NUMERIC = {_XSD + n for n in ("integer", "int", "long", "short", "byte", "nonNe
 _DECIMAL = {_XSD + n for n in ("decimal", "double", "float")}
 
 
-def _store(run: RunContext) -> OntologyStore:
+@asynccontextmanager
+async def _store(run: RunContext) -> AsyncIterator[OntologyStore]:
+    """The store of the step's data directory; the server's endpoint when it holds it."""
     from mimir.core.settings import Settings
 
     settings = Settings.from_env().with_(data_dir=run.data_dir)
     try:
-        return _open_store(settings)
+        yield await asyncio.to_thread(open_ontology_store, settings)
+        return
+    except StoreBusyError:
+        pass
     except OntologyError as exc:
         raise PluginError(str(exc)) from exc
+    remote = await asyncio.to_thread(open_ontology_store_via_api, settings)
+    try:
+        yield remote
+    finally:
+        remote.close()
 
 
 def sparql_term(value: Any) -> str:
@@ -101,11 +120,11 @@ class OntologyQueryPlugin(Plugin[QueryConfig]):
             return sparql_term(config.params[name]) if name in config.params else match.group(0)
 
         sparql = _PLACEHOLDER.sub(substitute, config.query)
-        store = await asyncio.to_thread(_store, run)
         try:
-            result = await store.run_query(
-                sparql, ontology=config.ontology, row_limit=config.limit, timeout=config.timeout
-            )
+            async with _store(run) as store:
+                result = await store.run_query(
+                    sparql, ontology=config.ontology, row_limit=config.limit, timeout=config.timeout
+                )
         except OntologyError as exc:
             raise PluginError(str(exc)) from exc
         if result.kind == "ask":
@@ -212,9 +231,8 @@ class OntologyLoadPlugin(Plugin[LoadConfig]):
 
     async def run(self, config: LoadConfig, run: RunContext) -> Any:
         triples = rows_to_triples(config)
-        store = await asyncio.to_thread(_store, run)
 
-        def load() -> int:
+        def load(store: OntologyStore) -> int:
             try:
                 store.get(config.ontology)
             except OntologyNotFoundError:
@@ -225,7 +243,8 @@ class OntologyLoadPlugin(Plugin[LoadConfig]):
             return store.add_triples(config.ontology, triples)
 
         try:
-            added = await asyncio.to_thread(load)
+            async with _store(run) as store:
+                added = await asyncio.to_thread(load, store)
         except OntologyError as exc:
             raise PluginError(str(exc)) from exc
         return {"ontology": config.ontology, "triples": added, "rows": len(config.input)}
