@@ -156,8 +156,7 @@ def test_embedded_restarts_a_worker_that_dies(
         timeout=30,
         message="a replacement worker",
     )
-    assert f"worker pid {first.pid} exited with code -9; restarted as pid {second.pid}" in (
-        server.output(lines=200)
-    )
+    restarted = f"worker pid {first.pid} exited with code -9; restarted as pid {second.pid}"
+    wait_until(lambda: restarted in server.output(lines=200), message="the restart's log line")
     assert server.stop(timeout=60) == 0
     assert not second.is_running() or second.status() == "zombie"
