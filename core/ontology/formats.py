@@ -28,7 +28,7 @@ class RdfFormatInfo:
     media_type: str
     extension: str
     oxigraph: ox.RdfFormat
-    #: rdflib's parser name (to locate errors Oxigraph reports without a line).
+    #: rdflib's name of the format.
     rdflib_name: str
 
 
@@ -79,21 +79,16 @@ def resolve_format(name: str | None, default: str = "turtle") -> RdfFormatInfo:
 _LINE_RE = re.compile(r"line (\d+)(?:,? column (\d+))?", re.IGNORECASE)
 
 
-def _locate_with_rdflib(data: bytes, fmt: RdfFormatInfo) -> tuple[int | None, int | None, str]:
-    """Line, column and message of rdflib's parser for a document Oxigraph refused."""
-    import rdflib
+def _locate_xml_error(data: bytes) -> tuple[int | None, int | None, str]:
+    """Line, column and message of an XML well-formedness error (expat: it fetches no
+    external entity or DTD, unlike a full RDF parser would)."""
+    from xml.parsers import expat
 
+    parser = expat.ParserCreate()
     try:
-        rdflib.Graph().parse(data=data, format=fmt.rdflib_name, publicID="urn:mimir:upload")
-    except Exception as exc:
-        line = getattr(exc, "getLineNumber", None)
-        column = getattr(exc, "getColumnNumber", None)
-        if callable(line) and callable(column):  # SAXParseException (RDF/XML)
-            return int(line()), int(column()), str(exc.getMessage())  # type: ignore[attr-defined]
-        match = _LINE_RE.search(str(exc))
-        if match:
-            return int(match.group(1)), int(match.group(2) or 0) or None, str(exc)
-        return None, None, str(exc)
+        parser.Parse(data, True)
+    except expat.ExpatError as exc:
+        return exc.lineno, exc.offset + 1, expat.errors.messages[exc.code]
     return None, None, ""
 
 
@@ -107,8 +102,8 @@ def parse_triples(
     except SyntaxError as exc:
         line, column = (exc.lineno, exc.offset) if exc.lineno else (None, None)
         message = str(exc.msg if hasattr(exc, "msg") else exc)
-        if line is None:
-            line, column, located = _locate_with_rdflib(raw, fmt)
+        if line is None and fmt.name == "rdfxml":
+            line, column, located = _locate_xml_error(raw)
             if located:
                 message = f"{message} ({located})"
         where = f" at line {line}" + (f", column {column}" if column else "") if line else ""

@@ -179,3 +179,38 @@ def test_the_store_persists_on_disk(tmp_path: Path, supply_chain_ttl: str) -> No
         assert (tmp_path / "data" / "ontologies" / "catalog.sqlite3").exists()
     finally:
         close_ontology_stores()
+
+
+def test_remote_documents_are_never_fetched(store: OntologyStore) -> None:
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/ld+json")
+            self.end_headers()
+            self.wfile.write(b'{"@context": {"name": "http://e/name"}}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        jsonld = f'{{"@context": "{url}/ctx.jsonld", "@id": "http://e/a", "name": "x"}}'
+        with pytest.raises(RdfParseError, match="remote context"):
+            store.upload("remote", jsonld, fmt="jsonld")
+        rdfxml = (
+            f'<?xml version="1.0"?>\n<!DOCTYPE r SYSTEM "{url}/x.dtd">\n'
+            '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n</rdf:RDF>\n'
+        )
+        store.upload("dtd", rdfxml, fmt="rdfxml")  # the DTD is ignored, not fetched
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits == []
