@@ -185,6 +185,7 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._pending: list[Any] = []  # progress tuples and Outcomes, in order
         self._pending_event = asyncio.Event()
+        self._write_lock = asyncio.Lock()
         self._process: Any = None  # psutil.Process, created lazily
         self._fatal: BaseException | None = None
         self._last_busy = time.monotonic()
@@ -398,11 +399,16 @@ class Worker:
         self._pending_event.set()
 
     async def _write_batch(self) -> None:
-        batch = self._pending[:]
-        outcomes = [item for item in batch if isinstance(item, Outcome)]
-        progress = [item for item in batch if not isinstance(item, Outcome)]
-        await self.consumer.write(outcomes, progress)
-        del self._pending[: len(batch)]
+        # One writer at a time: the writer loop and the final flush must not send the
+        # same batch twice, nor drop what arrived meanwhile.
+        async with self._write_lock:
+            batch = self._pending[:]
+            if not batch:
+                return
+            outcomes = [item for item in batch if isinstance(item, Outcome)]
+            progress = [item for item in batch if not isinstance(item, Outcome)]
+            await self.consumer.write(outcomes, progress)
+            del self._pending[: len(batch)]
         for outcome in outcomes:
             self._account(outcome, outcome.applied != "stale")
 

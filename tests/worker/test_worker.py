@@ -131,7 +131,7 @@ def test_sigterm_drains_running_jobs_and_exits_0(
         lambda: all(status_of(run, queue, j.job_id) is JobStatus.running for j in jobs),
         timeout=10,
     )
-    assert worker.stop(signal.SIGTERM) == 0
+    assert worker.stop(signal.SIGTERM) == 0, worker.output()
     assert all(status_of(run, queue, j.job_id) is JobStatus.succeeded for j in jobs)
     assert run(queue.workers()) == []
 
@@ -145,7 +145,7 @@ def test_sigterm_hands_back_what_outlasts_the_grace(
         lambda: all(status_of(run, queue, j.job_id) is JobStatus.running for j in jobs),
         timeout=10,
     )
-    assert worker.stop(signal.SIGTERM) == 0
+    assert worker.stop(signal.SIGTERM) == 0, worker.output()
     assert all(status_of(run, queue, j.job_id) is JobStatus.queued for j in jobs)
     other = make_worker(concurrency=2)
     records = [run(queue.wait(j.job_id, 20)).job for j in jobs]
