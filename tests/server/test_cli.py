@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,19 +89,20 @@ def test_unknown_log_level_is_refused(make_server: Callable[..., ServerProcess])
     assert "unknown log level 'LOUD'" in server.output()
 
 
-def test_port_comes_from_mimir_port(
+def test_the_mimir_command_listens_on_mimir_port(
     make_server: Callable[..., ServerProcess], redis_server: RedisServer
 ) -> None:
     server = make_server(redis_url=redis_server.url)
     server.env["MIMIR_PORT"] = str(server.port)
-    server.args = []
-    command = [part for part in server.command if part not in {"--port", str(server.port)}]
+    mimir = Path(sys.executable).with_name("mimir")  # the console script: `mimir server`
     with server.log_path.open("ab") as log:
-        server.process = subprocess.Popen(command, env=server.env, stdout=log, stderr=log)
+        server.process = subprocess.Popen(
+            [str(mimir), "server"], env=server.env, stdout=log, stderr=log
+        )
     wait_until(
         lambda: f"listening on http://127.0.0.1:{server.port}" in server.output(),
         timeout=30,
-        message="the server on $MIMIR_PORT",
+        message="`mimir server` on $MIMIR_PORT",
     )
     assert httpx.get(f"{server.base_url}/health", timeout=5).json()["redis"] == "ok"
 
