@@ -249,8 +249,9 @@ class JobQueue:
     async def wait(self, job_id: str, timeout: float) -> WaitResult:
         """Block until the job ends or ``timeout`` seconds pass; never raises on timeout.
 
-        Wakes on the token the ending script pushes to the job's done list (BLPOP), not
-        by polling; the token is pushed back so other waiters wake too.
+        Wakes on what the ending script pushes to the job's done list (the final record,
+        or just its status when the record is large), not by polling. The blocking call
+        is ``BLMOVE list list``: it rotates the element in place, so every waiter sees it.
         """
         done_key = self.keys.done(job_id)
         deadline = time.monotonic() + max(0.0, timeout)
@@ -259,15 +260,14 @@ class JobQueue:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                # BLPOP's timeout has 1 ms resolution; 0 would mean "forever".
+                # The timeout has 1 ms resolution; 0 would mean "forever".
                 slice_ = max(0.001, min(remaining, _WAIT_SLICE))
-                token = await self.redis.blpop([done_key], timeout=slice_)  # type: ignore[arg-type]
+                token = await self.redis.blmove(done_key, done_key, slice_, "LEFT", "RIGHT")
                 if token is not None:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        pipe.lpush(done_key, token[1])
-                        pipe.expire(done_key, self.job_ttl)
-                        pipe.hgetall(self.keys.job(job_id))
-                        _, _, raw = await pipe.execute()
+                    text = _text(token)
+                    if text.startswith("{"):
+                        return WaitResult(job=record_from_hash(json.loads(text)), timed_out=False)
+                    raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
                     if not raw:
                         raise JobNotFoundError(job_id)
                     return WaitResult(job=record_from_hash(raw), timed_out=False)

@@ -53,6 +53,10 @@ local function publish(jk, jobid)
     error = nul(f[8]), progress = progress, finished_at = nul(f[10])}))
 end
 
+-- Hash fields that are not part of the job record.
+local HIDDEN = {payload = true, stream = true, entry = true, dead_entry = true,
+  retry_backoff = true}
+
 local function finalize(jk, jobid, status, err)
   redis.call('HSET', jk, 'status', status, 'finished_at', NOW_ISO)
   if err and err ~= '' then redis.call('HSET', jk, 'error', err) end
@@ -66,9 +70,17 @@ local function finalize(jk, jobid, status, err)
   redis.call('HINCRBY', TOTALS, status, 1)
   redis.call('HINCRBY', RATE, status, 1)
   redis.call('EXPIRE', RATE, 120)
+  -- Wake waiters with the record itself (one round trip for them), unless it is large.
+  local flat = redis.call('HGETALL', jk)
+  local record = {}
+  for i = 1, #flat, 2 do
+    if not HIDDEN[flat[i]] then record[flat[i]] = flat[i + 1] end
+  end
+  local text = cjson.encode(record)
+  if #text > 65536 then text = status end
   local dk = DP .. jobid
   redis.call('DEL', dk)
-  redis.call('RPUSH', dk, status)
+  redis.call('RPUSH', dk, text)
   redis.call('EXPIRE', dk, TTL)
   publish(jk, jobid)
 end
@@ -378,6 +390,9 @@ async def run_scripts(redis: Redis, calls: Sequence[tuple[Script, Sequence[Any]]
     """
     if not calls:
         return []
+    if len(calls) == 1:  # a plain call costs less than a one-command pipeline
+        script, args = calls[0]
+        return [await script(redis, args)]
     async with redis.pipeline(transaction=False) as pipe:
         for script, args in calls:
             pipe.evalsha(script.sha, 0, *args)
