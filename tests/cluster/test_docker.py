@@ -142,6 +142,17 @@ def test_a_new_backend_instance_finds_the_cluster(backend: DockerBackend, capsys
     assert f"cluster '{PROJECT}' (docker)  API: {backend.api_url}" in out
 
 
+def test_restart_backend_keeps_the_cluster_serving(backend: DockerBackend, api: ClusterAPI) -> None:
+    before = {c.name: c.attrs["State"]["StartedAt"] for c in backend._containers()}
+    status = asyncio.run(backend.restart("backend"))
+    after = {c.name: c.attrs["State"]["StartedAt"] for c in backend._containers()}
+    assert after[f"{PROJECT}-backend"] != before[f"{PROJECT}-backend"]
+    assert after[f"{PROJECT}-redis"] == before[f"{PROJECT}-redis"]
+    assert _service(status, "backend").health in ("healthy", "starting")
+    records = api.wait_finished(api.enqueue(3), timeout=60)
+    assert {r["status"] for r in records.values()} == {"succeeded"}
+
+
 def test_down_keeps_volumes_and_data_then_clean_removes_them(
     backend: DockerBackend, api: ClusterAPI
 ) -> None:

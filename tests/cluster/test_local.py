@@ -200,6 +200,21 @@ def test_a_dead_worker_is_noticed_as_stale_and_replaced(
     assert not [i for i in asyncio.run(other.instances()) if i.state == "stale"]
 
 
+def test_restart_gives_a_service_a_new_process(backend: LocalBackend, api: ClusterAPI) -> None:
+    state = backend.load_state()
+    assert state is not None
+    old_server, old_worker = state.entry("backend"), state.entry("worker-1")
+    assert old_server is not None and old_worker is not None
+    asyncio.run(backend.restart("worker-1"))
+    status = asyncio.run(backend.restart("server"))
+    state = backend.load_state()
+    assert state is not None
+    assert state.entry("worker-1").pid != old_worker.pid  # type: ignore[union-attr]
+    assert state.entry("backend").pid != old_server.pid  # type: ignore[union-attr]
+    assert _service(status, "backend").health == "healthy"
+    assert state.entry("worker-1").pid in {w["pid"] for w in api.workers()}  # type: ignore[union-attr]
+
+
 def test_cli_reports_status_ps_and_operator_errors(
     backend: LocalBackend, root: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:  # type: ignore[no-untyped-def]
