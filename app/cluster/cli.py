@@ -163,8 +163,9 @@ async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
                     f"{st.cpu_percent:.1f}",
                     _mib(st.memory_bytes),
                     _mib(st.memory_limit_bytes),
-                    _mib(st.net_rx_bytes),
-                    _mib(st.net_tx_bytes),
+                    # Processes have no network counters of their own.
+                    _mib(st.net_rx_bytes) if backend.backend == "docker" else "-",
+                    _mib(st.net_tx_bytes) if backend.backend == "docker" else "-",
                 )
             )
         _print_table(rows)

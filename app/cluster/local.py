@@ -461,7 +461,7 @@ class LocalBackend:
                         missing[0] if missing else backend,
                         f"{len(missing)} worker(s) did not register in {self.start_timeout}s",
                     )
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.25)
 
     # ---------------------------------------------------------------- protocol
 
