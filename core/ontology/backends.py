@@ -27,6 +27,7 @@ import pyoxigraph as ox
 
 from mimir.core.ontology.errors import (
     EndpointError,
+    OntologyError,
     QueryTimeoutError,
     SparqlError,
     StoreBusyError,
@@ -148,10 +149,19 @@ class OxigraphBackend:
             raise SparqlError(f"invalid SPARQL query: {exc}") from None
         except (OSError, ValueError) as exc:
             raise SparqlError(f"query failed: {exc}") from None
+        # Oxigraph's result iterators must be dropped on the thread that made them: keep
+        # them out of the tracebacks of the errors raised from here.
+        failure: OntologyError | None = None
         try:
             result = self._collect(answer, row_limit, deadline, timeout)
+        except QueryTimeoutError as exc:
+            failure = QueryTimeoutError(str(exc))
         except (OSError, ValueError, RuntimeError) as exc:
-            raise SparqlError(f"query failed: {exc}") from None
+            failure = SparqlError(f"query failed: {exc}")
+        finally:
+            del answer
+        if failure is not None:
+            raise failure
         result.elapsed_ms = (time.monotonic() - started) * 1000
         return result
 

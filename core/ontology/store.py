@@ -12,6 +12,7 @@ import builtins
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_BASE",
     "DEFAULT_ROW_LIMIT",
     "DEFAULT_TIMEOUT",
+    "MAX_CONCURRENT_QUERIES",
     "OntologyStats",
     "OntologyStore",
     "Subgraph",
@@ -51,6 +53,8 @@ DEFAULT_BASE = "http://mimir-aip.local"
 DEFAULT_TIMEOUT = 30.0
 #: Rows a query answers at most unless the caller gives a limit.
 DEFAULT_ROW_LIMIT = 10_000
+#: Queries evaluated at once by one store (see ``OntologyStore.run_query``).
+MAX_CONCURRENT_QUERIES = 4
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -120,6 +124,10 @@ class OntologyStore:
         self.backend = backend
         self.catalog = catalog
         self.base = base.rstrip("/")
+        # Query threads running at once. A thread outlives a timed-out query that is still
+        # computing its first row (Oxigraph cannot be interrupted there), so this bound
+        # keeps runaway queries from taking every core; a slot frees when its thread ends.
+        self._query_slots = threading.BoundedSemaphore(MAX_CONCURRENT_QUERIES)
 
     # -- ontologies ----------------------------------------------------------------
 
@@ -265,11 +273,25 @@ class OntologyStore:
         self, sparql: str, *, timeout: float = DEFAULT_TIMEOUT, **kw: Any
     ) -> QueryResult:
         """:meth:`query` in a thread, answered within ``timeout`` seconds (a query still
-        computing its first row then goes on in its thread; its answer is dropped)."""
+        computing its first row then goes on in its thread; its answer is dropped). At most
+        :data:`MAX_CONCURRENT_QUERIES` run at once; others wait for a slot within their
+        time limit."""
+        started = time.monotonic()
+
+        def bounded() -> QueryResult:
+            if not self._query_slots.acquire(timeout=timeout):
+                raise QueryTimeoutError(
+                    f"no query slot freed within the time limit of {timeout:g} s "
+                    f"({MAX_CONCURRENT_QUERIES} queries are running)"
+                )
+            try:
+                remaining = max(0.001, timeout - (time.monotonic() - started))
+                return self.query(sparql, timeout=remaining, **kw)
+            finally:
+                self._query_slots.release()
+
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(self.query, sparql, timeout=timeout, **kw), timeout + 0.5
-            )
+            return await asyncio.wait_for(asyncio.to_thread(bounded), timeout + 0.5)
         except TimeoutError:
             raise QueryTimeoutError(f"query exceeded its time limit of {timeout:g} s") from None
 

@@ -22,6 +22,7 @@ from mimir.core.ontology import (
     open_ontology_store,
 )
 from mimir.core.settings import Settings
+from tests.helpers import async_wait_until
 from tests.ontology.conftest import SC
 
 #: A blank node and a language tag make the round trip less trivial.
@@ -214,3 +215,36 @@ def test_remote_documents_are_never_fetched(store: OntologyStore) -> None:
         server.shutdown()
         server.server_close()
     assert hits == []
+
+
+def test_runaway_queries_are_bounded(store: OntologyStore) -> None:
+    import asyncio
+
+    from mimir.core.ontology.store import MAX_CONCURRENT_QUERIES
+
+    lines = "".join(f'<http://e/s{i}> <http://e/p> "{i}" .\n' for i in range(50))
+    store.upload("small", lines, fmt="ntriples")
+    # An aggregate computes before its first row, where no deadline check can stop it:
+    # 50^4 = 6.25 million joined rows keep each thread busy for seconds.
+    count = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?b ?c . ?d ?e ?f . ?g ?h ?i . ?j ?k ?l }"
+
+    async def scenario() -> str:
+        results = await asyncio.gather(
+            *(store.run_query(count, timeout=0.05) for _ in range(MAX_CONCURRENT_QUERIES)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, QueryTimeoutError) for r in results), results
+        with pytest.raises(QueryTimeoutError) as caught:
+            await store.run_query("ASK { ?s ?p ?o }", timeout=0.2)
+
+        async def answered() -> bool:
+            try:
+                return (await store.run_query("ASK { ?s ?p ?o }", timeout=0.5)).boolean is True
+            except QueryTimeoutError:
+                return False
+
+        # The slots come back as the runaway threads end.
+        await async_wait_until(answered, timeout=120, interval=0.2, message="a free slot")
+        return str(caught.value)
+
+    assert "no query slot" in asyncio.run(scenario())
