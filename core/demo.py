@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     env = dict(os.environ)
     env.pop("REDIS_URL", None)  # the embedded default: a private Redis
+    env.setdefault("MIMIR_LOG_LEVEL", "WARNING")  # keep the walkthrough readable
     process = subprocess.Popen(command, env=env)
     try:
         _wait_healthy(base_url, process, time.monotonic() + 60)
