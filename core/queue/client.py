@@ -233,7 +233,7 @@ class JobQueue:
     async def get(self, job_id: str) -> JobRecord:
         """The job's record; :class:`JobNotFoundError` when unknown or expired."""
         async with redis_errors("read the job"):
-            raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
+            raw = await self.redis.hgetall(self.keys.job(job_id))
         if not raw:
             raise JobNotFoundError(job_id)
         return record_from_hash(raw)
@@ -241,7 +241,7 @@ class JobQueue:
     async def payload(self, job_id: str) -> dict[str, Any]:
         """The job's payload (what its handler receives)."""
         async with redis_errors("read the job"):
-            raw = await self.redis.hget(self.keys.job(job_id), "payload")  # type: ignore[misc]
+            raw = await self.redis.hget(self.keys.job(job_id), "payload")
         if raw is None:
             raise JobNotFoundError(job_id)
         return dict(json.loads(_text(raw)))
@@ -262,18 +262,24 @@ class JobQueue:
                     break
                 # The timeout has 1 ms resolution; 0 would mean "forever".
                 slice_ = max(0.001, min(remaining, _WAIT_SLICE))
-                token = await self.redis.blmove(done_key, done_key, slice_, "LEFT", "RIGHT")
+                token = await self.redis.blmove(
+                    done_key,
+                    done_key,
+                    slice_,  # type: ignore[arg-type]  # Redis takes fractional seconds
+                    "LEFT",
+                    "RIGHT",
+                )
                 if token is not None:
                     text = _text(token)
                     if text.startswith("{"):
                         return WaitResult(job=record_from_hash(json.loads(text)), timed_out=False)
-                    raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
+                    raw = await self.redis.hgetall(self.keys.job(job_id))
                     if not raw:
                         raise JobNotFoundError(job_id)
                     return WaitResult(job=record_from_hash(raw), timed_out=False)
                 # Nothing pushed yet: make sure the job exists, and has not ended without
                 # a token (one lost to a Redis crash between AOF syncs), before waiting on.
-                status = await self.redis.hget(self.keys.job(job_id), "status")  # type: ignore[misc]
+                status = await self.redis.hget(self.keys.job(job_id), "status")
                 if status is None:
                     raise JobNotFoundError(job_id)
                 if _text(status) in FINAL_STATUSES:
@@ -389,11 +395,10 @@ class JobQueue:
         offset, limit = max(0, offset), max(1, min(limit, 1000))
         async with redis_errors("read the dead letter"):
             total = int(await self.redis.xlen(self.keys.dead))
-            entries = await self.redis.xrevrange(self.keys.dead, count=offset + limit)
-            entries = entries[offset:]
+            entries = await self.redis.xrevrange(self.keys.dead, count=offset + limit) or []
             decoded = [
-                (_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
-                for entry_id, fields in entries
+                (_text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()})
+                for entry_id, fields in entries[offset:]
             ]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for _, data in decoded:
@@ -420,7 +425,7 @@ class JobQueue:
         live workers, completed/failed per second and all-time totals."""
         now = int(time.time())
         async with redis_errors("read the queue status"):
-            pools = sorted(_text(q) for q in await self.redis.smembers(self.keys.queues))  # type: ignore[misc]
+            pools = sorted(_text(q) for q in await self.redis.smembers(self.keys.queues))
             streams = [
                 (pool, prio, self.keys.stream(pool, prio)) for pool in pools for prio in PRIORITIES
             ]
@@ -506,7 +511,7 @@ class JobQueue:
         """Job durations: cumulative ``(upper bound, count)`` per bucket (the last is
         ``inf``), the sum of durations and the count."""
         async with redis_errors("read job durations"):
-            raw = await self.redis.hgetall(self.keys.duration)  # type: ignore[misc]
+            raw = await self.redis.hgetall(self.keys.duration)
         data = {_text(k): _text(v) for k, v in raw.items()}
         buckets: list[tuple[float, int]] = []
         running = 0
@@ -518,7 +523,7 @@ class JobQueue:
     async def ping(self) -> None:
         """Raise :class:`QueueUnavailableError` unless Redis answers."""
         async with redis_errors("reach Redis"):
-            await asyncio.wait_for(self.redis.ping(), timeout=5)  # type: ignore[misc]
+            await asyncio.wait_for(self.redis.ping(), timeout=5)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -146,7 +146,7 @@ class QueueConsumer:
         for result in results:
             if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
                 raise result
-        await self.redis.sadd(self.keys.queues, *self.queues)  # type: ignore[misc]
+        await self.redis.sadd(self.keys.queues, *self.queues)
 
     async def fetch(self, count: int, *, low_first: bool = False) -> list[Delivery]:
         """Start up to ``count`` waiting jobs, highest priority first (one round trip).
@@ -285,7 +285,7 @@ class QueueConsumer:
         """Publish this worker's heartbeat; it vanishes ``ttl`` seconds after the last."""
         key = self.keys.worker(self.worker_id)
         now = utc_now()
-        fields = {
+        fields: dict[Any, Any] = {
             k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in info.items()
         }
         fields["last_heartbeat"] = iso(now)

@@ -376,10 +376,10 @@ class Script:
 
     async def __call__(self, redis: Redis, args: Sequence[Any]) -> Any:
         try:
-            return await redis.evalsha(self.sha, 0, *args)  # type: ignore[misc]
+            return await redis.evalsha(self.sha, 0, *args)
         except NoScriptError:
-            await redis.script_load(self.source)  # type: ignore[no-untyped-call]
-            return await redis.evalsha(self.sha, 0, *args)  # type: ignore[misc]
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, 0, *args)
 
 
 async def run_scripts(redis: Redis, calls: Sequence[tuple[Script, Sequence[Any]]]) -> list[Any]:
@@ -400,7 +400,7 @@ async def run_scripts(redis: Redis, calls: Sequence[tuple[Script, Sequence[Any]]
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
         for source in {calls[i][0].source for i in missing}:
-            await redis.script_load(source)  # type: ignore[no-untyped-call]
+            await redis.script_load(source)
         async with redis.pipeline(transaction=False) as pipe:
             for i in missing:
                 pipe.evalsha(calls[i][0].sha, 0, *calls[i][1])
