@@ -531,11 +531,30 @@ class DockerBackend:
                 ).items():
                     for binding in bindings or []:
                         ports[port] = f"{binding['HostIp']}:{binding['HostPort']}"
+            if service == "worker" and running:
+                # Workers have no container health check: their heartbeats are their health.
+                registered = await self._registered_hosts()
+                names = {c.name for c in running}
+                health = (
+                    "unhealthy" if registered is None
+                    else "healthy" if names <= registered
+                    else "starting"
+                )  # fmt: skip
             services.append(ServiceStatus(service, kind, state, health, len(running), ports))
         api_running = any(s.name == "backend" and s.state == "running" for s in services)
         return ClusterStatus(
             "docker", self.project, services, self.api_url if api_running else None
         )
+
+    async def _registered_hosts(self) -> set[str] | None:
+        """Host names of the workers with a live heartbeat, or ``None`` if the API is away."""
+        headers = {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=3.0, headers=headers) as http:
+            try:
+                answer = (await http.get("/api/v1/workers")).json()
+                return {w.get("hostname", "") for w in answer["workers"] if isinstance(w, dict)}
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                return None
 
     async def instances(self) -> list[Instance]:
         """Every container of the project."""

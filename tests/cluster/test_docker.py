@@ -84,7 +84,10 @@ def test_up_runs_redis_backend_and_two_registered_workers(
     assert status.backend == "docker" and status.api_url == backend.api_url
     assert _service(status, "redis").health == "healthy"
     assert _service(status, "backend").ports == {"8080/tcp": f"127.0.0.1:{backend.api_port}"}
-    assert _service(status, "worker").replicas == 2
+    assert (_service(status, "worker").replicas, _service(status, "worker").health) == (
+        2,
+        "healthy",
+    )
     assert _worker_hosts(api) == {f"{PROJECT}-worker-1", f"{PROJECT}-worker-2"}
     containers = backend._containers()
     assert {c.labels["io.mimir.project"] for c in containers} == {PROJECT}
