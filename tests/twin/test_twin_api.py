@@ -61,6 +61,10 @@ def test_twin_scenario_and_inline_run(api_client: httpx.Client, twin: dict[str, 
     stored = api_client.get(f"/api/v1/twins/{twin_id}/runs/{run.json()['id']}").json()
     assert stored["status"] == "succeeded" and stored["result"]["metrics"] == metrics
     assert api_client.get(f"/api/v1/twins/{twin_id}/runs").json()["runs"][0]["result"] is None
+    assert api_client.delete(f"/api/v1/twins/{twin_id}").status_code == 204
+    assert api_client.get(f"/api/v1/twins/{twin_id}/runs/{run.json()['id']}").status_code == 404
+    assert api_client.get(f"/api/v1/twins/{twin_id}/scenarios").status_code == 404
+    assert api_client.get("/api/v1/twins").json()["twins"] == []
 
 
 def test_twin_errors_are_4xx(api_client: httpx.Client, twin: dict[str, str]) -> None:
