@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
-import json
 import logging
 import os
 import shutil
@@ -27,10 +24,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 import psutil
@@ -44,6 +40,13 @@ from mimir.app.cluster.base import (
     ServiceStatus,
 )
 from mimir.app.cluster.instances import Instance
+from mimir.app.cluster.local_state import (
+    LocalState,
+    ProcessEntry,
+    project_lock,
+    read_state,
+    write_state,
+)
 from mimir.app.cluster.topology import SERVICE_KINDS, validate_project_name
 from mimir.core.redis_embedded import EmbeddedRedisError, find_redis_server
 from mimir.core.settings import Settings
@@ -52,7 +55,6 @@ __all__ = ["LocalBackend", "LocalState", "ProcessEntry", "tail_lines"]
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 #: How far a recorded start time may differ from the process's before the pid is "reused".
 _CREATE_TIME_SLACK = 1.0
 
@@ -129,45 +131,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@dataclass
-class ProcessEntry:
-    """One process of the cluster as recorded in the state file."""
-
-    name: str
-    service: Literal["redis", "backend", "worker"]
-    pid: int
-    create_time: float
-    log: str
-    #: Size of the log file when the process started (its own lines start there).
-    log_offset: int = 0
-
-
-@dataclass
-class LocalState:
-    """The state file's content."""
-
-    project: str
-    api_port: int
-    redis_port: int | None
-    redis_url: str
-    #: Redis started by the cluster (False: an external REDIS_URL was given).
-    own_redis: bool = True
-    processes: list[ProcessEntry] = field(default_factory=list)
-    started_at: float = field(default_factory=time.time)
-    version: int = STATE_VERSION
-
-    def entries(self, service: str) -> list[ProcessEntry]:
-        return [entry for entry in self.processes if entry.service == service]
-
-    def entry(self, name: str) -> ProcessEntry | None:
-        return next((entry for entry in self.processes if entry.name == name), None)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LocalState:
-        processes = [ProcessEntry(**entry) for entry in data.pop("processes", [])]
-        return cls(processes=processes, **data)
-
-
 class LocalBackend:
     """:class:`~mimir.app.cluster.base.ClusterBackend` over local child processes."""
 
@@ -211,50 +174,14 @@ class LocalBackend:
 
     def load_state(self) -> LocalState | None:
         """The recorded cluster, or ``None`` when none was started (or it was taken down)."""
-        try:
-            data = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise ClusterError(
-                f"cannot read the cluster state file {self.state_path}: {exc}"
-            ) from exc
-        try:
-            return LocalState.from_json(data)
-        except TypeError as exc:
-            raise ClusterError(
-                f"the cluster state file {self.state_path} is malformed: {exc}"
-            ) from exc
+        return read_state(self.state_path)
 
     def _save_state(self, state: LocalState) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(state), indent=2))
-        tmp.replace(self.state_path)
+        write_state(self.state_path, state)
 
-    @contextlib.contextmanager
-    def _locked(self, timeout: float = 60.0) -> Iterator[None]:
-        """Hold the project's lock: one changing command at a time per project."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with (self.directory / ".lock").open("w") as handle:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise ClusterError(
-                            f"another 'mimir cluster' command is changing project "
-                            f"{self.project!r}; try again when it has finished"
-                        ) from None
-                    time.sleep(0.1)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """One changing command at a time per project."""
+        return project_lock(self.directory, self.project)
 
     @property
     def api_url(self) -> str:

@@ -101,3 +101,19 @@ def test_unreachable_ssh_engine() -> None:
     backend = DockerBackend("x", docker_host=f"ssh://nobody@127.0.0.1:{free_port()}")
     with pytest.raises(ClusterError, match=r"cannot reach the Docker engine at ssh://nobody@"):
         asyncio.run(backend.status())
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{not json", "cannot read the cluster state file"), ('{"bogus": 1}', "is malformed")],
+)
+def test_a_damaged_local_state_file_is_named(tmp_path: Path, content: str, message: str) -> None:
+    from mimir.app.cluster.local import LocalBackend
+    from mimir.core.settings import Settings
+
+    backend = LocalBackend("p", Settings.from_env({"MIMIR_STATE_DIR": str(tmp_path)}))
+    backend.directory.mkdir(parents=True)
+    backend.state_path.write_text(content)
+    with pytest.raises(ClusterError, match=message) as caught:
+        asyncio.run(backend.status())
+    assert str(backend.state_path) in str(caught.value)

@@ -1,0 +1,110 @@
+"""The local backend's record of a cluster: ``<state_dir>/<project>/state.json`` and its lock.
+
+The file is written atomically (temporary file, then rename) after every change, so a
+command that dies half-way leaves a record of what it had started; ``.lock`` (``flock``)
+serialises the commands that change one project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mimir.app.cluster.base import ClusterError
+
+__all__ = ["LocalState", "ProcessEntry", "project_lock", "read_state", "write_state"]
+
+STATE_VERSION = 1
+
+
+@dataclass
+class ProcessEntry:
+    """One process of the cluster as recorded in the state file."""
+
+    name: str
+    service: Literal["redis", "backend", "worker"]
+    pid: int
+    create_time: float
+    log: str
+    #: Size of the log file when the process started (its own lines start there).
+    log_offset: int = 0
+
+
+@dataclass
+class LocalState:
+    """The state file's content."""
+
+    project: str
+    api_port: int
+    redis_port: int | None
+    redis_url: str
+    #: Redis started by the cluster (False: an external REDIS_URL was given).
+    own_redis: bool = True
+    processes: list[ProcessEntry] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    version: int = STATE_VERSION
+
+    def entries(self, service: str) -> list[ProcessEntry]:
+        return [entry for entry in self.processes if entry.service == service]
+
+    def entry(self, name: str) -> ProcessEntry | None:
+        return next((entry for entry in self.processes if entry.name == name), None)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LocalState:
+        processes = [ProcessEntry(**entry) for entry in data.pop("processes", [])]
+        return cls(processes=processes, **data)
+
+
+def read_state(path: Path) -> LocalState | None:
+    """The state recorded in ``path``, or ``None`` when there is none."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"cannot read the cluster state file {path}: {exc}") from exc
+    try:
+        return LocalState.from_json(data)
+    except (TypeError, AttributeError) as exc:
+        raise ClusterError(f"the cluster state file {path} is malformed: {exc}") from exc
+
+
+def write_state(path: Path, state: LocalState) -> None:
+    """Write ``state`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(path)
+
+
+@contextlib.contextmanager
+def project_lock(directory: Path, project: str, timeout: float = 60.0) -> Iterator[None]:
+    """Hold ``directory/.lock``; raise :class:`ClusterError` after ``timeout`` seconds."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("w") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"another 'mimir cluster' command is changing project {project!r}; "
+                        "try again when it has finished"
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
