@@ -11,7 +11,7 @@ same no-op pipeline job (one ``Debug.echo`` step run by Mimir's engine). Figures
 - drain throughput: workers idle and ready, then ``--jobs`` jobs enqueued in batches;
   jobs per second from the first enqueue until the last job's result is stored;
 - sequential round trip (enqueue → result seen by the client): p50 and p99;
-- idle worker RSS after the drain and 3 s without jobs (the larger of the two workers).
+- idle worker RSS after the drain and 4 s without jobs (the larger of the two workers).
 
 Settings that shape the rivals: arq polls its queue and results every 1 ms (its
 ``poll_delay``; the default 0.5 s would make its latency ~250x worse); Celery runs the
@@ -44,7 +44,7 @@ PIPELINE = {
 }
 PAYLOAD = {"pipeline": PIPELINE, "context": {}}
 #: Seconds without jobs before idle RSS is read.
-IDLE_SETTLE = 3.0
+IDLE_SETTLE = 4.0
 
 
 @dataclass
@@ -228,7 +228,7 @@ class MimirDriver:
     def roundtrip(self) -> None:
         async def go() -> None:
             record = await self.queue.enqueue(self.spec)
-            result = await self.queue.wait(record.job_id, 10)
+            result = await self.queue.wait(record.job_id, 30)
             assert result.job.status == "succeeded", result.job
 
         self.loop.run_until_complete(go())
@@ -285,7 +285,7 @@ class ArqDriver:
         async def go() -> None:
             job = await self.pool.enqueue_job("arq_noop", PAYLOAD)
             assert job is not None
-            await job.result(timeout=10, poll_delay=0.001)
+            await job.result(timeout=30, poll_delay=0.001)
 
         self.loop.run_until_complete(go())
 
@@ -340,7 +340,7 @@ class CeleryDriver:
         return sum(result.completed_count() for result in handle) >= n
 
     def roundtrip(self) -> None:
-        self.task.delay(PAYLOAD).get(timeout=10)
+        self.task.delay(PAYLOAD).get(timeout=30)
 
     def close(self) -> None:
         self.app.close()
@@ -378,6 +378,9 @@ def measure(
         _wait_for(lambda: driver.completed(handle, jobs), 600, f"{name} drain", interval=0.005)
         figures.drain = jobs / (time.perf_counter() - started)
 
+        time.sleep(IDLE_SETTLE)  # "idle": no job for a while (a worker may trim its heap)
+        figures.idle_rss_mb = pool.rss_mb()
+
         for _ in range(min(50, roundtrips)):  # warm up
             driver.roundtrip()
         samples = []
@@ -386,8 +389,6 @@ def measure(
             driver.roundtrip()
             samples.append(time.perf_counter() - began)
         figures.p50_ms, figures.p99_ms = _percentiles(samples)
-        time.sleep(IDLE_SETTLE)  # "idle": no job for a while (a worker may trim its heap)
-        figures.idle_rss_mb = pool.rss_mb()
     except Exception as exc:  # report and go on with the other systems
         figures.note = f"failed: {type(exc).__name__}: {exc}"
     finally:

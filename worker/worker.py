@@ -335,12 +335,23 @@ class Worker:
                 deliveries = await self.consumer.fetch(free, low_first=low_first)
                 if not deliveries:
                     deliveries = await self.consumer.read_blocking(free, block_ms)
+                    if not deliveries:
+                        self._trim_if_idle()
                 reconnect.ok()
             except _OUTAGE_ERRORS as exc:
                 await reconnect.failed(exc)
                 continue
             for delivery in deliveries:
                 self._start(delivery)
+
+    def _trim_if_idle(self) -> None:
+        if (
+            not self._trimmed
+            and not self.running
+            and time.monotonic() - self._last_busy >= self.config.trim_after
+        ):
+            self._trimmed = True
+            _release_memory()
 
     def _start(self, delivery: Delivery) -> None:
         self._trimmed = False
@@ -485,13 +496,7 @@ class Worker:
                     await self._reclaim()
                     last_reclaim = now
                 reconnect.ok()
-                if (
-                    not self._trimmed
-                    and not self.running
-                    and now - self._last_busy >= self.config.trim_after
-                ):
-                    self._trimmed = True
-                    _release_memory()
+                self._trim_if_idle()
             except _OUTAGE_ERRORS as exc:
                 await reconnect.failed(exc)
                 continue
