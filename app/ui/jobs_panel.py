@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 STATUSES = ["queued", "scheduled", "running", "succeeded", "failed", "cancelled", "dead"]
 _STATUS_COLUMN = 1
 Index = QModelIndex | QPersistentModelIndex
+_DISPLAY = Qt.ItemDataRole.DisplayRole
+_FOREGROUND = Qt.ItemDataRole.ForegroundRole
+_TOOLTIP = Qt.ItemDataRole.ToolTipRole
+_USER = Qt.ItemDataRole.UserRole
 
 
 class JobTableModel(QAbstractTableModel):
@@ -51,6 +55,7 @@ class JobTableModel(QAbstractTableModel):
     def __init__(self, store: JobStore | None = None) -> None:
         super().__init__()
         self.store = store or JobStore()
+        self._texts: dict[Any, tuple[str, ...]] = {}
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.store)
@@ -67,20 +72,28 @@ class JobTableModel(QAbstractTableModel):
         return self.store.rows[len(self.store) - 1 - row]
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        job = self.record(index.row())
-        if role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[index.column()].text(job)
-        if role == Qt.ItemDataRole.ForegroundRole and index.column() == _STATUS_COLUMN:
-            return STATUS_COLORS.get(str(job.get("status")))
-        if role == Qt.ItemDataRole.ToolTipRole:
+        # Called for every visible cell and role on each repaint: answer from a cache of
+        # each row's texts, computed once per change of the row.
+        if role == _DISPLAY:
+            job = self.record(index.row())
+            job_id = job.get("job_id")
+            texts = self._texts.get(job_id)
+            if texts is None:
+                texts = self._texts[job_id] = tuple(column.text(job) for column in COLUMNS)
+            return texts[index.column()]
+        if role == _FOREGROUND:
+            if index.column() != _STATUS_COLUMN:
+                return None
+            return STATUS_COLORS.get(str(self.record(index.row()).get("status")))
+        if role == _TOOLTIP:
+            job = self.record(index.row())
             return job.get("error") or job.get("job_id")
-        if role == Qt.ItemDataRole.UserRole:
-            return job
+        if role == _USER:
+            return self.record(index.row())
         return None
 
     def upsert(self, record: dict[str, Any]) -> None:
+        self._texts.pop(record.get("job_id"), None)
         position, inserted = self.store.upsert(record)
         if inserted:
             # The newest record is row 0 of the view.
@@ -93,6 +106,8 @@ class JobTableModel(QAbstractTableModel):
         if extra:
             size = len(self.store)
             self.beginRemoveRows(QModelIndex(), size - extra, size - 1)
+            for job in self.store.rows[:extra]:
+                self._texts.pop(job.get("job_id"), None)
             self.store.drop_oldest(extra)
             self.endRemoveRows()
 
@@ -101,6 +116,7 @@ class JobTableModel(QAbstractTableModel):
         new = [r for r in records if self.store.get(str(r.get("job_id"))) is None]
         if len(new) > 50:
             self.beginResetModel()
+            self._texts.clear()
             for record in records:
                 self.store.upsert(record)
             self.store.drop_oldest(self.store.over_limit())
@@ -112,6 +128,7 @@ class JobTableModel(QAbstractTableModel):
     def clear(self) -> None:
         self.beginResetModel()
         self.store.clear()
+        self._texts.clear()
         self.endResetModel()
 
 

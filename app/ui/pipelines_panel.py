@@ -163,7 +163,7 @@ class QtPipelinesPanel(QWidget):
             if item["name"] == self.current_name:
                 self.list.setCurrentItem(entry)
         if not self.editor.toPlainText() and pipelines:
-            await self.open_pipeline(pipelines[0]["name"])
+            await self.open_pipeline(pipelines[0]["name"], unless_edited=True)
 
     def _on_selected(self, item: QListWidgetItem) -> None:
         self._open(item.data(Qt.ItemDataRole.UserRole))
@@ -172,11 +172,15 @@ class QtPipelinesPanel(QWidget):
     async def _open(self, name: str) -> None:
         await self.open_pipeline(name)
 
-    async def open_pipeline(self, name: str) -> None:
+    async def open_pipeline(self, name: str, unless_edited: bool = False) -> None:
+        """Load ``name`` into the editor; ``unless_edited``: not over text typed meanwhile."""
+        before = self.editor.toPlainText()
         try:
             answer = await self.context.api.get_pipeline(name)
         except ApiError as exc:
             self.banner.error(f"Cannot open {name}: {exc}")
+            return
+        if unless_edited and self.editor.toPlainText() != before:
             return
         self.current_name = name
         self.editor.setPlainText(answer.get("yaml", ""))

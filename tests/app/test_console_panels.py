@@ -30,7 +30,7 @@ from tests.app.conftest import SLEEP_PIPELINE  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 
-async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+async def until(condition: Callable[[], Any], timeout: float, what: Any) -> Any:
     """Poll ``condition`` while the loop (and so the GUI) runs; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -38,7 +38,8 @@ async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            detail = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {detail}")
         await asyncio.sleep(0.05)
 
 
@@ -157,7 +158,14 @@ def test_pipeline_editor_validates_saves_and_runs(console: Console) -> None:
         )
         panel.editor.setPlainText(broken)
         error_line = broken.splitlines().index("    plugin: Debug.nope") + 1
-        await until(lambda: panel.editor.error_line == error_line, 15, "the error line marked")
+        await until(
+            lambda: panel.editor.error_line == error_line,
+            30,
+            lambda: (
+                f"the error line marked (label: {panel.validation_label.text()!r}, "
+                f"line {panel.editor.error_line}, banner {panel.banner.text()!r})"
+            ),
+        )
         assert "Debug.nope" in panel.validation_label.text()
 
         panel.editor.setPlainText(broken.replace("Debug.nope", "Debug.sleep"))
