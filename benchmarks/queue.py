@@ -399,6 +399,28 @@ def measure(
     return figures
 
 
+def ping_baseline(tmp: Path, count: int = 500) -> tuple[float, float]:
+    """p50/p99 (ms) of a bare PING round trip: the floor under every queue operation."""
+    from redis.asyncio import Redis
+
+    redis = RedisProcess(tmp)
+
+    async def go() -> list[float]:
+        client = Redis(port=redis.port)
+        samples = []
+        for _ in range(count):
+            began = time.perf_counter()
+            await client.ping()
+            samples.append(time.perf_counter() - began)
+        await client.aclose()
+        return samples
+
+    try:
+        return _percentiles(asyncio.run(go()))
+    finally:
+        redis.stop()
+
+
 def _fmt(value: float, digits: int = 0) -> str:
     return "—" if value != value else f"{value:,.{digits}f}"
 
@@ -472,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown system(s) {', '.join(sorted(unknown))}")
     results = []
     with tempfile.TemporaryDirectory(prefix="mimir-bench-") as tmp:
+        baseline = ping_baseline(Path(tmp))
         for name in systems:
             print(f"measuring {name} ...", flush=True)
             results.append(
@@ -480,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
     print()
     print("\n".join(report(results, args.jobs, args.workers)))
+    print(
+        f"context: one Redis PING from Python asyncio takes p50 {baseline[0]:.2f} ms, "
+        f"p99 {baseline[1]:.2f} ms here; load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs"
+    )
     return 0 if all(not r.note.startswith("failed") for r in results) else 1
 
 
