@@ -358,7 +358,9 @@ def measure(
         driver = DRIVERS[name](redis.url, concurrency)
     except ImportError as exc:
         redis.stop()
-        figures.note = f"not installed ({exc.name}); pip install -e '.[bench]'"
+        figures.note = (
+            f"not installed ({exc.name}): pip install -e '.[bench]'; pip install --no-deps arq"
+        )
         return figures
     pool: WorkerProcesses | None = None
     try:
