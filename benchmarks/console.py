@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -111,12 +112,13 @@ def measure_stall(seconds: float) -> dict[str, float]:
             t=t,
         )
 
-    stalls: list[float] = []
-    state = {"last": time.perf_counter(), "sample": 0, "job": 0}
+    stalls: dict[str, list[float]] = {"dashboard": [], "switch": [], "jobs": []}
+    state: dict[str, Any] = {"last": time.perf_counter(), "sample": 0, "job": 0}
+    state["phase"] = "dashboard"
 
     def heartbeat() -> None:
         tick = time.perf_counter()
-        stalls.append(max(0.0, (tick - state["last"]) * 1000 - 5.0))
+        stalls[state["phase"]].append(max(0.0, (tick - state["last"]) * 1000 - 5.0))
         state["last"] = tick
 
     def one_second() -> None:
@@ -168,18 +170,25 @@ def measure_stall(seconds: float) -> dict[str, float]:
             timer.start()
         half = seconds / 2
         await asyncio.sleep(half)
-        window.show_panel("jobs")  # the table paints its updates too
-        await asyncio.sleep(seconds - half)
+        # The Jobs panel paints its updates too; its first showing is measured apart.
+        state["phase"] = "switch"
+        window.show_panel("jobs")
+        await asyncio.sleep(1.0)
+        state["phase"] = "jobs"
+        await asyncio.sleep(half)
         for timer in timers:
             timer.stop()
 
     with loop:
         loop.run_until_complete(run())
-    stalls.sort()
+    every = sorted(stalls["dashboard"] + stalls["jobs"])
     return {
-        "worst_ms": stalls[-1] if stalls else float("nan"),
-        "p99_ms": stalls[int(len(stalls) * 0.99)] if stalls else float("nan"),
-        "ticks": float(len(stalls)),
+        "worst_ms": every[-1] if every else float("nan"),
+        "p99_ms": every[int(len(every) * 0.99)] if every else float("nan"),
+        "dashboard_worst_ms": max(stalls["dashboard"], default=float("nan")),
+        "jobs_worst_ms": max(stalls["jobs"], default=float("nan")),
+        "switch_ms": max(stalls["switch"], default=float("nan")),
+        "ticks": float(len(every)),
         "job_updates": float(state["job"]),
         "jobs_rows": float(jobs.model.rowCount()),
     }
@@ -207,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"console GUI stall, dashboard 6 series x 1 h at 1 Hz + Jobs table 100 updates/s "
         f"for {args.seconds:.0f} s: worst {stall['worst_ms']:.1f} ms, "
-        f"p99 {stall['p99_ms']:.1f} ms over {stall['ticks']:.0f} heartbeats "
+        f"(dashboard shown {stall['dashboard_worst_ms']:.1f} ms, jobs shown "
+        f"{stall['jobs_worst_ms']:.1f} ms), p99 {stall['p99_ms']:.1f} ms over "
+        f"{stall['ticks']:.0f} heartbeats; switching panels once {stall['switch_ms']:.0f} ms "
         f"({stall['job_updates']:.0f} job updates, {stall['jobs_rows']:.0f} rows; target < 50 ms)"
     )
     return 0

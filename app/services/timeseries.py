@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["RingSeries", "SeriesSet", "peak_downsample"]
+__all__ = ["DashboardRecorder", "RingSeries", "SeriesSet", "peak_downsample"]
 
 
 class RingSeries:
@@ -110,3 +110,44 @@ def peak_downsample(t: np.ndarray, v: np.ndarray, max_points: int) -> tuple[np.n
         out_t = np.r_[out_t, t[usable:]]
         out_v = np.r_[out_v, v[usable:]]
     return out_t, out_v
+
+
+class DashboardRecorder:
+    """The dashboard's data, recorded from the first second whether or not it is on screen.
+
+    Queue series: ``q:high``, ``q:normal``, ``q:low``, ``running``, ``completed``,
+    ``failed``, ``workers``; per worker: ``cpu:<id>`` (%) and ``mem:<id>`` (MiB).
+    """
+
+    QUEUE_SERIES = ("q:high", "q:normal", "q:low", "running", "completed", "failed", "workers")
+
+    def __init__(self, capacity: int = 3600) -> None:
+        self.series = SeriesSet(capacity)
+        self.last_stats: dict[str, object] = {}
+        self.worker_ids: list[str] = []
+
+    def add_stats(self, stats: dict, t: float) -> None:
+        by_priority = stats.get("by_priority") or {}
+        self.series.append(
+            t,
+            {
+                "q:high": float(by_priority.get("high", 0)),
+                "q:normal": float(by_priority.get("normal", 0)),
+                "q:low": float(by_priority.get("low", 0)),
+                "running": float(stats.get("running", 0)),
+                "completed": float(stats.get("completed_per_sec", 0.0)),
+                "failed": float(stats.get("failed_per_sec", 0.0)),
+                "workers": float(stats.get("workers", 0)),
+            },
+        )
+        self.last_stats = stats
+
+    def add_workers(self, workers: list[dict], t: float) -> None:
+        ids = [str(w.get("worker_id", "")) for w in workers]
+        for worker in workers:
+            wid = str(worker.get("worker_id", ""))
+            self.series[f"cpu:{wid}"].append(t, float(worker.get("cpu_percent", 0.0)))
+            self.series[f"mem:{wid}"].append(t, float(worker.get("memory_bytes", 0)) / 2**20)
+        self.series.discard_missing([f"cpu:{i}" for i in ids], "cpu:")
+        self.series.discard_missing([f"mem:{i}" for i in ids], "mem:")
+        self.worker_ids = ids

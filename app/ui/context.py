@@ -9,6 +9,7 @@ are therefore delivered through a queued signal.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from PySide6.QtCore import QObject, QSettings, Signal
@@ -17,6 +18,7 @@ from mimir.app.cluster.base import ClusterBackend, ClusterError, ClusterStatus
 from mimir.app.services.api import ApiClient
 from mimir.app.services.events import LiveFeed
 from mimir.app.services.profiles import ConnectionProfile, ProfileStore
+from mimir.app.services.timeseries import DashboardRecorder
 
 __all__ = ["ConsoleContext"]
 
@@ -50,6 +52,10 @@ class ConsoleContext(QObject):
         self.feed.subscribe("job", self.job.emit)
         self.feed.subscribe("workers", self.workers.emit)
         self.feed.subscribe("mode", lambda mode: self.connection.emit(mode[0], mode[1]))
+        #: The dashboard's history, recorded from start-up (the panel is built on demand).
+        self.recorder = DashboardRecorder()
+        self.feed.subscribe("stats", lambda s: self.recorder.add_stats(s, time.time()))
+        self.feed.subscribe("workers", lambda w: self.recorder.add_workers(w, time.time()))
         self.backend: ClusterBackend | None = None
         self.last_cluster_status: ClusterStatus | None = None
         self._backend_override: ClusterBackend | None = None

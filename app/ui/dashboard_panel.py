@@ -15,7 +15,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from mimir.app.services.timeseries import SeriesSet, peak_downsample
+from mimir.app.services.timeseries import DashboardRecorder, peak_downsample
 from mimir.app.ui.common import Card, panel_header
 from mimir.app.ui.context import ConsoleContext
 
@@ -38,19 +38,24 @@ def _pen(color: str, width: float = 1.0) -> Any:
 class QtDashboardPanel(QWidget):
     """Live plots; feed it with :meth:`add_stats` / :meth:`add_workers` (the context does)."""
 
-    def __init__(self, context: ConsoleContext | None, capacity: int = 3600) -> None:
+    def __init__(
+        self, context: ConsoleContext | None, recorder: DashboardRecorder | None = None
+    ) -> None:
         super().__init__()
-        self.series = SeriesSet(capacity)
+        # The context records from start-up; the panel may be built later and draws it.
+        self.recorder = recorder or (context.recorder if context else DashboardRecorder())
+        self.series = self.recorder.series
         self.window_seconds = 300.0
         self._worker_ids: list[str] = []
         self._build()
         if context is not None:
-            context.stats.connect(self.add_stats)
-            context.workers.connect(self.add_workers)
+            context.stats.connect(self._show_cards)
+        self._show_cards(self.recorder.last_stats)
         self.timer = QTimer(self)
         self.timer.setInterval(1000)
         self.timer.timeout.connect(self.redraw)
         self.timer.start()
+        self.redraw()
 
     # ---------------------------------------------------------------- layout
 
@@ -134,18 +139,16 @@ class QtDashboardPanel(QWidget):
     # ---------------------------------------------------------------- data in
 
     def add_stats(self, stats: dict[str, Any], t: float | None = None) -> None:
-        t = time.time() if t is None else t
-        by_priority = stats.get("by_priority") or {}
-        values = {
-            "q:high": float(by_priority.get("high", 0)),
-            "q:normal": float(by_priority.get("normal", 0)),
-            "q:low": float(by_priority.get("low", 0)),
-            "running": float(stats.get("running", 0)),
-            "completed": float(stats.get("completed_per_sec", 0.0)),
-            "failed": float(stats.get("failed_per_sec", 0.0)),
-            "workers": float(stats.get("workers", 0)),
-        }
-        self.series.append(t, values)
+        """Record one queue-status sample (the context does this for live data)."""
+        self.recorder.add_stats(stats, time.time() if t is None else t)
+        self._show_cards(stats)
+
+    def add_workers(self, workers: list[dict[str, Any]], t: float | None = None) -> None:
+        self.recorder.add_workers(workers, time.time() if t is None else t)
+
+    def _show_cards(self, stats: dict[str, Any]) -> None:
+        if not stats:
+            return
         totals = stats.get("totals") or {}
         self.cards["queued"].set(stats.get("queue_length", 0))
         self.cards["running"].set(stats.get("running", 0))
@@ -154,19 +157,6 @@ class QtDashboardPanel(QWidget):
         self.cards["failed"].set(totals.get("failed", 0))
         self.cards["dead"].set(stats.get("dead", totals.get("dead", 0)))
         self.cards["rate"].set(f"{float(stats.get('completed_per_sec', 0.0)):.1f}")
-
-    def add_workers(self, workers: list[dict[str, Any]], t: float | None = None) -> None:
-        t = time.time() if t is None else t
-        ids = [str(w.get("worker_id", "")) for w in workers]
-        for worker in workers:
-            wid = str(worker.get("worker_id", ""))
-            self.series[f"cpu:{wid}"].append(t, float(worker.get("cpu_percent", 0.0)))
-            self.series[f"mem:{wid}"].append(t, float(worker.get("memory_bytes", 0)) / 2**20)
-        self.series.discard_missing([f"cpu:{i}" for i in ids], "cpu:")
-        self.series.discard_missing([f"mem:{i}" for i in ids], "mem:")
-        if ids != self._worker_ids:
-            self._worker_ids = ids
-            self._rebuild_worker_curves()
 
     def _rebuild_worker_curves(self) -> None:
         for plot in (self.cpu_plot, self.mem_plot):
@@ -188,6 +178,9 @@ class QtDashboardPanel(QWidget):
     # ---------------------------------------------------------------- drawing
 
     def redraw(self) -> None:
+        if self.recorder.worker_ids != self._worker_ids:
+            self._worker_ids = list(self.recorder.worker_ids)
+            self._rebuild_worker_curves()
         now = time.time()
         span = self.window_seconds
         for name, curve in self.curves.items():

@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
 from mimir.app.cluster.base import ClusterStatus
 from mimir.app.ui.cluster_panel import QtClusterPanel
 from mimir.app.ui.context import ConsoleContext
-from mimir.app.ui.dashboard_panel import QtDashboardPanel
 from mimir.app.ui.jobs_panel import QtJobsPanel
 from mimir.app.ui.knowledge_panel import QtKnowledgePanel
 from mimir.app.ui.logs_panel import QtLogsPanel
@@ -59,7 +58,10 @@ class QtMainWindow(QMainWindow):
         self.setMinimumSize(960, 620)
 
         self.cluster = QtClusterPanel(context)
-        self.dashboard = QtDashboardPanel(context)
+        # The dashboard (pyqtgraph) is built just after the window shows: it is the one
+        # slow panel to create, and the context records its data from the start anyway.
+        self._dashboard: QWidget | None = None
+        self._dashboard_slot = QWidget()
         self.pipelines = QtPipelinesPanel(context)
         self.jobs = QtJobsPanel(context)
         self.workers = QtWorkersPanel(context)
@@ -67,7 +69,7 @@ class QtMainWindow(QMainWindow):
         self.knowledge = QtKnowledgePanel(context)
         self.panels: dict[str, QWidget] = {
             "cluster": self.cluster,
-            "dashboard": self.dashboard,
+            "dashboard": self._dashboard_slot,
             "pipelines": self.pipelines,
             "jobs": self.jobs,
             "workers": self.workers,
@@ -124,6 +126,22 @@ class QtMainWindow(QMainWindow):
         self.cluster_label.setText("Cluster: unknown")
         self._restore()
 
+    @property
+    def dashboard(self):  # -> QtDashboardPanel, imported on first use
+        if self._dashboard is None:
+            from mimir.app.ui.dashboard_panel import QtDashboardPanel
+
+            panel = QtDashboardPanel(self.context)
+            index = self.stack.indexOf(self._dashboard_slot)
+            current = self.stack.currentIndex()
+            self.stack.insertWidget(index, panel)
+            self.stack.removeWidget(self._dashboard_slot)
+            self._dashboard_slot.deleteLater()
+            self.panels["dashboard"] = panel
+            self.stack.setCurrentIndex(current)
+            self._dashboard = panel
+        return self._dashboard
+
     # ---------------------------------------------------------------- navigation
 
     def show_panel(self, key: str) -> None:
@@ -135,8 +153,10 @@ class QtMainWindow(QMainWindow):
     def _on_nav(self, row: int) -> None:
         if row < 0:
             return
-        self.stack.setCurrentIndex(row)
         key = PANELS[row][0]
+        if key == "dashboard":
+            self.dashboard  # noqa: B018 (built on first view)
+        self.stack.setCurrentIndex(row)
         if key == "jobs":
             self.jobs.refresh()
         elif key == "pipelines" and self.pipelines.list.count() == 0:
@@ -183,6 +203,7 @@ class QtMainWindow(QMainWindow):
         self.context.apply_profile(self.context.profile)
         self.context.start()
         QTimer.singleShot(0, self.pipelines.refresh_list)
+        QTimer.singleShot(50, lambda: self.dashboard)
 
     async def shutdown(self) -> None:
         """Stop timers, streams and the client; cancel what the panels still run."""
