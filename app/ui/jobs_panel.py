@@ -139,8 +139,13 @@ class JobFilterProxy(QSortFilterProxyModel):
         self.text = ""
 
     def set_filter(self, status: str | None, text: str) -> None:
-        self.status, self.text = status, text.strip()
-        self.invalidateFilter()
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9; invalidateFilter is deprecated
+            self.beginFilterChange()
+            self.status, self.text = status, text.strip()
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self.status, self.text = status, text.strip()
+            self.invalidateFilter()
 
     def filterAcceptsRow(self, source_row: int, source_parent: Index) -> bool:
         if not self.status and not self.text:

@@ -98,3 +98,18 @@ def test_job_store_merges_subset_events_and_bounds() -> None:
     assert store.counts() == {"succeeded": 3}
     assert job_matches({"job_id": "x1", "status": "failed", "error": "Boom"}, "failed", "boom")
     assert not job_matches({"job_id": "x1", "status": "failed"}, "succeeded", "")
+
+
+def test_dashboard_recorder_tracks_queue_and_workers() -> None:
+    from mimir.app.services.timeseries import DashboardRecorder
+
+    recorder = DashboardRecorder(capacity=10)
+    stats = {"by_priority": {"high": 2, "normal": 5, "low": 1}, "running": 3, "workers": 2}
+    recorder.add_stats({**stats, "completed_per_sec": 4.5}, t=1.0)
+    recorder.add_workers([{"worker_id": "w1", "cpu_percent": 50.0, "memory_bytes": 2**21}], t=1.0)
+    assert recorder.series["q:normal"].last == 5.0
+    assert recorder.series["completed"].last == 4.5
+    assert recorder.series["mem:w1"].last == 2.0
+    recorder.add_workers([{"worker_id": "w2"}], t=2.0)
+    assert recorder.worker_ids == ["w2"]
+    assert "cpu:w1" not in recorder.series.names()
