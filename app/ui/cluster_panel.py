@@ -114,6 +114,8 @@ class QtClusterPanel(QWidget):
         form.addRow("API URL", self.url_edit)
         form.addRow("Docker host", self.docker_host_edit)
         form.addRow("API token", self.token_edit)
+        for edit in (self.name_edit, self.url_edit, self.docker_host_edit, self.token_edit):
+            edit.setFocusPolicy(Qt.FocusPolicy.ClickFocus)  # no selected text on first show
         root.addWidget(profile_box)
 
         actions = QHBoxLayout()
@@ -170,7 +172,8 @@ class QtClusterPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        root.addWidget(self.table, 1)
+        root.addWidget(self.table)
+        root.addStretch(1)
 
     # ---------------------------------------------------------------- profiles
 
@@ -406,6 +409,12 @@ class QtClusterPanel(QWidget):
     def _show_status(self, status: ClusterStatus) -> None:
         self._update_actions()
         self.table.setRowCount(len(status.services))
+        rows = max(3, len(status.services))
+        self.table.setFixedHeight(
+            self.table.horizontalHeader().height()
+            + rows * self.table.verticalHeader().defaultSectionSize()
+            + 4
+        )
         for row, service in enumerate(status.services):
             stats = self._stats.get(service.kind, [])
             cpu = f"{sum(s.cpu_percent for s in stats):.0f} %" if stats else ""

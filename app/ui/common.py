@@ -57,6 +57,7 @@ class Banner(QLabel):
         super().__init__(parent)
         self.setWordWrap(True)
         self.setMinimumHeight(36)
+        self.setMargin(8)
         self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.hide()
 
