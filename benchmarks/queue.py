@@ -10,7 +10,9 @@ same no-op pipeline job (one ``Debug.echo`` step run by Mimir's engine). Figures
   ``asyncio.gather`` of 100; Celery: ``group(...).apply_async()``);
 - drain throughput: workers idle and ready, then ``--jobs`` jobs enqueued in batches;
   jobs per second from the first enqueue until the last job's result is stored;
-- sequential round trip (enqueue → result seen by the client): p50 and p99;
+- sequential round trip (enqueue → result seen by the client): p50 and p99 (Mimir:
+  ``enqueue_and_wait``, the enqueue and the wait sent in one write; arq: ``enqueue_job``
+  then ``job.result()``; Celery: ``delay().get()``);
 - idle worker RSS after the drain and 4 s without jobs (the larger of the two workers).
 
 Settings that shape the rivals: arq polls its queue and results every 1 ms (its
@@ -227,8 +229,7 @@ class MimirDriver:
 
     def roundtrip(self) -> None:
         async def go() -> None:
-            record = await self.queue.enqueue(self.spec)
-            result = await self.queue.wait(record.job_id, 30)
+            result = await self.queue.enqueue_and_wait(self.spec, 30)
             assert result.job.status == "succeeded", result.job
 
         self.loop.run_until_complete(go())

@@ -252,3 +252,21 @@ def test_records_expire_after_the_ttl(redis_server, run) -> None:  # type: ignor
     with pytest.raises(JobNotFoundError):
         run(short.get(job.job_id))
     run(client.aclose())
+
+
+def test_enqueue_and_wait_in_one_go(queue: JobQueue, consumer: QueueConsumer, run) -> None:
+    import asyncio
+
+    async def scenario() -> tuple[object, object]:
+        waiting = asyncio.ensure_future(queue.enqueue_and_wait(spec(n=7), 10))
+        deliveries: list = []
+        while not deliveries:
+            deliveries = await consumer.fetch(1)
+        await consumer.finish([Outcome(deliveries[0], "succeeded", result={"n": 7})])
+        timed_out = await queue.enqueue_and_wait(spec(), 0.2)
+        return await waiting, timed_out
+
+    done, timed_out = run(scenario())
+    assert not done.timed_out and done.job.status is JobStatus.succeeded  # type: ignore[attr-defined]
+    assert done.job.result == {"n": 7}  # type: ignore[attr-defined]
+    assert timed_out.timed_out and timed_out.job.status is JobStatus.queued  # type: ignore[attr-defined]
