@@ -45,6 +45,15 @@ steps:
 """
 
 
+KG_QUERY = """\
+PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>
+SELECT ?subject ?predicate ?object
+WHERE { ?subject ?predicate ?object . FILTER(?predicate = rdfs:label || ?predicate = rdfs:comment) }
+ORDER BY ?subject
+LIMIT 40
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -135,6 +144,13 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
     await grab("logs")
     await window.knowledge.check_available()
     if window.knowledge.available:
+        ontology = RESOURCES / "ontologies" / "supply_chain.ttl"
+        if ontology.is_file():
+            try:
+                await api.upload_ontology("supply-chain", ontology.read_text())
+            except Exception as exc:  # the shot still shows the panel
+                print(f"screenshots: ontology upload failed: {exc}")
+        window.knowledge.editor.setPlainText(KG_QUERY)
         window.knowledge.run_query()
     await grab("knowledge", 1.0)
     return shots

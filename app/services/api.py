@@ -245,6 +245,24 @@ class ApiClient:
         """A SPARQL query; the server's answer (``{vars, rows}`` or SPARQL JSON results)."""
         return await self.request("POST", "/api/v1/kg/query", json={"query": query}, timeout=60.0)
 
+    async def upload_ontology(
+        self, name: str, document: str, media_type: str = "text/turtle"
+    ) -> dict[str, Any]:
+        """Upload an ontology document (Turtle by default) under ``name``."""
+        try:
+            response = await self._client.post(
+                "/api/v1/ontologies",
+                params={"name": name},
+                content=document.encode(),
+                headers={"Content-Type": media_type},
+            )
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"cannot reach {self.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            message, detail = _message_of(response)
+            raise ApiError(message, response.status_code, detail)
+        return response.json()
+
     async def has_kg(self) -> bool:
         """True when the server offers the knowledge-graph API."""
         try:

@@ -20,40 +20,15 @@ from PySide6.QtWidgets import (
 from qasync import asyncSlot
 
 from mimir.app.services.api import ApiError
+from mimir.app.services.sparql import sparql_rows
 from mimir.app.ui.common import Banner, panel_header
 from mimir.app.ui.context import ConsoleContext
 
-__all__ = ["QtKnowledgePanel", "sparql_rows"]
+__all__ = ["QtKnowledgePanel"]
 
 DEFAULT_QUERY = (
     "SELECT ?subject ?predicate ?object\nWHERE { ?subject ?predicate ?object }\nLIMIT 50\n"
 )
-
-
-def sparql_rows(answer: Any) -> tuple[list[str], list[list[str]]]:
-    """Columns and rows from SPARQL JSON results, ``{vars, rows}`` or ``{columns, rows}``."""
-    if isinstance(answer, dict) and "results" in answer and "head" in answer:
-        columns = list(answer["head"].get("vars", []))
-        rows = [
-            [str((binding.get(c) or {}).get("value", "")) for c in columns]
-            for binding in answer["results"].get("bindings", [])
-        ]
-        return columns, rows
-    if isinstance(answer, dict):
-        columns = list(answer.get("vars") or answer.get("columns") or [])
-        raw = answer.get("rows") or answer.get("results") or []
-        rows = []
-        for item in raw:
-            if isinstance(item, dict):
-                if not columns:
-                    columns = list(item)
-                rows.append([str(item.get(c, "")) for c in columns])
-            else:
-                rows.append([str(v) for v in item])
-        if "boolean" in answer:
-            return ["ask"], [[str(answer["boolean"])]]
-        return columns, rows
-    return ["value"], [[str(answer)]]
 
 
 class QtKnowledgePanel(QWidget):

@@ -150,3 +150,33 @@ def test_live_feed_polls_when_there_is_no_stream(stack: Stack) -> None:
             await api.aclose()
 
     asyncio.run(scenario())
+
+
+def test_knowledge_graph_upload_and_query(stack: Stack) -> None:
+    from pathlib import Path
+
+    turtle = (
+        Path(__file__).resolve().parents[2] / "resources" / "ontologies" / "supply_chain.ttl"
+    ).read_text()
+
+    async def scenario() -> None:
+        api = ApiClient(stack.url)
+        try:
+            assert await api.has_kg() is True
+            await api.upload_ontology("supply-chain", turtle)
+            answer = await api.kg_query(
+                "PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#> "
+                "SELECT ?s ?label WHERE { ?s rdfs:label ?label } LIMIT 100"
+            )
+            from mimir.app.services.sparql import sparql_rows
+
+            columns, rows = sparql_rows(answer)
+            assert columns == ["s", "label"]
+            assert any(row[1] == "Supply chain" for row in rows)
+            with pytest.raises(ApiError) as info:
+                await api.kg_query("SELEC nonsense")
+            assert 400 <= info.value.status < 500
+        finally:
+            await api.aclose()
+
+    asyncio.run(scenario())
