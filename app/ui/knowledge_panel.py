@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
