@@ -54,6 +54,20 @@ LIMIT 40
 """
 
 
+async def _seed_knowledge(api) -> None:
+    """The sample ontology, a twin built from it and its holiday-rush scenario."""
+    import yaml
+
+    ontology = RESOURCES / "ontologies" / "supply_chain.ttl"
+    scenario = RESOURCES / "ontologies" / "supply_chain_scenario.yaml"
+    try:
+        await api.upload_ontology("supply-chain", ontology.read_text())
+        twin = await api.create_twin("supply-chain", "supply-chain")
+        await api.add_scenario(twin["id"], yaml.safe_load(scenario.read_text()))
+    except Exception as exc:  # the shot still shows the panel
+        print(f"screenshots: knowledge seed failed: {exc}")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -142,16 +156,15 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
     await grab("workers")
     await _until(lambda: len(window.logs.lines) > 20, 20, "log lines")
     await grab("logs")
-    await window.knowledge.check_available()
-    if window.knowledge.available:
-        ontology = RESOURCES / "ontologies" / "supply_chain.ttl"
-        if ontology.is_file():
-            try:
-                await api.upload_ontology("supply-chain", ontology.read_text())
-            except Exception as exc:  # the shot still shows the panel
-                print(f"screenshots: ontology upload failed: {exc}")
-        window.knowledge.editor.setPlainText(KG_QUERY)
-        window.knowledge.run_query()
+    knowledge = window.knowledge
+    await knowledge.check_available()
+    if knowledge.available:
+        await _seed_knowledge(api)
+        await knowledge.load_twins()
+        knowledge.editor.setPlainText(KG_QUERY)
+        await knowledge.run_query()
+        if knowledge.scenario_combo.count():
+            await knowledge.simulate()
     await grab("knowledge", 1.0)
     return shots
 

@@ -263,10 +263,37 @@ class ApiClient:
             raise ApiError(message, response.status_code, detail)
         return response.json()
 
+    async def list_twins(self) -> list[dict[str, Any]]:
+        answer = await self.request("GET", "/api/v1/twins")
+        return list(answer.get("twins", []) if isinstance(answer, dict) else answer)
+
+    async def create_twin(self, name: str, ontology_id: str) -> dict[str, Any]:
+        body = {"name": name, "ontology_id": ontology_id}
+        return await self.request("POST", "/api/v1/twins", json=body)
+
+    async def list_scenarios(self, twin_id: str) -> list[dict[str, Any]]:
+        answer = await self.request("GET", f"/api/v1/twins/{twin_id}/scenarios")
+        return list(answer.get("scenarios", []))
+
+    async def add_scenario(self, twin_id: str, scenario: dict[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", f"/api/v1/twins/{twin_id}/scenarios", json=scenario)
+
+    async def run_twin(
+        self, twin_id: str, scenario_id: str, *, wait: bool = True, timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Simulate; with ``wait`` the finished run record (``result.times``,
+        ``result.utilisation`` per entity), else the queued run."""
+        body = {"scenario_id": scenario_id, "wait": wait}
+        return await self.request(
+            "POST", f"/api/v1/twins/{twin_id}/runs", json=body, timeout=timeout
+        )
+
     async def has_kg(self) -> bool:
         """True when the server offers the knowledge-graph API."""
         try:
             await self.kg_query("SELECT * WHERE { ?s ?p ?o } LIMIT 1")
+        except ApiUnreachable:
+            raise  # unknown yet: ask again once the server answers
         except ApiError as exc:
             if exc.status in (404, 405):
                 return False

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -45,7 +49,7 @@ class QtKnowledgePanel(QWidget):
         font = QFont("DejaVu Sans Mono")
         font.setPointSize(10)
         self.editor.setFont(font)
-        self.editor.setMaximumHeight(180)
+        self.editor.setMaximumHeight(120)
         root.addWidget(self.editor)
         bar = QHBoxLayout()
         self.run_button = QPushButton("Run query")
@@ -61,7 +65,32 @@ class QtKnowledgePanel(QWidget):
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().hide()
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setMinimumHeight(180)
         root.addWidget(self.table, 1)
+
+        twin_bar = QHBoxLayout()
+        twin_title = QLabel("Digital twin")
+        twin_title.setStyleSheet("font-weight: 600; color: #FFFFFF;")
+        self.twin_combo = QComboBox()
+        self.twin_combo.setMinimumWidth(200)
+        self.twin_combo.currentIndexChanged.connect(lambda _i: self.load_scenarios())
+        self.scenario_combo = QComboBox()
+        self.scenario_combo.setMinimumWidth(200)
+        self.simulate_button = QPushButton("Run simulation")
+        self.simulate_button.clicked.connect(self.simulate)
+        self.twin_label = QLabel("")
+        self.twin_label.setObjectName("Hint")
+        twin_bar.addWidget(twin_title)
+        twin_bar.addWidget(self.twin_combo)
+        twin_bar.addWidget(self.scenario_combo)
+        twin_bar.addWidget(self.simulate_button)
+        twin_bar.addWidget(self.twin_label, 1)
+        root.addLayout(twin_bar)
+        # pyqtgraph is imported when the first run is plotted (it is slow to import).
+        self.plot_holder = QVBoxLayout()
+        root.addLayout(self.plot_holder)
+        self.plot: Any = None
+        self.last_run: dict[str, Any] | None = None
         context.profile_changed.connect(lambda _p: self.check_available())
 
     @asyncSlot()
@@ -81,6 +110,87 @@ class QtKnowledgePanel(QWidget):
             self.banner.clear_message()
         self.editor.setEnabled(bool(self.available))
         self.run_button.setEnabled(bool(self.available))
+        if self.available:
+            await self.load_twins()
+
+    async def load_twins(self) -> None:
+        try:
+            twins = await self.context.api.list_twins()
+        except ApiError as exc:
+            self.twin_label.setText(f"No twins: {exc}")
+            return
+        self.twin_combo.blockSignals(True)
+        self.twin_combo.clear()
+        for twin in twins:
+            self.twin_combo.addItem(twin.get("name") or twin["id"], twin["id"])
+        self.twin_combo.blockSignals(False)
+        self.simulate_button.setEnabled(bool(twins))
+        if not twins:
+            self.twin_label.setText("No digital twins yet (POST /api/v1/twins).")
+        await self.load_scenarios()
+
+    @asyncSlot()
+    async def load_scenarios(self) -> None:
+        twin_id = self.twin_combo.currentData()
+        self.scenario_combo.clear()
+        if not twin_id:
+            return
+        try:
+            scenarios = await self.context.api.list_scenarios(twin_id)
+        except ApiError as exc:
+            self.twin_label.setText(f"No scenarios: {exc}")
+            return
+        for scenario in scenarios:
+            self.scenario_combo.addItem(scenario.get("name") or scenario["id"], scenario["id"])
+
+    @asyncSlot()
+    async def simulate(self) -> None:
+        twin_id, scenario_id = self.twin_combo.currentData(), self.scenario_combo.currentData()
+        if not twin_id or not scenario_id:
+            self.twin_label.setText("Choose a twin and a scenario.")
+            return
+        self.simulate_button.setEnabled(False)
+        self.twin_label.setText("Simulating…")
+        try:
+            run = await self.context.api.run_twin(twin_id, scenario_id, wait=True)
+        except ApiError as exc:
+            self.banner.error(f"Simulation failed: {exc}")
+            self.twin_label.setText("")
+            return
+        finally:
+            self.simulate_button.setEnabled(True)
+        self.last_run = run
+        self.plot_run(run)
+
+    def plot_run(self, run: dict[str, Any]) -> None:
+        """Utilisation of each entity over the simulated time."""
+        import pyqtgraph as pg
+
+        result = run.get("result") or {}
+        times = result.get("times") or []
+        utilisation: dict[str, list[float]] = result.get("utilisation") or {}
+        if self.plot is None:
+            self.plot = pg.PlotWidget()
+            self.plot.setMinimumHeight(220)
+            self.plot.setMaximumHeight(320)
+            self.plot.setLabel("bottom", "simulated time")
+            self.plot.setLabel("left", "utilisation")
+            self.plot.setMouseEnabled(x=False, y=False)
+            self.plot.addLegend(offset=(8, 4), labelTextColor="#C9CFD9", colCount=3)
+            self.plot_holder.addWidget(self.plot)
+        self.plot.clear()
+        palette = ["#4C9AFF", "#4CC38A", "#E0B341", "#FF6B6B", "#B39DDB", "#36C5D6", "#FF9F5A"]
+        busiest = sorted(utilisation, key=lambda e: max(utilisation[e] or [0]), reverse=True)
+        for index, entity in enumerate(busiest[:7]):
+            short = entity.rsplit("#", 1)[-1].rsplit("/", 1)[-1]
+            color = palette[index % len(palette)]
+            self.plot.plot(times, utilisation[entity], name=short, pen=pg.mkPen(color, width=1))
+        threshold = (run.get("result") or {}).get("metrics", {}).get("bottleneck_threshold", 0.9)
+        self.plot.addLine(y=threshold, pen=pg.mkPen("#FF6B6B", style=Qt.PenStyle.DashLine))
+        took = result.get("elapsed_ms", 0.0)
+        self.twin_label.setText(
+            f"{len(utilisation)} entities · {len(times)} snapshots · simulated in {took:.0f} ms"
+        )
 
     @asyncSlot()
     async def run_query(self) -> None:

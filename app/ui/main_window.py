@@ -161,7 +161,7 @@ class QtMainWindow(QMainWindow):
             self.jobs.refresh()
         elif key == "pipelines" and self.pipelines.list.count() == 0:
             self.pipelines.refresh_list()
-        elif key == "knowledge" and self.knowledge.available is None:
+        elif key == "knowledge" and not self.knowledge.available:
             self.knowledge.check_available()
 
     # ---------------------------------------------------------------- status bar

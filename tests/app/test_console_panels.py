@@ -265,3 +265,36 @@ def test_logs_arrive_and_a_running_job_is_cancelled(console: Console) -> None:
         )
 
     console.run(scenario)
+
+
+def test_knowledge_panel_queries_and_plots_a_twin_run(console: Console) -> None:
+    import yaml
+
+    window = console.window
+    panel = window.knowledge
+    ontologies = Path(__file__).resolve().parents[2] / "resources" / "ontologies"
+
+    async def scenario() -> None:
+        await console.start_cluster()
+        api = window.context.api
+        await api.upload_ontology("supply-chain", (ontologies / "supply_chain.ttl").read_text())
+        twin = await api.create_twin("supply-chain", "supply-chain")
+        scenario_doc = yaml.safe_load((ontologies / "supply_chain_scenario.yaml").read_text())
+        await api.add_scenario(twin["id"], scenario_doc)
+        window.show_panel("knowledge")
+        await until(lambda: panel.available is True, 15, "the KG API detected")
+        await until(lambda: panel.scenario_combo.count() == 1, 15, "the twin's scenario")
+        panel.editor.setPlainText(
+            "PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>\n"
+            "SELECT ?s ?label WHERE { ?s rdfs:label ?label }"
+        )
+        QTest.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
+        await until(lambda: panel.table.rowCount() > 5, 15, "query rows in the table")
+        labels = {panel.table.item(r, 1).text() for r in range(panel.table.rowCount())}
+        assert "North DC" in labels
+        QTest.mouseClick(panel.simulate_button, Qt.MouseButton.LeftButton)
+        await until(lambda: panel.last_run is not None, 60, "the simulation's run")
+        assert panel.plot is not None and len(panel.plot.getPlotItem().listDataItems()) >= 5
+        assert "61 snapshots" in panel.twin_label.text()
+
+    console.run(scenario)

@@ -155,9 +155,10 @@ def test_live_feed_polls_when_there_is_no_stream(stack: Stack) -> None:
 def test_knowledge_graph_upload_and_query(stack: Stack) -> None:
     from pathlib import Path
 
-    turtle = (
+    turtle_path = (
         Path(__file__).resolve().parents[2] / "resources" / "ontologies" / "supply_chain.ttl"
-    ).read_text()
+    )
+    turtle = turtle_path.read_text()
 
     async def scenario() -> None:
         api = ApiClient(stack.url)
@@ -173,6 +174,16 @@ def test_knowledge_graph_upload_and_query(stack: Stack) -> None:
             columns, rows = sparql_rows(answer)
             assert columns == ["s", "label"]
             assert any(row[1] == "Supply chain" for row in rows)
+            import yaml
+
+            scenario = (turtle_path.parent / "supply_chain_scenario.yaml").read_text()
+            twin = await api.create_twin("supply-chain", "supply-chain")
+            added = await api.add_scenario(twin["id"], yaml.safe_load(scenario))
+            assert [s["id"] for s in await api.list_scenarios(twin["id"])] == [added["id"]]
+            run = await api.run_twin(twin["id"], added["id"], wait=True)
+            assert run["status"] == "succeeded"
+            assert len(run["result"]["times"]) == 61
+            assert max(max(v) for v in run["result"]["utilisation"].values()) >= 0.9
             with pytest.raises(ApiError) as info:
                 await api.kg_query("SELEC nonsense")
             assert 400 <= info.value.status < 500
