@@ -186,7 +186,7 @@ class Worker:
         self._pending: list[Any] = []  # progress tuples and Outcomes, in order
         self._pending_event = asyncio.Event()
         self._write_lock = asyncio.Lock()
-        self._process: Any = None  # psutil.Process, created lazily
+        self._usage = _ProcessUsage()
         self._fatal: BaseException | None = None
         self._last_busy = time.monotonic()
         self._trimmed = True
@@ -459,11 +459,6 @@ class Worker:
     # -- maintenance -------------------------------------------------------------------
 
     async def _heartbeat(self, draining: bool = False) -> None:
-        if self._process is None:
-            import psutil  # lazily: only the worker needs it
-
-            self._process = psutil.Process()
-            self._process.cpu_percent(None)
         info = {
             "worker_id": self.worker_id,
             "hostname": self.hostname,
@@ -475,8 +470,8 @@ class Worker:
             "processed": self.processed,
             "succeeded": self.succeeded,
             "failed": self.failed,
-            "cpu_percent": self._process.cpu_percent(None),
-            "memory_bytes": self._process.memory_info().rss,
+            "cpu_percent": self._usage.cpu_percent(),
+            "memory_bytes": self._usage.rss(),
             "draining": "1" if draining or self._stopping.is_set() else "0",
         }
         await self.consumer.heartbeat(info, ttl=self.config.heartbeat * 3)
@@ -564,6 +559,37 @@ class Worker:
             logger.info("job %s: cancellation requested; stopping it", job_id)
             entry.stop_reason = "cancel"
             entry.task.cancel()
+
+
+class _ProcessUsage:
+    """This process's CPU share since the last call and its RSS, read from the kernel
+    (``/proc`` on Linux; psutil elsewhere), without keeping psutil loaded in a worker."""
+
+    def __init__(self) -> None:
+        self._cpu = self._cpu_seconds()
+        self._at = time.monotonic()
+
+    @staticmethod
+    def _cpu_seconds() -> float:
+        times = os.times()
+        return times.user + times.system
+
+    def cpu_percent(self) -> float:
+        cpu, at = self._cpu_seconds(), time.monotonic()
+        elapsed = at - self._at
+        percent = 100.0 * (cpu - self._cpu) / elapsed if elapsed > 0 else 0.0
+        self._cpu, self._at = cpu, at
+        return round(percent, 1)
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            with open("/proc/self/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            import psutil
+
+            return int(psutil.Process().memory_info().rss)
 
 
 def _release_memory() -> None:
