@@ -215,6 +215,8 @@ class QtJobsPanel(QWidget):
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().hide()
         self.table.verticalHeader().setDefaultSectionSize(26)
+        # Fixed row heights: no per-row size hints to compute as rows pour in.
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         self.table.setWordWrap(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
@@ -233,9 +235,15 @@ class QtJobsPanel(QWidget):
         split.addWidget(self.details)
         split.setSizes([520, 220])
         root.addWidget(split, 1)
-        self.proxy.rowsInserted.connect(self._update_count)
-        self.proxy.rowsRemoved.connect(self._update_count)
-        self.proxy.modelReset.connect(self._update_count)
+        # The count label is refreshed at most 4 times a second: a label change relayouts
+        # the toolbar, too costly to do for each of 100 updates a second.
+        self._count_timer = QTimer(self)
+        self._count_timer.setSingleShot(True)
+        self._count_timer.setInterval(250)
+        self._count_timer.timeout.connect(self._update_count)
+        self.proxy.rowsInserted.connect(lambda *_: self._count_timer.start())
+        self.proxy.rowsRemoved.connect(lambda *_: self._count_timer.start())
+        self.proxy.modelReset.connect(lambda *_: self._count_timer.start())
 
     # ---------------------------------------------------------------- filter and counts
 
