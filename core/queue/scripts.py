@@ -85,14 +85,38 @@ local function finalize(jk, jobid, status, err)
   publish(jk, jobid)
 end
 
+-- Redis's clock as ISO 8601 UTC and epoch ms (days to civil date: H. Hinnant's method).
+local function iso_now()
+  local t = redis.call('TIME')
+  local secs, us = tonumber(t[1]), tonumber(t[2])
+  local days = math.floor(secs / 86400)
+  local rem = secs - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp + 3
+  if mp >= 10 then m = mp - 9 end
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', y, m, d,
+    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, us),
+    secs * 1000 + math.floor(us / 1000)
+end
+
 local function drop_entry(stream, eid)
   redis.call('XACK', stream, G, eid)
   redis.call('XDEL', stream, eid)
 end
 """
 
-# ARGV[12] mode ('read' | 'start' | 'reclaim'), ARGV[13] max jobs, ARGV[14] min idle ms,
-# then: read -> (stream, cap) pairs; start -> (stream, entry id, job id) triples;
+# ARGV[12] mode ('read' | 'start' | 'pending' | 'reclaim'), ARGV[13] max jobs, ARGV[14]
+# min idle ms, then: read -> (stream, cap) pairs; start -> (stream, entry id, job id)
+# triples; pending -> streams (start this consumer's delivered, still queued entries);
 # reclaim -> streams. Returns {stream, entry id, {job_id, attempts, type, payload, timeout,
 # max_retries, retry_backoff, pipeline, queue, priority}} per job started.
 FETCH = (
@@ -159,6 +183,26 @@ if mode == 'read' then
 elseif mode == 'start' then
   for i = 15, #ARGV, 3 do
     start(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  end
+elseif mode == 'pending' then
+  -- Sent right behind a blocking XREADGROUP in the same pipeline: start what that read
+  -- just delivered to this consumer (its entries whose job is still queued), so a
+  -- waking worker needs no second round trip. The context's time is from before the
+  -- block, so take the time now.
+  NOW_ISO, NOW_MS = iso_now()
+  for i = 15, #ARGV do
+    -- This consumer's whole pending list: its running jobs are in it too (skipped).
+    local res = redis.pcall('XPENDING', ARGV[i], G, '-', '+', 1000, W)
+    if not (type(res) == 'table' and res.err) then
+      for _, p in ipairs(res) do
+        local entry = redis.call('XRANGE', ARGV[i], p[1], p[1])[1]
+        if entry then
+          local jobid = entry[2][2]
+          local st = redis.call('HGET', JP .. jobid, 'status')
+          if st ~= 'running' then start(ARGV[i], p[1], jobid) end
+        end
+      end
+    end
   end
 elseif mode == 'reclaim' then
   for i = 15, #ARGV do
