@@ -417,14 +417,13 @@ class JobQueue:
         """Put a failed or dead job back on its queue with its attempts reset."""
         args = [*self._context(), job_id]
         async with redis_errors("retry the job"):
-            outcome = _text(await scripts.RETRY_DEAD_SCRIPT(self.redis, args))
+            answer = await scripts.RETRY_DEAD_SCRIPT(self.redis, args)
+        if isinstance(answer, list):  # the record as re-queued (a worker may take it at once)
+            return record_from_hash(dict(zip(answer[::2], answer[1::2], strict=True)))
+        outcome = _text(answer)
         if outcome == "missing":
             raise JobNotFoundError(job_id)
-        if outcome != "queued":
-            raise JobStateError(
-                f"job {job_id!r} is {outcome}; only failed or dead jobs can be retried"
-            )
-        return await self.get(job_id)
+        raise JobStateError(f"job {job_id!r} is {outcome}; only failed or dead jobs can be retried")
 
     async def dead_letter(
         self, offset: int = 0, limit: int = 50

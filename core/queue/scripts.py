@@ -343,7 +343,7 @@ return 'ended:' .. f[1]
 """
 )
 
-# ARGV[12] job id.
+# ARGV[12] job id. Answers the record (flat HGETALL) as re-queued, or why not.
 RETRY_DEAD = (
     _PRELUDE
     + r"""
@@ -360,7 +360,7 @@ redis.call('HSET', jk, 'status', 'queued', 'attempts', 0, 'entry', eid)
 redis.call('DEL', DP .. jobid)
 redis.call('EXPIRE', jk, TTL)
 publish(jk, jobid)
-return 'queued'
+return redis.call('HGETALL', jk)
 """
 )
 
