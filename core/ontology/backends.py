@@ -302,37 +302,28 @@ class SparqlEndpointBackend:
             self.update(" ;\n".join(parts), timeout=self._client.timeout.read or 30.0)
 
     def put_graph(self, graph: str, triples: Sequence[ox.Triple]) -> None:
-        if not self.graph_store:
-            self._insert_data(graph, triples, replace=True)
-            return
-        body = ox.serialize(list(triples), format=ox.RdfFormat.N_TRIPLES) or b""
-        response = self._request(
-            "PUT",
-            self._gsp(),
-            params={"graph": graph},
-            content=body,
-            headers={"Content-Type": "application/n-triples"},
-        )
-        if response.status_code >= 400:
-            raise EndpointError(
-                f"storing graph {graph} failed ({response.status_code}): {response.text[:300]}"
-            )
+        self._send_graph(graph, triples, replace=True)
 
     def add_triples(self, graph: str, triples: Sequence[ox.Triple]) -> None:
+        self._send_graph(graph, triples, replace=False)
+
+    def _send_graph(self, graph: str, triples: Sequence[ox.Triple], *, replace: bool) -> None:
+        """Replace (PUT) or extend (POST) ``graph`` through the graph store, else SPARQL Update."""
         if not self.graph_store:
-            self._insert_data(graph, triples, replace=False)
+            self._insert_data(graph, triples, replace=replace)
             return
         body = ox.serialize(list(triples), format=ox.RdfFormat.N_TRIPLES) or b""
         response = self._request(
-            "POST",
+            "PUT" if replace else "POST",
             self._gsp(),
             params={"graph": graph},
             content=body,
             headers={"Content-Type": "application/n-triples"},
         )
         if response.status_code >= 400:
+            action = "storing graph" if replace else "adding to graph"
             raise EndpointError(
-                f"adding to graph {graph} failed ({response.status_code}): {response.text[:300]}"
+                f"{action} {graph} failed ({response.status_code}): {response.text[:300]}"
             )
 
     def drop_graph(self, graph: str) -> None:
