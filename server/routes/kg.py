@@ -180,7 +180,8 @@ async def _protocol_params(request: Request) -> list[tuple[str, str]]:
     return params
 
 
-@router.api_route("/sparql", methods=["GET", "POST"])
+@router.get("/sparql", operation_id="sparql_protocol_get")
+@router.post("/sparql", operation_id="sparql_protocol_post")
 async def sparql_protocol(request: Request, store: OntologyStoreDep) -> Response:
     """SPARQL 1.1 Protocol endpoint (query over GET/POST, update over POST)."""
     params = await _protocol_params(request)
