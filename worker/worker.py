@@ -47,6 +47,13 @@ __all__ = ["Worker", "WorkerConfig", "WorkerGaveUpError"]
 
 logger = logging.getLogger(__name__)
 
+#: Longest wait for the internal loops to finish after they were cancelled on shutdown.
+_LOOP_STOP_TIMEOUT = 5.0
+#: A loop still running this long after ``cancel()`` is cancelled again: on Python 3.11
+#: ``asyncio.wait_for`` (which redis-py wraps around every socket write) drops a
+#: cancellation that arrives just as the write completes, so one ``cancel()`` can be lost.
+_RECANCEL_EVERY = 0.25
+
 #: Errors that mean "Redis is away for now": retried with backoff.
 _OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -108,6 +115,18 @@ class WorkerConfig:
 
 class WorkerGaveUpError(RuntimeError):
     """Redis stayed away longer than ``max_outage``."""
+
+
+def _awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """Where ``task`` waits: its chain of awaited coroutines, outermost first."""
+    chain: list[str] = []
+    awaitable: Any = task.get_coro()
+    while awaitable is not None and len(chain) < 50:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+    return chain
 
 
 class _Reconnect:
@@ -182,6 +201,9 @@ class Worker:
         self.running: dict[str, _Running] = {}
         self.processed = self.succeeded = self.failed = 0
         self._stopping = asyncio.Event()
+        #: Set when the internal loops must end (after the drain); they check it on every
+        #: turn, so a cancellation lost inside redis-py cannot keep one running.
+        self._closing = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._pending: list[Any] = []  # progress tuples and Outcomes, in order
         self._pending_event = asyncio.Event()
@@ -228,9 +250,7 @@ class Worker:
         await self._stopping.wait()
         code = 0 if self._fatal is None else 1
         await self._drain(fetch)
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        await self._stop_loops(loops)
         if self._fatal is None:
             with contextlib.suppress(*_OUTAGE_ERRORS):
                 await self.consumer.deregister()
@@ -238,6 +258,30 @@ class Worker:
             await self.redis.aclose()
         logger.info("%s stopped (processed %d jobs)", self.worker_id, self.processed)
         return code
+
+    async def _stop_loops(self, loops: list[asyncio.Task[None]]) -> None:
+        """Cancel the internal loops and wait (bounded) until they have finished.
+
+        Each loop also ends on its own at its next turn once ``_closing`` is set. A loop
+        that has not finished within ``_LOOP_STOP_TIMEOUT`` is logged with where it waits
+        and abandoned (the process exits right after); shutdown never waits on it for good.
+        """
+        self._closing.set()
+        self._pending_event.set()  # wakes the writer
+        pending = set(loops)
+        deadline = time.monotonic() + _LOOP_STOP_TIMEOUT
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for task in pending:
+                task.cancel()  # again each turn: one cancellation may be lost (see above)
+            _, pending = await asyncio.wait(pending, timeout=min(left, _RECANCEL_EVERY))
+        for task in pending:
+            frames = "".join(f"\n  {where}" for where in _awaiting(task))
+            logger.warning(
+                "worker loop %s did not stop within %.0fs; abandoning it:%s",
+                task.get_name(),
+                _LOOP_STOP_TIMEOUT,
+                frames,
+            )
 
     async def _guard(self, loop_fn: Callable[[], Awaitable[None]]) -> None:
         """Run a loop; restart it after an unexpected error (logged, with backoff) so a
@@ -260,10 +304,18 @@ class Worker:
                 logger.exception(
                     "worker loop %s failed; restarting it in %.1fs", loop_fn.__name__, delay
                 )
-                if self._stopping.is_set() and loop_fn == self._fetch_loop:
+                if self._closing.is_set() or (
+                    self._stopping.is_set() and loop_fn == self._fetch_loop
+                ):
                     return
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less once the loops are closing."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
 
     async def _connect(self) -> None:
         reconnect = _Reconnect("connect", self.config.max_outage)
@@ -284,8 +336,7 @@ class Worker:
             len(self.running),
             self.config.grace,
         )
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(fetch, timeout=self.config.block + 5)
+        await asyncio.wait([fetch], timeout=self.config.block + 5)
         with contextlib.suppress(*_OUTAGE_ERRORS):
             await self._heartbeat(draining=True)
         tasks = [r.task for r in self.running.values()]
@@ -446,10 +497,10 @@ class Worker:
 
     async def _writer_loop(self) -> None:
         reconnect = _Reconnect("write outcomes", self.config.max_outage)
-        while True:
+        while not self._closing.is_set():
             await self._pending_event.wait()
             self._pending_event.clear()
-            while self._pending:
+            while self._pending and not self._closing.is_set():
                 try:
                     await self._write_batch()
                     reconnect.ok()
@@ -480,7 +531,7 @@ class Worker:
         reconnect = _Reconnect("maintenance", self.config.max_outage)
         tick = max(0.05, min(self.config.heartbeat, self.config.lease / 3))
         last_renew = last_reclaim = 0.0
-        while True:
+        while not self._closing.is_set():
             try:
                 now = time.monotonic()
                 await self._heartbeat()
@@ -495,7 +546,7 @@ class Worker:
             except _OUTAGE_ERRORS as exc:
                 await reconnect.failed(exc)
                 continue
-            await asyncio.sleep(tick)
+            await self._pause(tick)
 
     async def _renew(self) -> None:
         running = list(self.running.values())
@@ -522,7 +573,7 @@ class Worker:
 
     async def _scheduler_loop(self) -> None:
         reconnect = _Reconnect("scheduler", self.config.max_outage)
-        while True:
+        while not self._closing.is_set():
             try:
                 next_due = await self.consumer.move_due()
                 reconnect.ok()
@@ -532,17 +583,17 @@ class Worker:
             pause = self.config.schedule_poll
             if next_due is not None:
                 pause = min(pause, max(0.01, next_due - time.time()))
-            await asyncio.sleep(pause)
+            await self._pause(pause)
 
     async def _cancel_listener(self) -> None:
         reconnect = _Reconnect("cancel listener", self.config.max_outage)
-        while True:
+        while not self._closing.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.consumer.keys.cancel)
                 reconnect.ok()
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
+                while not self._closing.is_set():
+                    message = await pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
                     self._cancel_requested(str(message["data"]))
