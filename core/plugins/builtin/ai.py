@@ -14,13 +14,15 @@ import json
 import logging
 import os
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import Field, SecretStr, model_validator
 
 from mimir.core.errors import PluginError
 from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+
+if TYPE_CHECKING:  # httpx is imported where used: loading the registry must not load it
+    import httpx
 
 __all__ = ["MockAIPlugin", "OpenAIPlugin"]
 
@@ -310,6 +312,8 @@ class OpenAIPlugin(Plugin[OpenAIConfig]):
     async def _post(
         self, url: str, body: dict[str, Any], headers: dict[str, str], config: OpenAIConfig
     ) -> dict[str, Any]:
+        import httpx
+
         attempts = config.max_retries + 1
         async with httpx.AsyncClient(timeout=config.timeout) as client:
             for attempt in range(1, attempts + 1):

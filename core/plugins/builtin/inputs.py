@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 from xml.etree.ElementTree import Element, ParseError
 
-import httpx
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeElementTree
 from pydantic import ConfigDict, Field, field_validator
@@ -368,6 +367,8 @@ class ApiInputPlugin(Plugin[ApiInputConfig]):
     config_model = ApiInputConfig
 
     async def run(self, config: ApiInputConfig, run: RunContext) -> Any:
+        import httpx  # here, not at the top: loading the plugin registry must not load it
+
         if config.body is not None and config.json_body is not None:
             raise PluginError("give either 'body' or 'json', not both")
         target = f"{config.method} {config.url.split('?', 1)[0]}"

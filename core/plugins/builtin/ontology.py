@@ -23,21 +23,19 @@ import math
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyoxigraph as ox
 from pydantic import Field
 
 from mimir.core.errors import PluginError
-from mimir.core.ontology import (
-    OntologyError,
-    OntologyNotFoundError,
-    OntologyStore,
-    StoreBusyError,
-    open_ontology_store,
-    open_ontology_store_via_api,
-)
 from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+
+# pyoxigraph and the ontology store are imported where used: loading the plugin registry
+# (every worker does) must not map Oxigraph into processes that never touch an ontology.
+if TYPE_CHECKING:
+    import pyoxigraph as ox
+
+    from mimir.core.ontology import OntologyStore
 
 __all__ = ["OntologyLoadPlugin", "OntologyQueryPlugin", "sparql_term"]
 
@@ -51,6 +49,12 @@ _DECIMAL = {_XSD + n for n in ("decimal", "double", "float")}
 @asynccontextmanager
 async def _store(run: RunContext) -> AsyncIterator[OntologyStore]:
     """The store of the step's data directory; the server's endpoint when it holds it."""
+    from mimir.core.ontology import (
+        OntologyError,
+        StoreBusyError,
+        open_ontology_store,
+        open_ontology_store_via_api,
+    )
     from mimir.core.settings import Settings
 
     settings = Settings.from_env().with_(data_dir=run.data_dir)
@@ -70,6 +74,8 @@ async def _store(run: RunContext) -> AsyncIterator[OntologyStore]:
 
 def sparql_term(value: Any) -> str:
     """``value`` as a SPARQL term (escaped literal, number, boolean or ``<iri>``)."""
+    import pyoxigraph as ox
+
     if isinstance(value, dict) and set(value) == {"iri"}:
         return str(ox.NamedNode(str(value["iri"])))
     if isinstance(value, bool):
@@ -115,6 +121,8 @@ class OntologyQueryPlugin(Plugin[QueryConfig]):
     config_model = QueryConfig
 
     async def run(self, config: QueryConfig, run: RunContext) -> Any:
+        from mimir.core.ontology import OntologyError
+
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             return sparql_term(config.params[name]) if name in config.params else match.group(0)
@@ -166,6 +174,8 @@ def _fill(template: str, row: dict[str, Any], where: str) -> str:
 
 
 def _literal(value: Any, datatype: str | None) -> ox.Literal:
+    import pyoxigraph as ox
+
     if datatype:
         iri = datatype if ":" in datatype and "/" in datatype else _XSD + datatype
         text = json.dumps(value) if isinstance(value, bool) else str(value)
@@ -181,6 +191,8 @@ def _literal(value: Any, datatype: str | None) -> ox.Literal:
 
 def rows_to_triples(config: LoadConfig) -> list[ox.Triple]:
     """The triples ``config`` maps its rows to."""
+    import pyoxigraph as ox
+
     rdf_type = ox.NamedNode("http://www.w3.org/1999/02/22-rdf-syntax-ns#type")
     label = ox.NamedNode("http://www.w3.org/2000/01/rdf-schema#label")
     triples: list[ox.Triple] = []
@@ -230,6 +242,8 @@ class OntologyLoadPlugin(Plugin[LoadConfig]):
     config_model = LoadConfig
 
     async def run(self, config: LoadConfig, run: RunContext) -> Any:
+        from mimir.core.ontology import OntologyError, OntologyNotFoundError
+
         triples = rows_to_triples(config)
 
         def load(store: OntologyStore) -> int:
