@@ -8,6 +8,7 @@ conditions with deadlines (the GUI keeps running while we wait), never fixed sle
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import pytest
 pytest.importorskip("PySide6")
 qasync = pytest.importorskip("qasync")
 
-from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtCore import QCoreApplication, QEvent, QSettings, Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 
 from mimir.app.cluster.local import LocalBackend  # noqa: E402
@@ -111,10 +112,16 @@ def console(qapp: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     try:
         yield console
     finally:
+        # Destroy the window here, at a known point, rather than when a later test's event
+        # loop happens to run the deferred delete or the garbage collector finds it.
         window.close()
         window.deleteLater()
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        qapp.processEvents()
         loop.close()
         asyncio.set_event_loop(None)
+        del console, window
+        gc.collect()
     assert not errors, errors[0]
 
 
