@@ -44,7 +44,6 @@ from mimir.core.queue.models import (
     WorkerInfo,
     iso,
     record_from_hash,
-    utc_now,
 )
 
 __all__ = ["DURATION_BUCKETS", "JobPage", "JobQueue", "JobSpec", "connect"]
@@ -384,20 +383,7 @@ class JobQueue:
     # -- control ---------------------------------------------------------------------
 
     def _context(self, worker_id: str = "") -> list[Any]:
-        now = utc_now()
-        return [
-            self.keys.job_prefix,
-            self.keys.done_prefix,
-            self.keys.events,
-            self.keys.totals,
-            self.keys.rate(int(now.timestamp())),
-            self.keys.dead,
-            iso(now),
-            int(now.timestamp() * 1000),
-            self.job_ttl,
-            GROUP,
-            worker_id,
-        ]
+        return scripts.context_args(self.keys, self.job_ttl, worker_id)
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel the job: a queued or scheduled job ends now; a running one is asked to

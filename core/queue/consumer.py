@@ -119,20 +119,7 @@ class QueueConsumer:
         self.streams = [self.keys.stream(q, p) for p in PRIORITIES for q in self.queues]
 
     def _context(self) -> list[Any]:
-        now = utc_now()
-        return [
-            self.keys.job_prefix,
-            self.keys.done_prefix,
-            self.keys.events,
-            self.keys.totals,
-            self.keys.rate(int(now.timestamp())),
-            self.keys.dead,
-            iso(now),
-            int(now.timestamp() * 1000),
-            self.job_ttl,
-            GROUP,
-            self.worker_id,
-        ]
+        return scripts.context_args(self.keys, self.job_ttl, self.worker_id)
 
     def _deliveries(self, raw: Any) -> list[Delivery]:
         return [Delivery.from_script(s, e, values) for s, e, values in raw]

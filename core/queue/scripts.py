@@ -23,6 +23,28 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from mimir.core.queue.keys import GROUP, QueueKeys
+from mimir.core.queue.models import iso, utc_now
+
+
+def context_args(keys: QueueKeys, job_ttl: int, worker_id: str = "") -> list[Any]:
+    """The shared context block (``ARGV[1..11]`` above), stamped with the current time."""
+    now = utc_now()
+    return [
+        keys.job_prefix,
+        keys.done_prefix,
+        keys.events,
+        keys.totals,
+        keys.rate(int(now.timestamp())),
+        keys.dead,
+        iso(now),
+        int(now.timestamp() * 1000),
+        job_ttl,
+        GROUP,
+        worker_id,
+    ]
+
+
 __all__ = [
     "CANCEL",
     "ENQUEUE",
