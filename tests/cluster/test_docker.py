@@ -80,9 +80,19 @@ def test_build_streams_progress_from_the_engine(build_messages: list[tuple[str, 
 def test_up_runs_redis_backend_and_two_registered_workers(
     backend: DockerBackend, api: ClusterAPI
 ) -> None:
-    status = asyncio.run(backend.status())
+    # `up` waits for the API and the workers; Redis's own Docker healthcheck runs every 5 s,
+    # so its first verdict may still be pending ("starting") when `up` returns.
+    def redis_healthy() -> ClusterStatus | None:
+        status = asyncio.run(backend.status())
+        return status if _service(status, "redis").health == "healthy" else None
+
+    status = wait_until(
+        redis_healthy,
+        timeout=30,
+        interval=0.5,
+        message="Redis's healthcheck to report healthy",
+    )
     assert status.backend == "docker" and status.api_url == backend.api_url
-    assert _service(status, "redis").health == "healthy"
     assert _service(status, "backend").ports == {"8080/tcp": f"127.0.0.1:{backend.api_port}"}
     assert (_service(status, "worker").replicas, _service(status, "worker").health) == (
         2,
