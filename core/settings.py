@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
+from mimir.core.limits import Limits
+
 __all__ = ["Settings", "default_data_dir", "default_pipelines_dir", "normalise_redis_url"]
 
 
@@ -60,9 +62,21 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name) or ""
+    return tuple(part.strip() for part in raw.replace(";", ",").split(",") if part.strip())
+
+
 def _env_path(env: Mapping[str, str], name: str, default: Path) -> Path:
     raw = env.get(name)
     return Path(raw).expanduser() if raw else default
+
+
+def _sparql_federation(env: Mapping[str, str]) -> str:
+    mode = (env.get("MIMIR_SPARQL_FEDERATION") or "off").strip().lower()
+    if mode not in {"off", "allowlist"}:
+        raise ValueError(f"MIMIR_SPARQL_FEDERATION must be 'off' or 'allowlist', got {mode!r}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,20 @@ class Settings:
     worker_concurrency: int = 5
     #: Console's API URL (``MIMIR_API_URL``, or the seed's ``NEXT_PUBLIC_API_URL``).
     api_url: str = "http://localhost:8080"
+    #: Bounds on request, document and expression size and work (``MIMIR_MAX_*``, see limits).
+    limits: Limits = field(default_factory=Limits)
+    #: Hosts, CIDRs or ``host:port`` that outbound HTTP of plugins may reach
+    #: (``MIMIR_HTTP_ALLOW``, comma-separated; empty means any host not denied).
+    http_allow: tuple[str, ...] = ()
+    #: Hosts, CIDRs or ``host:port`` that outbound HTTP of plugins may never reach, on top of
+    #: the built-in denials (``MIMIR_HTTP_DENY``).
+    http_deny: tuple[str, ...] = ()
+    #: SPARQL ``SERVICE`` and ``LOAD``: ``off`` (default) or ``allowlist``
+    #: (``MIMIR_SPARQL_FEDERATION``).
+    sparql_federation: str = "off"
+    #: Hosts that ``SERVICE``/``LOAD`` may reach when federation is ``allowlist``
+    #: (``MIMIR_SPARQL_ALLOW``, comma-separated).
+    sparql_allow: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +147,11 @@ class Settings:
                 or env.get("NEXT_PUBLIC_API_URL")
                 or "http://localhost:8080"
             ),
+            limits=Limits.from_env(env),
+            http_allow=_env_list(env, "MIMIR_HTTP_ALLOW"),
+            http_deny=_env_list(env, "MIMIR_HTTP_DENY"),
+            sparql_federation=_sparql_federation(env),
+            sparql_allow=_env_list(env, "MIMIR_SPARQL_ALLOW"),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -1,0 +1,84 @@
+"""Named limits on what one request, document or expression may cost, from the environment.
+
+Every bound that protects the server and the workers from hostile or runaway input lives
+here, with its environment variable and default; the README's security section lists
+them. Code that enforces a bound reads it from :func:`default_limits` (or from the
+``limits`` field of :class:`mimir.core.settings.Settings`), never from a constant of its own.
+
+======================  ==============================  =========  =====================================
+field                   variable                        default    what it bounds
+======================  ==============================  =========  =====================================
+max_body_bytes          ``MIMIR_MAX_BODY_BYTES``        16 MiB     one HTTP request body (413 beyond)
+max_yaml_bytes          ``MIMIR_MAX_YAML_BYTES``        1 MiB      one YAML document (pipeline, cluster file)
+max_yaml_nodes          ``MIMIR_MAX_YAML_NODES``        100,000    YAML nodes *after* aliases are expanded
+max_yaml_aliases        ``MIMIR_MAX_YAML_ALIASES``      1,000      alias uses (``*name``) in one document
+max_depth               ``MIMIR_MAX_DEPTH``             64         nesting of YAML, a pipeline's config and a job's context
+max_steps               ``MIMIR_MAX_STEPS``             1,000      steps in one pipeline
+expr_max_value          ``MIMIR_EXPR_MAX_VALUE``        100,000    characters/items/digits of any value an expression builds
+expr_max_work           ``MIMIR_EXPR_MAX_WORK``         1,000,000  work units (operations + built size) per evaluation
+execute_timeout         ``MIMIR_EXECUTE_TIMEOUT``       300 s      one synchronous ``POST /pipelines/execute``
+======================  ==============================  =========  =====================================
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+__all__ = ["Limits", "LimitExceededError", "default_limits"]
+
+
+class LimitExceededError(ValueError):
+    """Input goes past one of the :class:`Limits` (callers map it to their own error)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on input size and work; each field has an environment variable (module doc)."""
+
+    #: Largest HTTP request body, in bytes.
+    max_body_bytes: int = 16 * 1024 * 1024
+    #: Largest YAML document, in bytes (UTF-8).
+    max_yaml_bytes: int = 1024 * 1024
+    #: Most YAML nodes once every alias is expanded (an alias bomb stops here).
+    max_yaml_nodes: int = 100_000
+    #: Most alias uses in one YAML document.
+    max_yaml_aliases: int = 1_000
+    #: Deepest nesting of mappings and lists (YAML, pipeline config, job context).
+    max_depth: int = 64
+    #: Most steps in one pipeline.
+    max_steps: int = 1_000
+    #: Largest string, list or integer (in characters, items or digits) an expression builds.
+    expr_max_value: int = 100_000
+    #: Most work units (operations plus the size of what they build) one evaluation may use.
+    expr_max_work: int = 1_000_000
+    #: Seconds a synchronous execute may run before it is cancelled (504).
+    execute_timeout: float = 300.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
+        """Limits from ``environ`` (default ``os.environ``); unset or empty keeps the default."""
+        env = os.environ if environ is None else environ
+        values: dict[str, int | float] = {}
+        for item in fields(cls):
+            name = "MIMIR_" + item.name.upper()
+            raw = (env.get(name) or "").strip()
+            if not raw:
+                continue
+            kind = float if item.type in ("float", float) else int
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {raw!r}")
+            values[item.name] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=1)
+def default_limits() -> Limits:
+    """The process's limits, read from the environment once."""
+    return Limits.from_env()
