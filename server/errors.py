@@ -47,6 +47,7 @@ from mimir.core.errors import (
     UnknownPluginError,
 )
 from mimir.core.pipeline.requests import InvalidPipelineRequestError
+from mimir.core.twin.store import TwinConflictError
 
 __all__ = ["error_response", "install_error_handlers", "status_for"]
 
@@ -58,6 +59,7 @@ _STATUS: list[tuple[type[MimirError], int]] = [
     (InvalidPipelineRequestError, 422),
     (PipelineNotFoundError, 404),
     (PipelineExistsError, 409),
+    (TwinConflictError, 409),
     (PathEscapeError, 400),
     (PluginError, 422),
     (TemplateError, 422),

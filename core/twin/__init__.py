@@ -15,7 +15,13 @@ from mimir.core.twin.models import (
     Twin,
 )
 from mimir.core.twin.simulation import TwinError, simulate
-from mimir.core.twin.store import TwinNotFoundError, TwinStore
+from mimir.core.twin.store import (
+    ScenarioExistsError,
+    TwinConflictError,
+    TwinExistsError,
+    TwinNotFoundError,
+    TwinStore,
+)
 
 __all__ = [
     "Entity",
@@ -24,9 +30,12 @@ __all__ = [
     "RunRecord",
     "Scenario",
     "ScenarioEvent",
+    "ScenarioExistsError",
     "SimulationResult",
     "Twin",
+    "TwinConflictError",
     "TwinError",
+    "TwinExistsError",
     "TwinNotFoundError",
     "TwinStore",
     "simulate",

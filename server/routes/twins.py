@@ -2,7 +2,8 @@
 
 - ``GET/POST /api/v1/twins`` (create from ``{name, ontology_id}``, or with ``entities`` and
   ``relationships`` given), ``GET/DELETE /api/v1/twins/{id}``;
-- ``GET/POST /api/v1/twins/{id}/scenarios``, ``GET …/scenarios/{scenario_id}``;
+- ``GET/POST /api/v1/twins/{id}/scenarios`` (ids are per twin: a duplicate is ``409``),
+  ``GET …/scenarios/{scenario_id}``;
 - ``GET/POST /api/v1/twins/{id}/runs`` (``{scenario_id, seed, wait}``: queued as a job, or
   run here and now with ``"wait": true``), ``GET /api/v1/twins/{id}/runs/{run_id}``;
 - ``POST /api/v1/queue/digital-twins/enqueue`` as in the seed: ``{twin_id, operation:
@@ -161,7 +162,11 @@ async def list_scenarios(twin_id: str, twins: TwinStoreDep) -> dict[str, list[Sc
     response_model=Scenario,
 )
 async def create_scenario(twin_id: str, body: Scenario, twins: TwinStoreDep) -> Scenario:
-    """Store a scenario; every event's target must be an entity of the twin."""
+    """Store a scenario; every event's target must be an entity of the twin.
+
+    Scenario ids are the twin's own: 409 when this twin already has one with that id
+    (another twin may use it).
+    """
     from mimir.core.twin.simulation import resolve_target
 
     twin = await asyncio.to_thread(twins.get_twin, twin_id)
