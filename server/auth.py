@@ -14,6 +14,8 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mimir.server.logs import printable
+
 __all__ = ["OPEN_PATHS", "BearerTokenMiddleware", "token_matches"]
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,12 @@ class BearerTokenMiddleware:
             await self.app(scope, receive, send)
             return
         reason = "missing bearer token" if not header else "invalid bearer token"
-        logger.warning("%s %s refused: %s", scope.get("method", "WS"), scope["path"], reason)
+        logger.warning(
+            "%s %s refused: %s",
+            printable(scope.get("method", "WS")),
+            printable(scope["path"]),
+            reason,
+        )
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return

@@ -48,6 +48,7 @@ from mimir.core.errors import (
 )
 from mimir.core.pipeline.requests import InvalidPipelineRequestError
 from mimir.core.twin.store import TwinConflictError
+from mimir.server.logs import printable
 
 __all__ = ["error_response", "install_error_handlers", "status_for"]
 
@@ -94,7 +95,13 @@ def _mimir_detail(exc: MimirError) -> Any:
 async def _mimir_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MimirError)
     status = status_for(exc)
-    logger.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+    logger.info(
+        "%s %s -> %d: %s",
+        printable(request.method),
+        printable(request.scope["path"]),  # request.url drops newlines and tabs
+        status,
+        printable(exc),
+    )
     return error_response(status, str(exc), _mimir_detail(exc))
 
 

@@ -5,7 +5,8 @@ untouched). The request id comes from a sane ``X-Request-ID`` header or is made 
 and is returned in ``X-Request-ID``. Successful ``/health`` and ``/metrics`` calls are
 logged at DEBUG (probes poll them), everything else at INFO. The log line holds method,
 path, status and time: never headers (the ``Authorization`` token stays out of the logs)
-nor query strings.
+nor query strings. Method and path are logged through :func:`printable`: a ``%0a`` or
+``%1b`` in a URL shows as ``\\x0a``/``\\x1b`` and cannot start a fake line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import uuid
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mimir.server.logs import printable
 
 __all__ = ["BodySizeLimitMiddleware", "RequestContextMiddleware"]
 
@@ -58,7 +61,10 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception:
             _errors.exception(
-                "unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id
+                "unhandled error in %s %s (request %s)",
+                printable(scope["method"]),
+                printable(scope["path"]),
+                request_id,
             )
             if status == 0:  # nothing sent yet: answer with JSON, never a traceback
                 status = 500
@@ -82,8 +88,8 @@ class RequestContextMiddleware:
                 logger.log(
                     level,
                     "%s %s %d %.1fms id=%s",
-                    scope["method"],
-                    scope["path"],
+                    printable(scope["method"]),
+                    printable(scope["path"]),
                     status,
                     (time.perf_counter() - started) * 1000,
                     request_id,

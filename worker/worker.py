@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core.jobs import JobContext, JobFailedError, get_job_handler
+from mimir.core.logtext import printable
 from mimir.core.queue.client import connect
 from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer
 from mimir.core.queue.models import iso, utc_now
@@ -435,7 +436,9 @@ class Worker:
             if reason == "cancel":
                 outcome = Outcome(delivery, "cancelled", error="cancelled while running")
             elif reason == "lost":
-                logger.warning("job %s: lease lost to another worker; dropped here", job_id)
+                logger.warning(
+                    "job %s: lease lost to another worker; dropped here", printable(job_id)
+                )
                 outcome = None
             else:
                 outcome = Outcome(delivery, "requeue")
@@ -444,7 +447,9 @@ class Worker:
         except JobFailedError as exc:
             outcome = Outcome(delivery, "failed", error=str(exc), result=exc.result)
         except Exception as exc:
-            logger.warning("job %s (%s) raised", job_id, delivery.type, exc_info=True)
+            logger.warning(
+                "job %s (%s) raised", printable(job_id), printable(delivery.type), exc_info=True
+            )
             outcome = Outcome(delivery, "failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             self.running.pop(job_id, None)
@@ -477,10 +482,12 @@ class Worker:
     def _account(self, outcome: Outcome, written: bool) -> None:
         job_id = outcome.delivery.job_id
         if not written:
-            logger.warning("job %s was taken over by another worker; outcome discarded", job_id)
+            logger.warning(
+                "job %s was taken over by another worker; outcome discarded", printable(job_id)
+            )
             return
         if outcome.kind == "requeue":
-            logger.info("job %s handed back to the queue", job_id)
+            logger.info("job %s handed back to the queue", printable(job_id))
             return
         self.processed += 1
         if outcome.kind == "succeeded":
@@ -489,10 +496,10 @@ class Worker:
             self.failed += 1
             logger.info(
                 "job %s attempt %d failed (%s): %s",
-                job_id,
+                printable(job_id),
                 outcome.delivery.attempt,
                 "will retry" if outcome.applied == "retry" else "final",
-                outcome.error,
+                printable(outcome.error),
             )
 
     async def _writer_loop(self) -> None:
@@ -556,7 +563,7 @@ class Worker:
                 continue
             if entry.stop_reason is None:
                 entry.stop_reason = answer  # 'cancel' or 'lost'
-                logger.info("job %s: %s; stopping it", entry.delivery.job_id, answer)
+                logger.info("job %s: %s; stopping it", printable(entry.delivery.job_id), answer)
                 entry.task.cancel()
 
     async def _reclaim(self) -> None:
@@ -566,7 +573,7 @@ class Worker:
         for delivery in await self.consumer.reclaim(free, self.config.lease):
             logger.info(
                 "took over job %s (attempt %d) from a worker whose lease expired",
-                delivery.job_id,
+                printable(delivery.job_id),
                 delivery.attempt,
             )
             self._start(delivery)
@@ -607,7 +614,7 @@ class Worker:
     def _cancel_requested(self, job_id: str) -> None:
         entry = self.running.get(job_id)
         if entry is not None and entry.stop_reason is None and not entry.task.done():
-            logger.info("job %s: cancellation requested; stopping it", job_id)
+            logger.info("job %s: cancellation requested; stopping it", printable(job_id))
             entry.stop_reason = "cancel"
             entry.task.cancel()
 
