@@ -19,7 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from mimir.core.errors import MimirError, PipelineNotFoundError, PipelineValidationError
+from mimir.core.errors import (
+    LimitExceededError,
+    MimirError,
+    PipelineNotFoundError,
+    PipelineValidationError,
+)
+from mimir.core.limits import check_depth, default_limits
 from mimir.core.pipeline.issues import ValidationIssue
 
 __all__ = ["describe_plugins", "plugins_main", "run_main", "validate_main"]
@@ -71,8 +77,14 @@ def _parse_context(raw: str | None, parser: argparse.ArgumentParser) -> dict[str
         context = json.loads(text)
     except json.JSONDecodeError as exc:
         parser.error(f"--context is not valid JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:
+        parser.error(f"--context is nested more than {default_limits().max_depth} levels deep")
     if not isinstance(context, dict):
         parser.error(f"--context must be a JSON object, got {type(context).__name__}")
+    try:
+        check_depth(context, default_limits().max_depth, "--context")
+    except LimitExceededError as exc:
+        parser.error(str(exc))
     return context
 
 

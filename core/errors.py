@@ -13,7 +13,10 @@ meant for a person. The server maps these to HTTP answers in one place
      │    ├── PluginConfigError    a step's config does not fit the plugin's config model
      │    └── StepTimeoutError     a step ran longer than its ``timeout``
      ├── TemplateError             ``{{ key.path }}`` or ``${NAME}`` cannot be resolved
-     └── PathEscapeError           a file path leaves the data directory
+     ├── PathEscapeError           a file path leaves the data directory
+     ├── LimitExceededError        input goes past a named limit (``mimir.core.limits``)
+     ├── OutboundRefusedError      a plugin's outbound call is refused by the HTTP policy
+     └── ExecutionTimeoutError     a synchronous execute ran past ``MIMIR_EXECUTE_TIMEOUT``
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ if TYPE_CHECKING:
     from mimir.core.pipeline.issues import ValidationIssue
 
 __all__ = [
+    "ExecutionTimeoutError",
+    "LimitExceededError",
     "MimirError",
+    "OutboundRefusedError",
     "PathEscapeError",
     "PipelineExistsError",
     "PipelineNotFoundError",
@@ -93,3 +99,15 @@ class TemplateError(MimirError):
 
 class PathEscapeError(MimirError):
     """A file path given to a plugin leaves the data directory."""
+
+
+class LimitExceededError(MimirError):
+    """Input goes past one of the named limits of :mod:`mimir.core.limits`."""
+
+
+class OutboundRefusedError(PluginError):
+    """A plugin's outbound HTTP call is refused by the policy (``MIMIR_HTTP_ALLOW``/``DENY``)."""
+
+
+class ExecutionTimeoutError(MimirError):
+    """A synchronous execute ran longer than ``MIMIR_EXECUTE_TIMEOUT`` and was cancelled."""

@@ -5,33 +5,33 @@ here, with its environment variable and default; the README's security section l
 them. Code that enforces a bound reads it from :func:`default_limits` (or from the
 ``limits`` field of :class:`mimir.core.settings.Settings`), never from a constant of its own.
 
-======================  ==============================  =========  =====================================
-field                   variable                        default    what it bounds
-======================  ==============================  =========  =====================================
-max_body_bytes          ``MIMIR_MAX_BODY_BYTES``        16 MiB     one HTTP request body (413 beyond)
-max_yaml_bytes          ``MIMIR_MAX_YAML_BYTES``        1 MiB      one YAML document (pipeline, cluster file)
-max_yaml_nodes          ``MIMIR_MAX_YAML_NODES``        100,000    YAML nodes *after* aliases are expanded
-max_yaml_aliases        ``MIMIR_MAX_YAML_ALIASES``      1,000      alias uses (``*name``) in one document
-max_depth               ``MIMIR_MAX_DEPTH``             64         nesting of YAML, a pipeline's config and a job's context
-max_steps               ``MIMIR_MAX_STEPS``             1,000      steps in one pipeline
-expr_max_value          ``MIMIR_EXPR_MAX_VALUE``        100,000    characters/items/digits of any value an expression builds
-expr_max_work           ``MIMIR_EXPR_MAX_WORK``         1,000,000  work units (operations + built size) per evaluation
-execute_timeout         ``MIMIR_EXECUTE_TIMEOUT``       300 s      one synchronous ``POST /pipelines/execute``
-======================  ==============================  =========  =====================================
+Each field is set by ``MIMIR_`` + its name in capitals (``max_depth`` by ``MIMIR_MAX_DEPTH``):
+
+================  =========  ===========================================================
+field             default    what it bounds
+================  =========  ===========================================================
+max_body_bytes    16 MiB     one HTTP request body (413 beyond)
+max_yaml_bytes    1 MiB      one YAML document, as written and with aliases expanded
+max_yaml_nodes    100,000    YAML nodes once aliases are expanded
+max_yaml_aliases  1,000      alias uses (``*name``) in one YAML document
+max_depth         64         nesting of YAML, of a pipeline mapping and of a job's context
+max_steps         1,000      steps in one pipeline
+expr_max_value    100,000    characters, items or digits of any value an expression builds
+expr_max_work     1,000,000  work units (operations + built size) of one evaluation
+execute_timeout   300 s      one synchronous ``POST /api/v1/pipelines/execute``
+================  =========  ===========================================================
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
-__all__ = ["Limits", "LimitExceededError", "default_limits"]
+from mimir.core.errors import LimitExceededError
 
-
-class LimitExceededError(ValueError):
-    """Input goes past one of the :class:`Limits` (callers map it to their own error)."""
+__all__ = ["LimitExceededError", "Limits", "check_depth", "default_limits"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,26 @@ class Limits:
 def default_limits() -> Limits:
     """The process's limits, read from the environment once."""
     return Limits.from_env()
+
+
+def check_depth(value: object, max_depth: int, what: str) -> None:
+    """Raise :class:`LimitExceededError` when ``value`` nests mappings/lists deeper than
+    ``max_depth``. Iterative (no recursion to exhaust) and visits a shared container once."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    seen: dict[int, int] = {}
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            raise LimitExceededError(
+                f"{what} is nested more than {max_depth} levels deep (limit MIMIR_MAX_DEPTH)"
+            )
+        if seen.get(id(item), 0) >= depth:
+            continue
+        seen[id(item)] = depth
+        stack.extend((child, depth + 1) for child in children)

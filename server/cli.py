@@ -166,6 +166,10 @@ def _serve(args: argparse.Namespace, settings: Settings, signals: _Signals) -> i
 
     redis: EmbeddedRedis | None = None
     workers: WorkerProcesses | None = None
+    # The port really served, for this process's plugins (their outbound policy denies
+    # the API's own port) and for embedded workers, which inherit the environment.
+    settings = settings.with_(port=args.port)
+    os.environ["MIMIR_PORT"] = str(args.port)
     try:
         if args.embedded:
             if settings.redis_url_set:

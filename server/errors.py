@@ -12,6 +12,8 @@ PluginError, TemplateError         422     ``null``
 PipelineNotFoundError              404     ``null``
 PipelineExistsError                409     ``null``
 PathEscapeError                    400     ``null``
+LimitExceededError                 422     ``null``
+ExecutionTimeoutError              504     ``null``
 other MimirError                   400     ``null``
 request body not JSON              400     ``{"position": n}``
 request body/params invalid        422     ``[{"field", "message"}]``
@@ -37,6 +39,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mimir.core.errors import (
+    ExecutionTimeoutError,
+    LimitExceededError,
     MimirError,
     PathEscapeError,
     PipelineExistsError,
@@ -62,6 +66,8 @@ _STATUS: list[tuple[type[MimirError], int]] = [
     (PipelineExistsError, 409),
     (TwinConflictError, 409),
     (PathEscapeError, 400),
+    (LimitExceededError, 422),
+    (ExecutionTimeoutError, 504),
     (PluginError, 422),
     (TemplateError, 422),
 ]

@@ -140,12 +140,15 @@ class ServerProcess:
         *,
         host: str = "127.0.0.1",
         log_path: Path | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         import os
         import tempfile
 
         self.port = port
         self.host = host
+        #: Address-space cap (bytes) of the child, for tests of hostile input.
+        self.memory_limit = memory_limit
         self.env = dict(env)
         self.args = list(args or [])
         if log_path is None:
@@ -184,9 +187,21 @@ class ServerProcess:
 
     def launch(self) -> ServerProcess:
         """Start the process without waiting for it."""
+        limit = self.memory_limit
+
+        def cap_memory() -> None:
+            import resource
+
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.command,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=cap_memory if limit is not None else None,
             )
         return self
 

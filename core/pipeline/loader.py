@@ -16,7 +16,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mimir.core.errors import PipelineNotFoundError, PipelineValidationError, UnknownPluginError
+from mimir.core.errors import (
+    LimitExceededError,
+    PipelineNotFoundError,
+    PipelineValidationError,
+    UnknownPluginError,
+)
+from mimir.core.limits import Limits, check_depth, default_limits
 from mimir.core.pipeline.issues import ValidationIssue
 from mimir.core.pipeline.models import Pipeline, Step
 from mimir.core.pipeline.templating import contains_template
@@ -30,15 +36,142 @@ Loc = tuple[str | int, ...]
 LineMap = dict[Loc, tuple[int, int]]
 
 
-def parse_yaml(text: str, source: str | None = None) -> tuple[Any, LineMap]:
-    """Parse YAML ``text``; return the data and the 1-based position of every node."""
+class _BoundedLoader(yaml.SafeLoader):
+    """A safe loader that refuses, while composing, what would cost more than ``limits``:
+    too many alias uses, or nesting deeper than ``max_depth`` (which would also exhaust
+    Python's recursion in the composer)."""
+
+    def __init__(self, text: str, limits: Limits) -> None:
+        super().__init__(text)
+        self.limits = limits
+        self.aliases = 0
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > self.limits.max_yaml_aliases:
+                raise _LimitHit(
+                    f"more than {self.limits.max_yaml_aliases} aliases "
+                    "(limit MIMIR_MAX_YAML_ALIASES)",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        self.depth += 1
+        try:
+            if self.depth > self.limits.max_depth:
+                raise _LimitHit(
+                    f"nested more than {self.limits.max_depth} levels deep (limit MIMIR_MAX_DEPTH)",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self.depth -= 1
+
+
+class _LimitHit(Exception):
+    def __init__(self, message: str, mark: yaml.Mark | None = None) -> None:
+        super().__init__(message)
+        self.mark = mark
+
+
+def _check_expanded(root: yaml.Node, limits: Limits) -> None:
+    """Refuse a document whose aliases expand past the node, size or depth limits.
+
+    Sizes are computed once per node (aliases share their node), so an alias bomb costs
+    time linear in its text, not in its expansion. A recursive alias is refused.
+    """
+    cost: dict[int, tuple[int, int, int]] = {}  # id(node) -> (nodes, characters, depth)
+    in_progress: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in cost:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if not children_done:
+            if key in in_progress:
+                raise _LimitHit("a recursive alias (a node that contains itself)", node.start_mark)
+            in_progress.add(key)
+            stack.append((node, True))
+            for child in children:
+                if id(child) in in_progress:
+                    raise _LimitHit(
+                        "a recursive alias (a node that contains itself)", child.start_mark
+                    )
+                if id(child) not in cost:
+                    stack.append((child, False))
+            continue
+        in_progress.discard(key)
+        nodes, chars, depth = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 1, 0
+        for child in children:
+            child_nodes, child_chars, child_depth = cost[id(child)]
+            nodes += child_nodes
+            chars += child_chars
+            depth = max(depth, child_depth)
+        depth += 0 if isinstance(node, yaml.ScalarNode) else 1
+        cost[key] = (nodes, chars, depth)
+    nodes, chars, depth = cost[id(root)]
+    if nodes > limits.max_yaml_nodes:
+        raise _LimitHit(
+            f"its aliases expand to {nodes:,} nodes; the limit is {limits.max_yaml_nodes:,} "
+            "(MIMIR_MAX_YAML_NODES)"
+        )
+    if chars > limits.max_yaml_bytes:
+        raise _LimitHit(
+            f"its aliases expand to {chars:,} characters; the limit is "
+            f"{limits.max_yaml_bytes:,} (MIMIR_MAX_YAML_BYTES)"
+        )
+    if depth > limits.max_depth:
+        raise _LimitHit(
+            f"its aliases nest it {depth} levels deep; the limit is {limits.max_depth} "
+            "(MIMIR_MAX_DEPTH)"
+        )
+
+
+def _limit_issue(exc: _LimitHit, source: str | None) -> PipelineValidationError:
+    mark = exc.mark
+    issue = ValidationIssue(
+        message=f"YAML refused: {exc}",
+        line=mark.line + 1 if mark else None,
+        column=mark.column + 1 if mark else None,
+    )
+    return PipelineValidationError([issue], source)
+
+
+def parse_yaml(
+    text: str, source: str | None = None, *, limits: Limits | None = None
+) -> tuple[Any, LineMap]:
+    """Parse YAML ``text``; return the data and the 1-based position of every node.
+
+    The document is held to ``limits`` (default: the process's): its size in bytes, its
+    alias uses, its nesting depth, and its node count and size once aliases are expanded,
+    all checked before any Python object is built.
+    """
+    limits = limits or default_limits()
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > limits.max_yaml_bytes:
+        issue = ValidationIssue(
+            message=f"YAML refused: the document is {size:,} bytes; the limit is "
+            f"{limits.max_yaml_bytes:,} (MIMIR_MAX_YAML_BYTES)"
+        )
+        raise PipelineValidationError([issue], source)
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _BoundedLoader(text, limits)
         try:
             node = loader.get_single_node()
+            if node is not None:
+                _check_expanded(node, limits)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except _LimitHit as exc:
+        raise _limit_issue(exc, source) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(filter(None, [exc.context, exc.problem])) or str(exc)
@@ -48,7 +181,7 @@ def parse_yaml(text: str, source: str | None = None) -> tuple[Any, LineMap]:
             column=mark.column + 1 if mark else None,
         )
         raise PipelineValidationError([issue], source) from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         issue = ValidationIssue(message=f"invalid YAML: {exc}")
         raise PipelineValidationError([issue], source) from None
     lines: LineMap = {}
@@ -57,15 +190,22 @@ def parse_yaml(text: str, source: str | None = None) -> tuple[Any, LineMap]:
     return data, lines
 
 
-def _record_lines(node: yaml.Node, loc: Loc, lines: LineMap) -> None:
-    lines[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                _record_lines(value_node, (*loc, key_node.value), lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _record_lines(item, (*loc, index), lines)
+def _record_lines(root: yaml.Node, root_loc: Loc, lines: LineMap) -> None:
+    # Iterative: the expanded size is already bounded, the recursion depth need not be.
+    stack: list[tuple[yaml.Node, Loc]] = [(root, root_loc)]
+    while stack:
+        node, loc = stack.pop()
+        lines[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            # Pushed last-first so they are visited in document order (a repeated key's
+            # last position wins, as in the constructed mapping).
+            for key_node, value_node in reversed(node.value):
+                if isinstance(key_node, yaml.ScalarNode):
+                    stack.append((value_node, (*loc, key_node.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(
+                (item, (*loc, index)) for index, item in reversed(list(enumerate(node.value)))
+            )
 
 
 def select_pipeline(data: Any, source: str | None = None) -> tuple[dict[str, Any], Loc]:
@@ -254,8 +394,12 @@ def check_plugins(
     return issues
 
 
-def _read_source(source: PipelineSource) -> tuple[Any, LineMap, str | None]:
+def _read_source(source: PipelineSource, limits: Limits) -> tuple[Any, LineMap, str | None]:
     if isinstance(source, Mapping):
+        try:
+            check_depth(source, limits.max_depth, "the pipeline")
+        except LimitExceededError as exc:
+            raise PipelineValidationError([ValidationIssue(message=str(exc))]) from None
         return dict(source), {}, None
     if isinstance(source, Path) or (
         isinstance(source, str)
@@ -264,14 +408,21 @@ def _read_source(source: PipelineSource) -> tuple[Any, LineMap, str | None]:
     ):
         path = Path(source)
         try:
+            size = path.stat().st_size
+            if size > limits.max_yaml_bytes:
+                message = (
+                    f"YAML refused: the file is {size:,} bytes; the limit is "
+                    f"{limits.max_yaml_bytes:,} (MIMIR_MAX_YAML_BYTES)"
+                )
+                raise PipelineValidationError([ValidationIssue(message=message)], str(path))
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise PipelineNotFoundError(f"pipeline file {str(path)!r} does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise PipelineNotFoundError(f"cannot read pipeline file {str(path)!r}: {exc}") from exc
-        data, lines = parse_yaml(text, str(path))
+        data, lines = parse_yaml(text, str(path), limits=limits)
         return data, lines, str(path)
-    data, lines = parse_yaml(source)
+    data, lines = parse_yaml(source, limits=limits)
     return data, lines, None
 
 
@@ -280,17 +431,31 @@ def load_pipeline(
     *,
     registry: PluginRegistry | None = None,
     check: bool = True,
+    limits: Limits | None = None,
 ) -> Pipeline:
     """A validated :class:`Pipeline` from a file path, YAML text or a dict.
 
     A ``str`` that is one line ending in ``.yaml``/``.yml`` is a path; any other
     ``str`` is YAML text. With ``check`` (the default) each step's plugin and config
-    are checked against ``registry`` (default: the process-wide one).
+    are checked against ``registry`` (default: the process-wide one). The document is
+    held to ``limits`` (default: the process's): size, aliases, depth and steps.
     Raises :class:`PipelineValidationError` listing every problem, or
     :class:`PipelineNotFoundError` for a missing file.
     """
-    data, lines, name = _read_source(source)
+    limits = limits or default_limits()
+    data, lines, name = _read_source(source, limits)
     selected, prefix = select_pipeline(data, name)
+    steps = selected.get("steps")
+    if isinstance(steps, list) and len(steps) > limits.max_steps:
+        line, column = _position(lines, (*prefix, "steps"))
+        issue = ValidationIssue(
+            message=f"{len(steps):,} steps; a pipeline may have at most {limits.max_steps:,} "
+            "(MIMIR_MAX_STEPS)",
+            line=line,
+            column=column,
+            field="steps",
+        )
+        raise PipelineValidationError([issue], name)
     try:
         pipeline = Pipeline.model_validate(selected)
     except ValidationError as exc:

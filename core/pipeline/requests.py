@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from mimir.core.errors import MimirError
+from mimir.core.errors import LimitExceededError, MimirError
+from mimir.core.limits import check_depth, default_limits
 from mimir.core.pipeline.loader import load_pipeline
 from mimir.core.pipeline.models import Pipeline
 from mimir.core.pipeline.store import PipelineStore, load_pipeline_text
@@ -45,8 +46,20 @@ class PipelineRequest(BaseModel):
     pipeline_name: str | None = Field(default=None, min_length=1)
     #: The pipeline itself: a mapping, or YAML text.
     pipeline: dict[str, Any] | str | None = None
-    #: Seeds the pipeline context.
+    #: Seeds the pipeline context (nested at most ``MIMIR_MAX_DEPTH`` levels).
     context: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pipeline", "context")
+    @classmethod
+    def _bounded_depth(cls, value: Any, info: Any) -> Any:
+        # Deeper input would exhaust recursion in templating and serialisation later,
+        # after a file was written or a job was queued: refuse it here, as a 422.
+        if isinstance(value, dict):
+            try:
+                check_depth(value, default_limits().max_depth, info.field_name)
+            except LimitExceededError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 def resolve_pipeline_request(

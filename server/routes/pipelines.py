@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from mimir.core.engine import PipelineResult, execute_pipeline
@@ -22,6 +22,7 @@ from mimir.core.pipeline.issues import ValidationIssue
 from mimir.core.pipeline.loader import load_pipeline
 from mimir.core.pipeline.requests import PipelineRequest, resolve_pipeline_request
 from mimir.core.pipeline.store import StoredPipeline, load_pipeline_text
+from mimir.server.cancellation import ClientDisconnected, run_while_connected
 from mimir.server.deps import RegistryDep, SettingsDep, StoreDep
 
 __all__ = [
@@ -95,16 +96,32 @@ def _detail(stored: StoredPipeline) -> PipelineDetail:
 
 @router.post("/execute", response_model=PipelineResult)
 async def execute(
-    body: ExecuteRequest, settings: SettingsDep, store: StoreDep, registry: RegistryDep
+    request: Request,
+    body: ExecuteRequest,
+    settings: SettingsDep,
+    store: StoreDep,
+    registry: RegistryDep,
 ) -> Response:
-    """Run the pipeline now and answer with its result (a failed step is ``success: false``)."""
+    """Run the pipeline now and answer with its result (a failed step is ``success: false``).
+
+    The run is cancelled when the client disconnects, and after ``MIMIR_EXECUTE_TIMEOUT``
+    seconds (504): long runs belong on the queue.
+    """
     # Reading and parsing a file is blocking work: keep it off the event loop.
     pipeline = await asyncio.to_thread(
         resolve_pipeline_request, body, settings, store=store, registry=registry
     )
-    result = await execute_pipeline(
-        pipeline, body.context, data_dir=settings.data_dir, registry=registry
-    )
+    work = execute_pipeline(pipeline, body.context, data_dir=settings.data_dir, registry=registry)
+    try:
+        result = await run_while_connected(
+            request,
+            work,
+            timeout=settings.limits.execute_timeout,
+            what=f"execute of pipeline {pipeline.name!r}",
+        )
+    except ClientDisconnected:
+        # Nobody reads this answer; 499 is what access logs conventionally call it.
+        return Response(status_code=499)
     return Response(result.model_dump_json(), media_type="application/json")
 
 

@@ -51,7 +51,11 @@ def make_server(
     copy_examples(pipelines_dir, data_dir)
 
     def make(
-        *, redis_url: str | None = None, args: list[str] | None = None, **env: str
+        *,
+        redis_url: str | None = None,
+        args: list[str] | None = None,
+        memory_limit: int | None = None,
+        **env: str,
     ) -> ServerProcess:
         server = ServerProcess(
             free_port(),
@@ -64,6 +68,7 @@ def make_server(
             ),
             args,
             log_path=tmp_path / f"server-{len(servers)}.log",
+            memory_limit=memory_limit,
         )
         servers.append(server)
         return server
