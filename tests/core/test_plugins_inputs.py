@@ -187,6 +187,17 @@ def test_api_get_returns_status_headers_and_json(data_dir: Path) -> None:
     assert "body" not in out
 
 
+def test_api_keeps_the_query_string_of_the_url(data_dir: Path) -> None:
+    with stub_server() as stub:
+        stub.respond = lambda r: (200, {}, {"path": r.path})
+        plain = run_plugin("Input.api", {"url": f"{stub.base_url}/q?a=1&b=x"}, data_dir)
+        merged = run_plugin(
+            "Input.api", {"url": f"{stub.base_url}/q?a=1", "params": {"c": 3}}, data_dir
+        )
+    assert plain["json"] == {"path": "/q?a=1&b=x"}
+    assert merged["json"] == {"path": "/q?a=1&c=3"}
+
+
 def test_api_post_sends_json_or_raw_body_with_the_method(data_dir: Path) -> None:
     def echo(request: Recorded) -> tuple[int, dict[str, str], str]:
         return 201, {}, f"{request.method} {request.body.decode()}"

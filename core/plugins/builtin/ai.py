@@ -314,8 +314,11 @@ class OpenAIPlugin(Plugin[OpenAIConfig]):
     ) -> dict[str, Any]:
         import httpx
 
+        from mimir.core.outbound import default_outbound_policy
+
         attempts = config.max_retries + 1
-        async with httpx.AsyncClient(timeout=config.timeout) as client:
+        hooks = default_outbound_policy().event_hooks(url)
+        async with httpx.AsyncClient(timeout=config.timeout, event_hooks=hooks) as client:
             for attempt in range(1, attempts + 1):
                 retry_after: float | None = None
                 try:

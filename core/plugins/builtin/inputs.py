@@ -340,7 +340,11 @@ class ApiInputConfig(PluginConfig):
         default_factory=list,
         description="Non-2xx status codes to accept as answers instead of errors.",
     )
-    follow_redirects: bool = Field(default=True, description="Follow HTTP redirects.")
+    follow_redirects: bool = Field(
+        default=True,
+        description="Follow HTTP redirects (each one checked by MIMIR_HTTP_ALLOW/DENY; "
+        "never to another scheme).",
+    )
     max_bytes: int = Field(
         default=50 * 1024 * 1024, gt=0, description="Largest response body accepted."
     )
@@ -369,19 +373,24 @@ class ApiInputPlugin(Plugin[ApiInputConfig]):
     async def run(self, config: ApiInputConfig, run: RunContext) -> Any:
         import httpx  # here, not at the top: loading the plugin registry must not load it
 
+        from mimir.core.outbound import default_outbound_policy
+
         if config.body is not None and config.json_body is not None:
             raise PluginError("give either 'body' or 'json', not both")
         target = f"{config.method} {config.url.split('?', 1)[0]}"
         try:
             async with (
                 httpx.AsyncClient(
-                    timeout=config.timeout, follow_redirects=config.follow_redirects
+                    timeout=config.timeout,
+                    follow_redirects=config.follow_redirects,
+                    event_hooks=default_outbound_policy().event_hooks(config.url),
                 ) as client,
                 client.stream(
                     config.method,
-                    config.url,
+                    httpx.URL(config.url).copy_merge_params(config.params),
                     headers=config.headers,
-                    params=config.params,
+                    # Merged with, not replacing, the query string already in the URL.
+                    params=None,
                     content=config.body,
                     json=config.json_body,
                 ) as response,
