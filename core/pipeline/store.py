@@ -105,13 +105,45 @@ class StoredPipeline:
     pipeline: Pipeline
 
 
+def _publish_new(temporary: str, target: Path) -> bool:
+    """Give the complete file ``temporary`` the name ``target`` unless that name exists
+    (then ``False``). ``temporary`` stays: the caller removes it."""
+    try:
+        os.link(temporary, target)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        pass  # no hard links on this file system: claim the name, then fill it
+    try:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return False
+    os.replace(temporary, target)  # an empty file for a moment, never a partial one
+    return True
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a new or renamed file) to disk, where possible."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
 class PipelineStore:
     """The pipeline files of one directory. Safe to share between threads."""
 
     def __init__(self, directory: Path, registry: PluginRegistry | None = None) -> None:
         self.directory = Path(directory).expanduser()
         self._registry = registry
-        self._cache: dict[Path, tuple[int, int, str, Pipeline]] = {}
+        self._cache: dict[Path, tuple[int, int, int, str, Pipeline]] = {}
         self._lock = threading.Lock()
 
     # -- names and paths -------------------------------------------------------------
@@ -208,11 +240,12 @@ class PipelineStore:
             stat = path.stat()
         except FileNotFoundError:
             raise PipelineNotFoundError(f"pipeline file {label or path.name!r} not found") from None
-        key = (stat.st_size, stat.st_mtime_ns)
+        # The inode too: a file replaced (os.replace) within one mtime tick, same size.
+        key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         with self._lock:
             cached = self._cache.get(path)
-        if cached is not None and cached[:2] == key:
-            return cached[2], cached[3]
+        if cached is not None and cached[:3] == key:
+            return cached[3], cached[4]
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -287,6 +320,12 @@ class PipelineStore:
 
         With ``create``, an existing name is a :class:`PipelineExistsError`. Returns the
         stored pipeline and whether it was new. Nothing is written when validation fails.
+
+        The text goes to a temporary file in the directory, flushed to disk, then takes
+        its name in one step: readers see the old file or the new one, never a part.
+        A new name is published exclusively (a hard link, which fails if the name exists
+        by then): of concurrent creates of one name exactly one wins, the others get
+        :class:`PipelineExistsError` (without ``create``: they replace it, as updates).
         """
         bare = self.check_name(name)
         pipeline = load_pipeline_text(text, source=f"{bare}.yaml", registry=self._registry)
@@ -302,13 +341,21 @@ class PipelineStore:
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 stream.write(text)
-            os.replace(temporary, target)
-        except BaseException:
+                stream.flush()
+                os.fsync(stream.fileno())
+            created = existing is None and _publish_new(temporary, target)
+            if not created:
+                if create:
+                    raise PipelineExistsError(
+                        f"a pipeline named {bare!r} already exists ({target.name})"
+                    )
+                os.replace(temporary, target)
+            _sync_directory(root)
+        finally:
             Path(temporary).unlink(missing_ok=True)
-            raise
         with self._lock:
             self._cache.pop(target, None)
-        return StoredPipeline(bare, target.name, text, pipeline), existing is None
+        return StoredPipeline(bare, target.name, text, pipeline), created
 
     def delete(self, name: str) -> None:
         """Remove the file of ``name``; :class:`PipelineNotFoundError` if there is none."""
