@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from mimir.core.errors import MimirError, PluginConfigError, StepTimeoutError
+from mimir.core.logtext import printable
 from mimir.core.pipeline.models import Pipeline, Step
 from mimir.core.pipeline.templating import render
 from mimir.core.plugins.base import RunContext
@@ -154,7 +155,9 @@ async def execute_pipeline(
             break
     duration_ms = (time.perf_counter() - started) * 1000
     if error:
-        logger.info("pipeline %r failed after %.1f ms: %s", pipeline.name, duration_ms, error)
+        logger.info(
+            "pipeline %r failed after %.1f ms: %s", pipeline.name, duration_ms, printable(error)
+        )
     else:
         logger.debug("pipeline %r succeeded in %.1f ms", pipeline.name, duration_ms)
     return PipelineResult(

@@ -117,7 +117,8 @@ class Scenario(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = ""
+    #: Unique within its twin; made up when empty. Used in URLs, so URL-safe.
+    id: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$")
     twin_id: str = ""
     name: str
     description: str = ""

@@ -117,6 +117,12 @@ def test_duplicate_scenario_id_is_409_and_ids_are_per_twin(api_client: httpx.Cli
     assert api_client.get(f"/api/v1/twins/{second}/scenarios/baseline").status_code == 200
     # The id is free again once its twin is gone; a scenario on a missing twin is a 404.
     assert api_client.post(f"/api/v1/twins/{first}/scenarios", json=scenario).status_code == 404
+    # An id must be usable in a URL.
+    for bad in ("a/b", "../x", "x" * 129, "a\nb"):
+        refused = api_client.post(
+            f"/api/v1/twins/{second}/scenarios", json={"id": bad, "name": "n"}
+        )
+        assert refused.status_code == 422 and "id" in refused.json()["error"], refused.text
 
 
 def test_server_migrates_an_old_database(

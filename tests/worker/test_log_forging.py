@@ -1,8 +1,8 @@
 """A job's error message (a step's, which may quote what a request sent) is logged by
 the worker as one line: its control characters show as ``\\xNN``.
 
-Only the worker's own line is checked: ``mimir.core.engine`` logs the same error raw
-("pipeline ... failed"), and the worker's logging has no escaping formatter (yet).
+Every line of the worker's log is checked: the engine's "pipeline ... failed" line quotes
+the same error, and the worker's formatter escapes every record.
 """
 
 from __future__ import annotations
@@ -33,3 +33,6 @@ def test_a_failed_jobs_error_is_one_escaped_line(
     assert f"job {job.job_id} attempt 1 failed (final): " in lines[0], lines[0]
     assert r"boom\x0aFAKE-WORKER-LINE \x1b[31mred\x0d" in lines[0], lines[0]
     assert not _RAW_CONTROL.search(lines[0])
+    whole = worker.log_path.read_bytes().decode("utf-8")
+    assert not _RAW_CONTROL.search(whole)
+    assert not any(line.startswith("FAKE-WORKER-LINE") for line in whole.split("\n"))
