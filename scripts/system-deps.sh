@@ -5,9 +5,11 @@ set -euo pipefail
 
 PACKAGES=(
   redis-server                       # the real Redis the queue tests run against
+  libglib2.0-0                       # Qt's core needs it: without it pytest-qt aborts every run
   libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3 fonts-dejavu-core
-  xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-image0 libxcb-render-util0
-  libxcb-shape0 libxcb-randr0 libxcb-xinerama0 libxcb-xkb1   # Qt under Xvfb
+  xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-image0 libxcb-render-util0
+  libxcb-shape0 libxcb-randr0 libxcb-xinerama0 libxcb-xkb1   # Qt under Xvfb (xvfb-run needs xauth)
+  binutils                           # objdump, which PyInstaller needs for the bundle test
 )
 
 missing=()
