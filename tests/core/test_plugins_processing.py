@@ -164,6 +164,81 @@ def test_transform_runtime_error_names_the_row_and_expression(data_dir: Path) ->
         )
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"compute": {"pad": "'x' * 1000000000"}},
+            r"row 1: compute\.pad \"'x' \* 1000000000\": '\*' would build text longer than "
+            r"100000 characters \(limit MIMIR_EXPR_MAX_VALUE\)",
+        ),
+        (
+            {"filter": "str([('x' * 100000)] * 20000) != ''"},
+            r"row 1: filter .*: str\(\) of a list would build text longer than 100000 characters",
+        ),
+        (
+            {"filter": "max([('x' * 100000)] * 100000) == 'x'"},
+            r"row 1: filter .*: evaluating the expression takes more than 1000000 units of work "
+            r"\(limit MIMIR_EXPR_MAX_WORK\)",
+        ),
+        (
+            {"compute": {"label": "name % amount"}},
+            r"row 1: compute\.label 'name % amount': formatting text with '%' is not allowed",
+        ),
+        (
+            {"compute": {"deep": "-" * 150 + "amount"}},
+            r"compute\.deep: the expression is nested more than 100 levels deep",
+        ),
+    ],
+)
+def test_transform_hostile_expression_fails_the_step_naming_the_limit(
+    data_dir: Path, config: dict[str, Any], message: str
+) -> None:
+    with pytest.raises((StepFailed, PipelineValidationError), match=message):
+        run_plugin("Data_Processing.transform", {"input": ROWS, **config}, data_dir)
+
+
+def test_transform_refuses_text_formatting_when_the_pipeline_is_validated() -> None:
+    yaml_text = (
+        "name: t\n"
+        "steps:\n"
+        "  - name: shape\n"
+        "    plugin: Data_Processing.transform\n"
+        "    config:\n"
+        "      input: '{{ rows }}'\n"
+        "      compute:\n"
+        "        pad: \"'%0100000000d' % amount\"\n"
+    )
+    with pytest.raises(PipelineValidationError) as caught:
+        load_pipeline(yaml_text)
+    (issue,) = caught.value.errors
+    assert "formatting text with '%' is not allowed at column 1" in issue.message
+
+
+def test_transform_passes_large_fields_on_but_bounds_what_it_builds_from_them(
+    data_dir: Path,
+) -> None:
+    rows = [{"id": 1, "body": "y" * 1_000_000}, {"id": 2, "body": ""}]
+    out = run_plugin(
+        "Data_Processing.transform",
+        {
+            "input": "{{ rows }}",
+            "filter": "len(body) > 0 and body != 'x'",
+            "compute": {"size": "len(body)", "same": "body"},
+        },
+        data_dir,
+        context={"rows": rows},
+    )
+    assert [(r["id"], r["size"], r["same"] is r["body"]) for r in out] == [(1, 1_000_000, True)]
+    with pytest.raises(StepFailed, match=r"row 1: compute\.loud 'upper\(body\)': upper\(\) would"):
+        run_plugin(
+            "Data_Processing.transform",
+            {"input": "{{ rows }}", "compute": {"loud": "upper(body)"}},
+            data_dir,
+            context={"rows": rows},
+        )
+
+
 def test_transform_needs_rows_of_objects(data_dir: Path) -> None:
     with pytest.raises(StepFailed, match=r"row 1 is a list, not an object"):
         run_plugin("Data_Processing.transform", {"input": [[1, 2]]}, data_dir)
