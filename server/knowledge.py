@@ -1,7 +1,7 @@
 """Shared plumbing of the knowledge routes (ontologies, kg, twins): their stores as
 dependencies, and a route class that turns the ontology and twin errors into the API's
-JSON error answers (404 unknown, 409 taken, 422 bad RDF/SPARQL/scenario, 504 time limit,
-502/503 store unreachable).
+JSON error answers (404 unknown, 409 taken, 422 bad RDF/SPARQL/scenario, 403 a SERVICE or
+LOAD the federation policy refuses, 504 time limit, 502/503 store unreachable).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 
 from mimir.core.ontology import (
     EndpointError,
+    FederationRefusedError,
     OntologyError,
     OntologyExistsError,
     OntologyNotFoundError,
@@ -26,6 +27,7 @@ from mimir.core.ontology import (
     UnsupportedFormatError,
     open_ontology_store,
 )
+from mimir.core.ontology.federation import request_id_var
 from mimir.core.twin import TwinError, TwinNotFoundError, TwinStore
 from mimir.server.deps import SettingsDep
 from mimir.server.errors import error_response
@@ -45,6 +47,7 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (TwinNotFoundError, 404),
     (OntologyExistsError, 409),
     (QueryTimeoutError, 504),
+    (FederationRefusedError, 403),
     (RdfParseError, 422),
     (SparqlError, 400),
     (UnsupportedFormatError, 415),
@@ -60,6 +63,8 @@ def _answer(exc: Exception) -> Response | None:
             detail = None
             if isinstance(exc, RdfParseError):
                 detail = {"line": exc.line, "column": exc.column}
+            elif isinstance(exc, FederationRefusedError):
+                detail = exc.detail
             return error_response(status, str(exc), detail)
     return None
 
@@ -71,6 +76,8 @@ class KnowledgeRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
+            # The request id reaches the store's log lines (SERVICE/LOAD decisions).
+            token = request_id_var.set(getattr(request.state, "request_id", None))
             try:
                 return await handler(request)
             except (OntologyError, TwinError, TwinNotFoundError) as exc:
@@ -81,6 +88,8 @@ class KnowledgeRoute(APIRoute):
                     "%s %s -> %d: %s", request.method, request.url.path, answer.status_code, exc
                 )
                 return answer
+            finally:
+                request_id_var.reset(token)
 
         return route
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from mimir.core.ontology.catalog import OntologyInfo
 from mimir.core.ontology.errors import (
     EndpointError,
+    FederationRefusedError,
     OntologyError,
     OntologyExistsError,
     OntologyNotFoundError,
@@ -15,6 +16,7 @@ from mimir.core.ontology.errors import (
     StoreBusyError,
     UnsupportedFormatError,
 )
+from mimir.core.ontology.federation import FederationPolicy
 from mimir.core.ontology.formats import FORMATS, resolve_format
 from mimir.core.ontology.results import RESULT_MEDIA_TYPES, QueryResult
 from mimir.core.ontology.store import (
@@ -34,6 +36,8 @@ __all__ = [
     "FORMATS",
     "RESULT_MEDIA_TYPES",
     "EndpointError",
+    "FederationPolicy",
+    "FederationRefusedError",
     "OntologyError",
     "OntologyExistsError",
     "OntologyInfo",

@@ -7,16 +7,20 @@ MimirError
       ├── RdfParseError            an uploaded document is not valid RDF (``.line``)
       ├── UnsupportedFormatError   a format name or media type we cannot read or write
       ├── SparqlError              a query or update is malformed or refused
-      │    └── QueryTimeoutError   a query ran longer than its time limit
+      │    ├── QueryTimeoutError   a query ran longer than its time limit
+      │    └── FederationRefusedError  SERVICE/LOAD where the federation policy forbids it
       └── EndpointError            the external SPARQL endpoint failed or is unreachable
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from mimir.core.errors import MimirError
 
 __all__ = [
     "EndpointError",
+    "FederationRefusedError",
     "OntologyError",
     "OntologyExistsError",
     "OntologyNotFoundError",
@@ -59,6 +63,23 @@ class SparqlError(OntologyError):
 
 class QueryTimeoutError(SparqlError):
     """A query ran longer than its time limit."""
+
+
+class FederationRefusedError(SparqlError):
+    """A query or update uses ``SERVICE`` or ``LOAD`` where the SPARQL federation policy
+    (``MIMIR_SPARQL_FEDERATION``, ``MIMIR_SPARQL_ALLOW``) does not allow it. ``refused``
+    lists ``{keyword, iri, host, reason}`` per refused target; ``mode`` is the policy's."""
+
+    def __init__(
+        self, message: str, *, refused: list[dict[str, Any]] | None = None, mode: str = "off"
+    ) -> None:
+        self.refused = list(refused or [])
+        self.mode = mode
+        super().__init__(message)
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        return {"federation": self.mode, "refused": self.refused}
 
 
 class EndpointError(OntologyError):

@@ -28,6 +28,7 @@ from mimir.core.ontology.errors import (
     QueryTimeoutError,
     SparqlError,
 )
+from mimir.core.ontology.federation import FederationPolicy
 from mimir.core.ontology.formats import parse_triples, resolve_format, serialize_triples
 from mimir.core.ontology.results import QueryResult
 from mimir.core.settings import Settings
@@ -119,11 +120,18 @@ class OntologyStore:
     """Ontology versions in a triple backend, described by a catalog."""
 
     def __init__(
-        self, backend: TripleBackend, catalog: OntologyCatalog, base: str = DEFAULT_BASE
+        self,
+        backend: TripleBackend,
+        catalog: OntologyCatalog,
+        base: str = DEFAULT_BASE,
+        *,
+        federation: FederationPolicy | None = None,
     ) -> None:
         self.backend = backend
         self.catalog = catalog
         self.base = base.rstrip("/")
+        #: Whether queries and updates may use SERVICE and LOAD (off unless configured).
+        self.federation = federation or FederationPolicy()
         # Query threads running at once. A thread outlives a timed-out query that is still
         # computing its first row (Oxigraph cannot be interrupted there), so this bound
         # keeps runaway queries from taking every core; a slot frees when its thread ends.
@@ -248,7 +256,20 @@ class OntologyStore:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> QueryResult:
         """Run a read-only query (SELECT, ASK, CONSTRUCT, DESCRIBE) over ``ontology``'s
-        graph, the ``default_graphs`` given, or every graph."""
+        graph, the ``default_graphs`` given, or every graph. A ``SERVICE`` the federation
+        policy does not allow raises :class:`FederationRefusedError` before anything runs."""
+        self.check_query(sparql)
+        return self._query(
+            sparql,
+            ontology=ontology,
+            default_graphs=default_graphs,
+            row_limit=row_limit,
+            timeout=timeout,
+        )
+
+    def check_query(self, sparql: str) -> None:
+        """Refuse (:class:`SparqlError`) an empty query, an update, or a ``SERVICE`` that
+        the federation policy does not allow."""
         if not sparql or not sparql.strip():
             raise SparqlError("the query is empty")
         if _UPDATE_RE.match(sparql):
@@ -256,6 +277,17 @@ class OntologyStore:
                 "this is a SPARQL update; queries here are read-only (send updates to "
                 "POST /api/v1/kg/update or as update= to the SPARQL endpoint)"
             )
+        self.federation.check(sparql, update=False)
+
+    def _query(
+        self,
+        sparql: str,
+        *,
+        ontology: str | None = None,
+        default_graphs: Sequence[str] | None = None,
+        row_limit: int = DEFAULT_ROW_LIMIT,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> QueryResult:
         return self.backend.query(
             sparql,
             default_graphs=self._default_graphs(ontology, default_graphs),
@@ -264,9 +296,10 @@ class OntologyStore:
         )
 
     def update(self, sparql: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Run a SPARQL 1.1 update."""
+        """Run a SPARQL 1.1 update (``SERVICE``/``LOAD`` only as the federation policy allows)."""
         if not sparql or not sparql.strip():
             raise SparqlError("the update is empty")
+        self.federation.check(sparql, update=True)
         self.backend.update(sparql, timeout=timeout)
 
     async def run_query(
@@ -279,6 +312,7 @@ class OntologyStore:
         started = time.monotonic()
 
         def bounded() -> QueryResult:
+            self.check_query(sparql)  # a refusal answers at once, without waiting for a slot
             if not self._query_slots.acquire(timeout=timeout):
                 raise QueryTimeoutError(
                     f"no query slot freed within the time limit of {timeout:g} s "
@@ -286,7 +320,7 @@ class OntologyStore:
                 )
             try:
                 remaining = max(0.001, timeout - (time.monotonic() - started))
-                return self.query(sparql, timeout=remaining, **kw)
+                return self._query(sparql, timeout=remaining, **kw)
             finally:
                 self._query_slots.release()
 
@@ -419,6 +453,8 @@ def open_ontology_store(settings: Settings, *, base: str = DEFAULT_BASE) -> Onto
                 backend = OxigraphBackend(root / "oxigraph")
             store = OntologyStore(backend, OntologyCatalog(root / "catalog.sqlite3"), base)
             _OPEN[key] = store
+        # Shared by the API and the plugins of one process, which read the same settings.
+        store.federation = FederationPolicy.from_settings(settings)
         return store
 
 
@@ -432,7 +468,12 @@ def open_ontology_store_via_api(settings: Settings, *, base: str = DEFAULT_BASE)
     backend = SparqlEndpointBackend(
         endpoint, query_url=endpoint, update_url=endpoint, graph_store=False, headers=headers
     )
-    return OntologyStore(backend, OntologyCatalog(root / "catalog.sqlite3"), base)
+    return OntologyStore(
+        backend,
+        OntologyCatalog(root / "catalog.sqlite3"),
+        base,
+        federation=FederationPolicy.from_settings(settings),
+    )
 
 
 def close_ontology_stores() -> None:

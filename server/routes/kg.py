@@ -11,6 +11,10 @@
   bodies) with content negotiation — JSON, XML, CSV, TSV for rows and booleans; Turtle,
   N-Triples, RDF/XML, JSON-LD for graphs — so rdflib's ``SPARQLStore``, SPARQLWrapper or
   YASGUI use Mimir as they would use Fuseki.
+
+On every path ``SERVICE`` and ``LOAD`` are refused (403) before anything runs unless
+``MIMIR_SPARQL_FEDERATION=allowlist`` lists their host in ``MIMIR_SPARQL_ALLOW``
+(see :mod:`mimir.core.ontology.federation`; the store enforces it).
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@
 Both use the store of the step's data directory (or ``FUSEKI_URL``). The on-disk store
 admits one process: where a server holds it (a worker sharing its data directory), the
 plugins reach it through that server's SPARQL endpoint at ``MIMIR_API_URL``.
+
+A query's ``SERVICE`` is refused (the step fails) unless the SPARQL federation policy of
+the process's settings (``MIMIR_SPARQL_FEDERATION``, ``MIMIR_SPARQL_ALLOW``) allows its
+host; ``params`` are substituted before that check (the store makes it).
 """
 
 from __future__ import annotations
