@@ -20,7 +20,9 @@ from mimir.core.plugins.registry import default_registry
 from mimir.core.settings import Settings
 from mimir.server.auth import BearerTokenMiddleware
 from mimir.server.errors import install_error_handlers
+from mimir.server.methods import MethodsMiddleware
 from mimir.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from mimir.server.openapi import install_openapi
 from mimir.server.redaction import redact_url
 from mimir.server.routes import ROUTERS
 
@@ -87,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app, token_required=bool(settings.api_token))
+    app.add_middleware(MethodsMiddleware, routes=app.router.routes)
     if settings.api_token:
         app.add_middleware(BearerTokenMiddleware, token=settings.api_token)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)

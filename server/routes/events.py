@@ -74,7 +74,16 @@ async def _pause(request: Request, seconds: float) -> None:
         await asyncio.sleep(0.1)
 
 
-@router.get("")
+@router.get(
+    "",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "A never-ending stream of `job`, `stats` and `error` events.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def events(request: Request, jobs: QueueDep) -> StreamingResponse:
     """Job state changes and a queue-stats tick each second, as text/event-stream."""
     return StreamingResponse(

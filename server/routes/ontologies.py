@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mimir.core.ontology import OntologyInfo, OntologyStats, resolve_format
+from mimir.core.ontology.formats import FORMATS
 from mimir.server.errors import error_response
 from mimir.server.knowledge import KnowledgeRoute, OntologyStoreDep
 
@@ -24,16 +25,23 @@ __all__ = ["OntologyCreate", "router"]
 
 router = APIRouter(prefix="/api/v1/ontologies", tags=["ontologies"], route_class=KnowledgeRoute)
 
+#: What the store accepts as an ontology name or version.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+#: Format names and media types, as documented (the store also takes a few aliases and
+#: any letter case).
+FORMAT_NAMES = [*FORMATS, *(info.media_type for info in FORMATS.values())]
+_FORMAT_SCHEMA: dict[str, Any] = {"enum": FORMAT_NAMES}
+
 
 class OntologyCreate(BaseModel):
     """An upload as JSON."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128)
-    version: str = Field(default="1", min_length=1, max_length=128)
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(default="1", pattern=NAME_PATTERN)
     #: ``turtle``, ``rdfxml``, ``ntriples`` or ``jsonld`` (or a media type).
-    format: str = "turtle"
+    format: str = Field(default="turtle", json_schema_extra=_FORMAT_SCHEMA)
     content: str = Field(min_length=1)
     description: str = ""
     #: Replace an existing version instead of refusing (409).
@@ -50,13 +58,41 @@ async def list_ontologies(store: OntologyStoreDep) -> OntologyList:
     return OntologyList(ontologies=await asyncio.to_thread(store.list))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=None)
+_DOCUMENT = {"schema": {"type": "string", "minLength": 1}}
+#: A JSON-LD document is JSON (an object, or a list of them).
+_JSON_DOCUMENT = {"schema": {"type": ["object", "array"]}}
+
+
+def _documents() -> dict[str, Any]:
+    return {
+        info.media_type: _JSON_DOCUMENT if info.media_type.endswith("json") else _DOCUMENT
+        for info in FORMATS.values()
+    }
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=OntologyInfo,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The ontology as JSON, or the RDF document itself with `?name=`.",
+            "content": {
+                "application/json": {"schema": OntologyCreate.model_json_schema()},
+                **_documents(),
+            },
+        }
+    },
+)
 async def upload_ontology(
     request: Request,
     store: OntologyStoreDep,
-    name: str | None = None,
-    version: str = "1",
-    fmt: Annotated[str | None, Query(alias="format")] = None,
+    name: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    version: Annotated[str, Query(pattern=NAME_PATTERN)] = "1",
+    fmt: Annotated[
+        str | None, Query(alias="format", min_length=1, json_schema_extra=_FORMAT_SCHEMA)
+    ] = None,
     replace: bool = False,
     description: str = "",
 ) -> Any:
@@ -114,11 +150,22 @@ async def ontology_stats(ontology_id: str, store: OntologyStoreDep) -> OntologyS
     return await asyncio.to_thread(store.stats, ontology_id)
 
 
-@router.get("/{ontology_id}/export")
+@router.get(
+    "/{ontology_id}/export",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The document, as an attachment.",
+            "content": _documents(),
+        }
+    },
+)
 async def export_ontology(
     ontology_id: str,
     store: OntologyStoreDep,
-    fmt: Annotated[str, Query(alias="format")] = "turtle",
+    fmt: Annotated[
+        str, Query(alias="format", min_length=1, json_schema_extra=_FORMAT_SCHEMA)
+    ] = "turtle",
 ) -> Response:
     """The graph as a document: ``turtle``, ``rdfxml``, ``ntriples`` or ``jsonld``."""
     body, media = await asyncio.to_thread(store.export, ontology_id, fmt)

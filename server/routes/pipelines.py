@@ -21,7 +21,7 @@ from mimir.core.errors import PipelineValidationError
 from mimir.core.pipeline.issues import ValidationIssue
 from mimir.core.pipeline.loader import load_pipeline
 from mimir.core.pipeline.requests import PipelineRequest, resolve_pipeline_request
-from mimir.core.pipeline.store import StoredPipeline, load_pipeline_text
+from mimir.core.pipeline.store import PIPELINE_NAME_PATTERN, StoredPipeline, load_pipeline_text
 from mimir.server.cancellation import ClientDisconnected, run_while_connected
 from mimir.server.deps import RegistryDep, SettingsDep, StoreDep
 
@@ -50,7 +50,7 @@ class PipelineCreate(BaseModel):
     #: The YAML text to store.
     yaml: str = Field(min_length=1)
     #: Name to store it under (default: derived from the ``name:`` in the YAML).
-    name: str | None = None
+    name: str | None = Field(default=None, pattern=PIPELINE_NAME_PATTERN)
 
 
 class PipelineUpdate(BaseModel):

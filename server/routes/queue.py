@@ -40,6 +40,15 @@ router = APIRouter(prefix="/api/v1/queue", tags=["queue"])
 
 #: Longest wait one ``/wait`` call may ask for.
 MAX_WAIT = 3600.0
+#: Largest page offset (Redis counts in signed 64-bit integers; no queue gets near this).
+MAX_OFFSET = 10**12
+#: The ``/wait`` timeouts the OpenAPI document promises to accept: seconds (up to 999.999),
+#: ``ms``/``s``, minutes and seconds up to ``59m59.999s``, ``60m`` or ``1h``. The server
+#: also takes any other Go duration up to 1 h (``0.5h``, ``3600s``).
+WAIT_TIMEOUT_PATTERN = (
+    r"^(?:[0-9]{1,3}(?:\.[0-9]{1,3})?(?:ms|s)?"
+    r"|[0-5]?[0-9]m(?:[0-5]?[0-9](?:\.[0-9]{1,3})?s)?|60m|1h)$"
+)
 
 
 def get_queue(settings: SettingsDep, redis: RedisDep) -> JobQueue:
@@ -158,7 +167,7 @@ async def list_jobs(
     jobs: QueueDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     queue: str | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> JobPage:
     """Jobs newest first, optionally only one status (and pool)."""
@@ -175,7 +184,12 @@ async def get_job(job_id: str, jobs: QueueDep) -> JobRecord:
 
 @router.get("/jobs/{job_id}/wait", response_model=WaitAnswer)
 async def wait_for_job(
-    job_id: str, jobs: QueueDep, request: Request, timeout: str = "60s"
+    job_id: str,
+    jobs: QueueDep,
+    request: Request,
+    timeout: Annotated[
+        str, Query(json_schema_extra={"pattern": WAIT_TIMEOUT_PATTERN, "maxLength": 16})
+    ] = "60s",
 ) -> WaitAnswer:
     """Block until the job ends or ``timeout`` (Go duration, e.g. ``500ms``, ``60s``,
     ``1m30s``) passes; either way 200 with the record and ``timed_out``."""
@@ -201,7 +215,7 @@ async def cancel_job(job_id: str, jobs: QueueDep) -> JobRecord:
 @router.get("/dead-letter", response_model=DeadLetterPage)
 async def dead_letter(
     jobs: QueueDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> DeadLetterPage:
     """Failed and dead jobs, newest first."""
