@@ -156,7 +156,7 @@ class OntologyStore:
         """Parse ``content`` (Turtle, RDF/XML, N-Triples or JSON-LD) into the graph of
         ``name@version``; :class:`RdfParseError` names the line of a syntax error."""
         for what, value in (("name", name), ("version", version)):
-            if not _NAME_RE.match(value or ""):
+            if not _NAME_RE.fullmatch(value or ""):
                 raise OntologyError(
                     f"ontology {what} {value!r} must be 1-128 letters, digits, '_', '.' or '-'"
                 )

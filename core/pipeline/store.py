@@ -42,6 +42,19 @@ __all__ = [
 #: A stored pipeline's name: a safe file name without its extension.
 PIPELINE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _NAME = re.compile(PIPELINE_NAME_PATTERN)
+#: Names that are API paths of their own (``POST /api/v1/pipelines/execute``).
+RESERVED_NAMES = frozenset({"execute", "validate"})
+
+
+def _valid_name(bare: str) -> bool:
+    # fullmatch: with match, "$" also matches before a trailing newline ("abc\n").
+    return (
+        bool(_NAME.fullmatch(bare))
+        and bare not in {".", ".."}
+        and (bare.lower() not in RESERVED_NAMES)
+    )
+
+
 _SUFFIXES = (".yaml", ".yml")
 #: Parsed pipelines kept in memory per store.
 _CACHE_SIZE = 256
@@ -156,7 +169,12 @@ class PipelineStore:
             if bare.lower().endswith(suffix):
                 bare = bare[: -len(suffix)]
                 break
-        if not _NAME.match(bare) or bare in {".", ".."}:
+        if bare.lower() in RESERVED_NAMES:
+            raise PathEscapeError(
+                f"invalid pipeline name {name!r}: {', '.join(sorted(RESERVED_NAMES))} are "
+                "reserved (they are API paths under /api/v1/pipelines/)"
+            )
+        if not _valid_name(bare):
             raise PathEscapeError(
                 f"invalid pipeline name {name!r}: use letters, digits, '.', '_' and '-' "
                 f"(starting with a letter or digit, at most 128 characters)"
@@ -229,7 +247,7 @@ class PipelineStore:
         return sorted(
             path
             for path in root.iterdir()
-            if path.suffix.lower() in _SUFFIXES and path.is_file() and _NAME.match(path.stem)
+            if path.suffix.lower() in _SUFFIXES and path.is_file() and _valid_name(path.stem)
         )
 
     # -- reading ---------------------------------------------------------------------

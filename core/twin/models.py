@@ -6,7 +6,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
 
 __all__ = [
     "DEFAULT_MAGNITUDE",
@@ -56,11 +56,11 @@ class Entity(BaseModel):
     type: str = "Entity"
     label: str = ""
     #: Work the entity can do per time unit (ontology property ``capacity``; default 100).
-    capacity: float = Field(default=100.0, ge=0)
+    capacity: float = Field(strict=True, default=100.0, ge=0)
     #: Work asked of it per time unit (``demand``/``load``/``throughput``; default half capacity).
-    demand: float = Field(default=50.0, ge=0)
+    demand: float = Field(strict=True, default=50.0, ge=0)
     #: Every numeric property found in the ontology, by local name.
-    properties: dict[str, float] = Field(default_factory=dict)
+    properties: dict[str, StrictFloat] = Field(default_factory=dict)
 
 
 class Relationship(BaseModel):
@@ -93,23 +93,23 @@ class ScenarioEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: Simulation time at which it happens.
-    at: float = Field(ge=0)
+    at: float = Field(strict=True, ge=0)
     type: EventType
     #: Entity id (IRI), its label or its local name.
     target: str
     #: Factor the event applies (see :class:`EventType`); default per type.
-    magnitude: float | None = Field(default=None, ge=0)
+    magnitude: float | None = Field(strict=True, default=None, ge=0)
     #: How long it lasts; ``None`` until the end of the run.
-    duration: float | None = Field(default=None, gt=0)
+    duration: float | None = Field(strict=True, default=None, gt=0)
     #: Spread along relationships: ``outgoing`` (source → target), ``incoming`` or ``both``;
     #: ``none`` keeps it on the target.
     propagate: Literal["outgoing", "incoming", "both", "none"] = "outgoing"
     #: Share of the effect that reaches each next hop (effect = magnitude - 1, scaled).
-    multiplier: float = Field(default=0.5, ge=0, le=1)
+    multiplier: float = Field(strict=True, default=0.5, ge=0, le=1)
     #: Time each hop takes.
-    delay: float = Field(default=1.0, ge=0)
+    delay: float = Field(strict=True, default=1.0, ge=0)
     #: Hops at most.
-    max_hops: int = Field(default=3, ge=0, le=20)
+    max_hops: int = Field(strict=True, default=3, ge=0, le=20)
 
 
 class Scenario(BaseModel):
@@ -123,13 +123,13 @@ class Scenario(BaseModel):
     name: str
     description: str = ""
     #: Simulated time units.
-    duration: float = Field(default=100.0, gt=0, le=1_000_000)
-    snapshot_interval: float = Field(default=1.0, gt=0)
+    duration: float = Field(strict=True, default=100.0, gt=0, le=1_000_000)
+    snapshot_interval: float = Field(strict=True, default=1.0, gt=0)
     #: Utilisation at or above which an entity counts as a bottleneck.
-    bottleneck_threshold: float = Field(default=0.9, gt=0)
+    bottleneck_threshold: float = Field(strict=True, default=0.9, gt=0)
     #: Random variation of demand per snapshot (standard deviation as a share; 0 = none).
-    noise: float = Field(default=0.0, ge=0, le=1)
-    seed: int | None = None
+    noise: float = Field(strict=True, default=0.0, ge=0, le=1)
+    seed: int | None = Field(default=None, strict=True)
     events: list[ScenarioEvent] = Field(default_factory=list)
     created_at: str = ""
 

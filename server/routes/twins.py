@@ -71,7 +71,7 @@ class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scenario_id: str
-    seed: int | None = None
+    seed: int | None = Field(default=None, strict=True)
     #: Run here and answer with the result instead of queueing a job.
     wait: bool = False
     priority: Priority = Priority.normal
@@ -84,10 +84,10 @@ class TwinEnqueueRequest(BaseModel):
     operation: Literal["simulate"] = "simulate"
     #: Default: the twin's newest scenario, else a quiet baseline of 100 time units.
     scenario_id: str | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, strict=True)
     priority: Priority = Priority.normal
-    timeout: float | None = Field(default=None, gt=0)
-    max_retries: int = Field(default=2, ge=0, le=100)
+    timeout: float | None = Field(default=None, gt=0, strict=True)
+    max_retries: int = Field(default=2, ge=0, le=100, strict=True)
     queue: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -254,7 +255,7 @@ class _StandIn(BaseHTTPRequestHandler):
         type(self).hits.append(self.path)
         if self.path.startswith("/redirect?to="):
             self.send_response(302)
-            self.send_header("Location", self.path.split("=", 1)[1])
+            self.send_header("Location", unquote(self.path.split("=", 1)[1]))
             self.end_headers()
             return
         body = json.dumps({"ok": True}).encode()
@@ -356,3 +357,19 @@ def test_cli_validate_and_run_refuse_a_bomb_quickly(tmp_path: Path) -> None:
         assert done.returncode != 0
         assert "MIMIR_MAX_YAML_NODES" in done.stdout + done.stderr, done.stdout + done.stderr
         assert time.monotonic() - started < 30  # interpreter start-up included
+
+
+def test_names_with_a_trailing_newline_or_reserved_are_refused(
+    client: httpx.Client, pipelines_dir: Path
+) -> None:
+    before = sorted(p.name for p in pipelines_dir.iterdir())
+    for name in ("abc\n", "execute", "Validate"):
+        answer = client.post("/api/v1/pipelines", json={"yaml": ECHO, "name": name})
+        assert 400 <= answer.status_code < 500, (name, answer.text)
+        assert "invalid pipeline name" in answer.json()["error"]
+    assert sorted(p.name for p in pipelines_dir.iterdir()) == before
+    ontology = client.post(
+        "/api/v1/ontologies",
+        json={"name": "onto\n", "content": "<urn:a> <urn:b> <urn:c> .", "format": "nt"},
+    )
+    assert 400 <= ontology.status_code < 500, ontology.text

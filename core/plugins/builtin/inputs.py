@@ -387,10 +387,12 @@ class ApiInputPlugin(Plugin[ApiInputConfig]):
                 ) as client,
                 client.stream(
                     config.method,
-                    httpx.URL(config.url).copy_merge_params(config.params),
+                    # Added to, not replacing, the query string already in the URL (which is
+                    # sent as written when there are no params).
+                    httpx.URL(config.url).copy_merge_params(config.params)
+                    if config.params
+                    else config.url,
                     headers=config.headers,
-                    # Merged with, not replacing, the query string already in the URL.
-                    params=None,
                     content=config.body,
                     json=config.json_body,
                 ) as response,
