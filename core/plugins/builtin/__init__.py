@@ -5,6 +5,7 @@
 | ``Input`` | :mod:`.inputs` | ``csv``, ``json``, ``xml``, ``markdown``, ``api`` |
 | ``Data_Processing`` | :mod:`.processing` | ``transform``, ``aggregate`` |
 | ``AI`` | :mod:`.ai` | ``mock``, ``openai`` |
+| ``AI`` | :mod:`.ai_anthropic`, :mod:`.ai_ollama` | ``anthropic``, ``ollama`` |
 | ``Output`` | :mod:`.outputs` | ``json``, ``csv``, ``html`` |
 | ``Debug`` | :mod:`.debug` | ``echo``, ``sleep``, ``fail`` |
 | ``Ontology`` | :mod:`.ontology` | ``query``, ``load`` |
@@ -16,6 +17,8 @@ from typing import Any
 
 from mimir.core.plugins.base import Plugin
 from mimir.core.plugins.builtin.ai import MockAIPlugin, OpenAIPlugin
+from mimir.core.plugins.builtin.ai_anthropic import AnthropicPlugin
+from mimir.core.plugins.builtin.ai_ollama import OllamaPlugin
 from mimir.core.plugins.builtin.debug import EchoPlugin, FailPlugin, SleepPlugin
 from mimir.core.plugins.builtin.inputs import (
     ApiInputPlugin,
@@ -41,6 +44,8 @@ BUILTIN_PLUGINS: list[type[Plugin[Any]]] = [
     AggregatePlugin,
     MockAIPlugin,
     OpenAIPlugin,
+    AnthropicPlugin,
+    OllamaPlugin,
     JsonOutputPlugin,
     CsvOutputPlugin,
     HtmlOutputPlugin,
