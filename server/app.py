@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 #: Seconds to wait for a Redis connection or reply (queue calls that block pass their own).
 REDIS_CONNECT_TIMEOUT = 2.0
 REDIS_SOCKET_TIMEOUT = 10.0
-#: Largest request body accepted (413 beyond): pipelines and contexts, not bulk data.
-MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -93,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MethodsMiddleware, routes=app.router.routes)
     if settings.api_token:
         app.add_middleware(BearerTokenMiddleware, token=settings.api_token)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    # Pipelines and contexts, not bulk data: MIMIR_MAX_BODY_BYTES (413 beyond).
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)  # added last: outermost
     return app

@@ -108,7 +108,7 @@ class BodySizeLimitMiddleware:
         self.max_bytes = max_bytes
 
     def _too_large(self) -> str:
-        return f"request body larger than {self.max_bytes} bytes"
+        return f"request body larger than {self.max_bytes} bytes (limit MIMIR_MAX_BODY_BYTES)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

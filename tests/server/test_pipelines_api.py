@@ -259,6 +259,8 @@ def test_an_oversized_body_is_413(api_client: httpx.Client) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert answer.status_code == 413
-    assert answer.json()["error"] == "request body larger than 16777216 bytes"
+    assert answer.json()["error"] == (
+        "request body larger than 16777216 bytes (limit MIMIR_MAX_BODY_BYTES)"
+    )
     # The server is fine afterwards.
     assert api_client.get("/health").status_code == 200
