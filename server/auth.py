@@ -9,12 +9,12 @@ time and never logged.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mimir.server.logs import printable
+from mimir.server.middleware import send_json_error
 
 __all__ = ["OPEN_PATHS", "BearerTokenMiddleware", "token_matches"]
 
@@ -59,21 +59,9 @@ class BearerTokenMiddleware:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps(
-            {
-                "error": f"unauthorized: {reason} (send 'Authorization: Bearer <MIMIR_API_TOKEN>')",
-                "detail": None,
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="mimir"'),
-                ],
-            }
+        await send_json_error(
+            send,
+            401,
+            f"unauthorized: {reason} (send 'Authorization: Bearer <MIMIR_API_TOKEN>')",
+            [(b"www-authenticate", b'Bearer realm="mimir"')],
         )
-        await send({"type": "http.response.body", "body": body})

@@ -20,12 +20,13 @@ these answers need the token like everything else.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mimir.server.middleware import send_json_error
 
 __all__ = ["MethodsMiddleware", "allowed_methods", "flat_routes"]
 
@@ -161,16 +162,9 @@ class MethodsMiddleware:
 
 
 async def _not_allowed(send: Send, method: str, path: str, methods: list[str]) -> None:
-    body = json.dumps({"error": f"method {method} not allowed on {path}", "detail": None}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 405,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"allow", ", ".join(methods).encode()),
-            ],
-        }
+    await send_json_error(
+        send,
+        405,
+        f"method {method} not allowed on {path}",
+        [(b"allow", ", ".join(methods).encode())],
     )
-    await send({"type": "http.response.body", "body": body})

@@ -16,19 +16,44 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mimir.server.logs import printable
 
-__all__ = ["BodySizeLimitMiddleware", "RequestContextMiddleware"]
+__all__ = ["BodySizeLimitMiddleware", "RequestContextMiddleware", "send_json_error"]
 
 logger = logging.getLogger("mimir.server.access")
 _errors = logging.getLogger(__name__)
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 #: Paths polled by probes and scrapers, logged at DEBUG unless they fail.
 _QUIET = frozenset({"/health", "/metrics"})
+
+
+async def send_json_error(
+    send: Send,
+    status: int,
+    message: str,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    **fields: object,
+) -> None:
+    """Answer from ASGI middleware in the API's error shape ``{"error", "detail": null}``
+    (plus ``fields``), for refusals made before the application runs."""
+    body = json.dumps({"error": message, "detail": None, **fields}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestContextMiddleware:
@@ -68,19 +93,13 @@ class RequestContextMiddleware:
             )
             if status == 0:  # nothing sent yet: answer with JSON, never a traceback
                 status = 500
-                body = json.dumps({"error": "internal error", "request_id": request_id}).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"x-request-id", request_id.encode()),
-                        ],
-                    }
+                await send_json_error(
+                    send,
+                    500,
+                    "internal error",
+                    [(b"x-request-id", request_id.encode())],
+                    request_id=request_id,
                 )
-                await send({"type": "http.response.body", "body": body})
         finally:
             # Probes and scrapes come every few seconds: log them only when they fail.
             level = logging.DEBUG if scope["path"] in _QUIET and status < 400 else logging.INFO
@@ -116,19 +135,7 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            body = json.dumps({"error": self._too_large(), "detail": None}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_json_error(send, 413, self._too_large(), [(b"connection", b"close")])
             return
         received = 0
 

@@ -34,7 +34,7 @@ def test_unhandled_exception_is_a_json_500(
     with caplog.at_level(logging.ERROR):
         answer = asyncio.run(call())
     assert answer.status_code == 500
-    assert answer.json() == {"error": "internal error", "request_id": "req-42"}
+    assert answer.json() == {"error": "internal error", "detail": None, "request_id": "req-42"}
     assert answer.headers["x-request-id"] == "req-42"
     assert "secret internals" not in answer.text
     assert any("req-42" in record.getMessage() and record.exc_info for record in caplog.records), (
