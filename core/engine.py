@@ -4,6 +4,10 @@ The engine knows nothing of HTTP or Redis: the server runs pipelines with it dir
 and workers run queued jobs with it. A failing step stops the run and the result names
 it. Cancelling the task that runs :func:`execute_pipeline` cancels the running step and
 propagates :class:`asyncio.CancelledError` to the caller.
+
+A bare string in a config field that takes data (the original Go platform's ``input:
+json_data``) is read as the context key it names when the context holds that key; when it
+names a step's output that has not been produced, the step fails; otherwise it is text.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from pydantic import BaseModel, ValidationError
 from mimir.core.errors import MimirError, PluginConfigError, StepTimeoutError
 from mimir.core.logtext import printable
 from mimir.core.pipeline.models import Pipeline, Step
-from mimir.core.pipeline.templating import render
-from mimir.core.plugins.base import RunContext
+from mimir.core.pipeline.origin import AI_RESULT_ALIASES
+from mimir.core.pipeline.templating import contains_template, render
+from mimir.core.pipeline.values import Aliased, origin_view
+from mimir.core.plugins.base import ContextView, RunContext, context_input_fields
 from mimir.core.plugins.registry import PluginRegistry, default_registry
 
 __all__ = ["PipelineResult", "StepResult", "StepStatus", "execute_pipeline"]
@@ -69,11 +75,51 @@ def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, MimirError) else f"{type(exc).__name__}: {exc}"
 
 
+def _read_context_keys(
+    step: Step,
+    config: dict[str, Any],
+    fields: dict[str, ContextView],
+    context: dict[str, Any],
+    outputs: dict[str, tuple[int, Step]],
+) -> dict[str, Any]:
+    """``config`` with each bare string in a data field that names a context key replaced
+    by that key's value (as the field reads it). Only strings written in the pipeline
+    count: a template that renders to a key's name stays that text."""
+    updated: dict[str, Any] | None = None
+    for key, view in fields.items():
+        written = step.config.get(key)
+        if not isinstance(written, str) or not written or contains_template(written):
+            continue
+        if written in context:
+            value = context[written]
+            value = origin_view(value) if view == "origin" else value
+        elif written in outputs:
+            index, producer = outputs[written]
+            why = "is disabled" if not producer.enabled else "has not run yet"
+            raise PluginConfigError(
+                f"config.{key}: {written!r} names the output of step {index + 1} "
+                f"{producer.name!r}, which {why}"
+            )
+        else:
+            continue  # names nothing: the text itself
+        if updated is None:
+            updated = dict(config)
+        updated[key] = value
+    return config if updated is None else updated
+
+
 async def _run_step(
-    step: Step, registry: PluginRegistry, context: dict[str, Any], data_dir: Path | None
+    step: Step,
+    registry: PluginRegistry,
+    context: dict[str, Any],
+    data_dir: Path | None,
+    outputs: dict[str, tuple[int, Step]],
 ) -> Any:
     plugin = registry.get(step.plugin)
     raw = render(step.config, context) if step.templated else step.config
+    fields = context_input_fields(plugin.config_model)
+    if fields:
+        raw = _read_context_keys(step, raw, fields, context, outputs)
     try:
         config = plugin.config_model.model_validate(raw)
     except ValidationError as exc:
@@ -83,14 +129,19 @@ async def _run_step(
         raise PluginConfigError(f"invalid config for {step.plugin}: {problems}") from None
     run = RunContext(step.name, context, data_dir)
     if step.timeout is None:
-        return await plugin.run(config, run)
-    try:
-        async with asyncio.timeout(step.timeout) as scope:
-            return await plugin.run(config, run)
-    except TimeoutError:
-        if scope.expired():
-            raise StepTimeoutError(f"timed out after {step.timeout:g}s") from None
-        raise
+        result = await plugin.run(config, run)
+    else:
+        try:
+            async with asyncio.timeout(step.timeout) as scope:
+                result = await plugin.run(config, run)
+        except TimeoutError:
+            if scope.expired():
+                raise StepTimeoutError(f"timed out after {step.timeout:g}s") from None
+            raise
+    if plugin.plugin_type == "AI" and type(result) is dict and "text" in result:
+        # Templates may read a reply by the original platform's names too.
+        result = Aliased(result, AI_RESULT_ALIASES)
+    return result
 
 
 async def execute_pipeline(
@@ -115,6 +166,11 @@ async def execute_pipeline(
     results: list[StepResult] = []
     error: str | None = None
     total = len(pipeline.steps)
+    # Which step produces each output key (the first one that does).
+    outputs: dict[str, tuple[int, Step]] = {}
+    for position, candidate in enumerate(pipeline.steps):
+        if candidate.output:
+            outputs.setdefault(candidate.output, (position, candidate))
     for index, step in enumerate(pipeline.steps):
         if not step.enabled:
             result = StepResult(
@@ -123,7 +179,7 @@ async def execute_pipeline(
         else:
             step_started = time.perf_counter()
             try:
-                output = await _run_step(step, registry, ctx, data_dir)
+                output = await _run_step(step, registry, ctx, data_dir, outputs)
             except Exception as exc:
                 message = _describe(exc)
                 if not isinstance(exc, MimirError):

@@ -51,9 +51,19 @@ class MimirError(Exception):
 class PipelineValidationError(MimirError):
     """A pipeline failed validation; ``errors`` holds one issue per problem found."""
 
-    def __init__(self, errors: Sequence[ValidationIssue], source: str | None = None) -> None:
+    def __init__(
+        self,
+        errors: Sequence[ValidationIssue],
+        source: str | None = None,
+        *,
+        warnings: Sequence[ValidationIssue] = (),
+        notes: Sequence[ValidationIssue] = (),
+    ) -> None:
         self.errors = list(errors)
         self.source = source
+        #: What else validation found (fields ignored, aliases read …), for reports.
+        self.warnings = list(warnings)
+        self.notes = list(notes)
         where = f" ({source})" if source else ""
         if len(self.errors) == 1:
             message = f"invalid pipeline{where}: {self.errors[0]}"
@@ -76,13 +86,14 @@ class PluginError(MimirError):
 
 
 class UnknownPluginError(PluginError):
-    """No plugin is registered under ``name``; ``suggestions`` lists close names."""
+    """No plugin is registered under ``name``; ``suggestions`` lists close names and
+    ``detail`` says more (e.g. what the original platform's plugin of that name did)."""
 
-    def __init__(self, name: str, suggestions: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, suggestions: Sequence[str] = (), detail: str = "") -> None:
         self.name = name
         self.suggestions = list(suggestions)
         hint = f" (did you mean {', '.join(self.suggestions)}?)" if self.suggestions else ""
-        super().__init__(f"unknown plugin {name!r}{hint}")
+        super().__init__(f"unknown plugin {name!r}{hint}" + (f": {detail}" if detail else ""))
 
 
 class PluginConfigError(PluginError):

@@ -12,6 +12,13 @@ resolves to:
 - ``MIMIR_HTTP_DENY``: more entries to refuse;
 - ``MIMIR_HTTP_ALLOW``: when set, only these may be reached (a denial still wins).
 
+``MIMIR_HTTP_REWRITE`` (``FROM=TO``, comma-separated URL prefixes) sends a request whose
+URL starts with ``FROM`` to ``TO`` instead, keeping the rest of the URL: a local stand-in
+for an outside service (``https://httpbin.org=http://127.0.0.1:8081``), or a mirror. A
+prefix that ends in a host matches that host only (not ``httpbin.org.example``). The
+checks above apply to the rewritten URL, where the request really goes; each rewrite is
+logged.
+
 An entry is a host name (``api.example.com``, ``*.example.com``), an address or network
 (``10.0.0.5``, ``10.0.0.0/8``, ``::1``), each optionally with a port (``host:8080``,
 ``[::1]:8080``, ``10.0.0.0/8:443``). A redirect may not change the scheme (no
@@ -26,15 +33,17 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from mimir.core.errors import OutboundRefusedError
+from mimir.core.logtext import printable
 from mimir.core.settings import Settings
 
-__all__ = ["OutboundPolicy", "OutboundRule", "default_outbound_policy"]
+__all__ = ["OutboundPolicy", "OutboundRule", "UrlRewrite", "default_outbound_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +106,38 @@ class OutboundRule:
         return any(_unmapped(address) in self.network for address in addresses)
 
 
+_URL_PREFIX = re.compile(r"^https?://[^/\s?#]+(?:[/?#]\S*)?$")
+
+
+@dataclass(frozen=True)
+class UrlRewrite:
+    """``FROM=TO``: a URL that starts with the prefix ``source`` starts with ``target``."""
+
+    source: str
+    target: str
+
+    @classmethod
+    def parse(cls, entry: str) -> UrlRewrite:
+        """``https://api.example.com=http://127.0.0.1:8081`` (each an http(s) URL prefix)."""
+        found = re.match(r"^\s*(https?://\S+?)=(https?://\S+?)\s*$", entry)
+        if not found or not all(_URL_PREFIX.match(part) for part in found.groups()):
+            raise ValueError(
+                f"not FROM=TO with two http(s) URL prefixes: {entry!r} "
+                "(e.g. https://httpbin.org=http://127.0.0.1:8081)"
+            )
+        return cls(found.group(1), found.group(2))
+
+    def apply(self, url: str) -> str | None:
+        """``url`` rewritten, or ``None`` when it does not start with ``source``."""
+        if not url.startswith(self.source):
+            return None
+        rest = url[len(self.source) :]
+        # A prefix that ends inside the host or port matches only that host and port.
+        if rest and not self.source.endswith("/") and rest[0] not in "/?#":
+            return None
+        return self.target + rest
+
+
 def _port(raw: str, entry: str) -> int:
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise ValueError(f"bad port in {entry!r}")
@@ -127,10 +168,20 @@ class OutboundPolicy:
         allow: Iterable[OutboundRule] = (),
         deny: Iterable[OutboundRule] = (),
         builtin_deny: Iterable[OutboundRule] = (),
+        rewrites: Iterable[UrlRewrite] = (),
     ) -> None:
         self.allow = list(allow)
         self.deny = list(deny)
         self.builtin_deny = list(builtin_deny)
+        self.rewrites = list(rewrites)
+
+    def rewrite(self, url: str) -> str:
+        """``url`` as ``MIMIR_HTTP_REWRITE`` maps it (the first matching prefix wins)."""
+        for rule in self.rewrites:
+            changed = rule.apply(url)
+            if changed is not None:
+                return changed
+        return url
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OutboundPolicy:
@@ -141,10 +192,17 @@ class OutboundPolicy:
         redis = urlsplit(settings.redis_url)
         if redis.scheme in {"redis", "rediss"} and redis.hostname:
             builtin.append(f"{_bracket(redis.hostname)}:{redis.port or 6379}")
+        rewrites = []
+        for entry in settings.http_rewrite:
+            try:
+                rewrites.append(UrlRewrite.parse(entry))
+            except ValueError as exc:
+                raise ValueError(f"MIMIR_HTTP_REWRITE: {exc}") from None
         return cls(
             allow=_rules(settings.http_allow, "MIMIR_HTTP_ALLOW"),
             deny=_rules(settings.http_deny, "MIMIR_HTTP_DENY"),
             builtin_deny=_rules(builtin, "built-in denials"),
+            rewrites=rewrites,
         )
 
     async def check(self, url: str) -> None:
@@ -177,12 +235,26 @@ class OutboundPolicy:
             )
 
     def event_hooks(self, url: str) -> dict[str, list[object]]:
-        """httpx ``event_hooks`` that check every request a client sends (redirects too)
-        and refuse a redirect that changes the scheme of ``url``."""
-        scheme = urlsplit(url).scheme
+        """httpx ``event_hooks`` that rewrite (``MIMIR_HTTP_REWRITE``) and check every
+        request a client sends (redirects too) and refuse a redirect that changes the
+        scheme of ``url`` (as rewritten)."""
+        scheme = urlsplit(self.rewrite(url)).scheme
 
         async def check_request(request: object) -> None:
             target = str(request.url)  # type: ignore[attr-defined]
+            rewritten = self.rewrite(target)
+            if rewritten != target:
+                import httpx
+
+                new_url = httpx.URL(rewritten)
+                request.url = new_url  # type: ignore[attr-defined]
+                request.headers["Host"] = new_url.netloc.decode("ascii")  # type: ignore[attr-defined]
+                logger.info(
+                    "outbound %s rewritten to %s (MIMIR_HTTP_REWRITE)",
+                    printable(target.split("?")[0]),
+                    printable(rewritten.split("?")[0]),
+                )
+                target = rewritten
             if urlsplit(target).scheme != scheme:
                 raise OutboundRefusedError(
                     f"redirect from {scheme}:// to {target.split('?')[0]} refused "

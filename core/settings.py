@@ -117,6 +117,10 @@ class Settings:
     #: Hosts, CIDRs or ``host:port`` that outbound HTTP of plugins may never reach, on top of
     #: the built-in denials (``MIMIR_HTTP_DENY``).
     http_deny: tuple[str, ...] = ()
+    #: ``FROM=TO`` URL prefixes: a plugin's request to a URL starting with ``FROM`` goes to
+    #: ``TO`` instead, e.g. a local stand-in for an outside service (``MIMIR_HTTP_REWRITE``,
+    #: comma-separated). The outbound checks apply to where the request really goes.
+    http_rewrite: tuple[str, ...] = ()
     #: SPARQL ``SERVICE`` and ``LOAD``: ``off`` (default) or ``allowlist``
     #: (``MIMIR_SPARQL_FEDERATION``).
     sparql_federation: str = "off"
@@ -150,6 +154,7 @@ class Settings:
             limits=Limits.from_env(env),
             http_allow=_env_list(env, "MIMIR_HTTP_ALLOW"),
             http_deny=_env_list(env, "MIMIR_HTTP_DENY"),
+            http_rewrite=_env_list(env, "MIMIR_HTTP_REWRITE"),
             sparql_federation=_sparql_federation(env),
             sparql_allow=_env_list(env, "MIMIR_SPARQL_ALLOW"),
         )

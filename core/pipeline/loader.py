@@ -1,9 +1,15 @@
 """Load a pipeline from a file, YAML text or a dict, and validate it before anything runs.
 
 Both YAML forms are accepted: a single pipeline (``name:``, ``steps:``), or a
-``pipelines:`` list whose first enabled entry is the one that runs. Every problem found
-is reported at once in a :class:`PipelineValidationError`, located by line and column
-(YAML source), step index and name, and field.
+``pipelines:`` list, from which one entry runs, chosen as the original Go platform chose
+it (see :func:`select_pipeline`). Files written for the original load as it read them
+(see :mod:`mimir.core.pipeline.origin`): unknown fields are ignored with a warning (an
+error with ``strict``), its plugin and config-key names are read as this project's, and a
+bare string in a config field that takes data names a context key when an earlier step
+produces it. Every problem found is reported at once in a
+:class:`PipelineValidationError`, located by line and column (YAML source), step index and
+name, and field; warnings and notes go with the pipeline (``pipeline.warnings``,
+``pipeline.notes``) or the error.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from mimir.core.errors import (
 from mimir.core.limits import Limits, check_depth, default_limits
 from mimir.core.pipeline.issues import ValidationIssue
 from mimir.core.pipeline.models import Pipeline, Step
+from mimir.core.pipeline.origin import Findings, normalize, reference_findings
 from mimir.core.pipeline.templating import contains_template
 from mimir.core.plugins.registry import PluginRegistry, default_registry
 
@@ -208,8 +215,21 @@ def _record_lines(root: yaml.Node, root_loc: Loc, lines: LineMap) -> None:
             )
 
 
-def select_pipeline(data: Any, source: str | None = None) -> tuple[dict[str, Any], Loc]:
-    """The pipeline mapping in ``data`` (either form) and its location in the document."""
+def _enabled_is(entry: Mapping[str, Any], value: bool) -> bool:
+    return entry.get("enabled") is value
+
+
+def select_pipeline(
+    data: Any, source: str | None = None, findings: Findings | None = None
+) -> tuple[dict[str, Any], Loc]:
+    """The pipeline mapping in ``data`` and its location in the document.
+
+    The original Go platform's rule, which this project follows: a document with a
+    top-level ``name`` is one pipeline (a ``pipelines:`` list beside it is ignored); else,
+    from ``pipelines:``, the first entry with ``enabled: true``, else the first entry.
+    Where this project's older rule (the first entry not ``enabled: false``) would have
+    chosen another entry, the choice is an error that names both, never a silent pick.
+    """
     if not isinstance(data, Mapping):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise PipelineValidationError(
@@ -221,7 +241,7 @@ def select_pipeline(data: Any, source: str | None = None) -> tuple[dict[str, Any
             ],
             source,
         )
-    if "pipelines" not in data:
+    if "pipelines" not in data or data.get("name") not in (None, ""):
         return dict(data), ()
     entries = data["pipelines"]
     if not isinstance(entries, list) or not entries:
@@ -230,8 +250,6 @@ def select_pipeline(data: Any, source: str | None = None) -> tuple[dict[str, Any
             source,
         )
     for index, entry in enumerate(entries):
-        if isinstance(entry, Mapping) and entry.get("enabled", True) is not False:
-            return dict(entry), ("pipelines", index)
         if not isinstance(entry, Mapping):
             raise PipelineValidationError(
                 [
@@ -242,9 +260,40 @@ def select_pipeline(data: Any, source: str | None = None) -> tuple[dict[str, Any
                 ],
                 source,
             )
-    raise PipelineValidationError(
-        [ValidationIssue(message="no enabled pipeline in 'pipelines'", field="pipelines")], source
-    )
+    others = [key for key in data if key != "pipelines"]
+    if others and findings is not None:
+        findings.warnings.append(
+            ValidationIssue(
+                message=f"top-level field(s) {', '.join(map(repr, others))} ignored beside "
+                "'pipelines:' (the original platform ignored them too)",
+                field=str(others[0]),
+            )
+        )
+    for index, entry in enumerate(entries):
+        if _enabled_is(entry, True):
+            return dict(entry), ("pipelines", index)
+    first = entries[0]
+
+    def called(entry: Mapping[str, Any], index: int) -> str:
+        return repr(entry.get("name")) if entry.get("name") else f"entry {index + 1}"
+
+    if not _enabled_is(first, False):
+        return dict(first), ("pipelines", 0)
+    # The original ran the first entry even when it says 'enabled: false'.
+    later = next((i for i, entry in enumerate(entries) if not _enabled_is(entry, False)), None)
+    if later is None:
+        message = (
+            "every entry of 'pipelines' has 'enabled: false'; the original platform ran the "
+            f"first ({called(first, 0)}) anyway: set 'enabled: true' on the one to run"
+        )
+    else:
+        message = (
+            "no entry of 'pipelines' has 'enabled: true' and the first "
+            f"({called(first, 0)}) has 'enabled: false': the original platform ran "
+            f"{called(first, 0)}, this project used to run {called(entries[later], later)}; "
+            "set 'enabled: true' on the one to run"
+        )
+    raise PipelineValidationError([ValidationIssue(message=message, field="pipelines")], source)
 
 
 def _position(lines: LineMap, loc: Loc) -> tuple[int | None, int | None]:
@@ -282,6 +331,11 @@ def _schema_issues(
             suggestions = difflib.get_close_matches(str(field_loc[-1]), known, n=3)
             message = f"unknown field {field_loc[-1]!r}" + (
                 f" (did you mean {', '.join(suggestions)}?)" if suggestions else ""
+            )
+        elif error["type"] == "missing" and loc == ("steps",):
+            message = (
+                "required field is missing: no top-level 'steps', so nothing would run (the "
+                "original platform ran such a file as an empty pipeline and reported success)"
             )
         elif error["type"] == "missing":
             message = "required field is missing"
@@ -432,6 +486,8 @@ def load_pipeline(
     registry: PluginRegistry | None = None,
     check: bool = True,
     limits: Limits | None = None,
+    strict: bool = False,
+    context_keys: frozenset[str] | set[str] | None = None,
 ) -> Pipeline:
     """A validated :class:`Pipeline` from a file path, YAML text or a dict.
 
@@ -439,12 +495,18 @@ def load_pipeline(
     ``str`` is YAML text. With ``check`` (the default) each step's plugin and config
     are checked against ``registry`` (default: the process-wide one). The document is
     held to ``limits`` (default: the process's): size, aliases, depth and steps.
-    Raises :class:`PipelineValidationError` listing every problem, or
-    :class:`PipelineNotFoundError` for a missing file.
+    With ``strict``, fields the pipeline model does not know are errors instead of
+    warnings. ``context_keys`` (the job context's keys, when known) lets validation say
+    which bare strings name them. Raises :class:`PipelineValidationError` listing every
+    problem, or :class:`PipelineNotFoundError` for a missing file. The pipeline's
+    ``warnings`` and ``notes`` say what else was found (ignored fields, aliases read,
+    bare strings read as context keys).
     """
     limits = limits or default_limits()
+    registry = registry or default_registry()
     data, lines, name = _read_source(source, limits)
-    selected, prefix = select_pipeline(data, name)
+    findings = Findings()
+    selected, prefix = select_pipeline(data, name, findings)
     steps = selected.get("steps")
     if isinstance(steps, list) and len(steps) > limits.max_steps:
         line, column = _position(lines, (*prefix, "steps"))
@@ -456,12 +518,27 @@ def load_pipeline(
             field="steps",
         )
         raise PipelineValidationError([issue], name)
+    normalized, found = normalize(selected, registry, lines=lines, prefix=prefix, strict=strict)
+    findings.extend(found)
+
+    def fail(errors: list[ValidationIssue]) -> PipelineValidationError:
+        return PipelineValidationError(
+            errors, name, warnings=findings.warnings, notes=findings.notes
+        )
+
     try:
-        pipeline = Pipeline.model_validate(selected)
+        pipeline = Pipeline.model_validate(normalized)
     except ValidationError as exc:
-        raise PipelineValidationError(_schema_issues(exc, selected, prefix, lines), name) from None
+        raise fail(findings.errors + _schema_issues(exc, normalized, prefix, lines)) from None
     if check:
-        issues = check_plugins(pipeline, registry, lines=lines, prefix=prefix)
-        if issues:
-            raise PipelineValidationError(issues, name)
+        findings.errors += check_plugins(pipeline, registry, lines=lines, prefix=prefix)
+        findings.extend(
+            reference_findings(
+                pipeline, registry, lines=lines, prefix=prefix, context_keys=context_keys
+            )
+        )
+    if findings.errors:
+        raise fail(findings.errors)
+    pipeline.warnings.extend(findings.warnings)
+    pipeline.notes.extend(findings.notes)
     return pipeline

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from mimir.core.durations import parse_duration
+from mimir.core.pipeline.issues import ValidationIssue
 from mimir.core.pipeline.templating import contains_template
 
 __all__ = ["PLUGIN_NAME_PATTERN", "Pipeline", "Step"]
@@ -68,3 +69,17 @@ class Pipeline(BaseModel):
     tags: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     steps: list[Step] = Field(min_length=1)
+
+    # What validation found besides errors (set by the loader; not part of the definition).
+    _warnings: list[ValidationIssue] = PrivateAttr(default_factory=list)
+    _notes: list[ValidationIssue] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[ValidationIssue]:
+        """Fields ignored, bare strings that stay literal …: it runs, but have a look."""
+        return self._warnings
+
+    @property
+    def notes(self) -> list[ValidationIssue]:
+        """What is read differently from how it is written (aliases, context keys)."""
+        return self._notes

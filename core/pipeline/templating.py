@@ -3,7 +3,11 @@
 - A string that is exactly one ``{{ … }}`` is replaced by the value itself, keeping its
   type (a list stays a list); inside a longer string the value is formatted as text
   (JSON for lists and dicts).
-- ``key.path`` walks dicts by key and lists by index: ``{{ rows.0.name }}``.
+- ``key.path`` walks dicts by key and lists by index: ``{{ rows.0.name }}``. A list that
+  carries named fields (``Input.csv``'s rows: ``row_count``, ``columns`` …) answers them too.
+- A Go-template path with a leading dot, as the original Go platform's files write it
+  (``{{.step.field}}``), reads the same as ``{{ step.field }}``. A result may answer other
+  names for its fields too (an ``AI.*`` reply's ``text`` is also ``llm_response``).
 - ``${NAME}`` reads an environment variable; ``${NAME:-default}`` falls back to a default.
   The API token is never readable this way.
 """
@@ -20,8 +24,9 @@ from mimir.core.errors import TemplateError
 
 __all__ = ["contains_template", "lookup_path", "render"]
 
-_CONTEXT_REF = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-_WHOLE_REF = re.compile(r"^\s*\{\{\s*([^{}]*?)\s*\}\}\s*$")
+# An optional leading '.' is the Go-template spelling ({{.a.b}}) of the same path.
+_CONTEXT_REF = re.compile(r"\{\{\s*\.?([^{}]*?)\s*\}\}")
+_WHOLE_REF = re.compile(r"^\s*\{\{\s*\.?([^{}]*?)\s*\}\}\s*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: Environment variables a pipeline may never read (they would leak through results).
 _SECRET_ENV = frozenset({"MIMIR_API_TOKEN"})
@@ -45,7 +50,13 @@ def lookup_path(context: Mapping[str, Any], path: str) -> Any:
     current: Any = context
     walked: list[str] = []
     for part in path.split("."):
-        if isinstance(current, Mapping):
+        if (
+            isinstance(current, Mapping)
+            and part not in current
+            and part in (fields := _fields(current))
+        ):
+            current = fields[part]
+        elif isinstance(current, Mapping):
             if part not in current:
                 where = f"under {'.'.join(walked)!r}" if walked else "in the context"
                 keys = ", ".join(sorted(map(str, current))[:10]) or "none"
@@ -53,6 +64,8 @@ def lookup_path(context: Mapping[str, Any], path: str) -> Any:
                     f"'{{{{ {path} }}}}': no key {part!r} {where} (available: {keys})"
                 )
             current = current[part]
+        elif isinstance(current, list) and part in (fields := _fields(current)):
+            current = fields[part]
         elif isinstance(current, list):
             try:
                 current = current[int(part)]
@@ -68,6 +81,13 @@ def lookup_path(context: Mapping[str, Any], path: str) -> Any:
             )
         walked.append(part)
     return current
+
+
+def _fields(value: Any) -> Mapping[str, Any]:
+    """Named fields a list or mapping offers besides its indices or keys (see
+    :mod:`mimir.core.pipeline.values`); none for a plain one."""
+    fields = getattr(value, "template_fields", None)
+    return fields() if callable(fields) else {}
 
 
 def _as_text(value: Any) -> str:

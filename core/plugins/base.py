@@ -2,16 +2,54 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mimir.core.paths import resolve_data_path
 
-__all__ = ["Plugin", "PluginConfig", "RunContext"]
+__all__ = [
+    "CONTEXT_INPUT_MARK",
+    "Plugin",
+    "PluginConfig",
+    "RunContext",
+    "context_input",
+    "context_input_fields",
+]
+
+#: Key in a config field's JSON schema that marks it as taking data: a bare string there
+#: that names a context key is read as that key (the original Go platform's ``input:
+#: json_data``). Its value is how the value is read: ``"value"`` (as stored) or
+#: ``"origin"`` (as the original platform's plugins saw it: see
+#: :func:`mimir.core.pipeline.values.origin_view`).
+CONTEXT_INPUT_MARK = "x-mimir-context-input"
+ContextView = Literal["value", "origin"]
+
+
+def context_input(
+    default: Any = ..., *, description: str, view: ContextView = "value", **kwargs: Any
+) -> Any:
+    """A config ``Field`` that takes data: a value, a ``{{ template }}``, or a bare string
+    naming a context key (read as that key when the context holds it)."""
+    return Field(
+        default, description=description, json_schema_extra={CONTEXT_INPUT_MARK: view}, **kwargs
+    )
+
+
+@functools.cache
+def context_input_fields(model: type[BaseModel]) -> dict[str, ContextView]:
+    """The config keys of ``model`` marked with :func:`context_input`, and how each is read."""
+    found: dict[str, ContextView] = {}
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get(CONTEXT_INPUT_MARK) in ("value", "origin"):
+            # Keyed as the config spells it (a field's alias, if it has one).
+            found[info.alias or name] = extra[CONTEXT_INPUT_MARK]  # type: ignore[assignment]
+    return found
 
 
 class PluginConfig(BaseModel):

@@ -38,11 +38,18 @@ class PluginRegistry:
         self._plugins[name] = plugin_class()
 
     def get(self, name: str) -> Plugin[Any]:
-        """The plugin called ``name``; :class:`UnknownPluginError` lists close matches."""
-        try:
-            return self._plugins[name]
-        except KeyError:
-            raise UnknownPluginError(name, self.suggest(name)) from None
+        """The plugin called ``name`` (or that the original platform's name ``name`` stands
+        for: ``AIModels.openai`` is ``AI.openai``); :class:`UnknownPluginError` lists close
+        matches and, for the original's names, what exists nowhere."""
+        plugin = self._plugins.get(name)
+        if plugin is not None:
+            return plugin
+        from mimir.core.pipeline.origin import canonical_plugin, unknown_plugin_hint
+
+        canonical = canonical_plugin(name, self)
+        if canonical is not None:
+            return self._plugins[canonical]
+        raise UnknownPluginError(name, self.suggest(name), unknown_plugin_hint(name, self))
 
     def suggest(self, name: str) -> list[str]:
         """Registered names close to ``name`` (case-insensitive match first)."""

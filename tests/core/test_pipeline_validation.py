@@ -58,7 +58,10 @@ def test_unknown_and_missing_step_fields() -> None:
         "  - name: a\n    plugin: Debug.echo\n    ouptut: r\n"
         "  - plugin: Debug.echo\n"
     )
-    first, second = _issues(text)
+    # Strict: an unknown field is an error.
+    with pytest.raises(PipelineValidationError) as caught:
+        load_pipeline(text, strict=True)
+    first, second = caught.value.errors
     assert (first.step_index, first.step_name, first.field, first.line) == (1, "a", "ouptut", 5)
     assert first.message == "unknown field 'ouptut' (did you mean output?)"
     assert (second.step_index, second.field, second.message) == (
@@ -67,6 +70,15 @@ def test_unknown_and_missing_step_fields() -> None:
         "required field is missing",
     )
     assert second.line == 6
+    # By default, as the original platform did, it is ignored, with a warning that says so.
+    (missing,) = _issues(text)
+    assert (missing.step_index, missing.field) == (2, "name")
+    pipeline = load_pipeline(text.replace("  - plugin: Debug.echo\n", ""))
+    (warning,) = pipeline.warnings
+    assert (warning.step_index, warning.field, warning.line) == (1, "ouptut", 5)
+    assert warning.message.startswith("unknown field 'ouptut' ignored")
+    assert warning.message.endswith("(did you mean output?)")
+    assert warning.suggestions == ["output"]
 
 
 def test_config_checked_against_the_plugins_model() -> None:
@@ -127,12 +139,13 @@ def test_pipelines_list_form_runs_the_first_enabled_and_locates_errors() -> None
         "    enabled: false\n"
         "    steps: [{name: a, plugin: Debug.echo}]\n"
         "  - name: current\n"
+        "    enabled: true\n"
         "    steps:\n"
         "      - name: b\n"
         "        plugin: Debug.ehco\n"
     )
     (issue,) = _issues(text)
-    assert (issue.line, issue.step_name, issue.field) == (8, "b", "plugin")
+    assert (issue.line, issue.step_name, issue.field) == (9, "b", "plugin")
     assert "Debug.echo" in issue.suggestions
     good = load_pipeline(text.replace("Debug.ehco", "Debug.echo"))
     assert good.name == "current"

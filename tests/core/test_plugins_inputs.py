@@ -180,11 +180,13 @@ def test_api_get_returns_status_headers_and_json(data_dir: Path) -> None:
             },
             data_dir,
         )
-    assert out["status"] == 200
+    assert out["status"] == out["status_code"] == 200
     assert out["json"] == {"path": "/items?page=2"}
+    # The original platform's 'body' is the parsed JSON when the answer is JSON.
+    assert out["body"] == out["json"]
     assert out["headers"]["x-answer"] == "42"
+    assert out["timestamp"].endswith("Z")
     assert stub.requests[0].headers["x-token"] == "abc"
-    assert "body" not in out
 
 
 def test_api_keeps_the_query_string_of_the_url(data_dir: Path) -> None:
@@ -215,8 +217,10 @@ def test_api_post_sends_json_or_raw_body_with_the_method(data_dir: Path) -> None
         )
     assert sent_json == {
         "status": 201,
+        "status_code": 201,
         "url": stub.base_url,
         "headers": sent_json["headers"],
+        "timestamp": sent_json["timestamp"],
         "body": 'POST {"q":"hello"}',
     }
     assert stub.requests[0].headers["content-type"] == "application/json"

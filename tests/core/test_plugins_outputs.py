@@ -26,7 +26,15 @@ def test_json_output_writes_the_value_and_reports_the_file(data_dir: Path) -> No
     )
     written = data_dir / "out" / "deep" / "rows.json"
     assert json.loads(written.read_text()) == ROWS
-    assert out == {"file_path": "out/deep/rows.json", "bytes": written.stat().st_size, "rows": 2}
+    size = written.stat().st_size
+    assert out == {
+        "file_path": "out/deep/rows.json",
+        "bytes": size,
+        "rows": 2,
+        # The original platform's names next to this project's own.
+        "success": True,
+        "bytes_written": size,
+    }
     # Written through a temporary file that is gone afterwards.
     assert [p.name for p in written.parent.iterdir()] == ["rows.json"]
 

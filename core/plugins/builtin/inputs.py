@@ -13,15 +13,17 @@ import io
 import json
 import logging
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from xml.etree.ElementTree import Element, ParseError
 
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeElementTree
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from mimir.core.errors import PluginError
+from mimir.core.errors import MimirError, PluginError
+from mimir.core.pipeline.values import Rows
 from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
 
 __all__ = [
@@ -125,16 +127,26 @@ def _parse_csv(text: str, config: CsvInputConfig, shown: str) -> list[Any]:
 class CsvInputPlugin(Plugin[CsvInputConfig]):
     plugin_type = "Input"
     plugin_name = "csv"
-    description = "Read a CSV file: a list of objects (with headers) or of lists."
+    description = (
+        "Read a CSV file: a list of objects (with headers) or of lists; "
+        "'{{ x.row_count }}', '{{ x.columns }}' also work."
+    )
     config_model = CsvInputConfig
 
     async def run(self, config: CsvInputConfig, run: RunContext) -> Any:
         path = run.resolve_path(config.file_path)
 
         def load() -> list[Any]:
-            return _parse_csv(
+            rows = _parse_csv(
                 _read_text(path, config.file_path, config.encoding), config, config.file_path
             )
+            # A list that also answers the original platform's result fields.
+            meta = {
+                "file_path": config.file_path,
+                "has_headers": config.has_headers,
+                "delimiter": config.delimiter,
+            }
+            return Rows(rows, meta)
 
         return await asyncio.to_thread(load)
 
@@ -142,24 +154,48 @@ class CsvInputPlugin(Plugin[CsvInputConfig]):
 # --------------------------------------------------------------------------- JSON
 
 
-class JsonInputPlugin(Plugin[FileInputConfig]):
+class JsonInputConfig(PluginConfig):
+    file_path: str | None = Field(
+        default=None, description="Path of the file, relative to the data directory."
+    )
+    json_string: str | None = Field(
+        default=None, description="JSON text to parse instead of a file."
+    )
+    encoding: str = Field(default="utf-8", description="Text encoding of the file.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JsonInputConfig:
+        if (self.file_path is None) == (self.json_string is None):
+            raise ValueError("give exactly one of 'file_path' or 'json_string'")
+        return self
+
+
+def _parse_json(text: str, shown: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PluginError(
+            f"{shown}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
+    except RecursionError:
+        raise PluginError(f"{shown}: the JSON is nested too deeply") from None
+
+
+class JsonInputPlugin(Plugin[JsonInputConfig]):
     plugin_type = "Input"
     plugin_name = "json"
-    description = "Read a JSON file and return its value."
-    config_model = FileInputConfig
+    description = "Read a JSON file (or parse 'json_string') and return its value."
+    config_model = JsonInputConfig
 
-    async def run(self, config: FileInputConfig, run: RunContext) -> Any:
-        path = run.resolve_path(config.file_path)
+    async def run(self, config: JsonInputConfig, run: RunContext) -> Any:
+        if config.json_string is not None:
+            return _parse_json(config.json_string, "json_string")
+        file_path = config.file_path
+        assert file_path is not None
+        path = run.resolve_path(file_path)
 
         def load() -> Any:
-            text = _read_text(path, config.file_path, config.encoding)
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise PluginError(
-                    f"{config.file_path}: line {exc.lineno}, column {exc.colno}: "
-                    f"invalid JSON: {exc.msg}"
-                ) from None
+            return _parse_json(_read_text(path, file_path, config.encoding), file_path)
 
         return await asyncio.to_thread(load)
 
@@ -301,20 +337,92 @@ def parse_markdown(text: str) -> dict[str, Any]:
     return {"title": title, "headings": headings, "sections": sections}
 
 
-class MarkdownInputPlugin(Plugin[FileInputConfig]):
+_LINK = re.compile(r"(!?)\[([^\]]*)\]\(\s*<?([^\s()<>]+)>?(?:\s+\"([^\"]*)\")?\s*\)")
+_AUTOLINK = re.compile(r"<(https?://[^\s<>]+)>")
+
+
+def markdown_links(text: str) -> list[dict[str, Any]]:
+    """Links and images (``[text](url "title")``, ``![alt](src)``, ``<https://…>``) with
+    their line numbers; none from fenced code blocks."""
+    links: list[dict[str, Any]] = []
+    fence: str | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        fenced = _FENCE.match(line)
+        if fenced:
+            marker = fenced.group(1)
+            fence = None if fence == marker else (fence or marker)
+            continue
+        if fence:
+            continue
+        for match in _LINK.finditer(line):
+            link: dict[str, Any] = {
+                "text": match.group(2),
+                "url": match.group(3),
+                "line": number,
+                "image": match.group(1) == "!",
+            }
+            if match.group(4) is not None:
+                link["title"] = match.group(4)
+            links.append(link)
+        for match in _AUTOLINK.finditer(line):
+            url = match.group(1)
+            links.append({"text": url, "url": url, "line": number, "image": False})
+    return links
+
+
+def front_matter(text: str, shown: str) -> dict[str, Any]:
+    """The YAML front matter of ``text`` (``---`` … ``---`` at its start) as a mapping."""
+    from mimir.core.pipeline.loader import parse_yaml  # bounded: sizes, aliases, depth
+
+    found = _FRONT_MATTER.match(text)
+    if not found:
+        return {}
+    block = found.group(0).split("\n", 1)[1].rsplit("---", 1)[0]
+    try:
+        data, _ = parse_yaml(block, shown)
+    except MimirError as exc:
+        raise PluginError(f"{shown}: invalid front matter: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+class MarkdownInputConfig(FileInputConfig):
+    extract_sections: bool = Field(
+        default=True, description="Give 'headings' and 'sections' (text under each heading)."
+    )
+    extract_links: bool = Field(
+        default=True, description="Give 'links': links and images with their line numbers."
+    )
+    extract_metadata: bool = Field(
+        default=True, description="Give 'metadata': the YAML front matter, if any."
+    )
+
+
+class MarkdownInputPlugin(Plugin[MarkdownInputConfig]):
     plugin_type = "Input"
     plugin_name = "markdown"
-    description = "Read a Markdown file: its text, title, headings and sections."
-    config_model = FileInputConfig
+    description = "Read a Markdown file: its text, title, headings, sections, links, metadata."
+    config_model = MarkdownInputConfig
 
-    async def run(self, config: FileInputConfig, run: RunContext) -> Any:
+    async def run(self, config: MarkdownInputConfig, run: RunContext) -> Any:
         path = run.resolve_path(config.file_path)
 
         def load() -> dict[str, Any]:
             text = _read_text(path, config.file_path, config.encoding)
             # Blank out YAML front matter, keeping line numbers true to the file.
             body = _FRONT_MATTER.sub(lambda m: "\n" * m.group(0).count("\n"), text, count=1)
-            return {"text": text, **parse_markdown(body)}
+            parsed = parse_markdown(body)
+            result: dict[str, Any] = {"text": text, "title": parsed["title"]}
+            if config.extract_sections:
+                result.update(headings=parsed["headings"], sections=parsed["sections"])
+            if config.extract_links:
+                result["links"] = markdown_links(body)
+            if config.extract_metadata:
+                result["metadata"] = front_matter(text, config.file_path)
+            # The original platform's names for the text and its size.
+            result.update(
+                content=text, word_count=len(body.split()), line_count=len(text.splitlines())
+            )
+            return result
 
         return await asyncio.to_thread(load)
 
@@ -367,7 +475,7 @@ class ApiInputConfig(PluginConfig):
 class ApiInputPlugin(Plugin[ApiInputConfig]):
     plugin_type = "Input"
     plugin_name = "api"
-    description = "Call an HTTP API; return {status, headers, body or json}."
+    description = "Call an HTTP API; return {status, status_code, url, headers, body, json}."
     config_model = ApiInputConfig
 
     async def run(self, config: ApiInputConfig, run: RunContext) -> Any:
@@ -418,8 +526,11 @@ class ApiInputPlugin(Plugin[ApiInputConfig]):
             raise PluginError(f"{target}: HTTP {status} {response.reason_phrase}: {excerpt}")
         result: dict[str, Any] = {
             "status": status,
+            # The original platform's name for it, so its pipelines' references work.
+            "status_code": status,
             "url": str(response.url),
             "headers": dict(response.headers),
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         content_type = response.headers.get("content-type", "")
         if "json" in content_type.split(";")[0]:
@@ -430,6 +541,8 @@ class ApiInputPlugin(Plugin[ApiInputConfig]):
                     f"{target}: the answer says JSON but is not: {exc.msg} "
                     f"(line {exc.lineno}, column {exc.colno})"
                 ) from None
+            # As in the original: 'body' is the parsed JSON when the answer is JSON.
+            result["body"] = result["json"]
         else:
             result["body"] = text
         logger.debug("%s → %s (%d bytes)", target, status, len(content))

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+from mimir.core.plugins.base import Plugin, PluginConfig, RunContext, context_input
 
 # pyoxigraph and the ontology store are imported where used: loading the plugin registry
 # (every worker does) must not map Oxigraph into processes that never touch an ontology.
@@ -160,7 +160,7 @@ class PropertyMapping(PluginConfig):
 
 class LoadConfig(PluginConfig):
     ontology: str = Field(description="Target ontology (name@version or name).")
-    input: list[dict[str, Any]] = Field(description="Rows, e.g. '{{ rows }}'.")
+    input: list[dict[str, Any]] = context_input(description="Rows, e.g. '{{ rows }}'.")
     subject: str = Field(description="IRI template per row, e.g. http://ex/item/{id}.")
     type: str | None = Field(default=None, description="Class IRI given to every subject.")
     label: str | None = Field(default=None, description="Column used as rdfs:label.")

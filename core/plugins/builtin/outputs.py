@@ -2,7 +2,9 @@
 
 Each file is written to a temporary name beside it and then renamed over the target,
 so a reader never sees half a file. The result names the file relative to the data
-directory, with its size.
+directory, with its size. ``Output.json`` without ``file_path`` returns the JSON text
+instead, and ``Output.html`` without ``input`` shows the whole context, as the original
+Go platform's plugins did.
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ from typing import Any
 from pydantic import Field
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+from mimir.core.plugins.base import Plugin, PluginConfig, RunContext, context_input
 
 __all__ = ["CsvOutputPlugin", "HtmlOutputPlugin", "JsonOutputPlugin"]
 
+_INPUT_HELP = (
+    "The value to write: '{{ some_output }}', a value, or a bare context key "
+    "(e.g. 'rows', as the original platform wrote it)."
+)
+
 
 class FileOutputConfig(PluginConfig):
-    input: Any = Field(description="The value to write (usually '{{ some_output }}').")
+    input: Any = context_input(description=_INPUT_HELP)
     file_path: str = Field(description="Where to write, relative to the data directory.")
 
 
@@ -74,21 +81,42 @@ def _row_count(value: Any) -> int | None:
 # --------------------------------------------------------------------------- JSON
 
 
-class JsonOutputConfig(FileOutputConfig):
+class JsonOutputConfig(PluginConfig):
+    # A bare key reads the value as the original's Output.json did (a mapping as it is,
+    # anything else as {"value": v}), so its files come out the same here.
+    input: Any = context_input(description=_INPUT_HELP, view="origin")
+    file_path: str | None = Field(
+        default=None,
+        description="Where to write, relative to the data directory (none: the result "
+        "holds the JSON text as 'json_string').",
+    )
     indent: int | None = Field(default=2, ge=0, le=8, description="Indentation (null: compact).")
 
 
 class JsonOutputPlugin(Plugin[JsonOutputConfig]):
     plugin_type = "Output"
     plugin_name = "json"
-    description = "Write a value to a JSON file."
+    description = "Write a value to a JSON file (or return the JSON text)."
     config_model = JsonOutputConfig
 
     async def run(self, config: JsonOutputConfig, run: RunContext) -> Any:
         def render() -> str:
             return json.dumps(config.input, indent=config.indent, default=str, ensure_ascii=False)
 
-        return await _write(run, config.file_path, render, _row_count(config.input))
+        rows = _row_count(config.input)
+        if config.file_path is None:
+            text = await asyncio.to_thread(render)
+            result: dict[str, Any] = {
+                "success": True,
+                "json_string": text,
+                "bytes": len(text.encode("utf-8")),
+            }
+            if rows is not None:
+                result["rows"] = rows
+            return result
+        written = await _write(run, config.file_path, render, rows)
+        # The original's field names next to this project's own.
+        return {**written, "success": True, "bytes_written": written["bytes"]}
 
 
 # --------------------------------------------------------------------------- CSV
@@ -156,7 +184,15 @@ class CsvOutputPlugin(Plugin[CsvOutputConfig]):
 # --------------------------------------------------------------------------- HTML
 
 
-class HtmlOutputConfig(FileOutputConfig):
+class HtmlOutputConfig(PluginConfig):
+    input: Any = context_input(
+        None, description=_INPUT_HELP + " Not given: the whole pipeline context."
+    )
+    file_path: str | None = Field(
+        default=None,
+        description="Where to write, relative to the data directory (none: the result "
+        "holds the page as 'html').",
+    )
     title: str = Field(default="Mimir report", description="Heading and page title.")
     description: str | None = Field(default=None, description="A paragraph under the title.")
     columns: list[str] | None = Field(
@@ -238,9 +274,25 @@ class HtmlOutputPlugin(Plugin[HtmlOutputConfig]):
 
     async def run(self, config: HtmlOutputConfig, run: RunContext) -> Any:
         generated_at = datetime.now(UTC)
-        return await _write(
-            run,
-            config.file_path,
-            lambda: render_html(config.input, config, generated_at),
-            _row_count(config.input),
+        value = config.input if "input" in config.model_fields_set else dict(run.context)
+        # The original's fields (its Output.html only reported that a report was made).
+        origin = {
+            "format": "html",
+            "generated": True,
+            "timestamp": generated_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        rows = _row_count(value)
+        if config.file_path is None:
+            page = await asyncio.to_thread(render_html, value, config, generated_at)
+            result: dict[str, Any] = {
+                **origin,
+                "html": page,
+                "bytes": len(page.encode("utf-8")),
+            }
+            if rows is not None:
+                result["rows"] = rows
+            return result
+        written = await _write(
+            run, config.file_path, lambda: render_html(value, config, generated_at), rows
         )
+        return {**written, **origin}

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+from mimir.core.plugins.base import Plugin, PluginConfig, RunContext, context_input
 from mimir.core.plugins.builtin.expressions import (
     CompiledExpression,
     ExpressionError,
@@ -59,7 +59,7 @@ def _rows(value: Any, what: str = "input") -> list[dict[str, Any]]:
 
 
 class TransformConfig(PluginConfig):
-    input: Any = Field(description="Rows to transform: a list of objects.")
+    input: Any = context_input(description="Rows to transform: a list of objects.")
     filter: str | None = Field(
         default=None, description="Keep rows for which this expression is true."
     )
@@ -176,7 +176,7 @@ class TransformPlugin(Plugin[TransformConfig]):
 
 
 class AggregateConfig(PluginConfig):
-    input: Any = Field(description="Rows to summarise: a list of objects.")
+    input: Any = context_input(description="Rows to summarise: a list of objects.")
     group_by: list[str] = Field(
         default_factory=list, description="Field(s) to group by (none: one group of all rows)."
     )
