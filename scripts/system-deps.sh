@@ -10,6 +10,8 @@ PACKAGES=(
   xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-image0 libxcb-render-util0
   libxcb-shape0 libxcb-randr0 libxcb-xinerama0 libxcb-xkb1   # Qt under Xvfb (xvfb-run needs xauth)
   binutils                           # objdump, which PyInstaller needs for the bundle test
+  systemd strace                     # systemd-analyze verify of packaging/systemd; strace checks
+                                     # the units' SystemCallFilter (not in a minbase install)
 )
 
 missing=()
