@@ -4,7 +4,8 @@ These run in-process with the core alone (no server, no Redis). Exit codes:
 
 - ``mimir run``: 0 the pipeline succeeded, 1 a step failed, 2 the pipeline (or the
   command line) is invalid;
-- ``mimir validate``: 0 every file is valid, 1 one is not (2 for a bad command line);
+- ``mimir validate``: 0 every file is valid (warnings do not count), 1 one is not (2 for a
+  bad command line);
 - ``mimir plugins``: 0.
 """
 
@@ -59,6 +60,21 @@ def _print_invalid(exc: PipelineValidationError, source: str, stream: TextIO) ->
         print(f"  {format_issue(issue, source)}", file=stream)
         if issue.suggestions and "did you mean" not in issue.message:
             print(f"    did you mean: {', '.join(issue.suggestions)}", file=stream)
+    _print_findings(exc.warnings, exc.notes, source, stream)
+
+
+def _print_findings(
+    warnings: list[ValidationIssue],
+    notes: list[ValidationIssue],
+    source: str,
+    stream: TextIO,
+    *,
+    with_notes: bool = True,
+) -> None:
+    for issue in warnings:
+        print(f"  warning: {format_issue(issue, source)}", file=stream)
+    for issue in notes if with_notes else []:
+        print(f"  note: {format_issue(issue, source)}", file=stream)
 
 
 # --------------------------------------------------------------------------- run
@@ -114,13 +130,15 @@ def run_main(argv: list[str]) -> int:
     from mimir.core.pipeline.loader import load_pipeline
 
     try:
-        pipeline = load_pipeline(Path(args.file))
+        pipeline = load_pipeline(Path(args.file), context_keys=set(context))
     except PipelineValidationError as exc:
         _print_invalid(exc, args.file, sys.stderr)
         return 2
     except PipelineNotFoundError as exc:
         print(f"mimir run: {exc}", file=sys.stderr)
         return 2
+    # What runs differently from how it reads is worth a line on stderr (notes: validate).
+    _print_findings(pipeline.warnings, [], args.file, sys.stderr, with_notes=False)
     data_dir = args.data_dir
     if data_dir is None:
         from mimir.core.settings import Settings
@@ -143,14 +161,22 @@ def run_main(argv: list[str]) -> int:
 
 
 def validate_main(argv: list[str]) -> int:
-    """``mimir validate FILE.yaml [FILE.yaml ...]``: check files without running them."""
+    """``mimir validate [--strict] [--json] FILE.yaml [FILE.yaml ...]``: check files without
+    running them; warnings and notes (the original platform's names, bare strings read as
+    context keys, fields ignored) are printed under each file."""
     parser = argparse.ArgumentParser(
         prog="mimir validate",
         description="Check pipeline files (YAML, schema, plugins and their config) without "
-        "running them.",
+        "running them. Warnings and notes say what is ignored or read differently from how "
+        "it is written (files of the original Go platform).",
     )
     parser.add_argument("files", nargs="+", metavar="FILE.yaml", help="pipeline files")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="unknown pipeline and step fields are errors (by default: warnings)",
+    )
     args = parser.parse_args(argv)
     _setup_logging()
 
@@ -159,10 +185,16 @@ def validate_main(argv: list[str]) -> int:
     findings: list[dict[str, Any]] = []
     for file in args.files:
         try:
-            pipeline = load_pipeline(Path(file))
+            pipeline = load_pipeline(Path(file), strict=args.strict)
         except PipelineValidationError as exc:
             findings.append(
-                {"file": file, "valid": False, "errors": [i.model_dump() for i in exc.errors]}
+                {
+                    "file": file,
+                    "valid": False,
+                    "errors": [i.model_dump() for i in exc.errors],
+                    "warnings": [i.model_dump() for i in exc.warnings],
+                    "notes": [i.model_dump() for i in exc.notes],
+                }
             )
             if not args.json:
                 _print_invalid(exc, file, sys.stdout)
@@ -172,11 +204,19 @@ def validate_main(argv: list[str]) -> int:
                 print(f"{file}: {exc}")
         else:
             findings.append(
-                {"file": file, "valid": True, "name": pipeline.name, "steps": len(pipeline.steps)}
+                {
+                    "file": file,
+                    "valid": True,
+                    "name": pipeline.name,
+                    "steps": len(pipeline.steps),
+                    "warnings": [i.model_dump() for i in pipeline.warnings],
+                    "notes": [i.model_dump() for i in pipeline.notes],
+                }
             )
             if not args.json:
                 steps = len(pipeline.steps)
                 print(f"OK {file}: {pipeline.name} ({steps} step{'s' if steps != 1 else ''})")
+                _print_findings(pipeline.warnings, pipeline.notes, file, sys.stdout)
     if args.json:
         print(json.dumps({"files": findings}, indent=2))
     return 0 if all(f["valid"] for f in findings) else 1

@@ -523,7 +523,10 @@ def load_pipeline(
 
     def fail(errors: list[ValidationIssue]) -> PipelineValidationError:
         return PipelineValidationError(
-            errors, name, warnings=findings.warnings, notes=findings.notes
+            errors,
+            name,
+            warnings=sorted(findings.warnings, key=_document_order),
+            notes=sorted(findings.notes, key=_document_order),
         )
 
     try:
@@ -539,6 +542,10 @@ def load_pipeline(
         )
     if findings.errors:
         raise fail(findings.errors)
-    pipeline.warnings.extend(findings.warnings)
-    pipeline.notes.extend(findings.notes)
+    pipeline.warnings.extend(sorted(findings.warnings, key=_document_order))
+    pipeline.notes.extend(sorted(findings.notes, key=_document_order))
     return pipeline
+
+
+def _document_order(issue: ValidationIssue) -> tuple[int, int, int]:
+    return (issue.line or 0, issue.column or 0, issue.step_index or 0)

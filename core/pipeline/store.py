@@ -61,22 +61,29 @@ _CACHE_SIZE = 256
 
 
 def load_pipeline_text(
-    text: str, *, source: str | None = None, registry: PluginRegistry | None = None
+    text: str,
+    *,
+    source: str | None = None,
+    registry: PluginRegistry | None = None,
+    strict: bool = False,
+    context_keys: frozenset[str] | set[str] | None = None,
 ) -> Pipeline:
     """A validated pipeline from YAML ``text`` (never read as a file path).
 
     :func:`load_pipeline` takes a one-line ``str`` ending in ``.yaml`` for a path; text
     from a request must never be, so it always gets a newline. ``source`` names the text
-    in error messages.
+    in error messages; ``strict`` and ``context_keys`` are :func:`load_pipeline`'s.
     """
     if not text.endswith("\n"):
         text += "\n"
     try:
-        return load_pipeline(text, registry=registry)
+        return load_pipeline(text, registry=registry, strict=strict, context_keys=context_keys)
     except PipelineValidationError as exc:
         if source is None:
             raise
-        raise PipelineValidationError(exc.errors, source) from None
+        raise PipelineValidationError(
+            exc.errors, source, warnings=exc.warnings, notes=exc.notes
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -333,10 +340,13 @@ class PipelineStore:
 
     # -- writing ---------------------------------------------------------------------
 
-    def save(self, name: str, text: str, *, create: bool = False) -> tuple[StoredPipeline, bool]:
+    def save(
+        self, name: str, text: str, *, create: bool = False, strict: bool = False
+    ) -> tuple[StoredPipeline, bool]:
         """Validate ``text`` and write it as ``<name>.yaml`` (atomically).
 
-        With ``create``, an existing name is a :class:`PipelineExistsError`. Returns the
+        With ``create``, an existing name is a :class:`PipelineExistsError`; with ``strict``,
+        fields the pipeline model does not know are errors, not warnings. Returns the
         stored pipeline and whether it was new. Nothing is written when validation fails.
 
         The text goes to a temporary file in the directory, flushed to disk, then takes
@@ -346,7 +356,9 @@ class PipelineStore:
         :class:`PipelineExistsError` (without ``create``: they replace it, as updates).
         """
         bare = self.check_name(name)
-        pipeline = load_pipeline_text(text, source=f"{bare}.yaml", registry=self._registry)
+        pipeline = load_pipeline_text(
+            text, source=f"{bare}.yaml", registry=self._registry, strict=strict
+        )
         existing = self._existing_file(bare)
         if existing is not None and create:
             raise PipelineExistsError(f"a pipeline named {bare!r} already exists ({existing.name})")

@@ -6,6 +6,11 @@
 - ``GET/POST /api/v1/pipelines``, ``GET/PUT/DELETE /api/v1/pipelines/{name}`` list,
   create, read, replace and delete the files (validated before anything is written);
 - ``POST /api/v1/pipelines/validate`` checks YAML without saving it.
+
+Answers that validate a pipeline carry ``warnings`` (fields ignored, bare strings that stay
+text …) and ``notes`` (what is read differently from how it is written: the original Go
+platform's names, bare strings read as context keys) next to ``errors``; ``?strict=true``
+makes unknown fields errors.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mimir.core.engine import PipelineResult, execute_pipeline
-from mimir.core.errors import PipelineValidationError
+from mimir.core.errors import LimitExceededError, PipelineValidationError
+from mimir.core.limits import check_depth, default_limits
 from mimir.core.pipeline.issues import ValidationIssue
 from mimir.core.pipeline.loader import load_pipeline
 from mimir.core.pipeline.requests import PipelineRequest, resolve_pipeline_request
@@ -68,6 +74,10 @@ class PipelineDetail(BaseModel):
     pipeline: dict[str, Any] | None
     valid: bool = True
     errors: list[ValidationIssue] = []
+    #: Fields ignored, bare strings that stay text …: it runs, but have a look.
+    warnings: list[ValidationIssue] = []
+    #: What is read differently from how it is written (aliases, context keys).
+    notes: list[ValidationIssue] = []
 
 
 class ValidateRequest(BaseModel):
@@ -76,11 +86,27 @@ class ValidateRequest(BaseModel):
     #: YAML text to check (or give ``pipeline`` as a mapping).
     yaml: str | None = None
     pipeline: dict[str, Any] | None = None
+    #: The context a run would get: bare strings naming its keys are reported as read.
+    context: dict[str, Any] | None = None
+
+    @field_validator("context")
+    @classmethod
+    def _bounded_depth(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, dict):
+            try:
+                check_depth(value, default_limits().max_depth, info.field_name)
+            except LimitExceededError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class ValidationReport(BaseModel):
     valid: bool
     errors: list[ValidationIssue]
+    #: Fields ignored, bare strings that stay text …: it runs, but have a look.
+    warnings: list[ValidationIssue] = []
+    #: What is read differently from how it is written (aliases, context keys).
+    notes: list[ValidationIssue] = []
     #: The validated pipeline, when valid.
     pipeline: dict[str, Any] | None = None
 
@@ -91,6 +117,8 @@ def _detail(stored: StoredPipeline) -> PipelineDetail:
         file=stored.file,
         yaml=stored.yaml,
         pipeline=stored.pipeline.model_dump(mode="json"),
+        warnings=stored.pipeline.warnings,
+        notes=stored.pipeline.notes,
     )
 
 
@@ -132,30 +160,49 @@ def list_pipelines(store: StoreDep) -> dict[str, list[dict[str, object]]]:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_pipeline(body: PipelineCreate, store: StoreDep, registry: RegistryDep) -> PipelineDetail:
-    """Store a new pipeline (409 when the name is taken, 422 when the YAML is invalid)."""
+def create_pipeline(
+    body: PipelineCreate, store: StoreDep, registry: RegistryDep, strict: bool = False
+) -> PipelineDetail:
+    """Store a new pipeline (409 when the name is taken, 422 when the YAML is invalid;
+    ``?strict=true``: unknown fields too)."""
     name = body.name
     if name is None:
-        name = store.name_for(load_pipeline_text(body.yaml, registry=registry))
-    stored, _ = store.save(name, body.yaml, create=True)
+        name = store.name_for(load_pipeline_text(body.yaml, registry=registry, strict=strict))
+    stored, _ = store.save(name, body.yaml, create=True, strict=strict)
     return _detail(stored)
 
 
 @router.post("/validate")
-def validate(body: ValidateRequest, registry: RegistryDep) -> ValidationReport:
-    """Check a pipeline without saving it: ``{valid, errors: [{message, line, column, ...}]}``."""
+def validate(
+    body: ValidateRequest, registry: RegistryDep, strict: bool = False
+) -> ValidationReport:
+    """Check a pipeline without saving it: ``{valid, errors: [{message, line, column, ...}],
+    warnings, notes}`` (``?strict=true``: unknown fields are errors)."""
     if (body.yaml is None) == (body.pipeline is None):
         raise PipelineValidationError(
             [ValidationIssue(message="give exactly one of 'yaml' (text) or 'pipeline' (mapping)")]
         )
+    keys = set(body.context) if body.context is not None else None
     try:
         if body.yaml is not None:
-            pipeline = load_pipeline_text(body.yaml, registry=registry)
+            pipeline = load_pipeline_text(
+                body.yaml, registry=registry, strict=strict, context_keys=keys
+            )
         else:
-            pipeline = load_pipeline(body.pipeline or {}, registry=registry)
+            pipeline = load_pipeline(
+                body.pipeline or {}, registry=registry, strict=strict, context_keys=keys
+            )
     except PipelineValidationError as exc:
-        return ValidationReport(valid=False, errors=exc.errors)
-    return ValidationReport(valid=True, errors=[], pipeline=pipeline.model_dump(mode="json"))
+        return ValidationReport(
+            valid=False, errors=exc.errors, warnings=exc.warnings, notes=exc.notes
+        )
+    return ValidationReport(
+        valid=True,
+        errors=[],
+        warnings=pipeline.warnings,
+        notes=pipeline.notes,
+        pipeline=pipeline.model_dump(mode="json"),
+    )
 
 
 @router.get("/{name}")
@@ -171,16 +218,24 @@ def get_pipeline(name: str, store: StoreDep) -> PipelineDetail:
         file, text = store.read_text(name)
         bare = store.check_name(name)
         return PipelineDetail(
-            name=bare, file=file, yaml=text, pipeline=None, valid=False, errors=exc.errors
+            name=bare,
+            file=file,
+            yaml=text,
+            pipeline=None,
+            valid=False,
+            errors=exc.errors,
+            warnings=exc.warnings,
+            notes=exc.notes,
         )
 
 
 @router.put("/{name}")
 def put_pipeline(
-    name: str, body: PipelineUpdate, store: StoreDep, response: Response
+    name: str, body: PipelineUpdate, store: StoreDep, response: Response, strict: bool = False
 ) -> PipelineDetail:
-    """Create or replace ``name`` (201 when created); invalid YAML is refused, not written."""
-    stored, created = store.save(name, body.yaml)
+    """Create or replace ``name`` (201 when created); invalid YAML is refused, not written
+    (``?strict=true``: unknown fields too)."""
+    stored, created = store.save(name, body.yaml, strict=strict)
     if created:
         response.status_code = status.HTTP_201_CREATED
     return _detail(stored)
