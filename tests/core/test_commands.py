@@ -142,6 +142,8 @@ def test_validate_prints_ok_or_each_issue(tmp_path: Path) -> None:
         "valid": True,
         "name": "sales-report",
         "steps": 4,
+        "warnings": [],
+        "notes": [],
     }
 
 
