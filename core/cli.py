@@ -17,6 +17,7 @@ DESCRIPTIONS: dict[str, str] = {
     "run": "run a pipeline file locally and print its result",
     "validate": "validate a pipeline file without running it",
     "plugins": "list the available plugins",
+    "migrate": "rewrite the original Go platform's pipeline files in this project's form",
     "enqueue": "put pipeline jobs on the Redis queue",
     "server": "start the REST API server",
     "worker": "start a worker that drains the job queue",

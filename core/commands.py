@@ -6,7 +6,10 @@ These run in-process with the core alone (no server, no Redis). Exit codes:
   command line) is invalid;
 - ``mimir validate``: 0 every file is valid (warnings do not count), 1 one is not (2 for a
   bad command line);
-- ``mimir plugins``: 0.
+- ``mimir plugins``: 0;
+- ``mimir migrate``: 0 every pipeline file was carried over (and, with ``--check``, none
+  would change), 1 something cannot be carried over (or, with ``--check``, would change),
+  2 for a bad command line.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from mimir.core.errors import (
 from mimir.core.limits import check_depth, default_limits
 from mimir.core.pipeline.issues import ValidationIssue
 
-__all__ = ["describe_plugins", "plugins_main", "run_main", "validate_main"]
+__all__ = ["describe_plugins", "migrate_main", "plugins_main", "run_main", "validate_main"]
 
 
 def _setup_logging() -> None:
@@ -266,3 +269,101 @@ def plugins_main(argv: list[str]) -> int:
     for name, reason in default_registry().load_errors.items():
         print(f"mimir plugins: entry point {name!r} not loaded: {reason}", file=sys.stderr)
     return 0
+
+
+# --------------------------------------------------------------------------- migrate
+
+
+def migrate_main(argv: list[str]) -> int:
+    """``mimir migrate FILE|DIR... [--out DIR] [--root DIR] [--check]``: rewrite the original
+    Go platform's pipeline files (and its pipeline-store records) in this project's form."""
+    parser = argparse.ArgumentParser(
+        prog="mimir migrate",
+        description="Rewrite pipeline files of the original Go platform (and its "
+        "pipeline-store JSON/YAML records) in this project's canonical form: unknown fields "
+        "dropped, plugin and config-key aliases resolved, bare context keys turned into "
+        "'{{ key }}' templates, paths made relative to the data directory. Prints what it "
+        "changed and what it cannot carry over; a file with something it cannot carry over "
+        "is left as it is. Without --out, files are rewritten in place and the original "
+        "is kept as FILE.bak.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="FILE|DIR", help="files or directories")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write the migrated files under DIR (same layout; originals untouched) "
+        "instead of in place",
+    )
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        help="the original's data directory: absolute paths under it become relative to "
+        "the data directory (MIMIR_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only report; exit 1 if anything would change or cannot be carried over",
+    )
+    args = parser.parse_args(argv)
+    _setup_logging()
+
+    from pathlib import PurePosixPath
+
+    from mimir.core.pipeline.migrate import migrate_paths, write_migration
+
+    root = None
+    if args.root is not None:
+        root = PurePosixPath(args.root)
+        if not root.is_absolute():
+            parser.error(f"--root must be an absolute path, got {args.root!r}")
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        parser.error(f"no such file or directory: {', '.join(missing)}")
+    migrations = migrate_paths([Path(p) for p in args.paths], root=root, out=args.out)
+    failed = False
+    counts = {"migrated": 0, "unchanged": 0, "blocked": 0, "skipped": 0}
+    for migration in migrations:
+        source = str(migration.source)
+        if migration.skipped:
+            counts["skipped"] += 1
+            print(f"skip {source}: {migration.skipped}")
+            continue
+        if migration.blocked:
+            counts["blocked"] += 1
+            failed = True
+            print(f"CANNOT {source}: left as it is; cannot carry over:")
+            for line in migration.blocked:
+                print(f"  - {line}")
+            for line in migration.changes:
+                print(f"  (would change) {line}")
+            continue
+        if not migration.changed:
+            counts["unchanged"] += 1
+            print(f"unchanged {source}")
+            for line in migration.warnings:
+                print(f"  check: {line}")
+            continue
+        counts["migrated"] += 1
+        target = str(migration.target)
+        verb = "would migrate" if args.check else "migrated"
+        print(f"{verb} {source}" + (f" -> {target}" if target != source else ""))
+        for line in migration.changes:
+            print(f"  - {line}")
+        for line in migration.warnings:
+            print(f"  check: {line}")
+        if args.check:
+            failed = True
+            continue
+        try:
+            backup = write_migration(migration, in_place=args.out is None)
+        except OSError as exc:
+            failed = True
+            print(f"  not written: {exc}")
+            continue
+        if backup is not None:
+            print(f"  original kept as {backup}")
+    summary = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+    print(f"mimir migrate: {summary or 'nothing to do'}", file=sys.stderr)
+    return 1 if failed else 0
