@@ -10,8 +10,8 @@ import pytest
 
 from tests.core.plugin_harness import StepFailed, run_plugin
 
-INPUTS = ["Input.csv", "Input.json", "Input.xml", "Input.markdown"]
-OUTPUTS = ["Output.json", "Output.csv", "Output.html"]
+INPUTS = ["Input.csv", "Input.json", "Input.xml", "Input.markdown", "Input.excel"]
+OUTPUTS = ["Output.json", "Output.csv", "Output.html", "Output.excel", "Output.pdf"]
 
 
 @pytest.fixture
