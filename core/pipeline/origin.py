@@ -266,7 +266,7 @@ def _rename(
             step=step,
             field_name=f"config.{old}",
         )
-        return config
+        return {k: v for k, v in config.items() if k != old}
     renamed = {new if key == old else key: value for key, value in config.items()}
     report.note(f"{old!r} is read as {new!r}", (*loc, old), step=step, field_name=f"config.{old}")
     return renamed
@@ -282,6 +282,7 @@ def _json_output(
             continue
         value = config[old]
         where = (*loc, old)
+        config = {k: v for k, v in config.items() if k != old}
         if "indent" in config:
             report.error(
                 f"both {old!r} and 'indent' are given; keep one",
@@ -298,7 +299,6 @@ def _json_output(
                 field_name=f"config.{old}",
             )
             continue
-        config = {k: v for k, v in config.items() if k != old}
         config["indent"] = 2 if value else None
         report.note(
             f"{old!r}: {str(value).lower()} is read as 'indent': {config['indent']}",
@@ -350,7 +350,7 @@ def _ai(
         step=step,
         field_name="config.operation",
     )
-    return config
+    return {k: v for k, v in config.items() if k != "operation"}
 
 
 #: Per plugin (or ``"<Type>.*"``): conversions of the original's config keys.
@@ -376,6 +376,8 @@ def _normalize_config(
         config = _rename(config, "filename", "file_path", report, loc, step)
     kind = plugin.partition(".")[0]
     for converter in (_CONVERTERS.get(plugin), _CONVERTERS.get(f"{kind}.*")):
+        if converter is _ai and "operation" in known:
+            continue  # a plugin that has operations of its own
         if converter is not None:
             config = converter(config, report, loc, step)
     if "operation" in config and "operation" not in known:

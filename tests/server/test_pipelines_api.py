@@ -163,10 +163,18 @@ def test_validate_names_line_column_step_and_field(api_client: httpx.Client) -> 
     assert "invalid YAML" in issue["message"]
 
     bad_field = ECHO_YAML.replace("    output: echoed", "    outptu: echoed")
-    schema_error = api_client.post("/api/v1/pipelines/validate", json={"yaml": bad_field}).json()
+    schema_error = api_client.post(
+        "/api/v1/pipelines/validate", params={"strict": "true"}, json={"yaml": bad_field}
+    ).json()
     [issue] = schema_error["errors"]
     assert (issue["line"], issue["step_index"], issue["step_name"]) == (7, 1, "echo")
     assert issue["field"] == "outptu" and issue["suggestions"] == ["output"]
+    # Without ?strict=true an unknown field is ignored, as the original platform did, and
+    # the answer says so.
+    lenient = api_client.post("/api/v1/pipelines/validate", json={"yaml": bad_field}).json()
+    assert lenient["valid"] is True
+    [warning] = lenient["warnings"]
+    assert (warning["line"], warning["field"], warning["suggestions"]) == (7, "outptu", ["output"])
 
     empty = api_client.post("/api/v1/pipelines/validate", json={})
     assert empty.status_code == 422 and "exactly one of 'yaml'" in empty.json()["error"]
