@@ -83,6 +83,14 @@ NO_COUNTERPART: dict[str, str] = {
     "Ontology.auto_update": "the original's ontology auto-update",
     "Ontology.drift_detection": "the original's ontology drift detection",
     "Ontology.suggestions": "the original's ontology suggestions",
+    "AI.azure": "the original's Azure OpenAI provider (AI.openai with its 'base_url' may serve)",
+    "AI.google": "the original's Google provider",
+    "AI.openrouter": (
+        "the original's OpenRouter provider (AI.openai with base_url "
+        "https://openrouter.ai/api/v1 speaks its protocol)"
+    ),
+    "AI.local": "the original's local-model provider (AI.ollama or AI.openai may serve)",
+    "AI.z-ai": "the original's Z.ai provider",
 }
 
 #: Pipeline and step fields the original read; every other field it ignored.
@@ -241,8 +249,10 @@ def unknown_plugin_hint(name: str, registry: PluginRegistry) -> str:
             f"the original's {name} is {target} here, which does not exist either "
             f"({TYPE_ALIASES[kind]} plugins here: {', '.join(same_type) or 'none'})"
         )
-    if name in NO_COUNTERPART:
-        parts.append(f"{NO_COUNTERPART[name]}; no plugin here does that")
+    target = f"{TYPE_ALIASES[kind]}.{rest}" if kind in TYPE_ALIASES and rest else name
+    for known in dict.fromkeys((name, target)):
+        if known in NO_COUNTERPART:
+            parts.append(f"no plugin here is {NO_COUNTERPART[known]}")
     return "; ".join(parts)
 
 
@@ -606,10 +616,13 @@ def reference_findings(
             )
         elif ref.kind == "later":
             assert producer is not None
-            why = "is disabled" if not producer.enabled else "runs later"
+            if ref.producer == ref.step_index:
+                what = "this step's own output"
+            else:
+                why = "is disabled" if not producer.enabled else "runs later"
+                what = f"the output of {who}, which {why}"
             report.error(
-                f"{ref.key!r} names the output of {who}, which {why}: the key does not exist "
-                "when this step runs",
+                f"{ref.key!r} names {what}: the key does not exist when this step runs",
                 loc,
                 step=label,
                 field_name=name,
