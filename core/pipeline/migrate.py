@@ -539,10 +539,19 @@ def migrate_paths(
     """Migrate every pipeline file in ``paths`` (files, or directories searched
     recursively); with ``out`` the targets are under ``out``, in the same layout."""
     migrations = []
+    claimed: dict[Path, Path] = {}  # target -> the file that migrates to it
     for path, base in _files(paths):
         migration = migrate_file(path, root=root, registry=registry)
-        if out is not None and migration.target is not None:
-            migration.target = out / migration.target.relative_to(base)
+        target = migration.target
+        if out is not None and target is not None:
+            target = migration.target = out / target.relative_to(base)
+        if target is not None and migration.text is not None and migration.changed:
+            other = claimed.setdefault(target.resolve(), path)
+            if other != path:
+                migration.blocked.append(f"{other} also migrates to {target}; rename one")
+            elif out is None and target != path and target.exists():
+                # A store record's new file would replace a file that is not its own.
+                migration.blocked.append(f"{target} exists and differs; not replaced (use --out)")
         migrations.append(migration)
     return migrations
 

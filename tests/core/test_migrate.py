@@ -135,6 +135,18 @@ def test_store_records_default_outputs_and_root_paths(tmp_path: Path) -> None:
     assert "'output: json_data' added" in done.stdout
     assert "check: " in done.stdout and "kept as the bare key 'json_data'" in done.stdout
 
+    # Again: nothing to do (the record's file is there, the same).
+    again = mimir("migrate", "--check", str(store), "--root", "/srv/mimir/data")
+    assert again.returncode == 0, again.stdout
+    assert "unchanged" in again.stdout and "would migrate" not in again.stdout
+    # Another record of the same name would replace that file: refused.
+    changed = {**record, "metadata": {**record["metadata"], "description": "Weekly"}}
+    (store / "copy.json").write_text(json.dumps(changed))
+    clash = mimir("migrate", str(store / "copy.json"), "--root", "/srv/mimir/data")
+    assert clash.returncode == 1
+    assert f"{store}/Sales.yaml exists and differs; not replaced" in clash.stdout
+    (store / "copy.json").unlink()
+
     outside = dict(record, config={"Name": "X", "Steps": [
         {"Name": "r", "Plugin": "Input.csv", "Config": {"file_path": "/etc/passwd"}}]})  # fmt: skip
     (store / "other.json").write_text(json.dumps(outside))
