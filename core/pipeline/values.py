@@ -36,13 +36,16 @@ class Rows(list[Any]):
         """The original's result fields, computed once (the rows are not changed after)."""
         if self._fields is None:
             columns: list[Any] = []
+            rows: list[Any] = list(self)
             if self and all(isinstance(row, Mapping) for row in self):
                 columns = list(dict.fromkeys(name for row in self for name in row))
-            elif self and isinstance(self[0], list):
+            elif self and all(isinstance(row, list) for row in self):
+                # Without headers the original named the columns column_1, column_2 …
                 columns = [f"column_{i + 1}" for i in range(max(len(row) for row in self))]
+                rows = [dict(zip(columns, row, strict=False)) for row in self]
             self._fields = {
                 **self.meta,
-                "rows": list(self),
+                "rows": rows,
                 "row_count": len(self),
                 "columns": columns,
                 "column_count": len(columns),

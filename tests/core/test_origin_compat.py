@@ -117,6 +117,18 @@ def test_csv_rows_answer_the_originals_field_names_in_templates(data_dir: Path) 
     context = _run(steps, data_dir).context
     assert context["e"] == '2 rows of ["a", "b"]; first 1'
     assert context["d"] == [{"a": 1, "b": 2}, {"a": 3, "b": 4}]
+    # Without headers the original's rows were objects with columns column_1, column_2 …
+    headless = [
+        {"name": "csv", "plugin": "Input.csv", "output": "d",
+         "config": {"file_path": "s.csv", "has_headers": False}},
+        {"name": "e", "plugin": "Debug.echo", "output": "e",
+         "config": {"value": ["{{ d.0 }}", "{{ d.rows.0 }}", "{{ d.columns }}"]}},
+    ]  # fmt: skip
+    assert _run(headless, data_dir).context["e"] == [
+        ["a", "b"],
+        {"column_1": "a", "column_2": "b"},
+        ["column_1", "column_2"],
+    ]
 
 
 def test_only_written_bare_strings_count_not_rendered_templates(data_dir: Path) -> None:
