@@ -295,7 +295,7 @@ async def _resolve(host: str, port: int) -> list[Address]:
     addresses: list[Address] = []
     for *_, sockaddr in infos:
         try:
-            addresses.append(ipaddress.ip_address(sockaddr[0].split("%")[0]))
+            addresses.append(ipaddress.ip_address(str(sockaddr[0]).split("%")[0]))
         except ValueError:
             continue
     return addresses

@@ -54,7 +54,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self.aliases = 0
         self.depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:  # type: ignore[override]
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > self.limits.max_yaml_aliases:
@@ -63,7 +63,7 @@ class _BoundedLoader(yaml.SafeLoader):
                     "(limit MIMIR_MAX_YAML_ALIASES)",
                     self.peek_event().start_mark,
                 )
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         self.depth += 1
         try:
             if self.depth > self.limits.max_depth:
@@ -71,7 +71,7 @@ class _BoundedLoader(yaml.SafeLoader):
                     f"nested more than {self.limits.max_depth} levels deep (limit MIMIR_MAX_DEPTH)",
                     self.peek_event().start_mark,
                 )
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self.depth -= 1
 

@@ -311,7 +311,7 @@ def _migrate_pipeline(
             and s.get("output")
         }
         for index, step in enumerate(steps):
-            if not isinstance(step, Mapping):
+            if not isinstance(step, dict):
                 continue
             where = f"{prefix}step {index + 1} {step.get('name')!r}, config"
             config = step.get("config")
