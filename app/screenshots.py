@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 __all__ = ["main"]
 
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     from mimir.core.settings import Settings
 
     logging.basicConfig(level=logging.WARNING)
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    # instance() is typed as QCoreApplication; this process only ever makes a QApplication.
+    app = cast(QApplication, QApplication.instance() or QApplication(sys.argv[:1]))
     app.setStyleSheet(load_stylesheet())
     errors = install_excepthook(show_dialog=False)
     loop = qasync.QEventLoop(app)

@@ -18,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 from types import TracebackType
+from typing import cast
 
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication, QMessageBox
@@ -121,7 +122,8 @@ def run_console(argv: list[str] | None = None) -> int:
 
     from mimir.app.ui.common import load_stylesheet
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    # instance() is typed as QCoreApplication; this process only ever makes a QApplication.
+    app = cast(QApplication, QApplication.instance() or QApplication(sys.argv[:1]))
     app.setApplicationName("Mimir Console")
     app.setOrganizationName("Mimir AIP")
     app.setStyleSheet(load_stylesheet())

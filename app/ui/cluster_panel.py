@@ -311,7 +311,7 @@ class QtClusterPanel(QWidget):
         workers = self.workers_spin.value()
         await self._run(
             f"Start with {workers} workers",
-            lambda: backend.up(workers=workers, progress=self._report),  # type: ignore[union-attr]
+            lambda: backend.up(workers=workers, progress=self._report),
         )
 
     @asyncSlot()
@@ -322,7 +322,7 @@ class QtClusterPanel(QWidget):
             # An open event stream would hold the server's graceful shutdown up.
             await self.context.feed.stop()
             try:
-                await backend.down(progress=self._report)  # type: ignore[union-attr]
+                await backend.down(progress=self._report)
             finally:
                 self.context.start()
 
@@ -334,13 +334,13 @@ class QtClusterPanel(QWidget):
         workers = self.workers_spin.value()
         await self._run(
             f"Scale to {workers} workers",
-            lambda: backend.scale(workers, progress=self._report),  # type: ignore[union-attr]
+            lambda: backend.scale(workers, progress=self._report),
         )
 
     @asyncSlot()
     async def build_images(self) -> None:
         backend = self.context.backend
-        await self._run("Build", lambda: backend.build(progress=self._report))  # type: ignore[union-attr]
+        await self._run("Build", lambda: backend.build(progress=self._report))
 
     @asyncSlot()
     async def restart_service(self) -> None:
@@ -348,11 +348,14 @@ class QtClusterPanel(QWidget):
         if row < 0:
             self.banner.info("Select a service in the table to restart it.")
             return
-        name = self.table.item(row, 0).text()
+        item = self.table.item(row, 0)
+        if item is None:
+            return
+        name = item.text()
         backend = self.context.backend
         await self._run(
             f"Restart {name}",
-            lambda: backend.restart(name, progress=self._report),  # type: ignore[union-attr]
+            lambda: backend.restart(name, progress=self._report),
         )
 
     # ---------------------------------------------------------------- refresh

@@ -106,10 +106,8 @@ class QtMainWindow(QMainWindow):
         layout.addWidget(self.stack, 1)
         self.setCentralWidget(central)
         for number in range(len(PANELS)):
-            QShortcut(
-                QKeySequence(f"Ctrl+{number + 1}"),
-                self,
-                activated=lambda n=number: self.nav.setCurrentRow(n),
+            QShortcut(QKeySequence(f"Ctrl+{number + 1}"), self).activated.connect(
+                lambda n=number: self.nav.setCurrentRow(n)
             )
 
         self.connection_label = QLabel()

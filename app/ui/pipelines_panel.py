@@ -60,9 +60,9 @@ class QtPipelinesPanel(QWidget):
         self._validate_timer.setInterval(350)
         self._validate_timer.timeout.connect(self.validate)
         self.editor.textChanged.connect(self._validate_timer.start)
-        QShortcut(QKeySequence.StandardKey.Save, self, activated=self.save)
-        QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.run_now)
-        QShortcut(QKeySequence("Ctrl+Enter"), self, activated=self.run_now)
+        QShortcut(QKeySequence.StandardKey.Save, self).activated.connect(self.save)
+        QShortcut(QKeySequence("Ctrl+Return"), self).activated.connect(self.run_now)
+        QShortcut(QKeySequence("Ctrl+Enter"), self).activated.connect(self.run_now)
         context.profile_changed.connect(lambda _p: self.refresh_list())
 
     def _build(self) -> None:
