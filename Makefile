@@ -19,20 +19,20 @@ demo: $(STAMP)
 	$(BIN)/python -m mimir.core.demo
 
 ## Set up and run every test (installs Debian packages and starts services when run as root).
-test: $(STAMP)
+test: $(STAMP) lint
 	bash scripts/system-deps.sh
-	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 ## The fast suite only (no Docker, no bundle build).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not docker and not bundle"
 
+## ruff (lint and format), mypy on every package, the import-linter layer contracts.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core server worker
-	$(BIN)/lint-imports
+	$(BIN)/mypy core server worker app
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
