@@ -19,6 +19,7 @@ max_steps         1,000      steps in one pipeline
 expr_max_value    100,000    characters, items or digits of any value an expression builds
 expr_max_work     1,000,000  work units (operations + built size) of one evaluation
 execute_timeout   300 s      one synchronous ``POST /api/v1/pipelines/execute``
+max_workers       64         workers of one cluster (``mimir cluster up --workers``/``scale``)
 ================  =========  ===========================================================
 """
 
@@ -56,6 +57,8 @@ class Limits:
     expr_max_work: int = 1_000_000
     #: Seconds a synchronous execute may run before it is cancelled (504).
     execute_timeout: float = 300.0
+    #: Most workers one cluster may run (``up --workers N``, ``scale N``).
+    max_workers: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:

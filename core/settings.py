@@ -62,6 +62,19 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if value < 0:
+        raise ValueError(f"{name} must be 0 or more seconds, got {raw!r}")
+    return value
+
+
 def _env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name) or ""
     return tuple(part.strip() for part in raw.replace(";", ",").split(",") if part.strip())
@@ -99,6 +112,9 @@ class Settings:
     pipelines_dir: Path = field(default_factory=default_pipelines_dir)
     #: Local cluster state and logs (``MIMIR_STATE_DIR``).
     state_dir: Path = field(default_factory=default_state_dir)
+    #: Where the server and each worker also write their log, one file each
+    #: (``MIMIR_LOG_DIR``; unset: stderr only).
+    log_dir: Path | None = None
     #: Bearer token required by a server that listens beyond loopback (``MIMIR_API_TOKEN``).
     api_token: str | None = field(default=None, repr=False)
     #: Prefix of every Redis key (``MIMIR_KEY_PREFIX``).
@@ -107,6 +123,15 @@ class Settings:
     job_ttl: int = 24 * 3600
     #: Concurrent jobs per worker (``WORKER_CONCURRENCY``).
     worker_concurrency: int = 5
+    #: Seconds a stopping worker lets running jobs finish before it hands them back
+    #: (``MIMIR_WORKER_GRACE``).
+    worker_grace: float = 30.0
+    #: A job whose lease is not renewed for this long is taken over (``MIMIR_WORKER_LEASE``).
+    worker_lease: float = 30.0
+    #: Worker heartbeat period (``MIMIR_WORKER_HEARTBEAT``).
+    worker_heartbeat: float = 2.0
+    #: Seconds of Redis outage after which a worker gives up (``MIMIR_WORKER_MAX_OUTAGE``).
+    worker_max_outage: float = 300.0
     #: Console's API URL (``MIMIR_API_URL``, or the seed's ``NEXT_PUBLIC_API_URL``).
     api_url: str = "http://localhost:8080"
     #: Bounds on request, document and expression size and work (``MIMIR_MAX_*``, see limits).
@@ -127,6 +152,14 @@ class Settings:
     #: Hosts that ``SERVICE``/``LOAD`` may reach when federation is ``allowlist``
     #: (``MIMIR_SPARQL_ALLOW``, comma-separated).
     sparql_allow: tuple[str, ...] = ()
+    #: Cluster control: ``docker``, ``local`` or ``None`` to guess (``MIMIR_CLUSTER_BACKEND``).
+    cluster_backend: str | None = None
+    #: Docker engine URL (``DOCKER_HOST``; ``None``: the local socket).
+    docker_host: str | None = None
+    #: Redis image of Docker clusters (``MIMIR_REDIS_IMAGE``; ``None``: ``redis:7-alpine``).
+    redis_image: str | None = None
+    #: ``BASE_IMAGE`` of the image builds (``MIMIR_BASE_IMAGE``; ``None``: ``python:3.11-slim``).
+    base_image: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -142,10 +175,15 @@ class Settings:
             data_dir=_env_path(env, "MIMIR_DATA_DIR", default_data_dir()),
             pipelines_dir=_env_path(env, "MIMIR_PIPELINES_DIR", default_pipelines_dir()),
             state_dir=_env_path(env, "MIMIR_STATE_DIR", default_state_dir()),
+            log_dir=Path(env["MIMIR_LOG_DIR"]).expanduser() if env.get("MIMIR_LOG_DIR") else None,
             api_token=env.get("MIMIR_API_TOKEN") or None,
             key_prefix=env.get("MIMIR_KEY_PREFIX", "mimir:"),
             job_ttl=_env_int(env, "MIMIR_JOB_TTL", 24 * 3600),
             worker_concurrency=_env_int(env, "WORKER_CONCURRENCY", 5),
+            worker_grace=_env_seconds(env, "MIMIR_WORKER_GRACE", 30.0),
+            worker_lease=_env_seconds(env, "MIMIR_WORKER_LEASE", 30.0),
+            worker_heartbeat=_env_seconds(env, "MIMIR_WORKER_HEARTBEAT", 2.0),
+            worker_max_outage=_env_seconds(env, "MIMIR_WORKER_MAX_OUTAGE", 300.0),
             api_url=(
                 env.get("MIMIR_API_URL")
                 or env.get("NEXT_PUBLIC_API_URL")
@@ -157,6 +195,10 @@ class Settings:
             http_rewrite=_env_list(env, "MIMIR_HTTP_REWRITE"),
             sparql_federation=_sparql_federation(env),
             sparql_allow=_env_list(env, "MIMIR_SPARQL_ALLOW"),
+            cluster_backend=(env.get("MIMIR_CLUSTER_BACKEND") or "").strip().lower() or None,
+            docker_host=env.get("DOCKER_HOST") or None,
+            redis_image=env.get("MIMIR_REDIS_IMAGE") or None,
+            base_image=env.get("MIMIR_BASE_IMAGE") or None,
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -16,6 +16,7 @@ Loops, all on one event loop:
 
 SIGTERM/SIGINT: take no new jobs, let running ones finish within ``grace`` seconds,
 hand the rest back to the queue (others take them at once), leave the registry, exit 0.
+A second SIGTERM/SIGINT hands the running jobs back at once.
 """
 
 from __future__ import annotations
@@ -59,14 +60,6 @@ _RECANCEL_EVERY = 0.25
 _OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return float(raw) if raw else default
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
-
-
 @dataclass
 class WorkerConfig:
     """How a worker runs; the intervals are short in tests, generous in production."""
@@ -105,10 +98,10 @@ class WorkerConfig:
             "prefix": settings.key_prefix,
             "job_ttl": settings.job_ttl,
             "data_dir": settings.data_dir,
-            "lease": _env_float("MIMIR_WORKER_LEASE", 30.0),
-            "heartbeat": _env_float("MIMIR_WORKER_HEARTBEAT", 2.0),
-            "grace": _env_float("MIMIR_WORKER_GRACE", 30.0),
-            "max_outage": _env_float("MIMIR_WORKER_MAX_OUTAGE", 300.0),
+            "lease": settings.worker_lease,
+            "heartbeat": settings.worker_heartbeat,
+            "grace": settings.worker_grace,
+            "max_outage": settings.worker_max_outage,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -202,6 +195,8 @@ class Worker:
         self.running: dict[str, _Running] = {}
         self.processed = self.succeeded = self.failed = 0
         self._stopping = asyncio.Event()
+        #: Set by a second stop request: hand running jobs back now, whatever grace is left.
+        self._hurry = asyncio.Event()
         #: Set when the internal loops must end (after the drain); they check it on every
         #: turn, so a cancellation lost inside redis-py cannot keep one running.
         self._closing = asyncio.Event()
@@ -221,6 +216,7 @@ class Worker:
         if self._stopping.is_set():
             logger.warning("second stop request: handing back running jobs now")
             self.config.grace = 0
+            self._hurry.set()
         self._stopping.set()
         self._slot_free.set()
 
@@ -342,7 +338,20 @@ class Worker:
             await self._heartbeat(draining=True)
         tasks = [r.task for r in self.running.values()]
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.config.grace)
+            # A second SIGTERM ends the grace early: whoever stops us may have less time
+            # than our own grace (``mimir cluster down --grace N``).
+            finished = asyncio.create_task(asyncio.wait(tasks))
+            hurry = asyncio.create_task(self._hurry.wait())
+            try:
+                await asyncio.wait(
+                    [finished, hurry],
+                    timeout=self.config.grace,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                finished.cancel()  # the waiting, not the jobs
+                hurry.cancel()
+            pending = {task for task in tasks if not task.done()}
             if pending:
                 logger.warning("grace over: handing %d running jobs back", len(pending))
                 for running in list(self.running.values()):

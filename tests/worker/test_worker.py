@@ -153,6 +153,25 @@ def test_sigterm_hands_back_what_outlasts_the_grace(
     assert all(r.attempts == 1 for r in records)  # handing back is not a failed delivery
 
 
+def test_a_second_sigterm_hands_back_at_once_whatever_the_grace(
+    make_worker: Callable[..., WorkerProcess], queue: JobQueue, run
+) -> None:
+    # What `mimir cluster down --grace 5` does to a worker started with a 60 s grace.
+    worker = make_worker(concurrency=2, MIMIR_WORKER_GRACE="60")
+    jobs = run(queue.enqueue_many([sleep_job(30) for _ in range(2)]))
+    wait_until(
+        lambda: all(status_of(run, queue, j.job_id) is JobStatus.running for j in jobs),
+        timeout=10,
+    )
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: "stopping: no new jobs" in worker.output(), timeout=10)
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=15) == 0, worker.output()
+    assert "handing 2 running jobs back" in worker.output()
+    assert all(status_of(run, queue, j.job_id) is JobStatus.queued for j in jobs)
+
+
 def test_redis_restart_with_aof_loses_nothing(
     make_worker: Callable[..., WorkerProcess],
     queue: JobQueue,
