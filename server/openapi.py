@@ -248,6 +248,7 @@ ROUTES: dict[str, OperationDoc] = {
     "POST /api/v1/queue/jobs/{job_id}/cancel": OperationDoc(errors=(404, 409)),
     "GET /api/v1/queue/dead-letter": OperationDoc(),
     "POST /api/v1/queue/dead-letter/{job_id}/retry": OperationDoc(errors=(404, 409)),
+    "DELETE /api/v1/queue/dead-letter/{job_id}": OperationDoc(errors=(404, 409)),
     # -- ontologies
     "GET /api/v1/ontologies": OperationDoc(),
     "POST /api/v1/ontologies": OperationDoc(

@@ -411,6 +411,18 @@ class JobQueue:
             raise JobNotFoundError(job_id)
         raise JobStateError(f"job {job_id!r} is {outcome}; only failed or dead jobs can be retried")
 
+    async def delete_dead(self, job_id: str) -> None:
+        """Remove a failed or dead job for good (its dead-letter entry and its record)."""
+        args = [*self._context(), job_id, self.keys.index, self.keys.idempotency_prefix]
+        async with redis_errors("delete the job"):
+            outcome = _text(await scripts.DELETE_DEAD_SCRIPT(self.redis, args))
+        if outcome == "missing":
+            raise JobNotFoundError(job_id)
+        if outcome != "deleted":
+            raise JobStateError(
+                f"job {job_id!r} is {outcome}; only failed or dead jobs can be deleted"
+            )
+
     async def dead_letter(
         self, offset: int = 0, limit: int = 50
     ) -> tuple[list[DeadLetterEntry], int]:

@@ -56,8 +56,12 @@ class QueueKeys:
     def done(self, job_id: str) -> str:
         return f"{self.done_prefix}{job_id}"
 
+    @property
+    def idempotency_prefix(self) -> str:
+        return f"{self.prefix}idem:"
+
     def idempotency(self, key: str) -> str:
-        return f"{self.prefix}idem:{key}"
+        return f"{self.idempotency_prefix}{key}"
 
     def stream(self, queue: str, priority: str) -> str:
         return f"{self.prefix}stream:{queue}:{priority}"

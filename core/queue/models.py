@@ -97,6 +97,10 @@ class JobRecord(BaseModel):
     error: str | None = None
     idempotency_key: str | None = None
     cancel_requested: bool = False
+    #: Grows by one with every change of the record (each queue script that changes it);
+    #: the ``job`` event of that change carries the same number, so a reader that merges
+    #: records and events keeps the newest and drops what arrives late.
+    version: int = 0
 
     @property
     def is_final(self) -> bool:

@@ -8,7 +8,8 @@ cluster. Worker-side scripts share a context block at fixed positions::
     ARGV[5] rate hash    ARGV[6] dead stream  ARGV[7] now (ISO)       ARGV[8] now (ms)
     ARGV[9] job ttl (s)  ARGV[10] group       ARGV[11] worker id
 
-Each script writes the record, moves the stream entry, and publishes a JSON event on
+Each script writes the record, moves the stream entry, adds one to the record's
+``version`` and publishes a JSON event (the record but its result, with that version) on
 the events channel. A worker's writes are *fenced*: they apply only while the record
 still names that worker and that attempt, so a worker that lost its lease cannot
 overwrite the outcome of the worker that took the job over.
@@ -47,6 +48,7 @@ def context_args(keys: QueueKeys, job_ttl: int, worker_id: str = "") -> list[Any
 
 __all__ = [
     "CANCEL",
+    "DELETE_DEAD",
     "ENQUEUE",
     "FETCH",
     "FINISH",
@@ -64,15 +66,25 @@ local NOW_ISO, NOW_MS, TTL, G, W = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
 
 local function nul(x) if x then return x end return cjson.null end
 
+-- Every change of a job record ends here: its version grows by one and the change is
+-- published with it. Readers (the console's live table) keep the highest version they
+-- have seen, so a record read before a change can never overwrite the change's event.
+-- The event carries every record field but the result (which may be large); a field
+-- that is unset is sent as null, so a reader clears it too (a retry unsets the times).
 local function publish(jk, jobid)
+  local version = redis.call('HINCRBY', jk, 'version', 1)
   local f = redis.call('HMGET', jk, 'status', 'type', 'priority', 'queue', 'attempts',
-    'worker_id', 'pipeline', 'error', 'progress', 'finished_at')
+    'worker_id', 'pipeline', 'error', 'progress', 'finished_at', 'enqueued_at', 'started_at',
+    'scheduled_for', 'max_retries', 'timeout', 'cancel_requested', 'idempotency_key')
   local progress = cjson.null
   if f[9] then progress = cjson.decode(f[9]) end
-  redis.call('PUBLISH', EVENTS, cjson.encode({job_id = jobid, status = nul(f[1]),
-    type = nul(f[2]), priority = nul(f[3]), queue = nul(f[4]),
+  redis.call('PUBLISH', EVENTS, cjson.encode({job_id = jobid, version = version,
+    status = nul(f[1]), type = nul(f[2]), priority = nul(f[3]), queue = nul(f[4]),
     attempts = tonumber(f[5]) or 0, worker_id = nul(f[6]), pipeline = nul(f[7]),
-    error = nul(f[8]), progress = progress, finished_at = nul(f[10])}))
+    error = nul(f[8]), progress = progress, finished_at = nul(f[10]),
+    enqueued_at = nul(f[11]), started_at = nul(f[12]), scheduled_for = nul(f[13]),
+    max_retries = tonumber(f[14]) or cjson.null, timeout = tonumber(f[15]) or cjson.null,
+    cancel_requested = f[16] == '1', idempotency_key = nul(f[17])}))
 end
 
 -- Hash fields that are not part of the job record.
@@ -92,6 +104,7 @@ local function finalize(jk, jobid, status, err)
   redis.call('HINCRBY', TOTALS, status, 1)
   redis.call('HINCRBY', RATE, status, 1)
   redis.call('EXPIRE', RATE, 120)
+  publish(jk, jobid)  -- first: the record waiters get below carries the new version
   -- Wake waiters with the record itself (one round trip for them), unless it is large.
   local flat = redis.call('HGETALL', jk)
   local record = {}
@@ -104,7 +117,6 @@ local function finalize(jk, jobid, status, err)
   redis.call('DEL', dk)
   redis.call('RPUSH', dk, text)
   redis.call('EXPIRE', dk, TTL)
-  publish(jk, jobid)
 end
 
 -- Redis's clock as ISO 8601 UTC and epoch ms (days to civil date: H. Hinnant's method).
@@ -386,6 +398,31 @@ return redis.call('HGETALL', jk)
 """
 )
 
+# ARGV[12] job id, [13] index zset, [14] idempotency key prefix. Removes a failed or dead
+# job for good: its dead-letter entry, record, done list, index entry and idempotency key
+# (when it still names this job). Publishes ``deleted: true`` with the next version.
+# Answers 'deleted', 'missing', or the status that forbids it.
+DELETE_DEAD = (
+    _PRELUDE
+    + r"""
+local jobid = ARGV[12]
+local jk = JP .. jobid
+local f = redis.call('HMGET', jk, 'status', 'dead_entry', 'idempotency_key', 'version')
+if not f[1] then return 'missing' end
+if f[1] ~= 'failed' and f[1] ~= 'dead' then return f[1] end
+if f[2] then redis.call('XDEL', DEAD, f[2]) end
+if f[3] then
+  local ik = ARGV[14] .. f[3]
+  if redis.call('GET', ik) == jobid then redis.call('DEL', ik) end
+end
+redis.call('DEL', jk, DP .. jobid)
+redis.call('ZREM', ARGV[13], jobid)
+redis.call('PUBLISH', EVENTS, cjson.encode({job_id = jobid, status = f[1],
+  version = (tonumber(f[4]) or 0) + 1, deleted = true}))
+return 'deleted'
+"""
+)
+
 # ARGV[12] index zset, [13] scheduled zset, [14] queues set, [15] JSON array of jobs, each
 # {id, stream, queue, idem: idempotency key name or '', due: ms or 0, f: {record fields}}.
 # Answers {job id, 1} per job created, {existing job id, 0} per idempotency-key hit.
@@ -488,3 +525,4 @@ RENEW_SCRIPT = Script(RENEW)
 MOVE_DUE_SCRIPT = Script(MOVE_DUE)
 CANCEL_SCRIPT = Script(CANCEL)
 RETRY_DEAD_SCRIPT = Script(RETRY_DEAD)
+DELETE_DEAD_SCRIPT = Script(DELETE_DEAD)

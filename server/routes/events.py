@@ -1,7 +1,8 @@
 """``GET /api/v1/events``: server-sent events for live views.
 
-- ``event: job`` — a job changed state (``data``: job id, status, type, priority, queue,
-  attempts, worker id, pipeline, error, progress), relayed from the queue's Redis channel;
+- ``event: job`` — a job changed (``data``: the job record without its result, with the
+  record's ``version``, which grows by one with each change; ``deleted: true`` when it was
+  removed from the dead letter), relayed from the queue's Redis channel;
 - ``event: stats`` — the queue status (as ``GET /api/v1/queue/status``), each second;
 - ``event: error`` — Redis is unavailable (the stream goes on and retries).
 """

@@ -6,7 +6,8 @@
 - ``GET /api/v1/queue/jobs/{id}``, ``GET /api/v1/queue/jobs/{id}/wait?timeout=60s``;
 - ``GET /api/v1/queue/status``, ``GET /api/v1/queue/jobs?status=&queue=&offset=&limit=``;
 - ``POST /api/v1/queue/jobs/{id}/cancel``;
-- ``GET /api/v1/queue/dead-letter``, ``POST /api/v1/queue/dead-letter/{id}/retry``.
+- ``GET /api/v1/queue/dead-letter``, ``POST /api/v1/queue/dead-letter/{id}/retry``,
+  ``DELETE /api/v1/queue/dead-letter/{id}``.
 """
 
 from __future__ import annotations
@@ -229,3 +230,10 @@ async def retry_dead(job_id: str, jobs: QueueDep) -> JobRecord:
     """Queue a failed or dead job again, attempts reset."""
     async with queue_errors():
         return await jobs.retry_dead(job_id)
+
+
+@router.delete("/dead-letter/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_dead(job_id: str, jobs: QueueDep) -> None:
+    """Remove a failed or dead job for good: its dead-letter entry and its record."""
+    async with queue_errors():
+        await jobs.delete_dead(job_id)

@@ -270,3 +270,73 @@ def test_enqueue_and_wait_in_one_go(queue: JobQueue, consumer: QueueConsumer, ru
     assert not done.timed_out and done.job.status is JobStatus.succeeded  # type: ignore[attr-defined]
     assert done.job.result == {"n": 7}  # type: ignore[attr-defined]
     assert timed_out.timed_out and timed_out.job.status is JobStatus.queued  # type: ignore[attr-defined]
+
+
+def test_every_change_raises_the_version_and_its_event_carries_it(
+    queue: JobQueue, consumer: QueueConsumer, run
+) -> None:
+    """The console keeps the highest version it saw: a record read before a change must
+    carry a lower version than the change's event (issue 13: a cancel reply read right
+    after the script, still ``running``, arrived after the ``cancelled`` event)."""
+    import json
+
+    pubsub = queue.redis.pubsub(ignore_subscribe_messages=True)
+    run(pubsub.subscribe(queue.keys.events))
+    events: list[dict] = []
+
+    def drain(count: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(events) < count and time.monotonic() < deadline:
+            message = run(pubsub.get_message(timeout=0.2))  # None: the subscribe reply
+            if message is not None:
+                events.append(json.loads(message["data"]))
+
+    job = run(queue.enqueue(spec(pipeline="demo")))
+    (delivery,) = run(consumer.fetch(1))
+    flagged = run(queue.cancel(job.job_id))  # the reply a console reads: running, v3
+    run(consumer.finish([Outcome(delivery, "cancelled", error="cancelled while running")]))
+    final = run(queue.get(job.job_id))
+    drain(4)
+    mine = [e for e in events if e["job_id"] == job.job_id]
+    assert [(e["status"], e["version"]) for e in mine] == [
+        ("queued", 1),
+        ("running", 2),
+        ("running", 3),
+        ("cancelled", 4),
+    ]
+    assert flagged.version == 3 and flagged.cancel_requested
+    assert final.version == 4 and final.status is JobStatus.cancelled
+    # The event is the record without its result: times, retries and flags included.
+    last = mine[-1]
+    assert last["started_at"] and last["finished_at"] and last["enqueued_at"]
+    assert last["cancel_requested"] is True and last["max_retries"] == 2
+    assert "result" not in last
+    run(pubsub.aclose())
+
+
+def test_a_retried_dead_job_has_no_times_of_its_last_run_and_deleting_removes_it(
+    queue: JobQueue, consumer: QueueConsumer, run
+) -> None:
+    job = run(queue.enqueue(spec(max_retries=0, idempotency_key="once")))
+    (delivery,) = run(consumer.fetch(1))
+    run(consumer.finish([Outcome(delivery, "failed", error="boom")]))
+    failed = run(queue.get(job.job_id))
+    assert failed.started_at and failed.finished_at
+    again = run(queue.retry_dead(job.job_id))
+    assert again.version > failed.version
+    assert again.started_at is None and again.finished_at is None and again.error is None
+
+    with pytest.raises(JobStateError):  # queued: not in the dead letter
+        run(queue.delete_dead(job.job_id))
+    (delivery,) = run(consumer.fetch(1))
+    run(consumer.finish([Outcome(delivery, "failed", error="boom again")]))
+    assert run(queue.dead_letter())[1] == 1
+    run(queue.delete_dead(job.job_id))
+    assert run(queue.dead_letter())[1] == 0
+    with pytest.raises(JobNotFoundError):
+        run(queue.get(job.job_id))
+    assert job.job_id not in [j.job_id for j in run(queue.list_jobs()).jobs]
+    # Its idempotency key went with it: the same key makes a new job.
+    assert run(queue.enqueue(spec(idempotency_key="once"))).job_id != job.job_id
+    with pytest.raises(JobNotFoundError):
+        run(queue.delete_dead(job.job_id))
