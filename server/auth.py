@@ -21,7 +21,7 @@ __all__ = ["OPEN_PATHS", "BearerTokenMiddleware", "token_matches"]
 logger = logging.getLogger(__name__)
 
 #: Paths answered without a token (liveness probes must not need the secret).
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
 def token_matches(header: bytes | None, token: bytes) -> bool:

@@ -29,7 +29,7 @@ logger = logging.getLogger("mimir.server.access")
 _errors = logging.getLogger(__name__)
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 #: Paths polled by probes and scrapers, logged at DEBUG unless they fail.
-_QUIET = frozenset({"/health", "/metrics"})
+_QUIET = frozenset({"/health", "/ready", "/metrics"})
 
 
 async def send_json_error(

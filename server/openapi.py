@@ -214,6 +214,7 @@ _SPARQL_ANSWERS = {
 #: Every operation's own answers, by ``"METHOD /path"`` as in the document.
 ROUTES: dict[str, OperationDoc] = {
     "GET /health": OperationDoc(never=(503,)),  # says "redis": "unavailable" instead
+    "GET /ready": OperationDoc(),  # 503 while Redis is away
     "GET /metrics": OperationDoc(),
     "GET /api/v1/events": OperationDoc(never=(503,)),  # an `error` event instead
     "GET /api/v1/plugins": OperationDoc(),

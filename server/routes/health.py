@@ -1,4 +1,9 @@
-"""``GET /health``: liveness, version and whether Redis answers (never needs a token)."""
+"""``GET /health`` (liveness) and ``GET /ready`` (readiness); neither needs a token.
+
+``/health`` answers 200 whenever the server runs, saying whether Redis answers; ``/ready``
+answers 503 while Redis does not, so a container health check (or a load balancer) sees
+a server that cannot queue anything as unhealthy.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from mimir.core import __version__
+from mimir.core.queue.errors import QueueUnavailableError
 from mimir.server.deps import RedisDep
 
-__all__ = ["Health", "router"]
+__all__ = ["Health", "Readiness", "router"]
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -21,21 +27,40 @@ router = APIRouter(tags=["health"])
 #: Seconds a health check waits for Redis's PONG.
 PING_TIMEOUT = 1.0
 
+RedisState = Literal["ok", "unavailable"]
+
 
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
-    redis: Literal["ok", "unavailable"]
+    redis: RedisState
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    version: str
+    redis: Literal["ok"]
+
+
+async def _redis_state(redis: RedisDep) -> RedisState:
+    try:
+        async with asyncio.timeout(PING_TIMEOUT):  # no extra task, unlike wait_for
+            await redis.ping()
+        return "ok"
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.debug("redis ping failed: %s", exc)
+        return "unavailable"
 
 
 @router.get("/health")
 async def health(redis: RedisDep) -> Health:
     """The server is up; ``redis`` says whether the queue's Redis answers right now."""
-    try:
-        async with asyncio.timeout(PING_TIMEOUT):  # no extra task, unlike wait_for
-            await redis.ping()
-        state: Literal["ok", "unavailable"] = "ok"
-    except (RedisError, OSError, TimeoutError) as exc:
-        logger.debug("redis ping failed: %s", exc)
-        state = "unavailable"
-    return Health(status="ok", version=__version__, redis=state)
+    return Health(status="ok", version=__version__, redis=await _redis_state(redis))
+
+
+@router.get("/ready")
+async def ready(redis: RedisDep) -> Readiness:
+    """200 when the server can serve everything (Redis answers), else 503."""
+    if await _redis_state(redis) != "ok":
+        raise QueueUnavailableError("not ready: the queue's Redis does not answer")
+    return Readiness(status="ready", version=__version__, redis="ok")

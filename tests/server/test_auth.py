@@ -19,6 +19,7 @@ def test_token_is_required_everywhere_but_health(
     ).start()
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         assert client.get("/health").status_code == 200
+        assert client.get("/ready").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
             refused = client.get("/api/v1/plugins", headers=headers)
             assert refused.status_code == 401, headers

@@ -1,4 +1,5 @@
-"""``GET /health`` and a server whose Redis is down (synchronous execution still works)."""
+"""``GET /health``, ``GET /ready``, and a server whose Redis is down (synchronous execution
+still works; ``/ready`` answers 503 until Redis answers)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ def test_health_reports_redis_ok(api_client: httpx.Client) -> None:
     assert answer.status_code == 200
     assert answer.json() == {"status": "ok", "version": "0.1.0", "redis": "ok"}
     assert answer.headers["x-request-id"]
+    ready = api_client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "version": "0.1.0", "redis": "ok"}
 
 
 def test_server_runs_pipelines_while_redis_is_down_and_notices_it_coming_back(
@@ -23,7 +27,13 @@ def test_server_runs_pipelines_while_redis_is_down_and_notices_it_coming_back(
     redis_port = free_port()
     server = make_server(redis_url=f"127.0.0.1:{redis_port}").start()
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
-        assert client.get("/health").json()["redis"] == "unavailable"
+        health = client.get("/health")
+        assert (health.status_code, health.json()["redis"]) == (200, "unavailable")
+        ready = client.get("/ready")  # what the container health check asks: unhealthy
+        assert (ready.status_code, ready.json()["error"]) == (
+            503,
+            "not ready: the queue's Redis does not answer",
+        )
         run = client.post(
             "/api/v1/pipelines/execute",
             json={"pipeline_file": "test_pipeline.yaml", "context": {"input": "test data"}},
@@ -37,5 +47,6 @@ def test_server_runs_pipelines_while_redis_is_down_and_notices_it_coming_back(
                 timeout=15,
                 message="health to see the late Redis",
             )
+            assert client.get("/ready").status_code == 200
         finally:
             redis.stop(kill=True)

@@ -120,6 +120,7 @@ def test_every_operation_says_what_it_answers(tmp_path: Path) -> None:
     )
     assert {"400", "404", "422", "504"} <= set(found["POST /api/v1/pipelines/execute"]["responses"])
     assert "503" not in found["GET /health"]["responses"]  # it answers "redis": "unavailable"
+    assert "503" in found["GET /ready"]["responses"]
 
 
 def test_token_is_declared_and_401_documented(tmp_path: Path) -> None:
@@ -127,7 +128,7 @@ def test_token_is_declared_and_401_documented(tmp_path: Path) -> None:
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert document["security"] == [{"bearerAuth": []}]
     for key, operation in operations(document):
-        if key == "GET /health":
+        if key in ("GET /health", "GET /ready"):
             assert operation["security"] == [] and "401" not in operation["responses"]
         else:
             assert "WWW-Authenticate" in operation["responses"]["401"]["headers"], key
