@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import cast
 
+from mimir.core.resources import resources_dir
+
 __all__ = ["main"]
 
-RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+RESOURCES = resources_dir()
 
 NAP = """\
 name: nightly-etl

@@ -30,11 +30,11 @@ from typing import Any
 
 import httpx
 
+from mimir.core.resources import example_data_dir, pipelines_dir
 from mimir.core.settings import Settings
 
 __all__ = ["main"]
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 _SEED_BODY = '{"pipeline_file": "test_pipeline.yaml", "context": {"input": "test data"}}'
 
 
@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Mimir AIP demo\n  data dir:      {settings.data_dir}\n"
         f"  pipelines dir: {settings.pipelines_dir}"
     )
-    seeded = _seed(RESOURCES / "data", settings.data_dir, "*")
-    seeded += _seed(RESOURCES / "pipelines", settings.pipelines_dir, "*.yaml")
+    seeded = _seed(example_data_dir(), settings.data_dir, "*")
+    seeded += _seed(pipelines_dir(), settings.pipelines_dir, "*.yaml")
     if seeded:
         _say(f"  copied the examples: {', '.join(seeded)}")
 

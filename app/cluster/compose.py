@@ -21,6 +21,7 @@ from mimir.app.cluster.topology import (
     build_topology,
     compose_file,
 )
+from mimir.core.resources import packaging_dir
 
 __all__ = ["distributed_compose", "render", "unified_compose", "write_compose_files"]
 
@@ -101,7 +102,7 @@ def write_compose_files(directory: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    directory = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "packaging"
+    directory = Path(args[0]) if args else packaging_dir()
     for path in write_compose_files(directory):
         print(f"wrote {path}")
     return 0

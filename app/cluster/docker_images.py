@@ -1,16 +1,33 @@
 """Building the cluster's images: a host-built wheelhouse, then the Dockerfiles in packaging/.
 
 Containers may not reach a package index, so ``pip wheel`` runs on this host and the images
-install from ``packaging/build/wheels`` with ``--no-index``. The SDK's streamed build output
-becomes progress lines. Redis: the configured image when present or pullable, else one built
-from the base image with Debian's redis-server.
+install from ``build/wheels`` of the build context with ``--no-index``. The SDK's streamed
+build output becomes progress lines. Redis: the configured image when present or pullable,
+else one built from the base image with Debian's redis-server.
+
+Where the project's own wheel comes from:
+
+- a source checkout (``pip install -e .``): ``pip wheel`` of the checkout; the build
+  context is the checkout's ``packaging/`` (the wheelhouse in ``packaging/build/wheels``);
+- an installed wheel (``pip install mimir-aip``): the installed distribution re-packed as
+  a wheel (:func:`repack_installed_wheel`), its dependencies by ``pip wheel``; the build
+  context is ``$MIMIR_STATE_DIR/image-build`` (the Dockerfiles copied from the installed
+  ``mimir.packaging``), never the installation itself;
+- the PyInstaller bundle: it carries neither pip nor the project's source or wheel, so
+  ``build`` refuses, saying where to build instead (its ``cluster up`` uses those images).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import importlib.metadata
+import importlib.util
 import logging
+import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,13 +36,33 @@ import docker.errors
 
 from mimir.app.cluster.base import ClusterError, Progress
 from mimir.app.cluster.topology import DEFAULT_REDIS_IMAGE, FALLBACK_REDIS_IMAGE
+from mimir.core.resources import packaging_dir as _packaging_dir
+from mimir.core.resources import source_checkout
+from mimir.core.settings import Settings
 
-__all__ = ["DEFAULT_BASE_IMAGE", "LOCAL_BASE_IMAGE", "PACKAGING_DIR", "ImageBuilder"]
+__all__ = [
+    "DEFAULT_BASE_IMAGE",
+    "LOCAL_BASE_IMAGE",
+    "PACKAGING_DIR",
+    "ImageBuilder",
+    "repack_installed_wheel",
+]
 
 logger = logging.getLogger(__name__)
 
-#: ``packaging/`` of the source checkout: Dockerfiles and the wheelhouse live there.
-PACKAGING_DIR = Path(__file__).resolve().parents[2] / "packaging"
+#: The Dockerfiles: ``packaging/`` of a checkout, ``mimir/packaging`` of an installation.
+PACKAGING_DIR = _packaging_dir()
+#: What an image build needs from ``packaging/`` (the rest is compose files and scripts).
+_CONTEXT_FILES = ["Dockerfile.*", ".dockerignore", "unified/*.py"]
+DISTRIBUTION = "mimir-aip"
+#: Said when the bundle is asked to build: where builds can be made instead.
+BUNDLE_CANNOT_BUILD = (
+    "this bundle cannot build images: it carries neither pip nor the project's wheel. "
+    "Build them once on this engine from a source checkout (git clone the repository, "
+    "then 'make venv' and '.venv/bin/mimir cluster build') or from a pip-installed "
+    "mimir-aip ('pip install mimir-aip[console]', then 'mimir cluster build'); "
+    "'cluster up' from the bundle then uses those images"
+)
 #: Base image used when ``python:3.11-slim`` cannot be had (built by scripts/system-deps.sh).
 LOCAL_BASE_IMAGE = "mimir/base:bookworm"
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
@@ -52,6 +89,24 @@ class ImageBuilder:
         self.packaging_dir = packaging_dir
         self.base_image = base_image
         self.redis_image = redis_image
+        #: The source checkout the Dockerfiles belong to (None: an installation).
+        self.checkout = source_checkout(packaging_dir)
+        #: The build context: the checkout's packaging/, else a folder of the state dir.
+        self.context_dir = (
+            packaging_dir if self.checkout else Settings.from_env().state_dir / "image-build"
+        )
+
+    def _prepare_context(self) -> None:
+        """Copy the Dockerfiles into the build context when it is not ``packaging/``."""
+        if self.context_dir == self.packaging_dir:
+            return
+        for pattern in _CONTEXT_FILES:
+            for source in self.packaging_dir.glob(pattern):
+                if not source.is_file():
+                    continue
+                target = self.context_dir / source.relative_to(self.packaging_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
 
     def image_exists(self, image: str) -> bool:
         try:
@@ -96,16 +151,30 @@ class ImageBuilder:
     def build_wheelhouse(self, report: Progress) -> None:
         """``pip wheel`` the project and its dependencies on this host (containers may not
         reach a package index)."""
-        if self.packaging_dir in _WHEELHOUSES_BUILT:
+        if getattr(sys, "frozen", False):
+            raise ClusterError(BUNDLE_CANNOT_BUILD)
+        if self.context_dir in _WHEELHOUSES_BUILT:
             return
-        wheels = self.packaging_dir / "build" / "wheels"
+        if importlib.util.find_spec("pip") is None:
+            raise ClusterError(
+                f"building the wheelhouse needs pip in {sys.executable} "
+                f"('{sys.executable} -m ensurepip' installs it)"
+            )
+        self._prepare_context()
+        wheels = self.context_dir / "build" / "wheels"
         wheels.mkdir(parents=True, exist_ok=True)
         for old in wheels.glob("mimir_aip-*.whl"):
             old.unlink()
-        report("build", f"building the wheelhouse in {wheels}")
+        if self.checkout is not None:
+            project = str(self.checkout)
+            report("build", f"building the wheelhouse in {wheels} from {self.checkout}")
+        else:
+            wheel = repack_installed_wheel(wheels)
+            project = str(wheel)
+            report("build", f"building the wheelhouse in {wheels} from {wheel.name} (installed)")
         result = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels),
-             str(self.packaging_dir.parent), *_MARKER_ONLY_WHEELS],
+             project, *_MARKER_ONLY_WHEELS],
             capture_output=True,
             text=True,
             timeout=900,
@@ -114,17 +183,20 @@ class ImageBuilder:
             raise ClusterError(
                 "building the wheelhouse failed (pip wheel)", detail=result.stderr[-3000:]
             )
-        _WHEELHOUSES_BUILT.add(self.packaging_dir)
+        _WHEELHOUSES_BUILT.add(self.context_dir)
 
     def build_image(self, which: str, tag: str, report: Progress) -> None:
+        if getattr(sys, "frozen", False):
+            raise ClusterError(BUNDLE_CANNOT_BUILD)
         dockerfile = self.packaging_dir / f"Dockerfile.{which}"
         if not dockerfile.exists():
-            raise ClusterError(f"{dockerfile} is missing: build from a source checkout")
+            raise ClusterError(f"{dockerfile} is missing: reinstall mimir-aip")
+        self._prepare_context()
         base = self.chosen_base_image(report)
         report("build", f"{tag} from {dockerfile.name} (BASE_IMAGE={base})")
         lines: list[str] = []
         stream = self._connect().api.build(
-            path=str(self.packaging_dir),
+            path=str(self.context_dir),
             dockerfile=dockerfile.name,
             tag=tag,
             buildargs={"BASE_IMAGE": base},
@@ -144,3 +216,51 @@ class ImageBuilder:
                 lines.append(text)
                 if text.startswith("Step "):
                     report("build", f"{which}: {text}")
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+    return f"sha256={digest.decode()}"
+
+
+def repack_installed_wheel(directory: Path, distribution: str = DISTRIBUTION) -> Path:
+    """The installed (non-editable) ``distribution`` as a wheel again, written in
+    ``directory``: its files as its RECORD lists them, minus what the installer added
+    (byte code, scripts outside site-packages, INSTALLER, REQUESTED, direct_url.json), and a
+    fresh RECORD. Raises :class:`ClusterError` when it is not installed that way."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ClusterError(
+            f"{distribution} is not installed in {sys.prefix}: cannot make its wheel"
+        ) from exc
+    wheel_meta = dist.read_text("WHEEL") or ""
+    tags = [line.split(":", 1)[1].strip() for line in wheel_meta.splitlines()
+            if line.startswith("Tag:")]  # fmt: skip
+    if not tags or not dist.files:
+        raise ClusterError(
+            f"{distribution} {dist.version} was not installed from a wheel (no WHEEL or "
+            f"RECORD in its metadata): build the images from a source checkout"
+        )
+    dist_info = f"{dist.metadata['Name'].replace('-', '_')}-{dist.version}.dist-info"
+    skip = {f"{dist_info}/{name}" for name in
+            ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")}  # fmt: skip
+    name = f"{dist_info.removesuffix('.dist-info')}-{tags[0]}.whl"
+    target = directory / name
+    records: list[str] = []
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for entry in sorted(dist.files, key=str):
+            path = entry.as_posix()
+            if (
+                path.startswith("..")
+                or "__pycache__" in entry.parts
+                or path.endswith((".pyc", ".pyo"))
+                or path in skip
+            ):
+                continue
+            data = Path(str(dist.locate_file(entry))).read_bytes()
+            archive.writestr(path, data)
+            records.append(f"{path},{_record_hash(data)},{len(data)}")
+        records.append(f"{dist_info}/RECORD,,")
+        archive.writestr(f"{dist_info}/RECORD", "\n".join(records) + "\n")
+    return target

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
@@ -13,10 +12,6 @@ __all__ = ["STATUS_COLORS", "Banner", "Card", "load_stylesheet", "panel_header"]
 
 logger = logging.getLogger(__name__)
 
-#: The stylesheet ships in resources/ (a data folder next to the packages, or in the bundle).
-_STYLE_CANDIDATES = [
-    Path(__file__).resolve().parents[2] / "resources" / "styles" / "dark.qss",
-]
 
 #: Colour of each job/service state, shared by tables and plots.
 STATUS_COLORS: dict[str, QColor] = {
@@ -37,17 +32,15 @@ STATUS_COLORS: dict[str, QColor] = {
 
 
 def load_stylesheet() -> str:
-    import sys
+    """The console's stylesheet, shipped as package data (``mimir.resources``)."""
+    from mimir.core.resources import ResourceError, stylesheet
 
-    candidates = list(_STYLE_CANDIDATES)
-    bundle = getattr(sys, "_MEIPASS", None)
-    if bundle:
-        candidates.insert(0, Path(bundle) / "resources" / "styles" / "dark.qss")
-    for path in candidates:
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    logger.warning("stylesheet not found (looked in %s)", ", ".join(map(str, candidates)))
-    return ""
+    try:
+        path = stylesheet()
+        return path.read_text(encoding="utf-8")
+    except (ResourceError, OSError) as exc:
+        logger.warning("stylesheet not found: %s", exc)
+        return ""
 
 
 class Banner(QLabel):
