@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QDir, Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
 
@@ -37,6 +37,7 @@ def load_stylesheet() -> str:
 
     try:
         path = stylesheet()
+        QDir.addSearchPath("styles", str(path.parent))  # url(styles:arrow-up.png) …
         return path.read_text(encoding="utf-8")
     except (ResourceError, OSError) as exc:
         logger.warning("stylesheet not found: %s", exc)
@@ -44,7 +45,13 @@ def load_stylesheet() -> str:
 
 
 class Banner(QLabel):
-    """An inline message: errors stay visible in the panel, not only in a log."""
+    """An inline message: errors stay visible in the panel, not only in a log.
+
+    A message may name its ``source`` (``"list"``, ``"query"`` …): when that source later
+    succeeds, ``clear_message(source=…)`` takes its message away and leaves others. Panels
+    place the banner below their toolbar, so showing it never moves a button away from
+    under the pointer.
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -52,9 +59,11 @@ class Banner(QLabel):
         self.setMinimumHeight(36)
         self.setMargin(8)
         self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.source = ""
         self.hide()
 
-    def _show(self, kind: str, text: str) -> None:
+    def _show(self, kind: str, text: str, source: str) -> None:
+        self.source = source
         self.setObjectName(kind)
         self.setStyleSheet("")  # re-polish with the new object name
         self.style().unpolish(self)
@@ -62,16 +71,20 @@ class Banner(QLabel):
         self.setText(text)
         self.show()
 
-    def error(self, text: str) -> None:
-        self._show("BannerError", text)
+    def error(self, text: str, source: str = "") -> None:
+        self._show("BannerError", text, source)
 
-    def info(self, text: str) -> None:
-        self._show("BannerInfo", text)
+    def info(self, text: str, source: str = "") -> None:
+        self._show("BannerInfo", text, source)
 
-    def ok(self, text: str) -> None:
-        self._show("BannerOk", text)
+    def ok(self, text: str, source: str = "") -> None:
+        self._show("BannerOk", text, source)
 
-    def clear_message(self) -> None:
+    def clear_message(self, source: str | None = None) -> None:
+        """Hide the message (with ``source``: only a message from that source)."""
+        if source is not None and self.source != source:
+            return
+        self.source = ""
         self.hide()
         self.setText("")
 
