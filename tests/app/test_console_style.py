@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from PySide6.QtGui import QColor  # noqa: E402
-from PySide6.QtWidgets import QHBoxLayout, QPushButton, QSpinBox, QWidget  # noqa: E402
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QHBoxLayout, QPushButton, QSpinBox, QWidget
 
-from mimir.app.ui.common import load_stylesheet  # noqa: E402
+from mimir.app.ui.common import load_stylesheet
 
 
 def _styled(*widgets: QWidget) -> QWidget:
