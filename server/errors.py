@@ -1,4 +1,5 @@
-"""Errors to HTTP answers, in one place.
+"""Errors to HTTP answers, in one place: :data:`ERROR_ANSWERS` and the handlers that
+:func:`install_error_handlers` registers. Core knows no HTTP; routes raise domain errors.
 
 Every error answer is JSON ``{"error": "<message for a person>", "detail": ...}``:
 
@@ -14,6 +15,22 @@ PipelineExistsError                409     ``null``
 PathEscapeError                    400     ``null``
 LimitExceededError                 422     ``null``
 ExecutionTimeoutError              504     ``null``
+JobNotFoundError                   404     ``null``
+JobStateError                      409     ``null``
+QueueUnavailableError              503     ``null``
+QueueCommandError                  500     as for anything else (last row)
+other QueueError                   400     ``null``
+OntologyNotFoundError              404     ``null``
+OntologyExistsError                409     ``null``
+RdfParseError                      422     ``{"line", "column"}``
+UnsupportedFormatError             415     ``null``
+FederationRefusedError             403     ``{"federation", "refused": [...]}``
+QueryTimeoutError                  504     ``null``
+SparqlError, other OntologyError   400     ``null``
+EndpointError                      503     ``null``
+TwinNotFoundError                  404     ``null``
+TwinConflictError                  409     ``null``
+TwinError                          422     ``null``
 other MimirError                   400     ``null``
 request body not JSON              400     ``{"position": n}``
 request body/params invalid        422     ``[{"field", "message"}]``
@@ -29,7 +46,7 @@ which logs the traceback with the request id and never sends it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -50,35 +67,76 @@ from mimir.core.errors import (
     TemplateError,
     UnknownPluginError,
 )
+from mimir.core.ontology.errors import (
+    EndpointError,
+    FederationRefusedError,
+    OntologyExistsError,
+    OntologyNotFoundError,
+    QueryTimeoutError,
+    RdfParseError,
+    UnsupportedFormatError,
+)
 from mimir.core.pipeline.requests import InvalidPipelineRequestError
-from mimir.core.twin.store import TwinConflictError
+from mimir.core.queue.errors import (
+    JobNotFoundError,
+    JobStateError,
+    QueueCommandError,
+    QueueUnavailableError,
+)
+from mimir.core.twin.simulation import TwinError
+from mimir.core.twin.store import TwinConflictError, TwinNotFoundError
 from mimir.server.logs import printable
 
-__all__ = ["error_response", "install_error_handlers", "status_for"]
+__all__ = ["ERROR_ANSWERS", "ErrorAnswer", "answer_for", "error_response", "install_error_handlers"]
 
 logger = logging.getLogger(__name__)
 
-#: Most specific first: the first class an error is an instance of decides its status.
-_STATUS: list[tuple[type[MimirError], int]] = [
-    (PipelineValidationError, 422),
-    (InvalidPipelineRequestError, 422),
-    (PipelineNotFoundError, 404),
-    (PipelineExistsError, 409),
-    (TwinConflictError, 409),
-    (PathEscapeError, 400),
-    (LimitExceededError, 422),
-    (ExecutionTimeoutError, 504),
-    (PluginError, 422),
-    (TemplateError, 422),
-]
+#: A status and how to make ``detail`` from the error (``None``: ``detail`` is null).
+ErrorAnswer = tuple[int, Callable[[Any], Any] | None]
+#: A server fault: no answer here; the request middleware logs it and sends the JSON 500.
+SERVER_FAULT = 500
+
+#: Every domain error the API answers. The most specific class an error is an instance
+#: of decides (its MRO, as Starlette looks handlers up); ``MimirError`` is the fallback.
+ERROR_ANSWERS: dict[type[Exception], ErrorAnswer] = {
+    MimirError: (400, None),
+    # pipelines, plugins, limits (mimir.core.errors)
+    PipelineValidationError: (422, lambda e: {"issues": [i.model_dump() for i in e.errors]}),
+    InvalidPipelineRequestError: (422, None),
+    PluginError: (422, None),
+    UnknownPluginError: (422, lambda e: {"plugin": e.name, "suggestions": e.suggestions}),
+    TemplateError: (422, None),
+    PipelineNotFoundError: (404, None),
+    PipelineExistsError: (409, None),
+    PathEscapeError: (400, None),
+    LimitExceededError: (422, None),
+    ExecutionTimeoutError: (504, None),
+    # the job queue (mimir.core.queue.errors); other QueueErrors fall back to 400
+    JobNotFoundError: (404, None),
+    JobStateError: (409, None),
+    QueueUnavailableError: (503, None),
+    QueueCommandError: (SERVER_FAULT, None),
+    # ontologies and SPARQL (mimir.core.ontology.errors); SparqlError and the rest: 400
+    OntologyNotFoundError: (404, None),
+    OntologyExistsError: (409, None),
+    RdfParseError: (422, lambda e: {"line": e.line, "column": e.column}),
+    UnsupportedFormatError: (415, None),
+    FederationRefusedError: (403, lambda e: e.detail),
+    QueryTimeoutError: (504, None),
+    EndpointError: (503, None),
+    # digital twins (TwinError is a ValueError: a scenario that does not fit its twin)
+    TwinNotFoundError: (404, None),
+    TwinConflictError: (409, None),
+    TwinError: (422, None),
+}
 
 
-def status_for(exc: MimirError) -> int:
-    """The HTTP status that answers ``exc``."""
-    for kind, status in _STATUS:
-        if isinstance(exc, kind):
-            return status
-    return 400
+def answer_for(exc: Exception) -> ErrorAnswer | None:
+    """The entry of :data:`ERROR_ANSWERS` for ``exc``, or ``None`` if it has none."""
+    for kind in type(exc).__mro__:
+        if kind in ERROR_ANSWERS:
+            return ERROR_ANSWERS[kind]
+    return None
 
 
 def error_response(
@@ -90,17 +148,13 @@ def error_response(
     )
 
 
-def _mimir_detail(exc: MimirError) -> Any:
-    if isinstance(exc, PipelineValidationError):
-        return {"issues": [issue.model_dump() for issue in exc.errors]}
-    if isinstance(exc, UnknownPluginError):
-        return {"plugin": exc.name, "suggestions": exc.suggestions}
-    return None
-
-
-async def _mimir_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, MimirError)
-    status = status_for(exc)
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    answer = answer_for(exc)
+    if answer is None or answer[0] == SERVER_FAULT:
+        # Not the caller's doing: RequestContextMiddleware logs the traceback with the
+        # request id and answers the one JSON 500.
+        raise exc
+    status, detail = answer
     logger.info(
         "%s %s -> %d: %s",
         printable(request.method),
@@ -108,7 +162,7 @@ async def _mimir_error(request: Request, exc: Exception) -> JSONResponse:
         status,
         printable(exc),
     )
-    return error_response(status, str(exc), _mimir_detail(exc))
+    return error_response(status, str(exc), detail(exc) if detail else None)
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -164,6 +218,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that turn errors into the JSON answers above."""
-    app.add_exception_handler(MimirError, _mimir_error)
+    for kind in ERROR_ANSWERS:
+        app.add_exception_handler(kind, _domain_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mimir.core.ontology.federation import request_id_var
 from mimir.server.logs import printable
 
 __all__ = ["BodySizeLimitMiddleware", "RequestContextMiddleware", "send_json_error"]
@@ -69,6 +70,8 @@ class RequestContextMiddleware:
         given = dict(scope["headers"]).get(b"x-request-id", b"")
         request_id = given.decode() if _SANE_ID.match(given) else uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = request_id
+        # For log lines written below the routes (SPARQL SERVICE/LOAD decisions).
+        token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 0
 
@@ -101,6 +104,7 @@ class RequestContextMiddleware:
                     request_id=request_id,
                 )
         finally:
+            request_id_var.reset(token)
             # Probes and scrapes come every few seconds: log them only when they fail.
             level = logging.DEBUG if scope["path"] in _QUIET and status < 400 else logging.INFO
             if logger.isEnabledFor(level):

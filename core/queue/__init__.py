@@ -8,6 +8,7 @@ from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer, retry_de
 from mimir.core.queue.errors import (
     JobNotFoundError,
     JobStateError,
+    QueueCommandError,
     QueueError,
     QueueUnavailableError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "Outcome",
     "Priority",
     "Progress",
+    "QueueCommandError",
     "QueueConsumer",
     "QueueError",
     "QueueKeys",

@@ -22,14 +22,14 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core.queue import scripts
 from mimir.core.queue.errors import (
     JobNotFoundError,
     JobStateError,
-    QueueError,
+    QueueCommandError,
     QueueUnavailableError,
 )
 from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
@@ -120,8 +120,12 @@ async def redis_errors(action: str) -> AsyncIterator[None]:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise QueueUnavailableError(f"cannot {action}: Redis is unavailable ({exc})") from exc
+    except (OutOfMemoryError, ReadOnlyError) as exc:
+        # Redis is up but takes no writes now (maxmemory, a replica): it may later.
+        raise QueueUnavailableError(f"cannot {action}: Redis refuses writes ({exc})") from exc
     except RedisError as exc:
-        raise QueueError(f"cannot {action}: Redis error: {exc}") from exc
+        # Every input is checked before it reaches Redis, so what is left is our fault.
+        raise QueueCommandError(f"cannot {action}: Redis error: {exc}") from exc
 
 
 class JobQueue:

@@ -4,35 +4,44 @@
 
     MimirError
      └── QueueError                  anything the queue cannot do
-          ├── QueueUnavailableError  Redis cannot be reached (or timed out)
+          ├── QueueUnavailableError  Redis cannot be reached, timed out, or takes no writes now
+          ├── QueueCommandError      Redis failed a command (a script error, a key of the
+          │                          wrong type): a fault of this side, not of the caller
           ├── JobNotFoundError       no record for that job id (never existed, or expired)
           └── JobStateError          the job is not in a state that allows this
+
+The server's answer to each is in ``mimir.server.errors``.
 """
 
 from __future__ import annotations
 
 from mimir.core.errors import MimirError
 
-__all__ = ["JobNotFoundError", "JobStateError", "QueueError", "QueueUnavailableError"]
+__all__ = [
+    "JobNotFoundError",
+    "JobStateError",
+    "QueueCommandError",
+    "QueueError",
+    "QueueUnavailableError",
+]
 
 
 class QueueError(MimirError):
     """The queue could not do what was asked."""
 
-    #: HTTP status the server answers with.
-    http_status = 400
-
 
 class QueueUnavailableError(QueueError):
-    """Redis cannot be reached; the message says where and why."""
+    """Redis cannot be reached (or is out of memory, or read-only); the message says where
+    and why."""
 
-    http_status = 503
+
+class QueueCommandError(QueueError):
+    """Redis answered a command with an error that no input explains (a Lua script
+    error, a key of the wrong type): a fault to log and fix, not the caller's."""
 
 
 class JobNotFoundError(QueueError):
     """No job record with that id (it never existed, or it expired)."""
-
-    http_status = 404
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -41,5 +50,3 @@ class JobNotFoundError(QueueError):
 
 class JobStateError(QueueError):
     """The job's status does not allow the operation."""
-
-    http_status = 409

@@ -35,11 +35,11 @@ from mimir.core.ontology import (
     Subgraph,
 )
 from mimir.server.errors import error_response
-from mimir.server.knowledge import KnowledgeRoute, OntologyStoreDep
+from mimir.server.knowledge import OntologyStoreDep
 
 __all__ = ["QueryRequest", "UpdateRequest", "negotiate", "router"]
 
-router = APIRouter(prefix="/api/v1/kg", tags=["knowledge graph"], route_class=KnowledgeRoute)
+router = APIRouter(prefix="/api/v1/kg", tags=["knowledge graph"])
 
 MAX_ROW_LIMIT = 100_000
 MAX_TIMEOUT = 300.0

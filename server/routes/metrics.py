@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 
 from mimir.core.queue import QueueStatus
-from mimir.server.routes.queue import QueueDep, queue_errors
+from mimir.server.routes.queue import QueueDep
 
 __all__ = ["router"]
 
@@ -83,8 +83,7 @@ class _Snapshot:
 )
 async def metrics(jobs: QueueDep) -> Response:
     """The queue's figures for Prometheus."""
-    async with queue_errors():
-        status, histogram = await asyncio.gather(jobs.status(), jobs.duration_histogram())
+    status, histogram = await asyncio.gather(jobs.status(), jobs.duration_histogram())
     registry = CollectorRegistry(auto_describe=False)
     snapshot: Any = _Snapshot(status, histogram)
     registry.register(snapshot)

@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mimir.core.ontology import OntologyInfo, OntologyStats, resolve_format
 from mimir.core.ontology.formats import FORMATS
 from mimir.server.errors import error_response
-from mimir.server.knowledge import KnowledgeRoute, OntologyStoreDep
+from mimir.server.knowledge import OntologyStoreDep
 
 __all__ = ["OntologyCreate", "router"]
 
-router = APIRouter(prefix="/api/v1/ontologies", tags=["ontologies"], route_class=KnowledgeRoute)
+router = APIRouter(prefix="/api/v1/ontologies", tags=["ontologies"])
 
 #: What the store accepts as an ontology name or version.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
@@ -30,12 +28,11 @@ from mimir.core.queue import (
     JobRecord,
     JobStatus,
     Priority,
-    QueueError,
     QueueStatus,
 )
 from mimir.server.deps import RedisDep, RegistryDep, SettingsDep, StoreDep
 
-__all__ = ["EnqueueAccepted", "EnqueueRequest", "QueueDep", "get_queue", "queue_errors", "router"]
+__all__ = ["EnqueueAccepted", "EnqueueRequest", "QueueDep", "get_queue", "router"]
 
 router = APIRouter(prefix="/api/v1/queue", tags=["queue"])
 
@@ -58,16 +55,6 @@ def get_queue(settings: SettingsDep, redis: RedisDep) -> JobQueue:
 
 
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
-
-
-@asynccontextmanager
-async def queue_errors() -> AsyncIterator[None]:
-    """Queue errors become their HTTP answer (404 unknown job, 409 wrong state, 503 no
-    Redis) in the API's JSON error shape."""
-    try:
-        yield
-    except QueueError as exc:
-        raise HTTPException(exc.http_status, str(exc)) from exc
 
 
 def _seconds(value: float | str | None, what: str) -> float | None:
@@ -150,8 +137,7 @@ async def enqueue_pipeline(
     for name in ("timeout", "delay", "retry_backoff"):
         if getattr(body, name) is not None:
             options[name] = getattr(body, name)
-    async with queue_errors():
-        record = await jobs.enqueue(pipeline_job(pipeline, body.context, **options))
+    record = await jobs.enqueue(pipeline_job(pipeline, body.context, **options))
     return EnqueueAccepted(job_id=record.job_id, status=record.status)
 
 
@@ -159,8 +145,7 @@ async def enqueue_pipeline(
 async def queue_status(jobs: QueueDep) -> QueueStatus:
     """Jobs waiting (total and per priority), scheduled, running, dead, workers alive,
     completed and failed per second, totals."""
-    async with queue_errors():
-        return await jobs.status()
+    return await jobs.status()
 
 
 @router.get("/jobs", response_model=JobPage)
@@ -172,15 +157,13 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> JobPage:
     """Jobs newest first, optionally only one status (and pool)."""
-    async with queue_errors():
-        return await jobs.list_jobs(status_filter, queue=queue, offset=offset, limit=limit)
+    return await jobs.list_jobs(status_filter, queue=queue, offset=offset, limit=limit)
 
 
 @router.get("/jobs/{job_id}", response_model=JobRecord)
 async def get_job(job_id: str, jobs: QueueDep) -> JobRecord:
     """The job record."""
-    async with queue_errors():
-        return await jobs.get(job_id)
+    return await jobs.get(job_id)
 
 
 @router.get("/jobs/{job_id}/wait", response_model=WaitAnswer)
@@ -200,8 +183,7 @@ async def wait_for_job(
         raise HTTPException(422, f"query.timeout: {exc}") from None
     if not 0 <= seconds <= MAX_WAIT:
         raise HTTPException(422, f"query.timeout: must be between 0s and {MAX_WAIT:g}s")
-    async with queue_errors():
-        result = await jobs.wait(job_id, seconds)
+    result = await jobs.wait(job_id, seconds)
     return WaitAnswer(**result.job.model_dump(), timed_out=result.timed_out)
 
 
@@ -209,8 +191,7 @@ async def wait_for_job(
 async def cancel_job(job_id: str, jobs: QueueDep) -> JobRecord:
     """Cancel: a waiting job ends now, a running one is stopped by its worker
     (``cancel_requested`` is true until it has)."""
-    async with queue_errors():
-        return await jobs.cancel(job_id)
+    return await jobs.cancel(job_id)
 
 
 @router.get("/dead-letter", response_model=DeadLetterPage)
@@ -220,20 +201,17 @@ async def dead_letter(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> DeadLetterPage:
     """Failed and dead jobs, newest first."""
-    async with queue_errors():
-        entries, total = await jobs.dead_letter(offset, limit)
+    entries, total = await jobs.dead_letter(offset, limit)
     return DeadLetterPage(entries=entries, total=total, offset=offset, limit=limit)
 
 
 @router.post("/dead-letter/{job_id}/retry", response_model=JobRecord)
 async def retry_dead(job_id: str, jobs: QueueDep) -> JobRecord:
     """Queue a failed or dead job again, attempts reset."""
-    async with queue_errors():
-        return await jobs.retry_dead(job_id)
+    return await jobs.retry_dead(job_id)
 
 
 @router.delete("/dead-letter/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_dead(job_id: str, jobs: QueueDep) -> None:
     """Remove a failed or dead job for good: its dead-letter entry and its record."""
-    async with queue_errors():
-        await jobs.delete_dead(job_id)
+    await jobs.delete_dead(job_id)

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from mimir.core.queue import JobQueue, JobSpec, Priority, QueueError
@@ -37,13 +37,13 @@ from mimir.core.twin import (
 from mimir.core.twin.jobs import digital_twin_job
 from mimir.core.twin.store import new_id
 from mimir.server.deps import RedisDep, SettingsDep
-from mimir.server.knowledge import KnowledgeRoute, OntologyStoreDep, TwinStoreDep
+from mimir.server.knowledge import OntologyStoreDep, TwinStoreDep
 
 __all__ = ["RunRequest", "TwinCreate", "TwinEnqueueRequest", "router"]
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["digital twins"], route_class=KnowledgeRoute)
+router = APIRouter(tags=["digital twins"])
 
 
 class TwinCreate(BaseModel):
@@ -200,10 +200,7 @@ async def _enqueue_run(
         pipeline=f"twin:{twin.name}/{scenario.name}",
         **options,
     )
-    try:
-        record = await JobQueue(redis, settings.key_prefix, settings.job_ttl).enqueue(spec)
-    except QueueError as exc:
-        raise HTTPException(exc.http_status, str(exc)) from exc
+    record = await JobQueue(redis, settings.key_prefix, settings.job_ttl).enqueue(spec)
     run = run.model_copy(update={"job_id": record.job_id})
     return await asyncio.to_thread(twins.add_run, run)
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from mimir.core.queue import WorkerInfo
-from mimir.server.routes.queue import QueueDep, queue_errors
+from mimir.server.routes.queue import QueueDep
 
 __all__ = ["WorkerList", "router"]
 
@@ -20,5 +20,4 @@ class WorkerList(BaseModel):
 @router.get("", response_model=WorkerList)
 async def list_workers(jobs: QueueDep) -> WorkerList:
     """Every worker whose heartbeat has not expired: its jobs, counters, CPU and memory."""
-    async with queue_errors():
-        return WorkerList(workers=await jobs.workers())
+    return WorkerList(workers=await jobs.workers())
