@@ -629,24 +629,41 @@ class Worker:
 
 
 class _ProcessUsage:
-    """This process's CPU share since the last call and its RSS, read from the kernel
-    (``/proc`` on Linux; psutil elsewhere), without keeping psutil loaded in a worker."""
+    """This process's CPU share and its RSS, read from the kernel (``/proc`` on Linux;
+    psutil elsewhere), without keeping psutil loaded in a worker.
 
-    def __init__(self) -> None:
+    ``os.times()`` counts in clock ticks (10 ms on Linux): over the few milliseconds
+    between two heartbeats sent close together (a worker's first two) one tick reads as
+    hundreds of percent. So the share is measured over at least ``min_interval`` seconds;
+    a call sooner than that answers the last measured share.
+    """
+
+    def __init__(
+        self,
+        min_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_seconds: Callable[[], float] | None = None,
+    ) -> None:
+        self.min_interval = min_interval
+        self._clock = clock
+        self._cpu_seconds = cpu_seconds or self._process_cpu_seconds
         self._cpu = self._cpu_seconds()
-        self._at = time.monotonic()
+        self._at = clock()
+        self._percent = 0.0
 
     @staticmethod
-    def _cpu_seconds() -> float:
+    def _process_cpu_seconds() -> float:
         times = os.times()
         return times.user + times.system
 
     def cpu_percent(self) -> float:
-        cpu, at = self._cpu_seconds(), time.monotonic()
+        cpu, at = self._cpu_seconds(), self._clock()
         elapsed = at - self._at
-        percent = 100.0 * (cpu - self._cpu) / elapsed if elapsed > 0 else 0.0
+        if elapsed < self.min_interval:
+            return self._percent
+        self._percent = round(100.0 * (cpu - self._cpu) / elapsed, 1)
         self._cpu, self._at = cpu, at
-        return round(percent, 1)
+        return self._percent
 
     @staticmethod
     def rss() -> int:

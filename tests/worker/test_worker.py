@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 
@@ -216,3 +217,22 @@ def test_pools_only_serve_their_queues(
     gpu_worker = make_worker(queues="gpu")
     record = run(queue.wait(gpu_job.job_id, 10)).job
     assert record.status is JobStatus.succeeded and record.worker_id == gpu_worker.worker_id
+
+
+def test_cpu_share_is_measured_over_at_least_a_second() -> None:
+    """Issue 13: a worker's first two heartbeats, milliseconds apart, read one 10 ms tick
+    of ``os.times()`` as ~900 % on a 2-core machine, flattening the Dashboard's plot."""
+    from mimir.worker.worker import _ProcessUsage
+
+    now, cpu = [100.0], [5.0]
+    usage = _ProcessUsage(1.0, clock=lambda: now[0], cpu_seconds=lambda: cpu[0])
+    now[0], cpu[0] = 100.001, 5.01  # one tick in a millisecond: not a measurement
+    assert usage.cpu_percent() == 0.0
+    now[0], cpu[0] = 101.0, 5.5  # a second since the start: 0.5 s of CPU
+    assert usage.cpu_percent() == 50.0
+    now[0], cpu[0] = 101.002, 5.51
+    assert usage.cpu_percent() == 50.0  # too soon again: the last share, not 500 %
+    now[0], cpu[0] = 103.0, 5.5 + 0.2
+    assert usage.cpu_percent() == 10.0  # 0.2 s over the 2 s since the last measurement
+    real = _ProcessUsage()
+    assert 0.0 <= real.cpu_percent() <= 100.0 * (os.cpu_count() or 1)
