@@ -559,9 +559,16 @@ def test_off_by_default_on_every_path(
         )
     assert "refused" in answer.text, answer.text
     assert responder.requests == []
-    # Every refusal is logged.
+    # Every refusal is logged, with the id of the request that asked for it.
+    refused = httpx.post(
+        f"{server.base_url}/api/v1/kg/query",
+        json={"query": f"SELECT * {{ SERVICE <{responder.url}/p> {{ ?s ?p ?o }}}}"},
+        headers={"X-Request-ID": "fed-42"},
+        timeout=10,
+    )
+    assert refused.status_code == 403, refused.text
     wait_until(
-        lambda: "refused SPARQL" in server.output(400), timeout=10, message="a refusal log line"
+        lambda: "(request fed-42)" in server.output(400), timeout=10, message="a refusal log line"
     )
 
 
