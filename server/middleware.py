@@ -2,8 +2,10 @@
 
 A pure ASGI middleware (streaming answers such as event streams pass through
 untouched). The request id comes from a sane ``X-Request-ID`` header or is made up,
-and is returned in ``X-Request-ID``. Successful ``/health`` and ``/metrics`` calls are
-logged at DEBUG (probes poll them), everything else at INFO. The log line holds method,
+and is returned in ``X-Request-ID``. Successful ``/health``, ``/ready`` and ``/metrics``
+calls are logged at DEBUG (probes poll them), and so are successful GETs marked
+``X-Mimir-Poll: 1`` (a console's periodic reads of status, workers and jobs: a console left
+open would otherwise fill the log); everything else at INFO. The log line holds method,
 path, status and time: never headers (the ``Authorization`` token stays out of the logs)
 nor query strings. Method and path are logged through :func:`printable`: a ``%0a`` or
 ``%1b`` in a URL shows as ``\\x0a``/``\\x1b`` and cannot start a fake line.
@@ -106,7 +108,10 @@ class RequestContextMiddleware:
         finally:
             request_id_var.reset(token)
             # Probes and scrapes come every few seconds: log them only when they fail.
-            level = logging.DEBUG if scope["path"] in _QUIET and status < 400 else logging.INFO
+            quiet = scope["path"] in _QUIET or (
+                scope["method"] == "GET" and (b"x-mimir-poll", b"1") in scope["headers"]
+            )
+            level = logging.DEBUG if quiet and status < 400 else logging.INFO
             if logger.isEnabledFor(level):
                 logger.log(
                     level,
