@@ -23,9 +23,9 @@ test: $(STAMP) lint
 	bash scripts/system-deps.sh
 	$(BIN)/python -m pytest
 
-## The fast suite only (no Docker, no bundle build).
+## The fast suite only (no Docker, no bundle build, no wheel install).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not docker and not bundle"
+	$(BIN)/python -m pytest -m "not docker and not bundle and not wheel"
 
 ## ruff (lint and format), mypy on every package, the import-linter layer contracts.
 lint: $(STAMP)
