@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -141,6 +142,32 @@ def _publish_new(temporary: str, target: Path) -> bool:
         return False
     os.replace(temporary, target)  # an empty file for a moment, never a partial one
     return True
+
+
+def _umask() -> int:
+    """The process's umask (read from ``/proc`` where there is one: setting it to read it
+    back would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(existing: Path | None) -> int:
+    """A saved file's mode: the file's own when it replaces one, else 0666 less the umask
+    (what any editor's new file gets), never mkstemp's 0600."""
+    if existing is not None:
+        try:
+            return stat.S_IMODE(existing.stat().st_mode)
+        except OSError:
+            pass
+    return 0o666 & ~_umask()
 
 
 def _sync_directory(directory: Path) -> None:
@@ -369,6 +396,9 @@ class PipelineStore:
             text += "\n"
         handle, temporary = tempfile.mkstemp(dir=root, prefix=f".{bare}.", suffix=".tmp")
         try:
+            # mkstemp makes the file 0600: give it the mode a plain write would have.
+            if hasattr(os, "fchmod"):  # not on Windows (before Python 3.13)
+                os.fchmod(handle, _mode_for(existing))
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 stream.write(text)
                 stream.flush()

@@ -136,3 +136,22 @@ def test_inline_text_is_never_read_as_a_path(store: PipelineStore, tmp_path: Pat
     (tmp_path / "secret.yaml").write_text(ECHO)
     with pytest.raises(PipelineValidationError, match="must be a mapping"):
         resolve_pipeline_request({"pipeline": str(tmp_path / "secret.yaml")}, store=store)
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
+def test_saved_files_honour_the_umask_and_keep_their_mode(store: PipelineStore) -> None:
+    """Issue 13: saved pipeline files were mode 0600 (mkstemp's), unreadable to the group
+    and others that a umask of 022 lets read them."""
+    old = os.umask(0o022)
+    try:
+        store.save("echo", ECHO)
+        path = store.directory / "echo.yaml"
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        store.save("private", ECHO)
+        assert (store.directory / "private.yaml").stat().st_mode & 0o777 == 0o600
+        path.chmod(0o664)  # an operator's choice survives a save
+        store.save("echo", ECHO.replace("echoes its input", "echoes"))
+        assert path.stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
