@@ -14,10 +14,9 @@ import yaml
 
 from mimir.app.cluster.topology import (
     API_PORT,
-    COMPOSE_PROJECT,
     IMAGES,
-    LABEL_PROJECT,
     LABEL_SERVICE,
+    LABEL_VOLUME,
     build_topology,
     compose_file,
 )
@@ -65,11 +64,11 @@ def unified_compose() -> dict[str, Any]:
                 "cpus": 2.0,
                 "mem_limit": "2g",
                 "stop_grace_period": "45s",
-                "labels": {LABEL_PROJECT: COMPOSE_PROJECT, LABEL_SERVICE: "unified"},
+                "labels": {LABEL_SERVICE: "unified"},
             }
         },
         "volumes": {
-            name: {"labels": {LABEL_PROJECT: COMPOSE_PROJECT}}
+            name: {"labels": {LABEL_VOLUME: name}}
             for name in ("unified_data", "unified_logs", "unified_pipelines", "unified_redis")
         },
     }

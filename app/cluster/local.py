@@ -10,6 +10,10 @@ started it. Everything lives in ``<state_dir>/<project>/``::
 
 A pid is trusted only when the process with that pid was started at the recorded time;
 anything else is a *stale* entry (the process died, or the machine rebooted).
+
+The console calls these coroutines on its Qt event loop every few seconds: everything that
+can block (the state file, the lock file, psutil, spawning, waiting for processes) runs in a
+thread, and the lock is waited for with ``asyncio.sleep``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
-import httpx
 import psutil
 
 from mimir.app.cluster.base import (
@@ -47,7 +50,10 @@ from mimir.app.cluster.local_state import (
     read_state,
     write_state,
 )
-from mimir.app.cluster.topology import SERVICE_KINDS, validate_project_name
+from mimir.app.cluster.readiness import ClusterProbe, wait_until_ready
+from mimir.app.cluster.topology import SERVICE_KINDS, canonical_service, validate_project_name
+from mimir.app.cluster.worker_pool import StopBudget, check_worker_count, plan_scale
+from mimir.app.cluster.worker_pool import worker_health as worker_health_of
 from mimir.core.redis_embedded import EmbeddedRedisError, find_redis_server
 from mimir.core.settings import Settings
 
@@ -154,6 +160,8 @@ class LocalBackend:
         self.project = validate_project_name(project)
         self.settings = settings or Settings.from_env()
         self.api_port = api_port or self.settings.port
+        #: The port asked for (``up --port``), as opposed to the default.
+        self.requested_port = api_port
         self.external_redis_url = redis_url
         self.worker_concurrency = worker_concurrency or self.settings.worker_concurrency
         self.grace = grace
@@ -176,10 +184,16 @@ class LocalBackend:
         """The recorded cluster, or ``None`` when none was started (or it was taken down)."""
         return read_state(self.state_path)
 
-    def _save_state(self, state: LocalState) -> None:
-        write_state(self.state_path, state)
+    async def _load(self) -> LocalState | None:
+        return await asyncio.to_thread(self.load_state)
 
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
+    async def _save(self, state: LocalState) -> None:
+        await asyncio.to_thread(write_state, self.state_path, state)
+
+    async def _forget(self) -> None:
+        await asyncio.to_thread(self.state_path.unlink, True)
+
+    def _locked(self) -> contextlib.AbstractAsyncContextManager[None]:
         """One changing command at a time per project."""
         return project_lock(self.directory, self.project)
 
@@ -187,9 +201,8 @@ class LocalBackend:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def _headers(self) -> dict[str, str]:
-        token = self.settings.api_token
-        return {"Authorization": f"Bearer {token}"} if token else {}
+    def _probe(self) -> ClusterProbe:
+        return ClusterProbe(self.api_url, self.settings.api_token)
 
     # ---------------------------------------------------------------- processes
 
@@ -206,6 +219,13 @@ class LocalBackend:
             return proc.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
+
+    def alive_pids(self, entries: list[ProcessEntry]) -> set[int]:
+        """Pids of the ``entries`` whose process runs (blocking: call in a thread)."""
+        return {entry.pid for entry in entries if self.is_alive(entry)}
+
+    async def _alive(self, entries: list[ProcessEntry]) -> set[int]:
+        return await asyncio.to_thread(self.alive_pids, entries)
 
     def _spawn(
         self,
@@ -244,8 +264,13 @@ class LocalBackend:
         return ProcessEntry(name, service, proc.pid, create_time, str(log_path), offset)
 
     def _stop_entries(self, entries: list[ProcessEntry], grace: float) -> None:
-        """SIGTERM ``entries``, wait up to ``grace`` seconds, then SIGKILL what remains."""
+        """SIGTERM ``entries`` and give them ``grace`` seconds, then SIGKILL what remains.
+
+        Workers get a second SIGTERM when only :attr:`StopBudget.hand_back` seconds are left:
+        they hand their running jobs back then, whatever their own grace (fixed at start).
+        """
         procs: list[psutil.Process] = []
+        workers: set[int] = set()
         for entry in entries:
             if not self.is_alive(entry):
                 continue
@@ -255,7 +280,18 @@ class LocalBackend:
                 procs.append(proc)
             except psutil.Error:
                 continue
-        _, alive = psutil.wait_procs(procs, timeout=grace)
+            if entry.service == "worker":
+                workers.add(entry.pid)
+        budget = StopBudget.of(grace)
+        _, alive = psutil.wait_procs(procs, timeout=budget.finish)
+        hurried = [proc for proc in alive if proc.pid in workers]
+        for proc in hurried:
+            logger.info("pid %d still has jobs after %.0fs: asking it to hand them back", proc.pid,
+                        budget.finish)  # fmt: skip
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGTERM)
+        if alive:
+            _, alive = psutil.wait_procs(alive, timeout=budget.hand_back)
         for proc in alive:
             logger.warning("pid %d did not stop within %.0fs: killing it", proc.pid, grace)
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -330,7 +366,7 @@ class LocalBackend:
     async def _wait_redis(self, entry: ProcessEntry, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            if not self.is_alive(entry):
+            if not await asyncio.to_thread(self.is_alive, entry):
                 raise self._failure(entry, f"{entry.name} exited while starting")
             if await asyncio.to_thread(_answers_ping, port):
                 return
@@ -338,89 +374,87 @@ class LocalBackend:
                 raise self._failure(entry, f"{entry.name} did not answer PING in {timeout}s")
             await asyncio.sleep(0.05)
 
-    async def _registered_worker_pids(self, client: httpx.AsyncClient) -> set[int] | None:
-        """Pids of the workers the API lists, or ``None`` when the API does not answer."""
-        try:
-            response = await client.get("/api/v1/workers")
-            if response.status_code != 200:
-                return None
-            workers = response.json().get("workers", [])
-        except (httpx.HTTPError, ValueError):
+    @staticmethod
+    def worker_key(worker: dict[str, object]) -> str | None:
+        """A registered worker's pid, when it runs on this machine."""
+        if worker.get("hostname", socket.gethostname()) != socket.gethostname():
             return None
-        hostname = socket.gethostname()
-        return {
-            int(w["pid"])
-            for w in workers
-            if isinstance(w, dict) and w.get("pid") and w.get("hostname", hostname) == hostname
-        }
+        return str(worker["pid"]) if worker.get("pid") else None
 
     async def _wait_ready(self, state: LocalState, progress: Progress) -> None:
-        """Until /health answers and every recorded worker is registered; raise if not."""
+        """Until /ready answers and every recorded worker is registered; raise if not."""
         backend = state.entry("backend")
         assert backend is not None
-        deadline = time.monotonic() + self.start_timeout
-        healthy = False
-        async with httpx.AsyncClient(
-            base_url=self.api_url, timeout=3.0, headers=self._headers()
-        ) as client:
-            while True:
-                for entry in state.processes:
-                    if not self.is_alive(entry):
-                        raise self._failure(entry, f"{entry.name} exited while starting")
-                if not healthy:
-                    with contextlib.suppress(httpx.HTTPError):
-                        healthy = (await client.get("/health")).status_code == 200
-                    if healthy:
-                        progress("health", f"API answers at {self.api_url}")
-                if healthy:
-                    want = {entry.pid for entry in state.entries("worker")}
-                    seen = await self._registered_worker_pids(client)
-                    if seen is not None and want <= seen:
-                        progress("workers", f"{len(want)} worker(s) registered")
-                        return
-                if time.monotonic() > deadline:
-                    if not healthy:
-                        raise self._failure(
-                            backend, f"the API did not answer /health in {self.start_timeout}s"
-                        )
-                    missing = [e for e in state.entries("worker") if e.pid not in (seen or set())]
-                    raise self._failure(
-                        missing[0] if missing else backend,
-                        f"{len(missing)} worker(s) did not register in {self.start_timeout}s",
-                    )
-                await asyncio.sleep(0.25)
+
+        async def check_alive() -> None:
+            alive = await self._alive(state.processes)
+            for entry in state.processes:
+                if entry.pid not in alive:
+                    raise self._failure(entry, f"{entry.name} exited while starting")
+
+        async def expected() -> set[str]:
+            return {str(entry.pid) for entry in state.entries("worker")}
+
+        async def not_ready() -> ClusterError:
+            return self._failure(
+                backend, f"the API was not ready at {self.api_url}/ready in {self.start_timeout}s"
+            )
+
+        async def not_registered(missing: set[str]) -> ClusterError:
+            late = [e for e in state.entries("worker") if str(e.pid) in missing]
+            return self._failure(
+                late[0] if late else backend,
+                f"{len(missing)} worker(s) did not register in {self.start_timeout}s",
+            )
+
+        async with self._probe() as probe:
+            await wait_until_ready(
+                probe,
+                timeout=self.start_timeout,
+                report=progress,
+                check_alive=check_alive,
+                expected_workers=expected,
+                worker_key=self.worker_key,
+                not_ready=not_ready,
+                not_registered=not_registered,
+            )
 
     # ---------------------------------------------------------------- protocol
 
     async def up(self, workers: int = 2, progress: Progress | None = None) -> ClusterStatus:
         """Start (or complete) the cluster with ``workers`` workers; wait until it is ready."""
         report = progress or _no_progress
-        if workers < 0:
-            raise ClusterError(f"workers must be 0 or more, got {workers}")
-        with self._locked():
-            state = self.load_state()
-            if state is not None and not any(self.is_alive(e) for e in state.processes):
+        check_worker_count(workers, self.settings.limits)
+        async with self._locked():
+            state = await self._load()
+            if state is not None and not await self._alive(state.processes):
                 report("state", "found a stale cluster record (no process alive): starting anew")
                 state = None
             if state is None:
                 state = await self._fresh_state()
             else:
+                if self.requested_port and self.requested_port != state.api_port:
+                    raise ClusterError(
+                        f"cluster {self.project!r} already runs with its API on port "
+                        f"{state.api_port}, not {self.requested_port}: leave out --port, or "
+                        f"'mimir cluster down --project {self.project}' first to move it"
+                    )
                 self.api_port = state.api_port
                 report("state", f"cluster {self.project!r} already recorded: completing it")
             started: list[ProcessEntry] = []
             try:
                 await self._ensure_core(state, report, started)
                 await self._scale_workers(state, workers, report, started)
-                report("wait", "waiting for /health and worker heartbeats")
+                report("wait", "waiting for /ready and worker heartbeats")
                 await self._wait_ready(state, report)
             except BaseException:
                 # Leave nothing half-started behind; logs stay for inspection.
                 await asyncio.to_thread(self._stop_entries, started, 5.0)
                 state.processes = [e for e in state.processes if e not in started]
                 if state.processes:
-                    self._save_state(state)
+                    await self._save(state)
                 else:
-                    self.state_path.unlink(missing_ok=True)
+                    await self._forget()
                 raise
         report("up", f"cluster {self.project!r} is up: API {self.api_url}, {workers} worker(s)")
         return await self.status()
@@ -434,28 +468,29 @@ class LocalBackend:
             )
         if self.external_redis_url:
             return LocalState(self.project, self.api_port, None, self.external_redis_url, False)
-        port = _free_port()
+        port = await asyncio.to_thread(_free_port)
         return LocalState(self.project, self.api_port, port, f"redis://127.0.0.1:{port}/0")
 
     async def _ensure_core(
         self, state: LocalState, report: Progress, started: list[ProcessEntry]
     ) -> None:
         """Start redis and the backend unless they run."""
+        alive = await self._alive(state.processes)
         if state.own_redis:
             redis = state.entry("redis")
-            if redis is None or not self.is_alive(redis):
+            if redis is None or redis.pid not in alive:
                 report("redis", f"starting redis-server on 127.0.0.1:{state.redis_port}")
                 entry = await asyncio.to_thread(self._start_redis, state)
-                self._replace(state, redis, entry, started)
+                await self._replace(state, redis, entry, started)
                 assert state.redis_port is not None
                 await self._wait_redis(entry, state.redis_port, 20.0)
         backend = state.entry("backend")
-        if backend is None or not self.is_alive(backend):
+        if backend is None or backend.pid not in alive:
             report("backend", f"starting the API server on 127.0.0.1:{state.api_port}")
             entry = await asyncio.to_thread(self._start_backend, state)
-            self._replace(state, backend, entry, started)
+            await self._replace(state, backend, entry, started)
 
-    def _replace(
+    async def _replace(
         self,
         state: LocalState,
         old: ProcessEntry | None,
@@ -466,43 +501,38 @@ class LocalBackend:
             state.processes.remove(old)
         state.processes.append(new)
         started.append(new)
-        self._save_state(state)
+        await self._save(state)
 
     async def _scale_workers(
         self, state: LocalState, workers: int, report: Progress, started: list[ProcessEntry]
     ) -> None:
         # Dead workers are replaced, not counted.
+        alive = await self._alive(state.entries("worker"))
         for entry in state.entries("worker"):
-            if not self.is_alive(entry):
+            if entry.pid not in alive:
                 report("worker", f"{entry.name} (pid {entry.pid}) is gone: removing its record")
                 state.processes.remove(entry)
-        current = sorted(state.entries("worker"), key=lambda e: int(e.name.rsplit("-", 1)[1]))
-        if len(current) > workers:
-            leaving = current[workers:]
+        current = {_number(e): e for e in state.entries("worker")}
+        plan = plan_scale(list(current), workers)
+        if plan.stop:
+            leaving = [current[n] for n in plan.stop]
             names = ", ".join(e.name for e in leaving)
             report("scale", f"stopping {names} (SIGTERM, {self.grace:.0f}s grace)")
             await asyncio.to_thread(self._stop_entries, leaving, self.grace)
             for entry in leaving:
                 state.processes.remove(entry)
-            self._save_state(state)
-        used = {int(e.name.rsplit("-", 1)[1]) for e in current[:workers]}
-        number = 0
-        for _ in range(workers - len(current)):
-            number += 1
-            while number in used:
-                number += 1
-            used.add(number)
+            await self._save(state)
+        for number in plan.start:
             report("worker", f"starting worker-{number}")
             entry = await asyncio.to_thread(self._start_worker, state, number)
-            self._replace(state, None, entry, started)
+            await self._replace(state, None, entry, started)
 
     async def scale(self, workers: int, progress: Progress | None = None) -> ClusterStatus:
         """Run exactly ``workers`` workers (stopping extra ones gracefully)."""
         report = progress or _no_progress
-        if workers < 0:
-            raise ClusterError(f"workers must be 0 or more, got {workers}")
-        with self._locked():
-            state = self._require_running()
+        check_worker_count(workers, self.settings.limits)
+        async with self._locked():
+            state = await asyncio.to_thread(self._require_running)
             started: list[ProcessEntry] = []
             try:
                 await self._scale_workers(state, workers, report, started)
@@ -510,12 +540,13 @@ class LocalBackend:
             except BaseException:
                 await asyncio.to_thread(self._stop_entries, started, 5.0)
                 state.processes = [e for e in state.processes if e not in started]
-                self._save_state(state)
+                await self._save(state)
                 raise
         report("scale", f"{workers} worker(s) running")
         return await self.status()
 
     def _require_running(self) -> LocalState:
+        """The recorded state of a cluster whose server runs (blocking: call in a thread)."""
         state = self.load_state()
         if state is None:
             raise ClusterError(
@@ -535,37 +566,46 @@ class LocalBackend:
     async def down(self, progress: Progress | None = None) -> None:
         """Stop workers (gracefully), then the server, then Redis; keep data and logs."""
         report = progress or _no_progress
-        with self._locked():
-            state = self.load_state()
+        if await self._down(report):
+            report("down", f"cluster {self.project!r} stopped (data kept in {self.directory})")
+
+    async def _down(self, report: Progress) -> bool:
+        """Stop everything; False when no cluster was recorded."""
+        async with self._locked():
+            state = await self._load()
             if state is None:
                 report("down", f"no local cluster {self.project!r} is recorded")
-                return
+                return False
             for service in ("worker", "backend", "redis"):
                 entries = state.entries(service)
-                alive = [e for e in entries if self.is_alive(e)]
+                alive = await self._alive(entries)
                 if alive:
-                    report("down", f"stopping {', '.join(e.name for e in alive)}")
-                    await asyncio.to_thread(self._stop_entries, alive, self.grace)
+                    names = ", ".join(e.name for e in entries if e.pid in alive)
+                    report("down", f"stopping {names}")
+                    stopping = [e for e in entries if e.pid in alive]
+                    await asyncio.to_thread(self._stop_entries, stopping, self.grace)
                 for entry in entries:
                     state.processes.remove(entry)
-                self._save_state(state)
-            self.state_path.unlink(missing_ok=True)
-        report("down", f"cluster {self.project!r} stopped (data kept in {self.directory})")
+                await self._save(state)
+            await self._forget()
+        return True
 
     async def clean(self, progress: Progress | None = None) -> None:
-        """:meth:`down`, then remove the project's directory (Redis data, logs)."""
+        """Stop everything like :meth:`down`, then remove the project's directory (Redis
+        data, logs)."""
         report = progress or _no_progress
-        await self.down(progress)
-        if self.directory.exists():
+        if await self._down(report):
+            report("down", f"cluster {self.project!r} stopped")
+        if await asyncio.to_thread(self.directory.exists):
             await asyncio.to_thread(shutil.rmtree, self.directory, True)
-        report("clean", f"removed {self.directory}")
+            report("clean", f"removed {self.directory} (Redis data and logs)")
 
     async def restart(self, service: str, progress: Progress | None = None) -> ClusterStatus:
         """Restart ``redis``, ``backend`` (or ``server``), ``worker`` (all) or ``worker-N``."""
         report = progress or _no_progress
-        name = "backend" if service == "server" else service
-        with self._locked():
-            state = self.load_state()
+        name = canonical_service(service)
+        async with self._locked():
+            state = await self._load()
             if state is None:
                 raise ClusterError(f"no local cluster {self.project!r} is running")
             self.api_port = state.api_port
@@ -586,42 +626,46 @@ class LocalBackend:
                 report("restart", f"starting {old.name}")
                 if old.service == "redis":
                     new = await asyncio.to_thread(self._start_redis, state)
-                    self._replace(state, old, new, started)
+                    await self._replace(state, old, new, started)
                     assert state.redis_port is not None
                     await self._wait_redis(new, state.redis_port, 20.0)
                 elif old.service == "backend":
                     new = await asyncio.to_thread(self._start_backend, state)
-                    self._replace(state, old, new, started)
+                    await self._replace(state, old, new, started)
                 else:
-                    number = int(old.name.rsplit("-", 1)[1])
-                    new = await asyncio.to_thread(self._start_worker, state, number)
-                    self._replace(state, old, new, started)
+                    new = await asyncio.to_thread(self._start_worker, state, _number(old))
+                    await self._replace(state, old, new, started)
             await self._wait_ready(state, report)
         return await self.status()
 
     async def instances(self) -> list[Instance]:
         """Every recorded process, stale ones included (state ``stale``)."""
-        state = self.load_state()
+        state, alive = await asyncio.to_thread(self._snapshot)
         if state is None:
             return []
         out = []
         for entry in state.processes:
-            alive = self.is_alive(entry)
+            running = entry.pid in alive
             out.append(
                 Instance(
                     name=entry.name,
                     service=entry.service,
                     kind=SERVICE_KINDS[entry.service],
-                    state="running" if alive else "stale",
+                    state="running" if running else "stale",
                     ident=str(entry.pid),
-                    detail=f"log {entry.log}" if alive else "process gone; 'up' or 'down' clears",
+                    detail=f"log {entry.log}" if running else "process gone; 'up' or 'down' clears",
                 )
             )
         return out
 
+    def _snapshot(self) -> tuple[LocalState | None, set[int]]:
+        """The recorded state and which of its processes run (blocking: call in a thread)."""
+        state = self.load_state()
+        return state, (self.alive_pids(state.processes) if state else set())
+
     async def status(self) -> ClusterStatus:
         """State of redis, backend and the worker pool (stale entries show as ``stale``)."""
-        state = self.load_state()
+        state, alive_pids = await asyncio.to_thread(self._snapshot)
         if state is None:
             missing = [
                 ServiceStatus(name, kind, "missing", replicas=0)
@@ -629,11 +673,13 @@ class LocalBackend:
             ]
             return ClusterStatus("local", self.project, missing, None)
         self.api_port = state.api_port
-        health, registered = await self._probe_api()
+        async with self._probe() as probe:
+            ready = await probe.ready()
+            registered = await probe.workers(self.worker_key) if ready else None
         services: list[ServiceStatus] = []
         redis = state.entry("redis")
         if state.own_redis:
-            alive = redis is not None and self.is_alive(redis)
+            alive = redis is not None and redis.pid in alive_pids
             services.append(
                 ServiceStatus(
                     "redis",
@@ -648,56 +694,45 @@ class LocalBackend:
                 ServiceStatus("redis", "redis", "external", ports={"url": state.redis_url})
             )
         backend = state.entry("backend")
-        alive = backend is not None and self.is_alive(backend)
+        alive = backend is not None and backend.pid in alive_pids
         services.append(
             ServiceStatus(
                 "backend",
                 "server",
                 "running" if alive else "stale",
-                health=health if alive else "",
+                health=("healthy" if ready else "unhealthy") if alive else "",
                 replicas=int(alive),
                 ports={"8080/tcp": f"127.0.0.1:{state.api_port}"},
             )
         )
         workers = state.entries("worker")
-        live = [e for e in workers if self.is_alive(e)]
+        live = [e for e in workers if e.pid in alive_pids]
         if not workers:
             worker_state, worker_health = "stopped", ""
         elif not live:
             worker_state, worker_health = "stale", ""
         else:
             worker_state = "running"
-            if len(live) < len(workers) or registered is None:
+            if len(live) < len(workers):
                 worker_health = "unhealthy"
-            elif {e.pid for e in live} <= registered:
-                worker_health = "healthy"
             else:
-                worker_health = "starting"
+                worker_health = worker_health_of({str(e.pid) for e in live}, registered)
         services.append(
             ServiceStatus("worker", "worker", worker_state, worker_health, replicas=len(live))
         )
         api = self.api_url if alive else None
         return ClusterStatus("local", self.project, services, api)
 
-    async def _probe_api(self) -> tuple[str, set[int] | None]:
-        async with httpx.AsyncClient(
-            base_url=self.api_url, timeout=2.0, headers=self._headers()
-        ) as client:
-            try:
-                ok = (await client.get("/health")).status_code == 200
-            except httpx.HTTPError:
-                return "unhealthy", None
-            return ("healthy" if ok else "unhealthy"), await self._registered_worker_pids(client)
-
     async def logs(
         self, services: list[str] | None = None, follow: bool = False, tail: int = 100
     ) -> AsyncIterator[LogLine]:
         """The last ``tail`` lines of each selected process's log, then (``follow``) new lines
-        as they are written, including those of workers started meanwhile."""
-        state = self.load_state()
+        as they are written, including those of workers started meanwhile, until the cluster
+        is taken down."""
+        state = await self._load()
         if state is None:
             raise ClusterError(f"no local cluster {self.project!r} is recorded")
-        wanted = {"backend" if s == "server" else s for s in services or []}
+        wanted = {canonical_service(s) for s in services or []}
         names = {e.name for e in state.processes} | set(SERVICE_KINDS)
         unknown = wanted - names
         if unknown:
@@ -715,17 +750,21 @@ class LocalBackend:
             if not selected(entry):
                 continue
             path = Path(entry.log)
-            for line in await asyncio.to_thread(tail_lines, path, tail):
+            lines, size = await asyncio.to_thread(_tail_and_size, path, tail)
+            for line in lines:
                 yield LogLine(entry.name, line)
-            positions[entry.log] = path.stat().st_size if path.exists() else 0
+            positions[entry.log] = size
         if not follow:
             return
         known = {e.name: e for e in state.processes if selected(e)}
         last_scan = time.monotonic()
+        gone = False
         while True:
             if time.monotonic() - last_scan > 1.0:
                 last_scan = time.monotonic()
-                fresh = self.load_state()
+                fresh = await self._load()
+                # `down` removes the record: print what was written until then, and end.
+                gone = fresh is None
                 for entry in fresh.processes if fresh else []:
                     if selected(entry) and entry.log not in positions:
                         positions[entry.log] = entry.log_offset
@@ -744,20 +783,38 @@ class LocalBackend:
                 now = time.time()
                 for line in lines:
                     yield LogLine(entry.name, line, now)
+            if gone and not got_any:
+                for log, rest in partial.items():
+                    name = next((e.name for e in known.values() if e.log == log), log)
+                    yield LogLine(name, rest, time.time())
+                return
             if not got_any:
                 await asyncio.sleep(0.2)
 
     async def stats(self) -> list[ServiceStats]:
         """CPU % (over a 0.5 s sample) and resident memory of each live process."""
-        state = self.load_state()
+        state, alive = await asyncio.to_thread(self._snapshot)
         if state is None:
             return []
-        live = [e for e in state.processes if self.is_alive(e)]
+        live = [e for e in state.processes if e.pid in alive]
         return await asyncio.to_thread(_sample_stats, live, 0.5)
 
     async def build(self, progress: Progress | None = None) -> None:
         """Nothing to build: local processes run the installed package."""
         (progress or _no_progress)("build", "the local backend runs the installed package")
+
+
+def _number(entry: ProcessEntry) -> int:
+    """The replica number of ``worker-N``."""
+    return int(entry.name.rsplit("-", 1)[1])
+
+
+def _tail_and_size(path: Path, count: int) -> tuple[list[str], int]:
+    lines = tail_lines(path, count)
+    try:
+        return lines, path.stat().st_size
+    except FileNotFoundError:
+        return lines, 0
 
 
 def _read_from(path: Path, positions: dict[str, int], key: str) -> str:

@@ -2,20 +2,22 @@
 
 The file is written atomically (temporary file, then rename) after every change, so a
 command that dies half-way leaves a record of what it had started; ``.lock`` (``flock``)
-serialises the commands that change one project.
+serialises the commands that change one project (waited for on the event loop, never by
+blocking it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from mimir.app.cluster.base import ClusterError
 
@@ -85,26 +87,41 @@ def write_state(path: Path, state: LocalState) -> None:
     tmp.replace(path)
 
 
-@contextlib.contextmanager
-def project_lock(directory: Path, project: str, timeout: float = 60.0) -> Iterator[None]:
-    """Hold ``directory/.lock``; raise :class:`ClusterError` after ``timeout`` seconds."""
+def _open_lock(directory: Path) -> IO[str]:
     directory.mkdir(parents=True, exist_ok=True)
-    with (directory / ".lock").open("w") as handle:
+    return (directory / ".lock").open("w")
+
+
+def _try_flock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+
+
+@contextlib.asynccontextmanager
+async def project_lock(directory: Path, project: str, timeout: float = 60.0) -> AsyncIterator[None]:
+    """Hold ``directory/.lock``; raise :class:`ClusterError` after ``timeout`` seconds.
+
+    Waiting never blocks the caller's event loop (the console's): the file is opened in a
+    thread, ``flock`` is only tried without blocking, and the retries sleep on the loop.
+    """
+    handle = await asyncio.to_thread(_open_lock, directory)
+    try:
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise ClusterError(
-                        f"another 'mimir cluster' command is changing project {project!r}; "
-                        "try again when it has finished"
-                    ) from None
-                time.sleep(0.1)
+        while not _try_flock(handle):
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"another 'mimir cluster' command is changing project {project!r}; "
+                    "try again when it has finished"
+                )
+            await asyncio.sleep(0.1)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()

@@ -23,17 +23,22 @@ from mimir.app.cluster.base import ClusterError, ServiceKind
 
 __all__ = [
     "API_PORT",
+    "COMPOSE_LABEL_NUMBER",
+    "COMPOSE_LABEL_PROJECT",
     "DEFAULT_REDIS_IMAGE",
     "FALLBACK_REDIS_IMAGE",
     "IMAGES",
+    "LABEL_NETWORK",
     "LABEL_PROJECT",
     "LABEL_REPLICA",
     "LABEL_SERVICE",
+    "LABEL_VOLUME",
     "SERVICE_KINDS",
     "ServiceSpec",
     "Topology",
     "VolumeMount",
     "build_topology",
+    "canonical_service",
     "compose_file",
     "parse_memory",
     "validate_project_name",
@@ -45,6 +50,15 @@ LABEL_PROJECT = "io.mimir.project"
 LABEL_SERVICE = "io.mimir.service"
 #: Label numbering the replicas of a scaled service (1, 2, …).
 LABEL_REPLICA = "io.mimir.replica"
+#: Label naming a volume of the topology (``redis_data`` …), without the project prefix.
+LABEL_VOLUME = "io.mimir.volume"
+#: Label naming the cluster's network (``mimir-network``), without the project prefix.
+LABEL_NETWORK = "io.mimir.network"
+#: What docker-compose itself labels every object it creates with: the project it was
+#: started as (``-p``), and a scaled service's replica number. Compose files cannot know
+#: the ``-p`` name, so they carry no project label of ours: these tell whose an object is.
+COMPOSE_LABEL_PROJECT = "com.docker.compose.project"
+COMPOSE_LABEL_NUMBER = "com.docker.compose.container-number"
 
 #: Port the API listens on inside the backend container.
 API_PORT = 8080
@@ -64,17 +78,22 @@ FALLBACK_REDIS_IMAGE = "mimir-aip:redis-latest"
 #: Service name → the protocol's kind. ``server`` is accepted as a name for ``backend``.
 SERVICE_KINDS: dict[str, ServiceKind] = {"redis": "redis", "backend": "server", "worker": "worker"}
 
-_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+_PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,40}")
 
 
 def validate_project_name(project: str) -> str:
     """Return ``project`` if usable as a container/volume name prefix, else raise."""
-    if not _PROJECT_RE.match(project):
+    if not _PROJECT_RE.fullmatch(project):
         raise ClusterError(
             f"invalid project name {project!r}: use 1-41 lowercase letters, digits, '-' or '_', "
             "starting with a letter or digit"
         )
     return project
+
+
+def canonical_service(name: str) -> str:
+    """A service name as the topology spells it: ``server`` is ``backend``."""
+    return "backend" if name == "server" else name
 
 
 def parse_memory(value: str | int) -> int:
@@ -138,7 +157,7 @@ class Topology:
 
     def service(self, name: str) -> ServiceSpec:
         """The service called ``name`` (``server`` means ``backend``)."""
-        name = "backend" if name == "server" else name
+        name = canonical_service(name)
         try:
             return self.services[name]
         except KeyError:
@@ -162,7 +181,7 @@ class Topology:
         return f"{self.project}-{spec.name}"
 
     def labels(self, service: str | None = None, replica: int | None = None) -> dict[str, str]:
-        """Labels that tie an object to this project (and service, replica)."""
+        """Labels that tie a container to this project (and service, replica)."""
         labels = {LABEL_PROJECT: self.project}
         if service is not None:
             labels[LABEL_SERVICE] = self.service(service).name
@@ -170,14 +189,21 @@ class Topology:
             labels[LABEL_REPLICA] = str(replica)
         return labels
 
+    def volume_labels(self, volume: str) -> dict[str, str]:
+        return {LABEL_PROJECT: self.project, LABEL_VOLUME: volume}
+
+    def network_labels(self) -> dict[str, str]:
+        return {LABEL_PROJECT: self.project, LABEL_NETWORK: self.network}
+
 
 def _python_http_check(port: int) -> list[str]:
-    # The images have no curl; Python is always there.
+    # The images have no curl; Python is always there. /ready fails while Redis is away
+    # (/health would stay 200), so a backend that cannot queue anything shows as unhealthy.
     return [
         "CMD",
         "python3",
         "-c",
-        f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', "
+        f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/ready', "
         "timeout=4)",
     ]
 
@@ -338,16 +364,12 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
         out["cpus"] = spec.cpus
     if spec.memory is not None:
         out["mem_limit"] = spec.memory
-    # Labels as the Docker backend sets them, so `mimir cluster status` sees compose's
-    # containers too when the project names agree.
-    out["labels"] = {LABEL_PROJECT: COMPOSE_PROJECT, LABEL_SERVICE: spec.name}
+    # The service label as the Docker backend sets it; the project is compose's own label
+    # (com.docker.compose.project, whatever -p says), so `mimir cluster status --project x`
+    # sees `docker-compose -p x`'s containers, and no other project's.
+    out["labels"] = {LABEL_SERVICE: spec.name}
     out["networks"] = [topology.network]
     return out
-
-
-#: The project label in compose files: run ``MIMIR_PROJECT=x docker-compose -p x …`` so that
-#: ``mimir cluster status --project x`` sees the same containers and volumes.
-COMPOSE_PROJECT = "${MIMIR_PROJECT:-mimir}"
 
 
 def compose_file(topology: Topology) -> dict[str, Any]:
@@ -360,8 +382,8 @@ def compose_file(topology: Topology) -> dict[str, Any]:
     return {
         "version": "2.4",
         "services": services,
-        "volumes": {
-            name: {"labels": {LABEL_PROJECT: COMPOSE_PROJECT}} for name in topology.volumes
+        "volumes": {name: {"labels": {LABEL_VOLUME: name}} for name in topology.volumes},
+        "networks": {
+            topology.network: {"driver": "bridge", "labels": {LABEL_NETWORK: topology.network}}
         },
-        "networks": {topology.network: {"driver": "bridge"}},
     }

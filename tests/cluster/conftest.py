@@ -55,6 +55,10 @@ class ClusterAPI:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
+    def cancel(self, job_id: str) -> None:
+        response = self.client.post(f"/api/v1/queue/jobs/{job_id}/cancel")
+        assert response.status_code in (200, 409), response.text  # 409: it had ended
+
     def wait_finished(self, ids: list[str], timeout: float = 60.0) -> dict[str, dict[str, Any]]:
         """Poll until every job has ended; return the records by id."""
         deadline = time.monotonic() + timeout

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from mimir.app.cluster import local as local_module
 from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine
 from mimir.app.cluster.cli import main as cluster_main
 from mimir.app.cluster.local import LocalBackend
@@ -128,6 +132,38 @@ def test_scale_up_then_down_without_losing_jobs(backend: LocalBackend, api: Clus
     assert len({r["worker_id"] for r in records.values()}) >= 2  # jobs spread over workers
 
 
+def test_a_shorter_grace_at_scale_down_still_hands_the_jobs_back(
+    backend: LocalBackend, root: Path, api: ClusterAPI
+) -> None:
+    # The workers were started with the fixture's grace (15 s, so their own is 10 s); a stop
+    # with 3 s must make them hand back their jobs before the SIGKILL, not leave them to
+    # wait out the 30 s lease.
+    asyncio.run(backend.scale(2))
+    state = backend.load_state()
+    assert state is not None
+    leaving = state.entry("worker-2")
+    assert leaving is not None
+    ids = api.enqueue(4, seconds=60)  # two for each worker (concurrency 2)
+    wait_until(
+        lambda: {api.job(i)["status"] for i in ids} == {"running"},
+        timeout=20,
+        message="all four jobs running",
+    )
+    on_leaving = [i for i in ids if api.job(i)["worker_id"].endswith(f"-{leaving.pid}")]
+    assert len(on_leaving) == 2
+    started = time.monotonic()
+    asyncio.run(LocalBackend("citest", _settings(root), grace=3).scale(1))
+    assert time.monotonic() - started < 10
+    try:
+        # Handed back (worker-1 is busy, so they wait in the queue), not left "running".
+        assert {api.job(i)["status"] for i in on_leaving} == {"queued"}
+        assert "handing 2 running jobs back" in Path(leaving.log).read_text()
+    finally:
+        for job_id in ids:
+            api.cancel(job_id)
+        api.wait_finished(ids, timeout=30)
+
+
 def test_logs_show_real_lines_of_each_service(backend: LocalBackend) -> None:
     async def collect() -> list[LogLine]:
         return [line async for line in backend.logs(tail=5000)]
@@ -215,6 +251,104 @@ def test_restart_gives_a_service_a_new_process(backend: LocalBackend, api: Clust
     assert state.entry("worker-1").pid in {w["pid"] for w in api.workers()}  # type: ignore[union-attr]
 
 
+def test_up_with_another_port_on_a_running_cluster_is_refused(
+    backend: LocalBackend, root: Path
+) -> None:
+    other = LocalBackend("citest", _settings(root), api_port=free_port())
+    with pytest.raises(ClusterError, match=f"already runs with its API on port {backend.api_port}"):
+        asyncio.run(other.up(2))
+    assert asyncio.run(backend.status()).running
+
+
+def test_worker_counts_past_the_limit_are_refused_before_anything_starts(
+    backend: LocalBackend, root: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    before = backend.load_state()
+    with pytest.raises(
+        ClusterError, match=r"refusing 1000 workers: .* at most 64 .*MIMIR_MAX_WORKERS"
+    ):
+        asyncio.run(backend.scale(1000))
+    fresh = LocalBackend("capped", _settings(root), api_port=free_port())
+    with pytest.raises(ClusterError, match="refusing 65 workers"):
+        asyncio.run(fresh.up(65))
+    assert fresh.load_state() is None and not fresh.logs_dir.exists()
+    monkeypatch.setenv("MIMIR_STATE_DIR", str(root / "state"))
+    monkeypatch.setenv("MIMIR_MAX_WORKERS", "3")
+    assert cluster_main(["scale", "4", "--backend", "local", "--project", "citest"]) == 1
+    assert "refusing 4 workers: a cluster runs at most 3" in capsys.readouterr().err
+    assert backend.load_state() == before
+
+
+def test_the_event_loop_never_blocks_on_the_lock_state_or_processes(
+    backend: LocalBackend, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = LocalBackend("citest", _settings(root))
+    held, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:  # another command changing the project
+        with (other.directory / ".lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            held.set()
+            release.wait(timeout=5)  # a blocked loop cannot release it: then it ends itself
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    blocking_calls_on_loop: list[str] = []
+    calls: list[str] = []
+    real_read, real_alive = local_module.read_state, LocalBackend.is_alive
+
+    def note(name: str) -> None:
+        calls.append(name)
+        if threading.get_ident() == loop_thread:
+            blocking_calls_on_loop.append(name)
+
+    def read_state(path: Path):  # type: ignore[no-untyped-def]
+        note("read_state")
+        return real_read(path)
+
+    def is_alive(self: LocalBackend, entry):  # type: ignore[no-untyped-def]
+        note("is_alive")
+        return real_alive(self, entry)
+
+    monkeypatch.setattr(local_module, "read_state", read_state)
+    monkeypatch.setattr(LocalBackend, "is_alive", is_alive)
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop in this thread
+
+    async def scenario() -> list[float]:
+        lags: list[float] = []
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(0.01)
+                lags.append(time.monotonic() - before - 0.01)
+                ticks += 1
+
+        tick = asyncio.create_task(ticker())
+        thread = threading.Thread(target=hold_lock, daemon=True)
+        thread.start()
+        await asyncio.to_thread(held.wait, 5)
+        scaling = asyncio.create_task(other.scale(2))
+        while ticks < 30 and not scaling.done():  # the loop turns while scale waits
+            await asyncio.sleep(0.01)
+        assert not scaling.done()
+        release.set()
+        await scaling
+        await other.status()
+        await other.instances()
+        await other.stats()
+        assert [line async for line in other.logs(["redis"], tail=1)]
+        tick.cancel()
+        await asyncio.to_thread(thread.join, 5)
+        return lags
+
+    lags = asyncio.run(scenario())
+    assert max(lags) < 0.5, f"the loop stalled for {max(lags):.2f}s"
+    assert {"read_state", "is_alive"} <= set(calls)
+    assert blocking_calls_on_loop == []
+
+
 def test_cli_reports_status_ps_and_operator_errors(
     backend: LocalBackend, root: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:  # type: ignore[no-untyped-def]
@@ -227,6 +361,9 @@ def test_cli_reports_status_ps_and_operator_errors(
     assert cluster_main(["scale", "3", "--backend", "local", "--project", "nothing"]) == 1
     err = capsys.readouterr().err
     assert "no local cluster 'nothing' is running" in err
+    for follow in ([], ["-f"]):  # nothing to show is an error, and -f does not hang
+        assert cluster_main(["logs", *follow, "--backend", "local", "--project", "nothing"]) == 1
+        assert "no local cluster 'nothing' is recorded" in capsys.readouterr().err
     assert cluster_main(["restart", "frontend", "--backend", "local", "--project", "citest"]) == 1
     assert "unknown service 'frontend'" in capsys.readouterr().err
 
@@ -248,14 +385,27 @@ def test_down_keeps_the_data_and_clean_removes_it(backend: LocalBackend, api: Cl
     state = backend.load_state()
     assert state is not None
     pids = [e.pid for e in state.processes]
-    asyncio.run(backend.down())
+
+    async def follow_through_down() -> None:
+        async def follow() -> None:
+            async for _line in backend.logs(["backend"], follow=True, tail=0):
+                pass
+
+        task = asyncio.create_task(follow())
+        await backend.down()
+        await asyncio.wait_for(task, timeout=10)  # `logs -f` ends once the cluster is down
+
+    asyncio.run(follow_through_down())
     assert not any(psutil.pid_exists(pid) for pid in pids)
     assert backend.load_state() is None
     assert not asyncio.run(backend.status()).running
     asyncio.run(backend.up(1))  # same Redis data directory: the job record survived
     assert api.job(job_id)["status"] == "succeeded"
-    asyncio.run(backend.clean())
+    progress = Recorder()
+    asyncio.run(backend.clean(progress))
     assert not backend.directory.exists()
+    said = " / ".join(message for _, message in progress.messages)
+    assert "kept" not in said and f"removed {backend.directory}" in said
 
 
 def test_a_failing_start_names_the_process_and_shows_its_last_lines(root: Path) -> None:

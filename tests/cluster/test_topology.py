@@ -66,7 +66,7 @@ def test_api_beyond_loopback_needs_a_token() -> None:
     assert "--insecure" in build_topology("demo").service("backend").command
 
 
-@pytest.mark.parametrize("name", ["", "Bad", "-x", "a b", "x" * 50, "../x"])
+@pytest.mark.parametrize("name", ["", "Bad", "-x", "a b", "x" * 50, "../x", "mimir\n", "\nmimir"])
 def test_bad_project_names_are_refused(name: str) -> None:
     with pytest.raises(ClusterError, match="invalid project name"):
         build_topology(name)
