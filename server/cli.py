@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(settings)
     args = parser.parse_args(argv)
     try:
-        configure_logging(args.log_level or settings.log_level)
+        configure_logging(args.log_level or settings.log_level, settings.log_dir)
     except ValueError as exc:
         parser.error(str(exc))
     if args.workers is not None and not args.embedded:

@@ -1,4 +1,5 @@
-"""Logging for the server process: one format, level from ``MIMIR_LOG_LEVEL``.
+"""Logging for the server process: one format, level from ``MIMIR_LOG_LEVEL``, a file in
+``MIMIR_LOG_DIR`` when that is set.
 
 Values that come from a request go through :func:`printable` before they are logged;
 :func:`configure_logging` also makes every record one line (control characters as
@@ -8,7 +9,9 @@ Values that come from a request go through :func:`printable` before they are log
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+from mimir.core.logfiles import log_file_handler
 from mimir.core.logtext import PrintableFormatter, printable
 
 __all__ = ["LOG_FORMAT", "configure_logging", "printable"]
@@ -16,15 +19,20 @@ __all__ = ["LOG_FORMAT", "configure_logging", "printable"]
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def configure_logging(level: str) -> None:
-    """Send every logger (uvicorn's too) to stderr at ``level``; ``ValueError`` if unknown."""
+def configure_logging(level: str, log_dir: Path | None = None) -> None:
+    """Send every logger (uvicorn's too) to stderr at ``level``, and to
+    ``log_dir/server-<hostname>.log`` when ``log_dir`` (``MIMIR_LOG_DIR``) is set;
+    ``ValueError`` if the level is unknown."""
     name = level.strip().upper()
     if not isinstance(logging.getLevelNamesMapping().get(name), int):
         known = ", ".join(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
         raise ValueError(f"unknown log level {level!r} (MIMIR_LOG_LEVEL): use one of {known}")
-    handler = logging.StreamHandler()  # stderr
-    handler.setFormatter(PrintableFormatter(LOG_FORMAT))
-    logging.basicConfig(level=name, handlers=[handler], force=True)
+    handlers: list[logging.Handler] = [logging.StreamHandler()]  # stderr
+    if (file_handler := log_file_handler(log_dir, "server")) is not None:
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler.setFormatter(PrintableFormatter(LOG_FORMAT))
+    logging.basicConfig(level=name, handlers=handlers, force=True)
     for noisy in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(noisy).handlers.clear()
         logging.getLogger(noisy).propagate = True

@@ -46,17 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     # httpx (imported by some plugins) pulls in its command-line client, with click,
     # rich and pygments (~5 MB), when they are installed; a worker never uses it.
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    from mimir.core.logfiles import log_file_handler
     from mimir.core.logtext import PrintableFormatter
     from mimir.core.settings import Settings, normalise_redis_url
 
     settings = Settings.from_env()
     args = _parser(settings.worker_concurrency).parse_args(argv)
-    handler = logging.StreamHandler()
-    # Job ids, pipeline names and errors come from whoever enqueued: one record, one line.
-    handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level, logging.INFO), handlers=[handler]
-    )
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if (file_handler := log_file_handler(settings.log_dir, "worker")) is not None:
+        handlers.append(file_handler)  # MIMIR_LOG_DIR
+    for handler in handlers:
+        # Job ids, pipeline names and errors come from whoever enqueued: one record, one line.
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, settings.log_level, logging.INFO), handlers=handlers)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     if not queues:
         print("mimir worker: --queues needs at least one name", file=sys.stderr)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -171,6 +173,17 @@ def test_a_second_sigterm_hands_back_at_once_whatever_the_grace(
     assert worker.process.wait(timeout=15) == 0, worker.output()
     assert "handing 2 running jobs back" in worker.output()
     assert all(status_of(run, queue, j.job_id) is JobStatus.queued for j in jobs)
+
+
+def test_the_worker_writes_its_log_in_the_log_dir(
+    make_worker: Callable[..., WorkerProcess], queue: JobQueue, run, tmp_path: Path
+) -> None:
+    worker = make_worker(MIMIR_LOG_DIR=str(tmp_path / "logs"))
+    [job] = run(queue.enqueue_many([sleep_job(0.01)]))
+    run(queue.wait(job.job_id, 20))
+    assert worker.stop(signal.SIGTERM) == 0
+    text = (tmp_path / "logs" / f"worker-{socket.gethostname()}.log").read_text()
+    assert f"{worker.worker_id} serving queues default" in text and "stopped" in text
 
 
 def test_redis_restart_with_aof_loses_nothing(
