@@ -35,13 +35,17 @@ import ipaddress
 import logging
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from mimir.core.errors import OutboundRefusedError
 from mimir.core.logtext import printable
 from mimir.core.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["OutboundPolicy", "OutboundRule", "UrlRewrite", "default_outbound_policy"]
 
@@ -234,21 +238,21 @@ class OutboundPolicy:
                 f"({', '.join(rule.text for rule in self.allow)})"
             )
 
-    def event_hooks(self, url: str) -> dict[str, list[object]]:
+    def event_hooks(self, url: str) -> dict[str, list[Callable[..., Any]]]:
         """httpx ``event_hooks`` that rewrite (``MIMIR_HTTP_REWRITE``) and check every
         request a client sends (redirects too) and refuse a redirect that changes the
         scheme of ``url`` (as rewritten)."""
         scheme = urlsplit(self.rewrite(url)).scheme
 
-        async def check_request(request: object) -> None:
-            target = str(request.url)  # type: ignore[attr-defined]
+        async def check_request(request: httpx.Request) -> None:
+            target = str(request.url)
             rewritten = self.rewrite(target)
             if rewritten != target:
                 import httpx
 
                 new_url = httpx.URL(rewritten)
-                request.url = new_url  # type: ignore[attr-defined]
-                request.headers["Host"] = new_url.netloc.decode("ascii")  # type: ignore[attr-defined]
+                request.url = new_url
+                request.headers["Host"] = new_url.netloc.decode("ascii")
                 logger.info(
                     "outbound %s rewritten to %s (MIMIR_HTTP_REWRITE)",
                     printable(target.split("?")[0]),

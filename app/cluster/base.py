@@ -91,8 +91,12 @@ class ClusterBackend(Protocol):
     """What the CLI and the console drive. Every method is a coroutine (or async iterator);
     backends offload blocking SDK/process calls to threads so the caller's loop never blocks."""
 
-    backend: Literal["docker", "local"]
     project: str
+
+    @property
+    def backend(self) -> Literal["docker", "local"]:
+        """Which kind of backend this is (read-only: each class fixes its own)."""
+        ...
 
     async def up(self, workers: int = 2, progress: Progress | None = None) -> ClusterStatus:
         """Start redis, server and ``workers`` workers; return once /health answers and the

@@ -446,16 +446,15 @@ class JobQueue:
                 raws = await pipe.execute()
         out = []
         for (entry_id, data), raw in zip(decoded, raws, strict=True):
-            out.append(
-                DeadLetterEntry(
-                    entry_id=entry_id,
-                    job_id=data.get("job_id", ""),
-                    status=data.get("status", "dead"),
-                    error=data.get("error") or None,
-                    at=data.get("at") or None,
-                    job=record_from_hash(raw) if raw else None,
-                )
-            )
+            entry = {
+                "entry_id": entry_id,
+                "job_id": data.get("job_id", ""),
+                "status": data.get("status", "dead"),
+                "error": data.get("error") or None,
+                "at": data.get("at") or None,  # ISO text; the model parses it
+                "job": record_from_hash(raw) if raw else None,
+            }
+            out.append(DeadLetterEntry.model_validate(entry))
         return out, total
 
     # -- figures ---------------------------------------------------------------------

@@ -222,7 +222,7 @@ class _Run:
         all_values: list[float] = []
         over = 0
         changes: list[float] = []
-        bottlenecks = []
+        bottlenecks: list[dict[str, Any]] = []
         for entity in self.ids:
             values = self.series[entity]
             all_values.extend(values)

@@ -142,7 +142,8 @@ class AnthropicPlugin(HttpChatPlugin[AnthropicConfig]):
             for block in content
             if isinstance(block, dict) and block.get("type") == "text"
         )
-        counts = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        usage_data = data.get("usage")
+        counts: dict[str, Any] = usage_data if isinstance(usage_data, dict) else {}
         # input_tokens leaves out what was written to or read from the prompt cache.
         prompt_tokens = sum(
             int(counts.get(name) or 0)
@@ -152,7 +153,11 @@ class AnthropicPlugin(HttpChatPlugin[AnthropicConfig]):
         result: dict[str, Any] = {
             "text": text,
             "model": data.get("model", model),
-            "finish_reason": _FINISH_REASONS.get(stop_reason, stop_reason),
+            "finish_reason": (
+                _FINISH_REASONS.get(stop_reason, stop_reason)
+                if isinstance(stop_reason, str)
+                else stop_reason
+            ),
             "usage": usage(prompt_tokens, int(counts.get("output_tokens") or 0)),
         }
         if config.response_format == "json":
