@@ -13,6 +13,13 @@ PACKAGES=(
   systemd strace                     # systemd-analyze verify of packaging/systemd; strace checks
                                      # the units' SystemCallFilter (not in a minbase install)
 )
+# PyInstaller (the bundle test) needs the shared libpython of Debian's own Python, which a
+# minimal install lacks; a Python built elsewhere (pyenv) carries its own.
+py=${PYTHON:-python3}
+if pyver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \
+    && [[ $(command -v "$py") == /usr/bin/* ]]; then
+  PACKAGES+=("libpython$pyver")
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
