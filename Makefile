@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core server worker app
+	bash scripts/mypy.sh $(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)

@@ -308,6 +308,8 @@ class QtClusterPanel(QWidget):
     @asyncSlot()
     async def start_cluster(self) -> None:
         backend = self.context.backend
+        if backend is None:
+            return
         workers = self.workers_spin.value()
         await self._run(
             f"Start with {workers} workers",
@@ -317,6 +319,8 @@ class QtClusterPanel(QWidget):
     @asyncSlot()
     async def stop_cluster(self) -> None:
         backend = self.context.backend
+        if backend is None:
+            return
 
         async def down() -> None:
             # An open event stream would hold the server's graceful shutdown up.
@@ -331,6 +335,8 @@ class QtClusterPanel(QWidget):
     @asyncSlot()
     async def scale_workers(self) -> None:
         backend = self.context.backend
+        if backend is None:
+            return
         workers = self.workers_spin.value()
         await self._run(
             f"Scale to {workers} workers",
@@ -340,6 +346,8 @@ class QtClusterPanel(QWidget):
     @asyncSlot()
     async def build_images(self) -> None:
         backend = self.context.backend
+        if backend is None:
+            return
         await self._run("Build", lambda: backend.build(progress=self._report))
 
     @asyncSlot()
@@ -353,6 +361,8 @@ class QtClusterPanel(QWidget):
             return
         name = item.text()
         backend = self.context.backend
+        if backend is None:
+            return
         await self._run(
             f"Restart {name}",
             lambda: backend.restart(name, progress=self._report),
