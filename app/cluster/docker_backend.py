@@ -1,11 +1,16 @@
 """The Docker backend: the topology of :mod:`.topology` as containers, through the Docker SDK.
 
-Everything it creates carries the labels ``io.mimir.project`` and ``io.mimir.service``, so
-``status``, ``scale`` and ``down`` find a cluster after the console restarts, and two
-projects coexist. Every SDK call runs in a thread (``asyncio.to_thread``); SDK exceptions
-are translated into :class:`~mimir.app.cluster.base.ClusterError` at this boundary, with
-messages an operator can act on (no engine, socket permission, port taken, image missing,
-remote host unreachable).
+What belongs to a project: an object labelled ``io.mimir.project=<project>`` (what this
+backend creates), or one that docker-compose created as project ``<project>`` (its own
+``com.docker.compose.project`` label, which follows ``-p``) and that carries one of our
+service, volume or network labels. An object whose compose project is another is never
+the project's, whatever else it says: ``down`` and ``clean`` touch nothing another project
+owns. So ``status``, ``scale`` and ``down`` find a cluster after the console restarts, find
+what ``docker-compose -p x`` started as ``--project x``, and two projects coexist.
+
+Every SDK call runs in a thread (``asyncio.to_thread``); SDK exceptions are translated into
+:class:`~mimir.app.cluster.base.ClusterError` at this boundary, with messages an operator can
+act on (no engine, socket permission, port taken, image missing, remote host unreachable).
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import math
+import queue as queue_module
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
@@ -25,7 +32,7 @@ from urllib.parse import urlparse
 import docker
 import docker.errors
 import docker.tls
-import httpx
+import requests.exceptions
 
 from mimir.app.cluster.base import (
     ClusterError,
@@ -46,18 +53,25 @@ from mimir.app.cluster.docker_engine import (
 )
 from mimir.app.cluster.docker_images import PACKAGING_DIR, ImageBuilder
 from mimir.app.cluster.instances import Instance
+from mimir.app.cluster.readiness import ClusterProbe, wait_until_ready
 from mimir.app.cluster.topology import (
     API_PORT,
+    COMPOSE_LABEL_NUMBER,
+    COMPOSE_LABEL_PROJECT,
     DEFAULT_REDIS_IMAGE,
     IMAGES,
+    LABEL_NETWORK,
     LABEL_PROJECT,
     LABEL_REPLICA,
     LABEL_SERVICE,
+    LABEL_VOLUME,
     SERVICE_KINDS,
     ServiceSpec,
     Topology,
     build_topology,
+    canonical_service,
 )
+from mimir.app.cluster.worker_pool import StopBudget, check_worker_count, plan_scale, worker_health
 from mimir.core.settings import Settings
 
 __all__ = ["PACKAGING_DIR", "DockerBackend", "DockerProfile"]
@@ -66,9 +80,22 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Seconds between looks for new (or removed) containers while following logs.
+_LOGS_RESCAN = 1.0
+
 
 def _no_progress(step: str, message: str) -> None:
     logger.info("%s: %s", step, message)
+
+
+@dataclass
+class _Created:
+    """What one ``up`` created, removed again when it fails."""
+
+    network: str | None = None
+    volumes: list[str] = field(default_factory=list)
+    #: Ids of the project's containers before ``up`` started.
+    containers_before: set[str] = field(default_factory=set)
 
 
 class DockerBackend:
@@ -103,14 +130,16 @@ class DockerBackend:
         self.settings = settings or Settings.from_env()
         self.project = project
         self.docker_host = (
-            docker_host or self.profile.docker_host or os.environ.get("DOCKER_HOST") or ""
+            docker_host or self.profile.docker_host or self.settings.docker_host or ""
         )
-        self.api_port = api_port or self.profile.api_port or self.settings.port
+        #: The port asked for (``up --port``, a profile), as opposed to the default.
+        self.requested_port = api_port or self.profile.api_port
+        self.api_port = self.requested_port or self.settings.port
         self.api_bind = api_bind or self.profile.api_bind or "127.0.0.1"
         self.api_token = api_token or self.profile.api_token or self.settings.api_token
         self.worker_concurrency = worker_concurrency or self.settings.worker_concurrency
-        self.redis_image = redis_image or os.environ.get("MIMIR_REDIS_IMAGE") or DEFAULT_REDIS_IMAGE
-        self.base_image = base_image or os.environ.get("MIMIR_BASE_IMAGE")
+        self.redis_image = redis_image or self.settings.redis_image or DEFAULT_REDIS_IMAGE
+        self.base_image = base_image or self.settings.base_image
         self.grace = grace
         self.start_timeout = start_timeout
         self.resources = resources or {}
@@ -132,7 +161,7 @@ class DockerBackend:
             api_token=self.api_token,
             redis_image=redis_image or self.redis_image,
             worker_concurrency=self.worker_concurrency,
-            worker_grace=max(1.0, self.grace - 5),
+            worker_grace=max(1.0, self.grace - StopBudget.HAND_BACK),
             log_level=self.settings.log_level,
             fuseki_url=self.settings.fuseki_url,
             **self.resources,
@@ -146,6 +175,9 @@ class DockerBackend:
         if parsed.scheme in ("tcp", "ssh", "http", "https") and parsed.hostname:
             host = parsed.hostname
         return f"http://{host}:{self.api_port}"
+
+    async def _probe(self) -> ClusterProbe:
+        return await ClusterProbe.open(self.api_url, self.api_token)
 
     def _connect(self) -> docker.DockerClient:
         with self._client_lock:
@@ -185,30 +217,76 @@ class DockerBackend:
             self._client.close()
             self._client = None
 
-    # ---------------------------------------------------------------- lookups (sync)
+    # ---------------------------------------------------------------- ownership (sync)
+
+    def owns(self, labels: dict[str, str] | None) -> bool:
+        """True when an object with these labels belongs to this project (module doc)."""
+        labels = labels or {}
+        compose_project = labels.get(COMPOSE_LABEL_PROJECT)
+        if compose_project is not None:
+            return compose_project == self.project and any(
+                key in labels for key in (LABEL_PROJECT, LABEL_SERVICE, LABEL_VOLUME, LABEL_NETWORK)
+            )
+        return labels.get(LABEL_PROJECT) == self.project
+
+    def _owned(self, collection: Any, marker: str, **options: Any) -> list[Any]:
+        """The project's objects of ``collection`` (containers, volumes or networks):
+        ours by label, and compose's of the same project name with our ``marker`` label."""
+        found: dict[str, Any] = {}
+        for labels in ([f"{LABEL_PROJECT}={self.project}"],
+                       [f"{COMPOSE_LABEL_PROJECT}={self.project}", marker]):  # fmt: skip
+            for item in collection.list(filters={"label": labels}, **options):
+                found[item.id] = item
+        return [item for item in found.values() if self.owns(_labels(item))]
 
     def _containers(self, service: str | None = None) -> list[Any]:
-        filters = [f"{LABEL_PROJECT}={self.project}"]
+        found = self._owned(self._connect().containers, LABEL_SERVICE, all=True)
         if service:
-            filters.append(f"{LABEL_SERVICE}={service}")
-        found = self._connect().containers.list(all=True, filters={"label": filters})
+            found = [c for c in found if c.labels.get(LABEL_SERVICE) == service]
         return sorted(found, key=lambda c: (c.labels.get(LABEL_SERVICE, ""), _replica(c)))
+
+    def _project_volumes(self) -> list[Any]:
+        return self._owned(self._connect().volumes, LABEL_VOLUME)
+
+    def _project_networks(self) -> list[Any]:
+        return self._owned(self._connect().networks, LABEL_NETWORK)
 
     def _image_exists(self, image: str) -> bool:
         return self.images.image_exists(image)
 
-    def _ensure_network_and_volumes(self, topology: Topology) -> None:
+    def _ensure_network_and_volumes(self, topology: Topology, created: _Created) -> None:
         client = self._connect()
-        labels = topology.labels()
         existing = client.networks.list(names=[topology.network_name])
         if not [n for n in existing if n.name == topology.network_name]:
-            client.networks.create(topology.network_name, driver="bridge", labels=labels)
+            client.networks.create(
+                topology.network_name, driver="bridge", labels=topology.network_labels()
+            )
+            created.network = topology.network_name
         for volume in topology.volumes:
             name = topology.volume_name(volume)
             try:
-                client.volumes.get(name)
+                found = client.volumes.get(name)
             except docker.errors.NotFound:
-                client.volumes.create(name, labels=labels)
+                client.volumes.create(name, labels=topology.volume_labels(volume))
+                created.volumes.append(name)
+                continue
+            if not self.owns(found.attrs.get("Labels")):
+                raise ClusterError(
+                    f"volume {name} exists but belongs to another project "
+                    f"({_owner(found.attrs.get('Labels'))}): choose another --project"
+                )
+
+    def _undo_up(self, created: _Created) -> None:
+        """Remove what a failed ``up`` created: its containers, network and new volumes."""
+        client = self._connect()
+        new = [c for c in self._containers() if c.id not in created.containers_before]
+        self._stop_and_remove(new, 1)
+        if created.network:
+            with contextlib.suppress(docker.errors.DockerException):
+                client.networks.get(created.network).remove()
+        for name in created.volumes:
+            with contextlib.suppress(docker.errors.DockerException):
+                client.volumes.get(name).remove(force=True)
 
     def _run_container(self, topology: Topology, spec: ServiceSpec, replica: int = 1) -> Any:
         client = self._connect()
@@ -223,40 +301,60 @@ class DockerBackend:
                 "test": spec.healthcheck,
                 "interval": 2 * second,
                 "timeout": 5 * second,
-                "retries": 30,
-                "start_period": 2 * second,
+                "retries": 3,
+                "start_period": 30 * second,
             }
-        return client.containers.run(
-            spec.image,
-            spec.command,
-            name=name,
-            hostname=name,
-            detach=True,
-            labels=topology.labels(spec.name, replica if spec.scalable else None),
-            environment=spec.environment,
-            volumes={
-                topology.volume_name(m.volume): {
-                    "bind": m.target,
-                    "mode": "ro" if m.read_only else "rw",
-                }
-                for m in spec.volumes
-            },
-            network=topology.network_name,
-            networking_config={topology.network_name: endpoint},
-            ports={f"{c}/tcp": hp for c, hp in spec.ports.items()},
-            nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
-            mem_limit=spec.memory,
-            restart_policy={"Name": "unless-stopped"},
-            healthcheck=healthcheck,
-            stop_signal="SIGTERM",
-        )
+        try:
+            return client.containers.run(
+                spec.image,
+                spec.command,
+                name=name,
+                hostname=name,
+                detach=True,
+                labels=topology.labels(spec.name, replica if spec.scalable else None),
+                environment=spec.environment,
+                volumes={
+                    topology.volume_name(m.volume): {
+                        "bind": m.target,
+                        "mode": "ro" if m.read_only else "rw",
+                    }
+                    for m in spec.volumes
+                },
+                network=topology.network_name,
+                networking_config={topology.network_name: endpoint},
+                ports={f"{c}/tcp": hp for c, hp in spec.ports.items()},
+                nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+                mem_limit=spec.memory,
+                restart_policy={"Name": "unless-stopped"},
+                healthcheck=healthcheck,
+                stop_signal="SIGTERM",
+            )
+        except docker.errors.APIError:
+            # Created but not started (a port taken …): do not leave it behind.
+            with contextlib.suppress(docker.errors.DockerException):
+                client.containers.get(name).remove(force=True)
+            raise
 
     def _stop_and_remove(self, containers: list[Any], grace: float) -> None:
-        """``docker stop`` (SIGTERM, then SIGKILL after ``grace``) and remove, in parallel."""
+        """Stop (SIGTERM, SIGKILL after ``grace``) and remove, in parallel.
+
+        A running worker gets a second SIGTERM when only the hand-back part of ``grace`` is
+        left (:class:`StopBudget`): it hands its jobs back then, whatever grace it was
+        started with, instead of being killed with them.
+        """
+        budget = StopBudget.of(grace)
 
         def one(container: Any) -> None:
+            worker = container.labels.get(LABEL_SERVICE) == "worker"
+            if worker and container.status == "running" and budget.finish > 0:
+                try:
+                    container.kill(signal="SIGTERM")
+                    container.wait(timeout=budget.finish)
+                except (docker.errors.DockerException, requests.exceptions.RequestException):
+                    pass  # still running: the stop below (a second SIGTERM) hurries it
             with contextlib.suppress(docker.errors.NotFound):
-                container.stop(timeout=int(grace))
+                timeout = budget.hand_back if worker else grace
+                container.stop(timeout=math.ceil(timeout))
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
 
@@ -310,66 +408,68 @@ class DockerBackend:
 
     # ---------------------------------------------------------------- readiness
 
-    async def _wait_ready(self, workers: int, report: Progress) -> None:
-        """Until /health answers and ``workers`` worker containers have heartbeats."""
-        deadline = time.monotonic() + self.start_timeout
-        headers = {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
-        healthy = False
-        registered: set[str] = set()
-        async with httpx.AsyncClient(base_url=self.api_url, timeout=3.0, headers=headers) as http:
-            while True:
-                containers = await self._call(self._containers)
-                for container in containers:
-                    if container.status in ("exited", "dead") or (container.status == "restarting"):
-                        detail = await asyncio.to_thread(self._last_logs, container)
-                        raise ClusterError(
-                            f"container {container.name} {container.status} while starting "
-                            f"(exit code {container.attrs['State'].get('ExitCode')})",
-                            detail=detail,
-                        )
-                names = {c.name for c in containers if c.labels.get(LABEL_SERVICE) == "worker"}
-                if not healthy:
-                    with contextlib.suppress(httpx.HTTPError):
-                        healthy = (await http.get("/health")).status_code == 200
-                    if healthy:
-                        report("health", f"API answers at {self.api_url}")
-                if healthy:
-                    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                        answer = (await http.get("/api/v1/workers")).json()
-                        registered = {
-                            w.get("hostname", "") for w in answer["workers"] if isinstance(w, dict)
-                        }
-                    if len(names) == workers and names <= registered:
-                        report("workers", f"{workers} worker(s) registered")
-                        return
-                if time.monotonic() > deadline:
-                    backend = [c for c in containers if c.labels.get(LABEL_SERVICE) == "backend"]
-                    if not healthy:
-                        detail = (
-                            await asyncio.to_thread(self._last_logs, backend[0]) if backend else ""
-                        )
-                        raise ClusterError(
-                            f"the API did not answer {self.api_url}/health in "
-                            f"{self.start_timeout:.0f}s",
-                            detail=detail,
-                        )
-                    missing = sorted(names - registered)
-                    late = [c for c in containers if c.name in missing]
-                    detail = await asyncio.to_thread(self._last_logs, late[0]) if late else ""
+    @staticmethod
+    def worker_key(worker: dict[str, Any]) -> str | None:
+        """A registered worker's host name: its container's (``Config.Hostname``)."""
+        return str(worker.get("hostname") or "") or None
+
+    async def _wait_ready(self, report: Progress) -> None:
+        """Until /ready answers and every running worker container has a heartbeat."""
+        containers: list[Any] = []
+
+        async def check_alive() -> None:
+            nonlocal containers
+            containers = await self._call(self._containers)
+            for container in containers:
+                if container.status in ("exited", "dead", "restarting"):
+                    detail = await asyncio.to_thread(self._last_logs, container)
                     raise ClusterError(
-                        f"worker(s) {', '.join(missing)} did not register in "
-                        f"{self.start_timeout:.0f}s",
+                        f"container {container.name} {container.status} while starting "
+                        f"(exit code {container.attrs['State'].get('ExitCode')})",
                         detail=detail,
                     )
-                await asyncio.sleep(0.25)
+
+        async def expected() -> set[str]:
+            return {_hostname(c) for c in containers if c.labels.get(LABEL_SERVICE) == "worker"}
+
+        async def not_ready() -> ClusterError:
+            backend = [c for c in containers if c.labels.get(LABEL_SERVICE) == "backend"]
+            detail = await asyncio.to_thread(self._last_logs, backend[0]) if backend else ""
+            return ClusterError(
+                f"the API was not ready at {self.api_url}/ready in {self.start_timeout:.0f}s",
+                detail=detail,
+            )
+
+        async def not_registered(missing: set[str]) -> ClusterError:
+            late = [c for c in containers if _hostname(c) in missing]
+            detail = await asyncio.to_thread(self._last_logs, late[0]) if late else ""
+            return ClusterError(
+                f"worker(s) {', '.join(c.name for c in late)} did not register in "
+                f"{self.start_timeout:.0f}s",
+                detail=detail,
+            )
+
+        async with await self._probe() as probe:
+            await wait_until_ready(
+                probe,
+                timeout=self.start_timeout,
+                report=report,
+                check_alive=check_alive,
+                expected_workers=expected,
+                worker_key=self.worker_key,
+                not_ready=not_ready,
+                not_registered=not_registered,
+            )
 
     # ---------------------------------------------------------------- protocol
 
     async def up(self, workers: int = 2, progress: Progress | None = None) -> ClusterStatus:
-        """Create network, volumes, redis, backend and ``workers`` workers; wait until ready."""
+        """Create network, volumes, redis, backend and ``workers`` workers; wait until ready.
+
+        A running cluster is completed (what is missing is started); a failing ``up`` removes
+        what it created (containers, network, volumes that did not exist) and raises."""
         report = progress or _no_progress
-        if workers < 0:
-            raise ClusterError(f"workers must be 0 or more, got {workers}")
+        check_worker_count(workers, self.settings.limits)
         await self._call(self._connect)
         for which in ("backend", "worker"):
             if not await self._call(self._image_exists, IMAGES[which]):
@@ -377,64 +477,73 @@ class DockerBackend:
                     f"image missing: {IMAGES[which]} is not on the engine: build it first "
                     "(mimir cluster build)"
                 )
+        requested = self.requested_port
+        if await self._call(self._adopt_running_backend):
+            if requested and requested != self.api_port:
+                raise ClusterError(
+                    f"cluster {self.project!r} already runs with its API on port {self.api_port}"
+                    f", not {requested}: leave out --port, or 'mimir cluster down --project "
+                    f"{self.project}' first to move it"
+                )
+            report("backend", f"cluster {self.project!r} already runs: API {self.api_url}")
         redis_image = await self._call(self.images.resolve_redis_image, report, False)
         topology = self.topology(workers, redis_image)
-        report("network", f"network {topology.network_name} and {len(topology.volumes)} volumes")
-        await self._call(self._ensure_network_and_volumes, topology)
-        existing = {c.name: c for c in await self._call(self._containers)}
-        if await self._call(self._adopt_running_backend):
-            report("backend", f"cluster {self.project!r} already runs: API {self.api_url}")
-        for service in ("redis", "backend"):
-            spec = topology.service(service)
-            name = topology.container_name(service)
-            current = existing.get(name)
-            if current is not None and current.status == "running":
-                report(service, f"{name} already runs")
-                continue
-            report(service, f"starting {name} ({spec.image})")
-            await self._call(self._run_container, topology, spec)
-        await self._scale_to(topology, workers, report)
-        report("wait", "waiting for /health and worker heartbeats")
-        await self._wait_ready(workers, report)
+        existing = await self._call(self._containers)
+        created = _Created(containers_before={c.id for c in existing})
+        try:
+            report("network", f"network {topology.network_name}, {len(topology.volumes)} volumes")
+            await self._call(self._ensure_network_and_volumes, topology, created)
+            for service in ("redis", "backend"):
+                spec = topology.service(service)
+                running = [
+                    c
+                    for c in existing
+                    if c.labels.get(LABEL_SERVICE) == service and c.status == "running"
+                ]
+                if running:
+                    report(service, f"{running[0].name} already runs")
+                    continue
+                report(service, f"starting {topology.container_name(service)} ({spec.image})")
+                await self._call(self._run_container, topology, spec)
+            await self._scale_to(topology, workers, report)
+            report("wait", "waiting for /ready and worker heartbeats")
+            await self._wait_ready(report)
+        except BaseException:
+            report("up", "failed: removing what this command created")
+            await asyncio.shield(self._call(self._undo_up, created))
+            raise
         report("up", f"cluster {self.project!r} is up: API {self.api_url}, {workers} worker(s)")
         return await self.status()
 
     async def _scale_to(self, topology: Topology, workers: int, report: Progress) -> None:
-        current = [c for c in await self._call(self._containers, "worker")]
+        current = await self._call(self._containers, "worker")
         dead = [c for c in current if c.status != "running"]
         if dead:
             report("worker", f"removing {len(dead)} stopped worker container(s)")
             await self._call(self._stop_and_remove, dead, 1)
-        running = sorted((c for c in current if c.status == "running"), key=_replica)
-        if len(running) > workers:
-            leaving = running[workers:]
+        running = {_replica(c): c for c in current if c.status == "running"}
+        plan = plan_scale(list(running), workers)
+        if plan.stop:
+            leaving = [running[n] for n in plan.stop]
             report(
                 "scale",
                 f"stopping {', '.join(c.name for c in leaving)} (SIGTERM, {self.grace:.0f}s grace)",
             )
             await self._call(self._stop_and_remove, leaving, self.grace)
-        used = {_replica(c) for c in running[:workers]}
-        spec = topology.service("worker")
-        numbers: list[int] = []
-        number = 0
-        while len(used) + len(numbers) < workers:
-            number += 1
-            if number not in used:
-                numbers.append(number)
-        if numbers:
-            report("worker", f"starting {len(numbers)} worker container(s)")
+        if plan.start:
+            report("worker", f"starting {len(plan.start)} worker container(s)")
+            spec = topology.service("worker")
 
             def start_all() -> None:
-                with ThreadPoolExecutor(max_workers=min(8, len(numbers))) as pool:
-                    list(pool.map(lambda n: self._run_container(topology, spec, n), numbers))
+                with ThreadPoolExecutor(max_workers=min(8, len(plan.start))) as pool:
+                    list(pool.map(lambda n: self._run_container(topology, spec, n), plan.start))
 
             await self._call(start_all)
 
     async def scale(self, workers: int, progress: Progress | None = None) -> ClusterStatus:
         """Run exactly ``workers`` worker containers; extra ones stop with SIGTERM + grace."""
         report = progress or _no_progress
-        if workers < 0:
-            raise ClusterError(f"workers must be 0 or more, got {workers}")
+        check_worker_count(workers, self.settings.limits)
         if not await self._call(self._adopt_running_backend):
             raise ClusterError(
                 f"no Docker cluster {self.project!r} is running (start one: mimir cluster up "
@@ -444,13 +553,17 @@ class DockerBackend:
         redis_image = image.attrs["Config"]["Image"] if image is not None else None
         topology = self.topology(workers, redis_image)
         await self._scale_to(topology, workers, report)
-        await self._wait_ready(workers, report)
+        await self._wait_ready(report)
         report("scale", f"{workers} worker(s) running")
         return await self.status()
 
     async def down(self, progress: Progress | None = None) -> None:
         """Remove the containers (workers first, gracefully) and the network; keep volumes."""
         report = progress or _no_progress
+        await self._down(report)
+        report("down", f"cluster {self.project!r} removed (volumes kept)")
+
+    async def _down(self, report: Progress) -> None:
         containers = await self._call(self._containers)
         if not containers:
             report("down", f"no containers of project {self.project!r}")
@@ -460,32 +573,33 @@ class DockerBackend:
                 report("down", f"stopping {', '.join(c.name for c in group)}")
                 grace = self.grace if service == "worker" else 10
                 await self._call(self._stop_and_remove, group, grace)
+        others = [c for c in containers if c.labels.get(LABEL_SERVICE) not in SERVICE_KINDS]
+        await self._call(self._stop_and_remove, others, 10)
         await self._call(self._remove_networks)
-        report("down", f"cluster {self.project!r} removed (volumes kept)")
 
     def _remove_networks(self) -> None:
-        client = self._connect()
-        for network in client.networks.list(filters={"label": f"{LABEL_PROJECT}={self.project}"}):
+        for network in self._project_networks():
             with contextlib.suppress(docker.errors.NotFound):
                 network.remove()
 
-    def _project_volumes(self) -> list[Any]:
-        client = self._connect()
-        return list(client.volumes.list(filters={"label": f"{LABEL_PROJECT}={self.project}"}))
-
     async def clean(self, progress: Progress | None = None) -> None:
-        """:meth:`down`, then remove the project's volumes."""
+        """Remove the project's containers and network like :meth:`down`, then its volumes
+        (the data). Objects of another project are never touched."""
         report = progress or _no_progress
-        await self.down(progress)
+        await self._down(report)
         volumes = await self._call(self._project_volumes)
         for volume in volumes:
             await self._call(volume.remove, True)
-        report("clean", f"removed {len(volumes)} volume(s)")
+        report(
+            "clean",
+            f"cluster {self.project!r} removed with its {len(volumes)} volume(s)"
+            + (f": {', '.join(sorted(v.name for v in volumes))}" if volumes else ""),
+        )
 
     async def restart(self, service: str, progress: Progress | None = None) -> ClusterStatus:
         """Restart ``redis``, ``backend``/``server``, ``worker`` (all) or ``worker-N``."""
         report = progress or _no_progress
-        name = "backend" if service == "server" else service
+        name = canonical_service(service)
         await self._call(self._adopt_running_backend)
         containers = await self._call(self._containers)
         targets = [
@@ -500,8 +614,7 @@ class DockerBackend:
         grace = int(self.grace if name.startswith("worker") else 10)
         for container in targets:
             await self._call(container.restart, timeout=grace)
-        workers = len([c for c in containers if c.labels.get(LABEL_SERVICE) == "worker"])
-        await self._wait_ready(workers, report)
+        await self._wait_ready(report)
         return await self.status()
 
     async def status(self) -> ClusterStatus:
@@ -512,7 +625,9 @@ class DockerBackend:
         for service, kind in SERVICE_KINDS.items():
             group = [c for c in containers if c.labels.get(LABEL_SERVICE) == service]
             if not group:
-                services.append(ServiceStatus(service, kind, "missing", replicas=0))
+                # Workers scaled to 0 in a cluster that runs are "stopped", not missing.
+                state = "stopped" if service == "worker" and containers else "missing"
+                services.append(ServiceStatus(service, kind, state, replicas=0))
                 continue
             running = [c for c in group if c.status == "running"]
             states = {c.status for c in group}
@@ -533,28 +648,14 @@ class DockerBackend:
                         ports[port] = f"{binding['HostIp']}:{binding['HostPort']}"
             if service == "worker" and running:
                 # Workers have no container health check: their heartbeats are their health.
-                registered = await self._registered_hosts()
-                names = {c.name for c in running}
-                health = (
-                    "unhealthy" if registered is None
-                    else "healthy" if names <= registered
-                    else "starting"
-                )  # fmt: skip
+                async with await self._probe() as probe:
+                    registered = await probe.workers(self.worker_key)
+                health = worker_health({_hostname(c) for c in running}, registered)
             services.append(ServiceStatus(service, kind, state, health, len(running), ports))
         api_running = any(s.name == "backend" and s.state == "running" for s in services)
         return ClusterStatus(
             "docker", self.project, services, self.api_url if api_running else None
         )
-
-    async def _registered_hosts(self) -> set[str] | None:
-        """Host names of the workers with a live heartbeat, or ``None`` if the API is away."""
-        headers = {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
-        async with httpx.AsyncClient(base_url=self.api_url, timeout=3.0, headers=headers) as http:
-            try:
-                answer = (await http.get("/api/v1/workers")).json()
-                return {w.get("hostname", "") for w in answer["workers"] if isinstance(w, dict)}
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                return None
 
     async def instances(self) -> list[Instance]:
         """Every container of the project."""
@@ -576,17 +677,18 @@ class DockerBackend:
         return out
 
     def _select(self, services: list[str] | None) -> list[Any]:
+        """The project's containers of ``services`` (all when empty); raise when the project
+        has none, or none of those."""
         containers = self._containers()
+        if not containers:
+            raise ClusterError(
+                f"no Docker cluster {self.project!r}: no container of it exists (start one: "
+                f"mimir cluster up --project {self.project})"
+            )
         if not services:
             return containers
-        wanted = {"backend" if s == "server" else s for s in services}
-        chosen = [
-            c
-            for c in containers
-            if c.labels.get(LABEL_SERVICE) in wanted
-            or c.name in wanted
-            or c.name.removeprefix(f"{self.project}-") in wanted
-        ]
+        wanted = {canonical_service(s) for s in services}
+        chosen = [c for c in containers if self._matches(c, wanted)]
         if not chosen:
             names = sorted({"redis", "backend", "worker"} | {c.name for c in containers})
             raise ClusterError(
@@ -594,13 +696,23 @@ class DockerBackend:
             )
         return chosen
 
+    def _matches(self, container: Any, wanted: set[str]) -> bool:
+        return (
+            container.labels.get(LABEL_SERVICE) in wanted
+            or container.name in wanted
+            or container.name.removeprefix(f"{self.project}-") in wanted
+        )
+
+    def _short(self, container: Any) -> str:
+        return str(container.name).removeprefix(f"{self.project}-")
+
     async def logs(
         self, services: list[str] | None = None, follow: bool = False, tail: int = 100
     ) -> AsyncIterator[LogLine]:
         """The last ``tail`` lines of each container, merged by timestamp; then (``follow``)
-        new lines as they come."""
+        new lines as they come, from containers started meanwhile too, until the project
+        has no container left (``down``)."""
         containers = await self._call(self._select, services)
-        short = {c.name: c.name.removeprefix(f"{self.project}-") for c in containers}
 
         def history() -> list[LogLine]:
             lines: list[LogLine] = []
@@ -608,44 +720,43 @@ class DockerBackend:
                 raw = container.logs(tail=tail, timestamps=True).decode("utf-8", "replace")
                 for text in raw.splitlines():
                     stamp, _, line = text.partition(" ")
-                    lines.append(LogLine(short[container.name], line, parse_docker_time(stamp)))
+                    lines.append(LogLine(self._short(container), line, parse_docker_time(stamp)))
             return sorted(lines, key=lambda line: line.timestamp or 0.0)
 
+        since = time.time()
         for line in await self._call(history):
             yield line
         if not follow:
             return
-        queue: asyncio.Queue[LogLine | None] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        streams: list[Any] = []
-        since = int(time.time())
-
-        def pump(container: Any) -> None:
-            try:
-                stream = container.logs(stream=True, follow=True, since=since, timestamps=True)
-                streams.append(stream)
-                for raw in _split_lines(stream):
-                    stamp, _, line = raw.partition(" ")
-                    item = LogLine(short[container.name], line, parse_docker_time(stamp))
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-            except Exception as exc:  # the stream ends when the container goes away
-                logger.debug("log stream of %s ended: %s", container.name, exc)
-
-        threads = [
-            threading.Thread(target=pump, args=(c,), daemon=True, name=f"logs-{c.name}")
-            for c in containers
-        ]
-        for thread in threads:
-            thread.start()
+        lines: queue_module.SimpleQueue[LogLine] = queue_module.SimpleQueue()
+        pumps: dict[str, _LogPump] = {}
+        first = {c.id for c in containers}
+        wanted = {canonical_service(s) for s in services or []}
         try:
             while True:
-                item = await queue.get()
-                if item is not None:
-                    yield item
+                current = [
+                    c
+                    for c in await self._call(self._containers)
+                    if not wanted or self._matches(c, wanted)
+                ]
+                for container in current:
+                    pump = pumps.get(container.id)
+                    if container.status == "running" and (pump is None or not pump.alive):
+                        start = pump.last if pump else (since if container.id in first else 0)
+                        pumps[container.id] = _LogPump(container, self._short(container),
+                                                       start, lines)  # fmt: skip
+                deadline = time.monotonic() + _LOGS_RESCAN
+                while time.monotonic() < deadline:
+                    while not lines.empty():
+                        yield lines.get()
+                    await asyncio.sleep(0.1)
+                if not current and not any(p.alive for p in pumps.values()):
+                    while not lines.empty():
+                        yield lines.get()
+                    return
         finally:
-            for stream in streams:
-                with contextlib.suppress(Exception):
-                    stream.close()
+            for pump in pumps.values():
+                pump.close()
 
     async def stats(self) -> list[ServiceStats]:
         """CPU % (from the engine's two samples), memory and network of each running container."""
@@ -676,11 +787,68 @@ class DockerBackend:
         return await self._call(sample_all)
 
 
+class _LogPump:
+    """A thread streaming one container's new log lines into ``lines`` until it stops."""
+
+    def __init__(
+        self, container: Any, name: str, since: float, lines: queue_module.SimpleQueue[LogLine]
+    ) -> None:
+        self.name = name
+        #: Timestamp of the last line passed on: a pump started again resumes after it.
+        self.last = since
+        self._lines = lines
+        self._stream: Any = None
+        self._thread = threading.Thread(
+            target=self._run, args=(container,), daemon=True, name=f"logs-{container.name}"
+        )
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self, container: Any) -> None:
+        try:
+            self._stream = container.logs(
+                stream=True, follow=True, since=int(self.last), timestamps=True
+            )
+            for raw in _split_lines(self._stream):
+                stamp, _, line = raw.partition(" ")
+                when = parse_docker_time(stamp)
+                if when and when <= self.last:
+                    continue  # `since` is whole seconds: lines already passed on
+                self.last = when or self.last
+                self._lines.put(LogLine(self.name, line, when))
+        except Exception as exc:  # the stream ends when the container stops or goes away
+            logger.debug("log stream of %s ended: %s", self.name, exc)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                self._stream.close()
+
+
+def _labels(item: Any) -> dict[str, str]:
+    return dict(item.attrs.get("Labels") or item.attrs.get("Config", {}).get("Labels") or {})
+
+
+def _owner(labels: dict[str, str] | None) -> str:
+    labels = labels or {}
+    return labels.get(COMPOSE_LABEL_PROJECT) or labels.get(LABEL_PROJECT) or "not Mimir's"
+
+
 def _replica(container: Any) -> int:
+    """A worker's number: ours, or compose's container number."""
+    labels = container.labels
     try:
-        return int(container.labels.get(LABEL_REPLICA, "0"))
+        return int(labels.get(LABEL_REPLICA) or labels.get(COMPOSE_LABEL_NUMBER) or "0")
     except ValueError:
         return 0
+
+
+def _hostname(container: Any) -> str:
+    """The host name the container's worker registers with."""
+    return str(container.attrs.get("Config", {}).get("Hostname") or container.name)
 
 
 def _split_lines(stream: Iterator[bytes]) -> Iterator[str]:

@@ -20,6 +20,7 @@ Where the project's own wheel comes from:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -71,6 +72,8 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 #: Dependencies that the image's Python needs but this host's may not (environment markers:
 #: redis needs async-timeout on Python < 3.11.3, and Debian bookworm has 3.11.2).
 _MARKER_ONLY_WHEELS = ["async-timeout>=4.0.3"]
+#: Where the previous build's project wheels wait while ``pip wheel`` makes new ones.
+_PREVIOUS = "previous-wheels"
 #: Wheelhouses built by this process: one ``pip wheel`` per process is enough.
 _WHEELHOUSES_BUILT: set[Path] = set()
 
@@ -163,22 +166,26 @@ class ImageBuilder:
         self._prepare_context()
         wheels = self.context_dir / "build" / "wheels"
         wheels.mkdir(parents=True, exist_ok=True)
-        for old in wheels.glob("mimir_aip-*.whl"):
-            old.unlink()
-        if self.checkout is not None:
-            project = str(self.checkout)
-            report("build", f"building the wheelhouse in {wheels} from {self.checkout}")
-        else:
-            wheel = repack_installed_wheel(wheels)
-            project = str(wheel)
-            report("build", f"building the wheelhouse in {wheels} from {wheel.name} (installed)")
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels),
-             project, *_MARKER_ONLY_WHEELS],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )  # fmt: skip
+        previous = _set_aside(list(wheels.glob("mimir_aip-*.whl")), wheels.parent / _PREVIOUS)
+        try:
+            if self.checkout is not None:
+                project = str(self.checkout)
+                report("build", f"building the wheelhouse in {wheels} from {self.checkout}")
+            else:
+                wheel = repack_installed_wheel(wheels)
+                project = str(wheel)
+                report(
+                    "build", f"building the wheelhouse in {wheels} from {wheel.name} (installed)"
+                )
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels),
+                 project, *_MARKER_ONLY_WHEELS],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )  # fmt: skip
+        finally:
+            _keep_unchanged(previous, wheels)
         if result.returncode != 0:
             raise ClusterError(
                 "building the wheelhouse failed (pip wheel)", detail=result.stderr[-3000:]
@@ -194,6 +201,7 @@ class ImageBuilder:
         self._prepare_context()
         base = self.chosen_base_image(report)
         report("build", f"{tag} from {dockerfile.name} (BASE_IMAGE={base})")
+        before = self._image_id(tag)
         lines: list[str] = []
         stream = self._connect().api.build(
             path=str(self.context_dir),
@@ -216,6 +224,52 @@ class ImageBuilder:
                 lines.append(text)
                 if text.startswith("Step "):
                     report("build", f"{which}: {text}")
+        if before and before != self._image_id(tag):
+            # The previous image lost its tag: remove it, unless a container still uses it.
+            with contextlib.suppress(docker.errors.DockerException):
+                self._connect().images.remove(before)
+
+    def _image_id(self, tag: str) -> str | None:
+        try:
+            return str(self._connect().images.get(tag).id)
+        except docker.errors.ImageNotFound:
+            return None
+
+
+def _set_aside(wheels: list[Path], directory: Path) -> list[Path]:
+    """Move the project's previous wheels into ``directory`` (emptied first)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    moved = []
+    for wheel in wheels:
+        moved.append(wheel.replace(directory / wheel.name))
+    return moved
+
+
+def _keep_unchanged(previous: list[Path], wheels: Path) -> None:
+    """Put a previous wheel back where the new one holds the same files, byte for byte
+    (or where no new one was made).
+
+    The project's wheel is made anew by every build, with new timestamps inside; the old
+    file keeps the images' ``COPY build/wheels`` layer, so an unchanged project rebuilds
+    to the same images instead of leaving the old ones dangling.
+    """
+    for old in previous:
+        new = wheels / old.name
+        if not new.exists() or _same_files(new, old):
+            old.replace(new)
+    shutil.rmtree(wheels.parent / _PREVIOUS, ignore_errors=True)
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    try:
+        with zipfile.ZipFile(a) as first, zipfile.ZipFile(b) as second:
+            names = sorted(first.namelist())
+            if names != sorted(second.namelist()):
+                return False
+            return all(first.read(name) == second.read(name) for name in names)
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _record_hash(data: bytes) -> str:

@@ -201,8 +201,8 @@ class LocalBackend:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def _probe(self) -> ClusterProbe:
-        return ClusterProbe(self.api_url, self.settings.api_token)
+    async def _probe(self) -> ClusterProbe:
+        return await ClusterProbe.open(self.api_url, self.settings.api_token)
 
     # ---------------------------------------------------------------- processes
 
@@ -407,7 +407,7 @@ class LocalBackend:
                 f"{len(missing)} worker(s) did not register in {self.start_timeout}s",
             )
 
-        async with self._probe() as probe:
+        async with await self._probe() as probe:
             await wait_until_ready(
                 probe,
                 timeout=self.start_timeout,
@@ -673,7 +673,7 @@ class LocalBackend:
             ]
             return ClusterStatus("local", self.project, missing, None)
         self.api_port = state.api_port
-        async with self._probe() as probe:
+        async with await self._probe() as probe:
             ready = await probe.ready()
             registered = await probe.workers(self.worker_key) if ready else None
         services: list[ServiceStatus] = []

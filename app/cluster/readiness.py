@@ -31,10 +31,19 @@ PROBE_TIMEOUT = 3.0
 
 
 class ClusterProbe:
-    """The API of one cluster as cluster control sees it. ``async with`` closes it."""
+    """The API of one cluster as cluster control sees it. ``async with`` closes it.
+
+    Make it with :meth:`open` on an event loop: building an HTTP client loads the TLS
+    certificates (tens of milliseconds), which must not stall the console's loop.
+    """
 
     def __init__(self, api_url: str, token: str | None = None) -> None:
         self.api = ApiClient(api_url, token, timeout=PROBE_TIMEOUT)
+
+    @classmethod
+    async def open(cls, api_url: str, token: str | None = None) -> ClusterProbe:
+        """A probe built in a thread."""
+        return await asyncio.to_thread(cls, api_url, token)
 
     async def __aenter__(self) -> ClusterProbe:
         return self

@@ -8,7 +8,6 @@ a local cluster already recorded for the project wins, so commands find what ``u
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Literal
 
 from mimir.app.cluster.base import ClusterBackend, ClusterError
@@ -44,15 +43,15 @@ def docker_engine_answers(docker_host: str | None = None, timeout: float = 3.0) 
 def default_backend_name(project: str, settings: Settings | None = None) -> BackendName:
     """``MIMIR_CLUSTER_BACKEND``; else ``local`` if a local cluster is recorded for
     ``project``; else ``docker`` if an engine answers; else ``local``."""
-    chosen = os.environ.get("MIMIR_CLUSTER_BACKEND", "").strip().lower()
+    settings = settings or Settings.from_env()
+    chosen = settings.cluster_backend
     if chosen in ("docker", "local"):
-        return chosen  # type: ignore[return-value]
+        return chosen
     if chosen:
         raise ClusterError(f"MIMIR_CLUSTER_BACKEND must be 'docker' or 'local', got {chosen!r}")
-    settings = settings or Settings.from_env()
     if (settings.state_dir / project / "state.json").exists():
         return "local"
-    return "docker" if docker_engine_answers() else "local"
+    return "docker" if docker_engine_answers(settings.docker_host) else "local"
 
 
 def create_backend(

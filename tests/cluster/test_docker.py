@@ -1,22 +1,28 @@
 """The Docker backend against a real engine (started by scripts/system-deps.sh in CI).
 
-One cluster per module, built once: build, up 2 workers, 50 jobs, scale 5 and 1, logs,
-stats, down (volumes kept, data survives), clean; the compose file with --scale worker=3.
+One cluster per module, built once: build, up 2 workers, 50 jobs, scale 5 and 1, a stop
+with a shorter grace, logs, stats, a killed Redis, down (volumes kept, data survives),
+clean; the compose file with --scale worker=3, as another project, scaled by the backend.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import docker.errors
+import httpx
 import pytest
 
+from mimir.app.cluster import docker_images
 from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine
 from mimir.app.cluster.cli import main as cluster_main
 from mimir.app.cluster.docker_backend import DockerBackend
@@ -128,6 +134,62 @@ def test_scale_to_five_spreads_jobs_then_to_one_without_losing_any(
     wait_until(lambda: _worker_hosts(api) == {f"{PROJECT}-worker-1"}, timeout=30)
 
 
+def test_a_shorter_grace_at_scale_down_still_hands_the_jobs_back(
+    backend: DockerBackend, api: ClusterAPI
+) -> None:
+    # The workers were started with a 15 s grace (their own: 10 s); a stop with 4 s must
+    # make them hand back their jobs before the SIGKILL, not leave them to the 30 s lease.
+    asyncio.run(backend.scale(2))
+    ids = api.enqueue(4, seconds=60)  # two for each worker (concurrency 2)
+    wait_until(
+        lambda: {api.job(i)["status"] for i in ids} == {"running"},
+        timeout=30,
+        message="all four jobs running",
+    )
+    leaving = [i for i in ids if f"-{PROJECT}-worker-2-" in api.job(i)["worker_id"]]
+    assert len(leaving) == 2
+    started = time.monotonic()
+    asyncio.run(DockerBackend(PROJECT, grace=4).scale(1))
+    assert time.monotonic() - started < 30
+    try:
+        assert {api.job(i)["status"] for i in leaving} == {"queued"}  # worker-1 is busy
+    finally:
+        for job_id in ids:
+            api.cancel(job_id)
+        api.wait_finished(ids, timeout=60)
+
+
+def test_worker_counts_past_the_limit_are_refused_and_zero_workers_are_stopped(
+    backend: DockerBackend, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    before = {c.name for c in backend._containers()}
+    with pytest.raises(ClusterError, match="refusing 1000 workers: a cluster runs at most 64"):
+        asyncio.run(backend.scale(1000))
+    assert cluster_main(["up", "--workers", "65", "--backend", "docker", "--project", PROJECT]) == 1
+    assert "refusing 65 workers" in capsys.readouterr().err
+    assert {c.name for c in backend._containers()} == before
+    status = asyncio.run(backend.scale(0))
+    assert (_service(status, "worker").state, _service(status, "worker").replicas) == (
+        "stopped",
+        0,
+    )
+    asyncio.run(backend.scale(1))
+
+
+def test_up_with_another_port_on_a_running_cluster_is_refused(backend: DockerBackend) -> None:
+    other = DockerBackend(PROJECT, api_port=free_port())
+    with pytest.raises(ClusterError, match=f"already runs with its API on port {backend.api_port}"):
+        asyncio.run(other.up(1))
+    assert asyncio.run(backend.status()).api_url == backend.api_url
+
+
+def test_logs_go_to_the_log_volumes(backend: DockerBackend) -> None:
+    containers = {c.labels["io.mimir.service"]: c for c in backend._containers()}
+    for service, prefix in (("backend", "server-"), ("worker", "worker-")):
+        listing = containers[service].exec_run(["ls", "/app/logs"]).output.decode()
+        assert prefix in listing, (service, listing)
+
+
 def test_logs_and_stats_return_real_data(backend: DockerBackend) -> None:
     async def collect() -> list[LogLine]:
         return [line async for line in backend.logs(["backend", "redis"], tail=20)]
@@ -166,19 +228,88 @@ def test_restart_backend_keeps_the_cluster_serving(backend: DockerBackend, api: 
     assert {r["status"] for r in records.values()} == {"succeeded"}
 
 
+def test_a_killed_redis_makes_the_backend_unhealthy_and_up_restarts_it(
+    backend: DockerBackend, api: ClusterAPI
+) -> None:
+    [redis] = backend._containers("redis")
+    redis.kill()  # Docker counts this as a deliberate stop: no restart policy applies
+    with httpx.Client(base_url=backend.api_url, timeout=10) as client:
+        wait_until(lambda: client.get("/ready").status_code == 503, timeout=20)
+        assert client.get("/health").json()["redis"] == "unavailable"  # liveness stays 200
+
+    def backend_unhealthy() -> ClusterStatus | None:
+        status = asyncio.run(backend.status())
+        return status if _service(status, "backend").health == "unhealthy" else None
+
+    status = wait_until(backend_unhealthy, timeout=60, interval=0.5, message="unhealthy backend")
+    assert _service(status, "redis").state == "exited"
+    status = asyncio.run(backend.up(1))  # completes the cluster: a new Redis, same volume
+    assert _service(status, "redis").state == "running"
+    records = api.wait_finished(api.enqueue(3), timeout=60)
+    assert {r["status"] for r in records.values()} == {"succeeded"}
+
+
 def test_down_keeps_volumes_and_data_then_clean_removes_them(
     backend: DockerBackend, api: ClusterAPI
 ) -> None:
     [job_id] = api.enqueue(1)
     api.wait_finished([job_id])
-    asyncio.run(backend.down())
-    assert backend._containers() == []
+
+    async def follow_through_down() -> None:
+        async def follow() -> None:
+            async for _line in backend.logs(["backend"], follow=True, tail=0):
+                pass
+
+        task = asyncio.create_task(follow())
+        await backend.down()
+        await asyncio.wait_for(task, timeout=15)  # `logs -f` ends once the cluster is down
+
+    asyncio.run(follow_through_down())
+    assert backend._containers() == [] and backend._project_networks() == []
     volumes = {v.name for v in backend._project_volumes()}
     assert f"{PROJECT}_redis_data" in volumes and len(volumes) == 7
     asyncio.run(backend.up(1))
     assert api.job(job_id)["status"] == "succeeded"  # Redis's AOF lived in its volume
-    asyncio.run(backend.clean())
+    messages: list[str] = []
+    asyncio.run(backend.clean(lambda _step, message: messages.append(message)))
     assert backend._project_volumes() == [] and backend._containers() == []
+    assert not any("kept" in m for m in messages) and "7 volume(s)" in messages[-1]
+
+
+def test_logs_of_an_unknown_project_are_an_error(capsys) -> None:  # type: ignore[no-untyped-def]
+    for follow in ([], ["-f"]):  # and -f does not wait forever
+        code = cluster_main(["logs", *follow, "--backend", "docker", "--project", "nothing-here"])
+        assert code == 1
+        assert "no Docker cluster 'nothing-here'" in capsys.readouterr().err
+
+
+def test_a_rebuild_of_an_unchanged_project_keeps_its_images(
+    build_messages: list[tuple[str, str]],
+) -> None:
+    builder = DockerBackend(PROJECT)
+    client = builder._connect()
+
+    def images() -> dict[str, str]:
+        return {tag: client.images.get(tag).id for tag in (IMAGES["backend"], IMAGES["worker"])}
+
+    def dangling() -> set[str]:
+        return {
+            i.id for i in client.images.list(filters={"dangling": True, "label": "io.mimir.image"})
+        }
+
+    def build_again() -> None:
+        docker_images._WHEELHOUSES_BUILT.clear()  # as a new `mimir cluster build` would
+        asyncio.run(builder.build())
+
+    # Once first: the sources may have changed since the module's build (then the images
+    # are new, and the ones they replace are removed, not left dangling).
+    dangling_before = dangling()
+    build_again()
+    assert dangling() <= dangling_before
+    before = images()
+    build_again()
+    assert images() == before
+    assert dangling() <= dangling_before
 
 
 def test_a_taken_port_is_reported(build_messages: list[tuple[str, str]]) -> None:
@@ -190,6 +321,9 @@ def test_a_taken_port_is_reported(build_messages: list[tuple[str, str]]) -> None
         try:
             with pytest.raises(ClusterError, match=f"port {port} on 127.0.0.1 is already in use"):
                 asyncio.run(cluster.up(1))
+            # A failed `up` leaves nothing behind: no container, network or volume.
+            assert cluster._containers() == []
+            assert cluster._project_networks() == [] and cluster._project_volumes() == []
         finally:
             asyncio.run(cluster.clean())
 
@@ -201,15 +335,14 @@ def test_a_missing_image_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose missing")
-def test_compose_file_scales_workers_and_runs_jobs(build_messages: list[tuple[str, str]]) -> None:
+def test_compose_project_is_its_own_and_the_backend_scales_it(
+    build_messages: list[tuple[str, str]],
+) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "MIMIR_PORT": str(port),
-        "MIMIR_PROJECT": "mimircompose",
-        "REDIS_IMAGE": FALLBACK_REDIS_IMAGE,
-    }
-    compose = ["docker-compose", "-p", "mimircompose", "-f", "docker-compose.distributed.yml"]
+    project = f"{PROJECT}-compose"
+    env = {**os.environ, "MIMIR_PORT": str(port), "REDIS_IMAGE": FALLBACK_REDIS_IMAGE}
+    env.pop("MIMIR_PROJECT", None)  # the old files' label: -p alone must be enough now
+    compose = ["docker-compose", "-p", project, "-f", "docker-compose.distributed.yml"]
 
     def run(*args: str) -> None:
         result = subprocess.run(
@@ -217,17 +350,56 @@ def test_compose_file_scales_workers_and_runs_jobs(build_messages: list[tuple[st
         )
         assert result.returncode == 0, result.stderr[-2000:]
 
+    cluster = DockerBackend(project, grace=10, start_timeout=120)
+    victim = DockerBackend(f"{PROJECT}-victim")
     run("up", "-d", "--no-build", "--scale", "worker=3")
+    client = cluster._connect()
+    # What the old compose files made: our project label saying another project.
+    decoy_labels = {
+        "io.mimir.project": victim.project,
+        "com.docker.compose.project": project,
+        "io.mimir.service": "worker",
+        "io.mimir.volume": "decoy",
+    }
+    decoy_volume = client.volumes.create(f"{project}_decoy", labels=decoy_labels)
+    decoy = client.containers.create(IMAGES["worker"], ["true"], labels=decoy_labels)
+    api = ClusterAPI(f"http://127.0.0.1:{port}")
     try:
-        api = ClusterAPI(f"http://127.0.0.1:{port}")
         wait_until(lambda: _alive(api) and len(_worker_hosts(api)) == 3, timeout=90)
+        # Everything compose made is the project's, by compose's own project label.
+        assert len(cluster._project_volumes()) == 8  # 7 and the decoy
+        assert [n.name for n in cluster._project_networks()] == [f"{project}_mimir-network"]
+        status = wait_until(
+            lambda: (lambda s: _service(s, "worker").health == "healthy" and s)(
+                asyncio.run(cluster.status())
+            ),
+            timeout=30,
+            message="compose's workers healthy in status",
+        )
+        assert _service(status, "worker").replicas == 3
+        # Another project's clean leaves it alone, decoy included.
+        asyncio.run(victim.clean())
+        decoy.reload()
+        decoy_volume.reload()
+        assert len(cluster._containers("worker")) == 4  # 3 running, the decoy created
+        decoy.remove(force=True)  # (scale would remove it too: a worker that does not run)
+        # The backend scales compose's workers: numbers 1-3 are taken, 4 is started.
+        status = asyncio.run(cluster.scale(4))
+        assert _service(status, "worker").replicas == 4
+        assert f"{project}-worker-4" in _worker_hosts(api)
+        status = asyncio.run(cluster.scale(2))
+        assert (_service(status, "worker").replicas, _service(status, "worker").health) == (
+            2,
+            "healthy",
+        )
         records = api.wait_finished(api.enqueue(10), timeout=60)
         assert {r["status"] for r in records.values()} == {"succeeded"}
-        status = asyncio.run(DockerBackend("mimircompose").status())  # labels agree
-        assert _service(status, "worker").replicas == 3
-        api.close()
     finally:
+        api.close()
+        with contextlib.suppress(docker.errors.NotFound):
+            decoy.remove(force=True)
         run("down", "-v", "--timeout", "5")
+        asyncio.run(cluster.clean())
 
 
 def _alive(api: ClusterAPI) -> bool:
@@ -257,6 +429,7 @@ def test_a_failing_container_is_named_with_its_last_log_lines(
         with pytest.raises(ClusterError, match=f"container {PROJECT}-bad-worker-1") as caught:
             asyncio.run(cluster.up(1))
         assert "--concurrency must be at least 1" in caught.value.detail
+        assert cluster._containers() == [] and cluster._project_volumes() == []
     finally:
         asyncio.run(cluster.clean())
 
