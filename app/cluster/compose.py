@@ -83,12 +83,13 @@ def write_compose_files(directory: Path) -> list[Path]:
     files = {
         "docker-compose.distributed.yml": render(
             distributed_compose(),
-            "cd packaging && docker-compose -f docker-compose.distributed.yml up -d "
+            "cd packaging && docker-compose -p mimir -f docker-compose.distributed.yml up -d "
             "--scale worker=3",
         ),
         "docker-compose.unified.yml": render(
             unified_compose(),
-            "cd packaging && WORKERS=4 docker-compose -f docker-compose.unified.yml up -d",
+            "cd packaging && WORKERS=4 docker-compose -p mimir-unified "
+            "-f docker-compose.unified.yml up -d",
         ),
     }
     written = []
