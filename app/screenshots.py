@@ -2,7 +2,8 @@
 
 Starts a throw-away local cluster (redis-server, the API server, three workers) in a
 scratch directory seeded with the example pipelines, enqueues waves of real jobs (some
-slow, some failing) for ``--seconds`` so the plots have history, then grabs each panel.
+slow, some failing) for ``--seconds`` so the plots have history, then grabs each panel;
+then cleans the cluster away and removes the scratch directory.
 """
 
 from __future__ import annotations
@@ -220,15 +221,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             await window.context.feed.stop()
             await window.logs.stop()
-            await backend.down()
+            await backend.clean()
             await window.shutdown()
         if errors:
             print(f"screenshots: unhandled errors:\n{errors[0]}", file=sys.stderr)
             return 1
         return 0
 
-    with loop:
-        return loop.run_until_complete(run())
+    try:
+        with loop:
+            return loop.run_until_complete(run())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # data, pipelines, state, settings
 
 
 if __name__ == "__main__":

@@ -17,12 +17,16 @@ from typing import Any
 
 import httpx
 
-__all__ = ["DEFAULT_TIMEOUT", "ApiClient", "ApiError", "ApiUnreachable"]
+__all__ = ["DEFAULT_TIMEOUT", "POLL_HEADERS", "ApiClient", "ApiError", "ApiUnreachable"]
 
 logger = logging.getLogger(__name__)
 
 #: Every call has a deadline; long-poll calls pass their own.
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+
+#: Marks the console's periodic reads: the server logs them at DEBUG when they succeed,
+#: so a console left open does not fill the server's log with its own polling.
+POLL_HEADERS = {"X-Mimir-Poll": "1"}
 
 
 class ApiError(Exception):
@@ -101,11 +105,14 @@ class ApiClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         timeout: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """One call; the decoded JSON body (``None`` for 204), else :class:`ApiError`."""
         kwargs: dict[str, Any] = {"json": json, "params": params}
         if timeout is not None:
             kwargs["timeout"] = timeout
+        if headers:
+            kwargs["headers"] = headers
         try:
             response = await self._client.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
@@ -216,7 +223,7 @@ class ApiClient:
         params: dict[str, Any] = {"offset": offset, "limit": limit}
         if status:
             params["status"] = status
-        return await self.request("GET", "/api/v1/queue/jobs", params=params)
+        return await self.request("GET", "/api/v1/queue/jobs", params=params, headers=POLL_HEADERS)
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         return await self.request("GET", f"/api/v1/queue/jobs/{job_id}")
@@ -224,20 +231,26 @@ class ApiClient:
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         return await self.request("POST", f"/api/v1/queue/jobs/{job_id}/cancel")
 
-    async def dead_letter(self) -> list[dict[str, Any]]:
-        answer = await self.request("GET", "/api/v1/queue/dead-letter")
-        if isinstance(answer, dict):
-            return list(answer.get("entries") or answer.get("jobs") or [])
-        return list(answer or [])
+    async def dead_letter(self, *, limit: int = 1000) -> dict[str, Any]:
+        """``{entries: [{entry_id, job_id, status, error, at, job}], total, …}``, newest first."""
+        answer = await self.request(
+            "GET", "/api/v1/queue/dead-letter", params={"limit": limit}, headers=POLL_HEADERS
+        )
+        return answer if isinstance(answer, dict) else {"entries": list(answer or []), "total": 0}
 
     async def retry_dead(self, job_id: str) -> dict[str, Any]:
         return await self.request("POST", f"/api/v1/queue/dead-letter/{job_id}/retry")
 
+    async def delete_dead(self, job_id: str) -> None:
+        """Remove a failed or dead job for good."""
+        await self.request("DELETE", f"/api/v1/queue/dead-letter/{job_id}")
+
     async def queue_status(self) -> dict[str, Any]:
-        return await self.request("GET", "/api/v1/queue/status", timeout=5.0)
+        return await self.request("GET", "/api/v1/queue/status", timeout=5.0, headers=POLL_HEADERS)
 
     async def workers(self) -> list[dict[str, Any]]:
-        return (await self.request("GET", "/api/v1/workers", timeout=5.0))["workers"]
+        answer = await self.request("GET", "/api/v1/workers", timeout=5.0, headers=POLL_HEADERS)
+        return answer["workers"]
 
     # ---------------------------------------------------------------- knowledge graph
 

@@ -86,6 +86,8 @@ class LiveFeed:
 
     ``on_stats(dict)``, ``on_job(dict)``, ``on_workers(list)``, ``on_mode(FeedMode, str)``
     are called on the loop that runs :meth:`run` (the Qt loop in the console).
+    ``on_resync(None)`` is called each time the event stream (re)connects: job changes
+    made while it was away were missed, so views that keep jobs should list them again.
     """
 
     def __init__(
@@ -108,12 +110,13 @@ class LiveFeed:
             "job": [],
             "workers": [],
             "mode": [],
+            "resync": [],
         }
         self._task: asyncio.Task[None] | None = None
         self._workers_task: asyncio.Task[None] | None = None
 
     def subscribe(self, kind: str, listener: Listener) -> None:
-        """``kind`` in stats, job, workers, mode."""
+        """``kind`` in stats, job, workers, mode, resync."""
         self._listeners[kind].append(listener)
 
     def _emit(self, kind: str, value: Any) -> None:
@@ -166,9 +169,13 @@ class LiveFeed:
             await self._poll_for(self.retry_stream_after)
 
     async def _stream(self) -> None:
+        connected = False
         async for event in iter_events(self.api.stream_lines("/api/v1/events")):
-            if self.mode != "events":
-                self._set_mode("events", self.api.base_url)
+            if not connected:
+                connected = True
+                if self.mode != "events":
+                    self._set_mode("events", self.api.base_url)
+                self._emit("resync", None)
             try:
                 payload = event.json()
             except ValueError:

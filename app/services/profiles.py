@@ -13,6 +13,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 __all__ = [
     "DEFAULT_PROFILES",
@@ -58,6 +59,18 @@ class ConnectionProfile:
         return self.kind != "remote_api"
 
     @property
+    def api_port(self) -> int | None:
+        """The port of :attr:`api_url` (``None`` when it names none): where a cluster
+        this profile starts publishes its API."""
+        try:
+            parsed = urlsplit(self.api_url)
+            if parsed.port is not None:
+                return parsed.port
+        except ValueError:
+            return None
+        return {"http": 80, "https": 443}.get(parsed.scheme) if parsed.hostname else None
+
+    @property
     def backend(self) -> Literal["local", "docker"] | None:
         if self.kind == "local_processes":
             return "local"
@@ -73,6 +86,14 @@ class ConnectionProfile:
             raise ValueError(f"profile {self.name!r}: unknown kind {self.kind!r}")
         if not self.api_url.startswith(("http://", "https://")):
             raise ValueError(f"profile {self.name!r}: API URL must start with http:// or https://")
+        try:
+            port = urlsplit(self.api_url).port
+        except ValueError:  # not a number, or out of range
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(
+                f"profile {self.name!r}: the API URL's port must be a number from 1 to 65535"
+            )
         if self.kind == "remote_docker" and not self.docker_host.startswith(
             ("ssh://", "tcp://", "unix://")
         ):

@@ -2,7 +2,8 @@
 
 ``--smoke`` opens the window, starts a throw-away local cluster (redis-server, server, one
 worker as child processes) from the Cluster panel, waits until live queue stats arrive,
-stops the cluster and exits 0 (1 on any failure or after ``--smoke-timeout`` seconds).
+stops the cluster and exits 0 (1 on any failure or after ``--smoke-timeout`` seconds),
+leaving nothing behind: neither its settings directory nor the cluster's state directory.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -101,7 +103,7 @@ async def _smoke(window, timeout: float) -> int:
         await context.feed.stop()
         await window.logs.stop()
         try:
-            await backend.down()
+            await backend.clean()  # stops it and removes its state dir (smoke-<pid>/)
         except Exception as exc:
             print(f"smoke: stopping the cluster failed: {exc}", file=sys.stderr)
 
@@ -132,6 +134,7 @@ def run_console(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
 
     backend = None
+    scratch: Path | None = None
     if args.smoke:
         from mimir.app.cluster.local import LocalBackend
         from mimir.core.settings import Settings
@@ -168,5 +171,9 @@ def run_console(argv: list[str] | None = None) -> int:
         await closed.wait()
         return 0
 
-    with loop:
-        return loop.run_until_complete(main())
+    try:
+        with loop:
+            return loop.run_until_complete(main())
+    finally:
+        if scratch is not None:  # the smoke run's settings: nothing of it stays behind
+            shutil.rmtree(scratch, ignore_errors=True)

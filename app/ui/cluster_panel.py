@@ -1,10 +1,16 @@
-"""Cluster panel: connection profiles, the services table, start/stop/restart/build/scale."""
+"""Cluster panel: connection profiles, the services table, start/stop/restart/build/scale.
+
+Stop and Clean ask first. The table shows what the backend last said, and nothing
+older: a stopped service has no CPU, memory or health mark left over from when it ran.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -31,6 +37,7 @@ from mimir.app.cluster.base import ClusterError, ClusterStatus, ServiceStats
 from mimir.app.services.api import ApiError
 from mimir.app.services.profiles import PROFILE_KINDS, ConnectionProfile
 from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
+from mimir.app.ui.confirm import confirm
 from mimir.app.ui.context import ConsoleContext
 
 __all__ = ["QtClusterPanel"]
@@ -42,6 +49,19 @@ _COLUMNS = ["Service", "State", "Health", "Replicas", "CPU", "Memory", "Ports"]
 
 def _mib(value: int) -> str:
     return f"{value / 2**20:.0f} MiB"
+
+
+#: The backends name the command-line flag for another port; the console has none.
+_PORT_FLAG = re.compile(r"\(?mimir cluster up --port N\)?")
+
+
+def operator_message(text: str) -> str:
+    """A backend's message in the console's terms (its own controls, not CLI flags)."""
+    return _PORT_FLAG.sub("set another port in this profile's API URL and save the profile", text)
+
+
+def _same_url(a: str | None, b: str | None) -> bool:
+    return (a or "").rstrip("/") == (b or "").rstrip("/")
 
 
 class QtClusterPanel(QWidget):
@@ -56,6 +76,7 @@ class QtClusterPanel(QWidget):
         #: Bumped when an action starts or ends: a status read that straddles one is stale.
         self._generation = 0
         self._stats: dict[str, list[ServiceStats]] = {}
+        self._last_signature: tuple[Any, ...] | None = None
         self._build()
         self.progress_reported.connect(self._on_progress)
         context.profile_changed.connect(self._on_profile_changed)
@@ -75,9 +96,6 @@ class QtClusterPanel(QWidget):
         root.addWidget(
             panel_header("Cluster", "Start, scale and stop the services that run your pipelines")
         )
-        self.banner = Banner()
-        root.addWidget(self.banner)
-
         profile_box = QGroupBox("Connection profile")
         form = QFormLayout(profile_box)
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
@@ -112,6 +130,11 @@ class QtClusterPanel(QWidget):
         top.addWidget(self.kind_combo)
         form.addRow("Name / kind", top)
         form.addRow("API URL", self.url_edit)
+        self.api_note = QLabel("")
+        self.api_note.setObjectName("Hint")
+        self.api_note.setWordWrap(True)
+        self.api_note.hide()
+        form.addRow("", self.api_note)
         form.addRow("Docker host", self.docker_host_edit)
         form.addRow("API token", self.token_edit)
         for edit in (self.name_edit, self.url_edit, self.docker_host_edit, self.token_edit):
@@ -123,6 +146,9 @@ class QtClusterPanel(QWidget):
         self.start_button.setObjectName("Primary")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setObjectName("Danger")
+        self.clean_button = QPushButton("Clean…")
+        self.clean_button.setObjectName("Danger")
+        self.clean_button.setToolTip("Stop the cluster and delete its data")
         self.restart_button = QPushButton("Restart service")
         self.build_button = QPushButton("Build images")
         self.workers_spin = QSpinBox()
@@ -132,10 +158,17 @@ class QtClusterPanel(QWidget):
         self.scale_button = QPushButton("Scale")
         self.start_button.clicked.connect(self.start_cluster)
         self.stop_button.clicked.connect(self.stop_cluster)
+        self.clean_button.clicked.connect(self.clean_cluster)
         self.restart_button.clicked.connect(self.restart_service)
         self.build_button.clicked.connect(self.build_images)
         self.scale_button.clicked.connect(self.scale_workers)
-        for widget in (self.start_button, self.stop_button, self.restart_button, self.build_button):
+        for widget in (
+            self.start_button,
+            self.stop_button,
+            self.restart_button,
+            self.build_button,
+            self.clean_button,
+        ):
             actions.addWidget(widget)
         actions.addStretch(1)
         actions.addWidget(self.workers_spin)
@@ -144,6 +177,7 @@ class QtClusterPanel(QWidget):
         self._actions = [
             self.start_button,
             self.stop_button,
+            self.clean_button,
             self.restart_button,
             self.build_button,
             self.scale_button,
@@ -163,6 +197,9 @@ class QtClusterPanel(QWidget):
         progress_row.addWidget(self.progress)
         progress_row.addWidget(self.step_label, 1)
         root.addLayout(progress_row)
+        # Below the actions: a message appearing never moves a button from under the pointer.
+        self.banner = Banner()
+        root.addWidget(self.banner)
 
         self.table = QTableWidget(0, len(_COLUMNS))
         self.table.setHorizontalHeaderLabels(_COLUMNS)
@@ -212,12 +249,23 @@ class QtClusterPanel(QWidget):
             self.context.apply_profile(profile)
 
     def _on_profile_changed(self, profile: ConnectionProfile) -> None:
+        # The profile may have been stored or changed elsewhere (start-up, --api-url):
+        # show the one in use, not the one read when the panel was built.
+        if self.profile_combo.currentData() != profile:
+            self._reload_profiles()
+        self._stats = {}
+        self._last_signature = None
         self._update_actions()
+        self._show_api_note()
         self._tick()
 
     def _save_profile(self) -> None:
-        profile = ConnectionProfile(
-            name=self.name_edit.text().strip(),
+        name = self.name_edit.text().strip()
+        shown = self.profile_combo.currentData()
+        base = shown if isinstance(shown, ConnectionProfile) else ConnectionProfile(name)
+        profile = replace(
+            base,  # keeps what the form does not show (project, extra)
+            name=name,
             kind=self.kind_combo.currentData(),
             api_url=self.url_edit.text().strip(),
             docker_host=self.docker_host_edit.text().strip(),
@@ -248,6 +296,7 @@ class QtClusterPanel(QWidget):
         for widget in (
             self.start_button,
             self.stop_button,
+            self.clean_button,
             self.restart_button,
             self.build_button,
             self.scale_button,
@@ -261,8 +310,31 @@ class QtClusterPanel(QWidget):
             self.stop_button.setEnabled(running)
             self.scale_button.setEnabled(running)
             self.restart_button.setEnabled(running)
-        if not controls and not self.busy:
-            self.step_label.setText("This profile talks to an API only: no cluster control.")
+        if not self.busy:
+            self.step_label.setText(self._no_control_reason())
+
+    def _no_control_reason(self) -> str:
+        """Why the cluster cannot be driven, or "" (also while the profile is applied)."""
+        profile = self.context.profile
+        if not profile.controls_cluster:
+            return "This profile talks to an API only: no cluster control."
+        if self.context.backend is None and self.context.backend_error:
+            return f"No cluster control: {self.context.backend_error}"
+        return ""
+
+    def _show_api_note(self) -> None:
+        """Say where the API is when a running cluster answers elsewhere than the profile."""
+        status = self.context.last_cluster_status
+        profile = self.context.profile
+        actual = status.api_url if status is not None and status.running else None
+        if actual and not _same_url(actual, profile.api_url):
+            self.api_note.setText(
+                f"The running cluster's API is at {actual}; the console talks to it there. "
+                f"This profile's URL applies when the console starts a cluster."
+            )
+            self.api_note.show()
+        else:
+            self.api_note.hide()
 
     def _on_progress(self, step: str, message: str) -> None:
         self.step_label.setText(f"{step}: {message}")
@@ -286,7 +358,7 @@ class QtClusterPanel(QWidget):
         try:
             result = await action()
         except ClusterError as exc:
-            text = str(exc)
+            text = operator_message(str(exc))
             if exc.detail:
                 text += "\n" + exc.detail.strip()[-1200:]
             self.banner.error(f"{title} failed: {text}")
@@ -316,10 +388,29 @@ class QtClusterPanel(QWidget):
             lambda: backend.up(workers=workers, progress=self._report),
         )
 
+    async def _ask(self, title: str, text: str, action: str, detail: str) -> bool:
+        """Confirm with the actions disabled meanwhile (no second click, no second box)."""
+        if self.busy:
+            return False
+        self.busy = True
+        self._update_actions()
+        try:
+            return await confirm(self, title, text, action, detail)
+        finally:
+            self.busy = False
+            self._update_actions()
+
     @asyncSlot()
     async def stop_cluster(self) -> None:
         backend = self.context.backend
         if backend is None:
+            return
+        if not await self._ask(
+            "Stop the cluster",
+            f"Stop cluster {backend.project!r} ({backend.backend})?",
+            "Stop",
+            "Workers finish or hand back their running jobs; the queue's data is kept.",
+        ):
             return
 
         async def down() -> None:
@@ -331,6 +422,28 @@ class QtClusterPanel(QWidget):
                 self.context.start()
 
         await self._run("Stop", down)
+
+    @asyncSlot()
+    async def clean_cluster(self) -> None:
+        backend = self.context.backend
+        if backend is None:
+            return
+        if not await self._ask(
+            "Clean the cluster",
+            f"Stop cluster {backend.project!r} ({backend.backend}) and delete its data?",
+            "Delete data",
+            "The queue, job records, results and logs kept by the cluster are removed for good.",
+        ):
+            return
+
+        async def clean() -> None:
+            await self.context.feed.stop()
+            try:
+                await backend.clean(progress=self._report)
+            finally:
+                self.context.start()
+
+        await self._run("Clean", clean)
 
     @asyncSlot()
     async def scale_workers(self) -> None:
@@ -386,12 +499,15 @@ class QtClusterPanel(QWidget):
         generation = self._generation
         try:
             status = await backend.status()
-            if with_stats and status.running:
+            if not status.running:
+                self._stats = {}  # nothing runs: no figures from when it did
+            elif with_stats:
                 stats = await backend.stats()
                 grouped: dict[str, list[ServiceStats]] = {}
                 for item in stats:
                     grouped.setdefault(item.kind, []).append(item)
                 self._stats = grouped
+            await self._read_instances(backend, status)
         except ClusterError as exc:
             self.step_label.setText(f"status unavailable: {exc}")
             return
@@ -401,6 +517,15 @@ class QtClusterPanel(QWidget):
         if generation != self._generation or (self.busy and not force):
             return  # an action started or ended meanwhile: this reading is stale
         self.context.follow_cluster(status)
+
+    async def _read_instances(self, backend: Any, status: ClusterStatus) -> None:
+        """The cluster's processes or containers, read again when its services change."""
+        signature = tuple((s.name, s.state, s.replicas) for s in status.services)
+        if signature == self._last_signature:
+            return
+        self._last_signature = signature
+        instances = await backend.instances() if hasattr(backend, "instances") else []
+        self.context.set_instances([i for i in instances if i.state == "running"])
 
     async def _refresh_api_only(self) -> None:
         try:
@@ -421,6 +546,7 @@ class QtClusterPanel(QWidget):
 
     def _show_status(self, status: ClusterStatus) -> None:
         self._update_actions()
+        self._show_api_note()
         self.table.setRowCount(len(status.services))
         rows = max(3, len(status.services))
         self.table.setFixedHeight(
@@ -429,7 +555,7 @@ class QtClusterPanel(QWidget):
             + 4
         )
         for row, service in enumerate(status.services):
-            stats = self._stats.get(service.kind, [])
+            stats = self._stats.get(service.kind, []) if service.state == "running" else []
             cpu = f"{sum(s.cpu_percent for s in stats):.0f} %" if stats else ""
             memory = _mib(sum(s.memory_bytes for s in stats)) if stats else ""
             ports = ", ".join(f"{v}" for v in service.ports.values())
@@ -449,9 +575,8 @@ class QtClusterPanel(QWidget):
                     self.table.setItem(row, column, item)
                 item.setText(text)
                 if column in (1, 2):
-                    color = STATUS_COLORS.get(text)
-                    if color is not None:
-                        item.setForeground(color)
+                    # Always set: a cell reused for "—" must not keep the last green.
+                    item.setData(Qt.ItemDataRole.ForegroundRole, STATUS_COLORS.get(text))
         worker = next((s for s in status.services if s.kind == "worker"), None)
         idle = not self.busy and not self.workers_spin.hasFocus()
         if worker is not None and idle and worker.replicas:

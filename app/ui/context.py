@@ -15,6 +15,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QSettings, Signal
 
 from mimir.app.cluster.base import ClusterBackend, ClusterError, ClusterStatus
+from mimir.app.cluster.instances import Instance
 from mimir.app.services.api import ApiClient
 from mimir.app.services.events import LiveFeed
 from mimir.app.services.profiles import ConnectionProfile, ProfileStore
@@ -40,6 +41,10 @@ class ConsoleContext(QObject):
     cluster_status = Signal(object)
     #: the profile (and so the API and backend) changed
     profile_changed = Signal(object)
+    #: the event stream (re)connected: job changes may have been missed meanwhile
+    resync = Signal()
+    #: the cluster's containers or processes (``Instance`` list), when they changed
+    instances_changed = Signal(object)
 
     def __init__(self, settings: QSettings, profiles: ProfileStore | None = None) -> None:
         super().__init__()
@@ -52,12 +57,17 @@ class ConsoleContext(QObject):
         self.feed.subscribe("job", self.job.emit)
         self.feed.subscribe("workers", self.workers.emit)
         self.feed.subscribe("mode", lambda mode: self.connection.emit(mode[0], mode[1]))
+        self.feed.subscribe("resync", lambda _none: self.resync.emit())
         #: The dashboard's history, recorded from start-up (the panel is built on demand).
         self.recorder = DashboardRecorder()
         self.feed.subscribe("stats", lambda s: self.recorder.add_stats(s, time.time()))
         self.feed.subscribe("workers", lambda w: self.recorder.add_workers(w, time.time()))
         self.backend: ClusterBackend | None = None
+        #: Why the profile's backend could not be made (e.g. no Docker SDK), or "".
+        self.backend_error = ""
         self.last_cluster_status: ClusterStatus | None = None
+        #: The cluster's instances (``mimir cluster ps``), for names of workers and logs.
+        self.instances: list[Instance] = []
         self._backend_override: ClusterBackend | None = None
 
     # ---------------------------------------------------------------- profile and backend
@@ -73,9 +83,13 @@ class ConsoleContext(QObject):
         self.profiles.set_current(profile.name)
         self.api.configure(profile.api_url, self.profiles.token(profile.name))
         self.backend = self._backend_override or self._make_backend(profile)
+        # What was read of the last profile's cluster says nothing about this one.
+        self.last_cluster_status = None
+        self.set_instances([])
         self.profile_changed.emit(profile)
 
     def _make_backend(self, profile: ConnectionProfile) -> ClusterBackend | None:
+        self.backend_error = ""
         if profile.backend is None:
             return None
         from mimir.app.cluster.selection import create_backend
@@ -83,13 +97,21 @@ class ConsoleContext(QObject):
         options: dict[str, Any] = {}
         if profile.kind == "remote_docker":
             options["docker_host"] = profile.docker_host
+        # The cluster publishes its API on the port of the profile's API URL.
+        options["api_port"] = profile.api_port
         if profile.backend == "docker":
             options["api_token"] = self.profiles.token(profile.name)
         try:
             return create_backend(profile.backend, profile.project, **options)
         except ClusterError as exc:
             logger.warning("profile %s: %s", profile.name, exc)
+            self.backend_error = str(exc)
             return None
+
+    def set_instances(self, instances: list[Instance]) -> None:
+        if instances != self.instances:
+            self.instances = list(instances)
+            self.instances_changed.emit(self.instances)
 
     def follow_cluster(self, status: ClusterStatus) -> None:
         """A running cluster says where its API is; point the client there."""

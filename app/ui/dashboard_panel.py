@@ -16,6 +16,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from mimir.app.services.timeseries import DashboardRecorder, peak_downsample
+from mimir.app.services.worker_names import worker_labels
 from mimir.app.ui.common import Card, panel_header
 from mimir.app.ui.context import ConsoleContext
 
@@ -42,11 +43,14 @@ class QtDashboardPanel(QWidget):
         self, context: ConsoleContext | None, recorder: DashboardRecorder | None = None
     ) -> None:
         super().__init__()
+        self.context = context
         # The context records from start-up; the panel may be built later and draws it.
         self.recorder = recorder or (context.recorder if context else DashboardRecorder())
         self.series = self.recorder.series
         self.window_seconds = 300.0
         self._worker_ids: list[str] = []
+        #: Worker id → the name its curves carry in the legends.
+        self.worker_names: dict[str, str] = {}
         self._build()
         if context is not None:
             context.stats.connect(self._show_cards)
@@ -165,9 +169,9 @@ class QtDashboardPanel(QWidget):
                 plot.legend.clear()
         for index, wid in enumerate(self._worker_ids):
             color = _PALETTE[index % len(_PALETTE)]
-            short = wid.rsplit("-", 1)[-1] if wid.count("-") >= 2 else wid
+            name = self.worker_names.get(wid, wid.removeprefix("worker-"))
             for prefix, plot in (("cpu", self.cpu_plot), ("mem", self.mem_plot)):
-                curve = plot.plot([], [], name=f"pid {short}", pen=_pen(color))
+                curve = plot.plot([], [], name=name, pen=_pen(color))
                 curve.setDownsampling(auto=True, method="peak")
                 curve.setClipToView(True)
                 self.curves[f"{prefix}:{wid}"] = curve
@@ -177,9 +181,21 @@ class QtDashboardPanel(QWidget):
 
     # ---------------------------------------------------------------- drawing
 
+    def _current_worker_names(self) -> dict[str, str]:
+        if self.context is None:
+            return {w: w.removeprefix("worker-") for w in self.recorder.worker_ids}
+        backend = self.context.backend
+        return worker_labels(
+            self.context.feed.last_workers,
+            self.context.instances,
+            backend.project if backend is not None else "",
+        )
+
     def redraw(self) -> None:
-        if self.recorder.worker_ids != self._worker_ids:
+        names = self._current_worker_names()
+        if self.recorder.worker_ids != self._worker_ids or names != self.worker_names:
             self._worker_ids = list(self.recorder.worker_ids)
+            self.worker_names = names
             self._rebuild_worker_curves()
         now = time.time()
         span = self.window_seconds

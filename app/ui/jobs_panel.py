@@ -1,8 +1,12 @@
-"""Jobs panel: a live model/view table of jobs, filters, a details pane, cancel and retry."""
+"""Jobs panel: a live model/view table of jobs (sortable, filtered), a details pane that
+follows the selected job, cancel and retry; and the dead letter with bulk retry and delete.
+
+The table's model is a view of a Qt-free :class:`~mimir.app.services.jobs.JobStore`: it
+only announces what the store says changed, and the store only moves a job forward.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -13,6 +17,7 @@ from PySide6.QtCore import (
     QSortFilterProxyModel,
     Qt,
     QTimer,
+    Signal,
 )
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
@@ -26,15 +31,27 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QTableView,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 from qasync import asyncSlot
 
 from mimir.app.services.api import ApiError
-from mimir.app.services.jobs import COLUMNS, JobStore, job_matches
+from mimir.app.services.jobs import (
+    COLUMNS,
+    DEAD_LETTER,
+    ENQUEUED_COLUMN,
+    FINAL_STATUSES,
+    JobStore,
+    count_text,
+    describe_job,
+    job_matches,
+)
 from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
+from mimir.app.ui.confirm import confirm
 from mimir.app.ui.context import ConsoleContext
+from mimir.app.ui.dead_letter_view import QtDeadLetterView
 
 __all__ = ["JobFilterProxy", "JobTableModel", "QtJobsPanel"]
 
@@ -47,10 +64,15 @@ _DISPLAY = Qt.ItemDataRole.DisplayRole
 _FOREGROUND = Qt.ItemDataRole.ForegroundRole
 _TOOLTIP = Qt.ItemDataRole.ToolTipRole
 _USER = Qt.ItemDataRole.UserRole
+#: A listing with more new jobs than this resets the model instead of inserting each.
+_RESET_OVER = 50
 
 
 class JobTableModel(QAbstractTableModel):
-    """A :class:`JobStore` shown newest first (row 0 = the last record added)."""
+    """A :class:`JobStore` in its order (by default ``Enqueued``, newest first)."""
+
+    #: a job's row changed, appeared or went away (its id)
+    job_changed = Signal(str)
 
     def __init__(self, store: JobStore | None = None) -> None:
         super().__init__()
@@ -69,7 +91,7 @@ class JobTableModel(QAbstractTableModel):
         return None
 
     def record(self, row: int) -> dict[str, Any]:
-        return self.store.rows[len(self.store) - 1 - row]
+        return self.store.record(row)
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         # Called for every visible cell and role on each repaint: answer from a cache of
@@ -92,38 +114,78 @@ class JobTableModel(QAbstractTableModel):
             return self.record(index.row())
         return None
 
-    def upsert(self, record: dict[str, Any]) -> None:
-        self._texts.pop(record.get("job_id"), None)
-        position, inserted = self.store.upsert(record)
-        if inserted:
-            # The newest record is row 0 of the view.
-            self.beginInsertRows(QModelIndex(), 0, 0)
+    # ---------------------------------------------------------------- changes
+
+    def upsert(self, record: dict[str, Any]) -> bool:
+        """Merge one record or event; False when it was older than what is shown."""
+        change = self.store.prepare(record)
+        if change is None:
+            return False
+        self._texts.pop(change.job_id, None)
+        last = len(COLUMNS) - 1
+        if change.kind == "insert":
+            assert change.to_row is not None
+            self.beginInsertRows(QModelIndex(), change.to_row, change.to_row)
+            self.store.commit(change)
             self.endInsertRows()
-        else:
-            row = len(self.store) - 1 - position
-            self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
-        extra = self.store.over_limit()
-        if extra:
-            size = len(self.store)
-            self.beginRemoveRows(QModelIndex(), size - extra, size - 1)
-            for job in self.store.rows[:extra]:
-                self._texts.pop(job.get("job_id"), None)
-            self.store.drop_oldest(extra)
+        elif change.kind == "remove":
+            assert change.row is not None
+            self.beginRemoveRows(QModelIndex(), change.row, change.row)
+            self.store.commit(change)
             self.endRemoveRows()
+        elif change.kind == "move":
+            assert change.row is not None and change.to_row is not None
+            # Qt counts the destination before the move: one past the target when down.
+            target = change.to_row + 1 if change.to_row > change.row else change.to_row
+            self.beginMoveRows(QModelIndex(), change.row, change.row, QModelIndex(), target)
+            self.store.commit(change)
+            self.endMoveRows()
+            self.dataChanged.emit(self.index(change.to_row, 0), self.index(change.to_row, last))
+        else:
+            self.store.commit(change)
+            assert change.row is not None
+            self.dataChanged.emit(self.index(change.row, 0), self.index(change.row, last))
+        if self.store.over_limit():
+            self.beginResetModel()
+            for job_id in self.store.trim():
+                self._texts.pop(job_id, None)
+            self.endResetModel()
+        self.job_changed.emit(change.job_id)
+        return True
 
     def upsert_many(self, records: list[dict[str, Any]]) -> None:
-        """Merge a listing (oldest first so the order stays newest-first on screen)."""
-        new = [r for r in records if self.store.get(str(r.get("job_id"))) is None]
-        if len(new) > 50:
-            self.beginResetModel()
-            self._texts.clear()
+        """Merge a listing; many new jobs at once reset the model (cheaper than inserts)."""
+        new = sum(1 for r in records if self.store.get(str(r.get("job_id"))) is None)
+        if new <= _RESET_OVER:
             for record in records:
-                self.store.upsert(record)
-            self.store.drop_oldest(self.store.over_limit())
-            self.endResetModel()
+                self.upsert(record)
             return
+        self.beginResetModel()
+        changed = []
         for record in records:
-            self.upsert(record)
+            change = self.store.upsert(record)
+            if change is not None:
+                self._texts.pop(change.job_id, None)
+                changed.append(change.job_id)
+        if self.store.over_limit():
+            for job_id in self.store.trim():
+                self._texts.pop(job_id, None)
+        self.endResetModel()
+        for job_id in changed:
+            self.job_changed.emit(job_id)
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        """Order the rows by ``column``; selections and the current row follow their jobs."""
+        self.layoutAboutToBeChanged.emit()
+        old = self.persistentIndexList()
+        ids = [self.store.record(index.row()).get("job_id") for index in old]
+        self.store.sort(column, order == Qt.SortOrder.DescendingOrder)
+        new = []
+        for index, job_id in zip(old, ids, strict=True):
+            row = self.store.row_of(str(job_id))
+            new.append(QModelIndex() if row is None else self.index(row, index.column()))
+        self.changePersistentIndexList(old, new)
+        self.layoutChanged.emit()
 
     def clear(self) -> None:
         self.beginResetModel()
@@ -133,6 +195,8 @@ class JobTableModel(QAbstractTableModel):
 
 
 class JobFilterProxy(QSortFilterProxyModel):
+    """Filters by status (or the whole dead letter) and text; keeps the model's order."""
+
     def __init__(self) -> None:
         super().__init__()
         self.status: str | None = None
@@ -164,9 +228,17 @@ class QtJobsPanel(QWidget):
         self.proxy.setSourceModel(self.model)
         self.proxy.setDynamicSortFilter(True)
         self.selected_id: str | None = None
+        #: The status the details pane last showed (a change loads the full record).
+        self._details_status: str | None = None
         self._build()
+        self.model.job_changed.connect(self._on_job_changed)
+        self.model.modelReset.connect(self._reselect)
+        self.dead_letter.job_changed.connect(self.model.upsert)
+        self.dead_letter.total_changed.connect(self._show_dead_total)
         if context is not None:
             context.job.connect(self.model.upsert)
+            context.resync.connect(self._resync)
+            context.stats.connect(self._on_stats)
             context.profile_changed.connect(lambda _p: self._reset())
             self._timer = QTimer(self)
             self._timer.setInterval(3000)
@@ -178,13 +250,19 @@ class QtJobsPanel(QWidget):
         root.setContentsMargins(20, 16, 20, 16)
         root.setSpacing(10)
         root.addWidget(panel_header("Jobs", "Every job on the queue, live"))
-        self.banner = Banner()
-        root.addWidget(self.banner)
+        self.tabs = QTabWidget()
+        root.addWidget(self.tabs, 1)
+
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.setContentsMargins(0, 8, 0, 0)
+        layout.setSpacing(8)
         bar = QHBoxLayout()
         self.status_combo = QComboBox()
         self.status_combo.addItem("All statuses", None)
         for status in STATUSES:
             self.status_combo.addItem(status, status)
+        self.status_combo.addItem("dead letter (failed + dead)", DEAD_LETTER)
         self.search = QLineEdit()
         self.search.setPlaceholderText("Filter by id, pipeline, worker or error…")
         self.search.setClearButtonEnabled(True)
@@ -194,10 +272,11 @@ class QtJobsPanel(QWidget):
         self.count_label.setObjectName("Hint")
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.clicked.connect(self.refresh)
-        self.cancel_button = QPushButton("Cancel job")
+        self.cancel_button = QPushButton("Cancel job…")
         self.cancel_button.setObjectName("Danger")
         self.cancel_button.clicked.connect(self.cancel_selected)
-        self.retry_button = QPushButton("Retry dead letter")
+        self.retry_button = QPushButton("Retry")
+        self.retry_button.setToolTip("Put the selected failed or dead job back on the queue")
         self.retry_button.clicked.connect(self.retry_selected)
         bar.addWidget(self.status_combo)
         bar.addWidget(self.search, 1)
@@ -205,7 +284,9 @@ class QtJobsPanel(QWidget):
         bar.addWidget(self.refresh_button)
         bar.addWidget(self.cancel_button)
         bar.addWidget(self.retry_button)
-        root.addLayout(bar)
+        layout.addLayout(bar)
+        self.banner = Banner()
+        layout.addWidget(self.banner)
 
         split = QSplitter(Qt.Orientation.Vertical)
         self.table = QTableView()
@@ -221,6 +302,12 @@ class QtJobsPanel(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
+        # The model sorts (the proxy would re-sort every change in Python): a click on a
+        # header orders the store, which then places each new or changed job itself.
+        header.setSectionsClickable(True)
+        header.setSortIndicatorShown(True)
+        header.setSortIndicator(ENQUEUED_COLUMN, Qt.SortOrder.DescendingOrder)
+        header.sortIndicatorChanged.connect(self.model.sort)
         for column, width in enumerate([128, 96, 150, 78, 84, 200, 92, 84, 84]):
             self.table.setColumnWidth(column, width)
         self.table.selectionModel().currentRowChanged.connect(self._on_current)
@@ -231,10 +318,15 @@ class QtJobsPanel(QWidget):
         font = QFont("DejaVu Sans Mono")
         font.setPointSize(9)
         self.details.setFont(font)
-        self.details.setPlaceholderText("Select a job to see its context, result, error and steps.")
+        self.details.setPlaceholderText("Select a job to see its state, times, error and result.")
         split.addWidget(self.details)
         split.setSizes([520, 220])
-        root.addWidget(split, 1)
+        layout.addWidget(split, 1)
+        self.tabs.addTab(page, "Jobs")
+
+        self.dead_letter = QtDeadLetterView(self.context)
+        self.tabs.addTab(self.dead_letter, "Dead letter")
+        self.tabs.currentChanged.connect(self._on_tab)
         # The count label is refreshed at most 4 times a second: a label change relayouts
         # the toolbar, too costly to do for each of 100 updates a second.
         self._count_timer = QTimer(self)
@@ -244,6 +336,7 @@ class QtJobsPanel(QWidget):
         self.proxy.rowsInserted.connect(lambda *_: self._count_timer.start())
         self.proxy.rowsRemoved.connect(lambda *_: self._count_timer.start())
         self.proxy.modelReset.connect(lambda *_: self._count_timer.start())
+        self._update_actions()
 
     # ---------------------------------------------------------------- filter and counts
 
@@ -252,7 +345,24 @@ class QtJobsPanel(QWidget):
         self._update_count()
 
     def _update_count(self) -> None:
-        self.count_label.setText(f"{self.proxy.rowCount()} of {self.model.rowCount()} jobs")
+        total = self.model.rowCount()
+        shown = self.proxy.rowCount()
+        self.count_label.setText(
+            count_text(total, "job") if shown == total else f"{shown} of {count_text(total, 'job')}"
+        )
+
+    def _show_dead_total(self, total: int) -> None:
+        self.tabs.setTabText(1, f"Dead letter ({total})" if total else "Dead letter")
+
+    def _on_stats(self, stats: dict[str, Any]) -> None:
+        dead = int(stats.get("dead") or 0)
+        self._show_dead_total(dead)
+        if dead != self.dead_letter.total and self.dead_letter.isVisible():
+            self.dead_letter.refresh()
+
+    def _on_tab(self, index: int) -> None:
+        if index == 1:
+            self.dead_letter.refresh()
 
     def _reset(self) -> None:
         self.model.clear()
@@ -267,11 +377,17 @@ class QtJobsPanel(QWidget):
         try:
             page = await self.context.api.list_jobs(limit=1000)
         except ApiError as exc:
-            self.banner.error(f"Cannot list jobs: {exc}")
+            self.banner.error(f"Cannot list jobs: {exc}", source="list")
             return
-        self.banner.clear_message()
-        self.model.upsert_many(list(reversed(page.get("jobs", []))))
+        self.banner.clear_message(source="list")
+        self.model.upsert_many(page.get("jobs", []))
         self._update_count()
+
+    def _resync(self) -> None:
+        # The event stream (re)connected: what changed while it was away comes by listing.
+        self.refresh()
+        if self.dead_letter.isVisible():
+            self.dead_letter.refresh()
 
     @asyncSlot()
     async def _poll_if_needed(self) -> None:
@@ -281,18 +397,49 @@ class QtJobsPanel(QWidget):
         if self.context.feed.mode != "events":
             await self.refresh()
 
+    # ---------------------------------------------------------------- selection and details
+
     def _selected(self) -> dict[str, Any] | None:
-        index = self.table.currentIndex()
-        if not index.isValid():
+        if self.selected_id is None:
             return None
-        return self.proxy.data(index, Qt.ItemDataRole.UserRole)
+        return self.model.store.get(self.selected_id)
 
     def _on_current(self, current: QModelIndex, _previous: QModelIndex) -> None:
         job = self.proxy.data(current, Qt.ItemDataRole.UserRole) if current.isValid() else None
         self.selected_id = job.get("job_id") if job else None
+        self._update_actions()
         if job:
             self._show_details(job)
             self._load_details(job["job_id"])
+        else:
+            self._details_status = None
+            self.details.setPlainText("")
+
+    def _reselect(self) -> None:
+        """After a reset (a big listing), select the job that was selected."""
+        if self.selected_id is None:
+            return
+        row = self.model.store.row_of(self.selected_id)
+        if row is None:
+            return
+        index = self.proxy.mapFromSource(self.model.index(row, 0))
+        if index.isValid():
+            self.table.selectRow(index.row())
+
+    def _on_job_changed(self, job_id: str) -> None:
+        if job_id != self.selected_id:
+            return
+        job = self.model.store.get(job_id)
+        if job is None:
+            self.details.setPlainText(f"Job {job_id} was deleted.")
+            self._details_status = None
+            self._update_actions()
+            return
+        moved_on = job.get("status") != self._details_status
+        self._show_details(job)
+        self._update_actions()
+        if moved_on:  # events carry no result: read the whole record once per state
+            self._load_details(job_id)
 
     @asyncSlot(str)
     async def _load_details(self, job_id: str) -> None:
@@ -301,19 +448,31 @@ class QtJobsPanel(QWidget):
         try:
             job = await self.context.api.get_job(job_id)
         except ApiError as exc:
-            self.details.setPlainText(f"{job_id}: {exc}")
+            if job_id == self.selected_id:
+                self.details.setPlainText(f"{job_id}: {exc}")
             return
         if job_id == self.selected_id:
-            self.model.upsert(job)
-            self._show_details(job)
+            self.model.upsert(job)  # only if newer; the pane follows through the model
+            current = self.model.store.get(job_id)
+            if current is not None:
+                self._show_details(current)
 
     def _show_details(self, job: dict[str, Any]) -> None:
-        shown = {k: job.get(k) for k in job if k not in ("result",)}
-        text = f"Error: {job['error']}\n\n" if job.get("error") else ""
-        text += json.dumps(shown, indent=2, default=str)
-        if job.get("result") is not None:
-            text += "\n\nresult:\n" + json.dumps(job["result"], indent=2, default=str)[:20000]
-        self.details.setPlainText(text)
+        self._details_status = job.get("status")
+        text = describe_job(job)
+        if self.details.toPlainText() != text:
+            bar = self.details.verticalScrollBar()
+            position = bar.value()
+            self.details.setPlainText(text)
+            bar.setValue(position)
+
+    def _update_actions(self) -> None:
+        job = self._selected()
+        status = (job or {}).get("status")
+        self.cancel_button.setEnabled(job is not None and status not in FINAL_STATUSES)
+        self.retry_button.setEnabled(status in ("failed", "dead"))
+
+    # ---------------------------------------------------------------- actions
 
     @asyncSlot()
     async def cancel_selected(self) -> None:
@@ -321,24 +480,43 @@ class QtJobsPanel(QWidget):
         if job is None or self.context is None:
             self.banner.info("Select a job to cancel.")
             return
+        job_id = str(job["job_id"])
+        self.cancel_button.setEnabled(False)
         try:
-            record = await self.context.api.cancel_job(job["job_id"])
+            sure = await confirm(
+                self,
+                "Cancel job",
+                f"Cancel job {job_id[:12]} ({job.get('pipeline') or job.get('type')}, "
+                f"{job.get('status')})?",
+                "Cancel job",
+                "A waiting job ends now; a running one is stopped by its worker.",
+                keep="Keep it",
+            )
+            if not sure:
+                return
+            record = await self.context.api.cancel_job(job_id)
         except ApiError as exc:
-            self.banner.error(f"Cannot cancel {job['job_id']}: {exc}")
+            self.banner.error(f"Cannot cancel {job_id}: {exc}")
             return
+        finally:
+            self._update_actions()
         self.model.upsert(record)
-        self.banner.ok(f"Cancel requested for {job['job_id']} ({record.get('status')}).")
+        self.banner.ok(f"Cancel requested for {job_id} ({record.get('status')}).")
 
     @asyncSlot()
     async def retry_selected(self) -> None:
         job = self._selected()
         if job is None or self.context is None:
-            self.banner.info("Select a dead job to retry it.")
+            self.banner.info("Select a failed or dead job to retry it.")
             return
+        job_id = str(job["job_id"])
+        self.retry_button.setEnabled(False)
         try:
-            record = await self.context.api.retry_dead(job["job_id"])
+            record = await self.context.api.retry_dead(job_id)
         except ApiError as exc:
-            self.banner.error(f"Cannot retry {job['job_id']}: {exc}")
+            self.banner.error(f"Cannot retry {job_id}: {exc}")
             return
+        finally:
+            self._update_actions()
         self.model.upsert(record)
-        self.banner.ok(f"{job['job_id']} is back on the queue ({record.get('status')}).")
+        self.banner.ok(f"{job_id} is back on the queue ({record.get('status')}).")

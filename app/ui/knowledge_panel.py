@@ -1,4 +1,8 @@
-"""Knowledge panel: a SPARQL editor with a results table, when the server has a KG API."""
+"""Knowledge panel: a SPARQL editor with a results table, when the server has a KG API.
+
+IRIs show by prefix (the full IRI in each cell's tooltip, the prefixes under the table). A
+failed query clears the previous results: what the table shows answers the query above.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from PySide6.QtWidgets import (
 from qasync import asyncSlot
 
 from mimir.app.services.api import ApiError
-from mimir.app.services.sparql import sparql_rows
+from mimir.app.services.jobs import count_text
+from mimir.app.services.sparql import query_prefixes, sparql_table
 from mimir.app.ui.common import Banner, panel_header
 from mimir.app.ui.context import ConsoleContext
 
@@ -42,8 +47,6 @@ class QtKnowledgePanel(QWidget):
         root.setContentsMargins(20, 16, 20, 16)
         root.setSpacing(10)
         root.addWidget(panel_header("Knowledge", "Query the knowledge graph with SPARQL"))
-        self.banner = Banner()
-        root.addWidget(self.banner)
         self.editor = QPlainTextEdit(DEFAULT_QUERY)
         self.editor.setObjectName("Code")
         font = QFont("DejaVu Sans Mono")
@@ -60,6 +63,9 @@ class QtKnowledgePanel(QWidget):
         bar.addWidget(self.run_button)
         bar.addWidget(self.count_label, 1)
         root.addLayout(bar)
+        # Below the run button: a message appearing never moves it from under the pointer.
+        self.banner = Banner()
+        root.addWidget(self.banner)
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
@@ -67,6 +73,12 @@ class QtKnowledgePanel(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(180)
         root.addWidget(self.table, 1)
+        self.prefix_label = QLabel("")
+        self.prefix_label.setObjectName("Hint")
+        self.prefix_label.setWordWrap(True)
+        self.prefix_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.prefix_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        root.addWidget(self.prefix_label)
 
         twin_bar = QHBoxLayout()
         twin_title = QLabel("Digital twin")
@@ -192,22 +204,36 @@ class QtKnowledgePanel(QWidget):
             f"{len(utilisation)} entities · {len(times)} snapshots · simulated in {took:.0f} ms"
         )
 
+    def _clear_results(self) -> None:
+        self.table.setRowCount(0)
+        self.table.setColumnCount(0)
+        self.count_label.setText("")
+        self.prefix_label.setText("")
+
     @asyncSlot()
     async def run_query(self) -> None:
+        query = self.editor.toPlainText()
         self.run_button.setEnabled(False)
         try:
-            answer = await self.context.api.kg_query(self.editor.toPlainText())
+            answer = await self.context.api.kg_query(query)
         except ApiError as exc:
-            self.banner.error(f"Query failed: {exc}")
+            self._clear_results()  # the rows of an earlier query would pass for its answer
+            self.banner.error(f"Query failed: {exc}", source="query")
             return
         finally:
             self.run_button.setEnabled(bool(self.available))
-        self.banner.clear_message()
-        columns, rows = sparql_rows(answer)
-        self.table.setColumnCount(len(columns))
-        self.table.setHorizontalHeaderLabels(columns)
-        self.table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for c, value in enumerate(row):
-                self.table.setItem(r, c, QTableWidgetItem(value))
-        self.count_label.setText(f"{len(rows)} rows")
+        self.banner.clear_message(source="query")
+        table = sparql_table(answer, query_prefixes(query))
+        self.table.setColumnCount(len(table.columns))
+        self.table.setHorizontalHeaderLabels(table.columns)
+        self.table.setRowCount(len(table.rows))
+        for r, row in enumerate(table.rows):
+            for c, (shown, full) in enumerate(row):
+                item = QTableWidgetItem(shown)
+                if shown != full:
+                    item.setToolTip(full)
+                self.table.setItem(r, c, item)
+        self.count_label.setText(count_text(len(table.rows), "row"))
+        self.prefix_label.setText(
+            "  ·  ".join(f"{name}: <{ns}>" for name, ns in sorted(table.prefixes.items()))
+        )

@@ -1,4 +1,8 @@
-"""Logs panel: the cluster's logs streamed per service or merged; filter, pause, bounded."""
+"""Logs panel: the cluster's logs streamed per service, per worker or merged; filter, pause.
+
+Choosing another source starts its stream on an empty view (lines of the last choice never
+mix in). The view shows the start of its lines after a filter, not the end of the longest.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from PySide6.QtWidgets import (
 )
 
 from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine
+from mimir.app.cluster.instances import Instance
+from mimir.app.services.jobs import count_text
 from mimir.app.ui.common import Banner, panel_header
 from mimir.app.ui.context import ConsoleContext
 
@@ -32,6 +38,12 @@ logger = logging.getLogger(__name__)
 MAX_LINES = 5000
 
 
+def _instance_order(instance: Instance) -> tuple[str, int]:
+    """``worker-2`` before ``worker-10``."""
+    head, _, tail = instance.name.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (instance.name, 0)
+
+
 class QtLogsPanel(QWidget):
     def __init__(self, context: ConsoleContext) -> None:
         super().__init__()
@@ -40,9 +52,10 @@ class QtLogsPanel(QWidget):
         self.received = 0
         self._pending: list[LogLine] = []
         self._task: asyncio.Task[None] | None = None
-        self._services: list[str] = []
+        self._sources: list[tuple[str, str]] = []
         self._build()
         context.cluster_status.connect(self._on_status)
+        context.instances_changed.connect(lambda _i: self._fill_sources())
         context.profile_changed.connect(lambda _p: self.restart_stream())
 
     def _build(self) -> None:
@@ -50,8 +63,6 @@ class QtLogsPanel(QWidget):
         root.setContentsMargins(20, 16, 20, 16)
         root.setSpacing(10)
         root.addWidget(panel_header("Logs", "The cluster's services, streamed"))
-        self.banner = Banner()
-        root.addWidget(self.banner)
         bar = QHBoxLayout()
         self.service_combo = QComboBox()
         self.service_combo.addItem("All services (merged)", None)
@@ -72,6 +83,9 @@ class QtLogsPanel(QWidget):
         bar.addWidget(self.pause_box)
         bar.addWidget(self.clear_button)
         root.addLayout(bar)
+        # Below the toolbar: a message appearing never moves a control from under the pointer.
+        self.banner = Banner()
+        root.addWidget(self.banner)
         self.view = QPlainTextEdit()
         self.view.setObjectName("Code")
         self.view.setReadOnly(True)
@@ -85,24 +99,52 @@ class QtLogsPanel(QWidget):
     # ---------------------------------------------------------------- stream
 
     def _on_status(self, status: ClusterStatus) -> None:
-        names = [s.name for s in status.services if s.state not in ("missing",)]
-        if names != self._services:
-            self._services = names
-            current = self.service_combo.currentData()
-            self.service_combo.blockSignals(True)
-            self.service_combo.clear()
-            self.service_combo.addItem("All services (merged)", None)
-            for name in names:
-                self.service_combo.addItem(name, name)
-            self.service_combo.setCurrentIndex(max(0, self.service_combo.findData(current)))
-            self.service_combo.blockSignals(False)
+        self._fill_sources(status)
         if status.running and (self._task is None or self._task.done()):
+            self.restart_stream()
+
+    def _fill_sources(self, status: ClusterStatus | None = None) -> None:
+        """Each service, and each worker on its own (from the cluster's instances)."""
+        status = status or self.context.last_cluster_status
+        if status is None:
+            return
+        project = self.context.backend.project if self.context.backend else ""
+        sources: list[tuple[str, str]] = []
+        for service in status.services:
+            if service.state == "missing":
+                continue
+            if service.kind == "worker":
+                workers = sorted(
+                    (i for i in self.context.instances if i.kind == "worker"),
+                    key=_instance_order,
+                )
+                label = "worker (all)" if workers else service.name
+                sources.append((label, service.name))
+                for instance in workers:
+                    short = instance.name.removeprefix(f"{project}-") if project else instance.name
+                    sources.append((f"   {short}", instance.name))
+            else:
+                sources.append((service.name, service.name))
+        if sources == self._sources:
+            return
+        self._sources = sources
+        current = self.service_combo.currentData()
+        self.service_combo.blockSignals(True)
+        self.service_combo.clear()
+        self.service_combo.addItem("All services (merged)", None)
+        for label, name in sources:
+            self.service_combo.addItem(label, name)
+        index = self.service_combo.findData(current)
+        self.service_combo.setCurrentIndex(max(0, index))
+        self.service_combo.blockSignals(False)
+        if current is not None and index < 0:  # the worker it showed is gone
             self.restart_stream()
 
     def restart_stream(self) -> None:
         if self._task is not None:
             self._task.cancel()
         self._task = None
+        self.clear()  # the lines shown belong to the last choice
         if self.context.backend is None:
             self.banner.info("This profile talks to an API only: its logs are not reachable.")
             return
@@ -148,7 +190,7 @@ class QtLogsPanel(QWidget):
         if self._matches(line):
             self.view.appendPlainText(self._format(line))
         if self.received % 50 == 1:
-            self.count_label.setText(f"{len(self.lines)} lines")
+            self.count_label.setText(count_text(len(self.lines), "line"))
 
     def _on_pause(self, paused: bool) -> None:
         if not paused:
@@ -157,8 +199,11 @@ class QtLogsPanel(QWidget):
     def _rerender(self) -> None:
         shown = [self._format(line) for line in self.lines if self._matches(line)]
         self.view.setPlainText("\n".join(shown[-MAX_LINES:]))
+        # To the last line, at its start: the end of a long line would scroll right.
         self.view.moveCursor(QTextCursor.MoveOperation.End)
-        self.count_label.setText(f"{len(shown)} of {len(self.lines)} lines")
+        self.view.moveCursor(QTextCursor.MoveOperation.StartOfLine)
+        self.view.horizontalScrollBar().setValue(0)
+        self.count_label.setText(f"{len(shown)} of {count_text(len(self.lines), 'line')}")
 
     def clear(self) -> None:
         self.lines.clear()

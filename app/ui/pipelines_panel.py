@@ -1,7 +1,13 @@
-"""Pipelines panel: the server's pipelines, a YAML editor validated as you type, run and enqueue."""
+"""Pipelines panel: the server's pipelines, a YAML editor validated as you type, run and enqueue.
+
+An opened pipeline is saved back to its own file (whatever its ``name:`` says); a new one
+is stored under the name it declares. The result under the editor is always the result
+of the pipeline in it. A server with no pipelines offers the examples.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -10,6 +16,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QComboBox,
     QHBoxLayout,
     QHeaderView,
@@ -27,6 +34,8 @@ from PySide6.QtWidgets import (
 from qasync import asyncSlot
 
 from mimir.app.services.api import ApiError, ApiUnreachable
+from mimir.app.services.examples import copy_example_data, example_pipelines
+from mimir.app.services.jobs import count_text
 from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
 from mimir.app.ui.context import ConsoleContext
 from mimir.app.ui.yaml_editor import QtYamlEditor, declared_name, first_error_line
@@ -54,6 +63,7 @@ class QtPipelinesPanel(QWidget):
         self.valid: bool | None = None
         self.last_result: dict[str, Any] | None = None
         self.last_enqueued: list[str] = []
+        self._focus_before: QWidget | None = None
         self._build()
         self._validate_timer = QTimer(self)
         self._validate_timer.setSingleShot(True)
@@ -70,8 +80,6 @@ class QtPipelinesPanel(QWidget):
         root.setContentsMargins(20, 16, 20, 16)
         root.setSpacing(10)
         root.addWidget(panel_header("Pipelines", "Write, validate, run and enqueue YAML pipelines"))
-        self.banner = Banner()
-        root.addWidget(self.banner)
 
         split = QSplitter(Qt.Orientation.Horizontal)
         left = QWidget()
@@ -80,6 +88,18 @@ class QtPipelinesPanel(QWidget):
         self.list = QListWidget()
         self.list.itemClicked.connect(self._on_selected)
         left_layout.addWidget(self.list, 1)
+        self.empty_label = QLabel("This server has no pipelines yet.")
+        self.empty_label.setObjectName("Hint")
+        self.empty_label.setWordWrap(True)
+        self.examples_button = QPushButton("Add the examples")
+        self.examples_button.setToolTip(
+            "Store the example pipelines on this server (and, for a local cluster, "
+            "copy the files they read into its data directory)"
+        )
+        self.examples_button.clicked.connect(self.add_examples)
+        for widget in (self.empty_label, self.examples_button):
+            widget.hide()
+            left_layout.addWidget(widget)
         list_buttons = QHBoxLayout()
         self.new_button = QPushButton("New")
         self.new_button.clicked.connect(self.new_pipeline)
@@ -115,6 +135,9 @@ class QtPipelinesPanel(QWidget):
         bar.addWidget(self.priority_combo)
         bar.addWidget(self.enqueue_button)
         right_layout.addLayout(bar)
+        # Below the toolbar: a message appearing never moves a button from under the pointer.
+        self.banner = Banner()
+        right_layout.addWidget(self.banner)
 
         self.editor = QtYamlEditor()
         right_layout.addWidget(self.editor, 3)
@@ -152,8 +175,11 @@ class QtPipelinesPanel(QWidget):
         try:
             pipelines = await self.context.api.list_pipelines()
         except ApiError as exc:
-            self.banner.error(f"Cannot list pipelines: {exc}")
+            self.banner.error(f"Cannot list pipelines: {exc}", source="list")
             return
+        self.banner.clear_message(source="list")
+        self.empty_label.setVisible(not pipelines)
+        self.examples_button.setVisible(not pipelines)
         self.list.clear()
         for item in pipelines:
             entry = QListWidgetItem(f"{item['name']}\n{item.get('description') or ''}".strip())
@@ -184,13 +210,59 @@ class QtPipelinesPanel(QWidget):
             return
         self.current_name = name
         self.editor.setPlainText(answer.get("yaml", ""))
-        self.banner.clear_message()
+        if not unless_edited:  # opened by the operator: messages about the last one go
+            self.banner.clear_message()
+        self._clear_result()
 
     def new_pipeline(self) -> None:
         self.current_name = None
         self.list.clearSelection()
         self.editor.setPlainText(NEW_PIPELINE)
+        self.banner.clear_message()
+        self._clear_result()
         self.editor.setFocus()
+
+    def _clear_result(self) -> None:
+        """The result shown belongs to the pipeline that ran, not to the next one."""
+        self.last_result = None
+        self.result_label.setStyleSheet("")
+        self.result_label.setText("Run a pipeline to see its result and step timings here.")
+        self.steps_table.setRowCount(0)
+        self.steps_table.setToolTip("")
+
+    @asyncSlot()
+    async def add_examples(self) -> None:
+        """Store the example pipelines (and, for a local cluster, copy their data)."""
+        self.examples_button.setEnabled(False)
+        try:
+            examples = await asyncio.to_thread(example_pipelines)
+            added, failed = [], []
+            for name, text in examples:
+                try:
+                    await self.context.api.save_pipeline(name, text)
+                    added.append(name)
+                except ApiError as exc:
+                    failed.append(f"{name}: {exc}")
+            note = ""
+            backend = self.context.backend
+            settings = getattr(backend, "settings", None)
+            if backend is not None and backend.backend == "local" and settings is not None:
+                copied = await asyncio.to_thread(copy_example_data, settings.data_dir)
+                if copied:
+                    note = f" Copied their data ({', '.join(copied)}) to {settings.data_dir}."
+            else:
+                note = (
+                    " Their data files (resources/data: sales.csv, article.md) are not copied "
+                    "to this server's data directory."
+                )
+        finally:
+            self.examples_button.setEnabled(True)
+        message = f"Added {count_text(len(added), 'example pipeline')}.{note}"
+        if failed:
+            self.banner.error(f"{message} Not added: {'; '.join(failed)}")
+        else:
+            self.banner.ok(message)
+        await self.refresh_list()
 
     # ---------------------------------------------------------------- validate, save, run
 
@@ -224,13 +296,26 @@ class QtPipelinesPanel(QWidget):
         return self.valid
 
     def _set_busy(self, busy: bool) -> None:
+        # Disabling the focused button would hand the focus to the next widget in line
+        # (the job count box): park it in the editor meanwhile, then give it back.
+        if busy:
+            self._focus_before = QApplication.focusWidget()
+            if self._focus_before in self._buttons:
+                self.editor.setFocus()
         for button in self._buttons:
             button.setEnabled(not busy)
+        if not busy:
+            before = self._focus_before
+            self._focus_before = None
+            if before is not None and before.isEnabled() and before.isVisible():
+                before.setFocus()
 
     @asyncSlot()
     async def save(self) -> None:
         text = self.editor.toPlainText()
-        name = declared_name(text) or self.current_name
+        # An opened pipeline goes back to its own file (an example's file name and its
+        # declared name differ: sales_report.yaml says "name: sales-report").
+        name = self.current_name or declared_name(text)
         if not name:
             self.banner.error("Give the pipeline a top-level 'name:' before saving.")
             return
@@ -253,6 +338,7 @@ class QtPipelinesPanel(QWidget):
     async def run_now(self) -> None:
         text = self.editor.toPlainText()
         self._set_busy(True)
+        self._clear_result()
         self.result_label.setText("Running…")
         try:
             result = await self.context.api.execute_pipeline(pipeline=text)
@@ -262,6 +348,8 @@ class QtPipelinesPanel(QWidget):
             return
         finally:
             self._set_busy(False)
+        if text != self.editor.toPlainText():
+            return  # another pipeline was opened meanwhile: this result is not its
         self.last_result = result
         self._show_result(result)
 
@@ -308,4 +396,4 @@ class QtPipelinesPanel(QWidget):
         finally:
             self._set_busy(False)
         self.last_enqueued = ids
-        self.banner.ok(f"Enqueued {len(ids)} job(s) at {priority} priority.")
+        self.banner.ok(f"Enqueued {count_text(len(ids), 'job')} at {priority} priority.")

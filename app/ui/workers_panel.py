@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from mimir.app.services.jobs import count_text
 from mimir.app.ui.common import panel_header
 from mimir.app.ui.context import ConsoleContext
 
@@ -76,7 +77,8 @@ class QtWorkersPanel(QWidget):
         busy = sum(len(w.get("current_jobs") or []) for w in workers)
         done = sum(int(w.get("processed", 0)) for w in workers)
         self.summary.setText(
-            f"{len(workers)} workers · {busy}/{slots} slots busy · {done} jobs processed"
+            f"{count_text(len(workers), 'worker')} · {busy}/{slots} slots busy · "
+            f"{count_text(done, 'job')} processed"
         )
         for row, worker in enumerate(sorted(workers, key=lambda w: str(w.get("worker_id")))):
             age = float(worker.get("heartbeat_age_s", 0.0))

@@ -23,7 +23,9 @@ qasync = pytest.importorskip("qasync")
 from PySide6.QtCore import QCoreApplication, QEvent, QSettings, Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 
+from mimir.app.cluster.base import LogLine  # noqa: E402
 from mimir.app.cluster.local import LocalBackend  # noqa: E402
+from mimir.app.services.jobs import DEAD_LETTER  # noqa: E402
 from mimir.app.services.profiles import ConnectionProfile  # noqa: E402
 from mimir.app.ui.app import build_window, install_excepthook  # noqa: E402
 from mimir.core.settings import Settings  # noqa: E402
@@ -42,6 +44,21 @@ async def until(condition: Callable[[], Any], timeout: float, what: Any) -> Any:
             detail = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout}s waiting for {detail}")
         await asyncio.sleep(0.05)
+
+
+async def answer_confirmation(parent: Any, button: str) -> None:
+    """Click ``button`` in the confirmation ``parent`` opened (a destructive action asks)."""
+    from PySide6.QtWidgets import QMessageBox
+
+    from mimir.app.ui.confirm import CONFIRM_OBJECT_NAME
+
+    def open_box() -> Any:
+        boxes = parent.findChildren(QMessageBox, CONFIRM_OBJECT_NAME)
+        return next((box for box in boxes if box.isVisible()), None)
+
+    box = await until(open_box, 10, f"a confirmation from {type(parent).__name__}")
+    [choice] = [b for b in box.buttons() if b.text() == button]
+    QTest.mouseClick(choice, Qt.MouseButton.LeftButton)
 
 
 class Console:
@@ -141,12 +158,28 @@ def test_cluster_panel_starts_scales_and_stops(console: Console) -> None:
         await until(lambda: window.workers.table.rowCount() == 3, 60, "three live workers")
         await until(lambda: window.dashboard.cards["workers"].value.text() == "3", 20, "3 alive")
 
+        await window.cluster.refresh(with_stats=True)
+        await until(lambda: table.item(2, 4).text().endswith("%"), 10, "the workers' CPU")
+        assert table.item(1, 2).text() == "healthy"
+
+        # Stop asks first; keeping the cluster changes nothing.
         QTest.mouseClick(window.cluster.stop_button, Qt.MouseButton.LeftButton)
+        await answer_confirmation(window.cluster, "Cancel")
+        await until(lambda: window.cluster.stop_button.isEnabled(), 5, "Stop offered again")
+        assert window.context.last_cluster_status.running and not window.cluster.busy
+
+        QTest.mouseClick(window.cluster.stop_button, Qt.MouseButton.LeftButton)
+        await answer_confirmation(window.cluster, "Stop")
         await until(lambda: window.cluster.busy, 5, "the stop action to begin")
         await until(lambda: not window.cluster.busy, 60, "the cluster to stop")
         status = window.context.last_cluster_status
         assert status is not None and not status.running
         assert "failed" not in window.cluster.banner.text()
+        # Nothing left over from when it ran: no CPU or memory, no green health mark.
+        await window.cluster.refresh(with_stats=True)
+        for row in range(table.rowCount()):
+            assert table.item(row, 4).text() == "" and table.item(row, 5).text() == ""
+            assert table.item(row, 2).data(Qt.ItemDataRole.ForegroundRole) is None, row
 
     console.run(scenario)
 
@@ -264,12 +297,25 @@ def test_logs_arrive_and_a_running_job_is_cancelled(console: Console) -> None:
         jobs.search.setText(job_id)
         await until(lambda: jobs.proxy.rowCount() == 1, 5, "the job alone in the table")
         jobs.table.selectRow(0)
+        await until(lambda: "Status      running" in jobs.details.toPlainText(), 10, "details")
         QTest.mouseClick(jobs.cancel_button, Qt.MouseButton.LeftButton)
+        await answer_confirmation(jobs, "Cancel job")
         await until(
             lambda: (jobs.model.store.get(job_id) or {}).get("status") == "cancelled",
             30,
             "the job cancelled",
         )
+        # The cancel's reply (read right after the cancel script: still running) comes
+        # after or before the live "cancelled" event; either way the row stays cancelled.
+        await until(lambda: "Cancel requested" in jobs.banner.text(), 10, "the cancel reply")
+        assert jobs.model.store.get(job_id)["status"] == "cancelled"
+        # The details pane follows the job it shows; the button does not offer a cancel.
+        await until(
+            lambda: "Status      cancelled" in jobs.details.toPlainText(),
+            10,
+            lambda: f"the details to follow: {jobs.details.toPlainText()!r}",
+        )
+        assert not jobs.cancel_button.isEnabled()
 
     console.run(scenario)
 
@@ -303,5 +349,193 @@ def test_knowledge_panel_queries_and_plots_a_twin_run(console: Console) -> None:
         await until(lambda: panel.last_run is not None, 60, "the simulation's run")
         assert panel.plot is not None and len(panel.plot.getPlotItem().listDataItems()) >= 5
         assert "61 snapshots" in panel.twin_label.text()
+
+        # IRIs by prefix (the full IRI in the tooltip); a failed query clears the rows.
+        subjects = [panel.table.item(r, 0) for r in range(panel.table.rowCount())]
+        assert any(item.text().startswith("supply-chain:") for item in subjects)
+        assert all(item.toolTip().startswith("http") for item in subjects if ":" in item.text())
+        assert "supply-chain: <http://mimir-aip.local/ontology/supply-chain#>" in (
+            panel.prefix_label.text()
+        )
+        panel.editor.setPlainText("SELECT nonsense {")
+        QTest.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
+        await until(lambda: "Query failed" in panel.banner.text(), 15, "the query's error")
+        assert panel.table.rowCount() == 0 and panel.count_label.text() == ""
+        panel.editor.setPlainText("SELECT ?s WHERE { ?s ?p ?o } LIMIT 1")
+        QTest.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
+        await until(lambda: panel.count_label.text() == "1 row", 15, "one row")
+        assert not panel.banner.isVisible()
+
+    console.run(scenario)
+
+
+FAILING = """\
+name: flaky
+steps:
+  - name: fetch
+    plugin: Debug.fail
+    config: {message: "upstream 503"}
+"""
+
+
+def test_dead_letter_view_retries_and_deletes_in_bulk(console: Console) -> None:
+    """Issue 13: dead-lettered jobs showed as ``failed`` (the ``dead`` filter showed 0
+    while the Dashboard said DEAD LETTER 3); a retried job kept its old start time ("Ran
+    44.2 s" for a 1 ms run); there was no bulk retry or delete."""
+    window = console.window
+    jobs = window.jobs
+
+    async def scenario() -> None:
+        await console.start_cluster()
+        api = window.context.api
+        ids = await api.enqueue(pipeline=FAILING, count=3, max_retries=0)
+        await until(
+            lambda: (window.context.feed.last_stats or {}).get("dead") == 3, 30, "3 dead letters"
+        )
+        window.show_panel("jobs")
+        await until(lambda: jobs.tabs.tabText(1) == "Dead letter (3)", 10, "the tab's count")
+        jobs.status_combo.setCurrentIndex(jobs.status_combo.findData(DEAD_LETTER))
+        await until(lambda: jobs.proxy.rowCount() == 3, 10, "3 rows in the dead-letter filter")
+
+        jobs.tabs.setCurrentIndex(1)
+        view = jobs.dead_letter
+        await until(lambda: view.table.rowCount() == 3, 10, "3 dead-letter entries")
+        assert view.summary.text() == "3 jobs in the dead letter"
+        first = ids[0]
+        before = (await api.get_job(first))["started_at"]
+        view.table.selectRow([e["job_id"] for e in view.entries].index(first))
+        QTest.mouseClick(view.retry_button, Qt.MouseButton.LeftButton)
+        # It runs again (and fails again): the row follows the new run, not the old one.
+        await until(
+            lambda: (
+                (jobs.model.store.get(first) or {}).get("started_at") not in (None, before)
+                and (jobs.model.store.get(first) or {}).get("status") == "failed"
+            ),
+            30,
+            lambda: f"the retried run in the table: {jobs.model.store.get(first)}",
+        )
+        record = await api.get_job(first)
+        row = jobs.model.store.get(first)
+        assert row["started_at"] == record["started_at"]
+        assert row["finished_at"] == record["finished_at"]
+        assert row["version"] == record["version"]
+        await until(lambda: view.table.rowCount() == 3, 10, "the retried job back in the view")
+
+        QTest.mouseClick(view.select_all_button, Qt.MouseButton.LeftButton)
+        assert len(view.selected_ids()) == 3
+        QTest.mouseClick(view.delete_button, Qt.MouseButton.LeftButton)
+        await answer_confirmation(view, "Delete")
+        await until(lambda: view.table.rowCount() == 0, 15, "an empty dead letter")
+        assert "Deleted 3 jobs" in view.banner.text()
+        assert all(jobs.model.store.get(job_id) is None for job_id in ids)
+        await until(lambda: window.dashboard.cards["dead"].value.text() == "0", 10, "DEAD 0")
+        assert jobs.tabs.tabText(1) == "Dead letter"
+
+    console.run(scenario)
+
+
+def test_pipelines_examples_saved_in_place_and_nothing_stale(
+    console: Console, tmp_path: Path
+) -> None:
+    """Issue 13: an empty server showed an empty list with no way to add the examples;
+    saving an opened example wrote a second file named after its ``name:`` (mode 0600);
+    "Cannot list pipelines" outlived a good refresh; the last pipeline's result stayed
+    under the next one; focus jumped to the job count after Run now."""
+    window = console.window
+    panel = window.pipelines
+    (tmp_path / "pipelines" / "nap.yaml").unlink()
+
+    async def scenario() -> None:
+        await console.start_cluster()
+        window.show_panel("pipelines")
+        await until(lambda: panel.examples_button.isVisible(), 15, "the examples offered")
+        QTest.mouseClick(panel.examples_button, Qt.MouseButton.LeftButton)
+        await until(lambda: panel.list.count() == 4, 15, "the four examples listed")
+        assert "Added 4 example pipelines" in panel.banner.text()
+        assert (tmp_path / "data" / "sales.csv").is_file()  # what sales_report reads
+        assert not panel.examples_button.isVisible()
+
+        await panel.open_pipeline("sales_report")
+        text = panel.editor.toPlainText()
+        assert "name: sales-report" in text  # file and declared name differ
+        panel.editor.setPlainText(text.replace("description:", "description: edited,", 1))
+        panel.editor.setFocus()
+        QTest.keyClick(panel.editor, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
+        await until(lambda: "Saved sales_report" in panel.banner.text(), 15, "saved")
+        files = sorted(p.name for p in (tmp_path / "pipelines").iterdir())
+        assert files == sorted(f"{n}.yaml" for n in SHIPPED_EXAMPLES), files
+        saved = tmp_path / "pipelines" / "sales_report.yaml"
+        assert "edited," in saved.read_text()
+        umask = os.umask(0)
+        os.umask(umask)
+        assert saved.stat().st_mode & 0o777 == 0o666 & ~umask  # (the server's umask: ours)
+
+        window.activateWindow()
+        panel.run_button.setFocus()
+        await until(lambda: panel.run_button.hasFocus(), 5, "the focus on Run now")
+        QTest.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
+        await until(lambda: panel.last_result is not None, 60, "the run's result")
+        assert panel.last_result["success"], panel.last_result
+        assert panel.steps_table.rowCount() == text.count("plugin:")
+        assert panel.run_button.hasFocus() and not panel.count_spin.hasFocus()
+        await panel.open_pipeline("test_pipeline")
+        assert panel.last_result is None and panel.steps_table.rowCount() == 0
+        assert "Succeeded" not in panel.result_label.text()
+
+        url = window.context.api.base_url
+        window.context.api.configure(f"http://127.0.0.1:{free_port()}")
+        await panel.refresh_list()
+        assert "Cannot list pipelines" in panel.banner.text()
+        window.context.api.configure(url)
+        await panel.refresh_list()
+        assert not panel.banner.isVisible()
+
+    console.run(scenario)
+
+
+SHIPPED_EXAMPLES = ("ai_summary", "sales_report", "sales_report_pdf", "test_pipeline")
+
+
+def test_logs_per_worker_on_a_fresh_view_and_dashboard_names_workers(console: Console) -> None:
+    """Issue 13: all workers were one entry in Logs; choosing another source kept the last
+    one's lines; a filter left the view scrolled right; the Dashboard's CPU and memory
+    legends named workers by pid."""
+    window = console.window
+    logs = window.logs
+
+    async def scenario() -> None:
+        await console.start_cluster(workers=2)
+        window.show_panel("logs")
+        combo = logs.service_combo
+
+        def sources() -> list[str]:
+            return [str(combo.itemData(i)) for i in range(combo.count())]
+
+        await until(
+            lambda: {"worker-1", "worker-2"} <= set(sources()), 20, lambda: f"workers: {sources()}"
+        )
+        await until(lambda: any(x.service == "backend" for x in logs.lines), 30, "backend lines")
+        combo.setCurrentIndex(sources().index("worker-2"))
+        assert not any(line.service == "backend" for line in logs.lines)
+        await until(lambda: len(logs.lines) > 0, 30, "worker-2's lines")
+        assert {line.service for line in logs.lines} == {"worker-2"}
+        assert "backend" not in logs.view.toPlainText()
+
+        logs.add_line(LogLine("worker-2", "x" * 3000))  # a long line, scrolled to its end
+        logs.filter_edit.setText("worker")
+        assert logs.view.horizontalScrollBar().value() == 0
+
+        window.show_panel("dashboard")
+        dashboard = window.dashboard
+
+        def legend(plot: Any) -> set[str]:
+            return {label.text for _, label in plot.legend.items}
+
+        await until(
+            lambda: dashboard.redraw() or legend(dashboard.cpu_plot) == {"worker-1", "worker-2"},
+            20,
+            lambda: f"worker names in the legend: {legend(dashboard.cpu_plot)}",
+        )
+        assert legend(dashboard.mem_plot) == {"worker-1", "worker-2"}
 
     console.run(scenario)

@@ -125,6 +125,29 @@ def test_live_feed_streams_stats_and_jobs(stack: Stack) -> None:
     asyncio.run(scenario())
 
 
+def test_live_feed_asks_for_a_resync_each_time_the_stream_reconnects(stack: Stack) -> None:
+    """Job changes made while the event stream was away are never sent again: on each
+    (re)connection the feed says so, and the Jobs table lists the jobs again."""
+
+    async def scenario() -> None:
+        api = ApiClient(stack.url)
+        feed = LiveFeed(api, poll_interval=0.2, retry_stream_after=30)
+        resyncs: list[None] = []
+        feed.subscribe("resync", resyncs.append)
+        feed.start()
+        try:
+            await until(lambda: feed.mode == "events" and len(resyncs) == 1, timeout=15)
+            await asyncio.to_thread(stack.server.stop)
+            await until(lambda: feed.mode != "events", timeout=15)
+            await asyncio.to_thread(stack.server.start, wait_for_redis=True)
+            await until(lambda: feed.mode == "events" and len(resyncs) == 2, timeout=20)
+        finally:
+            await feed.stop()
+            await api.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_live_feed_polls_when_there_is_no_stream(stack: Stack) -> None:
     """A server path without SSE (here: a bogus prefix) makes the feed poll queue/status."""
 

@@ -84,20 +84,126 @@ def test_profiles_survive_corrupt_settings() -> None:
     assert ProfileStore(settings, TokenStore(use_keyring=False)).load()[0].name == "Local processes"
 
 
+def _job(job_id: str, version: int, status: str, **fields: object) -> dict[str, object]:
+    return {"job_id": job_id, "version": version, "status": status, **fields}
+
+
 def test_job_store_merges_subset_events_and_bounds() -> None:
     store = JobStore(max_rows=3)
-    assert store.upsert({"job_id": "a", "status": "queued", "pipeline": "p"}) == (0, True)
-    assert store.upsert({"job_id": "a", "status": "running", "worker_id": None}) == (0, False)
-    assert store.get("a") == {"job_id": "a", "status": "running", "pipeline": "p"}
+    change = store.upsert({"job_id": "a", "status": "queued", "pipeline": "p"})
+    assert change is not None and change.kind == "insert"
+    store.upsert({"job_id": "a", "status": "running", "worker_id": None})
+    assert store.get("a") == {
+        "job_id": "a",
+        "status": "running",
+        "pipeline": "p",
+        "worker_id": None,
+    }
     for name in "bcd":
         store.upsert({"job_id": name, "status": "succeeded"})
-    assert store.over_limit() == 1
-    store.drop_oldest(1)
-    assert [r["job_id"] for r in store.rows] == ["b", "c", "d"]
-    assert store.position("d") == 2
-    assert store.counts() == {"succeeded": 3}
+    assert store.over_limit() and store.trim() == ["b", "c"]  # the oldest finished first
+    assert [r["job_id"] for r in store.rows] == ["d", "a"]
+    assert store.counts()["running"] == 1
     assert job_matches({"job_id": "x1", "status": "failed", "error": "Boom"}, "failed", "boom")
     assert not job_matches({"job_id": "x1", "status": "failed"}, "succeeded", "")
+
+
+def test_job_store_never_lets_an_older_record_overwrite_a_newer_one() -> None:
+    """Issue 13: the cancel reply (read right after the cancel script: running, version 3)
+    arrives after the live ``cancelled`` event (version 4); the row must stay cancelled."""
+    store = JobStore()
+    store.upsert(_job("j", 1, "queued", enqueued_at="2026-01-01T00:00:00Z"))
+    store.upsert(_job("j", 2, "running", worker_id="w1"))
+    store.upsert(_job("j", 4, "cancelled", finished_at="2026-01-01T00:00:05Z"))
+    assert store.prepare(_job("j", 3, "running", cancel_requested=True)) is None
+    assert store.upsert(_job("j", 3, "running", cancel_requested=True)) is None
+    assert store.get("j")["status"] == "cancelled"  # type: ignore[index]
+    # The same version again (a listing of what the event said) merges: same state.
+    store.upsert(_job("j", 4, "cancelled", result=None, error="cancelled while running"))
+    assert store.get("j")["error"] == "cancelled while running"  # type: ignore[index]
+    # A deletion removes the row; a late record of the deleted job does not bring it back.
+    assert store.upsert({"job_id": "j", "version": 5, "deleted": True}).kind == "remove"  # type: ignore[union-attr]
+    assert store.get("j") is None and len(store) == 0
+
+
+def test_job_store_forgets_the_times_and_result_of_a_retried_job() -> None:
+    """Issue 13: a dead-letter retry kept the old started_at, so "Ran" showed 44.2 s for
+    a 1 ms run; the retry's event (and record) sends the unset times as null."""
+    from mimir.app.services.jobs import COLUMNS
+
+    ran = next(c for c in COLUMNS if c.title == "Ran")
+    store = JobStore()
+    store.upsert(
+        _job(
+            "j", 4, "failed", enqueued_at="2026-01-01T00:00:00Z",
+            started_at="2026-01-01T00:00:00Z", finished_at="2026-01-01T00:00:01Z",
+            error="boom", result={"partial": 1},
+        )
+    )  # fmt: skip
+    assert ran.text(store.get("j")) == "1.0 s"  # type: ignore[arg-type]
+    store.upsert(_job("j", 5, "queued", started_at=None, finished_at=None, error=None))
+    retried = store.get("j")
+    assert retried is not None and ran.text(retried) == "" and "result" not in retried
+    store.upsert(_job("j", 6, "running", started_at="2026-01-01T00:00:44Z"))
+    store.upsert(_job("j", 7, "failed", finished_at="2026-01-01T00:00:44.001Z"))
+    assert ran.text(store.get("j")) == "1 ms"  # type: ignore[arg-type]
+
+
+def test_job_store_orders_newest_first_and_sorts_by_any_column() -> None:
+    """Issue 13: a job listed after newer ones appeared at the bottom of a newest-first
+    table; rows are placed by the sort column (ties in arrival order)."""
+    store = JobStore()
+    for n in (5, 9, 7):
+        change = store.upsert(_job(f"j{n}", 1, "queued", enqueued_at=f"2026-01-01T00:00:0{n}Z"))
+        assert change is not None
+    assert [r["job_id"] for r in store.rows] == ["j9", "j7", "j5"]
+    # A newer job arriving late still lands at the top; an older one below its elders.
+    insert = store.prepare(_job("j8", 1, "queued", enqueued_at="2026-01-01T00:00:08Z"))
+    assert insert is not None and (insert.kind, insert.to_row) == ("insert", 1)
+    store.commit(insert)
+    assert [r["job_id"] for r in store.rows] == ["j9", "j8", "j7", "j5"]
+    assert store.row_of("j7") == 2 and store.record(0)["job_id"] == "j9"
+    # Sorted by status: a change of status moves the row, and says where.
+    store.sort(1, descending=False)  # all queued: arrival order
+    assert [r["job_id"] for r in store.rows] == ["j5", "j9", "j7", "j8"]
+    move = store.prepare(_job("j5", 2, "running"))
+    assert move is not None and (move.kind, move.row, move.to_row) == ("move", 0, 3)
+    store.commit(move)
+    assert [r["job_id"] for r in store.rows] == ["j9", "j7", "j8", "j5"]
+    still = store.prepare(_job("j8", 2, "queued", worker_id="w"))
+    assert still is not None and (still.kind, still.row, still.to_row) == ("update", 2, 2)
+
+
+def test_job_store_trims_the_oldest_finished_jobs_first() -> None:
+    store = JobStore(max_rows=20)
+    for n in range(21):
+        store.upsert(_job(f"j{n:02d}", 1, "running" if n < 3 else "succeeded"))
+    assert store.over_limit()
+    dropped = store.trim()
+    assert dropped == ["j03", "j04"] and len(store) == 19
+    assert all(store.get(f"j{n:02d}") for n in range(3))
+    kept = [*range(20, 4, -1), 2, 1, 0]  # newest first (all enqueued at once: by arrival)
+    assert [r["job_id"] for r in store.rows] == [f"j{n:02d}" for n in kept]
+
+
+def test_dead_letter_filter_and_readable_details() -> None:
+    from mimir.app.services.jobs import DEAD_LETTER, count_text, describe_job
+
+    assert job_matches({"status": "failed"}, DEAD_LETTER, "")
+    assert job_matches({"status": "dead"}, DEAD_LETTER, "")
+    assert not job_matches({"status": "cancelled"}, DEAD_LETTER, "")
+    text = describe_job(
+        _job(
+            "abc", 3, "failed", pipeline="nap", priority="high", attempts=1, max_retries=0,
+            enqueued_at="2026-01-01T00:00:00Z", started_at="2026-01-01T00:00:00.5Z",
+            finished_at="2026-01-01T00:00:02Z", error="upstream 503", result={"n": 1},
+        )
+    )  # fmt: skip
+    assert "Status      failed · in the dead letter" in text
+    assert "Attempts    1 of 1" in text and "(waited 500 ms)" in text and "(ran 1.5 s)" in text
+    assert "Error\nupstream 503" in text and '"n": 1' in text
+    assert not text.lstrip().startswith("{")  # not raw JSON
+    assert (count_text(1, "job"), count_text(2, "job")) == ("1 job", "2 jobs")
 
 
 def test_dashboard_recorder_tracks_queue_and_workers() -> None:
