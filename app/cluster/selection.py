@@ -45,8 +45,10 @@ def default_backend_name(project: str, settings: Settings | None = None) -> Back
     ``project``; else ``docker`` if an engine answers; else ``local``."""
     settings = settings or Settings.from_env()
     chosen = settings.cluster_backend
-    if chosen in ("docker", "local"):
-        return chosen
+    if chosen == "docker":
+        return "docker"
+    if chosen == "local":
+        return "local"
     if chosen:
         raise ClusterError(f"MIMIR_CLUSTER_BACKEND must be 'docker' or 'local', got {chosen!r}")
     if (settings.state_dir / project / "state.json").exists():
