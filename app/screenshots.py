@@ -133,11 +133,11 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
 
     shots: list[Path] = []
 
-    async def grab(key: str, settle: float = 0.6) -> None:
+    async def grab(key: str, settle: float = 0.6, name: str | None = None) -> None:
         window.show_panel(key)
         await asyncio.sleep(settle)  # the loop paints meanwhile (never processEvents here)
         window.dashboard.redraw()
-        path = out / f"{key}.png"
+        path = out / f"{name or key}.png"
         window.grab().save(str(path))
         shots.append(path)
         print(f"screenshots: {path}")
@@ -157,6 +157,10 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
             window.jobs.table.selectRow(row)
             break
     await grab("jobs", 1.0)
+    window.jobs.tabs.setCurrentIndex(1)
+    await _until(lambda: window.jobs.dead_letter.entries, 15, "the dead letter listed")
+    await grab("jobs", 0.6, "dead_letter")
+    window.jobs.tabs.setCurrentIndex(0)
     await grab("workers")
     await _until(lambda: len(window.logs.lines) > 20, 20, "log lines")
     await grab("logs")

@@ -57,7 +57,7 @@ class QtDeadLetterView(QWidget):
         self.total = 0
         self.busy = False
         root = QVBoxLayout(self)
-        root.setContentsMargins(0, 8, 0, 0)
+        root.setContentsMargins(10, 10, 10, 10)
         root.setSpacing(8)
         bar = QHBoxLayout()
         self.summary = QLabel("")
@@ -92,7 +92,7 @@ class QtDeadLetterView(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
-        for column, width in enumerate([128, 80, 150, 76, 150]):
+        for column, width in enumerate([128, 80, 160, 90, 170]):
             self.table.setColumnWidth(column, width)
         self.table.itemSelectionChanged.connect(self._update_buttons)
         self.select_all_button.clicked.connect(self.table.selectAll)

@@ -255,7 +255,7 @@ class QtJobsPanel(QWidget):
 
         page = QWidget()
         layout = QVBoxLayout(page)
-        layout.setContentsMargins(0, 8, 0, 0)
+        layout.setContentsMargins(10, 10, 10, 10)
         layout.setSpacing(8)
         bar = QHBoxLayout()
         self.status_combo = QComboBox()
@@ -308,7 +308,7 @@ class QtJobsPanel(QWidget):
         header.setSortIndicatorShown(True)
         header.setSortIndicator(ENQUEUED_COLUMN, Qt.SortOrder.DescendingOrder)
         header.sortIndicatorChanged.connect(self.model.sort)
-        for column, width in enumerate([128, 96, 150, 78, 84, 200, 92, 84, 84]):
+        for column, width in enumerate([128, 96, 150, 84, 96, 190, 124, 84, 84]):
             self.table.setColumnWidth(column, width)
         self.table.selectionModel().currentRowChanged.connect(self._on_current)
         split.addWidget(self.table)

@@ -120,7 +120,10 @@ class QtPipelinesPanel(QWidget):
         self.run_button.setObjectName("Primary")
         self.count_spin = QSpinBox()
         self.count_spin.setRange(1, 10000)
-        self.count_spin.setSuffix(" jobs")
+        self.count_spin.setSuffix(" job")  # " jobs" from 2 on
+        self.count_spin.valueChanged.connect(
+            lambda n: self.count_spin.setSuffix(" job" if n == 1 else " jobs")
+        )
         self.priority_combo = QComboBox()
         self.priority_combo.addItems(["normal", "high", "low"])
         self.enqueue_button = QPushButton("Enqueue")

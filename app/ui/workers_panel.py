@@ -17,12 +17,14 @@ from PySide6.QtWidgets import (
 )
 
 from mimir.app.services.jobs import count_text
+from mimir.app.services.worker_names import worker_labels
 from mimir.app.ui.common import panel_header
 from mimir.app.ui.context import ConsoleContext
 
 __all__ = ["QtWorkersPanel"]
 
 _COLUMNS = [
+    "Name",
     "Worker",
     "Host",
     "PID",
@@ -46,6 +48,12 @@ def _heartbeat_color(age: float) -> QColor:
     return QColor("#FF6B6B")
 
 
+def _name_order(name: str) -> tuple[str, int]:
+    """``worker-2`` before ``worker-10``."""
+    head, _, tail = name.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (name, 0)
+
+
 class QtWorkersPanel(QWidget):
     def __init__(self, context: ConsoleContext | None) -> None:
         super().__init__()
@@ -64,11 +72,21 @@ class QtWorkersPanel(QWidget):
         self.table.setAlternatingRowColors(True)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(6, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(_COLUMNS.index("Current jobs"), QHeaderView.ResizeMode.Stretch)
         root.addWidget(self.table, 1)
         self.workers: list[dict[str, Any]] = []
+        self.context = context
         if context is not None:
             context.workers.connect(self.show_workers)
+            context.instances_changed.connect(lambda _i: self.show_workers(self.workers))
+
+    def _names(self, workers: list[dict[str, Any]]) -> dict[str, str]:
+        """The names the Dashboard and Logs use too (``worker-1`` …)."""
+        if self.context is None:
+            return worker_labels(workers, [])
+        backend = self.context.backend
+        project = backend.project if backend is not None else ""
+        return worker_labels(workers, self.context.instances, project)
 
     def show_workers(self, workers: list[dict[str, Any]]) -> None:
         self.workers = list(workers)
@@ -80,10 +98,13 @@ class QtWorkersPanel(QWidget):
             f"{count_text(len(workers), 'worker')} · {busy}/{slots} slots busy · "
             f"{count_text(done, 'job')} processed"
         )
-        for row, worker in enumerate(sorted(workers, key=lambda w: str(w.get("worker_id")))):
+        names = self._names(workers)
+        ordered = sorted(workers, key=lambda w: _name_order(names.get(str(w.get("worker_id")), "")))
+        for row, worker in enumerate(ordered):
             age = float(worker.get("heartbeat_age_s", 0.0))
             current = worker.get("current_jobs") or []
             cells = [
+                names.get(str(worker.get("worker_id")), ""),
                 str(worker.get("worker_id", "")),
                 str(worker.get("hostname", "")),
                 str(worker.get("pid", "")),
@@ -103,11 +124,11 @@ class QtWorkersPanel(QWidget):
                     item = QTableWidgetItem()
                     self.table.setItem(row, column, item)
                 item.setText(text)
-                if column == 5:
+                if column == 6:
                     item.setForeground(_heartbeat_color(age))
-                if column in (2, 4, 7, 8, 9, 10, 11):
+                if column in (3, 5, 8, 9, 10, 11, 12):
                     item.setTextAlignment(
                         Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
                     )
-                if column == 6 and worker.get("draining"):
+                if column == 7 and worker.get("draining"):
                     item.setText(item.text() + " (draining)")

@@ -44,3 +44,21 @@ def test_smoke_run_leaves_no_scratch_or_state_directory(tmp_path: Path) -> None:
     assert "smoke: window shown" in done.stdout
     assert list((tmp_path / "tmp").iterdir()) == []
     assert list((tmp_path / "state").iterdir()) == []
+
+
+def test_screenshot_tool_leaves_no_scratch_directory(tmp_path: Path) -> None:
+    """Issue 13: the screenshot tool left ``mimir-shots-*`` (data, pipelines, the
+    cluster's state) in the temp directory."""
+    env = _env(tmp_path)
+    out = tmp_path / "shots"
+    done = subprocess.run(
+        [sys.executable, "-m", "mimir.app.screenshots", str(out), "--seconds", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    shots = {path.name for path in out.iterdir()}
+    assert {"cluster.png", "dashboard.png", "jobs.png", "dead_letter.png"} <= shots, shots
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -537,5 +537,14 @@ def test_logs_per_worker_on_a_fresh_view_and_dashboard_names_workers(console: Co
             lambda: f"worker names in the legend: {legend(dashboard.cpu_plot)}",
         )
         assert legend(dashboard.mem_plot) == {"worker-1", "worker-2"}
+        table = window.workers.table  # the same names in the Workers panel
+        await until(
+            lambda: (
+                [table.item(r, 0).text() for r in range(table.rowCount())]
+                == ["worker-1", "worker-2"]
+            ),
+            10,
+            "the workers' names in the Workers panel",
+        )
 
     console.run(scenario)
