@@ -224,6 +224,7 @@ def test_local_profile_starts_on_its_own_port_and_says_so_when_taken(
     said "This profile talks to an API only" above a cluster it could drive."""
     import socket
 
+    from mimir.app.cluster.base import ClusterStatus, ServiceStatus
     from mimir.app.services.profiles import ConnectionProfile
 
     for name in ("state", "data", "pipelines"):
@@ -257,6 +258,13 @@ def test_local_profile_starts_on_its_own_port_and_says_so_when_taken(
                 text = panel.banner.text()
                 assert f"port {port}" in text and "profile's API URL" in text, text
                 assert "--port" not in text
+                # A running cluster answering elsewhere (started with another port): said.
+                assert not panel.api_note.isVisible()
+                elsewhere = "http://127.0.0.1:9"
+                running = [ServiceStatus("backend", "server", "running")]
+                window.context.follow_cluster(ClusterStatus("local", "mimir", running, elsewhere))
+                assert panel.api_note.isVisible() and elsewhere in panel.api_note.text()
+                assert window.context.api.base_url == elsewhere
             finally:
                 await window.shutdown()
                 window.close()
