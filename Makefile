@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean-venv
+.PHONY: demo test test-fast test-pythons lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP) lint
 ## The fast suite only (no Docker, no bundle build, no wheel install).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not docker and not bundle and not wheel"
+
+## The core, queue, worker and server tests on Python 3.12 and 3.13 (scripts/test-pythons.sh).
+PYTHONS ?= 3.12 3.13
+test-pythons:
+	bash scripts/test-pythons.sh $(PYTHONS)
 
 ## ruff (lint and format), mypy on every package, the import-linter layer contracts.
 lint: $(STAMP)
