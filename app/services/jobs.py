@@ -210,6 +210,9 @@ class JobStore:
         self._ids: list[str] = []
         self._keys: list[tuple[Any, int]] = []
         self._key_of: dict[str, tuple[Any, int]] = {}
+        #: Deleted jobs and the version of their deletion: a record read before it (a
+        #: listing in flight) must not bring the job back.
+        self._deleted: dict[str, int] = {}
 
     # ---------------------------------------------------------------- reading
 
@@ -265,9 +268,13 @@ class JobStore:
         if current is not None and incoming and incoming < _version(current):
             return None  # read before a change the store already has
         if record.get("deleted"):
+            self._forget(job_id, incoming or _version(current) + 1)
             if current is None:
                 return None
             return PendingChange("remove", job_id, None, self.row_of(job_id), None)
+        gone = self._deleted.get(job_id)
+        if gone is not None and (not incoming or incoming < gone):
+            return None  # a record of a job deleted since it was read
         merged = dict(current or {})
         merged.update({k: v for k, v in record.items() if k != "deleted"})
         if "result" not in record and merged.get("status") not in FINAL_STATUSES:
@@ -314,6 +321,12 @@ class JobStore:
             self._keys.insert(position, change._key)
             self._key_of[job_id] = change._key
         self._records[job_id] = change.record
+
+    def _forget(self, job_id: str, version: int) -> None:
+        self._deleted[job_id] = max(version, self._deleted.get(job_id, 0))
+        if len(self._deleted) > 2 * self.max_rows:  # bounded: the oldest deletions go
+            for old in list(self._deleted)[: self.max_rows]:
+                del self._deleted[old]
 
     def _take_out(self, job_id: str) -> None:
         key = self._key_of.pop(job_id, None)
@@ -365,6 +378,7 @@ class JobStore:
         return doomed
 
     def clear(self) -> None:
+        self._deleted.clear()
         self._records.clear()
         self._seq.clear()
         self._ids.clear()

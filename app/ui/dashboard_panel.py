@@ -167,9 +167,17 @@ class QtDashboardPanel(QWidget):
             plot.clear()
             if plot.legend is not None:
                 plot.legend.clear()
-        for index, wid in enumerate(self._worker_ids):
+
+        def name_of(wid: str) -> str:
+            return self.worker_names.get(wid, wid.removeprefix("worker-"))
+
+        def natural(wid: str) -> tuple[str, int]:  # worker-2 before worker-10
+            head, _, tail = name_of(wid).rpartition("-")
+            return (head, int(tail)) if tail.isdigit() else (name_of(wid), 0)
+
+        for index, wid in enumerate(sorted(self._worker_ids, key=natural)):
             color = _PALETTE[index % len(_PALETTE)]
-            name = self.worker_names.get(wid, wid.removeprefix("worker-"))
+            name = name_of(wid)
             for prefix, plot in (("cpu", self.cpu_plot), ("mem", self.mem_plot)):
                 curve = plot.plot([], [], name=name, pen=_pen(color))
                 curve.setDownsampling(auto=True, method="peak")

@@ -92,7 +92,7 @@ class QtDeadLetterView(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
-        for column, width in enumerate([128, 80, 160, 90, 170]):
+        for column, width in enumerate([128, 80, 160, 100, 170]):
             self.table.setColumnWidth(column, width)
         self.table.itemSelectionChanged.connect(self._update_buttons)
         self.select_all_button.clicked.connect(self.table.selectAll)

@@ -308,7 +308,7 @@ class QtJobsPanel(QWidget):
         header.setSortIndicatorShown(True)
         header.setSortIndicator(ENQUEUED_COLUMN, Qt.SortOrder.DescendingOrder)
         header.sortIndicatorChanged.connect(self.model.sort)
-        for column, width in enumerate([128, 96, 150, 84, 96, 190, 124, 84, 84]):
+        for column, width in enumerate([128, 96, 150, 84, 100, 190, 124, 84, 84]):
             self.table.setColumnWidth(column, width)
         self.table.selectionModel().currentRowChanged.connect(self._on_current)
         split.addWidget(self.table)

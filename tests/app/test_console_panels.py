@@ -528,15 +528,15 @@ def test_logs_per_worker_on_a_fresh_view_and_dashboard_names_workers(console: Co
         window.show_panel("dashboard")
         dashboard = window.dashboard
 
-        def legend(plot: Any) -> set[str]:
-            return {label.text for _, label in plot.legend.items}
+        def legend(plot: Any) -> list[str]:
+            return [label.text for _, label in plot.legend.items]
 
         await until(
-            lambda: dashboard.redraw() or legend(dashboard.cpu_plot) == {"worker-1", "worker-2"},
+            lambda: dashboard.redraw() or legend(dashboard.cpu_plot) == ["worker-1", "worker-2"],
             20,
             lambda: f"worker names in the legend: {legend(dashboard.cpu_plot)}",
         )
-        assert legend(dashboard.mem_plot) == {"worker-1", "worker-2"}
+        assert legend(dashboard.mem_plot) == ["worker-1", "worker-2"]  # in name order
         table = window.workers.table  # the same names in the Workers panel
         await until(
             lambda: (

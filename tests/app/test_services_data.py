@@ -124,6 +124,8 @@ def test_job_store_never_lets_an_older_record_overwrite_a_newer_one() -> None:
     # A deletion removes the row; a late record of the deleted job does not bring it back.
     assert store.upsert({"job_id": "j", "version": 5, "deleted": True}).kind == "remove"  # type: ignore[union-attr]
     assert store.get("j") is None and len(store) == 0
+    assert store.upsert(_job("j", 4, "cancelled")) is None  # a listing read before it
+    assert store.get("j") is None
 
 
 def test_job_store_forgets_the_times_and_result_of_a_retried_job() -> None:
