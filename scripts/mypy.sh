@@ -11,6 +11,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mypy="${1:-$root/.venv/bin/mypy}"
+# Absolute, since the check runs from inside the tree (make passes .venv/bin/mypy).
+[[ $mypy == /* ]] || mypy="$PWD/$mypy"
 tree="$root/.venv/mypy-tree"
 packages=(core server worker app)
 
