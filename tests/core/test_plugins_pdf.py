@@ -5,6 +5,7 @@ fitted to the page, and the fonts used."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import shutil
 from pathlib import Path
@@ -22,10 +23,19 @@ from mimir.core.pipeline import load_pipeline
 from mimir.core.plugins.builtin.pdf import find_unicode_font
 from tests.core.plugin_harness import StepFailed, run_plugin
 
-needs_unicode_font = pytest.mark.skipif(
-    find_unicode_font() is None,
-    reason="DejaVu Sans is not installed (scripts/system-deps.sh installs fonts-dejavu-core)",
-)
+
+def needs_unicode_font(test):  # type: ignore[no-untyped-def]
+    """make test installs fonts-dejavu-core (scripts/system-deps.sh): a missing font fails
+    the test with that message instead of skipping it."""
+
+    def checked(*args, **kwargs):  # type: ignore[no-untyped-def]
+        assert find_unicode_font() is not None, (
+            "DejaVu Sans is not installed (scripts/system-deps.sh installs fonts-dejavu-core)"
+        )
+        return test(*args, **kwargs)
+
+    return functools.wraps(test)(checked)
+
 
 ROWS = [
     {"region": "Île-de-France", "amount": 1234.5, "units": 3, "note": "Straße, Größe"},
@@ -272,8 +282,7 @@ def test_mimir_pdf_font_names_the_font(data_dir: Path, monkeypatch: pytest.Monke
     mono = find_unicode_font()
     assert mono is not None
     mono = mono.with_name("DejaVuSansMono.ttf")
-    if not mono.is_file():
-        pytest.skip("DejaVuSansMono.ttf is not beside DejaVuSans.ttf")
+    assert mono.is_file(), "DejaVuSansMono.ttf is not beside DejaVuSans.ttf (fonts-dejavu-core)"
     monkeypatch.setenv("MIMIR_PDF_FONT", str(mono))
     out, reader = _pdf(data_dir, {"input": "plain text", "file_path": "mono.pdf"})
     assert "DejaVuSansMono" in out["font"] and "plain text" in reader.pages[0].extract_text()
