@@ -103,14 +103,14 @@ async def _until(condition, timeout: float, what: str) -> None:
 
 
 async def _render(window, out: Path, seconds: float) -> list[Path]:
-    context = window.context
-    api = context.api
+    session = window.session
+    api = session.api
     window.show_panel("cluster")
     window.cluster.workers_spin.setValue(3)
     await window.cluster.start_cluster()
-    if not (context.last_cluster_status and context.last_cluster_status.running):
+    if not (session.last_cluster_status and session.last_cluster_status.running):
         raise RuntimeError(f"screenshots: cluster did not start: {window.cluster.banner.text()}")
-    await _until(lambda: context.feed.last_stats is not None, 30, "live stats")
+    await _until(lambda: session.feed.last_stats is not None, 30, "live stats")
 
     # Waves of real work: bursts at each priority, a few failures, one long runner.
     started = time.monotonic()
@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = QSettings(str(scratch / "console.ini"), QSettings.Format.IniFormat)
     window = build_window(settings, backend)
     profile = ConnectionProfile("Local processes", "local_processes", f"http://127.0.0.1:{port}")
-    window.context.profiles.upsert(profile)
-    window.context.profile = profile
+    window.session.profiles.upsert(profile)
+    window.session.profile = profile
     window.resize(args.width, args.height)
     window.show()
     window.start()
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             await _render(window, args.out_dir, args.seconds)
         finally:
-            await window.context.feed.stop()
+            await window.session.feed.stop()
             await window.logs.stop()
             await backend.clean()
             await window.shutdown()

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from mimir.core.jobs import JobContext, run_pipeline_job
+from mimir.core.jobs import Attempt, run_pipeline_job
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: Jobs one arq worker runs at once (Mimir's workers run as many).
@@ -21,7 +21,7 @@ ARQ_POLL = float(os.environ.get("BENCH_ARQ_POLL", "0.001"))
 
 
 async def _run(payload: dict[str, Any]) -> Any:
-    return await run_pipeline_job(payload, JobContext(job_id="bench", attempt=1, worker_id="bench"))
+    return await run_pipeline_job(payload, Attempt(job_id="bench", attempt=1, worker_id="bench"))
 
 
 # -- arq ---------------------------------------------------------------------------------

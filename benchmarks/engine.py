@@ -23,7 +23,7 @@ from typing import Any
 
 from mimir.core.engine import execute_pipeline
 from mimir.core.pipeline import Pipeline, load_pipeline
-from mimir.core.plugins.base import RunContext
+from mimir.core.plugins.base import StepRuntime
 from mimir.core.plugins.registry import default_registry
 
 __all__ = ["main"]
@@ -73,7 +73,7 @@ async def measure(steps: int, iterations: int, runs: int) -> dict[str, list[floa
     context = {"input": "test data"}
     with tempfile.TemporaryDirectory(prefix="mimir-bench-") as directory:
         data_dir = Path(directory)
-        run_context = RunContext("step", context, data_dir)
+        run_context = StepRuntime("step", context, data_dir)
 
         async def direct() -> None:
             for _ in range(steps):

@@ -29,7 +29,7 @@ from mimir.core.pipeline.models import Pipeline, Step
 from mimir.core.pipeline.origin import AI_RESULT_ALIASES
 from mimir.core.pipeline.templating import contains_template, render
 from mimir.core.pipeline.values import Aliased, origin_view
-from mimir.core.plugins.base import ContextView, RunContext, context_input_fields
+from mimir.core.plugins.base import ContextView, StepRuntime, context_input_fields
 from mimir.core.plugins.registry import PluginRegistry, default_registry
 
 __all__ = ["PipelineResult", "StepResult", "StepStatus", "execute_pipeline"]
@@ -127,7 +127,7 @@ async def _run_step(
             f"config.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
         )
         raise PluginConfigError(f"invalid config for {step.plugin}: {problems}") from None
-    run = RunContext(step.name, context, data_dir)
+    run = StepRuntime(step.name, context, data_dir)
     if step.timeout is None:
         result = await plugin.run(config, run)
     else:

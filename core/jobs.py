@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from mimir.core.pipeline.models import Pipeline
 
 __all__ = [
-    "JobContext",
+    "Attempt",
     "JobFailedError",
     "JobHandler",
     "UnknownJobTypeError",
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class JobContext:
+class Attempt:
     """What a handler knows about the attempt it runs."""
 
     job_id: str
@@ -58,7 +58,7 @@ class JobContext:
 
 
 #: ``async handler(payload, ctx) -> result``.
-JobHandler = Callable[[dict[str, Any], JobContext], Awaitable[Any]]
+JobHandler = Callable[[dict[str, Any], Attempt], Awaitable[Any]]
 
 
 class JobFailedError(MimirError):
@@ -169,7 +169,7 @@ def _load_cached(definition: dict[str, Any]) -> Pipeline:
     return pipeline
 
 
-async def run_pipeline_job(payload: dict[str, Any], ctx: JobContext) -> Any:
+async def run_pipeline_job(payload: dict[str, Any], ctx: Attempt) -> Any:
     """The ``pipeline`` handler: run ``payload["pipeline"]`` with ``payload["context"]``."""
     from mimir.core.engine import execute_pipeline
 

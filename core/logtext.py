@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import logging
 import re
+from contextvars import ContextVar
 
-__all__ = ["PrintableFormatter", "printable"]
+__all__ = ["PrintableFormatter", "printable", "request_id_var"]
+
+#: The id of the API request being served (set by the server's request middleware), for
+#: log lines written below the routes (SPARQL SERVICE/LOAD decisions).
+request_id_var: ContextVar[str | None] = ContextVar("mimir_request_id", default=None)
 
 #: C0 controls (newline, CR, tab, ESC ...), DEL, the C1 controls (U+0080-U+009F: NEL,
 #: CSI ...) and the Unicode line and paragraph separators: everything that breaks a

@@ -21,7 +21,7 @@ from mimir.core.settings import Settings
 from mimir.server.auth import BearerTokenMiddleware
 from mimir.server.errors import install_error_handlers
 from mimir.server.methods import MethodsMiddleware
-from mimir.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from mimir.server.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 from mimir.server.openapi import install_openapi
 from mimir.server.redaction import redact_url
 from mimir.server.routes import ROUTERS
@@ -93,5 +93,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(BearerTokenMiddleware, token=settings.api_token)
     # Pipelines and contexts, not bulk data: MIMIR_MAX_BODY_BYTES (413 beyond).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware)  # added last: outermost
+    app.add_middleware(RequestLogMiddleware)  # added last: outermost
     return app

@@ -198,7 +198,7 @@ def _serve(args: argparse.Namespace, settings: Settings, signals: _Signals) -> i
             host=args.host,
             port=args.port,
             log_config=None,  # ours (configure_logging)
-            access_log=False,  # RequestContextMiddleware logs one line per request
+            access_log=False,  # RequestLogMiddleware logs one line per request
             server_header=False,
             timeout_graceful_shutdown=10,
         )

@@ -39,7 +39,7 @@ HTTP errors (404 route, 405 ...)   as is   ``null``
 anything else                      500     ``{"error": "internal error", "request_id"}``
 =================================  ======  =============================================
 
-The last row is produced by :class:`mimir.server.middleware.RequestContextMiddleware`,
+The last row is produced by :class:`mimir.server.middleware.RequestLogMiddleware`,
 which logs the traceback with the request id and never sends it.
 """
 
@@ -151,7 +151,7 @@ def error_response(
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     answer = answer_for(exc)
     if answer is None or answer[0] == SERVER_FAULT:
-        # Not the caller's doing: RequestContextMiddleware logs the traceback with the
+        # Not the caller's doing: RequestLogMiddleware logs the traceback with the
         # request id and answers the one JSON 500.
         raise exc
     status, detail = answer

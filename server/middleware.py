@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mimir.core.ontology.federation import request_id_var
+from mimir.core.logtext import request_id_var
 from mimir.server.logs import printable
 
-__all__ = ["BodySizeLimitMiddleware", "RequestContextMiddleware", "send_json_error"]
+__all__ = ["BodySizeLimitMiddleware", "RequestLogMiddleware", "send_json_error"]
 
 logger = logging.getLogger("mimir.server.access")
 _errors = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ async def send_json_error(
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestContextMiddleware:
+class RequestLogMiddleware:
     """Request id, access log line, and a JSON 500 answer for unhandled exceptions."""
 
     def __init__(self, app: ASGIApp) -> None:

@@ -207,14 +207,14 @@ def test_cluster_build_makes_the_wheelhouse_from_the_installed_wheel(
         cwd=work, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    context = Path(done.stdout.split()[-1])
-    assert context == Path(env["MIMIR_STATE_DIR"]) / "image-build"
-    assert (context / "Dockerfile.backend").is_file()
-    assert (context / "unified" / "supervise.py").is_file()
-    wheels = {path.name for path in (context / "build" / "wheels").glob("*.whl")}
+    build_dir = Path(done.stdout.split()[-1])
+    assert build_dir == Path(env["MIMIR_STATE_DIR"]) / "image-build"
+    assert (build_dir / "Dockerfile.backend").is_file()
+    assert (build_dir / "unified" / "supervise.py").is_file()
+    wheels = {path.name for path in (build_dir / "build" / "wheels").glob("*.whl")}
     assert any(name.startswith("pydantic-") for name in wheels), wheels
     assert any(name.startswith("fastapi-") for name in wheels), wheels
-    (ours,) = (context / "build" / "wheels").glob("mimir_aip-*.whl")
+    (ours,) = (build_dir / "build" / "wheels").glob("mimir_aip-*.whl")
     with zipfile.ZipFile(ours) as archive:
         names = set(archive.namelist())
         record = archive.read("mimir_aip-0.1.0.dist-info/RECORD").decode()

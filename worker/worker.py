@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mimir.core.jobs import JobContext, JobFailedError, get_job_handler
+from mimir.core.jobs import Attempt, JobFailedError, get_job_handler
 from mimir.core.logtext import printable
 from mimir.core.queue.client import connect
 from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer
@@ -425,7 +425,7 @@ class Worker:
         outcome: Outcome | None
         try:
             handler = get_job_handler(delivery.type)
-            ctx = JobContext(
+            ctx = Attempt(
                 job_id=job_id,
                 attempt=delivery.attempt,
                 worker_id=self.worker_id,

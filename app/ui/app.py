@@ -60,32 +60,32 @@ def install_excepthook(show_dialog: bool = True) -> list[str]:
 
 
 def build_window(settings: QSettings, backend=None):  # -> QtMainWindow
-    """The main window over a fresh context (``backend`` overrides the profile's)."""
-    from mimir.app.ui.context import ConsoleContext
+    """The main window over a fresh session (``backend`` overrides the profile's)."""
     from mimir.app.ui.main_window import QtMainWindow
+    from mimir.app.ui.session import ConsoleSession
 
-    context = ConsoleContext(settings)
+    session = ConsoleSession(settings)
     if backend is not None:
-        context.use_backend(backend)
-    return QtMainWindow(context)
+        session.use_backend(backend)
+    return QtMainWindow(session)
 
 
 async def _smoke(window, timeout: float) -> int:
     from mimir.app.services.profiles import ConnectionProfile
 
     started = time.monotonic()
-    context = window.context
-    backend = context.backend
+    session = window.session
+    backend = session.backend
     port = backend.api_port
     profile = ConnectionProfile("Smoke test", "local_processes", api_url=f"http://127.0.0.1:{port}")
-    context.profiles.upsert(profile)
-    context.apply_profile(profile)
+    session.profiles.upsert(profile)
+    session.apply_profile(profile)
     window.show_panel("cluster")
     window.cluster.workers_spin.setValue(1)
     try:
         await window.cluster.start_cluster()
         deadline = time.monotonic() + timeout
-        while context.feed.last_stats is None or not context.feed.last_stats.get("workers"):
+        while session.feed.last_stats is None or not session.feed.last_stats.get("workers"):
             if time.monotonic() > deadline:
                 print(f"smoke: no live stats with a worker after {timeout:.0f}s", file=sys.stderr)
                 print(window.cluster.banner.text(), file=sys.stderr)
@@ -94,13 +94,13 @@ async def _smoke(window, timeout: float) -> int:
         window.show_panel("dashboard")
         await asyncio.sleep(0)
         print(
-            f"smoke: window shown, cluster up at {context.api.base_url}, "
-            f"{context.feed.last_stats.get('workers')} worker(s), feed {context.feed.mode}, "
+            f"smoke: window shown, cluster up at {session.api.base_url}, "
+            f"{session.feed.last_stats.get('workers')} worker(s), feed {session.feed.mode}, "
             f"{time.monotonic() - started:.1f}s"
         )
         return 0
     finally:
-        await context.feed.stop()
+        await session.feed.stop()
         await window.logs.stop()
         try:
             await backend.clean()  # stops it and removes its state dir (smoke-<pid>/)
@@ -148,7 +148,7 @@ def run_console(argv: list[str] | None = None) -> int:
     if args.api_url:
         from dataclasses import replace
 
-        window.context.profile = replace(window.context.profile, api_url=args.api_url)
+        window.session.profile = replace(window.session.profile, api_url=args.api_url)
     window.show()
     window.start()
 

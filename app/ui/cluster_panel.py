@@ -38,7 +38,7 @@ from mimir.app.services.api import ApiError
 from mimir.app.services.profiles import PROFILE_KINDS, ConnectionProfile
 from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
 from mimir.app.ui.confirm import confirm
-from mimir.app.ui.context import ConsoleContext
+from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["QtClusterPanel"]
 
@@ -69,9 +69,9 @@ class QtClusterPanel(QWidget):
 
     progress_reported = Signal(str, str)
 
-    def __init__(self, context: ConsoleContext) -> None:
+    def __init__(self, session: ConsoleSession) -> None:
         super().__init__()
-        self.context = context
+        self.session = session
         self.busy = False
         #: Bumped when an action starts or ends: a status read that straddles one is stale.
         self._generation = 0
@@ -79,8 +79,8 @@ class QtClusterPanel(QWidget):
         self._last_signature: tuple[Any, ...] | None = None
         self._build()
         self.progress_reported.connect(self._on_progress)
-        context.profile_changed.connect(self._on_profile_changed)
-        context.cluster_status.connect(self._show_status)
+        session.profile_changed.connect(self._on_profile_changed)
+        session.cluster_status.connect(self._show_status)
         self._timer = QTimer(self)
         self._timer.setInterval(3000)
         self._timer.timeout.connect(self._tick)
@@ -121,7 +121,7 @@ class QtClusterPanel(QWidget):
         self.docker_host_edit.setPlaceholderText("ssh://user@host or tcp://host:2376")
         self.token_edit = QLineEdit()
         self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
-        secure = self.context.profiles.tokens.secure
+        secure = self.session.profiles.tokens.secure
         self.token_edit.setPlaceholderText(
             "kept in the system keyring" if secure else "kept for this session only (no keyring)"
         )
@@ -215,8 +215,8 @@ class QtClusterPanel(QWidget):
     # ---------------------------------------------------------------- profiles
 
     def _reload_profiles(self) -> None:
-        profiles = self.context.profiles.load()
-        current = self.context.profile.name
+        profiles = self.session.profiles.load()
+        current = self.session.profile.name
         self.profile_combo.blockSignals(True)
         self.profile_combo.clear()
         for profile in profiles:
@@ -246,7 +246,7 @@ class QtClusterPanel(QWidget):
         profile = self.profile_combo.currentData()
         if profile is not None:
             self._fill_profile(profile)
-            self.context.apply_profile(profile)
+            self.session.apply_profile(profile)
 
     def _on_profile_changed(self, profile: ConnectionProfile) -> None:
         # The profile may have been stored or changed elsewhere (start-up, --api-url):
@@ -272,25 +272,25 @@ class QtClusterPanel(QWidget):
             workers=self.workers_spin.value(),
         )
         try:
-            self.context.profiles.upsert(profile, self.token_edit.text() or None)
+            self.session.profiles.upsert(profile, self.token_edit.text() or None)
         except ValueError as exc:
             self.banner.error(str(exc))
             return
         self.banner.ok(f"Profile {profile.name!r} saved.")
-        self.context.profile = profile
+        self.session.profile = profile
         self._reload_profiles()
-        self.context.apply_profile(profile)
+        self.session.apply_profile(profile)
 
     def _remove_profile(self) -> None:
         name = self.profile_combo.currentText()
-        self.context.profiles.remove(name)
+        self.session.profiles.remove(name)
         self._reload_profiles()
         self._on_profile_selected()
 
     # ---------------------------------------------------------------- actions
 
     def _update_actions(self) -> None:
-        controls = self.context.backend is not None
+        controls = self.session.backend is not None
         for widget in self._actions:
             widget.setEnabled(not self.busy)
         for widget in (
@@ -303,7 +303,7 @@ class QtClusterPanel(QWidget):
             self.workers_spin,
         ):
             widget.setEnabled(not self.busy and controls)
-        status = self.context.last_cluster_status
+        status = self.session.last_cluster_status
         running = bool(controls and status is not None and status.running)
         if controls and not self.busy:
             self.start_button.setEnabled(not running)
@@ -315,17 +315,17 @@ class QtClusterPanel(QWidget):
 
     def _no_control_reason(self) -> str:
         """Why the cluster cannot be driven, or "" (also while the profile is applied)."""
-        profile = self.context.profile
+        profile = self.session.profile
         if not profile.controls_cluster:
             return "This profile talks to an API only: no cluster control."
-        if self.context.backend is None and self.context.backend_error:
-            return f"No cluster control: {self.context.backend_error}"
+        if self.session.backend is None and self.session.backend_error:
+            return f"No cluster control: {self.session.backend_error}"
         return ""
 
     def _show_api_note(self) -> None:
         """Say where the API is when a running cluster answers elsewhere than the profile."""
-        status = self.context.last_cluster_status
-        profile = self.context.profile
+        status = self.session.last_cluster_status
+        profile = self.session.profile
         actual = status.api_url if status is not None and status.running else None
         if actual and not _same_url(actual, profile.api_url):
             self.api_note.setText(
@@ -346,7 +346,7 @@ class QtClusterPanel(QWidget):
     async def _run(self, title: str, action: Callable[[], Awaitable[Any]]) -> Any:
         if self.busy:
             return None
-        if self.context.backend is None:
+        if self.session.backend is None:
             self.banner.error("This profile has no cluster control (remote API only).")
             return None
         self.busy = True
@@ -379,7 +379,7 @@ class QtClusterPanel(QWidget):
 
     @asyncSlot()
     async def start_cluster(self) -> None:
-        backend = self.context.backend
+        backend = self.session.backend
         if backend is None:
             return
         workers = self.workers_spin.value()
@@ -402,7 +402,7 @@ class QtClusterPanel(QWidget):
 
     @asyncSlot()
     async def stop_cluster(self) -> None:
-        backend = self.context.backend
+        backend = self.session.backend
         if backend is None:
             return
         if not await self._ask(
@@ -415,17 +415,17 @@ class QtClusterPanel(QWidget):
 
         async def down() -> None:
             # An open event stream would hold the server's graceful shutdown up.
-            await self.context.feed.stop()
+            await self.session.feed.stop()
             try:
                 await backend.down(progress=self._report)
             finally:
-                self.context.start()
+                self.session.start()
 
         await self._run("Stop", down)
 
     @asyncSlot()
     async def clean_cluster(self) -> None:
-        backend = self.context.backend
+        backend = self.session.backend
         if backend is None:
             return
         if not await self._ask(
@@ -437,17 +437,17 @@ class QtClusterPanel(QWidget):
             return
 
         async def clean() -> None:
-            await self.context.feed.stop()
+            await self.session.feed.stop()
             try:
                 await backend.clean(progress=self._report)
             finally:
-                self.context.start()
+                self.session.start()
 
         await self._run("Clean", clean)
 
     @asyncSlot()
     async def scale_workers(self) -> None:
-        backend = self.context.backend
+        backend = self.session.backend
         if backend is None:
             return
         workers = self.workers_spin.value()
@@ -458,7 +458,7 @@ class QtClusterPanel(QWidget):
 
     @asyncSlot()
     async def build_images(self) -> None:
-        backend = self.context.backend
+        backend = self.session.backend
         if backend is None:
             return
         await self._run("Build", lambda: backend.build(progress=self._report))
@@ -473,7 +473,7 @@ class QtClusterPanel(QWidget):
         if item is None:
             return
         name = item.text()
-        backend = self.context.backend
+        backend = self.session.backend
         if backend is None:
             return
         await self._run(
@@ -492,7 +492,7 @@ class QtClusterPanel(QWidget):
 
     async def refresh(self, with_stats: bool = False, force: bool = False) -> None:
         """Ask the backend (or, without one, the API) how the cluster is."""
-        backend = self.context.backend
+        backend = self.session.backend
         if backend is None:
             await self._refresh_api_only()
             return
@@ -516,7 +516,7 @@ class QtClusterPanel(QWidget):
             return
         if generation != self._generation or (self.busy and not force):
             return  # an action started or ended meanwhile: this reading is stale
-        self.context.follow_cluster(status)
+        self.session.follow_cluster(status)
 
     async def _read_instances(self, backend: Any, status: ClusterStatus) -> None:
         """The cluster's processes or containers, read again when its services change."""
@@ -525,11 +525,11 @@ class QtClusterPanel(QWidget):
             return
         self._last_signature = signature
         instances = await backend.instances() if hasattr(backend, "instances") else []
-        self.context.set_instances([i for i in instances if i.state == "running"])
+        self.session.set_instances([i for i in instances if i.state == "running"])
 
     async def _refresh_api_only(self) -> None:
         try:
-            health = await self.context.api.health()
+            health = await self.session.api.health()
             state, detail = "running", str(health.get("status", ""))
         except ApiError as exc:
             state, detail = "unreachable", str(exc)
@@ -537,12 +537,12 @@ class QtClusterPanel(QWidget):
 
         status = ClusterStatus(
             "docker",
-            self.context.profile.project,
+            self.session.profile.project,
             [ServiceStatus("api", "server", state, detail if state == "running" else "")],
-            self.context.profile.api_url,
+            self.session.profile.api_url,
         )
-        self.context.last_cluster_status = status
-        self.context.cluster_status.emit(status)
+        self.session.last_cluster_status = status
+        self.session.cluster_status.emit(status)
 
     def _show_status(self, status: ClusterStatus) -> None:
         self._update_actions()

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QVBox
 from mimir.app.services.timeseries import DashboardRecorder, peak_downsample
 from mimir.app.services.worker_names import worker_labels
 from mimir.app.ui.common import Card, panel_header
-from mimir.app.ui.context import ConsoleContext
+from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["QtDashboardPanel"]
 
@@ -37,23 +37,23 @@ def _pen(color: str, width: float = 1.0) -> Any:
 
 
 class QtDashboardPanel(QWidget):
-    """Live plots; feed it with :meth:`add_stats` / :meth:`add_workers` (the context does)."""
+    """Live plots; feed it with :meth:`add_stats` / :meth:`add_workers` (the session does)."""
 
     def __init__(
-        self, context: ConsoleContext | None, recorder: DashboardRecorder | None = None
+        self, session: ConsoleSession | None, recorder: DashboardRecorder | None = None
     ) -> None:
         super().__init__()
-        self.context = context
-        # The context records from start-up; the panel may be built later and draws it.
-        self.recorder = recorder or (context.recorder if context else DashboardRecorder())
+        self.session = session
+        # The session records from start-up; the panel may be built later and draws it.
+        self.recorder = recorder or (session.recorder if session else DashboardRecorder())
         self.series = self.recorder.series
         self.window_seconds = 300.0
         self._worker_ids: list[str] = []
         #: Worker id → the name its curves carry in the legends.
         self.worker_names: dict[str, str] = {}
         self._build()
-        if context is not None:
-            context.stats.connect(self._show_cards)
+        if session is not None:
+            session.stats.connect(self._show_cards)
         self._show_cards(self.recorder.last_stats)
         self.timer = QTimer(self)
         self.timer.setInterval(1000)
@@ -143,7 +143,7 @@ class QtDashboardPanel(QWidget):
     # ---------------------------------------------------------------- data in
 
     def add_stats(self, stats: dict[str, Any], t: float | None = None) -> None:
-        """Record one queue-status sample (the context does this for live data)."""
+        """Record one queue-status sample (the session does this for live data)."""
         self.recorder.add_stats(stats, time.time() if t is None else t)
         self._show_cards(stats)
 
@@ -190,12 +190,12 @@ class QtDashboardPanel(QWidget):
     # ---------------------------------------------------------------- drawing
 
     def _current_worker_names(self) -> dict[str, str]:
-        if self.context is None:
+        if self.session is None:
             return {w: w.removeprefix("worker-") for w in self.recorder.worker_ids}
-        backend = self.context.backend
+        backend = self.session.backend
         return worker_labels(
-            self.context.feed.last_workers,
-            self.context.instances,
+            self.session.feed.last_workers,
+            self.session.instances,
             backend.project if backend is not None else "",
         )
 

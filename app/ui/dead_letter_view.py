@@ -28,7 +28,7 @@ from mimir.app.services.api import ApiError
 from mimir.app.services.jobs import count_text, parse_time
 from mimir.app.ui.common import STATUS_COLORS, Banner
 from mimir.app.ui.confirm import confirm
-from mimir.app.ui.context import ConsoleContext
+from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["QtDeadLetterView"]
 
@@ -50,9 +50,9 @@ class QtDeadLetterView(QWidget):
     #: the number of entries, after each listing
     total_changed = Signal(int)
 
-    def __init__(self, context: ConsoleContext | None) -> None:
+    def __init__(self, session: ConsoleSession | None) -> None:
         super().__init__()
-        self.context = context
+        self.session = session
         self.entries: list[dict[str, Any]] = []
         self.total = 0
         self.busy = False
@@ -114,10 +114,10 @@ class QtDeadLetterView(QWidget):
 
     @asyncSlot()
     async def refresh(self) -> None:
-        if self.context is None:
+        if self.session is None:
             return
         try:
-            page = await self.context.api.dead_letter(limit=1000)
+            page = await self.session.api.dead_letter(limit=1000)
         except ApiError as exc:
             self.banner.error(f"Cannot read the dead letter: {exc}", source="list")
             return
@@ -166,7 +166,7 @@ class QtDeadLetterView(QWidget):
     async def _each(
         self, verb: str, ids: list[str], action: Callable[[str], Awaitable[Any]]
     ) -> None:
-        assert self.context is not None
+        assert self.session is not None
         self.busy = True
         self._update_buttons()
         done, failures = 0, []
@@ -193,14 +193,14 @@ class QtDeadLetterView(QWidget):
     @asyncSlot()
     async def retry_selected(self) -> None:
         ids = self.selected_ids()
-        if not ids or self.context is None or self.busy:
+        if not ids or self.session is None or self.busy:
             return
-        await self._each("Put back on the queue:", ids, self.context.api.retry_dead)
+        await self._each("Put back on the queue:", ids, self.session.api.retry_dead)
 
     @asyncSlot()
     async def delete_selected(self) -> None:
         ids = self.selected_ids()
-        if not ids or self.context is None or self.busy:
+        if not ids or self.session is None or self.busy:
             return
         self.busy = True
         self._update_buttons()
@@ -217,4 +217,4 @@ class QtDeadLetterView(QWidget):
             self.busy = False
             self._update_buttons()
         if sure:
-            await self._each("Deleted", ids, self.context.api.delete_dead)
+            await self._each("Deleted", ids, self.session.api.delete_dead)

@@ -50,8 +50,8 @@ from mimir.app.services.jobs import (
 )
 from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
 from mimir.app.ui.confirm import confirm
-from mimir.app.ui.context import ConsoleContext
 from mimir.app.ui.dead_letter_view import QtDeadLetterView
+from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["JobFilterProxy", "JobTableModel", "QtJobsPanel"]
 
@@ -220,9 +220,9 @@ class JobFilterProxy(QSortFilterProxyModel):
 
 
 class QtJobsPanel(QWidget):
-    def __init__(self, context: ConsoleContext | None) -> None:
+    def __init__(self, session: ConsoleSession | None) -> None:
         super().__init__()
-        self.context = context
+        self.session = session
         self.model = JobTableModel()
         self.proxy = JobFilterProxy()
         self.proxy.setSourceModel(self.model)
@@ -235,11 +235,11 @@ class QtJobsPanel(QWidget):
         self.model.modelReset.connect(self._reselect)
         self.dead_letter.job_changed.connect(self.model.upsert)
         self.dead_letter.total_changed.connect(self._show_dead_total)
-        if context is not None:
-            context.job.connect(self.model.upsert)
-            context.resync.connect(self._resync)
-            context.stats.connect(self._on_stats)
-            context.profile_changed.connect(lambda _p: self._reset())
+        if session is not None:
+            session.job.connect(self.model.upsert)
+            session.resync.connect(self._resync)
+            session.stats.connect(self._on_stats)
+            session.profile_changed.connect(lambda _p: self._reset())
             self._timer = QTimer(self)
             self._timer.setInterval(3000)
             self._timer.timeout.connect(self._poll_if_needed)
@@ -324,7 +324,7 @@ class QtJobsPanel(QWidget):
         layout.addWidget(split, 1)
         self.tabs.addTab(page, "Jobs")
 
-        self.dead_letter = QtDeadLetterView(self.context)
+        self.dead_letter = QtDeadLetterView(self.session)
         self.tabs.addTab(self.dead_letter, "Dead letter")
         self.tabs.currentChanged.connect(self._on_tab)
         # The count label is refreshed at most 4 times a second: a label change relayouts
@@ -372,10 +372,10 @@ class QtJobsPanel(QWidget):
 
     @asyncSlot()
     async def refresh(self) -> None:
-        if self.context is None:
+        if self.session is None:
             return
         try:
-            page = await self.context.api.list_jobs(limit=1000)
+            page = await self.session.api.list_jobs(limit=1000)
         except ApiError as exc:
             self.banner.error(f"Cannot list jobs: {exc}", source="list")
             return
@@ -392,9 +392,9 @@ class QtJobsPanel(QWidget):
     @asyncSlot()
     async def _poll_if_needed(self) -> None:
         # Live events keep the table current; without them, poll while the panel shows.
-        if self.context is None or not self.isVisible():
+        if self.session is None or not self.isVisible():
             return
-        if self.context.feed.mode != "events":
+        if self.session.feed.mode != "events":
             await self.refresh()
 
     # ---------------------------------------------------------------- selection and details
@@ -443,10 +443,10 @@ class QtJobsPanel(QWidget):
 
     @asyncSlot(str)
     async def _load_details(self, job_id: str) -> None:
-        if self.context is None:
+        if self.session is None:
             return
         try:
-            job = await self.context.api.get_job(job_id)
+            job = await self.session.api.get_job(job_id)
         except ApiError as exc:
             if job_id == self.selected_id:
                 self.details.setPlainText(f"{job_id}: {exc}")
@@ -477,7 +477,7 @@ class QtJobsPanel(QWidget):
     @asyncSlot()
     async def cancel_selected(self) -> None:
         job = self._selected()
-        if job is None or self.context is None:
+        if job is None or self.session is None:
             self.banner.info("Select a job to cancel.")
             return
         job_id = str(job["job_id"])
@@ -494,7 +494,7 @@ class QtJobsPanel(QWidget):
             )
             if not sure:
                 return
-            record = await self.context.api.cancel_job(job_id)
+            record = await self.session.api.cancel_job(job_id)
         except ApiError as exc:
             self.banner.error(f"Cannot cancel {job_id}: {exc}")
             return
@@ -506,13 +506,13 @@ class QtJobsPanel(QWidget):
     @asyncSlot()
     async def retry_selected(self) -> None:
         job = self._selected()
-        if job is None or self.context is None:
+        if job is None or self.session is None:
             self.banner.info("Select a failed or dead job to retry it.")
             return
         job_id = str(job["job_id"])
         self.retry_button.setEnabled(False)
         try:
-            record = await self.context.api.retry_dead(job_id)
+            record = await self.session.api.retry_dead(job_id)
         except ApiError as exc:
             self.banner.error(f"Cannot retry {job_id}: {exc}")
             return

@@ -29,7 +29,7 @@ from mimir.app.services.api import ApiError
 from mimir.app.services.jobs import count_text
 from mimir.app.services.sparql import query_prefixes, sparql_table
 from mimir.app.ui.common import Banner, panel_header
-from mimir.app.ui.context import ConsoleContext
+from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["QtKnowledgePanel"]
 
@@ -39,9 +39,9 @@ DEFAULT_QUERY = (
 
 
 class QtKnowledgePanel(QWidget):
-    def __init__(self, context: ConsoleContext) -> None:
+    def __init__(self, session: ConsoleSession) -> None:
         super().__init__()
-        self.context = context
+        self.session = session
         self.available: bool | None = None
         root = QVBoxLayout(self)
         root.setContentsMargins(20, 16, 20, 16)
@@ -103,12 +103,12 @@ class QtKnowledgePanel(QWidget):
         root.addLayout(self.plot_holder)
         self.plot: Any = None
         self.last_run: dict[str, Any] | None = None
-        context.profile_changed.connect(lambda _p: self.check_available())
+        session.profile_changed.connect(lambda _p: self.check_available())
 
     @asyncSlot()
     async def check_available(self) -> None:
         try:
-            self.available = await self.context.api.has_kg()
+            self.available = await self.session.api.has_kg()
         except ApiError:
             self.available = None
         if self.available is False:
@@ -127,7 +127,7 @@ class QtKnowledgePanel(QWidget):
 
     async def load_twins(self) -> None:
         try:
-            twins = await self.context.api.list_twins()
+            twins = await self.session.api.list_twins()
         except ApiError as exc:
             self.twin_label.setText(f"No twins: {exc}")
             return
@@ -148,7 +148,7 @@ class QtKnowledgePanel(QWidget):
         if not twin_id:
             return
         try:
-            scenarios = await self.context.api.list_scenarios(twin_id)
+            scenarios = await self.session.api.list_scenarios(twin_id)
         except ApiError as exc:
             self.twin_label.setText(f"No scenarios: {exc}")
             return
@@ -164,7 +164,7 @@ class QtKnowledgePanel(QWidget):
         self.simulate_button.setEnabled(False)
         self.twin_label.setText("Simulating…")
         try:
-            run = await self.context.api.run_twin(twin_id, scenario_id, wait=True)
+            run = await self.session.api.run_twin(twin_id, scenario_id, wait=True)
         except ApiError as exc:
             self.banner.error(f"Simulation failed: {exc}")
             self.twin_label.setText("")
@@ -215,7 +215,7 @@ class QtKnowledgePanel(QWidget):
         query = self.editor.toPlainText()
         self.run_button.setEnabled(False)
         try:
-            answer = await self.context.api.kg_query(query)
+            answer = await self.session.api.kg_query(query)
         except ApiError as exc:
             self._clear_results()  # the rows of an earlier query would pass for its answer
             self.banner.error(f"Query failed: {exc}", source="query")

@@ -28,7 +28,7 @@ from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine
 from mimir.app.cluster.instances import Instance
 from mimir.app.services.jobs import count_text
 from mimir.app.ui.common import Banner, panel_header
-from mimir.app.ui.context import ConsoleContext
+from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["QtLogsPanel"]
 
@@ -45,18 +45,18 @@ def _instance_order(instance: Instance) -> tuple[str, int]:
 
 
 class QtLogsPanel(QWidget):
-    def __init__(self, context: ConsoleContext) -> None:
+    def __init__(self, session: ConsoleSession) -> None:
         super().__init__()
-        self.context = context
+        self.session = session
         self.lines: deque[LogLine] = deque(maxlen=MAX_LINES)
         self.received = 0
         self._pending: list[LogLine] = []
         self._task: asyncio.Task[None] | None = None
         self._sources: list[tuple[str, str]] = []
         self._build()
-        context.cluster_status.connect(self._on_status)
-        context.instances_changed.connect(lambda _i: self._fill_sources())
-        context.profile_changed.connect(lambda _p: self.restart_stream())
+        session.cluster_status.connect(self._on_status)
+        session.instances_changed.connect(lambda _i: self._fill_sources())
+        session.profile_changed.connect(lambda _p: self.restart_stream())
 
     def _build(self) -> None:
         root = QVBoxLayout(self)
@@ -105,17 +105,17 @@ class QtLogsPanel(QWidget):
 
     def _fill_sources(self, status: ClusterStatus | None = None) -> None:
         """Each service, and each worker on its own (from the cluster's instances)."""
-        status = status or self.context.last_cluster_status
+        status = status or self.session.last_cluster_status
         if status is None:
             return
-        project = self.context.backend.project if self.context.backend else ""
+        project = self.session.backend.project if self.session.backend else ""
         sources: list[tuple[str, str]] = []
         for service in status.services:
             if service.state == "missing":
                 continue
             if service.kind == "worker":
                 workers = sorted(
-                    (i for i in self.context.instances if i.kind == "worker"),
+                    (i for i in self.session.instances if i.kind == "worker"),
                     key=_instance_order,
                 )
                 label = "worker (all)" if workers else service.name
@@ -145,7 +145,7 @@ class QtLogsPanel(QWidget):
             self._task.cancel()
         self._task = None
         self.clear()  # the lines shown belong to the last choice
-        if self.context.backend is None:
+        if self.session.backend is None:
             self.banner.info("This profile talks to an API only: its logs are not reachable.")
             return
         self.banner.clear_message()
@@ -153,7 +153,7 @@ class QtLogsPanel(QWidget):
         self._task = asyncio.ensure_future(self._follow([service] if service else None))
 
     async def _follow(self, services: list[str] | None) -> None:
-        backend = self.context.backend
+        backend = self.session.backend
         assert backend is not None
         try:
             async for line in backend.logs(services, follow=True, tail=200):

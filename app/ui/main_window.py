@@ -19,11 +19,11 @@ from PySide6.QtWidgets import (
 
 from mimir.app.cluster.base import ClusterStatus
 from mimir.app.ui.cluster_panel import QtClusterPanel
-from mimir.app.ui.context import ConsoleContext
 from mimir.app.ui.jobs_panel import QtJobsPanel
 from mimir.app.ui.knowledge_panel import QtKnowledgePanel
 from mimir.app.ui.logs_panel import QtLogsPanel
 from mimir.app.ui.pipelines_panel import QtPipelinesPanel
+from mimir.app.ui.session import ConsoleSession
 from mimir.app.ui.workers_panel import QtWorkersPanel
 
 __all__ = ["PANELS", "QtMainWindow"]
@@ -50,23 +50,23 @@ _MODE_TEXT = {
 
 
 class QtMainWindow(QMainWindow):
-    def __init__(self, context: ConsoleContext) -> None:
+    def __init__(self, session: ConsoleSession) -> None:
         super().__init__()
-        self.context = context
+        self.session = session
         self.setWindowTitle("Mimir AIP Console")
         self.resize(1360, 860)
         self.setMinimumSize(960, 620)
 
-        self.cluster = QtClusterPanel(context)
+        self.cluster = QtClusterPanel(session)
         # The dashboard (pyqtgraph) is built just after the window shows: it is the one
-        # slow panel to create, and the context records its data from the start anyway.
+        # slow panel to create, and the session records its data from the start anyway.
         self._dashboard: QWidget | None = None
         self._dashboard_slot = QWidget()
-        self.pipelines = QtPipelinesPanel(context)
-        self.jobs = QtJobsPanel(context)
-        self.workers = QtWorkersPanel(context)
-        self.logs = QtLogsPanel(context)
-        self.knowledge = QtKnowledgePanel(context)
+        self.pipelines = QtPipelinesPanel(session)
+        self.jobs = QtJobsPanel(session)
+        self.workers = QtWorkersPanel(session)
+        self.logs = QtLogsPanel(session)
+        self.knowledge = QtKnowledgePanel(session)
         self.panels: dict[str, QWidget] = {
             "cluster": self.cluster,
             "dashboard": self._dashboard_slot,
@@ -116,11 +116,11 @@ class QtMainWindow(QMainWindow):
         self.statusBar().addWidget(self.connection_label)
         self.statusBar().addWidget(self.cluster_label)
         self.statusBar().addPermanentWidget(self.profile_label)
-        context.connection.connect(self._on_connection)
-        context.cluster_status.connect(self._on_cluster)
-        context.profile_changed.connect(lambda p: self._on_profile(p.name))
+        session.connection.connect(self._on_connection)
+        session.cluster_status.connect(self._on_cluster)
+        session.profile_changed.connect(lambda p: self._on_profile(p.name))
         self._on_connection("stopped", "")
-        self._on_profile(context.profile.name)
+        self._on_profile(session.profile.name)
         self.cluster_label.setText("Cluster: unknown")
         self._restore()
 
@@ -129,7 +129,7 @@ class QtMainWindow(QMainWindow):
         if self._dashboard is None:
             from mimir.app.ui.dashboard_panel import QtDashboardPanel
 
-            panel = QtDashboardPanel(self.context)
+            panel = QtDashboardPanel(self.session)
             index = self.stack.indexOf(self._dashboard_slot)
             current = self.stack.currentIndex()
             self.stack.insertWidget(index, panel)
@@ -167,7 +167,7 @@ class QtMainWindow(QMainWindow):
     def _on_connection(self, mode: str, message: str) -> None:
         color, text = _MODE_TEXT.get(mode, ("#8A93A3", mode))
         self.connection_label.setText(f"<span style='color:{color}'>●</span> {text}")
-        self.connection_label.setToolTip(message or self.context.api.base_url)
+        self.connection_label.setToolTip(message or self.session.api.base_url)
 
     def _on_cluster(self, status: ClusterStatus) -> None:
         workers = next((s.replicas for s in status.services if s.kind == "worker"), 0)
@@ -183,7 +183,7 @@ class QtMainWindow(QMainWindow):
     # ---------------------------------------------------------------- persistence
 
     def _restore(self) -> None:
-        settings = self.context.settings
+        settings = self.session.settings
         geometry = settings.value("window/geometry")
         if isinstance(geometry, QByteArray | bytes) and geometry:
             self.restoreGeometry(QByteArray(geometry))
@@ -192,14 +192,14 @@ class QtMainWindow(QMainWindow):
         self.nav.setCurrentRow(keys.index(last) if last in keys else 0)
 
     def save_layout(self) -> None:
-        self.context.settings.setValue("window/geometry", self.saveGeometry())
-        self.context.settings.setValue("window/panel", self.current_panel())
-        self.context.settings.sync()
+        self.session.settings.setValue("window/geometry", self.saveGeometry())
+        self.session.settings.setValue("window/panel", self.current_panel())
+        self.session.settings.sync()
 
     def start(self) -> None:
         """Connect: apply the current profile, start the feed, first refreshes."""
-        self.context.apply_profile(self.context.profile)
-        self.context.start()
+        self.session.apply_profile(self.session.profile)
+        self.session.start()
         QTimer.singleShot(0, self.pipelines.refresh_list)
         QTimer.singleShot(50, lambda: self.dashboard)
 
@@ -208,7 +208,7 @@ class QtMainWindow(QMainWindow):
         for timer in self.findChildren(QTimer):
             timer.stop()
         await self.logs.stop()
-        await self.context.close()
+        await self.session.close()
         current = asyncio.current_task()
         pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
         for task in pending:

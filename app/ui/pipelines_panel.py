@@ -37,7 +37,7 @@ from mimir.app.services.api import ApiError, ApiUnreachable
 from mimir.app.services.examples import copy_example_data, example_pipelines
 from mimir.app.services.jobs import count_text
 from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
-from mimir.app.ui.context import ConsoleContext
+from mimir.app.ui.session import ConsoleSession
 from mimir.app.ui.yaml_editor import QtYamlEditor, declared_name, first_error_line
 
 __all__ = ["NEW_PIPELINE", "QtPipelinesPanel"]
@@ -56,9 +56,9 @@ steps:
 
 
 class QtPipelinesPanel(QWidget):
-    def __init__(self, context: ConsoleContext) -> None:
+    def __init__(self, session: ConsoleSession) -> None:
         super().__init__()
-        self.context = context
+        self.session = session
         self.current_name: str | None = None
         self.valid: bool | None = None
         self.last_result: dict[str, Any] | None = None
@@ -73,7 +73,7 @@ class QtPipelinesPanel(QWidget):
         QShortcut(QKeySequence.StandardKey.Save, self).activated.connect(self.save)
         QShortcut(QKeySequence("Ctrl+Return"), self).activated.connect(self.run_now)
         QShortcut(QKeySequence("Ctrl+Enter"), self).activated.connect(self.run_now)
-        context.profile_changed.connect(lambda _p: self.refresh_list())
+        session.profile_changed.connect(lambda _p: self.refresh_list())
 
     def _build(self) -> None:
         root = QVBoxLayout(self)
@@ -176,7 +176,7 @@ class QtPipelinesPanel(QWidget):
     @asyncSlot()
     async def refresh_list(self) -> None:
         try:
-            pipelines = await self.context.api.list_pipelines()
+            pipelines = await self.session.api.list_pipelines()
         except ApiError as exc:
             self.banner.error(f"Cannot list pipelines: {exc}", source="list")
             return
@@ -205,7 +205,7 @@ class QtPipelinesPanel(QWidget):
         """Load ``name`` into the editor; ``unless_edited``: not over text typed meanwhile."""
         before = self.editor.toPlainText()
         try:
-            answer = await self.context.api.get_pipeline(name)
+            answer = await self.session.api.get_pipeline(name)
         except ApiError as exc:
             self.banner.error(f"Cannot open {name}: {exc}")
             return
@@ -242,12 +242,12 @@ class QtPipelinesPanel(QWidget):
             added, failed = [], []
             for name, text in examples:
                 try:
-                    await self.context.api.save_pipeline(name, text)
+                    await self.session.api.save_pipeline(name, text)
                     added.append(name)
                 except ApiError as exc:
                     failed.append(f"{name}: {exc}")
             note = ""
-            backend = self.context.backend
+            backend = self.session.backend
             settings = getattr(backend, "settings", None)
             if backend is not None and backend.backend == "local" and settings is not None:
                 copied = await asyncio.to_thread(copy_example_data, settings.data_dir)
@@ -277,7 +277,7 @@ class QtPipelinesPanel(QWidget):
             self.validation_label.setText("")
             return False
         try:
-            answer = await self.context.api.validate_pipeline(text)
+            answer = await self.session.api.validate_pipeline(text)
         except ApiUnreachable:
             self.validation_label.setText("Not validated: the server is unreachable.")
             return False
@@ -324,7 +324,7 @@ class QtPipelinesPanel(QWidget):
             return
         self._set_busy(True)
         try:
-            await self.context.api.save_pipeline(name, text)
+            await self.session.api.save_pipeline(name, text)
         except ApiError as exc:
             self.banner.error(f"Not saved: {exc}")
             line, _ = first_error_line(exc.detail if isinstance(exc.detail, list) else [])
@@ -344,7 +344,7 @@ class QtPipelinesPanel(QWidget):
         self._clear_result()
         self.result_label.setText("Running…")
         try:
-            result = await self.context.api.execute_pipeline(pipeline=text)
+            result = await self.session.api.execute_pipeline(pipeline=text)
         except ApiError as exc:
             self.banner.error(f"Run failed: {exc}")
             self.result_label.setText("")
@@ -392,7 +392,7 @@ class QtPipelinesPanel(QWidget):
         priority = self.priority_combo.currentText()
         self._set_busy(True)
         try:
-            ids = await self.context.api.enqueue(pipeline=text, count=count, priority=priority)
+            ids = await self.session.api.enqueue(pipeline=text, count=count, priority=priority)
         except ApiError as exc:
             self.banner.error(f"Not enqueued: {exc}")
             return

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
 from mimir.app.services.jobs import count_text
 from mimir.app.services.worker_names import worker_labels
 from mimir.app.ui.common import panel_header
-from mimir.app.ui.context import ConsoleContext
+from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["QtWorkersPanel"]
 
@@ -55,7 +55,7 @@ def _name_order(name: str) -> tuple[str, int]:
 
 
 class QtWorkersPanel(QWidget):
-    def __init__(self, context: ConsoleContext | None) -> None:
+    def __init__(self, session: ConsoleSession | None) -> None:
         super().__init__()
         root = QVBoxLayout(self)
         root.setContentsMargins(20, 16, 20, 16)
@@ -75,18 +75,18 @@ class QtWorkersPanel(QWidget):
         header.setSectionResizeMode(_COLUMNS.index("Current jobs"), QHeaderView.ResizeMode.Stretch)
         root.addWidget(self.table, 1)
         self.workers: list[dict[str, Any]] = []
-        self.context = context
-        if context is not None:
-            context.workers.connect(self.show_workers)
-            context.instances_changed.connect(lambda _i: self.show_workers(self.workers))
+        self.session = session
+        if session is not None:
+            session.workers.connect(self.show_workers)
+            session.instances_changed.connect(lambda _i: self.show_workers(self.workers))
 
     def _names(self, workers: list[dict[str, Any]]) -> dict[str, str]:
         """The names the Dashboard and Logs use too (``worker-1`` …)."""
-        if self.context is None:
+        if self.session is None:
             return worker_labels(workers, [])
-        backend = self.context.backend
+        backend = self.session.backend
         project = backend.project if backend is not None else ""
-        return worker_labels(workers, self.context.instances, project)
+        return worker_labels(workers, self.session.instances, project)
 
     def show_workers(self, workers: list[dict[str, Any]]) -> None:
         self.workers = list(workers)

@@ -27,24 +27,20 @@ import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from mimir.core.logtext import request_id_var
 from mimir.core.ontology.errors import FederationRefusedError
 
 __all__ = [
     "FederationPolicy",
     "Outbound",
     "find_outbound",
-    "request_id_var",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The id of the API request being served (set by the server), for the log lines.
-request_id_var: ContextVar[str | None] = ContextVar("mimir_request_id", default=None)
 
 #: Readings of one text analysed at most (each ambiguous ``<`` doubles them) ...
 MAX_READINGS = 64

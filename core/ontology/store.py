@@ -20,7 +20,6 @@ from typing import Any
 import pyoxigraph as ox
 from pydantic import BaseModel, Field
 
-from mimir.core.ontology.backends import OxigraphBackend, SparqlEndpointBackend, TripleBackend
 from mimir.core.ontology.catalog import OntologyCatalog, OntologyInfo
 from mimir.core.ontology.errors import (
     OntologyError,
@@ -31,6 +30,7 @@ from mimir.core.ontology.errors import (
 from mimir.core.ontology.federation import FederationPolicy
 from mimir.core.ontology.formats import parse_triples, resolve_format, serialize_triples
 from mimir.core.ontology.results import QueryResult
+from mimir.core.ontology.triplestores import OxigraphStore, SparqlEndpointStore, TripleStore
 from mimir.core.settings import Settings
 
 __all__ = [
@@ -117,17 +117,17 @@ def _local_name(iri: str) -> str:
 
 
 class OntologyStore:
-    """Ontology versions in a triple backend, described by a catalog."""
+    """Ontology versions in a triple store, described by a catalog."""
 
     def __init__(
         self,
-        backend: TripleBackend,
+        triples: TripleStore,
         catalog: OntologyCatalog,
         base: str = DEFAULT_BASE,
         *,
         federation: FederationPolicy | None = None,
     ) -> None:
-        self.backend = backend
+        self.triples = triples
         self.catalog = catalog
         self.base = base.rstrip("/")
         #: Whether queries and updates may use SERVICE and LOAD (off unless configured).
@@ -177,7 +177,7 @@ class OntologyStore:
             )
         # A graph is a set: a document may repeat a triple, the count must not.
         triples = list(dict.fromkeys(parse_triples(content, info, base_iri=graph + "/")))
-        self.backend.put_graph(graph, triples)
+        self.triples.put_graph(graph, triples)
         return self.catalog.add(
             ontology_id=ontology_id,
             name=name,
@@ -203,14 +203,14 @@ class OntologyStore:
     def delete(self, ontology_id: str) -> OntologyInfo:
         """Drop a version's graph and forget it."""
         info = self.get(ontology_id)
-        self.backend.drop_graph(info.graph_uri)
+        self.triples.drop_graph(info.graph_uri)
         self.catalog.remove(info.id)
         return info
 
     def stats(self, ontology_id: str) -> OntologyStats:
         """Triples, classes, properties and individuals in a version's graph."""
         info = self.get(ontology_id)
-        result = self.backend.query(
+        result = self.triples.query(
             _STATS_QUERY, default_graphs=[info.graph_uri], row_limit=1, timeout=DEFAULT_TIMEOUT
         )
         row = result.rows[0] if result.rows else {}
@@ -222,13 +222,13 @@ class OntologyStore:
         info = self.get(ontology_id)
         target = resolve_format(fmt)
         return serialize_triples(
-            self.backend.graph_triples(info.graph_uri), target
+            self.triples.graph_triples(info.graph_uri), target
         ), target.media_type
 
     def add_triples(self, ontology_id: str, triples: Sequence[ox.Triple]) -> int:
         """Add triples to a version's graph (``Ontology.load``); answers how many."""
         info = self.get(ontology_id)
-        self.backend.add_triples(info.graph_uri, triples)
+        self.triples.add_triples(info.graph_uri, triples)
         self.catalog.touch(info.id, info.triples + len(triples))
         return len(triples)
 
@@ -241,7 +241,7 @@ class OntologyStore:
             return [self.get(ontology).graph_uri]
         if given:
             return list(given)
-        if self.backend.union_default_graph:
+        if self.triples.union_default_graph:
             return None
         # An external endpoint's default graph is its own affair: name ours explicitly.
         return [info.graph_uri for info in self.catalog.list()] or None
@@ -288,7 +288,7 @@ class OntologyStore:
         row_limit: int = DEFAULT_ROW_LIMIT,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> QueryResult:
-        return self.backend.query(
+        return self.triples.query(
             sparql,
             default_graphs=self._default_graphs(ontology, default_graphs),
             row_limit=max(1, row_limit),
@@ -300,7 +300,7 @@ class OntologyStore:
         if not sparql or not sparql.strip():
             raise SparqlError("the update is empty")
         self.federation.check(sparql, update=True)
-        self.backend.update(sparql, timeout=timeout)
+        self.triples.update(sparql, timeout=timeout)
 
     async def run_query(
         self, sparql: str, *, timeout: float = DEFAULT_TIMEOUT, **kw: Any
@@ -359,7 +359,7 @@ class OntologyStore:
             if not frontier:
                 break
             values = " ".join(f"<{n}>" for n in frontier)
-            result = self.backend.query(
+            result = self.triples.query(
                 f"SELECT ?s ?p ?o WHERE {{ VALUES ?n {{ {values} }} "
                 "{ ?n ?p ?o BIND(?n AS ?s) } UNION { ?s ?p ?n BIND(?n AS ?o) } }",
                 default_graphs=graphs,
@@ -413,7 +413,7 @@ class OntologyStore:
             node.setdefault("types", [])
         for start in range(0, len(iris), 200):
             values = " ".join(f"<{n}>" for n in iris[start : start + 200])
-            result = self.backend.query(
+            result = self.triples.query(
                 f"SELECT ?n ?p ?v WHERE {{ VALUES ?n {{ {values} }} "
                 f"VALUES ?p {{ <{_LABEL}> <{_TYPE}> }} ?n ?p ?v }}",
                 default_graphs=graphs,
@@ -428,8 +428,8 @@ class OntologyStore:
                     node["types"].append(row["v"]["value"])
 
     def close(self) -> None:
-        """Release the backend."""
-        self.backend.close()
+        """Release the triple store."""
+        self.triples.close()
 
 
 _OPEN: dict[tuple[str, str | None], OntologyStore] = {}
@@ -446,12 +446,12 @@ def open_ontology_store(settings: Settings, *, base: str = DEFAULT_BASE) -> Onto
     with _OPEN_LOCK:
         store = _OPEN.get(key)
         if store is None:
-            backend: TripleBackend
+            triples: TripleStore
             if settings.fuseki_url:
-                backend = SparqlEndpointBackend(settings.fuseki_url)
+                triples = SparqlEndpointStore(settings.fuseki_url)
             else:
-                backend = OxigraphBackend(root / "oxigraph")
-            store = OntologyStore(backend, OntologyCatalog(root / "catalog.sqlite3"), base)
+                triples = OxigraphStore(root / "oxigraph")
+            store = OntologyStore(triples, OntologyCatalog(root / "catalog.sqlite3"), base)
             _OPEN[key] = store
         # Shared by the API and the plugins of one process, which read the same settings.
         store.federation = FederationPolicy.from_settings(settings)
@@ -465,11 +465,11 @@ def open_ontology_store_via_api(settings: Settings, *, base: str = DEFAULT_BASE)
     root = Path(settings.data_dir).expanduser().resolve() / "ontologies"
     endpoint = settings.api_url.rstrip("/") + "/api/v1/kg/sparql"
     headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else None
-    backend = SparqlEndpointBackend(
+    triples = SparqlEndpointStore(
         endpoint, query_url=endpoint, update_url=endpoint, graph_store=False, headers=headers
     )
     return OntologyStore(
-        backend,
+        triples,
         OntologyCatalog(root / "catalog.sqlite3"),
         base,
         federation=FederationPolicy.from_settings(settings),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+from mimir.core.plugins.base import Plugin, PluginConfig, StepRuntime
 from mimir.core.plugins.registry import ENTRY_POINT_GROUP, PluginRegistry, default_registry
 
 __all__ = [
@@ -10,6 +10,6 @@ __all__ = [
     "Plugin",
     "PluginConfig",
     "PluginRegistry",
-    "RunContext",
+    "StepRuntime",
     "default_registry",
 ]

@@ -16,7 +16,7 @@ __all__ = [
     "CONTEXT_INPUT_MARK",
     "Plugin",
     "PluginConfig",
-    "RunContext",
+    "StepRuntime",
     "context_input",
     "context_input_fields",
 ]
@@ -61,7 +61,7 @@ class PluginConfig(BaseModel):
 ConfigT = TypeVar("ConfigT", bound=PluginConfig)
 
 
-class RunContext:
+class StepRuntime:
     """What a running step may see: its name, the pipeline context and the data directory."""
 
     __slots__ = ("_data_dir", "context", "step_name")
@@ -108,5 +108,5 @@ class Plugin(ABC, Generic[ConfigT]):
         return f"{cls.plugin_type}.{cls.plugin_name}"
 
     @abstractmethod
-    async def run(self, config: ConfigT, run: RunContext) -> Any:
+    async def run(self, config: ConfigT, run: StepRuntime) -> Any:
         """Do the step's work and return its result (JSON-serialisable)."""

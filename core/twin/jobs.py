@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from mimir.core.jobs import JobContext, JobFailedError, register_job_handler
+from mimir.core.jobs import Attempt, JobFailedError, register_job_handler
 from mimir.core.twin.models import Scenario, Twin
 from mimir.core.twin.simulation import TwinError, simulate
 from mimir.core.twin.store import TwinStore
@@ -34,7 +34,7 @@ def digital_twin_job(
     }
 
 
-async def run_digital_twin_job(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+async def run_digital_twin_job(payload: dict[str, Any], ctx: Attempt) -> dict[str, Any]:
     """Simulate ``payload["scenario"]`` on ``payload["twin"]``; answers the run's result."""
     try:
         twin = Twin.model_validate(payload.get("twin"))
@@ -59,7 +59,7 @@ async def run_digital_twin_job(payload: dict[str, Any], ctx: JobContext) -> dict
     }
 
 
-def _record(ctx: JobContext, run_id: str, result: Any, error: str | None) -> None:
+def _record(ctx: Attempt, run_id: str, result: Any, error: str | None) -> None:
     if ctx.data_dir is None or not (ctx.data_dir / "twins.sqlite3").exists():
         return
     try:

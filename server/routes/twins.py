@@ -117,7 +117,7 @@ async def create_twin(body: TwinCreate, twins: TwinStoreDep, ontologies: Ontolog
     """A twin from an ontology's individuals, or from the entities given."""
     if body.ontology_id:
         info = await asyncio.to_thread(ontologies.get, body.ontology_id)
-        triples = await asyncio.to_thread(ontologies.backend.graph_triples, info.graph_uri)
+        triples = await asyncio.to_thread(ontologies.triples.graph_triples, info.graph_uri)
         twin = twin_from_triples(
             body.name, triples, ontology_id=info.id, description=body.description
         )

@@ -76,7 +76,7 @@ class Console:
             try:
                 return await scenario()
             finally:
-                await self.window.context.feed.stop()
+                await self.window.session.feed.stop()
                 await self.window.logs.stop()
                 await self.backend.down()
                 await self.window.shutdown()
@@ -91,15 +91,15 @@ class Console:
         await until(lambda: panel.busy, 5, "the start action to begin")
         assert not panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
         await until(lambda: not panel.busy, 90, "the cluster to start")
-        status = self.window.context.last_cluster_status
+        status = self.window.session.last_cluster_status
         assert status is not None and status.running, (
             panel.banner.text(),
             self.backend.directory,
             self.backend.load_state(),
-            self.window.context.backend is self.backend,
+            self.window.session.backend is self.backend,
         )
         await until(
-            lambda: (self.window.context.feed.last_stats or {}).get("workers", 0) >= workers,
+            lambda: (self.window.session.feed.last_stats or {}).get("workers", 0) >= workers,
             30,
             "live stats with the workers",
         )
@@ -123,8 +123,8 @@ def console(qapp: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     settings = QSettings(str(tmp_path / "console.ini"), QSettings.Format.IniFormat)
     window = build_window(settings, backend)
     profile = ConnectionProfile("Test", "local_processes", api_url=f"http://127.0.0.1:{port}")
-    window.context.profiles.upsert(profile)
-    window.context.profile = profile
+    window.session.profiles.upsert(profile)
+    window.session.profile = profile
     console = Console(window, loop, backend)
     try:
         yield console
@@ -166,13 +166,13 @@ def test_cluster_panel_starts_scales_and_stops(console: Console) -> None:
         QTest.mouseClick(window.cluster.stop_button, Qt.MouseButton.LeftButton)
         await answer_confirmation(window.cluster, "Cancel")
         await until(lambda: window.cluster.stop_button.isEnabled(), 5, "Stop offered again")
-        assert window.context.last_cluster_status.running and not window.cluster.busy
+        assert window.session.last_cluster_status.running and not window.cluster.busy
 
         QTest.mouseClick(window.cluster.stop_button, Qt.MouseButton.LeftButton)
         await answer_confirmation(window.cluster, "Stop")
         await until(lambda: window.cluster.busy, 5, "the stop action to begin")
         await until(lambda: not window.cluster.busy, 60, "the cluster to stop")
-        status = window.context.last_cluster_status
+        status = window.session.last_cluster_status
         assert status is not None and not status.running
         assert "failed" not in window.cluster.banner.text()
         # Nothing left over from when it ran: no CPU or memory, no green health mark.
@@ -220,7 +220,7 @@ def test_pipeline_editor_validates_saves_and_runs(console: Console) -> None:
             15,
             "the saved pipeline in the list",
         )
-        saved = await window.context.api.get_pipeline("editor-test")
+        saved = await window.session.api.get_pipeline("editor-test")
         assert "Debug.sleep" in saved["yaml"]
 
         QTest.keyClick(panel.editor, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
@@ -286,7 +286,7 @@ def test_logs_arrive_and_a_running_job_is_cancelled(console: Console) -> None:
         window.logs.filter_edit.setText("")
 
         slow = SLEEP_PIPELINE.replace("seconds: 0.01", "seconds: 60")
-        [job_id] = await window.context.api.enqueue(pipeline=slow)
+        [job_id] = await window.session.api.enqueue(pipeline=slow)
         window.show_panel("jobs")
         jobs = window.jobs
         await until(
@@ -329,7 +329,7 @@ def test_knowledge_panel_queries_and_plots_a_twin_run(console: Console) -> None:
 
     async def scenario() -> None:
         await console.start_cluster()
-        api = window.context.api
+        api = window.session.api
         await api.upload_ontology("supply-chain", (ontologies / "supply_chain.ttl").read_text())
         twin = await api.create_twin("supply-chain", "supply-chain")
         scenario_doc = yaml.safe_load((ontologies / "supply_chain_scenario.yaml").read_text())
@@ -387,10 +387,10 @@ def test_dead_letter_view_retries_and_deletes_in_bulk(console: Console) -> None:
 
     async def scenario() -> None:
         await console.start_cluster()
-        api = window.context.api
+        api = window.session.api
         ids = await api.enqueue(pipeline=FAILING, count=3, max_retries=0)
         await until(
-            lambda: (window.context.feed.last_stats or {}).get("dead") == 3, 30, "3 dead letters"
+            lambda: (window.session.feed.last_stats or {}).get("dead") == 3, 30, "3 dead letters"
         )
         window.show_panel("jobs")
         await until(lambda: jobs.tabs.tabText(1) == "Dead letter (3)", 10, "the tab's count")
@@ -482,11 +482,11 @@ def test_pipelines_examples_saved_in_place_and_nothing_stale(
         assert panel.last_result is None and panel.steps_table.rowCount() == 0
         assert "Succeeded" not in panel.result_label.text()
 
-        url = window.context.api.base_url
-        window.context.api.configure(f"http://127.0.0.1:{free_port()}")
+        url = window.session.api.base_url
+        window.session.api.configure(f"http://127.0.0.1:{free_port()}")
         await panel.refresh_list()
         assert "Cannot list pipelines" in panel.banner.text()
-        window.context.api.configure(url)
+        window.session.api.configure(url)
         await panel.refresh_list()
         assert not panel.banner.isVisible()
 

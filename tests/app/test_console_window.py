@@ -69,7 +69,7 @@ def test_remote_api_profile_has_no_cluster_controls_and_keeps_token_out_of_setti
 
     async def scenario() -> None:
         window = build_window(settings)
-        window.context.profiles.tokens._keyring = None  # this session's memory only
+        window.session.profiles.tokens._keyring = None  # this session's memory only
         window.show()
         window.start()
         panel = window.cluster
@@ -80,10 +80,10 @@ def test_remote_api_profile_has_no_cluster_controls_and_keeps_token_out_of_setti
             panel.token_edit.setText("very-secret-token")
             QTest.mouseClick(panel.save_profile_button, Qt.MouseButton.LeftButton)
             assert "saved" in panel.banner.text()
-            assert window.context.profile.name == "remote"
-            assert window.context.backend is None
+            assert window.session.profile.name == "remote"
+            assert window.session.backend is None
             assert not panel.start_button.isEnabled()
-            assert window.context.profiles.token("remote") == "very-secret-token"
+            assert window.session.profiles.token("remote") == "very-secret-token"
             # Nothing answers there: the status bar and the table say so.
             await panel.refresh()
             assert panel.table.item(0, 1).text() == "unreachable"
@@ -242,13 +242,13 @@ def test_local_profile_starts_on_its_own_port_and_says_so_when_taken(
             taken.listen()
             port = taken.getsockname()[1]
             profile = ConnectionProfile("Mine", "local_processes", f"http://127.0.0.1:{port}")
-            window.context.profiles.upsert(profile)
-            window.context.profile = profile
+            window.session.profiles.upsert(profile)
+            window.session.profile = profile
             window.show()
             window.start()
             try:
-                assert window.context.backend is not None
-                assert window.context.backend.api_port == port  # type: ignore[attr-defined]
+                assert window.session.backend is not None
+                assert window.session.backend.api_port == port  # type: ignore[attr-defined]
                 assert panel.profile_combo.currentText() == "Mine"
                 assert panel.url_edit.text() == f"http://127.0.0.1:{port}"
                 assert "API only" not in panel.step_label.text()
@@ -262,9 +262,9 @@ def test_local_profile_starts_on_its_own_port_and_says_so_when_taken(
                 assert not panel.api_note.isVisible()
                 elsewhere = "http://127.0.0.1:9"
                 running = [ServiceStatus("backend", "server", "running")]
-                window.context.follow_cluster(ClusterStatus("local", "mimir", running, elsewhere))
+                window.session.follow_cluster(ClusterStatus("local", "mimir", running, elsewhere))
                 assert panel.api_note.isVisible() and elsewhere in panel.api_note.text()
-                assert window.context.api.base_url == elsewhere
+                assert window.session.api.base_url == elsewhere
             finally:
                 await window.shutdown()
                 window.close()

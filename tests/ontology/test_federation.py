@@ -33,9 +33,9 @@ from mimir.core.ontology import (
     open_ontology_store,
 )
 from mimir.core.ontology import federation as fed
-from mimir.core.ontology.backends import SparqlEndpointBackend
 from mimir.core.ontology.catalog import OntologyCatalog
 from mimir.core.ontology.federation import find_outbound
+from mimir.core.ontology.triplestores import SparqlEndpointStore
 from mimir.core.pipeline import load_pipeline
 from mimir.core.settings import Settings
 from tests.helpers import RedisServer, ServerProcess, wait_until
@@ -391,20 +391,20 @@ def test_settings_give_the_policy() -> None:
     assert FederationPolicy.from_settings(Settings.from_env({})).mode == "off"
 
 
-# -- the store, the FUSEKI_URL backend and the plugins, in process ------------------------
+# -- the store, the FUSEKI_URL triple store and the plugins, in process ------------------------
 
 
-def test_store_refuses_before_the_backend_is_touched(tmp_path: Path, responder: Responder) -> None:
+def test_store_refuses_before_the_store_is_touched(tmp_path: Path, responder: Responder) -> None:
     seen: list[httpx.Request] = []
 
     def endpoint(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return httpx.Response(200, json={"head": {"vars": []}, "results": {"bindings": []}})
 
-    backend = SparqlEndpointBackend(
+    triples = SparqlEndpointStore(
         "http://fuseki.invalid/ds", transport=httpx.MockTransport(endpoint)
     )
-    store = OntologyStore(backend, OntologyCatalog(tmp_path / "catalog.sqlite3"))
+    store = OntologyStore(triples, OntologyCatalog(tmp_path / "catalog.sqlite3"))
     service = f"SELECT * WHERE {{ SERVICE <{responder.url}/s> {{ ?s ?p ?o }} }}"
     with pytest.raises(FederationRefusedError):
         store.query(service)

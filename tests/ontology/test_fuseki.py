@@ -20,7 +20,7 @@ from mimir.core.ontology import (
     close_ontology_stores,
     open_ontology_store,
 )
-from mimir.core.ontology.backends import SparqlEndpointBackend
+from mimir.core.ontology.triplestores import SparqlEndpointStore
 from mimir.core.settings import Settings
 from tests.helpers import RedisServer, ServerProcess
 from tests.ontology.conftest import SC, OxigraphServer
@@ -33,7 +33,7 @@ def remote_store(tmp_path: Path, oxigraph_server: OxigraphServer) -> OntologySto
     store = open_ontology_store(
         Settings(data_dir=tmp_path / "data", fuseki_url=oxigraph_server.url)
     )
-    assert isinstance(store.backend, SparqlEndpointBackend)
+    assert isinstance(store.triples, SparqlEndpointStore)
     yield store
     close_ontology_stores()
 
@@ -58,7 +58,7 @@ def test_upload_stats_export_delete_over_the_protocol(
         body, _ = remote_store.export("sc", fmt)
         assert isomorphic(rdflib.Graph().parse(data=body, format=RDFLIB_NAMES[fmt]), original)
     remote_store.delete("sc")
-    assert remote_store.backend.graph_triples(info.graph_uri) == []
+    assert remote_store.triples.graph_triples(info.graph_uri) == []
 
 
 def test_queries_updates_and_limits_over_the_protocol(

@@ -8,7 +8,7 @@ import logging
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from mimir.server.middleware import RequestContextMiddleware
+from mimir.server.middleware import RequestLogMiddleware
 
 
 def _answering(status: int):  # type: ignore[no-untyped-def]
@@ -27,7 +27,7 @@ def _call(status: int, method: str, path: str, headers: list[tuple[bytes, bytes]
         return None
 
     scope = {"type": "http", "method": method, "path": path, "headers": headers}
-    asyncio.run(RequestContextMiddleware(_answering(status))(scope, receive, send))  # type: ignore[arg-type]
+    asyncio.run(RequestLogMiddleware(_answering(status))(scope, receive, send))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

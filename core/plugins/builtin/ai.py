@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import Field, SecretStr, model_validator
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+from mimir.core.plugins.base import Plugin, PluginConfig, StepRuntime
 
 if TYPE_CHECKING:  # httpx is imported where used: loading the registry must not load it
     import httpx
@@ -284,7 +284,7 @@ class MockAIPlugin(Plugin[MockAIConfig]):
     description = "Deterministic offline model: summarize, sentiment, classify or complete."
     config_model = MockAIConfig
 
-    async def run(self, config: MockAIConfig, run: RunContext) -> Any:
+    async def run(self, config: MockAIConfig, run: StepRuntime) -> Any:
         return mock_reply(config)
 
 
@@ -455,7 +455,7 @@ class OpenAIPlugin(HttpChatPlugin[OpenAIConfig]):
     description = "Ask any OpenAI-compatible chat-completions endpoint; returns text and usage."
     config_model = OpenAIConfig
 
-    async def run(self, config: OpenAIConfig, run: RunContext) -> Any:
+    async def run(self, config: OpenAIConfig, run: StepRuntime) -> Any:
         base_url = config.base_url or first_env(BASE_URL_ENV) or DEFAULT_BASE_URL
         model = config.model or first_env(MODEL_ENV) or DEFAULT_MODEL
         key = config.api_key.get_secret_value() if config.api_key else first_env(API_KEY_ENV)

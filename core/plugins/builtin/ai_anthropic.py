@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, SecretStr
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import RunContext
+from mimir.core.plugins.base import StepRuntime
 from mimir.core.plugins.builtin.ai import (
     ChatConfig,
     HttpChatPlugin,
@@ -100,7 +100,7 @@ class AnthropicPlugin(HttpChatPlugin[AnthropicConfig]):
             return False
         return super().is_retryable(response)
 
-    async def run(self, config: AnthropicConfig, run: RunContext) -> Any:
+    async def run(self, config: AnthropicConfig, run: StepRuntime) -> Any:
         base_url = config.base_url or first_env(BASE_URL_ENV) or DEFAULT_BASE_URL
         model = config.model or first_env(MODEL_ENV) or DEFAULT_MODEL
         key = config.api_key.get_secret_value() if config.api_key else first_env(API_KEY_ENV)

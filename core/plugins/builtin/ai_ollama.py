@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import RunContext
+from mimir.core.plugins.base import StepRuntime
 from mimir.core.plugins.builtin.ai import (
     ChatConfig,
     HttpChatPlugin,
@@ -96,7 +96,7 @@ class OllamaPlugin(HttpChatPlugin[OllamaConfig]):
     def connect_hint(self, url: str) -> str:
         return f" (is Ollama running at {_origin(url)}? start it with 'ollama serve')"
 
-    async def run(self, config: OllamaConfig, run: RunContext) -> Any:
+    async def run(self, config: OllamaConfig, run: StepRuntime) -> Any:
         base_url = config.base_url or first_env(BASE_URL_ENV) or DEFAULT_BASE_URL
         model = config.model or first_env(MODEL_ENV) or DEFAULT_MODEL
         key = config.api_key.get_secret_value() if config.api_key else first_env(API_KEY_ENV)

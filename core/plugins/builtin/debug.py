@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+from mimir.core.plugins.base import Plugin, PluginConfig, StepRuntime
 
 __all__ = ["EchoPlugin", "FailPlugin", "SleepPlugin"]
 
@@ -23,7 +23,7 @@ class SleepPlugin(Plugin[SleepConfig]):
     description = "Sleep for `seconds` and return {slept: seconds}."
     config_model = SleepConfig
 
-    async def run(self, config: SleepConfig, run: RunContext) -> Any:
+    async def run(self, config: SleepConfig, run: StepRuntime) -> Any:
         await asyncio.sleep(config.seconds)
         return {"slept": config.seconds}
 
@@ -38,7 +38,7 @@ class FailPlugin(Plugin[FailConfig]):
     description = "Fail with `message`."
     config_model = FailConfig
 
-    async def run(self, config: FailConfig, run: RunContext) -> Any:
+    async def run(self, config: FailConfig, run: StepRuntime) -> Any:
         raise PluginError(config.message)
 
 
@@ -52,5 +52,5 @@ class EchoPlugin(Plugin[EchoConfig]):
     description = "Return `value` unchanged: a no-op step, or a way to reshape the context."
     config_model = EchoConfig
 
-    async def run(self, config: EchoConfig, run: RunContext) -> Any:
+    async def run(self, config: EchoConfig, run: StepRuntime) -> Any:
         return config.value

@@ -29,7 +29,7 @@ from typing import IO, Any
 from pydantic import Field, field_validator
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+from mimir.core.plugins.base import Plugin, PluginConfig, StepRuntime
 from mimir.core.plugins.builtin.outputs import FileOutputConfig, columns_of
 
 __all__ = [
@@ -80,7 +80,7 @@ def atomic_file(path: Path, shown: str) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def relative_to_data_dir(run: RunContext, path: Path) -> str:
+def relative_to_data_dir(run: StepRuntime, path: Path) -> str:
     """``path`` as the results of every ``Output.*`` plugin name it."""
     return path.relative_to(run.data_dir.expanduser().resolve()).as_posix()
 
@@ -326,7 +326,7 @@ class ExcelInputPlugin(Plugin[ExcelInputConfig]):
     )
     config_model = ExcelInputConfig
 
-    async def run(self, config: ExcelInputConfig, run: RunContext) -> Any:
+    async def run(self, config: ExcelInputConfig, run: StepRuntime) -> Any:
         path = run.resolve_path(config.file_path)
         return await asyncio.to_thread(read_sheet, path, config)
 
@@ -465,7 +465,7 @@ class ExcelOutputPlugin(Plugin[ExcelOutputConfig]):
     description = "Write rows (objects or lists) to one worksheet of an .xlsx file, typed cells."
     config_model = ExcelOutputConfig
 
-    async def run(self, config: ExcelOutputConfig, run: RunContext) -> Any:
+    async def run(self, config: ExcelOutputConfig, run: StepRuntime) -> Any:
         path = run.resolve_path(config.file_path, for_write=True)
         written = await asyncio.to_thread(write_workbook, path, config)
         return {"file_path": relative_to_data_dir(run, path), **written}

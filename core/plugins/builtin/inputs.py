@@ -1,7 +1,7 @@
 """``Input.*``: read CSV, JSON, XML and Markdown files from the data directory, or call an API.
 
 File paths are relative to the data directory and never leave it (see
-:meth:`RunContext.resolve_path`). Reading and parsing happen in a worker thread so the
+:meth:`StepRuntime.resolve_path`). Reading and parsing happen in a worker thread so the
 event loop stays free while a big file loads.
 """
 
@@ -24,7 +24,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from mimir.core.errors import MimirError, PluginError
 from mimir.core.pipeline.values import Rows
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext
+from mimir.core.plugins.base import Plugin, PluginConfig, StepRuntime
 
 __all__ = [
     "ApiInputPlugin",
@@ -133,7 +133,7 @@ class CsvInputPlugin(Plugin[CsvInputConfig]):
     )
     config_model = CsvInputConfig
 
-    async def run(self, config: CsvInputConfig, run: RunContext) -> Any:
+    async def run(self, config: CsvInputConfig, run: StepRuntime) -> Any:
         path = run.resolve_path(config.file_path)
 
         def load() -> list[Any]:
@@ -187,7 +187,7 @@ class JsonInputPlugin(Plugin[JsonInputConfig]):
     description = "Read a JSON file (or parse 'json_string') and return its value."
     config_model = JsonInputConfig
 
-    async def run(self, config: JsonInputConfig, run: RunContext) -> Any:
+    async def run(self, config: JsonInputConfig, run: StepRuntime) -> Any:
         if config.json_string is not None:
             return _parse_json(config.json_string, "json_string")
         file_path = config.file_path
@@ -248,7 +248,7 @@ class XmlInputPlugin(Plugin[XmlInputConfig]):
     description = "Read an XML file into objects (safe parser: no DTDs, no entities)."
     config_model = XmlInputConfig
 
-    async def run(self, config: XmlInputConfig, run: RunContext) -> Any:
+    async def run(self, config: XmlInputConfig, run: StepRuntime) -> Any:
         path = run.resolve_path(config.file_path)
 
         def load() -> Any:
@@ -403,7 +403,7 @@ class MarkdownInputPlugin(Plugin[MarkdownInputConfig]):
     description = "Read a Markdown file: its text, title, headings, sections, links, metadata."
     config_model = MarkdownInputConfig
 
-    async def run(self, config: MarkdownInputConfig, run: RunContext) -> Any:
+    async def run(self, config: MarkdownInputConfig, run: StepRuntime) -> Any:
         path = run.resolve_path(config.file_path)
 
         def load() -> dict[str, Any]:
@@ -478,7 +478,7 @@ class ApiInputPlugin(Plugin[ApiInputConfig]):
     description = "Call an HTTP API; return {status, status_code, url, headers, body, json}."
     config_model = ApiInputConfig
 
-    async def run(self, config: ApiInputConfig, run: RunContext) -> Any:
+    async def run(self, config: ApiInputConfig, run: StepRuntime) -> Any:
         import httpx  # here, not at the top: loading the plugin registry must not load it
 
         from mimir.core.outbound import default_outbound_policy

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext, context_input
+from mimir.core.plugins.base import Plugin, PluginConfig, StepRuntime, context_input
 
 # pyoxigraph and the ontology store are imported where used: loading the plugin registry
 # (every worker does) must not map Oxigraph into processes that never touch an ontology.
@@ -51,7 +51,7 @@ _DECIMAL = {_XSD + n for n in ("decimal", "double", "float")}
 
 
 @asynccontextmanager
-async def _store(run: RunContext) -> AsyncIterator[OntologyStore]:
+async def _store(run: StepRuntime) -> AsyncIterator[OntologyStore]:
     """The store of the step's data directory; the server's endpoint when it holds it."""
     from mimir.core.ontology import (
         OntologyError,
@@ -124,7 +124,7 @@ class OntologyQueryPlugin(Plugin[QueryConfig]):
     description = "Run a read-only SPARQL query with $params; SELECT rows go into the context."
     config_model = QueryConfig
 
-    async def run(self, config: QueryConfig, run: RunContext) -> Any:
+    async def run(self, config: QueryConfig, run: StepRuntime) -> Any:
         from mimir.core.ontology import OntologyError
 
         def substitute(match: re.Match[str]) -> str:
@@ -245,7 +245,7 @@ class OntologyLoadPlugin(Plugin[LoadConfig]):
     )
     config_model = LoadConfig
 
-    async def run(self, config: LoadConfig, run: RunContext) -> Any:
+    async def run(self, config: LoadConfig, run: StepRuntime) -> Any:
         from mimir.core.ontology import OntologyError, OntologyNotFoundError
 
         triples = rows_to_triples(config)

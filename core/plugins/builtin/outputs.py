@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import Field
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext, context_input
+from mimir.core.plugins.base import Plugin, PluginConfig, StepRuntime, context_input
 
 __all__ = ["CsvOutputPlugin", "HtmlOutputPlugin", "JsonOutputPlugin"]
 
@@ -59,7 +59,7 @@ def _write_atomically(path: Path, text: str, shown: str) -> int:
     return len(data)
 
 
-async def _write(run: RunContext, file_path: str, render: Any, rows: int | None) -> dict[str, Any]:
+async def _write(run: StepRuntime, file_path: str, render: Any, rows: int | None) -> dict[str, Any]:
     """Resolve ``file_path`` for writing, render the text in a thread and write it."""
     path = run.resolve_path(file_path, for_write=True)
 
@@ -99,7 +99,7 @@ class JsonOutputPlugin(Plugin[JsonOutputConfig]):
     description = "Write a value to a JSON file (or return the JSON text)."
     config_model = JsonOutputConfig
 
-    async def run(self, config: JsonOutputConfig, run: RunContext) -> Any:
+    async def run(self, config: JsonOutputConfig, run: StepRuntime) -> Any:
         def render() -> str:
             return json.dumps(config.input, indent=config.indent, default=str, ensure_ascii=False)
 
@@ -172,7 +172,7 @@ class CsvOutputPlugin(Plugin[CsvOutputConfig]):
     description = "Write rows (objects or lists) to a CSV file."
     config_model = CsvOutputConfig
 
-    async def run(self, config: CsvOutputConfig, run: RunContext) -> Any:
+    async def run(self, config: CsvOutputConfig, run: StepRuntime) -> Any:
         return await _write(
             run,
             config.file_path,
@@ -272,7 +272,7 @@ class HtmlOutputPlugin(Plugin[HtmlOutputConfig]):
     description = "Write a readable HTML report: a title and a table of the rows."
     config_model = HtmlOutputConfig
 
-    async def run(self, config: HtmlOutputConfig, run: RunContext) -> Any:
+    async def run(self, config: HtmlOutputConfig, run: StepRuntime) -> Any:
         generated_at = datetime.now(UTC)
         value = config.input if "input" in config.model_fields_set else dict(run.context)
         # The original's fields (its Output.html only reported that a report was made).

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import Plugin, RunContext
+from mimir.core.plugins.base import Plugin, StepRuntime
 from mimir.core.plugins.builtin.excel import (
     atomic_file,
     is_table_result,
@@ -580,7 +580,7 @@ class PdfOutputPlugin(Plugin[PdfOutputConfig]):
     )
     config_model = PdfOutputConfig
 
-    async def run(self, config: PdfOutputConfig, run: RunContext) -> Any:
+    async def run(self, config: PdfOutputConfig, run: StepRuntime) -> Any:
         path = run.resolve_path(config.file_path, for_write=True)
         try:
             written = await asyncio.to_thread(render_pdf, path, config)

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from mimir.core.errors import PluginError
-from mimir.core.plugins.base import Plugin, PluginConfig, RunContext, context_input
+from mimir.core.plugins.base import Plugin, PluginConfig, StepRuntime, context_input
 from mimir.core.plugins.builtin.expressions import (
     CompiledExpression,
     ExpressionError,
@@ -166,7 +166,7 @@ class TransformPlugin(Plugin[TransformConfig]):
     description = "Filter, compute, sort, select and rename fields of rows (safe expressions)."
     config_model = TransformConfig
 
-    async def run(self, config: TransformConfig, run: RunContext) -> Any:
+    async def run(self, config: TransformConfig, run: StepRuntime) -> Any:
         if isinstance(config.input, list) and len(config.input) > _THREAD_THRESHOLD:
             return await asyncio.to_thread(_transform, config)
         return _transform(config)
@@ -292,7 +292,7 @@ class AggregatePlugin(Plugin[AggregateConfig]):
     description = "Group rows and compute count, sum, mean, min and max per group."
     config_model = AggregateConfig
 
-    async def run(self, config: AggregateConfig, run: RunContext) -> Any:
+    async def run(self, config: AggregateConfig, run: StepRuntime) -> Any:
         if isinstance(config.input, list) and len(config.input) > _THREAD_THRESHOLD:
             return await asyncio.to_thread(_aggregate, config)
         return _aggregate(config)

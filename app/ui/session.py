@@ -21,12 +21,12 @@ from mimir.app.services.events import LiveFeed
 from mimir.app.services.profiles import ConnectionProfile, ProfileStore
 from mimir.app.services.timeseries import DashboardRecorder
 
-__all__ = ["ConsoleContext"]
+__all__ = ["ConsoleSession"]
 
 logger = logging.getLogger(__name__)
 
 
-class ConsoleContext(QObject):
+class ConsoleSession(QObject):
     """Shared state of one console window."""
 
     #: queue status dict, each second

@@ -1,11 +1,11 @@
 """Where the triples live: Oxigraph on disk (default) or an external SPARQL 1.1 endpoint.
 
-Both backends offer the same operations, so :class:`~mimir.core.ontology.store.OntologyStore`
+Both stores offer the same operations, so :class:`~mimir.core.ontology.store.OntologyStore`
 does not know which one it talks to:
 
-- :class:`OxigraphBackend` keeps a RocksDB-backed Oxigraph store in the data directory
+- :class:`OxigraphStore` keeps a RocksDB-backed Oxigraph store in the data directory
   (the engine under ``oxrdflib``). One process may open it at a time.
-- :class:`SparqlEndpointBackend` speaks the SPARQL 1.1 Protocol (query, update) and the
+- :class:`SparqlEndpointStore` speaks the SPARQL 1.1 Protocol (query, update) and the
   Graph Store Protocol over ``httpx`` to ``FUSEKI_URL`` (Fuseki's dataset URL, or an
   ``oxigraph serve`` root: both answer ``/query`` and ``/update``; the graph store is
   ``/data`` on Fuseki and ``/store`` on Oxigraph, found on first use).
@@ -34,12 +34,12 @@ from mimir.core.ontology.errors import (
 )
 from mimir.core.ontology.results import QueryResult, term_to_json
 
-__all__ = ["OxigraphBackend", "SparqlEndpointBackend", "TripleBackend"]
+__all__ = ["OxigraphStore", "SparqlEndpointStore", "TripleStore"]
 
 logger = logging.getLogger(__name__)
 
 
-class TripleBackend(Protocol):
+class TripleStore(Protocol):
     """What the ontology store needs from a triple store."""
 
     #: Queries without a default graph see every graph (else: the graphs they are given).
@@ -71,7 +71,7 @@ class TripleBackend(Protocol):
         """Run a SPARQL 1.1 update."""
 
     def close(self) -> None:
-        """Release what the backend holds."""
+        """Release what the store holds."""
 
 
 def _check_deadline(deadline: float, timeout: float) -> None:
@@ -79,7 +79,7 @@ def _check_deadline(deadline: float, timeout: float) -> None:
         raise QueryTimeoutError(f"query exceeded its time limit of {timeout:g} s")
 
 
-class OxigraphBackend:
+class OxigraphStore:
     """An Oxigraph store on disk (``path``), or in memory when ``path`` is ``None``."""
 
     union_default_graph = True
@@ -218,7 +218,7 @@ class OxigraphBackend:
 _QUERY_ACCEPT = "application/sparql-results+json, application/n-triples;q=0.9, text/turtle;q=0.8"
 
 
-class SparqlEndpointBackend:
+class SparqlEndpointStore:
     """An external SPARQL 1.1 endpoint (``FUSEKI_URL``) over HTTP."""
 
     union_default_graph = False
