@@ -55,6 +55,8 @@ _LOOP_STOP_TIMEOUT = 5.0
 #: ``asyncio.wait_for`` (which redis-py wraps around every socket write) drops a
 #: cancellation that arrives just as the write completes, so one ``cancel()`` can be lost.
 _RECANCEL_EVERY = 0.25
+#: Longest wait before the first fetch for the cancel listener to subscribe.
+_LISTEN_WAIT = 5.0
 
 #: Errors that mean "Redis is away for now": retried with backoff.
 _OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -201,6 +203,9 @@ class Worker:
         #: turn, so a cancellation lost inside redis-py cannot keep one running.
         self._closing = asyncio.Event()
         self._slot_free = asyncio.Event()
+        #: Set once the cancel listener has subscribed: fetching waits for it (bounded), so
+        #: a cancel published right after a job starts is not lost before the subscription.
+        self._listening = asyncio.Event()
         self._pending: list[Any] = []  # progress tuples and Outcomes, in order
         self._pending_event = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -382,6 +387,8 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         reconnect = _Reconnect("fetch", self.config.max_outage)
+        with contextlib.suppress(TimeoutError):  # the lease renewal still catches cancels
+            await asyncio.wait_for(self._listening.wait(), _LISTEN_WAIT)
         fetches = 0
         block_ms = max(1, int(self.config.block * 1000))
         while not self._stopping.is_set():
@@ -526,6 +533,11 @@ class Worker:
     # -- maintenance -------------------------------------------------------------------
 
     async def _heartbeat(self, draining: bool = False) -> None:
+        # Redis's TIME between two readings of this host's clock: the round trip, and how
+        # far this clock is off Redis's (``mimir doctor`` reports both; leases need < 1 s).
+        before = time.time()
+        seconds, micros = await self.redis.time()
+        after = time.time()
         info = {
             "worker_id": self.worker_id,
             "hostname": self.hostname,
@@ -540,6 +552,8 @@ class Worker:
             "cpu_percent": self._usage.cpu_percent(),
             "memory_bytes": self._usage.rss(),
             "draining": "1" if draining or self._stopping.is_set() else "0",
+            "redis_rtt_ms": round((after - before) * 1000, 2),
+            "clock_offset_ms": round(((before + after) / 2 - seconds - micros / 1e6) * 1000, 1),
         }
         await self.consumer.heartbeat(info, ttl=self.config.heartbeat * 3)
 
@@ -573,7 +587,7 @@ class Worker:
             if entry.stop_reason is None:
                 entry.stop_reason = answer  # 'cancel' or 'lost'
                 logger.info("job %s: %s; stopping it", printable(entry.delivery.job_id), answer)
-                entry.task.cancel()
+            entry.task.cancel()  # again at each renewal while it runs: one may be lost
 
     async def _reclaim(self) -> None:
         free = self.config.concurrency - len(self.running)
@@ -604,7 +618,7 @@ class Worker:
     async def _cancel_listener(self) -> None:
         reconnect = _Reconnect("cancel listener", self.config.max_outage)
         while not self._closing.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.consumer.keys.cancel)
                 reconnect.ok()
@@ -612,7 +626,15 @@ class Worker:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
-                    self._cancel_requested(str(message["data"]))
+                    if message["type"] == "subscribe":
+                        # The first subscription, or redis-py's own after a lost
+                        # connection: cancels published meanwhile were missed, so ask
+                        # Redis about the running jobs now rather than at the next renewal.
+                        self._listening.set()
+                        if self.running:
+                            await self._renew()
+                    elif message["type"] == "message":
+                        self._cancel_requested(str(message["data"]))
             except (*_OUTAGE_ERRORS, RedisError, RuntimeError) as exc:
                 # RuntimeError: redis-py's pub/sub after its connection was reset.
                 await reconnect.failed(exc)

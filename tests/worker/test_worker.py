@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from mimir.core.queue import JobQueue, JobStatus, Priority
 from tests.helpers import RedisServer, WorkerProcess, wait_until
@@ -77,6 +78,24 @@ def test_cancel_running_job(
     # The worker goes on with other work.
     after = run(queue.enqueue(sleep_job(0)))
     assert run(queue.wait(after.job_id, 10)).job.status is JobStatus.succeeded
+
+
+def test_cancel_published_while_the_listener_was_cut_off_still_stops_the_job(
+    make_worker: Callable[..., WorkerProcess], queue: JobQueue, redis_server: RedisServer, run
+) -> None:
+    # The lease renewal (every 20 s here) is not what stops the job: the listener, once
+    # subscribed again, asks Redis about its running jobs at once.
+    make_worker(MIMIR_WORKER_LEASE="60")
+    job = run(queue.enqueue(sleep_job(60)))
+    wait_until(lambda: status_of(run, queue, job.job_id) is JobStatus.running, timeout=10)
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        assert admin.client_kill_filter(_type="pubsub") >= 1  # the worker's cancel listener
+        run(queue.cancel(job.job_id))  # published while it reconnects: nobody hears it
+    finally:
+        admin.close()
+    record = run(queue.wait(job.job_id, 8)).job
+    assert record.status is JobStatus.cancelled and record.error == "cancelled while running"
 
 
 def test_failing_job_retried_with_backoff_then_dead_letter(
