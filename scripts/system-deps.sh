@@ -12,6 +12,7 @@ PACKAGES=(
   binutils                           # objdump, which PyInstaller needs for the bundle test
   systemd strace                     # systemd-analyze verify of packaging/systemd; strace checks
                                      # the units' SystemCallFilter (not in a minbase install)
+  faketime                           # libfaketime: a worker with a shifted clock (doctor tests)
 )
 # PyInstaller (the bundle test) needs the shared libpython of Debian's own Python, which a
 # minimal install lacks; a Python built elsewhere (pyenv) carries its own.

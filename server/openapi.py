@@ -219,6 +219,7 @@ ROUTES: dict[str, OperationDoc] = {
     "GET /api/v1/events": OperationDoc(never=(503,)),  # an `error` event instead
     "GET /api/v1/plugins": OperationDoc(),
     "GET /api/v1/workers": OperationDoc(),
+    "GET /api/v1/diagnostics": OperationDoc(),
     # -- pipelines
     "POST /api/v1/pipelines/execute": OperationDoc(errors=(400, 404, 422, 504)),
     "GET /api/v1/pipelines": OperationDoc(),

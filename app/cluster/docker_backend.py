@@ -72,6 +72,7 @@ from mimir.app.cluster.topology import (
     canonical_service,
 )
 from mimir.app.cluster.worker_pool import StopBudget, check_worker_count, plan_scale, worker_health
+from mimir.core.diagnostics import DiskState
 from mimir.core.settings import Settings
 
 __all__ = ["PACKAGING_DIR", "DockerBackend", "DockerProfile"]
@@ -672,9 +673,52 @@ class DockerBackend:
                     state=c.status,
                     ident=c.short_id,
                     detail=f"{image}" + (f", {health}" if health else ""),
+                    restarts=int(c.attrs.get("RestartCount") or 0),
+                    oom_killed=bool(c.attrs["State"].get("OOMKilled")),
+                    exit_code=c.attrs["State"].get("ExitCode"),
                 )
             )
         return out
+
+    async def oom_events(self, within: float = 3600.0) -> dict[str, int]:
+        """OOM kills the engine reported for the project's containers in the last
+        ``within`` seconds, by container name (a restarted container's state forgets them)."""
+
+        def read() -> dict[str, int]:
+            names = {c.id: c.name for c in self._containers()}
+            if not names:
+                return {}
+            now = time.time()
+            counts: dict[str, int] = {}
+            events = self._connect().events(
+                since=int(now - within), until=int(now) + 1, decode=True,
+                filters={"type": "container", "event": "oom"},
+            )  # fmt: skip
+            for event in events:
+                name = names.get(str(event.get("id") or event.get("Actor", {}).get("ID")))
+                if name:
+                    counts[name] = counts.get(name, 0) + 1
+            return counts
+
+        return await self._call(read)
+
+    async def disk_usage(self, service: str, path: str) -> DiskState | None:
+        """Free space under ``path`` inside the first running container of ``service``
+        (``df`` in the container: its volume is not on this host's file system)."""
+
+        def read() -> DiskState | None:
+            running = [c for c in self._containers(service) if c.status == "running"]
+            if not running:
+                return None
+            code, output = running[0].exec_run(["df", "-Pk", path])
+            lines = output.decode(errors="replace").strip().splitlines()
+            if code != 0 or len(lines) < 2:
+                return None
+            fields = lines[-1].split()
+            total, free = int(fields[1]) * 1024, int(fields[3]) * 1024
+            return DiskState(path=f"{running[0].name}:{path}", free_bytes=free, total_bytes=total)
+
+        return await self._call(read)
 
     def _select(self, services: list[str] | None) -> list[Any]:
         """The project's containers of ``services`` (all when empty); raise when the project

@@ -24,3 +24,8 @@ class Instance:
     ident: str
     #: Health, exit code, image or command: whatever helps the operator most.
     detail: str = ""
+    #: Docker: how often the engine restarted it, whether its last end was an OOM kill,
+    #: and its last exit code (``mimir doctor`` reads them).
+    restarts: int = 0
+    oom_killed: bool = False
+    exit_code: int | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from mimir.server.routes import (
+    diagnostics,
     events,
     health,
     kg,
@@ -29,6 +30,7 @@ ROUTERS: list[APIRouter] = [
     plugins.router,
     queue.router,
     workers.router,
+    diagnostics.router,
     events.router,
     metrics.router,
     ontologies.router,
