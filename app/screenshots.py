@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -128,7 +129,7 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
         "name": "model-training",
         "steps": [{"name": "train", "plugin": "Debug.sleep", "config": {"seconds": 120}}],
     }
-    await api.enqueue(pipeline=long_job, count=2, priority="high")
+    long_ids = await api.enqueue(pipeline=long_job, count=2, priority="high")
     await asyncio.sleep(2.0)
 
     shots: list[Path] = []
@@ -174,7 +175,38 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
         if knowledge.scenario_combo.count():
             await knowledge.simulate()
     await grab("knowledge", 1.0)
+
+    # The Diagnose view on a cluster broken on purpose: a frozen worker (SIGSTOP) holding a
+    # long job, jobs on a queue nobody serves; the failed imports are in the dead letter.
+    await api.enqueue(name="nightly-etl", count=4, queue="gpu")
+    holders = [w for w in await api.workers() if set(w.get("current_jobs", [])) & set(long_ids)]
+    frozen = int(holders[0]["pid"]) if holders else 0
+    if frozen:
+        os.kill(frozen, signal.SIGSTOP)
+    try:
+        if frozen:
+            await _until_async(
+                lambda: _gone(api, frozen), 20, "the frozen worker's heartbeat to expire"
+            )
+        window.show_panel("cluster")
+        await window.cluster.run_diagnosis()
+        await grab("cluster", 0.8, "doctor")
+    finally:
+        if frozen:
+            os.kill(frozen, signal.SIGCONT)
     return shots
+
+
+async def _gone(api, pid: int) -> bool:
+    return all(int(w.get("pid", 0)) != pid for w in await api.workers())
+
+
+async def _until_async(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"screenshots: {what} did not happen within {timeout:.0f}s")
+        await asyncio.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:

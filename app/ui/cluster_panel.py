@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -35,6 +36,7 @@ from qasync import asyncSlot
 
 from mimir.app.cluster.base import ClusterError, ClusterStatus, ServiceStats
 from mimir.app.services.api import ApiError
+from mimir.app.services.doctor import Report, diagnose
 from mimir.app.services.profiles import PROFILE_KINDS, ConnectionProfile
 from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
 from mimir.app.ui.confirm import confirm
@@ -45,6 +47,8 @@ __all__ = ["QtClusterPanel"]
 logger = logging.getLogger(__name__)
 
 _COLUMNS = ["Service", "State", "Health", "Replicas", "CPU", "Memory", "Ports"]
+_FINDING_COLUMNS = ["Severity", "Finding", "Seen", "What to do"]
+_SEVERITY_COLORS = {"error": "#FF6B6B", "warning": "#E0B341", "info": "#9AA3B2"}
 
 
 def _mib(value: int) -> str:
@@ -156,6 +160,12 @@ class QtClusterPanel(QWidget):
         self.workers_spin.setValue(2)
         self.workers_spin.setPrefix("Workers: ")
         self.scale_button = QPushButton("Scale")
+        self.diagnose_button = QPushButton("Diagnose")
+        self.diagnose_button.setToolTip(
+            "Check the API, Redis, workers, queues, containers, disks and clocks "
+            "(as mimir doctor does)"
+        )
+        self.diagnose_button.clicked.connect(self.run_diagnosis)
         self.start_button.clicked.connect(self.start_cluster)
         self.stop_button.clicked.connect(self.stop_cluster)
         self.clean_button.clicked.connect(self.clean_cluster)
@@ -168,6 +178,7 @@ class QtClusterPanel(QWidget):
             self.restart_button,
             self.build_button,
             self.clean_button,
+            self.diagnose_button,
         ):
             actions.addWidget(widget)
         actions.addStretch(1)
@@ -210,7 +221,30 @@ class QtClusterPanel(QWidget):
         self.table.setAlternatingRowColors(True)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         root.addWidget(self.table)
-        root.addStretch(1)
+
+        # What Diagnose found: one row per finding, worst first (hidden until it runs).
+        self.diagnosis_box = QGroupBox("Diagnosis")
+        box = QVBoxLayout(self.diagnosis_box)
+        self.diagnosis_summary = QLabel("")
+        self.diagnosis_summary.setWordWrap(True)
+        box.addWidget(self.diagnosis_summary)
+        self.findings_table = QTableWidget(0, len(_FINDING_COLUMNS))
+        self.findings_table.setHorizontalHeaderLabels(_FINDING_COLUMNS)
+        self.findings_table.verticalHeader().hide()
+        self.findings_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.findings_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.findings_table.setWordWrap(True)
+        self.findings_table.setAlternatingRowColors(True)
+        header = self.findings_table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        for column in (1, 2, 3):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Stretch)
+        box.addWidget(self.findings_table)
+        self.diagnosis_box.hide()
+        root.addWidget(self.diagnosis_box, 1)
+        root.addStretch(0)
+        self.last_report: Report | None = None
+        self.diagnosing = False
 
     # ---------------------------------------------------------------- profiles
 
@@ -581,6 +615,54 @@ class QtClusterPanel(QWidget):
         idle = not self.busy and not self.workers_spin.hasFocus()
         if worker is not None and idle and worker.replicas:
             self.workers_spin.setValue(worker.replicas)
+
+    # ---------------------------------------------------------------- diagnosis
+
+    @asyncSlot()
+    async def run_diagnosis(self) -> None:
+        """Run the doctor's checks against this profile's API and cluster; show findings."""
+        if self.diagnosing:
+            return
+        self.diagnosing = True
+        self.diagnose_button.setEnabled(False)
+        self.diagnosis_box.show()
+        self.diagnosis_summary.setText("Diagnosing…")
+        try:
+            report = await diagnose(self.session.api, self.session.backend)
+        except Exception as exc:  # a check's own failure must not take the console down
+            logger.exception("diagnosis failed")
+            self.diagnosis_summary.setText(f"The diagnosis itself failed: {exc}")
+            return
+        finally:
+            self.diagnosing = False
+            self.diagnose_button.setEnabled(True)
+        self.show_report(report)
+
+    def show_report(self, report: Report) -> None:
+        self.last_report = report
+        self.diagnosis_box.show()
+        where = report.target + (
+            f" (server {report.server_version})" if report.server_version else ""
+        )
+        summary = report.summary()
+        self.diagnosis_summary.setText(
+            f"{where}: {summary}" if report.findings else f"{where}: {summary}. All clear."
+        )
+        self.findings_table.setRowCount(len(report.findings))
+        for row, finding in enumerate(report.findings):
+            severity = QTableWidgetItem(finding.severity.upper())
+            severity.setForeground(QColor(_SEVERITY_COLORS[finding.severity]))
+            font = severity.font()
+            font.setBold(True)
+            severity.setFont(font)
+            title = finding.title + (f"\n{finding.subject}" if finding.subject else "")
+            cells = [severity, QTableWidgetItem(title), QTableWidgetItem(finding.seen),
+                     QTableWidgetItem(finding.action)]  # fmt: skip
+            for column, item in enumerate(cells):
+                item.setToolTip(f"{finding.check}: {finding.seen}\n\n{finding.action}")
+                item.setTextAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+                self.findings_table.setItem(row, column, item)
+        self.findings_table.resizeRowsToContents()
 
     async def wait_idle(self) -> None:
         """For tests and scripts: until no action runs."""

@@ -548,3 +548,50 @@ def test_logs_per_worker_on_a_fresh_view_and_dashboard_names_workers(console: Co
         )
 
     console.run(scenario)
+
+
+def test_cluster_panel_diagnose_shows_findings_worst_first(console: Console) -> None:
+    window = console.window
+    panel = window.cluster
+
+    async def scenario() -> None:
+        await console.start_cluster(workers=1)
+        assert panel.diagnosis_box.isHidden()
+        QTest.mouseClick(panel.diagnose_button, Qt.MouseButton.LeftButton)
+        await until(lambda: panel.last_report is not None, 60, "a healthy cluster diagnosed")
+        assert panel.findings_table.rowCount() == 0
+        assert "nothing wrong" in panel.diagnosis_summary.text()
+        assert not panel.diagnosis_box.isHidden()
+
+        # Break it: jobs for a queue no worker serves, and a job in the dead letter.
+        api = window.session.api
+        await api.enqueue(name="nap", count=3, queue="gpu")
+        failing = {"name": "f", "steps": [{"name": "f", "plugin": "Debug.fail",
+                                           "config": {"message": "planned"}}]}  # fmt: skip
+        [job] = await api.enqueue(pipeline=failing, max_retries=0)
+        await until_async(lambda: _status(api, job), 30, "the failing job to fail")
+        panel.last_report = None
+        QTest.mouseClick(panel.diagnose_button, Qt.MouseButton.LeftButton)
+        await until(lambda: panel.last_report is not None, 60, "the broken cluster diagnosed")
+        table = panel.findings_table
+        rows = [[table.item(r, c).text() for c in range(4)] for r in range(table.rowCount())]
+        assert [r[0] for r in rows] == ["ERROR", "WARNING"], rows
+        assert (
+            rows[0][1].startswith("Jobs wait in a queue no worker serves") and "gpu" in rows[0][1]
+        )
+        assert "3 jobs in 'gpu'" in rows[0][2] and "--queues gpu" in rows[0][3]
+        assert "planned" in rows[1][2]
+        assert "1 error, 1 warning" in panel.diagnosis_summary.text()
+
+    console.run(scenario)
+
+
+async def _status(api: Any, job_id: str) -> bool:
+    return (await api.get_job(job_id))["status"] == "failed"
+
+
+async def until_async(condition: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
