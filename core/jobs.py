@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mimir.core.errors import MimirError
-from mimir.core.queue.client import JobSpec
+from mimir.core.queue.models import JobSpec
 
 if TYPE_CHECKING:
     from mimir.core.pipeline.models import Pipeline

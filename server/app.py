@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from mimir.core import __version__
 from mimir.core.pipeline.store import PipelineStore
 from mimir.core.plugins.registry import default_registry
+from mimir.core.queue.connection import connect
 from mimir.core.settings import Settings
 from mimir.server.auth import BearerTokenMiddleware
 from mimir.server.errors import install_error_handlers
@@ -36,12 +37,13 @@ REDIS_SOCKET_TIMEOUT = 10.0
 
 
 def make_redis(settings: Settings) -> Redis:
-    """The server's Redis client; no connection is made until the first command."""
-    return Redis.from_url(
+    """The server's Redis client for its own calls (the queue's :func:`connect`: replies
+    as ``str``, a broken connection replaced and the command retried); no connection is
+    made until the first command."""
+    return connect(
         settings.redis_url,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
         socket_timeout=REDIS_SOCKET_TIMEOUT,
-        health_check_interval=30,
         max_connections=64,
     )
 

@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core.jobs import Attempt, JobFailedError, get_job_handler
 from mimir.core.logtext import printable
-from mimir.core.queue.client import connect
+from mimir.core.queue.connection import connect
 from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer
 from mimir.core.queue.models import iso, utc_now
 from mimir.core.settings import Settings

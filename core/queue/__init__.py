@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from mimir.core.queue.client import JobPage, JobQueue, JobSpec, connect
+from mimir.core.queue.client import JobPage, JobQueue
+from mimir.core.queue.connection import connect
 from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer, retry_delay
 from mimir.core.queue.errors import (
     JobNotFoundError,
@@ -16,7 +17,9 @@ from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
 from mimir.core.queue.models import (
     FINAL_STATUSES,
     DeadLetterEntry,
+    JobOptions,
     JobRecord,
+    JobSpec,
     JobStatus,
     Priority,
     Progress,
@@ -32,6 +35,7 @@ __all__ = [
     "DeadLetterEntry",
     "Delivery",
     "JobNotFoundError",
+    "JobOptions",
     "JobPage",
     "JobQueue",
     "JobRecord",

@@ -1,7 +1,8 @@
 """``JobQueue``: enqueue, inspect, wait for, cancel and retry jobs (the producer side).
 
 The consumer side (what workers call) is :mod:`mimir.core.queue.consumer`. Every method
-here is one or a few round trips; Redis errors become :class:`QueueError` subclasses.
+here is one or a few round trips; Redis errors become :class:`QueueError` subclasses
+(:func:`redis_errors`). The Redis client comes from :func:`connect` (replies as ``str``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core.queue import scripts
+from mimir.core.queue.connection import BLOCK_SLICE, connect
 from mimir.core.queue.errors import (
     JobNotFoundError,
     JobStateError,
@@ -37,14 +37,15 @@ from mimir.core.queue.models import (
     FINAL_STATUSES,
     DeadLetterEntry,
     JobRecord,
+    JobSpec,
     JobStatus,
-    Priority,
     QueueStatus,
     WaitResult,
     WorkerInfo,
     iso,
     record_from_hash,
 )
+from mimir.core.queue.protocol import INTERNAL_FIELDS, RECORD_FIELDS, encode
 
 __all__ = ["DURATION_BUCKETS", "JobPage", "JobQueue", "JobSpec", "connect"]
 
@@ -56,35 +57,13 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 #: Longest single blocking call while waiting; longer waits loop (so no socket timeout hits).
-_WAIT_SLICE = 5.0
+_WAIT_SLICE = BLOCK_SLICE
+#: First wait sent together with the enqueue in :meth:`JobQueue.enqueue_and_wait`.
+_FIRST_SLICE = 1.0
 #: Jobs per enqueue script call (bounds how long one call holds Redis).
 _ENQUEUE_CHUNK = 1000
 #: Seconds over which completed/failed per second are averaged.
 _RATE_WINDOW = 5
-
-
-class JobSpec(BaseModel):
-    """What to enqueue: the payload for the job type's handler and how to run it."""
-
-    #: Handler name (``mimir.core.jobs``): ``pipeline``, ``digital_twin`` …
-    type: str = "pipeline"
-    #: Handler input; for ``pipeline``: ``{"pipeline": {definition}, "context": {...}}``.
-    payload: dict[str, Any] = Field(default_factory=dict)
-    priority: Priority = Priority.normal
-    #: Worker pool; only workers started with this name in ``--queues`` take the job.
-    queue: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    #: Seconds one attempt may run before it is stopped (and counted as failed).
-    timeout: float | None = Field(default=3600.0, gt=0)
-    #: Retries after a failure (so at most ``max_retries + 1`` attempts / deliveries).
-    max_retries: int = Field(default=2, ge=0, le=100)
-    #: Seconds before the first retry; doubled each further retry, with jitter.
-    retry_backoff: float = Field(default=1.0, ge=0)
-    #: Seconds to wait before the job becomes available.
-    delay: float = Field(default=0.0, ge=0)
-    #: Enqueueing again with the same key (within the job TTL) returns the first job.
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
-    #: Display name (the pipeline's name).
-    pipeline: str | None = None
 
 
 class JobPage(BaseModel):
@@ -94,23 +73,6 @@ class JobPage(BaseModel):
     total: int
     offset: int
     limit: int
-
-
-def connect(url: str, **options: Any) -> Redis:
-    """A ``redis.asyncio.Redis`` for the queue (decoded strings, timeouts on every call)."""
-    options.setdefault("decode_responses", True)
-    options.setdefault("socket_connect_timeout", 5)
-    options.setdefault("socket_timeout", _WAIT_SLICE + 10)
-    options.setdefault("health_check_interval", 30)
-    # A connection broken by a Redis restart is replaced and the command retried (a few
-    # times, briefly); a Redis that stays away surfaces as QueueUnavailableError.
-    options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3))
-    options.setdefault("retry_on_error", [RedisConnectionError])
-    return Redis.from_url(url, **options)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @asynccontextmanager
@@ -135,13 +97,16 @@ class JobQueue:
         self.redis = redis
         self.keys = QueueKeys(prefix)
         self.job_ttl = int(job_ttl)
+        #: Whether Redis ran ``ENQUEUE`` for this handle by SHA (see :meth:`enqueue_and_wait`).
+        self._script_known = False
 
     # -- enqueue ---------------------------------------------------------------------
 
     def _new_job(
         self, spec: JobSpec, now: datetime, now_iso: str
-    ) -> tuple[dict[str, Any], JobRecord]:
-        """The script's entry for one job, and the record it creates."""
+    ) -> tuple[tuple[list[str], list[Any]], dict[str, Any], JobRecord]:
+        """One job's ``ENQUEUE`` group (its keys), its entry in the script's ``jobs``
+        argument, and the record it creates."""
         job_id = uuid.uuid4().hex
         due = now + timedelta(seconds=spec.delay) if spec.delay > 0 else None
         record = JobRecord.model_construct(
@@ -164,38 +129,64 @@ class JobQueue:
             error=None,
             idempotency_key=spec.idempotency_key,
             cancel_requested=False,
+            version=0,
         )
         stream = self.keys.stream(spec.queue, spec.priority.value)
-        fields: dict[str, str] = {
+        values: dict[str, Any] = {
             "job_id": job_id,
             "type": spec.type,
             "status": record.status.value,
             "priority": spec.priority.value,
             "queue": spec.queue,
-            "attempts": "0",
-            "max_retries": str(spec.max_retries),
-            "retry_backoff": repr(spec.retry_backoff),
+            "attempts": 0,
+            "max_retries": spec.max_retries,
+            "timeout": spec.timeout,
+            "pipeline": spec.pipeline,
             "enqueued_at": now_iso,
+            "scheduled_for": iso(due) if due is not None else None,
+            "idempotency_key": spec.idempotency_key,
+            "retry_backoff": spec.retry_backoff,
             "stream": stream,
-            "payload": json.dumps(spec.payload, separators=(",", ":")),
+            "payload": spec.payload,
         }
-        if spec.timeout is not None:
-            fields["timeout"] = repr(spec.timeout)
-        if spec.pipeline is not None:
-            fields["pipeline"] = spec.pipeline
-        if spec.idempotency_key is not None:
-            fields["idempotency_key"] = spec.idempotency_key
-        if due is not None:
-            fields["scheduled_for"] = iso(due)
+        fields = {
+            name: encode(RECORD_FIELDS.get(name) or INTERNAL_FIELDS[name], value)
+            for name, value in values.items()
+            if value is not None
+        }
+        idem = spec.idempotency_key is not None
+        job_key = self.keys.job(job_id)
+        group_keys = [
+            job_key,
+            stream,
+            self.keys.idempotency(spec.idempotency_key) if idem else job_key,  # type: ignore[arg-type]
+        ]
         entry = {
             "id": job_id,
-            "stream": stream,
             "queue": spec.queue,
-            "idem": self.keys.idempotency(spec.idempotency_key) if spec.idempotency_key else "",
+            "idem": 1 if idem else 0,
             "due": int(due.timestamp() * 1000) if due else 0,
             "f": fields,
         }
-        return entry, record
+        return (group_keys, []), entry, record
+
+    def _enqueue_call(
+        self, now_ms: int, jobs: Sequence[tuple[tuple[list[str], list[Any]], dict[str, Any]]]
+    ) -> scripts.Call:
+        return scripts.ENQUEUE_SCRIPT.call(
+            keys={
+                "index": self.keys.index,
+                "scheduled": self.keys.scheduled,
+                "queues": self.keys.queues,
+            },
+            argv={
+                "now_ms": now_ms,
+                "ttl": self.job_ttl,
+                "events": self.keys.events,
+                "jobs": [entry for _, entry in jobs],
+            },
+            each=[group for group, _ in jobs],
+        )
 
     async def enqueue(self, spec: JobSpec) -> JobRecord:
         """Put one job on the queue; answers its record (the earlier job's on an
@@ -205,30 +196,25 @@ class JobQueue:
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[JobRecord]:
         """Put many jobs on the queue in one round trip (one script call per 1,000);
         answers their records in order."""
-        context = self._context()
-        now = datetime.fromtimestamp(context[7] / 1000, UTC)
+        now_ms, now = _now()
         now_iso = iso(now)
         created = [self._new_job(spec, now, now_iso) for spec in specs]
-        calls = []
-        for first in range(0, len(created), _ENQUEUE_CHUNK):
-            chunk = [entry for entry, _ in created[first : first + _ENQUEUE_CHUNK]]
-            args = [
-                *context,
-                self.keys.index,
-                self.keys.scheduled,
-                self.keys.queues,
-                json.dumps(chunk, separators=(",", ":")),
-            ]
-            calls.append((scripts.ENQUEUE_SCRIPT, args))
+        calls = [
+            self._enqueue_call(
+                now_ms,
+                [(group, entry) for group, entry, _ in created[first : first + _ENQUEUE_CHUNK]],
+            )
+            for first in range(0, len(created), _ENQUEUE_CHUNK)
+        ]
         async with redis_errors("enqueue"):
             answers = await scripts.run_scripts(self.redis, calls)
         flat = [item for answer in answers for item in answer]
         records: list[JobRecord] = []
-        for (_, record), job_id, was_created in zip(created, flat[::2], flat[1::2], strict=True):
+        for (_, _, record), job_id, was_created in zip(created, flat[::2], flat[1::2], strict=True):
             if int(was_created):
                 records.append(record)
             else:
-                records.append(await self.get(_text(job_id)))
+                records.append(await self.get(job_id))
         return records
 
     async def enqueue_and_wait(self, spec: JobSpec, timeout: float) -> WaitResult:
@@ -236,37 +222,38 @@ class JobQueue:
         made here, so the wait can follow the enqueue in the same write): one round trip
         when the job ends within the first wait slice. Answers like :meth:`wait`.
 
+        The script goes by SHA. Until this handle has seen Redis run it (and again after
+        ``NOSCRIPT``: Redis restarted), the enqueue goes alone first, so a missing script
+        never leaves a wait blocking behind it; should Redis lose it between two calls,
+        that one call's first wait (at most :data:`_FIRST_SLICE`) is spent before the
+        script is loaded and the job enqueued.
         With an idempotency key the job may already exist under another id, so this
         falls back to :meth:`enqueue` then :meth:`wait`.
         """
-        if spec.idempotency_key is not None:
+        if spec.idempotency_key is not None or not self._script_known:
             record = await self.enqueue(spec)
+            self._script_known = True
             return await self.wait(record.job_id, timeout)
-        context = self._context()
-        now = datetime.fromtimestamp(context[7] / 1000, UTC)
-        entry, record = self._new_job(spec, now, iso(now))
-        args = [
-            *context,
-            self.keys.index,
-            self.keys.scheduled,
-            self.keys.queues,
-            json.dumps([entry], separators=(",", ":")),
-        ]
+        now_ms, now = _now()
+        group, entry, record = self._new_job(spec, now, iso(now))
+        call = self._enqueue_call(now_ms, [(group, entry)])
         done_key = self.keys.done(record.job_id)
         started = time.monotonic()
-        first_slice = max(0.001, min(timeout, _WAIT_SLICE))
+        first_slice = max(0.001, min(timeout, _FIRST_SLICE))
         async with redis_errors("enqueue"), self.redis.pipeline(transaction=False) as pipe:
-            # EVAL, not EVALSHA: a missing script must not leave the wait blocking.
-            pipe.eval(scripts.ENQUEUE_SCRIPT.source, 0, *args)
+            call.queue_on(pipe)
             pipe.blmove(done_key, done_key, first_slice, "LEFT", "RIGHT")  # type: ignore[arg-type]
             enqueued, token = await pipe.execute(raise_on_error=False)
+        if isinstance(enqueued, NoScriptError):
+            self._script_known = False
+            async with redis_errors("enqueue"):
+                enqueued = await call.run(self.redis)  # loads it
+            token = None
         if isinstance(enqueued, Exception):
             async with redis_errors("enqueue"):
                 raise enqueued
-        if isinstance(token, str | bytes):
-            text = _text(token)
-            if text.startswith("{"):
-                return WaitResult(job=record_from_hash(json.loads(text)), timed_out=False)
+        if isinstance(token, str) and token.startswith("{"):
+            return WaitResult(job=record_from_hash(json.loads(token)), timed_out=False)
         remaining = timeout - (time.monotonic() - started)
         return await self.wait(record.job_id, max(0.0, remaining))
 
@@ -275,7 +262,7 @@ class JobQueue:
     async def get(self, job_id: str) -> JobRecord:
         """The job's record; :class:`JobNotFoundError` when unknown or expired."""
         async with redis_errors("read the job"):
-            raw = await self.redis.hgetall(self.keys.job(job_id))
+            raw = cast(dict[str, str], await self.redis.hgetall(self.keys.job(job_id)))
         if not raw:
             raise JobNotFoundError(job_id)
         return record_from_hash(raw)
@@ -286,7 +273,7 @@ class JobQueue:
             raw = await self.redis.hget(self.keys.job(job_id), "payload")
         if raw is None:
             raise JobNotFoundError(job_id)
-        return dict(json.loads(_text(raw)))
+        return dict(json.loads(raw))
 
     async def wait(self, job_id: str, timeout: float) -> WaitResult:
         """Block until the job ends or ``timeout`` seconds pass; never raises on timeout.
@@ -304,7 +291,7 @@ class JobQueue:
                     break
                 # The timeout has 1 ms resolution; 0 would mean "forever".
                 slice_ = max(0.001, min(remaining, _WAIT_SLICE))
-                token = await self.redis.blmove(
+                token: str | None = await self.redis.blmove(  # type: ignore[assignment]
                     done_key,
                     done_key,
                     slice_,  # type: ignore[arg-type]  # Redis takes fractional seconds
@@ -312,10 +299,10 @@ class JobQueue:
                     "RIGHT",
                 )
                 if token is not None:
-                    text = _text(token)
+                    text = token
                     if text.startswith("{"):
                         return WaitResult(job=record_from_hash(json.loads(text)), timed_out=False)
-                    raw = await self.redis.hgetall(self.keys.job(job_id))
+                    raw = cast(dict[str, str], await self.redis.hgetall(self.keys.job(job_id)))
                     if not raw:
                         raise JobNotFoundError(job_id)
                     return WaitResult(job=record_from_hash(raw), timed_out=False)
@@ -324,7 +311,7 @@ class JobQueue:
                 status = await self.redis.hget(self.keys.job(job_id), "status")
                 if status is None:
                     raise JobNotFoundError(job_id)
-                if _text(status) in FINAL_STATUSES:
+                if status in FINAL_STATUSES:
                     break
         record = await self.get(job_id)
         return WaitResult(job=record, timed_out=not record.is_final)
@@ -344,7 +331,7 @@ class JobQueue:
                 total = int(await self.redis.zcard(self.keys.index))
                 ids = await self.redis.zrevrange(self.keys.index, offset, offset + limit - 1)
                 return JobPage(
-                    jobs=await self._records([_text(i) for i in ids]),
+                    jobs=await self._records(cast(list[str], ids)),
                     total=total,
                     offset=offset,
                     limit=limit,
@@ -354,23 +341,26 @@ class JobQueue:
             total = cursor = 0
             chunk = 1000
             while True:
-                ids = await self.redis.zrevrange(self.keys.index, cursor, cursor + chunk - 1)
-                if not ids:
+                page = cast(
+                    list[str],
+                    await self.redis.zrevrange(self.keys.index, cursor, cursor + chunk - 1),
+                )
+                if not page:
                     break
-                cursor += len(ids)
+                cursor += len(page)
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for job_id in ids:
-                        pipe.hmget(self.keys.job(_text(job_id)), ["status", "queue"])
+                    for job_id in page:
+                        pipe.hmget(self.keys.job(job_id), ["status", "queue"])
                     heads = await pipe.execute()
-                for job_id, (st, qu) in zip(ids, heads, strict=True):
+                for job_id, (st, qu) in zip(page, heads, strict=True):
                     if st is None:
                         continue
-                    if status is not None and _text(st) != status.value:
+                    if status is not None and st != status.value:
                         continue
-                    if queue is not None and (qu is None or _text(qu) != queue):
+                    if queue is not None and (qu is None or qu != queue):
                         continue
                     if offset <= total < offset + limit:
-                        wanted.append(_text(job_id))
+                        wanted.append(job_id)
                     total += 1
             jobs = await self._records(wanted)
         return JobPage(jobs=jobs, total=total, offset=offset, limit=limit)
@@ -386,16 +376,30 @@ class JobQueue:
 
     # -- control ---------------------------------------------------------------------
 
-    def _context(self, worker_id: str = "") -> list[Any]:
-        return scripts.context_args(self.keys, self.job_ttl, worker_id)
-
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel the job: a queued or scheduled job ends now; a running one is asked to
         stop (its worker cancels it, ``cancel_requested`` shows meanwhile). Cancelling
         an ended job is a :class:`JobStateError`."""
-        args = [*self._context(), job_id, self.keys.scheduled, self.keys.cancel]
+        now_ms, _ = _now()
+        call = scripts.CANCEL_SCRIPT.call(
+            keys={
+                "job": self.keys.job(job_id),
+                "done": self.keys.done(job_id),
+                "scheduled": self.keys.scheduled,
+                "dead": self.keys.dead,
+                "totals": self.keys.totals,
+                "rate": self.keys.rate(now_ms // 1000),
+            },
+            argv={
+                "now_ms": now_ms,
+                "ttl": self.job_ttl,
+                "events": self.keys.events,
+                "cancel": self.keys.cancel,
+                "job_id": job_id,
+            },
+        )
         async with redis_errors("cancel the job"):
-            outcome = _text(await scripts.CANCEL_SCRIPT(self.redis, args))
+            outcome = await call.run(self.redis)
         if outcome == "missing":
             raise JobNotFoundError(job_id)
         if outcome not in {"cancelled", "cancelling"}:
@@ -405,21 +409,40 @@ class JobQueue:
 
     async def retry_dead(self, job_id: str) -> JobRecord:
         """Put a failed or dead job back on its queue with its attempts reset."""
-        args = [*self._context(), job_id]
+        call = scripts.RETRY_DEAD_SCRIPT.call(
+            keys={
+                "job": self.keys.job(job_id),
+                "done": self.keys.done(job_id),
+                "dead": self.keys.dead,
+            },
+            argv={"ttl": self.job_ttl, "events": self.keys.events, "job_id": job_id},
+        )
         async with redis_errors("retry the job"):
-            answer = await scripts.RETRY_DEAD_SCRIPT(self.redis, args)
+            answer = await call.run(self.redis)
         if isinstance(answer, list):  # the record as re-queued (a worker may take it at once)
             return record_from_hash(dict(zip(answer[::2], answer[1::2], strict=True)))
-        outcome = _text(answer)
+        outcome = answer
         if outcome == "missing":
             raise JobNotFoundError(job_id)
         raise JobStateError(f"job {job_id!r} is {outcome}; only failed or dead jobs can be retried")
 
     async def delete_dead(self, job_id: str) -> None:
         """Remove a failed or dead job for good (its dead-letter entry and its record)."""
-        args = [*self._context(), job_id, self.keys.index, self.keys.idempotency_prefix]
+        call = scripts.DELETE_DEAD_SCRIPT.call(
+            keys={
+                "job": self.keys.job(job_id),
+                "done": self.keys.done(job_id),
+                "dead": self.keys.dead,
+                "index": self.keys.index,
+            },
+            argv={
+                "events": self.keys.events,
+                "idem_prefix": self.keys.idempotency_prefix,
+                "job_id": job_id,
+            },
+        )
         async with redis_errors("delete the job"):
-            outcome = _text(await scripts.DELETE_DEAD_SCRIPT(self.redis, args))
+            outcome = await call.run(self.redis)
         if outcome == "missing":
             raise JobNotFoundError(job_id)
         if outcome != "deleted":
@@ -435,11 +458,11 @@ class JobQueue:
         offset, limit = max(0, offset), max(1, min(limit, 1000))
         async with redis_errors("read the dead letter"):
             total = int(await self.redis.xlen(self.keys.dead))
-            entries = await self.redis.xrevrange(self.keys.dead, count=offset + limit) or []
-            decoded = [
-                (_text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()})
-                for entry_id, fields in entries[offset:]
-            ]
+            entries = cast(
+                list[tuple[str, dict[str, str] | None]],
+                await self.redis.xrevrange(self.keys.dead, count=offset + limit) or [],
+            )
+            decoded = [(entry_id, fields or {}) for entry_id, fields in entries[offset:]]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for _, data in decoded:
                     pipe.hgetall(self.keys.job(data.get("job_id", "")))
@@ -464,7 +487,7 @@ class JobQueue:
         live workers, completed/failed per second and all-time totals."""
         now = int(time.time())
         async with redis_errors("read the queue status"):
-            pools = sorted(_text(q) for q in await self.redis.smembers(self.keys.queues))
+            pools = sorted(cast(set[str], await self.redis.smembers(self.keys.queues)))
             streams = [
                 (pool, prio, self.keys.stream(pool, prio)) for pool in pools for prio in PRIORITIES
             ]
@@ -494,11 +517,11 @@ class JobQueue:
         scheduled, dead, totals_raw, *rates = rest
         totals = {s: 0 for s in ("succeeded", "failed", "cancelled", "dead")}
         if isinstance(totals_raw, dict):
-            totals.update({_text(k): int(v) for k, v in totals_raw.items()})
+            totals.update({k: int(v) for k, v in totals_raw.items()})
         completed = failed = 0
         for rate in rates:
             if isinstance(rate, dict):
-                counts = {_text(k): int(v) for k, v in rate.items()}
+                counts = {k: int(v) for k, v in rate.items()}
                 completed += counts.get("succeeded", 0)
                 failed += counts.get("failed", 0) + counts.get("dead", 0)
         return QueueStatus(
@@ -517,7 +540,7 @@ class JobQueue:
     async def workers(self) -> list[WorkerInfo]:
         """Workers whose heartbeat has not expired, oldest first."""
         async with redis_errors("list workers"):
-            ids = [_text(w) for w in await self.redis.zrange(self.keys.workers, 0, -1)]
+            ids = cast(list[str], await self.redis.zrange(self.keys.workers, 0, -1))
             if not ids:
                 return []
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -532,7 +555,7 @@ class JobQueue:
         for raw in raws:
             if not raw:
                 continue
-            data = {_text(k): _text(v) for k, v in raw.items()}
+            data = dict(raw)
             info = WorkerInfo.model_validate(
                 {
                     **data,
@@ -551,7 +574,7 @@ class JobQueue:
         ``inf``), the sum of durations and the count."""
         async with redis_errors("read job durations"):
             raw = await self.redis.hgetall(self.keys.duration)
-        data = {_text(k): _text(v) for k, v in raw.items()}
+        data = dict(raw)
         buckets: list[tuple[float, int]] = []
         running = 0
         for bound in (*DURATION_BUCKETS, math.inf):
@@ -566,6 +589,12 @@ class JobQueue:
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+
+def _now() -> tuple[int, datetime]:
+    """This moment in epoch ms, and as a datetime of that same ms."""
+    now_ms = int(time.time() * 1000)
+    return now_ms, datetime.fromtimestamp(now_ms / 1000, UTC)
 
 
 def bucket_field(bound: float) -> str:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -22,6 +22,7 @@ from mimir.core.queue import scripts
 from mimir.core.queue.client import bucket_for
 from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
 from mimir.core.queue.models import iso, utc_now
+from mimir.core.queue.protocol import decode_field
 
 __all__ = ["Delivery", "Outcome", "QueueConsumer", "retry_delay"]
 
@@ -47,25 +48,23 @@ class Delivery:
     priority: str
 
     @classmethod
-    def from_script(cls, stream: str, entry_id: str, values: Sequence[Any]) -> Delivery:
-        """From the FETCH script's answer: the job's fields in the script's fixed order."""
-        values = [v.decode() if isinstance(v, bytes) else v for v in values]
-        job_id, attempts, type_, payload, timeout, max_retries, backoff, pipeline, queue, prio = (
-            values
-        )
+    def from_fields(cls, stream: str, entry_id: str, fields: dict[str, str]) -> Delivery:
+        """From what ``FETCH`` answers for one job: its stream entry and the job hash's
+        delivery fields by name (``protocol.DELIVERY_FIELDS``; unset ones left out)."""
+        timeout = fields.get("timeout")
         return cls(
-            stream=stream.decode() if isinstance(stream, bytes) else stream,
-            entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-            job_id=job_id,
-            attempt=int(attempts),
-            type=type_ or "pipeline",
-            payload=json.loads(payload or "{}"),
+            stream=stream,
+            entry_id=entry_id,
+            job_id=fields["job_id"],
+            attempt=int(fields["attempts"]),
+            type=fields.get("type") or "pipeline",
+            payload=decode_field("payload", fields.get("payload", "")) or {},
             timeout=float(timeout) if timeout else None,
-            max_retries=int(max_retries or 0),
-            retry_backoff=float(backoff or 1.0),
-            pipeline=pipeline,
-            queue=queue or "default",
-            priority=prio or "normal",
+            max_retries=int(fields.get("max_retries") or 0),
+            retry_backoff=float(fields.get("retry_backoff") or 1.0),
+            pipeline=fields.get("pipeline"),
+            queue=fields.get("queue") or "default",
+            priority=fields.get("priority") or "normal",
         )
 
 
@@ -90,14 +89,6 @@ def retry_delay(attempt: int, base: float) -> float:
     return min(delay, MAX_RETRY_DELAY)
 
 
-def _decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
 class QueueConsumer:
     """Consumer ``worker_id`` of the streams of ``queues`` (a ``decode_responses`` client)."""
 
@@ -118,11 +109,37 @@ class QueueConsumer:
         #: Every stream served, highest priority first across pools.
         self.streams = [self.keys.stream(q, p) for p in PRIORITIES for q in self.queues]
 
-    def _context(self) -> list[Any]:
-        return scripts.context_args(self.keys, self.job_ttl, self.worker_id)
+    def _fetch(
+        self, mode: str, count: int, streams: Sequence[tuple[str, int]], min_idle_ms: int = 0
+    ) -> scripts.Call:
+        now_ms = int(time.time() * 1000)
+        return scripts.FETCH_SCRIPT.call(
+            keys={
+                "dead": self.keys.dead,
+                "totals": self.keys.totals,
+                "rate": self.keys.rate(now_ms // 1000),
+            },
+            argv={
+                "now_ms": now_ms,
+                "ttl": self.job_ttl,
+                "group": GROUP,
+                "worker": self.worker_id,
+                "events": self.keys.events,
+                "job_prefix": self.keys.job_prefix,
+                "done_prefix": self.keys.done_prefix,
+                "mode": mode,
+                "count": count,
+                "min_idle_ms": min_idle_ms,
+            },
+            each=[([stream], [cap]) for stream, cap in streams],
+        )
 
-    def _deliveries(self, raw: Any) -> list[Delivery]:
-        return [Delivery.from_script(s, e, values) for s, e, values in raw]
+    @staticmethod
+    def _deliveries(raw: Any) -> list[Delivery]:
+        return [
+            Delivery.from_fields(stream, entry_id, dict(zip(named[::2], named[1::2], strict=True)))
+            for stream, entry_id, named in raw
+        ]
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every stream served (from the first entry)."""
@@ -146,10 +163,7 @@ class QueueConsumer:
             for priority in ("low", "normal"):
                 order += [(self.keys.stream(q, priority), 1) for q in self.queues]
         order += [(stream, count) for stream in self.streams]
-        args = [*self._context(), "read", count, 0]
-        for stream, cap in order:
-            args += [stream, cap]
-        return self._deliveries(await scripts.FETCH_SCRIPT(self.redis, args))
+        return self._deliveries(await self._fetch("read", count, order).run(self.redis))
 
     async def read_blocking(self, count: int, block_ms: int) -> list[Delivery]:
         """Wait up to ``block_ms`` for new entries on any stream served, and start them.
@@ -158,7 +172,7 @@ class QueueConsumer:
         pipeline: Redis runs the script the moment the read is served, so waking costs
         one round trip, not two.
         """
-        pending = [*self._context(), "pending", count, 0, *self.streams]
+        pending = self._fetch("pending", count, [(stream, count) for stream in self.streams])
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xreadgroup(
                 GROUP,
@@ -167,52 +181,51 @@ class QueueConsumer:
                 count=count,
                 block=block_ms,
             )
-            pipe.evalsha(scripts.FETCH_SCRIPT.sha, 0, *pending)
+            pending.queue_on(pipe)
             response, started = await pipe.execute(raise_on_error=False)
         if isinstance(response, ResponseError) and "NOGROUP" in str(response):
             await self.ensure_groups()
             return []
         if isinstance(response, Exception):
             raise response
-        if not isinstance(started, Exception):
-            return self._deliveries(started)
-        if not isinstance(started, NoScriptError):
+        if isinstance(started, NoScriptError):
+            # Redis lost its scripts (restarted): what the read delivered is in this
+            # consumer's pending list, so the same call, once loaded, starts it.
+            started = await pending.run(self.redis)
+        elif isinstance(started, Exception):
             raise started
-        # Redis lost its script cache (restarted): start what the read delivered.
-        if not response:
-            return []
-        args = [*self._context(), "start", count, 0]
-        for stream, entries in _decode(response):
-            for entry_id, fields in entries:
-                args += [stream, entry_id, fields.get("job", "")]
-        return self._deliveries(await scripts.FETCH_SCRIPT(self.redis, args))
+        return self._deliveries(started)
 
     async def reclaim(self, count: int, min_idle: float) -> list[Delivery]:
         """Take over and start up to ``count`` jobs whose lease (idle time in the
         pending list) ran out ``min_idle`` seconds ago; a job delivered too often goes
         to the dead letter instead."""
-        args = [*self._context(), "reclaim", count, int(min_idle * 1000), *self.streams]
-        return self._deliveries(await scripts.FETCH_SCRIPT(self.redis, args))
+        call = self._fetch(
+            "reclaim", count, [(stream, count) for stream in self.streams], int(min_idle * 1000)
+        )
+        return self._deliveries(await call.run(self.redis))
 
     async def renew(self, deliveries: Sequence[Delivery]) -> list[str]:
         """Renew the leases of running jobs; answers ``ok``, ``cancel`` (cancellation
         requested) or ``lost`` (another worker holds it now) for each."""
         if not deliveries:
             return []
-        args = self._context()
-        for d in deliveries:
-            args += [d.stream, d.entry_id, d.job_id, d.attempt]
-        return [str(x) for x in _decode(await scripts.RENEW_SCRIPT(self.redis, args))]
+        call = scripts.RENEW_SCRIPT.call(
+            keys={},
+            argv={"group": GROUP, "worker": self.worker_id},
+            each=[
+                ([self.keys.job(d.job_id), d.stream], [d.entry_id, d.attempt]) for d in deliveries
+            ],
+        )
+        return [str(answer) for answer in await call.run(self.redis)]
 
     def _finish_entry(self, outcome: Outcome, progress: str = "") -> dict[str, Any]:
         d = outcome.delivery
         kind = outcome.kind
-        due_ms, due_iso = 0, ""
+        due_ms = 0
         if kind == "failed" and d.attempt <= d.max_retries:
             kind = "retry"
-            delay = retry_delay(d.attempt, d.retry_backoff)
-            due = utc_now() + timedelta(seconds=delay)
-            due_ms, due_iso = int(due.timestamp() * 1000), iso(due)
+            due_ms = int((time.time() + retry_delay(d.attempt, d.retry_backoff)) * 1000)
         result = (
             json.dumps(outcome.result, separators=(",", ":"), default=str)
             if outcome.result is not None
@@ -222,7 +235,6 @@ class QueueConsumer:
         duration = outcome.duration if final and outcome.duration is not None else None
         outcome.applied = kind
         return {
-            "s": d.stream,
             "e": d.entry_id,
             "j": d.job_id,
             "a": str(d.attempt),
@@ -230,7 +242,6 @@ class QueueConsumer:
             "r": result,
             "err": outcome.error or "",
             "due": due_ms,
-            "due_iso": due_iso,
             "b": bucket_for(duration) if duration is not None else "",
             "d": duration or 0.0,
             "p": progress,
@@ -248,16 +259,54 @@ class QueueConsumer:
             d.job_id: json.dumps({"step": step, "total": total, "name": name})
             for d, step, total, name in progress
         }
-        calls: list[tuple[scripts.Script, list[Any]]] = []
-        context = self._context()
+        calls: list[scripts.Call] = []
         if outcomes:
+            now_ms = int(time.time() * 1000)
             entries = [self._finish_entry(o, latest.pop(o.delivery.job_id, "")) for o in outcomes]
-            args = [*context, self.keys.scheduled, self.keys.duration, json.dumps(entries)]
-            calls.append((scripts.FINISH_SCRIPT, args))
+            calls.append(
+                scripts.FINISH_SCRIPT.call(
+                    keys={
+                        "scheduled": self.keys.scheduled,
+                        "duration": self.keys.duration,
+                        "dead": self.keys.dead,
+                        "totals": self.keys.totals,
+                        "rate": self.keys.rate(now_ms // 1000),
+                    },
+                    argv={
+                        "now_ms": now_ms,
+                        "ttl": self.job_ttl,
+                        "group": GROUP,
+                        "worker": self.worker_id,
+                        "events": self.keys.events,
+                        "outcomes": entries,
+                    },
+                    each=[
+                        (
+                            [
+                                self.keys.job(o.delivery.job_id),
+                                self.keys.done(o.delivery.job_id),
+                                o.delivery.stream,
+                            ],
+                            [],
+                        )
+                        for o in outcomes
+                    ],
+                )
+            )
         by_job = {d.job_id: d for d, *_ in progress}
         for job_id, text in latest.items():
-            d = by_job[job_id]
-            calls.append((scripts.PROGRESS_SCRIPT, [*context, job_id, d.attempt, text]))
+            calls.append(
+                scripts.PROGRESS_SCRIPT.call(
+                    keys={"job": self.keys.job(job_id)},
+                    argv={
+                        "worker": self.worker_id,
+                        "attempt": by_job[job_id].attempt,
+                        "progress": text,
+                        "events": self.keys.events,
+                        "job_id": job_id,
+                    },
+                )
+            )
         if not calls:
             return
         results = await scripts.run_scripts(self.redis, calls)
@@ -277,8 +326,16 @@ class QueueConsumer:
     async def move_due(self, limit: int = 500) -> float | None:
         """Move scheduled jobs that are due into their streams; answers the next due
         time (epoch seconds) or ``None``."""
-        args = [*self._context(), self.keys.scheduled, limit]
-        _, next_due = _decode(await scripts.MOVE_DUE_SCRIPT(self.redis, args))
+        call = scripts.MOVE_DUE_SCRIPT.call(
+            keys={"scheduled": self.keys.scheduled},
+            argv={
+                "now_ms": int(time.time() * 1000),
+                "limit": limit,
+                "job_prefix": self.keys.job_prefix,
+                "events": self.keys.events,
+            },
+        )
+        _, next_due = await call.run(self.redis)
         return float(next_due) / 1000 if next_due else None
 
     async def heartbeat(self, info: dict[str, Any], ttl: float) -> None:

@@ -18,9 +18,9 @@ All names start with the configured prefix (``MIMIR_KEY_PREFIX``, default ``mimi
     {p}events                   channel job state changes (JSON)
     {p}cancel                   channel ids of running jobs asked to cancel
 
-The Lua scripts touch job records by id; they receive ``job_prefix``/``done_prefix``
-from here rather than spelling key names themselves (the queue targets one Redis, not
-a cluster).
+The Lua scripts spell no key names: callers pass every key they can name in ``KEYS``
+(and the ``job_prefix``/``done_prefix`` for the records a script finds as it runs; see
+:mod:`mimir.core.queue.protocol`).
 """
 
 from __future__ import annotations
@@ -65,10 +65,6 @@ class QueueKeys:
 
     def stream(self, queue: str, priority: str) -> str:
         return f"{self.prefix}stream:{queue}:{priority}"
-
-    def streams(self, queue: str) -> list[str]:
-        """The pool's streams, highest priority first."""
-        return [self.stream(queue, priority) for priority in PRIORITIES]
 
     @property
     def scheduled(self) -> str:

@@ -1,23 +1,27 @@
 """The job record and the other shapes the queue hands across process boundaries.
 
-A job record lives in Redis as a hash of plain strings (numbers as text, timestamps
-as ISO 8601 UTC, ``progress``/``result`` as JSON); :func:`record_from_hash` and
-:func:`record_to_hash` translate between that and :class:`JobRecord`.
+A job record lives in Redis as a hash of plain strings, each field encoded as declared
+in :mod:`mimir.core.queue.protocol`; :func:`record_from_hash` reads it into a
+:class:`JobRecord`. :class:`JobSpec` is what a producer enqueues; its options
+(:class:`JobOptions`) are also the API's enqueue options.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from mimir.core.queue.protocol import RECORD_FIELDS, decode_field
+
 __all__ = [
     "FINAL_STATUSES",
     "DeadLetterEntry",
+    "JobOptions",
     "JobRecord",
+    "JobSpec",
     "JobStatus",
     "Priority",
     "Progress",
@@ -25,7 +29,6 @@ __all__ = [
     "WaitResult",
     "WorkerInfo",
     "record_from_hash",
-    "record_to_hash",
     "utc_now",
 ]
 
@@ -73,6 +76,35 @@ class Progress(BaseModel):
     step: int
     total: int
     name: str | None = None
+
+
+class JobOptions(BaseModel):
+    """How to run a job: the options a producer (and the API's enqueue body) may set."""
+
+    priority: Priority = Priority.normal
+    #: Worker pool; only workers started with this name in ``--queues`` take the job.
+    queue: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: Seconds one attempt may run before it is stopped (and counted as failed).
+    timeout: float | None = Field(default=3600.0, gt=0)
+    #: Retries after a failure (so at most ``max_retries + 1`` attempts / deliveries).
+    max_retries: int = Field(default=2, ge=0, le=100)
+    #: Seconds before the first retry; doubled each further retry, with jitter.
+    retry_backoff: float = Field(default=1.0, ge=0)
+    #: Seconds to wait before the job becomes available.
+    delay: float = Field(default=0.0, ge=0)
+    #: Enqueueing again with the same key (within the job TTL) returns the first job.
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class JobSpec(JobOptions):
+    """What to enqueue: the payload for the job type's handler and how to run it."""
+
+    #: Handler name (``mimir.core.jobs``): ``pipeline``, ``digital_twin`` …
+    type: str = "pipeline"
+    #: Handler input; for ``pipeline``: ``{"pipeline": {definition}, "context": {...}}``.
+    payload: dict[str, Any] = Field(default_factory=dict)
+    #: Display name (the pipeline's name).
+    pipeline: str | None = None
 
 
 class JobRecord(BaseModel):
@@ -169,40 +201,13 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-_JSON_FIELDS = ("progress", "result")
-_RECORD_FIELDS = frozenset(JobRecord.model_fields)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def record_from_hash(raw: dict[Any, Any]) -> JobRecord:
-    """A :class:`JobRecord` from a job hash (``str`` or ``bytes`` keys and values)."""
+def record_from_hash(raw: dict[str, str]) -> JobRecord:
+    """A :class:`JobRecord` from a job hash (fields as declared in the protocol; the
+    hash's internal fields are left out)."""
     data: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = _text(key)
-        if name not in _RECORD_FIELDS:
-            continue
-        text = _text(value)
-        if name in _JSON_FIELDS:
-            data[name] = json.loads(text) if text else None
-        elif name == "cancel_requested":
-            data[name] = text == "1"
-        elif text != "":
-            data[name] = text
+    for name, text in raw.items():
+        if name in RECORD_FIELDS:
+            value = decode_field(name, text)
+            if value is not None:
+                data[name] = value
     return JobRecord.model_validate(data)
-
-
-def record_to_hash(record: JobRecord) -> dict[str, str]:
-    """The hash fields of ``record`` (``None`` fields left out)."""
-    out: dict[str, str] = {}
-    for name, value in record.model_dump(mode="json", exclude_none=True).items():
-        if name in _JSON_FIELDS:
-            out[name] = json.dumps(value, separators=(",", ":"))
-        elif name == "cancel_requested":
-            if value:
-                out[name] = "1"
-        else:
-            out[name] = str(value)
-    return out

@@ -1,50 +1,39 @@
 """The queue's Lua scripts: each state change of a job is one atomic script.
 
-Scripts take no ``KEYS``; key names arrive in ``ARGV`` from :mod:`mimir.core.queue.keys`
-(job records are addressed by id under ``job_prefix``), so they target one Redis, not a
-cluster. Worker-side scripts share a context block at fixed positions::
-
-    ARGV[1] job_prefix   ARGV[2] done_prefix  ARGV[3] events channel  ARGV[4] totals hash
-    ARGV[5] rate hash    ARGV[6] dead stream  ARGV[7] now (ISO)       ARGV[8] now (ms)
-    ARGV[9] job ttl (s)  ARGV[10] group       ARGV[11] worker id
+Each script's calling convention (its ``KEYS`` and ``ARGV`` by name, with encodings) is
+declared in :mod:`mimir.core.queue.protocol`, and its source starts with the same names
+as locals (``local scheduled = KEYS[1]`` …); :meth:`Script.call` builds a call from
+names. Every key a caller can name is in ``KEYS`` (see the protocol module for the keys a
+script learns from Redis as it runs). Times come from the caller (``now_ms``, epoch ms,
+which also names the ``rate`` key's second); the stored times are ISO 8601 UTC made from it.
 
 Each script writes the record, moves the stream entry, adds one to the record's
 ``version`` and publishes a JSON event (the record but its result, with that version) on
 the events channel. A worker's writes are *fenced*: they apply only while the record
 still names that worker and that attempt, so a worker that lost its lease cannot
 overwrite the outcome of the worker that took the job over.
+
+Scripts run by SHA (``EVALSHA``) and are loaded again when Redis answers ``NOSCRIPT``
+(after a restart).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from mimir.core.queue.keys import GROUP, QueueKeys
-from mimir.core.queue.models import iso, utc_now
-
-
-def context_args(keys: QueueKeys, job_ttl: int, worker_id: str = "") -> list[Any]:
-    """The shared context block (``ARGV[1..11]`` above), stamped with the current time."""
-    now = utc_now()
-    return [
-        keys.job_prefix,
-        keys.done_prefix,
-        keys.events,
-        keys.totals,
-        keys.rate(int(now.timestamp())),
-        keys.dead,
-        iso(now),
-        int(now.timestamp() * 1000),
-        job_ttl,
-        GROUP,
-        worker_id,
-    ]
-
+from mimir.core.queue.protocol import (
+    DELIVERY_FIELDS,
+    INTERNAL_FIELDS,
+    RECORD_FIELDS,
+    SCRIPTS,
+    ScriptSpec,
+    event_fields,
+)
 
 __all__ = [
     "CANCEL",
@@ -60,69 +49,45 @@ __all__ = [
     "run_scripts",
 ]
 
-_PRELUDE = r"""
-local JP, DP, EVENTS, TOTALS, RATE, DEAD = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local NOW_ISO, NOW_MS, TTL, G, W = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], ARGV[11]
 
+def _lua_list(names: Sequence[str]) -> str:
+    return "{" + ", ".join(f"'{name}'" for name in names) + "}"
+
+
+def _publish_lua() -> str:
+    """``publish(events, jk, jobid)``, its fields from the protocol's declaration."""
+    names = event_fields()
+    parts = []
+    for i, name in enumerate(names, start=1):
+        encoding = RECORD_FIELDS[name]
+        if encoding == "json":
+            value = f"(f[{i}] and cjson.decode(f[{i}]) or cjson.null)"
+        elif encoding in ("int", "float"):
+            value = f"(tonumber(f[{i}]) or cjson.null)"
+        elif encoding == "flag":
+            value = f"f[{i}] == '1'"
+        else:
+            value = f"nul(f[{i}])"
+        parts.append(f"    {name} = {value},")
+    return (
+        "local function publish(events, jk, jobid)\n"
+        "  local version = redis.call('HINCRBY', jk, 'version', 1)\n"
+        f"  local f = redis.call('HMGET', jk, unpack({_lua_list(names)}))\n"
+        "  redis.call('PUBLISH', events, cjson.encode({job_id = jobid, version = version,\n"
+        + "\n".join(parts)
+        + "\n  }))\nend\n"
+    )
+
+
+# Functions every script may call; they take what they need as parameters, so each
+# script's own header (its named KEYS and ARGV) stays the only place positions appear.
+_LIB = (
+    r"""
 local function nul(x) if x then return x end return cjson.null end
 
--- Every change of a job record ends here: its version grows by one and the change is
--- published with it. Readers (the console's live table) keep the highest version they
--- have seen, so a record read before a change can never overwrite the change's event.
--- The event carries every record field but the result (which may be large); a field
--- that is unset is sent as null, so a reader clears it too (a retry unsets the times).
-local function publish(jk, jobid)
-  local version = redis.call('HINCRBY', jk, 'version', 1)
-  local f = redis.call('HMGET', jk, 'status', 'type', 'priority', 'queue', 'attempts',
-    'worker_id', 'pipeline', 'error', 'progress', 'finished_at', 'enqueued_at', 'started_at',
-    'scheduled_for', 'max_retries', 'timeout', 'cancel_requested', 'idempotency_key')
-  local progress = cjson.null
-  if f[9] then progress = cjson.decode(f[9]) end
-  redis.call('PUBLISH', EVENTS, cjson.encode({job_id = jobid, version = version,
-    status = nul(f[1]), type = nul(f[2]), priority = nul(f[3]), queue = nul(f[4]),
-    attempts = tonumber(f[5]) or 0, worker_id = nul(f[6]), pipeline = nul(f[7]),
-    error = nul(f[8]), progress = progress, finished_at = nul(f[10]),
-    enqueued_at = nul(f[11]), started_at = nul(f[12]), scheduled_for = nul(f[13]),
-    max_retries = tonumber(f[14]) or cjson.null, timeout = tonumber(f[15]) or cjson.null,
-    cancel_requested = f[16] == '1', idempotency_key = nul(f[17])}))
-end
-
--- Hash fields that are not part of the job record.
-local HIDDEN = {payload = true, stream = true, entry = true, dead_entry = true,
-  retry_backoff = true}
-
-local function finalize(jk, jobid, status, err)
-  redis.call('HSET', jk, 'status', status, 'finished_at', NOW_ISO)
-  if err and err ~= '' then redis.call('HSET', jk, 'error', err) end
-  if status == 'failed' or status == 'dead' then
-    local eid = redis.call('XADD', DEAD, '*', 'job_id', jobid, 'status', status,
-      'error', err or '', 'at', NOW_ISO)
-    redis.call('HSET', jk, 'dead_entry', eid)
-    redis.call('XTRIM', DEAD, 'MINID', '~', tostring(NOW_MS - TTL * 1000))
-  end
-  redis.call('EXPIRE', jk, TTL)
-  redis.call('HINCRBY', TOTALS, status, 1)
-  redis.call('HINCRBY', RATE, status, 1)
-  redis.call('EXPIRE', RATE, 120)
-  publish(jk, jobid)  -- first: the record waiters get below carries the new version
-  -- Wake waiters with the record itself (one round trip for them), unless it is large.
-  local flat = redis.call('HGETALL', jk)
-  local record = {}
-  for i = 1, #flat, 2 do
-    if not HIDDEN[flat[i]] then record[flat[i]] = flat[i + 1] end
-  end
-  local text = cjson.encode(record)
-  if #text > 65536 then text = status end
-  local dk = DP .. jobid
-  redis.call('DEL', dk)
-  redis.call('RPUSH', dk, text)
-  redis.call('EXPIRE', dk, TTL)
-end
-
--- Redis's clock as ISO 8601 UTC and epoch ms (days to civil date: H. Hinnant's method).
-local function iso_now()
-  local t = redis.call('TIME')
-  local secs, us = tonumber(t[1]), tonumber(t[2])
+-- Epoch ms as ISO 8601 UTC with ms (days to civil date: H. Hinnant's method).
+local function iso(ms)
+  local secs = math.floor(ms / 1000)
   local days = math.floor(secs / 86400)
   local rem = secs - days * 86400
   local z = days + 719468
@@ -137,65 +102,198 @@ local function iso_now()
   local m = mp + 3
   if mp >= 10 then m = mp - 9 end
   if m <= 2 then y = y + 1 end
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', y, m, d,
-    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, us),
-    secs * 1000 + math.floor(us / 1000)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
+    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, ms - secs * 1000)
 end
 
-local function drop_entry(stream, eid)
-  redis.call('XACK', stream, G, eid)
+-- Redis's clock in epoch ms.
+local function clock_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Every change of a job record ends in publish: its version grows by one and the change
+-- is published with it. Readers (the console's live table) keep the highest version they
+-- have seen, so a record read before a change can never overwrite the change's event.
+-- The event carries every record field but the result (which may be large); a field
+-- that is unset is sent as null, so a reader clears it too (a retry unsets the times).
+"""
+    + _publish_lua()
+    + f"""
+-- Hash fields that are not part of the job record.
+local HIDDEN = {{{", ".join(f"{name} = true" for name in INTERNAL_FIELDS)}}}
+"""
+    + r"""
+-- End a job: q = {events, dead, totals, rate, ttl, now_ms}; dk is its done list.
+local function finalize(q, jk, dk, jobid, status, err)
+  local now_iso = iso(q.now_ms)
+  redis.call('HSET', jk, 'status', status, 'finished_at', now_iso)
+  if err and err ~= '' then redis.call('HSET', jk, 'error', err) end
+  if status == 'failed' or status == 'dead' then
+    local eid = redis.call('XADD', q.dead, '*', 'job_id', jobid, 'status', status,
+      'error', err or '', 'at', now_iso)
+    redis.call('HSET', jk, 'dead_entry', eid)
+    redis.call('XTRIM', q.dead, 'MINID', '~', string.format('%d', q.now_ms - q.ttl * 1000))
+  end
+  redis.call('EXPIRE', jk, q.ttl)
+  redis.call('HINCRBY', q.totals, status, 1)
+  redis.call('HINCRBY', q.rate, status, 1)
+  redis.call('EXPIRE', q.rate, 120)
+  publish(q.events, jk, jobid)  -- first: the record waiters get below carries the new version
+  -- Wake waiters with the record itself (one round trip for them), unless it is large.
+  local flat = redis.call('HGETALL', jk)
+  local record = {}
+  for i = 1, #flat, 2 do
+    if not HIDDEN[flat[i]] then record[flat[i]] = flat[i + 1] end
+  end
+  local text = cjson.encode(record)
+  if #text > 65536 then text = status end
+  redis.call('DEL', dk)
+  redis.call('RPUSH', dk, text)
+  redis.call('EXPIRE', dk, q.ttl)
+end
+
+local function drop_entry(stream, group, eid)
+  redis.call('XACK', stream, group, eid)
   redis.call('XDEL', stream, eid)
 end
 """
+)
 
-# ARGV[12] mode ('read' | 'start' | 'pending' | 'reclaim'), ARGV[13] max jobs, ARGV[14]
-# min idle ms, then: read -> (stream, cap) pairs; start -> (stream, entry id, job id)
-# triples; pending -> streams (start this consumer's delivered, still queued entries);
-# reclaim -> streams. Returns {stream, entry id, {job_id, attempts, type, payload, timeout,
-# max_retries, retry_backoff, pipeline, queue, priority}} per job started.
-FETCH = (
-    _PRELUDE
+ENQUEUE = (
+    r"""
+local index = KEYS[1]
+local scheduled = KEYS[2]
+local queues = KEYS[3]
+-- KEYS[4..]: job, stream, idem per job
+local now_ms = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local events = ARGV[3]
+local jobs = ARGV[4]
+"""
+    + _LIB
     + r"""
-local mode, n, min_idle = ARGV[12], tonumber(ARGV[13]), ARGV[14]
+-- jobs: JSON array, each {id, queue, idem: 1 when its idem key counts, due: ms or 0,
+-- f: {hash fields}}. Answers {job id, 1} per job created, {existing job id, 0} per
+-- idempotency-key hit.
+local out = {}
+local pools = {}
+for i, job in ipairs(cjson.decode(jobs)) do
+  local base = 4 + (i - 1) * 3
+  local jk, stream, ik = KEYS[base], KEYS[base + 1], KEYS[base + 2]
+  local id, created = job.id, 1
+  if job.idem == 1 then
+    local existing = redis.call('GET', ik)
+    if existing then
+      id, created = existing, 0
+    else
+      redis.call('SET', ik, id, 'EX', ttl)
+    end
+  end
+  if created == 1 then
+    local fields = {}
+    for k, v in pairs(job.f) do
+      fields[#fields + 1] = k
+      fields[#fields + 1] = v
+    end
+    redis.call('HSET', jk, unpack(fields))
+    if job.due > 0 then
+      redis.call('ZADD', scheduled, job.due, id)
+    else
+      local eid = redis.call('XADD', stream, '*', 'job', id)
+      redis.call('HSET', jk, 'entry', eid)
+    end
+    redis.call('EXPIRE', jk, ttl)
+    redis.call('ZADD', index, now_ms, id)
+    pools[job.queue] = true
+    publish(events, jk, id)
+  end
+  out[#out + 1] = id
+  out[#out + 1] = created
+end
+redis.call('ZREMRANGEBYSCORE', index, '-inf', now_ms - ttl * 1000)
+for pool in pairs(pools) do redis.call('SADD', queues, pool) end
+return out
+"""
+)
+
+FETCH = (
+    r"""
+local dead = KEYS[1]
+local totals = KEYS[2]
+local rate = KEYS[3]
+-- KEYS[4..]: stream per stream
+local now_ms = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local group = ARGV[3]
+local worker = ARGV[4]
+local events = ARGV[5]
+local job_prefix = ARGV[6]
+local done_prefix = ARGV[7]
+local mode = ARGV[8]
+local count = tonumber(ARGV[9])
+local min_idle_ms = tonumber(ARGV[10])
+-- ARGV[11..]: cap per stream
+"""
+    + _LIB
+    + f"""
+local DELIVERY = {_lua_list(DELIVERY_FIELDS)}
+"""
+    + r"""
+-- mode 'read': new entries, each stream in turn up to its cap (and `count` in all);
+-- 'pending': what a blocking XREADGROUP sent just before in the same pipeline delivered
+-- to this consumer (its pending entries whose job is not running yet); 'reclaim': entries
+-- idle (their lease run out) for min_idle_ms. Answers {stream, entry id, {name, value …}
+-- (the DELIVERY fields that are set)} per job started.
+local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl,
+  now_ms = now_ms}
 local out = {}
 
 local function start(stream, eid, jobid)
-  local jk = JP .. jobid
+  local jk = job_prefix .. jobid
   local f = redis.call('HMGET', jk, 'status', 'cancel_requested', 'max_retries', 'attempts',
     'entry', 'error')
   local st = f[1]
   if (not st) or (st ~= 'queued' and st ~= 'running') or (f[5] and f[5] ~= eid) then
-    drop_entry(stream, eid)  -- expired, already ended, or a stale duplicate entry
+    drop_entry(stream, group, eid)  -- expired, already ended, or a stale duplicate entry
     return
   end
   if f[2] == '1' then
-    drop_entry(stream, eid)
-    finalize(jk, jobid, 'cancelled', '')
+    drop_entry(stream, group, eid)
+    finalize(q, jk, done_prefix .. jobid, jobid, 'cancelled', '')
     return
   end
   local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
   local max_retries = tonumber(f[3]) or 0
   if attempts > max_retries + 1 then
-    drop_entry(stream, eid)
+    drop_entry(stream, group, eid)
     local why = 'delivered ' .. attempts .. ' times without finishing (max_retries=' ..
       max_retries .. '): its workers died or lost their lease'
     if f[6] then why = why .. '; last error: ' .. f[6] end
     redis.call('HINCRBY', jk, 'attempts', -1)
-    finalize(jk, jobid, 'dead', why)
+    finalize(q, jk, done_prefix .. jobid, jobid, 'dead', why)
     return
   end
-  redis.call('HSET', jk, 'status', 'running', 'worker_id', W, 'started_at', NOW_ISO)
-  publish(jk, jobid)
-  out[#out + 1] = {stream, eid, redis.call('HMGET', jk, 'job_id', 'attempts', 'type', 'payload',
-    'timeout', 'max_retries', 'retry_backoff', 'pipeline', 'queue', 'priority')}
-  n = n - 1
+  redis.call('HSET', jk, 'status', 'running', 'worker_id', worker, 'started_at', iso(q.now_ms))
+  publish(events, jk, jobid)
+  local values = redis.call('HMGET', jk, unpack(DELIVERY))
+  local named = {}
+  for i, name in ipairs(DELIVERY) do
+    if values[i] then
+      named[#named + 1] = name
+      named[#named + 1] = values[i]
+    end
+  end
+  out[#out + 1] = {stream, eid, named}
+  count = count - 1
 end
 
-local function read_group(stream, count)
-  local res = redis.pcall('XREADGROUP', 'GROUP', G, W, 'COUNT', count, 'STREAMS', stream, '>')
+local function read_group(stream, n)
+  local res = redis.pcall('XREADGROUP', 'GROUP', group, worker, 'COUNT', n, 'STREAMS', stream,
+    '>')
   if type(res) == 'table' and res.err then
     if string.find(res.err, 'NOGROUP') then
-      redis.call('XGROUP', 'CREATE', stream, G, '0', 'MKSTREAM')
+      redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
       return nil
     end
     return redis.error_reply(res.err)
@@ -204,48 +302,42 @@ local function read_group(stream, count)
 end
 
 if mode == 'read' then
-  for i = 15, #ARGV, 2 do
-    if n <= 0 then break end
-    local cap = math.min(tonumber(ARGV[i + 1]), n)
-    local res = read_group(ARGV[i], cap)
+  for i = 4, #KEYS do
+    if count <= 0 then break end
+    local cap = math.min(tonumber(ARGV[i + 7]), count)
+    local res = read_group(KEYS[i], cap)
     if res then
       for _, entry in ipairs(res[1][2]) do
-        start(ARGV[i], entry[1], entry[2][2])
+        start(KEYS[i], entry[1], entry[2][2])
       end
     end
   end
-elseif mode == 'start' then
-  for i = 15, #ARGV, 3 do
-    start(ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  end
 elseif mode == 'pending' then
-  -- Sent right behind a blocking XREADGROUP in the same pipeline: start what that read
-  -- just delivered to this consumer (its entries whose job is still queued), so a
-  -- waking worker needs no second round trip. The context's time is from before the
-  -- block, so take the time now.
-  NOW_ISO, NOW_MS = iso_now()
-  for i = 15, #ARGV do
+  -- The caller's time is from before the block: take the time now.
+  q.now_ms = clock_ms()
+  for i = 4, #KEYS do
     -- This consumer's whole pending list: its running jobs are in it too (skipped).
-    local res = redis.pcall('XPENDING', ARGV[i], G, '-', '+', 1000, W)
+    local res = redis.pcall('XPENDING', KEYS[i], group, '-', '+', 1000, worker)
     if not (type(res) == 'table' and res.err) then
       for _, p in ipairs(res) do
-        local entry = redis.call('XRANGE', ARGV[i], p[1], p[1])[1]
+        local entry = redis.call('XRANGE', KEYS[i], p[1], p[1])[1]
         if entry then
           local jobid = entry[2][2]
-          local st = redis.call('HGET', JP .. jobid, 'status')
-          if st ~= 'running' then start(ARGV[i], p[1], jobid) end
+          local st = redis.call('HGET', job_prefix .. jobid, 'status')
+          if st ~= 'running' then start(KEYS[i], p[1], jobid) end
         end
       end
     end
   end
 elseif mode == 'reclaim' then
-  for i = 15, #ARGV do
-    if n <= 0 then break end
-    local res = redis.pcall('XAUTOCLAIM', ARGV[i], G, W, min_idle, '0-0', 'COUNT', n)
+  for i = 4, #KEYS do
+    if count <= 0 then break end
+    local res = redis.pcall('XAUTOCLAIM', KEYS[i], group, worker, min_idle_ms, '0-0', 'COUNT',
+      count)
     if not (type(res) == 'table' and res.err) then
       for _, entry in ipairs(res[2]) do
-        if entry[2] then start(ARGV[i], entry[1], entry[2][2])
-        else redis.call('XACK', ARGV[i], G, entry[1]) end
+        if entry[2] then start(KEYS[i], entry[1], entry[2][2])
+        else redis.call('XACK', KEYS[i], group, entry[1]) end
       end
     end
   end
@@ -254,41 +346,56 @@ return out
 """
 )
 
-# ARGV[12] scheduled zset, [13] duration hash, [14] JSON array of outcomes, each
-# {s: stream, e: entry id, j: job id, a: attempt (text), k: 'succeeded' | 'failed' |
-# 'cancelled' | 'retry' | 'requeue', r: result JSON or '', err: error or '', due: retry
-# due (ms), due_iso, b: duration bucket field or '', d: duration (s), p: progress JSON or ''}.
-# Answers 1 (written) or 0 (fenced off) per outcome.
 FINISH = (
-    _PRELUDE
+    r"""
+local scheduled = KEYS[1]
+local duration = KEYS[2]
+local dead = KEYS[3]
+local totals = KEYS[4]
+local rate = KEYS[5]
+-- KEYS[6..]: job, done, stream per outcome
+local now_ms = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local group = ARGV[3]
+local worker = ARGV[4]
+local events = ARGV[5]
+local outcomes = ARGV[6]
+"""
+    + _LIB
     + r"""
-local sched, dur = ARGV[12], ARGV[13]
+-- outcomes: JSON array, each {e: entry id, j: job id, a: attempt (text), k: 'succeeded' |
+-- 'failed' | 'cancelled' | 'retry' | 'requeue', r: result JSON or '', err: error or '',
+-- due: retry due (ms), b: duration bucket field or '', d: duration (s), p: progress JSON
+-- or ''}. Answers 1 (written) or 0 (fenced off) per outcome.
+local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl,
+  now_ms = now_ms}
 local out = {}
-for i, o in ipairs(cjson.decode(ARGV[14])) do
-  local jk = JP .. o.j
+for i, o in ipairs(cjson.decode(outcomes)) do
+  local base = 6 + (i - 1) * 3
+  local jk, dk, stream = KEYS[base], KEYS[base + 1], KEYS[base + 2]
   local f = redis.call('HMGET', jk, 'worker_id', 'attempts', 'status')
-  if f[1] ~= W or f[2] ~= o.a or f[3] ~= 'running' then
+  if f[1] ~= worker or f[2] ~= o.a or f[3] ~= 'running' then
     out[i] = 0
   else
     out[i] = 1
-    drop_entry(o.s, o.e)
+    drop_entry(stream, group, o.e)
     if o.r ~= '' then redis.call('HSET', jk, 'result', o.r) end
     if o.p ~= '' then redis.call('HSET', jk, 'progress', o.p) end
     if o.k == 'retry' then
-      redis.call('HSET', jk, 'status', 'scheduled', 'scheduled_for', o.due_iso, 'error', o.err)
-      redis.call('ZADD', sched, o.due, o.j)
-      publish(jk, o.j)
+      redis.call('HSET', jk, 'status', 'scheduled', 'scheduled_for', iso(o.due), 'error', o.err)
+      redis.call('ZADD', scheduled, o.due, o.j)
+      publish(events, jk, o.j)
     elseif o.k == 'requeue' then
-      local neid = redis.call('XADD', o.s, '*', 'job', o.j)
+      local neid = redis.call('XADD', stream, '*', 'job', o.j)
       redis.call('HSET', jk, 'status', 'queued', 'entry', neid)
       redis.call('HINCRBY', jk, 'attempts', -1)
-      publish(jk, o.j)
+      publish(events, jk, o.j)
     else
-      finalize(jk, o.j, o.k, o.err)
+      finalize(q, jk, dk, o.j, o.k, o.err)
       if o.b ~= '' then
-        redis.call('HINCRBY', dur, o.b, 1)
-        redis.call('HINCRBYFLOAT', dur, 'sum', o.d)
-        redis.call('HINCRBY', dur, 'count', 1)
+        redis.call('HINCRBY', duration, o.b, 1)
+        redis.call('HINCRBYFLOAT', duration, 'sum', o.d)
+        redis.call('HINCRBY', duration, 'count', 1)
       end
     end
   end
@@ -297,30 +404,42 @@ return out
 """
 )
 
-# ARGV[12] job id, [13] attempt, [14] progress JSON.
 PROGRESS = (
-    _PRELUDE
+    r"""
+local job = KEYS[1]
+local worker = ARGV[1]
+local attempt = tonumber(ARGV[2])
+local progress = ARGV[3]
+local events = ARGV[4]
+local job_id = ARGV[5]
+"""
+    + _LIB
     + r"""
-local jk = JP .. ARGV[12]
-local f = redis.call('HMGET', jk, 'worker_id', 'attempts', 'status')
-if f[1] ~= W or f[2] ~= ARGV[13] or f[3] ~= 'running' then return 0 end
-redis.call('HSET', jk, 'progress', ARGV[14])
-publish(jk, ARGV[12])
+local f = redis.call('HMGET', job, 'worker_id', 'attempts', 'status')
+if f[1] ~= worker or tonumber(f[2]) ~= attempt or f[3] ~= 'running' then return 0 end
+redis.call('HSET', job, 'progress', progress)
+publish(events, job, job_id)
 return 1
 """
 )
 
-# ARGV[12..] (stream, entry id, job id, attempt) quadruples. Resets the idle time of
-# each entry this worker still holds (the lease); answers 'ok' | 'cancel' | 'lost' each.
 RENEW = (
-    _PRELUDE
+    r"""
+-- KEYS[1..]: job, stream per job
+local group = ARGV[1]
+local worker = ARGV[2]
+-- ARGV[3..]: entry, attempt per job
+"""
     + r"""
+-- Resets the idle time of each entry this worker still holds (the lease); answers 'ok',
+-- 'cancel' (cancellation requested) or 'lost' per job.
 local out = {}
-for i = 12, #ARGV, 4 do
-  local jk = JP .. ARGV[i + 2]
+for i = 1, #KEYS, 2 do
+  local jk, stream = KEYS[i], KEYS[i + 1]
+  local eid, attempt = ARGV[i + 2], ARGV[i + 3]
   local f = redis.call('HMGET', jk, 'worker_id', 'attempts', 'status', 'cancel_requested')
-  if f[1] == W and f[2] == ARGV[i + 3] and f[3] == 'running' then
-    redis.call('XCLAIM', ARGV[i], G, W, 0, ARGV[i + 1], 'JUSTID')
+  if f[1] == worker and f[2] == attempt and f[3] == 'running' then
+    redis.call('XCLAIM', stream, group, worker, 0, eid, 'JUSTID')
     if f[4] == '1' then out[#out + 1] = 'cancel' else out[#out + 1] = 'ok' end
   else
     out[#out + 1] = 'lost'
@@ -330,162 +449,175 @@ return out
 """
 )
 
-# ARGV[12] scheduled zset, [13] max jobs. Moves due jobs into their streams; answers
-# {moved, next due score or false}.
 MOVE_DUE = (
-    _PRELUDE
+    r"""
+local scheduled = KEYS[1]
+local now_ms = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local job_prefix = ARGV[3]
+local events = ARGV[4]
+"""
+    + _LIB
     + r"""
-local ids = redis.call('ZRANGEBYSCORE', ARGV[12], '-inf', NOW_MS, 'LIMIT', 0, tonumber(ARGV[13]))
+-- Moves due jobs into their streams; answers {moved, next due score or false}.
+local ids = redis.call('ZRANGEBYSCORE', scheduled, '-inf', now_ms, 'LIMIT', 0, limit)
 for _, jobid in ipairs(ids) do
-  redis.call('ZREM', ARGV[12], jobid)
-  local jk = JP .. jobid
+  redis.call('ZREM', scheduled, jobid)
+  local jk = job_prefix .. jobid
   local f = redis.call('HMGET', jk, 'status', 'stream')
   if f[1] == 'scheduled' and f[2] then
     local eid = redis.call('XADD', f[2], '*', 'job', jobid)
     redis.call('HSET', jk, 'status', 'queued', 'entry', eid)
-    publish(jk, jobid)
+    publish(events, jk, jobid)
   end
 end
-local nxt = redis.call('ZRANGE', ARGV[12], 0, 0, 'WITHSCORES')
+local nxt = redis.call('ZRANGE', scheduled, 0, 0, 'WITHSCORES')
 return {#ids, nxt[2] or false}
 """
 )
 
-# ARGV[12] job id, [13] scheduled zset, [14] cancel channel.
 CANCEL = (
-    _PRELUDE
+    r"""
+local job = KEYS[1]
+local done = KEYS[2]
+local scheduled = KEYS[3]
+local dead = KEYS[4]
+local totals = KEYS[5]
+local rate = KEYS[6]
+local now_ms = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local events = ARGV[3]
+local cancel = ARGV[4]
+local job_id = ARGV[5]
+"""
+    + _LIB
     + r"""
-local jobid = ARGV[12]
-local jk = JP .. jobid
-local f = redis.call('HMGET', jk, 'status', 'stream', 'entry')
+local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl,
+  now_ms = now_ms}
+local f = redis.call('HMGET', job, 'status', 'stream', 'entry')
 if not f[1] then return 'missing' end
 if f[1] == 'queued' then
   if f[2] and f[3] then redis.call('XDEL', f[2], f[3]) end
-  finalize(jk, jobid, 'cancelled', '')
+  finalize(q, job, done, job_id, 'cancelled', '')
   return 'cancelled'
 elseif f[1] == 'scheduled' then
-  redis.call('ZREM', ARGV[13], jobid)
-  finalize(jk, jobid, 'cancelled', '')
+  redis.call('ZREM', scheduled, job_id)
+  finalize(q, job, done, job_id, 'cancelled', '')
   return 'cancelled'
 elseif f[1] == 'running' then
-  redis.call('HSET', jk, 'cancel_requested', '1')
-  redis.call('PUBLISH', ARGV[14], jobid)
-  publish(jk, jobid)
+  redis.call('HSET', job, 'cancel_requested', '1')
+  redis.call('PUBLISH', cancel, job_id)
+  publish(events, job, job_id)
   return 'cancelling'
 end
 return 'ended:' .. f[1]
 """
 )
 
-# ARGV[12] job id. Answers the record (flat HGETALL) as re-queued, or why not.
 RETRY_DEAD = (
-    _PRELUDE
+    r"""
+local job = KEYS[1]
+local done = KEYS[2]
+local dead = KEYS[3]
+local ttl = tonumber(ARGV[1])
+local events = ARGV[2]
+local job_id = ARGV[3]
+"""
+    + _LIB
     + r"""
-local jobid = ARGV[12]
-local jk = JP .. jobid
-local f = redis.call('HMGET', jk, 'status', 'stream', 'dead_entry')
+-- Answers the record (flat HGETALL) as re-queued, or why not.
+local f = redis.call('HMGET', job, 'status', 'stream', 'dead_entry')
 if not f[1] then return 'missing' end
 if f[1] ~= 'failed' and f[1] ~= 'dead' then return f[1] end
-if f[3] then redis.call('XDEL', DEAD, f[3]) end
-redis.call('HDEL', jk, 'dead_entry', 'error', 'result', 'finished_at', 'started_at',
+if f[3] then redis.call('XDEL', dead, f[3]) end
+redis.call('HDEL', job, 'dead_entry', 'error', 'result', 'finished_at', 'started_at',
   'worker_id', 'progress', 'cancel_requested', 'scheduled_for')
-local eid = redis.call('XADD', f[2], '*', 'job', jobid)
-redis.call('HSET', jk, 'status', 'queued', 'attempts', 0, 'entry', eid)
-redis.call('DEL', DP .. jobid)
-redis.call('EXPIRE', jk, TTL)
-publish(jk, jobid)
-return redis.call('HGETALL', jk)
+local eid = redis.call('XADD', f[2], '*', 'job', job_id)
+redis.call('HSET', job, 'status', 'queued', 'attempts', 0, 'entry', eid)
+redis.call('DEL', done)
+redis.call('EXPIRE', job, ttl)
+publish(events, job, job_id)
+return redis.call('HGETALL', job)
 """
 )
 
-# ARGV[12] job id, [13] index zset, [14] idempotency key prefix. Removes a failed or dead
-# job for good: its dead-letter entry, record, done list, index entry and idempotency key
-# (when it still names this job). Publishes ``deleted: true`` with the next version.
-# Answers 'deleted', 'missing', or the status that forbids it.
 DELETE_DEAD = (
-    _PRELUDE
+    r"""
+local job = KEYS[1]
+local done = KEYS[2]
+local dead = KEYS[3]
+local index = KEYS[4]
+local events = ARGV[1]
+local idem_prefix = ARGV[2]
+local job_id = ARGV[3]
+"""
     + r"""
-local jobid = ARGV[12]
-local jk = JP .. jobid
-local f = redis.call('HMGET', jk, 'status', 'dead_entry', 'idempotency_key', 'version')
+-- Removes a failed or dead job for good: its dead-letter entry, record, done list, index
+-- entry and idempotency key (when it still names this job). Publishes `deleted: true`
+-- with the next version. Answers 'deleted', 'missing', or the status that forbids it.
+local f = redis.call('HMGET', job, 'status', 'dead_entry', 'idempotency_key', 'version')
 if not f[1] then return 'missing' end
 if f[1] ~= 'failed' and f[1] ~= 'dead' then return f[1] end
-if f[2] then redis.call('XDEL', DEAD, f[2]) end
+if f[2] then redis.call('XDEL', dead, f[2]) end
 if f[3] then
-  local ik = ARGV[14] .. f[3]
-  if redis.call('GET', ik) == jobid then redis.call('DEL', ik) end
+  local ik = idem_prefix .. f[3]
+  if redis.call('GET', ik) == job_id then redis.call('DEL', ik) end
 end
-redis.call('DEL', jk, DP .. jobid)
-redis.call('ZREM', ARGV[13], jobid)
-redis.call('PUBLISH', EVENTS, cjson.encode({job_id = jobid, status = f[1],
+redis.call('DEL', job, done)
+redis.call('ZREM', index, job_id)
+redis.call('PUBLISH', events, cjson.encode({job_id = job_id, status = f[1],
   version = (tonumber(f[4]) or 0) + 1, deleted = true}))
 return 'deleted'
 """
 )
 
-# ARGV[12] index zset, [13] scheduled zset, [14] queues set, [15] JSON array of jobs, each
-# {id, stream, queue, idem: idempotency key name or '', due: ms or 0, f: {record fields}}.
-# Answers {job id, 1} per job created, {existing job id, 0} per idempotency-key hit.
-ENQUEUE = (
-    _PRELUDE
-    + r"""
-local out = {}
-local pools = {}
-for _, job in ipairs(cjson.decode(ARGV[15])) do
-  local id, created = job.id, 1
-  if job.idem ~= '' then
-    local existing = redis.call('GET', job.idem)
-    if existing then
-      id, created = existing, 0
-    else
-      redis.call('SET', job.idem, id, 'EX', TTL)
-    end
-  end
-  if created == 1 then
-    local jk = JP .. id
-    local fields = {}
-    for k, v in pairs(job.f) do
-      fields[#fields + 1] = k
-      fields[#fields + 1] = v
-    end
-    redis.call('HSET', jk, unpack(fields))
-    if job.due > 0 then
-      redis.call('ZADD', ARGV[13], job.due, id)
-    else
-      local eid = redis.call('XADD', job.stream, '*', 'job', id)
-      redis.call('HSET', jk, 'entry', eid)
-    end
-    redis.call('EXPIRE', jk, TTL)
-    redis.call('ZADD', ARGV[12], NOW_MS, id)
-    pools[job.queue] = true
-    publish(jk, id)
-  end
-  out[#out + 1] = id
-  out[#out + 1] = created
-end
-redis.call('ZREMRANGEBYSCORE', ARGV[12], '-inf', NOW_MS - TTL * 1000)
-for pool in pairs(pools) do redis.call('SADD', ARGV[14], pool) end
-return out
-"""
-)
-
 
 class Script:
-    """A Lua script run by SHA, loaded on first use and again after a Redis restart."""
+    """A Lua script with its declared convention, run by SHA and loaded on first use
+    and again after a Redis restart (``NOSCRIPT``)."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, spec: ScriptSpec, source: str) -> None:
+        self.spec = spec
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, redis: Redis, args: Sequence[Any]) -> Any:
+    def call(
+        self,
+        keys: Mapping[str, str],
+        argv: Mapping[str, Any],
+        each: Sequence[tuple[Sequence[str], Sequence[Any]]] = (),
+    ) -> Call:
+        """A call of this script, built from names (see :meth:`ScriptSpec.call`)."""
+        key_list, arg_list = self.spec.call(keys, argv, each)
+        return Call(self, key_list, arg_list)
+
+    async def run(self, redis: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return await redis.evalsha(self.sha, 0, *args)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await redis.script_load(self.source)
-            return await redis.evalsha(self.sha, 0, *args)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
 
-async def run_scripts(redis: Redis, calls: Sequence[tuple[Script, Sequence[Any]]]) -> list[Any]:
+class Call:
+    """One script call with its ``KEYS`` and ``ARGV``; ``await call.run(redis)``."""
+
+    __slots__ = ("args", "keys", "script")
+
+    def __init__(self, script: Script, keys: list[str], args: list[Any]) -> None:
+        self.script = script
+        self.keys = keys
+        self.args = args
+
+    async def run(self, redis: Redis) -> Any:
+        return await self.script.run(redis, self.keys, self.args)
+
+    def queue_on(self, pipe: Any) -> None:
+        """Add this call to a pipeline (by SHA; see :func:`run_scripts` for NOSCRIPT)."""
+        pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+
+
+async def run_scripts(redis: Redis, calls: Sequence[Call]) -> list[Any]:
     """Run several script calls in one round trip; answers their results in order.
 
     Calls that found their script missing (Redis restarted) are loaded and run again;
@@ -494,19 +626,18 @@ async def run_scripts(redis: Redis, calls: Sequence[tuple[Script, Sequence[Any]]
     if not calls:
         return []
     if len(calls) == 1:  # a plain call costs less than a one-command pipeline
-        script, args = calls[0]
-        return [await script(redis, args)]
+        return [await calls[0].run(redis)]
     async with redis.pipeline(transaction=False) as pipe:
-        for script, args in calls:
-            pipe.evalsha(script.sha, 0, *args)
+        for call in calls:
+            call.queue_on(pipe)
         results: list[Any] = await pipe.execute(raise_on_error=False)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
-        for source in {calls[i][0].source for i in missing}:
+        for source in {calls[i].script.source for i in missing}:
             await redis.script_load(source)
         async with redis.pipeline(transaction=False) as pipe:
             for i in missing:
-                pipe.evalsha(calls[i][0].sha, 0, *calls[i][1])
+                calls[i].queue_on(pipe)
             again = await pipe.execute(raise_on_error=False)
         for i, result in zip(missing, again, strict=True):
             results[i] = result
@@ -516,13 +647,25 @@ async def run_scripts(redis: Redis, calls: Sequence[tuple[Script, Sequence[Any]]
     return results
 
 
-#: Script objects, one per source.
-ENQUEUE_SCRIPT = Script(ENQUEUE)
-FETCH_SCRIPT = Script(FETCH)
-FINISH_SCRIPT = Script(FINISH)
-PROGRESS_SCRIPT = Script(PROGRESS)
-RENEW_SCRIPT = Script(RENEW)
-MOVE_DUE_SCRIPT = Script(MOVE_DUE)
-CANCEL_SCRIPT = Script(CANCEL)
-RETRY_DEAD_SCRIPT = Script(RETRY_DEAD)
-DELETE_DEAD_SCRIPT = Script(DELETE_DEAD)
+#: Source of each script, by the name its convention is declared under.
+SOURCES: dict[str, str] = {
+    "ENQUEUE": ENQUEUE,
+    "FETCH": FETCH,
+    "FINISH": FINISH,
+    "PROGRESS": PROGRESS,
+    "RENEW": RENEW,
+    "MOVE_DUE": MOVE_DUE,
+    "CANCEL": CANCEL,
+    "RETRY_DEAD": RETRY_DEAD,
+    "DELETE_DEAD": DELETE_DEAD,
+}
+
+ENQUEUE_SCRIPT = Script(SCRIPTS["ENQUEUE"], ENQUEUE)
+FETCH_SCRIPT = Script(SCRIPTS["FETCH"], FETCH)
+FINISH_SCRIPT = Script(SCRIPTS["FINISH"], FINISH)
+PROGRESS_SCRIPT = Script(SCRIPTS["PROGRESS"], PROGRESS)
+RENEW_SCRIPT = Script(SCRIPTS["RENEW"], RENEW)
+MOVE_DUE_SCRIPT = Script(SCRIPTS["MOVE_DUE"], MOVE_DUE)
+CANCEL_SCRIPT = Script(SCRIPTS["CANCEL"], CANCEL)
+RETRY_DEAD_SCRIPT = Script(SCRIPTS["RETRY_DEAD"], RETRY_DEAD)
+DELETE_DEAD_SCRIPT = Script(SCRIPTS["DELETE_DEAD"], DELETE_DEAD)

@@ -16,18 +16,18 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, field_validator
 
 from mimir.core.durations import parse_duration
 from mimir.core.jobs import pipeline_job
 from mimir.core.pipeline.requests import PipelineRequest, resolve_pipeline_request
 from mimir.core.queue import (
     DeadLetterEntry,
+    JobOptions,
     JobPage,
     JobQueue,
     JobRecord,
     JobStatus,
-    Priority,
     QueueStatus,
 )
 from mimir.server.deps import RedisDep, RegistryDep, SettingsDep, StoreDep
@@ -66,20 +66,20 @@ def _seconds(value: float | str | None, what: str) -> float | None:
         raise ValueError(f"{what}: {exc}") from None
 
 
-class EnqueueRequest(PipelineRequest):
-    """The execute body plus how to queue the job."""
+class EnqueueRequest(PipelineRequest, JobOptions):
+    """The execute body plus how to queue the job (the queue's :class:`JobOptions`; the
+    durations also as Go durations, unset ones left to the queue's defaults)."""
 
-    priority: Priority = Priority.normal
     #: Seconds (or a Go duration, ``"90s"``) one attempt may run.
-    timeout: float | str | None = None
-    max_retries: int = Field(default=2, ge=0, le=100)
-    #: Worker pool (``mimir worker --queues``).
-    queue: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    timeout: float | str | None = None  # type: ignore[assignment]
     #: Seconds (or a Go duration) before the job becomes available.
-    delay: float | str | None = None
+    delay: float | str | None = None  # type: ignore[assignment]
     #: Seconds (or a Go duration) before the first retry (doubling, with jitter).
-    retry_backoff: float | str | None = None
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    retry_backoff: float | str | None = None  # type: ignore[assignment]
+
+    def job_options(self) -> dict[str, Any]:
+        """The queue options set here (durations in seconds; unset ones left out)."""
+        return self.model_dump(include=set(JobOptions.model_fields), exclude_none=True)
 
     @field_validator("timeout", "delay", "retry_backoff")
     @classmethod
@@ -128,15 +128,8 @@ async def enqueue_pipeline(
     pipeline = await asyncio.to_thread(
         resolve_pipeline_request, body, settings, store=store, registry=registry
     )
-    options: dict[str, Any] = {
-        "priority": body.priority,
-        "max_retries": body.max_retries,
-        "queue": body.queue,
-        "idempotency_key": body.idempotency_key or idempotency_header,
-    }
-    for name in ("timeout", "delay", "retry_backoff"):
-        if getattr(body, name) is not None:
-            options[name] = getattr(body, name)
+    options = body.job_options()
+    options["idempotency_key"] = body.idempotency_key or idempotency_header
     record = await jobs.enqueue(pipeline_job(pipeline, body.context, **options))
     return EnqueueAccepted(job_id=record.job_id, status=record.status)
 
