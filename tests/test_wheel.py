@@ -200,7 +200,7 @@ def test_cluster_build_makes_the_wheelhouse_from_the_installed_wheel(
         "builder = ImageBuilder(lambda: None)\n"
         "assert builder.checkout is None, builder.checkout\n"
         "builder.build_wheelhouse(lambda step, message: print(step, message))\n"
-        "print(builder.context_dir)\n"
+        "print(builder.build_dir)\n"
     )
     done = subprocess.run(
         [str(venv / "python"), "-c", code],

@@ -8,7 +8,7 @@ else one built from the base image with Debian's redis-server.
 Where the project's own wheel comes from:
 
 - a source checkout (``pip install -e .``): ``pip wheel`` of the checkout; the build
-  context is the checkout's ``packaging/`` (the wheelhouse in ``packaging/build/wheels``);
+  directory is the checkout's ``packaging/`` (the wheelhouse in ``packaging/build/wheels``);
 - an installed wheel (``pip install mimir-aip``): the installed distribution re-packed as
   a wheel (:func:`repack_installed_wheel`), its dependencies by ``pip wheel``; the build
   context is ``$MIMIR_STATE_DIR/image-build`` (the Dockerfiles copied from the installed
@@ -94,20 +94,20 @@ class ImageBuilder:
         self.redis_image = redis_image
         #: The source checkout the Dockerfiles belong to (None: an installation).
         self.checkout = source_checkout(packaging_dir)
-        #: The build context: the checkout's packaging/, else a folder of the state dir.
-        self.context_dir = (
+        #: The build directory (Docker's build context): packaging/ or a state-dir folder.
+        self.build_dir = (
             packaging_dir if self.checkout else Settings.from_env().state_dir / "image-build"
         )
 
-    def _prepare_context(self) -> None:
-        """Copy the Dockerfiles into the build context when it is not ``packaging/``."""
-        if self.context_dir == self.packaging_dir:
+    def _prepare_build_dir(self) -> None:
+        """Copy the Dockerfiles into the build directory when it is not ``packaging/``."""
+        if self.build_dir == self.packaging_dir:
             return
         for pattern in _CONTEXT_FILES:
             for source in self.packaging_dir.glob(pattern):
                 if not source.is_file():
                     continue
-                target = self.context_dir / source.relative_to(self.packaging_dir)
+                target = self.build_dir / source.relative_to(self.packaging_dir)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
 
@@ -156,15 +156,15 @@ class ImageBuilder:
         reach a package index)."""
         if getattr(sys, "frozen", False):
             raise ClusterError(BUNDLE_CANNOT_BUILD)
-        if self.context_dir in _WHEELHOUSES_BUILT:
+        if self.build_dir in _WHEELHOUSES_BUILT:
             return
         if importlib.util.find_spec("pip") is None:
             raise ClusterError(
                 f"building the wheelhouse needs pip in {sys.executable} "
                 f"('{sys.executable} -m ensurepip' installs it)"
             )
-        self._prepare_context()
-        wheels = self.context_dir / "build" / "wheels"
+        self._prepare_build_dir()
+        wheels = self.build_dir / "build" / "wheels"
         wheels.mkdir(parents=True, exist_ok=True)
         previous = _set_aside(list(wheels.glob("mimir_aip-*.whl")), wheels.parent / _PREVIOUS)
         try:
@@ -190,7 +190,7 @@ class ImageBuilder:
             raise ClusterError(
                 "building the wheelhouse failed (pip wheel)", detail=result.stderr[-3000:]
             )
-        _WHEELHOUSES_BUILT.add(self.context_dir)
+        _WHEELHOUSES_BUILT.add(self.build_dir)
 
     def build_image(self, which: str, tag: str, report: Progress) -> None:
         if getattr(sys, "frozen", False):
@@ -198,13 +198,13 @@ class ImageBuilder:
         dockerfile = self.packaging_dir / f"Dockerfile.{which}"
         if not dockerfile.exists():
             raise ClusterError(f"{dockerfile} is missing: reinstall mimir-aip")
-        self._prepare_context()
+        self._prepare_build_dir()
         base = self.chosen_base_image(report)
         report("build", f"{tag} from {dockerfile.name} (BASE_IMAGE={base})")
         before = self._image_id(tag)
         lines: list[str] = []
         stream = self._connect().api.build(
-            path=str(self.context_dir),
+            path=str(self.build_dir),
             dockerfile=dockerfile.name,
             tag=tag,
             buildargs={"BASE_IMAGE": base},
