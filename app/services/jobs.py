@@ -154,9 +154,9 @@ def _or_minus_one(value: float | None) -> float:
     return -1.0 if value is None else value
 
 
-def job_matches(job: dict[str, Any], status: str | None, text: str) -> bool:
+def job_matches(job: dict[str, Any], status: str | None, text: str, worker_name: str = "") -> bool:
     """The filter: ``status`` exactly (:data:`DEAD_LETTER`: failed or dead; ``None``: any),
-    ``text`` in id, pipeline, worker, error or status."""
+    ``text`` in id, pipeline, worker (its id or ``worker_name``), error or status."""
     if status == DEAD_LETTER:
         if job.get("status") not in _DEAD_LETTER_STATUSES:
             return False
@@ -168,6 +168,7 @@ def job_matches(job: dict[str, Any], status: str | None, text: str) -> bool:
             str(job.get(key) or "")
             for key in ("job_id", "pipeline", "worker_id", "error", "status")
         ).lower()
+        haystack += " " + worker_name.lower()
         return needle in haystack
     return True
 

@@ -16,7 +16,6 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from mimir.app.services.timeseries import DashboardRecorder, peak_downsample
-from mimir.app.services.worker_names import worker_labels
 from mimir.app.ui.common import Card, panel_header
 from mimir.app.ui.session import ConsoleSession
 
@@ -192,12 +191,7 @@ class QtDashboardPanel(QWidget):
     def _current_worker_names(self) -> dict[str, str]:
         if self.session is None:
             return {w: w.removeprefix("worker-") for w in self.recorder.worker_ids}
-        backend = self.session.backend
-        return worker_labels(
-            self.session.feed.last_workers,
-            self.session.instances,
-            backend.project if backend is not None else "",
-        )
+        return self.session.worker_names()
 
     def redraw(self) -> None:
         names = self._current_worker_names()

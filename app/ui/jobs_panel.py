@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 STATUSES = ["queued", "scheduled", "running", "succeeded", "failed", "cancelled", "dead"]
 _STATUS_COLUMN = 1
+_WORKER_COLUMN = next(i for i, column in enumerate(COLUMNS) if column.title == "Worker")
 Index = QModelIndex | QPersistentModelIndex
 _DISPLAY = Qt.ItemDataRole.DisplayRole
 _FOREGROUND = Qt.ItemDataRole.ForegroundRole
@@ -78,6 +79,8 @@ class JobTableModel(QAbstractTableModel):
         super().__init__()
         self.store = store or JobStore()
         self._texts: dict[Any, tuple[str, ...]] = {}
+        #: Worker id → the name the other views show (``worker-1``); ids not in it as is.
+        self.worker_names: dict[str, str] = {}
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.store)
@@ -101,7 +104,7 @@ class JobTableModel(QAbstractTableModel):
             job_id = job.get("job_id")
             texts = self._texts.get(job_id)
             if texts is None:
-                texts = self._texts[job_id] = tuple(column.text(job) for column in COLUMNS)
+                texts = self._texts[job_id] = self._row_texts(job)
             return texts[index.column()]
         if role == _FOREGROUND:
             if index.column() != _STATUS_COLUMN:
@@ -113,6 +116,25 @@ class JobTableModel(QAbstractTableModel):
         if role == _USER:
             return self.record(index.row())
         return None
+
+    def _row_texts(self, job: dict[str, Any]) -> tuple[str, ...]:
+        texts = [column.text(job) for column in COLUMNS]
+        worker = texts[_WORKER_COLUMN]
+        texts[_WORKER_COLUMN] = self.worker_names.get(worker, worker)
+        return tuple(texts)
+
+    def set_worker_names(self, names: dict[str, str]) -> None:
+        """Show workers by these names (the Workers panel's); repaints the column."""
+        if names == self.worker_names:
+            return
+        self.worker_names = dict(names)
+        self._texts.clear()
+        if len(self.store):
+            self.dataChanged.emit(
+                self.index(0, _WORKER_COLUMN),
+                self.index(len(self.store) - 1, _WORKER_COLUMN),
+                [_DISPLAY],
+            )
 
     # ---------------------------------------------------------------- changes
 
@@ -216,7 +238,9 @@ class JobFilterProxy(QSortFilterProxyModel):
             return True
         model = self.sourceModel()
         assert isinstance(model, JobTableModel)
-        return job_matches(model.record(source_row), self.status, self.text)
+        job = model.record(source_row)
+        worker = str(job.get("worker_id") or "")
+        return job_matches(job, self.status, self.text, model.worker_names.get(worker, ""))
 
 
 class QtJobsPanel(QWidget):
@@ -237,6 +261,10 @@ class QtJobsPanel(QWidget):
         self.dead_letter.total_changed.connect(self._show_dead_total)
         if session is not None:
             session.job.connect(self.model.upsert)
+            session.workers.connect(lambda w: self.model.set_worker_names(session.worker_names(w)))
+            session.instances_changed.connect(
+                lambda _i: self.model.set_worker_names(session.worker_names())
+            )
             session.resync.connect(self._resync)
             session.stats.connect(self._on_stats)
             session.profile_changed.connect(lambda _p: self._reset())

@@ -20,6 +20,7 @@ from mimir.app.services.api import ApiClient
 from mimir.app.services.events import LiveFeed
 from mimir.app.services.profiles import ConnectionProfile, ProfileStore
 from mimir.app.services.timeseries import DashboardRecorder
+from mimir.app.services.worker_names import worker_labels
 
 __all__ = ["ConsoleSession"]
 
@@ -112,6 +113,13 @@ class ConsoleSession(QObject):
         if instances != self.instances:
             self.instances = list(instances)
             self.instances_changed.emit(self.instances)
+
+    def worker_names(self, workers: list[dict[str, Any]] | None = None) -> dict[str, str]:
+        """Worker id → the name the console shows (``worker-1``), for ``workers`` or the
+        feed's last list: one rule for the Jobs, Workers, Dashboard and Logs views."""
+        project = self.backend.project if self.backend is not None else ""
+        listed = self.feed.last_workers if workers is None else workers
+        return worker_labels(listed, self.instances, project)
 
     def follow_cluster(self, status: ClusterStatus) -> None:
         """A running cluster says where its API is; point the client there."""

@@ -84,9 +84,7 @@ class QtWorkersPanel(QWidget):
         """The names the Dashboard and Logs use too (``worker-1`` …)."""
         if self.session is None:
             return worker_labels(workers, [])
-        backend = self.session.backend
-        project = backend.project if backend is not None else ""
-        return worker_labels(workers, self.session.instances, project)
+        return self.session.worker_names(workers)
 
     def show_workers(self, workers: list[dict[str, Any]]) -> None:
         self.workers = list(workers)

@@ -547,6 +547,35 @@ def test_logs_per_worker_on_a_fresh_view_and_dashboard_names_workers(console: Co
             "the workers' names in the Workers panel",
         )
 
+        # The Jobs table names workers the same way, and its filter finds them by name.
+        ids = await window.session.api.enqueue(pipeline=SLEEP_PIPELINE, count=4)
+        jobs = window.jobs
+        window.show_panel("jobs")
+        model = jobs.model
+
+        def shown_workers() -> set[str]:
+            column = next(
+                c
+                for c in range(model.columnCount())
+                if model.headerData(c, Qt.Orientation.Horizontal, Qt.ItemDataRole.DisplayRole)
+                == "Worker"
+            )
+            return {
+                str(model.data(model.index(row, column)))
+                for row in range(model.rowCount())
+                if model.record(row).get("job_id") in ids
+            }
+
+        await until(
+            lambda: shown_workers() and shown_workers() <= {"worker-1", "worker-2"},
+            20,
+            lambda: f"worker names in the Jobs table: {shown_workers()}",
+        )
+        name = sorted(shown_workers())[0]
+        jobs.search.setText(name)
+        assert jobs.proxy.rowCount() >= 1
+        jobs.search.setText("")
+
     console.run(scenario)
 
 
