@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mimir doctor",
         description="Check a running Mimir cluster: API, Redis, workers, queues, containers, "
-        "disks and clocks. Exit 0 nothing wrong, 1 warnings, 2 errors.",
+        "disks and clocks. Exit 0 nothing wrong, 1 warnings, 2 errors, 3 the doctor could "
+        "not run (bad options included).",
     )
     parser.add_argument("--project", help="cluster name, as for mimir cluster (default: mimir)")
     parser.add_argument("--backend", choices=["docker", "local"], help="as for mimir cluster")
@@ -60,8 +61,14 @@ async def _run(args: argparse.Namespace, settings: Settings) -> Report:
             options = {"docker_host": args.docker_host, "profile": args.profile}
         backend = create_backend(name, project, settings, **options)
         if api_url is None:
-            status = await backend.status()
-            api_url = status.api_url or getattr(backend, "api_url", None) or settings.api_url
+            try:
+                status = await backend.status()
+                api_url = status.api_url
+            except ClusterError as exc:
+                # An engine that does not answer is a finding (cluster.control, which
+                # diagnose reports); the API is still checked where the backend puts it.
+                logging.getLogger(__name__).debug("cluster status: %s", exc)
+            api_url = api_url or getattr(backend, "api_url", None) or settings.api_url
         token = token or getattr(backend, "api_token", None)
     api = ApiClient(api_url or settings.api_url, token)
     try:
@@ -75,7 +82,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mimir doctor``; returns the exit status."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # argparse's usage error is 2, which here means "errors found"
+        return 3 if exc.code == 2 else int(exc.code or 0)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
@@ -85,5 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a crash must not exit 1, which reads as "warnings"
+        logging.getLogger(__name__).debug("doctor failed", exc_info=True)
+        print(f"mimir doctor: could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
     print(report_json(report) if args.json else format_report(report))
     return report.exit_code

@@ -40,6 +40,9 @@ RATE_WINDOW = 60
 MIN_WINDOW = 5
 #: Seconds back that count as "recent" for the dead-letter stream.
 DEAD_WINDOW = 3600
+#: Most recent dead-letter entries read to count them (the stream keeps MIMIR_JOB_TTL of
+#: them: a mass failure must not make the doctor read a million entries).
+DEAD_COUNT_MAX = 1000
 
 
 class RedisState(BaseModel):
@@ -119,8 +122,10 @@ class Throughput(BaseModel):
 class DeadLetterState(BaseModel):
     total: int = 0
     window_s: int = DEAD_WINDOW
-    #: Entries added within ``window_s``, and within its last quarter.
+    #: Entries added within ``window_s`` (counted up to ``DEAD_COUNT_MAX``).
     recent: int = 0
+    #: ``recent`` stopped at ``DEAD_COUNT_MAX``: there are at least that many.
+    recent_capped: bool = False
     newest_age_s: float | None = None
     newest_error: str = ""
 
@@ -295,9 +300,11 @@ async def _dead(redis: Redis, keys: QueueKeys, now_ms: int) -> DeadLetterState:
     if not state.total:
         return state
     since = now_ms - DEAD_WINDOW * 1000
-    # At most what the stream holds; counted by id (the time Redis added each entry).
-    recent = await redis.xrange(keys.dead, since, "+")
+    # Counted by id (the time Redis added each entry), newest first and bounded: the
+    # stream may hold a day of failures, each with its error text.
+    recent = await redis.xrevrange(keys.dead, "+", since, count=DEAD_COUNT_MAX)
     state.recent = len(recent or [])
+    state.recent_capped = state.recent >= DEAD_COUNT_MAX
     newest = await redis.xrevrange(keys.dead, "+", "-", count=1)
     if newest:
         entry_id, fields = newest[0]
@@ -309,6 +316,7 @@ async def _dead(redis: Redis, keys: QueueKeys, now_ms: int) -> DeadLetterState:
 
 async def collect(redis: Redis, keys: QueueKeys) -> QueueSnapshot:
     """Read the queue's state from ``redis`` (raises redis's errors when it does not answer)."""
+    await redis.ping()  # may open the connection (TCP, TLS, AUTH): not the round trip
     started = time.perf_counter()
     await redis.ping()
     rtt_ms = (time.perf_counter() - started) * 1000

@@ -20,11 +20,13 @@ import contextlib
 import logging
 import math
 import queue as queue_module
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
@@ -676,6 +678,7 @@ class DockerBackend:
                     restarts=int(c.attrs.get("RestartCount") or 0),
                     oom_killed=bool(c.attrs["State"].get("OOMKilled")),
                     exit_code=c.attrs["State"].get("ExitCode"),
+                    started_at=_engine_time(c.attrs["State"].get("StartedAt")),
                 )
             )
         return out
@@ -888,6 +891,20 @@ def _replica(container: Any) -> int:
         return int(labels.get(LABEL_REPLICA) or labels.get(COMPOSE_LABEL_NUMBER) or "0")
     except ValueError:
         return 0
+
+
+def _engine_time(value: Any) -> float | None:
+    """Seconds since the epoch of the engine's ``2026-11-30T14:00:00.123456789Z`` (``None``
+    for a container never started: ``0001-01-01T00:00:00Z``)."""
+    text = str(value or "")
+    if not text or text.startswith("0001-"):
+        return None
+    # Python reads at most microseconds: cut the nanoseconds.
+    stamp = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
 
 
 def _hostname(container: Any) -> str:

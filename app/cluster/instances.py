@@ -29,3 +29,5 @@ class Instance:
     restarts: int = 0
     oom_killed: bool = False
     exit_code: int | None = None
+    #: Docker: when it last started (seconds since the epoch, the engine's clock).
+    started_at: float | None = None

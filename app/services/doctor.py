@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from mimir.app.cluster.base import ClusterBackend, ClusterError, ServiceStats
@@ -29,6 +30,7 @@ from mimir.app.cluster.instances import Instance
 from mimir.app.services.api import ApiClient, ApiError, ApiUnreachable
 from mimir.core import __version__
 from mimir.core.diagnostics import DiskState, QueueSnapshot, StreamState, disk_state
+from mimir.core.limits import default_limits
 
 __all__ = [
     "ClusterFacts",
@@ -73,6 +75,9 @@ class Thresholds:
     disk_error_bytes: int = 1 << 30
     disk_error_share: float = 0.05
     disk_warning_share: float = 0.10
+    restart_window_s: float = 3600.0  # a container restarted longer ago is only a note
+    #: The most workers ``mimir cluster scale`` accepts (MIMIR_MAX_WORKERS; ``diagnose``
+    #: takes the backend's setting when it is not given).
     max_workers: int = 64
 
 
@@ -86,6 +91,8 @@ class ClusterFacts:
     stats: list[ServiceStats] = field(default_factory=list)
     #: OOM kills the engine reported within the last hour, by container name.
     oom_events: dict[str, int] = field(default_factory=dict)
+    #: When the facts were read (seconds since the epoch), for the instances' start times.
+    now: float = field(default_factory=time.time)
     redis_disk: DiskState | None = None
     error: str = ""
 
@@ -271,7 +278,11 @@ def _worker_rules(snap: QueueSnapshot, t: Thresholds, out: list[Finding]) -> Non
             )
         )
     for w in snap.workers:
-        if w.clock_offset_ms is not None and abs(w.clock_offset_ms) > t.clock_skew_ms:
+        # The offset is measured around one TIME call: it is known to within half that
+        # round trip (a worker whose event loop was busy reads its clock late), so only
+        # an offset beyond the limit by more than that is a skew.
+        uncertainty = (w.redis_rtt_ms or 0.0) / 2
+        if w.clock_offset_ms is not None and abs(w.clock_offset_ms) - uncertainty > t.clock_skew_ms:
             ahead = "ahead of" if w.clock_offset_ms > 0 else "behind"
             out.append(
                 Finding(
@@ -279,7 +290,8 @@ def _worker_rules(snap: QueueSnapshot, t: Thresholds, out: list[Finding]) -> Non
                     "workers.clock",
                     "A worker's clock is off Redis's",
                     f"{w.worker_id} ({w.hostname}) is {abs(w.clock_offset_ms) / 1000:.1f} s "
-                    f"{ahead} Redis's clock (limit {t.clock_skew_ms / 1000:.0f} s)",
+                    f"{ahead} Redis's clock (± {uncertainty / 1000:.1f} s; limit "
+                    f"{t.clock_skew_ms / 1000:.0f} s)",
                     "Leases, retry delays and throughput are timed across hosts: run NTP on "
                     "the worker's host (`timedatectl set-ntp true`, chrony) and check nothing "
                     "fakes its time (faketime, a container's time namespace).",
@@ -423,12 +435,13 @@ def _dead_rules(snap: QueueSnapshot, out: list[Finding]) -> None:
     dead = snap.dead
     if dead.recent:
         newest = _duration(dead.newest_age_s or 0)
+        count = f"{dead.recent} or more" if dead.recent_capped else str(dead.recent)
         out.append(
             Finding(
                 "warning",
                 "dead_letter.growing",
                 "Jobs are going to the dead letter",
-                f"{dead.recent} added in the last {_duration(dead.window_s)} "
+                f"{count} added in the last {_duration(dead.window_s)} "
                 f"({dead.total} in all); newest {newest} ago: {dead.newest_error or '?'}",
                 "Read the errors (console: Jobs → Dead letter; `GET /api/v1/queue/"
                 "dead-letter`), fix the cause, then retry them from there. A job that "
@@ -522,15 +535,29 @@ def analyse_cluster(facts: ClusterFacts, thresholds: Thresholds | None = None) -
                 )
             )
         elif inst.state == "restarting" or inst.restarts:
+            # RestartCount only grows while the container lives: one restart weeks ago must
+            # not fail every run from then on. Recent (or unknown) restarts are a warning,
+            # older ones a note.
+            since = facts.now - inst.started_at if inst.started_at is not None else None
+            recent = since is None or since < t.restart_window_s
+            severity: Severity = (
+                "error" if inst.state == "restarting" else "warning" if recent else "info"
+            )
             out.append(
                 Finding(
-                    "error" if inst.state == "restarting" else "warning",
+                    severity,
                     "containers.restarting",
                     "A container keeps restarting"
                     if inst.state == "restarting"
                     else "A container has restarted",
                     f"{inst.name}: state {inst.state}, restarted "
-                    f"{_plural(inst.restarts, 'time')}, last exit code {inst.exit_code}",
+                    f"{_plural(inst.restarts, 'time')}"
+                    + (
+                        f", last started {_duration(max(0.0, since))} ago"
+                        if since is not None
+                        else ""
+                    )
+                    + f", last exit code {inst.exit_code}",
                     f"Read its last lines (`mimir cluster logs {inst.name} --tail 50`); exit "
                     "code 137 is a kill (memory), 2 a configuration error.",
                     inst.name,
@@ -608,7 +635,11 @@ async def diagnose(
 ) -> Report:
     """Run every check against the API ``api`` points at and, when given, the cluster
     ``backend`` drives; never raises for what it finds (an unreachable API is a finding)."""
-    t = thresholds or Thresholds()
+    if thresholds is None:
+        settings = getattr(backend, "settings", None)
+        limits = settings.limits if settings is not None else default_limits()
+        thresholds = replace(Thresholds(), max_workers=limits.max_workers)
+    t = thresholds
     project = backend.project if backend is not None else "mimir"
     report = Report(target=api.base_url)
     out = report.findings

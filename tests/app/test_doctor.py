@@ -25,9 +25,26 @@ import pytest
 import redis
 
 from mimir.app.cluster.base import ClusterBackend
+from mimir.app.cluster.instances import Instance
 from mimir.app.cluster.local import LocalBackend
 from mimir.app.services.api import ApiClient
-from mimir.app.services.doctor import Finding, Report, Thresholds, diagnose
+from mimir.app.services.doctor import (
+    ClusterFacts,
+    Finding,
+    Report,
+    Thresholds,
+    analyse,
+    analyse_cluster,
+    diagnose,
+)
+from mimir.core.diagnostics import (
+    DEAD_COUNT_MAX,
+    QueueSnapshot,
+    RedisState,
+    WorkerState,
+    collect,
+)
+from mimir.core.queue.keys import QueueKeys
 from mimir.core.settings import Settings
 from tests.app.conftest import stack_env
 from tests.cluster.conftest import sleep_pipeline
@@ -335,6 +352,124 @@ def test_a_refused_token_is_an_error(
     server = make_token_server()
     report = run_doctor(server.base_url)
     assert [f.check for f in report.findings] == ["api.token"], describe(report)
+    # The route itself needs the token; with it the doctor gets past the token check, and
+    # the answer does not carry the token.
+    assert httpx.get(f"{server.base_url}/api/v1/diagnostics").status_code == 401
+
+    async def with_token() -> tuple[Report, str]:
+        api = ApiClient(server.base_url, "s3cret")
+        try:
+            body = json.dumps(await api.request("GET", "/api/v1/diagnostics"))
+            return await diagnose(api), body
+        finally:
+            await api.aclose()
+
+    report, body = asyncio.run(with_token())
+    assert not only(report, "api.token") and not only(report, "api.reachable"), describe(report)
+    assert report.snapshot is not None
+    assert "s3cret" not in body
+
+
+def test_the_cli_exits_3_when_it_cannot_run_and_reports_an_engine_that_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    env = _local_settings(tmp_path)
+    code, out = _cli(env, "--no-such-option")
+    assert code == 3, out  # not 2, which means "errors found"
+    # A Docker engine that does not answer: cluster.control, and the API is still checked.
+    code, out = _cli(
+        {**env, "MIMIR_API_URL": f"http://127.0.0.1:{free_port()}"},
+        "--backend", "docker", "--project", "doctorgone",
+        "--docker-host", f"tcp://127.0.0.1:{free_port()}", "--json",
+    )  # fmt: skip
+    assert code == 2, out
+    checks = {f["check"] for f in json.loads(out)["findings"]}
+    assert checks == {"cluster.control", "api.reachable"}, out
+
+
+# ---------------------------------------------------------------------- the rules alone
+
+
+def _snapshot(**fields: Any) -> QueueSnapshot:
+    return QueueSnapshot(
+        redis_time=1_800_000_000.0,
+        rtt_ms=1.0,
+        redis=RedisState(aof_enabled=True, aof_last_write_status="ok"),
+        **fields,
+    )
+
+
+def _worker(worker_id: str, **fields: Any) -> WorkerState:
+    return WorkerState(worker_id=worker_id, hostname="h", queues=["default"], **fields)
+
+
+def test_a_clock_offset_within_its_measuring_error_is_not_a_skew() -> None:
+    snap = _snapshot(
+        workers=[
+            _worker("skewed", clock_offset_ms=1500.0, redis_rtt_ms=2.0),
+            # Read 1.5 s late because its loop was busy for 3 s: not a skew, a slow worker.
+            _worker("busy", clock_offset_ms=1500.0, redis_rtt_ms=3000.0),
+            _worker("behind", clock_offset_ms=-4000.0, redis_rtt_ms=3000.0),
+        ]
+    )
+    findings = analyse(snap)
+    clock = {f.subject: f for f in findings if f.check == "workers.clock"}
+    assert sorted(clock) == ["behind", "skewed"], findings
+    assert "4.0 s behind Redis's clock (± 1.5 s" in clock["behind"].seen
+    assert {f.subject for f in findings if f.check == "workers.latency"} == {"busy", "behind"}
+
+
+def test_an_old_container_restart_is_a_note_and_a_recent_one_a_warning() -> None:
+    now = 1_800_000_000.0
+
+    def worker(name: str, state: str, started: float | None) -> Instance:
+        return Instance(name=name, service="worker", kind="worker", state=state, ident=name,
+                        restarts=1, exit_code=137, started_at=started)  # fmt: skip
+
+    facts = ClusterFacts(
+        backend="docker",
+        project="mimir",
+        now=now,
+        instances=[
+            worker("old", "running", now - 7 * 86400),
+            worker("recent", "running", now - 120),
+            worker("looping", "restarting", now - 5),
+            worker("unknown", "running", None),
+        ],
+    )
+    severity = {f.subject: f.severity for f in analyse_cluster(facts)}
+    assert severity == {
+        "old": "info", "recent": "warning", "looping": "error", "unknown": "warning",
+    }  # fmt: skip
+    report = Report(target="x", findings=[f for f in analyse_cluster(facts) if f.subject == "old"])
+    assert report.exit_code == 0  # a note alone leaves the exit status at 0
+
+
+def test_the_dead_letter_is_read_bounded(redis_server: RedisServer) -> None:
+    """A mass failure leaves many entries: the server reads at most DEAD_COUNT_MAX."""
+    client = redis.Redis.from_url(redis_server.url)
+    keys = QueueKeys()
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(DEAD_COUNT_MAX + 500):
+            pipe.xadd(keys.dead, {"job_id": f"j{i}", "status": "failed", "error": f"boom {i}"})
+        pipe.execute()
+    client.close()
+
+    async def read() -> QueueSnapshot:
+        from redis.asyncio import Redis
+
+        async_client = Redis.from_url(redis_server.url)
+        try:
+            return await collect(async_client, keys)
+        finally:
+            await async_client.aclose()
+
+    snap = asyncio.run(read())
+    assert snap.dead.total == DEAD_COUNT_MAX + 500
+    assert snap.dead.recent == DEAD_COUNT_MAX and snap.dead.recent_capped
+    assert snap.dead.newest_error == f"boom {DEAD_COUNT_MAX + 499}"
+    [dead] = [f for f in analyse(snap) if f.check == "dead_letter.growing"]
+    assert f"{DEAD_COUNT_MAX} or more added" in dead.seen
 
 
 @pytest.fixture
