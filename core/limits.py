@@ -11,6 +11,7 @@ Each field is set by ``MIMIR_`` + its name in capitals (``max_depth`` by ``MIMIR
 field             default    what it bounds
 ================  =========  ===========================================================
 max_body_bytes    16 MiB     one HTTP request body (413 beyond)
+max_upload_bytes  1 GiB      one ontology document sent as the raw body of an upload
 max_yaml_bytes    1 MiB      one YAML document, as written and with aliases expanded
 max_yaml_nodes    100,000    YAML nodes once aliases are expanded
 max_yaml_aliases  1,000      alias uses (``*name``) in one YAML document
@@ -41,6 +42,9 @@ class Limits:
 
     #: Largest HTTP request body, in bytes.
     max_body_bytes: int = 16 * 1024 * 1024
+    #: Largest ontology document sent as the raw body of an upload (streamed, never held
+    #: in memory); every other body, a JSON upload included, stays under ``max_body_bytes``.
+    max_upload_bytes: int = 1024 * 1024 * 1024
     #: Largest YAML document, in bytes (UTF-8).
     max_yaml_bytes: int = 1024 * 1024
     #: Most YAML nodes once every alias is expanded (an alias bomb stops here).

@@ -152,6 +152,9 @@ class Settings:
     #: Hosts that ``SERVICE``/``LOAD`` may reach when federation is ``allowlist``
     #: (``MIMIR_SPARQL_ALLOW``, comma-separated).
     sparql_allow: tuple[str, ...] = ()
+    #: Web origins allowed to call the API from a browser (CORS, e.g. YASGUI on another
+    #: host): ``MIMIR_CORS_ORIGINS``, comma-separated; empty (default) allows none.
+    cors_origins: tuple[str, ...] = ()
     #: Cluster control: ``docker``, ``local`` or ``None`` to guess (``MIMIR_CLUSTER_BACKEND``).
     cluster_backend: str | None = None
     #: Docker engine URL (``DOCKER_HOST``; ``None``: the local socket).
@@ -195,6 +198,7 @@ class Settings:
             http_rewrite=_env_list(env, "MIMIR_HTTP_REWRITE"),
             sparql_federation=_sparql_federation(env),
             sparql_allow=_env_list(env, "MIMIR_SPARQL_ALLOW"),
+            cors_origins=_env_list(env, "MIMIR_CORS_ORIGINS"),
             cluster_backend=(env.get("MIMIR_CLUSTER_BACKEND") or "").strip().lower() or None,
             docker_host=env.get("DOCKER_HOST") or None,
             redis_image=env.get("MIMIR_REDIS_IMAGE") or None,

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 
 from mimir.core import __version__
@@ -93,7 +94,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MethodsMiddleware, routes=app.router.routes)
     if settings.api_token:
         app.add_middleware(BearerTokenMiddleware, token=settings.api_token)
-    # Pipelines and contexts, not bulk data: MIMIR_MAX_BODY_BYTES (413 beyond).
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    # Pipelines and contexts, not bulk data: MIMIR_MAX_BODY_BYTES (413 beyond). The
+    # ontology upload streams its documents and holds them to MIMIR_MAX_UPLOAD_BYTES.
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.limits.max_body_bytes,
+        exempt=frozenset({("POST", "/api/v1/ontologies")}),
+    )
+    if settings.cors_origins:  # MIMIR_CORS_ORIGINS; none allowed by default
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+            max_age=600,
+        )
     app.add_middleware(RequestLogMiddleware)  # added last: outermost
     return app

@@ -128,18 +128,23 @@ class BodySizeLimitMiddleware:
     """Refuses request bodies over ``max_bytes`` with 413 (JSON, like every error).
 
     A declared ``Content-Length`` is checked before anything is read; a chunked body is
-    counted as it arrives and stopped once over the limit.
+    counted as it arrives and stopped once over the limit. ``exempt`` names the
+    ``(method, path)`` of routes that enforce a limit of their own (the ontology upload,
+    ``MIMIR_MAX_UPLOAD_BYTES``); every other route keeps ``max_bytes``.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, exempt: frozenset[tuple[str, str]] = frozenset()
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = exempt
 
     def _too_large(self) -> str:
         return f"request body larger than {self.max_bytes} bytes (limit MIMIR_MAX_BODY_BYTES)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.exempt:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

@@ -181,7 +181,29 @@ _SPARQL_PARAMETERS = [
         "in": "query",
         "required": False,
         "schema": {"type": "array", "items": {"type": "string"}},
-        "description": "Graphs that form the default graph of the query.",
+        "description": "Graphs that form the default graph of the query (given alone: "
+        "no named graphs). Without any, the default graph is the union of the named graphs.",
+    },
+    *(
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "array", "items": {"type": "string"}},
+            "description": text,
+        }
+        for name, text in (
+            ("named-graph-uri", "The named graphs of the query (given alone: empty default)."),
+            ("using-graph-uri", "An update's USING graphs (400 with USING or WITH in it)."),
+            ("using-named-graph-uri", "An update's USING NAMED graphs."),
+        )
+    ),
+    {
+        "name": "timeout",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+        "description": "Seconds the whole answer may take (default 30).",
     },
     {
         "name": "format",
@@ -200,14 +222,9 @@ _SPARQL_PARAMETERS = [
 _SPARQL_ANSWERS = {
     "200": {
         "description": "The result: rows or a boolean (SPARQL results JSON, XML, CSV, TSV), "
-        "or a graph (Turtle, N-Triples, RDF/XML, JSON-LD), as `Accept` or `format` asks.",
+        "or a graph (Turtle, N-Triples, RDF/XML, JSON-LD), as `Accept` or `format` asks: "
+        "the whole result, streamed (an answer cut off by the time limit ends early).",
         "content": _SPARQL_RESULTS,
-        "headers": {
-            "X-Mimir-Truncated": {
-                "description": "`true` when the row limit cut the result.",
-                "schema": {"type": "string"},
-            }
-        },
     }
 }
 
@@ -254,7 +271,7 @@ ROUTES: dict[str, OperationDoc] = {
     # -- ontologies
     "GET /api/v1/ontologies": OperationDoc(),
     "POST /api/v1/ontologies": OperationDoc(
-        errors=(400, 409, 413, 415, 422),
+        errors=(400, 404, 409, 413, 415, 422),
         links=_links(
             "Ontology",
             {

@@ -97,6 +97,8 @@ def parse_triples(
 ) -> list[ox.Triple]:
     """The triples of ``data``; :class:`RdfParseError` names the line of a syntax error."""
     raw = data.encode() if isinstance(data, str) else data
+    if not raw.strip():
+        return []  # an empty document is valid RDF: no triples
     try:
         quads = list(ox.parse(raw, format=fmt.oxigraph, base_iri=base_iri))
     except SyntaxError as exc:

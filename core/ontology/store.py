@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
+import queue
 import re
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +24,28 @@ import pyoxigraph as ox
 from pydantic import BaseModel, Field
 
 from mimir.core.ontology.catalog import OntologyCatalog, OntologyInfo
+from mimir.core.ontology.dataset import Dataset, add_using, declares_dataset
 from mimir.core.ontology.errors import (
     OntologyError,
+    OntologyExistsError,
     OntologyNotFoundError,
     QueryTimeoutError,
+    RdfParseError,
     SparqlError,
 )
 from mimir.core.ontology.federation import FederationPolicy
-from mimir.core.ontology.formats import parse_triples, resolve_format, serialize_triples
+from mimir.core.ontology.formats import (
+    parse_triples,
+    resolve_format,
+    serialize_triples,
+)
 from mimir.core.ontology.results import QueryResult
-from mimir.core.ontology.triplestores import OxigraphStore, SparqlEndpointStore, TripleStore
+from mimir.core.ontology.triplestores import (
+    Chooser,
+    OxigraphStore,
+    SparqlEndpointStore,
+    TripleStore,
+)
 from mimir.core.settings import Settings
 
 __all__ = [
@@ -189,6 +204,99 @@ class OntologyStore:
             replace=replace,
         )
 
+    def upload_stream(
+        self,
+        name: str,
+        source: Any,
+        *,
+        version: str = "1",
+        fmt: str | None = "turtle",
+        description: str = "",
+        replace: bool = False,
+        append: bool = False,
+    ) -> OntologyInfo:
+        """Like :meth:`upload`, reading the document from ``source`` as it comes (a large
+        document is never held in memory), or with ``append`` adding its triples to the
+        existing version ``name@version``. The document goes to a staging graph first
+        unless the version is new, so a syntax error leaves the version as it was."""
+        for what, value in (("name", name), ("version", version)):
+            if not _NAME_RE.fullmatch(value or ""):
+                raise OntologyError(
+                    f"ontology {what} {value!r} must be 1-128 letters, digits, '_', '.' or '-'"
+                )
+        info = resolve_format(fmt)
+        graph = self.graph_uri(name, version)
+        ontology_id = f"{name}@{version}"
+        existing = self.catalog.get(ontology_id)
+        if append and existing is None:
+            raise OntologyNotFoundError(f"no ontology {ontology_id!r} to append to")
+        if existing is not None and not (replace or append):
+            raise OntologyExistsError(
+                f"ontology {name!r} version {version!r} exists (upload with replace=true, "
+                "append=true, or choose another version)"
+            )
+        target = graph if existing is None else f"urn:x-mimir:staging:{uuid.uuid4().hex}"
+        try:
+            self.triples.load(target, source, info.oxigraph, base_iri=graph + "/")
+        except SyntaxError as exc:
+            self.triples.drop_graph(target)
+            line, column = (exc.lineno, exc.offset) if exc.lineno else (None, None)
+            where = f" at line {line}" + (f", column {column}" if column else "") if line else ""
+            message = str(exc.msg if hasattr(exc, "msg") else exc)
+            raise RdfParseError(f"invalid {info.name}{where}: {message}", line, column) from None
+        except (ValueError, OSError) as exc:
+            self.triples.drop_graph(target)
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, OntologyError):
+                raise type(cause)(str(cause)) from None
+            raise RdfParseError(f"invalid {info.name}: {exc}") from None
+        except BaseException:
+            self.triples.drop_graph(target)
+            raise
+        if target != graph:
+            self.triples.move_graph(target, graph, replace=not append)
+        count = self._count_triples([graph]).get(graph, 0)
+        return self.catalog.add(
+            ontology_id=ontology_id,
+            name=name,
+            version=version,
+            graph_uri=graph,
+            fmt=existing.format if append and existing else info.name,
+            description=description or (existing.description if existing else ""),
+            triples=count,
+            replace=True,
+        )
+
+    def _count_triples(self, graphs: Sequence[str]) -> dict[str, int]:
+        """Triples in each of ``graphs`` (absent or empty graphs count 0)."""
+        counts: dict[str, int] = dict.fromkeys(graphs, 0)
+        for start in range(0, len(graphs), 200):
+            chunk = list(graphs[start : start + 200])
+            values = " ".join(str(ox.NamedNode(g)) for g in chunk)
+            result = self.triples.query(
+                f"SELECT ?g (COUNT(*) AS ?n) WHERE {{ VALUES ?g {{ {values} }} "
+                "GRAPH ?g { ?s ?p ?o } } GROUP BY ?g",
+                default_graphs=[],
+                named_graphs=chunk,
+                row_limit=len(chunk) + 1,
+                timeout=DEFAULT_TIMEOUT * 10,
+            )
+            for row in result.rows:
+                counts[row["g"]["value"]] = int(row["n"]["value"])
+        return counts
+
+    def sync_catalog(self) -> None:
+        """Bring each catalog entry's triple count back to its graph's (after updates,
+        which may DROP, CLEAR or change any graph)."""
+        entries = self.catalog.list()
+        if not entries:
+            return
+        counts = self._count_triples([e.graph_uri for e in entries])
+        for entry in entries:
+            live = counts.get(entry.graph_uri, 0)
+            if live != entry.triples:
+                self.catalog.touch(entry.id, live)
+
     def list(self) -> list[OntologyInfo]:
         """Every ontology version."""
         return self.catalog.list()
@@ -229,7 +337,7 @@ class OntologyStore:
         """Add triples to a version's graph (``Ontology.load``); answers how many."""
         info = self.get(ontology_id)
         self.triples.add_triples(info.graph_uri, triples)
-        self.catalog.touch(info.id, info.triples + len(triples))
+        self.catalog.touch(info.id, self._count_triples([info.graph_uri])[info.graph_uri])
         return len(triples)
 
     # -- SPARQL ---------------------------------------------------------------------
@@ -237,14 +345,24 @@ class OntologyStore:
     def _default_graphs(
         self, ontology: str | None, given: Sequence[str] | None
     ) -> builtins.list[str] | None:
+        """The default graph of a view (subgraph): one ontology's, the given, or all."""
+        return self._dataset("", ontology, Dataset(tuple(given)) if given else None)[0]
+
+    def _dataset(
+        self, sparql: str, ontology: str | None, dataset: Dataset | None
+    ) -> tuple[builtins.list[str] | None, builtins.list[str] | None]:
+        """Default and named graphs of a query (see :mod:`mimir.core.ontology.dataset`):
+        ``ontology``'s graph; else the dataset the protocol gave (an absent half is
+        empty); else the text's ``FROM``; else every named graph, both ways."""
         if ontology:
-            return [self.get(ontology).graph_uri]
-        if given:
-            return list(given)
-        if self.triples.union_default_graph:
-            return None
-        # An external endpoint's default graph is its own affair: name ours explicitly.
-        return [info.graph_uri for info in self.catalog.list()] or None
+            graph = self.get(ontology).graph_uri
+            return [graph], [graph]
+        if dataset is not None and dataset.given:
+            return list(dataset.default or ()), list(dataset.named or ())
+        if sparql and declares_dataset(sparql, update=False):
+            return None, None
+        every = self.triples.named_graphs()
+        return every, every
 
     def query(
         self,
@@ -252,19 +370,24 @@ class OntologyStore:
         *,
         ontology: str | None = None,
         default_graphs: Sequence[str] | None = None,
+        dataset: Dataset | None = None,
         row_limit: int = DEFAULT_ROW_LIMIT,
         timeout: float = DEFAULT_TIMEOUT,
+        base_iri: str | None = None,
     ) -> QueryResult:
         """Run a read-only query (SELECT, ASK, CONSTRUCT, DESCRIBE) over ``ontology``'s
-        graph, the ``default_graphs`` given, or every graph. A ``SERVICE`` the federation
-        policy does not allow raises :class:`FederationRefusedError` before anything runs."""
+        graph, the ``default_graphs`` (or ``dataset``) given, or every graph. A ``SERVICE``
+        the federation policy does not allow raises :class:`FederationRefusedError`
+        before anything runs."""
         self.check_query(sparql)
         return self._query(
             sparql,
             ontology=ontology,
             default_graphs=default_graphs,
+            dataset=dataset,
             row_limit=row_limit,
             timeout=timeout,
+            base_iri=base_iri,
         )
 
     def check_query(self, sparql: str) -> None:
@@ -285,22 +408,55 @@ class OntologyStore:
         *,
         ontology: str | None = None,
         default_graphs: Sequence[str] | None = None,
+        dataset: Dataset | None = None,
         row_limit: int = DEFAULT_ROW_LIMIT,
         timeout: float = DEFAULT_TIMEOUT,
+        base_iri: str | None = None,
     ) -> QueryResult:
+        if default_graphs:
+            dataset = Dataset(default=tuple(default_graphs))
+        default, named = self._dataset(sparql, ontology, dataset)
         return self.triples.query(
             sparql,
-            default_graphs=self._default_graphs(ontology, default_graphs),
+            default_graphs=default,
+            named_graphs=named,
             row_limit=max(1, row_limit),
             timeout=timeout,
+            base_iri=base_iri,
         )
 
-    def update(self, sparql: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Run a SPARQL 1.1 update (``SERVICE``/``LOAD`` only as the federation policy allows)."""
+    def update(
+        self,
+        sparql: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        using: Dataset | None = None,
+        base_iri: str | None = None,
+    ) -> None:
+        """Run a SPARQL 1.1 update (``SERVICE``/``LOAD`` only as the federation policy
+        allows). ``using`` is the protocol's ``using-graph-uri``/``using-named-graph-uri``
+        (refused with an update that has ``USING`` or ``WITH``); without it the ``WHERE``
+        of each ``DELETE/INSERT`` sees every named graph (:mod:`~.dataset`). The catalog's
+        triple counts follow."""
         if not sparql or not sparql.strip():
             raise SparqlError("the update is empty")
         self.federation.check(sparql, update=True)
-        self.triples.update(sparql, timeout=timeout)
+        if using is not None and using.given:
+            if declares_dataset(sparql, update=True):
+                raise SparqlError(
+                    "using-graph-uri/using-named-graph-uri cannot be combined with an update "
+                    "that has USING or WITH"
+                )
+            text = add_using(sparql, using.default or (), using.named or ())
+        elif "where" in sparql.lower():
+            every = self.triples.named_graphs()
+            text = add_using(sparql, every, every)
+        else:
+            text = sparql
+        try:
+            self.triples.update(text, timeout=timeout, base_iri=base_iri)
+        finally:
+            self.sync_catalog()
 
     async def run_query(
         self, sparql: str, *, timeout: float = DEFAULT_TIMEOUT, **kw: Any
@@ -329,9 +485,78 @@ class OntologyStore:
         except TimeoutError:
             raise QueryTimeoutError(f"query exceeded its time limit of {timeout:g} s") from None
 
-    async def run_update(self, sparql: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    async def run_update(self, sparql: str, *, timeout: float = DEFAULT_TIMEOUT, **kw: Any) -> None:
         """:meth:`update` in a thread."""
-        await asyncio.to_thread(self.update, sparql, timeout=timeout)
+        await asyncio.to_thread(self.update, sparql, timeout=timeout, **kw)
+
+    async def stream_query(
+        self,
+        sparql: str,
+        *,
+        choose: Chooser,
+        dataset: Dataset | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        base_iri: str | None = None,
+    ) -> tuple[str, AsyncIterator[bytes]]:
+        """The whole result of a query, streamed: its media type and its bytes in the
+        format ``choose`` picks. The time limit covers the whole answer: past it, an
+        answer not begun is a :class:`QueryTimeoutError`, one begun is cut off (the client
+        sees an incomplete body, never a silently short one). Errors raised before the
+        first 64 KiB are errors of the call."""
+        self.check_query(sparql)
+        started = time.monotonic()
+        sink = _StreamSink(started + timeout, timeout)
+
+        def produce() -> None:
+            try:
+                if not self._query_slots.acquire(timeout=timeout):
+                    raise QueryTimeoutError(
+                        f"no query slot freed within the time limit of {timeout:g} s "
+                        f"({MAX_CONCURRENT_QUERIES} queries are running)"
+                    )
+                try:
+                    default, named = self._dataset(sparql, None, dataset)
+                    self.triples.stream_query(
+                        sparql,
+                        default_graphs=default,
+                        named_graphs=named,
+                        choose=choose,
+                        sink=sink,
+                        timeout=timeout,
+                        base_iri=base_iri,
+                    )
+                finally:
+                    self._query_slots.release()
+            except BaseException as exc:  # handed to the request
+                sink.fail(sink.error or exc)
+            else:
+                sink.finish()
+
+        threading.Thread(target=produce, name="sparql-stream", daemon=True).start()
+        try:
+            first = await asyncio.to_thread(sink.get)
+        except BaseException:
+            sink.cancelled.set()
+            raise
+        if first[0] == "error":
+            raise first[1]
+
+        async def body() -> AsyncIterator[bytes]:
+            item = first
+            try:
+                while True:
+                    if item[0] == "data":
+                        yield item[1]
+                    elif item[0] == "end":
+                        return
+                    else:
+                        logger.warning("SPARQL answer cut off: %s", item[1])
+                        raise item[1]
+                    item = await asyncio.to_thread(sink.get)
+            finally:
+                sink.cancelled.set()
+
+        return sink.media or "application/octet-stream", body()
 
     # -- graph view -----------------------------------------------------------------
 
@@ -430,6 +655,77 @@ class OntologyStore:
     def close(self) -> None:
         """Release the triple store."""
         self.triples.close()
+
+
+class _StreamCancelled(OntologyError):
+    """The client went away: stop writing."""
+
+
+class _StreamSink:
+    """A result written in one thread and read, in 64 KiB chunks, by a request."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, deadline: float, timeout: float) -> None:
+        self.deadline = deadline
+        self.timeout = timeout
+        self.media: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+        self._buffer = bytearray()
+        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=8)
+
+    def _timed_out(self) -> QueryTimeoutError:
+        return QueryTimeoutError(f"query exceeded its time limit of {self.timeout:g} s")
+
+    def start(self, media_type: str) -> None:
+        self.media = media_type
+
+    def write(self, data: bytes) -> int:
+        if self.cancelled.is_set():
+            self.error = _StreamCancelled("the client went away")
+            raise self.error
+        if time.monotonic() > self.deadline:
+            self.error = self._timed_out()
+            raise self.error
+        self._buffer += data
+        if len(self._buffer) >= self.CHUNK:
+            self._put(("data", bytes(self._buffer)))
+            self._buffer.clear()
+        return len(data)
+
+    def flush(self) -> None:
+        """Oxigraph flushes at the end; chunks go out when full or at :meth:`finish`."""
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        while not self.cancelled.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if time.monotonic() > self.deadline:
+                    self.error = self._timed_out()
+                    raise self.error from None
+        self.error = self.error or _StreamCancelled("the client went away")
+        raise self.error
+
+    def finish(self) -> None:
+        with contextlib.suppress(OntologyError):
+            if self._buffer:
+                self._put(("data", bytes(self._buffer)))
+            self._put(("end",))
+
+    def fail(self, error: BaseException) -> None:
+        with contextlib.suppress(OntologyError):
+            self._put(("error", error))
+
+    def get(self) -> tuple[Any, ...]:
+        remaining = self.deadline - time.monotonic() + 0.5
+        try:
+            return self._queue.get(timeout=max(0.01, remaining))
+        except queue.Empty:
+            self.cancelled.set()
+            return ("error", self._timed_out())
 
 
 _OPEN: dict[tuple[str, str | None], OntologyStore] = {}

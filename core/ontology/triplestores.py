@@ -17,9 +17,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import httpx
@@ -34,16 +34,51 @@ from mimir.core.ontology.errors import (
 )
 from mimir.core.ontology.results import QueryResult, term_to_json
 
-__all__ = ["OxigraphStore", "SparqlEndpointStore", "TripleStore"]
+__all__ = ["EMPTY_GRAPH", "Chooser", "OxigraphStore", "SparqlEndpointStore", "TripleStore"]
 
 logger = logging.getLogger(__name__)
 
+#: A graph no one writes: naming it as the only default graph makes that graph empty.
+EMPTY_GRAPH = "urn:x-mimir:empty"
+
+#: Given a result's kind (``select``, ``ask`` or ``graph``), the format name to write it
+#: in (``json``, ``xml``, ``csv``, ``tsv``; ``turtle``, ``ntriples``, ``rdfxml``,
+#: ``jsonld``) and its media type, or ``None`` when the client accepts none of them.
+Chooser = Callable[[str], "tuple[str, str] | None"]
+
+_RESULTS_FORMATS = {
+    "json": ox.QueryResultsFormat.JSON,
+    "xml": ox.QueryResultsFormat.XML,
+    "csv": ox.QueryResultsFormat.CSV,
+    "tsv": ox.QueryResultsFormat.TSV,
+}
+_GRAPH_FORMATS = {
+    "turtle": ox.RdfFormat.TURTLE,
+    "ntriples": ox.RdfFormat.N_TRIPLES,
+    "rdfxml": ox.RdfFormat.RDF_XML,
+    "jsonld": ox.RdfFormat.JSON_LD,
+}
+
+
+class NotAcceptableError(SparqlError):
+    """The client accepts no format this result can be written in (406)."""
+
+
+class ResultSink(Protocol):
+    """Where a streamed result goes: the media type first, then the bytes."""
+
+    def start(self, media_type: str) -> None: ...
+
+    def write(self, data: bytes) -> int: ...
+
+    def flush(self) -> None: ...
+
 
 class TripleStore(Protocol):
-    """What the ontology store needs from a triple store."""
+    """What the ontology store needs from a triple store.
 
-    #: Queries without a default graph see every graph (else: the graphs they are given).
-    union_default_graph: bool
+    ``default_graphs``/``named_graphs`` of a query are the dataset, ``None`` leaving it to
+    the text (``FROM``) or the store; an empty ``default_graphs`` is an empty graph."""
 
     def put_graph(self, graph: str, triples: Sequence[ox.Triple]) -> None:
         """Replace the content of named graph ``graph``."""
@@ -57,17 +92,45 @@ class TripleStore(Protocol):
     def graph_triples(self, graph: str) -> list[ox.Triple]:
         """Every triple of named graph ``graph``."""
 
+    def load(self, graph: str, source: Any, fmt: ox.RdfFormat, *, base_iri: str | None) -> None:
+        """Add the triples of the document read from ``source`` to ``graph``, streamed
+        (never the whole document in memory); a syntax error raises ``SyntaxError`` and
+        may leave part of the document loaded."""
+
+    def move_graph(self, source: str, target: str, *, replace: bool) -> None:
+        """Put ``source``'s triples into ``target`` (replacing its content when
+        ``replace``, else adding to it), then drop ``source``."""
+
+    def named_graphs(self) -> list[str]:
+        """Every named graph of the store."""
+
     def query(
         self,
         sparql: str,
         *,
         default_graphs: Sequence[str] | None,
+        named_graphs: Sequence[str] | None = None,
         row_limit: int,
         timeout: float,
+        base_iri: str | None = None,
     ) -> QueryResult:
         """Run a read-only query; rows past ``row_limit`` are dropped (``truncated``)."""
 
-    def update(self, sparql: str, *, timeout: float) -> None:
+    def stream_query(
+        self,
+        sparql: str,
+        *,
+        default_graphs: Sequence[str] | None,
+        named_graphs: Sequence[str] | None,
+        choose: Chooser,
+        sink: ResultSink,
+        timeout: float,
+        base_iri: str | None = None,
+    ) -> None:
+        """Run a read-only query and write its whole result to ``sink`` in the format
+        ``choose`` picks (:class:`NotAcceptableError` if none)."""
+
+    def update(self, sparql: str, *, timeout: float, base_iri: str | None = None) -> None:
         """Run a SPARQL 1.1 update."""
 
     def close(self) -> None:
@@ -79,10 +142,19 @@ def _check_deadline(deadline: float, timeout: float) -> None:
         raise QueryTimeoutError(f"query exceeded its time limit of {timeout:g} s")
 
 
+def _dataset_kwargs(
+    default_graphs: Sequence[str] | None, named_graphs: Sequence[str] | None
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if default_graphs is not None:
+        kwargs["default_graph"] = [ox.NamedNode(g) for g in default_graphs]
+    if named_graphs is not None:
+        kwargs["named_graphs"] = [ox.NamedNode(g) for g in named_graphs]
+    return kwargs
+
+
 class OxigraphStore:
     """An Oxigraph store on disk (``path``), or in memory when ``path`` is ``None``."""
-
-    union_default_graph = True
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -128,23 +200,105 @@ class OxigraphStore:
         node = ox.NamedNode(graph)
         return [q.triple for q in self._store.quads_for_pattern(None, None, None, node)]
 
+    def load(self, graph: str, source: Any, fmt: ox.RdfFormat, *, base_iri: str | None) -> None:
+        node = ox.NamedNode(graph)
+        with self._write_lock:
+            if not self._store.contains_named_graph(node):
+                self._store.add_graph(node)
+            self._store.bulk_load(source, format=fmt, base_iri=base_iri, to_graph=node)
+
+    def move_graph(self, source: str, target: str, *, replace: bool) -> None:
+        src, dst = ox.NamedNode(source), ox.NamedNode(target)
+        with self._write_lock:
+            if replace and self._store.contains_named_graph(dst):
+                self._store.remove_graph(dst)
+            self._store.add_graph(dst)
+            self._store.bulk_extend(
+                ox.Quad(q.subject, q.predicate, q.object, dst)
+                for q in self._store.quads_for_pattern(None, None, None, src)
+            )
+            if self._store.contains_named_graph(src):
+                self._store.remove_graph(src)
+            self._store.flush()
+
+    def named_graphs(self) -> list[str]:
+        return [g.value for g in self._store.named_graphs() if isinstance(g, ox.NamedNode)]
+
+    def _run(
+        self,
+        sparql: str,
+        default_graphs: Sequence[str] | None,
+        named_graphs: Sequence[str] | None,
+        base_iri: str | None,
+    ) -> object:
+        try:
+            return self._store.query(
+                sparql, base_iri=base_iri, **_dataset_kwargs(default_graphs, named_graphs)
+            )
+        except SyntaxError as exc:
+            raise SparqlError(f"invalid SPARQL query: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise SparqlError(f"query failed: {exc}") from None
+
+    def stream_query(
+        self,
+        sparql: str,
+        *,
+        default_graphs: Sequence[str] | None,
+        named_graphs: Sequence[str] | None,
+        choose: Chooser,
+        sink: ResultSink,
+        timeout: float,
+        base_iri: str | None = None,
+    ) -> None:
+        answer = self._run(sparql, default_graphs, named_graphs, base_iri)
+        failure: OntologyError | None = None
+        try:
+            kind = (
+                "select"
+                if isinstance(answer, ox.QuerySolutions)
+                else "graph"
+                if isinstance(answer, ox.QueryTriples)
+                else "ask"
+            )
+            chosen = choose(kind)
+            if chosen is None:
+                raise NotAcceptableError(kind)
+            name, media = chosen
+            sink.start(media)
+            table = _GRAPH_FORMATS if kind == "graph" else _RESULTS_FORMATS
+            answer.serialize(sink, format=table[name])  # type: ignore[attr-defined]
+        except OntologyError as exc:
+            failure = exc
+        except (OSError, ValueError, RuntimeError, SyntaxError) as exc:
+            # The sink's own errors (time limit, client gone) come back wrapped.
+            cause = exc.__cause__ or exc.__context__
+            failure = (
+                type(cause)(str(cause))
+                if isinstance(cause, OntologyError)
+                else SparqlError(f"query failed: {exc}")
+            )
+        finally:
+            del answer
+        if failure is not None:
+            raise failure
+
     def query(
         self,
         sparql: str,
         *,
         default_graphs: Sequence[str] | None,
+        named_graphs: Sequence[str] | None = None,
         row_limit: int,
         timeout: float,
+        base_iri: str | None = None,
     ) -> QueryResult:
         started = time.monotonic()
         deadline = started + timeout
         try:
-            if default_graphs:
-                answer = self._store.query(
-                    sparql, default_graph=[ox.NamedNode(g) for g in default_graphs]
-                )
-            else:
-                answer = self._store.query(sparql, use_default_graph_as_union=True)
+            answer = self._store.query(
+                sparql, base_iri=base_iri, **_dataset_kwargs(default_graphs, named_graphs)
+            )
         except SyntaxError as exc:
             raise SparqlError(f"invalid SPARQL query: {exc}") from None
         except (OSError, ValueError) as exc:
@@ -197,10 +351,10 @@ class OxigraphStore:
         _check_deadline(deadline, timeout)
         return QueryResult(kind="ask", boolean=bool(answer))
 
-    def update(self, sparql: str, *, timeout: float) -> None:
+    def update(self, sparql: str, *, timeout: float, base_iri: str | None = None) -> None:
         try:
             with self._write_lock:
-                self._store.update(sparql)
+                self._store.update(sparql, base_iri=base_iri)
         except SyntaxError as exc:
             raise SparqlError(f"invalid SPARQL update: {exc}") from None
         except (OSError, ValueError) as exc:
@@ -220,8 +374,6 @@ _QUERY_ACCEPT = "application/sparql-results+json, application/n-triples;q=0.9, t
 
 class SparqlEndpointStore:
     """An external SPARQL 1.1 endpoint (``FUSEKI_URL``) over HTTP."""
-
-    union_default_graph = False
 
     def __init__(
         self,
@@ -334,6 +486,33 @@ class SparqlEndpointStore:
         if response.status_code >= 400 and response.status_code != 404:
             raise EndpointError(f"dropping graph {graph} failed ({response.status_code})")
 
+    def load(self, graph: str, source: Any, fmt: ox.RdfFormat, *, base_iri: str | None) -> None:
+        batch: list[ox.Triple] = []
+        for quad in ox.parse(source, format=fmt, base_iri=base_iri):
+            batch.append(quad.triple)
+            if len(batch) >= 100_000:
+                self.add_triples(graph, batch)
+                batch = []
+        self.add_triples(graph, batch)
+
+    def move_graph(self, source: str, target: str, *, replace: bool) -> None:
+        src, dst = ox.NamedNode(source), ox.NamedNode(target)
+        op = (
+            f"MOVE SILENT {src} TO {dst}"
+            if replace
+            else f"ADD SILENT {src} TO {dst} ; DROP SILENT GRAPH {src}"
+        )
+        self.update(op, timeout=max(300.0, self._client.timeout.read or 30.0))
+
+    def named_graphs(self) -> list[str]:
+        result = self.query(
+            "SELECT DISTINCT ?g WHERE { GRAPH ?g { } }",
+            default_graphs=None,
+            row_limit=10_000_000,
+            timeout=self._client.timeout.read or 30.0,
+        )
+        return [row["g"]["value"] for row in result.rows if row.get("g", {}).get("type") == "uri"]
+
     def graph_triples(self, graph: str) -> list[ox.Triple]:
         if not self.graph_store:
             result = self.query(
@@ -354,21 +533,131 @@ class SparqlEndpointStore:
 
     # -- SPARQL ------------------------------------------------------------------------
 
+    @staticmethod
+    def _query_form(
+        sparql: str,
+        default_graphs: Sequence[str] | None,
+        named_graphs: Sequence[str] | None,
+        base_iri: str | None,
+    ) -> bytes:
+        text = f"BASE <{base_iri}>\n{sparql}" if base_iri else sparql
+        form: list[tuple[str, str]] = [("query", text)]
+        if default_graphs is not None:
+            form.extend(("default-graph-uri", g) for g in default_graphs or (EMPTY_GRAPH,))
+        form.extend(("named-graph-uri", g) for g in named_graphs or ())
+        return urlencode(form).encode()
+
+    def stream_query(
+        self,
+        sparql: str,
+        *,
+        default_graphs: Sequence[str] | None,
+        named_graphs: Sequence[str] | None,
+        choose: Chooser,
+        sink: ResultSink,
+        timeout: float,
+        base_iri: str | None = None,
+    ) -> None:
+        # The kind is known only from the endpoint's answer: accept every format Mimir
+        # could choose, then write what came if it is the one chosen, else convert.
+        accept = (
+            "application/sparql-results+json, application/sparql-results+xml;q=0.9, "
+            "text/csv;q=0.8, text/tab-separated-values;q=0.8, application/n-triples;q=0.9, "
+            "text/turtle;q=0.8, application/rdf+xml;q=0.7, application/ld+json;q=0.7"
+        )
+        try:
+            with self._client.stream(
+                "POST",
+                self.query_url,
+                content=self._query_form(sparql, default_graphs, named_graphs, base_iri),
+                headers={"Accept": accept, "Content-Type": "application/x-www-form-urlencoded"},
+                timeout=timeout,
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    if response.status_code >= 500:
+                        raise EndpointError(
+                            f"SPARQL endpoint {self.url} failed ({response.status_code}): "
+                            f"{response.text[:300]}"
+                        )
+                    raise SparqlError(
+                        f"the SPARQL endpoint refused the query: {response.text[:500]}"
+                    )
+                media = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                rdf = ox.RdfFormat.from_media_type(media)
+                results = ox.QueryResultsFormat.from_media_type(media)
+                if rdf is not None:
+                    kind = "graph"
+                elif results is not None:
+                    kind = "select"
+                    if results == ox.QueryResultsFormat.JSON:
+                        head = b""
+                        chunks = response.iter_bytes()
+                        for chunk in chunks:
+                            head += chunk
+                            if b'"boolean"' in head or b'"results"' in head or len(head) > 4096:
+                                break
+                        kind = "ask" if b'"boolean"' in head else "select"
+                        self._pass_through(
+                            kind, media, choose, sink, _chain(head, chunks), results, None
+                        )
+                        return
+                else:
+                    raise EndpointError(f"SPARQL endpoint {self.url} answered {media!r}")
+                self._pass_through(kind, media, choose, sink, response.iter_bytes(), results, rdf)
+        except httpx.TimeoutException as exc:
+            raise QueryTimeoutError(f"SPARQL endpoint {self.url} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise EndpointError(f"SPARQL endpoint {self.url} is unreachable: {exc}") from exc
+
+    @staticmethod
+    def _pass_through(
+        kind: str,
+        media: str,
+        choose: Chooser,
+        sink: ResultSink,
+        chunks: object,
+        results: ox.QueryResultsFormat | None,
+        rdf: ox.RdfFormat | None,
+    ) -> None:
+        chosen = choose(kind)
+        if chosen is None:
+            raise NotAcceptableError(kind)
+        name, chosen_media = chosen
+        wanted: Any = (_GRAPH_FORMATS if kind == "graph" else _RESULTS_FORMATS)[name]
+        if wanted in (results, rdf):
+            sink.start(chosen_media)
+            for chunk in chunks:  # type: ignore[attr-defined]
+                sink.write(chunk)
+            sink.flush()
+            return
+        # Another format than the endpoint's: convert, streaming.
+        source: Any = _IterReader(chunks)
+        out: Any = sink
+        sink.start(chosen_media)
+        if kind == "graph":
+            assert rdf is not None
+            ox.serialize((q.triple for q in ox.parse(source, format=rdf)), out, format=wanted)
+        else:
+            assert results is not None
+            ox.parse_query_results(source, format=results).serialize(out, format=wanted)
+        sink.flush()
+
     def query(
         self,
         sparql: str,
         *,
         default_graphs: Sequence[str] | None,
+        named_graphs: Sequence[str] | None = None,
         row_limit: int,
         timeout: float,
+        base_iri: str | None = None,
     ) -> QueryResult:
         started = time.monotonic()
-        form: list[tuple[str, str]] = [("query", sparql)]
-        form.extend(("default-graph-uri", g) for g in default_graphs or ())
         response = self._request(
             "POST",
             self.query_url,
-            content=urlencode(form).encode(),
+            content=self._query_form(sparql, default_graphs, named_graphs, base_iri),
             headers={
                 "Accept": _QUERY_ACCEPT,
                 "Content-Type": "application/x-www-form-urlencoded",
@@ -399,11 +688,12 @@ class SparqlEndpointStore:
         result.elapsed_ms = (time.monotonic() - started) * 1000
         return result
 
-    def update(self, sparql: str, *, timeout: float) -> None:
+    def update(self, sparql: str, *, timeout: float, base_iri: str | None = None) -> None:
+        text = f"BASE <{base_iri}>\n{sparql}" if base_iri else sparql
         response = self._request(
             "POST",
             self.update_url,
-            content=sparql.encode(),
+            content=text.encode(),
             headers={"Content-Type": "application/sparql-update"},
             timeout=timeout,
         )
@@ -412,3 +702,31 @@ class SparqlEndpointStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _chain(head: bytes, rest: object) -> object:
+    yield head
+    yield from rest  # type: ignore[misc]
+
+
+class _IterReader:
+    """A binary file-like reader over an iterator of byte chunks."""
+
+    def __init__(self, chunks: object) -> None:
+        self._chunks = iter(chunks)  # type: ignore[call-overload]
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            try:
+                self._buffer += next(self._chunks)
+            except StopIteration:
+                break
+        if size < 0:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    def readable(self) -> bool:
+        return True

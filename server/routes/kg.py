@@ -7,10 +7,13 @@
 - ``POST /api/v1/kg/update`` ``{update}`` runs a SPARQL 1.1 update;
 - ``GET /api/v1/kg/subgraph?root_uri=&depth=&ontology=`` → ``{nodes, edges}`` for a view;
 - ``GET|POST /api/v1/kg/sparql``: the SPARQL 1.1 Protocol (``query=``, ``update=``,
-  ``default-graph-uri=``; ``application/sparql-query`` and ``application/sparql-update``
+  ``default-graph-uri=``, ``named-graph-uri=``, ``using-graph-uri=``,
+  ``using-named-graph-uri=``; ``application/sparql-query`` and ``application/sparql-update``
   bodies) with content negotiation — JSON, XML, CSV, TSV for rows and booleans; Turtle,
   N-Triples, RDF/XML, JSON-LD for graphs — so rdflib's ``SPARQLStore``, SPARQLWrapper or
-  YASGUI use Mimir as they would use Fuseki.
+  YASGUI use Mimir as they would use Fuseki. The whole result is streamed (no row
+  limit), within the time limit; the endpoint's URL is the base IRI. Without a dataset
+  the default graph is the union of the named graphs (:mod:`mimir.core.ontology.dataset`).
 
 On every path ``SERVICE`` and ``LOAD`` are refused (403) before anything runs unless
 ``MIMIR_SPARQL_FEDERATION=allowlist`` lists their host in ``MIMIR_SPARQL_ALLOW``
@@ -20,10 +23,12 @@ On every path ``SERVICE`` and ``LOAD`` are refused (403) before anything runs un
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mimir.core.ontology import (
@@ -33,7 +38,10 @@ from mimir.core.ontology import (
     QueryResult,
     SparqlError,
     Subgraph,
+    resolve_format,
 )
+from mimir.core.ontology.dataset import Dataset
+from mimir.core.ontology.triplestores import NotAcceptableError
 from mimir.server.errors import error_response
 from mimir.server.knowledge import OntologyStoreDep
 
@@ -165,29 +173,73 @@ def negotiate(result: QueryResult, accept: str, fmt: str | None) -> str | None:
     return None
 
 
+_FORM = "application/x-www-form-urlencoded"
+
+
 async def _protocol_params(request: Request) -> list[tuple[str, str]]:
+    """The protocol's parameters from the query string and, for POST, the body: a form,
+    or the query or update itself by its media type. A POST without Content-Type, of
+    another media type or in a charset other than UTF-8 is refused (400)."""
     params = list(request.query_params.multi_items())
     if request.method == "POST":
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = (await request.body()).decode("utf-8", errors="replace")
+        header = request.headers.get("content-type")
+        if header is None or not header.strip():
+            raise SparqlError(
+                "a POST needs a Content-Type: application/x-www-form-urlencoded, "
+                "application/sparql-query or application/sparql-update"
+            )
+        media, _, rest = header.partition(";")
+        media = media.strip().lower()
+        for param in rest.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+                "utf-8",
+                "utf8",
+            ):
+                raise SparqlError(f"unsupported charset {value.strip()!r}: send UTF-8")
+        raw = await request.body()
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SparqlError("the body is not valid UTF-8") from None
         if media == "application/sparql-query":
             params.append(("query", body))
         elif media == "application/sparql-update":
             params.append(("update", body))
-        elif media in ("application/x-www-form-urlencoded", ""):
+        elif media == _FORM:
             params.extend(parse_qsl(body, keep_blank_values=True))
         else:
             raise SparqlError(
-                f"unsupported content type {media!r}: use application/x-www-form-urlencoded, "
+                f"unsupported content type {media!r}: use {_FORM}, "
                 "application/sparql-query or application/sparql-update"
             )
     return params
 
 
+def _graphs(params: list[tuple[str, str]], name: str) -> tuple[str, ...] | None:
+    found = tuple(v for k, v in params if k == name)
+    return found or None
+
+
+def _chooser(accept: str, fmt: str | None) -> Callable[[str], tuple[str, str] | None]:
+    def choose(kind: str) -> tuple[str, str] | None:
+        probe = QueryResult(kind=kind)  # type: ignore[arg-type]
+        chosen = negotiate(probe, accept, fmt)
+        if chosen is None:
+            return None
+        if kind == "graph":
+            return chosen, resolve_format(chosen).media_type
+        return chosen, RESULT_MEDIA_TYPES[chosen]
+
+    return choose
+
+
 @router.get("/sparql", operation_id="sparql_protocol_get")
 @router.post("/sparql", operation_id="sparql_protocol_post")
 async def sparql_protocol(request: Request, store: OntologyStoreDep) -> Response:
-    """SPARQL 1.1 Protocol endpoint (query over GET/POST, update over POST)."""
+    """SPARQL 1.1 Protocol endpoint (query over GET/POST, update over POST). The whole
+    result is streamed, within the time limit (``timeout=`` seconds, default 30, at most
+    300); the endpoint's URL is the base IRI."""
     params = await _protocol_params(request)
     queries = [v for k, v in params if k == "query"]
     updates = [v for k, v in params if k == "update"]
@@ -195,26 +247,57 @@ async def sparql_protocol(request: Request, store: OntologyStoreDep) -> Response
         return error_response(
             400, "give exactly one 'query' (or, with POST, one 'update') parameter", None
         )
+    timeouts = [v for k, v in params if k == "timeout"]
+    timeout = DEFAULT_TIMEOUT
+    if timeouts:
+        try:
+            timeout = float(timeouts[0])
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout <= MAX_TIMEOUT:
+            return error_response(
+                400, f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}]", None
+            )
+    base_iri = str(request.url.replace(query=None, fragment=None))
     if updates:
         if request.method != "POST":
             return error_response(405, "SPARQL updates must be sent with POST", None)
-        await store.run_update(updates[0], timeout=DEFAULT_TIMEOUT)
+        if _graphs(params, "default-graph-uri") or _graphs(params, "named-graph-uri"):
+            return error_response(
+                400,
+                "default-graph-uri/named-graph-uri are for queries; an update takes "
+                "using-graph-uri/using-named-graph-uri",
+                None,
+            )
+        using = Dataset(
+            _graphs(params, "using-graph-uri"), _graphs(params, "using-named-graph-uri")
+        )
+        await store.run_update(updates[0], timeout=timeout, using=using, base_iri=base_iri)
         return Response(status_code=204)
-    default_graphs = [v for k, v in params if k == "default-graph-uri"]
+    if _graphs(params, "using-graph-uri") or _graphs(params, "using-named-graph-uri"):
+        return error_response(
+            400,
+            "using-graph-uri/using-named-graph-uri are for updates; a query takes "
+            "default-graph-uri/named-graph-uri",
+            None,
+        )
+    dataset = Dataset(_graphs(params, "default-graph-uri"), _graphs(params, "named-graph-uri"))
     fmt = next((v for k, v in params if k in ("format", "output")), None)
-    result = await store.run_query(
-        queries[0], default_graphs=default_graphs or None, timeout=DEFAULT_TIMEOUT
-    )
-    chosen = negotiate(result, request.headers.get("accept", ""), fmt)
-    if chosen is None:
+    try:
+        media, body = await store.stream_query(
+            queries[0],
+            choose=_chooser(request.headers.get("accept", ""), fmt),
+            dataset=dataset,
+            timeout=timeout,
+            base_iri=base_iri,
+        )
+    except NotAcceptableError as exc:
         kinds = (
-            "JSON, XML, CSV or TSV"
-            if result.kind != "graph"
-            else "Turtle, N-Triples, RDF/XML or JSON-LD"
+            "Turtle, N-Triples, RDF/XML or JSON-LD"
+            if str(exc) == "graph"
+            else "JSON, XML, CSV or TSV"
         )
         return error_response(
             406, f"cannot answer in any accepted type; this result comes as {kinds}", None
         )
-    body, media = result.render(chosen)
-    headers = {"X-Mimir-Truncated": "true"} if result.truncated else {}
-    return Response(body, media_type=media, headers=headers)
+    return StreamingResponse(body, media_type=media)

@@ -2,8 +2,12 @@
 
 - ``GET /api/v1/ontologies`` → ``{"ontologies": [info…]}``;
 - ``POST /api/v1/ontologies`` → ``201`` info: either JSON ``{name, version, format,
-  content, description, replace}``, or the document itself as the body (its media type,
-  e.g. ``text/turtle``, gives the format) with ``?name=&version=&format=&replace=``;
+  content (or the original platform's ontology_data), description, replace, append}``
+  (within ``MIMIR_MAX_BODY_BYTES``), or the document itself as the body (its media type,
+  e.g. ``text/turtle``, gives the format) with ``?name=&version=&format=&replace=&append=``:
+  streamed into the store as it arrives, up to ``MIMIR_MAX_UPLOAD_BYTES`` (1 GiB), never
+  held in memory. ``append`` adds the document's triples to an existing version. An
+  empty document is valid: zero triples.
 - ``GET /api/v1/ontologies/{id}`` (``name@version``, or ``name`` for its newest version),
   ``DELETE …/{id}``, ``GET …/{id}/stats``, ``GET …/{id}/export?format=turtle``.
 """
@@ -11,13 +15,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mimir.core.ontology import OntologyInfo, OntologyStats, resolve_format
 from mimir.core.ontology.formats import FORMATS
+from mimir.server.deps import SettingsDep
 from mimir.server.errors import error_response
 from mimir.server.knowledge import OntologyStoreDep
 
@@ -42,10 +48,23 @@ class OntologyCreate(BaseModel):
     version: str = Field(default="1", pattern=NAME_PATTERN)
     #: ``turtle``, ``rdfxml``, ``ntriples`` or ``jsonld`` (or a media type).
     format: str = Field(default="turtle", json_schema_extra=_FORMAT_SCHEMA)
-    content: str = Field(min_length=1)
+    #: The document (an empty one is valid: zero triples).
+    content: str | None = None
+    #: The original platform's name for ``content``.
+    ontology_data: str | None = None
     description: str = ""
     #: Replace an existing version instead of refusing (409).
     replace: bool = False
+    #: Add the document's triples to the existing version ``name@version``.
+    append: bool = False
+
+    @model_validator(mode="after")
+    def _one_document(self) -> OntologyCreate:
+        if (self.content is None) == (self.ontology_data is None):
+            raise ValueError("give the document as either 'content' or 'ontology_data'")
+        if self.replace and self.append:
+            raise ValueError("'replace' and 'append' exclude each other")
+        return self
 
 
 class OntologyList(BaseModel):
@@ -58,7 +77,7 @@ async def list_ontologies(store: OntologyStoreDep) -> OntologyList:
     return OntologyList(ontologies=await asyncio.to_thread(store.list))
 
 
-_DOCUMENT = {"schema": {"type": "string", "minLength": 1}}
+_DOCUMENT = {"schema": {"type": "string"}}
 #: A JSON-LD document is JSON (an object, or a list of them).
 _JSON_DOCUMENT = {"schema": {"type": ["object", "array"]}}
 
@@ -88,20 +107,30 @@ def _documents() -> dict[str, Any]:
 async def upload_ontology(
     request: Request,
     store: OntologyStoreDep,
+    settings: SettingsDep,
     name: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
     version: Annotated[str, Query(pattern=NAME_PATTERN)] = "1",
     fmt: Annotated[
         str | None, Query(alias="format", min_length=1, json_schema_extra=_FORMAT_SCHEMA)
     ] = None,
     replace: bool = False,
+    append: bool = False,
     description: str = "",
 ) -> Any:
-    """Upload a document as a new ontology version (see the module doc for the forms)."""
+    """Upload a document as a new ontology version, or append to one (see the module doc)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    raw = await request.body()
+    limits = settings.limits
+    declared = request.headers.get("content-length", "")
     if media == "application/json":
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            return _too_large(limits.max_body_bytes, "MIMIR_MAX_BODY_BYTES")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limits.max_body_bytes:
+                return _too_large(limits.max_body_bytes, "MIMIR_MAX_BODY_BYTES")
         try:
-            body = OntologyCreate.model_validate_json(raw)
+            body = OntologyCreate.model_validate_json(bytes(raw))
         except ValidationError as exc:
             problems = [
                 {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
@@ -109,27 +138,107 @@ async def upload_ontology(
             ]
             text = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
             return error_response(422, f"invalid request: {text}", problems)
-        args: dict[str, Any] = body.model_dump()
-        content: bytes | str = args.pop("content")
-        fmt = args.pop("format")
-    else:
-        if not name:
-            return error_response(
-                422, "query.name: required when the body is the document itself", None
+        content = body.content if body.content is not None else body.ontology_data or ""
+        if body.append:
+            return await asyncio.to_thread(
+                store.upload_stream,
+                body.name,
+                _BytesReader(content.encode()),
+                version=body.version,
+                fmt=body.format,
+                description=body.description,
+                append=True,
             )
-        if not raw:
-            return error_response(422, "the body is empty: send the RDF document", None)
-        args = {"name": name, "version": version, "description": description, "replace": replace}
-        content, fmt = raw, fmt or media or "turtle"
-    return await asyncio.to_thread(
-        store.upload,
-        args["name"],
-        content,
-        version=args["version"],
-        fmt=fmt,
-        description=args["description"],
-        replace=args["replace"],
-    )
+        return await asyncio.to_thread(
+            store.upload,
+            body.name,
+            content,
+            version=body.version,
+            fmt=body.format,
+            description=body.description,
+            replace=body.replace,
+        )
+    if not name:
+        return error_response(
+            422, "query.name: required when the body is the document itself", None
+        )
+    if replace and append:
+        return error_response(422, "query: 'replace' and 'append' exclude each other", None)
+    if declared.isdigit() and int(declared) > limits.max_upload_bytes:
+        return _too_large(limits.max_upload_bytes, "MIMIR_MAX_UPLOAD_BYTES")
+    reader = _StreamReader(request.stream(), asyncio.get_running_loop(), limits.max_upload_bytes)
+    try:
+        return await asyncio.to_thread(
+            store.upload_stream,
+            name,
+            reader,
+            version=version,
+            fmt=fmt or media or "turtle",
+            description=description,
+            replace=replace,
+            append=append,
+        )
+    except Exception:
+        if reader.too_large:
+            return _too_large(limits.max_upload_bytes, "MIMIR_MAX_UPLOAD_BYTES")
+        raise
+
+
+def _too_large(limit: int, variable: str) -> Response:
+    return error_response(413, f"request body larger than {limit} bytes (limit {variable})", None)
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size < 0 else self._pos + size
+        out = self._data[self._pos : end]
+        self._pos += len(out)
+        return out
+
+
+class _StreamReader:
+    """A blocking file-like over a request body, read from a worker thread: each read
+    pulls the next chunk from the event loop (the body is never held whole)."""
+
+    def __init__(
+        self, stream: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop, limit: int
+    ) -> None:
+        self._stream = stream
+        self._loop = loop
+        self._limit = limit
+        self._buffer = b""
+        self._done = False
+        self.received = 0
+        self.too_large = False
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await self._stream.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._buffer) < size):
+            chunk = asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
+            if chunk is None:
+                self._done = True
+                break
+            self.received += len(chunk)
+            if self.received > self._limit:
+                self.too_large = True
+                raise OSError(f"the document is larger than {self._limit} bytes")
+            self._buffer += chunk
+        if size < 0:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    def readable(self) -> bool:
+        return True
 
 
 @router.get("/{ontology_id}", response_model=OntologyInfo)

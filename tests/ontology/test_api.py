@@ -192,7 +192,11 @@ def test_data_survives_a_server_restart(
             ).status_code
             == 201
         )
-        client.post("/api/v1/kg/update", json={"update": "INSERT DATA { <urn:a> <urn:b> <urn:c> }"})
+        # The default graph is the union of the named graphs: write to one.
+        client.post(
+            "/api/v1/kg/update",
+            json={"update": "INSERT DATA { GRAPH <urn:g> { <urn:a> <urn:b> <urn:c> } }"},
+        )
     first.stop()
     second = make_server(redis_url=redis_server.url).start()
     with httpx.Client(base_url=second.base_url, timeout=30) as client:
