@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
 
 from mimir.core.queue.protocol import RECORD_FIELDS, decode_field
 
@@ -134,6 +134,10 @@ class JobRecord(BaseModel):
     #: records and events keeps the newest and drops what arrives late.
     version: int = 0
 
+    @field_serializer("enqueued_at", "scheduled_for", "started_at", "finished_at")
+    def _times(self, moment: datetime | None) -> str | None:
+        return None if moment is None else iso(moment)
+
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
@@ -197,8 +201,9 @@ def utc_now() -> datetime:
 
 
 def iso(moment: datetime) -> str:
-    """ISO 8601 UTC with a ``Z``, as stored in Redis."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """ISO 8601 UTC to the millisecond with a ``Z``: as stored in Redis (the Lua scripts
+    write the same form), in events and in API answers, so one moment has one text."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def record_from_hash(raw: dict[str, str]) -> JobRecord:
