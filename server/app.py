@@ -18,10 +18,12 @@ from redis.asyncio import Redis
 from mimir.core import __version__
 from mimir.core.pipeline.store import PipelineStore
 from mimir.core.plugins.registry import default_registry
+from mimir.core.queue import JobQueue
 from mimir.core.queue.connection import connect
 from mimir.core.settings import Settings
 from mimir.server.auth import BearerTokenMiddleware
 from mimir.server.errors import install_error_handlers
+from mimir.server.live import LiveHub
 from mimir.server.methods import MethodsMiddleware
 from mimir.server.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
 from mimir.server.openapi import install_openapi
@@ -35,6 +37,9 @@ logger = logging.getLogger(__name__)
 #: Seconds to wait for a Redis connection or reply (queue calls that block pass their own).
 REDIS_CONNECT_TIMEOUT = 2.0
 REDIS_SOCKET_TIMEOUT = 10.0
+#: Connections of the API's pool, and how long a call waits for one when all are busy.
+REDIS_POOL_SIZE = 64
+REDIS_POOL_TIMEOUT = 5.0
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -45,7 +50,8 @@ def make_redis(settings: Settings) -> Redis:
         settings.redis_url,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
         socket_timeout=REDIS_SOCKET_TIMEOUT,
-        max_connections=64,
+        max_connections=REDIS_POOL_SIZE,
+        pool_timeout=REDIS_POOL_TIMEOUT,
     )
 
 
@@ -58,6 +64,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         except OSError as exc:
             logger.warning("cannot create %s: %s", directory, exc)
     app.state.redis = make_redis(settings)
+    # Live views and waits share one subscription of its own (never the pool above).
+    listener = connect(
+        settings.redis_url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        max_connections=2,
+    )
+    app.state.live = LiveHub(
+        listener, JobQueue(app.state.redis, settings.key_prefix, settings.job_ttl)
+    )
+    app.state.live.start()
     logger.info(
         "Mimir API %s: pipelines in %s, data in %s, redis %s, token %s",
         __version__,
@@ -69,6 +86,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app.state.live.aclose()
         await app.state.redis.aclose()
 
 
@@ -87,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.store = PipelineStore(settings.pipelines_dir, registry)
     app.state.redis = None
+    app.state.live = None
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

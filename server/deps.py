@@ -18,13 +18,17 @@ from redis.asyncio import Redis
 
 from mimir.core.pipeline.store import PipelineStore
 from mimir.core.plugins.registry import PluginRegistry
+from mimir.core.queue import JobQueue
 from mimir.core.settings import Settings
+from mimir.server.live import LiveHub
 
 __all__ = [
+    "LiveDep",
     "RedisDep",
     "RegistryDep",
     "SettingsDep",
     "StoreDep",
+    "get_live",
     "get_redis",
     "get_registry",
     "get_settings",
@@ -58,7 +62,20 @@ async def get_redis(request: Request) -> Redis:
     return redis
 
 
+async def get_live(request: Request) -> LiveHub:
+    """The server's one subscription to the queue's events, shared by live views and waits."""
+    live: LiveHub | None = getattr(request.app.state, "live", None)
+    if live is None:
+        # No lifespan (an in-process client that made only the Redis client): a hub of
+        # this request's own over that client, started on first use.
+        redis = await get_redis(request)
+        settings = await get_settings(request)
+        live = LiveHub(redis, JobQueue(redis, settings.key_prefix, settings.job_ttl))
+    return live
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[PluginRegistry, Depends(get_registry)]
 StoreDep = Annotated[PipelineStore, Depends(get_store)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
+LiveDep = Annotated[LiveHub, Depends(get_live)]

@@ -275,6 +275,15 @@ class JobQueue:
             raise JobNotFoundError(job_id)
         return dict(json.loads(raw))
 
+    async def statuses(self, job_ids: Sequence[str]) -> list[str | None]:
+        """The status of each job (``None`` when it has no record), in one round trip."""
+        if not job_ids:
+            return []
+        async with redis_errors("read job statuses"), self.redis.pipeline(False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), "status")
+            return cast(list[str | None], await pipe.execute())
+
     async def wait(self, job_id: str, timeout: float) -> WaitResult:
         """Block until the job ends or ``timeout`` seconds pass; never raises on timeout.
 

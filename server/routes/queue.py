@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
 from pydantic import BaseModel, field_validator
 
 from mimir.core.durations import parse_duration
@@ -30,7 +30,7 @@ from mimir.core.queue import (
     JobStatus,
     QueueStatus,
 )
-from mimir.server.deps import RedisDep, RegistryDep, SettingsDep, StoreDep
+from mimir.server.deps import LiveDep, RedisDep, RegistryDep, SettingsDep, StoreDep
 
 __all__ = ["EnqueueAccepted", "EnqueueRequest", "QueueDep", "get_queue", "router"]
 
@@ -162,21 +162,21 @@ async def get_job(job_id: str, jobs: QueueDep) -> JobRecord:
 @router.get("/jobs/{job_id}/wait", response_model=WaitAnswer)
 async def wait_for_job(
     job_id: str,
-    jobs: QueueDep,
-    request: Request,
+    live: LiveDep,
     timeout: Annotated[
         str, Query(json_schema_extra={"pattern": WAIT_TIMEOUT_PATTERN, "maxLength": 16})
     ] = "60s",
 ) -> WaitAnswer:
     """Block until the job ends or ``timeout`` (Go duration, e.g. ``500ms``, ``60s``,
-    ``1m30s``) passes; either way 200 with the record and ``timed_out``."""
+    ``1m30s``) passes; either way 200 with the record and ``timed_out``. Woken by the
+    server's one subscription to job events: a wait holds no Redis connection."""
     try:
         seconds = parse_duration(timeout)
     except ValueError as exc:
         raise HTTPException(422, f"query.timeout: {exc}") from None
     if not 0 <= seconds <= MAX_WAIT:
         raise HTTPException(422, f"query.timeout: must be between 0s and {MAX_WAIT:g}s")
-    result = await jobs.wait(job_id, seconds)
+    result = await live.wait(job_id, seconds)
     return WaitAnswer(**result.job.model_dump(), timed_out=result.timed_out)
 
 
