@@ -13,7 +13,13 @@ same no-op pipeline job (one ``Debug.echo`` step run by Mimir's engine). Figures
 - sequential round trip (enqueue → result seen by the client): p50 and p99 (Mimir:
   ``enqueue_and_wait``, the enqueue and the wait sent in one write; arq: ``enqueue_job``
   then ``job.result()``; Celery: ``delay().get()``);
-- idle worker RSS after the drain and 4 s without jobs (the larger of the two workers).
+- idle worker RSS after the drain and 4 s without jobs (the larger of the two workers);
+- Redis commands and bytes (in + out) per job over the batch enqueue and drain, from
+  ``INFO commandstats``/``INFO stats`` deltas (commands a script runs count one each; the
+  benchmark's own completion polling, one command per 5 ms, is included).
+
+Beside them, a raw-Redis floor measured in the same run from one Python client: pipelined
+``XADD`` (1,000 per round trip) and ``XREADGROUP`` + ``XACK`` (100 per round trip).
 
 Settings that shape the rivals: arq polls its queue and results every 1 ms (its
 ``poll_delay``; the default 0.5 s would make its latency ~250x worse); Celery runs the
@@ -58,6 +64,8 @@ class Figures:
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     idle_rss_mb: float = float("nan")
+    commands_per_job: float = float("nan")
+    bytes_per_job: float = float("nan")
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -113,6 +121,15 @@ class RedisProcess:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def counters(self) -> tuple[int, int]:
+        """Commands run so far (every command, those inside scripts too) and bytes in+out."""
+        import redis
+
+        with redis.Redis(port=self.port) as client:
+            commands = sum(int(v["calls"]) for v in client.info("commandstats").values())
+            stats = client.info("stats")
+        return commands, int(stats["total_net_input_bytes"]) + int(stats["total_net_output_bytes"])
 
     def flush(self) -> None:
         import redis
@@ -376,10 +393,14 @@ def measure(
         command, env, marker = driver.worker_command()
         pool = WorkerProcesses(command, env, workers, marker, tmp)
         figures.extra["ready_rss_mb"] = pool.rss_mb()
+        commands, traffic = redis.counters()
         started = time.perf_counter()
         handle = driver.enqueue_batch(jobs)
         _wait_for(lambda: driver.completed(handle, jobs), 600, f"{name} drain", interval=0.005)
         figures.drain = jobs / (time.perf_counter() - started)
+        commands_after, traffic_after = redis.counters()
+        figures.commands_per_job = (commands_after - commands) / jobs
+        figures.bytes_per_job = (traffic_after - traffic) / jobs
 
         time.sleep(IDLE_SETTLE)  # "idle": no job for a while (a worker may trim its heap)
         figures.idle_rss_mb = pool.rss_mb()
@@ -424,6 +445,35 @@ def ping_baseline(tmp: Path, count: int = 500) -> tuple[float, float]:
         redis.stop()
 
 
+def raw_floor(tmp: Path, count: int = 20_000) -> tuple[float, float]:
+    """Raw Redis from one Python client, in entries/s: pipelined XADD (1,000 per round
+    trip), then XREADGROUP + XACK of them (100 per round trip)."""
+    import redis as redis_py
+
+    server = RedisProcess(tmp)
+    try:
+        with redis_py.Redis(port=server.port) as client:
+            started = time.perf_counter()
+            for first in range(0, count, 1000):
+                pipe = client.pipeline(transaction=False)
+                for _ in range(min(1000, count - first)):
+                    pipe.xadd("floor", {"job": "x" * 32})
+                pipe.execute()
+            xadd = count / (time.perf_counter() - started)
+            client.xgroup_create("floor", "g", id="0")
+            started = time.perf_counter()
+            taken = 0
+            while taken < count:
+                entries = client.xreadgroup("g", "c", {"floor": ">"}, count=100)
+                ids = [entry_id for _, batch in entries for entry_id, _ in batch]
+                client.xack("floor", "g", *ids)
+                taken += len(ids)
+            consume = count / (time.perf_counter() - started)
+        return xadd, consume
+    finally:
+        server.stop()
+
+
 def _fmt(value: float, digits: int = 0) -> str:
     return "—" if value != value else f"{value:,.{digits}f}"
 
@@ -436,6 +486,8 @@ def report(results: list[Figures], jobs: int, workers: int) -> list[str]:
         ("round trip p50 (ms)", "p50_ms", 2, False),
         ("round trip p99 (ms)", "p99_ms", 2, False),
         ("idle worker RSS (MB)", "idle_rss_mb", 1, False),
+        ("Redis commands per job", "commands_per_job", 1, False),
+        ("Redis bytes in+out per job", "bytes_per_job", 0, False),
     ]
     names = [r.system for r in results]
     head = f"{'':40}" + "".join(f"{n:>12}" for n in names) + f"{'mimir/best':>12}"
@@ -498,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="mimir-bench-") as tmp:
         baseline = ping_baseline(Path(tmp))
+        floor = raw_floor(Path(tmp))
         for name in systems:
             print(f"measuring {name} ...", flush=True)
             results.append(
@@ -506,6 +559,18 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
     print()
     print("\n".join(report(results, args.jobs, args.workers)))
+    mimir = next((r for r in results if r.system == "mimir"), None)
+    print(
+        f"raw Redis floor, one client, same run: pipelined XADD {floor[0]:,.0f}/s, "
+        f"XREADGROUP+XACK {floor[1]:,.0f}/s"
+        + (
+            f"; mimir single enqueue = {mimir.enqueue_single / floor[0]:.1%} of the XADD floor, "
+            f"batch enqueue {mimir.enqueue_batch / floor[0]:.1%}, "
+            f"drain {mimir.drain / floor[1]:.1%} of XREADGROUP+XACK"
+            if mimir is not None
+            else ""
+        )
+    )
     print(
         f"context: one Redis PING from Python asyncio takes p50 {baseline[0]:.2f} ms, "
         f"p99 {baseline[1]:.2f} ms here; load average {os.getloadavg()[0]:.1f} "
