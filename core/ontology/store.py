@@ -214,10 +214,12 @@ class OntologyStore:
         description: str = "",
         replace: bool = False,
         append: bool = False,
+        base_iri: str | None = None,
     ) -> OntologyInfo:
         """Like :meth:`upload`, reading the document from ``source`` as it comes (a large
         document is never held in memory), or with ``append`` adding its triples to the
-        existing version ``name@version``. The document goes to a staging graph first
+        existing version ``name@version``. Relative IRIs resolve against ``base_iri``
+        (default: the version's graph URI + ``/``). The document goes to a staging graph first
         unless the version is new, so a syntax error leaves the version as it was."""
         for what, value in (("name", name), ("version", version)):
             if not _NAME_RE.fullmatch(value or ""):
@@ -237,7 +239,7 @@ class OntologyStore:
             )
         target = graph if existing is None else f"urn:x-mimir:staging:{uuid.uuid4().hex}"
         try:
-            self.triples.load(target, source, info.oxigraph, base_iri=graph + "/")
+            self.triples.load(target, source, info.oxigraph, base_iri=base_iri or graph + "/")
         except SyntaxError as exc:
             self.triples.drop_graph(target)
             line, column = (exc.lineno, exc.offset) if exc.lineno else (None, None)

@@ -4,7 +4,8 @@
 - ``POST /api/v1/ontologies`` → ``201`` info: either JSON ``{name, version, format,
   content (or the original platform's ontology_data), description, replace, append}``
   (within ``MIMIR_MAX_BODY_BYTES``), or the document itself as the body (its media type,
-  e.g. ``text/turtle``, gives the format) with ``?name=&version=&format=&replace=&append=``:
+  e.g. ``text/turtle``, gives the format) with ``?name=&version=&format=&replace=&append=``
+  and ``base=`` (the base IRI of its relative IRIs; default the ontology's graph URI + ``/``):
   streamed into the store as it arrives, up to ``MIMIR_MAX_UPLOAD_BYTES`` (1 GiB), never
   held in memory. ``append`` adds the document's triples to an existing version. An
   empty document is valid: zero triples.
@@ -31,6 +32,8 @@ __all__ = ["OntologyCreate", "router"]
 
 router = APIRouter(prefix="/api/v1/ontologies", tags=["ontologies"])
 
+#: An absolute IRI (a scheme, then no spaces or characters IRIs exclude).
+BASE_PATTERN = r'^[A-Za-z][A-Za-z0-9+.-]*:[^\s<>"{}|^`\\]*$'
 #: What the store accepts as an ontology name or version.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 #: Format names and media types, as documented (the store also takes a few aliases and
@@ -116,6 +119,7 @@ async def upload_ontology(
     replace: bool = False,
     append: bool = False,
     description: str = "",
+    base: Annotated[str | None, Query(pattern=BASE_PATTERN, max_length=2048)] = None,
 ) -> Any:
     """Upload a document as a new ontology version, or append to one (see the module doc)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -177,6 +181,7 @@ async def upload_ontology(
             description=description,
             replace=replace,
             append=append,
+            base_iri=base,
         )
     except Exception:
         if reader.too_large:

@@ -14,8 +14,8 @@ import pytest
 
 from mimir.core.ontology import OntologyStore, close_ontology_stores, open_ontology_store
 from mimir.core.settings import Settings
-from tests.helpers import free_port, wait_until
-from tests.server.conftest import api_client, api_server, make_server  # noqa: F401 - fixtures
+from tests.helpers import RedisServer, ServerProcess, free_port, wait_until
+from tests.server.conftest import api_client, api_server, make_server, server_env  # noqa: F401 - fixtures
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "ontologies"
 SUPPLY_CHAIN = RESOURCES / "supply_chain.ttl"
@@ -81,3 +81,36 @@ def oxigraph_server(tmp_path: Path) -> Iterator[OxigraphServer]:
     server = OxigraphServer(tmp_path / "oxigraph-db", tmp_path / "oxigraph.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module", params=["builtin", "fuseki"])
+def endpoint(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
+    """A real server for a whole test module, with the built-in store or with FUSEKI_URL
+    pointing at a real ``oxigraph serve`` (the W3C conformance runners)."""
+    base = tmp_path_factory.mktemp(f"w3c-{request.param}")
+    redis = RedisServer(free_port(), base / "redis").start()
+    extra: dict[str, str] = {}
+    oxigraph = None
+    if request.param == "fuseki":
+        oxigraph = OxigraphServer(base / "oxigraph-db", base / "oxigraph.log")
+        extra["FUSEKI_URL"] = oxigraph.url
+    server = ServerProcess(
+        free_port(),
+        server_env(
+            data_dir=base / "data",
+            pipelines_dir=base / "pipelines",
+            state_dir=base / "state",
+            redis_url=redis.url,
+            **extra,
+        ),
+        None,
+        log_path=base / "server.log",
+    ).start()
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        yield client
+    server.stop()
+    if oxigraph is not None:
+        oxigraph.stop()
+    redis.stop()

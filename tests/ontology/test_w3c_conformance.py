@@ -5,7 +5,6 @@ w3c/rdf-tests with its license) against a real server: built-in store and ``FUSE
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -13,9 +12,6 @@ import httpx
 import pytest
 import rdflib
 from rdflib.namespace import RDF, RDFS
-
-from tests.helpers import RedisServer, ServerProcess
-from tests.ontology.conftest import OxigraphServer
 
 SUITE = Path(__file__).resolve().parents[1] / "data" / "w3c-rdf-tests" / "sparql" / "sparql11"
 MF = rdflib.Namespace("http://www.w3.org/2001/sw/DataAccess/tests/test-manifest#")
@@ -39,40 +35,6 @@ def protocol_tests() -> list[tuple[str, rdflib.Graph, rdflib.term.Node]]:
 
 
 TESTS = protocol_tests()
-
-
-@pytest.fixture(scope="module", params=["builtin", "fuseki"])
-def endpoint(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[httpx.Client]:
-    from tests.helpers import free_port
-    from tests.server.conftest import server_env
-
-    base = tmp_path_factory.mktemp(f"w3c-{request.param}")
-    redis = RedisServer(free_port(), base / "redis").start()
-    extra: dict[str, str] = {}
-    oxigraph = None
-    if request.param == "fuseki":
-        oxigraph = OxigraphServer(base / "oxigraph-db", base / "oxigraph.log")
-        extra["FUSEKI_URL"] = oxigraph.url
-    server = ServerProcess(
-        free_port(),
-        server_env(
-            data_dir=base / "data",
-            pipelines_dir=base / "pipelines",
-            state_dir=base / "state",
-            redis_url=redis.url,
-            **extra,
-        ),
-        None,
-        log_path=base / "server.log",
-    ).start()
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
-    server.stop()
-    if oxigraph is not None:
-        oxigraph.stop()
-    redis.stop()
 
 
 def _load(client: httpx.Client, graph: rdflib.Graph, test: rdflib.term.Node) -> None:
