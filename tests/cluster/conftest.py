@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+    """A failed Docker test carries the last log lines of every Mimir container still up
+    (a job stuck ``running`` is explained by its worker's log, gone once torn down)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed or item.get_closest_marker("docker") is None:
+        return
+    docker = shutil.which("docker")
+    if docker is None:
+        return
+    names = subprocess.run(
+        [docker, "ps", "-a", "--filter", "label=io.mimir.project", "--format", "{{.Names}}"],
+        capture_output=True, text=True, timeout=30, check=False,
+    ).stdout.split()  # fmt: skip
+    for name in names:
+        logs = subprocess.run(
+            [docker, "logs", "--tail", "80", "--timestamps", name],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        report.sections.append((f"docker logs {name}", logs.stdout + logs.stderr))
 
 
 #: A job that takes a moment, so that some are in flight while the cluster scales.
