@@ -8,6 +8,7 @@ here is one or a few round trips; Redis errors become :class:`QueueError` subcla
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -45,7 +46,7 @@ from mimir.core.queue.models import (
     iso,
     record_from_hash,
 )
-from mimir.core.queue.protocol import INTERNAL_FIELDS, RECORD_FIELDS, encode
+from mimir.core.queue.protocol import INTERNAL_FIELDS, RECORD_FIELDS, JSONText, encode
 
 __all__ = ["DURATION_BUCKETS", "JobPage", "JobQueue", "JobSpec", "connect"]
 
@@ -64,6 +65,19 @@ _FIRST_SLICE = 1.0
 _ENQUEUE_CHUNK = 1000
 #: Seconds over which completed/failed per second are averaged.
 _RATE_WINDOW = 5
+
+
+_dumps = functools.partial(json.dumps, separators=(",", ":"), default=str)
+
+
+class _Shape(NamedTuple):
+    """What the jobs of one spec enqueued in one call share (see ``JobQueue._shape``)."""
+
+    stream: str
+    head: str
+    tail: str
+    prototype: JobRecord
+    idem_key: str | None
 
 
 class JobPage(BaseModel):
@@ -102,40 +116,15 @@ class JobQueue:
 
     # -- enqueue ---------------------------------------------------------------------
 
-    def _new_job(
-        self, spec: JobSpec, now: datetime, now_iso: str
-    ) -> tuple[tuple[list[str], list[Any]], dict[str, Any], JobRecord]:
-        """One job's ``ENQUEUE`` group (its keys), its entry in the script's ``jobs``
-        argument, and the record it creates."""
-        job_id = uuid.uuid4().hex
+    def _shape(self, spec: JobSpec, now: datetime, now_iso: str) -> _Shape:
+        """What every job of ``spec`` enqueued at ``now`` shares: all of its hash fields
+        but the id, encoded once (a batch of one spec encodes them once, not per job)."""
         due = now + timedelta(seconds=spec.delay) if spec.delay > 0 else None
-        record = JobRecord.model_construct(
-            job_id=job_id,
-            type=spec.type,
-            status=JobStatus.scheduled if due else JobStatus.queued,
-            priority=spec.priority,
-            queue=spec.queue,
-            attempts=0,
-            max_retries=spec.max_retries,
-            timeout=spec.timeout,
-            worker_id=None,
-            pipeline=spec.pipeline,
-            enqueued_at=now,
-            scheduled_for=due,
-            started_at=None,
-            finished_at=None,
-            progress=None,
-            result=None,
-            error=None,
-            idempotency_key=spec.idempotency_key,
-            cancel_requested=False,
-            version=0,
-        )
+        status = JobStatus.scheduled if due else JobStatus.queued
         stream = self.keys.stream(spec.queue, spec.priority.value)
         values: dict[str, Any] = {
-            "job_id": job_id,
             "type": spec.type,
-            "status": record.status.value,
+            "status": status.value,
             "priority": spec.priority.value,
             "queue": spec.queue,
             "attempts": 0,
@@ -155,23 +144,61 @@ class JobQueue:
             if value is not None
         }
         idem = spec.idempotency_key is not None
-        job_key = self.keys.job(job_id)
-        group_keys = [
-            job_key,
-            stream,
-            self.keys.idempotency(spec.idempotency_key) if idem else job_key,  # type: ignore[arg-type]
-        ]
-        entry = {
-            "id": job_id,
-            "queue": spec.queue,
-            "idem": 1 if idem else 0,
-            "due": int(due.timestamp() * 1000) if due else 0,
-            "f": fields,
-        }
-        return (group_keys, []), entry, record
+        # One entry of the script's ``jobs`` argument is ``head + job id + tail``.
+        head = (
+            '{"queue":' + _dumps(spec.queue) + ',"idem":' + ("1" if idem else "0")
+            + ',"due":' + str(int(due.timestamp() * 1000) if due else 0)
+            + ',"f":' + _dumps(fields)[:-1] + ',"job_id":"'
+        )  # fmt: skip
+        prototype = JobRecord.model_construct(
+            job_id="",
+            type=spec.type,
+            status=status,
+            priority=spec.priority,
+            queue=spec.queue,
+            attempts=0,
+            max_retries=spec.max_retries,
+            timeout=spec.timeout,
+            worker_id=None,
+            pipeline=spec.pipeline,
+            enqueued_at=now,
+            scheduled_for=due,
+            started_at=None,
+            finished_at=None,
+            progress=None,
+            result=None,
+            error=None,
+            idempotency_key=spec.idempotency_key,
+            cancel_requested=False,
+            version=0,
+        )
+        idem_key = self.keys.idempotency(spec.idempotency_key) if idem else None  # type: ignore[arg-type]
+        return _Shape(stream, head, '"}}', prototype, idem_key)
+
+    def _new_jobs(
+        self, specs: Sequence[JobSpec], now: datetime
+    ) -> tuple[list[tuple[list[str], list[Any]]], list[str], list[JobRecord]]:
+        """Each job's ``ENQUEUE`` group (its keys), its entry in the script's ``jobs``
+        argument (JSON text), and the record it creates."""
+        now_iso = iso(now)
+        shapes: dict[int, _Shape] = {}
+        groups: list[tuple[list[str], list[Any]]] = []
+        entries: list[str] = []
+        records: list[JobRecord] = []
+        job_key = self.keys.job
+        for spec in specs:
+            shape = shapes.get(id(spec))
+            if shape is None:
+                shape = shapes[id(spec)] = self._shape(spec, now, now_iso)
+            job_id = uuid.uuid4().hex
+            key = job_key(job_id)
+            groups.append(([key, shape.stream, shape.idem_key or key], []))
+            entries.append(shape.head + job_id + shape.tail)
+            records.append(shape.prototype.model_copy(update={"job_id": job_id}))
+        return groups, entries, records
 
     def _enqueue_call(
-        self, now_ms: int, jobs: Sequence[tuple[tuple[list[str], list[Any]], dict[str, Any]]]
+        self, now_ms: int, groups: Sequence[tuple[list[str], list[Any]]], entries: Sequence[str]
     ) -> scripts.Call:
         return scripts.ENQUEUE_SCRIPT.call(
             keys={
@@ -183,9 +210,9 @@ class JobQueue:
                 "now_ms": now_ms,
                 "ttl": self.job_ttl,
                 "events": self.keys.events,
-                "jobs": [entry for _, entry in jobs],
+                "jobs": JSONText("[" + ",".join(entries) + "]"),
             },
-            each=[group for group, _ in jobs],
+            each=groups,
         )
 
     async def enqueue(self, spec: JobSpec) -> JobRecord:
@@ -197,12 +224,12 @@ class JobQueue:
         """Put many jobs on the queue in one round trip (one script call per 1,000);
         answers their records in order."""
         now_ms, now = _now()
-        now_iso = iso(now)
-        created = [self._new_job(spec, now, now_iso) for spec in specs]
+        groups, entries, created = self._new_jobs(specs, now)
         calls = [
             self._enqueue_call(
                 now_ms,
-                [(group, entry) for group, entry, _ in created[first : first + _ENQUEUE_CHUNK]],
+                groups[first : first + _ENQUEUE_CHUNK],
+                entries[first : first + _ENQUEUE_CHUNK],
             )
             for first in range(0, len(created), _ENQUEUE_CHUNK)
         ]
@@ -210,7 +237,7 @@ class JobQueue:
             answers = await scripts.run_scripts(self.redis, calls)
         flat = [item for answer in answers for item in answer]
         records: list[JobRecord] = []
-        for (_, _, record), job_id, was_created in zip(created, flat[::2], flat[1::2], strict=True):
+        for record, job_id, was_created in zip(created, flat[::2], flat[1::2], strict=True):
             if int(was_created):
                 records.append(record)
             else:
@@ -235,8 +262,8 @@ class JobQueue:
             self._script_known = True
             return await self.wait(record.job_id, timeout)
         now_ms, now = _now()
-        group, entry, record = self._new_job(spec, now, iso(now))
-        call = self._enqueue_call(now_ms, [(group, entry)])
+        groups, entries, (record,) = self._new_jobs([spec], now)
+        call = self._enqueue_call(now_ms, groups, entries)
         done_key = self.keys.done(record.job_id)
         started = time.monotonic()
         first_slice = max(0.001, min(timeout, _FIRST_SLICE))

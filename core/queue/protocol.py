@@ -34,6 +34,7 @@ __all__ = [
     "RECORD_FIELDS",
     "SCRIPTS",
     "Encoding",
+    "JSONText",
     "ScriptSpec",
     "decode_field",
     "encode",
@@ -93,9 +94,17 @@ DELIVERY_FIELDS: tuple[str, ...] = (
 _NOT_IN_EVENTS = ("job_id", "result", "version")
 
 
+class JSONText(str):
+    """Text that is JSON already: :func:`encode` sends it as it is for a ``json`` value."""
+
+    __slots__ = ()
+
+
 def encode(encoding: Encoding, value: Any) -> str:
     """``value`` as stored in Redis (or sent as a script argument)."""
     if encoding == "json":
+        if isinstance(value, JSONText):
+            return value
         return json.dumps(value, separators=(",", ":"), default=str)
     if encoding == "int":
         return str(int(value))

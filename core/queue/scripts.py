@@ -55,27 +55,37 @@ def _lua_list(names: Sequence[str]) -> str:
 
 
 def _publish_lua() -> str:
-    """``publish(events, jk, jobid)``, its fields from the protocol's declaration."""
+    """``event(jobid, version, t)``: a ``job`` event's JSON from ``t`` (the record's
+    fields by name, as stored; unset ones absent), its fields from the protocol's
+    declaration; and ``publish(events, jk, jobid)``, which raises the stored version and
+    publishes the record as it stands."""
     names = event_fields()
     parts = []
-    for i, name in enumerate(names, start=1):
+    for name in names:
         encoding = RECORD_FIELDS[name]
+        field = f"t.{name}"
         if encoding == "json":
-            value = f"(f[{i}] and cjson.decode(f[{i}]) or cjson.null)"
+            value = f"(({field} or '') ~= '' and cjson.decode({field}) or cjson.null)"
         elif encoding in ("int", "float"):
-            value = f"(tonumber(f[{i}]) or cjson.null)"
+            value = f"(tonumber({field}) or cjson.null)"
         elif encoding == "flag":
-            value = f"f[{i}] == '1'"
+            value = f"{field} == '1'"
         else:
-            value = f"nul(f[{i}])"
+            value = f"nul({field})"
         parts.append(f"    {name} = {value},")
     return (
+        "local EVENT_FIELDS = " + _lua_list(names) + "\n"
+        "local function event(jobid, version, t)\n"
+        "  return cjson.encode({job_id = jobid, version = version,\n"
+        + "\n".join(parts)
+        + "\n  })\nend\n"
         "local function publish(events, jk, jobid)\n"
         "  local version = redis.call('HINCRBY', jk, 'version', 1)\n"
-        f"  local f = redis.call('HMGET', jk, unpack({_lua_list(names)}))\n"
-        "  redis.call('PUBLISH', events, cjson.encode({job_id = jobid, version = version,\n"
-        + "\n".join(parts)
-        + "\n  }))\nend\n"
+        "  local f = redis.call('HMGET', jk, unpack(EVENT_FIELDS))\n"
+        "  local t = {}\n"
+        "  for i, name in ipairs(EVENT_FIELDS) do if f[i] then t[name] = f[i] end end\n"
+        "  redis.call('PUBLISH', events, event(jobid, version, t))\n"
+        "end\n"
     )
 
 
@@ -173,15 +183,17 @@ local jobs = ARGV[4]
 """
     + _LIB
     + r"""
--- jobs: JSON array, each {id, queue, idem: 1 when its idem key counts, due: ms or 0,
--- f: {hash fields}}. Answers {job id, 1} per job created, {existing job id, 0} per
--- idempotency-key hit.
+-- jobs: JSON array, each {queue, idem: 1 when its idem key counts, due: ms or 0,
+-- f: {hash fields, job_id among them}}. Answers {job id, 1} per job created,
+-- {existing job id, 0} per idempotency-key hit. A new record is written whole by one
+-- HSET (its stream entry and version 1 in it) and its event is made from what was sent.
 local out = {}
 local pools = {}
 for i, job in ipairs(cjson.decode(jobs)) do
   local base = 4 + (i - 1) * 3
   local jk, stream, ik = KEYS[base], KEYS[base + 1], KEYS[base + 2]
-  local id, created = job.id, 1
+  local f = job.f
+  local id, created = f.job_id, 1
   if job.idem == 1 then
     local existing = redis.call('GET', ik)
     if existing then
@@ -191,22 +203,21 @@ for i, job in ipairs(cjson.decode(jobs)) do
     end
   end
   if created == 1 then
-    local fields = {}
-    for k, v in pairs(job.f) do
-      fields[#fields + 1] = k
-      fields[#fields + 1] = v
-    end
-    redis.call('HSET', jk, unpack(fields))
     if job.due > 0 then
       redis.call('ZADD', scheduled, job.due, id)
     else
-      local eid = redis.call('XADD', stream, '*', 'job', id)
-      redis.call('HSET', jk, 'entry', eid)
+      f.entry = redis.call('XADD', stream, '*', 'job', id)
     end
+    local fields = {}
+    for k, v in pairs(f) do
+      fields[#fields + 1] = k
+      fields[#fields + 1] = v
+    end
+    redis.call('HSET', jk, 'version', 1, unpack(fields))
     redis.call('EXPIRE', jk, ttl)
     redis.call('ZADD', index, now_ms, id)
     pools[job.queue] = true
-    publish(events, jk, id)
+    redis.call('PUBLISH', events, event(id, 1, f))
   end
   out[#out + 1] = id
   out[#out + 1] = created
