@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,22 @@ def test_versions_are_separate_graphs(store: OntologyStore, supply_chain_ttl: st
         store.stats("sc@2")
     rows = store.query("SELECT ?s WHERE { <http://e/a> ?p ?o }").rows
     assert rows == []  # the dropped graph is gone from queries too
+
+
+def test_streamed_uploads_in_batches_keep_blank_nodes_to_their_document(
+    store: OntologyStore,
+) -> None:
+    # More triples than one write batch, then an append whose _:b names another node.
+    lines = [f"<http://e/s{i}> <http://e/p> _:b{i % 3} ." for i in range(120_000)]
+    lines += ['_:b0 <http://e/label> "first" .']
+    first = io.BytesIO("\n".join(lines).encode())
+    info = store.upload_stream("big", first, fmt="nt")
+    assert info.triples == 120_001
+    store.upload_stream("big", io.BytesIO(b'_:b0 <http://e/label> "second" .'), fmt="nt",
+                        append=True)  # fmt: skip
+    rows = store.query("SELECT (COUNT(DISTINCT ?b) AS ?n) WHERE { ?b <http://e/label> ?l }").rows
+    assert rows[0]["n"]["value"] == "2"  # two documents, two blank nodes
+    assert store.get("big").triples == 120_002
 
 
 def test_bad_names_and_formats_are_refused(store: OntologyStore) -> None:
