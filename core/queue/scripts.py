@@ -134,27 +134,65 @@ end
 local HIDDEN = {{{", ".join(f"{name} = true" for name in INTERNAL_FIELDS)}}}
 """
     + r"""
--- End a job: q = {events, dead, totals, rate, ttl, now_ms}; dk is its done list.
-local function finalize(q, jk, dk, jobid, status, err)
+-- The job hash as a table (field -> text), or nil when there is none: one read that
+-- serves the fence, the checks, the event and the waiters' token.
+local function load(jk)
+  local flat = redis.call('HGETALL', jk)
+  if #flat == 0 then return nil end
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+-- Tally a job ended with status in q.counts, written once per script by flush(q).
+local function tally(q, status)
+  q.counts[status] = (q.counts[status] or 0) + 1
+end
+
+-- The totals and this second's rate, once for every job the script ended.
+local function flush(q)
+  local any = false
+  for status, n in pairs(q.counts) do
+    redis.call('HINCRBY', q.totals, status, n)
+    redis.call('HINCRBY', q.rate, status, n)
+    any = true
+  end
+  if any then redis.call('EXPIRE', q.rate, 120) end
+end
+
+-- End a job: q = {events, dead, totals, rate, ttl, now_ms, counts}; dk is its done list;
+-- t its record as loaded (kept current here); extra: more fields to write (result, progress).
+local function finalize(q, jk, dk, jobid, t, status, err, extra)
   local now_iso = iso(q.now_ms)
-  redis.call('HSET', jk, 'status', status, 'finished_at', now_iso)
-  if err and err ~= '' then redis.call('HSET', jk, 'error', err) end
+  local version = (tonumber(t.version) or 0) + 1
+  t.status, t.finished_at, t.version = status, now_iso, tostring(version)
+  local w = {'version', version}
+  if err and err ~= '' then
+    redis.call('HSET', jk, 'error', err)
+    t.error = err
+  end
+  for k, v in pairs(extra or {}) do
+    w[#w + 1] = k
+    w[#w + 1] = v
+    t[k] = v
+  end
   if status == 'failed' or status == 'dead' then
     local eid = redis.call('XADD', q.dead, '*', 'job_id', jobid, 'status', status,
       'error', err or '', 'at', now_iso)
-    redis.call('HSET', jk, 'dead_entry', eid)
+    w[#w + 1] = 'dead_entry'
+    w[#w + 1] = eid
+    t.dead_entry = eid
     redis.call('XTRIM', q.dead, 'MINID', '~', string.format('%d', q.now_ms - q.ttl * 1000))
   end
+  redis.call('HSET', jk, 'status', status, 'finished_at', now_iso, unpack(w))
   redis.call('EXPIRE', jk, q.ttl)
-  redis.call('HINCRBY', q.totals, status, 1)
-  redis.call('HINCRBY', q.rate, status, 1)
-  redis.call('EXPIRE', q.rate, 120)
-  publish(q.events, jk, jobid)  -- first: the record waiters get below carries the new version
+  tally(q, status)
+  -- The event first: the record waiters get below carries the new version.
+  redis.call('PUBLISH', q.events, event(jobid, version, t))
   -- Wake waiters with the record itself (one round trip for them), unless it is large.
-  local flat = redis.call('HGETALL', jk)
   local record = {}
-  for i = 1, #flat, 2 do
-    if not HIDDEN[flat[i]] then record[flat[i]] = flat[i + 1] end
+  for k, v in pairs(t) do
+    if not HIDDEN[k] then record[k] = v end
   end
   local text = cjson.encode(record)
   if #text > 65536 then text = status end
@@ -257,42 +295,45 @@ local DELIVERY = {_lua_list(DELIVERY_FIELDS)}
 -- idle (their lease run out) for min_idle_ms. Answers {stream, entry id, {name, value …}
 -- (the DELIVERY fields that are set)} per job started.
 local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl,
-  now_ms = now_ms}
+  now_ms = now_ms, counts = {}}
 local out = {}
 
+-- One read of the record, one write, one event per job started.
 local function start(stream, eid, jobid)
   local jk = job_prefix .. jobid
-  local f = redis.call('HMGET', jk, 'status', 'cancel_requested', 'max_retries', 'attempts',
-    'entry', 'error')
-  local st = f[1]
-  if (not st) or (st ~= 'queued' and st ~= 'running') or (f[5] and f[5] ~= eid) then
+  local t = load(jk)
+  local st = t and t.status
+  if (not st) or (st ~= 'queued' and st ~= 'running') or (t.entry and t.entry ~= eid) then
     drop_entry(stream, group, eid)  -- expired, already ended, or a stale duplicate entry
     return
   end
-  if f[2] == '1' then
+  if t.cancel_requested == '1' then
     drop_entry(stream, group, eid)
-    finalize(q, jk, done_prefix .. jobid, jobid, 'cancelled', '')
+    finalize(q, jk, done_prefix .. jobid, jobid, t, 'cancelled', '')
     return
   end
-  local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
-  local max_retries = tonumber(f[3]) or 0
+  local attempts = (tonumber(t.attempts) or 0) + 1
+  local max_retries = tonumber(t.max_retries) or 0
   if attempts > max_retries + 1 then
     drop_entry(stream, group, eid)
     local why = 'delivered ' .. attempts .. ' times without finishing (max_retries=' ..
       max_retries .. '): its workers died or lost their lease'
-    if f[6] then why = why .. '; last error: ' .. f[6] end
-    redis.call('HINCRBY', jk, 'attempts', -1)
-    finalize(q, jk, done_prefix .. jobid, jobid, 'dead', why)
+    if t.error then why = why .. '; last error: ' .. t.error end
+    finalize(q, jk, done_prefix .. jobid, jobid, t, 'dead', why)
     return
   end
-  redis.call('HSET', jk, 'status', 'running', 'worker_id', worker, 'started_at', iso(q.now_ms))
-  publish(events, jk, jobid)
-  local values = redis.call('HMGET', jk, unpack(DELIVERY))
+  local now_iso = iso(q.now_ms)
+  local version = (tonumber(t.version) or 0) + 1
+  redis.call('HSET', jk, 'status', 'running', 'worker_id', worker, 'started_at', now_iso,
+    'attempts', attempts, 'version', version)
+  t.status, t.worker_id, t.started_at = 'running', worker, now_iso
+  t.attempts, t.version = tostring(attempts), tostring(version)
+  redis.call('PUBLISH', events, event(jobid, version, t))
   local named = {}
-  for i, name in ipairs(DELIVERY) do
-    if values[i] then
+  for _, name in ipairs(DELIVERY) do
+    if t[name] then
       named[#named + 1] = name
-      named[#named + 1] = values[i]
+      named[#named + 1] = t[name]
     end
   end
   out[#out + 1] = {stream, eid, named}
@@ -353,6 +394,7 @@ elseif mode == 'reclaim' then
     end
   end
 end
+flush(q)
 return out
 """
 )
@@ -378,15 +420,29 @@ local outcomes = ARGV[6]
 -- 'failed' | 'cancelled' | 'retry' | 'requeue', r: result JSON or '', err: error or '',
 -- due: retry due (ms), b: duration bucket field or '', d: duration (s), p: progress JSON
 -- or ''}. Answers 1 (written) or 0 (fenced off) per outcome.
+-- The totals, rate and duration histogram are written once per call, for all its jobs.
 local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl,
-  now_ms = now_ms}
+  now_ms = now_ms, counts = {}}
 local out = {}
+local buckets, seconds, timed = {}, 0, 0
 for i, o in ipairs(cjson.decode(outcomes)) do
   local base = 6 + (i - 1) * 3
   local jk, dk, stream = KEYS[base], KEYS[base + 1], KEYS[base + 2]
-  local f = redis.call('HMGET', jk, 'worker_id', 'attempts', 'status')
-  if f[1] ~= worker or f[2] ~= o.a or f[3] ~= 'running' then
+  local t = load(jk)
+  if (not t) or t.worker_id ~= worker or t.attempts ~= o.a or t.status ~= 'running' then
     out[i] = 0
+  elseif o.k ~= 'retry' and o.k ~= 'requeue' then
+    out[i] = 1
+    drop_entry(stream, group, o.e)
+    local extra = {}
+    if o.r ~= '' then extra.result = o.r end
+    if o.p ~= '' then extra.progress = o.p end
+    finalize(q, jk, dk, o.j, t, o.k, o.err, extra)
+    if o.b ~= '' then
+      buckets[o.b] = (buckets[o.b] or 0) + 1
+      seconds = seconds + o.d
+      timed = timed + 1
+    end
   else
     out[i] = 1
     drop_entry(stream, group, o.e)
@@ -401,15 +457,14 @@ for i, o in ipairs(cjson.decode(outcomes)) do
       redis.call('HSET', jk, 'status', 'queued', 'entry', neid)
       redis.call('HINCRBY', jk, 'attempts', -1)
       publish(events, jk, o.j)
-    else
-      finalize(q, jk, dk, o.j, o.k, o.err)
-      if o.b ~= '' then
-        redis.call('HINCRBY', duration, o.b, 1)
-        redis.call('HINCRBYFLOAT', duration, 'sum', o.d)
-        redis.call('HINCRBY', duration, 'count', 1)
-      end
     end
   end
+end
+flush(q)
+if timed > 0 then
+  for b, n in pairs(buckets) do redis.call('HINCRBY', duration, b, n) end
+  redis.call('HINCRBYFLOAT', duration, 'sum', seconds)
+  redis.call('HINCRBY', duration, 'count', timed)
 end
 return out
 """
@@ -504,16 +559,19 @@ local job_id = ARGV[5]
     + _LIB
     + r"""
 local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl,
-  now_ms = now_ms}
-local f = redis.call('HMGET', job, 'status', 'stream', 'entry')
-if not f[1] then return 'missing' end
+  now_ms = now_ms, counts = {}}
+local t = load(job)
+if not t then return 'missing' end
+local f = {t.status, t.stream, t.entry}
 if f[1] == 'queued' then
   if f[2] and f[3] then redis.call('XDEL', f[2], f[3]) end
-  finalize(q, job, done, job_id, 'cancelled', '')
+  finalize(q, job, done, job_id, t, 'cancelled', '')
+  flush(q)
   return 'cancelled'
 elseif f[1] == 'scheduled' then
   redis.call('ZREM', scheduled, job_id)
-  finalize(q, job, done, job_id, 'cancelled', '')
+  finalize(q, job, done, job_id, t, 'cancelled', '')
+  flush(q)
   return 'cancelled'
 elseif f[1] == 'running' then
   redis.call('HSET', job, 'cancel_requested', '1')
