@@ -157,8 +157,38 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
 
+    _raise_open_files_limit()
     with _Signals() as signals:
         return _serve(args, settings, signals)
+
+
+#: The open-files limit the server asks for when the hard limit allows (each waiter,
+#: event-stream subscriber and client connection holds a socket).
+_WANTED_OPEN_FILES = 65536
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open files towards the hard one: the common default soft
+    limit (1024) caps the server at about a thousand concurrent connections."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _WANTED_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _WANTED_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open-files limit from %d: %s", soft, exc)
+            return
+        logger.info("open-files limit raised from %d to %d", soft, wanted)
+    if wanted < 4096:
+        logger.warning(
+            "open-files limit %d (hard): concurrent connections, waits and event streams "
+            "are bounded by it; raise it (ulimit -n, LimitNOFILE=) for more",
+            wanted,
+        )
 
 
 def _serve(args: argparse.Namespace, settings: Settings, signals: _Signals) -> int:

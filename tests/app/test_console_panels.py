@@ -420,6 +420,10 @@ def test_dead_letter_view_retries_and_deletes_in_bulk(console: Console) -> None:
         assert row["finished_at"] == record["finished_at"]
         assert row["version"] == record["version"]
         await until(lambda: view.table.rowCount() == 3, 10, "the retried job back in the view")
+        # The view is busy (its buttons disabled) until the retry's own refresh is back.
+        await until(
+            lambda: not view.busy and view.select_all_button.isEnabled(), 20, "the view idle"
+        )
 
         QTest.mouseClick(view.select_all_button, Qt.MouseButton.LeftButton)
         assert len(view.selected_ids()) == 3

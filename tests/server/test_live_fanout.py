@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import redis
@@ -40,7 +42,20 @@ async def _subscriber(client: httpx.AsyncClient, seen: dict[str, int], index: in
 def test_a_thousand_waits_and_two_hundred_streams_leave_the_api_answering(
     make_server: Callable[..., ServerProcess], redis_server: RedisServer
 ) -> None:
-    server = make_server(redis_url=redis_server.url).start()
+    # The server is started under the usual soft limit on open files (1024 in a fresh
+    # container) and must raise its own; this process then needs 1,200+ sockets too.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, soft), hard))
+    try:
+        server = make_server(redis_url=redis_server.url).start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert server.process is not None
+    limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+    (line,) = [x for x in limits.splitlines() if x.startswith("Max open files")]
+    assert int(line.split()[3]) >= min(4096, hard), line  # the soft limit, raised
+    if soft < 4096 and (hard == resource.RLIM_INFINITY or hard >= 4096):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
     admin = redis.Redis.from_url(redis_server.url)
     asyncio.run(_scenario(server, redis_server, admin))
 
