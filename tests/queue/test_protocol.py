@@ -79,7 +79,30 @@ def test_record_fields_are_the_models_fields() -> None:
     assert set(DELIVERY_FIELDS) <= set(RECORD_FIELDS) | set(INTERNAL_FIELDS)
 
 
-_HASH_CALL = re.compile(r"redis\.call\('(HSET|HINCRBY|HMGET|HGET|HDEL)', (\w+), ([^)]*)\)")
+_HASH_CALL = re.compile(r"redis\.call\('(HSET|HINCRBY|HMGET|HGET|HDEL)', (\w+), ")
+
+
+def _hash_calls(source: str) -> list[tuple[str, str, list[str]]]:
+    """Each job-hash call's command, key variable and remaining arguments, split at the
+    call's own commas (a nested call such as ``iso(o.due)`` is one argument)."""
+    calls = []
+    for match in _HASH_CALL.finditer(source):
+        depth, args, current = 0, [], ""
+        for char in source[match.end() :]:
+            if char == "(":
+                depth += 1
+            elif char == ")":
+                if depth == 0:
+                    break
+                depth -= 1
+            if char == "," and depth == 0:
+                args.append(current.strip())
+                current = ""
+            else:
+                current += char
+        args.append(current.strip())
+        calls.append((match.group(1), match.group(2), args))
+    return calls
 
 
 def test_every_job_field_the_scripts_touch_is_declared() -> None:
@@ -90,14 +113,13 @@ def test_every_job_field_the_scripts_touch_is_declared() -> None:
     written: set[str] = set()
     touched: set[str] = set()
     for name, source in scripts.SOURCES.items():
-        for command, key, rest in _HASH_CALL.findall(source):
+        for command, key, args in _hash_calls(source):
             if key not in job_keys:
                 continue
-            literals = re.findall(r"'(\w+)'", rest)
+            literals = [a.strip("'") for a in args if re.fullmatch(r"'\w+'", a)]
             if command == "HSET":
                 # field, value pairs: the fields are every other argument
-                args = [a.strip() for a in rest.split(",")]
-                fields = [a.strip("'") for a in args[::2] if a.startswith("'")]
+                fields = [a.strip("'") for a in args[::2] if re.fullmatch(r"'\w+'", a)]
                 written.update(fields)
                 touched.update(fields)
             else:
