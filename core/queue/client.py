@@ -170,7 +170,7 @@ class JobQueue:
             error=None,
             idempotency_key=spec.idempotency_key,
             cancel_requested=False,
-            version=0,
+            version=1,  # what ENQUEUE writes
         )
         idem_key = self.keys.idempotency(spec.idempotency_key) if idem else None  # type: ignore[arg-type]
         return _Shape(stream, head, '"}}', prototype, idem_key)

@@ -28,6 +28,8 @@ def test_enqueue_then_status_get_and_finish(queue: JobQueue, consumer: QueueCons
     job = run(queue.enqueue(spec(pipeline="demo", timeout=5)))
     assert job.status is JobStatus.queued
     assert job.pipeline == "demo" and job.attempts == 0 and job.timeout == 5
+    # The record enqueue answers is the one stored: same version, same times.
+    assert run(queue.get(job.job_id)).model_dump(mode="json") == job.model_dump(mode="json")
     status = run(queue.status())
     assert status.queue_length == 1 and status.by_priority["normal"] == 1
     assert status.running == 0
