@@ -6,7 +6,8 @@ events channel, and fans each event out in the server:
 - to every ``GET /api/v1/events`` subscriber (a bounded in-memory queue each), together
   with one ``stats`` event a second computed once for all of them;
 - to every ``GET /api/v1/queue/jobs/{id}/wait`` waiting on that job, woken when an event
-  says the job reached a final status (or was deleted).
+  says the job reached a final status (or was deleted); the records that waits starting
+  or waking at the same moment need are read together, :data:`READ_BATCH` per round trip.
 
 So any number of subscribers and waiters cost one Redis connection, and none of them
 holds a connection of the pool the API's own calls use. Pub/sub drops what is published
@@ -27,7 +28,14 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from mimir.core.queue import FINAL_STATUSES, JobQueue, QueueError, WaitResult
+from mimir.core.queue import (
+    FINAL_STATUSES,
+    JobNotFoundError,
+    JobQueue,
+    JobRecord,
+    QueueError,
+    WaitResult,
+)
 
 __all__ = ["LiveHub", "Subscriber"]
 
@@ -40,6 +48,8 @@ RECHECK_EVERY = 5.0
 #: Events kept for a subscriber that reads slower than they come; past this it is dropped
 #: (its client reconnects and reloads).
 SUBSCRIBER_BACKLOG = 10_000
+#: Records read in one round trip for waits that start or wake together.
+READ_BATCH = 500
 _FINAL = frozenset(str(status) for status in FINAL_STATUSES)
 
 
@@ -75,6 +85,9 @@ class LiveHub:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
+        #: Records asked for by waits, read together (:meth:`_get`).
+        self._reads: dict[str, list[asyncio.Future[JobRecord | None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -88,9 +101,10 @@ class LiveHub:
         ]
 
     async def aclose(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._reader] if self._reader is not None else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for futures in self._waiters.values():
@@ -185,6 +199,44 @@ class LiveHub:
                 last_recheck = time.monotonic()
                 await self._recheck()
 
+    # -- records for the waits ----------------------------------------------------------
+
+    async def _get(self, job_id: str) -> JobRecord:
+        """The job's record, read in one round trip with those other waits ask for at the
+        same moment: a thousand waits that start or wake together take a few pooled
+        connections for a few round trips, not a thousand."""
+        future: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
+        self._reads.setdefault(job_id, []).append(future)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_batches(), name="live-reads")
+        record = await future
+        if record is None:
+            raise JobNotFoundError(job_id)
+        return record
+
+    async def _read_batches(self) -> None:
+        while self._reads:
+            await asyncio.sleep(0)  # let the waits woken with this one join the batch
+            job_ids = list(self._reads)[:READ_BATCH]
+            batch = {job_id: self._reads.pop(job_id) for job_id in job_ids}
+            try:
+                records = await self.jobs.get_many(job_ids)
+            except asyncio.CancelledError:  # the hub is closing
+                for futures in batch.values():
+                    for future in futures:
+                        future.cancel()
+                raise
+            except Exception as exc:  # each waiting route answers it (503 for an outage)
+                for futures in batch.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                continue
+            for record, futures in zip(records, batch.values(), strict=True):
+                for future in futures:
+                    if not future.done():
+                        future.set_result(record)
+
     # -- what the routes use ---------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -210,12 +262,12 @@ class LiveHub:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, set()).add(future)
         try:
-            record = await self.jobs.get(job_id)  # after registering: no event slips by
+            record = await self._get(job_id)  # after registering: no event slips by
             if record.is_final or timeout <= 0:
                 return WaitResult(job=record, timed_out=not record.is_final)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(future, timeout)
-            record = await self.jobs.get(job_id)
+            record = await self._get(job_id)
             return WaitResult(job=record, timed_out=not record.is_final)
         finally:
             waiters = self._waiters.get(job_id)

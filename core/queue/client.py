@@ -294,6 +294,16 @@ class JobQueue:
             raise JobNotFoundError(job_id)
         return record_from_hash(raw)
 
+    async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Each job's record (``None`` when unknown or expired), in one round trip."""
+        if not job_ids:
+            return []
+        async with redis_errors("read jobs"), self.redis.pipeline(False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            raws = cast(list[dict[str, str]], await pipe.execute())
+        return [record_from_hash(raw) if raw else None for raw in raws]
+
     async def payload(self, job_id: str) -> dict[str, Any]:
         """The job's payload (what its handler receives)."""
         async with redis_errors("read the job"):
