@@ -1,5 +1,8 @@
 """The job queue on Redis Streams: producer (:class:`JobQueue`), consumer
-(:class:`QueueConsumer`, used by workers), the job record and key names."""
+(:class:`QueueConsumer`, used by workers), the job record and key names.
+
+Redis errors become :class:`QueueError` subclasses on the producer side and reach the
+worker as they are on the consumer side (see :mod:`mimir.core.queue.errors`)."""
 
 from __future__ import annotations
 

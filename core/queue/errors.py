@@ -1,4 +1,12 @@
-"""Exceptions of the job queue; Redis's own errors never leave this package.
+"""Exceptions of the job queue.
+
+Where Redis's own errors surface: the producer side (:class:`~mimir.core.queue.JobQueue`,
+what the server and the CLI call) turns every one into a :class:`QueueError` below
+(``redis_errors`` in ``client.py``); the consumer side
+(:class:`~mimir.core.queue.QueueConsumer`, what workers call) lets them through as they
+are, so that the worker tells an outage (connection errors, timeouts, ``OSError``:
+retried with backoff) from a bug. The one client factory (``connection.py``) retries a
+broken connection a few times before either side sees an error.
 
 ::
 
