@@ -29,8 +29,7 @@ default graph, graph data under the file's IRI, the query file's IRI as the base
 add no failure: every test it fails must fail there too, and be listed in
 :data:`ENGINE_FAILURES` with the engine's reason (an expected failure, reported as
 ``xfailed``, never as a pass). A listed test that passes is an error (the list must shrink).
-Tests that cannot apply are in :data:`NOT_APPLICABLE` with the reason (reported as skipped,
-counted apart)."""
+Every one of the 101 tests runs: none is skipped."""
 
 from __future__ import annotations
 
@@ -89,9 +88,6 @@ ENGINE_FAILURES: dict[str, str] = {
     "negation/graph-minus": "MINUS inside GRAPH ?g removes the solution: the outer graph "
     "variable is taken as shared with the MINUS side",
 }
-
-#: Tests that cannot apply to Mimir, by id, with the reason (none so far).
-NOT_APPLICABLE: dict[str, str] = {}
 
 _RDF_FORMATS = {
     ".ttl": "text/turtle",
@@ -421,8 +417,6 @@ def _check(test: EvalTest, run: Callable[[], Answer]) -> str | None:
 def test_sparql11_query_evaluation(
     endpoint: httpx.Client, datasets: MimirDatasets, test: EvalTest
 ) -> None:
-    if test.id in NOT_APPLICABLE:
-        pytest.skip(f"not applicable: {NOT_APPLICABLE[test.id]}")
     problem = _check(test, lambda: run_on_mimir(endpoint, datasets, test))
     if problem is None:
         assert test.id not in ENGINE_FAILURES, f"{test.id} passes now: take it off ENGINE_FAILURES"
@@ -439,8 +433,7 @@ def test_sparql11_query_evaluation(
 def test_the_expectation_lists_name_real_tests() -> None:
     ids = {t.id for t in TESTS}
     assert len(TESTS) == 101
-    assert set(ENGINE_FAILURES) <= ids and set(NOT_APPLICABLE) <= ids
-    assert not set(ENGINE_FAILURES) & set(NOT_APPLICABLE)
+    assert set(ENGINE_FAILURES) <= ids
 
 
 def test_solutions_match_blank_nodes_by_one_renaming() -> None:
