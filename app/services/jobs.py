@@ -392,8 +392,13 @@ def _local_time(value: Any) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if moment else ""
 
 
-def describe_job(job: dict[str, Any]) -> str:
-    """The details pane's text: what an operator asks first, then the result."""
+def _worker_text(worker_id: str, name: str) -> str:
+    return f"{name} ({worker_id})" if name and name != worker_id else worker_id
+
+
+def describe_job(job: dict[str, Any], worker_name: str = "") -> str:
+    """The details pane's text: what an operator asks first, then the result
+    (``worker_name``: the name the tables show, beside the worker's id)."""
     status = str(job.get("status", ""))
     if job.get("cancel_requested") and status not in FINAL_STATUSES:
         status += " (cancel requested)"
@@ -407,7 +412,7 @@ def describe_job(job: dict[str, Any]) -> str:
         ("Pipeline", str(job.get("pipeline") or job.get("type") or "")),
         ("Priority", f"{job.get('priority', '')} · queue {job.get('queue') or 'default'}"),
         ("Attempts", f"{attempts} of {int(retries) + 1}" if retries is not None else str(attempts)),
-        ("Worker", str(job.get("worker_id") or "")),
+        ("Worker", _worker_text(str(job.get("worker_id") or ""), worker_name)),
         ("Enqueued", _local_time(job.get("enqueued_at"))),
     ]
     if job.get("scheduled_for") and not job.get("started_at"):

@@ -487,7 +487,8 @@ class QtJobsPanel(QWidget):
 
     def _show_details(self, job: dict[str, Any]) -> None:
         self._details_status = job.get("status")
-        text = describe_job(job)
+        worker = str(job.get("worker_id") or "")
+        text = describe_job(job, self.model.worker_names.get(worker, ""))
         if self.details.toPlainText() != text:
             bar = self.details.verticalScrollBar()
             position = bar.value()

@@ -578,6 +578,12 @@ def test_logs_per_worker_on_a_fresh_view_and_dashboard_names_workers(console: Co
         name = sorted(shown_workers())[0]
         jobs.search.setText(name)
         assert jobs.proxy.rowCount() >= 1
+        jobs.table.selectRow(0)  # the details name the worker as the table does, with its id
+        await until(
+            lambda: f"Worker      {name} (worker-" in jobs.details.toPlainText(),
+            10,
+            lambda: f"the worker in the details: {jobs.details.toPlainText()!r}",
+        )
         jobs.search.setText("")
 
     console.run(scenario)
