@@ -432,9 +432,7 @@ class JobQueue:
                 "job": self.keys.job(job_id),
                 "done": self.keys.done(job_id),
                 "scheduled": self.keys.scheduled,
-                "dead": self.keys.dead,
-                "totals": self.keys.totals,
-                "rate": self.keys.rate(now_ms // 1000),
+                **self.keys.ending(now_ms),
             },
             argv={
                 "now_ms": now_ms,

@@ -114,11 +114,7 @@ class QueueConsumer:
     ) -> scripts.Call:
         now_ms = int(time.time() * 1000)
         return scripts.FETCH_SCRIPT.call(
-            keys={
-                "dead": self.keys.dead,
-                "totals": self.keys.totals,
-                "rate": self.keys.rate(now_ms // 1000),
-            },
+            keys=self.keys.ending(now_ms),
             argv={
                 "now_ms": now_ms,
                 "ttl": self.job_ttl,
@@ -268,9 +264,7 @@ class QueueConsumer:
                     keys={
                         "scheduled": self.keys.scheduled,
                         "duration": self.keys.duration,
-                        "dead": self.keys.dead,
-                        "totals": self.keys.totals,
-                        "rate": self.keys.rate(now_ms // 1000),
+                        **self.keys.ending(now_ms),
                     },
                     argv={
                         "now_ms": now_ms,

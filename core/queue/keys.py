@@ -89,6 +89,11 @@ class QueueKeys:
     def rate(self, second: int) -> str:
         return f"{self.prefix}rate:{second}"
 
+    def ending(self, now_ms: int) -> dict[str, str]:
+        """The keys every script that may end jobs writes, by their script names: the
+        dead letter, the totals and this second's rate."""
+        return {"dead": self.dead, "totals": self.totals, "rate": self.rate(now_ms // 1000)}
+
     @property
     def duration(self) -> str:
         return f"{self.prefix}duration"
