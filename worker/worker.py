@@ -425,6 +425,38 @@ class Worker:
         self._trimmed = False
         task = asyncio.create_task(self._run_job(delivery), name=f"job-{delivery.job_id}")
         self.running[delivery.job_id] = _Running(delivery, task)
+        task.add_done_callback(self._job_task_done)
+
+    def _job_task_done(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never runs its body (no try, no finally):
+        # a cancel published just as the job was fetched. Without this its entry would stay
+        # in ``running`` (a slot gone for good, the lease renewed for ever) and the job
+        # ``running`` in Redis with nobody running it.
+        job_id = task.get_name().removeprefix("job-")
+        entry = self.running.get(job_id)
+        if entry is None or entry.task is not task:
+            return  # the body ran and cleaned up after itself
+        self._job_ended(job_id)
+        outcome = self._stopped_outcome(entry.delivery, entry.stop_reason)
+        if outcome is not None:
+            outcome.duration = 0.0
+            self._queue_write(outcome)
+
+    def _job_ended(self, job_id: str) -> None:
+        self.running.pop(job_id, None)
+        self._last_busy = time.monotonic()
+        self._slot_free.set()
+
+    def _stopped_outcome(self, delivery: Delivery, reason: str | None) -> Outcome | None:
+        """What to write for a job whose task was cancelled, by why it was."""
+        if reason == "cancel":
+            return Outcome(delivery, "cancelled", error="cancelled while running")
+        if reason == "lost":
+            logger.warning(
+                "job %s: lease lost to another worker; dropped here", printable(delivery.job_id)
+            )
+            return None
+        return Outcome(delivery, "requeue")
 
     async def _run_job(self, delivery: Delivery) -> None:
         job_id = delivery.job_id
@@ -449,15 +481,7 @@ class Worker:
             outcome = Outcome(delivery, "succeeded", result=result)
         except asyncio.CancelledError:
             reason = self.running[job_id].stop_reason if job_id in self.running else None
-            if reason == "cancel":
-                outcome = Outcome(delivery, "cancelled", error="cancelled while running")
-            elif reason == "lost":
-                logger.warning(
-                    "job %s: lease lost to another worker; dropped here", printable(job_id)
-                )
-                outcome = None
-            else:
-                outcome = Outcome(delivery, "requeue")
+            outcome = self._stopped_outcome(delivery, reason)
         except TimeoutError:
             outcome = Outcome(delivery, "failed", error=f"timed out after {delivery.timeout:g}s")
         except JobFailedError as exc:
@@ -468,9 +492,7 @@ class Worker:
             )
             outcome = Outcome(delivery, "failed", error=f"{type(exc).__name__}: {exc}")
         finally:
-            self.running.pop(job_id, None)
-            self._last_busy = time.monotonic()
-            self._slot_free.set()
+            self._job_ended(job_id)
         if outcome is not None:
             outcome.duration = time.perf_counter() - started
             self._queue_write(outcome)
@@ -521,7 +543,8 @@ class Worker:
     async def _writer_loop(self) -> None:
         reconnect = _Reconnect("write outcomes", self.config.max_outage)
         while not self._closing.is_set():
-            await self._pending_event.wait()
+            if not self._pending:  # after a restart by _guard, what is pending goes first
+                await self._pending_event.wait()
             self._pending_event.clear()
             while self._pending and not self._closing.is_set():
                 try:
