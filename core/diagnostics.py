@@ -277,8 +277,11 @@ async def _stream(redis: Redis, queue: str, priority: str, key: str, now_ms: int
 
 
 async def _throughput(redis: Redis, keys: QueueKeys, now: int) -> Throughput:
+    # The last RATE_WINDOW seconds, this one (still going) included: jobs that ended a
+    # moment ago count (a doctor run right after a burst saw only the burst's first
+    # second). The rate is then a little high at most, by this second's share.
     async with redis.pipeline(transaction=False) as pipe:
-        for second in range(now - RATE_WINDOW, now):
+        for second in range(now - RATE_WINDOW + 1, now + 1):
             pipe.hgetall(keys.rate(second))
         rates = await pipe.execute()
     out = Throughput()

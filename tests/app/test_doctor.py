@@ -172,6 +172,24 @@ def _cli(env: dict[str, str], *args: str) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
+def _rates(backend: LocalBackend, report: dict[str, Any]) -> str:
+    """What Redis holds of the per-second counters, beside what the doctor read (CI once
+    saw 2 of 10 jobs counted; this says where the others went if it happens again)."""
+    state = backend.load_state()
+    assert state is not None and state.redis_port is not None
+    with redis.Redis(port=state.redis_port, decode_responses=True) as client:
+        seconds, _ = client.time()
+        rates = {
+            key: (client.hgetall(key), client.ttl(key))
+            for key in sorted(client.scan_iter("*rate:*"))
+        }
+        totals = client.hgetall("mimir:totals")
+    return (
+        f"redis time {seconds}; rate keys {rates}; totals {totals}; "
+        f"doctor read {report['snapshot']['throughput']} at {report['snapshot']['redis_time']}"
+    )
+
+
 def test_a_healthy_local_cluster_reports_nothing_and_a_dead_process_is_an_error(
     local_cluster: tuple[LocalBackend, dict[str, str]],
 ) -> None:
@@ -201,7 +219,7 @@ def test_a_healthy_local_cluster_reports_nothing_and_a_dead_process_is_an_error(
     assert report["findings"] == [], out
     assert report["exit_code"] == 0
     assert "workers.gone" in report["checks"] and "processes.gone" in report["checks"]
-    assert report["snapshot"]["throughput"]["succeeded"] >= 10
+    assert report["snapshot"]["throughput"]["succeeded"] >= 10, _rates(backend, report)
     assert len(report["snapshot"]["workers"]) == 2
     # Every worker measured its own round trip and clock offset against Redis.
     for worker in report["snapshot"]["workers"]:
@@ -470,6 +488,31 @@ def test_the_dead_letter_is_read_bounded(redis_server: RedisServer) -> None:
     assert snap.dead.newest_error == f"boom {DEAD_COUNT_MAX + 499}"
     [dead] = [f for f in analyse(snap) if f.check == "dead_letter.growing"]
     assert f"{DEAD_COUNT_MAX} or more added" in dead.seen
+
+
+def test_throughput_counts_jobs_that_ended_this_second(redis_server: RedisServer) -> None:
+    # CI ran the doctor under a second after ten jobs ended: it counted the 2 that ended
+    # in the second before and none of the 8 in the second still going.
+    client = redis.Redis.from_url(redis_server.url)
+    keys = QueueKeys()
+    now, _ = client.time()
+    client.hset(keys.rate(now - 1), "succeeded", 2)
+    client.hset(keys.rate(now), mapping={"succeeded": 8, "failed": 1})
+    client.hset(keys.rate(now - 60), "succeeded", 100)  # older than the window
+    client.close()
+
+    async def read() -> QueueSnapshot:
+        from redis.asyncio import Redis
+
+        async_client = Redis.from_url(redis_server.url)
+        try:
+            return await collect(async_client, keys)
+        finally:
+            await async_client.aclose()
+
+    snap = asyncio.run(read())
+    # (A read that lands in the next second still has both of them in its window.)
+    assert (snap.throughput.succeeded, snap.throughput.failed) == (10, 1)
 
 
 @pytest.fixture
