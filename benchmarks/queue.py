@@ -8,13 +8,16 @@ same no-op pipeline job (one ``Debug.echo`` step run by Mimir's engine). Figures
 - enqueue rate, one job per call, sequentially (no workers running);
 - enqueue rate in batches of 1,000 (Mimir: one pipelined round trip per batch; arq:
   ``asyncio.gather`` of 100; Celery: ``group(...).apply_async()``);
-- drain throughput: workers idle and ready, then ``--jobs`` jobs enqueued in batches;
-  jobs per second from the first enqueue until the last job's result is stored;
-- sequential round trip (enqueue → result seen by the client): p50 and p99 (Mimir:
-  ``enqueue_and_wait``, the enqueue and the wait sent in one write; arq: ``enqueue_job``
-  then ``job.result()``; Celery: ``delay().get()``);
+- drain, fed singly: workers idle and ready, then ``--jobs`` jobs enqueued one call at a
+  time while they run; jobs per second from the first enqueue until the last job ended;
+- drain, prefilled: the workers stopped (SIGSTOP), ``--jobs`` jobs enqueued in batches,
+  the workers resumed (SIGCONT); jobs per second from the resume until the last job ended;
+- sequential round trip (enqueue → result seen by the client), p50 and p99, as two calls
+  (Mimir: ``enqueue`` then ``wait``; arq: ``enqueue_job`` then ``job.result()``; Celery:
+  ``delay()`` then ``.get()``), and Mimir's one call, ``enqueue_and_wait`` (the enqueue and
+  the wait sent in one write);
 - idle worker RSS after the drain and 4 s without jobs (the larger of the two workers);
-- Redis commands and bytes (in + out) per job over the batch enqueue and drain, from
+- Redis commands and bytes (in + out) per job over the prefilled enqueue and drain, from
   ``INFO commandstats``/``INFO stats`` deltas (commands a script runs count one each; the
   benchmark's own completion polling, one command per 5 ms, is included).
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -55,14 +59,27 @@ PAYLOAD = {"pipeline": PIPELINE, "context": {}}
 IDLE_SETTLE = 4.0
 
 
+def _pipeline_of(steps: int) -> dict[str, Any]:
+    """A no-op pipeline of ``steps`` ``Debug.echo`` steps."""
+    return {
+        "name": f"noop-{steps}",
+        "steps": [
+            {"name": f"s{i}", "plugin": "Debug.echo", "config": {"value": i}} for i in range(steps)
+        ],
+    }
+
+
 @dataclass
 class Figures:
     system: str
     enqueue_single: float = float("nan")
     enqueue_batch: float = float("nan")
     drain: float = float("nan")
+    drain_prefilled: float = float("nan")
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
+    one_call_p50_ms: float = float("nan")
+    one_call_p99_ms: float = float("nan")
     idle_rss_mb: float = float("nan")
     commands_per_job: float = float("nan")
     bytes_per_job: float = float("nan")
@@ -172,6 +189,15 @@ class WorkerProcesses:
             raise RuntimeError(f"worker exited: {log.read_text(errors='replace')[-2000:]}")
         return marker in log.read_text(errors="replace")
 
+    def pause(self) -> None:
+        """SIGSTOP every worker: ready, connected, taking nothing."""
+        for process in self.processes:
+            process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGCONT)
+
     def rss_mb(self) -> float:
         import psutil
 
@@ -202,7 +228,7 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 class MimirDriver:
     name = "mimir"
 
-    def __init__(self, url: str, concurrency: int) -> None:
+    def __init__(self, url: str, concurrency: int, steps: int = 1) -> None:
         from mimir.core.jobs import pipeline_job
         from mimir.core.pipeline import load_pipeline
         from mimir.core.queue import JobQueue, connect
@@ -211,7 +237,7 @@ class MimirDriver:
         self.url = url
         self.concurrency = concurrency
         self.queue = JobQueue(connect(url), job_ttl=3600)
-        pipeline = load_pipeline(PIPELINE)
+        pipeline = load_pipeline(PIPELINE if steps == 1 else _pipeline_of(steps))
         self.spec = pipeline_job(pipeline, {})
 
     def worker_command(self) -> tuple[list[str], dict[str, str], str]:
@@ -223,28 +249,48 @@ class MimirDriver:
         }
         return [sys.executable, "-m", "mimir.worker"], env, "serving queues"
 
-    def enqueue_single(self, n: int) -> None:
+    def _succeeded(self) -> int:
+        done = self.loop.run_until_complete(
+            self.queue.redis.hget(self.queue.keys.totals, "succeeded")
+        )
+        return int(done or 0)
+
+    def enqueue_single(self, n: int) -> Any:
+        before = self._succeeded()
+
         async def go() -> None:
             for _ in range(n):
                 await self.queue.enqueue(self.spec)
 
         self.loop.run_until_complete(go())
+        return before
 
     def enqueue_batch(self, n: int) -> Any:
+        before = self._succeeded()
+
         async def go() -> None:
             for first in range(0, n, 1000):
                 await self.queue.enqueue_many([self.spec] * min(1000, n - first))
 
         self.loop.run_until_complete(go())
-        return None
+        return before
 
     def completed(self, handle: Any, n: int) -> bool:
-        done = self.loop.run_until_complete(
-            self.queue.redis.hget(self.queue.keys.totals, "succeeded")
-        )
-        return int(done or 0) >= n
+        return self._succeeded() >= handle + n
 
     def roundtrip(self) -> None:
+        """Enqueue, then wait: two calls."""
+
+        async def go() -> None:
+            job = await self.queue.enqueue(self.spec)
+            result = await self.queue.wait(job.job_id, 30)
+            assert result.job.status == "succeeded", result.job
+
+        self.loop.run_until_complete(go())
+
+    def roundtrip_one_call(self) -> None:
+        """``enqueue_and_wait``: the enqueue and the wait sent in one write."""
+
         async def go() -> None:
             result = await self.queue.enqueue_and_wait(self.spec, 30)
             assert result.job.status == "succeeded", result.job
@@ -276,12 +322,13 @@ class ArqDriver:
         }
         return [sys.executable, "-m", "benchmarks._queue_rivals", "arq-worker"], env, "READY"
 
-    def enqueue_single(self, n: int) -> None:
+    def enqueue_single(self, n: int) -> Any:
         async def go() -> None:
             for _ in range(n):
                 await self.pool.enqueue_job("arq_noop", PAYLOAD)
 
         self.loop.run_until_complete(go())
+        return None
 
     def enqueue_batch(self, n: int) -> Any:
         async def go() -> None:
@@ -295,6 +342,7 @@ class ArqDriver:
         return None
 
     def completed(self, handle: Any, n: int) -> bool:
+        # Taken from the queue, not finished: arq keeps no count (a no-op job ends at once).
         from arq.constants import default_queue_name
 
         return self.loop.run_until_complete(self.pool.zcard(default_queue_name)) == 0
@@ -342,26 +390,41 @@ class CeleryDriver:
                    "--without-mingle", "--without-heartbeat"]  # fmt: skip
         return command, env, "READY"
 
-    def enqueue_single(self, n: int) -> None:
-        for _ in range(n):
-            self.task.delay(PAYLOAD)
+    def enqueue_single(self, n: int) -> Any:
+        return _CeleryPending(self.app, [self.task.delay(PAYLOAD).id for _ in range(n)])
 
     def enqueue_batch(self, n: int) -> Any:
         from celery import group
 
-        return [
+        groups = [
             group(self.task.s(PAYLOAD) for _ in range(min(1000, n - first))).apply_async()
             for first in range(0, n, 1000)
         ]
+        return _CeleryPending(self.app, [r.id for g in groups for r in g.results])
 
     def completed(self, handle: Any, n: int) -> bool:
-        return sum(result.completed_count() for result in handle) >= n
+        return bool(handle.done())
 
     def roundtrip(self) -> None:
         self.task.delay(PAYLOAD).get(timeout=30)
 
     def close(self) -> None:
         self.app.close()
+
+
+class _CeleryPending:
+    """Celery task ids not yet finished, checked with one MGET of their result keys per
+    poll (``completed_count()`` would send a GET per task on every poll)."""
+
+    def __init__(self, app: Any, ids: list[str]) -> None:
+        self.backend = app.backend
+        self.keys = [self.backend.get_key_for_task(i) for i in ids]
+
+    def done(self) -> bool:
+        if self.keys:
+            values = self.backend.client.mget(self.keys)
+            self.keys = [k for k, v in zip(self.keys, values, strict=True) if v is None]
+        return not self.keys
 
 
 DRIVERS: dict[str, type[Any]] = {"mimir": MimirDriver, "arq": ArqDriver, "celery": CeleryDriver}
@@ -393,11 +456,23 @@ def measure(
         command, env, marker = driver.worker_command()
         pool = WorkerProcesses(command, env, workers, marker, tmp)
         figures.extra["ready_rss_mb"] = pool.rss_mb()
-        commands, traffic = redis.counters()
+
+        # Drain while the jobs arrive one call at a time (the workers keep up or not).
         started = time.perf_counter()
-        handle = driver.enqueue_batch(jobs)
+        handle = driver.enqueue_single(jobs)
         _wait_for(lambda: driver.completed(handle, jobs), 600, f"{name} drain", interval=0.005)
         figures.drain = jobs / (time.perf_counter() - started)
+
+        # Drain a queue filled first with batches, the workers stopped (SIGSTOP) meanwhile:
+        # timed from their SIGCONT to the last job's end. Redis traffic is counted over
+        # this enqueue and drain.
+        pool.pause()
+        commands, traffic = redis.counters()
+        handle = driver.enqueue_batch(jobs)
+        started = time.perf_counter()
+        pool.resume()
+        _wait_for(lambda: driver.completed(handle, jobs), 600, f"{name} drain", interval=0.005)
+        figures.drain_prefilled = jobs / (time.perf_counter() - started)
         commands_after, traffic_after = redis.counters()
         figures.commands_per_job = (commands_after - commands) / jobs
         figures.bytes_per_job = (traffic_after - traffic) / jobs
@@ -405,14 +480,11 @@ def measure(
         time.sleep(IDLE_SETTLE)  # "idle": no job for a while (a worker may trim its heap)
         figures.idle_rss_mb = pool.rss_mb()
 
-        for _ in range(min(50, roundtrips)):  # warm up
-            driver.roundtrip()
-        samples = []
-        for _ in range(roundtrips):
-            began = time.perf_counter()
-            driver.roundtrip()
-            samples.append(time.perf_counter() - began)
-        figures.p50_ms, figures.p99_ms = _percentiles(samples)
+        figures.p50_ms, figures.p99_ms = _roundtrips(driver.roundtrip, roundtrips)
+        if hasattr(driver, "roundtrip_one_call"):
+            figures.one_call_p50_ms, figures.one_call_p99_ms = _roundtrips(
+                driver.roundtrip_one_call, roundtrips
+            )
     except Exception as exc:  # report and go on with the other systems
         figures.note = f"failed: {type(exc).__name__}: {exc}"
     finally:
@@ -421,6 +493,180 @@ def measure(
         driver.close()
         redis.stop()
     return figures
+
+
+def _roundtrips(roundtrip: Callable[[], None], count: int) -> tuple[float, float]:
+    """p50/p99 (ms) of ``count`` sequential round trips, after a warm-up."""
+    for _ in range(min(50, count)):
+        roundtrip()
+    samples = []
+    for _ in range(count):
+        began = time.perf_counter()
+        roundtrip()
+        samples.append(time.perf_counter() - began)
+    return _percentiles(samples)
+
+
+def scaling(
+    tmp: Path, concurrency: int, roundtrips: int
+) -> list[tuple[int, int, int, float, float]]:
+    """Mimir with 1, 2 and 4 workers and 10- and 1,000-step pipelines: for each, the
+    prefilled drain (jobs/s) and the two-call round trip p50 (ms), on a fresh Redis.
+    Answers (workers, steps, jobs drained, jobs/s, p50 ms) rows."""
+    rows = []
+    for steps, jobs in ((10, 4_000), (1_000, 200)):
+        for workers in (1, 2, 4):
+            redis = RedisProcess(tmp)
+            driver = MimirDriver(redis.url, concurrency, steps=steps)
+            command, env, marker = driver.worker_command()
+            pool = WorkerProcesses(command, env, workers, marker, tmp)
+            try:
+                pool.pause()
+                handle = driver.enqueue_batch(jobs)
+                started = time.perf_counter()
+                pool.resume()
+                _wait_for(
+                    lambda d=driver, h=handle, n=jobs: d.completed(h, n),
+                    600,
+                    "drain",
+                    interval=0.005,
+                )
+                rate = jobs / (time.perf_counter() - started)
+                p50, _ = _roundtrips(driver.roundtrip, min(roundtrips, 100 if steps > 10 else 300))
+                rows.append((workers, steps, jobs, rate, p50))
+            finally:
+                pool.stop()
+                driver.close()
+                redis.stop()
+    return rows
+
+
+def scaling_report(rows: list[tuple[int, int, int, float, float]]) -> list[str]:
+    lines = [
+        f"{'steps':>6}{'workers':>9}{'jobs':>7}{'jobs/s':>10}{'steps/s':>12}"
+        f"{'per worker':>12}{'round trip p50 ms':>19}",
+    ]
+    for workers, steps, jobs, rate, p50 in rows:
+        lines.append(
+            f"{steps:>6,}{workers:>9}{jobs:>7,}{rate:>10,.0f}{rate * steps:>12,.0f}"
+            f"{rate / workers:>12,.0f}{p50:>19.2f}"
+        )
+    return lines
+
+
+def fanout(tmp: Path, waits: int = 1000, subscribers: int = 200) -> dict[str, Any]:
+    """One real server, 2 workers: ``waits`` concurrent ``GET /jobs/{id}/wait`` and
+    ``subscribers`` SSE streams on ``/api/v1/events`` while enqueue, status and health are
+    called. The wake-up latency is from a job's ``finished_at`` (its worker's clock, this
+    host) to its waiter's answer."""
+    import resource
+    from datetime import datetime
+
+    import httpx
+
+    from benchmarks.server import _start_server
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = waits + subscribers + 500
+    if soft < want and (hard == resource.RLIM_INFINITY or hard >= want):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    redis = RedisProcess(tmp)
+    driver = MimirDriver(redis.url, 10)
+    workdir = Path(tempfile.mkdtemp(prefix="fanout-", dir=tmp))
+    server, base_url = _start_server(workdir, redis.url)
+    command, env, marker = driver.worker_command()
+    pool = WorkerProcesses(command, env, 2, marker, tmp)
+    out: dict[str, Any] = {"waits": waits, "subscribers": subscribers}
+
+    host, port = "127.0.0.1", int(base_url.rsplit(":", 1)[1])
+
+    async def scenario() -> None:
+        records = await driver.queue.enqueue_many([driver.spec] * waits)
+        answered: list[tuple[float, int, dict[str, Any]]] = []
+        events = [0]
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as side:
+
+            async def wait(job_id: str) -> None:
+                # Raw too: httpx's pool with a thousand connections open costs the client
+                # seconds per thousand answers, which would be counted as the server's.
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(
+                    f"GET /api/v1/queue/jobs/{job_id}/wait?timeout=90 HTTP/1.1\r\n"
+                    f"Host: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+                )
+                answer = await reader.read()
+                received = time.time()
+                writer.close()
+                head, _, body = answer.partition(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1]) if head else 0
+                answered.append((received, status, json.loads(body) if status == 200 else {}))
+
+            async def subscribe() -> None:
+                # A raw socket that counts events: an httpx client parsing 200 streams
+                # would use more of the shared cores than the server it measures.
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(f"GET /api/v1/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+                tail = b""
+                try:
+                    while chunk := await reader.read(65536):
+                        data = tail + chunk
+                        events[0] += data.count(b"event: job\n")
+                        tail = data[-16:]
+                        events[0] -= tail.count(b"event: job\n")  # counted with the next
+                finally:
+                    writer.close()
+
+            streams = [asyncio.create_task(subscribe()) for _ in range(subscribers)]
+            waiters = [asyncio.create_task(wait(r.job_id)) for r in records]
+            await asyncio.sleep(3)  # every wait and stream connected and parked
+            side_ms: list[float] = []
+            side_errors = 0
+            resumed = time.perf_counter()
+            pool.resume()
+            while not all(w.done() for w in waiters) and time.perf_counter() - resumed < 120:
+                for method, path, body in (
+                    ("POST", "/api/v1/queue/pipelines/enqueue", {"pipeline": PIPELINE}),
+                    ("GET", "/api/v1/queue/status", None),
+                    ("GET", "/health", None),
+                ):
+                    began = time.perf_counter()
+                    try:
+                        response = await side.request(method, path, json=body)
+                        side_errors += response.status_code >= 400
+                    except httpx.HTTPError as exc:
+                        side_errors += 1
+                        print(f"  {method} {path}: {type(exc).__name__}: {exc}", flush=True)
+                    side_ms.append((time.perf_counter() - began) * 1000)
+            await asyncio.gather(*waiters)
+            for stream in streams:
+                stream.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
+        wake = []
+        for received, status, body in answered:
+            finished = body.get("finished_at") if status == 200 else None
+            if finished:
+                at = datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp()
+                wake.append(max(0.0, received - at))
+        out["answered_ok"] = sum(1 for _, status, _ in answered if status == 200)
+        out["wake_p50_ms"], out["wake_p99_ms"] = _percentiles(wake) if wake else (nan, nan)
+        out["side_calls"] = len(side_ms)
+        out["side_errors"] = side_errors
+        out["side_p50_ms"], out["side_p99_ms"] = _percentiles([m / 1000 for m in side_ms])
+        out["events"] = events[0]
+
+    nan = float("nan")
+    try:
+        pool.pause()
+        driver.loop.run_until_complete(scenario())
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited ({server.returncode}) during the fan-out run")
+    finally:
+        pool.stop()
+        server.terminate()
+        server.wait(15)
+        driver.close()
+        redis.stop()
+    return out
 
 
 def ping_baseline(tmp: Path, count: int = 500) -> tuple[float, float]:
@@ -482,9 +728,12 @@ def report(results: list[Figures], jobs: int, workers: int) -> list[str]:
     rows = [
         ("enqueue, single (jobs/s)", "enqueue_single", 0, True),
         ("enqueue, batch (jobs/s)", "enqueue_batch", 0, True),
-        (f"drain {jobs:,} jobs, {workers} workers (jobs/s)", "drain", 0, True),
-        ("round trip p50 (ms)", "p50_ms", 2, False),
-        ("round trip p99 (ms)", "p99_ms", 2, False),
+        (f"drain {jobs:,}, {workers} workers, fed singly", "drain", 0, True),
+        (f"drain {jobs:,}, {workers} workers, prefilled", "drain_prefilled", 0, True),
+        ("round trip p50 (ms), 2 calls", "p50_ms", 2, False),
+        ("round trip p99 (ms), 2 calls", "p99_ms", 2, False),
+        ("enqueue_and_wait p50 (ms), 1 call", "one_call_p50_ms", 2, False),
+        ("enqueue_and_wait p99 (ms), 1 call", "one_call_p99_ms", 2, False),
         ("idle worker RSS (MB)", "idle_rss_mb", 1, False),
         ("Redis commands per job", "commands_per_job", 1, False),
         ("Redis bytes in+out per job", "bytes_per_job", 0, False),
@@ -515,9 +764,10 @@ def report(results: list[Figures], jobs: int, workers: int) -> list[str]:
 TARGETS: tuple[tuple[str, str, float, bool], ...] = (
     ("single enqueue (jobs/s)", "enqueue_single", 7_000, True),
     ("enqueue_many (jobs/s)", "enqueue_batch", 40_000, True),
-    ("drain (jobs/s)", "drain", 6_000, True),
-    ("round trip p50 (ms)", "p50_ms", 0.6, False),
-    ("round trip p99 (ms)", "p99_ms", 2.0, False),
+    ("drain, fed one enqueue at a time (jobs/s)", "drain", 6_000, True),
+    ("drain, prefilled with enqueue_many (jobs/s)", "drain_prefilled", 25_000, True),
+    ("round trip p50, enqueue then wait (ms)", "p50_ms", 0.6, False),
+    ("round trip p99, enqueue then wait (ms)", "p99_ms", 2.0, False),
     ("idle worker RSS (MB)", "idle_rss_mb", 25.0, False),
 )
 
@@ -550,6 +800,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--concurrency", type=int, default=10, help="jobs at once per worker (10)")
     parser.add_argument("--systems", default="mimir,arq,celery", help="mimir,arq,celery")
+    parser.add_argument(
+        "--no-scaling", action="store_true", help="skip the 1/2/4 workers x 10/1,000 steps table"
+    )
+    parser.add_argument(
+        "--no-fanout", action="store_true", help="skip the 1,000 waits + 200 streams run"
+    )
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(DRIVERS)
@@ -565,6 +821,13 @@ def main(argv: list[str] | None = None) -> int:
                 measure(name, args.jobs, args.single, args.roundtrips, args.workers,
                         args.concurrency, Path(tmp))
             )  # fmt: skip
+        spread = fan = None
+        if "mimir" in systems and not args.no_scaling:
+            print("measuring mimir with 1, 2, 4 workers and 10, 1,000 steps ...", flush=True)
+            spread = scaling(Path(tmp), args.concurrency, args.roundtrips)
+        if "mimir" in systems and not args.no_fanout:
+            print("measuring 1,000 waits and 200 event streams on one server ...", flush=True)
+            fan = fanout(Path(tmp))
     print()
     print("\n".join(report(results, args.jobs, args.workers)))
     mimir = next((r for r in results if r.system == "mimir"), None)
@@ -579,6 +842,21 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
     )
+    if spread:
+        print()
+        print("mimir, prefilled drain and round trip by workers and pipeline length:")
+        print("\n".join(scaling_report(spread)))
+    if fan:
+        print()
+        print(
+            f"{fan['waits']:,} concurrent waits + {fan['subscribers']} event streams on one "
+            f"server: {fan['answered_ok']:,} waits answered 200; wake-up after the job ended "
+            f"p50 {fan['wake_p50_ms']:.1f} ms, p99 {fan['wake_p99_ms']:.1f} ms (from the job's "
+            f"finished_at; the 2 workers ran the 1,000 jobs meanwhile); {fan['events']:,} job "
+            f"events streamed; meanwhile {fan['side_calls']} enqueue/status/health calls, "
+            f"{fan['side_errors']} errors, p50 {fan['side_p50_ms']:.1f} ms, "
+            f"p99 {fan['side_p99_ms']:.1f} ms"
+        )
     print(
         f"context: one Redis PING from Python asyncio takes p50 {baseline[0]:.2f} ms, "
         f"p99 {baseline[1]:.2f} ms here; load average {os.getloadavg()[0]:.1f} "
