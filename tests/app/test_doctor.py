@@ -463,6 +463,21 @@ def test_an_old_container_restart_is_a_note_and_a_recent_one_a_warning() -> None
     assert report.exit_code == 0  # a note alone leaves the exit status at 0
 
 
+def _collect(url: str, keys: QueueKeys) -> QueueSnapshot:
+    """What the server's diagnostics read from the Redis at ``url``."""
+
+    async def read() -> QueueSnapshot:
+        from redis.asyncio import Redis
+
+        async_client = Redis.from_url(url)
+        try:
+            return await collect(async_client, keys)
+        finally:
+            await async_client.aclose()
+
+    return asyncio.run(read())
+
+
 def test_the_dead_letter_is_read_bounded(redis_server: RedisServer) -> None:
     """A mass failure leaves many entries: the server reads at most DEAD_COUNT_MAX."""
     client = redis.Redis.from_url(redis_server.url)
@@ -473,16 +488,7 @@ def test_the_dead_letter_is_read_bounded(redis_server: RedisServer) -> None:
         pipe.execute()
     client.close()
 
-    async def read() -> QueueSnapshot:
-        from redis.asyncio import Redis
-
-        async_client = Redis.from_url(redis_server.url)
-        try:
-            return await collect(async_client, keys)
-        finally:
-            await async_client.aclose()
-
-    snap = asyncio.run(read())
+    snap = _collect(redis_server.url, keys)
     assert snap.dead.total == DEAD_COUNT_MAX + 500
     assert snap.dead.recent == DEAD_COUNT_MAX and snap.dead.recent_capped
     assert snap.dead.newest_error == f"boom {DEAD_COUNT_MAX + 499}"
@@ -501,16 +507,7 @@ def test_throughput_counts_jobs_that_ended_this_second(redis_server: RedisServer
     client.hset(keys.rate(now - 60), "succeeded", 100)  # older than the window
     client.close()
 
-    async def read() -> QueueSnapshot:
-        from redis.asyncio import Redis
-
-        async_client = Redis.from_url(redis_server.url)
-        try:
-            return await collect(async_client, keys)
-        finally:
-            await async_client.aclose()
-
-    snap = asyncio.run(read())
+    snap = _collect(redis_server.url, keys)
     # (A read that lands in the next second still has both of them in its window.)
     assert (snap.throughput.succeeded, snap.throughput.failed) == (10, 1)
 
