@@ -377,6 +377,10 @@ elseif mode == 'pending' then
           local jobid = entry[2][2]
           local st = redis.call('HGET', job_prefix .. jobid, 'status')
           if st ~= 'running' then start(KEYS[i], p[1], jobid) end
+        else
+          -- Deleted since the read delivered it (a cancel of the queued job): nothing to
+          -- run, so it leaves the pending list now (it counted as running until reclaimed).
+          redis.call('XACK', KEYS[i], group, p[1])
         end
       end
     end

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from mimir.core.queue import (
+    GROUP,
     JobNotFoundError,
     JobQueue,
     JobSpec,
@@ -132,6 +133,22 @@ def test_cancel_queued_and_scheduled_jobs(queue: JobQueue, consumer: QueueConsum
         run(queue.cancel(queued.job_id))
     with pytest.raises(JobNotFoundError):
         run(queue.cancel("nope"))
+
+
+def test_a_job_cancelled_between_the_blocking_read_and_its_start_leaves_no_pending_entry(
+    queue: JobQueue, consumer: QueueConsumer, run
+) -> None:
+    # A worker's blocking XREADGROUP delivers the entry (now in its pending list), and the
+    # cancel of the still-queued job deletes it before the script that starts it runs.
+    job = run(queue.enqueue(spec()))
+    stream = queue.keys.stream("default", "normal")
+    run(queue.redis.xreadgroup(GROUP, consumer.worker_id, {stream: ">"}, count=1))
+    assert run(queue.cancel(job.job_id)).status is JobStatus.cancelled
+    assert run(queue.status()).running == 1  # the delivered entry, until the worker looks
+    assert run(consumer.read_blocking(5, 1)) == []
+    assert run(queue.redis.xpending(stream, GROUP))["pending"] == 0
+    assert run(queue.status()).running == 0
+    assert run(queue.get(job.job_id)).status is JobStatus.cancelled
 
 
 def test_cancel_running_job_is_flagged_for_its_worker(
