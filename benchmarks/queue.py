@@ -648,13 +648,12 @@ def fanout(tmp: Path, waits: int = 1000, subscribers: int = 200) -> dict[str, An
                 at = datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp()
                 wake.append(max(0.0, received - at))
         out["answered_ok"] = sum(1 for _, status, _ in answered if status == 200)
-        out["wake_p50_ms"], out["wake_p99_ms"] = _percentiles(wake) if wake else (nan, nan)
+        out["wake_p50_ms"], out["wake_p99_ms"] = _percentiles(wake) if wake else (float("nan"),) * 2
         out["side_calls"] = len(side_ms)
         out["side_errors"] = side_errors
         out["side_p50_ms"], out["side_p99_ms"] = _percentiles([m / 1000 for m in side_ms])
         out["events"] = events[0]
 
-    nan = float("nan")
     try:
         pool.pause()
         driver.loop.run_until_complete(scenario())

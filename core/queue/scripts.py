@@ -298,11 +298,13 @@ local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl
   now_ms = now_ms, counts = {}}
 local out = {}
 
--- One read of the record, one write, one event per job started.
-local function start(stream, eid, jobid)
+-- One read of the record, one write, one event per job started. not_running: leave a job
+-- already running alone (the caller's own pending list holds its running jobs too).
+local function start(stream, eid, jobid, not_running)
   local jk = job_prefix .. jobid
   local t = load(jk)
   local st = t and t.status
+  if not_running and st == 'running' then return end
   if (not st) or (st ~= 'queued' and st ~= 'running') or (t.entry and t.entry ~= eid) then
     drop_entry(stream, group, eid)  -- expired, already ended, or a stale duplicate entry
     return
@@ -374,9 +376,7 @@ elseif mode == 'pending' then
       for _, p in ipairs(res) do
         local entry = redis.call('XRANGE', KEYS[i], p[1], p[1])[1]
         if entry then
-          local jobid = entry[2][2]
-          local st = redis.call('HGET', job_prefix .. jobid, 'status')
-          if st ~= 'running' then start(KEYS[i], p[1], jobid) end
+          start(KEYS[i], p[1], entry[2][2], true)
         else
           -- Deleted since the read delivered it (a cancel of the queued job): nothing to
           -- run, so it leaves the pending list now (it counted as running until reclaimed).
@@ -566,24 +566,23 @@ local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl
   now_ms = now_ms, counts = {}}
 local t = load(job)
 if not t then return 'missing' end
-local f = {t.status, t.stream, t.entry}
-if f[1] == 'queued' then
-  if f[2] and f[3] then redis.call('XDEL', f[2], f[3]) end
+if t.status == 'queued' then
+  if t.stream and t.entry then redis.call('XDEL', t.stream, t.entry) end
   finalize(q, job, done, job_id, t, 'cancelled', '')
   flush(q)
   return 'cancelled'
-elseif f[1] == 'scheduled' then
+elseif t.status == 'scheduled' then
   redis.call('ZREM', scheduled, job_id)
   finalize(q, job, done, job_id, t, 'cancelled', '')
   flush(q)
   return 'cancelled'
-elseif f[1] == 'running' then
+elseif t.status == 'running' then
   redis.call('HSET', job, 'cancel_requested', '1')
   redis.call('PUBLISH', cancel, job_id)
   publish(events, job, job_id)
   return 'cancelling'
 end
-return 'ended:' .. f[1]
+return 'ended:' .. t.status
 """
 )
 
