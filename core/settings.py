@@ -62,16 +62,16 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
-def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def _env_seconds(env: Mapping[str, str], name: str, default: float, unit: str = "seconds") -> float:
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
+        raise ValueError(f"{name} must be a number of {unit}, got {raw!r}") from exc
     if value < 0:
-        raise ValueError(f"{name} must be 0 or more seconds, got {raw!r}")
+        raise ValueError(f"{name} must be 0 or more {unit}, got {raw!r}")
     return value
 
 
@@ -155,6 +155,18 @@ class Settings:
     #: Web origins allowed to call the API from a browser (CORS, e.g. YASGUI on another
     #: host): ``MIMIR_CORS_ORIGINS``, comma-separated; empty (default) allows none.
     cors_origins: tuple[str, ...] = ()
+    #: The run store's database (``MIMIR_DATABASE_URL``, a SQLAlchemy URL such as
+    #: ``postgresql+psycopg://user@host/db``); ``None``: SQLite in ``data_dir``.
+    database_url: str | None = field(default=None, repr=False)
+    #: Days a run is kept in the run store (``MIMIR_RUN_RETENTION``, default 30).
+    run_retention_days: float = 30.0
+    #: At most this many runs are kept, the oldest pruned first (``MIMIR_RUN_MAX``; 0: no cap).
+    run_max_count: int = 0
+    #: Where alert e-mail goes out (``MIMIR_SMTP_URL``: ``smtp://user:pass@host:port``,
+    #: ``smtps://`` for TLS from the start; STARTTLS is used when the server offers it).
+    smtp_url: str | None = field(default=None, repr=False)
+    #: The ``From`` address of alert e-mail (``MIMIR_SMTP_FROM``).
+    smtp_from: str = "mimir@localhost"
     #: Cluster control: ``docker``, ``local`` or ``None`` to guess (``MIMIR_CLUSTER_BACKEND``).
     cluster_backend: str | None = None
     #: Docker engine URL (``DOCKER_HOST``; ``None``: the local socket).
@@ -199,6 +211,11 @@ class Settings:
             sparql_federation=_sparql_federation(env),
             sparql_allow=_env_list(env, "MIMIR_SPARQL_ALLOW"),
             cors_origins=_env_list(env, "MIMIR_CORS_ORIGINS"),
+            database_url=(env.get("MIMIR_DATABASE_URL") or "").strip() or None,
+            run_retention_days=_env_seconds(env, "MIMIR_RUN_RETENTION", 30.0, "days"),
+            run_max_count=_env_int(env, "MIMIR_RUN_MAX", 0),
+            smtp_url=(env.get("MIMIR_SMTP_URL") or "").strip() or None,
+            smtp_from=(env.get("MIMIR_SMTP_FROM") or "").strip() or "mimir@localhost",
             cluster_backend=(env.get("MIMIR_CLUSTER_BACKEND") or "").strip().lower() or None,
             docker_host=env.get("DOCKER_HOST") or None,
             redis_image=env.get("MIMIR_REDIS_IMAGE") or None,

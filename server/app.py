@@ -7,6 +7,7 @@ is down; ``GET /health`` says whether Redis answers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from mimir.core.pipeline.store import PipelineStore
 from mimir.core.plugins.registry import default_registry
 from mimir.core.queue import JobQueue
 from mimir.core.queue.connection import connect
+from mimir.core.runstore.db import database_url, open_database, redact_database_url
 from mimir.core.settings import Settings
 from mimir.server.auth import BearerTokenMiddleware
 from mimir.server.errors import install_error_handlers
@@ -29,6 +31,8 @@ from mimir.server.middleware import BodySizeLimitMiddleware, RequestLogMiddlewar
 from mimir.server.openapi import install_openapi
 from mimir.server.redaction import redact_url
 from mimir.server.routes import ROUTERS
+from mimir.server.runs import start_services, stop_services
+from mimir.server.runs.audit import AuditMiddleware
 
 __all__ = ["create_app", "make_redis"]
 
@@ -75,6 +79,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         listener, JobQueue(app.state.redis, settings.key_prefix, settings.job_ttl)
     )
     app.state.live.start()
+    # The run store: migrated before the first request; a database that cannot be opened
+    # stops the server here, with the reason, rather than losing runs later.
+    try:
+        app.state.db = await asyncio.to_thread(open_database, settings)
+    except Exception as exc:
+        logger.error(
+            "cannot open the run store %s: %s",
+            redact_database_url(database_url(settings)),
+            exc,
+        )
+        await app.state.live.aclose()
+        await app.state.redis.aclose()
+        raise
+    services = await start_services(app)
     logger.info(
         "Mimir API %s: pipelines in %s, data in %s, redis %s, token %s",
         __version__,
@@ -86,8 +104,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await stop_services(services)
         await app.state.live.aclose()
         await app.state.redis.aclose()
+        await asyncio.to_thread(app.state.db.dispose)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -106,11 +126,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = PipelineStore(settings.pipelines_dir, registry)
     app.state.redis = None
     app.state.live = None
+    app.state.db = None
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     install_openapi(app, token_required=bool(settings.api_token))
     app.add_middleware(MethodsMiddleware, routes=app.router.routes)
+    # Inside the token check: a refused call never reaches a handler, and is not audited.
+    app.add_middleware(AuditMiddleware)
     if settings.api_token:
         app.add_middleware(BearerTokenMiddleware, token=settings.api_token)
     # Pipelines and contexts, not bulk data: MIMIR_MAX_BODY_BYTES (413 beyond). The

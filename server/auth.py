@@ -16,12 +16,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mimir.server.logs import printable
 from mimir.server.middleware import send_json_error
 
-__all__ = ["OPEN_PATHS", "BearerTokenMiddleware", "token_matches"]
+__all__ = ["OPEN_PATHS", "OPEN_PREFIXES", "BearerTokenMiddleware", "token_matches"]
 
 logger = logging.getLogger(__name__)
 
 #: Paths answered without a token (liveness probes must not need the secret).
 OPEN_PATHS = frozenset({"/health", "/ready"})
+#: Paths that carry a secret of their own instead of the API token: webhook triggers
+#: (``POST /api/v1/hooks/{trigger_id}``, checked against that trigger's secret).
+OPEN_PREFIXES = ("/api/v1/hooks/",)
 
 
 def token_matches(header: bytes | None, token: bytes) -> bool:
@@ -42,7 +45,12 @@ class BearerTokenMiddleware:
         self._token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in {"http", "websocket"} or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if (
+            scope["type"] not in {"http", "websocket"}
+            or path in OPEN_PATHS
+            or path.startswith(OPEN_PREFIXES)
+        ):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization")

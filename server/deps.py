@@ -15,6 +15,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
+from sqlalchemy import Engine
 
 from mimir.core.pipeline.store import PipelineStore
 from mimir.core.plugins.registry import PluginRegistry
@@ -23,11 +24,13 @@ from mimir.core.settings import Settings
 from mimir.server.live import LiveHub
 
 __all__ = [
+    "DbDep",
     "LiveDep",
     "RedisDep",
     "RegistryDep",
     "SettingsDep",
     "StoreDep",
+    "get_db",
     "get_live",
     "get_redis",
     "get_registry",
@@ -74,8 +77,17 @@ async def get_live(request: Request) -> LiveHub:
     return live
 
 
+async def get_db(request: Request) -> Engine:
+    """The run store's engine (opened and migrated by the lifespan)."""
+    engine: Engine | None = getattr(request.app.state, "db", None)
+    if engine is None:
+        raise RuntimeError("the run store is opened by the app's lifespan, which has not run")
+    return engine
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[PluginRegistry, Depends(get_registry)]
 StoreDep = Annotated[PipelineStore, Depends(get_store)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 LiveDep = Annotated[LiveHub, Depends(get_live)]
+DbDep = Annotated[Engine, Depends(get_db)]

@@ -8,6 +8,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from mimir.server.routes import (
+    alerts,
+    audit,
     diagnostics,
     events,
     health,
@@ -17,6 +19,8 @@ from mimir.server.routes import (
     pipelines,
     plugins,
     queue,
+    runs,
+    schedules,
     twins,
     workers,
 )
@@ -36,4 +40,8 @@ ROUTERS: list[APIRouter] = [
     ontologies.router,
     kg.router,
     twins.router,
+    runs.router,
+    schedules.router,
+    alerts.router,
+    audit.router,
 ]
