@@ -13,6 +13,9 @@ PACKAGES=(
   systemd strace                     # systemd-analyze verify of packaging/systemd; strace checks
                                      # the units' SystemCallFilter (not in a minbase install)
   faketime                           # libfaketime: a worker with a shifted clock (doctor tests)
+  postgresql                         # the run store's tests start throwaway clusters with its
+                                     # initdb/pg_ctl (tests/pg.py); Debian's default cluster
+                                     # on 5432 that the package starts is not used
 )
 # PyInstaller (the bundle test) needs the shared libpython of Debian's own Python, which a
 # minimal install lacks; a Python built elsewhere (pyenv) carries its own.
