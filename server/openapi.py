@@ -374,6 +374,15 @@ ROUTES: dict[str, OperationDoc] = {
     "GET /api/v1/twins/{twin_id}/runs": OperationDoc(errors=(404,)),
     # A run whose job cannot be read is answered as last stored, never with a 503.
     "GET /api/v1/twins/{twin_id}/runs/{run_id}": OperationDoc(errors=(404,), never=(503,)),
+    # -- run history (503: the run store's database is unreachable)
+    "GET /api/v1/runs": OperationDoc(errors=(503,)),
+    "GET /api/v1/runs/export": OperationDoc(errors=(503,)),
+    "GET /api/v1/runs/stats": OperationDoc(errors=(503,)),
+    "GET /api/v1/runs/status": OperationDoc(errors=(503,)),
+    "GET /api/v1/runs/{job_id}": OperationDoc(errors=(404, 503)),
+    "GET /api/v1/runs/{job_id}/logs": OperationDoc(errors=(404, 503)),
+    "GET /api/v1/runs/{job_id}/artifacts": OperationDoc(errors=(404, 503)),
+    "GET /api/v1/runs/{job_id}/artifacts/{name}": OperationDoc(errors=(404, 503)),
     "POST /api/v1/queue/digital-twins/enqueue": OperationDoc(
         errors=(404, 422),
         links={

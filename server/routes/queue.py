@@ -15,21 +15,26 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from pydantic import BaseModel, field_validator
+from sqlalchemy import Engine
 
 from mimir.core.durations import parse_duration
 from mimir.core.jobs import pipeline_job
 from mimir.core.pipeline.requests import PipelineRequest, resolve_pipeline_request
 from mimir.core.queue import (
     DeadLetterEntry,
+    JobNotFoundError,
     JobOptions,
     JobPage,
     JobQueue,
     JobRecord,
+    JobStateError,
     JobStatus,
     QueueStatus,
 )
+from mimir.core.runstore.models import RunFilter, RunRecord, RunSummary
+from mimir.core.runstore.runs import RunStore
 from mimir.server.deps import LiveDep, RedisDep, RegistryDep, SettingsDep, StoreDep
 
 __all__ = ["EnqueueAccepted", "EnqueueRequest", "QueueDep", "get_queue", "router"]
@@ -38,6 +43,9 @@ router = APIRouter(prefix="/api/v1/queue", tags=["queue"])
 
 #: Longest wait one ``/wait`` call may ask for.
 MAX_WAIT = 3600.0
+#: Newest jobs the list merges from Redis and the run store; a page beyond this many is
+#: Redis's alone (the run history is paged through ``GET /api/v1/runs``).
+MERGE_WINDOW = 5000
 #: Largest page offset (Redis counts in signed 64-bit integers; no queue gets near this).
 MAX_OFFSET = 10**12
 #: The ``/wait`` timeouts the OpenAPI document promises to accept: seconds (up to 999.999),
@@ -55,6 +63,15 @@ def get_queue(settings: SettingsDep, redis: RedisDep) -> JobQueue:
 
 
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+
+
+async def get_run_db(request: Request) -> Engine | None:
+    """The run store's engine, or ``None`` where no lifespan opened it (in-process
+    clients): the job routes then answer from Redis alone."""
+    return getattr(request.app.state, "db", None)
+
+
+RunDbDep = Annotated[Engine | None, Depends(get_run_db)]
 
 
 def _seconds(value: float | str | None, what: str) -> float | None:
@@ -141,50 +158,170 @@ async def queue_status(jobs: QueueDep) -> QueueStatus:
     return await jobs.status()
 
 
+def record_from_run(run: RunSummary) -> JobRecord:
+    """The job record of a stored run (what the job API answers once Redis has released
+    or expired the job's own record)."""
+    data: dict[str, Any] = {
+        "job_id": run.job_id,
+        "type": run.type,
+        "status": run.status,
+        "priority": run.priority,
+        "queue": run.queue,
+        "attempts": run.attempts,
+        "worker_id": run.worker_id,
+        "pipeline": run.pipeline,
+        "enqueued_at": run.enqueued_at or run.started_at or run.finished_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "error": run.error,
+    }
+    if isinstance(run, RunRecord):
+        data.update(
+            max_retries=run.max_retries,
+            timeout=run.timeout,
+            result=run.result,
+            idempotency_key=run.options.get("idempotency_key"),
+            scheduled_for=run.options.get("scheduled_for"),
+        )
+    return JobRecord.model_validate(data)
+
+
+async def stored_record(db: Engine | None, job_id: str) -> JobRecord | None:
+    """The job record of ``job_id``'s stored run, or ``None`` (no run, or no database)."""
+    if db is None:
+        return None
+    run = await asyncio.to_thread(RunStore(db).get, job_id)
+    return record_from_run(run) if run is not None else None
+
+
+async def _stored_page(
+    db: Engine | None, status_filter: JobStatus | None, queue: str | None, window: int
+) -> tuple[list[JobRecord], int]:
+    """The newest ``window`` stored runs as job records, and how many match in all."""
+    if status_filter is not None and status_filter.value not in {
+        "succeeded",
+        "failed",
+        "cancelled",
+        "dead",
+    }:
+        return [], 0
+    if db is None:
+        return [], 0
+    store = RunStore(db)
+    runs_filter = RunFilter(status=status_filter.value if status_filter else None, queue=queue)
+
+    def read() -> tuple[list[RunSummary], int]:
+        found: list[RunSummary] = []
+        cursor: str | None = None
+        while len(found) < window:
+            page, cursor = store.list(runs_filter, min(1000, window - len(found)), cursor)
+            found += page
+            if cursor is None:
+                break
+        return found, store.count(runs_filter)
+
+    runs, total = await asyncio.to_thread(read)
+    return [record_from_run(run) for run in runs], total
+
+
 @router.get("/jobs", response_model=JobPage)
 async def list_jobs(
     jobs: QueueDep,
+    db: RunDbDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     queue: str | None = None,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> JobPage:
-    """Jobs newest first, optionally only one status (and pool)."""
-    return await jobs.list_jobs(status_filter, queue=queue, offset=offset, limit=limit)
+    """Jobs newest first (by enqueue time), optionally only one status (and pool): the
+    jobs Redis holds merged with the runs of the run store (the record of a job that has
+    ended lives on there after Redis lets it go). ``total`` counts both, a job in both
+    once among those read."""
+    window = offset + limit
+    if window > MERGE_WINDOW:
+        return await jobs.list_jobs(status_filter, queue=queue, offset=offset, limit=limit)
+    live: list[JobRecord] = []
+    live_total = 0
+    start = 0
+    while start < window:
+        page = await jobs.list_jobs(
+            status_filter, queue=queue, offset=start, limit=min(1000, window - start)
+        )
+        live += page.jobs
+        live_total = page.total
+        start += page.limit
+        if start >= page.total:
+            break
+    stored, stored_total = await _stored_page(db, status_filter, queue, window)
+    merged: dict[str, JobRecord] = {}
+    for record in stored:
+        merged[record.job_id] = record
+    both = sum(1 for record in live if record.job_id in merged)
+    for record in live:  # Redis's record is the newer (version, progress)
+        merged[record.job_id] = record
+    ordered = sorted(merged.values(), key=lambda r: (r.enqueued_at, r.job_id), reverse=True)
+    return JobPage(
+        jobs=ordered[offset:window],
+        total=live_total + stored_total - both,
+        offset=offset,
+        limit=limit,
+    )
 
 
 @router.get("/jobs/{job_id}", response_model=JobRecord)
-async def get_job(job_id: str, jobs: QueueDep) -> JobRecord:
-    """The job record."""
-    return await jobs.get(job_id)
+async def get_job(job_id: str, jobs: QueueDep, db: RunDbDep) -> JobRecord:
+    """The job record (from the run store once Redis no longer holds it)."""
+    try:
+        return await jobs.get(job_id)
+    except JobNotFoundError:
+        record = await stored_record(db, job_id)
+        if record is None:
+            raise
+        return record
 
 
 @router.get("/jobs/{job_id}/wait", response_model=WaitAnswer)
 async def wait_for_job(
     job_id: str,
     live: LiveDep,
+    db: RunDbDep,
     timeout: Annotated[
         str, Query(json_schema_extra={"pattern": WAIT_TIMEOUT_PATTERN, "maxLength": 16})
     ] = "60s",
 ) -> WaitAnswer:
     """Block until the job ends or ``timeout`` (Go duration, e.g. ``500ms``, ``60s``,
     ``1m30s``) passes; either way 200 with the record and ``timed_out``. Woken by the
-    server's one subscription to job events: a wait holds no Redis connection."""
+    server's one subscription to job events: a wait holds no Redis connection. A job that
+    ended and whose record Redis let go answers at once from the run store."""
     try:
         seconds = parse_duration(timeout)
     except ValueError as exc:
         raise HTTPException(422, f"query.timeout: {exc}") from None
     if not 0 <= seconds <= MAX_WAIT:
         raise HTTPException(422, f"query.timeout: must be between 0s and {MAX_WAIT:g}s")
-    result = await live.wait(job_id, seconds)
+    try:
+        result = await live.wait(job_id, seconds)
+    except JobNotFoundError:
+        record = await stored_record(db, job_id)
+        if record is None:
+            raise
+        return WaitAnswer(**record.model_dump(), timed_out=False)
     return WaitAnswer(**result.job.model_dump(), timed_out=result.timed_out)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobRecord)
-async def cancel_job(job_id: str, jobs: QueueDep) -> JobRecord:
+async def cancel_job(job_id: str, jobs: QueueDep, db: RunDbDep) -> JobRecord:
     """Cancel: a waiting job ends now, a running one is stopped by its worker
     (``cancel_requested`` is true until it has)."""
-    return await jobs.cancel(job_id)
+    try:
+        return await jobs.cancel(job_id)
+    except JobNotFoundError:
+        record = await stored_record(db, job_id)
+        if record is None:
+            raise
+        raise JobStateError(
+            f"job {job_id!r} has already ended ({record.status}); nothing to cancel"
+        ) from None
 
 
 @router.get("/dead-letter", response_model=DeadLetterPage)
