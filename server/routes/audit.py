@@ -1,9 +1,67 @@
-"""(being written)"""
+"""The audit log: ``GET /api/v1/audit?actor=&action=&since=&until=&limit=&cursor=``.
+
+Entries newest first (keyset pagination: pass ``next_cursor`` back as ``cursor``). See
+:mod:`mimir.server.runs.audit` for what is recorded, and what never is.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated
 
-__all__ = ["router"]
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import BaseModel
 
-router = APIRouter(tags=["audit"])
+from mimir.core.runstore.audit import AuditEntry, AuditLog
+from mimir.server.deps import DbDep
+
+__all__ = ["AuditPage", "router"]
+
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry]
+    #: Pass as ``cursor`` for the next (older) page; ``null`` at the end.
+    next_cursor: str | None = None
+    #: Entries this server dropped since it started (the writer fell behind a burst).
+    dropped: int = 0
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+@router.get("", response_model=AuditPage)
+async def list_audit(
+    request: Request,
+    db: DbDep,
+    actor: Annotated[str | None, Query(max_length=200)] = None,
+    action: Annotated[str | None, Query(max_length=200)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> AuditPage:
+    """Mutating calls, newest first, filtered by actor, action and time."""
+    log = AuditLog(db)
+    try:
+        entries, next_cursor = await asyncio.to_thread(
+            lambda: log.list(
+                actor=actor,
+                action=action,
+                since=_aware(since),
+                until=_aware(until),
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"cursor: {exc}") from None
+    writer = getattr(request.app.state, "audit", None)
+    return AuditPage(
+        entries=entries, next_cursor=next_cursor, dropped=getattr(writer, "dropped", 0)
+    )

@@ -9,7 +9,8 @@ at shutdown:
 - :mod:`.scheduler`: fires due schedule ticks (each tick enqueued once, by idempotency key).
 - :mod:`.alerting`: evaluates alert rules and sends notifications.
 
-:mod:`.audit` holds the middleware that records every mutating call.
+:mod:`.audit` holds the middleware that records every mutating call, and the writer task
+that stores its entries.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mimir.server.runs import alerting, ingest, scheduler
+from mimir.server.runs import alerting, audit, ingest, scheduler
 
 __all__ = ["SERVICES", "start_services", "stop_services"]
 
@@ -30,6 +31,7 @@ SERVICES: list[Callable[[Any], Awaitable[list[asyncio.Task[None]]]]] = [
     ingest.start,
     scheduler.start,
     alerting.start,
+    audit.start,
 ]
 
 
