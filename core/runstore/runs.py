@@ -237,11 +237,17 @@ def _float(value: Any) -> float | None:
 
 def _valid(model: Any, items: Any, what: str, job_id: str) -> builtins.list[Any]:
     out = []
+    bad: ValidationError | None = None
+    left_out = 0
     for item in items if isinstance(items, list) else []:
         try:
             out.append(model.model_validate(item))
         except ValidationError as exc:
-            logger.warning("run %s: a %s the worker reported is left out: %s", job_id, what, exc)
+            bad, left_out = exc, left_out + 1
+    if bad is not None:
+        logger.warning(
+            "run %s: %d %s(s) the worker reported left out, e.g.: %s", job_id, left_out, what, bad
+        )
     return out
 
 
@@ -339,6 +345,15 @@ def _run_row(run: RunIn) -> dict[str, Any]:
     for name in _RECORD_JSON:
         row[name] = _dumps(getattr(run, name))
     return row
+
+
+def _no_nul(rows: builtins.list[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
+    """``rows`` with NUL characters in texts replaced (PostgreSQL refuses them in text)."""
+    for row in rows:
+        for name, value in row.items():
+            if isinstance(value, str) and "\x00" in value:
+                row[name] = value.replace("\x00", "\ufffd")
+    return rows
 
 
 def _log_text(lines: Iterable[LogLine]) -> str:
@@ -471,7 +486,7 @@ class RunStore:
             index_elements=[runs.c.job_id],
             set_={c.name: stmt.excluded[c.name] for c in runs.columns if c.name != "job_id"},
         )
-        connection.execute(stmt, [_run_row(run) for run in ordered])
+        connection.execute(stmt, _no_nul([_run_row(run) for run in ordered]))
         for table in (run_steps, run_logs, run_artifacts):
             connection.execute(delete(table).where(table.c.job_id.in_(ids)))
         steps = [
@@ -489,7 +504,7 @@ class RunStore:
             for step in {step.index: step for step in run.steps}.values()
         ]
         if steps:
-            connection.execute(run_steps.insert(), steps)
+            connection.execute(run_steps.insert(), _no_nul(steps))
         logs = [
             {"job_id": run.job_id, "lines": _log_text(run.logs), "truncated": run.logs_truncated}
             for run in ordered
@@ -503,7 +518,7 @@ class RunStore:
             for artifact in {a.name: a for a in run.artifacts}.values()
         ]
         if artifacts:
-            connection.execute(run_artifacts.insert(), artifacts)
+            connection.execute(run_artifacts.insert(), _no_nul(artifacts))
 
     def prune(self, older_than: datetime | None, max_count: int = 0, *, pause: float = 0.0) -> int:
         """Delete the runs that finished before ``older_than`` and, when ``max_count`` > 0,

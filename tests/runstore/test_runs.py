@@ -468,3 +468,17 @@ def test_prune_by_count_with_equal_end_times(store: RunStore) -> None:
     store.upsert([make_run(f"e{i:02d}", finished_at=T0) for i in range(12)])
     assert store.prune(None, 5) == 7
     assert [r.job_id for r in store.export()] == [f"e{i:02d}" for i in range(11, 6, -1)]
+
+
+def test_nul_characters_are_stored(store: RunStore) -> None:
+    """PostgreSQL refuses NUL in text: a plugin's binary junk in an error must not stop
+    the ingest."""
+    run = make_run("nul", status="failed", error="bad\x00byte", logs=0)
+    run.steps[0].error = "step\x00error"
+    run.logs = [LogLine(t=T0, msg="log\x00line")]
+    store.upsert([run])
+    got = store.get("nul")
+    assert got is not None and got.error == "bad\ufffdbyte"
+    assert got.steps[0].error == "step\ufffderror"
+    logs = store.logs("nul")
+    assert logs is not None and logs[0].msg == "log\x00line"
