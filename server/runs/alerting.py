@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, and_, func, or_, select
 
 from mimir.core.queue import JobQueue
 from mimir.core.queue.keys import GROUP, PRIORITIES
@@ -472,34 +472,52 @@ class Evaluator:
         self, spec: dict[str, Any], current: Alert | None
     ) -> tuple[bool, str, dict[str, Any]] | None:
         """Schedules (not paused) whose next tick (``next_tick_ms``) is more than
-        ``grace_seconds`` in the past: the scheduler did not fire it."""
+        ``grace_seconds`` in the past (no scheduler fired it: Redis down, servers stalled),
+        or whose last tick could not be enqueued (``last_error``: the pipeline is gone or
+        invalid)."""
         table = _schedules_table()
         if table is None or "next_tick_ms" not in table.c:
             return None
         columns = table.c
         grace = float(spec.get("grace_seconds") or 60)
         cutoff = int((time.time() - grace) * 1000)
-        query = select(columns.id, columns.name, columns.next_tick_ms).where(
-            columns.next_tick_ms.is_not(None), columns.next_tick_ms < cutoff
+        query = select(columns.id, columns.name, columns.next_tick_ms, columns.last_error).where(
+            or_(
+                and_(columns.next_tick_ms.is_not(None), columns.next_tick_ms < cutoff),
+                columns.last_error.is_not(None),
+            ),
+            columns.paused.is_(False),
         )
-        if "paused" in columns:
-            query = query.where(columns.paused.is_(False))
         if spec.get("schedule_id"):
             query = query.where(columns.id == spec["schedule_id"])
         with self.engine.connect() as conn:
-            rows = conn.execute(query.limit(50)).all()
-        overdue = {
-            str(row.id): {
-                "name": row.name,
-                "due": datetime.fromtimestamp(int(row.next_tick_ms) / 1000, UTC).isoformat(),
-            }
-            for row in rows
-        }
-        if overdue:
-            names = ", ".join(sorted(str(v["name"]) for v in overdue.values()))
-            summary = f"schedule tick missed (over {grace:g} s overdue): {names}"
-            return True, summary, {"schedules": overdue}
-        return False, current.summary if current else "", {"schedules": {}}
+            rows = conn.execute(query.order_by(columns.id).limit(50)).all()
+        missed: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            entry: dict[str, Any] = {"name": row.name}
+            if row.next_tick_ms is not None and row.next_tick_ms < cutoff:
+                entry["overdue_since"] = datetime.fromtimestamp(
+                    int(row.next_tick_ms) / 1000, UTC
+                ).isoformat()
+            if row.last_error:
+                entry["error"] = str(row.last_error)[:500]
+            missed[str(row.id)] = entry
+        if missed:
+            names = ", ".join(sorted(str(v["name"]) for v in missed.values()))
+            summary = f"schedule tick missed: {names}"
+            first = next(iter(missed.values()))
+            if first.get("error"):
+                summary += f" ({first['error'][:200]})"
+            return True, summary, {"schedules": missed}
+        previous = current.details if current else {}
+        return (
+            False,
+            current.summary if current else "",
+            {
+                **previous,
+                "resolved_by": "every schedule's ticks fire again",
+            },
+        )
 
     # -- firing and resolving ----------------------------------------------------------
 
