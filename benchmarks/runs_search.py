@@ -20,16 +20,21 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from mimir.core.runstore.db import make_engine, migrate
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from mimir.core.runstore.db import make_engine, migrate, redact_database_url
 from mimir.core.runstore.models import RunFilter
 from mimir.core.runstore.runs import RunStore, runs
 
@@ -62,96 +67,124 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[round(0.95 * (len(ordered) - 1))]
 
 
-def build(path: Path, count: int, now: datetime, seed: int = 9) -> float:
-    """Write ``count`` runs to a new run store at ``path``; answers the seconds it took."""
-    started = time.perf_counter()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    engine = make_engine(f"sqlite:///{path}")
-    migrate(engine)
+def generate(count: int, now: datetime, seed: int = 9) -> Iterator[dict[str, Any]]:
+    """``count`` runs' rows (times as aware datetimes), oldest first as runs arrive."""
     rng = random.Random(seed)
     weights = [1 / (i + 1) for i in range(len(PIPELINES))]
     span = 30 * 86400.0
+    offsets = sorted((rng.random() * span for _ in range(count)), reverse=True)
+    for offset in offsets:
+        finished = now - timedelta(seconds=offset)
+        duration = min(rng.lognormvariate(8.5, 1.2), 3_600_000.0)
+        started_at = finished - timedelta(milliseconds=duration)
+        enqueued = started_at - timedelta(milliseconds=rng.expovariate(1 / 500))
+        roll = rng.random()
+        status = (
+            "succeeded" if roll < 0.85 else "failed" if roll < 0.95
+            else "cancelled" if roll < 0.98 else "dead"
+        )  # fmt: skip
+        pipeline = rng.choices(PIPELINES, weights)[0]
+        origin = rng.random()
+        origin_kind, origin_id = (
+            ("schedule", f"sch_{rng.randrange(20)}") if origin < 0.30
+            else ("trigger", f"trg_{rng.randrange(5)}") if origin < 0.35
+            else (None, None)
+        )  # fmt: skip
+        error = (
+            f"{rng.choice(ERRORS)} (row {rng.randrange(100000)})"
+            if status in ("failed", "dead")
+            else None
+        )
+        yield {
+            "job_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+            "pipeline": pipeline,
+            "type": "pipeline",
+            "status": status,
+            "queue": rng.choices(["default", "gpu", "etl"], [70, 20, 10])[0],
+            "priority": rng.choices(["normal", "high", "low"], [80, 10, 10])[0],
+            "attempts": 1 if status == "succeeded" else rng.randint(1, 3),
+            "max_retries": 2,
+            "timeout": 3600.0,
+            "worker_id": f"host-{rng.randrange(8)}:{rng.randrange(1000, 9999)}",
+            "enqueued_at": enqueued,
+            "started_at": started_at,
+            "finished_at": finished,
+            "duration_ms": duration,
+            "error": error,
+            "origin_kind": origin_kind,
+            "origin_id": origin_id,
+            "definition_hash": f"{PIPELINES.index(pipeline):064x}",
+            "context": '{"day":"2026-11-30"}',
+            "options": '{"priority":"normal","queue":"default"}',
+            "result": '{"rows":1200}' if status == "succeeded" else None,
+            "definition": None,
+        }
+
+
+def build(url: str, count: int, now: datetime) -> float:
+    """Write ``count`` runs to the empty run store at ``url`` (SQLite: a new file;
+    PostgreSQL: its ``runs`` emptied first); answers the seconds it took."""
+    started = time.perf_counter()
+    engine = make_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite:
+        engine.dispose()
+        path = make_url(url).database or ""
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    migrate(engine)
+    columns = [c.name for c in runs.columns]
+    times = ("enqueued_at", "started_at", "finished_at")
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
         # Indexes are built after the load (as they are, from the table definition).
         for index in runs.indexes:
             cursor.execute(f"DROP INDEX {index.name}")
-        cursor.execute("PRAGMA synchronous=OFF")
-        columns = [c.name for c in runs.columns]
-        insert = f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        # Oldest first, as runs arrive.
-        offsets = sorted((rng.random() * span for _ in range(count)), reverse=True)
-        batch: list[tuple[object, ...]] = []
-        for offset in offsets:
-            finished = now - timedelta(seconds=offset)
-            duration = min(rng.lognormvariate(8.5, 1.2), 3_600_000.0)
-            started_at = finished - timedelta(milliseconds=duration)
-            enqueued = started_at - timedelta(milliseconds=rng.expovariate(1 / 500))
-            roll = rng.random()
-            status = (
-                "succeeded" if roll < 0.85 else "failed" if roll < 0.95
-                else "cancelled" if roll < 0.98 else "dead"
-            )  # fmt: skip
-            pipeline = rng.choices(PIPELINES, weights)[0]
-            origin = rng.random()
-            origin_kind, origin_id = (
-                ("schedule", f"sch_{rng.randrange(20)}") if origin < 0.30
-                else ("trigger", f"trg_{rng.randrange(5)}") if origin < 0.35
-                else (None, None)
-            )  # fmt: skip
-            error = (
-                f"{rng.choice(ERRORS)} (row {rng.randrange(100000)})"
-                if status in ("failed", "dead")
-                else None
+        if sqlite:
+            cursor.execute("PRAGMA synchronous=OFF")
+            insert = (
+                f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
             )
-            row = {
-                "job_id": uuid.UUID(int=rng.getrandbits(128)).hex,
-                "pipeline": pipeline,
-                "type": "pipeline",
-                "status": status,
-                "queue": rng.choices(["default", "gpu", "etl"], [70, 20, 10])[0],
-                "priority": rng.choices(["normal", "high", "low"], [80, 10, 10])[0],
-                "attempts": 1 if status == "succeeded" else rng.randint(1, 3),
-                "max_retries": 2,
-                "timeout": 3600.0,
-                "worker_id": f"host-{rng.randrange(8)}:{rng.randrange(1000, 9999)}",
-                "enqueued_at": enqueued.strftime(ROW_FORMAT),
-                "started_at": started_at.strftime(ROW_FORMAT),
-                "finished_at": finished.strftime(ROW_FORMAT),
-                "duration_ms": duration,
-                "error": error,
-                "origin_kind": origin_kind,
-                "origin_id": origin_id,
-                "definition_hash": f"{PIPELINES.index(pipeline):064x}",
-                "context": '{"day":"2026-11-30"}',
-                "options": '{"priority":"normal","queue":"default"}',
-                "result": '{"rows":1200}' if status == "succeeded" else None,
-                "definition": None,
-            }
-            batch.append(tuple(row[c] for c in columns))
-            if len(batch) == 50_000:
-                cursor.executemany(insert, batch)
-                batch.clear()
-        cursor.executemany(insert, batch)
+            batch: list[tuple[object, ...]] = []
+            for row in generate(count, now):
+                for name in times:  # as SQLAlchemy's SQLite DateTime stores a UTC moment
+                    row[name] = row[name].replace(tzinfo=None).strftime(ROW_FORMAT)
+                batch.append(tuple(row[c] for c in columns))
+                if len(batch) == 50_000:
+                    cursor.executemany(insert, batch)
+                    batch.clear()
+            cursor.executemany(insert, batch)
+        else:
+            cursor.execute("TRUNCATE runs CASCADE")
+            with cursor.copy(f"COPY runs ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in generate(count, now):
+                    copy.write_row([row[c] for c in columns])
         raw.commit()
     finally:
         raw.close()
     with engine.begin() as connection:
         for index in runs.indexes:
             index.create(connection)
+    if not sqlite:  # what autovacuum does soon after a load; the server never ANALYZEs SQLite
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("ANALYZE runs")
     engine.dispose()
     return time.perf_counter() - started
 
 
 def query_plan(store: RunStore, filter: RunFilter) -> str:
-    stmt = store.list_query(filter, 51)
-    compiled = stmt.compile(store.engine)
-    params = tuple(compiled.construct_params().values())
+    """The database's plan of the first page's query, in one line."""
+    compiled = store.list_query(filter, 51).compile(store.engine)
+    params = compiled.construct_params()
     with store.engine.connect() as connection:
-        rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).fetchall()
-    return "; ".join(str(row[-1]) for row in rows)
+        if store.engine.dialect.name == "sqlite":
+            rows = connection.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {compiled}", tuple(params.values())
+            ).fetchall()
+            return "; ".join(str(row[-1]) for row in rows)
+        lines = connection.exec_driver_sql(f"EXPLAIN {compiled}", params).scalars().all()
+    return " / ".join(re.sub(r"\s*\(cost=[^)]*\)", "", line).strip() for line in lines[:4])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,26 +200,44 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument("--rebuild", action="store_true", help="build the cached store again")
+    parser.add_argument(
+        "--database-url",
+        help="measure this run store instead (e.g. postgresql+psycopg://...): filled with "
+        "--runs runs unless it holds exactly that many already; its runs are replaced",
+    )
     args = parser.parse_args(argv)
 
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    path = args.cache_dir / f"runs-{args.runs}-v{DATA_VERSION}.db"
-    stamp = path.with_suffix(".built")  # holds the "now" the data was generated around
-    if args.rebuild or not stamp.exists():
-        stamp.unlink(missing_ok=True)
-        now = datetime.now(UTC).replace(microsecond=0)
-        print(f"building {args.runs:,} runs in {path} ...", flush=True)
-        seconds = build(path, args.runs, now)
-        stamp.write_text(now.isoformat())
-        print(f"  built in {seconds:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
-    now = datetime.fromisoformat(stamp.read_text())
+    if args.database_url:
+        url = args.database_url
+        engine = make_engine(url)
+        migrate(engine)
+        if args.rebuild or RunStore(engine).count() != args.runs:
+            print(f"building {args.runs:,} runs in {redact_database_url(url)} ...", flush=True)
+            seconds = build(url, args.runs, datetime.now(UTC).replace(microsecond=0))
+            print(f"  built in {seconds:.1f} s")
+        with engine.connect() as connection:
+            now = connection.execute(select(func.max(runs.c.finished_at))).scalar_one()
+    else:
+        args.cache_dir.mkdir(parents=True, exist_ok=True)
+        path = args.cache_dir / f"runs-{args.runs}-v{DATA_VERSION}.db"
+        url = f"sqlite:///{path}"
+        stamp = path.with_suffix(".built")  # holds the "now" the data was generated around
+        if args.rebuild or not stamp.exists():
+            stamp.unlink(missing_ok=True)
+            now = datetime.now(UTC).replace(microsecond=0)
+            print(f"building {args.runs:,} runs in {path} ...", flush=True)
+            seconds = build(url, args.runs, now)
+            stamp.write_text(now.isoformat())
+            print(f"  built in {seconds:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
+        now = datetime.fromisoformat(stamp.read_text())
+        engine = make_engine(url)
+        migrate(engine)  # a no-op on a current file; the server does the same at start
 
-    engine = make_engine(f"sqlite:///{path}")
-    migrate(engine)  # a no-op on a current file; the server does the same at start
     store = RunStore(engine)
     stored = store.count()
+    kind = "SQLite (WAL)" if engine.dialect.name == "sqlite" else "PostgreSQL"
     print(
-        f"run search: {stored:,} runs in SQLite (WAL), first page of {args.limit}, "
+        f"run search: {stored:,} runs in {kind}, first page of {args.limit}, "
         f"{args.repeat} repetitions each (values vary)"
     )
     rng = random.Random(5)
