@@ -14,8 +14,8 @@ A **rule** says what to watch (its ``kind`` and the kind's fields), where to tel
   oldest waiting job older than ``max_age_seconds``.
 - ``worker_lost``: a worker's heartbeat vanished while it held jobs (it did not stop
   cleanly). Clears when no job is left running under a lost worker.
-- ``schedule_missed``: a schedule's tick (of ``schedule_id``, or any enabled schedule) is
-  more than ``grace_seconds`` overdue.
+- ``schedule_missed``: a schedule's tick (of ``schedule_id``, or any schedule not paused)
+  is more than ``grace_seconds`` overdue, or its last tick could not be enqueued.
 
 An **alert** is one incident of a rule: ``firing`` from ``started_at``, ``resolved`` at
 ``resolved_at``; its ``notifications`` list every delivery attempt. At most one alert

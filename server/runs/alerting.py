@@ -18,7 +18,8 @@ the lease. Each tick (:data:`TICK` seconds) the leader reads every enabled rule 
   worker whose heartbeat vanished without a clean exit (still registered, or its jobs
   still running under it) while it held jobs is lost; the incident resolves once no job
   is left running under a lost worker (another worker took them over after the lease).
-- ``schedule_missed``: a schedule's next tick more than ``grace_seconds`` overdue.
+- ``schedule_missed``: a schedule's next tick more than ``grace_seconds`` overdue, or its
+  last tick not enqueued (``last_error``).
 
 A firing incident is stored in ``alerts`` and notified once per channel (in a task, with
 retries; the attempts are recorded on the alert); a new incident of the same rule within
