@@ -137,6 +137,7 @@ class JobQueue:
             "retry_backoff": spec.retry_backoff,
             "stream": stream,
             "payload": spec.payload,
+            "origin": spec.origin,
         }
         fields = {
             name: encode(RECORD_FIELDS.get(name) or INTERNAL_FIELDS[name], value)
@@ -170,6 +171,7 @@ class JobQueue:
             error=None,
             idempotency_key=spec.idempotency_key,
             cancel_requested=False,
+            origin=spec.origin,
             version=1,  # what ENQUEUE writes
         )
         idem_key = self.keys.idempotency(spec.idempotency_key) if idem else None  # type: ignore[arg-type]
@@ -493,6 +495,31 @@ class JobQueue:
             raise JobStateError(
                 f"job {job_id!r} is {outcome}; only failed or dead jobs can be deleted"
             )
+
+    async def release(self, job_ids: Sequence[str]) -> int:
+        """Let Redis forget ended jobs whose runs are stored (one script call for all):
+        each one's record, live log stream and index entry go; its done list keeps only
+        the status (so a later :meth:`wait` answers at once) and its idempotency key
+        stays until it expires. Jobs not ended (or unknown) are left alone. Afterwards
+        :meth:`get`, :meth:`wait` and :meth:`payload` raise :class:`JobNotFoundError`
+        for them. Answers how many were released."""
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return 0
+        calls = [
+            scripts.RELEASE_SCRIPT.call(
+                keys={"index": self.keys.index},
+                argv={},
+                each=[
+                    ([self.keys.job(i), self.keys.done(i), self.keys.log(i)], [i])
+                    for i in ids[first : first + _ENQUEUE_CHUNK]
+                ],
+            )
+            for first in range(0, len(ids), _ENQUEUE_CHUNK)
+        ]
+        async with redis_errors("release jobs"):
+            answers = await scripts.run_scripts(self.redis, calls)
+        return sum(int(answer) for answer in answers)
 
     async def dead_letter(
         self, offset: int = 0, limit: int = 50

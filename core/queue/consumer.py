@@ -78,6 +78,9 @@ class Outcome:
     result: Any = None
     error: str | None = None
     duration: float | None = None
+    #: What the worker saw of the attempt (steps, log lines, artifacts: see
+    #: ``mimir.core.capture``), put on the outcome stream when the job ends with it.
+    detail: dict[str, Any] | None = None
     #: Filled in by :meth:`QueueConsumer.finish`: what was written (``retry`` for a
     #: failure that will run again), or ``stale`` when the job was no longer ours.
     applied: str = field(default="")
@@ -228,6 +231,11 @@ class QueueConsumer:
             else ""
         )
         final = kind in {"succeeded", "failed", "cancelled"}
+        detail = (
+            json.dumps(outcome.detail, separators=(",", ":"), default=str)
+            if final and outcome.detail is not None
+            else ""
+        )
         duration = outcome.duration if final and outcome.duration is not None else None
         outcome.applied = kind
         return {
@@ -241,6 +249,7 @@ class QueueConsumer:
             "b": bucket_for(duration) if duration is not None else "",
             "d": duration or 0.0,
             "p": progress,
+            "x": detail,
         }
 
     async def write(
@@ -272,7 +281,7 @@ class QueueConsumer:
                         "group": GROUP,
                         "worker": self.worker_id,
                         "events": self.keys.events,
-                        "outcomes": entries,
+                        "entries": entries,
                     },
                     each=[
                         (

@@ -13,6 +13,16 @@ All names start with the configured prefix (``MIMIR_KEY_PREFIX``, default ``mimi
     {p}totals                   hash    jobs ended, by final status
     {p}rate:{second}            hash    jobs ended in one second, by final status
     {p}duration                 hash    job duration histogram (bucket -> count, sum, count)
+    {p}outcomes                 stream  one entry per job that reached a final status,
+                                        written with the status change: job, record
+                                        (JSON), detail (the worker's steps, logs and
+                                        artifacts as JSON, or ""); the server's run ingest
+                                        reads it (group ``runstore``). Capped near
+                                        OUTCOMES_MAXLEN entries: a server away for that
+                                        many job ends loses the oldest outcomes
+    {p}log:{id}                 stream  a running job's log lines (t, level, step, msg),
+                                        written by its worker in batches; expires after
+                                        job_ttl
     {p}worker:{id}              hash    a live worker's heartbeat (expires)
     {p}workers                  zset    worker ids by last heartbeat
     {p}events                   channel job state changes (JSON)
@@ -27,10 +37,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GROUP", "PRIORITIES", "QueueKeys"]
+__all__ = ["GROUP", "OUTCOMES_MAXLEN", "PRIORITIES", "QueueKeys"]
 
 #: Name of the consumer group every worker joins on every stream.
 GROUP = "workers"
+
+#: Approximate cap (``XADD MAXLEN ~``) of the outcome stream, in entries.
+OUTCOMES_MAXLEN = 1_000_000
 
 #: Priorities, highest first.
 PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
@@ -89,10 +102,26 @@ class QueueKeys:
     def rate(self, second: int) -> str:
         return f"{self.prefix}rate:{second}"
 
+    @property
+    def outcomes(self) -> str:
+        return f"{self.prefix}outcomes"
+
+    @property
+    def log_prefix(self) -> str:
+        return f"{self.prefix}log:"
+
+    def log(self, job_id: str) -> str:
+        return f"{self.log_prefix}{job_id}"
+
     def ending(self, now_ms: int) -> dict[str, str]:
         """The keys every script that may end jobs writes, by their script names: the
-        dead letter, the totals and this second's rate."""
-        return {"dead": self.dead, "totals": self.totals, "rate": self.rate(now_ms // 1000)}
+        dead letter, the totals, this second's rate and the outcome stream."""
+        return {
+            "dead": self.dead,
+            "totals": self.totals,
+            "rate": self.rate(now_ms // 1000),
+            "outcomes": self.outcomes,
+        }
 
     @property
     def duration(self) -> str:

@@ -105,6 +105,10 @@ class JobSpec(JobOptions):
     payload: dict[str, Any] = Field(default_factory=dict)
     #: Display name (the pipeline's name).
     pipeline: str | None = None
+    #: What started the job, kept on its record and its run: ``{"kind": "schedule", "id":
+    #: SCHEDULE_ID, "tick": ISO}``, ``{"kind": "trigger", "id": TRIGGER_ID, "delivery":
+    #: ID}``, or none (the API or the CLI).
+    origin: dict[str, Any] | None = None
 
 
 class JobRecord(BaseModel):
@@ -129,6 +133,8 @@ class JobRecord(BaseModel):
     error: str | None = None
     idempotency_key: str | None = None
     cancel_requested: bool = False
+    #: What started the job (see :attr:`JobSpec.origin`).
+    origin: dict[str, Any] | None = None
     #: Grows by one with every change of the record (each queue script that changes it);
     #: the ``job`` event of that change carries the same number, so a reader that merges
     #: records and events keeps the newest and drops what arrives late.

@@ -63,6 +63,7 @@ RECORD_FIELDS: dict[str, Encoding] = {
     "error": "text",
     "idempotency_key": "text",
     "cancel_requested": "flag",
+    "origin": "json",
     "version": "int",
 }
 
@@ -183,7 +184,7 @@ SCRIPTS: dict[str, ScriptSpec] = {
         ),
         ScriptSpec(
             "FETCH",
-            keys=("dead", "totals", "rate"),
+            keys=("dead", "totals", "rate", "outcomes"),
             argv=(
                 *_TIME,
                 ("group", "text"),
@@ -200,13 +201,13 @@ SCRIPTS: dict[str, ScriptSpec] = {
         ),
         ScriptSpec(
             "FINISH",
-            keys=("scheduled", "duration", "dead", "totals", "rate"),
+            keys=("scheduled", "duration", "dead", "totals", "rate", "outcomes"),
             argv=(
                 *_TIME,
                 ("group", "text"),
                 ("worker", "text"),
                 ("events", "text"),
-                ("outcomes", "json"),
+                ("entries", "json"),
             ),
             keys_each=("job", "done", "stream"),
         ),
@@ -240,7 +241,7 @@ SCRIPTS: dict[str, ScriptSpec] = {
         ),
         ScriptSpec(
             "CANCEL",
-            keys=("job", "done", "scheduled", "dead", "totals", "rate"),
+            keys=("job", "done", "scheduled", "dead", "totals", "rate", "outcomes"),
             argv=(*_TIME, ("events", "text"), ("cancel", "text"), ("job_id", "text")),
         ),
         ScriptSpec(
@@ -252,6 +253,13 @@ SCRIPTS: dict[str, ScriptSpec] = {
             "DELETE_DEAD",
             keys=("job", "done", "dead", "index"),
             argv=(("events", "text"), ("idem_prefix", "text"), ("job_id", "text")),
+        ),
+        ScriptSpec(
+            "RELEASE",
+            keys=("index",),
+            argv=(),
+            keys_each=("job", "done", "log"),
+            argv_each=(("job_id", "text"),),
         ),
     )
 }

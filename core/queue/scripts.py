@@ -26,6 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from mimir.core.queue.keys import OUTCOMES_MAXLEN
 from mimir.core.queue.protocol import (
     DELIVERY_FIELDS,
     INTERNAL_FIELDS,
@@ -43,6 +44,7 @@ __all__ = [
     "FINISH",
     "MOVE_DUE",
     "PROGRESS",
+    "RELEASE",
     "RENEW",
     "RETRY_DEAD",
     "Script",
@@ -130,6 +132,9 @@ end
 """
     + _publish_lua()
     + f"""
+-- Approximate cap of the outcome stream (entries).
+local OUTCOMES_MAXLEN = {OUTCOMES_MAXLEN}
+
 -- Hash fields that are not part of the job record.
 local HIDDEN = {{{", ".join(f"{name} = true" for name in INTERNAL_FIELDS)}}}
 """
@@ -160,9 +165,10 @@ local function flush(q)
   if any then redis.call('EXPIRE', q.rate, 120) end
 end
 
--- End a job: q = {events, dead, totals, rate, ttl, now_ms, counts}; dk is its done list;
--- t its record as loaded (kept current here); extra: more fields to write (result, progress).
-local function finalize(q, jk, dk, jobid, t, status, err, extra)
+-- End a job: q = {events, dead, totals, rate, outcomes, ttl, now_ms, counts}; dk is its
+-- done list; t its record as loaded (kept current here); extra: more fields to write
+-- (result, progress); detail: the worker's steps, logs and artifacts (JSON text) or ''.
+local function finalize(q, jk, dk, jobid, t, status, err, extra, detail)
   local now_iso = iso(q.now_ms)
   local version = (tonumber(t.version) or 0) + 1
   t.status, t.finished_at, t.version = status, now_iso, tostring(version)
@@ -195,6 +201,9 @@ local function finalize(q, jk, dk, jobid, t, status, err, extra)
     if not HIDDEN[k] then record[k] = v end
   end
   local text = cjson.encode(record)
+  -- The run store's copy: the record whole, and what the worker saw, in the same step.
+  redis.call('XADD', q.outcomes, 'MAXLEN', '~', OUTCOMES_MAXLEN, '*', 'job', jobid,
+    'record', text, 'detail', detail or '')
   if #text > 65536 then text = status end
   redis.call('DEL', dk)
   redis.call('RPUSH', dk, text)
@@ -271,7 +280,8 @@ FETCH = (
 local dead = KEYS[1]
 local totals = KEYS[2]
 local rate = KEYS[3]
--- KEYS[4..]: stream per stream
+local outcomes = KEYS[4]
+-- KEYS[5..]: stream per stream
 local now_ms = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local group = ARGV[3]
@@ -294,8 +304,8 @@ local DELIVERY = {_lua_list(DELIVERY_FIELDS)}
 -- to this consumer (its pending entries whose job is not running yet); 'reclaim': entries
 -- idle (their lease run out) for min_idle_ms. Answers {stream, entry id, {name, value …}
 -- (the DELIVERY fields that are set)} per job started.
-local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl,
-  now_ms = now_ms, counts = {}}
+local q = {events = events, dead = dead, totals = totals, rate = rate, outcomes = outcomes,
+  ttl = ttl, now_ms = now_ms, counts = {}}
 local out = {}
 
 -- One read of the record, one write, one event per job started. not_running: leave a job
@@ -356,9 +366,9 @@ local function read_group(stream, n)
 end
 
 if mode == 'read' then
-  for i = 4, #KEYS do
+  for i = 5, #KEYS do
     if count <= 0 then break end
-    local cap = math.min(tonumber(ARGV[i + 7]), count)
+    local cap = math.min(tonumber(ARGV[i + 6]), count)
     local res = read_group(KEYS[i], cap)
     if res then
       for _, entry in ipairs(res[1][2]) do
@@ -369,7 +379,7 @@ if mode == 'read' then
 elseif mode == 'pending' then
   -- The caller's time is from before the block: take the time now.
   q.now_ms = clock_ms()
-  for i = 4, #KEYS do
+  for i = 5, #KEYS do
     -- This consumer's whole pending list: its running jobs are in it too (skipped).
     local res = redis.pcall('XPENDING', KEYS[i], group, '-', '+', 1000, worker)
     if not (type(res) == 'table' and res.err) then
@@ -386,7 +396,7 @@ elseif mode == 'pending' then
     end
   end
 elseif mode == 'reclaim' then
-  for i = 4, #KEYS do
+  for i = 5, #KEYS do
     if count <= 0 then break end
     local res = redis.pcall('XAUTOCLAIM', KEYS[i], group, worker, min_idle_ms, '0-0', 'COUNT',
       count)
@@ -410,27 +420,29 @@ local duration = KEYS[2]
 local dead = KEYS[3]
 local totals = KEYS[4]
 local rate = KEYS[5]
--- KEYS[6..]: job, done, stream per outcome
+local outcomes = KEYS[6]
+-- KEYS[7..]: job, done, stream per outcome
 local now_ms = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local group = ARGV[3]
 local worker = ARGV[4]
 local events = ARGV[5]
-local outcomes = ARGV[6]
+local entries = ARGV[6]
 """
     + _LIB
     + r"""
--- outcomes: JSON array, each {e: entry id, j: job id, a: attempt (text), k: 'succeeded' |
+-- entries: JSON array, each {e: entry id, j: job id, a: attempt (text), k: 'succeeded' |
 -- 'failed' | 'cancelled' | 'retry' | 'requeue', r: result JSON or '', err: error or '',
 -- due: retry due (ms), b: duration bucket field or '', d: duration (s), p: progress JSON
--- or ''}. Answers 1 (written) or 0 (fenced off) per outcome.
+-- or '', x: detail JSON or '' (onto the outcome stream with a final status)}. Answers 1
+-- (written) or 0 (fenced off) per outcome.
 -- The totals, rate and duration histogram are written once per call, for all its jobs.
-local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl,
-  now_ms = now_ms, counts = {}}
+local q = {events = events, dead = dead, totals = totals, rate = rate, outcomes = outcomes,
+  ttl = ttl, now_ms = now_ms, counts = {}}
 local out = {}
 local buckets, seconds, timed = {}, 0, 0
-for i, o in ipairs(cjson.decode(outcomes)) do
-  local base = 6 + (i - 1) * 3
+for i, o in ipairs(cjson.decode(entries)) do
+  local base = 7 + (i - 1) * 3
   local jk, dk, stream = KEYS[base], KEYS[base + 1], KEYS[base + 2]
   local t = load(jk)
   if (not t) or t.worker_id ~= worker or t.attempts ~= o.a or t.status ~= 'running' then
@@ -441,7 +453,7 @@ for i, o in ipairs(cjson.decode(outcomes)) do
     local extra = {}
     if o.r ~= '' then extra.result = o.r end
     if o.p ~= '' then extra.progress = o.p end
-    finalize(q, jk, dk, o.j, t, o.k, o.err, extra)
+    finalize(q, jk, dk, o.j, t, o.k, o.err, extra, o.x)
     if o.b ~= '' then
       buckets[o.b] = (buckets[o.b] or 0) + 1
       seconds = seconds + o.d
@@ -554,6 +566,7 @@ local scheduled = KEYS[3]
 local dead = KEYS[4]
 local totals = KEYS[5]
 local rate = KEYS[6]
+local outcomes = KEYS[7]
 local now_ms = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local events = ARGV[3]
@@ -562,8 +575,8 @@ local job_id = ARGV[5]
 """
     + _LIB
     + r"""
-local q = {events = events, dead = dead, totals = totals, rate = rate, ttl = ttl,
-  now_ms = now_ms, counts = {}}
+local q = {events = events, dead = dead, totals = totals, rate = rate, outcomes = outcomes,
+  ttl = ttl, now_ms = now_ms, counts = {}}
 local t = load(job)
 if not t then return 'missing' end
 if t.status == 'queued' then
@@ -640,6 +653,39 @@ redis.call('ZREM', index, job_id)
 redis.call('PUBLISH', events, cjson.encode({job_id = job_id, status = f[1],
   version = (tonumber(f[4]) or 0) + 1, deleted = true}))
 return 'deleted'
+"""
+)
+
+RELEASE = (
+    r"""
+local index = KEYS[1]
+-- KEYS[2..]: job, done, log per job
+-- ARGV[1..]: job_id per job
+"""
+    + r"""
+-- Once a run is stored, drops what only the run needed from each ended job: its record,
+-- its live log stream and its index entry. Its done list keeps one token, the status
+-- (with the TTL it had), so a later wait answers at once; the idempotency key stays.
+-- A job not ended (or gone) is left alone. Answers how many were released.
+local released = 0
+for i = 2, #KEYS, 3 do
+  local jk, dk, lk = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+  local jobid = ARGV[(i + 1) / 3]
+  local status = redis.call('HGET', jk, 'status')
+  if status == 'succeeded' or status == 'failed' or status == 'cancelled'
+      or status == 'dead' then
+    local left = redis.call('PTTL', dk)
+    if left <= 0 then left = redis.call('PTTL', jk) end
+    redis.call('DEL', jk, dk, lk)
+    if left > 0 then
+      redis.call('RPUSH', dk, status)
+      redis.call('PEXPIRE', dk, left)
+    end
+    redis.call('ZREM', index, jobid)
+    released = released + 1
+  end
+end
+return released
 """
 )
 
@@ -730,6 +776,7 @@ SOURCES: dict[str, str] = {
     "CANCEL": CANCEL,
     "RETRY_DEAD": RETRY_DEAD,
     "DELETE_DEAD": DELETE_DEAD,
+    "RELEASE": RELEASE,
 }
 
 ENQUEUE_SCRIPT = Script(SCRIPTS["ENQUEUE"], ENQUEUE)
@@ -741,3 +788,4 @@ MOVE_DUE_SCRIPT = Script(SCRIPTS["MOVE_DUE"], MOVE_DUE)
 CANCEL_SCRIPT = Script(SCRIPTS["CANCEL"], CANCEL)
 RETRY_DEAD_SCRIPT = Script(SCRIPTS["RETRY_DEAD"], RETRY_DEAD)
 DELETE_DEAD_SCRIPT = Script(SCRIPTS["DELETE_DEAD"], DELETE_DEAD)
+RELEASE_SCRIPT = Script(SCRIPTS["RELEASE"], RELEASE)
