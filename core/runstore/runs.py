@@ -21,9 +21,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import (
@@ -83,6 +83,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: The statuses a run can have (a job's final statuses).
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "dead")
@@ -467,15 +468,26 @@ class RunStore:
             return 0
         by_id = {run.job_id: run for run in runs}  # the last of one id wins
         ordered = [by_id[job_id] for job_id in sorted(by_id)]
+
+        def write() -> int:
+            with self.engine.begin() as connection:
+                self._write(connection, ordered)
+            return len(ordered)
+
+        return self._retrying(write)
+
+    @staticmethod
+    def _retrying(call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)`` (one transaction), again after a deadlock, a serialisation
+        failure or a busy SQLite database (a read that turned into a write after another
+        writer committed is refused at once, whatever the busy timeout)."""
         for attempt in range(6):
             try:
-                with self.engine.begin() as connection:
-                    self._write(connection, ordered)
-                return len(ordered)
+                return call(*args)
             except OperationalError as exc:
                 if attempt == 5:
                     raise
-                logger.info("run store: upsert retried (%s)", exc.orig)
+                logger.info("run store: retrying after %s", exc.orig)
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -544,24 +556,33 @@ class RunStore:
     def _delete_where(self, cond: ColumnElement[bool], pause: float) -> int:
         deleted = 0
         while True:
-            with self.engine.begin() as connection:
-                ids = (
-                    connection.execute(
-                        select(runs.c.job_id)
-                        .where(cond)
-                        .order_by(runs.c.finished_at, runs.c.job_id)
-                        .limit(self.batch_size)
-                    )
-                    .scalars()
-                    .all()
-                )
-                if not ids:
-                    return deleted
-                for table in (run_steps, run_logs, run_artifacts, runs):
-                    connection.execute(delete(table).where(table.c.job_id.in_(ids)))
-            deleted += len(ids)
+            removed = self._retrying(self._delete_batch, cond)
+            if not removed:
+                return deleted
+            deleted += removed
             if pause:
                 time.sleep(pause)
+
+    def _delete_batch(self, cond: ColumnElement[bool]) -> int:
+        with self.engine.begin() as connection:
+            # The runs' rows are locked first, as upsert locks them, and a run being
+            # stored right now is left for the next prune (PostgreSQL; SQLite has one
+            # writer at a time anyway).
+            ids = (
+                connection.execute(
+                    select(runs.c.job_id)
+                    .where(cond)
+                    .order_by(runs.c.finished_at, runs.c.job_id)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+                .scalars()
+                .all()
+            )
+            for table in (run_steps, run_logs, run_artifacts, runs):
+                if ids:
+                    connection.execute(delete(table).where(table.c.job_id.in_(ids)))
+        return len(ids)
 
     # -- reading ----------------------------------------------------------------------
 

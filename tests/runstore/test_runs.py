@@ -482,3 +482,48 @@ def test_nul_characters_are_stored(store: RunStore) -> None:
     assert got.steps[0].error == "step\ufffderror"
     logs = store.logs("nul")
     assert logs is not None and logs[0].msg == "log\x00line"
+
+
+def test_prune_while_runs_are_stored(database_url: str) -> None:
+    """The pruner and the ingest (two engines, two threads) at once: no deadlock, no
+    error; every new run stays, every old run not stored again goes."""
+    from mimir.core.runstore.db import migrate
+
+    engines = [make_engine(database_url) for _ in range(2)]
+    migrate(engines[0])
+    old = [make_run(f"old-{i:03d}", finished_at=T0 - timedelta(days=40)) for i in range(200)]
+    new = [make_run(f"new-{i:03d}", finished_at=T0 + timedelta(seconds=i)) for i in range(200)]
+    RunStore(engines[0]).upsert(old)
+    errors: list[BaseException] = []
+
+    def ingest() -> None:
+        try:
+            store = RunStore(engines[0])
+            for i in range(0, 200, 10):
+                # new runs, and an old one stored again in the same batch now and then
+                store.upsert([*new[i : i + 10], old[i]])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def prune() -> None:
+        try:
+            store = RunStore(engines[1])
+            store.batch_size = 5
+            store.prune(T0 - timedelta(days=30), 0)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ingest), threading.Thread(target=prune)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors, errors
+        store = RunStore(engines[0])
+        store.prune(T0 - timedelta(days=30), 0)
+        assert [r.job_id for r in store.export()] == [r.job_id for r in reversed(new)]
+        assert child_count(engines[0], run_steps) == 2 * len(new)
+    finally:
+        for engine in engines:
+            engine.dispose()
