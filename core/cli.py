@@ -23,6 +23,7 @@ DESCRIPTIONS: dict[str, str] = {
     "worker": "start a worker that drains the job queue",
     "cluster": "start, scale and stop a cluster (Docker or local processes)",
     "console": "open the desktop operator console",
+    "runs": "the run history kept by the server: list, show, logs, export, stats",
 }
 
 
