@@ -150,12 +150,22 @@ def test_invalid_schedules_name_the_field(fields: dict[str, Any], field: str | N
 def test_migration_creates_exactly_the_module_tables(engine: Engine) -> None:
     inspector = inspect(engine)
     for table in (schedules, triggers):
-        columns = {c["name"] for c in inspector.get_columns(table.name)}
-        assert columns == {c.name for c in table.columns}
+        columns = {c["name"]: c for c in inspector.get_columns(table.name)}
+        assert list(columns) == [c.name for c in table.columns]
+        for column in table.columns:
+            found = columns[column.name]
+            assert found["nullable"] == column.nullable, (table.name, column.name)
+            assert found["type"].python_type is column.type.python_type, column.name
+        assert inspector.get_pk_constraint(table.name)["constrained_columns"] == ["id"]
         assert {u["name"] for u in inspector.get_unique_constraints(table.name)} == {
             f"uq_{table.name}_name"
         }
-    assert {i["name"] for i in inspector.get_indexes("schedules")} >= {"ix_schedules_due"}
+    indexes = {
+        i["name"]: i["column_names"]
+        for i in inspector.get_indexes("schedules")
+        if not i["name"].startswith("uq_")  # PostgreSQL lists the unique constraint's index
+    }
+    assert indexes == {"ix_schedules_due": ["paused", "next_tick_ms"]}
 
 
 def test_schedule_store_and_conditional_advance(engine: Engine) -> None:

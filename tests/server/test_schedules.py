@@ -18,7 +18,7 @@ import httpx
 
 from tests.helpers import RedisServer, ServerProcess, WorkerProcess, wait_until
 
-PIPELINE = {"pipeline_file": "test_pipeline.yaml", "context": {"who": "schedule"}}
+PIPELINE = {"pipeline_file": "test_pipeline.yaml", "context": {"input": "scheduled"}}
 
 
 def _schedule(client: httpx.Client, **body: Any) -> dict[str, Any]:
@@ -241,3 +241,56 @@ def test_unknown_pipeline_and_duplicate_name(api_client: httpx.Client) -> None:
     )
     assert clash.status_code == 409
     assert "twice" in clash.json()["error"]
+
+
+def test_scheduled_and_triggered_runs_reach_the_run_store(
+    make_server: Callable[..., ServerProcess], redis_server: RedisServer, tmp_path: Any
+) -> None:
+    server = make_server(redis_url=redis_server.url).start()
+    worker = WorkerProcess(
+        {"REDIS_URL": redis_server.url}, concurrency=2, log_path=tmp_path / "worker.log"
+    ).start()
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            schedule = _schedule(client, name="stored", interval="1s", overlap="skip")
+            sid = schedule["id"]
+
+            def last_run() -> Any:
+                return client.get(f"/api/v1/schedules/{sid}").json()["last_run"]
+
+            wait_until(lambda: last_run() is not None, timeout=30, interval=0.3)
+            client.post(f"/api/v1/schedules/{sid}/pause")
+            run = last_run()
+            assert run["status"] == "succeeded", run
+            assert (run["origin_kind"], run["origin_id"]) == ("schedule", sid)
+            history = client.get(f"/api/v1/schedules/{sid}/runs").json()
+            assert history and all(r["origin_id"] == sid for r in history)
+            stored = client.get(f"/api/v1/runs/{run['job_id']}").json()
+            assert stored["context"] == {"input": "scheduled"}
+
+            trigger = client.post(
+                "/api/v1/triggers",
+                json={
+                    "name": "t",
+                    "pipeline_file": "test_pipeline.yaml",
+                    "context": {"input": "x"},
+                },
+            ).json()
+            hooked = httpx.post(
+                f"{server.base_url}{trigger['hook']}",
+                json={"event": "push"},
+                headers={"Authorization": f"Bearer {trigger['secret']}", "X-Mimir-Delivery": "x1"},
+            )
+            assert hooked.status_code == 202, hooked.text
+            job_id = hooked.json()["job_id"]
+
+            def trigger_run() -> Any:
+                answer = client.get(f"/api/v1/runs/{job_id}")
+                return answer.json() if answer.status_code == 200 else None
+
+            wait_until(lambda: trigger_run() is not None, timeout=30, interval=0.3)
+            triggered = trigger_run()
+            assert (triggered["origin_kind"], triggered["origin_id"]) == ("trigger", trigger["id"])
+            assert triggered["context"]["payload"] == {"event": "push"}
+    finally:
+        worker.stop()
