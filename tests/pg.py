@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -111,7 +112,29 @@ class PostgresCluster:
         except BaseException:
             cluster.stop()
             raise
+        cluster._watch(os.getpid())
         return cluster
+
+    def _watch(self, pid: int) -> None:
+        """A watchdog that stops the cluster and removes its directory once process
+        ``pid`` (the test session) has gone, even killed (a timeout): ``pg_ctl`` runs the
+        server detached, so nothing else would."""
+        stop = [str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "immediate"]
+        if self.as_postgres:
+            stop = ["runuser", "-u", "postgres", "--", *stop]
+        script = (
+            f"while kill -0 {pid} 2>/dev/null; do sleep 1; done; "
+            f"[ -e {shlex.quote(str(self.directory / 'data' / 'postmaster.pid'))} ] && "
+            f"{shlex.join(stop)} -w stop >/dev/null 2>&1; "
+            f"rm -rf {shlex.quote(str(self.directory))}"
+        )
+        subprocess.Popen(
+            ["sh", "-c", script],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop(self) -> None:
         data = self.directory / "data"
