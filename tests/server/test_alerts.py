@@ -19,6 +19,7 @@ from tests.helpers import RedisServer, ServerProcess, WorkerProcess, free_port, 
 
 FAILING = {"name": "failing", "steps": [{"name": "boom", "plugin": "Debug.fail",
                                           "config": {"message": "disk on fire"}}]}  # fmt: skip
+FIXED = {"name": "failing", "steps": [{"name": "ok", "plugin": "Debug.echo", "config": {}}]}
 SLOW = {"name": "slow", "steps": [{"name": "nap", "plugin": "Debug.sleep",
                                     "config": {"seconds": 30}}]}  # fmt: skip
 
@@ -200,16 +201,17 @@ def test_dead_lettered_job_sends_one_webhook_and_one_email_then_one_resolved(
         acked = client.post(f"/api/v1/alerts/{alert['id']}/ack")
         assert acked.status_code == 200 and acked.json()["acked_by"] == "local"
 
-        # The failed jobs leave the dead letter: the incident resolves, said once.
-        for job_id in job_ids:
-            assert client.delete(f"/api/v1/queue/dead-letter/{job_id}").status_code == 204
+        # A later run of the same pipeline succeeds (it is in the run store): the incident
+        # resolves, and says so once.
+        fixed = client.post("/api/v1/queue/pipelines/enqueue", json={"pipeline": FIXED})
+        assert fixed.status_code == 202, fixed.text
         wait_until(lambda: receiver.events("resolved"), timeout=20, message="resolved webhook")
         wait_until(lambda: mailbox.subjects("RESOLVED"), timeout=20, message="resolved e-mail")
         _quiet_for(2.5, lambda: len(receiver.bodies), lambda: len(mailbox.messages))
         assert len(receiver.events("firing")) == 1 and len(receiver.events("resolved")) == 1
         assert len(mailbox.subjects("FIRING")) == 1 and len(mailbox.subjects("RESOLVED")) == 1
         (resolved,) = _alerts(client, "resolved")
-        assert resolved["resolved_at"] and "dead letter" in resolved["details"]["resolved_by"]
+        assert resolved["resolved_at"] and "succeeded" in resolved["details"]["resolved_by"]
         assert _alerts(client, "firing") == []
     print(f"dead-lettered job noticed and notified in {noticed:.2f} s")
 
