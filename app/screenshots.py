@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from mimir.core.resources import resources_dir
 
@@ -113,6 +113,7 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
         raise RuntimeError(f"screenshots: cluster did not start: {window.cluster.banner.text()}")
     await _until(lambda: session.feed.last_stats is not None, 30, "live stats")
 
+    await _seed_runs(api)
     # Waves of real work: bursts at each priority, a few failures, one long runner.
     started = time.monotonic()
     wave = 0
@@ -175,6 +176,7 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
         if knowledge.scenario_combo.count():
             await knowledge.simulate()
     await grab("knowledge", 1.0)
+    await _grab_runs(window, api, grab, out, shots)
 
     # The Diagnose view on a cluster broken on purpose: a frozen worker (SIGSTOP) holding a
     # long job, jobs on a queue nobody serves; the failed imports are in the dead letter.
@@ -195,6 +197,137 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
         if frozen:
             os.kill(frozen, signal.SIGCONT)
     return shots
+
+
+async def _seed_runs(api) -> None:
+    """Schedules (one firing every 10 s, so it has runs; one paused) and alert rules."""
+    from mimir.app.services.runs import RunsClient
+
+    client = RunsClient(api)
+    schedules: list[dict[str, Any]] = [
+        {"name": "sales-every-10s", "pipeline_name": "sales-report", "interval": "10s"},
+        {
+            "name": "nightly-etl",
+            "pipeline_name": "nightly-etl",
+            "cron": "30 2 * * *",
+            "timezone": "Europe/Berlin",
+            "misfire": "run_once",
+        },
+        {
+            "name": "workday-import",
+            "pipeline_name": "flaky-import",
+            "cron": "0 9 * * 1-5",
+            "timezone": "UTC",
+            "overlap": "skip",
+            "max_retries": 0,
+        },
+        {"name": "hourly-digest", "pipeline_name": "nightly-etl", "cron": "15 * * * *"},
+    ]
+    rules: list[dict[str, Any]] = [
+        {
+            "name": "flaky import failing",
+            "kind": "run_failed",
+            "pipeline": "flaky-import",
+            "channels": [
+                {"type": "webhook", "url": "http://127.0.0.1:9/hooks/ops"},
+                {"type": "email", "to": ["ops@example.com"]},
+            ],
+            "cooldown_seconds": 600,
+        },
+        {
+            "name": "error rate",
+            "kind": "failure_rate",
+            "threshold": 0.25,
+            "window_seconds": 900,
+            "min_runs": 20,
+        },
+        {"name": "gpu backlog", "kind": "backlog", "queue": "gpu", "max_length": 2},
+        {"name": "lost workers", "kind": "worker_lost"},
+        {"name": "missed schedules", "kind": "schedule_missed", "grace_seconds": 120},
+    ]
+    try:
+        for body in schedules:
+            await client.create_schedule(body)
+        paused = [s for s in await client.list_schedules() if s["name"] == "hourly-digest"]
+        for schedule in paused:
+            await client.schedule_action(schedule["id"], "pause")
+        for body in rules:
+            await client.create_rule(body)
+    except Exception as exc:  # the shots still show the panels
+        print(f"screenshots: schedules/alerts seed failed: {exc}")
+
+
+async def _soon(condition, timeout: float, what: str) -> bool:
+    """Like :func:`_until`, but a shot without the data is still taken (with a warning)."""
+    try:
+        await _until(condition, timeout, what)
+    except RuntimeError as exc:
+        print(f"{exc}; taking the shot anyway")
+        return False
+    return True
+
+
+async def _grab_runs(window, api, grab, out: Path, shots: list[Path]) -> None:
+    """History (a run with its steps and artifacts), Schedules with the editor, Alerts."""
+    history = window.history
+    await api.enqueue(name="sales-report", context={"requested_by": "screenshots"})
+    window.show_panel("history")
+    await history.refresh()
+    await _until(lambda: history.table.rowCount() > 0, 20, "runs in History")
+    row = next(
+        (
+            r
+            for r in range(history.table.rowCount())
+            if history.table.item(r, 1).text() == "sales-report"
+        ),
+        0,
+    )
+    history.table.selectRow(row)
+    await _soon(lambda: history.steps.rowCount() > 0, 10, "the run's steps")
+    await grab("history", 1.0)
+    history.tabs.setCurrentIndex(1)
+    await grab("history", 0.4, "history_logs")
+    history.tabs.setCurrentIndex(2)
+    await grab("history", 0.4, "history_artifacts")
+    history.tabs.setCurrentIndex(0)
+
+    schedules = window.schedules
+    window.show_panel("schedules")
+    await schedules.refresh()
+    for index, schedule in enumerate(schedules.schedules):
+        if schedule.get("name") == "sales-every-10s":
+            schedules.table.selectRow(index)
+    await _soon(lambda: schedules.recent_table.rowCount() > 0, 20, "a schedule's runs")
+    await grab("schedules", 0.8)
+    nightly = next((s for s in schedules.schedules if s["name"] == "workday-import"), None)
+    dialog = await schedules.edit_schedule(nightly)
+    if dialog is not None:
+        await asyncio.sleep(1.0)  # the server's preview of the next fire times
+        path = out / "schedule_editor.png"
+        dialog.grab().save(str(path))
+        shots.append(path)
+        print(f"screenshots: {path}")
+        dialog.reject()
+
+    alerts = window.alerts
+    await _soon(lambda: window.alerts_indicator.firing, 30, "an alert firing")
+    window.show_panel("alerts")
+    await alerts.refresh()
+    if alerts.alert_table.rowCount():
+        alerts.alert_table.selectRow(0)
+    await grab("alerts", 0.8)
+    alerts.tabs.setCurrentIndex(1)
+    await grab("alerts", 0.5, "alert_rules")
+    rule = next((r for r in alerts.rules if r.get("kind") == "run_failed"), None)
+    editor = await alerts.edit_rule(rule)
+    if editor is not None:
+        await asyncio.sleep(0.5)
+        path = out / "alert_rule_editor.png"
+        editor.grab().save(str(path))
+        shots.append(path)
+        print(f"screenshots: {path}")
+        editor.reject()
+    alerts.tabs.setCurrentIndex(0)
 
 
 async def _gone(api, pid: int) -> bool:

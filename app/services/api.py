@@ -143,6 +143,20 @@ class ApiClient:
         except httpx.HTTPError as exc:
             raise ApiUnreachable(f"event stream from {self.base_url} broke: {exc}") from exc
 
+    async def stream_bytes(self, path: str, *, read_timeout: float = 60.0) -> AsyncIterator[bytes]:
+        """A file's bytes as they arrive (a download); :class:`ApiError` on failure."""
+        timeout = httpx.Timeout(DEFAULT_TIMEOUT.connect or 3.0, read=read_timeout)
+        try:
+            async with self._client.stream("GET", path, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    message, detail = _message_of(response)
+                    raise ApiError(message, response.status_code, detail)
+                async for chunk in response.aiter_bytes(65536):
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(f"download from {self.base_url} broke: {exc}") from exc
+
     # ---------------------------------------------------------------- health, plugins
 
     async def health(self) -> dict[str, Any]:

@@ -18,11 +18,15 @@ from PySide6.QtWidgets import (
 )
 
 from mimir.app.cluster.base import ClusterStatus
+from mimir.app.ui.alerts_panel import AlertsIndicator, QtAlertsPanel
 from mimir.app.ui.cluster_panel import QtClusterPanel
+from mimir.app.ui.history_panel import PAGE as HISTORY_PAGE
+from mimir.app.ui.history_panel import QtHistoryPanel
 from mimir.app.ui.jobs_panel import QtJobsPanel
 from mimir.app.ui.knowledge_panel import QtKnowledgePanel
 from mimir.app.ui.logs_panel import QtLogsPanel
 from mimir.app.ui.pipelines_panel import QtPipelinesPanel
+from mimir.app.ui.schedules_panel import QtSchedulesPanel
 from mimir.app.ui.session import ConsoleSession
 from mimir.app.ui.workers_panel import QtWorkersPanel
 
@@ -36,6 +40,9 @@ PANELS = [
     ("dashboard", "Dashboard"),
     ("pipelines", "Pipelines"),
     ("jobs", "Jobs"),
+    ("history", "History"),
+    ("schedules", "Schedules"),
+    ("alerts", "Alerts"),
     ("workers", "Workers"),
     ("logs", "Logs"),
     ("knowledge", "Knowledge"),
@@ -64,6 +71,9 @@ class QtMainWindow(QMainWindow):
         self._dashboard_slot = QWidget()
         self.pipelines = QtPipelinesPanel(session)
         self.jobs = QtJobsPanel(session)
+        self.history = QtHistoryPanel(session)
+        self.schedules = QtSchedulesPanel(session)
+        self.alerts = QtAlertsPanel(session)
         self.workers = QtWorkersPanel(session)
         self.logs = QtLogsPanel(session)
         self.knowledge = QtKnowledgePanel(session)
@@ -72,6 +82,9 @@ class QtMainWindow(QMainWindow):
             "dashboard": self._dashboard_slot,
             "pipelines": self.pipelines,
             "jobs": self.jobs,
+            "history": self.history,
+            "schedules": self.schedules,
+            "alerts": self.alerts,
             "workers": self.workers,
             "logs": self.logs,
             "knowledge": self.knowledge,
@@ -105,16 +118,21 @@ class QtMainWindow(QMainWindow):
         layout.addWidget(side)
         layout.addWidget(self.stack, 1)
         self.setCentralWidget(central)
-        for number in range(len(PANELS)):
-            QShortcut(QKeySequence(f"Ctrl+{number + 1}"), self).activated.connect(
+        for number in range(min(len(PANELS), 10)):  # Ctrl+1 … Ctrl+9, Ctrl+0
+            QShortcut(QKeySequence(f"Ctrl+{(number + 1) % 10}"), self).activated.connect(
                 lambda n=number: self.nav.setCurrentRow(n)
             )
 
         self.connection_label = QLabel()
         self.cluster_label = QLabel()
         self.profile_label = QLabel()
+        self.alerts_indicator = AlertsIndicator(session)
+        self.alerts_indicator.clicked.connect(lambda: self.show_panel("alerts"))
+        self.alerts_indicator.changed.connect(lambda _a: self.alerts.refresh())
+        self.schedules.open_run.connect(self._open_run)
         self.statusBar().addWidget(self.connection_label)
         self.statusBar().addWidget(self.cluster_label)
+        self.statusBar().addPermanentWidget(self.alerts_indicator)
         self.statusBar().addPermanentWidget(self.profile_label)
         session.connection.connect(self._on_connection)
         session.cluster_status.connect(self._on_cluster)
@@ -148,6 +166,11 @@ class QtMainWindow(QMainWindow):
     def current_panel(self) -> str:
         return PANELS[max(0, self.nav.currentRow())][0]
 
+    def _open_run(self, job_id: str) -> None:
+        """Show one run in History (from the Schedules panel's recent runs)."""
+        self.show_panel("history")
+        self.history.show_run(job_id)
+
     def _on_nav(self, row: int) -> None:
         if row < 0:
             return
@@ -157,6 +180,8 @@ class QtMainWindow(QMainWindow):
         self.stack.setCurrentIndex(row)
         if key == "jobs":
             self.jobs.refresh()
+        elif key == "history" and len(self.history.runs) <= HISTORY_PAGE:
+            self.history.refresh()
         elif key == "pipelines" and self.pipelines.list.count() == 0:
             self.pipelines.refresh_list()
         elif key == "knowledge" and not self.knowledge.available:
@@ -201,6 +226,7 @@ class QtMainWindow(QMainWindow):
         self.session.apply_profile(self.session.profile)
         self.session.start()
         QTimer.singleShot(0, self.pipelines.refresh_list)
+        QTimer.singleShot(500, self.alerts_indicator.start)
         QTimer.singleShot(50, lambda: self.dashboard)
 
     async def shutdown(self) -> None:
@@ -208,6 +234,7 @@ class QtMainWindow(QMainWindow):
         for timer in self.findChildren(QTimer):
             timer.stop()
         await self.logs.stop()
+        await self.history.stop()
         await self.session.close()
         current = asyncio.current_task()
         pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
