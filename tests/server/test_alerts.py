@@ -114,8 +114,12 @@ def _client(server: ServerProcess) -> httpx.Client:
     return httpx.Client(base_url=server.base_url, timeout=30.0)
 
 
-def _alerts(client: httpx.Client, state: str | None = None) -> list[dict[str, Any]]:
+def _alerts(
+    client: httpx.Client, state: str | None = None, rule_id: str | None = None
+) -> list[dict[str, Any]]:
     params = {"state": state} if state else {}
+    if rule_id:
+        params["rule_id"] = rule_id
     answer = client.get("/api/v1/alerts", params=params)
     assert answer.status_code == 200, answer.text
     return list(answer.json())
@@ -234,24 +238,34 @@ def test_backlog_fires_and_resolves_and_a_down_receiver_is_retried(
             },
         )
         assert rule.status_code == 201, rule.text
+        rid = rule.json()["id"]
+        aged = client.post(
+            "/api/v1/alerts/rules",
+            json={"name": "old jobs", "kind": "backlog", "max_age_seconds": 2},
+        )
+        assert aged.status_code == 201, aged.text
         for _ in range(3):
             answer = client.post(
                 "/api/v1/queue/pipelines/enqueue",
                 json={"pipeline_file": "test_pipeline.yaml", "context": {"input": "x"}},
             )
             assert answer.status_code == 202
-        (alert,) = wait_until(lambda: _alerts(client, "firing"), timeout=20)
+        (alert,) = wait_until(lambda: _alerts(client, "firing", rid), timeout=20)
         assert "3 jobs waiting" in alert["summary"]
+        (old,) = wait_until(lambda: _alerts(client, "firing", aged.json()["id"]), timeout=20)
+        assert "oldest waiting" in old["summary"] and old["details"]["oldest_waiting_s"] > 2
+        assert old["notify"] == "none"
         # The receiver is down: a failed attempt is recorded, then it comes up.
         wait_until(
-            lambda: any(not n["ok"] for n in _alerts(client, "firing")[0]["notifications"]),
+            lambda: any(not n["ok"] for n in _alerts(client, "firing", rid)[0]["notifications"]),
             timeout=20,
         )
         late.start()
         try:
             wait_until(lambda: late.events("firing"), timeout=30, message="retried delivery")
             attempts = wait_until(
-                lambda: [n for n in _alerts(client)[0]["notifications"] if n["ok"]], timeout=10
+                lambda: [n for n in _alerts(client, None, rid)[0]["notifications"] if n["ok"]],
+                timeout=10,
             )
             assert attempts[0]["attempt"] >= 2
             # Jobs drain: the backlog clears, one resolved notification.
@@ -259,6 +273,7 @@ def test_backlog_fires_and_resolves_and_a_down_receiver_is_retried(
             wait_until(lambda: late.events("resolved"), timeout=30, message="resolved")
             _quiet_for(2.0, lambda: len(late.bodies))
             assert len(late.events("firing")) == 1 and len(late.events("resolved")) == 1
+            wait_until(lambda: not _alerts(client, "firing"), timeout=10)
         finally:
             late.stop()
 
