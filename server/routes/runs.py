@@ -398,7 +398,7 @@ async def _follow(
 ) -> AsyncIterator[str]:
     """A running job's lines as they come, then the rest from the store, then ``end``."""
     yield "retry: 2000\n\n"
-    key = f"{keys.prefix}log:{job_id}"
+    key = keys.log(job_id)
     last = "0-0"
     sent = 0
     status: str | None = None
@@ -497,14 +497,16 @@ async def run_logs(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
-        live, _ = await _live_lines(redis, f"{keys.prefix}log:{job_id}")
+        live, _ = await _live_lines(redis, keys.log(job_id))
     except (RedisError, OSError) as exc:
         raise HTTPException(503, f"cannot read the job: Redis is unavailable ({exc})") from None
-    return RunLogs(
-        job_id=job_id,
-        lines=[LogLine.model_validate(line) for line in live],
-        running=status not in _FINAL,
-    )
+    lines = []
+    for line in live:
+        try:
+            lines.append(LogLine.model_validate(line))
+        except ValueError:  # a line without a valid time: stamped now rather than lost
+            lines.append(LogLine.model_validate({**line, "t": datetime.now(UTC)}))
+    return RunLogs(job_id=job_id, lines=lines, running=status not in _FINAL)
 
 
 @router.get("/{job_id}/artifacts", response_model=RunArtifacts)

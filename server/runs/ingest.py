@@ -138,7 +138,7 @@ class Ingest:
         self.store = RunStore(engine)
         self.settings = settings
         self.keys = QueueKeys(settings.key_prefix)
-        self.stream = f"{settings.key_prefix}outcomes"
+        self.stream = self.keys.outcomes
         self.jobs = JobQueue(redis, settings.key_prefix, settings.job_ttl)
         self.status = IngestStatus(consumer=consumer_name())
         self.claim_idle = _env_float("MIMIR_INGEST_CLAIM_IDLE", CLAIM_IDLE)
