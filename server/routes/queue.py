@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
@@ -46,6 +47,10 @@ MAX_WAIT = 3600.0
 #: Newest jobs the list merges from Redis and the run store; a page beyond this many is
 #: Redis's alone (the run history is paged through ``GET /api/v1/runs``).
 MERGE_WINDOW = 5000
+#: Seconds a count of stored runs serves the job list's ``total`` (a console polling the
+#: list would otherwise count a million rows each time).
+COUNT_TTL = 2.0
+_COUNTS: dict[tuple[int, str | None, str | None], tuple[float, int]] = {}
 #: Largest page offset (Redis counts in signed 64-bit integers; no queue gets near this).
 MAX_OFFSET = 10**12
 #: The ``/wait`` timeouts the OpenAPI document promises to accept: seconds (up to 999.999),
@@ -218,7 +223,15 @@ async def _stored_page(
             found += page
             if cursor is None:
                 break
-        return found, store.count(runs_filter)
+        key = (id(db), runs_filter.status, runs_filter.queue)
+        cached = _COUNTS.get(key)
+        if cached is not None and time.monotonic() - cached[0] < COUNT_TTL:
+            return found, cached[1]
+        total = store.count(runs_filter)
+        if len(_COUNTS) > 1000:
+            _COUNTS.clear()
+        _COUNTS[key] = (time.monotonic(), total)
+        return found, total
 
     runs, total = await asyncio.to_thread(read)
     return [record_from_run(run) for run in runs], total

@@ -10,7 +10,8 @@ several servers each entry goes to one of them:
    pipelined round trip;
 3. upsert the runs in one transaction (a thread; idempotent by job id);
 4. only then ``XACK`` and ``XDEL`` the entries, and release what Redis no longer needs
-   for those jobs (:meth:`JobQueue.release`).
+   for those jobs (:meth:`JobQueue.release`; not for failed and dead jobs, which the
+   dead letter may retry: they expire with the job TTL).
 
 A server killed between 3 and 4 leaves its entries pending in the group: every server
 claims entries pending longer than :data:`CLAIM_IDLE` seconds (``XAUTOCLAIM``) at start
@@ -72,6 +73,9 @@ PRUNE_EVERY = 300.0
 PRUNE_FIRST = 10.0
 #: Longest pause between retries of Redis or the database.
 MAX_BACKOFF = 5.0
+#: Final statuses whose Redis copies are released once their runs are stored (failed and
+#: dead jobs wait in the dead letter, where a retry needs their records).
+RELEASED = frozenset({"succeeded", "cancelled"})
 #: Consumers with nothing pending and idle this long (ms) are removed from the group.
 STALE_CONSUMER_MS = 3600 * 1000
 
@@ -287,11 +291,15 @@ class Ingest:
         self.status.stored += len(stored)
         self.status.batches += 1
         self.status.last_batch_at = datetime.now(UTC)
-        if stored:
+        # Failed and dead jobs stay (in the dead letter) until the job TTL: a retry from
+        # there needs the record. Everything else is released now.
+        status_of = {run.job_id: run.status for run in runs}
+        releasable = [job_id for job_id in stored if status_of.get(job_id) in RELEASED]
+        if releasable:
             try:
-                self.status.released += int(await self.jobs.release(stored))
+                self.status.released += int(await self.jobs.release(releasable))
             except Exception as exc:  # the records then expire with the job TTL
-                logger.info("run ingest: cannot release %d jobs (%s)", len(stored), exc)
+                logger.info("run ingest: cannot release %d jobs (%s)", len(releasable), exc)
 
     async def _store(self, runs: list[Any]) -> list[str]:
         """Upsert ``runs``; the ids stored. A database that is down is waited for; a run
