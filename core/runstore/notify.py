@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 from mimir.core.settings import Settings
 
-__all__ = ["ATTEMPTS", "deliver", "message_text", "send_email", "send_webhook"]
+__all__ = ["ATTEMPTS", "channel_target", "deliver", "message_text", "send_email", "send_webhook"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ async def send_email(to: list[str], event: str, alert: dict[str, Any], settings:
     )
 
 
-def _target(channel: dict[str, Any]) -> str:
+def channel_target(channel: dict[str, Any]) -> str:
+    """How an attempt names its channel: a webhook's scheme, host and port; the e-mail
+    recipients."""
     if channel.get("type") == "webhook":
         parts = urlsplit(str(channel.get("url", "")))
         # Never the query or user info of the URL (a Slack hook's secret is its path,
@@ -136,9 +138,11 @@ async def deliver(
     attempts: int = ATTEMPTS,
     first_backoff: float = FIRST_BACKOFF,
     on_attempt: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    made: int = 0,
 ) -> list[dict[str, Any]]:
     """Send ``event`` of ``alert`` to ``channel``, retrying; answers every attempt (each
-    also handed to ``on_attempt`` as it is made, to be recorded at once)."""
+    also handed to ``on_attempt`` as it is made, to be recorded at once). ``made``: attempts
+    already made before (a delivery resumed by another server), which number on."""
     record: list[dict[str, Any]] = []
     delay = first_backoff
     for attempt in range(1, attempts + 1):
@@ -158,8 +162,8 @@ async def deliver(
                 {
                     "event": event,
                     "channel": channel.get("type"),
-                    "target": _target(channel),
-                    "attempt": attempt,
+                    "target": channel_target(channel),
+                    "attempt": made + attempt,
                     "at": at,
                     "ok": False,
                     "error": error,
@@ -184,8 +188,8 @@ async def deliver(
             {
                 "event": event,
                 "channel": channel.get("type"),
-                "target": _target(channel),
-                "attempt": attempt,
+                "target": channel_target(channel),
+                "attempt": made + attempt,
                 "at": at,
                 "ok": True,
                 "error": None,

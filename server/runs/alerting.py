@@ -43,7 +43,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 from mimir.core.queue import JobQueue
 from mimir.core.queue.keys import GROUP, PRIORITIES
 from mimir.core.runstore.alerts import Alert, AlertStore, Rule
-from mimir.core.runstore.notify import deliver
+from mimir.core.runstore.notify import ATTEMPTS, channel_target, deliver
 from mimir.core.settings import Settings
 
 __all__ = ["LEASE_MS", "TICK", "Evaluator", "start"]
@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 TICK = 1.0
 #: The leader's lease; renewed every tick, taken over by another server once it lapses.
 LEASE_MS = 5000
+#: On taking the lease, deliveries of the newest alerts (at most this many, started within
+#: this many seconds) that a previous leader left unfinished are resumed.
+RESUME_SCAN = 200
+RESUME_WITHIN = 24 * 3600
 #: Jobs listed in one run_failed incident's details (more are counted, not listed).
 MAX_LISTED = 100
 
@@ -124,6 +128,7 @@ class Evaluator:
         if await self.redis.set(self.lease_key, self.server_id, nx=True, px=LEASE_MS):
             logger.info("alerting: this server (%s) evaluates the alert rules", self.server_id)
             self.leader = True
+            await self._resume()
         return self.leader
 
     async def release(self) -> None:
@@ -553,15 +558,63 @@ class Evaluator:
             rule = found
         self._notify(resolved, "resolved", rule.spec.get("channels", []))
 
-    def _notify(self, alert: Alert, event: str, channels: list[dict[str, Any]]) -> None:
+    async def _resume(self) -> None:
+        """On taking the lease: finish the deliveries a previous leader left unfinished
+        (it stopped while retrying), with the attempts it had left. A delivery that
+        succeeded, or used all its attempts, is not sent again."""
+        try:
+            recent = await asyncio.to_thread(self.store.list, None, None, RESUME_SCAN)
+        except Exception as exc:
+            logger.warning("alerting: cannot read alerts to resume deliveries: %s", exc)
+            return
+        horizon = datetime.now(UTC) - timedelta(seconds=RESUME_WITHIN)
+        for alert in recent:
+            if alert.notify != "sent" or alert.started_at < horizon:
+                continue
+            rule = await asyncio.to_thread(self.store.get_rule, alert.rule_id)
+            if rule is None:
+                continue
+            events = ["firing"] + (["resolved"] if alert.state == "resolved" else [])
+            for event in events:
+                for channel in rule.spec.get("channels", []):
+                    made = [
+                        n
+                        for n in alert.notifications
+                        if n.get("event") == event
+                        and n.get("channel") == channel.get("type")
+                        and n.get("target") == channel_target(channel)
+                    ]
+                    if any(n.get("ok") for n in made) or len(made) >= ATTEMPTS:
+                        continue
+                    logger.info(
+                        "alert %s: resuming the %s notification to %s (%d attempt(s) made)",
+                        alert.id,
+                        event,
+                        channel.get("type"),
+                        len(made),
+                    )
+                    self._notify(alert, event, [channel], made=len(made))
+
+    def _notify(
+        self,
+        alert: Alert,
+        event: str,
+        channels: list[dict[str, Any]],
+        made: int = 0,
+    ) -> None:
         payload = alert.model_dump(mode="json", exclude={"notifications"})
         for channel in channels:
-            task = asyncio.create_task(self._deliver(alert.id, channel, event, payload))
+            task = asyncio.create_task(self._deliver(alert.id, channel, event, payload, made))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     async def _deliver(
-        self, alert_id: str, channel: dict[str, Any], event: str, payload: dict[str, Any]
+        self,
+        alert_id: str,
+        channel: dict[str, Any],
+        event: str,
+        payload: dict[str, Any],
+        made: int = 0,
     ) -> None:
         async def record(attempt: dict[str, Any]) -> None:
             try:
@@ -570,7 +623,15 @@ class Evaluator:
             except Exception as exc:
                 logger.warning("alert %s: cannot record a notification attempt: %s", alert_id, exc)
 
-        await deliver(channel, event, payload, self.settings, on_attempt=record)
+        await deliver(
+            channel,
+            event,
+            payload,
+            self.settings,
+            attempts=ATTEMPTS - made,
+            on_attempt=record,
+            made=made,
+        )
 
 
 async def start(app: Any) -> list[asyncio.Task[None]]:

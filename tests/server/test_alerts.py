@@ -313,6 +313,49 @@ def test_two_servers_send_one_notification(
         assert [a["state"] for a in _alerts(two)] == ["resolved"]
 
 
+def test_a_delivery_left_unfinished_by_a_stopped_leader_is_resumed_by_the_next(
+    make_server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    late = Receiver()  # down while the first leader tries
+    servers = [make_server(redis_url=redis_server.url).start() for _ in range(2)]
+    with _client(servers[1]) as client:
+        rule = client.post(
+            "/api/v1/alerts/rules",
+            json={
+                "name": "backlog",
+                "kind": "backlog",
+                "max_length": 0,
+                "channels": [{"type": "webhook", "url": late.url}],
+            },
+        )
+        assert rule.status_code == 201, rule.text
+        client.post(
+            "/api/v1/queue/pipelines/enqueue",
+            json={"pipeline_file": "test_pipeline.yaml", "context": {"input": "x"}},
+        )
+
+        def failed_once() -> bool:
+            firing = _alerts(client, "firing")
+            return bool(firing) and any(not n["ok"] for n in firing[0]["notifications"])
+
+        wait_until(failed_once, timeout=20)
+        leader = next(s for s in servers if "evaluates the alert rules" in s.output(400))
+        follower = servers[1 - servers.index(leader)]
+        leader.stop()  # stops while waiting to retry
+        late.start()
+        try:
+            with _client(follower) as other:
+                wait_until(lambda: late.events("firing"), timeout=30, message="resumed delivery")
+                _quiet_for(3.0, lambda: len(late.bodies))
+                assert len(late.events("firing")) == 1
+                (alert,) = _alerts(other, "firing")
+                made = [n["attempt"] for n in alert["notifications"]]
+                assert made[-1] == len(made) and alert["notifications"][-1]["ok"]
+                assert "resuming the firing notification" in follower.output(400)
+        finally:
+            late.stop()
+
+
 def test_a_killed_worker_holding_a_job_is_a_lost_worker(
     make_server: Callable[..., ServerProcess],
     redis_server: RedisServer,
