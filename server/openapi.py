@@ -383,6 +383,16 @@ ROUTES: dict[str, OperationDoc] = {
     "GET /api/v1/runs/{job_id}/logs": OperationDoc(errors=(404, 503)),
     "GET /api/v1/runs/{job_id}/artifacts": OperationDoc(errors=(404, 503)),
     "GET /api/v1/runs/{job_id}/artifacts/{name}": OperationDoc(errors=(404, 503)),
+    # -- alerts and the audit log (503: the run store's database is unreachable)
+    "POST /api/v1/alerts/rules": OperationDoc(errors=(503,)),
+    "GET /api/v1/alerts/rules": OperationDoc(errors=(503,)),
+    "GET /api/v1/alerts/rules/{rule_id}": OperationDoc(errors=(404, 503)),
+    "PUT /api/v1/alerts/rules/{rule_id}": OperationDoc(errors=(404, 503)),
+    "DELETE /api/v1/alerts/rules/{rule_id}": OperationDoc(errors=(404, 503)),
+    "GET /api/v1/alerts": OperationDoc(errors=(503,)),
+    "GET /api/v1/alerts/{alert_id}": OperationDoc(errors=(404, 503)),
+    "POST /api/v1/alerts/{alert_id}/ack": OperationDoc(errors=(404, 503)),
+    "GET /api/v1/audit": OperationDoc(errors=(503,)),
     "POST /api/v1/queue/digital-twins/enqueue": OperationDoc(
         errors=(404, 422),
         links={

@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from sqlalchemy.exc import OperationalError
 
 from mimir.core.runstore.alerts import Alert, AlertStore, Rule, RuleIn
 from mimir.server.deps import DbDep
@@ -25,6 +27,17 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 
 
+T = TypeVar("T")
+
+
+async def _db(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` in a thread; an unreachable database is a 503."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except OperationalError:
+        raise HTTPException(503, "the run store's database is unavailable") from None
+
+
 def _not_found(what: str, ident: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"no {what} {ident!r}")
 
@@ -32,17 +45,17 @@ def _not_found(what: str, ident: str) -> HTTPException:
 @router.post("/rules", response_model=Rule, status_code=status.HTTP_201_CREATED)
 async def create_rule(rule: Annotated[RuleIn, Body()], db: DbDep) -> Rule:
     """Add a rule; it is evaluated from the next tick (about a second)."""
-    return await asyncio.to_thread(AlertStore(db).create_rule, rule)
+    return await _db(AlertStore(db).create_rule, rule)
 
 
 @router.get("/rules", response_model=list[Rule])
 async def list_rules(db: DbDep) -> list[Rule]:
-    return await asyncio.to_thread(AlertStore(db).rules)
+    return await _db(AlertStore(db).rules)
 
 
 @router.get("/rules/{rule_id}", response_model=Rule)
 async def get_rule(rule_id: str, db: DbDep) -> Rule:
-    found = await asyncio.to_thread(AlertStore(db).get_rule, rule_id)
+    found = await _db(AlertStore(db).get_rule, rule_id)
     if found is None:
         raise _not_found("alert rule", rule_id)
     return found
@@ -51,7 +64,7 @@ async def get_rule(rule_id: str, db: DbDep) -> Rule:
 @router.put("/rules/{rule_id}", response_model=Rule)
 async def replace_rule(rule_id: str, rule: Annotated[RuleIn, Body()], db: DbDep) -> Rule:
     """Replace a rule (a firing alert of it stays open and is judged by the new rule)."""
-    found = await asyncio.to_thread(AlertStore(db).update_rule, rule_id, rule)
+    found = await _db(AlertStore(db).update_rule, rule_id, rule)
     if found is None:
         raise _not_found("alert rule", rule_id)
     return found
@@ -60,7 +73,7 @@ async def replace_rule(rule_id: str, rule: Annotated[RuleIn, Body()], db: DbDep)
 @router.delete("/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_rule(rule_id: str, db: DbDep) -> None:
     """Delete a rule; its firing alert, if any, is closed without a notification."""
-    if not await asyncio.to_thread(AlertStore(db).delete_rule, rule_id):
+    if not await _db(AlertStore(db).delete_rule, rule_id):
         raise _not_found("alert rule", rule_id)
 
 
@@ -72,12 +85,12 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Alert]:
     """Fired alerts, newest first."""
-    return await asyncio.to_thread(AlertStore(db).list, state, rule_id, limit)
+    return await _db(AlertStore(db).list, state, rule_id, limit)
 
 
 @router.get("/{alert_id}", response_model=Alert)
 async def get_alert(alert_id: str, db: DbDep) -> Alert:
-    found = await asyncio.to_thread(AlertStore(db).get, alert_id)
+    found = await _db(AlertStore(db).get, alert_id)
     if found is None:
         raise _not_found("alert", alert_id)
     return found
@@ -87,7 +100,7 @@ async def get_alert(alert_id: str, db: DbDep) -> Alert:
 async def ack_alert(alert_id: str, request: Request, db: DbDep) -> Alert:
     """Acknowledge an alert (recording who); it keeps firing until its condition clears."""
     who: Any = actor_of(request.scope)
-    found = await asyncio.to_thread(AlertStore(db).ack, alert_id, who)
+    found = await _db(AlertStore(db).ack, alert_id, who)
     if found is None:
         raise _not_found("alert", alert_id)
     return found
