@@ -149,13 +149,7 @@ def test_two_servers_on_one_database_store_each_run_once(
     tmp_path: Path,
     backend: str,
 ) -> None:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'shared.db'}"
-    else:
-        from tests.pg import create_database, drop_database
-
-        url = create_database(request.getfixturevalue("postgres_url"))
-        request.addfinalizer(lambda: drop_database(url))
+    url = database(backend, request, tmp_path)
     servers = [
         make_server(redis_url=redis_server.url, MIMIR_DATABASE_URL=url).start() for _ in range(2)
     ]
@@ -259,6 +253,19 @@ def wait_jobs_final(client: redis.Redis, count: int, timeout: float) -> None:
     wait_until(ended, timeout=timeout, interval=0.2, message=f"{count} jobs to end")
 
 
+def database(backend: str, request: pytest.FixtureRequest, data_dir: Path) -> str:
+    """The run store's URL for ``backend``: the server's own SQLite file, or a fresh
+    PostgreSQL database (dropped after the test)."""
+    if backend == "sqlite":
+        return f"sqlite:///{data_dir / 'mimir.db'}"
+    from tests.pg import create_database, drop_database
+
+    url = create_database(request.getfixturevalue("postgres_url"))
+    request.addfinalizer(lambda: drop_database(url))
+    return url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_500_jobs_end_while_the_server_is_down_and_all_are_stored_once(
     make_server: Callable[..., ServerProcess],
     redis_server: RedisServer,
@@ -266,12 +273,16 @@ def test_500_jobs_end_while_the_server_is_down_and_all_are_stored_once(
     data_dir: Path,
     pipelines_dir: Path,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
+    backend: str,
 ) -> None:
+    url = database(backend, request, data_dir)
+    options = {"MIMIR_INGEST_CLAIM_IDLE": "2", "MIMIR_DATABASE_URL": url}
     (pipelines_dir / "quick.yaml").write_text(
         "name: quick\nsteps:\n  - name: echo\n    plugin: Debug.echo\n    config:\n"
         "      value: hi\n"
     )
-    first = make_server(redis_url=redis_server.url, MIMIR_INGEST_CLAIM_IDLE="2").start()
+    first = make_server(redis_url=redis_server.url, **options).start()
     worker = WorkerProcess(
         {"REDIS_URL": redis_server.url, "MIMIR_DATA_DIR": str(data_dir)},
         concurrency=20,
@@ -290,12 +301,18 @@ def test_500_jobs_end_while_the_server_is_down_and_all_are_stored_once(
         wait_until(lambda: stored_count(first.base_url) > 0, timeout=30, message="the first runs")
         first.stop(signal.SIGKILL)
         wait_jobs_final(rclient, 500, timeout=120)
-        second = make_server(redis_url=redis_server.url, MIMIR_INGEST_CLAIM_IDLE="2").start()
+        second = make_server(redis_url=redis_server.url, **options).start()
         wait_until(lambda: stored_count(second.base_url) == 500, timeout=120, message="500 runs")
-        time.sleep(3)  # nothing more arrives (no duplicate, no late claim)
+        wait_until(
+            lambda: (
+                rclient.xlen(OUTCOMES) == 0
+                and rclient.xpending(OUTCOMES, "runstore")["pending"] == 0
+            ),
+            timeout=30,
+            message="every outcome acknowledged",
+        )
         assert stored_count(second.base_url) == 500
-        assert db_figures(f"sqlite:///{data_dir / 'mimir.db'}") == (500, 500)
-        assert rclient.xpending(OUTCOMES, "runstore")["pending"] == 0
+        assert db_figures(url) == (500, 500)
         runs = httpx.get(
             f"{second.base_url}/api/v1/runs", params={"pipeline": "quick", "limit": 1000}
         ).json()["runs"]
