@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from mimir.core.capture import current_capture, current_step
 from mimir.core.errors import MimirError, PluginConfigError, StepTimeoutError
 from mimir.core.logtext import printable
 from mimir.core.pipeline.models import Pipeline, Step
@@ -56,6 +57,8 @@ class StepResult(BaseModel):
     status: StepStatus
     duration_ms: float
     error: str | None = None
+    #: When the step began (aware UTC); none for a skipped step.
+    started_at: datetime | None = None
 
 
 class PipelineResult(BaseModel):
@@ -171,13 +174,24 @@ async def execute_pipeline(
     for position, candidate in enumerate(pipeline.steps):
         if candidate.output:
             outputs.setdefault(candidate.output, (position, candidate))
+    # A worker's capture of this run (none outside a worker): the steps and the engine's
+    # own lines go to it directly (not through logging: no worker log line per step).
+    capture = current_capture.get()
     for index, step in enumerate(pipeline.steps):
+        where = f"step {index + 1}/{total} {printable(step.name)!r} ({step.plugin})"
         if not step.enabled:
             result = StepResult(
                 name=step.name, plugin=step.plugin, status=StepStatus.skipped, duration_ms=0.0
             )
+            if capture is not None:
+                capture.line("INFO", f"{where} skipped (disabled)", step=step.name)
         else:
             step_started = time.perf_counter()
+            started_at = datetime.now(UTC)
+            step_token = current_step.set(step.name)
+            if capture is not None:
+                capture.step_started(index, step.name, step.plugin, started_at)
+                capture.line("INFO", f"{where} started", step=step.name)
             try:
                 output = await _run_step(step, registry, ctx, data_dir, outputs)
             except Exception as exc:
@@ -190,6 +204,7 @@ async def execute_pipeline(
                     status=StepStatus.failed,
                     duration_ms=(time.perf_counter() - step_started) * 1000,
                     error=message,
+                    started_at=started_at,
                 )
                 error = f"step {index + 1} {step.name!r} ({step.plugin}) failed: {message}"
             else:
@@ -200,7 +215,32 @@ async def execute_pipeline(
                     plugin=step.plugin,
                     status=StepStatus.succeeded,
                     duration_ms=(time.perf_counter() - step_started) * 1000,
+                    started_at=started_at,
                 )
+            finally:
+                current_step.reset(step_token)
+            if capture is not None:
+                if result.status is StepStatus.failed:
+                    capture.line(
+                        "ERROR",
+                        f"{where} failed after {result.duration_ms:.1f} ms: "
+                        f"{printable(result.error)}",
+                        step=step.name,
+                    )
+                else:
+                    capture.line(
+                        "INFO", f"{where} succeeded in {result.duration_ms:.1f} ms", step=step.name
+                    )
+        if capture is not None:
+            capture.step_ended(
+                index,
+                result.name,
+                result.plugin,
+                result.status.value,
+                result.duration_ms,
+                result.error,
+                result.started_at,
+            )
         results.append(result)
         if on_step is not None:
             try:

@@ -13,6 +13,15 @@ Loops, all on one event loop:
   fallback when a message is missed).
 - **writer**: outcomes and progress go to Redis in batches, one round trip each; kept
   and retried while Redis is away, so nothing is lost.
+- **log flusher**: every ``log_flush`` seconds the new log lines of running jobs go to
+  their live log streams (``{prefix}log:{id}``), all in one round trip.
+
+Each job runs with a :class:`~mimir.core.capture.RunCapture` set in its task's context:
+the engine reports its steps to it, a handler on the root logger adds every record logged
+in the job's context (plugins, the engine, this module), and Output plugins record the
+files they write. What it holds becomes the outcome's ``detail`` (onto the outcome
+stream with the final status); lines of a job that ends before the next flush reach
+only the detail, so the live stream is always a prefix of the run's stored lines.
 
 SIGTERM/SIGINT: take no new jobs, let running ones finish within ``grace`` seconds,
 hand the rest back to the queue (others take them at once), leave the registry, exit 0.
@@ -38,6 +47,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mimir.core.capture import RunCapture, current_capture
 from mimir.core.jobs import Attempt, JobFailedError, get_job_handler
 from mimir.core.logtext import printable
 from mimir.core.queue.connection import connect
@@ -91,6 +101,8 @@ class WorkerConfig:
     starvation_every: int = 8
     #: After this many idle seconds the worker returns freed heap memory to the system.
     trim_after: float = 2.0
+    #: Seconds between writes of running jobs' new log lines to their live log streams.
+    log_flush: float = 0.25
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
@@ -165,10 +177,29 @@ class _Reconnect:
         self.delay = 0.1
 
 
+class _JobLogHandler(logging.Handler):
+    """Adds each record logged in a job's context (any logger) to the job's capture,
+    as one printable line; records logged outside a job are left alone."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        capture = current_capture.get()
+        if capture is None:
+            return
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep what was written
+            message = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            message = f"{message} ({type(exc).__name__}: {exc})"
+        capture.line(record.levelname, printable(message), t=record.created)
+
+
 @dataclass
 class _Running:
     delivery: Delivery
     task: asyncio.Task[None]
+    capture: RunCapture = field(default_factory=RunCapture)
     #: Why the task was cancelled: ``cancel`` (asked to), ``lost`` (lease taken over),
     #: ``shutdown`` (drain ran out of grace).
     stop_reason: str | None = None
@@ -231,6 +262,14 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        log_handler = _JobLogHandler()
+        logging.getLogger().addHandler(log_handler)
+        try:
+            return await self._serve()
+        finally:
+            logging.getLogger().removeHandler(log_handler)
+
+    async def _serve(self) -> int:
         try:
             await self._connect()
         except WorkerGaveUpError as exc:
@@ -247,6 +286,7 @@ class Worker:
             asyncio.create_task(self._guard(self._scheduler_loop), name="scheduler"),
             asyncio.create_task(self._guard(self._cancel_listener), name="cancel-listener"),
             asyncio.create_task(self._guard(self._writer_loop), name="writer"),
+            asyncio.create_task(self._guard(self._log_loop), name="log-flusher"),
         ]
         fetch = asyncio.create_task(self._guard(self._fetch_loop), name="fetch")
         await self._stopping.wait()
@@ -423,8 +463,9 @@ class Worker:
 
     def _start(self, delivery: Delivery) -> None:
         self._trimmed = False
-        task = asyncio.create_task(self._run_job(delivery), name=f"job-{delivery.job_id}")
-        self.running[delivery.job_id] = _Running(delivery, task)
+        capture = RunCapture()
+        task = asyncio.create_task(self._run_job(delivery, capture), name=f"job-{delivery.job_id}")
+        self.running[delivery.job_id] = _Running(delivery, task, capture)
         task.add_done_callback(self._job_task_done)
 
     def _job_task_done(self, task: asyncio.Task[None]) -> None:
@@ -458,9 +499,11 @@ class Worker:
             return None
         return Outcome(delivery, "requeue")
 
-    async def _run_job(self, delivery: Delivery) -> None:
+    async def _run_job(self, delivery: Delivery, capture: RunCapture) -> None:
         job_id = delivery.job_id
         started = time.perf_counter()
+        # This task's context only: what the job logs and writes goes to its capture.
+        current_capture.set(capture)
         outcome: Outcome | None
         try:
             handler = get_job_handler(delivery.type)
@@ -493,9 +536,18 @@ class Worker:
             outcome = Outcome(delivery, "failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             self._job_ended(job_id)
-        if outcome is not None:
-            outcome.duration = time.perf_counter() - started
-            self._queue_write(outcome)
+        if outcome is None:
+            return
+        outcome.duration = time.perf_counter() - started
+        if _may_end(outcome):
+            try:
+                outcome.detail = await _detail(capture, outcome.error)
+            except asyncio.CancelledError:
+                # Stopped again while hashing the artifacts: the outcome goes without them.
+                outcome.detail = capture.detail(outcome.error, artifacts=False)
+                self._queue_write(outcome)
+                raise
+        self._queue_write(outcome)
 
     # -- writing outcomes --------------------------------------------------------------
 
@@ -552,6 +604,32 @@ class Worker:
                     reconnect.ok()
                 except _OUTAGE_ERRORS as exc:
                     await reconnect.failed(exc)
+
+    async def _log_loop(self) -> None:
+        reconnect = _Reconnect("write log lines", self.config.max_outage)
+        while not self._closing.is_set():
+            await self._pause(self.config.log_flush)
+            try:
+                await self._flush_logs()
+                reconnect.ok()
+            except _OUTAGE_ERRORS as exc:
+                await reconnect.failed(exc)
+
+    async def _flush_logs(self) -> None:
+        """Write the running jobs' new log lines to their live log streams (one round
+        trip). Under the write lock: a job's lines never follow its outcome, and a job
+        that has ended is no longer in ``running``, so its last lines stay in the detail."""
+        async with self._write_lock:
+            batches = []
+            for job_id, entry in list(self.running.items()):
+                end, lines = entry.capture.unflushed()
+                if lines:
+                    batches.append((job_id, entry.capture, end, lines))
+            if not batches:
+                return
+            await self.consumer.append_logs([(job_id, lines) for job_id, _, _, lines in batches])
+            for _, capture, end, _ in batches:
+                capture.mark_flushed(end)
 
     # -- maintenance -------------------------------------------------------------------
 
@@ -671,6 +749,21 @@ class Worker:
             logger.info("job %s: cancellation requested; stopping it", printable(job_id))
             entry.stop_reason = "cancel"
             entry.task.cancel()
+
+
+def _may_end(outcome: Outcome) -> bool:
+    """Whether writing ``outcome`` may end the job (so its detail is wanted): a failure
+    with attempts left is a retry, a requeue hands the job back."""
+    if outcome.kind in ("succeeded", "cancelled"):
+        return True
+    return outcome.kind == "failed" and outcome.delivery.attempt > outcome.delivery.max_retries
+
+
+async def _detail(capture: RunCapture, stopped: str | None) -> dict[str, Any]:
+    """The capture's detail; artifacts are hashed in a thread."""
+    if capture.has_artifacts:
+        return await asyncio.to_thread(capture.detail, stopped)
+    return capture.detail(stopped)
 
 
 class _ProcessUsage:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mimir.core.capture import current_capture
 from mimir.core.paths import resolve_data_path
 
 __all__ = [
@@ -85,6 +86,15 @@ class StepRuntime:
     def resolve_path(self, path: str, *, for_write: bool = False) -> Path:
         """``path`` inside the data directory; :class:`PathEscapeError` if it leaves it."""
         return resolve_data_path(self.data_dir, path, for_write=for_write)
+
+    def record_artifact(self, path: Path) -> None:
+        """Record a file this step wrote (inside the data directory) as an artifact of
+        the run: its path, size, content type and sha256 are kept with the run's history
+        when a worker runs the job. A no-op outside a worker (``mimir run``, the server's
+        execute). Call it once the file is complete."""
+        capture = current_capture.get()
+        if capture is not None:
+            capture.artifact(path, self.data_dir, self.step_name)
 
 
 class Plugin(ABC, Generic[ConfigT]):

@@ -326,6 +326,28 @@ class QueueConsumer:
         """Write the outcomes (see :meth:`write`)."""
         await self.write(outcomes)
 
+    async def append_logs(self, batches: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> None:
+        """Add log lines to running jobs' live log streams (``{prefix}log:{id}``, fields
+        ``t``, ``level``, ``step`` (empty when none), ``msg``), each stream kept for the
+        job TTL; all in one round trip. ``batches``: (job id, lines) pairs."""
+        if not batches:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, lines in batches:
+                key = self.keys.log(job_id)
+                for line in lines:
+                    pipe.xadd(
+                        key,
+                        {
+                            "t": line["t"],
+                            "level": line["level"],
+                            "step": line.get("step") or "",
+                            "msg": line["msg"],
+                        },
+                    )
+                pipe.expire(key, self.job_ttl)
+            await pipe.execute()
+
     async def move_due(self, limit: int = 500) -> float | None:
         """Move scheduled jobs that are due into their streams; answers the next due
         time (epoch seconds) or ``None``."""

@@ -468,4 +468,5 @@ class ExcelOutputPlugin(Plugin[ExcelOutputConfig]):
     async def run(self, config: ExcelOutputConfig, run: StepRuntime) -> Any:
         path = run.resolve_path(config.file_path, for_write=True)
         written = await asyncio.to_thread(write_workbook, path, config)
+        run.record_artifact(path)
         return {"file_path": relative_to_data_dir(run, path), **written}

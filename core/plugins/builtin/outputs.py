@@ -67,6 +67,7 @@ async def _write(run: StepRuntime, file_path: str, render: Any, rows: int | None
         return _write_atomically(path, render(), file_path)
 
     size = await asyncio.to_thread(work)
+    run.record_artifact(path)
     relative = path.relative_to(run.data_dir.expanduser().resolve()).as_posix()
     result: dict[str, Any] = {"file_path": relative, "bytes": size}
     if rows is not None:

@@ -588,4 +588,5 @@ class PdfOutputPlugin(Plugin[PdfOutputConfig]):
             raise
         except Exception as exc:  # fpdf2's layout errors, named for the pipeline's author
             raise PluginError(f"cannot lay out the PDF: {type(exc).__name__}: {exc}") from exc
+        run.record_artifact(path)
         return {"file_path": relative_to_data_dir(run, path), **written}
