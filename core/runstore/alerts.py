@@ -34,7 +34,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import (
     Boolean,
     Column,
@@ -119,7 +127,7 @@ _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+$")
 class WebhookChannel(BaseModel):
     """POST a JSON body (Slack-compatible ``text`` plus structured fields) to ``url``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["webhook"]
     url: str = Field(max_length=2000)
 
@@ -139,7 +147,7 @@ class WebhookChannel(BaseModel):
 class EmailChannel(BaseModel):
     """Send an e-mail to ``to`` through ``MIMIR_SMTP_URL``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["email"]
     to: list[str] = Field(min_length=1, max_length=50)
 
@@ -156,13 +164,13 @@ Channel = Annotated[WebhookChannel | EmailChannel, Field(discriminator="type")]
 
 
 class _RuleBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=200)
     channels: list[Channel] = Field(default_factory=list, max_length=20)
     #: Seconds after a notification during which a new incident of this rule is recorded
     #: but not notified (one incident is one notification; flapping stays quiet).
     cooldown_seconds: float = Field(default=300.0, ge=0, le=7 * 86400)
-    enabled: bool = True
+    enabled: StrictBool = True
 
     @field_validator("name")
     @classmethod
@@ -177,7 +185,7 @@ class RunFailedRule(_RuleBase):
     #: Only runs of this pipeline; ``None``: any pipeline.
     pipeline: str | None = Field(default=None, min_length=1, max_length=200)
     #: Only dead-lettered runs (lease lost with no attempts left, ...), not plain failures.
-    only_dead: bool = False
+    only_dead: StrictBool = False
     #: Resolve after this many seconds without a new failure (0: never by time alone).
     quiet_seconds: float = Field(default=3600.0, ge=0, le=30 * 86400)
 

@@ -7,7 +7,6 @@ Entries newest first (keyset pagination: pass ``next_cursor`` back as ``cursor``
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -16,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from mimir.core.runstore.audit import AuditEntry, AuditLog
 from mimir.server.deps import DbDep
+from mimir.server.routes.runs import SinceQ, UntilQ, parse_time
 
 __all__ = ["AuditPage", "router"]
 
@@ -30,20 +30,14 @@ class AuditPage(BaseModel):
     dropped: int = 0
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 @router.get("", response_model=AuditPage)
 async def list_audit(
     request: Request,
     db: DbDep,
     actor: Annotated[str | None, Query(max_length=200)] = None,
     action: Annotated[str | None, Query(max_length=200)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: SinceQ = None,
+    until: UntilQ = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> AuditPage:
@@ -54,8 +48,8 @@ async def list_audit(
             lambda: log.list(
                 actor=actor,
                 action=action,
-                since=_aware(since),
-                until=_aware(until),
+                since=parse_time(since, "query.since"),
+                until=parse_time(until, "query.until"),
                 limit=limit,
                 cursor=cursor,
             )
