@@ -243,8 +243,21 @@ class JobQueue:
             if int(was_created):
                 records.append(record)
             else:
-                records.append(await self.get(job_id))
+                records.append(await self._existing(job_id, record))
         return records
+
+    async def _existing(self, job_id: str, sent: JobRecord) -> JobRecord:
+        """The record of the job an idempotency key names. Once released (its run is
+        stored) only its status is left in Redis: the answer is then that status with the
+        options just sent (the run store has the rest)."""
+        try:
+            return await self.get(job_id)
+        except JobNotFoundError:
+            async with redis_errors("read the job"):
+                token = await self.redis.lindex(self.keys.done(job_id), 0)
+            if token not in {status.value for status in FINAL_STATUSES}:
+                raise
+            return sent.model_copy(update={"job_id": job_id, "status": JobStatus(token)})
 
     async def enqueue_and_wait(self, spec: JobSpec, timeout: float) -> WaitResult:
         """Enqueue one job and wait for it to end, the two sent together (the job id is

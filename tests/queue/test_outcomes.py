@@ -146,8 +146,10 @@ def test_release_keeps_what_waiters_and_idempotency_need(
             run(read(job.job_id))
     with pytest.raises(JobNotFoundError):
         run(asyncio.wait_for(queue.wait(job.job_id, 30), 2))
-    # The idempotency key still answers the first job's id (its record is gone).
+    # The idempotency key still answers the first job (its record is gone: its status).
     assert run(r.get(queue.keys.idempotency("once"))) == job.job_id
+    again = run(queue.enqueue(spec(idempotency_key="once")))
+    assert (again.job_id, again.status) == (job.job_id, JobStatus.succeeded)
     # The running job was left alone: listed, counted, finishable.
     page = run(queue.list_jobs())
     assert [j.job_id for j in page.jobs] == [running.job_id] and page.total == 1
