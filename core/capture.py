@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import threading
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,11 +50,26 @@ current_capture: ContextVar[RunCapture | None] = ContextVar("mimir_run_capture",
 current_step: ContextVar[str | None] = ContextVar("mimir_current_step", default=None)
 
 
+#: The last second formatted by :func:`iso_time` (epoch second, its text): lines come
+#: many to a second, and formatting the date is most of a line's cost.
+_second: tuple[int, str] = (-1, "")
+
+
 def iso_time(moment: datetime | float) -> str:
-    """ISO 8601 UTC to the millisecond with a ``Z`` (as the queue writes times)."""
-    if not isinstance(moment, datetime):
-        moment = datetime.fromtimestamp(moment, UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 UTC to the millisecond with a ``Z`` (as the queue writes times);
+    ``moment`` an aware datetime or epoch seconds."""
+    global _second
+    if isinstance(moment, datetime):
+        whole = int(moment.replace(microsecond=0).timestamp())
+        millis = moment.microsecond // 1000
+    else:
+        whole = int(moment // 1)
+        millis = int((moment - whole) * 1000)
+    cached, text = _second
+    if cached != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    return f"{text}.{millis:03d}Z"
 
 
 class RunCapture:
@@ -85,7 +101,7 @@ class RunCapture:
         if from_context and step is None:
             step = current_step.get()
         size = len(msg.encode("utf-8", "replace"))
-        when = iso_time(t if t is not None else datetime.now(UTC))
+        when = iso_time(t if t is not None else time.time())
         with self._lock:
             if self.truncated:
                 return
