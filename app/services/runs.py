@@ -9,17 +9,18 @@ dicts. No Qt here: the History, Schedules and Alerts views sit on top.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from mimir.app.services.api import POLL_HEADERS, ApiClient, ApiError, ApiUnreachable
-from mimir.app.services.events import iter_events
+from mimir.app.services.events import ServerEvent, iter_events
 from mimir.app.services.jobs import parse_time
 
 __all__ = [
@@ -249,7 +250,7 @@ class RunsClient:
         truncated = bool(answer.get("truncated")) if isinstance(answer, dict) else False
         return _items(answer, "lines", "logs"), truncated
 
-    async def follow_logs(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def follow_logs(self, job_id: str) -> AsyncGenerator[dict[str, Any], None]:
         """A job's log lines as they are written (``?follow=true``, server-sent events:
         ``line`` events, then ``end`` once the job has ended). A stream that goes quiet
         past the read timeout (a step that logs nothing for minutes) is opened again; the
@@ -260,29 +261,44 @@ class RunsClient:
         while True:
             seen = 0
             try:
-                lines = self.api.stream_lines(path, read_timeout=FOLLOW_READ_TIMEOUT)
-                async for event in iter_events(lines):
-                    if event.event == "end":
-                        return
-                    if event.event != "line":
-                        continue
-                    try:
-                        payload = event.json()
-                    except ValueError:
-                        continue
-                    if not isinstance(payload, dict):
-                        continue
-                    seen += 1
-                    if seen > given:
-                        given = seen
-                        failures = 0
-                        yield payload
+                # Closed here, not by the garbage collector in some later loop turn.
+                async with (
+                    contextlib.aclosing(
+                        cast(
+                            AsyncGenerator[str, None],
+                            self.api.stream_lines(path, read_timeout=FOLLOW_READ_TIMEOUT),
+                        )
+                    ) as lines,
+                    contextlib.aclosing(
+                        cast(AsyncGenerator[ServerEvent, None], iter_events(lines))
+                    ) as events,
+                ):
+                    ended = False
+                    async for event in events:
+                        # After ``end`` the server closes the stream: read on to that
+                        # close, so httpx's inner iterators finish instead of being
+                        # abandoned mid-body.
+                        if event.event == "end":
+                            ended = True
+                        if ended or event.event != "line":
+                            continue
+                        try:
+                            payload = event.json()
+                        except ValueError:
+                            continue
+                        if not isinstance(payload, dict):
+                            continue
+                        seen += 1
+                        if seen > given:
+                            given = seen
+                            failures = 0
+                            yield payload
             except ApiUnreachable:
                 failures += 1
                 if failures >= 3:
                     raise
                 continue
-            return  # the stream ended without ``end``: nothing more will come
+            return  # ended (or closed without ``end``: nothing more will come either)
 
     async def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         answer = await self.api.request("GET", f"/api/v1/runs/{quote(job_id, safe='')}/artifacts")
@@ -300,11 +316,16 @@ class RunsClient:
         handle = await asyncio.to_thread(partial.open, "wb")
         size = 0
         try:
-            async for chunk in self.api.stream_bytes(self.artifact_path(job_id, name)):
-                await asyncio.to_thread(handle.write, chunk)
-                size += len(chunk)
-                if progress is not None:
-                    progress(size)
+            download = cast(
+                AsyncGenerator[bytes, None],
+                self.api.stream_bytes(self.artifact_path(job_id, name)),
+            )
+            async with contextlib.aclosing(download) as chunks:
+                async for chunk in chunks:
+                    await asyncio.to_thread(handle.write, chunk)
+                    size += len(chunk)
+                    if progress is not None:
+                        progress(size)
         except BaseException:
             await asyncio.to_thread(handle.close)
             await asyncio.to_thread(partial.unlink, True)

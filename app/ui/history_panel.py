@@ -155,7 +155,6 @@ class QtHistoryPanel(QWidget):
         self._generation = 0
         self._detail_generation = 0
         self._follow_task: asyncio.Task[None] | None = None
-        self._pipelines_loaded = False
         #: Schedule and trigger ids → names (the "Started by" column), read as needed.
         self.origin_names: dict[str, str] = {}
         self._build()
@@ -339,7 +338,6 @@ class QtHistoryPanel(QWidget):
         self.refresh()
 
     def _reset(self) -> None:
-        self._pipelines_loaded = False
         self.origin_names = {}
         self.table.setRowCount(0)
         self.runs, self.next_cursor = [], None
@@ -370,14 +368,13 @@ class QtHistoryPanel(QWidget):
             index = self.pipeline_combo.count() - 1
         self.pipeline_combo.setCurrentIndex(max(0, index))
         self.pipeline_combo.blockSignals(False)
-        self._pipelines_loaded = True
 
     # ---------------------------------------------------------------- the list
 
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
-        if self.session is not None and not self._pipelines_loaded:
-            self.load_pipelines()
+        if self.session is not None:
+            self.load_pipelines()  # pipelines saved since show up in the filter
 
     @asyncSlot()
     async def refresh(self) -> None:
@@ -556,11 +553,12 @@ class QtHistoryPanel(QWidget):
         self.following = True
         self._update_label()
         try:
-            async for line in self.client.follow_logs(job_id):
-                if generation != self._detail_generation:
-                    return
-                self.log_lines.append(line)
-                self.logs.appendPlainText(log_line_text(line))
+            async with contextlib.aclosing(self.client.follow_logs(job_id)) as lines:
+                async for line in lines:
+                    if generation != self._detail_generation:
+                        return
+                    self.log_lines.append(line)
+                    self.logs.appendPlainText(log_line_text(line))
         except ApiError as exc:
             if generation == self._detail_generation:
                 self.logs.appendPlainText(f"[following stopped: {exc}]")

@@ -114,7 +114,7 @@ class ScheduleDialog(QDialog):
         self.preview: list[str] = []
         self._preview_generation = 0
         self.setWindowTitle("Edit schedule" if schedule else "New schedule")
-        self.setMinimumWidth(620)
+        self.setMinimumWidth(680)
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.name_edit = QLineEdit(str(spec.get("name") or ""))
@@ -196,7 +196,11 @@ class ScheduleDialog(QDialog):
         self.misfire.setCurrentIndex(max(0, self.misfire.findData(spec.get("misfire", "skip"))))
         self.overlap = QComboBox()
         self.overlap.addItem("allow", "allow")
-        self.overlap.addItem("skip while the last run still runs", "skip")
+        self.overlap.addItem("skip if still running", "skip")
+        self.overlap.setToolTip("Skip a tick while this schedule's previous run still runs")
+        self.misfire.setToolTip(
+            "After downtime: skip the ticks that were missed, or run once for all of them"
+        )
         self.overlap.setCurrentIndex(max(0, self.overlap.findData(spec.get("overlap", "allow"))))
         policies = QHBoxLayout()
         policies.addWidget(QLabel("Misfire"))
