@@ -94,12 +94,12 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def start_worker(
     redis_server: RedisServer, data_dir: Path, tmp_path: Path
-) -> Iterator[Callable[[], WorkerProcess]]:
+) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
-    def start() -> WorkerProcess:
+    def start(**env: str) -> WorkerProcess:
         worker = WorkerProcess(
-            {"REDIS_URL": redis_server.url, "MIMIR_DATA_DIR": str(data_dir)},
+            {"REDIS_URL": redis_server.url, "MIMIR_DATA_DIR": str(data_dir), **env},
             log_path=tmp_path / f"worker-{len(workers)}.log",
         ).start()
         workers.append(worker)
@@ -137,7 +137,7 @@ def _quiet_for(seconds: float, *counts: Callable[[], int]) -> None:
 def test_dead_lettered_job_sends_one_webhook_and_one_email_then_one_resolved(
     make_server: Callable[..., ServerProcess],
     redis_server: RedisServer,
-    start_worker: Callable[[], WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
     smtp: tuple[Mailbox, int],
     receiver: Receiver,
 ) -> None:
@@ -223,7 +223,7 @@ def test_dead_lettered_job_sends_one_webhook_and_one_email_then_one_resolved(
 def test_backlog_fires_and_resolves_and_a_down_receiver_is_retried(
     make_server: Callable[..., ServerProcess],
     redis_server: RedisServer,
-    start_worker: Callable[[], WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     late = Receiver()  # not listening yet: the first attempts fail
     server = make_server(redis_url=redis_server.url).start()
@@ -281,7 +281,7 @@ def test_backlog_fires_and_resolves_and_a_down_receiver_is_retried(
 def test_two_servers_send_one_notification(
     make_server: Callable[..., ServerProcess],
     redis_server: RedisServer,
-    start_worker: Callable[[], WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
     receiver: Receiver,
 ) -> None:
     first = make_server(redis_url=redis_server.url).start()
@@ -359,7 +359,7 @@ def test_a_delivery_left_unfinished_by_a_stopped_leader_is_resumed_by_the_next(
 def test_a_killed_worker_holding_a_job_is_a_lost_worker(
     make_server: Callable[..., ServerProcess],
     redis_server: RedisServer,
-    start_worker: Callable[[], WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
     receiver: Receiver,
 ) -> None:
     server = make_server(redis_url=redis_server.url).start()
@@ -459,3 +459,38 @@ def test_rule_crud_and_unknown_ids(api_client: httpx.Client) -> None:
         answer = api_client.request(method, path, json=body if method == "PUT" else None)
         assert answer.status_code == 404, (method, path, answer.text)
     assert api_client.get("/api/v1/alerts", params={"state": "bogus"}).status_code == 422
+
+
+def test_a_worker_that_stops_cleanly_is_not_lost(
+    make_server: Callable[..., ServerProcess],
+    redis_server: RedisServer,
+    start_worker: Callable[..., WorkerProcess],
+    receiver: Receiver,
+) -> None:
+    server = make_server(redis_url=redis_server.url).start()
+    worker = start_worker(MIMIR_WORKER_GRACE="1")
+    with _client(server) as client:
+        rule = client.post(
+            "/api/v1/alerts/rules",
+            json={
+                "name": "workers",
+                "kind": "worker_lost",
+                "channels": [{"type": "webhook", "url": receiver.url}],
+            },
+        )
+        assert rule.status_code == 201
+        job_id = client.post("/api/v1/queue/pipelines/enqueue", json={"pipeline": SLOW}).json()[
+            "job_id"
+        ]
+        wait_until(
+            lambda: job_id in client.get("/api/v1/workers").json()["workers"][0]["current_jobs"],
+            timeout=20,
+        )
+        time.sleep(1.5)  # one evaluator tick (1 s) sees the heartbeat holding the job
+        assert worker.stop() == 0  # SIGTERM: grace, then the job is handed back
+        wait_until(
+            lambda: client.get(f"/api/v1/queue/jobs/{job_id}").json()["status"] == "queued",
+            timeout=20,
+        )
+        _quiet_for(3.0, lambda: len(receiver.bodies))
+        assert receiver.bodies == [] and _alerts(client) == []
