@@ -135,6 +135,7 @@ def _quiet_for(seconds: float, *counts: Callable[[], int]) -> None:
 
 
 def test_dead_lettered_job_sends_one_webhook_and_one_email_then_one_resolved(
+    database_url: str,
     make_server: Callable[..., ServerProcess],
     redis_server: RedisServer,
     start_worker: Callable[..., WorkerProcess],
@@ -146,6 +147,7 @@ def test_dead_lettered_job_sends_one_webhook_and_one_email_then_one_resolved(
         redis_url=redis_server.url,
         MIMIR_SMTP_URL=f"smtp://127.0.0.1:{smtp_port}",
         MIMIR_SMTP_FROM="alerts@mimir.test",
+        MIMIR_DATABASE_URL=database_url,
     ).start()
     start_worker()
     with _client(server) as client:
@@ -279,13 +281,14 @@ def test_backlog_fires_and_resolves_and_a_down_receiver_is_retried(
 
 
 def test_two_servers_send_one_notification(
+    database_url: str,
     make_server: Callable[..., ServerProcess],
     redis_server: RedisServer,
     start_worker: Callable[..., WorkerProcess],
     receiver: Receiver,
 ) -> None:
-    first = make_server(redis_url=redis_server.url).start()
-    second = make_server(redis_url=redis_server.url).start()
+    first = make_server(redis_url=redis_server.url, MIMIR_DATABASE_URL=database_url).start()
+    second = make_server(redis_url=redis_server.url, MIMIR_DATABASE_URL=database_url).start()
     with _client(first) as one, _client(second) as two:
         rule = one.post(
             "/api/v1/alerts/rules",
