@@ -133,7 +133,13 @@ def test_dead_letter_retry_workers_metrics(api_client: httpx.Client, worker: Wor
     assert "mimir_job_duration_seconds_count 2.0" in text
 
     # Deleting from the dead letter removes the entry and the Redis record, once; the
-    # job API then answers from the run store (its run stays in the history).
+    # job API then answers from the run store (its run, stored moments after it ended,
+    # stays in the history).
+    wait_until(
+        lambda: api_client.get(f"/api/v1/runs/{job_id}").json().get("attempts") == 1,
+        timeout=10,
+        message="the run stored",
+    )
     assert api_client.delete(f"/api/v1/queue/dead-letter/{job_id}").status_code == 204
     assert api_client.get("/api/v1/queue/dead-letter").json()["total"] == 0
     kept = api_client.get(f"/api/v1/queue/jobs/{job_id}")
