@@ -497,3 +497,34 @@ def test_a_worker_that_stops_cleanly_is_not_lost(
         )
         _quiet_for(3.0, lambda: len(receiver.bodies))
         assert receiver.bodies == [] and _alerts(client) == []
+
+
+def test_run_failed_resolves_when_its_jobs_leave_the_dead_letter(
+    make_server: Callable[..., ServerProcess],
+    redis_server: RedisServer,
+    start_worker: Callable[..., WorkerProcess],
+    receiver: Receiver,
+) -> None:
+    server = make_server(redis_url=redis_server.url).start()
+    start_worker()
+    with _client(server) as client:
+        rule = client.post(
+            "/api/v1/alerts/rules",
+            json={
+                "name": "any failure",
+                "kind": "run_failed",
+                "channels": [{"type": "webhook", "url": receiver.url}],
+            },
+        )
+        assert rule.status_code == 201, rule.text
+        job_id = client.post(
+            "/api/v1/queue/pipelines/enqueue", json={"pipeline": FAILING, "max_retries": 0}
+        ).json()["job_id"]
+        (firing,) = wait_until(lambda: receiver.events("firing"), timeout=20)
+        assert firing["alert"]["details"]["pipelines"] == {"failing": firing["alert"]["details"][
+            "last_failure_ms"]}  # fmt: skip
+        assert client.delete(f"/api/v1/queue/dead-letter/{job_id}").status_code == 204
+        (resolved,) = wait_until(lambda: receiver.events("resolved"), timeout=20)
+        assert "left the dead letter" in resolved["alert"]["details"]["resolved_by"]
+        _quiet_for(2.0, lambda: len(receiver.bodies))
+        assert len(receiver.bodies) == 2
