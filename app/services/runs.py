@@ -70,6 +70,8 @@ def format_duration_ms(value: Any) -> str:
         ms = float(value)
     except (TypeError, ValueError):
         return ""
+    if ms < 10:
+        return f"{ms:.1f} ms"
     if ms < 1000:
         return f"{ms:.0f} ms"
     seconds = ms / 1000

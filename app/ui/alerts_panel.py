@@ -437,7 +437,7 @@ class QtAlertsPanel(QWidget):
         layout.addLayout(bar)
         split = QSplitter(Qt.Orientation.Vertical)
         self.alert_table = _table(ALERT_COLUMNS)
-        for column, width in enumerate([172, 76, 160, 110, 300, 172, 150]):
+        for column, width in enumerate([165, 70, 150, 100, 270, 150, 175]):
             self.alert_table.setColumnWidth(column, width)
         self.alert_table.itemSelectionChanged.connect(self._on_alert)
         split.addWidget(self.alert_table)

@@ -402,7 +402,8 @@ class QtHistoryPanel(QWidget):
         generation = self._generation
         cursor = self.next_cursor if append else None
         # Refresh stays clickable (a newer load simply wins); "more" waits for its page.
-        self.more_button.setEnabled(False)
+        if append:
+            self.more_button.setEnabled(False)
         try:
             runs, next_cursor = await self.client.list_runs(self.query(), limit=PAGE, cursor=cursor)
         except ApiError as exc:
