@@ -38,7 +38,7 @@ from mimir.core.runstore.schedules import (
     tick_key,
 )
 
-__all__ = ["POLL_INTERVAL", "enqueue_schedule", "fire_due", "start"]
+__all__ = ["POLL_INTERVAL", "due_ticks", "enqueue_schedule", "fire_due", "start"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +81,15 @@ async def enqueue_schedule(
     return await jobs.enqueue(spec)
 
 
-def _ticks(row: ScheduleRow, now_ms: int) -> tuple[list[int], int | None]:
-    """The ticks of ``row`` to fire now, and the next tick after them."""
+def due_ticks(row: ScheduleRow, now_ms: int) -> tuple[list[int], int | None, int | None]:
+    """The ticks of ``row`` to fire now, the next tick after them, and the first missed
+    tick (``None``: none missed)."""
     assert row.next_tick_ms is not None
     spec, created = row.spec, row.created
     cut = now_ms - MISFIRE_GRACE_MS
     fire: list[int] = []
     tick: int | None = row.next_tick_ms
+    missed = tick if tick is not None and tick < cut else None
     if tick is not None and tick < cut:  # missed while no scheduler ran
         if spec.misfire is Misfire.run_once:
             fire.append(tick)
@@ -97,12 +99,12 @@ def _ticks(row: ScheduleRow, now_ms: int) -> tuple[list[int], int | None]:
         fire.append(tick)
         following = next_fire(spec, datetime.fromtimestamp(tick / 1000, UTC), created)
         tick = None if following is None else round(following.timestamp() * 1000)
-    return fire, tick
+    return fire, tick, missed
 
 
 async def _fire(app: Any, store: ScheduleStore, jobs: JobQueue, row: ScheduleRow) -> bool:
     now_ms = int(time.time() * 1000)
-    fire, next_tick = await asyncio.to_thread(_ticks, row, now_ms)
+    fire, next_tick, missed = await asyncio.to_thread(due_ticks, row, now_ms)
     if row.spec.overlap is Overlap.skip and fire:
         fire = fire[-1:]  # one run at most, and none while the last one runs
         if row.last_job_id:
@@ -111,6 +113,13 @@ async def _fire(app: Any, store: ScheduleStore, jobs: JobQueue, row: ScheduleRow
                 fire = []
     last_job: str | None = None
     error: str | None = None
+    if missed is not None:
+        # Kept until a later tick fires (the schedule_missed alert rule reads it).
+        error = (
+            f"ticks due since {_iso(missed)} were missed (no scheduler ran); misfire "
+            f"{row.spec.misfire.value}: "
+            + ("one run for them" if row.spec.misfire is Misfire.run_once else "skipped")
+        )
     for tick in fire:
         try:
             record = await enqueue_schedule(
@@ -126,7 +135,7 @@ async def _fire(app: Any, store: ScheduleStore, jobs: JobQueue, row: ScheduleRow
             error = f"{type(exc).__name__}: {exc}"
             continue
         last_job = record.job_id
-    return await asyncio.to_thread(
+    moved: bool = await asyncio.to_thread(
         store.advance,
         row,
         next_tick,
@@ -134,6 +143,9 @@ async def _fire(app: Any, store: ScheduleStore, jobs: JobQueue, row: ScheduleRow
         last_job_id=last_job,
         last_error=error,
     )
+    if moved and error:
+        logger.warning("schedule %r: %s", row.spec.name, error)
+    return moved
 
 
 async def fire_due(app: Any) -> int:
