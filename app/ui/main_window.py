@@ -226,8 +226,13 @@ class QtMainWindow(QMainWindow):
         self.session.apply_profile(self.session.profile)
         self.session.start()
         QTimer.singleShot(0, self.pipelines.refresh_list)
-        QTimer.singleShot(500, self.alerts_indicator.start)
         QTimer.singleShot(50, lambda: self.dashboard)
+        # A child timer, not QTimer.singleShot: shutdown() stops every child timer, so a
+        # window shut down within its first half second never polls alerts afterwards.
+        first_alerts = QTimer(self)
+        first_alerts.setSingleShot(True)
+        first_alerts.timeout.connect(self.alerts_indicator.start)
+        first_alerts.start(500)
 
     async def shutdown(self) -> None:
         """Stop timers, streams and the client; cancel what the panels still run."""
