@@ -8,6 +8,7 @@ defined on :data:`metadata`; the migrations under ``migrations/versions`` create
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if parsed.get_driver_name() == "psycopg" and importlib.util.find_spec("psycopg") is None:
+        raise RuntimeError(
+            "a PostgreSQL run store needs the psycopg driver, which this installation lacks "
+            "(the console bundle keeps its runs in SQLite): unset MIMIR_DATABASE_URL, or run "
+            "the server from the mimir-aip wheel or image"
+        )
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
@@ -98,6 +105,8 @@ def migrate(engine: Engine) -> None:
     from alembic import command
     from alembic.config import Config
 
+    # Alembic logs every plugin it sets up at INFO; its "Running upgrade" lines stay.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     with engine.begin() as connection:
