@@ -17,8 +17,6 @@ from PySide6.QtGui import QColor, QMouseEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDialog,
-    QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
@@ -47,9 +45,17 @@ from mimir.app.services.runs import (
     pretty_json,
     rule_condition,
 )
-from mimir.app.ui.common import Banner, panel_header
-from mimir.app.ui.confirm import confirm
-from mimir.app.ui.history_panel import _item, _table
+from mimir.app.ui.common import (
+    Banner,
+    SaveDialog,
+    data_table,
+    panel_header,
+    refresh_while_visible,
+    selected_record,
+    set_row,
+    table_item,
+)
+from mimir.app.ui.confirm import confirm_delete
 from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["AlertsIndicator", "QtAlertsPanel", "RuleDialog"]
@@ -171,11 +177,9 @@ def _minutes(spin_max: int = 7 * 24 * 60) -> QDoubleSpinBox:
     return spin
 
 
-class RuleDialog(QDialog):
+class RuleDialog(SaveDialog):
     """Edits one alert rule. ``save_requested(body)`` asks the panel to save it; the
     dialog stays open until :meth:`saved`, and shows the server's refusal (:meth:`refused`)."""
-
-    save_requested = Signal(object)
 
     def __init__(
         self,
@@ -290,17 +294,7 @@ class RuleDialog(QDialog):
         form.addRow("Cooldown", self.cooldown)
         form.addRow("", self.enabled)
         layout.addLayout(form)
-        self.error_label = QLabel("")
-        self.error_label.setObjectName("BannerError")
-        self.error_label.setWordWrap(True)
-        self.error_label.hide()
-        layout.addWidget(self.error_label)
-        self.buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
-        )
-        self.buttons.accepted.connect(self._save)
-        self.buttons.rejected.connect(self.reject)
-        layout.addWidget(self.buttons)
+        self._add_footer(layout)
         self.kind_combo.currentIndexChanged.connect(self._on_kind)
         self._on_kind()
 
@@ -373,15 +367,6 @@ class RuleDialog(QDialog):
         self.buttons.setEnabled(False)
         self.save_requested.emit(self.body())
 
-    def refused(self, message: str) -> None:
-        self.error_label.setText(message)
-        self.error_label.show()
-        self.buttons.setEnabled(True)
-
-    def saved(self) -> None:
-        self.buttons.setEnabled(True)
-        self.accept()
-
 
 # ---------------------------------------------------------------------------- the panel
 
@@ -396,11 +381,9 @@ class QtAlertsPanel(QWidget):
         self.dialog: RuleDialog | None = None
         self._build()
         if session is not None:
-            session.profile_changed.connect(lambda _p: self.refresh() if self.isVisible() else None)
-            self._timer = QTimer(self)
-            self._timer.setInterval(POLL_SECONDS * 1000)
-            self._timer.timeout.connect(lambda: self.refresh() if self.isVisible() else None)
-            self._timer.start()
+            self._timer = refresh_while_visible(
+                self, session.profile_changed, self.refresh, POLL_SECONDS
+            )
 
     def _build(self) -> None:
         root = QVBoxLayout(self)
@@ -436,9 +419,7 @@ class QtAlertsPanel(QWidget):
         bar.addWidget(self.ack_button)
         layout.addLayout(bar)
         split = QSplitter(Qt.Orientation.Vertical)
-        self.alert_table = _table(ALERT_COLUMNS)
-        for column, width in enumerate([165, 70, 150, 100, 270, 150, 175]):
-            self.alert_table.setColumnWidth(column, width)
+        self.alert_table = data_table(ALERT_COLUMNS, [165, 70, 150, 100, 270, 150, 175])
         self.alert_table.itemSelectionChanged.connect(self._on_alert)
         split.addWidget(self.alert_table)
         self.alert_details = QPlainTextEdit()
@@ -468,9 +449,7 @@ class QtAlertsPanel(QWidget):
         rules_bar.addWidget(self.edit_rule_button)
         rules_bar.addWidget(self.delete_rule_button)
         rules_layout.addLayout(rules_bar)
-        self.rule_table = _table(RULE_COLUMNS)
-        for column, width in enumerate([170, 140, 370, 290, 96]):
-            self.rule_table.setColumnWidth(column, width)
+        self.rule_table = data_table(RULE_COLUMNS, [170, 140, 370, 290, 96])
         self.rule_table.itemSelectionChanged.connect(self._update_actions)
         self.rule_table.itemDoubleClicked.connect(lambda _i: self.edit_rule(self._selected_rule()))
         rules_layout.addWidget(self.rule_table, 1)
@@ -511,21 +490,20 @@ class QtAlertsPanel(QWidget):
             state = str(alert.get("state") or "")
             acked = alert.get("acked_at")
             items = [
-                _item(format_local(alert.get("started_at")), data=alert.get("id")),
-                _item(state),
-                _item(str(alert.get("rule_name") or "")),
-                _item(str(alert.get("kind") or "")),
-                _item(str(alert.get("summary") or ""), str(alert.get("summary") or "")),
-                _item(format_local(alert.get("resolved_at"))),
-                _item(notified_text(alert), _attempts_tip(alert)),
-                _item(
+                table_item(format_local(alert.get("started_at")), data=alert.get("id")),
+                table_item(state),
+                table_item(str(alert.get("rule_name") or "")),
+                table_item(str(alert.get("kind") or "")),
+                table_item(str(alert.get("summary") or ""), str(alert.get("summary") or "")),
+                table_item(format_local(alert.get("resolved_at"))),
+                table_item(notified_text(alert), _attempts_tip(alert)),
+                table_item(
                     f"✓ {alert.get('acked_by') or ''}".strip() if acked else "",
                     f"acknowledged {format_local(acked)}" if acked else "",
                 ),
             ]
             items[1].setForeground(QColor(_FIRING if state == "firing" else _RESOLVED))
-            for column, item in enumerate(items):
-                table.setItem(row, column, item)
+            set_row(table, row, items)
         firing = sum(1 for a in alerts if a.get("state") == "firing")
         self.count_label.setText(f"{count_text(len(alerts), 'alert')} · {firing} firing")
         self.tabs.setTabText(0, f"Alerts ({firing} firing)" if firing else "Alerts")
@@ -544,15 +522,14 @@ class QtAlertsPanel(QWidget):
         for row, rule in enumerate(rules):
             spec = dict(rule.get("spec") or rule)
             items = [
-                _item(str(rule.get("name") or ""), data=rule.get("id")),
-                _item(str(rule.get("kind") or "")),
-                _item(rule_condition(spec), rule_condition(spec)),
-                _item(channels_text(spec), channels_text(spec)),
-                _item(cooldown_text(spec)),
-                _item("yes" if rule.get("enabled", True) else "no"),
+                table_item(str(rule.get("name") or ""), data=rule.get("id")),
+                table_item(str(rule.get("kind") or "")),
+                table_item(rule_condition(spec), rule_condition(spec)),
+                table_item(channels_text(spec), channels_text(spec)),
+                table_item(cooldown_text(spec)),
+                table_item("yes" if rule.get("enabled", True) else "no"),
             ]
-            for column, item in enumerate(items):
-                table.setItem(row, column, item)
+            set_row(table, row, items)
         self.rules_label.setText(count_text(len(rules), "rule"))
         if selected is not None:
             for row, rule in enumerate(rules):
@@ -561,16 +538,10 @@ class QtAlertsPanel(QWidget):
         self._update_actions()
 
     def _selected_alert(self) -> dict[str, Any] | None:
-        rows = self.alert_table.selectionModel().selectedRows()
-        if not rows or rows[0].row() >= len(self.alerts):
-            return None
-        return self.alerts[rows[0].row()]
+        return selected_record(self.alert_table, self.alerts)
 
     def _selected_rule(self) -> dict[str, Any] | None:
-        rows = self.rule_table.selectionModel().selectedRows()
-        if not rows or rows[0].row() >= len(self.rules):
-            return None
-        return self.rules[rows[0].row()]
+        return selected_record(self.rule_table, self.rules)
 
     def _on_alert(self) -> None:
         alert = self._selected_alert()
@@ -652,11 +623,8 @@ class QtAlertsPanel(QWidget):
             return None
         pipelines, schedules = await self._choices()
         dialog = RuleDialog(self, rule, pipelines, schedules)
-        dialog.save_requested.connect(lambda body: self._save_rule(dialog, body))
-        dialog.finished.connect(lambda _r: dialog.deleteLater())
         self.dialog = dialog
-        dialog.setWindowModality(Qt.WindowModality.WindowModal)
-        dialog.open()
+        dialog.open_modal(lambda body: self._save_rule(dialog, body))
         return dialog
 
     @asyncSlot(object, object)
@@ -676,22 +644,18 @@ class QtAlertsPanel(QWidget):
 
     @asyncSlot()
     async def delete_selected_rule(self) -> None:
-        rule = self._selected_rule()
-        if rule is None or self.client is None:
+        rule, client = self._selected_rule(), self.client
+        if rule is None or client is None:
             return
-        sure = await confirm(
+        name = rule.get("name")
+        if await confirm_delete(
             self,
-            "Delete rule",
-            f"Delete the alert rule {rule.get('name')}?",
-            "Delete",
-            "A firing alert of this rule is closed quietly.",
-        )
-        if not sure:
-            return
-        try:
-            await self.client.delete_rule(str(rule["id"]))
-        except ApiError as exc:
-            self.banner.error(f"Cannot delete {rule.get('name')}: {exc}")
-            return
-        self.banner.ok(f"Deleted the rule {rule.get('name')}.")
-        await self.refresh()
+            self.banner,
+            lambda: client.delete_rule(str(rule["id"])),
+            title="Delete rule",
+            question=f"Delete the alert rule {name}?",
+            detail="A firing alert of this rule is closed quietly.",
+            name=name,
+            done=f"Deleted the rule {name}.",
+        ):
+            await self.refresh()

@@ -1,14 +1,42 @@
-"""Small widgets every panel uses: the error/info banner, titles, KPI cards, styling."""
+"""Small widgets every panel uses: the error/info banner, titles, KPI cards, styling, the
+look of list tables and the editor dialog's Save/Cancel footer."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from PySide6.QtCore import QDir, Qt
+from PySide6.QtCore import QDir, Qt, QTimer, Signal, SignalInstance
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDialog,
+    QDialogButtonBox,
+    QFrame,
+    QHeaderView,
+    QLabel,
+    QTableView,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-__all__ = ["STATUS_COLORS", "Banner", "Card", "load_stylesheet", "panel_header"]
+__all__ = [
+    "STATUS_COLORS",
+    "Banner",
+    "Card",
+    "SaveDialog",
+    "data_table",
+    "load_stylesheet",
+    "panel_header",
+    "refresh_while_visible",
+    "selected_record",
+    "set_row",
+    "setup_table",
+    "table_item",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,3 +150,124 @@ class Card(QFrame):
 
     def set(self, value: object) -> None:
         self.value.setText(str(value))
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def setup_table(table: QTableView) -> None:
+    """The look of the panels' lists: whole rows, one selected at a time, alternating
+    colours, no row numbers, rows of 26 px on one line, columns the operator can resize
+    (the last one fills the rest)."""
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    table.setAlternatingRowColors(True)
+    table.verticalHeader().hide()
+    table.verticalHeader().setDefaultSectionSize(26)
+    table.setWordWrap(False)
+    table.horizontalHeader().setStretchLastSection(True)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+
+
+def data_table(columns: list[str], widths: Sequence[int] = ()) -> QTableWidget:
+    """A read-only list (:func:`setup_table`) with these column titles; ``widths`` sets the
+    first columns' widths in pixels."""
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(columns)
+    setup_table(table)
+    for column, width in enumerate(widths):
+        table.setColumnWidth(column, width)
+    return table
+
+
+def table_item(text: str, tooltip: str = "", data: Any = None) -> QTableWidgetItem:
+    """A cell the operator cannot edit; ``data`` (when given) is kept in its UserRole."""
+    item = QTableWidgetItem(text)
+    item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+    if tooltip:
+        item.setToolTip(tooltip)
+    if data is not None:
+        item.setData(Qt.ItemDataRole.UserRole, data)
+    return item
+
+
+def set_row(table: QTableWidget, row: int, items: Sequence[QTableWidgetItem]) -> None:
+    """Put ``items`` in ``row``, one a column from the first."""
+    for column, item in enumerate(items):
+        table.setItem(row, column, item)
+
+
+def selected_record(
+    table: QTableWidget, records: Sequence[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The record shown in ``table``'s selected row (``records`` in the table's order)."""
+    rows = table.selectionModel().selectedRows()
+    if not rows or rows[0].row() >= len(records):
+        return None
+    return records[rows[0].row()]
+
+
+# ---------------------------------------------------------------------------- panels
+
+
+def refresh_while_visible(
+    panel: QWidget, profile_changed: SignalInstance, refresh: Callable[[], object], seconds: int
+) -> QTimer:
+    """Call ``refresh`` every ``seconds`` and when the profile changes, while ``panel`` is
+    shown (a hidden panel refreshes when it is shown again). Answers the running timer."""
+
+    def maybe() -> None:
+        if panel.isVisible():
+            refresh()
+
+    profile_changed.connect(lambda _p: maybe())
+    timer = QTimer(panel)
+    timer.setInterval(seconds * 1000)
+    timer.timeout.connect(maybe)
+    timer.start()
+    return timer
+
+
+class SaveDialog(QDialog):
+    """An editor whose panel saves: ``save_requested(body)`` asks the panel to save it; the
+    dialog stays open until :meth:`saved`, and shows the server's refusal (:meth:`refused`).
+    A subclass builds its form, then calls :meth:`_add_footer`, and implements ``_save``."""
+
+    save_requested = Signal(object)
+
+    error_label: QLabel
+    buttons: QDialogButtonBox
+
+    def _add_footer(self, layout: QVBoxLayout) -> None:
+        """The refusal's line (hidden until there is one) and Save/Cancel (Save: ``_save``)."""
+        self.error_label = QLabel("")
+        self.error_label.setObjectName("BannerError")
+        self.error_label.setWordWrap(True)
+        self.error_label.hide()
+        layout.addWidget(self.error_label)
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.buttons.accepted.connect(self._save)
+        self.buttons.rejected.connect(self.reject)
+        layout.addWidget(self.buttons)
+
+    def _save(self) -> None:
+        raise NotImplementedError
+
+    def refused(self, message: str) -> None:
+        self.error_label.setText(message)
+        self.error_label.show()
+        self.buttons.setEnabled(True)
+
+    def saved(self) -> None:
+        self.buttons.setEnabled(True)
+        self.accept()
+
+    def open_modal(self, save: Callable[[dict[str, Any]], object]) -> None:
+        """Open window-modal (no nested event loop); ``save(body)`` on each Save; the
+        dialog is deleted once closed."""
+        self.save_requested.connect(save)
+        self.finished.connect(lambda _r: self.deleteLater())
+        self.setWindowModality(Qt.WindowModality.WindowModal)
+        self.open()

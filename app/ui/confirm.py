@@ -3,16 +3,21 @@
 ``QMessageBox.exec()`` would run a second event loop inside a coroutine of the qasync
 loop, where other tasks cannot run. :func:`confirm` opens the box window-modal and
 awaits its answer instead, so the console stays live while the question is open.
+:func:`confirm_delete` asks, deletes and says how it went.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox, QWidget
 
-__all__ = ["CONFIRM_OBJECT_NAME", "confirm"]
+from mimir.app.services.api import ApiError
+from mimir.app.ui.common import Banner
+
+__all__ = ["CONFIRM_OBJECT_NAME", "confirm", "confirm_delete"]
 
 #: The box's object name, by which tests (and accessibility tools) find it.
 CONFIRM_OBJECT_NAME = "Confirm"
@@ -48,3 +53,28 @@ async def confirm(
     finally:
         box.hide()
         box.deleteLater()
+
+
+async def confirm_delete(
+    parent: QWidget,
+    banner: Banner,
+    delete: Callable[[], Awaitable[object]],
+    *,
+    title: str,
+    question: str,
+    detail: str,
+    name: object,
+    done: str,
+) -> bool:
+    """Ask ``question`` (a Delete button); when the operator agrees, await ``delete()`` and
+    show ``done`` in ``banner``, or "Cannot delete {name}: …" when the server refused.
+    True when deleted."""
+    if not await confirm(parent, title, question, "Delete", detail):
+        return False
+    try:
+        await delete()
+    except ApiError as exc:
+        banner.error(f"Cannot delete {name}: {exc}")
+        return False
+    banner.ok(done)
+    return True

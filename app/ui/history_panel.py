@@ -20,12 +20,10 @@ from typing import Any, cast
 from PySide6.QtCore import QDateTime, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QFont
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QDateTimeEdit,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -52,7 +50,14 @@ from mimir.app.services.runs import (
     origin_text,
     pretty_json,
 )
-from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
+from mimir.app.ui.common import (
+    STATUS_COLORS,
+    Banner,
+    data_table,
+    panel_header,
+    set_row,
+    table_item,
+)
 from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["PERIODS", "QtHistoryPanel", "fill_runs_table"]
@@ -76,43 +81,19 @@ PAGE = 100
 _USER = Qt.ItemDataRole.UserRole
 
 
-def _item(text: str, tooltip: str = "", data: Any = None) -> QTableWidgetItem:
-    item = QTableWidgetItem(text)
-    item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
-    if tooltip:
-        item.setToolTip(tooltip)
-    if data is not None:
-        item.setData(_USER, data)
-    return item
-
-
-def _table(columns: list[str]) -> QTableWidget:
-    table = QTableWidget(0, len(columns))
-    table.setHorizontalHeaderLabels(columns)
-    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-    table.setAlternatingRowColors(True)
-    table.verticalHeader().hide()
-    table.verticalHeader().setDefaultSectionSize(26)
-    table.setWordWrap(False)
-    table.horizontalHeader().setStretchLastSection(True)
-    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-    return table
-
-
 def _run_row(run: dict[str, Any], names: dict[str, str]) -> list[QTableWidgetItem]:
     status = str(run.get("status") or "")
     error = str(run.get("error") or "").strip()
     items = [
-        _item(format_local(run.get("finished_at")), data=run.get("job_id")),
-        _item(str(run.get("pipeline") or run.get("type") or "")),
-        _item(status),
-        _item(format_duration_ms(run.get("duration_ms"))),
-        _item(str(run.get("queue") or "default")),
-        _item(str(run.get("attempts") or 0)),
-        _item(origin_text(run, names), str(run.get("origin_id") or "")),
-        _item(error.splitlines()[0] if error else "", error),
-        _item(str(run.get("job_id") or ""), str(run.get("job_id") or "")),
+        table_item(format_local(run.get("finished_at")), data=run.get("job_id")),
+        table_item(str(run.get("pipeline") or run.get("type") or "")),
+        table_item(status),
+        table_item(format_duration_ms(run.get("duration_ms"))),
+        table_item(str(run.get("queue") or "default")),
+        table_item(str(run.get("attempts") or 0)),
+        table_item(origin_text(run, names), str(run.get("origin_id") or "")),
+        table_item(error.splitlines()[0] if error else "", error),
+        table_item(str(run.get("job_id") or ""), str(run.get("job_id") or "")),
     ]
     color = STATUS_COLORS.get(status)
     if color is not None:
@@ -132,8 +113,7 @@ def fill_runs_table(
     start = table.rowCount() if append else 0
     table.setRowCount(start + len(runs))
     for offset, run in enumerate(runs):
-        for column, item in enumerate(_run_row(run, names or {})):
-            table.setItem(start + offset, column, item)
+        set_row(table, start + offset, _run_row(run, names or {}))
 
 
 class QtHistoryPanel(QWidget):
@@ -231,9 +211,7 @@ class QtHistoryPanel(QWidget):
         top_layout = QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
         top_layout.setSpacing(6)
-        self.table = _table(RUN_COLUMNS)
-        for column, width in enumerate([172, 140, 96, 84, 72, 58, 180, 240]):
-            self.table.setColumnWidth(column, width)
+        self.table = data_table(RUN_COLUMNS, [172, 140, 96, 84, 72, 58, 180, 240])
         self.table.itemSelectionChanged.connect(self._on_selection)
         top_layout.addWidget(self.table, 1)
         more = QHBoxLayout()
@@ -270,9 +248,7 @@ class QtHistoryPanel(QWidget):
         self.summary.setReadOnly(True)
         self.summary.setObjectName("Code")
         self.summary.setFont(mono)
-        self.steps = _table(STEP_COLUMNS)
-        for column, width in enumerate([36, 170, 200, 96, 90, 140]):
-            self.steps.setColumnWidth(column, width)
+        self.steps = data_table(STEP_COLUMNS, [36, 170, 200, 96, 90, 140])
         self.logs = QPlainTextEdit()
         self.logs.setReadOnly(True)
         self.logs.setObjectName("Code")
@@ -281,9 +257,7 @@ class QtHistoryPanel(QWidget):
         artifacts_page = QWidget()
         artifacts_layout = QVBoxLayout(artifacts_page)
         artifacts_layout.setContentsMargins(0, 6, 0, 0)
-        self.artifacts = _table(ARTIFACT_COLUMNS)
-        for column, width in enumerate([300, 80, 150, 120]):
-            self.artifacts.setColumnWidth(column, width)
+        self.artifacts = data_table(ARTIFACT_COLUMNS, [300, 80, 150, 120])
         self.artifacts.itemSelectionChanged.connect(self._update_actions)
         self.artifacts.itemDoubleClicked.connect(lambda _i: self.open_artifact())
         buttons = QHBoxLayout()
@@ -633,19 +607,20 @@ class QtHistoryPanel(QWidget):
             bar = "█" * round(share * 8)
             error = str(step.get("error") or "")
             items = [
-                _item(str(step.get("index", row))),
-                _item(str(step.get("name") or "")),
-                _item(str(step.get("plugin") or "")),
-                _item(status),
-                _item(format_duration_ms(step.get("duration_ms"))),
-                _item(f"{bar} {share:.0%}" if steps else "", f"{share:.1%} of the run's steps"),
-                _item(error.splitlines()[0] if error else "", error),
+                table_item(str(step.get("index", row))),
+                table_item(str(step.get("name") or "")),
+                table_item(str(step.get("plugin") or "")),
+                table_item(status),
+                table_item(format_duration_ms(step.get("duration_ms"))),
+                table_item(
+                    f"{bar} {share:.0%}" if steps else "", f"{share:.1%} of the run's steps"
+                ),
+                table_item(error.splitlines()[0] if error else "", error),
             ]
             color = STATUS_COLORS.get(status)
             if color is not None:
                 items[3].setForeground(color)
-            for column, item in enumerate(items):
-                self.steps.setItem(row, column, item)
+            set_row(self.steps, row, items)
 
     def _render_logs(self, truncated: bool = False) -> None:
         text = "\n".join(log_line_text(line) for line in self.log_lines)
@@ -660,14 +635,13 @@ class QtHistoryPanel(QWidget):
         for row, artifact in enumerate(self.artifact_list):
             sha = str(artifact.get("sha256") or "")
             items = [
-                _item(str(artifact.get("name") or ""), data=artifact.get("name")),
-                _item(format_bytes(artifact.get("size"))),
-                _item(str(artifact.get("content_type") or "")),
-                _item(str(artifact.get("step") or "")),
-                _item(sha[:16] + "…" if sha else "", sha),
+                table_item(str(artifact.get("name") or ""), data=artifact.get("name")),
+                table_item(format_bytes(artifact.get("size"))),
+                table_item(str(artifact.get("content_type") or "")),
+                table_item(str(artifact.get("step") or "")),
+                table_item(sha[:16] + "…" if sha else "", sha),
             ]
-            for column, item in enumerate(items):
-                self.artifacts.setItem(row, column, item)
+            set_row(self.artifacts, row, items)
         title = f"Artifacts ({len(self.artifact_list)})" if self.artifact_list else "Artifacts"
         self.tabs.setTabText(2, title)
         if self.artifact_list:

@@ -21,7 +21,6 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QHBoxLayout,
     QHeaderView,
@@ -48,7 +47,7 @@ from mimir.app.services.jobs import (
     describe_job,
     job_matches,
 )
-from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
+from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header, setup_table
 from mimir.app.ui.confirm import confirm
 from mimir.app.ui.dead_letter_view import QtDeadLetterView
 from mimir.app.ui.session import ConsoleSession
@@ -319,17 +318,10 @@ class QtJobsPanel(QWidget):
         split = QSplitter(Qt.Orientation.Vertical)
         self.table = QTableView()
         self.table.setModel(self.proxy)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setAlternatingRowColors(True)
-        self.table.verticalHeader().hide()
-        self.table.verticalHeader().setDefaultSectionSize(26)
+        setup_table(self.table)
         # Fixed row heights: no per-row size hints to compute as rows pour in.
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
-        self.table.setWordWrap(False)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        header.setStretchLastSection(True)
         # The model sorts (the proxy would re-sort every change in Python): a click on a
         # header orders the store, which then places each new or changed job itself.
         header.setSectionsClickable(True)

@@ -20,8 +20,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QCompleter,
     QDateTimeEdit,
-    QDialog,
-    QDialogButtonBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -54,9 +52,18 @@ from mimir.app.services.runs import (
     schedule_state,
     schedule_when,
 )
-from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
-from mimir.app.ui.confirm import confirm
-from mimir.app.ui.history_panel import _item, _table
+from mimir.app.ui.common import (
+    STATUS_COLORS,
+    Banner,
+    SaveDialog,
+    data_table,
+    panel_header,
+    refresh_while_visible,
+    selected_record,
+    set_row,
+    table_item,
+)
+from mimir.app.ui.confirm import confirm_delete
 from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["QtSchedulesPanel", "ScheduleDialog"]
@@ -90,12 +97,10 @@ def _local_zone() -> str:
     return "UTC"
 
 
-class ScheduleDialog(QDialog):
+class ScheduleDialog(SaveDialog):
     """Edits one schedule. ``save_requested(body)`` asks the panel to save it; the dialog
     stays open until :meth:`saved` and shows the server's refusal (:meth:`refused`), which
     names the field (an invalid cron expression, time zone or interval)."""
-
-    save_requested = Signal(object)
 
     def __init__(
         self,
@@ -237,17 +242,7 @@ class ScheduleDialog(QDialog):
         form.addRow("Context", self.context_edit)
         form.addRow("Next runs", self.next_list)
         layout.addLayout(form)
-        self.error_label = QLabel("")
-        self.error_label.setObjectName("BannerError")
-        self.error_label.setWordWrap(True)
-        self.error_label.hide()
-        layout.addWidget(self.error_label)
-        self.buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
-        )
-        self.buttons.accepted.connect(self._save)
-        self.buttons.rejected.connect(self.reject)
-        layout.addWidget(self.buttons)
+        self._add_footer(layout)
         # The next fire times come from the server (its cron library, the zone's DST rules),
         # asked again a moment after each change of the timing.
         self._preview_timer = QTimer(self)
@@ -372,15 +367,6 @@ class ScheduleDialog(QDialog):
         self.buttons.setEnabled(False)
         self.save_requested.emit(body)
 
-    def refused(self, message: str) -> None:
-        self.error_label.setText(message)
-        self.error_label.show()
-        self.buttons.setEnabled(True)
-
-    def saved(self) -> None:
-        self.buttons.setEnabled(True)
-        self.accept()
-
 
 def _timing_text(schedule: dict[str, Any]) -> str:
     spec = schedule_spec(schedule)
@@ -410,11 +396,9 @@ class QtSchedulesPanel(QWidget):
         self._refreshing = False
         self._build()
         if session is not None:
-            session.profile_changed.connect(lambda _p: self.refresh() if self.isVisible() else None)
-            self._timer = QTimer(self)
-            self._timer.setInterval(POLL_SECONDS * 1000)
-            self._timer.timeout.connect(lambda: self.refresh() if self.isVisible() else None)
-            self._timer.start()
+            self._timer = refresh_while_visible(
+                self, session.profile_changed, self.refresh, POLL_SECONDS
+            )
             # "in 4 s" must not stand still for a poll interval, nor stay once it passed.
             self._clock = QTimer(self)
             self._clock.setInterval(1000)
@@ -480,9 +464,7 @@ class QtSchedulesPanel(QWidget):
         self.banner = Banner()
         root.addWidget(self.banner)
         split = QSplitter(Qt.Orientation.Vertical)
-        self.table = _table(SCHEDULE_COLUMNS)
-        for column, width in enumerate([150, 130, 250, 290, 240]):
-            self.table.setColumnWidth(column, width)
+        self.table = data_table(SCHEDULE_COLUMNS, [150, 130, 250, 290, 240])
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.table.itemDoubleClicked.connect(lambda _i: self.edit_schedule(self.selected()))
         split.addWidget(self.table)
@@ -498,9 +480,7 @@ class QtSchedulesPanel(QWidget):
         recent_box = QVBoxLayout()
         self.recent_title = QLabel("Recent runs")
         self.recent_title.setObjectName("Hint")
-        self.recent_table = _table(RECENT_COLUMNS)
-        for column, width in enumerate([160, 90, 90]):
-            self.recent_table.setColumnWidth(column, width)
+        self.recent_table = data_table(RECENT_COLUMNS, [160, 90, 90])
         self.recent_table.itemDoubleClicked.connect(self._open_recent)
         self.recent_table.setToolTip("Double-click a run to open it in History")
         recent_box.addWidget(self.recent_title)
@@ -552,18 +532,17 @@ class QtSchedulesPanel(QWidget):
             if error:
                 last_text = f"last tick failed: {error.splitlines()[0]}"
             items = [
-                _item(str(schedule.get("name") or ""), data=schedule.get("id")),
-                _item(schedule_pipeline(schedule)),
-                _item(schedule_when(schedule), _timing_text(schedule)),
-                _item(_next_text(nxt), data=nxt),
-                _item(last_text or "never", error or str((last or {}).get("job_id") or "")),
-                _item(state),
+                table_item(str(schedule.get("name") or ""), data=schedule.get("id")),
+                table_item(schedule_pipeline(schedule)),
+                table_item(schedule_when(schedule), _timing_text(schedule)),
+                table_item(_next_text(nxt), data=nxt),
+                table_item(last_text or "never", error or str((last or {}).get("job_id") or "")),
+                table_item(state),
             ]
             items[5].setForeground(QColor(_STATE_COLORS.get(state, "#8A93A3")))
             if last and STATUS_COLORS.get(str(last.get("status"))):
                 items[4].setForeground(STATUS_COLORS[str(last.get("status"))])
-            for column, item in enumerate(items):
-                table.setItem(row, column, item)
+            set_row(table, row, items)
         selected_row = next(
             (r for r, s in enumerate(self.schedules) if chosen and s.get("id") == chosen), None
         )
@@ -580,10 +559,7 @@ class QtSchedulesPanel(QWidget):
         self._on_selection()
 
     def selected(self) -> dict[str, Any] | None:
-        rows = self.table.selectionModel().selectedRows()
-        if not rows or rows[0].row() >= len(self.schedules):
-            return None
-        return self.schedules[rows[0].row()]
+        return selected_record(self.table, self.schedules)
 
     def _on_selection(self) -> None:
         schedule = self.selected()
@@ -627,15 +603,14 @@ class QtSchedulesPanel(QWidget):
         for row, run in enumerate(runs):
             status = str(run.get("status") or "")
             items = [
-                _item(format_local(run.get("finished_at")), data=run.get("job_id")),
-                _item(status),
-                _item(format_duration_ms(run.get("duration_ms"))),
-                _item(str(run.get("job_id") or "")),
+                table_item(format_local(run.get("finished_at")), data=run.get("job_id")),
+                table_item(status),
+                table_item(format_duration_ms(run.get("duration_ms"))),
+                table_item(str(run.get("job_id") or "")),
             ]
             if STATUS_COLORS.get(status):
                 items[1].setForeground(STATUS_COLORS[status])
-            for column, item in enumerate(items):
-                self.recent_table.setItem(row, column, item)
+            set_row(self.recent_table, row, items)
         schedule = self.selected() or {}
         name = schedule.get("name") or schedule_id
         failed = sum(1 for r in runs if r.get("status") in ("failed", "dead"))
@@ -708,25 +683,21 @@ class QtSchedulesPanel(QWidget):
 
     @asyncSlot()
     async def delete_selected(self) -> None:
-        schedule = self.selected()
-        if schedule is None or self.client is None:
+        schedule, client = self.selected(), self.client
+        if schedule is None or client is None:
             return
-        sure = await confirm(
+        name = schedule.get("name")
+        if await confirm_delete(
             self,
-            "Delete schedule",
-            f"Delete the schedule {schedule.get('name')}?",
-            "Delete",
-            "Its past runs stay in History.",
-        )
-        if not sure:
-            return
-        try:
-            await self.client.delete_schedule(str(schedule["id"]))
-        except ApiError as exc:
-            self.banner.error(f"Cannot delete {schedule.get('name')}: {exc}")
-            return
-        self.banner.ok(f"Deleted the schedule {schedule.get('name')}.")
-        await self.refresh()
+            self.banner,
+            lambda: client.delete_schedule(str(schedule["id"])),
+            title="Delete schedule",
+            question=f"Delete the schedule {name}?",
+            detail="Its past runs stay in History.",
+            name=name,
+            done=f"Deleted the schedule {name}.",
+        ):
+            await self.refresh()
 
     @asyncSlot()
     async def edit_schedule(self, schedule: dict[str, Any] | None) -> ScheduleDialog | None:
@@ -740,11 +711,8 @@ class QtSchedulesPanel(QWidget):
         except ApiError:
             pipelines = []
         dialog = ScheduleDialog(self, schedule, pipelines, self.client)
-        dialog.save_requested.connect(lambda body: self._save(dialog, body))
-        dialog.finished.connect(lambda _r: dialog.deleteLater())
-        dialog.setWindowModality(Qt.WindowModality.WindowModal)
         self.dialog = dialog
-        dialog.open()
+        dialog.open_modal(lambda body: self._save(dialog, body))
         return dialog
 
     @asyncSlot(object, object)
