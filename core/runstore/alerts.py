@@ -60,6 +60,7 @@ from sqlalchemy import (
 )
 
 from mimir.core.runstore.db import metadata
+from mimir.core.runstore.rows import row_by_id
 
 __all__ = [
     "KINDS",
@@ -360,8 +361,7 @@ class AlertStore:
         return bool(done.rowcount)
 
     def get_rule(self, rule_id: str) -> Rule | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(alert_rules).where(alert_rules.c.id == rule_id)).first()
+        row = row_by_id(self.engine, alert_rules, rule_id)
         return _rule_row(row) if row else None
 
     def rules(self, enabled_only: bool = False) -> list[Rule]:
@@ -463,8 +463,7 @@ class AlertStore:
         return self.get(alert_id) if done.rowcount else None
 
     def get(self, alert_id: str) -> Alert | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(alerts).where(alerts.c.id == alert_id)).first()
+        row = row_by_id(self.engine, alerts, alert_id)
         return _alert_row(row) if row else None
 
     def list(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -84,6 +84,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_R = TypeVar("_R", bound=BaseModel)
 
 #: The statuses a run can have (a job's final statuses).
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "dead")
@@ -502,16 +503,7 @@ class RunStore:
         for table in (run_steps, run_logs, run_artifacts):
             connection.execute(delete(table).where(table.c.job_id.in_(ids)))
         steps = [
-            {
-                "job_id": run.job_id,
-                "step_index": step.index,
-                "name": step.name,
-                "plugin": step.plugin,
-                "status": step.status,
-                "duration_ms": step.duration_ms,
-                "error": step.error,
-                "started_at": step.started_at,
-            }
+            {"job_id": run.job_id, "step_index": step.index, **step.model_dump(exclude={"index"})}
             for run in ordered
             for step in {step.index: step for step in run.steps}.values()
         ]
@@ -592,22 +584,9 @@ class RunStore:
             row = connection.execute(select(runs).where(runs.c.job_id == job_id)).mappings().first()
             if row is None:
                 return None
-            steps = connection.execute(
-                select(run_steps)
-                .where(run_steps.c.job_id == job_id)
-                .order_by(run_steps.c.step_index)
-            ).mappings()
             step_records = [
-                StepRecord(
-                    index=s["step_index"],
-                    name=s["name"],
-                    plugin=s["plugin"],
-                    status=s["status"],
-                    duration_ms=s["duration_ms"],
-                    error=s["error"],
-                    started_at=s["started_at"],
-                )
-                for s in steps
+                _record(StepRecord, s, index="step_index")
+                for s in _children(connection, run_steps, job_id, run_steps.c.step_index)
             ]
             artifacts = self._artifacts(connection, job_id)
             truncated = connection.execute(
@@ -642,21 +621,8 @@ class RunStore:
 
     @staticmethod
     def _artifacts(connection: Connection, job_id: str) -> builtins.list[ArtifactRecord]:
-        rows = connection.execute(
-            select(run_artifacts)
-            .where(run_artifacts.c.job_id == job_id)
-            .order_by(run_artifacts.c.name)
-        ).mappings()
-        return [
-            ArtifactRecord(
-                name=r["name"],
-                size=r["size"],
-                content_type=r["content_type"],
-                sha256=r["sha256"],
-                step=r["step"],
-            )
-            for r in rows
-        ]
+        rows = _children(connection, run_artifacts, job_id, run_artifacts.c.name)
+        return [_record(ArtifactRecord, r) for r in rows]
 
     @staticmethod
     def _exists(connection: Connection, job_id: str) -> bool:
@@ -767,6 +733,21 @@ class RunStore:
                 )
             )
         return out
+
+
+def _children(
+    connection: Connection, table: Table, job_id: str, order_by: ColumnElement[Any]
+) -> Iterable[RowMapping]:
+    """The rows of one run in a child table (its steps, its artifacts), in ``order_by``."""
+    return connection.execute(
+        select(table).where(table.c.job_id == job_id).order_by(order_by)
+    ).mappings()
+
+
+def _record(model: type[_R], row: RowMapping, **columns: str) -> _R:
+    """``model`` from a child table's row: each field from the column of its name, or of
+    the name ``columns`` gives it (``index="step_index"``)."""
+    return model(**{name: row[columns.get(name, name)] for name in model.model_fields})
 
 
 def _summary(row: RowMapping) -> RunSummary:

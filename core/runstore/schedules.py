@@ -30,6 +30,8 @@ import builtins
 import hashlib
 import secrets
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -47,7 +49,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    delete,
     insert,
     select,
     update,
@@ -59,6 +60,7 @@ from mimir.core.errors import MimirError
 from mimir.core.pipeline.requests import PipelineRequest
 from mimir.core.queue.models import Priority
 from mimir.core.runstore.db import metadata
+from mimir.core.runstore.rows import delete_by_id, row_by_id
 
 __all__ = [
     "MISFIRE_GRACE_MS",
@@ -478,6 +480,15 @@ def _spec_json(spec: BaseModel) -> str:
     return spec.model_dump_json(exclude_none=True)
 
 
+@contextmanager
+def _named(error: type[MimirError], what: str, name: str) -> Iterator[None]:
+    """Turn the unique name's refusal into ``error`` ("a schedule named 'x' exists")."""
+    try:
+        yield
+    except IntegrityError:
+        raise error(f"a {what} named {name!r} exists") from None
+
+
 class ScheduleStore:
     """The ``schedules`` table (synchronous; async callers use ``asyncio.to_thread``)."""
 
@@ -501,16 +512,12 @@ class ScheduleStore:
             "created_ms": now,
             "updated_ms": now,
         }
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(insert(schedules).values(**values))
-        except IntegrityError:
-            raise ScheduleExistsError(f"a schedule named {spec.name!r} exists") from None
+        with _named(ScheduleExistsError, "schedule", spec.name), self.engine.begin() as connection:
+            connection.execute(insert(schedules).values(**values))
         return self.get(schedule_id)
 
     def get(self, schedule_id: str) -> ScheduleRow:
-        with self.engine.connect() as connection:
-            row = connection.execute(select(schedules).where(schedules.c.id == schedule_id)).first()
+        row = row_by_id(self.engine, schedules, schedule_id)
         if row is None:
             raise ScheduleNotFoundError(f"no schedule {schedule_id!r}")
         return _schedule(row)
@@ -536,22 +543,19 @@ class ScheduleStore:
         """New definition; the next tick is computed again from now."""
         current = self.get(schedule_id)
         now = _now_ms()
-        try:
-            with self.engine.begin() as connection:
-                done = connection.execute(
-                    update(schedules)
-                    .where(schedules.c.id == schedule_id)
-                    .values(
-                        name=spec.name,
-                        spec=_spec_json(spec),
-                        next_tick_ms=self._first_tick(spec, now, current.created_ms),
-                        last_error=None,
-                        version=schedules.c.version + 1,
-                        updated_ms=now,
-                    )
-                ).rowcount
-        except IntegrityError:
-            raise ScheduleExistsError(f"a schedule named {spec.name!r} exists") from None
+        with _named(ScheduleExistsError, "schedule", spec.name), self.engine.begin() as connection:
+            done = connection.execute(
+                update(schedules)
+                .where(schedules.c.id == schedule_id)
+                .values(
+                    name=spec.name,
+                    spec=_spec_json(spec),
+                    next_tick_ms=self._first_tick(spec, now, current.created_ms),
+                    last_error=None,
+                    version=schedules.c.version + 1,
+                    updated_ms=now,
+                )
+            ).rowcount
         if not done:
             raise ScheduleNotFoundError(f"no schedule {schedule_id!r}")
         return self.get(schedule_id)
@@ -574,11 +578,7 @@ class ScheduleStore:
         return self.get(schedule_id)
 
     def delete(self, schedule_id: str) -> None:
-        with self.engine.begin() as connection:
-            done = connection.execute(
-                delete(schedules).where(schedules.c.id == schedule_id)
-            ).rowcount
-        if not done:
+        if not delete_by_id(self.engine, schedules, schedule_id):
             raise ScheduleNotFoundError(f"no schedule {schedule_id!r}")
 
     def due(self, now_ms: int, limit: int = 500) -> builtins.list[ScheduleRow]:
@@ -663,24 +663,20 @@ class TriggerStore:
 
     def create(self, spec: TriggerIn) -> TriggerRow:
         trigger_id = uuid.uuid4().hex
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(
-                    insert(triggers).values(
-                        id=trigger_id,
-                        name=spec.name,
-                        spec=_spec_json(spec),
-                        secret=new_secret(),
-                        created_ms=_now_ms(),
-                    )
+        with _named(TriggerExistsError, "trigger", spec.name), self.engine.begin() as connection:
+            connection.execute(
+                insert(triggers).values(
+                    id=trigger_id,
+                    name=spec.name,
+                    spec=_spec_json(spec),
+                    secret=new_secret(),
+                    created_ms=_now_ms(),
                 )
-        except IntegrityError:
-            raise TriggerExistsError(f"a trigger named {spec.name!r} exists") from None
+            )
         return self.get(trigger_id)
 
     def get(self, trigger_id: str) -> TriggerRow:
-        with self.engine.connect() as connection:
-            row = connection.execute(select(triggers).where(triggers.c.id == trigger_id)).first()
+        row = row_by_id(self.engine, triggers, trigger_id)
         if row is None:
             raise TriggerNotFoundError(f"no trigger {trigger_id!r}")
         return _trigger(row)
@@ -691,7 +687,5 @@ class TriggerStore:
         return [_trigger(row) for row in rows]
 
     def delete(self, trigger_id: str) -> None:
-        with self.engine.begin() as connection:
-            done = connection.execute(delete(triggers).where(triggers.c.id == trigger_id)).rowcount
-        if not done:
+        if not delete_by_id(self.engine, triggers, trigger_id):
             raise TriggerNotFoundError(f"no trigger {trigger_id!r}")
