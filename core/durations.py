@@ -19,6 +19,8 @@ def parse_duration(value: str | float | int) -> float:
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
         return float(value)
+    if not isinstance(value, str):  # JSON gives lists and objects too
+        raise ValueError(f"invalid duration {value!r} (expected e.g. 500ms, 60s, 1m30s)")
     text = value.strip()
     try:
         return float(text)

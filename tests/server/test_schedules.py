@@ -217,6 +217,10 @@ BAD_SCHEDULES: list[tuple[dict[str, Any], str]] = [
     ({}, "body"),
     ({"interval": "1m", "misfire": "later"}, "misfire"),
     ({"interval": "1m", "overlap": "maybe"}, "overlap"),
+    # JSON that is not text where a duration goes (was a 500 from the fuzzer)
+    ({"interval": "1m", "timeout": {"s": 1}}, "timeout"),
+    ({"interval": "1m", "timeout": ["1s"]}, "timeout"),
+    ({"interval": {"s": 60}}, "interval"),
 ]
 
 
