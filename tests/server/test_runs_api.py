@@ -27,12 +27,11 @@ from mimir.core.runstore.models import ArtifactRecord, LogLine, RunIn, StepRecor
 from mimir.core.runstore.runs import RunStore
 from tests.helpers import RedisServer, ServerProcess
 
-NOW = datetime.now(UTC).replace(microsecond=0)
-
 
 def run(
     n: int,
     *,
+    now: datetime | None = None,
     pipeline: str = "etl",
     status: str = "succeeded",
     queue: str = "default",
@@ -41,7 +40,8 @@ def run(
     error: str | None = None,
     **extra: object,
 ) -> RunIn:
-    finished = NOW - timedelta(minutes=minutes_ago)
+    # Ages count from when the run is made (a time fixed at import ages with the suite).
+    finished = (now or datetime.now(UTC)) - timedelta(minutes=minutes_ago)
     started = finished - timedelta(milliseconds=duration_ms)
     return RunIn(
         job_id=f"job{n:04d}",
@@ -80,7 +80,9 @@ def client(server: ServerProcess) -> Iterator[httpx.Client]:
 @pytest.fixture
 def seeded(store: RunStore, data_dir: Path) -> dict[str, object]:
     """120 runs: 100 of etl (every 10th failed) one a minute, 20 of report on queue
-    `gpu` (5 cancelled), and one run with steps, logs and an artifact file."""
+    `gpu` (5 cancelled), and one run with steps, logs and an artifact file; ``now`` is
+    the moment their ages count from."""
+    now = datetime.now(UTC).replace(microsecond=0)
     runs = [
         run(
             i,
@@ -88,11 +90,12 @@ def seeded(store: RunStore, data_dir: Path) -> dict[str, object]:
             error="disk on fire" if i % 10 == 0 else None,
             minutes_ago=i,
             duration_ms=100.0 + i,
+            now=now,
         )
         for i in range(100)
     ]
     runs += [
-        run(100 + i, pipeline="report", queue="gpu", minutes_ago=200 + i,
+        run(100 + i, pipeline="report", queue="gpu", minutes_ago=200 + i, now=now,
             status="cancelled" if i < 5 else "succeeded")
         for i in range(20)
     ]  # fmt: skip
@@ -104,6 +107,7 @@ def seeded(store: RunStore, data_dir: Path) -> dict[str, object]:
             999,
             pipeline="with-files",
             minutes_ago=500,
+            now=now,
             steps=[
                 StepRecord(
                     index=0, name="load", plugin="Debug.echo", status="succeeded", duration_ms=3.0
@@ -123,16 +127,20 @@ def seeded(store: RunStore, data_dir: Path) -> dict[str, object]:
                 ArtifactRecord(name="out/gone.csv", size=3, content_type="text/csv"),
             ],
             logs=[
-                LogLine(t=NOW, level="INFO", step="load", msg="loading 3 rows"),
-                LogLine(t=NOW, level="WARNING", step="save", msg="overwriting out/result.json"),
+                LogLine(t=now, level="INFO", step="load", msg="loading 3 rows"),
+                LogLine(t=now, level="WARNING", step="save", msg="overwriting out/result.json"),
             ],
         )
     )
     store.upsert(runs)
-    return {"content": content}
+    return {"content": content, "now": now}
 
 
-def test_list_filters_and_pages_newest_first(client: httpx.Client, seeded: object) -> None:
+def test_list_filters_and_pages_newest_first(
+    client: httpx.Client, seeded: dict[str, object]
+) -> None:
+    now = seeded["now"]
+    assert isinstance(now, datetime)
     first = client.get("/api/v1/runs", params={"limit": 30})
     assert first.status_code == 200, first.text
     page = first.json()
@@ -156,9 +164,9 @@ def test_list_filters_and_pages_newest_first(client: httpx.Client, seeded: objec
     assert ids(q="FIRE") == ids(status="failed")  # the error text, any case
     assert len(ids(q="repo")) == 20  # the pipeline name
     assert len(ids(since="30m30s")) == 31  # minutes 0..30 (an age)
-    since = (NOW - timedelta(minutes=9, seconds=30)).isoformat()
+    since = (now - timedelta(minutes=9, seconds=30)).isoformat()
     assert ids(since=since) == [f"job{i:04d}" for i in range(10)]
-    until = (NOW - timedelta(minutes=499)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    until = (now - timedelta(minutes=499)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert ids(until=until) == ["job0999"]
 
 
