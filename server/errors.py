@@ -28,6 +28,8 @@ FederationRefusedError             403     ``{"federation", "refused": [...]}``
 QueryTimeoutError                  504     ``null``
 SparqlError, other OntologyError   400     ``null``
 EndpointError                      503     ``null``
+sqlalchemy OperationalError,       503     ``null`` (a fixed message: the driver's text
+  InterfaceError (run store down)              names the SQL and the host; it is logged)
 TwinNotFoundError                  404     ``null``
 TwinConflictError                  409     ``null``
 TwinError                          422     ``null``
@@ -53,6 +55,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mimir.core.errors import (
@@ -216,9 +219,22 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, message, None, getattr(exc, "headers", None))
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning(
+        "%s %s -> 503: run store unavailable: %s",
+        printable(request.method),
+        printable(request.scope["path"]),
+        printable(getattr(exc, "orig", None) or exc),
+    )
+    return error_response(503, "the run store's database is unavailable", None)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that turn errors into the JSON answers above."""
     for kind in ERROR_ANSWERS:
         app.add_exception_handler(kind, _domain_error)
+    # Every route that reads or writes the run store (the routes need not each catch it).
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)

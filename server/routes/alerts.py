@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, status
-from sqlalchemy.exc import OperationalError
 
 from mimir.core.runstore.alerts import Alert, AlertStore, Rule, RuleIn
 from mimir.server.deps import DbDep
@@ -31,11 +30,8 @@ T = TypeVar("T")
 
 
 async def _db(call: Callable[..., T], *args: Any) -> T:
-    """``call(*args)`` in a thread; an unreachable database is a 503."""
-    try:
-        return await asyncio.to_thread(call, *args)
-    except OperationalError:
-        raise HTTPException(503, "the run store's database is unavailable") from None
+    """``call(*args)`` in a thread (an unreachable database: the 503 of server/errors.py)."""
+    return await asyncio.to_thread(call, *args)
 
 
 def _not_found(what: str, ident: str) -> HTTPException:

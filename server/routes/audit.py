@@ -11,7 +11,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
 
 from mimir.core.runstore.audit import AuditEntry, AuditLog
 from mimir.server.deps import DbDep
@@ -56,8 +55,6 @@ async def list_audit(
         )
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"cursor: {exc}") from None
-    except OperationalError:
-        raise HTTPException(503, "the run store's database is unavailable") from None
     writer = getattr(request.app.state, "audit", None)
     return AuditPage(
         entries=entries, next_cursor=next_cursor, dropped=getattr(writer, "dropped", 0)

@@ -22,7 +22,6 @@ import asyncio
 import csv
 import io
 import json
-import logging
 import mimetypes
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,7 +36,6 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 
 from mimir.core.durations import parse_duration
 from mimir.core.queue import FINAL_STATUSES, JobStatus
@@ -55,7 +53,6 @@ from mimir.server.deps import DbDep, RedisDep, SettingsDep
 
 __all__ = ["parse_time", "router"]
 
-logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
@@ -189,12 +186,8 @@ def make_filter(
 
 
 async def in_db(call: Callable[..., T], *args: Any) -> T:
-    """``call(*args)`` in a thread; an unreachable database is a 503."""
-    try:
-        return await asyncio.to_thread(call, *args)
-    except OperationalError as exc:
-        logger.warning("run store unavailable: %s", exc.orig or exc)
-        raise HTTPException(503, "the run store's database is unavailable") from None
+    """``call(*args)`` in a thread (an unreachable database: the 503 of server/errors.py)."""
+    return await asyncio.to_thread(call, *args)
 
 
 def store_of(engine: Engine) -> RunStore:
