@@ -281,9 +281,9 @@ async def list_jobs(
     )
 
 
-@router.get("/jobs/{job_id}", response_model=JobRecord)
-async def get_job(job_id: str, jobs: QueueDep, db: RunDbDep) -> JobRecord:
-    """The job record (from the run store once Redis no longer holds it)."""
+async def job_record(jobs: JobQueue, db: Engine | None, job_id: str) -> JobRecord:
+    """``job_id``'s record from Redis, or from the run store once the server has stored
+    and released it (a finished job no longer in Redis); JobNotFoundError if neither."""
     try:
         return await jobs.get(job_id)
     except JobNotFoundError:
@@ -291,6 +291,12 @@ async def get_job(job_id: str, jobs: QueueDep, db: RunDbDep) -> JobRecord:
         if record is None:
             raise
         return record
+
+
+@router.get("/jobs/{job_id}", response_model=JobRecord)
+async def get_job(job_id: str, jobs: QueueDep, db: RunDbDep) -> JobRecord:
+    """The job record (from the run store once Redis no longer holds it)."""
+    return await job_record(jobs, db, job_id)
 
 
 @router.get("/jobs/{job_id}/wait", response_model=WaitAnswer)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine
 
 from mimir.core.queue import JobQueue, JobSpec, Priority, QueueError
 from mimir.core.twin import (
@@ -38,6 +39,7 @@ from mimir.core.twin.jobs import digital_twin_job
 from mimir.core.twin.store import new_id
 from mimir.server.deps import RedisDep, SettingsDep
 from mimir.server.knowledge import OntologyStoreDep, TwinStoreDep
+from mimir.server.routes.queue import QueueDep, RunDbDep, job_record
 
 __all__ = ["RunRequest", "TwinCreate", "TwinEnqueueRequest", "router"]
 
@@ -250,20 +252,21 @@ async def list_runs(twin_id: str, twins: TwinStoreDep) -> dict[str, list[RunReco
 
 @router.get("/api/v1/twins/{twin_id}/runs/{run_id}", response_model=RunRecord)
 async def get_run(
-    twin_id: str, run_id: str, twins: TwinStoreDep, settings: SettingsDep, redis: RedisDep
+    twin_id: str, run_id: str, twins: TwinStoreDep, jobs: QueueDep, db: RunDbDep
 ) -> RunRecord:
     """A run with its result (status and result follow its job until it ends)."""
     run = await asyncio.to_thread(twins.get_run, run_id, twin_id)
     if run.status in ("queued", "running") and run.job_id:
-        run = await _sync_from_job(twins, settings, redis, run)
+        run = await _sync_from_job(twins, jobs, db, run)
     return run
 
 
 async def _sync_from_job(
-    twins: TwinStore, settings: SettingsDep, redis: RedisDep, run: RunRecord
+    twins: TwinStore, jobs: JobQueue, db: Engine | None, run: RunRecord
 ) -> RunRecord:
+    # A finished job may be in the run store only: the server releases it from Redis.
     try:
-        job = await JobQueue(redis, settings.key_prefix, settings.job_ttl).get(run.job_id or "")
+        job = await job_record(jobs, db, run.job_id or "")
     except QueueError as exc:
         logger.info("run %s: its job %s cannot be read (%s)", run.id, run.job_id, exc)
         return run
