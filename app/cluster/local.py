@@ -6,6 +6,9 @@ started it. Everything lives in ``<state_dir>/<project>/``::
     state.json        what runs: pid + start time of each process, ports, Redis URL
     logs/<name>.log   stdout+stderr of redis, backend, worker-1, worker-2 …
     redis/            Redis's append-only file (the queue survives a restart)
+    data/, pipelines/ the cluster's data and pipeline directories, for every project but the
+                      default one (``mimir`` keeps the per-user directories) unless
+                      MIMIR_DATA_DIR / MIMIR_PIPELINES_DIR name others
     .lock             held while a command changes the cluster
 
 A pid is trusted only when the process with that pid was started at the recorded time;
@@ -55,7 +58,7 @@ from mimir.app.cluster.topology import SERVICE_KINDS, canonical_service, validat
 from mimir.app.cluster.worker_pool import StopBudget, check_worker_count, plan_scale
 from mimir.app.cluster.worker_pool import worker_health as worker_health_of
 from mimir.core.redis_embedded import EmbeddedRedisError, find_redis_server
-from mimir.core.settings import Settings
+from mimir.core.settings import Settings, default_data_dir, default_pipelines_dir
 
 __all__ = ["LocalBackend", "LocalState", "ProcessEntry", "tail_lines"]
 
@@ -179,6 +182,28 @@ class LocalBackend:
     @property
     def logs_dir(self) -> Path:
         return self.directory / "logs"
+
+    @property
+    def data_dir(self) -> Path:
+        """The cluster's data directory (stores, plugin files): MIMIR_DATA_DIR when set, the
+        per-user default for the default project, else ``<state_dir>/<project>/data`` so that
+        two local clusters never share a run store or an ontology store."""
+        return self._own_dir(self.settings.data_dir, default_data_dir(), "data")
+
+    @property
+    def pipelines_dir(self) -> Path:
+        """The cluster's pipeline directory, chosen like :attr:`data_dir`."""
+        return self._own_dir(self.settings.pipelines_dir, default_pipelines_dir(), "pipelines")
+
+    @property
+    def redis_dir(self) -> Path:
+        """Where the cluster's own Redis keeps its append-only file."""
+        return self.directory / "redis"
+
+    def _own_dir(self, configured: Path, default: Path, name: str) -> Path:
+        if configured != default or self.project == "mimir":
+            return configured
+        return self.directory / name
 
     def load_state(self) -> LocalState | None:
         """The recorded cluster, or ``None`` when none was started (or it was taken down)."""
@@ -311,8 +336,8 @@ class LocalBackend:
             {
                 "REDIS_URL": state.redis_url,
                 "MIMIR_PORT": str(state.api_port),
-                "MIMIR_DATA_DIR": str(self.settings.data_dir),
-                "MIMIR_PIPELINES_DIR": str(self.settings.pipelines_dir),
+                "MIMIR_DATA_DIR": str(self.data_dir),
+                "MIMIR_PIPELINES_DIR": str(self.pipelines_dir),
                 "MIMIR_STATE_DIR": str(self.settings.state_dir),
                 "MIMIR_KEY_PREFIX": self.settings.key_prefix,
                 "MIMIR_LOG_LEVEL": self.settings.log_level,
@@ -331,7 +356,7 @@ class LocalBackend:
 
     def _start_redis(self, state: LocalState) -> ProcessEntry:
         assert state.redis_port is not None
-        data = self.directory / "redis"
+        data = self.redis_dir
         data.mkdir(parents=True, exist_ok=True)
         argv = [
             _redis_binary(),
@@ -598,7 +623,7 @@ class LocalBackend:
             report("down", f"cluster {self.project!r} stopped")
         if await asyncio.to_thread(self.directory.exists):
             await asyncio.to_thread(shutil.rmtree, self.directory, True)
-            report("clean", f"removed {self.directory} (Redis data and logs)")
+            report("clean", f"removed {self.directory} (Redis data, logs and the project's files)")
 
     async def restart(self, service: str, progress: Progress | None = None) -> ClusterStatus:
         """Restart ``redis``, ``backend`` (or ``server``), ``worker`` (all) or ``worker-N``."""
