@@ -248,11 +248,11 @@ class QtPipelinesPanel(QWidget):
                     failed.append(f"{name}: {exc}")
             note = ""
             backend = self.session.backend
-            settings = getattr(backend, "settings", None)
-            if backend is not None and backend.backend == "local" and settings is not None:
-                copied = await asyncio.to_thread(copy_example_data, settings.data_dir)
+            data_dir = getattr(backend, "data_dir", None)
+            if backend is not None and backend.backend == "local" and data_dir is not None:
+                copied = await asyncio.to_thread(copy_example_data, data_dir)
                 if copied:
-                    note = f" Copied their data ({', '.join(copied)}) to {settings.data_dir}."
+                    note = f" Copied their data ({', '.join(copied)}) to {data_dir}."
             else:
                 note = (
                     " Their data files (resources/data: sales.csv, article.md) are not copied "
