@@ -13,6 +13,7 @@ PACKAGES=(
   systemd strace                     # systemd-analyze verify of packaging/systemd; strace checks
                                      # the units' SystemCallFilter (not in a minbase install)
   faketime                           # libfaketime: a worker with a shifted clock (doctor tests)
+  age                                # the reference tool the backup encryption interoperates with
   postgresql                         # the run store's tests start throwaway clusters with its
                                      # initdb/pg_ctl (tests/pg.py); Debian's default cluster
                                      # on 5432 that the package starts is not used
