@@ -29,7 +29,14 @@ from pathlib import Path
 
 from mimir.core.errors import MimirError
 
-__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server", "start_redis"]
+__all__ = [
+    "EmbeddedRedis",
+    "EmbeddedRedisError",
+    "answers_ping",
+    "find_redis_server",
+    "free_port",
+    "start_redis",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +89,14 @@ def find_redis_server() -> tuple[str, str]:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _answers_ping(port: int, timeout: float = 0.5) -> bool:
+def answers_ping(port: int, timeout: float = 0.5) -> bool:
     """True when the server on ``port`` answers ``PING`` with ``+PONG`` (not ``-LOADING``)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -228,11 +236,11 @@ def start_redis(
     attempts = 1 if port is not None else _PORT_ATTEMPTS
     problem = ""
     for attempt in range(1, attempts + 1):
-        chosen = port if port is not None else _free_port()
+        chosen = port if port is not None else free_port()
         process = _spawn(binary, directory, chosen, die_with_parent=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _answers_ping(chosen):
+            if answers_ping(chosen):
                 logger.info(
                     "embedded redis (%s, %s) on 127.0.0.1:%d, pid %d, AOF in %s",
                     source,

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
@@ -534,6 +534,165 @@ class JobQueue:
             answers = await scripts.run_scripts(self.redis, calls)
         return sum(int(answer) for answer in answers)
 
+    async def reconcile_after_restore(
+        self, final_status: Callable[[list[str]], Awaitable[dict[str, str]]]
+    ) -> dict[str, int]:
+        """Make a Redis restored from a backup agree with the run store restored with it.
+
+        The backup takes Redis first, then the run store: a job may have ended (its run
+        stored) after the Redis snapshot, and the jobs the old host's workers held show
+        as running. Call this with **no worker running** (the restore starts the cluster
+        with 0 workers), before scaling up. ``final_status(job_ids)`` answers the final
+        run status (``succeeded``, ``failed``, ``dead``, ``cancelled``) of those of the
+        given jobs that have an ended run in the run store; other statuses are ignored.
+
+        Every job whose record has not ended (queued, scheduled, running):
+
+        - ended in the run store: ended here with that status as a finished job shows
+          (stream entry acknowledged and deleted, out of the scheduled set, done list
+          filled, failed/dead in the dead letter), without a new outcome: it never runs
+          again and its run is not stored twice;
+        - else, held by a worker of the old host (running, or its entry delivered and
+          not yet started): acknowledged and deleted, and put back on the same stream
+          under a fresh entry, ``queued``, worker cleared; the interrupted attempt does
+          not count (a ``max_retries=0`` job runs once more, it does not go dead);
+        - else (waiting in its stream, or scheduled): left alone.
+
+        Then the group's leftover pending entries (stale duplicates, deleted entries) are
+        acknowledged and deleted, the old consumers forgotten, and the old workers'
+        registrations and heartbeats removed (so none is reported lost). The outcome
+        stream is left as it is: the run ingest takes over its pending entries.
+        Idempotent: a second call changes nothing. Answers the counts ``requeued``,
+        ``finalised`` and ``untouched`` (jobs not ended left alone).
+        """
+        async with redis_errors("reconcile the queue after a restore"):
+            streams = await self._streams()
+            ids = await self._restored_job_ids(streams)
+            statuses = await self.statuses(ids)
+        ended = {status.value for status in FINAL_STATUSES}
+        open_ids = [i for i, st in zip(ids, statuses, strict=True) if st and st not in ended]
+        finals: dict[str, str] = {}
+        if open_ids:
+            answered = await final_status(list(open_ids))
+            finals = {
+                job_id: str(status)
+                for job_id, status in answered.items()
+                if str(status) in ended and job_id in set(open_ids)
+            }
+        now_ms, _ = _now()
+        calls = [
+            scripts.RECONCILE_SCRIPT.call(
+                keys={"scheduled": self.keys.scheduled, "dead": self.keys.dead},
+                argv={
+                    "now_ms": now_ms,
+                    "ttl": self.job_ttl,
+                    "group": GROUP,
+                    "events": self.keys.events,
+                },
+                each=[
+                    ([self.keys.job(i), self.keys.done(i)], [i, finals.get(i, "")])
+                    for i in open_ids[first : first + _ENQUEUE_CHUNK]
+                ],
+            )
+            for first in range(0, len(open_ids), _ENQUEUE_CHUNK)
+        ]
+        counts = {"requeued": 0, "finalised": 0, "untouched": 0}
+        async with redis_errors("reconcile the queue after a restore"):
+            for answer in await scripts.run_scripts(self.redis, calls):
+                for outcome in answer:
+                    if outcome in counts:
+                        counts[outcome] += 1
+            stale = await self._drop_stale_deliveries(streams)
+            workers = await self._drop_worker_registrations()
+        logger.info(
+            "queue reconciled after a restore: %d requeued, %d finalised, %d untouched; "
+            "%d stale deliveries and %d old worker registrations removed",
+            counts["requeued"],
+            counts["finalised"],
+            counts["untouched"],
+            stale,
+            workers,
+        )
+        return counts
+
+    async def _scan(self, suffix_pattern: str, type_: str | None = None) -> list[str]:
+        """Keys named ``{prefix}{suffix_pattern}`` (the prefix matched literally)."""
+        pattern = _glob_escape(self.keys.prefix) + suffix_pattern
+        return [key async for key in self.redis.scan_iter(match=pattern, count=1000, _type=type_)]
+
+    async def _streams(self) -> list[str]:
+        """Every job stream: of the pools seen, and any other under the prefix."""
+        pools = cast(set[str], await self.redis.smembers(self.keys.queues))
+        found = {self.keys.stream(pool, prio) for pool in pools for prio in PRIORITIES}
+        found.update(await self._scan("stream:*", "stream"))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in sorted(found):
+                pipe.exists(stream)
+            exists = await pipe.execute()
+        return [s for s, e in zip(sorted(found), exists, strict=True) if e]
+
+    async def _restored_job_ids(self, streams: Sequence[str]) -> list[str]:
+        """The jobs that may not have ended: in the index, scheduled, or in a stream."""
+        ids = dict.fromkeys(cast(list[str], await self.redis.zrange(self.keys.index, 0, -1)))
+        ids.update(
+            dict.fromkeys(cast(list[str], await self.redis.zrange(self.keys.scheduled, 0, -1)))
+        )
+        for stream in streams:
+            start = "-"
+            while True:
+                entries = cast(
+                    list[tuple[str, dict[str, str] | None]],
+                    await self.redis.xrange(stream, min=start, count=1000),
+                )
+                for _, fields in entries:
+                    if fields and fields.get("job"):
+                        ids[fields["job"]] = None
+                if len(entries) < 1000:
+                    break
+                start = "(" + entries[-1][0]
+        return list(ids)
+
+    async def _drop_stale_deliveries(self, streams: Sequence[str]) -> int:
+        """Acknowledge and delete what is still pending in the group (no worker runs: it
+        is a stale duplicate or a deleted entry), and forget the group's consumers."""
+        dropped = 0
+        for stream in streams:
+            try:
+                consumers = cast(
+                    list[dict[str, Any]], await self.redis.xinfo_consumers(stream, GROUP)
+                )
+            except RedisError as exc:
+                if "NOGROUP" in str(exc):
+                    continue
+                raise
+            while True:
+                pending = cast(
+                    list[dict[str, Any]],
+                    await self.redis.xpending_range(stream, GROUP, "-", "+", 1000),
+                )
+                if not pending:
+                    break
+                entry_ids = [str(p["message_id"]) for p in pending]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.xack(stream, GROUP, *entry_ids)
+                    pipe.xdel(stream, *entry_ids)
+                    await pipe.execute()
+                dropped += len(entry_ids)
+            if consumers:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for consumer in consumers:
+                        pipe.xgroup_delconsumer(stream, GROUP, str(consumer["name"]))
+                    await pipe.execute()
+        return dropped
+
+    async def _drop_worker_registrations(self) -> int:
+        """Remove every worker's heartbeat and the registry (the old host's workers)."""
+        ids = cast(list[str], await self.redis.zrange(self.keys.workers, 0, -1))
+        keys = {self.keys.worker(worker_id) for worker_id in ids}
+        keys.update(await self._scan("worker:*"))
+        await self.redis.delete(self.keys.workers, *keys)
+        return len(keys)
+
     async def dead_letter(
         self, offset: int = 0, limit: int = 50
     ) -> tuple[list[DeadLetterEntry], int]:
@@ -679,6 +838,11 @@ def _now() -> tuple[int, datetime]:
     """This moment in epoch ms, and as a datetime of that same ms."""
     now_ms = int(time.time() * 1000)
     return now_ms, datetime.fromtimestamp(now_ms / 1000, UTC)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis ``SCAN MATCH`` pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def bucket_field(bound: float) -> str:

@@ -255,6 +255,13 @@ SCRIPTS: dict[str, ScriptSpec] = {
             argv=(("events", "text"), ("idem_prefix", "text"), ("job_id", "text")),
         ),
         ScriptSpec(
+            "RECONCILE",
+            keys=("scheduled", "dead"),
+            argv=(*_TIME, ("group", "text"), ("events", "text")),
+            keys_each=("job", "done"),
+            argv_each=(("job_id", "text"), ("final", "text")),
+        ),
+        ScriptSpec(
             "RELEASE",
             keys=("index",),
             argv=(),

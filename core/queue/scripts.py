@@ -44,6 +44,7 @@ __all__ = [
     "FINISH",
     "MOVE_DUE",
     "PROGRESS",
+    "RECONCILE",
     "RELEASE",
     "RENEW",
     "RETRY_DEAD",
@@ -689,6 +690,104 @@ return released
 """
 )
 
+RECONCILE = (
+    r"""
+local scheduled = KEYS[1]
+local dead = KEYS[2]
+-- KEYS[3..]: job, done per job
+local now_ms = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local group = ARGV[3]
+local events = ARGV[4]
+-- ARGV[5..]: job_id, final per job
+"""
+    + _LIB
+    + r"""
+-- After a restore of a Redis snapshot older than the run store's, with no worker running:
+-- final: the status of the job's run in the run store when it has ended there, else ''.
+-- A job not ended here that has ended there is ended here the same way (its stream entry
+-- acknowledged and deleted, out of the scheduled set, the done list filled, failed/dead
+-- into the dead letter), without an outcome (the run is stored already) nor a tally. A
+-- job a worker of the old host held (running, or its entry delivered and not yet
+-- started) goes back to its stream under a fresh entry, its interrupted attempt not
+-- counted; the rest is left alone. Answers per job: 'finalised', 'requeued', 'untouched'
+-- or 'skipped' (no record, or ended already).
+local function settle(jk, dk, jobid, t, status)
+  if t.stream and t.entry then
+    redis.pcall('XACK', t.stream, group, t.entry)
+    redis.call('XDEL', t.stream, t.entry)
+  end
+  redis.call('ZREM', scheduled, jobid)
+  local now_iso = iso(now_ms)
+  local version = (tonumber(t.version) or 0) + 1
+  t.status, t.finished_at, t.version = status, now_iso, tostring(version)
+  local w = {'status', status, 'finished_at', now_iso, 'version', version}
+  if status == 'failed' or status == 'dead' then
+    if (t.error or '') == '' then
+      t.error = 'ended ' .. status .. ' before the restored backup was taken (see its run)'
+      w[#w + 1] = 'error'
+      w[#w + 1] = t.error
+    end
+    local eid = redis.call('XADD', dead, '*', 'job_id', jobid, 'status', status,
+      'error', t.error, 'at', now_iso)
+    w[#w + 1] = 'dead_entry'
+    w[#w + 1] = eid
+    t.dead_entry = eid
+  end
+  redis.call('HSET', jk, unpack(w))
+  redis.call('EXPIRE', jk, ttl)
+  redis.call('PUBLISH', events, event(jobid, version, t))
+  local record = {}
+  for k, v in pairs(t) do
+    if not HIDDEN[k] then record[k] = v end
+  end
+  local text = cjson.encode(record)
+  if #text > 65536 then text = status end
+  redis.call('DEL', dk)
+  redis.call('RPUSH', dk, text)
+  redis.call('EXPIRE', dk, ttl)
+end
+
+local ENDED = {succeeded = true, failed = true, cancelled = true, dead = true}
+local out = {}
+for i = 3, #KEYS, 2 do
+  local jk, dk = KEYS[i], KEYS[i + 1]
+  local jobid, final = ARGV[i + 2], ARGV[i + 3]
+  local t = load(jk)
+  local st = t and t.status
+  if (not st) or ENDED[st] then
+    out[#out + 1] = 'skipped'
+  elseif final ~= '' then
+    settle(jk, dk, jobid, t, final)
+    out[#out + 1] = 'finalised'
+  else
+    local held = false
+    if t.stream and t.entry then
+      local p = redis.pcall('XPENDING', t.stream, group, t.entry, t.entry, 1)
+      held = type(p) == 'table' and p.err == nil and #p > 0
+    end
+    if t.stream and (held or st == 'running') then
+      if t.entry then
+        redis.pcall('XACK', t.stream, group, t.entry)
+        redis.call('XDEL', t.stream, t.entry)
+      end
+      local eid = redis.call('XADD', t.stream, '*', 'job', jobid)
+      local attempts = tonumber(t.attempts) or 0
+      -- FETCH counted the interrupted attempt when it started the job: it does not count.
+      if st == 'running' and attempts > 0 then attempts = attempts - 1 end
+      redis.call('HDEL', jk, 'worker_id', 'started_at')
+      redis.call('HSET', jk, 'status', 'queued', 'entry', eid, 'attempts', attempts)
+      publish(events, jk, jobid)
+      out[#out + 1] = 'requeued'
+    else
+      out[#out + 1] = 'untouched'
+    end
+  end
+end
+return out
+"""
+)
+
 
 class Script:
     """A Lua script with its declared convention, run by SHA and loaded on first use
@@ -777,6 +876,7 @@ SOURCES: dict[str, str] = {
     "RETRY_DEAD": RETRY_DEAD,
     "DELETE_DEAD": DELETE_DEAD,
     "RELEASE": RELEASE,
+    "RECONCILE": RECONCILE,
 }
 
 ENQUEUE_SCRIPT = Script(SCRIPTS["ENQUEUE"], ENQUEUE)
@@ -789,3 +889,4 @@ CANCEL_SCRIPT = Script(SCRIPTS["CANCEL"], CANCEL)
 RETRY_DEAD_SCRIPT = Script(SCRIPTS["RETRY_DEAD"], RETRY_DEAD)
 DELETE_DEAD_SCRIPT = Script(SCRIPTS["DELETE_DEAD"], DELETE_DEAD)
 RELEASE_SCRIPT = Script(SCRIPTS["RELEASE"], RELEASE)
+RECONCILE_SCRIPT = Script(SCRIPTS["RECONCILE"], RECONCILE)
