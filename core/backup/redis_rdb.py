@@ -1,8 +1,10 @@
 """The Redis part of a backup: an RDB snapshot fetched over replication, and back to an AOF.
 
 :func:`fetch_rdb` asks Redis for a full resynchronisation the way a replica (or
-``redis-cli --rdb``) does: ``REPLCONF capa eof`` (the master may then stream the snapshot
-without writing it to its disk, when it is configured for diskless sync), ``REPLCONF
+``redis-cli --rdb``) does: with ``diskless=True``, ``REPLCONF capa eof`` (the master may
+then stream the snapshot without writing it to its disk, when it is configured for
+diskless sync, after its ``repl-diskless-sync-delay``: 5 s by default; without it the
+master saves to its disk with a BGSAVE and sends the file at once), ``REPLCONF
 rdb-only 1`` (Redis >= 7.0: the snapshot only, no replication stream after it; ignored by
 older servers) and ``SYNC``. The master answers with newlines while it prepares the
 snapshot, then either ``$<length>\\r\\n<bytes>`` (disk) or ``$EOF:<40-byte mark>\\r\\n<bytes>
@@ -152,6 +154,7 @@ def fetch_rdb(
     *,
     timeout: float = 300.0,
     progress: Callable[[int], None] | None = None,
+    diskless: bool = False,
 ) -> RdbInfo:
     """Fetch a point-in-time RDB snapshot of the Redis at ``url`` into ``dest``.
 
@@ -178,8 +181,9 @@ def fetch_rdb(
             conn.connect()
             conn.send_command("INFO", "server")
             redis_version = _redis_version(conn.read_response())
-            conn.send_command("REPLCONF", "capa", "eof")
-            conn.read_response()
+            if diskless:
+                conn.send_command("REPLCONF", "capa", "eof")
+                conn.read_response()
             conn.send_command("REPLCONF", "rdb-only", "1")
             with contextlib.suppress(ResponseError):  # Redis < 7.0 has no rdb-only
                 conn.read_response()

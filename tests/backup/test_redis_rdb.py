@@ -169,12 +169,19 @@ class Writer(threading.Thread):
 
 
 @pytest.mark.parametrize(
-    ("diskless", "delay"),
-    [("no", 0), ("yes", 0), ("yes", 2)],
-    ids=["disk", "diskless", "diskless-with-keepalives"],
+    ("diskless", "delay", "ask_diskless"),
+    [("no", 0, False), ("yes", 5, False), ("yes", 0, True), ("yes", 2, True)],
+    # Redis 7's defaults (diskless, 5 s delay): the backup asks for a disk snapshot, which
+    # the master sends without that delay.
+    ids=["disk", "redis7-defaults", "diskless", "diskless-with-keepalives"],
 )
 def test_fetch_while_a_writer_loops_is_a_consistent_snapshot(
-    redis_server: RedisServer, tmp_path: Path, servers: list[Server], diskless: str, delay: int
+    redis_server: RedisServer,
+    tmp_path: Path,
+    servers: list[Server],
+    diskless: str,
+    delay: int,
+    ask_diskless: bool,
 ) -> None:
     assert SYSTEM_REDIS is not None
     source = redis.Redis(port=redis_server.port, decode_responses=True)
@@ -188,7 +195,9 @@ def test_fetch_while_a_writer_loops_is_a_consistent_snapshot(
     try:
         wait_until(lambda: writer.rounds > 50, message="the writer to get going")
         before = time.time()
-        info = fetch_rdb(redis_server.url, dest, timeout=60, progress=seen.append)
+        info = fetch_rdb(
+            redis_server.url, dest, timeout=60, progress=seen.append, diskless=ask_diskless
+        )
         after = time.time()
         rounds_at_fetch = writer.rounds
         wait_until(lambda: writer.rounds > rounds_at_fetch + 50, message="the writer to go on")
@@ -242,7 +251,7 @@ def test_a_slow_snapshot_times_out_naming_the_url_without_its_password(
     url = f"redis://:hunter2@127.0.0.1:{redis_server.port}/0"
     started = time.monotonic()
     with pytest.raises(BackupError) as timed_out:
-        fetch_rdb(url, tmp_path / "out" / "dump.rdb", timeout=1.5)
+        fetch_rdb(url, tmp_path / "out" / "dump.rdb", timeout=1.5, diskless=True)
     assert time.monotonic() - started < 10
     message = str(timed_out.value)
     assert "timed out" in message and "hunter2" not in message
