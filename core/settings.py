@@ -158,6 +158,9 @@ class Settings:
     #: The run store's database (``MIMIR_DATABASE_URL``, a SQLAlchemy URL such as
     #: ``postgresql+psycopg://user@host/db``); ``None``: SQLite in ``data_dir``.
     database_url: str | None = field(default=None, repr=False)
+    #: Where the server writes backup archives (``MIMIR_BACKUP_DIR``; ``None``:
+    #: ``<data_dir>/backups``, see :attr:`backups_path`).
+    backup_dir: Path | None = None
     #: Days a run is kept in the run store (``MIMIR_RUN_RETENTION``, default 30).
     run_retention_days: float = 30.0
     #: At most this many runs are kept, the oldest pruned first (``MIMIR_RUN_MAX``; 0: no cap).
@@ -212,6 +215,9 @@ class Settings:
             sparql_allow=_env_list(env, "MIMIR_SPARQL_ALLOW"),
             cors_origins=_env_list(env, "MIMIR_CORS_ORIGINS"),
             database_url=(env.get("MIMIR_DATABASE_URL") or "").strip() or None,
+            backup_dir=(
+                Path(env["MIMIR_BACKUP_DIR"]).expanduser() if env.get("MIMIR_BACKUP_DIR") else None
+            ),
             run_retention_days=_env_seconds(env, "MIMIR_RUN_RETENTION", 30.0, "days"),
             run_max_count=_env_int(env, "MIMIR_RUN_MAX", 0),
             smtp_url=(env.get("MIMIR_SMTP_URL") or "").strip() or None,
@@ -221,6 +227,16 @@ class Settings:
             redis_image=env.get("MIMIR_REDIS_IMAGE") or None,
             base_image=env.get("MIMIR_BASE_IMAGE") or None,
         )
+
+    @property
+    def backups_path(self) -> Path:
+        """Where backup archives go: ``MIMIR_BACKUP_DIR``, else ``<data_dir>/backups``."""
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
+
+    @property
+    def backup_dir_explicit(self) -> bool:
+        """Whether ``MIMIR_BACKUP_DIR`` was given (the CLI keeps its downloads there too)."""
+        return self.backup_dir is not None
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed."""

@@ -409,6 +409,19 @@ ROUTES: dict[str, OperationDoc] = {
     "GET /api/v1/alerts/{alert_id}": OperationDoc(errors=(404, 503)),
     "POST /api/v1/alerts/{alert_id}/ack": OperationDoc(errors=(404, 503)),
     "GET /api/v1/audit": OperationDoc(errors=(503,)),
+    # -- backups (409: another backup runs; 422: secrets without a passphrase)
+    "POST /api/v1/admin/backups": OperationDoc(
+        errors=(409, 422),
+        links=_links(
+            "BackupTask",
+            {"Get": "GET /api/v1/admin/backups/tasks/{task_id}"},
+            task_id="id",
+        ),
+    ),
+    "GET /api/v1/admin/backups": OperationDoc(),
+    "GET /api/v1/admin/backups/tasks/{task_id}": OperationDoc(errors=(404,)),
+    "GET /api/v1/admin/backups/{name}": OperationDoc(errors=(404,)),
+    "DELETE /api/v1/admin/backups/{name}": OperationDoc(errors=(404,)),
     "POST /api/v1/queue/digital-twins/enqueue": OperationDoc(
         errors=(404, 422),
         links={

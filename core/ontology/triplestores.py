@@ -374,6 +374,19 @@ class OxigraphStore:
         except (OSError, ValueError) as exc:
             raise SparqlError(f"update failed: {exc}") from None
 
+    def backup(self, directory: Path) -> None:
+        """A consistent copy of the on-disk store in ``directory`` (which must not exist),
+        openable as a store of its own: a RocksDB checkpoint, hard links to the immutable
+        files when ``directory`` is on the same file system. Writes wait meanwhile (they
+        hold the same lock), so a graph being replaced is in it whole or not at all."""
+        if self.path is None:
+            raise OntologyError("an in-memory ontology store cannot be backed up")
+        with self._write_lock:
+            try:
+                self._store.backup(str(directory))
+            except OSError as exc:
+                raise EndpointError(f"backing up the ontology store failed: {exc}") from exc
+
     def close(self) -> None:
         try:
             self._store.flush()

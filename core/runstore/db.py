@@ -20,7 +20,10 @@ from mimir.core.settings import Settings
 
 __all__ = [
     "SQLITE_NAME",
+    "current_revision",
     "database_url",
+    "head_revision",
+    "known_revisions",
     "make_engine",
     "metadata",
     "migrate",
@@ -98,17 +101,47 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def known_revisions() -> list[str]:
+    """Every migration this Mimir has, oldest first (a backup whose run store is at a
+    revision outside this list was made by a newer Mimir)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    return [revision.revision for revision in reversed(list(script.walk_revisions()))]
+
+
+def head_revision() -> str | None:
+    """The newest migration (what :func:`migrate` brings a database to)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The migration ``engine``'s database is at (``None``: never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration. On PostgreSQL an advisory lock makes a
     second server that starts at the same moment wait, then find nothing to do; SQLite
     serialises the writers itself."""
     from alembic import command
-    from alembic.config import Config
 
     # Alembic logs every plugin it sets up at INFO; its "Running upgrade" lines stay.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
+    config = _alembic_config()
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(8151923)")

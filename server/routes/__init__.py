@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from mimir.server.routes import (
     alerts,
     audit,
+    backup,
     diagnostics,
     events,
     health,
@@ -44,4 +45,5 @@ ROUTERS: list[APIRouter] = [
     schedules.router,
     alerts.router,
     audit.router,
+    backup.router,
 ]
