@@ -64,6 +64,7 @@ from mimir.core.runstore.rows import delete_by_id, row_by_id
 
 __all__ = [
     "MISFIRE_GRACE_MS",
+    "REDACTED_SECRET",
     "Misfire",
     "Overlap",
     "PipelineTarget",
@@ -636,6 +637,16 @@ class ScheduleStore:
             ).rowcount
         return bool(done)
 
+    def rewind(self, schedule_id: str, tick_ms: int) -> None:
+        """Fire ``tick_ms`` again (its job was lost with a restore): the scheduler enqueues it
+        with the same idempotency key, under the schedule's misfire policy."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(schedules)
+                .where(schedules.c.id == schedule_id)
+                .values(next_tick_ms=tick_ms, version=schedules.c.version + 1)
+            )
+
     def record_job(self, schedule_id: str, job_id: str, tick_ms: int) -> None:
         """A run-now's job becomes the schedule's last job (for the overlap policy)."""
         with self.engine.begin() as connection:
@@ -644,6 +655,11 @@ class ScheduleStore:
                 .where(schedules.c.id == schedule_id)
                 .values(last_job_id=job_id, last_tick_ms=tick_ms)
             )
+
+
+#: What a backup taken without secrets keeps in place of a trigger's secret; such a trigger
+#: authenticates nothing until :meth:`TriggerStore.rotate` gives it a new one.
+REDACTED_SECRET = "!redacted"
 
 
 def _trigger(row: Any) -> TriggerRow:
@@ -689,3 +705,21 @@ class TriggerStore:
     def delete(self, trigger_id: str) -> None:
         if not delete_by_id(self.engine, triggers, trigger_id):
             raise TriggerNotFoundError(f"no trigger {trigger_id!r}")
+
+    def rotate(self, trigger_id: str) -> TriggerRow:
+        """A new secret (the old one stops working at once)."""
+        with self.engine.begin() as connection:
+            done = connection.execute(
+                update(triggers).where(triggers.c.id == trigger_id).values(secret=new_secret())
+            ).rowcount
+        if not done:
+            raise TriggerNotFoundError(f"no trigger {trigger_id!r}")
+        return self.get(trigger_id)
+
+    def redacted(self) -> builtins.list[TriggerRow]:
+        """Triggers restored from a backup without secrets: they need :meth:`rotate`."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(triggers).where(triggers.c.secret == REDACTED_SECRET)
+            ).all()
+        return [_trigger(row) for row in rows]

@@ -43,6 +43,7 @@ from mimir.core.queue.client import redis_errors
 from mimir.core.runstore.models import RunSummary
 from mimir.core.runstore.runs import RunStore
 from mimir.core.runstore.schedules import (
+    REDACTED_SECRET,
     PipelineTarget,
     ScheduleExistsError,
     ScheduleIn,
@@ -322,6 +323,14 @@ async def get_trigger(trigger_id: str, db: DbDep) -> TriggerOut:
     return _trigger_out(await _call(TriggerStore(db).get, trigger_id))
 
 
+@router.post("/api/v1/triggers/{trigger_id}/secret", response_model=TriggerCreated)
+async def rotate_trigger_secret(trigger_id: str, db: DbDep) -> TriggerCreated:
+    """A new secret for the trigger, shown in this answer only; the old one stops working
+    (and a trigger restored from a backup without secrets starts working)."""
+    row = await _call(TriggerStore(db).rotate, trigger_id)
+    return TriggerCreated(**_trigger_out(row).model_dump(), secret=row.secret)
+
+
 @router.delete("/api/v1/triggers/{trigger_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_trigger(trigger_id: str, db: DbDep) -> Response:
     await _call(TriggerStore(db).delete, trigger_id)
@@ -332,7 +341,10 @@ async def delete_trigger(trigger_id: str, db: DbDep) -> Response:
 
 
 def _authorized(request: Request, body: bytes, secret: str) -> bool:
-    """Bearer secret, or an HMAC-SHA256 signature of the raw body; constant time."""
+    """Bearer secret, or an HMAC-SHA256 signature of the raw body; constant time. A secret
+    left out of a backup authenticates nothing."""
+    if secret == REDACTED_SECRET:
+        return False
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and given.strip():
         return hmac.compare_digest(given.strip().encode(), secret.encode())

@@ -6,13 +6,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from mimir.core.runstore.schedules import REDACTED_SECRET
 from mimir.core.runstore.schedules_cli import main as schedules_main
 from tests.helpers import RedisServer, ServerProcess
 
@@ -199,3 +202,36 @@ def test_schedules_cli_against_a_real_server(
     assert client.get("/api/v1/schedules").json() == []
     # Without the token the API refuses, and the command says so.
     assert schedules_main(["--api-url", server.base_url, "--token", "wrong", "list"]) == 1
+
+
+def test_a_trigger_restored_without_its_secret_authenticates_nothing_until_rotated(
+    server: ServerProcess, client: httpx.Client, raw: redis.Redis
+) -> None:
+    trigger = client.post(
+        "/api/v1/triggers", json={"name": "restored", "pipeline_file": "test_pipeline.yaml"}
+    ).json()
+    old, hook = trigger["secret"], trigger["hook"]
+    # What a restore from a backup taken without secrets leaves in the run store.
+    database = Path(server.env["MIMIR_DATA_DIR"]) / "mimir.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "UPDATE triggers SET secret = ? WHERE id = ?", (REDACTED_SECRET, trigger["id"])
+        )
+    body = b'{"n": 1}'
+    with httpx.Client(base_url=server.base_url, timeout=30) as anonymous:
+        for headers in (
+            {"Authorization": f"Bearer {REDACTED_SECRET}"},
+            {"X-Mimir-Signature": _sign(REDACTED_SECRET, body)},
+            {"Authorization": f"Bearer {old}"},
+        ):
+            refused = anonymous.post(hook, content=body, headers=headers)
+            assert refused.status_code == 401, (headers, refused.text)
+        rotated = client.post(f"/api/v1/triggers/{trigger['id']}/secret")
+        assert rotated.status_code == 200, rotated.text
+        new = rotated.json()["secret"]
+        assert new not in (old, REDACTED_SECRET) and len(new) >= 32
+        accepted = anonymous.post(hook, content=body, headers={"Authorization": f"Bearer {new}"})
+        assert accepted.status_code == 202, accepted.text
+        listed = client.get(f"/api/v1/triggers/{trigger['id']}")
+        assert new not in listed.text  # shown once, by the rotation's answer
+    assert client.post("/api/v1/triggers/nope/secret").status_code == 404
