@@ -119,6 +119,9 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     #: Prefix of every Redis key (``MIMIR_KEY_PREFIX``).
     key_prefix: str = "mimir:"
+    #: The cluster this process belongs to (``MIMIR_PROJECT``, set by ``mimir cluster``):
+    #: names backups; empty for a server started by hand.
+    project: str = ""
     #: Seconds job records and results are kept (``MIMIR_JOB_TTL``).
     job_ttl: int = 24 * 3600
     #: Concurrent jobs per worker (``WORKER_CONCURRENCY``).
@@ -196,6 +199,7 @@ class Settings:
             log_dir=Path(env["MIMIR_LOG_DIR"]).expanduser() if env.get("MIMIR_LOG_DIR") else None,
             api_token=env.get("MIMIR_API_TOKEN") or None,
             key_prefix=env.get("MIMIR_KEY_PREFIX", "mimir:"),
+            project=(env.get("MIMIR_PROJECT") or "").strip(),
             job_ttl=_env_int(env, "MIMIR_JOB_TTL", 24 * 3600),
             worker_concurrency=_env_int(env, "WORKER_CONCURRENCY", 5),
             worker_grace=_env_seconds(env, "MIMIR_WORKER_GRACE", 30.0),

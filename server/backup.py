@@ -124,7 +124,10 @@ class BackupTask:
 
 
 def project_of(settings: Settings) -> str:
-    """The project an archive is named after: the key prefix unless it is the default."""
+    """The project an archive is named after: the cluster's (``MIMIR_PROJECT``), else the
+    key prefix unless it is the default."""
+    if settings.project:
+        return settings.project
     prefix = settings.key_prefix.rstrip(":")
     return "" if prefix in {"", "mimir"} else prefix
 

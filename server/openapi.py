@@ -398,6 +398,7 @@ ROUTES: dict[str, OperationDoc] = {
     "POST /api/v1/triggers": OperationDoc(errors=(404, 503)),
     "GET /api/v1/triggers/{trigger_id}": OperationDoc(errors=(404, 503)),
     "DELETE /api/v1/triggers/{trigger_id}": OperationDoc(errors=(404, 503)),
+    "POST /api/v1/triggers/{trigger_id}/secret": OperationDoc(errors=(404, 503)),
     "POST /api/v1/hooks/{trigger_id}": OperationDoc(errors=(401, 503)),
     # -- alerts and the audit log (503: the run store's database is unreachable)
     "POST /api/v1/alerts/rules": OperationDoc(errors=(503,)),
@@ -422,6 +423,7 @@ ROUTES: dict[str, OperationDoc] = {
     "GET /api/v1/admin/backups/tasks/{task_id}": OperationDoc(errors=(404,)),
     "GET /api/v1/admin/backups/{name}": OperationDoc(errors=(404,)),
     "DELETE /api/v1/admin/backups/{name}": OperationDoc(errors=(404,)),
+    "POST /api/v1/admin/restore/reconcile": OperationDoc(errors=(409, 503)),
     "POST /api/v1/queue/digital-twins/enqueue": OperationDoc(
         errors=(404, 422),
         links={

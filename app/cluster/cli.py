@@ -5,18 +5,26 @@
     mimir cluster up [--workers N] [--backend docker|local] [--project NAME] [--port P]
     mimir cluster scale N | down | clean | restart SERVICE | ps | status | stats | build
     mimir cluster logs [SERVICE ...] [-f] [--tail N]
+    mimir cluster backup [--to FILE|DIR] [--include-secrets --passphrase-file F]
+    mimir cluster restore FILE [--force] [--workers N] [--passphrase-file F]
+    mimir cluster backups [--dir DIR]
 
 Progress goes to stderr while a command works; tables and log lines go to stdout.
-Operator errors (no engine, port taken, nothing running …) exit 1 with one clear message.
+Operator errors (no engine, port taken, nothing running …) exit 1 with one clear message;
+a restore refused before anything changed (a damaged or foreign archive, a target with
+data and no ``--force``) exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from mimir.app.cluster.base import ClusterBackend, ClusterError, ClusterStatus
@@ -80,7 +88,50 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--unified", action="store_true", help="also build the one-container unified image"
     )
+    backup = sub.add_parser(
+        "backup", parents=[common], help="back up the running cluster's data to one archive"
+    )
+    backup.add_argument("--to", type=Path, help="archive file or directory (default: backups dir)")
+    backup.add_argument(
+        "--include-secrets",
+        action="store_true",
+        help="keep trigger secrets; the archive is then encrypted with a passphrase",
+    )
+    backup.add_argument(
+        "--passphrase-file", type=Path, help="passphrase (else MIMIR_BACKUP_PASSPHRASE, else asked)"
+    )
+    restore = sub.add_parser(
+        "restore", parents=[common], help="restore an archive into a new or stopped cluster"
+    )
+    restore.add_argument("archive", type=Path, metavar="FILE")
+    restore.add_argument(
+        "--force", action="store_true", help="replace a cluster that has data (backed up first)"
+    )
+    restore.add_argument("--workers", type=int, help="workers to start afterwards (default 2)")
+    restore.add_argument("--passphrase-file", type=Path, help="passphrase of an encrypted archive")
+    backups = sub.add_parser("backups", parents=[common], help="list the archives in a directory")
+    backups.add_argument("--dir", type=Path, help="default: the backups directory")
     return parser
+
+
+def _passphrase(args: argparse.Namespace, *, confirm: bool) -> str | None:
+    """From --passphrase-file, else MIMIR_BACKUP_PASSPHRASE, else asked on the terminal."""
+    if args.passphrase_file is not None:
+        try:
+            return args.passphrase_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ClusterError(f"cannot read the passphrase file: {exc}") from exc
+    from_env = os.environ.get("MIMIR_BACKUP_PASSPHRASE")
+    if from_env:
+        return from_env
+    if not sys.stdin.isatty():
+        raise ClusterError(
+            "a passphrase is needed: give --passphrase-file or set MIMIR_BACKUP_PASSPHRASE"
+        )
+    first = getpass.getpass("Passphrase: ")
+    if confirm and getpass.getpass("Passphrase again: ") != first:
+        raise ClusterError("the two passphrases differ")
+    return first
 
 
 def _progress(step: str, message: str) -> None:
@@ -174,6 +225,37 @@ async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
         async for line in backend.logs(args.services or None, args.follow, args.tail):
             width = max(width, len(line.service))
             print(f"{line.service.ljust(width)} | {line.line}", flush=args.follow)
+    elif command == "backup":
+        from mimir.app.cluster.backup import take_backup
+
+        passphrase = _passphrase(args, confirm=True) if args.include_secrets else None
+        result = await take_backup(
+            backend, args.to, include_secrets=args.include_secrets, passphrase=passphrase,
+            progress=_progress,
+        )  # fmt: skip
+        print(result.path)
+    elif command == "restore":
+        return await _restore(args, backend)
+    elif command == "backups":
+        from mimir.app.cluster.backup import default_backup_dir, list_backups
+
+        directory = args.dir or default_backup_dir(backend)
+        entries = await asyncio.to_thread(list_backups, directory)
+        rows = [("ARCHIVE", "TAKEN", "PROJECT", "SIZE", "RUNS", "QUADS", "ENCRYPTED")]
+        for entry in entries:
+            m = entry.manifest
+            if m is None:
+                rows.append((entry.path.name, "-", "-", _mib(entry.size), "-", "-", entry.error))
+                continue
+            rows.append(
+                (
+                    entry.path.name, m.taken_at, m.project, _mib(entry.size),
+                    str(m.counts.get("runs", "-")), str(m.counts.get("quads", "-")),
+                    "yes" if m.encrypted else "no",
+                )
+            )  # fmt: skip
+        print(f"backups in {directory}:")
+        _print_table(rows)
     elif command == "build":
         await backend.build(_progress)
         if args.unified:
@@ -181,6 +263,30 @@ async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
             if build_unified is None:
                 raise ClusterError("--unified needs the docker backend")
             await build_unified(_progress)
+    return 0
+
+
+async def _restore(args: argparse.Namespace, backend: ClusterBackend) -> int:
+    from mimir.app.cluster.backup import BackupRefused, restore_cluster
+    from mimir.core.backup.archive import read_manifest
+    from mimir.core.backup.manifest import BackupError
+
+    if not args.archive.is_file():
+        raise ClusterError(f"no archive at {args.archive}")
+    try:
+        encrypted = (await asyncio.to_thread(read_manifest, args.archive)).encrypted
+    except BackupError:
+        encrypted = True  # read_manifest needs the passphrase: ask for it, verify tells
+    passphrase = _passphrase(args, confirm=False) if encrypted else None
+    try:
+        status = await restore_cluster(
+            backend, args.archive, force=args.force, passphrase=passphrase,
+            workers=args.workers, progress=_progress,
+        )  # fmt: skip
+    except BackupRefused as exc:
+        print(f"mimir cluster: refused, nothing changed: {exc}", file=sys.stderr)
+        return 2
+    _print_status(status)
     return 0
 
 

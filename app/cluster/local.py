@@ -340,6 +340,7 @@ class LocalBackend:
                 "MIMIR_PIPELINES_DIR": str(self.pipelines_dir),
                 "MIMIR_STATE_DIR": str(self.settings.state_dir),
                 "MIMIR_KEY_PREFIX": self.settings.key_prefix,
+                "MIMIR_PROJECT": self.project,
                 "MIMIR_LOG_LEVEL": self.settings.log_level,
                 "MIMIR_JOB_TTL": str(self.settings.job_ttl),
                 "WORKER_CONCURRENCY": str(self.worker_concurrency),

@@ -241,7 +241,7 @@ def build_topology(
             "(MIMIR_API_TOKEN or the profile's api_token) first"
         )
     redis_url = f"redis://redis:{REDIS_PORT}/0"
-    common = {"MIMIR_LOG_LEVEL": log_level, "REDIS_URL": redis_url}
+    common = {"MIMIR_LOG_LEVEL": log_level, "REDIS_URL": redis_url, "MIMIR_PROJECT": project}
     if fuseki_url:
         common["FUSEKI_URL"] = fuseki_url
     backend_env = {

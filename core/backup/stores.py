@@ -32,6 +32,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import URL, make_url
 
 from mimir.core.backup.manifest import BackupError
+from mimir.core.runstore.schedules import REDACTED_SECRET
 
 __all__ = [
     "REDACTED",
@@ -40,6 +41,7 @@ __all__ = [
     "count_quads",
     "dump_oxigraph",
     "find_pg_binary",
+    "insert_trigger_rows",
     "libpq_url",
     "load_nquads",
     "pg_dump",
@@ -57,8 +59,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: What a trigger's secret becomes in an archive taken without secrets.
-REDACTED = "!redacted"
+#: What a trigger's secret becomes in an archive taken without secrets (such a trigger
+#: authenticates nothing until it is given a new secret).
+REDACTED = REDACTED_SECRET
 #: Pages copied per step of :func:`sqlite_copy` (4 KiB pages: 4 MiB per step).
 SQLITE_COPY_PAGES = 1024
 #: Seconds :func:`sqlite_copy` pauses between steps (writers take the lock meanwhile).
@@ -287,6 +290,24 @@ def trigger_rows_redacted(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as connection:
         rows = connection.execute(select(triggers).order_by(triggers.c.id)).mappings().all()
     return [{**dict(row), "secret": REDACTED} for row in rows]
+
+
+def insert_trigger_rows(url: str, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Put back the trigger rows a PostgreSQL backup without secrets carried apart (after
+    :func:`pg_restore`, which restored the table empty); answers how many."""
+    from mimir.core.runstore.db import make_engine
+    from mimir.core.runstore.schedules import triggers
+
+    if not rows:
+        return 0
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(triggers.delete())
+            connection.execute(triggers.insert(), [dict(row) for row in rows])
+    finally:
+        engine.dispose()
+    return len(rows)
 
 
 # -- Oxigraph ---------------------------------------------------------------------------

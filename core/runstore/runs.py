@@ -578,6 +578,18 @@ class RunStore:
 
     # -- reading ----------------------------------------------------------------------
 
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """``{job_id: status}`` of the given jobs that have a stored run (500 ids a query)."""
+        found: dict[str, str] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(job_ids), 500):
+                chunk = list(job_ids[start : start + 500])
+                rows = connection.execute(
+                    select(runs.c.job_id, runs.c.status).where(runs.c.job_id.in_(chunk))
+                )
+                found.update({row.job_id: row.status for row in rows})
+        return found
+
     def get(self, job_id: str) -> RunRecord | None:
         """The run of ``job_id`` with its steps and artifacts (not its log lines)."""
         with self.engine.connect() as connection:

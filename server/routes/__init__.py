@@ -20,6 +20,7 @@ from mimir.server.routes import (
     pipelines,
     plugins,
     queue,
+    restore,
     runs,
     schedules,
     twins,
@@ -46,4 +47,5 @@ ROUTERS: list[APIRouter] = [
     alerts.router,
     audit.router,
     backup.router,
+    restore.router,
 ]
