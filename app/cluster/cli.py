@@ -268,15 +268,12 @@ async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
 
 async def _restore(args: argparse.Namespace, backend: ClusterBackend) -> int:
     from mimir.app.cluster.backup import BackupRefused, restore_cluster
-    from mimir.core.backup.archive import read_manifest
-    from mimir.core.backup.manifest import BackupError
+    from mimir.core.backup.crypto import is_age
 
     if not args.archive.is_file():
         raise ClusterError(f"no archive at {args.archive}")
-    try:
-        encrypted = (await asyncio.to_thread(read_manifest, args.archive)).encrypted
-    except BackupError:
-        encrypted = True  # read_manifest needs the passphrase: ask for it, verify tells
+    with args.archive.open("rb") as handle:
+        encrypted = is_age(handle.read(64))
     passphrase = _passphrase(args, confirm=False) if encrypted else None
     try:
         status = await restore_cluster(
