@@ -363,6 +363,12 @@ def _remove_stale(folder: Path, older_than: float, pattern: str = "*") -> None:
 # -- the service --------------------------------------------------------------------------
 
 
+def lock_key(settings: Settings) -> str:
+    """The Redis lease held while a backup runs. The snapshot is taken under it, so a
+    restored queue holds it too: the restore's reconcile removes it."""
+    return f"{settings.key_prefix}backup:lock"
+
+
 class BackupService:
     """The backups of one server process: at most one running, the last few remembered."""
 
@@ -372,7 +378,7 @@ class BackupService:
         self.engine = engine
         self.tasks: OrderedDict[str, BackupTask] = OrderedDict()
         self._running: asyncio.Task[None] | None = None
-        self._lock_key = f"{settings.key_prefix}backup:lock"
+        self._lock_key = lock_key(settings)
 
     def task(self, task_id: str) -> BackupTask | None:
         return self.tasks.get(task_id)

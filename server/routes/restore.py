@@ -9,6 +9,7 @@ was running when the backup was taken has no worker any more. This call, made on
 - queues again the jobs that were running (at-least-once, as for a worker that died);
 - rewinds a schedule whose last tick's job is in neither store (it fires again, with the
   same idempotency key, under its misfire policy);
+- removes the backup lease the snapshot was taken under;
 - names the triggers whose secret was left out of the archive (``POST
   /api/v1/triggers/{id}/secret`` gives them a new one).
 """
@@ -25,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from mimir.core.queue import JobNotFoundError, JobQueue
 from mimir.core.runstore.runs import RunStore
 from mimir.core.runstore.schedules import ScheduleStore, TriggerStore
-from mimir.server.deps import DbDep
+from mimir.server.backup import lock_key
+from mimir.server.deps import DbDep, RedisDep, SettingsDep
 from mimir.server.routes.queue import QueueDep
 
 __all__ = ["router"]
@@ -66,7 +68,9 @@ async def _rewind_schedules(jobs: JobQueue, runs: RunStore, schedules: ScheduleS
 
 
 @router.post("/api/v1/admin/restore/reconcile", response_model=ReconcileAnswer)
-async def reconcile(body: ReconcileRequest, jobs: QueueDep, db: DbDep) -> ReconcileAnswer:
+async def reconcile(
+    body: ReconcileRequest, jobs: QueueDep, db: DbDep, redis: RedisDep, settings: SettingsDep
+) -> ReconcileAnswer:
     """Settle the queue and the schedules of a cluster restored from a backup (before its
     workers start: 409 while a worker that started since the snapshot is alive)."""
     if body.redis_snapshot_at > time.time():
@@ -91,6 +95,8 @@ async def reconcile(body: ReconcileRequest, jobs: QueueDep, db: DbDep) -> Reconc
         return await asyncio.to_thread(runs.statuses, job_ids)
 
     counts: dict[str, Any] = await jobs.reconcile_after_restore(final_status)
+    # The snapshot was taken under the source's backup lease: drop it with the old workers.
+    await redis.delete(lock_key(settings))
     rewound = await _rewind_schedules(jobs, runs, ScheduleStore(db))
     redacted = await asyncio.to_thread(TriggerStore(db).redacted)
     return ReconcileAnswer(

@@ -22,9 +22,15 @@ from typing import Any
 import pytest
 import yaml
 
-from mimir.app.cluster.backup import BackupRefused, list_backups, restore_cluster, take_backup
+from mimir.app.cluster.backup import (
+    BackupRefused,
+    default_backup_dir,
+    list_backups,
+    restore_cluster,
+    take_backup,
+)
 from mimir.app.cluster.local import LocalBackend
-from mimir.core.backup.archive import read_manifest
+from mimir.core.backup.archive import read_manifest, verify_archive
 from mimir.core.settings import Settings
 from tests.cluster.conftest import ClusterAPI
 from tests.helpers import free_port, wait_until
@@ -212,6 +218,22 @@ def test_backup_while_jobs_flow_then_restore_into_a_fresh_project(
         listed = list_backups(tmp_path / "backups")
         assert [e.path for e in listed] == [result.path]
         assert read_manifest(result.path).project == "bsrc"
+
+        # With --force the running target is backed up first, then replaced.
+        monkeypatch.setenv("MARK_PORT", str(target_counter.port))
+        (fresh.pipelines_dir / "only-in-fresh.yaml").write_text(
+            yaml.safe_dump({"name": "only-in-fresh", "steps": []})
+        )
+        status = asyncio.run(restore_cluster(fresh, result.path, force=True, workers=1))
+        assert status.running
+        assert _tree(fresh.pipelines_dir) == _tree(source.pipelines_dir)
+        kept = [e for e in list_backups(default_backup_dir(fresh)) if "pre-restore" in e.path.name]
+        assert len(kept) == 1 and kept[0].manifest is not None, kept
+        assert kept[0].manifest.project == "bfresh"
+        assert kept[0].manifest.counts["runs"] >= FLOWING
+        replaced = verify_archive(kept[0].path, tmp_path / "replaced")
+        assert replaced.project == "bfresh"
+        assert (tmp_path / "replaced" / "pipelines" / "only-in-fresh.yaml").is_file()
     finally:
         api.close()
         asyncio.run(source.clean())
