@@ -462,10 +462,12 @@ class BackupService:
             await asyncio.to_thread(backups.mkdir, 0o700, True, True)
             # The queue's figures as near the Redis snapshot as can be.
             queue = JobQueue(self.redis, self.settings.key_prefix, self.settings.job_ttl)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # figures only: the snapshot decides
                 status = await queue.status()
                 snapshot.counts["jobs_queued"] = status.queue_length + status.scheduled
                 snapshot.counts["jobs_running"] = status.running
+                # How many workers a restore starts unless told otherwise.
+                snapshot.counts["workers"] = status.workers
             await step("redis", snapshot.redis)
             await step("runstore", snapshot.runstore)
             await step("ontologies", snapshot.ontologies)

@@ -100,6 +100,8 @@ async def _api(backend: ClusterBackend, status: ClusterStatus | None = None) -> 
 
 
 def _size(value: int) -> str:
+    if value < 1024 * 1024:
+        return f"{value / 1024:.1f} KiB"
     return f"{value / 1024 / 1024:.1f} MiB"
 
 
@@ -130,7 +132,7 @@ async def take_backup(
         report("backup", f"the server is taking backup {name}")
         task = await _follow(api, task_id, report)
         target = _target_path(to, backend, name_prefix + name)
-        report("download", f"downloading {name} ({_size(int(task.get('bytes_total') or 0))})")
+        report("download", f"downloading {name}")
         await _download(api, f"/api/v1/admin/backups/{name}", target)
         with contextlib.suppress(ApiError):
             await api.request("DELETE", f"/api/v1/admin/backups/{name}")
@@ -333,7 +335,11 @@ def _restore_target(backend: ClusterBackend) -> _RestoreTarget:
         from mimir.app.cluster.restore_local import LocalRestoreTarget
 
         return LocalRestoreTarget(backend)  # type: ignore[arg-type]
+    if backend.backend == "docker":
+        from mimir.app.cluster.restore_docker import DockerRestoreTarget
+
+        return DockerRestoreTarget(backend)  # type: ignore[arg-type]
     raise ClusterError(
         f"restore is not available for the {backend.backend} backend yet: restore into a "
-        "local cluster (--backend local)"
+        "local or Docker cluster (--backend local|docker)"
     )

@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace a cluster that has data (backed up first)"
     )
     restore.add_argument("--workers", type=int, help="workers to start afterwards (default 2)")
+    restore.add_argument("--port", type=int, help="API port of a new cluster (as for 'up')")
     restore.add_argument("--passphrase-file", type=Path, help="passphrase of an encrypted archive")
     backups = sub.add_parser("backups", parents=[common], help="list the archives in a directory")
     backups.add_argument("--dir", type=Path, help="default: the backups directory")
