@@ -1,16 +1,19 @@
-"""Cluster panel: connection profiles, the services table, start/stop/restart/build/scale.
+"""Cluster panel: connection profiles, the services table, start/stop/restart/build/scale,
+backups and restores.
 
-Stop and Clean ask first. The table shows what the backend last said, and nothing
+Stop, Clean and Restore ask first. The table shows what the backend last said, and nothing
 older: a stopped service has no CPU, memory or health mark left over from when it ran.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -34,13 +37,23 @@ from PySide6.QtWidgets import (
 )
 from qasync import asyncSlot
 
+from mimir.app.cluster.backup import (
+    BackupRefused,
+    BackupResult,
+    default_backup_dir,
+    restore_cluster,
+    take_backup,
+)
 from mimir.app.cluster.base import ClusterError, ClusterStatus, ServiceStats
 from mimir.app.services.api import ApiError
 from mimir.app.services.doctor import Report, diagnose
 from mimir.app.services.profiles import PROFILE_KINDS, ConnectionProfile
+from mimir.app.services.runs import format_bytes, format_local
+from mimir.app.ui.backup_dialog import BackupDialog, BackupsDialog, RestoreDialog, run_dialog
 from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
 from mimir.app.ui.confirm import confirm
 from mimir.app.ui.session import ConsoleSession
+from mimir.core.backup.manifest import BackupError
 
 __all__ = ["QtClusterPanel"]
 
@@ -66,6 +79,56 @@ def operator_message(text: str) -> str:
 
 def _same_url(a: str | None, b: str | None) -> bool:
     return (a or "").rstrip("/") == (b or "").rstrip("/")
+
+
+#: A progress message that ends with a percentage ("verify: 42%", "backup: parts 60%").
+_PERCENT = re.compile(r"(\d{1,3})\s*%\s*$")
+
+
+#: The backup module speaks to the CLI; these are the console's controls for the same.
+_BACKUP_WORDS = [
+    (
+        re.compile(r"--force replaces it"),
+        "tick 'Replace the data this cluster holds' to replace it",
+    ),
+    (re.compile(r"\('mimir cluster up'\)"), "(Start)"),
+]
+
+
+def console_words(text: str) -> str:
+    """A backup or restore message in the console's terms (its controls, not CLI flags)."""
+    for pattern, words in _BACKUP_WORDS:
+        text = pattern.sub(words, text)
+    return operator_message(text)
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"
+
+
+def refused_message(exc: BackupRefused) -> str:
+    """A refused restore or backup in words that say nothing changed, naming the part."""
+    text = console_words(str(exc))
+    if exc.part and exc.part not in text:
+        return f"refused, nothing was changed (part {exc.part}): {text}"
+    return f"refused, nothing was changed: {text}"
+
+
+@contextlib.asynccontextmanager
+async def _as_cluster_errors() -> AsyncIterator[None]:
+    """The backup calls' other failures (the API, the disk, the archive) as ClusterErrors,
+    so the panel's banner says them (a refusal names its part)."""
+    try:
+        yield
+    except BackupRefused as exc:
+        raise ClusterError(refused_message(exc)) from exc
+    except ClusterError as exc:
+        raise ClusterError(console_words(str(exc)), exc.detail) from exc
+    except BackupError as exc:
+        part = f" (part {exc.part})" if exc.part and exc.part not in str(exc) else ""
+        raise ClusterError(f"{exc}{part}") from exc
+    except (ApiError, OSError) as exc:
+        raise ClusterError(str(exc)) from exc
 
 
 class QtClusterPanel(QWidget):
@@ -166,6 +229,20 @@ class QtClusterPanel(QWidget):
             "(as mimir doctor does)"
         )
         self.diagnose_button.clicked.connect(self.run_diagnosis)
+        self.backup_button = QPushButton("Back up…")
+        self.backup_button.setToolTip(
+            "Have the running cluster take a consistent backup and download the archive "
+            "(start the cluster first)"
+        )
+        self.restore_button = QPushButton("Restore…")
+        self.restore_button.setToolTip(
+            "Verify an archive, then write its data into this cluster and start it"
+        )
+        self.backups_button = QPushButton("Backups")
+        self.backups_button.setToolTip("The archives in the backups folder, newest first")
+        self.backup_button.clicked.connect(self.back_up)
+        self.restore_button.clicked.connect(self.restore_backup)
+        self.backups_button.clicked.connect(self.show_backups)
         self.start_button.clicked.connect(self.start_cluster)
         self.stop_button.clicked.connect(self.stop_cluster)
         self.clean_button.clicked.connect(self.clean_cluster)
@@ -185,6 +262,17 @@ class QtClusterPanel(QWidget):
         actions.addWidget(self.workers_spin)
         actions.addWidget(self.scale_button)
         root.addLayout(actions)
+        # Backups on their own row: beside the others they would squeeze their labels.
+        backups = QHBoxLayout()
+        for widget in (self.backup_button, self.restore_button, self.backups_button):
+            backups.addWidget(widget)
+        self.backup_folder_label = QLabel("")
+        self.backup_folder_label.setObjectName("Hint")
+        self.backup_folder_label.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse
+        )
+        backups.addWidget(self.backup_folder_label, 1)
+        root.addLayout(backups)
         self._actions = [
             self.start_button,
             self.stop_button,
@@ -196,7 +284,12 @@ class QtClusterPanel(QWidget):
             self.profile_combo,
             self.save_profile_button,
             self.remove_profile_button,
+            self.backup_button,
+            self.restore_button,
+            self.backups_button,
         ]
+        #: The backup dialog open now (one at a time), for tests and screenshots.
+        self.dialog: BackupDialog | RestoreDialog | BackupsDialog | None = None
 
         progress_row = QHBoxLayout()
         self.progress = QProgressBar()
@@ -245,6 +338,7 @@ class QtClusterPanel(QWidget):
         root.addStretch(0)
         self.last_report: Report | None = None
         self.diagnosing = False
+        self.last_backup: BackupResult | None = None
 
     # ---------------------------------------------------------------- profiles
 
@@ -335,6 +429,9 @@ class QtClusterPanel(QWidget):
             self.build_button,
             self.scale_button,
             self.workers_spin,
+            self.backup_button,
+            self.restore_button,
+            self.backups_button,
         ):
             widget.setEnabled(not self.busy and controls)
         status = self.session.last_cluster_status
@@ -344,8 +441,13 @@ class QtClusterPanel(QWidget):
             self.stop_button.setEnabled(running)
             self.scale_button.setEnabled(running)
             self.restart_button.setEnabled(running)
+            self.backup_button.setEnabled(running)  # the running server takes it
         if not self.busy:
             self.step_label.setText(self._no_control_reason())
+        backend = self.session.backend
+        self.backup_folder_label.setText(
+            f"Backups are kept in {default_backup_dir(backend)}" if backend is not None else ""
+        )
 
     def _no_control_reason(self) -> str:
         """Why the cluster cannot be driven, or "" (also while the profile is applied)."""
@@ -372,6 +474,13 @@ class QtClusterPanel(QWidget):
 
     def _on_progress(self, step: str, message: str) -> None:
         self.step_label.setText(f"{step}: {message}")
+        # A percentage drives a determinate bar; any other message, the busy indicator.
+        match = _PERCENT.search(message)
+        if match is not None and self.busy:
+            self.progress.setRange(0, 100)
+            self.progress.setValue(min(100, int(match.group(1))))
+        else:
+            self.progress.setRange(0, 0)
 
     def _report(self, step: str, message: str) -> None:
         # Backends may call this from a worker thread; the signal queues it to the GUI.
@@ -387,6 +496,7 @@ class QtClusterPanel(QWidget):
         self._generation += 1
         self._update_actions()
         self.banner.clear_message()
+        self.progress.setRange(0, 0)
         self.progress.show()
         self.step_label.setText(f"{title}…")
         try:
@@ -514,6 +624,169 @@ class QtClusterPanel(QWidget):
             f"Restart {name}",
             lambda: backend.restart(name, progress=self._report),
         )
+
+    # ---------------------------------------------------------------- backups
+
+    async def _open(self, dialog: BackupDialog | RestoreDialog | BackupsDialog) -> bool:
+        """One backup dialog at a time, window-modal, awaited; True when accepted."""
+        self.dialog = dialog
+        try:
+            return await run_dialog(dialog)
+        finally:
+            self.dialog = None
+
+    def _can_open(self) -> bool:
+        return self.session.backend is not None and not self.busy and self.dialog is None
+
+    @asyncSlot()
+    async def back_up(self) -> None:
+        """Ask where (and whether with secrets), then have the cluster take a backup."""
+        backend = self.session.backend
+        if backend is None or not self._can_open():
+            return
+        dialog = BackupDialog(self, default_backup_dir(backend), backend.project)
+        try:
+            if not await self._open(dialog):
+                return
+            directory, secrets = dialog.directory(), dialog.include_secrets()
+            passphrase = dialog.take_passphrase()
+        finally:
+            dialog.deleteLater()
+
+        async def backup() -> tuple[BackupResult, int]:
+            async with _as_cluster_errors():
+                result = await take_backup(
+                    backend,
+                    directory,
+                    include_secrets=secrets,
+                    passphrase=passphrase,
+                    progress=self._report,
+                )
+                size = (await asyncio.to_thread(result.path.stat)).st_size
+            return result, size
+
+        done = await self._run("Back up", backup)
+        if done is not None:
+            result, size = done
+            self.last_backup = result
+            counts = result.manifest.counts
+            what = ", ".join(
+                f"{counts[key]:,} {key}" for key in ("runs", "quads", "twins") if key in counts
+            )
+            encrypted = ", encrypted, with secrets" if result.manifest.encrypted else ""
+            self.banner.ok(
+                f"Backed up to {result.path} ({format_bytes(size)}{encrypted})"
+                + (f": {what}." if what else ".")
+            )
+
+    @asyncSlot()
+    async def restore_backup(self) -> None:
+        """Ask for an archive, then restore it (see :meth:`restore_archive`)."""
+        await self.restore_archive(None)
+
+    async def restore_archive(self, archive: Path | None) -> ClusterStatus | None:
+        """The restore dialog (on ``archive`` when given), a plain confirmation, then the
+        restore with the live feed stopped meanwhile (as Stop does)."""
+        backend = self.session.backend
+        if backend is None or not self._can_open():
+            return None
+        folder = default_backup_dir(backend)
+        dialog = RestoreDialog(self, folder, backend.project, archive, self.workers_spin.value())
+        try:
+            if not await self._open(dialog):
+                return None
+            path, manifest = dialog.archive(), dialog.manifest()
+            force, workers = dialog.force(), dialog.workers()
+            passphrase = dialog.take_passphrase()
+        finally:
+            dialog.deleteLater()
+        held = ""
+        if manifest is not None:
+            counts = manifest.counts
+            figures = "".join(
+                f", {counts[key]:,} {key}" for key in ("runs", "quads") if key in counts
+            )
+            taken = format_local(manifest.taken_at, zone=True) or manifest.taken_at
+            held = f" (project {manifest.project!r}, taken {taken}{figures})"
+        project = backend.project
+        if force:
+            action = "Replace data"
+            detail = (
+                f"This stops cluster {project!r} and replaces everything it holds now (the "
+                f"queue, runs, schedules, ontologies, twins, pipelines and data files) with "
+                f"the archive's{held}. What it holds now is first saved in {folder} as a "
+                f"pre-restore archive. Nothing changes if the archive fails verification. "
+                f"The cluster then starts with {_workers(workers)}."
+            )
+        else:
+            action = "Restore"
+            detail = (
+                f"The archive{held} is verified first. If cluster {project!r} already holds "
+                f"data (runs, ontologies, twins, pipelines or a queue), the restore is "
+                f"refused and nothing changes. Otherwise the cluster is stopped, written "
+                f"from the archive and started with {_workers(workers)}."
+            )
+        if not await self._ask(
+            "Restore a backup",
+            f"Restore {path.name} into cluster {project!r} ({backend.backend})?",
+            action,
+            detail,
+        ):
+            return None
+
+        # What the operator should still read once it is done: where the replaced data
+        # went, the jobs queued again, triggers that need a new secret.
+        notes: list[str] = []
+
+        def report(step: str, message: str) -> None:
+            if step == "reconcile" or message.startswith("what was replaced is in"):
+                notes.append(message[:1].upper() + message[1:] + ".")
+            self._report(step, message)
+
+        async def restore() -> ClusterStatus:
+            # An open event stream would hold the server's graceful shutdown up.
+            await self.session.feed.stop()
+            try:
+                async with _as_cluster_errors():
+                    return await restore_cluster(
+                        backend,
+                        path,
+                        force=force,
+                        passphrase=passphrase,
+                        workers=workers,
+                        progress=report,
+                    )
+            finally:
+                self.session.start()
+
+        status: ClusterStatus | None = await self._run(f"Restore {path.name}", restore)
+        if status is not None:
+            self.banner.ok(
+                " ".join(
+                    [
+                        f"Restored {path.name}{held} into cluster {project!r}; it runs again "
+                        f"with {_workers(workers)}.",
+                        *notes,
+                    ]
+                )
+            )
+        return status
+
+    @asyncSlot()
+    async def show_backups(self) -> None:
+        """The archives in the backups folder; Restore… there restores the chosen one."""
+        backend = self.session.backend
+        if backend is None or not self._can_open():
+            return
+        dialog = BackupsDialog(self, default_backup_dir(backend))
+        dialog.load()
+        try:
+            accepted = await self._open(dialog)
+            chosen = dialog.chosen
+        finally:
+            dialog.deleteLater()
+        if accepted and chosen is not None:
+            await self.restore_archive(chosen)
 
     # ---------------------------------------------------------------- refresh
 
