@@ -576,6 +576,8 @@ class DockerBackend:
                 report("down", f"stopping {', '.join(c.name for c in group)}")
                 grace = self.grace if service == "worker" else 10
                 await self._call(self._stop_and_remove, group, grace)
+        # Containers of the project that are no service: a restore's helpers
+        # (io.mimir.role=helper, :mod:`.restore_docker`) that a crash left behind.
         others = [c for c in containers if c.labels.get(LABEL_SERVICE) not in SERVICE_KINDS]
         await self._call(self._stop_and_remove, others, 10)
         await self._call(self._remove_networks)

@@ -19,9 +19,10 @@ from mimir.core.backup.manifest import BackupError, Manifest
 from mimir.core.backup.redis_rdb import max_rdb_version, rdb_to_aof
 from mimir.core.backup.stores import insert_trigger_rows, load_nquads, pg_restore
 from mimir.core.runstore.db import SQLITE_NAME, database_url, known_revisions
+from mimir.core.settings import Settings
 from mimir.core.twin.store import SCHEMA_VERSION as TWINS_SCHEMA
 
-__all__ = ["LocalRestoreTarget", "check_schemas"]
+__all__ = ["LocalRestoreTarget", "build_trees", "check_schemas", "restore_postgres"]
 
 #: Files of the data directory that come from their own parts, not from ``files/``.
 _STORE_FILES = (SQLITE_NAME, "twins.sqlite3", "ontologies")
@@ -126,37 +127,9 @@ class LocalRestoreTarget(_RestoreTarget):
     def _apply(self, staging: Path, manifest: Manifest, report: Progress) -> None:
         data = self.backend.data_dir
         new_data = _fresh(data.with_name(data.name + ".restoring"))
-        # Plain files first, then the stores over them (a files/ entry never shadows one).
-        _copy_tree(staging / "files", new_data)
-        for name in _STORE_FILES:
-            leftover = new_data / name
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            elif leftover.exists():
-                leftover.unlink()
-        runstore = staging / "runstore"
-        if (runstore / SQLITE_NAME).exists():
-            shutil.copy2(runstore / SQLITE_NAME, new_data / SQLITE_NAME)
-        if (staging / "twins" / "twins.sqlite3").exists():
-            shutil.copy2(staging / "twins" / "twins.sqlite3", new_data / "twins.sqlite3")
-        ontologies = staging / "ontologies"
-        if (ontologies / "dataset.nq").exists():
-            report("restore", "rebuilding the ontology store from N-Quads")
-            (new_data / "ontologies").mkdir(parents=True, exist_ok=True)
-            quads = load_nquads(ontologies / "dataset.nq", new_data / "ontologies" / "oxigraph")
-            expected = manifest.counts.get("quads")
-            if expected is not None and quads != expected:
-                raise BackupError(
-                    f"the ontology store loaded {quads} quads, the archive says {expected}",
-                    "ontologies/dataset.nq",
-                )
-            if (ontologies / "catalog.sqlite3").exists():
-                shutil.copy2(
-                    ontologies / "catalog.sqlite3", new_data / "ontologies" / "catalog.sqlite3"
-                )
         pipelines = self.backend.pipelines_dir
         new_pipelines = _fresh(pipelines.with_name(pipelines.name + ".restoring"))
-        _copy_tree(staging / "pipelines", new_pipelines)
+        build_trees(staging, manifest, report, new_data, new_pipelines)
         redis = self.backend.redis_dir
         new_redis = _fresh(redis.with_name(redis.name + ".restoring"))
         rdb = staging / "redis" / "dump.rdb"
@@ -164,16 +137,61 @@ class LocalRestoreTarget(_RestoreTarget):
             report("restore", "turning the queue snapshot into Redis's append-only file")
             shutil.copy2(rdb, new_redis / "dump.rdb")
             rdb_to_aof(_redis_binary(), new_redis)
-        if (runstore / "pg.dump").exists():
-            report("restore", "restoring the run store into PostgreSQL (pg_restore)")
-            url = database_url(self.settings)
-            pg_restore(url, runstore / "pg.dump")
-            if (runstore / "triggers.json").exists():
-                rows = json.loads((runstore / "triggers.json").read_text())
-                insert_trigger_rows(url, rows)
+        restore_postgres(staging, self.settings, report)
         report("restore", "swapping the restored files in")
         for old, new in ((data, new_data), (pipelines, new_pipelines), (redis, new_redis)):
             _swap(old, new)
+
+
+def build_trees(
+    staging: Path, manifest: Manifest, report: Progress, new_data: Path, new_pipelines: Path
+) -> None:
+    """Build the data directory (plain files, the SQLite run store, twins, the ontology
+    store rebuilt from N-Quads) into ``new_data`` and the pipelines into ``new_pipelines``
+    (both empty directories), from a verified archive in ``staging``. Blocking."""
+    # Plain files first, then the stores over them (a files/ entry never shadows one).
+    _copy_tree(staging / "files", new_data)
+    for name in _STORE_FILES:
+        leftover = new_data / name
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        elif leftover.exists():
+            leftover.unlink()
+    runstore = staging / "runstore"
+    if (runstore / SQLITE_NAME).exists():
+        shutil.copy2(runstore / SQLITE_NAME, new_data / SQLITE_NAME)
+    if (staging / "twins" / "twins.sqlite3").exists():
+        shutil.copy2(staging / "twins" / "twins.sqlite3", new_data / "twins.sqlite3")
+    ontologies = staging / "ontologies"
+    if (ontologies / "dataset.nq").exists():
+        report("restore", "rebuilding the ontology store from N-Quads")
+        (new_data / "ontologies").mkdir(parents=True, exist_ok=True)
+        quads = load_nquads(ontologies / "dataset.nq", new_data / "ontologies" / "oxigraph")
+        expected = manifest.counts.get("quads")
+        if expected is not None and quads != expected:
+            raise BackupError(
+                f"the ontology store loaded {quads} quads, the archive says {expected}",
+                "ontologies/dataset.nq",
+            )
+        if (ontologies / "catalog.sqlite3").exists():
+            shutil.copy2(
+                ontologies / "catalog.sqlite3", new_data / "ontologies" / "catalog.sqlite3"
+            )
+    _copy_tree(staging / "pipelines", new_pipelines)
+
+
+def restore_postgres(staging: Path, settings: Settings, report: Progress) -> None:
+    """``pg_restore`` the archive's PostgreSQL run store into ``settings``' database, with
+    the triggers' rows (dumped apart), when the archive has one. Blocking."""
+    runstore = staging / "runstore"
+    if not (runstore / "pg.dump").exists():
+        return
+    report("restore", "restoring the run store into PostgreSQL (pg_restore)")
+    url = database_url(settings)
+    pg_restore(url, runstore / "pg.dump")
+    if (runstore / "triggers.json").exists():
+        rows = json.loads((runstore / "triggers.json").read_text())
+        insert_trigger_rows(url, rows)
 
 
 def _fresh(path: Path) -> Path:

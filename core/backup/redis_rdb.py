@@ -39,7 +39,15 @@ from mimir.core.backup.manifest import BackupError
 from mimir.core.redis_embedded import answers_ping, free_port
 from mimir.core.settings import normalise_redis_url
 
-__all__ = ["RDB_PART", "RdbInfo", "fetch_rdb", "max_rdb_version", "rdb_to_aof", "rdb_version"]
+__all__ = [
+    "RDB_PART",
+    "RdbInfo",
+    "fetch_rdb",
+    "max_rdb_version",
+    "rdb_to_aof",
+    "rdb_version",
+    "rdb_version_for_release",
+]
 
 #: The archive part the snapshot becomes (named in every error).
 RDB_PART = "redis/dump.rdb"
@@ -331,6 +339,20 @@ def max_rdb_version(redis_server: str | Path) -> int:
     """The newest RDB format version the ``redis-server`` binary reads: 6.0/6.2 -> 9,
     7.0 -> 10, 7.2 -> 11, 7.4 -> 12; a newer release is taken to read 12."""
     _, release = _server_release(redis_server)
+    return _rdb_for(release)
+
+
+def rdb_version_for_release(version_output: str) -> int:
+    """The newest RDB format version a Redis reads, from its ``redis-server --version``
+    output (``Redis server v=7.0.15 sha=…``) or a bare release (``7.2.4``): the mapping of
+    :func:`max_rdb_version`, for a binary this process cannot run (one in an image)."""
+    match = re.search(r"(?:v=|^)(\d+)\.(\d+)", version_output.strip())
+    if not match:
+        raise BackupError(f"not a Redis version: {version_output.strip()[:200]!r}", part=RDB_PART)
+    return _rdb_for((int(match.group(1)), int(match.group(2))))
+
+
+def _rdb_for(release: tuple[int, int]) -> int:
     for since, version in _RDB_BY_RELEASE:  # newest first: a newer release reads 12
         if release >= since:
             return version
