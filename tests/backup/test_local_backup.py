@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import random
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,23 +21,18 @@ from typing import Any
 import pytest
 import yaml
 
-from mimir.app.cluster.backup import (
-    BackupRefused,
-    default_backup_dir,
-    list_backups,
-    restore_cluster,
-    take_backup,
-)
+from mimir.app.cluster.backup import BackupRefused, list_backups, restore_cluster, take_backup
 from mimir.app.cluster.local import LocalBackend
-from mimir.core.backup.archive import read_manifest, verify_archive
+from mimir.core.backup.archive import read_manifest
 from mimir.core.settings import Settings
+from tests.backup import scenario
 from tests.cluster.conftest import ClusterAPI
 from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "ontologies"
-FLOWING = 200
+#: The counter's port comes from each cluster's own environment.
+PIPELINE = scenario.marked_pipeline("http://127.0.0.1:${MARK_PORT}")
 
 
 class Counter:
@@ -73,21 +67,6 @@ class Counter:
         self.server.server_close()
 
 
-def _pipeline() -> dict[str, Any]:
-    return {
-        "name": "marked-nap",
-        "steps": [
-            {
-                "name": "mark",
-                "plugin": "Input.api",
-                "config": {"url": "http://127.0.0.1:${MARK_PORT}/hit/{{ mark }}"},
-                "output": "marked",
-            },
-            {"name": "nap", "plugin": "Debug.sleep", "config": {"seconds": "{{ nap }}"}},
-        ],
-    }
-
-
 def _settings(root: Path) -> Settings:
     # No MIMIR_DATA_DIR: each project keeps its own data under <state_dir>/<project>/.
     return Settings.from_env({"MIMIR_STATE_DIR": str(root / "state"), "WORKER_CONCURRENCY": "2"})
@@ -101,23 +80,12 @@ def _tree(directory: Path) -> dict[str, str]:
     }
 
 
-def _run_fields(run: dict[str, Any]) -> tuple[Any, ...]:
-    return (run["status"], run["started_at"], run["finished_at"], len(run["steps"]))
-
-
 @pytest.fixture
 def counters() -> Iterator[tuple[Counter, Counter]]:
     source, target = Counter(), Counter()
     yield source, target
     source.close()
     target.close()
-
-
-def _up(
-    backend: LocalBackend, workers: int, mark_port: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MARK_PORT", str(mark_port))
-    asyncio.run(backend.up(workers))
 
 
 def test_backup_while_jobs_flow_then_restore_into_a_fresh_project(
@@ -127,86 +95,33 @@ def test_backup_while_jobs_flow_then_restore_into_a_fresh_project(
     settings = _settings(tmp_path)
     source = LocalBackend("bsrc", settings, api_port=free_port(), grace=15, start_timeout=90)
     fresh = LocalBackend("bfresh", settings, api_port=free_port(), grace=15, start_timeout=90)
-    _up(source, 3, source_counter.port, monkeypatch)
+    monkeypatch.setenv("MARK_PORT", str(source_counter.port))
+    asyncio.run(source.up(3))
     api = ClusterAPI(source.api_url)
     try:
-        # What the archive must carry: pipelines, an ontology, a twin, finished runs.
-        for name in ("alpha", "beta"):
-            answer = api.client.put(
-                f"/api/v1/pipelines/{name}", json={"yaml": yaml.safe_dump(_pipeline())}
-            )
-            assert answer.status_code in (200, 201), answer.text
-        uploaded = api.client.post(
-            "/api/v1/ontologies?name=supply-chain",
-            content=(RESOURCES / "supply_chain.ttl").read_bytes(),
-            headers={"Content-Type": "text/turtle"},
-        )
-        assert uploaded.status_code == 201, uploaded.text
-        twin = api.client.post(
-            "/api/v1/twins", json={"name": "supply-chain", "ontology_id": "supply-chain"}
-        )
-        assert twin.status_code == 201, twin.text
-        query = "SELECT (COUNT(*) AS ?n) WHERE { GRAPH ?g { ?s ?p ?o } }"
-        before_query = api.client.get("/api/v1/kg/sparql", params={"query": query})
-        assert before_query.status_code == 200, before_query.text
-
-        rng = random.Random(18)
-        marks: dict[str, str] = {}
-        ids: list[str] = []
-        for number in range(FLOWING):
-            mark = f"m{number}"
-            answer = api.client.post(
-                "/api/v1/queue/pipelines/enqueue",
-                json={
-                    "pipeline": _pipeline(),
-                    "context": {"mark": mark, "nap": round(rng.uniform(0.05, 0.5), 3)},
-                },
-            )
-            assert answer.status_code == 202, answer.text
-            ids.append(answer.json()["job_id"])
-            marks[answer.json()["job_id"]] = mark
+        query_answer = scenario.seed(api, PIPELINE)
+        ids, marks = scenario.enqueue_flowing(api, PIPELINE, (0.05, 0.5))
         # Some have run, most are queued or running: take the backup now.
         wait_until(lambda: sum(source_counter.hits.values()) >= 20, timeout=60)
         result = asyncio.run(take_backup(source, tmp_path / "backups"))
-        manifest = result.manifest
-        in_flight = manifest.counts.get("jobs_queued", 0) + manifest.counts.get("jobs_running", 0)
-        assert in_flight > 0, manifest.counts
+        flying = scenario.in_flight(result.manifest)
+        scenario.check_source(api, ids, marks, source_counter.hits)
 
-        # The source served throughout: each of its jobs succeeded, each ran once.
-        records = api.wait_finished(ids, timeout=180)
-        assert {r["status"] for r in records.values()} == {"succeeded"}
-        assert all(source_counter.hits[marks[i]] == 1 for i in ids)
-
-        # Restore into a project that has never run.
+        # Restore into a project that has never run (its processes count on the other
+        # counter).
         monkeypatch.setenv("MARK_PORT", str(target_counter.port))
         said: list[str] = []
         status = asyncio.run(
             restore_cluster(fresh, result.path, workers=3, progress=lambda s, m: said.append(m))
         )
-        settled = next(m for m in said if "queued again" in m)
-        assert settled.startswith(tuple(f"{n} job(s)" for n in range(1, in_flight + 1))), settled
         assert status.running
+        scenario.check_settled(said, flying)
         restored = ClusterAPI(fresh.api_url)
         try:
-            after = restored.wait_finished(ids, timeout=180)
-            assert {r["status"] for r in after.values()} == {"succeeded"}
-            executions = [target_counter.hits[marks[i]] for i in ids]
-            assert max(executions) == 1, "a job ran twice after the restore"
-            assert sum(executions) >= 1
-            # Pipelines byte for byte, the ontology and its answer, the twin, the runs.
+            scenario.check_restored(
+                restored, api, ids, marks, lambda: target_counter.hits, query_answer
+            )
             assert _tree(fresh.pipelines_dir) == _tree(source.pipelines_dir)
-            after_query = restored.client.get("/api/v1/kg/sparql", params={"query": query})
-            assert after_query.json() == before_query.json()
-            twins = restored.client.get("/api/v1/twins").json()["twins"]
-            assert [t["name"] for t in twins] == ["supply-chain"]
-            # A job that did not run again got its run from the archive: the same row.
-            for job_id in ids:
-                run = restored.client.get(f"/api/v1/runs/{job_id}")
-                assert run.status_code == 200, run.text
-                if target_counter.hits[marks[job_id]] == 0:
-                    assert _run_fields(run.json()) == _run_fields(
-                        api.client.get(f"/api/v1/runs/{job_id}").json()
-                    )
         finally:
             restored.close()
 
@@ -220,20 +135,13 @@ def test_backup_while_jobs_flow_then_restore_into_a_fresh_project(
         assert read_manifest(result.path).project == "bsrc"
 
         # With --force the running target is backed up first, then replaced.
-        monkeypatch.setenv("MARK_PORT", str(target_counter.port))
         (fresh.pipelines_dir / "only-in-fresh.yaml").write_text(
             yaml.safe_dump({"name": "only-in-fresh", "steps": []})
         )
         status = asyncio.run(restore_cluster(fresh, result.path, force=True, workers=1))
         assert status.running
         assert _tree(fresh.pipelines_dir) == _tree(source.pipelines_dir)
-        kept = [e for e in list_backups(default_backup_dir(fresh)) if "pre-restore" in e.path.name]
-        assert len(kept) == 1 and kept[0].manifest is not None, kept
-        assert kept[0].manifest.project == "bfresh"
-        assert kept[0].manifest.counts["runs"] >= FLOWING
-        replaced = verify_archive(kept[0].path, tmp_path / "replaced")
-        assert replaced.project == "bfresh"
-        assert (tmp_path / "replaced" / "pipelines" / "only-in-fresh.yaml").is_file()
+        scenario.check_pre_restore(fresh, tmp_path / "replaced")
     finally:
         api.close()
         asyncio.run(source.clean())
