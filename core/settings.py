@@ -62,6 +62,13 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_count(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _env_int(env, name, default)
+    if value < 0:
+        raise ValueError(f"{name} must be 0 or more, got {value}")
+    return value
+
+
 def _env_seconds(env: Mapping[str, str], name: str, default: float, unit: str = "seconds") -> float:
     raw = (env.get(name) or "").strip()
     if not raw:
@@ -83,6 +90,50 @@ def _env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 def _env_path(env: Mapping[str, str], name: str, default: Path) -> Path:
     raw = env.get(name)
     return Path(raw).expanduser() if raw else default
+
+
+def _backup_schedule(env: Mapping[str, str]) -> str | None:
+    """``MIMIR_BACKUP_SCHEDULE``: a cron expression (5 fields, or 6 with seconds first, as
+    schedules take them), checked here so a bad one stops the server at startup."""
+    raw = " ".join((env.get("MIMIR_BACKUP_SCHEDULE") or "").split())
+    if not raw:
+        return None
+    fields = raw.split(" ")
+    if len(fields) not in (5, 6):
+        raise ValueError(
+            "MIMIR_BACKUP_SCHEDULE must be a cron expression of 5 fields (minute hour day "
+            f"month weekday) or 6 (seconds first), got {len(fields)}: {raw!r}"
+        )
+    from datetime import datetime
+
+    from croniter import croniter
+
+    try:
+        croniter(raw, datetime(2026, 1, 1), second_at_beginning=True).get_next(datetime)
+    except Exception as exc:  # croniter's errors have no common public base
+        raise ValueError(
+            f"MIMIR_BACKUP_SCHEDULE is not a valid cron expression {raw!r}: {exc}"
+        ) from None
+    return raw
+
+
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in {"", "0", "false", "no", "off"}:
+        return False
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    raise ValueError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+
+def _backup_include_secrets(env: Mapping[str, str]) -> bool:
+    include = _env_flag(env, "MIMIR_BACKUP_INCLUDE_SECRETS")
+    if include and not (env.get("MIMIR_BACKUP_PASSPHRASE_FILE") or "").strip():
+        raise ValueError(
+            "MIMIR_BACKUP_INCLUDE_SECRETS needs MIMIR_BACKUP_PASSPHRASE_FILE: secrets are "
+            "never written in clear"
+        )
+    return include
 
 
 def _sparql_federation(env: Mapping[str, str]) -> str:
@@ -164,6 +215,19 @@ class Settings:
     #: Where the server writes backup archives (``MIMIR_BACKUP_DIR``; ``None``:
     #: ``<data_dir>/backups``, see :attr:`backups_path`).
     backup_dir: Path | None = None
+    #: When the server takes backups by itself (``MIMIR_BACKUP_SCHEDULE``, cron in UTC, 5
+    #: fields or 6 with seconds first; ``None``: never). One server of the cluster takes them.
+    backup_schedule: str | None = None
+    #: Scheduled backups keep this many newest archives (``MIMIR_BACKUP_KEEP``; 0: no count).
+    backup_keep: int = 7
+    #: ... and none older than this many days (``MIMIR_BACKUP_KEEP_DAYS``; 0: no age limit).
+    backup_keep_days: float = 0.0
+    #: A file whose first line is the passphrase that encrypts scheduled backups
+    #: (``MIMIR_BACKUP_PASSPHRASE_FILE``; ``None``: they are written in clear, secrets left out).
+    backup_passphrase_file: Path | None = None
+    #: Scheduled backups keep the secrets (``MIMIR_BACKUP_INCLUDE_SECRETS=1``; needs the
+    #: passphrase file: secrets are never written in clear).
+    backup_include_secrets: bool = False
     #: Days a run is kept in the run store (``MIMIR_RUN_RETENTION``, default 30).
     run_retention_days: float = 30.0
     #: At most this many runs are kept, the oldest pruned first (``MIMIR_RUN_MAX``; 0: no cap).
@@ -222,6 +286,15 @@ class Settings:
             backup_dir=(
                 Path(env["MIMIR_BACKUP_DIR"]).expanduser() if env.get("MIMIR_BACKUP_DIR") else None
             ),
+            backup_schedule=_backup_schedule(env),
+            backup_keep=_env_count(env, "MIMIR_BACKUP_KEEP", 7),
+            backup_keep_days=_env_seconds(env, "MIMIR_BACKUP_KEEP_DAYS", 0.0, "days"),
+            backup_passphrase_file=(
+                Path(env["MIMIR_BACKUP_PASSPHRASE_FILE"]).expanduser()
+                if (env.get("MIMIR_BACKUP_PASSPHRASE_FILE") or "").strip()
+                else None
+            ),
+            backup_include_secrets=_backup_include_secrets(env),
             run_retention_days=_env_seconds(env, "MIMIR_RUN_RETENTION", 30.0, "days"),
             run_max_count=_env_int(env, "MIMIR_RUN_MAX", 0),
             smtp_url=(env.get("MIMIR_SMTP_URL") or "").strip() or None,

@@ -2,7 +2,10 @@
 
 ``mimir_queue_depth{priority}``, ``mimir_queue_scheduled``, ``mimir_queue_running``,
 ``mimir_queue_dead``, ``mimir_jobs_total{status}`` (jobs ended, by final status),
-``mimir_job_duration_seconds`` (histogram of finished attempts), ``mimir_workers_alive``.
+``mimir_job_duration_seconds`` (histogram of finished attempts), ``mimir_workers_alive``;
+``mimir_backups_total{outcome}`` (backups ended: ``succeeded``, ``failed``, or a scheduled
+one ``skipped`` while another ran) and ``mimir_backup_last_success_timestamp_seconds``
+(once a backup succeeded), from :mod:`mimir.server.runs.backups`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from prometheus_client.core import (
 )
 
 from mimir.core.queue import QueueStatus
+from mimir.server.deps import SettingsDep
 from mimir.server.routes.queue import QueueDep
+from mimir.server.runs.backups import OUTCOMES, read_stats
 
 __all__ = ["router"]
 
@@ -33,10 +38,14 @@ class _Snapshot:
     """A collector over figures fetched before the scrape is rendered."""
 
     def __init__(
-        self, status: QueueStatus, histogram: tuple[list[tuple[float, int]], float, int]
+        self,
+        status: QueueStatus,
+        histogram: tuple[list[tuple[float, int]], float, int],
+        backups: dict[str, float],
     ) -> None:
         self.status = status
         self.histogram = histogram
+        self.backups = backups
 
     def collect(self) -> Iterator[Metric]:
         status = self.status
@@ -69,6 +78,20 @@ class _Snapshot:
             buckets=[("+Inf" if b == float("inf") else f"{b:g}", n) for b, n in buckets],
             sum_value=total,
         )
+        backups = CounterMetricFamily(
+            "mimir_backups",
+            "Backups ended, by outcome (skipped: a scheduled one while another ran).",
+            labels=["outcome"],
+        )
+        for outcome in OUTCOMES:
+            backups.add_metric([outcome], self.backups.get(outcome, 0.0))
+        yield backups
+        if "last_success" in self.backups:
+            yield GaugeMetricFamily(
+                "mimir_backup_last_success_timestamp_seconds",
+                "When the last backup that succeeded ended (Unix time).",
+                value=self.backups["last_success"],
+            )
 
 
 @router.get(
@@ -81,10 +104,12 @@ class _Snapshot:
         }
     },
 )
-async def metrics(jobs: QueueDep) -> Response:
-    """The queue's figures for Prometheus."""
-    status, histogram = await asyncio.gather(jobs.status(), jobs.duration_histogram())
+async def metrics(jobs: QueueDep, settings: SettingsDep) -> Response:
+    """The queue's and the backups' figures for Prometheus."""
+    status, histogram, backups = await asyncio.gather(
+        jobs.status(), jobs.duration_histogram(), read_stats(jobs.redis, settings)
+    )
     registry = CollectorRegistry(auto_describe=False)
-    snapshot: Any = _Snapshot(status, histogram)
+    snapshot: Any = _Snapshot(status, histogram, backups)
     registry.register(snapshot)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

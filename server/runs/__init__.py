@@ -8,6 +8,8 @@ at shutdown:
   after its commit, releases what Redis no longer needs, and prunes old runs.
 - :mod:`.scheduler`: fires due schedule ticks (each tick enqueued once, by idempotency key).
 - :mod:`.alerting`: evaluates alert rules and sends notifications.
+- :mod:`.backups`: takes the scheduled backups (``MIMIR_BACKUP_SCHEDULE``, on the server
+  that holds the alerting lease) and prunes old archives; records how backups ended.
 
 :mod:`.audit` holds the middleware that records every mutating call, and the writer task
 that stores its entries.
@@ -20,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mimir.server.runs import alerting, audit, ingest, scheduler
+from mimir.server.runs import alerting, audit, backups, ingest, scheduler
 
 __all__ = ["SERVICES", "start_services", "stop_services"]
 
@@ -31,6 +33,7 @@ SERVICES: list[Callable[[Any], Awaitable[list[asyncio.Task[None]]]]] = [
     ingest.start,
     scheduler.start,
     alerting.start,
+    backups.start,
     audit.start,
 ]
 
