@@ -60,6 +60,7 @@ from mimir.core.queue import JobQueue
 from mimir.core.queue.client import redis_errors
 from mimir.core.runstore.db import SQLITE_NAME, make_engine
 from mimir.core.settings import Settings
+from mimir.server.lease import RedisLease
 
 __all__ = [
     "ARCHIVE_NAME_PATTERN",
@@ -88,19 +89,6 @@ RENEW_EVERY = 15.0
 MAX_TASKS = 50
 #: What an archive never holds (the manifest's ``excluded``).
 ALWAYS_EXCLUDED = ("logs", "images", "worker-side files in Docker (worker_data)")
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class BackupBusyError(Exception):
@@ -387,9 +375,9 @@ class BackupService:
         """Start a backup; :class:`BackupBusyError` while one runs anywhere in the cluster."""
         if self._running is not None and not self._running.done():
             raise BackupBusyError("a backup is already being taken by this server")
-        token = uuid.uuid4().hex
+        lease = RedisLease(self.redis, self._lock_key, uuid.uuid4().hex, LEASE_MS)
         async with redis_errors("take the backup lock"):
-            taken = await self.redis.set(self._lock_key, token, nx=True, px=LEASE_MS)
+            taken = await lease.take()
         if not taken:
             raise BackupBusyError("a backup is already being taken (by this or another server)")
         try:
@@ -400,11 +388,11 @@ class BackupService:
             while len(self.tasks) > MAX_TASKS:
                 self.tasks.popitem(last=False)
             self._running = asyncio.create_task(
-                self._run(task, token, include_secrets, passphrase), name=f"backup-{task.id}"
+                self._run(task, lease, include_secrets, passphrase), name=f"backup-{task.id}"
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                await self._release(token)
+                await lease.release()
             raise
         logger.info(
             "backup %s started: %s (%s)",
@@ -425,24 +413,21 @@ class BackupService:
                 return name
             when += timedelta(seconds=1)
 
-    async def _renew(self, token: str) -> None:
+    async def _renew(self, lease: RedisLease) -> None:
         while True:
             await asyncio.sleep(RENEW_EVERY)
             try:
-                kept = await self.redis.eval(_RENEW, 1, self._lock_key, token, str(LEASE_MS))
+                kept = await lease.renew()
             except Exception as exc:
                 logger.warning("backup: cannot renew the backup lock: %s", exc)
                 continue
             if not kept:
                 logger.warning("backup: the backup lock expired; another backup may start")
 
-    async def _release(self, token: str) -> None:
-        await self.redis.eval(_RELEASE, 1, self._lock_key, token)
-
     async def _run(
-        self, task: BackupTask, token: str, include_secrets: bool, passphrase: str | None
+        self, task: BackupTask, lease: RedisLease, include_secrets: bool, passphrase: str | None
     ) -> None:
-        renewer = asyncio.create_task(self._renew(token))
+        renewer = asyncio.create_task(self._renew(lease))
         started = time.monotonic()
         data_dir = self.settings.data_dir.expanduser()
         staging = data_dir / STAGING_DIR / task.id
@@ -526,6 +511,6 @@ class BackupService:
                 await renewer
             await asyncio.to_thread(shutil.rmtree, staging, True)
             try:
-                await self._release(token)
+                await lease.release()
             except Exception as exc:
                 logger.warning("backup: cannot release the backup lock: %s", exc)

@@ -45,6 +45,7 @@ from mimir.core.queue.keys import GROUP, PRIORITIES
 from mimir.core.runstore.alerts import Alert, AlertStore, Rule
 from mimir.core.runstore.notify import ATTEMPTS, channel_target, deliver
 from mimir.core.settings import Settings
+from mimir.server.lease import RedisLease
 
 __all__ = ["LEASE_MS", "TICK", "Evaluator", "start"]
 
@@ -60,17 +61,6 @@ RESUME_SCAN = 200
 RESUME_WITHIN = 24 * 3600
 #: Jobs listed in one run_failed incident's details (more are counted, not listed).
 MAX_LISTED = 100
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def _id_ms(entry_id: str) -> int:
@@ -103,6 +93,7 @@ class Evaluator:
         self.server_id = uuid.uuid4().hex[:12]
         prefix = settings.key_prefix
         self.lease_key = f"{prefix}alerting:leader"
+        self.lease = RedisLease(redis, self.lease_key, self.server_id, LEASE_MS)
         self.cursor_key = f"{prefix}alerting:cursor"
         self.leader = False
         #: Jobs each live worker held at its last heartbeat seen (leader only).
@@ -118,14 +109,13 @@ class Evaluator:
 
     async def lead(self) -> bool:
         if self.leader:
-            renewed = await self.redis.eval(_RENEW, 1, self.lease_key, self.server_id, LEASE_MS)
-            if renewed:
+            if await self.lease.renew():
                 return True
             logger.info("alerting: lease lost; another server evaluates")
             self.leader = False
             self.seen_workers.clear()
             self.lost_workers.clear()
-        if await self.redis.set(self.lease_key, self.server_id, nx=True, px=LEASE_MS):
+        if await self.lease.take():
             logger.info("alerting: this server (%s) evaluates the alert rules", self.server_id)
             self.leader = True
             await self._resume()
@@ -134,7 +124,7 @@ class Evaluator:
     async def release(self) -> None:
         if self.leader:
             with contextlib.suppress(Exception):
-                await self.redis.eval(_RELEASE, 1, self.lease_key, self.server_id)
+                await self.lease.release()
         self.leader = False
 
     async def run(self) -> None:
