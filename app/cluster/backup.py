@@ -43,6 +43,7 @@ __all__ = [
     "BackupRefused",
     "BackupResult",
     "default_backup_dir",
+    "human_size",
     "list_backups",
     "restore_cluster",
     "take_backup",
@@ -99,7 +100,8 @@ async def _api(backend: ClusterBackend, status: ClusterStatus | None = None) -> 
     return await asyncio.to_thread(ApiClient, status.api_url, _token(backend), timeout=30.0)
 
 
-def _size(value: int) -> str:
+def human_size(value: int) -> str:
+    """``4.6 KiB``, ``47.7 MiB``."""
     if value < 1024 * 1024:
         return f"{value / 1024:.1f} KiB"
     return f"{value / 1024 / 1024:.1f} MiB"
@@ -143,7 +145,7 @@ async def take_backup(
         sidecar = target.with_name(target.name + ".meta.json")
         await asyncio.to_thread(sidecar.write_text, manifest.model_dump_json(indent=2))
     size = (await asyncio.to_thread(target.stat)).st_size
-    report("backup", f"wrote {target} ({_size(size)})")
+    report("backup", f"wrote {target} ({human_size(size)})")
     return BackupResult(target, manifest)
 
 
@@ -189,6 +191,42 @@ async def _download(api: ApiClient, path: str, target: Path) -> None:
         raise
     handle.close()
     await asyncio.to_thread(partial.replace, target)
+
+
+# ---------------------------------------------------------------- the server's archives
+
+
+async def server_backups(backend: ClusterBackend) -> list[dict[str, Any]] | None:
+    """The archives the running cluster's server keeps (its scheduled backups, in
+    ``MIMIR_BACKUP_DIR``), newest first; ``None`` when the cluster does not run."""
+    status = await backend.status()
+    if not status.running or not status.api_url:
+        return None
+    api = await _api(backend, status)
+    try:
+        answer = await api.request("GET", "/api/v1/admin/backups")
+    finally:
+        await api.aclose()
+    return list(answer.get("backups", []))
+
+
+async def fetch_backup(
+    backend: ClusterBackend, name: str, to: Path | None = None, progress: Progress | None = None
+) -> Path:
+    """Download the archive ``name`` the running cluster's server keeps, to ``to`` (a file or
+    a directory; :func:`default_backup_dir` when ``None``); it stays on the server."""
+    report = progress or _no_progress
+    api = await _api(backend)
+    try:
+        target = _target_path(to, backend, name)
+        report("download", f"downloading {name}")
+        await _download(api, f"/api/v1/admin/backups/{name}", target)
+    except ApiError as exc:
+        raise ClusterError(f"cannot download {name}: {exc}") from exc
+    finally:
+        await api.aclose()
+    report("download", f"wrote {target} ({human_size(target.stat().st_size)})")
+    return target
 
 
 # ---------------------------------------------------------------- listing

@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--passphrase-file", type=Path, help="passphrase of an encrypted archive")
     backups = sub.add_parser("backups", parents=[common], help="list the archives in a directory")
     backups.add_argument("--dir", type=Path, help="default: the backups directory")
+    backups.add_argument(
+        "--fetch", metavar="NAME", help="download this archive from the cluster's server to --dir"
+    )
     return parser
 
 
@@ -238,25 +241,7 @@ async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
     elif command == "restore":
         return await _restore(args, backend)
     elif command == "backups":
-        from mimir.app.cluster.backup import default_backup_dir, list_backups
-
-        directory = args.dir or default_backup_dir(backend)
-        entries = await asyncio.to_thread(list_backups, directory)
-        rows = [("ARCHIVE", "TAKEN", "PROJECT", "SIZE", "RUNS", "QUADS", "ENCRYPTED")]
-        for entry in entries:
-            m = entry.manifest
-            if m is None:
-                rows.append((entry.path.name, "-", "-", _mib(entry.size), "-", "-", entry.error))
-                continue
-            rows.append(
-                (
-                    entry.path.name, m.taken_at, m.project, _mib(entry.size),
-                    str(m.counts.get("runs", "-")), str(m.counts.get("quads", "-")),
-                    "yes" if m.encrypted else "no",
-                )
-            )  # fmt: skip
-        print(f"backups in {directory}:")
-        _print_table(rows)
+        return await _backups(args, backend)
     elif command == "build":
         await backend.build(_progress)
         if args.unified:
@@ -264,6 +249,53 @@ async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
             if build_unified is None:
                 raise ClusterError("--unified needs the docker backend")
             await build_unified(_progress)
+    return 0
+
+
+async def _backups(args: argparse.Namespace, backend: ClusterBackend) -> int:
+    from mimir.app.cluster.backup import (
+        default_backup_dir,
+        fetch_backup,
+        human_size,
+        list_backups,
+        server_backups,
+    )
+
+    directory = args.dir or default_backup_dir(backend)
+    if args.fetch:
+        print(await fetch_backup(backend, args.fetch, directory, _progress))
+        return 0
+    header: tuple[str, ...] = ("ARCHIVE", "TAKEN", "PROJECT", "SIZE", "RUNS", "QUADS", "ENCRYPTED")
+    rows: list[tuple[str, ...]] = [header]
+    for entry in await asyncio.to_thread(list_backups, directory):
+        m = entry.manifest
+        if m is None:
+            rows.append((entry.path.name, "-", "-", human_size(entry.size), "-", "-", entry.error))
+            continue
+        counts = m.counts
+        rows.append(
+            (
+                entry.path.name, m.taken_at, m.project, human_size(entry.size),
+                str(counts.get("runs", "-")), str(counts.get("quads", "-")),
+                "yes" if m.encrypted else "no",
+            )
+        )  # fmt: skip
+    print(f"backups in {directory}:")
+    _print_table(rows)
+    on_server = await server_backups(backend)
+    if on_server:
+        rows = [header]
+        for item in on_server:
+            counts = item.get("counts") or {}
+            rows.append(
+                (
+                    str(item.get("name")), str(item.get("taken_at") or "-"), backend.project,
+                    human_size(int(item.get("size") or 0)), str(counts.get("runs", "-")),
+                    str(counts.get("quads", "-")), "yes" if item.get("encrypted") else "no",
+                )
+            )  # fmt: skip
+        print("\nkept by the cluster's server (MIMIR_BACKUP_DIR; get one with --fetch NAME):")
+        _print_table(rows)
     return 0
 
 

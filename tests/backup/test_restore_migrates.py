@@ -10,9 +10,9 @@ import httpx
 import pytest
 from alembic import command
 
-from mimir.app.cluster.backup import restore_cluster
+from mimir.app.cluster.backup import fetch_backup, restore_cluster, server_backups
 from mimir.app.cluster.local import LocalBackend
-from mimir.core.backup.archive import write_archive
+from mimir.core.backup.archive import read_manifest, write_archive
 from mimir.core.backup.manifest import Manifest
 from mimir.core.runstore.db import (
     _alembic_config,
@@ -23,7 +23,7 @@ from mimir.core.runstore.db import (
 )
 from mimir.core.runstore.schedules import ScheduleIn, ScheduleStore
 from mimir.core.settings import Settings
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -74,5 +74,16 @@ def test_an_older_run_store_is_migrated_forward_after_the_restore(tmp_path: Path
             schedules = client.get("/api/v1/schedules").json()
             assert [s["name"] for s in schedules] == ["nightly"]
             assert client.get("/api/v1/alerts/rules").status_code == 200  # a newer table
+            # An archive the server keeps (as a scheduled one is) is listed and fetched.
+            name = client.post("/api/v1/admin/backups", json={}).json()["name"]
+            wait_until(
+                lambda: any(
+                    b["name"] == name for b in client.get("/api/v1/admin/backups").json()["backups"]
+                )
+            )
+        assert asyncio.run(server_backups(backend))[0]["name"] == name  # type: ignore[index]
+        fetched = asyncio.run(fetch_backup(backend, name, tmp_path / "fetched"))
+        assert fetched == tmp_path / "fetched" / name
+        assert read_manifest(fetched).project == "migrated"
     finally:
         asyncio.run(backend.clean())
