@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
@@ -28,16 +26,14 @@ import yaml
 from mimir.app.cluster import docker_images
 from mimir.app.cluster.backup import (
     BackupRefused,
-    default_backup_dir,
-    list_backups,
     restore_cluster,
     take_backup,
 )
 from mimir.app.cluster.docker_backend import DockerBackend
 from mimir.app.cluster.selection import docker_engine_answers
 from mimir.app.cluster.topology import IMAGES
-from mimir.core.backup.archive import verify_archive
 from mimir.core.settings import Settings
+from tests.backup import scenario
 from tests.cluster.conftest import ClusterAPI
 from tests.helpers import free_port, wait_until
 
@@ -47,9 +43,9 @@ pytestmark = [
     pytest.mark.skipif(not docker_engine_answers(), reason="no Docker engine answers"),
 ]
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "ontologies"
-FLOWING = 200
 SOURCE, FRESH = "bkdsrc", "bkdfresh"
+#: ``marker`` is the counter's alias on each cluster's own network.
+PIPELINE = scenario.marked_pipeline("http://marker:8000")
 
 #: The counter: one log line per hit, ``HIT <mark>``.
 _COUNTER = r"""
@@ -110,21 +106,6 @@ class Counter:
             self.network.remove()
 
 
-def _pipeline() -> dict[str, Any]:
-    return {
-        "name": "marked-nap",
-        "steps": [
-            {
-                "name": "mark",
-                "plugin": "Input.api",
-                "config": {"url": "http://marker:8000/hit/{{ mark }}"},
-                "output": "marked",
-            },
-            {"name": "nap", "plugin": "Debug.sleep", "config": {"seconds": "{{ nap }}"}},
-        ],
-    }
-
-
 def _volume_tree(client: docker.DockerClient, volume: str) -> dict[str, str]:
     """SHA-256 of each file in a volume, read by a throwaway container."""
     output = client.containers.run(
@@ -140,10 +121,6 @@ def _volume_tree(client: docker.DockerClient, volume: str) -> dict[str, str]:
         digest, name = line.split(maxsplit=1)
         tree[name] = digest
     return dict(sorted(tree.items()))
-
-
-def _run_fields(run: dict[str, Any]) -> tuple[Any, ...]:
-    return (run["status"], run["started_at"], run["finished_at"], len(run["steps"]))
 
 
 @pytest.fixture(scope="module")
@@ -189,93 +166,34 @@ def test_backup_while_jobs_flow_then_restore_into_a_fresh_project(
         counters.append(target_counter)
         asyncio.run(source.up(3))
         api = ClusterAPI(source.api_url)
-        # What the archive must carry: pipelines, an ontology, a twin, finished runs.
-        for name in ("alpha", "beta"):
-            answer = api.client.put(
-                f"/api/v1/pipelines/{name}", json={"yaml": yaml.safe_dump(_pipeline())}
-            )
-            assert answer.status_code in (200, 201), answer.text
-        uploaded = api.client.post(
-            "/api/v1/ontologies?name=supply-chain",
-            content=(RESOURCES / "supply_chain.ttl").read_bytes(),
-            headers={"Content-Type": "text/turtle"},
-        )
-        assert uploaded.status_code == 201, uploaded.text
-        twin = api.client.post(
-            "/api/v1/twins", json={"name": "supply-chain", "ontology_id": "supply-chain"}
-        )
-        assert twin.status_code == 201, twin.text
-        query = "SELECT (COUNT(*) AS ?n) WHERE { GRAPH ?g { ?s ?p ?o } }"
-        before_query = api.client.get("/api/v1/kg/sparql", params={"query": query})
-        assert before_query.status_code == 200, before_query.text
-
-        rng = random.Random(18)
-        marks: dict[str, str] = {}
-        ids: list[str] = []
-        for number in range(FLOWING):
-            mark = f"m{number}"
-            answer = api.client.post(
-                "/api/v1/queue/pipelines/enqueue",
-                json={
-                    "pipeline": _pipeline(),
-                    "context": {"mark": mark, "nap": round(rng.uniform(0.1, 0.6), 3)},
-                },
-            )
-            assert answer.status_code == 202, answer.text
-            ids.append(answer.json()["job_id"])
-            marks[answer.json()["job_id"]] = mark
+        query_answer = scenario.seed(api, PIPELINE)
+        ids, marks = scenario.enqueue_flowing(api, PIPELINE, (0.1, 0.6))
         # Some have run, most are queued or running: take the backup now.
         wait_until(lambda: sum(source_counter.hits().values()) >= 20, timeout=60, interval=0.2)
         result = asyncio.run(take_backup(source, tmp_path / "backups"))
-        manifest = result.manifest
-        assert manifest.project == SOURCE
-        in_flight = manifest.counts.get("jobs_queued", 0) + manifest.counts.get("jobs_running", 0)
-        assert in_flight > 0, manifest.counts
-
-        # The source served throughout: each of its jobs succeeded, each ran once.
-        records = api.wait_finished(ids, timeout=180)
-        assert {r["status"] for r in records.values()} == {"succeeded"}
-        source_hits = source_counter.hits()
-        assert [source_hits[marks[i]] for i in ids] == [1] * FLOWING
+        assert result.manifest.project == SOURCE
+        flying = scenario.in_flight(result.manifest)
+        scenario.check_source(api, ids, marks, source_counter.hits)
 
         # Restore into a project that has never run.
         said: list[str] = []
         status = asyncio.run(
             restore_cluster(fresh, result.path, workers=3, progress=lambda s, m: said.append(m))
         )
-        settled = next(m for m in said if "queued again" in m)
-        assert settled.startswith(tuple(f"{n} job(s)" for n in range(1, in_flight + 1))), settled
         assert status.running
+        scenario.check_settled(said, flying)
         helpers = engine.containers.list(all=True, filters={"label": "io.mimir.role=helper"})
         assert helpers == []
         restored = ClusterAPI(fresh.api_url)
         try:
-            after = restored.wait_finished(ids, timeout=180)
-            assert {r["status"] for r in after.values()} == {"succeeded"}
-            target_hits = target_counter.hits()
-            executions = [target_hits[marks[i]] for i in ids]
-            assert max(executions) == 1, "a job ran twice after the restore"
-            assert sum(executions) >= 1
-            # Pipelines byte for byte, the ontology and its answer, the twin, the runs.
+            scenario.check_restored(restored, api, ids, marks, target_counter.hits, query_answer)
             assert _volume_tree(engine, f"{FRESH}_backend_pipelines") == _volume_tree(
                 engine, f"{SOURCE}_backend_pipelines"
             )
-            after_query = restored.client.get("/api/v1/kg/sparql", params={"query": query})
-            assert after_query.json() == before_query.json()
-            twins = restored.client.get("/api/v1/twins").json()["twins"]
-            assert [t["name"] for t in twins] == ["supply-chain"]
-            # A job that did not run again got its run from the archive: the same row.
-            for job_id in ids:
-                run = restored.client.get(f"/api/v1/runs/{job_id}")
-                assert run.status_code == 200, run.text
-                if target_hits[marks[job_id]] == 0:
-                    assert _run_fields(run.json()) == _run_fields(
-                        api.client.get(f"/api/v1/runs/{job_id}").json()
-                    )
             # Something only the restored cluster has, for the --force restore below.
             answer = restored.client.put(
                 "/api/v1/pipelines/only-in-fresh",
-                json={"yaml": yaml.safe_dump({**_pipeline(), "name": "only-in-fresh"})},
+                json={"yaml": yaml.safe_dump({**PIPELINE, "name": "only-in-fresh"})},
             )
             assert answer.status_code in (200, 201), answer.text
         finally:
@@ -293,13 +211,7 @@ def test_backup_while_jobs_flow_then_restore_into_a_fresh_project(
         assert _volume_tree(engine, f"{FRESH}_backend_pipelines") == _volume_tree(
             engine, f"{SOURCE}_backend_pipelines"
         )
-        kept = [e for e in list_backups(default_backup_dir(fresh)) if "pre-restore" in e.path.name]
-        assert len(kept) == 1 and kept[0].manifest is not None, kept
-        assert kept[0].manifest.project == FRESH
-        assert kept[0].manifest.counts["runs"] >= FLOWING
-        replaced = verify_archive(kept[0].path, tmp_path / "replaced")
-        assert replaced.project == FRESH
-        assert (tmp_path / "replaced" / "pipelines" / "only-in-fresh.yaml").is_file()
+        scenario.check_pre_restore(fresh, tmp_path / "replaced")
 
         # A helper a crashed restore left behind goes with `down`.
         helper_labels = {"io.mimir.project": FRESH, "io.mimir.role": "helper"}
@@ -314,10 +226,7 @@ def test_backup_while_jobs_flow_then_restore_into_a_fresh_project(
         # A damaged archive is refused before anything is touched, even with --force.
         volumes = [f"{FRESH}_{v}" for v in ("backend_data", "backend_pipelines", "redis_data")]
         untouched = {v: _volume_tree(engine, v) for v in volumes}
-        damaged = tmp_path / "damaged.tar.gz"
-        data = bytearray(result.path.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        damaged.write_bytes(bytes(data))
+        damaged = scenario.damaged_copy(result.path, tmp_path / "damaged.tar.gz")
         with pytest.raises(BackupRefused):
             asyncio.run(restore_cluster(fresh, damaged, force=True))
         assert {v: _volume_tree(engine, v) for v in volumes} == untouched

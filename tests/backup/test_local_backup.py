@@ -105,7 +105,7 @@ def test_backup_while_jobs_flow_then_restore_into_a_fresh_project(
         wait_until(lambda: sum(source_counter.hits.values()) >= 20, timeout=60)
         result = asyncio.run(take_backup(source, tmp_path / "backups"))
         flying = scenario.in_flight(result.manifest)
-        scenario.check_source(api, ids, marks, source_counter.hits)
+        scenario.check_source(api, ids, marks, lambda: source_counter.hits)
 
         # Restore into a project that has never run (its processes count on the other
         # counter).
