@@ -42,7 +42,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,12 +53,12 @@ from sqlalchemy import Engine
 from mimir.core.backup import stores
 from mimir.core.backup.archive import archive_name, read_manifest, write_archive
 from mimir.core.backup.manifest import BackupError, Manifest, iso_utc
-from mimir.core.backup.redis_rdb import fetch_rdb
+from mimir.core.backup.redis_rdb import fetch_rdb, redact_url
 from mimir.core.ontology.store import open_ontology_store
 from mimir.core.ontology.triplestores import OxigraphStore
 from mimir.core.queue import JobQueue
 from mimir.core.queue.client import redis_errors
-from mimir.core.runstore.db import SQLITE_NAME, make_engine
+from mimir.core.runstore.db import SQLITE_NAME, make_engine, redact_database_url
 from mimir.core.settings import Settings
 from mimir.server.lease import RedisLease
 
@@ -274,6 +274,26 @@ class _Snapshot:
                 count += 1
         self.counts["pipelines"] = count
 
+    def config(self) -> None:
+        """The server's settings as the backup saw them, secrets left out (the API token,
+        the database and SMTP URLs' passwords, Redis's): a record for whoever rebuilds the
+        cluster; a restore does not apply it."""
+        values: dict[str, Any] = {}
+        for item in fields(self.settings):
+            if item.repr:  # the secret fields are the ones kept out of repr()
+                values[item.name] = getattr(self.settings, item.name)
+        values["redis_url"] = redact_url(self.settings.redis_url)
+        if self.settings.fuseki_url:
+            values["fuseki_url"] = redact_url(self.settings.fuseki_url)
+        if self.settings.database_url:
+            values["database_url"] = redact_database_url(self.settings.database_url)
+        if self.settings.smtp_url:
+            values["smtp_url"] = redact_url(self.settings.smtp_url)
+        target = self.staging / "config" / "settings.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(values, indent=2, sort_keys=True, default=_plain) + "\n")
+        self.descriptions["config/settings.json"] = "the server's settings, without secrets"
+
     def files(self, backups: Path) -> None:
         root = self.settings.data_dir.expanduser()
         skip = [root / STAGING_DIR, root / "ontologies", backups, self.settings.pipelines_dir]
@@ -293,6 +313,15 @@ class _Snapshot:
             _copy(path, self.staging / "files" / relative)
             count += 1
         self.counts["files"] = count
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what settings hold besides str/int/bool: paths, limits, tuples."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, (Path, set, frozenset)):
+        return str(value) if isinstance(value, Path) else sorted(value)
+    return str(value)
 
 
 def _regular_files(root: Path, skip: tuple[Path, ...]) -> Iterator[tuple[str, Path]]:
@@ -459,6 +488,7 @@ class BackupService:
             await step("twins", snapshot.twins)
             await step("pipelines", snapshot.pipelines)
             await step("files", snapshot.files, backups)
+            await step("config", snapshot.config)
             if not include_secrets:
                 snapshot.excluded.append("secrets")
             manifest = Manifest(

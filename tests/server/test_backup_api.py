@@ -49,12 +49,16 @@ ex:press a ex:Machine ; rdfs:label "Press" ; ex:capacity 120 .
 ex:oven a ex:Machine ; rdfs:label "Oven" ; ex:capacity 80 .
 """
 PASSPHRASE = "correct horse battery"
+SMTP_PASSWORD = "smtp-password-never-archived"
 RUNS = 25
 
 
 @pytest.fixture
 def server(make_server: Callable[..., ServerProcess], redis_server: RedisServer) -> ServerProcess:
-    return make_server(redis_url=redis_server.url).start(wait_for_redis=True)
+    # An SMTP password, to show that the archive's settings leave it out.
+    return make_server(
+        redis_url=redis_server.url, MIMIR_SMTP_URL=f"smtp://alerts:{SMTP_PASSWORD}@127.0.0.1:2525"
+    ).start(wait_for_redis=True)
 
 
 @pytest.fixture
@@ -206,6 +210,12 @@ def test_a_backup_holds_every_store(
         name.startswith(("mimir.db", "twins.sqlite3", "ontologies/", ".backup-staging", "backups/"))
         for name in kept
     )
+    # The server's settings as a record, without a secret.
+    settings_text = (into / "config" / "settings.json").read_text()
+    recorded = json.loads(settings_text)
+    assert recorded["key_prefix"] == "mimir:" and recorded["redis_url"].startswith("redis://")
+    assert recorded["smtp_url"] == "smtp://alerts:***@127.0.0.1:2525"
+    assert SMTP_PASSWORD not in settings_text and "api_token" not in recorded
     # The stores.
     assert (into / "redis" / "dump.rdb").read_bytes().startswith(b"REDIS")
     assert sqlite_count(into / "runstore" / "mimir.db", "runs") == RUNS
