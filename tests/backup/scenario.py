@@ -64,25 +64,35 @@ def seed(api: ClusterAPI, pipeline: dict[str, Any]) -> Any:
     return answer.json()
 
 
+#: The first jobs nap this long, so that some run for certain when the backup is taken.
+HELD, HOLD_SECONDS = 3, 8.0
+
+
 def enqueue_flowing(
     api: ClusterAPI, pipeline: dict[str, Any], naps: tuple[float, float]
 ) -> tuple[list[str], dict[str, str]]:
-    """:data:`FLOWING` jobs; answers their ids and each one's mark."""
+    """:data:`FLOWING` jobs, the first :data:`HELD` of them long (:data:`HOLD_SECONDS`),
+    the others napping a random time in ``naps``; answers their ids and each one's mark."""
     rng = random.Random(18)
     ids: list[str] = []
     marks: dict[str, str] = {}
     for number in range(FLOWING):
+        nap = HOLD_SECONDS if number < HELD else round(rng.uniform(*naps), 3)
         answer = api.client.post(
             "/api/v1/queue/pipelines/enqueue",
-            json={
-                "pipeline": pipeline,
-                "context": {"mark": f"m{number}", "nap": round(rng.uniform(*naps), 3)},
-            },
+            json={"pipeline": pipeline, "context": {"mark": f"m{number}", "nap": nap}},
         )
         assert answer.status_code == 202, answer.text
         ids.append(answer.json()["job_id"])
         marks[ids[-1]] = f"m{number}"
     return ids, marks
+
+
+def time_to_back_up(hits: Mapping[str, int]) -> bool:
+    """Some jobs have run, the held ones are running (for seconds yet), most are queued:
+    the moment to take the backup."""
+    held = all(hits.get(f"m{number}", 0) for number in range(HELD))
+    return held and sum(hits.values()) >= 20
 
 
 def in_flight(manifest: Manifest) -> int:
@@ -106,8 +116,8 @@ def check_source(
 
 
 def check_settled(said: list[str], flying: int) -> None:
-    """The restore's reconcile queued at least one job again, and no more than were in
-    flight."""
+    """The restore's reconcile queued at least one job again (the held ones were running),
+    and no more than were in flight."""
     settled = next(m for m in said if "queued again" in m)
     assert settled.startswith(tuple(f"{n} job(s)" for n in range(1, flying + 1))), settled
 
@@ -176,4 +186,5 @@ __all__ = [
     "in_flight",
     "marked_pipeline",
     "seed",
+    "time_to_back_up",
 ]

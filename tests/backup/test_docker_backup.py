@@ -168,8 +168,10 @@ def test_backup_while_jobs_flow_then_restore_into_a_fresh_project(
         api = ClusterAPI(source.api_url)
         query_answer = scenario.seed(api, PIPELINE)
         ids, marks = scenario.enqueue_flowing(api, PIPELINE, (0.1, 0.6))
-        # Some have run, most are queued or running: take the backup now.
-        wait_until(lambda: sum(source_counter.hits().values()) >= 20, timeout=60, interval=0.2)
+        # Some have run, the held ones run, most are queued: take the backup now.
+        wait_until(
+            lambda: scenario.time_to_back_up(source_counter.hits()), timeout=60, interval=0.2
+        )
         result = asyncio.run(take_backup(source, tmp_path / "backups"))
         assert result.manifest.project == SOURCE
         flying = scenario.in_flight(result.manifest)
