@@ -18,6 +18,7 @@ from mimir.app.cluster.base import ClusterBackend
 from mimir.core.backup.archive import verify_archive
 from mimir.core.backup.manifest import Manifest
 from tests.cluster.conftest import ClusterAPI
+from tests.helpers import wait_until
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "ontologies"
 #: Jobs enqueued before the backup is taken.
@@ -122,6 +123,22 @@ def check_settled(said: list[str], flying: int) -> None:
     assert settled.startswith(tuple(f"{n} job(s)" for n in range(1, flying + 1))), settled
 
 
+def _stored(api: ClusterAPI, job_id: str) -> dict[str, Any] | None:
+    """The run store's run ``job_id`` once it has it, else None."""
+    answer = api.client.get(f"/api/v1/runs/{job_id}")
+    if answer.status_code == 404:
+        return None
+    assert answer.status_code == 200, answer.text
+    run: dict[str, Any] = answer.json()
+    return run
+
+
+def _wait_stored(api: ClusterAPI, job_id: str) -> dict[str, Any]:
+    found = wait_until(lambda: _stored(api, job_id), timeout=30, message=job_id)
+    assert found is not None
+    return found
+
+
 def _run_fields(run: dict[str, Any]) -> tuple[Any, ...]:
     return (run["status"], run["started_at"], run["finished_at"], len(run["steps"]))
 
@@ -147,11 +164,12 @@ def check_restored(
     twins = restored.client.get("/api/v1/twins").json()["twins"]
     assert [t["name"] for t in twins] == ["supply-chain"]
     for job_id in ids:
-        run = restored.client.get(f"/api/v1/runs/{job_id}")
-        assert run.status_code == 200, run.text
+        # The server's ingest stores a run shortly after its job ends: the jobs queued
+        # again by the restore ran last, so their runs may be a moment behind.
+        run = _wait_stored(restored, job_id)
         if counted.get(marks[job_id], 0) == 0:
             original = source.client.get(f"/api/v1/runs/{job_id}").json()
-            assert _run_fields(run.json()) == _run_fields(original)
+            assert _run_fields(run) == _run_fields(original)
 
 
 def check_pre_restore(target: ClusterBackend, into: Path) -> None:
