@@ -25,21 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from benchmarks._processes import ServerProcesses
 
 __all__ = ["main"]
 
@@ -47,20 +44,6 @@ PASSPHRASE = "benchmark passphrase"
 GRAPHS = 10
 RUN_BATCH = 1000
 PIPELINES = [f"pipeline-{i:02d}" for i in range(20)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def _mib(size: float) -> str:
@@ -208,82 +191,14 @@ def seed_runs(data_dir: Path, count: int, seed: int = 11) -> float:
 # -- the cluster --------------------------------------------------------------------------
 
 
-class Cluster:
-    """A redis-server and a ``mimir server`` over ``tmp/data``."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.redis_port = _free_port()
-        self.api_port = _free_port()
-        self.children: list[subprocess.Popen[bytes]] = []
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    def _spawn(self, command: list[str], env: dict[str, str], log: str) -> None:
-        with (self.tmp / log).open("ab") as out:
-            self.children.append(
-                subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-            )
-
-    def start(self) -> None:
-        import httpx
-        import redis
-
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH")
-        self._spawn(
-            [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            dict(os.environ),
-            "redis.log",
-        )  # fmt: skip
-        client = redis.Redis.from_url(f"redis://127.0.0.1:{self.redis_port}/0")
-
-        def redis_up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        _wait_for(redis_up, 10, "redis-server")
-        client.close()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIR_")}
-        env.update(
-            REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
-            MIMIR_DATA_DIR=str(self.tmp / "data"),
-            MIMIR_PIPELINES_DIR=str(self.tmp / "pipelines"),
-            MIMIR_STATE_DIR=str(self.tmp / "state"),
-            MIMIR_BACKUP_DIR=str(self.tmp / "backups"),
-            MIMIR_LOG_LEVEL="WARNING",
-        )
-        self._spawn(
-            [sys.executable, "-m", "mimir.server", "--host", "127.0.0.1",
-             "--port", str(self.api_port)],
-            env,
-            "server.log",
-        )  # fmt: skip
-
-        def api_up() -> bool:
-            try:
-                return httpx.get(f"{self.base_url}/health").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait_for(api_up, 120, "the server")
-
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in reversed(self.children):
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=5)
+def _cluster(tmp: Path) -> ServerProcesses:
+    """A redis-server and a ``mimir server`` over ``tmp/data``, backups in ``tmp/backups``."""
+    return ServerProcesses(
+        tmp,
+        env={"MIMIR_BACKUP_DIR": str(tmp / "backups")},
+        server_timeout=120,
+        stop_timeout=60,
+    )
 
 
 # -- measuring ----------------------------------------------------------------------------
@@ -409,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks.backup: redis-server is not on PATH; skipped", flush=True)
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="mimir-bench-backup-"))
-    cluster = Cluster(tmp)
+    cluster = _cluster(tmp)
     try:
         data_dir = tmp / "data"
         (data_dir / "ontologies").mkdir(parents=True)

@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks._processes import ServerProcesses, wait_for
 
 PIPELINE = {
     "name": "noop",
@@ -46,20 +44,6 @@ PREFIX = "mimir:"
 TICK = 0.05
 #: Seconds between progress lines.
 REPORT_EVERY = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 @dataclass
@@ -88,95 +72,11 @@ class Result:
         return (self.keys_after - self.keys_before) / max(1, self.finished)
 
 
-class Processes:
-    """A redis-server, a server and workers for one mode, in ``tmp``."""
-
-    def __init__(self, tmp: Path, workers: int, concurrency: int, release: bool) -> None:
-        self.tmp = tmp
-        self.workers = workers
-        self.concurrency = concurrency
-        self.release = release
-        self.redis_port = _free_port()
-        self.api_port = _free_port()
-        self.children: list[subprocess.Popen[bytes]] = []
-
-    @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
-
-    def _spawn(self, command: list[str], env: dict[str, str], log: str) -> None:
-        with (self.tmp / log).open("ab") as out:
-            self.children.append(
-                subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-            )
-
-    def start(self) -> None:
-        import httpx
-        import redis
-
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH")
-        self._spawn(
-            [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            dict(os.environ),
-            "redis.log",
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.redis_url)
-
-        def redis_up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        _wait_for(redis_up, 10, "redis-server")
-        client.close()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIR_")}
-        env.update(
-            REDIS_URL=self.redis_url,
-            MIMIR_DATA_DIR=str(self.tmp / "data"),
-            MIMIR_PIPELINES_DIR=str(self.tmp / "pipelines"),
-            MIMIR_STATE_DIR=str(self.tmp / "state"),
-            MIMIR_LOG_LEVEL="WARNING",
-        )
-        if not self.release:
-            env["MIMIR_INGEST"] = "off"
-        self._spawn(
-            [sys.executable, "-m", "mimir.server", "--host", "127.0.0.1",
-             "--port", str(self.api_port)],
-            env,
-            "server.log",
-        )  # fmt: skip
-
-        def api_up() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{self.api_port}/health").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait_for(api_up, 60, "the server")
-        for n in range(self.workers):
-            self._spawn(
-                [sys.executable, "-m", "mimir.worker", "--concurrency", str(self.concurrency)],
-                env,
-                f"worker-{n}.log",
-            )
-        client = redis.Redis.from_url(self.redis_url)
-        _wait_for(lambda: client.zcard(f"{PREFIX}workers") >= self.workers, 60, "the workers")
-        client.close()
-
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in reversed(self.children):
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=5)
+def _processes(tmp: Path, workers: int, concurrency: int, release: bool) -> ServerProcesses:
+    """Redis, a server and ``workers`` workers; ``release`` off runs the server without
+    the run ingest (``MIMIR_INGEST=off``): the queue alone."""
+    env = {} if release else {"MIMIR_INGEST": "off"}
+    return ServerProcesses(tmp, workers=workers, concurrency=concurrency, env=env)
 
 
 async def _push(redis_url: str, rate: float, seconds: float) -> int:
@@ -226,7 +126,7 @@ def soak(mode: str, seconds: float, rate: float, workers: int, concurrency: int)
 
     release = mode == "release"
     tmp = Path(tempfile.mkdtemp(prefix=f"mimir-soak-{mode}-"))
-    processes = Processes(tmp, workers, concurrency, release)
+    processes = _processes(tmp, workers, concurrency, release)
     try:
         processes.start()
         client = redis.Redis.from_url(processes.redis_url, decode_responses=True)
@@ -236,9 +136,9 @@ def soak(mode: str, seconds: float, rate: float, workers: int, concurrency: int)
         started = time.monotonic()
         print(f"{mode}: {rate:g} jobs/s for {seconds:g} s ({workers} workers)", flush=True)
         pushed = asyncio.run(_push(processes.redis_url, rate, seconds))
-        _wait_for(lambda: _finished(client) >= pushed, 600, "every job to end")
+        wait_for(lambda: _finished(client) >= pushed, 600, "every job to end")
         if release:
-            _wait_for(lambda: _outcomes_settled(client), 600, "the ingest to catch up")
+            wait_for(lambda: _outcomes_settled(client), 600, "the ingest to catch up")
             time.sleep(1)  # the last release after the last acknowledgement
         elapsed = time.monotonic() - started
         after = int(client.info("memory")["used_memory"])
