@@ -148,6 +148,16 @@ def _buttons(ok_text: str) -> QDialogButtonBox:
     return buttons
 
 
+def _path_row(form: QFormLayout, label: str, edit: QLineEdit) -> QPushButton:
+    """A form row of a path field and its "Choose…" button; answers the button."""
+    button = QPushButton("Choose…")
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    form.addRow(label, row)
+    return button
+
+
 # ---------------------------------------------------------------------------- backup
 
 
@@ -171,12 +181,8 @@ class BackupDialog(QDialog):
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
         self.directory_edit = QLineEdit(str(directory))
         self.directory_edit.setMinimumWidth(340)
-        self.choose_button = QPushButton("Choose…")
+        self.choose_button = _path_row(form, "Save to folder", self.directory_edit)
         self.choose_button.clicked.connect(self._choose_directory)
-        row = QHBoxLayout()
-        row.addWidget(self.directory_edit, 1)
-        row.addWidget(self.choose_button)
-        form.addRow("Save to folder", row)
         self.secrets_box = QCheckBox("Include secrets (encrypted)")
         self.secrets_box.setToolTip(
             "API keys' hashes and the Redis password. Without this they are left out."
@@ -329,12 +335,8 @@ class RestoreDialog(QDialog):
         self.archive_edit.setMinimumWidth(380)
         self.archive_edit.editingFinished.connect(self._on_archive_edited)
         self.archive_edit.textChanged.connect(self.archive_edit.setToolTip)
-        self.choose_button = QPushButton("Choose…")
+        self.choose_button = _path_row(form, "Archive", self.archive_edit)
         self.choose_button.clicked.connect(self._choose_archive)
-        row = QHBoxLayout()
-        row.addWidget(self.archive_edit, 1)
-        row.addWidget(self.choose_button)
-        form.addRow("Archive", row)
         self.summary_label = QLabel("Choose an archive.")
         self.summary_label.setObjectName("BackupSummary")
         self.summary_label.setTextFormat(Qt.TextFormat.RichText)
