@@ -8,11 +8,16 @@
     mimir cluster backup [--to FILE|DIR] [--include-secrets --passphrase-file F]
     mimir cluster restore FILE [--force] [--workers N] [--passphrase-file F]
     mimir cluster backups [--dir DIR]
+    mimir cluster trust-host [--profile F | --docker-host ssh://user@host] [--yes]
+    mimir cluster tunnel [--profile F | --docker-host ssh://user@host]
 
 Progress goes to stderr while a command works; tables and log lines go to stdout.
 Operator errors (no engine, port taken, nothing running …) exit 1 with one clear message;
 a restore refused before anything changed (a damaged or foreign archive, a target with
 data and no ``--force``) exits 2.
+
+An engine named by ``--profile``, ``--docker-host`` or ``DOCKER_HOST`` means the Docker
+backend (:mod:`.selection`); if it does not answer, that is the error.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--backend",
         choices=["docker", "local"],
-        help="docker (an engine must answer) or local processes; default: docker if an "
-        "engine answers, else local",
+        help="docker (an engine must answer) or local processes; default: docker if "
+        "--profile, --docker-host or DOCKER_HOST names an engine or the local one answers, "
+        "else local",
     )
     common.add_argument(
         "--project", default="mimir", help="cluster name; clusters coexist (default: mimir)"
@@ -56,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         "--docker-host", help="engine URL: unix://, ssh://user@host, tcp://host:2376 "
         "(default: DOCKER_HOST, else the local socket)"
     )  # fmt: skip
-    docker.add_argument("--profile", help="JSON profile with engine, TLS material, bind, token")
+    docker.add_argument(
+        "--profile", help="JSON profile: engine, TLS material or SSH key, API bind/access, token"
+    )
     docker.add_argument("--redis-image", help="Redis image (default redis:7-alpine, else built)")
     docker.add_argument("--base-image", help="BASE_IMAGE build argument for 'build'")
 
@@ -115,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     backups.add_argument(
         "--fetch", metavar="NAME", help="download this archive from the cluster's server to --dir"
     )
+    trust = sub.add_parser(
+        "trust-host", parents=[common], help="accept an ssh:// engine's host key (known_hosts)"
+    )
+    trust.add_argument(
+        "--yes", action="store_true", help="accept without asking (check the fingerprints first)"
+    )
+    sub.add_parser(
+        "tunnel", parents=[common], help="keep the SSH tunnel to the API open (Ctrl-C closes it)"
+    )
     return parser
 
 
@@ -166,8 +183,10 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 1024 / 1024:.1f} MiB"
 
 
-def _print_status(status: ClusterStatus) -> None:
-    print(f"cluster {status.project!r} ({status.backend})  API: {status.api_url or '-'}")
+def _print_status(status: ClusterStatus, backend: ClusterBackend | None = None) -> None:
+    reach = getattr(backend, "api_reach", None) if status.api_url else None
+    api = f"{status.api_url} ({reach})" if reach else status.api_url or "-"
+    print(f"cluster {status.project!r} ({status.backend})  API: {api}")
     rows: list[tuple[str, ...]] = [("SERVICE", "STATE", "HEALTH", "REPLICAS", "PORTS")]
     for s in status.services:
         ports = ", ".join(f"{k} -> {v}" for k, v in s.ports.items())
@@ -186,20 +205,20 @@ async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
     command = args.command
     if command == "up":
         status = await backend.up(args.workers, _progress)
-        _print_status(status)
+        _print_status(status, backend)
     elif command == "scale":
         status = await backend.scale(args.workers, _progress)
-        _print_status(status)
+        _print_status(status, backend)
     elif command == "down":
         await backend.down(_progress)
     elif command == "clean":
         await backend.clean(_progress)
     elif command == "restart":
         status = await backend.restart(args.service, _progress)
-        _print_status(status)
+        _print_status(status, backend)
     elif command == "status":
         status = await backend.status()
-        _print_status(status)
+        _print_status(status, backend)
         stale = [i for i in await _instances(backend) if i.state == "stale"]
         for item in stale:
             print(f"stale entry: {item.name} (pid {item.ident}): {item.detail}")
@@ -240,6 +259,8 @@ async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
         print(result.path)
     elif command == "restore":
         return await _restore(args, backend)
+    elif command == "tunnel":
+        return await _tunnel(backend)
     elif command == "backups":
         return await _backups(args, backend)
     elif command == "build":
@@ -316,7 +337,76 @@ async def _restore(args: argparse.Namespace, backend: ClusterBackend) -> int:
     except BackupRefused as exc:
         print(f"mimir cluster: refused, nothing changed: {exc}", file=sys.stderr)
         return 2
-    _print_status(status)
+    _print_status(status, backend)
+    return 0
+
+
+async def _tunnel(backend: ClusterBackend) -> int:
+    """Keep the SSH tunnel to the API open until Ctrl-C (or until it breaks)."""
+    from mimir.app.cluster.docker_backend import DockerBackend
+
+    if not isinstance(backend, DockerBackend) or not backend.tunneled:
+        raise ClusterError(
+            "'mimir cluster tunnel' needs an ssh:// engine whose API is reached through the "
+            "tunnel (--docker-host ssh://user@host, or a profile with api_access 'tunnel')"
+        )
+    url = await backend.reach_api()
+    print(f"API {url} ({backend.api_reach}); Ctrl-C closes the tunnel", flush=True)
+    while backend.tunnel_open:
+        await asyncio.sleep(0.5)
+    raise ClusterError("the SSH tunnel closed (the connection to the host was lost)")
+
+
+def _trust_host(args: argparse.Namespace) -> int:
+    """Scan an ssh:// engine's host keys, show their fingerprints and, once confirmed, add
+    them to the profile's known_hosts file (``ssh_known_hosts``, else ~/.ssh/known_hosts)."""
+    from mimir.app.cluster.docker_engine import DockerProfile, resolve_profile
+    from mimir.app.cluster.remote import (
+        DEFAULT_KNOWN_HOSTS,
+        HostKeyChanged,
+        SshTarget,
+        accept_host_key,
+        known_host_status,
+        scan_host_key,
+    )
+
+    loaded = DockerProfile.load(args.profile) if args.profile else DockerProfile()
+    profile = resolve_profile(args.docker_host, loaded)
+    if not profile.is_ssh:
+        raise ClusterError(
+            "trust-host needs an ssh:// engine (--docker-host ssh://user@host or a profile's "
+            f"docker_host), not {profile.docker_host or 'the local socket'}"
+        )
+    target = SshTarget.parse(profile.docker_host or "")
+    known_hosts = Path(profile.ssh_known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
+    keys = scan_host_key(target.host, target.port)
+    print(f"host keys of {target.known_hosts_name}:")
+    for key in keys:
+        print(f"  {key.key_type}  {key.fingerprint}")
+    state = known_host_status(keys, known_hosts)
+    if state == "known":
+        print(f"already trusted in {known_hosts}")
+        return 0
+    if state == "changed":
+        raise HostKeyChanged(
+            f"{known_hosts} holds another key for {target.known_hosts_name}: the host key has "
+            "changed; if the host was reinstalled, remove the old one (ssh-keygen -R "
+            f"{target.known_hosts_name} -f {known_hosts}) and run trust-host again",
+            keys,
+        )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ClusterError(
+                "trust-host asks for confirmation on a terminal: check the fingerprints above "
+                "with the host's administrator, then run it again with --yes"
+            )
+        answer = input(f"Trust these keys (written to {known_hosts})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not trusted; nothing written")
+            return 1
+    for key in keys:
+        accept_host_key(key, known_hosts)
+    print(f"trusted: {len(keys)} key(s) of {target.known_hosts_name} added to {known_hosts}")
     return 0
 
 
@@ -329,9 +419,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mimir cluster``; returns the exit code."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    backend: ClusterBackend | None = None
     try:
+        if args.command == "trust-host":
+            return _trust_host(args)
         settings = Settings.from_env()
-        name = args.backend or default_backend_name(args.project, settings)
+        if args.backend == "local" and (args.docker_host or args.profile):
+            raise ClusterError(
+                "--docker-host and --profile name a Docker engine: leave out --backend local"
+            )
+        name = args.backend or default_backend_name(
+            args.project, settings, docker_host=args.docker_host, profile=args.profile
+        )
         if args.backend is None and args.command in ("up", "build"):
             _progress("backend", f"using the {name} backend (choose with --backend)")
         backend = create_backend(name, args.project, settings, **_backend_options(args, name))
@@ -346,3 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()  # the engine client, and an SSH tunnel

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -52,10 +52,12 @@ from mimir.app.cluster.docker_engine import (
     explain_engine_error,
     memory_used,
     parse_docker_time,
+    resolve_profile,
 )
 from mimir.app.cluster.docker_images import PACKAGING_DIR, ImageBuilder
 from mimir.app.cluster.instances import Instance
 from mimir.app.cluster.readiness import ClusterProbe, wait_until_ready
+from mimir.app.cluster.remote import SshTarget, SshTunnel
 from mimir.app.cluster.topology import (
     API_PORT,
     COMPOSE_LABEL_NUMBER,
@@ -72,6 +74,7 @@ from mimir.app.cluster.topology import (
     Topology,
     build_topology,
     canonical_service,
+    validate_project_name,
 )
 from mimir.app.cluster.worker_pool import StopBudget, check_worker_count, plan_scale, worker_health
 from mimir.core.diagnostics import DiskState
@@ -85,6 +88,9 @@ T = TypeVar("T")
 
 #: Seconds between looks for new (or removed) containers while following logs.
 _LOGS_RESCAN = 1.0
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+_ANY = frozenset({"", "0.0.0.0", "::"})
 
 
 def _no_progress(step: str, message: str) -> None:
@@ -125,20 +131,36 @@ class DockerBackend:
         packaging_dir: Path = PACKAGING_DIR,
     ) -> None:
         """``resources`` overrides the limits, e.g. ``{"worker_cpus": 1.0,
-        "worker_memory": "1g"}`` (keys of :func:`~.topology.build_topology`)."""
+        "worker_memory": "1g"}`` (keys of :func:`~.topology.build_topology`).
+
+        Nothing is checked against the engine here, and the bind/token rule is left to what
+        publishes the API (``up``, ``scale``, ``restart``): ``down``, ``status``, ``logs``
+        need neither."""
         if isinstance(profile, (str, Path)):
-            self.profile = DockerProfile.load(profile)
+            loaded = DockerProfile.load(profile)
         else:
-            self.profile = profile or DockerProfile()
+            loaded = profile or DockerProfile()
         self.settings = settings or Settings.from_env()
-        self.project = project
-        self.docker_host = (
-            docker_host or self.profile.docker_host or self.settings.docker_host or ""
+        self.project = validate_project_name(project)
+        # Explicit argument > profile > settings (DOCKER_HOST) > environment; TLS material
+        # from the profile, else DOCKER_TLS_VERIFY/DOCKER_CERT_PATH.
+        self.profile = resolve_profile(
+            docker_host or loaded.docker_host or self.settings.docker_host, loaded
         )
+        self.docker_host = self.profile.docker_host or ""
+        self.api_access = self.profile.access
+        if self.api_access == "tunnel" and not self.profile.is_ssh:
+            raise ClusterError(
+                f"api_access 'tunnel' needs an ssh:// engine, not "
+                f"{self.docker_host or 'the local socket'}: use api_access 'published' with "
+                "api_bind and api_token"
+            )
         #: The port asked for (``up --port``, a profile), as opposed to the default.
         self.requested_port = api_port or self.profile.api_port
         self.api_port = self.requested_port or self.settings.port
-        self.api_bind = api_bind or self.profile.api_bind or "127.0.0.1"
+        #: The bind address asked for (``up --bind``, a profile), as opposed to the default.
+        self.requested_bind = api_bind or self.profile.api_bind
+        self.api_bind = self.requested_bind or "127.0.0.1"
         self.api_token = api_token or self.profile.api_token or self.settings.api_token
         self.worker_concurrency = worker_concurrency or self.settings.worker_concurrency
         self.redis_image = redis_image or self.settings.redis_image or DEFAULT_REDIS_IMAGE
@@ -150,8 +172,7 @@ class DockerBackend:
         self.images = ImageBuilder(self._connect, packaging_dir, self.base_image, self.redis_image)
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
-        # Validates the project name and the bind/token rule before anything runs.
-        self.topology(workers=0)
+        self._tunnel: SshTunnel | None = None
 
     # ---------------------------------------------------------------- engine access
 
@@ -171,22 +192,98 @@ class DockerBackend:
         )
 
     @property
-    def api_url(self) -> str:
-        """Where this machine reaches the API: the engine's host for a remote engine."""
-        host = "127.0.0.1"
+    def remote_host(self) -> str | None:
+        """The engine's host name when it is on another machine (not loopback), else None."""
         parsed = urlparse(self.docker_host)
         if parsed.scheme in ("tcp", "ssh", "http", "https") and parsed.hostname:
-            host = parsed.hostname
-        return f"http://{host}:{self.api_port}"
+            return None if parsed.hostname in _LOOPBACK else parsed.hostname
+        return None
+
+    @property
+    def tunneled(self) -> bool:
+        """True when this machine reaches the API through the engine's SSH tunnel."""
+        return self.profile.is_ssh and self.api_access == "tunnel"
+
+    def _published_host(self) -> str:
+        """Where the published API answers: a specific bind address, else the engine's host."""
+        if self.api_bind not in _ANY | _LOOPBACK:
+            return f"[{self.api_bind}]" if ":" in self.api_bind else self.api_bind
+        return self.remote_host or "127.0.0.1"
+
+    @property
+    def api_url(self) -> str:
+        """Where this machine reaches the API: through the SSH tunnel (a local port forwarded
+        to the remote's loopback), else where it is published."""
+        if self.tunneled:
+            self._connect()  # opens the tunnel
+            assert self._tunnel is not None
+            remote = "127.0.0.1" if self.api_bind in _ANY else self.api_bind
+            return f"http://127.0.0.1:{self._tunnel.forward(self.api_port, remote)}"
+        return f"http://{self._published_host()}:{self.api_port}"
+
+    @property
+    def api_reach(self) -> str:
+        """How the API is reached, for people: "SSH tunnel to host:8080", "published on
+        10.0.0.5:8080 with a token"."""
+        if self.tunneled:
+            return f"SSH tunnel to {SshTarget.parse(self.docker_host).host}:{self.api_port}"
+        token = "with a token" if self.api_token else "without a token"
+        if self.remote_host and self.api_bind in _LOOPBACK:
+            return (
+                f"published on {self.remote_host}'s {self.api_bind}:{self.api_port}, "
+                "unreachable from here"
+            )
+        return f"published on {self.api_bind}:{self.api_port} {token}"
+
+    def _check_publish(self) -> None:
+        """A remote engine's API must be reachable from here and not open: published on a
+        non-loopback address with a token, unless it is reached through the SSH tunnel.
+        Checked before anything is created; ``topology`` then applies the token rule."""
+        if self.tunneled or not self.remote_host:
+            return
+        if self.api_bind in _LOOPBACK or not self.api_token:
+            where = "all addresses" if self.api_bind in _ANY else self.api_bind
+            why = (
+                "its loopback, unreachable from here"
+                if self.api_bind in _LOOPBACK
+                else "without a token, open to anyone"
+            )
+            raise ClusterError(
+                f"the API would be published on {where} of the remote engine {self.remote_host} "
+                f"({why}): set api_bind (--bind or the profile) to an address of that host and "
+                "an api_token (MIMIR_API_TOKEN or the profile), or reach the engine over ssh:// "
+                "to use an SSH tunnel"
+            )
 
     async def _probe(self) -> ClusterProbe:
         return await ClusterProbe.open(self.api_url, self.api_token)
 
     def _connect(self) -> docker.DockerClient:
         with self._client_lock:
+            if self._tunnel is not None and not self._tunnel.running:
+                self._client = None  # the tunnel died: open a new one
             if self._client is None:
-                self._client = connect_engine(self.docker_host, self.profile)
+                profile = self.profile
+                if profile.is_ssh:
+                    if self._tunnel is not None:
+                        self._tunnel.close()
+                    self._tunnel = SshTunnel(
+                        self.docker_host, profile.ssh_identity, profile.ssh_known_hosts
+                    ).start()
+                    profile = replace(profile, docker_host=self._tunnel.docker_url)
+                self._client = connect_engine(profile.docker_host or "", profile)
             return self._client
+
+    @property
+    def tunnel_open(self) -> bool:
+        """True while the SSH tunnel to the engine (and the API) is up."""
+        return self._tunnel is not None and self._tunnel.running
+
+    async def reach_api(self) -> str:
+        """Connect, find the running server's port and return where this machine reaches
+        its API (``mimir cluster tunnel`` keeps the tunnel open while it is used)."""
+        await self._call(self._adopt_running_backend)
+        return await asyncio.to_thread(lambda: self.api_url)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking SDK call in a thread; translate its errors."""
@@ -216,9 +313,13 @@ class DockerBackend:
             raise explain_engine_error(exc, self.docker_host or DEFAULT_SOCKET) from exc
 
     def close(self) -> None:
+        """Close the engine client and the SSH tunnel (and so the API's forwarded port)."""
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
 
     # ---------------------------------------------------------------- ownership (sync)
 
@@ -473,6 +574,8 @@ class DockerBackend:
         what it created (containers, network, volumes that did not exist) and raises."""
         report = progress or _no_progress
         check_worker_count(workers, self.settings.limits)
+        self._check_publish()
+        self.topology(workers)  # the bind/token rule and the limits, before anything runs
         await self._call(self._connect)
         for which in ("backend", "worker"):
             if not await self._call(self._image_exists, IMAGES[which]):
@@ -487,6 +590,13 @@ class DockerBackend:
                     f"cluster {self.project!r} already runs with its API on port {self.api_port}"
                     f", not {requested}: leave out --port, or 'mimir cluster down --project "
                     f"{self.project}' first to move it"
+                )
+            asked = self.requested_bind
+            if asked and _same_bind(asked) != _same_bind(self.api_bind):
+                raise ClusterError(
+                    f"cluster {self.project!r} already runs with its API published on "
+                    f"{self.api_bind}, not {asked}: leave out --bind, or 'mimir cluster down "
+                    f"--project {self.project}' first to publish it elsewhere"
                 )
             report("backend", f"cluster {self.project!r} already runs: API {self.api_url}")
         redis_image = await self._call(self.images.resolve_redis_image, report, False)
@@ -552,6 +662,7 @@ class DockerBackend:
                 f"no Docker cluster {self.project!r} is running (start one: mimir cluster up "
                 f"--project {self.project})"
             )
+        self._check_publish()
         image = (await self._call(self._containers, "redis") or [None])[0]
         redis_image = image.attrs["Config"]["Image"] if image is not None else None
         topology = self.topology(workers, redis_image)
@@ -606,6 +717,7 @@ class DockerBackend:
         report = progress or _no_progress
         name = canonical_service(service)
         await self._call(self._adopt_running_backend)
+        self._check_publish()
         containers = await self._call(self._containers)
         targets = [
             c
@@ -875,6 +987,11 @@ class _LogPump:
         if self._stream is not None:
             with contextlib.suppress(Exception):
                 self._stream.close()
+
+
+def _same_bind(address: str) -> str:
+    """A bind address compared by meaning: every "all addresses" and loopback spelling."""
+    return "0.0.0.0" if address in _ANY else "127.0.0.1" if address in _LOOPBACK else address
 
 
 def _labels(item: Any) -> dict[str, str]:

@@ -1,19 +1,29 @@
 """Which backend drives a cluster, and building it: shared by the CLI and the console.
 
-The default is the Docker backend when an engine answers, else the local-process backend;
-a local cluster already recorded for the project wins, so commands find what ``up`` started.
-``MIMIR_CLUSTER_BACKEND`` (``docker``/``local``) overrides the guess.
+Anything that names a Docker engine chooses the Docker backend: a profile, ``--docker-host``,
+``DOCKER_HOST`` (``settings.docker_host``). An engine named and not answering is then the
+command's error, never a reason to start local processes instead. Otherwise
+``MIMIR_CLUSTER_BACKEND`` (``docker``/``local``) decides; else a local cluster already
+recorded for the project (so commands find what ``up`` started); else the Docker backend
+when the local engine answers, else local processes.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Literal
 
 from mimir.app.cluster.base import ClusterBackend, ClusterError
 from mimir.core.settings import Settings
 
-__all__ = ["BackendName", "create_backend", "default_backend_name", "docker_engine_answers"]
+__all__ = [
+    "BackendName",
+    "create_backend",
+    "default_backend_name",
+    "docker_engine_answers",
+    "named_engine",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +50,32 @@ def docker_engine_answers(docker_host: str | None = None, timeout: float = 3.0) 
         return False
 
 
-def default_backend_name(project: str, settings: Settings | None = None) -> BackendName:
-    """``MIMIR_CLUSTER_BACKEND``; else ``local`` if a local cluster is recorded for
-    ``project``; else ``docker`` if an engine answers; else ``local``."""
+def named_engine(
+    settings: Settings, docker_host: str | None = None, profile: str | Path | Any = None
+) -> str | None:
+    """What names a Docker engine, for messages ("--docker-host tcp://…"), or ``None``."""
+    if profile is not None and profile != "":
+        return f"the profile {profile}" if isinstance(profile, (str, Path)) else "a profile"
+    if docker_host:
+        return f"--docker-host {docker_host}"
+    if settings.docker_host:
+        return f"DOCKER_HOST={settings.docker_host}"
+    return None
+
+
+def default_backend_name(
+    project: str,
+    settings: Settings | None = None,
+    *,
+    docker_host: str | None = None,
+    profile: str | Path | Any = None,
+) -> BackendName:
+    """``docker`` when ``profile`` or ``docker_host`` is given; else ``MIMIR_CLUSTER_BACKEND``;
+    else ``docker`` when ``DOCKER_HOST`` names an engine; else ``local`` if a local cluster is
+    recorded for ``project``; else ``docker`` if the local engine answers; else ``local``."""
     settings = settings or Settings.from_env()
+    if profile or docker_host:
+        return "docker"
     chosen = settings.cluster_backend
     if chosen == "docker":
         return "docker"
@@ -51,9 +83,11 @@ def default_backend_name(project: str, settings: Settings | None = None) -> Back
         return "local"
     if chosen:
         raise ClusterError(f"MIMIR_CLUSTER_BACKEND must be 'docker' or 'local', got {chosen!r}")
+    if settings.docker_host:
+        return "docker"
     if (settings.state_dir / project / "state.json").exists():
         return "local"
-    return "docker" if docker_engine_answers(settings.docker_host) else "local"
+    return "docker" if docker_engine_answers() else "local"
 
 
 def create_backend(
