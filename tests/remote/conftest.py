@@ -34,11 +34,12 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -650,6 +651,7 @@ def remote_hosts() -> Generator[RemoteHosts]:
             )
         )
         timings["total"] = time.monotonic() - started
+        _ACTIVE.extend(hosts)
         yield RemoteHosts(
             network=network.name,
             tls=TlsHost(tls, tls_dir, ca, ca.path, client_cert, client_key, token, tls_profile),
@@ -657,6 +659,7 @@ def remote_hosts() -> Generator[RemoteHosts]:
             timings=timings,
         )
     finally:
+        _ACTIVE.clear()
         for host in hosts:
             host.close()
             with contextlib.suppress(docker.errors.APIError):
@@ -677,17 +680,99 @@ def ssh_host(remote_hosts: RemoteHosts) -> SshHost:
     return remote_hosts.ssh
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    """No Docker or CA variables of this machine leak into the command under test; a fresh
-    state directory (no local cluster recorded)."""
-    for name in (
-        "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT",
-        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "MIMIR_CLUSTER_BACKEND",
-        "MIMIR_API_TOKEN", "MIMIR_PORT", "MIMIR_REDIS_IMAGE",
-    ):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
-    state = tmp_path / "state"
-    state.mkdir()
-    monkeypatch.setenv("MIMIR_STATE_DIR", str(state))
-    yield state
+# ------------------------------------------------------------------ the CLI under test
+
+#: ``mimir cluster …`` in a child process (the console script's entry point, as installed).
+CLI = [
+    sys.executable,
+    "-c",
+    "import sys; from mimir.app.cluster.cli import main; sys.exit(main(sys.argv[1:]))",
+]
+
+#: Variables of this machine that would change what the command under test does.
+SCRUBBED = (
+    "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT",
+    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MIMIR_CLUSTER_BACKEND", "MIMIR_API_TOKEN",
+    "MIMIR_PORT", "MIMIR_REDIS_IMAGE", "MIMIR_PROJECT",
+)  # fmt: skip
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"exit {self.code} after {self.seconds:.1f} s\n--- stdout ---\n{self.out}"
+            f"\n--- stderr ---\n{self.err}"
+        )
+
+
+@dataclass
+class Cli:
+    """Runs ``mimir cluster`` with a clean environment: none of this machine's Docker or CA
+    variables, a state directory of its own (no local cluster recorded)."""
+
+    state_dir: Path
+
+    def env(self, changes: dict[str, str | None] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+        env["MIMIR_STATE_DIR"] = str(self.state_dir)
+        for key, value in (changes or {}).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    def __call__(
+        self,
+        *args: str,
+        env: dict[str, str | None] | None = None,
+        timeout: float = 300,
+        prefix: list[str] | None = None,
+    ) -> CliResult:
+        started = time.monotonic()
+        result = subprocess.run(
+            [*(prefix or []), *CLI, *args],
+            env=self.env(env), capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        return CliResult(
+            result.returncode, result.stdout, result.stderr, time.monotonic() - started
+        )
+
+    def local_state(self) -> list[str]:
+        """What a local-process cluster would have recorded here (must stay empty)."""
+        return sorted(p.name for p in self.state_dir.iterdir()) if self.state_dir.exists() else []
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    state = tmp_path_factory.mktemp("state")
+    return Cli(state)
+
+
+#: Hosts of the session, for the failure report below.
+_ACTIVE: list[RemoteHost] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+    """A failed test carries the last log lines of every Mimir container on the hosts."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for host in list(_ACTIVE):
+        try:
+            engine = host.engine()
+            for container in engine.containers.list(
+                all=True, filters={"label": "io.mimir.project"}
+            ):
+                text = container.logs(tail=60, timestamps=True).decode(errors="replace")
+                report.sections.append((f"{host.role} host: docker logs {container.name}", text))
+        except Exception as exc:  # the report must not fail
+            report.sections.append((f"{host.role} host", f"cannot read its containers: {exc}"))
