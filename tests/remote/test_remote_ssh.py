@@ -1,0 +1,242 @@
+"""``mimir cluster`` against a real remote engine over SSH (issue 19), through ``--profile``.
+
+The engine is reached through an OpenSSH tunnel and so is the API: it stays on the remote's
+127.0.0.1, nothing is published on the host's network. First an unknown host key (an empty
+known_hosts file) is refused before anything is created, naming the fingerprint, and
+``trust-host --yes`` makes the same profile work. Then one lifecycle: up 2 workers, jobs
+through ``mimir cluster tunnel``'s forwarded port, scale 4 then 1, logs, down, clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import ClusterAPI
+from tests.helpers import wait_until
+from tests.remote.conftest import CLI, Cli, SshHost
+
+pytestmark = pytest.mark.docker
+
+PROJECT = "rssh"
+
+
+def _service_row(out: str, service: str) -> list[str]:
+    for line in out.splitlines():
+        cells = line.split()
+        if cells and cells[0] == service:
+            return cells
+    raise AssertionError(f"no {service} row in:\n{out}")
+
+
+def _fingerprint(host_key_line: str) -> str:
+    listed = subprocess.run(
+        ["ssh-keygen", "-lf", "-"], input=host_key_line + "\n",
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    return listed.stdout.split()[1]
+
+
+def _remove_project(ssh_host: SshHost, project: str) -> None:
+    engine = ssh_host.host.engine()
+    label = {"label": f"io.mimir.project={project}"}
+    for container in engine.containers.list(all=True, filters=label):
+        with contextlib.suppress(Exception):
+            container.remove(force=True, v=True)
+    for network in engine.networks.list(filters=label):
+        with contextlib.suppress(Exception):
+            network.remove()
+    for volume in engine.volumes.list(filters=label):
+        with contextlib.suppress(Exception):
+            volume.remove(force=True)
+
+
+def test_an_unknown_host_key_is_refused_then_trust_host_accepts_it(
+    ssh_host: SshHost, cli: Cli, tmp_path: Path
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    profile = ssh_host.write_profile(tmp_path / "profile.json", ssh_known_hosts=str(known_hosts))
+    fingerprint = _fingerprint(ssh_host.host_key_line)
+    project = "rssh-unknown"
+    try:
+        up = cli("up", "--workers", "1", "--profile", str(profile), "--project", project,
+                 "--timeout", "60")  # fmt: skip
+        assert up.code == 1, str(up)
+        assert "host key" in up.err and fingerprint in up.err, up.err
+        assert "trust-host" in up.err, up.err
+        assert up.seconds < 30, str(up)
+        assert ssh_host.host.project_objects(project) == {
+            "containers": [], "volumes": [], "networks": [],
+        }  # fmt: skip
+        assert cli.local_state() == []
+        assert known_hosts.read_text() == ""  # nothing accepted behind the operator's back
+        # Without --yes and without a terminal: refused, nothing written.
+        ask = cli("trust-host", "--profile", str(profile))
+        assert ask.code != 0 and fingerprint in ask.out, str(ask)
+        assert known_hosts.read_text() == ""
+        trust = cli("trust-host", "--profile", str(profile), "--yes")
+        assert trust.code == 0, str(trust)
+        assert fingerprint in trust.out, trust.out
+        assert ssh_host.host_key_line.split()[2] in known_hosts.read_text()
+        status = cli("status", "--profile", str(profile), "--project", project)
+        assert status.code == 3, str(status)  # reached; no such cluster running
+        assert f"cluster '{project}' (docker)" in status.out, status.out
+    finally:
+        _remove_project(ssh_host, project)
+
+
+@pytest.fixture(scope="module")
+def ssh_cluster(ssh_host: SshHost, cli: Cli) -> Iterator[str]:
+    """The project's cluster on the SSH host, up with 2 workers; removed at the end."""
+    profile = str(ssh_host.profile_path)
+    try:
+        up = cli("up", "--workers", "2", "--profile", profile, "--project", PROJECT,
+                 "--timeout", "180")  # fmt: skip
+        assert up.code == 0, str(up)
+        yield up.out
+    finally:
+        _remove_project(ssh_host, PROJECT)
+
+
+class Tunnel:
+    """``mimir cluster tunnel`` as the operator runs it: the API's local URL, open until
+    interrupted."""
+
+    def __init__(self, cli: Cli, profile: str) -> None:
+        self.process = subprocess.Popen(
+            [*CLI, "tunnel", "--profile", profile, "--project", PROJECT],
+            env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 30
+        line = ""
+        while not line and time.monotonic() < deadline and self.process.poll() is None:
+            if selector.select(timeout=0.5):
+                line = self.process.stdout.readline()
+        selector.close()
+        found = re.search(r"API (http://127\.0\.0\.1:\d+)", line)
+        if found is None:
+            self.close()
+            raise AssertionError(f"mimir cluster tunnel printed {line!r}; {self.stderr()}")
+        self.url = found.group(1)
+
+    def stderr(self) -> str:
+        if self.process.poll() is None or self.process.stderr is None:
+            return ""
+        return self.process.stderr.read()
+
+    def close(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # Ctrl-C: the tunnel is closed
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def tunnel(ssh_cluster: str, ssh_host: SshHost, cli: Cli) -> Iterator[Tunnel]:
+    opened = Tunnel(cli, str(ssh_host.profile_path))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="module")
+def api(tunnel: Tunnel) -> Iterator[ClusterAPI]:
+    client = ClusterAPI(tunnel.url)
+    yield client
+    client.close()
+
+
+def _worker_hosts(api: ClusterAPI) -> set[str]:
+    return {w["hostname"] for w in api.workers()}
+
+
+def test_up_keeps_the_api_on_the_remotes_loopback_reached_through_the_tunnel(
+    ssh_cluster: str, ssh_host: SshHost, cli: Cli
+) -> None:
+    assert re.search(r"API: http://127\.0\.0\.1:\d+ \(SSH tunnel", ssh_cluster), ssh_cluster
+    status = cli("status", "--profile", str(ssh_host.profile_path), "--project", PROJECT)
+    assert status.code == 0, str(status)
+    reach = rf"API: http://127\.0\.0\.1:\d+ \(SSH tunnel to {re.escape(ssh_host.address)}"
+    assert re.search(rf"cluster '{PROJECT}' \(docker\)\s+{reach}", status.out), status.out
+    for service in ("redis", "backend", "worker"):
+        assert _service_row(status.out, service)[1] == "running", status.out
+    assert _service_row(status.out, "worker")[3] == "2", status.out
+    assert cli.local_state() == []
+    # Nothing exposed: the backend publishes its port on the remote's 127.0.0.1 only.
+    [backend] = ssh_host.host.engine().containers.list(
+        filters={"label": [f"io.mimir.project={PROJECT}", "io.mimir.service=backend"]}
+    )
+    bindings = backend.attrs["HostConfig"]["PortBindings"]["8080/tcp"]
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"], bindings
+
+
+def test_jobs_round_trip_through_the_tunnel(api: ClusterAPI) -> None:
+    assert _worker_hosts(api) == {f"{PROJECT}-worker-1", f"{PROJECT}-worker-2"}
+    records = api.wait_finished(api.enqueue(10), timeout=120)
+    assert {r["status"] for r in records.values()} == {"succeeded"}
+
+
+def test_scale_to_four_then_one(api: ClusterAPI, ssh_host: SshHost, cli: Cli) -> None:
+    profile = str(ssh_host.profile_path)
+    up = cli("scale", "4", "--profile", profile, "--project", PROJECT, "--timeout", "120")
+    assert up.code == 0, str(up)
+    assert _service_row(up.out, "worker")[3] == "4", up.out
+    wait_until(
+        lambda: _worker_hosts(api) == {f"{PROJECT}-worker-{n}" for n in range(1, 5)},
+        timeout=30, interval=0.5, message="4 worker heartbeats",
+    )  # fmt: skip
+    down = cli("scale", "1", "--profile", profile, "--project", PROJECT, "--timeout", "120")
+    assert down.code == 0, str(down)
+    wait_until(
+        lambda: _worker_hosts(api) == {f"{PROJECT}-worker-1"},
+        timeout=30, interval=0.5, message="only worker-1's heartbeat",
+    )  # fmt: skip
+    records = api.wait_finished(api.enqueue(3), timeout=60)
+    assert {r["status"] for r in records.values()} == {"succeeded"}
+
+
+def test_logs_print_the_backends_lines(ssh_cluster: str, ssh_host: SshHost, cli: Cli) -> None:
+    logs = cli(
+        "logs", "backend", "--tail", "20", "--profile", str(ssh_host.profile_path),
+        "--project", PROJECT,
+    )  # fmt: skip
+    assert logs.code == 0, str(logs)
+    lines = logs.out.splitlines()
+    assert lines and all(line.startswith("backend | ") for line in lines), logs.out
+
+
+def test_down_then_clean_leave_nothing_and_close_the_tunnel(
+    ssh_cluster: str, tunnel: Tunnel, ssh_host: SshHost, cli: Cli
+) -> None:
+    profile = str(ssh_host.profile_path)
+    down = cli("down", "--profile", profile, "--project", PROJECT)
+    assert down.code == 0, str(down)
+    left = ssh_host.host.project_objects(PROJECT)
+    assert left["containers"] == [] and len(left["volumes"]) == 7, left
+    clean = cli("clean", "--profile", profile, "--project", PROJECT)
+    assert clean.code == 0, str(clean)
+    assert ssh_host.host.project_objects(PROJECT) == {
+        "containers": [], "volumes": [], "networks": [],
+    }  # fmt: skip
+    assert tunnel.close() == 130  # Ctrl-C ends `mimir cluster tunnel` as an interrupt
+    # No ssh master of ours is left behind.
+    masters = subprocess.run(
+        ["pgrep", "-f", f"ssh -N -M .*{re.escape(ssh_host.address)}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert masters.stdout.strip() == "", masters.stdout
