@@ -762,7 +762,7 @@ _ACTIVE: list[RemoteHost] = []
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
     """A failed test carries the last log lines of every Mimir container on the hosts."""
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     if report.when != "call" or not report.failed:
         return

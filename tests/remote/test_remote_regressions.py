@@ -31,7 +31,7 @@ NO_LOCAL_ENGINE = [
     'mount --bind /dev/null /var/run/docker.sock && exec "$@"', "sh",
 ]  # fmt: skip
 
-NOTHING = {"containers": [], "volumes": [], "networks": []}
+NOTHING: dict[str, list[str]] = {"containers": [], "volumes": [], "networks": []}
 
 
 @pytest.fixture(params=["local engine answers", "no local engine"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -132,8 +133,8 @@ def test_logs_print_the_backends_lines(tls_cluster: str, tls_host: TlsHost, cli:
 
 
 def test_up_asking_for_another_bind_is_refused_and_keeps_the_cluster(
-    tls_cluster: str, tls_host: TlsHost, cli: Cli, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    tls_cluster: str, tls_host: TlsHost, cli: Cli, tmp_path: Path
+) -> None:
     """Defect 5, second half: another bind on a running cluster is said, not ignored."""
     other = tls_host.write_profile(tmp_path / "bind.json", api_bind=tls_host.address)
     again = cli("up", "--workers", "1", "--profile", str(other), "--project", PROJECT)
