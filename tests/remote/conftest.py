@@ -31,6 +31,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
