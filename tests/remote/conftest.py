@@ -312,10 +312,16 @@ def _host_image(client: docker.DockerClient) -> str:
     digest = hashlib.sha256()
     for path in sorted(HOST_DIR.iterdir()):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    tag = f"mimir-test/remote-host:{digest.hexdigest()[:16]}"
+    repository = "mimir-test/remote-host"
+    tag = f"{repository}:{digest.hexdigest()[:16]}"
     try:
         client.images.get(tag)
     except docker.errors.ImageNotFound:
+        for old in client.images.list(name=repository):  # of earlier host files
+            for old_tag in old.tags:
+                if re.fullmatch(rf"{repository}:[0-9a-f]{{16}}", old_tag):  # ours, by hash
+                    with contextlib.suppress(docker.errors.APIError):  # in use: kept
+                        client.images.remove(old_tag)
         try:
             client.images.build(path=str(HOST_DIR), tag=tag, rm=True, forcerm=True)
         except docker.errors.BuildError as exc:
@@ -739,7 +745,8 @@ class Cli:
         started = time.monotonic()
         result = subprocess.run(
             [*(prefix or []), *CLI, *args],
-            env=self.env(env), capture_output=True, text=True, timeout=timeout, check=False,
+            env=self.env(env), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=timeout, check=False,
         )  # fmt: skip
         return CliResult(
             result.returncode, result.stdout, result.stderr, time.monotonic() - started
