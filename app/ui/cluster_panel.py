@@ -3,6 +3,13 @@ backups and restores.
 
 Stop, Clean and Restore ask first. The table shows what the backend last said, and nothing
 older: a stopped service has no CPU, memory or health mark left over from when it ran.
+
+Profiles are edited in :class:`~mimir.app.ui.profile_dialog.ProfileDialog` (New…, Edit…). A
+remote Docker profile's TLS, SSH and API settings reach the backend as its
+:class:`~mimir.app.cluster.docker_engine.DockerProfile`. An SSH host whose key is not in
+the profile's known-hosts file is refused by the backend (``HostKeyUnknown``): the panel
+shows the key's fingerprints and, if the operator trusts them, writes them to that file
+and retries the action once; a changed host key is an error and is never offered.
 """
 
 from __future__ import annotations
@@ -11,10 +18,12 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
@@ -52,10 +61,12 @@ from mimir.app.services.runs import format_bytes, format_local
 from mimir.app.ui.backup_dialog import BackupDialog, BackupsDialog, RestoreDialog, run_dialog
 from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
 from mimir.app.ui.confirm import confirm
+from mimir.app.ui.host_key_dialog import HostKeyDialog
+from mimir.app.ui.profile_dialog import ProfileDialog
 from mimir.app.ui.session import ConsoleSession
 from mimir.core.backup.manifest import BackupError
 
-__all__ = ["QtClusterPanel"]
+__all__ = ["QtClusterPanel", "api_access_text", "unknown_host_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +125,44 @@ def refused_message(exc: BackupRefused) -> str:
     return f"refused, nothing was changed: {text}"
 
 
+def api_access_text(profile: ConnectionProfile, api_url: str | None, token: bool) -> str:
+    """How the console reaches a remote cluster's API, in a line ("" for a local one):
+    ``api_url`` is where the running cluster's API answers this machine (``None`` when it
+    does not run), ``token`` whether the profile has one."""
+    access = profile.effective_api_access
+    if access is None:
+        return ""
+    remote = f"{profile.engine_host or 'the host'}:{profile.api_port or '?'}"
+    if access == "tunnel":
+        local = ""
+        with contextlib.suppress(ValueError):
+            local = urlsplit(api_url).netloc if api_url else ""
+        if local:
+            return f"API via SSH tunnel {local} → {remote} (nothing exposed on the host)"
+        return f"API via SSH tunnel → {remote}, opened while the cluster runs (nothing exposed)"
+    bind = profile.api_bind or profile.engine_host or "?"
+    guard = "token" if token else "NO token: anyone who reaches it can use it"
+    where = f"{bind}:{profile.api_port or '?'}"
+    return f"API published on {where} ({guard})"
+
+
+def unknown_host_key(exc: BaseException) -> Any:
+    """The ``HostKeyUnknown`` in ``exc``'s chain, or ``None`` (also when the remote
+    module is not there: the console imports without it)."""
+    try:
+        from mimir.app.cluster.remote import HostKeyUnknown
+    except ImportError:
+        return None
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            return None
+        if isinstance(current, HostKeyUnknown):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 @contextlib.asynccontextmanager
 async def _as_cluster_errors() -> AsyncIterator[None]:
     """The backup calls' other failures (the API, the disk, the archive) as ClusterErrors,
@@ -153,6 +202,8 @@ class QtClusterPanel(QWidget):
         self._timer.timeout.connect(self._tick)
         self._timer.start()
         self._reload_profiles()
+        self._attach_engine_profile()
+        self._show_api_note()
 
     # ---------------------------------------------------------------- layout
 
@@ -175,6 +226,18 @@ class QtClusterPanel(QWidget):
         self.save_profile_button.clicked.connect(self._save_profile)
         self.remove_profile_button = QPushButton("Remove")
         self.remove_profile_button.clicked.connect(self._remove_profile)
+        self.edit_profile_button = QPushButton("Edit…")
+        self.edit_profile_button.setToolTip(
+            "The engine's TLS or SSH settings, how the API is reached, the token"
+        )
+        self.edit_profile_button.clicked.connect(self.edit_profile)
+        self.new_profile_button = QPushButton("New…")
+        self.new_profile_button.setToolTip(
+            "A new profile (a remote Docker host, or imported from DOCKER_HOST or a context)"
+        )
+        self.new_profile_button.clicked.connect(self.new_profile)
+        row.addWidget(self.edit_profile_button)
+        row.addWidget(self.new_profile_button)
         row.addWidget(self.save_profile_button)
         row.addWidget(self.remove_profile_button)
         form.addRow("Profile", row)
@@ -204,6 +267,13 @@ class QtClusterPanel(QWidget):
         form.addRow("", self.api_note)
         form.addRow("Docker host", self.docker_host_edit)
         form.addRow("API token", self.token_edit)
+        #: How a remote cluster's API is reached (tunnel or published), for remote profiles.
+        self.access_label = QLabel("")
+        self.access_label.setObjectName("Hint")
+        self.access_label.setWordWrap(True)
+        self.access_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow("API access", self.access_label)
+        self.access_row_label = form.labelForField(self.access_label)
         for edit in (self.name_edit, self.url_edit, self.docker_host_edit, self.token_edit):
             edit.setFocusPolicy(Qt.FocusPolicy.ClickFocus)  # no selected text on first show
         root.addWidget(profile_box)
@@ -284,12 +354,21 @@ class QtClusterPanel(QWidget):
             self.profile_combo,
             self.save_profile_button,
             self.remove_profile_button,
+            self.edit_profile_button,
+            self.new_profile_button,
             self.backup_button,
             self.restore_button,
             self.backups_button,
         ]
         #: The backup dialog open now (one at a time), for tests and screenshots.
         self.dialog: BackupDialog | RestoreDialog | BackupsDialog | None = None
+        #: The profile editor and the host-key question open now (tests, screenshots).
+        self.profile_dialog: ProfileDialog | None = None
+        self.host_key_dialog: HostKeyDialog | None = None
+        #: Profiles whose unknown host key was already put to the operator by a refresh.
+        self._host_keys_asked: set[str] = set()
+        #: The backend this panel built for a remote profile (closed when it is replaced).
+        self._attached_backend: Any = None
 
         progress_row = QHBoxLayout()
         self.progress = QProgressBar()
@@ -377,6 +456,9 @@ class QtClusterPanel(QWidget):
             self.session.apply_profile(profile)
 
     def _on_profile_changed(self, profile: ConnectionProfile) -> None:
+        # First of the panels (the window builds this one first): the others read the
+        # backend this sets.
+        self._attach_engine_profile()
         # The profile may have been stored or changed elsewhere (start-up, --api-url):
         # show the one in use, not the one read when the panel was built.
         if self.profile_combo.currentData() != profile:
@@ -408,6 +490,80 @@ class QtClusterPanel(QWidget):
         self.session.profile = profile
         self._reload_profiles()
         self.session.apply_profile(profile)
+
+    def _attach_engine_profile(self) -> None:
+        """Give a remote Docker profile's backend the whole engine profile (TLS, SSH
+        identity and known hosts, API access, bind, port, token): the session builds it
+        from the engine URL alone. Nothing connects here (the backend connects on use)."""
+        session = self.session
+        profile = session.profile
+        backend = session.backend
+        previous, self._attached_backend = self._attached_backend, None
+        if previous is not None and previous is not backend:
+            # Its SSH tunnel (and the API's forwarded port) goes with the profile; ssh's
+            # exit is not awaited on the GUI thread.
+            threading.Thread(target=previous.close, name="close-backend", daemon=True).start()
+        if profile.kind != "remote_docker" or backend is None:
+            return
+        if getattr(session, "_backend_override", None) is not None:
+            return  # a backend given to the session (tests, --smoke) is kept
+        wanted = profile.docker_profile(session.profiles.token(profile.name))
+        if getattr(backend, "profile", None) == wanted:
+            return
+        from mimir.app.cluster.selection import create_backend
+
+        try:
+            session.backend = create_backend(
+                "docker", profile.project, profile=wanted, api_port=profile.api_port
+            )
+            self._attached_backend = session.backend
+        except ClusterError as exc:
+            logger.warning("profile %s: %s", profile.name, exc)
+            session.backend = None
+            session.backend_error = str(exc)
+
+    @asyncSlot()
+    async def edit_profile(self) -> None:
+        """The profile editor on the chosen profile."""
+        shown = self.profile_combo.currentData()
+        await self.open_profile_dialog(shown if isinstance(shown, ConnectionProfile) else None)
+
+    @asyncSlot()
+    async def new_profile(self) -> None:
+        """The profile editor on a new remote Docker profile."""
+        await self.open_profile_dialog(None)
+
+    async def open_profile_dialog(self, profile: ConnectionProfile | None) -> bool:
+        """Edit ``profile`` (``None``: a new one); on Save store it (its token in the
+        keyring), make it current and apply it. True when saved."""
+        if self.busy or self.profile_dialog is not None:
+            return False
+        store = self.session.profiles
+        token = await asyncio.to_thread(store.token, profile.name) if profile else None
+        names = {p.name for p in store.load()}
+        dialog = ProfileDialog(
+            self, profile, token, secure_tokens=store.tokens.secure, taken_names=names
+        )
+        self.profile_dialog = dialog
+        try:
+            if not await run_dialog(dialog):
+                return False
+            edited, token = dialog.profile(), dialog.token()
+        finally:
+            self.profile_dialog = None
+            dialog.deleteLater()
+        try:
+            await asyncio.to_thread(store.upsert, edited, token)
+            if profile is not None and profile.name != edited.name:
+                await asyncio.to_thread(store.remove, profile.name)
+        except ValueError as exc:
+            self.banner.error(str(exc))
+            return False
+        self.banner.ok(f"Profile {edited.name!r} saved.")
+        self.session.profile = edited
+        self._reload_profiles()
+        self.session.apply_profile(edited)
+        return True
 
     def _remove_profile(self) -> None:
         name = self.profile_combo.currentText()
@@ -459,10 +615,20 @@ class QtClusterPanel(QWidget):
         return ""
 
     def _show_api_note(self) -> None:
-        """Say where the API is when a running cluster answers elsewhere than the profile."""
+        """Say where the API is when a running cluster answers elsewhere than the profile,
+        and how a remote cluster's API is reached."""
         status = self.session.last_cluster_status
         profile = self.session.profile
         actual = status.api_url if status is not None and status.running else None
+        token = getattr(self.session.backend, "api_token", None)
+        access = api_access_text(profile, actual, bool(token))
+        self.access_label.setText(access)
+        for widget in (self.access_label, self.access_row_label):
+            if widget is not None:
+                widget.setVisible(bool(access))
+        if profile.effective_api_access == "tunnel":
+            self.api_note.hide()  # the tunnel's local port always differs from the profile's
+            return
         if actual and not _same_url(actual, profile.api_url):
             self.api_note.setText(
                 f"The running cluster's API is at {actual}; the console talks to it there. "
@@ -500,7 +666,7 @@ class QtClusterPanel(QWidget):
         self.progress.show()
         self.step_label.setText(f"{title}…")
         try:
-            result = await action()
+            result = await self._trusting_host_keys(action)
         except ClusterError as exc:
             text = operator_message(str(exc))
             if exc.detail:
@@ -520,6 +686,73 @@ class QtClusterPanel(QWidget):
             self.progress.hide()
             self.step_label.setText("")
             self._update_actions()
+
+    async def _trusting_host_keys(self, action: Callable[[], Awaitable[Any]]) -> Any:
+        """``action()``; when the SSH host's key is unknown, ask the operator, write the
+        trusted keys to the profile's known-hosts file and run it once more."""
+        try:
+            return await action()
+        except ClusterError as exc:
+            unknown = unknown_host_key(exc)
+            if unknown is None:
+                raise
+            if not await self.review_host_keys(unknown):
+                raise ClusterError(
+                    "the SSH host key was not trusted, so nothing was done on that host"
+                ) from exc
+        return await action()
+
+    async def review_host_keys(self, error: Any) -> bool:
+        """Show ``error``'s keys (a ``HostKeyUnknown``) and ask "Trust this host?"; on
+        Accept write each to the profile's known-hosts file (in a thread). True then."""
+        from mimir.app.cluster.remote import accept_host_key
+
+        keys = list(error.keys)
+        if not keys or self.host_key_dialog is not None:
+            return False
+        known_hosts = self.session.profile.known_hosts_path
+        first = keys[0]
+        dialog = HostKeyDialog(self, first.host, first.port, keys, str(known_hosts))
+        self.host_key_dialog = dialog
+        try:
+            trusted = await run_dialog(dialog)
+        finally:
+            self.host_key_dialog = None
+            dialog.deleteLater()
+        if not trusted:
+            return False
+
+        def write() -> None:
+            for key in keys:
+                accept_host_key(key, known_hosts)
+
+        try:
+            await asyncio.to_thread(write)
+        except (OSError, ClusterError) as exc:
+            raise ClusterError(f"cannot write the host key to {known_hosts}: {exc}") from exc
+        logger.info("host key of %s trusted into %s", first.host, known_hosts)
+        return True
+
+    @asyncSlot()
+    async def _ask_host_keys_once(self, error: Any) -> None:
+        """A refresh met an unknown host key: ask once per profile; on Accept, refresh."""
+        name = self.session.profile.name
+        if name in self._host_keys_asked or self.busy:
+            return
+        self._host_keys_asked.add(name)
+        try:
+            trusted = await self.review_host_keys(error)
+        except ClusterError as exc:
+            self.banner.error(str(exc))
+            return
+        if trusted:
+            self.banner.ok(f"Host key of {error.keys[0].host} trusted.")
+            await self.refresh(with_stats=True)
+        else:
+            self.banner.error(
+                "The SSH host key was not trusted: the console does not talk to that host. "
+                "Any action (Start, Stop…) asks again."
+            )
 
     @asyncSlot()
     async def start_cluster(self) -> None:
@@ -817,6 +1050,9 @@ class QtClusterPanel(QWidget):
             await self._read_instances(backend, status)
         except ClusterError as exc:
             self.step_label.setText(f"status unavailable: {exc}")
+            unknown = unknown_host_key(exc)
+            if unknown is not None and not self.busy:
+                self._ask_host_keys_once(unknown)
             return
         except Exception as exc:  # a backend's SDK failing must not kill the timer
             logger.warning("cluster status failed: %s", exc)
