@@ -534,7 +534,7 @@ def _load_images(hosts: list[RemoteHost], images: list[str], directory: Path) ->
         assert set(images) <= present, (host.role, present)
 
 
-def _ed25519_identity(path: Path) -> str:
+def ed25519_identity(path: Path) -> str:
     """A new ed25519 key at ``path`` (OpenSSH format, 0600); its public line."""
     key = ed25519.Ed25519PrivateKey.generate()
     path.write_bytes(
@@ -601,7 +601,7 @@ def remote_hosts() -> Generator[RemoteHosts]:
              "server-key.pem": server_key.read_bytes()},
         )  # fmt: skip
         identity = ssh_dir / "id_ed25519"
-        public = _ed25519_identity(identity)
+        public = ed25519_identity(identity)
         _put_files(ssh.container, "/root/.ssh", {"authorized_keys": public.encode() + b"\n"})
         timings["hosts"] = time.monotonic() - stage
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests.cluster.conftest import ClusterAPI
 from tests.helpers import wait_until
-from tests.remote.conftest import CLI, Cli, SshHost
+from tests.remote.conftest import CLI, Cli, SshHost, ed25519_identity
 
 pytestmark = pytest.mark.docker
 
@@ -92,6 +92,32 @@ def test_an_unknown_host_key_is_refused_then_trust_host_accepts_it(
         assert f"cluster '{project}' (docker)" in status.out, status.out
     finally:
         _remove_project(ssh_host, project)
+
+
+def test_a_changed_host_key_is_refused_and_never_trusted_automatically(
+    ssh_host: SshHost, cli: Cli, tmp_path: Path
+) -> None:
+    impostor = tmp_path / "impostor"
+    public = ed25519_identity(impostor).rsplit(" ", 1)[0]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"{ssh_host.address} {public}\n")
+    profile = ssh_host.write_profile(tmp_path / "profile.json", ssh_known_hosts=str(known_hosts))
+    status = cli("status", "--profile", str(profile), "--project", "rssh-changed")
+    assert status.code == 1 and "CHANGED" in status.err, str(status)
+    assert _fingerprint(ssh_host.host_key_line) in status.err, status.err
+    trust = cli("trust-host", "--profile", str(profile), "--yes")
+    assert trust.code == 1 and "changed" in trust.err, str(trust)
+    assert known_hosts.read_text() == f"{ssh_host.address} {public}\n"
+
+
+def test_a_key_the_host_does_not_know_is_named(ssh_host: SshHost, cli: Cli, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    ed25519_identity(stranger)
+    profile = ssh_host.write_profile(tmp_path / "profile.json", ssh_identity=str(stranger))
+    status = cli("status", "--profile", str(profile), "--project", "rssh-key")
+    assert status.code == 1, str(status)
+    assert "refused user 'root'" in status.err and str(stranger) in status.err, status.err
+    assert cli.local_state() == []
 
 
 @pytest.fixture(scope="module")

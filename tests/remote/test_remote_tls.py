@@ -144,6 +144,18 @@ def test_up_asking_for_another_bind_is_refused_and_keeps_the_cluster(
     assert status.code == 0 and f"8080/tcp -> 0.0.0.0:{API_PORT}" in status.out, str(status)
 
 
+def test_tls_verify_off_warns_once_not_per_request(
+    tls_cluster: str, tls_host: TlsHost, cli: Cli, tmp_path: Path
+) -> None:
+    """Defect 6: ``tls_verify: false`` said once, not urllib3's warning per request."""
+    insecure = tls_host.write_profile(tmp_path / "insecure.json", tls_verify=False)
+    for command in (["status"], ["logs", "--tail", "5"]):
+        result = cli(*command, "--profile", str(insecure), "--project", PROJECT)
+        assert result.code == 0, str(result)
+        assert result.err.count("TLS verification is off") == 1, result.err
+        assert "Unverified HTTPS request" not in result.err, result.err
+
+
 def test_down_then_clean_leave_nothing_of_the_project(
     tls_cluster: str, tls_host: TlsHost, cli: Cli
 ) -> None:
