@@ -27,6 +27,7 @@ import asyncio
 import getpass
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -415,6 +416,10 @@ async def _instances(backend: ClusterBackend) -> list[Any]:
     return list(await instances()) if instances else []
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mimir cluster``; returns the exit code."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -434,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend is None and args.command in ("up", "build"):
             _progress("backend", f"using the {name} backend (choose with --backend)")
         backend = create_backend(name, args.project, settings, **_backend_options(args, name))
+        if getattr(getattr(backend, "profile", None), "is_ssh", False):
+            # SIGTERM ends the command like Ctrl-C, so that its SSH tunnel is closed too.
+            signal.signal(signal.SIGTERM, _interrupt)
         return asyncio.run(_run(args, backend))
     except ClusterError as exc:
         print(f"mimir cluster: error: {exc}", file=sys.stderr)

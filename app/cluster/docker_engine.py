@@ -200,14 +200,15 @@ def explain_engine_error(exc: BaseException, host: str) -> ClusterError:
         )
     if re.search(r"ReadTimeout|ConnectTimeout|timed out", every):
         return ClusterError(
-            f"the Docker engine at {host} did not answer within {PING_TIMEOUT:.0f} s: check the "
-            "host and port, that dockerd listens there, and any firewall on the way"
+            f"cannot reach the Docker engine at {host}: it did not answer within "
+            f"{PING_TIMEOUT:.0f} s; check the host and port, that dockerd listens there, and "
+            "any firewall on the way"
         )
     if host.startswith(("ssh://", "tcp://", "http://", "https://")):
         if "Connection refused" in every:
             return ClusterError(
-                f"nothing listens at {host} (connection refused): check the host and port, "
-                "and that dockerd serves that address (dockerd -H)"
+                f"cannot reach the Docker engine at {host}: nothing listens there (connection "
+                "refused); check the host and port, and that dockerd serves that address"
             )
         return ClusterError(
             f"cannot reach the Docker engine at {host}: {text.splitlines()[0] if text else every}"

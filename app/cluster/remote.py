@@ -257,7 +257,8 @@ class SshTunnel:
         log = self._dir / "ssh.log"
         command = [
             _tool("ssh"), "-N", "-M", "-S", str(self._control), *self._ssh_options(),
-            "-o", "StreamLocalBindUnlink=yes",
+            # In the foreground whatever ~/.ssh/config says: this process is the tunnel.
+            "-o", "ControlPersist=no", "-o", "StreamLocalBindUnlink=yes",
             "-L", f"{self._socket}:{REMOTE_DOCKER_SOCKET}", self.target.destination,
         ]  # fmt: skip
         with log.open("wb") as stderr:
@@ -295,7 +296,8 @@ class SshTunnel:
             except ClusterError:
                 keys = []
             prints = ", ".join(f"{k.key_type} {k.fingerprint}" for k in keys) or "unknown"
-            if "HAS CHANGED" in said or "IDENTIFICATION HAS CHANGED" in said:
+            changed = "IDENTIFICATION HAS CHANGED" in said
+            if changed or known_host_status(keys, self.known_hosts) == "changed":
                 return HostKeyChanged(
                     f"the SSH host key of {where} has CHANGED from the one in {self.known_hosts} "
                     f"(now {prints}): someone may be impersonating the host; if the host was "
@@ -317,19 +319,21 @@ class SshTunnel:
                 f"with {key}: add the public key to that user's ~/.ssh/authorized_keys on the "
                 "host, or set ssh_identity in the profile"
             )
+        engine = f"cannot reach the Docker engine at {self.docker_host}"
         if "Connection refused" in said:
             return ClusterError(
-                f"no SSH server at {where} (connection refused): check the host and port, "
-                "and that sshd runs there"
+                f"{engine}: no SSH server at {where} (connection refused); check the host and "
+                "port, and that sshd runs there"
             )
         if "timed out" in said or "No route to host" in said:
             return ClusterError(
-                f"the SSH server {where} did not answer within {self.connect_timeout:.0f} s "
-                f"({last}): check the host name, that it is up, and any firewall on the way"
+                f"{engine}: the SSH server {where} did not answer within "
+                f"{self.connect_timeout:.0f} s ({last}); check the host name, that it is up, "
+                "and any firewall on the way"
             )
         if "Could not resolve hostname" in said:
-            return ClusterError(f"unknown host {self.target.host!r}: check the host name")
-        return ClusterError(f"the SSH tunnel to {where} failed: {last}")
+            return ClusterError(f"{engine}: unknown host {self.target.host!r}")
+        return ClusterError(f"{engine}: the SSH tunnel failed: {last}")
 
     def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> int:
         """Forward a free port of this machine's 127.0.0.1 to ``remote_host:remote_port``

@@ -75,8 +75,11 @@ def test_profile_with_unknown_keys_is_refused(tmp_path: Path) -> None:
 
 
 def test_publishing_beyond_loopback_without_token_is_refused() -> None:
+    # Refused by what publishes the API, before the engine is asked anything (issue 19:
+    # down and status publish nothing and are not refused).
+    backend = DockerBackend("x", api_bind="0.0.0.0", docker_host=f"tcp://127.0.0.1:{free_port()}")
     with pytest.raises(ClusterError, match="set an API token"):
-        DockerBackend("x", api_bind="0.0.0.0")
+        asyncio.run(backend.up(1))
 
 
 def test_default_backend_follows_the_env_and_a_recorded_local_cluster(
@@ -90,7 +93,8 @@ def test_default_backend_follows_the_env_and_a_recorded_local_cluster(
         default_backend_name("p")
     monkeypatch.delenv("MIMIR_CLUSTER_BACKEND")
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
-    assert default_backend_name("p") == "local"  # no engine answers
+    # A named engine means Docker, answering or not (issue 19): its error, not local processes.
+    assert default_backend_name("p") == "docker"
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "state.json").write_text("{}")
     monkeypatch.delenv("DOCKER_HOST")
