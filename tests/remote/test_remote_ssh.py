@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import ClusterAPI
-from tests.helpers import wait_until
+from tests.helpers import port_open, wait_until
 from tests.remote.conftest import CLI, Cli, SshHost, ed25519_identity
 
 pytestmark = pytest.mark.docker
@@ -209,6 +209,7 @@ def test_up_keeps_the_api_on_the_remotes_loopback_reached_through_the_tunnel(
     )
     bindings = backend.attrs["HostConfig"]["PortBindings"]["8080/tcp"]
     assert [b["HostIp"] for b in bindings] == ["127.0.0.1"], bindings
+    assert not port_open(8080, host=ssh_host.address)  # not on the host's network
 
 
 def test_jobs_round_trip_through_the_tunnel(api: ClusterAPI) -> None:
@@ -244,6 +245,40 @@ def test_logs_print_the_backends_lines(ssh_cluster: str, ssh_host: SshHost, cli:
     assert logs.code == 0, str(logs)
     lines = logs.out.splitlines()
     assert lines and all(line.startswith("backend | ") for line in lines), logs.out
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found |= {int(n) for n in path.read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_sigterm_closes_the_tunnel_like_ctrl_c(
+    ssh_cluster: str, ssh_host: SshHost, cli: Cli
+) -> None:
+    second = Tunnel(cli, str(ssh_host.profile_path))
+    port = int(second.url.rsplit(":", 1)[1])
+    try:
+        assert port_open(port)
+        ssh_masters = _children(second.process.pid)
+        assert ssh_masters, "no ssh process under mimir cluster tunnel"
+        second.process.send_signal(signal.SIGTERM)
+        second.process.wait(timeout=15)
+    finally:
+        second.close()
+    wait_until(lambda: not any(_alive(pid) for pid in ssh_masters), timeout=10,
+               message="the tunnel's ssh master to exit")  # fmt: skip
+    assert not port_open(port)
 
 
 def test_down_then_clean_leave_nothing_and_close_the_tunnel(
