@@ -8,6 +8,13 @@ graph an update made), and ``GRAPH ?g`` ranges over those same named graphs. The
 own unnamed default graph is not part of that union. This holds for queries and for the
 ``WHERE`` of updates, on the built-in store and on ``FUSEKI_URL``.
 
+**Writes without a graph.** A triple an update writes without naming a graph (``INSERT
+DATA { <a> <b> <c> }``, a template outside ``GRAPH``, ``LOAD <doc>``, ``CLEAR DEFAULT``)
+goes to Mimir's default graph :data:`DEFAULT_GRAPH`, a named graph like the others, so
+what was written is in the union the next query sees (the store's unnamed default graph
+is outside it, and outside any dataset the protocol can name). :func:`to_default_graph`
+rewrites the update text for that, on both stores.
+
 Updates get their dataset through ``USING``/``USING NAMED`` clauses that Mimir adds to
 each ``DELETE/INSERT … WHERE`` operation without ``USING`` or ``WITH`` of its own
 (pyoxigraph has no dataset argument for updates, and the same text then means the same on
@@ -21,7 +28,10 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Dataset", "add_using", "declares_dataset"]
+__all__ = ["DEFAULT_GRAPH", "Dataset", "add_using", "declares_dataset", "to_default_graph"]
+
+#: Where the triples an update writes without naming a graph go.
+DEFAULT_GRAPH = "urn:x-mimir:default"
 
 
 @dataclass(frozen=True)
@@ -125,3 +135,90 @@ def add_using(update: str, default: Sequence[str], named: Sequence[str]) -> str:
     for start in reversed(inserts):
         out = f"{out[:start]}{clause} {out[start:]}"
     return out
+
+
+def _operations(tokens: list[_Tok]) -> Iterator[list[_Tok]]:
+    """The tokens of each operation of an update (split at ``;`` outside braces), without
+    its prologue (``PREFIX p: <…>``, ``BASE <…>``)."""
+    operation: list[_Tok] = []
+    for tok in [*tokens, _Tok(";", -1, 0)]:
+        if tok.depth == 0 and tok.text == ";":
+            while operation and operation[0].text in ("PREFIX", "BASE"):
+                operation = operation[3:] if operation[0].text == "PREFIX" else operation[2:]
+            if operation:
+                yield operation
+            operation = []
+        else:
+            operation.append(tok)
+
+
+def _closing(tokens: list[_Tok], index: int) -> int:
+    """The index of the ``}`` closing the ``{`` at ``index``."""
+    depth = tokens[index].depth
+    return next(
+        i for i in range(index + 1, len(tokens))
+        if tokens[i].text == "}" and tokens[i].depth == depth
+    )  # fmt: skip
+
+
+def to_default_graph(update: str, graph: str = DEFAULT_GRAPH) -> str:
+    """``update`` with every write that names no graph sent to ``graph``: ``GRAPH <g> {…}``
+    around the bare triples of ``INSERT/DELETE DATA``, ``WITH <g>`` before a ``DELETE/INSERT
+    … WHERE`` without ``WITH`` (its ``WHERE`` keeps the ``USING`` dataset :func:`add_using`
+    gave it), ``DELETE WHERE {P}`` as ``WITH <g> DELETE {P} WHERE {P}``, ``INTO GRAPH <g>``
+    after a ``LOAD`` without ``INTO``, ``GRAPH <g>`` for ``DEFAULT`` in ``CLEAR``, ``DROP``,
+    ``ADD``, ``MOVE`` and ``COPY``. A text Oxigraph cannot parse is left as it is (its
+    error is then the user's)."""
+    node = f"<{graph}>"
+    edits: list[tuple[int, int, str]] = []  # (start, end, replacement)
+    try:
+        for op in _operations(list(_tokens(update))):
+            first, second = op[0].text, op[1].text if len(op) > 1 else ""
+            if first in ("INSERT", "DELETE") and second == "DATA" and len(op) > 2:
+                edits += _wrap_bare_triples(op, 2, _closing(op, 2), node)
+            elif first == "DELETE" and second == "WHERE" and len(op) > 2:
+                end = _closing(op, 2)
+                pattern = update[op[2].start : op[end].start + 1]
+                short = f"WITH {node} DELETE {pattern} WHERE {pattern}"
+                edits.append((op[0].start, op[end].start + 1, short))
+            elif first in ("INSERT", "DELETE"):
+                edits.append((op[0].start, op[0].start, f"WITH {node} "))
+            elif first == "LOAD" and not any(t.text == "INTO" for t in op):
+                end = op[-1].start + len(op[-1].text)
+                edits.append((end, end, f" INTO GRAPH {node}"))
+            elif first in ("CLEAR", "DROP", "ADD", "MOVE", "COPY"):
+                edits += [
+                    (t.start, t.start + len("DEFAULT"), f"GRAPH {node}")
+                    for t in op
+                    if t.text == "DEFAULT"
+                ]
+    except (StopIteration, IndexError):
+        return update
+    out = update
+    for start, end, text in sorted(edits, reverse=True):
+        out = f"{out[:start]}{text}{out[end:]}"
+    return out
+
+
+def _wrap_bare_triples(
+    op: list[_Tok], opening: int, closing: int, node: str
+) -> list[tuple[int, int, str]]:
+    """Edits putting ``GRAPH node { … }`` around each run of triples between ``op[opening]``
+    (a ``{``) and ``op[closing]`` that is not in a ``GRAPH`` block (a leading ``.`` stays
+    outside: it ends the block before)."""
+    edits: list[tuple[int, int, str]] = []
+    run_start: int | None = None
+    index = opening + 1
+    while index <= closing:
+        tok = op[index]
+        if tok.text == "GRAPH" or index == closing:
+            if run_start is not None:
+                edits += [(op[run_start].start, op[run_start].start, f"GRAPH {node} {{ "),
+                          (tok.start, tok.start, "} ")]  # fmt: skip
+                run_start = None
+            if tok.text == "GRAPH":
+                index = _closing(op, index + 2)
+        elif run_start is None and tok.text != ".":
+            run_start = index
+        index += 1
+    return edits

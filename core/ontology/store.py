@@ -24,7 +24,13 @@ import pyoxigraph as ox
 from pydantic import BaseModel, Field
 
 from mimir.core.ontology.catalog import OntologyCatalog, OntologyInfo
-from mimir.core.ontology.dataset import Dataset, add_using, declares_dataset
+from mimir.core.ontology.dataset import (
+    DEFAULT_GRAPH,
+    Dataset,
+    add_using,
+    declares_dataset,
+    to_default_graph,
+)
 from mimir.core.ontology.errors import (
     OntologyError,
     OntologyExistsError,
@@ -438,7 +444,8 @@ class OntologyStore:
         """Run a SPARQL 1.1 update (``SERVICE``/``LOAD`` only as the federation policy
         allows). ``using`` is the protocol's ``using-graph-uri``/``using-named-graph-uri``
         (refused with an update that has ``USING`` or ``WITH``); without it the ``WHERE``
-        of each ``DELETE/INSERT`` sees every named graph (:mod:`~.dataset`). The catalog's
+        of each ``DELETE/INSERT`` sees every named graph, and what it writes without naming
+        a graph goes to :data:`~.dataset.DEFAULT_GRAPH` (:mod:`~.dataset`). The catalog's
         triple counts follow."""
         if not sparql or not sparql.strip():
             raise SparqlError("the update is empty")
@@ -456,7 +463,7 @@ class OntologyStore:
         else:
             text = sparql
         try:
-            self.triples.update(text, timeout=timeout, base_iri=base_iri)
+            self.triples.update(to_default_graph(text), timeout=timeout, base_iri=base_iri)
         finally:
             self.sync_catalog()
 
@@ -749,6 +756,7 @@ def open_ontology_store(settings: Settings, *, base: str = DEFAULT_BASE) -> Onto
                 triples = SparqlEndpointStore(settings.fuseki_url)
             else:
                 triples = OxigraphStore(root / "oxigraph")
+                triples.adopt_default_graph(DEFAULT_GRAPH)
             store = OntologyStore(triples, OntologyCatalog(root / "catalog.sqlite3"), base)
             _OPEN[key] = store
         # Shared by the API and the plugins of one process, which read the same settings.

@@ -238,6 +238,16 @@ class OxigraphStore:
     def named_graphs(self) -> list[str]:
         return [g.value for g in self._store.named_graphs() if isinstance(g, ox.NamedNode)]
 
+    def adopt_default_graph(self, graph: str) -> None:
+        """Move the triples of the store's unnamed default graph into ``graph``: versions
+        before the dataset rule wrote there, outside every dataset a query can name."""
+        empty = ox.DefaultGraph()
+        if next(self._store.quads_for_pattern(None, None, None, empty), None) is None:
+            return
+        with self._write_lock:
+            self._store.update(f"ADD DEFAULT TO {ox.NamedNode(graph)} ; DROP DEFAULT")
+            self._store.flush()
+
     def _run(
         self,
         sparql: str,

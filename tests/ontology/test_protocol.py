@@ -112,6 +112,61 @@ def test_queries_and_updates_share_one_default_graph(kg: httpx.Client) -> None:
     assert ask(kg, "ASK { ?s a <urn:C> }") is False
 
 
+def test_triples_written_without_a_graph_stay_visible(kg: httpx.Client) -> None:
+    """Defect 3, the writes' side: a write that names no graph went to the store's own
+    unnamed default graph, outside the union every query sees, so ``INSERT DATA { <a> <b>
+    <c> }`` then ``ASK { <a> <b> <c> }`` answered false (true on the built-in store before
+    the dataset rule), and nothing could read those triples again."""
+    assert update(kg, "INSERT DATA { <urn:a> <urn:b> <urn:c> }").status_code == 204
+    assert ask(kg, "ASK { <urn:a> <urn:b> <urn:c> }") is True
+    kg.post("/api/v1/kg/update", json={"update": "INSERT DATA { <urn:d> <urn:b> <urn:c> }"})
+    answer = kg.post("/api/v1/kg/query", json={"query": "ASK { <urn:d> <urn:b> <urn:c> }"})
+    assert answer.json()["boolean"] is True
+    # A template without GRAPH, its WHERE over the union.
+    seen = "INSERT { ?s <urn:seen> true } WHERE { ?s <urn:b> <urn:c> }"
+    assert update(kg, seen).status_code == 204
+    assert ask(kg, "ASK { <urn:a> <urn:seen> true . <urn:d> <urn:seen> true }") is True
+    # Triples and GRAPH blocks mixed in one DATA block, with and without dots.
+    mixed = (
+        "INSERT DATA { <urn:m1> <urn:p> 1 . GRAPH <urn:g> { <urn:m2> <urn:p> 2 } . "
+        "<urn:m3> <urn:p> 3 GRAPH <urn:g> { <urn:m4> <urn:p> 4 } }"
+    )
+    assert update(kg, mixed).status_code == 204, update(kg, mixed).text
+    assert ask(kg, "ASK { <urn:m1> <urn:p> 1 . <urn:m3> <urn:p> 3 }") is True
+    assert ask(kg, "ASK { GRAPH <urn:g> { <urn:m2> <urn:p> 2 . <urn:m4> <urn:p> 4 } }") is True
+    # DELETE WHERE, DELETE DATA and DELETE … WHERE reach them.
+    assert update(kg, "DELETE WHERE { <urn:a> <urn:seen> ?x }").status_code == 204
+    assert ask(kg, "ASK { <urn:a> <urn:seen> ?x }") is False
+    assert update(kg, "DELETE DATA { <urn:d> <urn:seen> true }").status_code == 204
+    assert ask(kg, "ASK { <urn:d> <urn:seen> ?x }") is False
+    # DEFAULT in graph management is that same graph; LOAD without INTO would load there.
+    assert update(kg, "COPY DEFAULT TO <urn:copy>").status_code == 204
+    assert ask(kg, "ASK { GRAPH <urn:copy> { <urn:a> <urn:b> <urn:c> } }") is True
+    assert update(kg, "CLEAR DEFAULT").status_code == 204
+    assert ask(kg, "ASK { GRAPH <urn:copy> { <urn:a> <urn:b> <urn:c> } }") is True
+    assert ask(kg, "ASK { GRAPH ?g { <urn:a> <urn:b> <urn:c> } FILTER(?g != <urn:copy>) }") is False
+    assert ask(kg, "ASK { GRAPH <urn:g> { <urn:m2> <urn:p> 2 } }") is True
+
+
+def test_triples_in_the_stores_own_default_graph_are_kept_visible(
+    make_server: Callable[..., ServerProcess], redis_server: RedisServer, data_dir: Path
+) -> None:
+    """Defect 3: triples an earlier version wrote to the built-in store's unnamed default
+    graph were hidden by the dataset rule; the server moves them into Mimir's default graph
+    when it opens the store."""
+    import pyoxigraph as ox
+
+    (data_dir / "ontologies" / "oxigraph").mkdir(parents=True)
+    old = ox.Store(str(data_dir / "ontologies" / "oxigraph"))
+    old.update("INSERT DATA { <urn:old> <urn:p> <urn:o> }")
+    old.flush()
+    del old
+    server = make_server(redis_url=redis_server.url).start()
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        assert ask(client, "ASK { <urn:old> <urn:p> <urn:o> }") is True
+    server.stop()
+
+
 def test_using_graph_uri_and_the_with_using_conflict(kg: httpx.Client) -> None:
     """Defect 4: using-graph-uri, using-named-graph-uri and the conflict were ignored."""
     update(
