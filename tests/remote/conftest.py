@@ -61,6 +61,11 @@ TLS_PORT = 2376
 #: Where the inner dockerd's fixture socket is, inside the host container.
 ADMIN_DIR = "/run/remote-admin"
 
+#: Per test, instead of the suite's 300 s: whichever test comes first sets the session's
+#: hosts up, and on a fresh machine that includes building the host and Mimir images.
+#: (Every wait inside the tests has its own, much shorter deadline.)
+REMOTE_TIMEOUT = pytest.mark.timeout(900)
+
 #: Seconds for one inner engine to answer after its container started.
 ENGINE_DEADLINE = 90.0
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import free_port
-from tests.remote.conftest import Authority, Cli, CliResult, TlsHost
+from tests.remote.conftest import REMOTE_TIMEOUT, Authority, Cli, CliResult, TlsHost
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, REMOTE_TIMEOUT]
 
 #: The command under test with this machine's Docker engine out of reach: a private mount
 #: namespace where /var/run/docker.sock is /dev/null (the engine itself keeps running).

@@ -22,9 +22,9 @@ import pytest
 
 from tests.cluster.conftest import ClusterAPI
 from tests.helpers import port_open, wait_until
-from tests.remote.conftest import CLI, Cli, SshHost, ed25519_identity
+from tests.remote.conftest import CLI, REMOTE_TIMEOUT, Cli, SshHost, ed25519_identity
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, REMOTE_TIMEOUT]
 
 PROJECT = "rssh"
 

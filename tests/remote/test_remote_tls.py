@@ -17,9 +17,9 @@ import pytest
 
 from tests.cluster.conftest import ClusterAPI
 from tests.helpers import wait_until
-from tests.remote.conftest import Cli, TlsHost
+from tests.remote.conftest import REMOTE_TIMEOUT, Cli, TlsHost
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, REMOTE_TIMEOUT]
 
 PROJECT = "rtls"
 API_PORT = 8080
