@@ -244,8 +244,9 @@ class ConnectionProfile:
 
     def problems(self, token: str | None) -> list[str]:
         """Everything that stops this profile from working, in words for the operator:
-        :meth:`validate`'s rule, each missing file named, and for a published API a
-        non-loopback interface and a token. Empty when the profile can be saved."""
+        :meth:`validate`'s rule, each missing file named, and for an API published by an
+        engine on another host a non-loopback interface and a token. Empty when the
+        profile can be saved."""
         found: list[str] = []
         try:
             self.validate()
@@ -267,7 +268,8 @@ class ConnectionProfile:
                 "a tcp:// engine needs TLS: give at least the CA (and the client certificate "
                 "and key the engine asks for)"
             )
-        if self.effective_api_access == "published":
+        elsewhere = self.engine_scheme in ("tcp", "ssh") and not is_loopback(self.engine_host)
+        if self.effective_api_access == "published" and elsewhere:
             if not self.api_bind or is_loopback(self.api_bind):
                 found.append(
                     "a published API must listen on an interface this machine reaches "

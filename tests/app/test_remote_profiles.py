@@ -257,6 +257,9 @@ def test_problems_name_each_rule(tls: dict[str, Path], tmp_path: Path) -> None:
     assert any("not 127.0.0.1" in p for p in loopback)
     assert any("not 127.0.0.1" in p for p in tcp_profile(tls, api_bind="").problems("tok"))
     assert any("needs a token" in p for p in tcp_profile(tls).problems(None))
+    # An engine on this machine publishes on loopback without a token.
+    local = tcp_profile(tls, docker_host="tcp://127.0.0.1:2376", api_bind="")
+    assert local.problems(None) == []
     # A tunnel needs ssh://.
     assert any("needs an ssh:// engine" in p for p in tcp_profile(tls, api_access="tunnel")
                .problems("tok"))  # fmt: skip
