@@ -113,19 +113,22 @@ class DockerProfile:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DockerProfile:
-        """``DOCKER_HOST``; with ``DOCKER_TLS_VERIFY`` set (non-empty, not ``0``) the TLS
-        material ``ca.pem``, ``cert.pem``, ``key.pem`` of ``DOCKER_CERT_PATH`` (``~/.docker``)."""
+        """``DOCKER_HOST`` and, as the docker CLI reads them, the TLS material: with
+        ``DOCKER_TLS_VERIFY`` (or ``DOCKER_TLS``, which skips the server check) set to
+        something other than empty or ``0``, ``ca.pem``, ``cert.pem`` and ``key.pem`` of
+        ``DOCKER_CERT_PATH`` (default ``DOCKER_CONFIG``, else ``~/.docker``). The files there
+        are used; when none is, all three are named, so the check says which are missing."""
         env = os.environ if environ is None else environ
-        verify = env.get("DOCKER_TLS_VERIFY", "")
-        if not verify or verify == "0":
-            return cls(docker_host=env.get("DOCKER_HOST") or None)
-        certs = Path(env.get("DOCKER_CERT_PATH") or "~/.docker").expanduser()
-        return cls(
-            docker_host=env.get("DOCKER_HOST") or None,
-            tls_ca=str(certs / "ca.pem"),
-            tls_cert=str(certs / "cert.pem"),
-            tls_key=str(certs / "key.pem"),
-        )
+        host = env.get("DOCKER_HOST") or None
+        verify = env.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
+        if not verify and env.get("DOCKER_TLS", "") in ("", "0"):
+            return cls(docker_host=host)
+        folder = env.get("DOCKER_CERT_PATH") or env.get("DOCKER_CONFIG") or "~/.docker"
+        certs = Path(folder).expanduser()
+        files = {key: certs / f"{key.removeprefix('tls_')}.pem" for key in _TLS_KEYS}
+        present = {key: str(path) for key, path in files.items() if path.is_file()}
+        named = present or {key: str(path) for key, path in files.items()}
+        return cls(docker_host=host, tls_verify=verify, **named)
 
     @property
     def uses_tls(self) -> bool:
@@ -146,15 +149,22 @@ def resolve_profile(
     profile: DockerProfile | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> DockerProfile:
-    """The engine and its TLS material: ``docker_host`` > the profile's > ``DOCKER_HOST``;
-    TLS material from the profile, else (for a ``tcp://`` engine) from ``DOCKER_CERT_PATH``
-    when ``DOCKER_TLS_VERIFY`` is set, as the docker CLI does."""
+    """The engine and its TLS material: ``docker_host`` > the profile's > ``DOCKER_HOST``.
+
+    A profile that names its engine is complete: its TLS material (or none) is used as it
+    is. Otherwise a ``tcp://`` engine gets the environment's TLS material
+    (:meth:`DockerProfile.from_env`: ``DOCKER_TLS_VERIFY``, ``DOCKER_CERT_PATH``), as the
+    docker CLI gives it to ``-H`` and ``DOCKER_HOST`` alike."""
     profile = profile or DockerProfile()
     env = DockerProfile.from_env(environ)
     host = docker_host or profile.docker_host or env.docker_host
     resolved = replace(profile, docker_host=host or None)
-    if not profile.uses_tls and env.uses_tls and (host or "").startswith(("tcp://", "https://")):
-        resolved = replace(resolved, tls_ca=env.tls_ca, tls_cert=env.tls_cert, tls_key=env.tls_key)
+    tcp = (host or "").startswith(("tcp://", "https://"))
+    if not profile.docker_host and not profile.uses_tls and env.uses_tls and tcp:
+        resolved = replace(
+            resolved, tls_ca=env.tls_ca, tls_cert=env.tls_cert, tls_key=env.tls_key,
+            tls_verify=env.tls_verify,
+        )  # fmt: skip
     return resolved
 
 

@@ -324,11 +324,17 @@ def test_from_env_reads_the_docker_cli_variables(tmp_path: Path) -> None:
         env = {"DOCKER_HOST": "tcp://h:2376", "DOCKER_TLS_VERIFY": off}
         assert DockerProfile.from_env(env) == DockerProfile(docker_host="tcp://h:2376")
     env = {"DOCKER_HOST": "tcp://h:2376", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": "/certs"}
-    profile = DockerProfile.from_env(env)
+    profile = DockerProfile.from_env(env)  # none of the files exists: all three are named
     assert (profile.tls_ca, profile.tls_cert, profile.tls_key) == (
         "/certs/ca.pem", "/certs/cert.pem", "/certs/key.pem",
     )  # fmt: skip
-    default = DockerProfile.from_env({"DOCKER_TLS_VERIFY": "1", "HOME": str(tmp_path)})
+    assert profile.tls_verify
+    (tmp_path / "ca.pem").write_text("x")  # only a CA: the engine asks for no client cert
+    only_ca = DockerProfile.from_env({**env, "DOCKER_CERT_PATH": str(tmp_path)})
+    assert only_ca.tls_ca == str(tmp_path / "ca.pem") and only_ca.tls_cert is None
+    unverified = DockerProfile.from_env({"DOCKER_TLS": "1", "DOCKER_CERT_PATH": str(tmp_path)})
+    assert unverified.uses_tls and not unverified.tls_verify
+    default = DockerProfile.from_env({"DOCKER_TLS_VERIFY": "1"})
     assert default.tls_ca == str(Path("~/.docker/ca.pem").expanduser())
 
 
@@ -338,6 +344,11 @@ def test_resolution_is_arguments_then_profile_then_environment() -> None:
     assert resolve_profile(None, None, env).tls_ca == "/e/ca.pem"
     mine = DockerProfile(docker_host="tcp://profile:2376", tls_ca="/p/ca.pem")
     assert resolve_profile(None, mine, env) == mine  # the profile's TLS, not the environment's
+    # A profile that names its engine is complete: no TLS there means none.
+    plain = DockerProfile(docker_host="tcp://profile:2375")
+    assert resolve_profile(None, plain, env) == plain
+    # --docker-host gets the environment's TLS, as docker -H does.
+    assert resolve_profile("tcp://arg:2376", None, env).tls_key == "/e/key.pem"
     explicit = resolve_profile("tcp://arg:2376", mine, env)
     assert explicit.docker_host == "tcp://arg:2376" and explicit.tls_ca == "/p/ca.pem"
     # The environment's TLS goes with TCP engines only, not ssh:// or unix://.
