@@ -128,7 +128,10 @@ class DockerProfile:
         files = {key: certs / f"{key.removeprefix('tls_')}.pem" for key in _TLS_KEYS}
         present = {key: str(path) for key, path in files.items() if path.is_file()}
         named = present or {key: str(path) for key, path in files.items()}
-        return cls(docker_host=host, tls_verify=verify, **named)
+        return cls(
+            docker_host=host, tls_verify=verify, tls_ca=named.get("tls_ca"),
+            tls_cert=named.get("tls_cert"), tls_key=named.get("tls_key"),
+        )  # fmt: skip
 
     @property
     def uses_tls(self) -> bool:
