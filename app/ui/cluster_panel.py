@@ -15,6 +15,7 @@ and retries the action once; a changed host key is an error and is never offered
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import re
@@ -66,7 +67,7 @@ from mimir.app.ui.profile_dialog import ProfileDialog
 from mimir.app.ui.session import ConsoleSession
 from mimir.core.backup.manifest import BackupError
 
-__all__ = ["QtClusterPanel", "api_access_text", "unknown_host_key"]
+__all__ = ["OPEN_BACKENDS", "QtClusterPanel", "api_access_text", "unknown_host_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,25 @@ def refused_message(exc: BackupRefused) -> str:
     if exc.part and exc.part not in text:
         return f"refused, nothing was changed (part {exc.part}): {text}"
     return f"refused, nothing was changed: {text}"
+
+
+#: The backends the panel built for remote profiles and has not closed: an SSH tunnel is an
+#: ssh process of its own, which would outlive the console.
+OPEN_BACKENDS: set[Any] = set()
+
+
+@atexit.register
+def close_open_backends() -> None:
+    """Close what is still open (the console exits): SSH tunnels end with it."""
+    for backend in list(OPEN_BACKENDS):
+        OPEN_BACKENDS.discard(backend)
+        with contextlib.suppress(Exception):
+            backend.close()
+
+
+def _close_in_thread(backend: Any) -> None:
+    OPEN_BACKENDS.discard(backend)
+    threading.Thread(target=backend.close, name="close-backend", daemon=True).start()
 
 
 def api_access_text(profile: ConnectionProfile, api_url: str | None, token: bool) -> str:
@@ -502,7 +522,7 @@ class QtClusterPanel(QWidget):
         if previous is not None and previous is not backend:
             # Its SSH tunnel (and the API's forwarded port) goes with the profile; ssh's
             # exit is not awaited on the GUI thread.
-            threading.Thread(target=previous.close, name="close-backend", daemon=True).start()
+            _close_in_thread(previous)
         if profile.kind != "remote_docker" or backend is None:
             return
         if getattr(session, "_backend_override", None) is not None:
@@ -517,6 +537,7 @@ class QtClusterPanel(QWidget):
                 "docker", profile.project, profile=wanted, api_port=profile.api_port
             )
             self._attached_backend = session.backend
+            OPEN_BACKENDS.add(session.backend)
         except ClusterError as exc:
             logger.warning("profile %s: %s", profile.name, exc)
             session.backend = None

@@ -682,7 +682,7 @@ def test_panel_edits_a_profile_and_gives_its_engine_settings_to_the_backend(
 ) -> None:
     pytest.importorskip("docker")
     from mimir.app.cluster.docker_backend import DockerBackend
-    from mimir.app.ui.cluster_panel import QtClusterPanel
+    from mimir.app.ui.cluster_panel import OPEN_BACKENDS, QtClusterPanel
 
     panel = QtClusterPanel(panel_session)
     panel._timer.stop()
@@ -713,8 +713,37 @@ def test_panel_edits_a_profile_and_gives_its_engine_settings_to_the_backend(
         assert backend.api_token == "tok-123" and backend.api_port == 9090
         assert panel.access_label.text() == "API published on 10.0.0.5:9090 (token)"
         assert panel.access_label.isVisible()
+        assert backend in OPEN_BACKENDS  # closed when the console exits (its SSH tunnel)
+
+        # Another profile: the remote backend is closed, the access line goes.
+        panel.profile_combo.setCurrentIndex(panel.profile_combo.findText("Local processes"))
+        await until(lambda: panel_session.profile.name == "Local processes", 5, "the switch")
+        assert backend not in OPEN_BACKENDS
+        assert panel_session.backend is not backend
+        assert not panel.access_label.isVisible()
 
     try:
         loop.run_until_complete(scenario())
     finally:
         _dispose(panel, qapp)
+
+
+def test_the_api_access_line_says_tunnel_or_published_and_warns_without_a_token() -> None:
+    from mimir.app.ui.cluster_panel import api_access_text
+
+    ssh = ConnectionProfile(
+        "s", "remote_docker", api_url="http://127.0.0.1:8080", docker_host="ssh://ops@lab"
+    )
+    assert api_access_text(ssh, None, False) == (
+        "API via SSH tunnel → lab:8080, opened while the cluster runs (nothing exposed)"
+    )
+    assert api_access_text(ssh, "http://127.0.0.1:41234", False) == (
+        "API via SSH tunnel 127.0.0.1:41234 → lab:8080 (nothing exposed on the host)"
+    )
+    published = ConnectionProfile(
+        "t", "remote_docker", api_url="http://10.0.0.5:8080", docker_host="tcp://10.0.0.5:2376",
+        api_access="published", api_bind="10.0.0.5",
+    )  # fmt: skip
+    assert api_access_text(published, None, True) == "API published on 10.0.0.5:8080 (token)"
+    assert "NO token" in api_access_text(published, None, False)
+    assert api_access_text(ConnectionProfile("local"), "http://127.0.0.1:8080", False) == ""
