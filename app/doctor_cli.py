@@ -55,7 +55,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> Report:
     token = args.token or settings.api_token
     if not (args.api_url and not args.project and not args.backend and not args.profile):
         project = args.project or "mimir"
-        name = args.backend or default_backend_name(project, settings)
+        name = args.backend or default_backend_name(
+            project, settings, docker_host=args.docker_host, profile=args.profile
+        )
         options: dict[str, Any] = {}
         if name == "docker":
             options = {"docker_host": args.docker_host, "profile": args.profile}

@@ -405,6 +405,24 @@ def test_the_cli_exits_3_when_it_cannot_run_and_reports_an_engine_that_does_not_
     assert checks == {"cluster.control", "api.reachable"}, out
 
 
+def test_an_engine_named_by_profile_or_docker_host_is_the_docker_backend(tmp_path: Path) -> None:
+    """Without --backend, --docker-host or --profile choose the engine they name: its
+    failure is reported, never a diagnosis of local processes (issue 19, defect 1)."""
+    env = {**_local_settings(tmp_path), "MIMIR_API_URL": f"http://127.0.0.1:{free_port()}"}
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    profile = tmp_path / "remote.json"
+    profile.write_text(json.dumps({"docker_host": dead}))
+    # A local cluster once recorded under the same name must not win over the named engine.
+    (tmp_path / "state" / "doctorremote").mkdir(parents=True)
+    (tmp_path / "state" / "doctorremote" / "state.json").write_text("{}")
+    for option in (["--docker-host", dead], ["--profile", str(profile)]):
+        code, out = _cli(env, "--project", "doctorremote", *option, "--json")
+        assert code == 2, out
+        findings = json.loads(out)["findings"]
+        control = [f for f in findings if f["check"] == "cluster.control"]
+        assert control and "127.0.0.1" in json.dumps(control), out
+
+
 # ---------------------------------------------------------------------- the rules alone
 
 
