@@ -61,6 +61,16 @@ VERIFY_OFF_WARNING = (
 )
 
 _RED = "color: #FF6B6B; font-weight: 600;"
+#: Radio buttons drawn as the console's check boxes are (the default indicator is dark on
+#: dark), a disabled one greyed.
+_RADIOS = (
+    "QRadioButton { background: transparent; spacing: 8px; }"
+    "QRadioButton:disabled { color: #5B6373; }"
+    "QRadioButton::indicator { width: 13px; height: 13px; border: 1px solid #5A6478;"
+    " border-radius: 7px; background: #1A1D23; }"
+    "QRadioButton::indicator:checked { background: #3D7BE0; border-color: #6A9BEA; }"
+    "QRadioButton::indicator:disabled { border-color: #333A47; }"
+)
 _DEFAULT_API_PORT = 8080
 
 
@@ -277,6 +287,7 @@ class ProfileDialog(QDialog):
         root.addWidget(self.ssh_box)
 
         self.api_box = QGroupBox("API access")
+        self.api_box.setStyleSheet(_RADIOS)
         form = self._form(self.api_box)
         self.tunnel_radio = QRadioButton("Through an SSH tunnel (nothing is exposed on the host)")
         self.published_radio = QRadioButton("Published on an interface of the host, with a token")
@@ -446,6 +457,7 @@ class ProfileDialog(QDialog):
         for widget in (self.tunnel_radio, self.published_radio):
             widget.setVisible(remote)
         self.tunnel_radio.setEnabled(ssh)
+        self.tunnel_radio.setToolTip("" if ssh else "An SSH tunnel needs an ssh:// engine URL")
         if remote and not ssh and self.tunnel_radio.isChecked():
             self.published_radio.setChecked(True)  # a tunnel needs ssh://
         published = remote and self.published_radio.isChecked()
