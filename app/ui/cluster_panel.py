@@ -15,11 +15,9 @@ and retries the action once; a changed host key is an error and is never offered
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import logging
 import re
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -67,7 +65,7 @@ from mimir.app.ui.profile_dialog import ProfileDialog
 from mimir.app.ui.session import ConsoleSession
 from mimir.core.backup.manifest import BackupError
 
-__all__ = ["OPEN_BACKENDS", "QtClusterPanel", "api_access_text", "unknown_host_key"]
+__all__ = ["QtClusterPanel", "api_access_text", "unknown_host_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,25 +122,6 @@ def refused_message(exc: BackupRefused) -> str:
     if exc.part and exc.part not in text:
         return f"refused, nothing was changed (part {exc.part}): {text}"
     return f"refused, nothing was changed: {text}"
-
-
-#: The backends the panel built for remote profiles and has not closed: an SSH tunnel is an
-#: ssh process of its own, which would outlive the console.
-OPEN_BACKENDS: set[Any] = set()
-
-
-@atexit.register
-def close_open_backends() -> None:
-    """Close what is still open (the console exits): SSH tunnels end with it."""
-    for backend in list(OPEN_BACKENDS):
-        OPEN_BACKENDS.discard(backend)
-        with contextlib.suppress(Exception):
-            backend.close()
-
-
-def _close_in_thread(backend: Any) -> None:
-    OPEN_BACKENDS.discard(backend)
-    threading.Thread(target=backend.close, name="close-backend", daemon=True).start()
 
 
 def api_access_text(profile: ConnectionProfile, api_url: str | None, token: bool) -> str:
@@ -222,7 +201,6 @@ class QtClusterPanel(QWidget):
         self._timer.timeout.connect(self._tick)
         self._timer.start()
         self._reload_profiles()
-        self._attach_engine_profile()
         self._show_api_note()
 
     # ---------------------------------------------------------------- layout
@@ -388,7 +366,6 @@ class QtClusterPanel(QWidget):
         #: Profiles whose unknown host key was already put to the operator by a refresh.
         self._host_keys_asked: set[str] = set()
         #: The backend this panel built for a remote profile (closed when it is replaced).
-        self._attached_backend: Any = None
 
         progress_row = QHBoxLayout()
         self.progress = QProgressBar()
@@ -476,9 +453,6 @@ class QtClusterPanel(QWidget):
             self.session.apply_profile(profile)
 
     def _on_profile_changed(self, profile: ConnectionProfile) -> None:
-        # First of the panels (the window builds this one first): the others read the
-        # backend this sets.
-        self._attach_engine_profile()
         # The profile may have been stored or changed elsewhere (start-up, --api-url):
         # show the one in use, not the one read when the panel was built.
         if self.profile_combo.currentData() != profile:
@@ -510,38 +484,6 @@ class QtClusterPanel(QWidget):
         self.session.profile = profile
         self._reload_profiles()
         self.session.apply_profile(profile)
-
-    def _attach_engine_profile(self) -> None:
-        """Give a remote Docker profile's backend the whole engine profile (TLS, SSH
-        identity and known hosts, API access, bind, port, token): the session builds it
-        from the engine URL alone. Nothing connects here (the backend connects on use)."""
-        session = self.session
-        profile = session.profile
-        backend = session.backend
-        previous, self._attached_backend = self._attached_backend, None
-        if previous is not None and previous is not backend:
-            # Its SSH tunnel (and the API's forwarded port) goes with the profile; ssh's
-            # exit is not awaited on the GUI thread.
-            _close_in_thread(previous)
-        if profile.kind != "remote_docker" or backend is None:
-            return
-        if getattr(session, "_backend_override", None) is not None:
-            return  # a backend given to the session (tests, --smoke) is kept
-        wanted = profile.docker_profile(session.profiles.token(profile.name))
-        if getattr(backend, "profile", None) == wanted:
-            return
-        from mimir.app.cluster.selection import create_backend
-
-        try:
-            session.backend = create_backend(
-                "docker", profile.project, profile=wanted, api_port=profile.api_port
-            )
-            self._attached_backend = session.backend
-            OPEN_BACKENDS.add(session.backend)
-        except ClusterError as exc:
-            logger.warning("profile %s: %s", profile.name, exc)
-            session.backend = None
-            session.backend_error = str(exc)
 
     @asyncSlot()
     async def edit_profile(self) -> None:

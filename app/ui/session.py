@@ -8,7 +8,11 @@ are therefore delivered through a queued signal.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
+import threading
 import time
 from typing import Any
 
@@ -22,9 +26,28 @@ from mimir.app.services.profiles import ConnectionProfile, ProfileStore
 from mimir.app.services.timeseries import DashboardRecorder
 from mimir.app.services.worker_names import worker_labels
 
-__all__ = ["ConsoleSession"]
+__all__ = ["OPEN_BACKENDS", "ConsoleSession"]
 
 logger = logging.getLogger(__name__)
+
+#: The backends sessions built and have not closed yet. A remote one may hold an SSH
+#: tunnel, an ssh process of its own that would outlive the console.
+OPEN_BACKENDS: set[Any] = set()
+
+
+@atexit.register
+def _close_open_backends() -> None:
+    """The safety net when the console exits without :meth:`ConsoleSession.close`."""
+    for backend in list(OPEN_BACKENDS):
+        _close_now(backend)
+
+
+def _close_now(backend: Any) -> None:
+    OPEN_BACKENDS.discard(backend)
+    close = getattr(backend, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
 
 
 class ConsoleSession(QObject):
@@ -83,7 +106,14 @@ class ConsoleSession(QObject):
         self.profile = profile
         self.profiles.set_current(profile.name)
         self.api.configure(profile.api_url, self.profiles.token(profile.name))
+        previous = self.backend
         self.backend = self._backend_override or self._make_backend(profile)
+        if previous is not None and previous is not self.backend and previous in OPEN_BACKENDS:
+            # Its SSH tunnel goes with the profile; ssh's exit is not awaited on the GUI thread.
+            OPEN_BACKENDS.discard(previous)
+            threading.Thread(
+                target=_close_now, args=(previous,), name="close-backend", daemon=True
+            ).start()
         # What was read of the last profile's cluster says nothing about this one.
         self.last_cluster_status = None
         self.set_instances([])
@@ -95,19 +125,23 @@ class ConsoleSession(QObject):
             return None
         from mimir.app.cluster.selection import create_backend
 
-        options: dict[str, Any] = {}
-        if profile.kind == "remote_docker":
-            options["docker_host"] = profile.docker_host
         # The cluster publishes its API on the port of the profile's API URL.
-        options["api_port"] = profile.api_port
-        if profile.backend == "docker":
-            options["api_token"] = self.profiles.token(profile.name)
+        options: dict[str, Any] = {"api_port": profile.api_port}
+        token = self.profiles.token(profile.name) if profile.backend == "docker" else None
+        if profile.kind == "remote_docker":
+            # The whole engine profile: TLS material, SSH identity and known hosts, how the
+            # API is reached, its bind and token. Nothing connects here (on use only).
+            options["profile"] = profile.docker_profile(token)
+        else:
+            options["api_token"] = token
         try:
-            return create_backend(profile.backend, profile.project, **options)
+            backend = create_backend(profile.backend, profile.project, **options)
         except ClusterError as exc:
             logger.warning("profile %s: %s", profile.name, exc)
             self.backend_error = str(exc)
             return None
+        OPEN_BACKENDS.add(backend)
+        return backend
 
     def set_instances(self, instances: list[Instance]) -> None:
         if instances != self.instances:
@@ -134,3 +168,5 @@ class ConsoleSession(QObject):
     async def close(self) -> None:
         await self.feed.stop()
         await self.api.aclose()
+        if self.backend in OPEN_BACKENDS:
+            await asyncio.to_thread(_close_now, self.backend)

@@ -682,7 +682,8 @@ def test_panel_edits_a_profile_and_gives_its_engine_settings_to_the_backend(
 ) -> None:
     pytest.importorskip("docker")
     from mimir.app.cluster.docker_backend import DockerBackend
-    from mimir.app.ui.cluster_panel import OPEN_BACKENDS, QtClusterPanel
+    from mimir.app.ui.cluster_panel import QtClusterPanel
+    from mimir.app.ui.session import OPEN_BACKENDS
 
     panel = QtClusterPanel(panel_session)
     panel._timer.stop()
@@ -747,3 +748,22 @@ def test_the_api_access_line_says_tunnel_or_published_and_warns_without_a_token(
     assert api_access_text(published, None, True) == "API published on 10.0.0.5:8080 (token)"
     assert "NO token" in api_access_text(published, None, False)
     assert api_access_text(ConnectionProfile("local"), "http://127.0.0.1:8080", False) == ""
+
+
+def test_the_session_closes_the_backend_it_built_when_the_console_closes(
+    qapp: Any, loop: Any, panel_session: Any, tls: dict[str, Path]
+) -> None:
+    """A remote backend may hold an SSH tunnel (an ssh process): the session's close, which
+    the main window's shutdown awaits, closes it."""
+    from mimir.app.cluster.docker_backend import DockerBackend
+    from mimir.app.ui.session import OPEN_BACKENDS
+
+    profile = tcp_profile(tls, name="closing", docker_host="tcp://127.0.0.1:9")
+    panel_session.profiles.upsert(profile, "tok-9")
+    panel_session.apply_profile(profile)
+    backend = panel_session.backend
+    assert isinstance(backend, DockerBackend), panel_session.backend_error
+    assert backend.profile == profile.docker_profile("tok-9")
+    assert backend in OPEN_BACKENDS
+    loop.run_until_complete(panel_session.close())
+    assert backend not in OPEN_BACKENDS
