@@ -28,7 +28,18 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_GRAPH", "Dataset", "add_using", "declares_dataset", "to_default_graph"]
+import pyoxigraph as ox
+
+from mimir.core.ontology.errors import SparqlError
+
+__all__ = [
+    "DEFAULT_GRAPH",
+    "Dataset",
+    "add_using",
+    "check_iri",
+    "declares_dataset",
+    "to_default_graph",
+]
 
 #: Where the triples an update writes without naming a graph go.
 DEFAULT_GRAPH = "urn:x-mimir:default"
@@ -44,6 +55,14 @@ class Dataset:
     @property
     def given(self) -> bool:
         return self.default is not None or self.named is not None
+
+
+def check_iri(value: str, what: str) -> None:
+    """Refuse (:class:`SparqlError`) a ``value`` of ``what`` that is not an absolute IRI."""
+    try:
+        ox.NamedNode(value)
+    except ValueError as exc:
+        raise SparqlError(f"{what} {value!r} is not an absolute IRI: {exc}") from None
 
 
 _SKIP = re.compile(r"\s+|#[^\r\n]*")

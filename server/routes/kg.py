@@ -40,7 +40,7 @@ from mimir.core.ontology import (
     Subgraph,
     resolve_format,
 )
-from mimir.core.ontology.dataset import Dataset
+from mimir.core.ontology.dataset import Dataset, check_iri
 from mimir.core.ontology.triplestores import NotAcceptableError
 from mimir.server.errors import error_response
 from mimir.server.knowledge import OntologyStoreDep
@@ -72,11 +72,20 @@ class UpdateRequest(BaseModel):
     timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=MAX_TIMEOUT)
 
 
+def _base_iri(request: Request) -> str:
+    """The route's URL: the base of the relative IRIs of a query or update sent to it."""
+    return str(request.url.replace(query=None, fragment=None))
+
+
 @router.post("/query")
-async def kg_query(body: QueryRequest, store: OntologyStoreDep) -> dict[str, Any]:
+async def kg_query(body: QueryRequest, request: Request, store: OntologyStoreDep) -> dict[str, Any]:
     """Run a read-only query; answers SPARQL JSON plus ``truncated`` and ``elapsed_ms``."""
     result = await store.run_query(
-        body.query, ontology=body.ontology, row_limit=body.limit, timeout=body.timeout
+        body.query,
+        ontology=body.ontology,
+        row_limit=body.limit,
+        timeout=body.timeout,
+        base_iri=_base_iri(request),
     )
     answer = result.to_sparql_json()
     answer.update(
@@ -86,9 +95,11 @@ async def kg_query(body: QueryRequest, store: OntologyStoreDep) -> dict[str, Any
 
 
 @router.post("/update")
-async def kg_update(body: UpdateRequest, store: OntologyStoreDep) -> dict[str, str]:
+async def kg_update(
+    body: UpdateRequest, request: Request, store: OntologyStoreDep
+) -> dict[str, str]:
     """Run a SPARQL 1.1 update."""
-    await store.run_update(body.update, timeout=body.timeout)
+    await store.run_update(body.update, timeout=body.timeout, base_iri=_base_iri(request))
     return {"status": "ok"}
 
 
@@ -217,7 +228,11 @@ async def _protocol_params(request: Request) -> list[tuple[str, str]]:
 
 
 def _graphs(params: list[tuple[str, str]], name: str) -> tuple[str, ...] | None:
+    """The graphs of parameter ``name``, each an absolute IRI (400 otherwise: they go into
+    the text of an update's ``USING``)."""
     found = tuple(v for k, v in params if k == name)
+    for graph in found:
+        check_iri(graph, name)
     return found or None
 
 
@@ -258,7 +273,7 @@ async def sparql_protocol(request: Request, store: OntologyStoreDep) -> Response
             return error_response(
                 400, f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}]", None
             )
-    base_iri = str(request.url.replace(query=None, fragment=None))
+    base_iri = _base_iri(request)
     if updates:
         if request.method != "POST":
             return error_response(405, "SPARQL updates must be sent with POST", None)

@@ -455,3 +455,37 @@ def test_a_raw_upload_takes_the_base_iri_of_its_relative_iris(kg: httpx.Client) 
         headers={"Content-Type": "text/turtle"},
     )
     assert refused.status_code == 422, refused.text
+
+
+def test_the_json_api_resolves_relative_iris_against_its_url(kg: httpx.Client) -> None:
+    """Defect 7 on the JSON API: ``/kg/query`` and ``/kg/update`` had no base IRI either,
+    so ``ASK { <s> <p> <o> }`` was a 400 there."""
+    base = str(kg.base_url).rstrip("/") + "/api/v1/kg/"
+    done = kg.post(
+        "/api/v1/kg/update", json={"update": "INSERT DATA { GRAPH <urn:b> { <s> <p> <o> } }"}
+    )
+    assert done.status_code == 200, done.text
+    answer = kg.post("/api/v1/kg/query", json={"query": "ASK { <s> <p> <o> }"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["boolean"] is True
+    assert ask(kg, f"ASK {{ <{base}s> <{base}p> <{base}o> }}") is True
+
+
+def test_dataset_parameters_must_be_iris(kg: httpx.Client) -> None:
+    """A graph parameter that is not an IRI was passed on as it came: a using-graph-uri
+    ending in ``> } ; DROP ALL ; …`` ran as part of the update's text."""
+    assert update(kg, "INSERT DATA { GRAPH <urn:g> { <urn:s> <urn:p> 1 } }").status_code == 204
+    for name in ("default-graph-uri", "named-graph-uri"):
+        answer = kg.get(SPARQL, params={"query": "ASK {}", name: "not an iri"}, headers=JSON)
+        assert answer.status_code == 400, answer.text
+        assert name in answer.json()["error"] and "IRI" in answer.json()["error"]
+    injected = (
+        "urn:x> WHERE {} ; DROP ALL ; INSERT { GRAPH <urn:y> { <urn:a> <urn:b> 1 } } USING <urn:x"
+    )
+    for name in ("using-graph-uri", "using-named-graph-uri"):
+        answer = update(
+            kg, "INSERT { GRAPH <urn:o> { ?s ?p ?o } } WHERE { ?s ?p ?o }", **{name: injected}
+        )
+        assert answer.status_code == 400, answer.text
+        assert name in answer.json()["error"]
+    assert ask(kg, "ASK { GRAPH <urn:g> { <urn:s> <urn:p> 1 } }") is True
