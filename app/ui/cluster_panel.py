@@ -55,6 +55,7 @@ from mimir.app.cluster.backup import (
 from mimir.app.cluster.base import ClusterError, ClusterStatus, ServiceStats
 from mimir.app.services.api import ApiError
 from mimir.app.services.doctor import Report, diagnose
+from mimir.app.services.jobs import count_text
 from mimir.app.services.profiles import PROFILE_KINDS, ConnectionProfile
 from mimir.app.services.runs import format_bytes, format_local
 from mimir.app.ui.backup_dialog import BackupDialog, BackupsDialog, RestoreDialog, run_dialog
@@ -110,10 +111,6 @@ def console_words(text: str) -> str:
     for pattern, words in _BACKUP_WORDS:
         text = pattern.sub(words, text)
     return operator_message(text)
-
-
-def _workers(count: int) -> str:
-    return f"{count} worker" if count == 1 else f"{count} workers"
 
 
 def refused_message(exc: BackupRefused) -> str:
@@ -724,7 +721,7 @@ class QtClusterPanel(QWidget):
             return
         workers = self.workers_spin.value()
         await self._run(
-            f"Start with {workers} workers",
+            f"Start with {count_text(workers, 'worker')}",
             lambda: backend.up(workers=workers, progress=self._report),
         )
 
@@ -792,7 +789,7 @@ class QtClusterPanel(QWidget):
             return
         workers = self.workers_spin.value()
         await self._run(
-            f"Scale to {workers} workers",
+            f"Scale to {count_text(workers, 'worker')}",
             lambda: backend.scale(workers, progress=self._report),
         )
 
@@ -912,7 +909,7 @@ class QtClusterPanel(QWidget):
                 f"queue, runs, schedules, ontologies, twins, pipelines and data files) with "
                 f"the archive's{held}. What it holds now is first saved in {folder} as a "
                 f"pre-restore archive. Nothing changes if the archive fails verification. "
-                f"The cluster then starts with {_workers(workers)}."
+                f"The cluster then starts with {count_text(workers, 'worker')}."
             )
         else:
             action = "Restore"
@@ -920,7 +917,7 @@ class QtClusterPanel(QWidget):
                 f"The archive{held} is verified first. If cluster {project!r} already holds "
                 f"data (runs, ontologies, twins, pipelines or a queue), the restore is "
                 f"refused and nothing changes. Otherwise the cluster is stopped, written "
-                f"from the archive and started with {_workers(workers)}."
+                f"from the archive and started with {count_text(workers, 'worker')}."
             )
         if not await self._ask(
             "Restore a backup",
@@ -961,7 +958,7 @@ class QtClusterPanel(QWidget):
                 " ".join(
                     [
                         f"Restored {path.name}{held} into cluster {project!r}; it runs again "
-                        f"with {_workers(workers)}.",
+                        f"with {count_text(workers, 'worker')}.",
                         *notes,
                     ]
                 )

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from mimir.app.cluster.base import ClusterStatus
+from mimir.app.services.jobs import count_text
 from mimir.app.ui.alerts_panel import AlertsIndicator, QtAlertsPanel
 from mimir.app.ui.cluster_panel import QtClusterPanel
 from mimir.app.ui.history_panel import PAGE as HISTORY_PAGE
@@ -199,7 +200,8 @@ class QtMainWindow(QMainWindow):
         state = "running" if status.running else "stopped"
         where = f" · {status.api_url}" if status.api_url else ""
         self.cluster_label.setText(
-            f"Cluster {status.project} ({status.backend}): {state} · {workers} workers{where}"
+            f"Cluster {status.project} ({status.backend}): {state} · "
+            f"{count_text(workers, 'worker')}{where}"
         )
 
     def _on_profile(self, name: str) -> None:
