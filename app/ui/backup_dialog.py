@@ -34,7 +34,7 @@ from qasync import asyncSlot
 
 from mimir.app.cluster.backup import BackupEntry, list_backups
 from mimir.app.services.runs import format_bytes, format_local
-from mimir.app.ui.common import data_table, set_row, table_item
+from mimir.app.ui.common import ask_path, data_table, set_row, table_item
 from mimir.core.backup.archive import read_manifest, sidecar_path
 from mimir.core.backup.crypto import AGE_MAGIC, WrongPassphrase, is_age
 from mimir.core.backup.manifest import BackupError, Manifest
@@ -84,20 +84,7 @@ async def _choose(parent: QWidget, title: str, start: str, *, folder: bool) -> P
     else:
         dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
         dialog.setNameFilter(_BACKUP_FILTER)
-    dialog.setWindowModality(Qt.WindowModality.WindowModal)
-    answer: asyncio.Future[Path | None] = asyncio.get_running_loop().create_future()
-
-    def finished(result: int) -> None:
-        files = dialog.selectedFiles()
-        if not answer.done():
-            answer.set_result(Path(files[0]) if result and files else None)
-
-    dialog.finished.connect(finished)
-    dialog.open()
-    try:
-        return await answer
-    finally:
-        dialog.deleteLater()
+    return await ask_path(dialog)
 
 
 def _password_field(placeholder: str) -> QLineEdit:

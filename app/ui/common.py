@@ -3,8 +3,10 @@ look of list tables and the editor dialog's Save/Cancel footer."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QDir, Qt, QTimer, Signal, SignalInstance
@@ -13,6 +15,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QFrame,
     QHeaderView,
     QLabel,
@@ -28,6 +31,7 @@ __all__ = [
     "Banner",
     "Card",
     "SaveDialog",
+    "ask_path",
     "data_table",
     "load_stylesheet",
     "panel_header",
@@ -39,6 +43,26 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+async def ask_path(dialog: QFileDialog) -> Path | None:
+    """Open ``dialog`` (configured by the caller) window-modal and await the chosen path,
+    or None when cancelled: no nested event loop, unlike ``exec()``. The dialog is
+    deleted afterwards."""
+    dialog.setWindowModality(Qt.WindowModality.WindowModal)
+    answer: asyncio.Future[Path | None] = asyncio.get_running_loop().create_future()
+
+    def finished(result: int) -> None:
+        files = dialog.selectedFiles()
+        if not answer.done():
+            answer.set_result(Path(files[0]) if result and files else None)
+
+    dialog.finished.connect(finished)
+    dialog.open()
+    try:
+        return await answer
+    finally:
+        dialog.deleteLater()
 
 
 #: Colour of each job/service state, shared by tables and plots.

@@ -53,6 +53,7 @@ from mimir.app.services.runs import (
 from mimir.app.ui.common import (
     STATUS_COLORS,
     Banner,
+    ask_path,
     data_table,
     panel_header,
     set_row,
@@ -669,20 +670,7 @@ class QtHistoryPanel(QWidget):
         dialog = QFileDialog(self, "Save artifact", suggested)
         dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
         dialog.setFileMode(QFileDialog.FileMode.AnyFile)
-        dialog.setWindowModality(Qt.WindowModality.WindowModal)
-        answer: asyncio.Future[Path | None] = asyncio.get_running_loop().create_future()
-
-        def finished(result: int) -> None:
-            files = dialog.selectedFiles()
-            if not answer.done():
-                answer.set_result(Path(files[0]) if result and files else None)
-
-        dialog.finished.connect(finished)
-        dialog.open()
-        try:
-            return await answer
-        finally:
-            dialog.deleteLater()
+        return await ask_path(dialog)
 
     @asyncSlot()
     async def save_artifact(self, target: Path | None = None) -> Path | None:

@@ -52,6 +52,7 @@ from mimir.app.services.profiles import (
     profile_from_context,
     profile_from_env,
 )
+from mimir.app.ui.common import ask_path
 
 __all__ = ["VERIFY_OFF_WARNING", "ContextChooser", "ProfileDialog", "ssh_target"]
 
@@ -92,20 +93,7 @@ async def _choose_file(parent: QWidget, title: str, start: str) -> Path | None:
     dialog = QFileDialog(parent, title, start)
     dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptOpen)
     dialog.setFileMode(QFileDialog.FileMode.AnyFile)
-    dialog.setWindowModality(Qt.WindowModality.WindowModal)
-    answer: asyncio.Future[Path | None] = asyncio.get_running_loop().create_future()
-
-    def finished(result: int) -> None:
-        files = dialog.selectedFiles()
-        if not answer.done():
-            answer.set_result(Path(files[0]) if result and files else None)
-
-    dialog.finished.connect(finished)
-    dialog.open()
-    try:
-        return await answer
-    finally:
-        dialog.deleteLater()
+    return await ask_path(dialog)
 
 
 async def _run(dialog: QDialog) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +65,17 @@ def stack(tmp_path: Path, redis_server: RedisServer) -> Iterator[Stack]:
     finally:
         worker.stop()
         server.stop()
+
+
+@pytest.fixture
+def loop(qapp: Any) -> Iterator[Any]:
+    """A qasync loop on the test's QApplication (``qapp``, pytest-qt's), closed afterwards."""
+    import qasync
+
+    event_loop = qasync.QEventLoop(qapp, already_running=False)
+    asyncio.set_event_loop(event_loop)
+    try:
+        yield event_loop
+    finally:
+        event_loop.close()
+        asyncio.set_event_loop(None)

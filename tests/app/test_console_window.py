@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,6 @@ from PySide6.QtTest import QTest  # noqa: E402
 
 from mimir.app.ui.app import build_window  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
-
-
-@pytest.fixture
-def loop(qapp: Any) -> Iterator[Any]:
-    event_loop = qasync.QEventLoop(qapp, already_running=False)
-    asyncio.set_event_loop(event_loop)
-    try:
-        yield event_loop
-    finally:
-        event_loop.close()
-        asyncio.set_event_loop(None)
 
 
 def _settings(tmp_path: Path) -> QSettings:

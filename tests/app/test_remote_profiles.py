@@ -354,17 +354,6 @@ def test_import_from_docker_contexts(tls: dict[str, Path], tmp_path: Path) -> No
 # ---------------------------------------------------------------- the profile editor
 
 
-@pytest.fixture
-def loop(qapp: Any) -> Iterator[Any]:
-    event_loop = qasync.QEventLoop(qapp, already_running=False)
-    asyncio.set_event_loop(event_loop)
-    try:
-        yield event_loop
-    finally:
-        event_loop.close()
-        asyncio.set_event_loop(None)
-
-
 def fill(qtbot: Any, edit: Any, text: str) -> None:
     edit.clear()
     qtbot.keyClicks(edit, text)
