@@ -65,6 +65,7 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "archive_name",
     "read_manifest",
+    "remove_archive",
     "sha256sums",
     "sidecar_path",
     "verify_archive",
@@ -113,6 +114,13 @@ def archive_name(project: str, when: datetime, encrypted: bool) -> str:
 def sidecar_path(archive: Path) -> Path:
     """Where the clear manifest of an encrypted archive is: ``<archive>.meta.json``."""
     return archive.with_name(archive.name + SIDECAR_SUFFIX)
+
+
+def remove_archive(path: Path) -> None:
+    """Delete an archive and the clear manifest beside it, the manifest first: a manifest
+    never outlives its archive (an archive without one still lists, from its own)."""
+    sidecar_path(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def _unsafe(name: str) -> str | None:

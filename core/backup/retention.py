@@ -12,14 +12,13 @@ newest archive whose manifest reads is never deleted, whatever the rules say.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mimir.core.backup.archive import read_manifest, sidecar_path
+from mimir.core.backup.archive import read_manifest, remove_archive
 from mimir.core.backup.manifest import BackupError
 
 __all__ = ["ARCHIVE_PATTERN", "Archive", "archives", "prune"]
@@ -109,11 +108,9 @@ def prune(
         if not (beyond_count or too_old):
             continue
         try:
-            archive.path.unlink(missing_ok=True)
+            remove_archive(archive.path)
         except OSError as exc:
             logger.warning("backup retention: cannot delete %s: %s", archive.path, exc)
             continue
-        with contextlib.suppress(OSError):
-            sidecar_path(archive.path).unlink(missing_ok=True)
         deleted.append(archive.path)
     return deleted

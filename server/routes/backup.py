@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from redis.asyncio import Redis
 from sqlalchemy import Engine
 
-from mimir.core.backup.archive import sidecar_path
+from mimir.core.backup.archive import remove_archive
 from mimir.core.settings import Settings
 from mimir.server.backup import (
     ARCHIVE_NAME_PATTERN,
@@ -195,8 +195,4 @@ async def delete_backup(name: NameP, settings: SettingsDep) -> None:
     if path is None or not await asyncio.to_thread(path.is_file):
         raise HTTPException(404, f"no backup {name!r}")
 
-    def remove() -> None:
-        path.unlink(missing_ok=True)
-        sidecar_path(path).unlink(missing_ok=True)
-
-    await asyncio.to_thread(remove)
+    await asyncio.to_thread(remove_archive, path)
