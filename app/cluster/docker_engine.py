@@ -223,9 +223,10 @@ def explain_engine_error(exc: BaseException, host: str) -> ClusterError:
                 f"cannot reach the Docker engine at {host}: nothing listens there (connection "
                 "refused); check the host and port, and that dockerd serves that address"
             )
+        material = "the SSH key" if host.startswith("ssh://") else "the TLS material"
         return ClusterError(
             f"cannot reach the Docker engine at {host}: {text.splitlines()[0] if text else every}"
-            " (check the host name, that it is up, and the SSH key or TLS material)"
+            f" (check the host name, that it is up, and {material})"
         )
     return ClusterError(f"Docker engine error ({host or 'local socket'}): {text}")
 

@@ -121,6 +121,10 @@ def refused_message(exc: BackupRefused) -> str:
     return f"refused, nothing was changed: {text}"
 
 
+#: How the step line starts when a status reading failed (cleared by the next success).
+_STATUS_UNAVAILABLE = "status unavailable: "
+
+
 def api_access_text(profile: ConnectionProfile, api_url: str | None, token: bool) -> str:
     """How the console reaches a remote cluster's API, in a line ("" for a local one):
     ``api_url`` is where the running cluster's API answers this machine (``None`` when it
@@ -1009,7 +1013,7 @@ class QtClusterPanel(QWidget):
                 self._stats = grouped
             await self._read_instances(backend, status)
         except ClusterError as exc:
-            self.step_label.setText(f"status unavailable: {exc}")
+            self.step_label.setText(f"{_STATUS_UNAVAILABLE}{exc}")
             unknown = unknown_host_key(exc)
             if unknown is not None and not self.busy:
                 self._ask_host_keys_once(unknown)
@@ -1019,6 +1023,8 @@ class QtClusterPanel(QWidget):
             return
         if generation != self._generation or (self.busy and not force):
             return  # an action started or ended meanwhile: this reading is stale
+        if self.step_label.text().startswith(_STATUS_UNAVAILABLE):
+            self.step_label.setText("")  # a reading succeeded: the last failure is history
         self.session.follow_cluster(status)
 
     async def _read_instances(self, backend: Any, status: ClusterStatus) -> None:

@@ -756,3 +756,39 @@ def test_the_session_closes_the_backend_it_built_when_the_console_closes(
     assert backend in OPEN_BACKENDS
     loop.run_until_complete(panel_session.close())
     assert backend not in OPEN_BACKENDS
+
+
+def test_a_failed_status_reading_is_cleared_by_the_next_good_one(
+    qapp: Any, loop: Any, panel_session: Any, tmp_path: Path
+) -> None:
+    """The step line said "status unavailable" once; a later good reading must not leave
+    it beside a healthy table (seen on a real TLS host)."""
+    from mimir.app.cluster.remote import accept_host_key
+    from mimir.app.ui.cluster_panel import QtClusterPanel
+
+    key = host_key(tmp_path)
+    known_hosts = tmp_path / "ssh" / "known_hosts"
+    backend = KnownHostsBackend(key, known_hosts)
+    panel_session.use_backend(backend)
+    panel = QtClusterPanel(panel_session)
+    panel._timer.stop()  # the test drives the refreshes
+    panel.show()
+
+    async def scenario() -> None:
+        await panel.refresh()
+        assert panel.step_label.text().startswith("status unavailable: "), panel.step_label.text()
+        dialog = await until(lambda: panel.host_key_dialog, 10, "the host-key question")
+        await until(dialog.isVisible, 5, "the question to show")
+        QTest.mouseClick(dialog.reject_button, Qt.MouseButton.LeftButton)
+        await until(lambda: panel.host_key_dialog is None, 5, "the question to close")
+        await panel.refresh()  # still unknown: asked once only, the line stays
+        assert panel.host_key_dialog is None
+        assert panel.step_label.text().startswith("status unavailable: "), panel.step_label.text()
+        accept_host_key(key, known_hosts)  # trusted by other means (trust-host)
+        await panel.refresh()
+        assert panel.step_label.text() == ""
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        _dispose(panel, qapp)
