@@ -133,13 +133,23 @@ def ssh_cluster(ssh_host: SshHost, cli: Cli) -> Iterator[str]:
         _remove_project(ssh_host, PROJECT)
 
 
+#: The CLI as started from a terminal, where Ctrl-C interrupts it. A child of a script run
+#: in the background (CI's, for one) inherits SIGINT *ignored*, and Python then installs no
+#: KeyboardInterrupt for it: the command would rightly not react to the test's Ctrl-C.
+AT_A_TERMINAL = [
+    CLI[0],
+    "-c",
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); " + CLI[2],
+]
+
+
 class Tunnel:
     """``mimir cluster tunnel`` as the operator runs it: the API's local URL, open until
     interrupted."""
 
     def __init__(self, cli: Cli, profile: str) -> None:
         self.process = subprocess.Popen(
-            [*CLI, "tunnel", "--profile", profile, "--project", PROJECT],
+            [*AT_A_TERMINAL, "tunnel", "--profile", profile, "--project", PROJECT],
             env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.process.stdout is not None
@@ -166,7 +176,8 @@ class Tunnel:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # Ctrl-C: the tunnel is closed
             try:
-                self.process.wait(timeout=15)
+                # Closing may take ssh -O exit (5 s at most), then its process's exit.
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
