@@ -468,6 +468,10 @@ class BackupService:
             task.bytes_done = task.bytes_total = 0
             return await asyncio.to_thread(call, *args)
 
+        # Published only once the lock is released: whoever sees the backup end may start
+        # the next one at once (a client that did got 409 under load).
+        state: str = "failed"
+        error: str | None = "cancelled"
         try:
             await asyncio.to_thread(_remove_stale, data_dir / STAGING_DIR, STALE_AFTER)
             await asyncio.to_thread(_remove_stale, backups, STALE_AFTER, "*.partial")
@@ -520,7 +524,7 @@ class BackupService:
             task.manifest = done.model_dump(mode="json")
             task.bytes_done = task.bytes_total = done.total_size
             task.step = "done"
-            task.state = "succeeded"
+            state, error = "succeeded", None
             logger.info(
                 "backup %s succeeded: %s (%d parts, %.1f s)",
                 task.id,
@@ -529,18 +533,21 @@ class BackupService:
                 time.monotonic() - started,
             )
         except BackupError as exc:
-            task.state, task.error = "failed", str(exc)
+            error = str(exc)
             logger.warning("backup %s failed at %s: %s", task.id, task.step, exc)
         except Exception as exc:
-            task.state, task.error = "failed", f"{task.step}: {exc}"
+            error = f"{task.step}: {exc}"
             logger.exception("backup %s failed at %s", task.id, task.step)
         finally:
-            task.finished_at = iso_utc(datetime.now(UTC))
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            await asyncio.to_thread(shutil.rmtree, staging, True)
             try:
-                await lease.release()
-            except Exception as exc:
-                logger.warning("backup: cannot release the backup lock: %s", exc)
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+                await asyncio.to_thread(shutil.rmtree, staging, True)
+                try:
+                    await lease.release()
+                except Exception as exc:
+                    logger.warning("backup: cannot release the backup lock: %s", exc)
+            finally:
+                task.finished_at = iso_utc(datetime.now(UTC))
+                task.state, task.error = state, error
