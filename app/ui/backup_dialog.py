@@ -34,7 +34,7 @@ from qasync import asyncSlot
 
 from mimir.app.cluster.backup import BackupEntry, list_backups
 from mimir.app.services.runs import format_bytes, format_local
-from mimir.app.ui.common import ask_path, data_table, set_row, table_item
+from mimir.app.ui.common import ask_path, data_table, run_dialog, set_row, table_item
 from mimir.core.backup.archive import read_manifest, sidecar_path
 from mimir.core.backup.crypto import AGE_MAGIC, WrongPassphrase, is_age
 from mimir.core.backup.manifest import BackupError, Manifest
@@ -54,24 +54,6 @@ MIN_PASSPHRASE = 8
 _BACKUP_FILTER = "Mimir backups (*.tar.gz *.age);;All files (*)"
 _TABLE_COLUMNS = ["Archive", "Taken", "Project", "Size", "Runs", "Quads", "Encrypted", "Error"]
 _TABLE_WIDTHS = [310, 170, 100, 90, 80, 100, 100]
-
-
-async def run_dialog(dialog: QDialog) -> bool:
-    """Open ``dialog`` window-modal and await its answer (no nested event loop); True
-    when accepted. The caller reads the dialog's choice, then deletes it."""
-    dialog.setWindowModality(Qt.WindowModality.WindowModal)
-    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    def finished(result: int) -> None:
-        if not answer.done():
-            answer.set_result(result == QDialog.DialogCode.Accepted.value)
-
-    dialog.finished.connect(finished)
-    dialog.open()
-    try:
-        return await answer
-    finally:
-        dialog.hide()
 
 
 async def _choose(parent: QWidget, title: str, start: str, *, folder: bool) -> Path | None:

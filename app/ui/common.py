@@ -36,6 +36,7 @@ __all__ = [
     "load_stylesheet",
     "panel_header",
     "refresh_while_visible",
+    "run_dialog",
     "selected_record",
     "set_row",
     "setup_table",
@@ -43,6 +44,24 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+async def run_dialog(dialog: QDialog) -> bool:
+    """Open ``dialog`` window-modal and await its answer (no nested event loop); True
+    when accepted. The caller reads the dialog's choice, then deletes it."""
+    dialog.setWindowModality(Qt.WindowModality.WindowModal)
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def finished(result: int) -> None:
+        if not answer.done():
+            answer.set_result(result == QDialog.DialogCode.Accepted.value)
+
+    dialog.finished.connect(finished)
+    dialog.open()
+    try:
+        return await answer
+    finally:
+        dialog.hide()
 
 
 async def ask_path(dialog: QFileDialog) -> Path | None:

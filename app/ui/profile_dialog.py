@@ -52,7 +52,7 @@ from mimir.app.services.profiles import (
     profile_from_context,
     profile_from_env,
 )
-from mimir.app.ui.common import ask_path
+from mimir.app.ui.common import ask_path, run_dialog
 
 __all__ = ["VERIFY_OFF_WARNING", "ContextChooser", "ProfileDialog", "ssh_target"]
 
@@ -94,22 +94,6 @@ async def _choose_file(parent: QWidget, title: str, start: str) -> Path | None:
     dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptOpen)
     dialog.setFileMode(QFileDialog.FileMode.AnyFile)
     return await ask_path(dialog)
-
-
-async def _run(dialog: QDialog) -> bool:
-    dialog.setWindowModality(Qt.WindowModality.WindowModal)
-    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    def finished(result: int) -> None:
-        if not answer.done():
-            answer.set_result(result == QDialog.DialogCode.Accepted.value)
-
-    dialog.finished.connect(finished)
-    dialog.open()
-    try:
-        return await answer
-    finally:
-        dialog.hide()
 
 
 class ContextChooser(QDialog):
@@ -499,7 +483,7 @@ class ProfileDialog(QDialog):
         chooser = ContextChooser(self, contexts)
         self.chooser = chooser
         try:
-            accepted = await _run(chooser)
+            accepted = await run_dialog(chooser)
             chosen = chooser.chosen
         finally:
             self.chooser = None

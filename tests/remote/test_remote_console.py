@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from mimir.app.services.profiles import ConnectionProfile  # noqa: E402
+from tests.app.test_console_panels import until  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 JOBS = 20
@@ -50,19 +50,6 @@ steps:
     config: {{seconds: 0.01}}
     output: napped
 """
-
-
-async def until(condition: Callable[[], Any], timeout: float, what: Any) -> Any:
-    """Poll ``condition`` while the loop (and so the GUI) runs; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout}s waiting for {detail}")
-        await asyncio.sleep(0.05)
 
 
 def click(button: Any) -> None:
