@@ -312,9 +312,9 @@ def _known_at(loc: tuple[Any, ...]) -> list[str]:
     return _KNOWN_FIELDS[""]
 
 
-def _position(lines: Mapping[tuple[Any, ...], tuple[int, int]], loc: tuple[Any, ...]) -> tuple[
-    int | None, int | None
-]:  # fmt: skip
+def _position(
+    lines: Mapping[tuple[Any, ...], tuple[int, int]], loc: tuple[Any, ...]
+) -> tuple[int | None, int | None]:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
             return lines[loc[:end]]
@@ -376,7 +376,7 @@ def parse_cluster_file(text: str, source: str | None = None) -> ClusterFile:
                     line=1,
                     column=1,
                 )
-            ],  # fmt: skip
+            ],
             source,
         )
     pools = data.get("pools")
@@ -390,7 +390,7 @@ def parse_cluster_file(text: str, source: str | None = None) -> ClusterFile:
                     column=column,
                     field="pools",
                 )
-            ],  # fmt: skip
+            ],
             source,
         )
     problems: list[ValidationIssue] = []
