@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from mimir.core.pools import ClusterFile
 
 __all__ = [
     "ClusterBackend",
@@ -41,7 +44,8 @@ class ClusterError(Exception):
 
 @dataclass(frozen=True)
 class ServiceStatus:
-    """One service (redis, server, or the worker pool) of a cluster."""
+    """One service of a cluster: redis, server, or one row per worker pool (``worker`` for the
+    pool ``default``, ``worker-<pool>`` for the others)."""
 
     name: str
     kind: ServiceKind
@@ -52,6 +56,10 @@ class ServiceStatus:
     replicas: int = 1
     #: Published ports, e.g. {"8080/tcp": "127.0.0.1:8080"}.
     ports: dict[str, str] = field(default_factory=dict)
+    #: The pool of a worker row (``None`` for redis and server).
+    pool: str | None = None
+    #: Replicas the pool should run (the last ``up``/``scale``), when the backend knows.
+    wanted: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,13 +106,29 @@ class ClusterBackend(Protocol):
         """Which kind of backend this is (read-only: each class fixes its own)."""
         ...
 
-    async def up(self, workers: int = 2, progress: Progress | None = None) -> ClusterStatus:
-        """Start redis, server and ``workers`` workers; return once /health answers and the
-        workers have registered, else raise :class:`ClusterError` with the last log lines."""
+    async def up(
+        self,
+        workers: int | None = 2,
+        progress: Progress | None = None,
+        *,
+        cluster: ClusterFile | None = None,
+    ) -> ClusterStatus:
+        """Start redis, server and the pools' workers; return once /health answers and the
+        workers have registered, else raise :class:`ClusterError` with the last log lines.
+
+        ``cluster`` declares the pools (default: the one the cluster was started with, else
+        :func:`~mimir.core.pools.default_cluster`); ``workers`` sizes the pool ``default``
+        (``None``: each pool starts its ``initial_replicas``). The backend remembers the
+        pools and passes them to the server (``MIMIR_POOLS``, ``MIMIR_CLUSTER_BACKEND``,
+        ``MIMIR_PROJECT``)."""
         ...
 
-    async def scale(self, workers: int, progress: Progress | None = None) -> ClusterStatus:
-        """Run exactly ``workers`` workers; scaling down stops workers gracefully (SIGTERM)."""
+    async def scale(
+        self, workers: int, progress: Progress | None = None, *, pool: str = "default"
+    ) -> ClusterStatus:
+        """Run exactly ``workers`` workers in ``pool``, leaving the other pools alone; scaling
+        down stops workers gracefully (SIGTERM). An unknown pool is a :class:`ClusterError`
+        naming the cluster's pools."""
         ...
 
     async def down(self, progress: Progress | None = None) -> None:

@@ -2,8 +2,10 @@
 
 ::
 
-    mimir cluster up [--workers N] [--backend docker|local] [--project NAME] [--port P]
-    mimir cluster scale N | down | clean | restart SERVICE | ps | status | stats | build
+    mimir cluster up [--file mimir-cluster.yaml] [--workers N] [--backend docker|local]
+                     [--project NAME] [--port P]
+    mimir cluster scale [--pool POOL] N      (also: scale POOL N; default pool: default)
+    mimir cluster down | clean | restart SERVICE | ps | status | stats | build
     mimir cluster logs [SERVICE ...] [-f] [--tail N]
     mimir cluster backup [--to FILE|DIR] [--include-secrets --passphrase-file F]
     mimir cluster restore FILE [--force] [--workers N] [--passphrase-file F]
@@ -11,8 +13,16 @@
     mimir cluster trust-host [--profile F | --docker-host ssh://user@host] [--yes]
     mimir cluster tunnel [--profile F | --docker-host ssh://user@host]
 
+``--file`` declares the worker pools (:mod:`mimir.core.pools`); without it a new cluster
+has one pool, ``default``, and a running one keeps its pools. ``--workers`` sizes the pool
+``default`` (default: each pool's ``replicas``). ``restart`` takes ``redis``, ``backend``,
+``worker`` (every pool's workers), ``worker-POOL`` (one pool's) or one worker (``worker-3``,
+``worker-slow-2``). ``status`` adds a table of the pools: replicas wanted/running, and,
+when the API answers, the jobs waiting for each pool, the oldest one's age and jobs/s.
+
 Progress goes to stderr while a command works; tables and log lines go to stdout.
-Operator errors (no engine, port taken, nothing running …) exit 1 with one clear message;
+Operator errors (no engine, port taken, nothing running, a cluster file with an error,
+named by its line …) exit 1 with one clear message;
 a restore refused before anything changed (a damaged or foreign archive, a target with
 data and no ``--force``) exits 2.
 
@@ -35,6 +45,13 @@ from typing import Any
 
 from mimir.app.cluster.base import ClusterBackend, ClusterError, ClusterStatus
 from mimir.app.cluster.selection import create_backend, default_backend_name
+from mimir.core.pools import (
+    DEFAULT_POOL,
+    ClusterFile,
+    ClusterFileError,
+    default_cluster,
+    load_cluster_file,
+)
 from mimir.core.settings import Settings
 
 __all__ = ["main"]
@@ -75,17 +92,27 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     up = sub.add_parser("up", parents=[common], help="start the cluster and wait until ready")
-    up.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
+    up.add_argument(
+        "--file", type=Path, metavar="FILE", help="cluster file declaring the worker pools "
+        "(mimir-cluster.yaml)"
+    )  # fmt: skip
+    up.add_argument(
+        "--workers", type=int, help="workers of the pool 'default' (default: its replicas, 2)"
+    )
     up.add_argument("--port", type=int, help="API port on 127.0.0.1 (default MIMIR_PORT, 8080)")
     up.add_argument("--concurrency", type=int, help="jobs per worker (WORKER_CONCURRENCY, 5)")
     up.add_argument("--redis-url", help="local backend: use this Redis instead of starting one")
     up.add_argument("--bind", help="docker backend: host address the API is published on")
-    scale = sub.add_parser("scale", parents=[common], help="run exactly N workers")
-    scale.add_argument("workers", type=int, metavar="N")
+    scale = sub.add_parser("scale", parents=[common], help="run exactly N workers in a pool")
+    scale.add_argument("target", nargs="+", metavar="[POOL] N", help="e.g. 3, or slow 2")
+    scale.add_argument("--pool", help="the pool to scale (default: default)")
     sub.add_parser("down", parents=[common], help="stop and remove the services, keep the data")
     sub.add_parser("clean", parents=[common], help="like down, and remove the data (volumes)")
     restart = sub.add_parser("restart", parents=[common], help="restart one service")
-    restart.add_argument("service", metavar="SERVICE", help="redis, backend, worker or worker-N")
+    restart.add_argument(
+        "service", metavar="SERVICE", help="redis, backend, worker, worker-POOL, worker-N or "
+        "worker-POOL-N"
+    )  # fmt: skip
     logs = sub.add_parser("logs", parents=[common], help="show (and follow) log lines")
     logs.add_argument("services", nargs="*", metavar="SERVICE", help="default: all")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
@@ -184,7 +211,11 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 1024 / 1024:.1f} MiB"
 
 
-def _print_status(status: ClusterStatus, backend: ClusterBackend | None = None) -> None:
+def _print_status(
+    status: ClusterStatus,
+    backend: ClusterBackend | None = None,
+    pools: list[tuple[str, ...]] | None = None,
+) -> None:
     reach = getattr(backend, "api_reach", None) if status.api_url else None
     api = f"{status.api_url} ({reach})" if reach else status.api_url or "-"
     print(f"cluster {status.project!r} ({status.backend})  API: {api}")
@@ -193,6 +224,69 @@ def _print_status(status: ClusterStatus, backend: ClusterBackend | None = None) 
         ports = ", ".join(f"{k} -> {v}" for k, v in s.ports.items())
         rows.append((s.name, s.state, s.health or "-", str(s.replicas), ports or "-"))
     _print_table(rows)
+    pools = pools if pools is not None else pool_rows(status)
+    if len(pools) > 1:
+        print()
+        _print_table(pools)
+
+
+def pool_rows(
+    status: ClusterStatus,
+    cluster: ClusterFile | None = None,
+    pools_answer: dict[str, Any] | None = None,
+    queue_status: dict[str, Any] | None = None,
+) -> list[tuple[str, ...]]:
+    """The pools table: one row per worker row of ``status``, with the figures of ``GET
+    /api/v1/pools`` (``pools_answer``), else the waiting jobs of the pool's queues (from
+    ``cluster``) in ``GET /api/v1/queue/status`` (``queue_status``); ``-`` for the unknown."""
+    rows: list[tuple[str, ...]] = [("POOL", "REPLICAS", "QUEUED", "OLDEST", "JOBS/S")]
+    figures = (pools_answer or {}).get("pools") or {}
+    by_queue = (queue_status or {}).get("by_queue") or {}
+    queues = (cluster or default_cluster()).queues_by_pool()
+    for service in status.services:
+        if service.kind != "worker":
+            continue
+        pool = service.pool or DEFAULT_POOL
+        wanted = "-" if service.wanted is None else str(service.wanted)
+        queued = oldest = rate = "-"
+        mine = figures.get(pool) if isinstance(figures, dict) else None
+        if isinstance(mine, dict):
+            queued = _figure(mine.get("queued"), "{:.0f}")
+            oldest = _figure(mine.get("oldest_age_s"), "{:.0f}s")
+            rate = _figure(mine.get("jobs_per_sec"), "{:.2f}")
+        elif by_queue and pool in queues:
+            queued = str(sum(int(by_queue.get(queue, 0)) for queue in queues[pool]))
+        rows.append((pool, f"{wanted}/{service.replicas}", queued, oldest, rate))
+    return rows
+
+
+def _figure(value: Any, form: str) -> str:
+    return form.format(value) if isinstance(value, (int, float)) else "-"
+
+
+async def _pool_figures(backend: ClusterBackend, status: ClusterStatus) -> list[tuple[str, ...]]:
+    """:func:`pool_rows` with what the cluster's API answers (nothing when it does not)."""
+    from mimir.app.cluster.readiness import ClusterProbe
+    from mimir.app.services.api import ApiError
+
+    read = getattr(backend, "cluster_file", None)
+    cluster = await read() if read is not None else None
+    if status.api_url is None:
+        return pool_rows(status, cluster)
+    token = getattr(backend, "api_token", None) or getattr(
+        getattr(backend, "settings", None), "api_token", None
+    )
+    pools_answer = queue_status = None
+    async with await ClusterProbe.open(status.api_url, token) as probe:
+        try:
+            pools_answer = await probe.api.request("GET", "/api/v1/pools", timeout=5.0)
+        except ApiError as exc:
+            logger.debug("no /api/v1/pools (%s): the queue status instead", exc)
+            try:
+                queue_status = await probe.api.queue_status()
+            except ApiError as again:
+                logger.debug("no queue status either: %s", again)
+    return pool_rows(status, cluster, pools_answer, queue_status)
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
@@ -202,13 +296,31 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
         print("  ".join(cells).rstrip())
 
 
-async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
+def _scale_target(args: argparse.Namespace) -> tuple[str, int]:
+    """``scale N``, ``scale POOL N`` or ``scale --pool POOL N`` → (pool, N)."""
+    target = list(args.target)
+    if len(target) > 2:
+        raise ClusterError("scale takes N, or POOL N (e.g. 'scale slow 2')")
+    named = target[0] if len(target) == 2 else None
+    if named is not None and args.pool is not None and named != args.pool:
+        raise ClusterError(f"two pools given: {named!r} and --pool {args.pool!r}")
+    try:
+        workers = int(target[-1])
+    except ValueError:
+        raise ClusterError(f"scale: N must be a number of workers, not {target[-1]!r}") from None
+    return named or args.pool or DEFAULT_POOL, workers
+
+
+async def _run(
+    args: argparse.Namespace, backend: ClusterBackend, cluster: ClusterFile | None = None
+) -> int:
     command = args.command
     if command == "up":
-        status = await backend.up(args.workers, _progress)
+        status = await backend.up(args.workers, _progress, cluster=cluster)
         _print_status(status, backend)
     elif command == "scale":
-        status = await backend.scale(args.workers, _progress)
+        pool, workers = _scale_target(args)
+        status = await backend.scale(workers, _progress, pool=pool)
         _print_status(status, backend)
     elif command == "down":
         await backend.down(_progress)
@@ -219,7 +331,7 @@ async def _run(args: argparse.Namespace, backend: ClusterBackend) -> int:
         _print_status(status, backend)
     elif command == "status":
         status = await backend.status()
-        _print_status(status, backend)
+        _print_status(status, backend, await _pool_figures(backend, status))
         stale = [i for i in await _instances(backend) if i.state == "stale"]
         for item in stale:
             print(f"stale entry: {item.name} (pid {item.ident}): {item.detail}")
@@ -416,6 +528,20 @@ async def _instances(backend: ClusterBackend) -> list[Any]:
     return list(await instances()) if instances else []
 
 
+def _cluster_file(args: argparse.Namespace) -> ClusterFile | None:
+    """The cluster ``up --file`` names (``None`` without one); an error names its line."""
+    path = getattr(args, "file", None)
+    if path is None:
+        return None
+    cluster = load_cluster_file(path)
+    if args.workers is not None and DEFAULT_POOL not in cluster.pools:
+        raise ClusterError(
+            f"--workers sizes the pool {DEFAULT_POOL!r}, which {path} does not declare (its "
+            f"pools: {', '.join(cluster.pools)}): leave out --workers, or add the pool"
+        )
+    return cluster
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -429,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "trust-host":
             return _trust_host(args)
         settings = Settings.from_env()
+        # A cluster file is read, and its errors told by line, before anything starts.
+        cluster = _cluster_file(args)
         if args.backend == "local" and (args.docker_host or args.profile):
             raise ClusterError(
                 "--docker-host and --profile name a Docker engine: leave out --backend local"
@@ -442,7 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(getattr(backend, "profile", None), "is_ssh", False):
             # SIGTERM ends the command like Ctrl-C, so that its SSH tunnel is closed too.
             signal.signal(signal.SIGTERM, _interrupt)
-        return asyncio.run(_run(args, backend))
+        return asyncio.run(_run(args, backend, cluster))
+    except ClusterFileError as exc:
+        print(f"mimir cluster: error: {exc}", file=sys.stderr)
+        return 1
     except ClusterError as exc:
         print(f"mimir cluster: error: {exc}", file=sys.stderr)
         if exc.detail:

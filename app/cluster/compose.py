@@ -1,4 +1,8 @@
-"""Write ``packaging/docker-compose.{distributed,unified}.yml`` from :mod:`.topology`.
+"""Write ``packaging/docker-compose.{distributed,unified,pools}.yml`` from :mod:`.topology`.
+
+``docker-compose.pools.yml`` is the topology of the example cluster file
+``packaging/mimir-cluster.example.yml`` (two pools: one service each, ``worker`` and
+``worker-slow``).
 
 ``python -m mimir.app.cluster.compose [DIR]`` regenerates them; the tests check that the
 files in the repository equal what this module renders, so they never drift apart.
@@ -20,9 +24,20 @@ from mimir.app.cluster.topology import (
     build_topology,
     compose_file,
 )
+from mimir.core.pools import ClusterFile, load_cluster_file
 from mimir.core.resources import packaging_dir
 
-__all__ = ["distributed_compose", "render", "unified_compose", "write_compose_files"]
+__all__ = [
+    "EXAMPLE_CLUSTER_FILE",
+    "distributed_compose",
+    "pools_compose",
+    "render",
+    "unified_compose",
+    "write_compose_files",
+]
+
+#: The example cluster file ``docker-compose.pools.yml`` is generated from.
+EXAMPLE_CLUSTER_FILE = "mimir-cluster.example.yml"
 
 HEADER = """\
 # Generated from mimir.app.cluster.topology by `python -m mimir.app.cluster.compose`;
@@ -31,9 +46,17 @@ HEADER = """\
 """
 
 
-def distributed_compose() -> dict[str, Any]:
-    """Redis, backend and a scalable worker service (``--scale worker=N``)."""
-    return compose_file(build_topology("mimir", workers=2))
+def distributed_compose(cluster: ClusterFile | None = None) -> dict[str, Any]:
+    """Redis, backend and a scalable worker service per pool of ``cluster`` (default: one,
+    ``worker``; ``--scale worker=N``)."""
+    return compose_file(build_topology("mimir", workers=2, cluster=cluster))
+
+
+def pools_compose(directory: Path | None = None) -> dict[str, Any]:
+    """:func:`distributed_compose` of the example cluster file in ``directory`` (default:
+    the packaging directory)."""
+    path = (directory or packaging_dir()) / EXAMPLE_CLUSTER_FILE
+    return distributed_compose(load_cluster_file(path))
 
 
 def unified_compose() -> dict[str, Any]:
@@ -85,6 +108,11 @@ def write_compose_files(directory: Path) -> list[Path]:
             distributed_compose(),
             "cd packaging && docker-compose -p mimir -f docker-compose.distributed.yml up -d "
             "--scale worker=3",
+        ),
+        "docker-compose.pools.yml": render(
+            pools_compose(directory),
+            f"from {EXAMPLE_CLUSTER_FILE}: cd packaging && docker-compose -p mimir "
+            "-f docker-compose.pools.yml up -d --scale worker=2 --scale worker-slow=1",
         ),
         "docker-compose.unified.yml": render(
             unified_compose(),

@@ -78,6 +78,7 @@ from mimir.app.cluster.topology import (
 )
 from mimir.app.cluster.worker_pool import StopBudget, check_worker_count, plan_scale, worker_health
 from mimir.core.diagnostics import DiskState
+from mimir.core.pools import DEFAULT_POOL, ClusterFile
 from mimir.core.settings import Settings
 
 __all__ = ["PACKAGING_DIR", "DockerBackend", "DockerProfile"]
@@ -188,8 +189,21 @@ class DockerBackend:
             worker_grace=max(1.0, self.grace - StopBudget.HAND_BACK),
             log_level=self.settings.log_level,
             fuseki_url=self.settings.fuseki_url,
+            cluster_backend="docker",
             **self.resources,
         )
+
+    @staticmethod
+    def _only_default_pool(cluster: ClusterFile | None, pool: str = DEFAULT_POOL) -> None:
+        """Pools beyond ``default`` are not run by this backend yet: refuse them clearly."""
+        if pool != DEFAULT_POOL:
+            raise ClusterError(f"unknown pool {pool!r}; this cluster has {DEFAULT_POOL}")
+        others = [name for name in (cluster.pools if cluster else ()) if name != DEFAULT_POOL]
+        if others:
+            raise ClusterError(
+                f"the Docker backend runs only the pool {DEFAULT_POOL!r} for now, not "
+                f"{', '.join(others)}: use --backend local for a cluster file with pools"
+            )
 
     @property
     def remote_host(self) -> str | None:
@@ -567,12 +581,21 @@ class DockerBackend:
 
     # ---------------------------------------------------------------- protocol
 
-    async def up(self, workers: int = 2, progress: Progress | None = None) -> ClusterStatus:
+    async def up(
+        self,
+        workers: int | None = 2,
+        progress: Progress | None = None,
+        *,
+        cluster: ClusterFile | None = None,
+    ) -> ClusterStatus:
         """Create network, volumes, redis, backend and ``workers`` workers; wait until ready.
 
         A running cluster is completed (what is missing is started); a failing ``up`` removes
         what it created (containers, network, volumes that did not exist) and raises."""
         report = progress or _no_progress
+        self._only_default_pool(cluster)
+        if workers is None:
+            workers = cluster.pools[DEFAULT_POOL].initial_replicas if cluster else 2
         check_worker_count(workers, self.settings.limits)
         self._check_publish()
         self.topology(workers)  # the bind/token rule and the limits, before anything runs
@@ -653,9 +676,12 @@ class DockerBackend:
 
             await self._call(start_all)
 
-    async def scale(self, workers: int, progress: Progress | None = None) -> ClusterStatus:
+    async def scale(
+        self, workers: int, progress: Progress | None = None, *, pool: str = DEFAULT_POOL
+    ) -> ClusterStatus:
         """Run exactly ``workers`` worker containers; extra ones stop with SIGTERM + grace."""
         report = progress or _no_progress
+        self._only_default_pool(None, pool)
         check_worker_count(workers, self.settings.limits)
         if not await self._call(self._adopt_running_backend):
             raise ClusterError(
@@ -744,7 +770,8 @@ class DockerBackend:
             if not group:
                 # Workers scaled to 0 in a cluster that runs are "stopped", not missing.
                 state = "stopped" if service == "worker" and containers else "missing"
-                services.append(ServiceStatus(service, kind, state, replicas=0))
+                pool = DEFAULT_POOL if service == "worker" else None
+                services.append(ServiceStatus(service, kind, state, replicas=0, pool=pool))
                 continue
             running = [c for c in group if c.status == "running"]
             states = {c.status for c in group}
@@ -768,7 +795,10 @@ class DockerBackend:
                 async with await self._probe() as probe:
                     registered = await probe.workers(self.worker_key)
                 health = worker_health({_hostname(c) for c in running}, registered)
-            services.append(ServiceStatus(service, kind, state, health, len(running), ports))
+            pool = DEFAULT_POOL if service == "worker" else None
+            services.append(
+                ServiceStatus(service, kind, state, health, len(running), ports, pool=pool)
+            )
         api_running = any(s.name == "backend" and s.state == "running" for s in services)
         return ClusterStatus(
             "docker", self.project, services, self.api_url if api_running else None

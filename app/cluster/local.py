@@ -1,10 +1,13 @@
-"""The local-process backend: redis-server, the API server and N workers as child processes.
+"""The local-process backend: redis-server, the API server and each pool's workers as child
+processes.
 
 Each process runs in its own session, so the cluster outlives the command (or console) that
 started it. Everything lives in ``<state_dir>/<project>/``::
 
-    state.json        what runs: pid + start time of each process, ports, Redis URL
-    logs/<name>.log   stdout+stderr of redis, backend, worker-1, worker-2 …
+    state.json        what runs: pid + start time of each process, ports, Redis URL, the
+                      cluster file (its pools) and the replicas each pool should run
+    logs/<name>.log   stdout+stderr of redis, backend, worker-1, worker-2 … (the pool
+                      ``default``), worker-slow-1 … (the pool ``slow``)
     redis/            Redis's append-only file (the queue survives a restart)
     data/, pipelines/ the cluster's data and pipeline directories, for every project but the
                       default one (``mimir`` keeps the per-user directories) unless
@@ -54,9 +57,19 @@ from mimir.app.cluster.local_state import (
     write_state,
 )
 from mimir.app.cluster.readiness import ClusterProbe, wait_until_ready
-from mimir.app.cluster.topology import SERVICE_KINDS, canonical_service, validate_project_name
+from mimir.app.cluster.topology import (
+    SERVICE_KINDS,
+    canonical_service,
+    parse_worker_name,
+    pool_service,
+    replica_name,
+    unknown_pool,
+    validate_project_name,
+    worker_command,
+)
 from mimir.app.cluster.worker_pool import StopBudget, check_worker_count, plan_scale
 from mimir.app.cluster.worker_pool import worker_health as worker_health_of
+from mimir.core.pools import DEFAULT_POOL, POOLS_ENV, ClusterFile, PoolSpec, pools_to_env
 from mimir.core.redis_embedded import EmbeddedRedisError, find_redis_server
 from mimir.core.settings import Settings, default_data_dir, default_pipelines_dir
 
@@ -376,11 +389,29 @@ class LocalBackend:
         argv = [
             self.python, "-m", "mimir.server", "--host", "127.0.0.1", "--port", str(state.api_port)
         ]  # fmt: skip
-        return self._spawn("backend", "backend", argv, self._child_env(state))
+        env = self._child_env(state)
+        # The pools, and how its autoscaler reaches them (`mimir cluster scale --backend
+        # local --project P`, run with this environment: MIMIR_STATE_DIR finds the state).
+        env[POOLS_ENV] = pools_to_env(state.cluster_file)
+        env["MIMIR_CLUSTER_BACKEND"] = self.backend
+        return self._spawn("backend", "backend", argv, env)
 
-    def _start_worker(self, state: LocalState, number: int) -> ProcessEntry:
-        argv = [self.python, "-m", "mimir.worker"]
-        return self._spawn(f"worker-{number}", "worker", argv, self._child_env(state))
+    def _start_worker(self, state: LocalState, pool: PoolSpec, number: int) -> ProcessEntry:
+        argv = worker_command(pool, [self.python, "-m", "mimir.worker"])
+        env = self._child_env(state)
+        for name in (POOLS_ENV, "MIMIR_CLUSTER_BACKEND"):  # the server's, not a worker's
+            env.pop(name, None)
+        env["WORKER_CONCURRENCY"] = str(pool.concurrency or self.worker_concurrency)
+        env.update(pool.environment)
+        # The same as the flags, for whoever reads the environment (`ps e`, a plugin).
+        env["MIMIR_WORKER_POOL"] = pool.name
+        if pool.job_types is not None:
+            env["MIMIR_WORKER_JOB_TYPES"] = ",".join(pool.job_types)
+        else:
+            env.pop("MIMIR_WORKER_JOB_TYPES", None)
+        entry = self._spawn(replica_name(pool.name, number), "worker", argv, env)
+        entry.pool = pool.name
+        return entry
 
     def _failure(self, entry: ProcessEntry, message: str) -> ClusterError:
         lines = tail_lines(Path(entry.log), 20)
@@ -407,19 +438,29 @@ class LocalBackend:
             return None
         return str(worker["pid"]) if worker.get("pid") else None
 
-    async def _wait_ready(self, state: LocalState, progress: Progress) -> None:
-        """Until /ready answers and every recorded worker is registered; raise if not."""
+    async def _wait_ready(
+        self, state: LocalState, progress: Progress, pools: set[str] | None = None
+    ) -> None:
+        """Until /ready answers and every recorded worker (of ``pools``, default all) is
+        registered; raise if not."""
         backend = state.entry("backend")
         assert backend is not None
 
+        def watched() -> list[ProcessEntry]:
+            return [
+                e for e in state.processes if e.service != "worker" or pools is None
+                or e.pool in pools
+            ]  # fmt: skip
+
         async def check_alive() -> None:
-            alive = await self._alive(state.processes)
-            for entry in state.processes:
+            entries = watched()
+            alive = await self._alive(entries)
+            for entry in entries:
                 if entry.pid not in alive:
                     raise self._failure(entry, f"{entry.name} exited while starting")
 
         async def expected() -> set[str]:
-            return {str(entry.pid) for entry in state.entries("worker")}
+            return {str(e.pid) for e in watched() if e.service == "worker"}
 
         async def not_ready() -> ClusterError:
             return self._failure(
@@ -447,10 +488,23 @@ class LocalBackend:
 
     # ---------------------------------------------------------------- protocol
 
-    async def up(self, workers: int = 2, progress: Progress | None = None) -> ClusterStatus:
-        """Start (or complete) the cluster with ``workers`` workers; wait until it is ready."""
+    async def up(
+        self,
+        workers: int | None = 2,
+        progress: Progress | None = None,
+        *,
+        cluster: ClusterFile | None = None,
+    ) -> ClusterStatus:
+        """Start (or complete) the cluster; wait until it is ready.
+
+        ``cluster`` declares the pools (default: the recorded cluster's, else one pool
+        ``default``); ``workers`` sizes the pool ``default`` when the cluster has it
+        (``None``: its ``initial_replicas``); the other pools start their
+        ``initial_replicas`` (a running cluster keeps what they were scaled to). A running
+        cluster given another cluster file stops the pools it no longer has and restarts
+        its API server, which reads the pools at start.
+        """
         report = progress or _no_progress
-        check_worker_count(workers, self.settings.limits)
         async with self._locked():
             state = await self._load()
             if state is not None and not await self._alive(state.processes):
@@ -458,6 +512,7 @@ class LocalBackend:
                 state = None
             if state is None:
                 state = await self._fresh_state()
+                wanted_before: dict[str, int] = {}
             else:
                 if self.requested_port and self.requested_port != state.api_port:
                     raise ClusterError(
@@ -467,10 +522,31 @@ class LocalBackend:
                     )
                 self.api_port = state.api_port
                 report("state", f"cluster {self.project!r} already recorded: completing it")
+                wanted_before = dict(state.wanted) if cluster is None else {}
+            changed = cluster is not None and _dump(cluster) != _dump(state.cluster_file)
+            cluster = cluster or state.cluster_file
+            sizes = {
+                name: (
+                    workers
+                    if name == DEFAULT_POOL and workers is not None
+                    else wanted_before.get(name, pool.initial_replicas)
+                )
+                for name, pool in cluster.pools.items()
+            }
+            for name, count in sizes.items():
+                self._check_count(cluster.pools[name], count)
+            state.cluster_file = cluster
             started: list[ProcessEntry] = []
             try:
+                await self._drop_undeclared_pools(state, report)
+                if changed and (backend := state.entry("backend")) is not None:
+                    report("backend", "the pools changed: restarting the API server")
+                    await asyncio.to_thread(self._stop_entries, [backend], 10.0)
+                    state.processes.remove(backend)
+                    await self._save(state)
                 await self._ensure_core(state, report, started)
-                await self._scale_workers(state, workers, report, started)
+                for name, count in sizes.items():
+                    await self._scale_workers(state, cluster.pools[name], count, report, started)
                 report("wait", "waiting for /ready and worker heartbeats")
                 await self._wait_ready(state, report)
             except BaseException:
@@ -482,8 +558,30 @@ class LocalBackend:
                 else:
                     await self._forget()
                 raise
-        report("up", f"cluster {self.project!r} is up: API {self.api_url}, {workers} worker(s)")
+        running = ", ".join(f"{count} in {name}" for name, count in sizes.items())
+        report("up", f"cluster {self.project!r} is up: API {self.api_url}, workers: {running}")
         return await self.status()
+
+    def _check_count(self, pool: PoolSpec, workers: int) -> None:
+        """``workers`` is a count ``pool`` may run (the cluster's limit, the pool's max)."""
+        check_worker_count(workers, self.settings.limits)
+        if pool.max is not None and workers > pool.max:
+            raise ClusterError(
+                f"refusing {workers} workers in pool {pool.name!r}: its max is {pool.max}"
+            )
+
+    async def _drop_undeclared_pools(self, state: LocalState, report: Progress) -> None:
+        """Stop (gracefully) the workers of pools the cluster no longer declares."""
+        pools = state.cluster_file.pools
+        leaving = [e for e in state.entries("worker") if e.pool not in pools]
+        if leaving:
+            names = ", ".join(e.name for e in leaving)
+            report("scale", f"stopping {names}: their pools are no longer declared")
+            await asyncio.to_thread(self._stop_entries, leaving, self.grace)
+            for entry in leaving:
+                state.processes.remove(entry)
+                state.wanted.pop(entry.pool, None)
+            await self._save(state)
 
     async def _fresh_state(self) -> LocalState:
         if await asyncio.to_thread(_port_in_use, self.api_port):
@@ -530,15 +628,22 @@ class LocalBackend:
         await self._save(state)
 
     async def _scale_workers(
-        self, state: LocalState, workers: int, report: Progress, started: list[ProcessEntry]
+        self,
+        state: LocalState,
+        pool: PoolSpec,
+        workers: int,
+        report: Progress,
+        started: list[ProcessEntry],
     ) -> None:
+        """Run exactly ``workers`` workers in ``pool``; the other pools' are left alone."""
         # Dead workers are replaced, not counted.
-        alive = await self._alive(state.entries("worker"))
-        for entry in state.entries("worker"):
+        alive = await self._alive(state.pool_entries(pool.name))
+        for entry in state.pool_entries(pool.name):
             if entry.pid not in alive:
                 report("worker", f"{entry.name} (pid {entry.pid}) is gone: removing its record")
                 state.processes.remove(entry)
-        current = {_number(e): e for e in state.entries("worker")}
+        state.wanted[pool.name] = workers
+        current = {_number(e): e for e in state.pool_entries(pool.name)}
         plan = plan_scale(list(current), workers)
         if plan.stop:
             leaving = [current[n] for n in plan.stop]
@@ -547,28 +652,37 @@ class LocalBackend:
             await asyncio.to_thread(self._stop_entries, leaving, self.grace)
             for entry in leaving:
                 state.processes.remove(entry)
-            await self._save(state)
+        await self._save(state)
         for number in plan.start:
-            report("worker", f"starting worker-{number}")
-            entry = await asyncio.to_thread(self._start_worker, state, number)
+            name = replica_name(pool.name, number)
+            report("worker", f"starting {name}")
+            entry = await asyncio.to_thread(self._start_worker, state, pool, number)
             await self._replace(state, None, entry, started)
 
-    async def scale(self, workers: int, progress: Progress | None = None) -> ClusterStatus:
-        """Run exactly ``workers`` workers (stopping extra ones gracefully)."""
+    async def scale(
+        self, workers: int, progress: Progress | None = None, *, pool: str = DEFAULT_POOL
+    ) -> ClusterStatus:
+        """Run exactly ``workers`` workers in ``pool`` (stopping extra ones gracefully); the
+        other pools are left alone."""
         report = progress or _no_progress
         check_worker_count(workers, self.settings.limits)
         async with self._locked():
             state = await asyncio.to_thread(self._require_running)
+            cluster = state.cluster_file
+            if pool not in cluster.pools:
+                raise unknown_pool(pool, cluster)
+            spec = cluster.pools[pool]
+            self._check_count(spec, workers)
             started: list[ProcessEntry] = []
             try:
-                await self._scale_workers(state, workers, report, started)
-                await self._wait_ready(state, report)
+                await self._scale_workers(state, spec, workers, report, started)
+                await self._wait_ready(state, report, {pool})
             except BaseException:
                 await asyncio.to_thread(self._stop_entries, started, 5.0)
                 state.processes = [e for e in state.processes if e not in started]
                 await self._save(state)
                 raise
-        report("scale", f"{workers} worker(s) running")
+        report("scale", f"{workers} worker(s) running in pool {pool!r}")
         return await self.status()
 
     def _require_running(self) -> LocalState:
@@ -627,7 +741,8 @@ class LocalBackend:
             report("clean", f"removed {self.directory} (Redis data, logs and the project's files)")
 
     async def restart(self, service: str, progress: Progress | None = None) -> ClusterStatus:
-        """Restart ``redis``, ``backend`` (or ``server``), ``worker`` (all) or ``worker-N``."""
+        """Restart ``redis``, ``backend`` (or ``server``), ``worker`` (every pool's workers),
+        ``worker-<pool>`` (one pool's), or one worker: ``worker-N``, ``worker-<pool>-N``."""
         report = progress or _no_progress
         name = canonical_service(service)
         async with self._locked():
@@ -635,15 +750,25 @@ class LocalBackend:
             if state is None:
                 raise ClusterError(f"no local cluster {self.project!r} is running")
             self.api_port = state.api_port
+            cluster = state.cluster_file
+            target = parse_worker_name(name)
             if name in SERVICE_KINDS:
                 targets = state.entries(name)
+            elif target is not None and target[1] is None:
+                pool = target[0]
+                assert pool is not None
+                if pool not in cluster.pools:
+                    raise unknown_pool(pool, cluster)
+                targets = state.pool_entries(pool)
             else:
                 entry = state.entry(name)
                 targets = [entry] if entry else []
             if not targets:
-                known = ", ".join(["redis", "backend", "worker"] + [
-                    e.name for e in state.entries("worker")
-                ])  # fmt: skip
+                known = ", ".join(
+                    ["redis", "backend", "worker"]
+                    + [pool_service(p) for p in cluster.pools if p != DEFAULT_POOL]
+                    + [e.name for e in state.entries("worker")]
+                )
                 raise ClusterError(f"unknown service {service!r}; choose from {known}")
             report("restart", f"stopping {', '.join(e.name for e in targets)}")
             await asyncio.to_thread(self._stop_entries, targets, self.grace)
@@ -659,7 +784,10 @@ class LocalBackend:
                     new = await asyncio.to_thread(self._start_backend, state)
                     await self._replace(state, old, new, started)
                 else:
-                    new = await asyncio.to_thread(self._start_worker, state, _number(old))
+                    if old.pool not in cluster.pools:
+                        raise unknown_pool(old.pool, cluster)
+                    spec = cluster.pools[old.pool]
+                    new = await asyncio.to_thread(self._start_worker, state, spec, _number(old))
                     await self._replace(state, old, new, started)
             await self._wait_ready(state, report)
         return await self.status()
@@ -694,7 +822,13 @@ class LocalBackend:
         state, alive_pids = await asyncio.to_thread(self._snapshot)
         if state is None:
             missing = [
-                ServiceStatus(name, kind, "missing", replicas=0)
+                ServiceStatus(
+                    name,
+                    kind,
+                    "missing",
+                    replicas=0,
+                    pool=DEFAULT_POOL if kind == "worker" else None,
+                )
                 for name, kind in SERVICE_KINDS.items()
             ]
             return ClusterStatus("local", self.project, missing, None)
@@ -731,23 +865,46 @@ class LocalBackend:
                 ports={"8080/tcp": f"127.0.0.1:{state.api_port}"},
             )
         )
-        workers = state.entries("worker")
-        live = [e for e in workers if e.pid in alive_pids]
-        if not workers:
-            worker_state, worker_health = "stopped", ""
-        elif not live:
-            worker_state, worker_health = "stale", ""
-        else:
-            worker_state = "running"
-            if len(live) < len(workers):
-                worker_health = "unhealthy"
-            else:
-                worker_health = worker_health_of({str(e.pid) for e in live}, registered)
-        services.append(
-            ServiceStatus("worker", "worker", worker_state, worker_health, replicas=len(live))
-        )
+        cluster = state.cluster_file
+        pools = list(cluster.pools)
+        pools += sorted({e.pool for e in state.entries("worker")} - set(pools))
+        for pool in pools:
+            workers = state.pool_entries(pool)
+            services.append(
+                self._pool_status(pool, workers, alive_pids, registered, state.wanted.get(pool))
+            )
         api = self.api_url if alive else None
         return ClusterStatus("local", self.project, services, api)
+
+    @staticmethod
+    def _pool_status(
+        pool: str,
+        workers: list[ProcessEntry],
+        alive_pids: set[int],
+        registered: set[str] | None,
+        wanted: int | None,
+    ) -> ServiceStatus:
+        """The status row of one pool's workers."""
+        live = [e for e in workers if e.pid in alive_pids]
+        if not workers:
+            state, health = "stopped", ""
+        elif not live:
+            state, health = "stale", ""
+        else:
+            state = "running"
+            if len(live) < len(workers):
+                health = "unhealthy"
+            else:
+                health = worker_health_of({str(e.pid) for e in live}, registered)
+        return ServiceStatus(
+            pool_service(pool), "worker", state, health, replicas=len(live), pool=pool,
+            wanted=len(workers) if wanted is None else wanted,
+        )  # fmt: skip
+
+    async def cluster_file(self) -> ClusterFile | None:
+        """The pools of the recorded cluster (``None`` when none is recorded)."""
+        state = await self._load()
+        return state.cluster_file if state is not None else None
 
     async def logs(
         self, services: list[str] | None = None, follow: bool = False, tail: int = 100
@@ -759,7 +916,8 @@ class LocalBackend:
         if state is None:
             raise ClusterError(f"no local cluster {self.project!r} is recorded")
         wanted = {canonical_service(s) for s in services or []}
-        names = {e.name for e in state.processes} | set(SERVICE_KINDS)
+        pool_names = {pool_service(p) for p in state.cluster_file.pools}
+        names = {e.name for e in state.processes} | set(SERVICE_KINDS) | pool_names
         unknown = wanted - names
         if unknown:
             raise ClusterError(
@@ -768,7 +926,9 @@ class LocalBackend:
             )
 
         def selected(entry: ProcessEntry) -> bool:
-            return not wanted or entry.service in wanted or entry.name in wanted
+            if not wanted or entry.service in wanted or entry.name in wanted:
+                return True
+            return entry.service == "worker" and pool_service(entry.pool) in wanted
 
         positions: dict[str, int] = {}
         partial: dict[str, str] = {}
@@ -830,8 +990,12 @@ class LocalBackend:
         (progress or _no_progress)("build", "the local backend runs the installed package")
 
 
+def _dump(cluster: ClusterFile) -> dict[str, object]:
+    return cluster.model_dump(mode="json", exclude_none=True)
+
+
 def _number(entry: ProcessEntry) -> int:
-    """The replica number of ``worker-N``."""
+    """The replica number of ``worker-N`` or ``worker-<pool>-N``."""
     return int(entry.name.rsplit("-", 1)[1])
 
 

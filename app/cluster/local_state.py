@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from mimir.app.cluster.base import ClusterError
+from mimir.core.pools import DEFAULT_POOL, ClusterFile, default_cluster
 
 __all__ = ["LocalState", "ProcessEntry", "project_lock", "read_state", "write_state"]
 
@@ -37,6 +38,8 @@ class ProcessEntry:
     log: str
     #: Size of the log file when the process started (its own lines start there).
     log_offset: int = 0
+    #: The pool of a worker (a state written before pools has none: ``default``).
+    pool: str = DEFAULT_POOL
 
 
 @dataclass
@@ -52,9 +55,32 @@ class LocalState:
     processes: list[ProcessEntry] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     version: int = STATE_VERSION
+    #: The cluster file it runs (:class:`ClusterFile` as JSON); ``None`` in a state written
+    #: before pools: the default cluster.
+    cluster: dict[str, Any] | None = None
+    #: Replicas each pool should run, as the last ``up``/``scale`` set them.
+    wanted: dict[str, int] = field(default_factory=dict)
 
     def entries(self, service: str) -> list[ProcessEntry]:
         return [entry for entry in self.processes if entry.service == service]
+
+    def pool_entries(self, pool: str) -> list[ProcessEntry]:
+        """The workers of ``pool``."""
+        return [e for e in self.processes if e.service == "worker" and e.pool == pool]
+
+    @property
+    def cluster_file(self) -> ClusterFile:
+        """The pools the cluster runs."""
+        if self.cluster is None:
+            return default_cluster()
+        try:
+            return ClusterFile.model_validate(self.cluster)
+        except ValueError as exc:  # pydantic's ValidationError is one
+            raise ClusterError(f"the cluster state's pools are malformed: {exc}") from exc
+
+    @cluster_file.setter
+    def cluster_file(self, cluster: ClusterFile) -> None:
+        self.cluster = cluster.model_dump(mode="json", exclude_none=True)
 
     def entry(self, name: str) -> ProcessEntry | None:
         return next((entry for entry in self.processes if entry.name == name), None)

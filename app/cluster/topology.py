@@ -11,6 +11,17 @@ and environment from it, and the compose files in ``packaging/`` are generated f
     backend  (API, 8080 published on 127.0.0.1)  backend_data, backend_logs,
                                                  backend_plugins, backend_pipelines
     worker x N (queue consumers)                   worker_data, worker_logs
+    worker-<pool> x N per further pool             (the same two volumes)
+
+Workers come in **pools** (:mod:`mimir.core.pools`): one scalable service per pool,
+``worker`` for the pool ``default`` and ``worker-<pool>`` for the others, each running
+``mimir worker --pool P --queues q1,q2 [--job-types a,b]`` with the pool's concurrency,
+environment, image and limits. Its containers carry ``io.mimir.service=worker`` (what they
+are) and ``io.mimir.pool=<pool>`` (which group); replica names are ``worker-3`` (default's
+third) and ``worker-slow-2`` (slow's second): pool names have no ``-``, so a name parses
+one way only (:func:`parse_worker_name`). The backend's environment carries the pools as
+``MIMIR_POOLS`` (:func:`~mimir.core.pools.pools_to_env`), and, when a cluster backend
+started it, ``MIMIR_CLUSTER_BACKEND`` and ``MIMIR_PROJECT`` (what its autoscaler acts by).
 """
 
 from __future__ import annotations
@@ -20,6 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mimir.app.cluster.base import ClusterError, ServiceKind
+from mimir.core.pools import (
+    DEFAULT_POOL,
+    POOL_NAME_PATTERN,
+    POOLS_ENV,
+    ClusterFile,
+    PoolSpec,
+    default_cluster,
+    pools_to_env,
+)
 
 __all__ = [
     "API_PORT",
@@ -29,6 +49,7 @@ __all__ = [
     "FALLBACK_REDIS_IMAGE",
     "IMAGES",
     "LABEL_NETWORK",
+    "LABEL_POOL",
     "LABEL_PROJECT",
     "LABEL_REPLICA",
     "LABEL_SERVICE",
@@ -41,13 +62,21 @@ __all__ = [
     "canonical_service",
     "compose_file",
     "parse_memory",
+    "parse_worker_name",
+    "pool_service",
+    "replica_name",
+    "service_kind",
+    "unknown_pool",
     "validate_project_name",
+    "worker_command",
 ]
 
 #: Label naming the cluster (project) a container, volume or network belongs to.
 LABEL_PROJECT = "io.mimir.project"
 #: Label naming the service (redis, backend, worker) of a container.
 LABEL_SERVICE = "io.mimir.service"
+#: Label naming the pool of a worker container (``default``, ``slow`` …).
+LABEL_POOL = "io.mimir.pool"
 #: Label numbering the replicas of a scaled service (1, 2, …).
 LABEL_REPLICA = "io.mimir.replica"
 #: Label naming a volume of the topology (``redis_data`` …), without the project prefix.
@@ -96,6 +125,57 @@ def canonical_service(name: str) -> str:
     return "backend" if name == "server" else name
 
 
+def pool_service(pool: str) -> str:
+    """The service of a pool's workers: ``worker`` for ``default``, else ``worker-<pool>``."""
+    return "worker" if pool == DEFAULT_POOL else f"worker-{pool}"
+
+
+def replica_name(pool: str, replica: int) -> str:
+    """A worker's name: ``worker-3`` (default's third), ``worker-slow-2`` (slow's second)."""
+    return f"{pool_service(pool)}-{replica}"
+
+
+_WORKER_NAME_RE = re.compile(rf"worker(?:-({POOL_NAME_PATTERN}))?(?:-([0-9]+))?")
+
+
+def parse_worker_name(name: str) -> tuple[str | None, int | None] | None:
+    """What a worker name designates, as ``(pool, replica)``: ``worker`` → ``(None, None)``
+    (every worker of every pool), ``worker-3`` → ``("default", 3)``, ``worker-slow`` →
+    ``("slow", None)`` (the pool's workers), ``worker-slow-2`` → ``("slow", 2)``,
+    ``worker-default`` → ``("default", None)``; ``None`` when it names no worker."""
+    match = _WORKER_NAME_RE.fullmatch(name)
+    if match is None:
+        return None
+    pool, replica = match.group(1), match.group(2)
+    if pool is None and replica is None:
+        return None, None
+    return pool or DEFAULT_POOL, None if replica is None else int(replica)
+
+
+def service_kind(name: str) -> ServiceKind | None:
+    """The kind of the service ``name`` (``worker-slow`` is a worker), ``None`` if unknown."""
+    name = canonical_service(name)
+    if name in SERVICE_KINDS:
+        return SERVICE_KINDS[name]
+    parsed = parse_worker_name(name)
+    return "worker" if parsed is not None and parsed[1] is None else None
+
+
+def unknown_pool(pool: str, cluster: ClusterFile) -> ClusterError:
+    """The error for a pool ``cluster`` does not have, naming those it has."""
+    return ClusterError(f"unknown pool {pool!r}; this cluster has {', '.join(cluster.pools)}")
+
+
+def worker_command(pool: PoolSpec, program: list[str] | None = None) -> list[str]:
+    """``mimir worker --pool P --queues q1,q2 [--job-types a,b]`` for ``pool`` (``program``
+    replaces ``mimir worker``, e.g. ``python -m mimir.worker``)."""
+    command = [*(program or ["mimir", "worker"]), "--pool", pool.name]
+    command += ["--queues", ",".join(pool.queues)]
+    if pool.job_types is not None:
+        command += ["--job-types", ",".join(pool.job_types)]
+    return command
+
+
 def parse_memory(value: str | int) -> int:
     """``"512m"``/``"1g"``/``"1G"``/bytes → bytes."""
     if isinstance(value, int):
@@ -138,6 +218,8 @@ class ServiceSpec:
     aliases: list[str] = field(default_factory=list)
     #: Scaled service (workers): several replicas, no fixed container name.
     scalable: bool = False
+    #: The pool of a worker service (``None`` for redis and backend).
+    pool: str | None = None
 
     @property
     def memory_bytes(self) -> int | None:
@@ -153,7 +235,20 @@ class Topology:
     #: Volume names without the project prefix.
     volumes: list[str]
     network: str = "mimir-network"
+    #: Replicas of the default pool the topology was built for.
     workers: int = 2
+    #: The pools its worker services run (one service per pool, in the cluster's order).
+    cluster: ClusterFile = field(default_factory=default_cluster)
+
+    def worker_services(self) -> list[ServiceSpec]:
+        """The pools' worker services, in the cluster's order."""
+        return [spec for spec in self.services.values() if spec.pool is not None]
+
+    def pool_spec(self, pool: str) -> ServiceSpec:
+        """The worker service of ``pool``; :class:`ClusterError` naming the known pools."""
+        if pool not in self.cluster.pools:
+            raise unknown_pool(pool, self.cluster)
+        return self.services[pool_service(pool)]
 
     def service(self, name: str) -> ServiceSpec:
         """The service called ``name`` (``server`` means ``backend``)."""
@@ -184,7 +279,11 @@ class Topology:
         """Labels that tie a container to this project (and service, replica)."""
         labels = {LABEL_PROJECT: self.project}
         if service is not None:
-            labels[LABEL_SERVICE] = self.service(service).name
+            spec = self.service(service)
+            # Every pool's workers are of the service "worker"; their pool says which.
+            labels[LABEL_SERVICE] = "worker" if spec.pool is not None else spec.name
+            if spec.pool is not None:
+                labels[LABEL_POOL] = spec.pool
         if replica is not None:
             labels[LABEL_REPLICA] = str(replica)
         return labels
@@ -226,12 +325,20 @@ def build_topology(
     worker_cpus: float | None = 0.5,
     worker_memory: str | None = "512m",
     fuseki_url: str | None = None,
+    cluster: ClusterFile | None = None,
+    cluster_backend: str | None = None,
 ) -> Topology:
-    """The seed's distributed topology for ``project``.
+    """The seed's distributed topology for ``project``, with one worker service per pool of
+    ``cluster`` (default: :func:`~mimir.core.pools.default_cluster`, one pool ``default``).
 
     The API is published on ``api_host:api_port``; anything but loopback needs ``api_token``
-    (an API reachable from the network must not be open).
+    (an API reachable from the network must not be open). A pool's own concurrency, image,
+    CPU and memory win over ``worker_concurrency``, ``worker_image``, ``worker_cpus`` and
+    ``worker_memory`` (which a pool that leaves them at their defaults gets).
+    ``cluster_backend`` (``docker``, ``local``) goes to the backend as
+    ``MIMIR_CLUSTER_BACKEND``: the backend its autoscaler scales the pools through.
     """
+    cluster = cluster or default_cluster()
     validate_project_name(project)
     if workers < 0:
         raise ClusterError(f"workers must be 0 or more, got {workers}")
@@ -251,7 +358,10 @@ def build_topology(
         "MIMIR_LOG_DIR": "/app/logs",
         "MIMIR_PLUGIN_DIR": "/app/plugins",
         "MIMIR_PIPELINES_DIR": "/app/pipelines",
+        POOLS_ENV: pools_to_env(cluster),
     }
+    if cluster_backend:
+        backend_env["MIMIR_CLUSTER_BACKEND"] = cluster_backend
     backend_command = ["mimir", "server", "--host", "0.0.0.0", "--port", str(API_PORT)]
     if api_token:
         backend_env["MIMIR_API_TOKEN"] = api_token
@@ -262,7 +372,6 @@ def build_topology(
         **common,
         "MIMIR_DATA_DIR": "/app/data",
         "MIMIR_LOG_DIR": "/app/logs",
-        "WORKER_CONCURRENCY": str(worker_concurrency),
     }
     if worker_grace is not None:
         # Seconds a stopping worker lets its jobs finish before handing them back.
@@ -305,33 +414,71 @@ def build_topology(
             healthcheck=_python_http_check(API_PORT),
             aliases=["backend"],
         ),
-        "worker": ServiceSpec(
-            name="worker",
-            kind="worker",
+    }
+    for pool in cluster.pools.values():
+        services[pool_service(pool.name)] = _pool_service(
+            pool,
+            worker_env,
             image=worker_image,
-            command=["mimir", "worker"],
-            environment=worker_env,
-            volumes=[
-                VolumeMount("worker_data", "/app/data"),
-                VolumeMount("worker_logs", "/app/logs"),
-            ],
+            concurrency=worker_concurrency,
             cpus=worker_cpus,
             memory=worker_memory,
-            scalable=True,
-        ),
+        )
+    # Every pool's workers share the two worker volumes.
+    volumes = list(dict.fromkeys(m.volume for spec in services.values() for m in spec.volumes))
+    return Topology(
+        project=project, services=services, volumes=volumes, workers=workers, cluster=cluster
+    )
+
+
+#: A pool's limits when its file sets none.
+_POOL_CPUS = PoolSpec.model_fields["cpus"].default
+_POOL_MEMORY = PoolSpec.model_fields["memory"].default
+
+
+def _pool_service(
+    pool: PoolSpec,
+    common: dict[str, str],
+    *,
+    image: str,
+    concurrency: int,
+    cpus: float | None,
+    memory: str | None,
+) -> ServiceSpec:
+    """The scalable worker service of ``pool``; its own settings win over the backend's."""
+    environment = {
+        **common,
+        "WORKER_CONCURRENCY": str(pool.concurrency or concurrency),
+        **pool.environment,
     }
-    volumes = [m.volume for spec in services.values() for m in spec.volumes]
-    return Topology(project=project, services=services, volumes=volumes, workers=workers)
+    return ServiceSpec(
+        name=pool_service(pool.name),
+        kind="worker",
+        image=pool.image or image,
+        command=worker_command(pool),
+        environment=environment,
+        volumes=[
+            VolumeMount("worker_data", "/app/data"),
+            VolumeMount("worker_logs", "/app/logs"),
+        ],
+        # A pool that leaves its limits at the defaults gets the backend's (``resources``).
+        cpus=cpus if pool.cpus == _POOL_CPUS else pool.cpus,
+        memory=memory if pool.memory == _POOL_MEMORY else pool.memory,
+        scalable=True,
+        pool=pool.name,
+    )
 
 
 def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if spec.name in ("backend", "worker"):
-        out["build"] = {
-            "context": ".",
-            "dockerfile": f"Dockerfile.{spec.name}",
-            "args": {"BASE_IMAGE": "${BASE_IMAGE:-python:3.11-slim}"},
-        }
+    built = {image: which for which, image in IMAGES.items()}
+    if spec.kind in ("server", "worker"):
+        if spec.image in built:  # a pool's own image is pulled, not built here
+            out["build"] = {
+                "context": ".",
+                "dockerfile": f"Dockerfile.{built[spec.image]}",
+                "args": {"BASE_IMAGE": "${BASE_IMAGE:-python:3.11-slim}"},
+            }
         out["image"] = spec.image
     else:
         out["image"] = "${REDIS_IMAGE:-" + spec.image + "}"
@@ -358,7 +505,7 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
             "timeout": "5s",
             "retries": 10,
         }
-    if spec.name in ("backend", "worker"):
+    if spec.kind in ("server", "worker"):
         out["depends_on"] = {"redis": {"condition": "service_healthy"}}
     if spec.cpus is not None:
         out["cpus"] = spec.cpus
@@ -368,6 +515,8 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
     # (com.docker.compose.project, whatever -p says), so `mimir cluster status --project x`
     # sees `docker-compose -p x`'s containers, and no other project's.
     out["labels"] = {LABEL_SERVICE: spec.name}
+    if spec.pool is not None:
+        out["labels"] = {LABEL_SERVICE: "worker", LABEL_POOL: spec.pool}
     out["networks"] = [topology.network]
     return out
 

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from mimir.app.cluster.base import ClusterError
-from mimir.app.cluster.compose import distributed_compose, unified_compose
+from mimir.app.cluster.compose import distributed_compose, pools_compose, unified_compose
 from mimir.app.cluster.topology import (
+    LABEL_POOL,
     LABEL_PROJECT,
     LABEL_REPLICA,
     LABEL_SERVICE,
@@ -20,7 +21,11 @@ from mimir.app.cluster.topology import (
 )
 
 PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
-COMPOSE_FILES = ["docker-compose.distributed.yml", "docker-compose.unified.yml"]
+COMPOSE_FILES = [
+    "docker-compose.distributed.yml",
+    "docker-compose.pools.yml",
+    "docker-compose.unified.yml",
+]
 
 
 def test_seed_topology_services_volumes_and_limits() -> None:
@@ -52,6 +57,7 @@ def test_names_and_labels_tie_objects_to_their_project() -> None:
     assert topology.labels("worker", 2) == {
         LABEL_PROJECT: "demo",
         LABEL_SERVICE: "worker",
+        LABEL_POOL: "default",
         LABEL_REPLICA: "2",
     }
 
@@ -93,6 +99,7 @@ def test_parse_memory_refuses_nonsense() -> None:
     ("filename", "render"),
     [
         ("docker-compose.distributed.yml", distributed_compose),
+        ("docker-compose.pools.yml", pools_compose),
         ("docker-compose.unified.yml", unified_compose),
     ],
 )
