@@ -23,6 +23,7 @@ from mimir.core.queue import JobQueue
 from mimir.core.queue.connection import connect
 from mimir.core.runstore.db import database_url, open_database, redact_database_url
 from mimir.core.settings import Settings
+from mimir.server import autoscaler
 from mimir.server.auth import BearerTokenMiddleware
 from mimir.server.errors import install_error_handlers
 from mimir.server.live import LiveHub
@@ -31,6 +32,7 @@ from mimir.server.middleware import BodySizeLimitMiddleware, RequestLogMiddlewar
 from mimir.server.openapi import install_openapi
 from mimir.server.redaction import redact_url
 from mimir.server.routes import ROUTERS
+from mimir.server.routes import autoscaler as autoscaler_routes
 from mimir.server.runs import start_services, stop_services
 from mimir.server.runs.audit import AuditMiddleware
 
@@ -76,7 +78,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_connections=2,
     )
     app.state.live = LiveHub(
-        listener, JobQueue(app.state.redis, settings.key_prefix, settings.job_ttl)
+        listener,
+        JobQueue(app.state.redis, settings.key_prefix, settings.job_ttl),
+        # The autoscaler's decisions, relayed as `scale` events.
+        channels={autoscaler.AutoscalerKeys(settings.key_prefix).events: "scale"},
     )
     app.state.live.start()
     # The run store: migrated before the first request; a database that cannot be opened
@@ -93,6 +98,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.redis.aclose()
         raise
     services = await start_services(app)
+    # The autoscaler's loop (it acts only on the server that holds its lease).
+    services += await autoscaler.start(app)
     logger.info(
         "Mimir API %s: pipelines in %s, data in %s, redis %s, token %s",
         __version__,
@@ -127,8 +134,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = None
     app.state.live = None
     app.state.db = None
+    app.state.autoscaler = None
     install_error_handlers(app)
-    for router in ROUTERS:
+    for router in (*ROUTERS, autoscaler_routes.router):
         app.include_router(router)
     install_openapi(app, token_required=bool(settings.api_token))
     app.add_middleware(MethodsMiddleware, routes=app.router.routes)

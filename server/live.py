@@ -4,7 +4,8 @@
 events channel, and fans each event out in the server:
 
 - to every ``GET /api/v1/events`` subscriber (a bounded in-memory queue each), together
-  with one ``stats`` event a second computed once for all of them;
+  with one ``stats`` event a second computed once for all of them, and the messages of
+  its other channels (the autoscaler's decisions, as ``scale`` events);
 - to every ``GET /api/v1/queue/jobs/{id}/wait`` waiting on that job, woken when an event
   says the job reached a final status (or was deleted); the records that waits starting
   or waking at the same moment need are read together, :data:`READ_BATCH` per round trip.
@@ -23,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -95,12 +96,17 @@ class LiveHub:
     """Events and waits for the whole server over one subscription.
 
     ``listener`` is a client of its own (its one pub/sub connection); ``jobs`` reads
-    records and status on the API's pool.
+    records and status on the API's pool. ``channels`` maps more channels of the same
+    subscription to the event kind their messages are relayed as (the autoscaler's
+    decisions: ``scale``).
     """
 
-    def __init__(self, listener: Redis, jobs: JobQueue) -> None:
+    def __init__(
+        self, listener: Redis, jobs: JobQueue, channels: Mapping[str, str] | None = None
+    ) -> None:
         self.listener = listener
         self.jobs = jobs
+        self.channels = dict(channels or {})
         self._subscribers: set[Subscriber] = set()
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -143,10 +149,15 @@ class LiveHub:
         while True:
             pubsub = self.listener.pubsub()
             try:
-                await pubsub.subscribe(self.jobs.keys.events)
+                await pubsub.subscribe(self.jobs.keys.events, *self.channels)
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None:
+                        continue
+                    kind = self.channels.get(str(message.get("channel")))
+                    if kind is not None:
+                        if message["type"] == "message":
+                            self._broadcast(kind, cast(str, message["data"]))
                         continue
                     if message["type"] == "subscribe":
                         # The first subscription, or redis-py's own after a lost

@@ -268,6 +268,10 @@ ROUTES: dict[str, OperationDoc] = {
     "GET /api/v1/queue/dead-letter": OperationDoc(),
     "POST /api/v1/queue/dead-letter/{job_id}/retry": OperationDoc(errors=(404, 409)),
     "DELETE /api/v1/queue/dead-letter/{job_id}": OperationDoc(errors=(404, 409)),
+    # -- pools and the autoscaler
+    "GET /api/v1/autoscaler": OperationDoc(),
+    "PUT /api/v1/autoscaler/pools/{pool}": OperationDoc(errors=(422,)),
+    "GET /api/v1/pools": OperationDoc(),
     # -- ontologies
     "GET /api/v1/ontologies": OperationDoc(),
     "POST /api/v1/ontologies": OperationDoc(

@@ -4,6 +4,10 @@
   record's ``version``, which grows by one with each change; ``deleted: true`` when it was
   removed from the dead letter), relayed from the queue's Redis channel;
 - ``event: stats`` — the queue status (as ``GET /api/v1/queue/status``), each second;
+- ``event: scale`` — the autoscaler decided to change a pool's replicas (``kind:
+  decision``: ``id, time, pool, from, to, reason, figures, server``) or its scaling
+  command ended (``kind: result``: ``decision`` (the decision's id), ``pool, to,
+  outcome`` (``ok``/``failed``), ``error, seconds``);
 - ``event: error`` — Redis is unavailable (the stream goes on and retries).
 
 Every subscriber is served from the server's one subscription (:mod:`mimir.server.live`):
@@ -65,13 +69,14 @@ async def _stream(request: Request, live: LiveHub) -> AsyncIterator[str]:
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "A never-ending stream of `job`, `stats` and `error` events.",
+            "description": "A never-ending stream of `job`, `stats`, `scale` and `error` events.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         }
     },
 )
 async def events(request: Request, live: LiveDep) -> StreamingResponse:
-    """Job state changes and a queue-stats tick each second, as text/event-stream."""
+    """Job state changes, a queue-stats tick each second and the autoscaler's decisions,
+    as text/event-stream."""
     return StreamingResponse(
         _stream(request, live),
         media_type="text/event-stream",

@@ -1,0 +1,97 @@
+"""The autoscaler and the pools: ``GET /api/v1/autoscaler``, ``PUT
+/api/v1/autoscaler/pools/{pool}``, ``GET /api/v1/pools`` (see :mod:`mimir.server.autoscaler`).
+
+A policy written with ``PUT`` is stored in Redis: every server shows it and the acting
+one uses it from its next evaluation. The body is a whole policy (its fields'
+defaults for those left out) and, optionally, the pool's ``min`` and ``max`` (left out:
+unchanged; ``max: null``: as many as the cluster allows).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field, ValidationError
+
+from mimir.core.pools import AutoscalePolicy, PoolSpec
+from mimir.core.queue.client import redis_errors
+from mimir.server.autoscaler import Autoscaler, AutoscalerView, PoolList, PoolView
+from mimir.server.deps import RedisDep
+from mimir.server.errors import error_response
+
+__all__ = ["PolicyBody", "router"]
+
+router = APIRouter(tags=["autoscaler"])
+
+
+async def get_autoscaler(request: Request, redis: RedisDep) -> Autoscaler:
+    """The server's autoscaler (made by the lifespan; one of this request's own without)."""
+    autoscaler: Autoscaler | None = getattr(request.app.state, "autoscaler", None)
+    if autoscaler is None:
+        autoscaler = Autoscaler(request.app.state.settings, redis)
+    return autoscaler
+
+
+AutoscalerDep = Annotated[Autoscaler, Depends(get_autoscaler)]
+
+
+class PolicyBody(AutoscalePolicy):
+    """A pool's autoscaling policy, and optionally its replica bounds."""
+
+    min: int | None = Field(None, ge=0, le=1000)
+    max: int | None = Field(None, ge=0, le=1000)
+
+
+def _invalid(field: str, message: str) -> JSONResponse:
+    return error_response(
+        422, f"invalid request: {field}: {message}", [{"field": field, "message": message}]
+    )
+
+
+@router.get("/api/v1/autoscaler", response_model=AutoscalerView)
+async def autoscaler_state(autoscaler: AutoscalerDep) -> AutoscalerView:
+    """Whether autoscaling is on (and why not), which server acts (its lease), each pool's
+    policy, replicas and figures, and the latest decisions (newest first)."""
+    async with redis_errors("read the autoscaler"):
+        return await autoscaler.view()
+
+
+@router.put(
+    "/api/v1/autoscaler/pools/{pool}",
+    response_model=PoolView,
+    responses={422: {"description": "Invalid policy, or no such pool (field `pool`)."}},
+)
+async def put_policy(pool: str, body: PolicyBody, autoscaler: AutoscalerDep) -> Any:
+    """Replace the autoscaling policy (and ``min``/``max``) of a pool."""
+    async with redis_errors("change the pool's policy"):
+        pools = await autoscaler.pools()
+        current = pools.get(pool)
+        if current is None:
+            known = ", ".join(pools) or "none"
+            return _invalid("pool", f"unknown pool {pool!r}; this cluster has {known}")
+        data = current.model_dump()
+        sent = body.model_fields_set
+        for bound in ("min", "max"):
+            if bound in sent:
+                data[bound] = getattr(body, bound)
+        data["autoscale"] = body.model_dump(exclude={"min", "max"})
+        try:
+            updated = PoolSpec.model_validate(data)
+        except ValidationError as exc:
+            message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            first = re.split(r"[ :(]", message, maxsplit=1)[0]
+            return _invalid(first if first in PoolSpec.model_fields else "body", message)
+        await autoscaler.set_policy(pool, updated)
+        view = await autoscaler.view()
+    return view.pools[pool]
+
+
+@router.get("/api/v1/pools", response_model=PoolList)
+async def list_pools(autoscaler: AutoscalerDep) -> PoolList:
+    """Each pool: its queues, replicas wanted and running, jobs waiting and running, the
+    oldest waiting job's age and the jobs a second its workers end."""
+    async with redis_errors("read the pools"):
+        return await autoscaler.pool_list()
