@@ -303,3 +303,28 @@ def test_two_servers_only_the_lease_holder_acts(
         timeout=20,
         message="the other server taking the lease",
     )
+
+
+def test_the_real_scaling_command_is_called_with_arguments_it_accepts(
+    make_server: Callable[..., ServerProcess],
+    redis_server: RedisServer,
+    client_of: Callable[[ServerProcess], httpx.Client],
+) -> None:
+    # No MIMIR_AUTOSCALE_COMMAND: `mimir cluster scale` itself, for a local cluster that
+    # is not running. It parses the arguments and refuses with its own message.
+    server = make_server(
+        redis_url=redis_server.url,
+        MIMIR_CLUSTER_BACKEND="local",
+        MIMIR_PROJECT="notrunning",
+        MIMIR_POOLS=pools_to_env(CLUSTER),
+    ).start(wait_for_redis=True)
+    client = client_of(server)
+    enqueue(client, 1)
+    failed = wait_until(
+        lambda: [d for d in state(client)["decisions"] if d["outcome"] == "failed"],
+        timeout=60,
+        message="the command's end",
+    )
+    error = failed[-1]["error"]
+    assert "usage:" not in error
+    assert "no local cluster 'notrunning' is running" in error
