@@ -217,6 +217,27 @@ def test_up_again_without_a_file_keeps_the_pools_and_their_sizes(backend: LocalB
     assert {**_pids(backend, "default"), **_pids(backend, "slow")} == pids
 
 
+def test_up_with_another_file_stops_the_pools_it_drops_and_tells_the_server(
+    backend: LocalBackend, root: Path, api: ClusterAPI
+) -> None:
+    default_before = _pids(backend, "default")
+    path = root / "only-default.yaml"
+    path.write_text("pools:\n  default: {replicas: 2}\n")
+    assert cluster_main(["up", "--file", str(path), "--project", PROJECT]) == 0
+    assert _pids(backend, "slow") == {}
+    assert _pids(backend, "default") == default_before
+    state = backend.load_state()
+    assert state is not None and list(state.cluster_file.pools) == ["default"]
+    backend_entry = state.entry("backend")
+    assert backend_entry is not None
+    cluster = pools_from_env(psutil.Process(backend_entry.pid).environ())
+    assert cluster is not None and list(cluster.pools) == ["default"]
+    assert [r.pool for r in asyncio.run(backend.status()).services if r.kind == "worker"] == [
+        "default"
+    ]
+    assert api.workers()  # the restarted server answers
+
+
 def test_a_state_written_before_pools_still_reads(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     entry = {"name": "worker-1", "service": "worker", "pid": 1, "create_time": 0.0, "log": "x"}
