@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 __all__ = ["main"]
@@ -22,8 +23,19 @@ def _parser(default_concurrency: int) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--queues",
-        default="default",
-        help="comma-separated worker pools to serve (default: default), e.g. default,gpu",
+        default=None,
+        help="comma-separated queues to serve (default: the pool's name), e.g. default,gpu",
+    )
+    parser.add_argument(
+        "--pool",
+        default=os.environ.get("MIMIR_WORKER_POOL") or "default",
+        help="the worker pool this worker belongs to (MIMIR_WORKER_POOL, default: default)",
+    )
+    parser.add_argument(
+        "--job-types",
+        default=os.environ.get("MIMIR_WORKER_JOB_TYPES") or None,
+        help="comma-separated job types it runs, e.g. pipeline (MIMIR_WORKER_JOB_TYPES, "
+        "default: all); a job of another type fails at once",
     )
     parser.add_argument(
         "--grace",
@@ -59,7 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         # Job ids, pipeline names and errors come from whoever enqueued: one record, one line.
         handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, settings.log_level, logging.INFO), handlers=handlers)
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    from mimir.core.pools import validate_pool_name
+
+    try:
+        pool = validate_pool_name(args.pool)
+    except ValueError as exc:
+        print(f"mimir worker: --pool: {exc}", file=sys.stderr)
+        return 2
+    queues = [q.strip() for q in (args.queues or pool).split(",") if q.strip()]
+    job_types = None
+    if args.job_types is not None:
+        job_types = [t.strip() for t in args.job_types.split(",") if t.strip()] or None
     if not queues:
         print("mimir worker: --queues needs at least one name", file=sys.stderr)
         return 2
@@ -73,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             concurrency=args.concurrency,
             queues=queues,
+            pool=pool,
+            job_types=job_types,
             grace=args.grace,
             lease=args.lease,
             redis_url=normalise_redis_url(args.redis_url) if args.redis_url else None,

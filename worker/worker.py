@@ -25,7 +25,13 @@ only the detail, so the live stream is always a prefix of the run's stored lines
 
 SIGTERM/SIGINT: take no new jobs, let running ones finish within ``grace`` seconds,
 hand the rest back to the queue (others take them at once), leave the registry, exit 0.
-A second SIGTERM/SIGINT hands the running jobs back at once.
+A second SIGTERM/SIGINT hands the running jobs back at once. The same two are asked over
+the API (``POST /api/v1/workers/{id}/drain`` and ``/stop``): the request waits in Redis
+and comes back with the next heartbeat (no subscription of its own).
+
+A worker belongs to one **pool** (``--pool``, see :mod:`mimir.core.pools`), named in its
+heartbeat; started with ``--job-types``, it fails a job of any other type at once, without
+a retry (the job was sent to the wrong pool: running it again here cannot help).
 """
 
 from __future__ import annotations
@@ -103,6 +109,11 @@ class WorkerConfig:
     trim_after: float = 2.0
     #: Seconds between writes of running jobs' new log lines to their live log streams.
     log_flush: float = 0.25
+    #: The pool this worker belongs to (``MIMIR_WORKER_POOL``), shown in its heartbeat.
+    pool: str = "default"
+    #: Job types it runs (``MIMIR_WORKER_JOB_TYPES``); ``None``: all. A job of another
+    #: type fails at once, not retried.
+    job_types: list[str] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
@@ -123,6 +134,10 @@ class WorkerConfig:
 
 class WorkerGaveUpError(RuntimeError):
     """Redis stayed away longer than ``max_outage``."""
+
+
+class _RefusedJobTypeError(JobFailedError):
+    """The job's type is not one this worker's pool runs: fails the job, never retried."""
 
 
 def _awaiting(task: asyncio.Task[Any]) -> list[str]:
@@ -256,6 +271,20 @@ class Worker:
         self._stopping.set()
         self._slot_free.set()
 
+    def _control(self, action: str) -> None:
+        """Do what was asked over the API: ``drain`` is SIGTERM, ``stop`` SIGTERM twice."""
+        if action == "drain":
+            if not self._stopping.is_set():
+                logger.info("drain requested: finishing running jobs, taking no more")
+                self.stop()
+        elif action == "stop":
+            if not self._hurry.is_set():
+                logger.info("stop requested: handing running jobs back now")
+                self._stopping.set()
+                self.stop()
+        else:
+            logger.warning("unknown request %r ignored", printable(action))
+
     async def run(self) -> int:
         """Serve until stopped; answers the exit code (0 after a graceful stop)."""
         loop = asyncio.get_running_loop()
@@ -276,10 +305,12 @@ class Worker:
             logger.error("%s", exc)
             return 1
         logger.info(
-            "%s serving queues %s with concurrency %d",
+            "%s serving queues %s with concurrency %d (pool %s, job types %s)",
             self.worker_id,
             ",".join(self.config.queues),
             self.config.concurrency,
+            self.config.pool,
+            ",".join(self.config.job_types) if self.config.job_types is not None else "all",
         )
         loops = [
             asyncio.create_task(self._guard(self._maintenance_loop), name="maintenance"),
@@ -364,7 +395,9 @@ class Worker:
         while True:
             try:
                 await self.consumer.ensure_groups()
-                await self._heartbeat()
+                # A request left for an earlier process of the same id (a container
+                # restarted with its hostname and pid) is not for this one: dropped.
+                await self._heartbeat(act=False)
                 reconnect.ok()
                 return
             except _OUTAGE_ERRORS as exc:
@@ -506,6 +539,12 @@ class Worker:
         current_capture.set(capture)
         outcome: Outcome | None
         try:
+            job_types = self.config.job_types
+            if job_types is not None and delivery.type not in job_types:
+                raise _RefusedJobTypeError(
+                    f"worker pool '{self.config.pool}' does not run '{delivery.type}' jobs "
+                    f"(it runs: {', '.join(job_types)})"
+                )
             handler = get_job_handler(delivery.type)
             ctx = Attempt(
                 job_id=job_id,
@@ -527,6 +566,9 @@ class Worker:
             outcome = self._stopped_outcome(delivery, reason)
         except TimeoutError:
             outcome = Outcome(delivery, "failed", error=f"timed out after {delivery.timeout:g}s")
+        except _RefusedJobTypeError as exc:
+            logger.warning("job %s: %s", printable(job_id), printable(str(exc)))
+            outcome = Outcome(delivery, "failed", error=str(exc), final=True)
         except JobFailedError as exc:
             outcome = Outcome(delivery, "failed", error=str(exc), result=exc.result)
         except Exception as exc:
@@ -633,7 +675,7 @@ class Worker:
 
     # -- maintenance -------------------------------------------------------------------
 
-    async def _heartbeat(self, draining: bool = False) -> None:
+    async def _heartbeat(self, draining: bool = False, act: bool = True) -> None:
         # Redis's TIME between two readings of this host's clock: the round trip, and how
         # far this clock is off Redis's (``mimir doctor`` reports both; leases need < 1 s).
         before = time.time()
@@ -644,6 +686,8 @@ class Worker:
             "hostname": self.hostname,
             "pid": os.getpid(),
             "queues": self.config.queues,
+            "pool": self.config.pool,
+            "job_types": self.config.job_types,
             "concurrency": self.config.concurrency,
             "started_at": iso(self.started_at),
             "current_jobs": list(self.running),
@@ -656,7 +700,9 @@ class Worker:
             "redis_rtt_ms": round((after - before) * 1000, 2),
             "clock_offset_ms": round(((before + after) / 2 - seconds - micros / 1e6) * 1000, 1),
         }
-        await self.consumer.heartbeat(info, ttl=self.config.heartbeat * 3)
+        control = await self.consumer.heartbeat(info, ttl=self.config.heartbeat * 3)
+        if control is not None and act:
+            self._control(control)
 
     async def _maintenance_loop(self) -> None:
         reconnect = _Reconnect("maintenance", self.config.max_outage)
@@ -756,7 +802,9 @@ def _may_end(outcome: Outcome) -> bool:
     with attempts left is a retry, a requeue hands the job back."""
     if outcome.kind in ("succeeded", "cancelled"):
         return True
-    return outcome.kind == "failed" and outcome.delivery.attempt > outcome.delivery.max_retries
+    return outcome.kind == "failed" and (
+        outcome.final or outcome.delivery.attempt > outcome.delivery.max_retries
+    )
 
 
 async def _detail(capture: RunCapture, stopped: str | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from mimir.core.queue.errors import (
     QueueCommandError,
     QueueError,
     QueueUnavailableError,
+    WorkerNotFoundError,
 )
 from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
 from mimir.core.queue.models import (
@@ -24,6 +25,7 @@ from mimir.core.queue.models import (
     JobRecord,
     JobSpec,
     JobStatus,
+    PoolFigures,
     Priority,
     Progress,
     QueueStatus,
@@ -46,6 +48,7 @@ __all__ = [
     "JobStateError",
     "JobStatus",
     "Outcome",
+    "PoolFigures",
     "Priority",
     "Progress",
     "QueueCommandError",
@@ -56,6 +59,7 @@ __all__ = [
     "QueueUnavailableError",
     "WaitResult",
     "WorkerInfo",
+    "WorkerNotFoundError",
     "connect",
     "retry_delay",
 ]

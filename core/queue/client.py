@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
@@ -32,6 +32,7 @@ from mimir.core.queue.errors import (
     JobStateError,
     QueueCommandError,
     QueueUnavailableError,
+    WorkerNotFoundError,
 )
 from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
 from mimir.core.queue.models import (
@@ -40,6 +41,7 @@ from mimir.core.queue.models import (
     JobRecord,
     JobSpec,
     JobStatus,
+    PoolFigures,
     QueueStatus,
     WaitResult,
     WorkerInfo,
@@ -48,7 +50,15 @@ from mimir.core.queue.models import (
 )
 from mimir.core.queue.protocol import INTERNAL_FIELDS, RECORD_FIELDS, JSONText, encode
 
-__all__ = ["DURATION_BUCKETS", "JobPage", "JobQueue", "JobSpec", "connect"]
+__all__ = [
+    "CONTROL_TTL",
+    "DURATION_BUCKETS",
+    "WORKER_ACTIONS",
+    "JobPage",
+    "JobQueue",
+    "JobSpec",
+    "connect",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +75,11 @@ _FIRST_SLICE = 1.0
 _ENQUEUE_CHUNK = 1000
 #: Seconds over which completed/failed per second are averaged.
 _RATE_WINDOW = 5
+#: What :meth:`JobQueue.control_worker` may ask of a worker.
+WORKER_ACTIONS = ("drain", "stop")
+#: Seconds a request to a worker waits for its next heartbeat (a worker away longer than
+#: that has lost its registration anyway).
+CONTROL_TTL = 60
 
 
 _dumps = functools.partial(json.dumps, separators=(",", ":"), default=str)
@@ -725,9 +740,10 @@ class JobQueue:
 
     # -- figures ---------------------------------------------------------------------
 
-    async def status(self) -> QueueStatus:
+    async def status(self, declared: Mapping[str, Sequence[str]] | None = None) -> QueueStatus:
         """Queue length (total, per priority, per pool), scheduled, running, dead,
-        live workers, completed/failed per second and all-time totals."""
+        live workers, completed/failed per second and all-time totals; and the queues no
+        live worker and none of the ``declared`` pools (pool → its queues) serves."""
         now = int(time.time())
         async with redis_errors("read the queue status"):
             pools = sorted(cast(set[str], await self.redis.smembers(self.keys.queues)))
@@ -767,7 +783,11 @@ class JobQueue:
                 counts = {k: int(v) for k, v in rate.items()}
                 completed += counts.get("succeeded", 0)
                 failed += counts.get("failed", 0) + counts.get("dead", 0)
+        from mimir.core.pools import unserved_queues  # not in a worker's imports
+
+        served = {"": [q for worker in workers for q in worker.queues], **(declared or {})}
         return QueueStatus(
+            unserved_queues=unserved_queues(served, list(by_queue)),
             queue_length=sum(by_priority.values()),
             by_priority=by_priority,
             by_queue=by_queue,
@@ -793,24 +813,97 @@ class JobQueue:
             gone = [w for w, raw in zip(ids, raws, strict=True) if not raw]
             if gone:
                 await self.redis.zrem(self.keys.workers, *gone)
-        now = time.time()
-        out = []
-        for raw in raws:
-            if not raw:
-                continue
-            data = dict(raw)
-            info = WorkerInfo.model_validate(
-                {
-                    **data,
-                    "queues": json.loads(data.get("queues", "[]")),
-                    "current_jobs": json.loads(data.get("current_jobs", "[]")),
-                    "draining": data.get("draining") == "1",
-                }
+        return _worker_infos(raws, time.time())
+
+    async def live_queues(self) -> set[str]:
+        """The queues the live workers serve (two short round trips)."""
+        async with redis_errors("list workers"):
+            ids = cast(list[str], await self.redis.zrange(self.keys.workers, 0, -1))
+            if not ids:
+                return set()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for worker_id in ids:
+                    pipe.hget(self.keys.worker(worker_id), "queues")
+                raws = cast(list[str | None], await pipe.execute())
+        return {queue for raw in raws if raw for queue in json.loads(raw)}
+
+    async def control_worker(self, worker_id: str, action: str) -> None:
+        """Ask the live worker ``worker_id`` to ``drain`` (take no more jobs, let the
+        running ones finish within its grace, exit 0: what SIGTERM does) or ``stop`` (hand
+        its running jobs back to the queue at once and exit 0: a second SIGTERM). The
+        worker reads the request with its next heartbeat; it is kept
+        :data:`CONTROL_TTL` seconds. :class:`WorkerNotFoundError` when no live worker has
+        that id; :class:`ValueError` for another action."""
+        if action not in WORKER_ACTIONS:
+            raise ValueError(f"unknown worker action {action!r}; use drain or stop")
+        async with redis_errors(f"{action} the worker"):
+            if not await self.redis.exists(self.keys.worker(worker_id)):
+                raise WorkerNotFoundError(worker_id)
+            # A stop asked and not yet taken is not softened into a drain (NX).
+            await self.redis.set(
+                self.keys.control(worker_id), action, ex=CONTROL_TTL, nx=action == "drain"
             )
-            if info.last_heartbeat is not None:
-                info.heartbeat_age_s = round(max(0.0, now - info.last_heartbeat.timestamp()), 3)
-            out.append(info)
-        return out
+
+    async def pool_figures(self, pools: Mapping[str, Sequence[str]]) -> dict[str, PoolFigures]:
+        """Each pool's load (``pools``: pool → the queues it serves): jobs waiting and
+        running in its queues, the age of the oldest waiting one, and its live workers
+        (by the ``pool`` of their heartbeats): how many, busy, draining, jobs processed.
+        Two pipelined round trips, whatever the number of pools and workers."""
+        queues = sorted({queue for served in pools.values() for queue in served})
+        streams = [(q, self.keys.stream(q, prio)) for q in queues for prio in PRIORITIES]
+        async with redis_errors("read the pools' figures"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.time()
+                pipe.zrange(self.keys.workers, 0, -1)
+                for _, stream in streams:
+                    pipe.xlen(stream)
+                    pipe.xinfo_groups(stream)
+                first = await pipe.execute(raise_on_error=False)
+            (seconds, micros), ids = first[0], cast(list[str], first[1])
+            now_ms = seconds * 1000 + micros // 1000
+            waiting: dict[str, int] = dict.fromkeys(queues, 0)
+            running: dict[str, int] = dict.fromkeys(queues, 0)
+            firsts: list[tuple[str, str, str]] = []  # (queue, stream, first undelivered id)
+            for i, (queue, stream) in enumerate(streams):
+                length, groups = first[2 + 2 * i], first[3 + 2 * i]
+                length = length if isinstance(length, int) else 0
+                group = next(
+                    (g for g in groups if g.get("name") == GROUP), None
+                ) if isinstance(groups, list) else None  # fmt: skip
+                pending = int(group["pending"]) if group else 0
+                waiting[queue] += max(0, length - pending)
+                running[queue] += pending
+                if length > pending:
+                    last = str(group["last-delivered-id"]) if group else "0-0"
+                    firsts.append((queue, stream, _next_entry_id(last)))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, stream, start in firsts:
+                    pipe.xrange(stream, min=start, count=1)
+                for worker_id in ids:
+                    pipe.hgetall(self.keys.worker(worker_id))
+                second = await pipe.execute(raise_on_error=False) if (firsts or ids) else []
+        oldest: dict[str, int] = {}
+        for (queue, _, _), entries in zip(firsts, second, strict=False):
+            if isinstance(entries, list) and entries:
+                at = int(str(entries[0][0]).split("-", 1)[0])
+                oldest[queue] = min(at, oldest.get(queue, at))
+        workers = _worker_infos(
+            [raw if isinstance(raw, dict) else {} for raw in second[len(firsts) :]], now_ms / 1000
+        )
+        figures: dict[str, PoolFigures] = {}
+        for name, served in pools.items():
+            members = [w for w in workers if w.pool == name]
+            ages = [oldest[q] for q in set(served) if q in oldest]
+            figures[name] = PoolFigures(
+                queued=sum(waiting[q] for q in set(served)),
+                running=sum(running[q] for q in set(served)),
+                oldest_age_s=round(max(0, now_ms - min(ages)) / 1000, 3) if ages else None,
+                workers=len(members),
+                busy=sum(1 for w in members if w.current_jobs),
+                draining=sum(1 for w in members if w.draining),
+                processed=sum(w.processed for w in members),
+            )
+        return figures
 
     async def duration_histogram(self) -> tuple[list[tuple[float, int]], float, int]:
         """Job durations: cumulative ``(upper bound, count)`` per bucket (the last is
@@ -838,6 +931,34 @@ def _now() -> tuple[int, datetime]:
     """This moment in epoch ms, and as a datetime of that same ms."""
     now_ms = int(time.time() * 1000)
     return now_ms, datetime.fromtimestamp(now_ms / 1000, UTC)
+
+
+def _worker_infos(raws: Sequence[dict[str, str]], now: float) -> list[WorkerInfo]:
+    """The workers of these heartbeat hashes (empty ones left out), their ages at ``now``."""
+    out = []
+    for raw in raws:
+        if not raw:
+            continue
+        data = dict(raw)
+        info = WorkerInfo.model_validate(
+            {
+                **data,
+                "queues": json.loads(data.get("queues", "[]")),
+                "current_jobs": json.loads(data.get("current_jobs", "[]")),
+                "job_types": json.loads(data["job_types"]) if data.get("job_types") else None,
+                "draining": data.get("draining") == "1",
+            }
+        )
+        if info.last_heartbeat is not None:
+            info.heartbeat_age_s = round(max(0.0, now - info.last_heartbeat.timestamp()), 3)
+        out.append(info)
+    return out
+
+
+def _next_entry_id(entry_id: str) -> str:
+    """The smallest stream entry id after ``entry_id`` (``XRANGE``'s start, inclusive)."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
 
 
 def _glob_escape(text: str) -> str:

@@ -84,6 +84,9 @@ class Outcome:
     #: Filled in by :meth:`QueueConsumer.finish`: what was written (``retry`` for a
     #: failure that will run again), or ``stale`` when the job was no longer ours.
     applied: str = field(default="")
+    #: A failure no retry can mend (a job type this worker does not run): it ends the job
+    #: whatever attempts are left.
+    final: bool = False
 
 
 def retry_delay(attempt: int, base: float) -> float:
@@ -222,7 +225,7 @@ class QueueConsumer:
         d = outcome.delivery
         kind = outcome.kind
         due_ms = 0
-        if kind == "failed" and d.attempt <= d.max_retries:
+        if kind == "failed" and d.attempt <= d.max_retries and not outcome.final:
             kind = "retry"
             due_ms = int((time.time() + retry_delay(d.attempt, d.retry_backoff)) * 1000)
         result = (
@@ -363,24 +366,31 @@ class QueueConsumer:
         _, next_due = await call.run(self.redis)
         return float(next_due) / 1000 if next_due else None
 
-    async def heartbeat(self, info: dict[str, Any], ttl: float) -> None:
-        """Publish this worker's heartbeat; it vanishes ``ttl`` seconds after the last."""
+    async def heartbeat(self, info: dict[str, Any], ttl: float) -> str | None:
+        """Publish this worker's heartbeat; it vanishes ``ttl`` seconds after the last.
+        Answers what was asked of this worker since the last beat (``drain`` or ``stop``,
+        see :meth:`JobQueue.control_worker`), or ``None``; the request is taken (deleted)
+        in the same round trip, so it is answered once."""
         key = self.keys.worker(self.worker_id)
         now = utc_now()
         fields: dict[Any, Any] = {
-            k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in info.items()
+            k: json.dumps(v) if isinstance(v, list | dict) else str(v)
+            for k, v in info.items()
+            if v is not None
         }
         fields["last_heartbeat"] = iso(now)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.pexpire(key, int(ttl * 1000))
             pipe.zadd(self.keys.workers, {self.worker_id: now.timestamp()})
-            await pipe.execute()
+            pipe.getdel(self.keys.control(self.worker_id))
+            *_, control = await pipe.execute()
+        return str(control) if control else None
 
     async def deregister(self) -> None:
         """Remove this worker from the registry (on a clean exit)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(self.keys.worker(self.worker_id))
+            pipe.delete(self.keys.worker(self.worker_id), self.keys.control(self.worker_id))
             pipe.zrem(self.keys.workers, self.worker_id)
             for stream in self.streams:
                 pipe.xpending_range(stream, GROUP, "-", "+", 1, consumername=self.worker_id)

@@ -16,7 +16,9 @@ broken connection a few times before either side sees an error.
           ├── QueueCommandError      Redis failed a command (a script error, a key of the
           │                          wrong type): a fault of this side, not of the caller
           ├── JobNotFoundError       no record for that job id (never existed, or expired)
-          └── JobStateError          the job is not in a state that allows this
+          ├── JobStateError          the job is not in a state that allows this
+          └── WorkerNotFoundError    no live worker with that id (never was, or its
+                                     heartbeat expired)
 
 The server's answer to each is in ``mimir.server.errors``.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "QueueCommandError",
     "QueueError",
     "QueueUnavailableError",
+    "WorkerNotFoundError",
 ]
 
 
@@ -58,3 +61,13 @@ class JobNotFoundError(QueueError):
 
 class JobStateError(QueueError):
     """The job's status does not allow the operation."""
+
+
+class WorkerNotFoundError(QueueError):
+    """No live worker with that id (unknown, or its heartbeat expired: it has stopped)."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        super().__init__(
+            f"worker {worker_id!r} not found (unknown, or its heartbeat expired: it has stopped)"
+        )

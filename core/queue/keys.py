@@ -25,6 +25,8 @@ All names start with the configured prefix (``MIMIR_KEY_PREFIX``, default ``mimi
                                         job_ttl
     {p}worker:{id}              hash    a live worker's heartbeat (expires)
     {p}workers                  zset    worker ids by last heartbeat
+    {p}control:{id}             string  ``drain`` or ``stop`` asked of a live worker; read
+                                        (and deleted) with its next heartbeat; expires
     {p}events                   channel job state changes (JSON)
     {p}cancel                   channel ids of running jobs asked to cancel
 
@@ -129,6 +131,9 @@ class QueueKeys:
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}worker:{worker_id}"
+
+    def control(self, worker_id: str) -> str:
+        return f"{self.prefix}control:{worker_id}"
 
     @property
     def workers(self) -> str:

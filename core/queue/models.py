@@ -23,6 +23,7 @@ __all__ = [
     "JobRecord",
     "JobSpec",
     "JobStatus",
+    "PoolFigures",
     "Priority",
     "Progress",
     "QueueStatus",
@@ -185,6 +186,29 @@ class WorkerInfo(BaseModel):
     cpu_percent: float = 0.0
     memory_bytes: int = 0
     draining: bool = False
+    #: The worker pool it belongs to (``mimir worker --pool``).
+    pool: str = "default"
+    #: The job types it runs (``mimir worker --job-types``); ``None``: all.
+    job_types: list[str] | None = None
+
+
+class PoolFigures(BaseModel):
+    """One pool's load (:meth:`JobQueue.pool_figures`): what its autoscaler sizes it by."""
+
+    #: Jobs waiting in the pool's queues (every priority), not yet delivered to a worker.
+    queued: int = 0
+    #: Jobs of the pool's queues delivered to a worker and not ended (running).
+    running: int = 0
+    #: Seconds the oldest waiting job has waited (``None``: nothing waits).
+    oldest_age_s: float | None = None
+    #: Live workers of the pool (by their heartbeats' ``pool``).
+    workers: int = 0
+    #: Of those, how many run at least one job.
+    busy: int = 0
+    #: Of those, how many are draining (stopping: they take no more jobs).
+    draining: int = 0
+    #: Jobs the pool's live workers have processed (the sum of their counters).
+    processed: int = 0
 
 
 class QueueStatus(BaseModel):
@@ -200,6 +224,9 @@ class QueueStatus(BaseModel):
     completed_per_sec: float
     failed_per_sec: float
     totals: dict[str, int]
+    #: Queues with jobs (waiting, or enqueued to) that neither a live worker nor a declared
+    #: pool serves: their jobs wait until one does.
+    unserved_queues: list[str] = Field(default_factory=list)
 
 
 def utc_now() -> datetime:
