@@ -236,6 +236,8 @@ ROUTES: dict[str, OperationDoc] = {
     "GET /api/v1/events": OperationDoc(never=(503,)),  # an `error` event instead
     "GET /api/v1/plugins": OperationDoc(),
     "GET /api/v1/workers": OperationDoc(),
+    "POST /api/v1/workers/{worker_id}/drain": OperationDoc(errors=(404,)),
+    "POST /api/v1/workers/{worker_id}/stop": OperationDoc(errors=(404,)),
     "GET /api/v1/diagnostics": OperationDoc(),
     # -- pipelines
     "POST /api/v1/pipelines/execute": OperationDoc(errors=(400, 404, 422, 504)),

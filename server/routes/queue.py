@@ -4,7 +4,8 @@
   ``pipeline_name`` | ``pipeline``, ``context``) plus ``priority``, ``timeout``,
   ``max_retries``, ``queue``, ``delay``, ``idempotency_key`` → ``202``;
 - ``GET /api/v1/queue/jobs/{id}``, ``GET /api/v1/queue/jobs/{id}/wait?timeout=60s``;
-- ``GET /api/v1/queue/status``, ``GET /api/v1/queue/jobs?status=&queue=&offset=&limit=``;
+- ``GET /api/v1/queue/status`` (with ``unserved_queues``: queues no live worker and no
+  declared pool serves), ``GET /api/v1/queue/jobs?status=&queue=&offset=&limit=``;
 - ``POST /api/v1/queue/jobs/{id}/cancel``;
 - ``GET /api/v1/queue/dead-letter``, ``POST /api/v1/queue/dead-letter/{id}/retry``,
   ``DELETE /api/v1/queue/dead-letter/{id}``.
@@ -13,6 +14,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from typing import Annotated, Any
 
@@ -23,6 +26,7 @@ from sqlalchemy import Engine
 from mimir.core.durations import parse_duration
 from mimir.core.jobs import pipeline_job
 from mimir.core.pipeline.requests import PipelineRequest, resolve_pipeline_request
+from mimir.core.pools import ClusterFileError, pools_from_env
 from mimir.core.queue import (
     DeadLetterEntry,
     JobNotFoundError,
@@ -39,6 +43,8 @@ from mimir.core.runstore.runs import RunStore
 from mimir.server.deps import LiveDep, RedisDep, RegistryDep, SettingsDep, StoreDep
 
 __all__ = ["EnqueueAccepted", "EnqueueRequest", "QueueDep", "get_queue", "router"]
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/queue", tags=["queue"])
 
@@ -120,6 +126,50 @@ class EnqueueAccepted(BaseModel):
     message: str = "Pipeline job enqueued successfully"
     job_id: str
     status: JobStatus
+    #: Set when no live worker and no pool of the cluster serves the job's queue: the job
+    #: is queued all the same, and waits until a worker of that queue starts.
+    warning: str | None = None
+
+
+#: Seconds a queue seen served (by a live worker) is taken as served without asking Redis.
+SERVED_TTL = 2.0
+_SERVED: dict[tuple[int, str, str], float] = {}
+_DECLARED: tuple[str, dict[str, list[str]]] | None = None
+
+
+def declared_pools() -> dict[str, list[str]]:
+    """The cluster's pools (``MIMIR_POOLS`` of this server) and their queues; none when it
+    declares none (an invalid value is logged once, and counts as none)."""
+    global _DECLARED
+    text = os.environ.get("MIMIR_POOLS", "")
+    if _DECLARED is None or _DECLARED[0] != text:
+        try:
+            cluster = pools_from_env(os.environ)
+        except ClusterFileError as exc:
+            logger.warning("%s", exc)
+            cluster = None
+        _DECLARED = (text, cluster.queues_by_pool() if cluster is not None else {})
+    return _DECLARED[1]
+
+
+async def unserved_warning(jobs: JobQueue, queue: str) -> str | None:
+    """Why a job enqueued to ``queue`` may wait for ever, or ``None`` when something
+    serves it. A queue seen served is not asked about again for :data:`SERVED_TTL` s."""
+    if any(queue in queues for queues in declared_pools().values()):
+        return None
+    key = (id(jobs.redis), jobs.keys.prefix, queue)
+    now = time.monotonic()
+    if now - _SERVED.get(key, -SERVED_TTL) < SERVED_TTL:
+        return None
+    if queue in await jobs.live_queues():
+        if len(_SERVED) > 1000:
+            _SERVED.clear()
+        _SERVED[key] = now
+        return None
+    return (
+        f"no live worker serves queue {queue!r} and no pool of this cluster lists it: the "
+        f"job waits until one does (mimir worker --queues {queue})"
+    )
 
 
 class WaitAnswer(JobRecord):
@@ -136,7 +186,10 @@ class DeadLetterPage(BaseModel):
 
 
 @router.post(
-    "/pipelines/enqueue", status_code=status.HTTP_202_ACCEPTED, response_model=EnqueueAccepted
+    "/pipelines/enqueue",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=EnqueueAccepted,
+    response_model_exclude_none=True,
 )
 async def enqueue_pipeline(
     body: EnqueueRequest,
@@ -153,14 +206,16 @@ async def enqueue_pipeline(
     options = body.job_options()
     options["idempotency_key"] = body.idempotency_key or idempotency_header
     record = await jobs.enqueue(pipeline_job(pipeline, body.context, **options))
-    return EnqueueAccepted(job_id=record.job_id, status=record.status)
+    warning = await unserved_warning(jobs, record.queue)
+    return EnqueueAccepted(job_id=record.job_id, status=record.status, warning=warning)
 
 
 @router.get("/status", response_model=QueueStatus)
 async def queue_status(jobs: QueueDep) -> QueueStatus:
     """Jobs waiting (total and per priority), scheduled, running, dead, workers alive,
-    completed and failed per second, totals."""
-    return await jobs.status()
+    completed and failed per second, totals; and the queues with jobs that no live worker
+    and no pool of the cluster serves (``unserved_queues``)."""
+    return await jobs.status(declared_pools())
 
 
 def record_from_run(run: RunSummary) -> JobRecord:
