@@ -124,11 +124,17 @@ class ClusterBackend(Protocol):
         ...
 
     async def scale(
-        self, workers: int, progress: Progress | None = None, *, pool: str = "default"
+        self,
+        workers: int,
+        progress: Progress | None = None,
+        *,
+        pool: str = "default",
+        wait: bool = True,
     ) -> ClusterStatus:
         """Run exactly ``workers`` workers in ``pool``, leaving the other pools alone; scaling
         down stops workers gracefully (SIGTERM). An unknown pool is a :class:`ClusterError`
-        naming the cluster's pools."""
+        naming the cluster's pools. ``wait=False`` returns once new workers are started,
+        before their first heartbeat (``mimir cluster scale --no-wait``, the autoscaler)."""
         ...
 
     async def down(self, progress: Progress | None = None) -> None:

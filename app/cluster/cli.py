@@ -106,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     scale = sub.add_parser("scale", parents=[common], help="run exactly N workers in a pool")
     scale.add_argument("target", nargs="+", metavar="[POOL] N", help="e.g. 3, or slow 2")
     scale.add_argument("--pool", help="the pool to scale (default: default)")
+    scale.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once new workers are started, before their first heartbeat",
+    )
     sub.add_parser("down", parents=[common], help="stop and remove the services, keep the data")
     sub.add_parser("clean", parents=[common], help="like down, and remove the data (volumes)")
     restart = sub.add_parser("restart", parents=[common], help="restart one service")
@@ -320,7 +325,7 @@ async def _run(
         _print_status(status, backend)
     elif command == "scale":
         pool, workers = _scale_target(args)
-        status = await backend.scale(workers, _progress, pool=pool)
+        status = await backend.scale(workers, _progress, pool=pool, wait=not args.no_wait)
         _print_status(status, backend)
     elif command == "down":
         await backend.down(_progress)

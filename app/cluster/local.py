@@ -67,7 +67,12 @@ from mimir.app.cluster.topology import (
     validate_project_name,
     worker_command,
 )
-from mimir.app.cluster.worker_pool import StopBudget, check_worker_count, plan_scale
+from mimir.app.cluster.worker_pool import (
+    StopBudget,
+    check_pool_count,
+    check_worker_count,
+    plan_scale,
+)
 from mimir.app.cluster.worker_pool import worker_health as worker_health_of
 from mimir.core.pools import DEFAULT_POOL, POOLS_ENV, ClusterFile, PoolSpec, pools_to_env
 from mimir.core.redis_embedded import EmbeddedRedisError, find_redis_server
@@ -564,11 +569,7 @@ class LocalBackend:
 
     def _check_count(self, pool: PoolSpec, workers: int) -> None:
         """``workers`` is a count ``pool`` may run (the cluster's limit, the pool's max)."""
-        check_worker_count(workers, self.settings.limits)
-        if pool.max is not None and workers > pool.max:
-            raise ClusterError(
-                f"refusing {workers} workers in pool {pool.name!r}: its max is {pool.max}"
-            )
+        check_pool_count(pool, workers, self.settings.limits)
 
     async def _drop_undeclared_pools(self, state: LocalState, report: Progress) -> None:
         """Stop (gracefully) the workers of pools the cluster no longer declares."""
@@ -660,10 +661,16 @@ class LocalBackend:
             await self._replace(state, None, entry, started)
 
     async def scale(
-        self, workers: int, progress: Progress | None = None, *, pool: str = DEFAULT_POOL
+        self,
+        workers: int,
+        progress: Progress | None = None,
+        *,
+        pool: str = DEFAULT_POOL,
+        wait: bool = True,
     ) -> ClusterStatus:
         """Run exactly ``workers`` workers in ``pool`` (stopping extra ones gracefully); the
-        other pools are left alone."""
+        other pools are left alone. ``wait=False`` returns once the new workers are started,
+        without waiting for their heartbeats (the autoscaler watches those itself)."""
         report = progress or _no_progress
         check_worker_count(workers, self.settings.limits)
         async with self._locked():
@@ -676,7 +683,8 @@ class LocalBackend:
             started: list[ProcessEntry] = []
             try:
                 await self._scale_workers(state, spec, workers, report, started)
-                await self._wait_ready(state, report, {pool})
+                if wait:
+                    await self._wait_ready(state, report, {pool})
             except BaseException:
                 await asyncio.to_thread(self._stop_entries, started, 5.0)
                 state.processes = [e for e in state.processes if e not in started]
