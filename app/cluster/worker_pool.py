@@ -10,8 +10,16 @@ from dataclasses import dataclass
 
 from mimir.app.cluster.base import ClusterError
 from mimir.core.limits import Limits
+from mimir.core.pools import PoolSpec
 
-__all__ = ["ScalePlan", "StopBudget", "check_worker_count", "plan_scale", "worker_health"]
+__all__ = [
+    "ScalePlan",
+    "StopBudget",
+    "check_pool_count",
+    "check_worker_count",
+    "plan_scale",
+    "worker_health",
+]
 
 
 def check_worker_count(workers: int, limits: Limits) -> int:
@@ -23,6 +31,17 @@ def check_worker_count(workers: int, limits: Limits) -> int:
         raise ClusterError(
             f"refusing {workers} workers: a cluster runs at most {limits.max_workers} "
             "(raise MIMIR_MAX_WORKERS to allow more)"
+        )
+    return workers
+
+
+def check_pool_count(pool: PoolSpec, workers: int, limits: Limits) -> int:
+    """``workers`` if ``pool`` may run that many (the cluster's limit, the pool's ``max``),
+    else :class:`ClusterError`."""
+    check_worker_count(workers, limits)
+    if pool.max is not None and workers > pool.max:
+        raise ClusterError(
+            f"refusing {workers} workers in pool {pool.name!r}: its max is {pool.max}"
         )
     return workers
 
