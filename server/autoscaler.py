@@ -430,20 +430,28 @@ class Autoscaler:
 
     async def pools(self) -> dict[str, PoolSpec]:
         """The pools and their policies as stored (else as declared, else ``default``)."""
-        raw = cast(dict[str, str], await self.redis.hgetall(self.keys.policies))
+        return self._parse_pools(await self.redis.hgetall(self.keys.policies))
+
+    def _parse_pools(self, raw: Any) -> dict[str, PoolSpec]:
         if not raw:
             return dict((self.cluster or default_cluster()).pools)
         pools = {}
-        for name, text in sorted(raw.items()):
+        for name, text in sorted(dict(raw).items()):
             try:
                 pools[name] = PoolSpec.model_validate_json(text)
             except ValueError as exc:
                 logger.warning("autoscaler: stored policy of pool %s is invalid: %s", name, exc)
         return pools
 
-    async def states(self) -> dict[str, _Stored]:
-        raw = cast(dict[str, str], await self.redis.hgetall(self.keys.state))
-        return {name: _Stored.parse(text) for name, text in raw.items()}
+    async def _pools_and_states(self) -> tuple[dict[str, PoolSpec], dict[str, _Stored]]:
+        """:meth:`pools` and :meth:`states` in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.policies)
+            pipe.hgetall(self.keys.state)
+            policies, states = await pipe.execute()
+        return self._parse_pools(policies), {
+            name: _Stored.parse(text) for name, text in dict(states).items()
+        }
 
     @staticmethod
     def running_of(figures: FiguresView) -> int:
@@ -463,8 +471,7 @@ class Autoscaler:
     # -- one evaluation --------------------------------------------------------------
 
     async def evaluate(self) -> None:
-        pools = await self.pools()
-        states = await self.states()
+        pools, states = await self._pools_and_states()
         raw = await self.read_figures({name: pool.queues for name, pool in pools.items()})
         now = time.time()
         changed: dict[Any, Any] = {}
@@ -548,6 +555,9 @@ class Autoscaler:
             self.project,
             "--backend",
             str(self.backend),
+            # New workers show in the heartbeats, which the next evaluations read; waiting
+            # for them here would hold the pool's next decision for seconds.
+            "--no-wait",
         ]
 
     async def _act(self, pool: str, decision_id: str, replicas: int) -> None:
@@ -647,8 +657,7 @@ class Autoscaler:
     async def _gather(
         self,
     ) -> tuple[dict[str, PoolSpec], dict[str, _Stored], dict[str, FiguresView]]:
-        pools = await self.pools()
-        states = await self.states()
+        pools, states = await self._pools_and_states()
         raw = await self.read_figures({name: pool.queues for name, pool in pools.items()})
         return pools, states, {name: _figures_of(raw.get(name)) for name in pools}
 

@@ -191,6 +191,7 @@ def test_a_burst_scales_the_pool_up_through_the_command_and_is_recorded(
         assert calls_of(calls)[0]["args"] == [
             *("--pool", "default", "4"),
             *("--project", "autoscaled", "--backend", "local"),
+            "--no-wait",  # the next evaluations read the heartbeats
         ]
         decided = wait_until(
             lambda: [d for d in state(client)["decisions"] if d["outcome"] == "ok"],
