@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -265,6 +266,35 @@ class ApiClient:
     async def workers(self) -> list[dict[str, Any]]:
         answer = await self.request("GET", "/api/v1/workers", timeout=5.0, headers=POLL_HEADERS)
         return answer["workers"]
+
+    async def control_worker(self, worker_id: str, action: str) -> dict[str, Any]:
+        """Ask one worker to ``drain`` (finish its jobs, take no more, exit) or ``stop``
+        (hand its jobs back, exit): ``{worker_id, action}``; 404 for an unknown worker."""
+        if action not in ("drain", "stop"):
+            raise ValueError(f"unknown worker action {action!r}")
+        return await self.request("POST", f"/api/v1/workers/{quote(worker_id, safe='')}/{action}")
+
+    # ---------------------------------------------------------------- pools, autoscaler
+
+    async def pools(self) -> dict[str, dict[str, Any]]:
+        """Per pool: ``queues``, ``replicas: {wanted, running}``, ``queued``, ``running``,
+        ``oldest_age_s``, ``jobs_per_sec`` (``GET /api/v1/pools``)."""
+        answer = await self.request("GET", "/api/v1/pools", timeout=5.0, headers=POLL_HEADERS)
+        pools = answer.get("pools", answer) if isinstance(answer, dict) else answer
+        if isinstance(pools, list):  # a list of pools, each with its name
+            return {str(p.get("name", "")): p for p in pools if isinstance(p, dict)}
+        return {str(k): v for k, v in (pools or {}).items() if isinstance(v, dict)}
+
+    async def autoscaler(self) -> dict[str, Any]:
+        """``{enabled, reason, leader, period, pools: {name: {policy, min, max, replicas,
+        figures, last_change}}, decisions: [...]}`` (``GET /api/v1/autoscaler``)."""
+        return await self.request("GET", "/api/v1/autoscaler", timeout=5.0, headers=POLL_HEADERS)
+
+    async def set_pool_policy(self, pool: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """Replace a pool's autoscaling policy (its fields and ``min``/``max``); 422 names
+        the field that is wrong."""
+        path = f"/api/v1/autoscaler/pools/{quote(pool, safe='')}"
+        return await self.request("PUT", path, json=policy)
 
     # ---------------------------------------------------------------- knowledge graph
 

@@ -78,7 +78,7 @@ async def iter_events(lines: AsyncIterator[str]) -> AsyncIterator[ServerEvent]:
             yield event
 
 
-Listener = Callable[[Any], None]
+Listener = Callable[[Any], object]
 
 
 class LiveFeed:
@@ -88,6 +88,13 @@ class LiveFeed:
     are called on the loop that runs :meth:`run` (the Qt loop in the console).
     ``on_resync(None)`` is called each time the event stream (re)connects: job changes
     made while it was away were missed, so views that keep jobs should list them again.
+
+    Worker pools: ``on_pools(dict)`` with ``GET /api/v1/pools`` (polled with the workers),
+    ``on_scale(dict)`` with each autoscaler decision (the stream's ``scale`` events), and
+    ``on_autoscaler(dict)`` with ``GET /api/v1/autoscaler`` (its last decisions among it),
+    read when the stream connects and every ``autoscaler_interval`` seconds, so decisions
+    made while the stream was away are not missed. A server without these endpoints
+    (404) is asked again only after ``retry_missing_after`` seconds.
     """
 
     def __init__(
@@ -97,26 +104,39 @@ class LiveFeed:
         poll_interval: float = 1.0,
         workers_interval: float = 2.0,
         retry_stream_after: float = 15.0,
+        autoscaler_interval: float = 15.0,
+        retry_missing_after: float = 60.0,
     ) -> None:
         self.api = api
         self.poll_interval = poll_interval
         self.workers_interval = workers_interval
         self.retry_stream_after = retry_stream_after
+        self.autoscaler_interval = autoscaler_interval
+        self.retry_missing_after = retry_missing_after
         self.mode: FeedMode = "stopped"
         self.last_stats: dict[str, Any] | None = None
         self.last_workers: list[dict[str, Any]] = []
+        self.last_pools: dict[str, dict[str, Any]] | None = None
+        self.last_autoscaler: dict[str, Any] | None = None
+        #: Endpoint → monotonic time before which it is not asked again (it answered 404).
+        self._missing_until: dict[str, float] = {}
+        self._autoscaler_read_at = 0.0
+        self._autoscaler_asked = self._autoscaler_delivered = 0
         self._listeners: dict[str, list[Listener]] = {
             "stats": [],
             "job": [],
             "workers": [],
             "mode": [],
             "resync": [],
+            "pools": [],
+            "scale": [],
+            "autoscaler": [],
         }
         self._task: asyncio.Task[None] | None = None
         self._workers_task: asyncio.Task[None] | None = None
 
     def subscribe(self, kind: str, listener: Listener) -> None:
-        """``kind`` in stats, job, workers, mode, resync."""
+        """``kind`` in stats, job, workers, mode, resync, pools, scale, autoscaler."""
         self._listeners[kind].append(listener)
 
     def _emit(self, kind: str, value: Any) -> None:
@@ -176,6 +196,7 @@ class LiveFeed:
                 if self.mode != "events":
                     self._set_mode("events", self.api.base_url)
                 self._emit("resync", None)
+                self._autoscaler_read_at = 0.0  # decisions made meanwhile: read them
             try:
                 payload = event.json()
             except ValueError:
@@ -186,6 +207,8 @@ class LiveFeed:
                 self._emit("stats", payload)
             elif event.event == "job" and isinstance(payload, dict):
                 self._emit("job", payload)
+            elif event.event == "scale" and isinstance(payload, dict):
+                self._emit("scale", payload)
         raise ApiError("the event stream ended", 0)
 
     async def _poll_for(self, seconds: float) -> None:
@@ -212,4 +235,50 @@ class LiveFeed:
                 self._emit("workers", self.last_workers)
             except ApiError as exc:
                 logger.debug("workers poll failed: %s", exc)
+            await self.read_pools()
             await asyncio.sleep(self.workers_interval)
+
+    def forget_endpoints(self) -> None:
+        """Ask every endpoint again (another server: it may have what the last lacked)."""
+        self._missing_until.clear()
+        self._autoscaler_read_at = 0.0
+        self.last_pools = self.last_autoscaler = None
+
+    async def _optional(self, name: str, call: Callable[[], Any]) -> Any:
+        """``await call()``, or None when it fails; a 404 (an older server) is not asked
+        again for ``retry_missing_after`` seconds."""
+        if time.monotonic() < self._missing_until.get(name, 0.0):
+            return None
+        try:
+            return await call()
+        except ApiError as exc:
+            if exc.status in (404, 405):
+                self._missing_until[name] = time.monotonic() + self.retry_missing_after
+            logger.debug("%s poll failed: %s", name, exc)
+            return None
+
+    async def read_pools(self) -> None:
+        """``GET /api/v1/pools`` now, and the autoscaler when it is time to."""
+        pools = await self._optional("pools", self.api.pools)
+        if pools is not None:
+            self.last_pools = pools
+            self._emit("pools", pools)
+        if time.monotonic() - self._autoscaler_read_at >= self.autoscaler_interval:
+            await self.read_autoscaler()
+
+    async def read_autoscaler(self) -> dict[str, Any] | None:
+        """``GET /api/v1/autoscaler`` now (its listeners get it); None when unavailable.
+        An answer to an older request than one already delivered is dropped (two reads may
+        overlap: the periodic one and one after a policy was saved)."""
+        self._autoscaler_read_at = time.monotonic()
+        self._autoscaler_asked += 1
+        asked = self._autoscaler_asked
+        answer = await self._optional("autoscaler", self.api.autoscaler)
+        if asked < self._autoscaler_delivered:
+            return None
+        if isinstance(answer, dict):
+            self._autoscaler_delivered = asked
+            self.last_autoscaler = answer
+            self._emit("autoscaler", answer)
+            return answer
+        return None

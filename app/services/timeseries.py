@@ -6,11 +6,24 @@ Memory is fixed at construction (``capacity`` samples per series), so an hour at
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DashboardRecorder", "RingSeries", "SeriesSet", "peak_downsample"]
+from mimir.app.services.jobs import parse_time
+
+__all__ = [
+    "DashboardRecorder",
+    "RingSeries",
+    "ScaleDecision",
+    "SeriesSet",
+    "peak_downsample",
+    "pool_order",
+]
 
 
 class RingSeries:
@@ -112,12 +125,78 @@ def peak_downsample(t: np.ndarray, v: np.ndarray, max_points: int) -> tuple[np.n
     return out_t, out_v
 
 
+def _seconds(value: Any) -> float | None:
+    """Epoch seconds from a number or an ISO 8601 text (``...Z`` too); None otherwise."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    moment = parse_time(value)
+    return moment.timestamp() if moment is not None else None
+
+
+def _first(data: Mapping[str, Any], *keys: str) -> Any:
+    return next((data[k] for k in keys if data.get(k) is not None), None)
+
+
+@dataclass(frozen=True)
+class ScaleDecision:
+    """One autoscaler decision: at ``t`` (epoch seconds) pool ``pool`` went ``old`` → ``new``."""
+
+    t: float
+    pool: str
+    old: int
+    new: int
+    reason: str = ""
+    #: The decision's id in the server's record (its stream entry), when it has one.
+    id: str = ""
+
+    @property
+    def label(self) -> str:
+        """What the time axis shows: ``default 1→4``."""
+        return f"{self.pool} {self.old}→{self.new}"
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any]) -> ScaleDecision | None:
+        """A decision from a ``scale`` event or ``GET /api/v1/autoscaler``'s list; None
+        when it lacks a time, a pool or the two replica counts, and for the other
+        ``scale`` events (``kind: result``, a scaling command's end)."""
+        if data.get("kind", "decision") != "decision":
+            return None
+        t = _seconds(_first(data, "at", "time", "t", "timestamp", "decided_at"))
+        pool = _first(data, "pool")
+        old = _first(data, "from", "from_replicas", "current", "old")
+        new = _first(data, "to", "to_replicas", "replicas", "new")
+        if t is None or not pool:
+            return None
+        try:
+            return cls(
+                t,
+                str(pool),
+                int(old),
+                int(new),
+                str(data.get("reason") or ""),
+                str(data.get("id") or ""),
+            )
+        except (TypeError, ValueError):
+            return None
+
+
+def pool_order(names: Iterable[str]) -> list[str]:
+    """Pools as the console lists them: ``default`` first, then by name."""
+    return sorted(set(names), key=lambda name: (name != "default", name))
+
+
 class DashboardRecorder:
     """The dashboard's data, recorded from the first second whether or not it is on screen.
 
     Queue series: ``q:high``, ``q:normal``, ``q:low``, ``running``, ``completed``,
-    ``failed``, ``workers``; per worker: ``cpu:<id>`` (%) and ``mem:<id>`` (MiB).
+    ``failed``, ``workers``; per worker: ``cpu:<id>`` (%) and ``mem:<id>`` (MiB); per pool
+    (``GET /api/v1/pools``): ``replicas:<pool>`` (running) and ``queued:<pool>``; and the
+    autoscaler's last :attr:`MAX_DECISIONS` decisions, oldest first, each once.
     """
+
+    MAX_DECISIONS = 200
 
     QUEUE_SERIES = ("q:high", "q:normal", "q:low", "running", "completed", "failed", "workers")
 
@@ -125,6 +204,51 @@ class DashboardRecorder:
         self.series = SeriesSet(capacity)
         self.last_stats: dict[str, object] = {}
         self.worker_ids: list[str] = []
+        self.pool_names: list[str] = []
+        self.decisions: deque[ScaleDecision] = deque(maxlen=self.MAX_DECISIONS)
+        self._decided: set[object] = set()
+
+    def add_pools(self, pools: Mapping[str, Mapping[str, Any]], t: float) -> None:
+        """One ``GET /api/v1/pools`` reading: each pool's running replicas and queued jobs."""
+        for name, pool in pools.items():
+            replicas = pool.get("replicas")
+            running = replicas.get("running") if isinstance(replicas, Mapping) else replicas
+            self.series[f"replicas:{name}"].append(t, float(running or 0))
+            self.series[f"queued:{name}"].append(t, float(pool.get("queued") or 0))
+        names = pool_order(pools)
+        self.series.discard_missing([f"replicas:{n}" for n in names], "replicas:")
+        self.series.discard_missing([f"queued:{n}" for n in names], "queued:")
+        self.pool_names = names
+
+    def add_decision(self, payload: Mapping[str, Any]) -> ScaleDecision | None:
+        """Record a decision (a ``scale`` event or one of the autoscaler's list) unless it
+        is known already; the decision, or None when it was not new or not readable."""
+        decision = ScaleDecision.from_payload(payload)
+        if decision is None:
+            return None
+        # The same decision arrives as an event and again in the autoscaler's list.
+        key = self._key(decision)
+        if key in self._decided:
+            return None
+        if len(self.decisions) == self.decisions.maxlen:
+            self._decided.discard(self._key(self.decisions[0]))
+        self._decided.add(key)
+        self.decisions.append(decision)
+        if len(self.decisions) > 1 and self.decisions[-2].t > decision.t:
+            ordered = sorted(self.decisions, key=lambda d: d.t)
+            self.decisions.clear()
+            self.decisions.extend(ordered)
+        return decision
+
+    @staticmethod
+    def _key(decision: ScaleDecision) -> object:
+        return decision.id or (round(decision.t, 3), decision.pool, decision.old, decision.new)
+
+    def add_autoscaler(self, answer: Mapping[str, Any]) -> None:
+        """``GET /api/v1/autoscaler``: its decisions (those not seen yet)."""
+        for payload in answer.get("decisions") or []:
+            if isinstance(payload, Mapping):
+                self.add_decision(payload)
 
     def add_stats(self, stats: dict, t: float) -> None:
         by_priority = stats.get("by_priority") or {}

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -58,13 +60,16 @@ from mimir.app.services.doctor import Report, diagnose
 from mimir.app.services.jobs import count_text
 from mimir.app.services.profiles import PROFILE_KINDS, ConnectionProfile
 from mimir.app.services.runs import format_bytes, format_local
+from mimir.app.services.timeseries import ScaleDecision
 from mimir.app.ui.backup_dialog import BackupDialog, BackupsDialog, RestoreDialog, run_dialog
-from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header
+from mimir.app.ui.common import STATUS_COLORS, Banner, ask_path, panel_header
 from mimir.app.ui.confirm import confirm
 from mimir.app.ui.host_key_dialog import HostKeyDialog
+from mimir.app.ui.pools_box import PoolsBox
 from mimir.app.ui.profile_dialog import ProfileDialog
 from mimir.app.ui.session import ConsoleSession
 from mimir.core.backup.manifest import BackupError
+from mimir.core.pools import DEFAULT_POOL, ClusterFile, ClusterFileError, load_cluster_file
 
 __all__ = ["QtClusterPanel", "api_access_text", "unknown_host_key"]
 
@@ -197,6 +202,10 @@ class QtClusterPanel(QWidget):
         self.progress_reported.connect(self._on_progress)
         session.profile_changed.connect(self._on_profile_changed)
         session.cluster_status.connect(self._show_status)
+        session.pools.connect(self._on_pools)
+        session.autoscaler.connect(self._on_autoscaler)
+        session.scale.connect(self._on_scale)
+        session.stats.connect(self._on_stats)
         self._timer = QTimer(self)
         self._timer.setInterval(3000)
         self._timer.timeout.connect(self._tick)
@@ -292,6 +301,7 @@ class QtClusterPanel(QWidget):
         self.workers_spin.setValue(2)
         self.workers_spin.setPrefix("Workers: ")
         self.scale_button = QPushButton("Scale")
+        self.scale_button.setToolTip("Scale the default pool (each pool has its own below)")
         self.diagnose_button = QPushButton("Diagnose")
         self.diagnose_button.setToolTip(
             "Check the API, Redis, workers, queues, containers, disks and clocks "
@@ -313,6 +323,17 @@ class QtClusterPanel(QWidget):
         self.restore_button.clicked.connect(self.restore_backup)
         self.backups_button.clicked.connect(self.show_backups)
         self.start_button.clicked.connect(self.start_cluster)
+        self.cluster_file_button = QPushButton("Cluster file…")
+        self.cluster_file_button.setToolTip(
+            "Start with the pools of a cluster file (mimir-cluster.yaml): their queues, "
+            "replicas, limits and autoscaling"
+        )
+        self.cluster_file_button.clicked.connect(self.choose_cluster_file)
+        self.cluster_file_clear = QPushButton("Clear")
+        self.cluster_file_clear.setToolTip("Start without a cluster file (one pool, default)")
+        self.cluster_file_clear.setObjectName("Small")
+        self.cluster_file_clear.clicked.connect(lambda: self.use_cluster_file(None, None))
+        self.cluster_file_clear.hide()
         self.stop_button.clicked.connect(self.stop_cluster)
         self.clean_button.clicked.connect(self.clean_cluster)
         self.restart_button.clicked.connect(self.restart_service)
@@ -320,6 +341,8 @@ class QtClusterPanel(QWidget):
         self.scale_button.clicked.connect(self.scale_workers)
         for widget in (
             self.start_button,
+            self.cluster_file_button,
+            self.cluster_file_clear,
             self.stop_button,
             self.restart_button,
             self.build_button,
@@ -331,6 +354,17 @@ class QtClusterPanel(QWidget):
         actions.addWidget(self.workers_spin)
         actions.addWidget(self.scale_button)
         root.addLayout(actions)
+        #: The cluster file Start uses (None: the default topology), and where it was read.
+        self.cluster_file: ClusterFile | None = None
+        self.cluster_file_path: Path | None = None
+        self.cluster_file_label = QLabel("")
+        self.cluster_file_label.setObjectName("Hint")
+        self.cluster_file_label.setWordWrap(True)
+        self.cluster_file_label.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse
+        )
+        self.cluster_file_label.hide()
+        root.addWidget(self.cluster_file_label)
         # Backups on their own row: beside the others they would squeeze their labels.
         backups = QHBoxLayout()
         for widget in (self.backup_button, self.restore_button, self.backups_button):
@@ -358,6 +392,8 @@ class QtClusterPanel(QWidget):
             self.backup_button,
             self.restore_button,
             self.backups_button,
+            self.cluster_file_button,
+            self.cluster_file_clear,
         ]
         #: The backup dialog open now (one at a time), for tests and screenshots.
         self.dialog: BackupDialog | RestoreDialog | BackupsDialog | None = None
@@ -391,6 +427,16 @@ class QtClusterPanel(QWidget):
         self.table.setAlternatingRowColors(True)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         root.addWidget(self.table)
+
+        self.pools_box = PoolsBox()
+        self.pools_box.hide()
+        root.addWidget(self.pools_box)
+        #: Pool → (running, wanted) from the backend's last status (its worker rows).
+        self._status_replicas: dict[str, tuple[int, int | None]] = {}
+        #: When the API's last pools reading came (monotonic; 0: none since the profile).
+        self._pools_read_at = 0.0
+        #: The worker pools' state from the server's autoscaler (enabled, reason …).
+        self._autoscaler: dict[str, Any] | None = None
 
         # What Diagnose found: one row per finding, worst first (hidden until it runs).
         self.diagnosis_box = QGroupBox("Diagnosis")
@@ -460,6 +506,12 @@ class QtClusterPanel(QWidget):
             self._reload_profiles()
         self._stats = {}
         self._last_signature = None
+        # Nothing read of the last profile's cluster stays on screen.
+        self._status_replicas = {}
+        self._pools_read_at = 0.0
+        self._autoscaler = None
+        self.pools_box.show_unserved([])
+        self._sync_pools()
         self._update_actions()
         self._show_api_note()
         self._tick()
@@ -552,6 +604,8 @@ class QtClusterPanel(QWidget):
             self.backup_button,
             self.restore_button,
             self.backups_button,
+            self.cluster_file_button,
+            self.cluster_file_clear,
         ):
             widget.setEnabled(not self.busy and controls)
         status = self.session.last_cluster_status
@@ -564,6 +618,7 @@ class QtClusterPanel(QWidget):
             self.backup_button.setEnabled(running)  # the running server takes it
         if not self.busy:
             self.step_label.setText(self._no_control_reason())
+        self._sync_pools()
         backend = self.session.backend
         self.backup_folder_label.setText(
             f"Backups are kept in {default_backup_dir(backend)}" if backend is not None else ""
@@ -724,9 +779,18 @@ class QtClusterPanel(QWidget):
         if backend is None:
             return
         workers = self.workers_spin.value()
+        cluster = self.cluster_file
+        if cluster is None:
+            await self._run(
+                f"Start with {count_text(workers, 'worker')}",
+                lambda: backend.up(workers=workers, progress=self._report),
+            )
+            return
+        name = self.cluster_file_path.name if self.cluster_file_path else "the cluster file"
         await self._run(
-            f"Start with {count_text(workers, 'worker')}",
-            lambda: backend.up(workers=workers, progress=self._report),
+            f"Start with {name}",
+            # Each pool starts with the replicas the file gives it.
+            lambda: backend.up(workers=None, progress=self._report, cluster=cluster),
         )
 
     async def _ask(self, title: str, text: str, action: str, detail: str) -> bool:
@@ -989,6 +1053,7 @@ class QtClusterPanel(QWidget):
 
     @asyncSlot()
     async def _tick(self) -> None:
+        self._forget_stale_figures()
         if not self.busy and self.isVisible():
             await self.refresh(with_stats=True)
         elif not self.busy:
@@ -1086,10 +1151,198 @@ class QtClusterPanel(QWidget):
                 if column in (1, 2):
                     # Always set: a cell reused for "—" must not keep the last green.
                     item.setData(Qt.ItemDataRole.ForegroundRole, STATUS_COLORS.get(text))
-        worker = next((s for s in status.services if s.kind == "worker"), None)
+        worker = next(
+            (
+                s
+                for s in status.services
+                if s.kind == "worker" and (getattr(s, "pool", None) or DEFAULT_POOL) == DEFAULT_POOL
+            ),
+            None,
+        )
         idle = not self.busy and not self.workers_spin.hasFocus()
         if worker is not None and idle and worker.replicas:
             self.workers_spin.setValue(worker.replicas)
+        # One worker row per pool (a backend without pools: one row, the default pool).
+        self._status_replicas = {
+            (getattr(s, "pool", None) or DEFAULT_POOL): (
+                s.replicas if s.state != "missing" else 0,
+                getattr(s, "wanted", None),
+            )
+            for s in status.services
+            if s.kind == "worker"
+        }
+        self._sync_pools()
+
+    # ---------------------------------------------------------------- worker pools
+
+    def _pool_names(self) -> list[str]:
+        """The pools to show: the backend's, the server's, and the cluster file's while
+        no cluster runs (what Start would start)."""
+        names = set(self._status_replicas)
+        names.update(self.session.feed.last_pools or {})
+        names.update((self._autoscaler or {}).get("pools") or {})
+        status = self.session.last_cluster_status
+        if self.cluster_file is not None and not (status is not None and status.running):
+            names.update(self.cluster_file.pools)
+        return sorted(names)
+
+    def _sync_pools(self) -> None:
+        """Groups for the pools there are, each with the newest readings."""
+        for group in self.pools_box.set_pools(self._pool_names()):
+            group.apply_requested.connect(self.scale_pool)
+            group.save_requested.connect(self.save_policy)
+        status = self.session.last_cluster_status
+        running = bool(status is not None and status.running)
+        pools = self.session.feed.last_pools if self._pools_read_at else None
+        autoscaler = self._autoscaler or {}
+        for name, group in self.pools_box.groups.items():
+            group.busy = self.busy
+            group.can_scale = self.session.backend is not None and running
+            figures = (pools or {}).get(name)
+            if name in self._status_replicas:
+                group.show_replicas(*self._status_replicas[name])
+            elif self.session.backend is None and figures is not None:
+                replicas = figures.get("replicas") or {}
+                group.show_replicas(replicas.get("running"), replicas.get("wanted"))
+            elif self.cluster_file is not None and name in self.cluster_file.pools and not running:
+                group.show_replicas(None, self.cluster_file.pools[name].initial_replicas)
+            else:
+                group.show_replicas(None, None)
+            group.show_figures(figures)
+            entry = (autoscaler.get("pools") or {}).get(name)
+            group.show_policy(entry if isinstance(entry, dict) else None)
+        for payload in reversed(autoscaler.get("decisions") or []):  # newest first there
+            self._on_scale(payload)
+        if self._autoscaler is None:
+            self.pools_box.show_note("")
+        elif self._autoscaler.get("enabled"):
+            leader = self._autoscaler.get("leader") or {}
+            period = self._autoscaler.get("period")
+            every = f", every {float(period):g} s" if period else ""
+            owner = f"; acting: {leader.get('owner')}" if leader.get("owner") else ""
+            self.pools_box.show_note(f"The autoscaler is on{every}{owner}.")
+        else:
+            reason = self._autoscaler.get("reason") or "the server does not run it"
+            self.pools_box.show_note(
+                f"The autoscaler is off: {reason}. Policies are kept but nothing acts on them."
+            )
+
+    def _on_pools(self, _pools: dict[str, Any]) -> None:
+        self._pools_read_at = time.monotonic()
+        self._sync_pools()
+
+    def _on_autoscaler(self, answer: dict[str, Any]) -> None:
+        self._autoscaler = answer
+        self._sync_pools()
+
+    def _on_scale(self, payload: Any) -> None:
+        if not isinstance(payload, dict):
+            return
+        decision = ScaleDecision.from_payload(payload)
+        group = self.pools_box.group(decision.pool) if decision is not None else None
+        if decision is not None and group is not None:
+            group.show_decision(decision)
+
+    def _on_stats(self, stats: dict[str, Any]) -> None:
+        self.pools_box.show_unserved([str(q) for q in stats.get("unserved_queues") or []])
+
+    def _forget_stale_figures(self) -> None:
+        """Figures older than a few polls are no longer shown (the server went away)."""
+        limit = 3 * self.session.feed.workers_interval + 2.0
+        if self._pools_read_at and time.monotonic() - self._pools_read_at > limit:
+            self._pools_read_at = 0.0
+            self._sync_pools()
+
+    @asyncSlot(str, int)
+    async def scale_pool(self, pool: str, replicas: int) -> None:
+        """Scale one pool with the backend (the panel is busy meanwhile, as for any
+        action; the group says "scaling to N…")."""
+        backend = self.session.backend
+        group = self.pools_box.group(pool)
+        if backend is None or group is None or self.busy:
+            return
+        group.scaling_to = replicas
+
+        try:
+            await self._run(
+                f"Scale pool {pool} to {count_text(replicas, 'worker')}",
+                lambda: backend.scale(replicas, progress=self._report, pool=pool),
+            )
+        finally:
+            group.scaled()
+            self._sync_pools()
+
+    @asyncSlot(str, object)
+    async def save_policy(self, pool: str, body: dict[str, Any]) -> None:
+        """``PUT /api/v1/autoscaler/pools/{pool}``; a refusal is shown beside the fields."""
+        group = self.pools_box.group(pool)
+        if group is None:
+            return
+        group.saving = True
+        try:
+            answer = await self.session.api.set_pool_policy(pool, body)
+        except ApiError as exc:
+            fields = []
+            if isinstance(exc.detail, list):
+                fields = [str(d.get("field", "")) for d in exc.detail if isinstance(d, dict)]
+            elif isinstance(exc.detail, dict) and exc.detail.get("field"):
+                fields = [str(exc.detail["field"])]
+            group.policy_refused(f"Not saved: {exc}", fields)
+            return
+        entry: dict[str, Any] | None = None
+        if isinstance(answer, dict) and "policy" in answer:
+            entry = answer
+        elif isinstance(answer, dict) and "target_backlog" in answer:
+            entry = {"policy": answer, "min": answer.get("min"), "max": answer.get("max")}
+        group.policy_saved(entry)
+        self.banner.ok(f"Autoscaling policy of pool {pool} saved.")
+        await self.session.feed.read_autoscaler()
+
+    @asyncSlot()
+    async def choose_cluster_file(self) -> None:
+        """Pick a cluster file for Start; it is validated at once (errors name the line)."""
+        if self.busy:
+            return
+        dialog = QFileDialog(self, "Cluster file")
+        dialog.setNameFilters(["Cluster files (*.yaml *.yml)", "All files (*)"])
+        dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
+        if self.cluster_file_path is not None:
+            dialog.setDirectory(str(self.cluster_file_path.parent))
+        path = await ask_path(dialog)
+        if path is not None:
+            await self.load_cluster_file(path)
+
+    async def load_cluster_file(self, path: Path) -> ClusterFile | None:
+        """Read and validate ``path`` (in a thread); use it for Start when it is valid,
+        else say why, line by line, and keep what was chosen before."""
+        try:
+            cluster = await asyncio.to_thread(load_cluster_file, path)
+        except ClusterFileError as exc:
+            self.banner.error(str(exc))
+            return None
+        self.use_cluster_file(cluster, path)
+        self.banner.ok(f"Start uses {path.name}: {self._cluster_text(cluster)}.")
+        return cluster
+
+    @staticmethod
+    def _cluster_text(cluster: ClusterFile) -> str:
+        return ", ".join(
+            f"pool {name} ({count_text(pool.initial_replicas, 'worker')}"
+            + (", autoscaled" if pool.autoscaled else "")
+            + ")"
+            for name, pool in cluster.pools.items()
+        )
+
+    def use_cluster_file(self, cluster: ClusterFile | None, path: Path | None) -> None:
+        self.cluster_file, self.cluster_file_path = cluster, path
+        if cluster is not None and path is not None:
+            self.cluster_file_label.setText(f"Cluster file {path}: {self._cluster_text(cluster)}")
+            default = cluster.pools.get(DEFAULT_POOL)
+            if default is not None:
+                self.workers_spin.setValue(default.initial_replicas)
+        self.cluster_file_label.setVisible(cluster is not None)
+        self.cluster_file_clear.setVisible(cluster is not None)
+        self._sync_pools()
 
     # ---------------------------------------------------------------- diagnosis
 

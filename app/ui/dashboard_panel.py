@@ -1,4 +1,9 @@
-"""Dashboard panel: KPI cards and live pyqtgraph plots of the queue, throughput and workers.
+"""Dashboard panel: KPI cards and live pyqtgraph plots of the queue, throughput, worker
+pools and workers.
+
+The pools' row plots each pool's running replicas next to its queue depth (jobs waiting),
+with the autoscaler's decisions marked on the time axis of both: a dashed vertical line
+at each, labelled ``default 1→4`` on the replicas plot.
 
 Samples go into bounded ring buffers (Qt-free :mod:`~mimir.app.services.timeseries`); a
 1 Hz timer redraws. Curves are created once and updated with ``setData``; each is capped
@@ -15,7 +20,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from mimir.app.services.timeseries import DashboardRecorder, peak_downsample
+from mimir.app.services.timeseries import DashboardRecorder, ScaleDecision, peak_downsample
 from mimir.app.ui.common import Card, panel_header
 from mimir.app.ui.session import ConsoleSession
 
@@ -50,6 +55,11 @@ class QtDashboardPanel(QWidget):
         self._worker_ids: list[str] = []
         #: Worker id → the name its curves carry in the legends.
         self.worker_names: dict[str, str] = {}
+        self._pool_names: list[str] = []
+        #: The decision markers drawn now: (line on the replicas plot, line on the depth plot).
+        self.decision_lines: list[tuple[Any, Any]] = []
+        #: The decisions those markers show, in the same order (for tests and tooltips).
+        self.shown_decisions: list[ScaleDecision] = []
         self._build()
         if session is not None:
             session.stats.connect(self._show_cards)
@@ -80,7 +90,9 @@ class QtDashboardPanel(QWidget):
         root.setContentsMargins(20, 16, 20, 16)
         root.setSpacing(10)
         head = QHBoxLayout()
-        head.addWidget(panel_header("Dashboard", "Queue, throughput and workers, live"), 1)
+        head.addWidget(
+            panel_header("Dashboard", "Queue, throughput, worker pools and workers, live"), 1
+        )
         self.window_combo = QComboBox()
         self.window_combo.addItems(list(WINDOWS))
         self.window_combo.currentTextChanged.connect(self._on_window)
@@ -109,13 +121,18 @@ class QtDashboardPanel(QWidget):
         self.depth_plot = self._plot("Queue depth and running jobs", "jobs")
         self.rate_plot = self._plot("Completed and failed per second", "jobs/s")
         self.graphics.nextRow()
+        self.replicas_plot = self._plot("Replicas per pool (running) and autoscaler decisions")
+        self.pool_depth_plot = self._plot("Queue depth per pool (waiting)", "jobs")
+        self.graphics.nextRow()
         self.workers_plot = self._plot("Workers alive")
         self.cpu_plot = self._plot("Worker CPU", "%")
         self.mem_plot = self._plot("Worker memory", "MiB")
         self.graphics.ci.layout.setColumnStretchFactor(0, 3)
-        # The top row's two plots span the three columns of the bottom row.
-        self.graphics.ci.removeItem(self.rate_plot)
-        self.graphics.ci.addItem(self.rate_plot, row=0, col=1, colspan=2)
+        # The top rows' two plots span the three columns of the bottom row.
+        for row, plot in ((0, self.rate_plot), (1, self.pool_depth_plot)):
+            self.graphics.ci.removeItem(plot)
+            self.graphics.ci.addItem(plot, row=row, col=1, colspan=2)
+        self.replicas_plot.getAxis("left").setTickSpacing(minor=1)
 
         self.curves: dict[str, Any] = {}
         for name, label, color, plot in (
@@ -161,6 +178,71 @@ class QtDashboardPanel(QWidget):
         self.cards["dead"].set(stats.get("dead", totals.get("dead", 0)))
         self.cards["rate"].set(f"{float(stats.get('completed_per_sec', 0.0)):.1f}")
 
+    def _rebuild_pool_curves(self) -> None:
+        for plot in (self.replicas_plot, self.pool_depth_plot):
+            for key in [k for k in self.curves if k.split(":", 1)[0] in ("replicas", "queued")]:
+                plot.removeItem(self.curves[key])
+            if plot.legend is not None:
+                plot.legend.clear()
+        for key in [k for k in self.curves if k.split(":", 1)[0] in ("replicas", "queued")]:
+            del self.curves[key]
+        for index, pool in enumerate(self._pool_names):
+            color = _PALETTE[index % len(_PALETTE)]
+            for prefix, plot in (
+                ("replicas", self.replicas_plot),
+                ("queued", self.pool_depth_plot),
+            ):
+                curve = plot.plot(
+                    [], [], name=pool, pen=_pen(color, 2.0 if prefix == "replicas" else 1.0)
+                )
+                curve.setDownsampling(auto=True, method="peak")
+                curve.setClipToView(True)
+                self.curves[f"{prefix}:{pool}"] = curve
+
+    def _pool_color(self, pool: str) -> str:
+        index = self._pool_names.index(pool) if pool in self._pool_names else len(self._pool_names)
+        return _PALETTE[index % len(_PALETTE)]
+
+    def _draw_decisions(self, now: float, span: float) -> None:
+        """A dashed line at each decision in the window, on both pool plots; the replicas
+        plot's says ``pool from→to``. Lines are reused, never piled up."""
+        shown = [d for d in self.recorder.decisions if now - span <= d.t <= now + 1.0]
+        while len(self.decision_lines) < len(shown):
+            lines = []
+            for plot, labelled in ((self.replicas_plot, True), (self.pool_depth_plot, False)):
+                line = pg.InfiniteLine(
+                    angle=90,
+                    movable=False,
+                    label="" if labelled else None,
+                    labelOpts={"position": 0.97, "anchors": [(0, 0), (0, 0)]} if labelled else None,
+                )
+                plot.addItem(line, ignoreBounds=True)
+                lines.append(line)
+            self.decision_lines.append((lines[0], lines[1]))
+        while len(self.decision_lines) > len(shown):
+            for line, plot in zip(
+                self.decision_lines.pop(), (self.replicas_plot, self.pool_depth_plot), strict=True
+            ):
+                plot.removeItem(line)
+        for index, (decision, (labelled, plain)) in enumerate(
+            zip(shown, self.decision_lines, strict=True)
+        ):
+            color = self._pool_color(decision.pool)
+            pen = pg.mkPen(color=color, width=1, style=pg.QtCore.Qt.PenStyle.DashLine)
+            x = (decision.t - now) / 60.0
+            for line in (labelled, plain):
+                line.setPen(pen)
+                line.setPos(x)
+            if labelled.label is not None:
+                # Close decisions alternate heights so their labels do not overlap.
+                labelled.label.setFormat(decision.label)
+                labelled.label.setColor(color)
+                labelled.label.setPosition(0.97 - 0.09 * (index % 2))
+            labelled.setToolTip(
+                f"{decision.label}" + (f": {decision.reason}" if decision.reason else "")
+            )
+        self.shown_decisions = shown
+
     def _rebuild_worker_curves(self) -> None:
         for plot in (self.cpu_plot, self.mem_plot):
             plot.clear()
@@ -199,6 +281,9 @@ class QtDashboardPanel(QWidget):
             self._worker_ids = list(self.recorder.worker_ids)
             self.worker_names = names
             self._rebuild_worker_curves()
+        if self.recorder.pool_names != self._pool_names:
+            self._pool_names = list(self.recorder.pool_names)
+            self._rebuild_pool_curves()
         now = time.time()
         span = self.window_seconds
         for name, curve in self.curves.items():
@@ -207,9 +292,22 @@ class QtDashboardPanel(QWidget):
             t, v = self.series[name].window(span, now)
             t, v = peak_downsample(t, v, MAX_POINTS)
             curve.setData((t - now) / 60.0, v)
+        self._draw_decisions(now, span)
+        # Replicas from 0, with room above the highest for the decisions' labels.
+        highest = max(
+            (
+                float(self.series[k].window(span, now)[1].max(initial=0.0))
+                for k in self.curves
+                if k.startswith("replicas:") and k in self.series.series
+            ),
+            default=0.0,
+        )
+        self.replicas_plot.setYRange(0, max(1.0, highest) * 1.5 + 0.3, padding=0)
         for plot in (
             self.depth_plot,
             self.rate_plot,
+            self.replicas_plot,
+            self.pool_depth_plot,
             self.workers_plot,
             self.cpu_plot,
             self.mem_plot,

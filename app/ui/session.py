@@ -69,6 +69,12 @@ class ConsoleSession(QObject):
     resync = Signal()
     #: the cluster's containers or processes (``Instance`` list), when they changed
     instances_changed = Signal(object)
+    #: ``GET /api/v1/pools`` (pool → figures), with each workers poll
+    pools = Signal(object)
+    #: one autoscaler decision (a ``scale`` event)
+    scale = Signal(object)
+    #: ``GET /api/v1/autoscaler``: policies, state, last decisions
+    autoscaler = Signal(object)
 
     def __init__(self, settings: QSettings, profiles: ProfileStore | None = None) -> None:
         super().__init__()
@@ -82,10 +88,16 @@ class ConsoleSession(QObject):
         self.feed.subscribe("workers", self.workers.emit)
         self.feed.subscribe("mode", lambda mode: self.connection.emit(mode[0], mode[1]))
         self.feed.subscribe("resync", lambda _none: self.resync.emit())
+        self.feed.subscribe("pools", self.pools.emit)
+        self.feed.subscribe("scale", self.scale.emit)
+        self.feed.subscribe("autoscaler", self.autoscaler.emit)
         #: The dashboard's history, recorded from start-up (the panel is built on demand).
         self.recorder = DashboardRecorder()
         self.feed.subscribe("stats", lambda s: self.recorder.add_stats(s, time.time()))
         self.feed.subscribe("workers", lambda w: self.recorder.add_workers(w, time.time()))
+        self.feed.subscribe("pools", lambda p: self.recorder.add_pools(p, time.time()))
+        self.feed.subscribe("scale", self.recorder.add_decision)
+        self.feed.subscribe("autoscaler", self.recorder.add_autoscaler)
         self.backend: ClusterBackend | None = None
         #: Why the profile's backend could not be made (e.g. no Docker SDK), or "".
         self.backend_error = ""
@@ -106,6 +118,7 @@ class ConsoleSession(QObject):
         self.profile = profile
         self.profiles.set_current(profile.name)
         self.api.configure(profile.api_url, self.profiles.token(profile.name))
+        self.feed.forget_endpoints()
         previous = self.backend
         self.backend = self._backend_override or self._make_backend(profile)
         if previous is not None and previous is not self.backend and previous in OPEN_BACKENDS:
