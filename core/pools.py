@@ -121,13 +121,13 @@ class AutoscalePolicy(BaseModel):
 
     enabled: bool = True
     #: Jobs (waiting or running) per replica the autoscaler aims at.
-    target_backlog: float = Field(10.0, gt=0, le=1_000_000)
+    target_backlog: float = Field(default=10.0, gt=0, le=1_000_000)
     #: Seconds the oldest waiting job may wait before one more step up (``None``: no aim).
-    target_age: float | None = Field(None, gt=0, le=86_400)
-    step_up: int = Field(4, ge=1, le=1000)
-    step_down: int = Field(1, ge=1, le=1000)
-    cooldown_up: float = Field(15.0, ge=0, le=86_400)
-    cooldown_down: float = Field(60.0, ge=0, le=86_400)
+    target_age: float | None = Field(default=None, gt=0, le=86_400)
+    step_up: int = Field(default=4, ge=1, le=1000)
+    step_down: int = Field(default=1, ge=1, le=1000)
+    cooldown_up: float = Field(default=15.0, ge=0, le=86_400)
+    cooldown_down: float = Field(default=60.0, ge=0, le=86_400)
 
 
 class PoolSpec(BaseModel):
@@ -139,20 +139,20 @@ class PoolSpec(BaseModel):
     #: Queues its workers serve (``mimir worker --queues``); default: ``[<name>]``.
     queues: list[str] = Field(default_factory=list)
     #: Jobs one worker runs at once (``WORKER_CONCURRENCY``); default: the settings'.
-    concurrency: int | None = Field(None, ge=1, le=1000)
+    concurrency: int | None = Field(default=None, ge=1, le=1000)
     #: Job types its workers run (``pipeline``, ``digital_twin`` …); ``None``: all.
     job_types: list[str] | None = None
     #: Docker image of its workers (default: the project's worker image).
     image: str | None = None
     environment: dict[str, str] = Field(default_factory=dict)
     #: CPU limit in cores and memory limit per worker (``None``: unlimited).
-    cpus: float | None = Field(0.5, gt=0, le=1024)
+    cpus: float | None = Field(default=0.5, gt=0, le=1024)
     memory: str | None = "512m"
     #: Replicas ``mimir cluster up`` starts (``None``: ``min``, or 2 for ``default``).
-    replicas: int | None = Field(None, ge=0)
-    min: int = Field(0, ge=0)
+    replicas: int | None = Field(default=None, ge=0)
+    min: int = Field(default=0, ge=0)
     #: ``None``: as many as the cluster allows (``MIMIR_MAX_WORKERS``).
-    max: int | None = Field(None, ge=0)
+    max: int | None = Field(default=None, ge=0)
     #: Autoscaling policy; ``None``: the pool is scaled by hand only.
     autoscale: AutoscalePolicy | None = None
 
@@ -226,7 +226,7 @@ class AutoscalerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: Seconds between two evaluations.
-    period: float = Field(5.0, ge=0.5, le=3600)
+    period: float = Field(default=5.0, ge=0.5, le=3600)
 
 
 class ClusterFile(BaseModel):
@@ -235,7 +235,7 @@ class ClusterFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = 1
-    autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
+    autoscaler: AutoscalerConfig = Field(default_factory=lambda: AutoscalerConfig())
     pools: dict[str, PoolSpec] = Field(default_factory=dict)
 
     @model_validator(mode="before")
