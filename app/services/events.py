@@ -209,6 +209,8 @@ class LiveFeed:
                 self._emit("job", payload)
             elif event.event == "scale" and isinstance(payload, dict):
                 self._emit("scale", payload)
+                # The pools' state changed (a command started or ended): read it soon.
+                self._autoscaler_read_at = 0.0
         raise ApiError("the event stream ended", 0)
 
     async def _poll_for(self, seconds: float) -> None:

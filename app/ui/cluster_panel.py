@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -39,6 +40,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -55,6 +57,7 @@ from mimir.app.cluster.backup import (
     take_backup,
 )
 from mimir.app.cluster.base import ClusterError, ClusterStatus, ServiceStats
+from mimir.app.cluster.topology import parse_worker_name, pool_service
 from mimir.app.services.api import ApiError
 from mimir.app.services.doctor import Report, diagnose
 from mimir.app.services.jobs import count_text
@@ -168,6 +171,15 @@ def unknown_host_key(exc: BaseException) -> Any:
     return None
 
 
+def _stats_key(item: ServiceStats, project: str) -> str:
+    """The status row a process's or container's figures add to: its kind, for workers
+    their pool's service (``worker-slow-2`` → ``worker-slow``)."""
+    if item.kind != "worker":
+        return item.kind
+    parsed = parse_worker_name(item.name.removeprefix(f"{project}-"))
+    return pool_service(parsed[0]) if parsed is not None and parsed[0] else "worker"
+
+
 @contextlib.asynccontextmanager
 async def _as_cluster_errors() -> AsyncIterator[None]:
     """The backup calls' other failures (the API, the disk, the archive) as ClusterErrors,
@@ -216,7 +228,18 @@ class QtClusterPanel(QWidget):
     # ---------------------------------------------------------------- layout
 
     def _build(self) -> None:
-        root = QVBoxLayout(self)
+        # The panel scrolls: with a cluster's pools below the services nothing is squeezed.
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        content = QWidget()
+        content.setObjectName("ClusterContent")
+        self.scroll_area.setWidget(content)
+        outer.addWidget(self.scroll_area)
+        root = QVBoxLayout(content)
         root.setContentsMargins(20, 16, 20, 16)
         root.setSpacing(10)
         root.addWidget(
@@ -329,11 +352,9 @@ class QtClusterPanel(QWidget):
             "replicas, limits and autoscaling"
         )
         self.cluster_file_button.clicked.connect(self.choose_cluster_file)
-        self.cluster_file_clear = QPushButton("Clear")
+        self.cluster_file_clear = QPushButton("Don't use it")
         self.cluster_file_clear.setToolTip("Start without a cluster file (one pool, default)")
-        self.cluster_file_clear.setObjectName("Small")
         self.cluster_file_clear.clicked.connect(lambda: self.use_cluster_file(None, None))
-        self.cluster_file_clear.hide()
         self.stop_button.clicked.connect(self.stop_cluster)
         self.clean_button.clicked.connect(self.clean_cluster)
         self.restart_button.clicked.connect(self.restart_service)
@@ -342,7 +363,6 @@ class QtClusterPanel(QWidget):
         for widget in (
             self.start_button,
             self.cluster_file_button,
-            self.cluster_file_clear,
             self.stop_button,
             self.restart_button,
             self.build_button,
@@ -363,8 +383,12 @@ class QtClusterPanel(QWidget):
         self.cluster_file_label.setTextInteractionFlags(
             Qt.TextInteractionFlag.TextSelectableByMouse
         )
+        file_row = QHBoxLayout()
+        file_row.addWidget(self.cluster_file_label, 1)
+        file_row.addWidget(self.cluster_file_clear)
         self.cluster_file_label.hide()
-        root.addWidget(self.cluster_file_label)
+        self.cluster_file_clear.hide()
+        root.addLayout(file_row)
         # Backups on their own row: beside the others they would squeeze their labels.
         backups = QHBoxLayout()
         for widget in (self.backup_button, self.restore_button, self.backups_button):
@@ -1074,7 +1098,7 @@ class QtClusterPanel(QWidget):
                 stats = await backend.stats()
                 grouped: dict[str, list[ServiceStats]] = {}
                 for item in stats:
-                    grouped.setdefault(item.kind, []).append(item)
+                    grouped.setdefault(_stats_key(item, backend.project), []).append(item)
                 self._stats = grouped
             await self._read_instances(backend, status)
         except ClusterError as exc:
@@ -1129,7 +1153,9 @@ class QtClusterPanel(QWidget):
             + 4
         )
         for row, service in enumerate(status.services):
-            stats = self._stats.get(service.kind, []) if service.state == "running" else []
+            # Worker rows are per pool (worker, worker-slow): each its own pool's figures.
+            key = service.name if service.kind == "worker" else service.kind
+            stats = self._stats.get(key, []) if service.state == "running" else []
             cpu = f"{sum(s.cpu_percent for s in stats):.0f} %" if stats else ""
             memory = _mib(sum(s.memory_bytes for s in stats)) if stats else ""
             ports = ", ".join(f"{v}" for v in service.ports.values())
@@ -1219,7 +1245,7 @@ class QtClusterPanel(QWidget):
             leader = self._autoscaler.get("leader") or {}
             period = self._autoscaler.get("period")
             every = f", every {float(period):g} s" if period else ""
-            owner = f"; acting: {leader.get('owner')}" if leader.get("owner") else ""
+            owner = f"; the server acting is {leader.get('owner')}" if leader.get("owner") else ""
             self.pools_box.show_note(f"The autoscaler is on{every}{owner}.")
         else:
             reason = self._autoscaler.get("reason") or "the server does not run it"
@@ -1391,6 +1417,10 @@ class QtClusterPanel(QWidget):
                 item.setTextAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
                 self.findings_table.setItem(row, column, item)
         self.findings_table.resizeRowsToContents()
+
+    def scroll_to(self, widget: QWidget) -> None:
+        """Scroll the panel so that ``widget`` shows (screenshots, and after a diagnosis)."""
+        self.scroll_area.ensureWidgetVisible(widget, 0, 0)
 
     async def wait_idle(self) -> None:
         """For tests and scripts: until no action runs."""

@@ -196,7 +196,7 @@ class QtMainWindow(QMainWindow):
         self.connection_label.setToolTip(message or self.session.api.base_url)
 
     def _on_cluster(self, status: ClusterStatus) -> None:
-        workers = next((s.replicas for s in status.services if s.kind == "worker"), 0)
+        workers = sum(s.replicas for s in status.services if s.kind == "worker")  # all pools
         state = "running" if status.running else "stopped"
         where = f" · {status.api_url}" if status.api_url else ""
         self.cluster_label.setText(

@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -33,7 +34,7 @@ from mimir.app.services.jobs import count_text, format_seconds
 from mimir.app.services.timeseries import ScaleDecision, pool_order
 from mimir.core.pools import AutoscalePolicy
 
-__all__ = ["PoolGroup", "PoolsBox", "policy_body"]
+__all__ = ["COLUMNS", "PoolGroup", "PoolsBox", "policy_body"]
 
 _WARNING = "color: #E0B341;"
 _ERROR = "color: #FF6B6B;"
@@ -63,8 +64,10 @@ def _int(value: Any) -> int | None:
         return None
 
 
-class PoolGroup(QGroupBox):
-    """One pool: replicas running/wanted, jobs waiting, a scale control and its policy."""
+class PoolGroup(QObject):
+    """One pool's row of the box: replicas running/wanted, its load, a scale control and
+    its policy; under it a line for a refused save, the autoscaler's last decision and
+    warnings (hidden when there is nothing to say)."""
 
     #: pool, replicas: the operator pressed Apply
     apply_requested = Signal(str, int)
@@ -72,9 +75,8 @@ class PoolGroup(QGroupBox):
     save_requested = Signal(str, object)
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"Pool {name}")
+        super().__init__()
         self.name = name
-        self.setObjectName(f"Pool-{name}")
         #: The policy as the server last said it (``None``: not read yet or unavailable).
         self.policy: dict[str, Any] | None = None
         self.running: int | None = None
@@ -90,74 +92,71 @@ class PoolGroup(QGroupBox):
         self.busy = False  # the panel runs an action (this pool's or another's)
         self.can_scale = False  # a backend drives the cluster and it runs
 
-        root = QVBoxLayout(self)
-        root.setSpacing(6)
-        top = QHBoxLayout()
+        self.name_label = QLabel(f"<b>{name}</b>")
+        self.name_label.setTextFormat(Qt.TextFormat.RichText)
         self.replicas_label = QLabel("—")
-        self.replicas_label.setMinimumWidth(190)
-        font = self.replicas_label.font()
-        font.setBold(True)
-        self.replicas_label.setFont(font)
         self.figures_label = QLabel("")
         self.figures_label.setObjectName("Hint")
-        top.addWidget(self.replicas_label)
-        top.addWidget(self.figures_label, 1)
         self.replicas_spin = QSpinBox()
         self.replicas_spin.setRange(0, MAX_REPLICAS)
-        self.replicas_spin.setPrefix("Replicas: ")
-        self.replicas_spin.setMinimumWidth(130)
+        self.replicas_spin.setMinimumWidth(72)
+        self.replicas_spin.setToolTip(f"How many workers pool {name} should run")
         self.replicas_spin.valueChanged.connect(self._replicas_changed)
         self.apply_button = QPushButton("Apply")
         self.apply_button.setToolTip(f"Scale pool {name} to this many workers")
         self.apply_button.clicked.connect(
             lambda: self.apply_requested.emit(self.name, self.replicas_spin.value())
         )
-        top.addWidget(self.replicas_spin)
-        top.addWidget(self.apply_button)
-        root.addLayout(top)
-
-        policy = QHBoxLayout()
-        self.autoscale_check = QCheckBox("Autoscale")
+        self.autoscale_check = QCheckBox("on")
         self.autoscale_check.setToolTip(
             "Let the server's autoscaler size this pool on its backlog (jobs waiting and "
             "running per replica)"
         )
         self.min_spin = QSpinBox()
         self.min_spin.setRange(0, MAX_REPLICAS)
-        self.min_spin.setPrefix("min ")
         self.max_spin = QSpinBox()
         self.max_spin.setRange(0, MAX_REPLICAS)
-        self.max_spin.setPrefix("max ")
         self.target_spin = QDoubleSpinBox()
         self.target_spin.setRange(0.0, 1_000_000.0)
         self.target_spin.setDecimals(1)
-        self.target_spin.setPrefix("target ")
-        self.target_spin.setSuffix(" jobs/replica")
-        self.target_spin.setMinimumWidth(190)
+        self.target_spin.setSuffix(" /replica")
+        self.target_spin.setToolTip("Jobs (waiting or running) per replica the autoscaler aims at")
+        self.target_spin.setMinimumWidth(120)
+        self.target_spin.valueChanged.connect(self._policy_changed)
+        for spin in (self.min_spin, self.max_spin):
+            spin.setMinimumWidth(68)
+            spin.valueChanged.connect(self._policy_changed)
+        self.autoscale_check.toggled.connect(self._policy_changed)
         self.save_button = QPushButton("Save policy")
         self.save_button.clicked.connect(self._save)
-        for widget in (self.autoscale_check, self.min_spin, self.max_spin, self.target_spin):
-            policy.addWidget(widget)
-        for widget in (self.min_spin, self.max_spin, self.target_spin):
-            widget.setMinimumWidth(max(widget.minimumWidth(), 96))
-            widget.valueChanged.connect(self._policy_changed)
-        self.autoscale_check.toggled.connect(self._policy_changed)
-        policy.addWidget(self.save_button)
-        #: A refused save (422: the server's message naming the field), or "unsaved".
+        #: The cells of the pool's row, in the box's columns.
+        self.cells: list[QWidget] = [
+            self.name_label,
+            self.replicas_label,
+            self.figures_label,
+            self.replicas_spin,
+            self.apply_button,
+            self.autoscale_check,
+            self.min_spin,
+            self.max_spin,
+            self.target_spin,
+            self.save_button,
+        ]
+        #: The line under the row: a refused save (the server's 422 naming the field) or
+        #: "unsaved changes", the autoscaler's last decision, warnings.
+        self.details = QWidget()
+        self.details.setObjectName("PoolDetails")
+        line = QHBoxLayout(self.details)
+        line.setContentsMargins(0, 0, 0, 4)
         self.policy_note = QLabel("")
-        self.policy_note.setWordWrap(True)
         self.policy_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        policy.addWidget(self.policy_note, 1)
-        root.addLayout(policy)
         self.status_label = QLabel("")
         self.status_label.setObjectName("Hint")
-        self.status_label.setWordWrap(True)
-        root.addWidget(self.status_label)
         self.warning_label = QLabel("")
         self.warning_label.setStyleSheet(_WARNING)
-        self.warning_label.setWordWrap(True)
-        self.warning_label.hide()
-        root.addWidget(self.warning_label)
+        for label in (self.policy_note, self.status_label, self.warning_label):
+            label.setWordWrap(True)
+            line.addWidget(label, 1)
         self.last_decision: ScaleDecision | None = None
         #: The autoscaler runs a scaling command of this pool now; why its last one failed.
         self.acting = False
@@ -167,6 +166,12 @@ class PoolGroup(QGroupBox):
         #: The server's max was "none" (the cluster's limit): saved as none unless changed.
         self._max_unset = False
         self._update()
+
+    def delete(self) -> None:
+        for widget in [*self.cells, self.details]:
+            widget.hide()
+            widget.deleteLater()
+        self.deleteLater()
 
     # ---------------------------------------------------------------- operator edits
 
@@ -275,19 +280,28 @@ class PoolGroup(QGroupBox):
 
     # ---------------------------------------------------------------- drawing
 
+    def update_view(self) -> None:
+        self._update()
+
     def _update(self) -> None:
         running = "—" if self.running is None else str(self.running)
         wanted = f" of {self.wanted} wanted" if self.wanted is not None else ""
         self.replicas_label.setText(f"{running} running{wanted}")
         figures = self.figures
         if figures is None:
-            self.figures_label.setText("queues, backlog: no reading")
+            self.figures_label.setText("no reading")
         else:
             queues = ", ".join(figures.get("queues") or [])
+            self.name_label.setText(
+                f"<b>{self.name}</b><br><span style='color:#8A93A3'>"
+                f"{'queue' if len(figures.get('queues') or []) == 1 else 'queues'} {queues}"
+                "</span>"
+                if queues
+                else f"<b>{self.name}</b>"
+            )
             rate = figures.get("jobs_per_sec")
             parts = [
-                f"queues {queues}" if queues else "",
-                f"{count_text(int(figures.get('queued') or 0), 'job')} waiting",
+                f"{int(figures.get('queued') or 0)} waiting",
                 f"{int(figures.get('running') or 0)} running",
                 f"oldest {format_seconds(figures.get('oldest_age_s')) or '—'}",
                 f"{float(rate):.1f} jobs/s" if rate is not None else "",
@@ -336,6 +350,7 @@ class PoolGroup(QGroupBox):
             status.append("the autoscaler is scaling it…")
         self.status_label.setText(" · ".join(status))
         self.status_label.setVisible(bool(status))
+        self.policy_note.setVisible(bool(self.policy_note.text()))
         warning = (
             f"⚠ the autoscaler's last scaling failed: {self.last_error}" if self.last_error else ""
         )
@@ -347,10 +362,28 @@ class PoolGroup(QGroupBox):
             )
         self.warning_label.setText(warning)
         self.warning_label.setVisible(bool(warning))
+        if self.details.parentWidget() is not None:  # never a window of its own
+            self.details.setVisible(bool(self.policy_note.text() or status or warning))
+
+
+#: The columns of the pools' grid (a pool's cells, :attr:`PoolGroup.cells`, in order).
+COLUMNS = [
+    "Pool",
+    "Replicas",
+    "Load",
+    "Scale to",
+    "",
+    "Autoscale",
+    "Min",
+    "Max",
+    "Target backlog",
+    "",
+]
 
 
 class PoolsBox(QGroupBox):
-    """Every pool of the cluster, ``default`` first; a line for queues nothing serves."""
+    """Every pool of the cluster, ``default`` first, a row each under one header; a line
+    for the autoscaler's state and one for queues nothing serves."""
 
     def __init__(self) -> None:
         super().__init__("Worker pools")
@@ -367,29 +400,45 @@ class PoolsBox(QGroupBox):
         self.root.addWidget(self.unserved_label)
         self.groups: dict[str, PoolGroup] = {}
         self._holder = QWidget()
-        self._groups_layout = QVBoxLayout(self._holder)
-        self._groups_layout.setContentsMargins(0, 0, 0, 0)
-        self._groups_layout.setSpacing(2)
+        self._holder.setObjectName("PoolsGrid")
+        self.setStyleSheet("#PoolsGrid, #PoolDetails { background: transparent; }")
+        self.grid = QGridLayout(self._holder)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setHorizontalSpacing(8)
+        self.grid.setVerticalSpacing(4)
+        for column, title in enumerate(COLUMNS):
+            header = QLabel(title)
+            header.setObjectName("Hint")
+            self.grid.addWidget(header, 0, column)
+        self.grid.setColumnStretch(COLUMNS.index("Load"), 1)
         self.root.addWidget(self._holder)
 
     def group(self, name: str) -> PoolGroup | None:
         return self.groups.get(name)
 
     def set_pools(self, names: list[str]) -> list[PoolGroup]:
-        """Groups for ``names`` (in the console's order); groups of other pools go. The
-        new groups, for the panel to connect."""
+        """Rows for ``names`` (in the console's order); rows of other pools go. The new
+        groups, for the panel to connect."""
         ordered = pool_order(names)
+        if ordered == list(self.groups):
+            return []
         added = []
+        for group in self.groups.values():
+            for widget in [*group.cells, group.details]:
+                self.grid.removeWidget(widget)
         for name in [n for n in self.groups if n not in ordered]:
-            group = self.groups.pop(name)
-            self._groups_layout.removeWidget(group)
-            group.deleteLater()
+            self.groups.pop(name).delete()
         for name in ordered:
             if name not in self.groups:
                 self.groups[name] = PoolGroup(name)
                 added.append(self.groups[name])
-        for index, name in enumerate(ordered):
-            self._groups_layout.insertWidget(index, self.groups[name])
+        self.groups = {name: self.groups[name] for name in ordered}
+        for index, group in enumerate(self.groups.values()):
+            row = 1 + 2 * index
+            for column, widget in enumerate(group.cells):
+                self.grid.addWidget(widget, row, column)
+            self.grid.addWidget(group.details, row + 1, 1, 1, len(COLUMNS) - 1)
+            group.update_view()
         self.setVisible(bool(ordered))
         return added
 

@@ -36,13 +36,13 @@ from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["QtWorkersPanel", "WorkerActions"]
 
+#: The actions (Drain, Stop) come right after the state they change; the worker's id
+#: (``worker-<host>-<pid>``), host and pid are the name's tooltip.
 _COLUMNS = [
     "Name",
     "Pool",
     "State",
-    "Worker",
-    "Host",
-    "PID",
+    "",
     "Queues",
     "Slots",
     "Heartbeat",
@@ -52,12 +52,11 @@ _COLUMNS = [
     "Failed",
     "CPU",
     "Memory",
-    "",
 ]
 _STATE = _COLUMNS.index("State")
+_ACTIONS = _STATE + 1
 _HEARTBEAT = _COLUMNS.index("Heartbeat")
-_ACTIONS = len(_COLUMNS) - 1
-_RIGHT = {_COLUMNS.index(c) for c in ("PID", "Slots", "Processed", "Succeeded", "Failed")} | {
+_RIGHT = {_COLUMNS.index(c) for c in ("Slots", "Processed", "Succeeded", "Failed")} | {
     _COLUMNS.index("CPU"),
     _COLUMNS.index("Memory"),
 }
@@ -116,7 +115,8 @@ class WorkerActions(QWidget):
         self.stop_button.setObjectName("Danger")
         self.stop_button.setToolTip("Hand the running jobs back to the queue and exit now")
         for button in (self.drain_button, self.stop_button):
-            button.setStyleSheet("padding: 1px 10px;")
+            button.setStyleSheet("padding: 1px 6px;")
+            button.setMinimumWidth(58)
             layout.addWidget(button)
         self.drain_button.clicked.connect(lambda: panel.control(self.worker_id, "drain"))
         self.stop_button.clicked.connect(lambda: panel.control(self.worker_id, "stop"))
@@ -149,7 +149,9 @@ class QtWorkersPanel(QWidget):
         self.table.setAlternatingRowColors(True)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(_COLUMNS.index("Current jobs"), QHeaderView.ResizeMode.Stretch)
+        header.setStretchLastSection(True)
+        header.setSectionResizeMode(_ACTIONS, QHeaderView.ResizeMode.Fixed)
+        self.table.setColumnWidth(_ACTIONS, 138)
         root.addWidget(self.table, 1)
         self.workers: list[dict[str, Any]] = []
         #: The pools the server declares (``GET /api/v1/pools``), for pools without workers.
@@ -227,9 +229,7 @@ class QtWorkersPanel(QWidget):
                 names.get(str(worker.get("worker_id")), ""),
                 pool,
                 state,
-                str(worker.get("worker_id", "")),
-                str(worker.get("hostname", "")),
-                str(worker.get("pid", "")),
+                "",
                 ", ".join(worker.get("queues") or []),
                 str(worker.get("concurrency", "")),
                 f"{age:.1f} s ago",
@@ -239,7 +239,6 @@ class QtWorkersPanel(QWidget):
                 str(worker.get("failed", 0)),
                 f"{float(worker.get('cpu_percent', 0.0)):.0f} %",
                 f"{int(worker.get('memory_bytes', 0)) / 2**20:.0f} MiB",
-                "",
             ]
             for column, text in enumerate(cells):
                 item = self.table.item(row, column)
@@ -247,6 +246,11 @@ class QtWorkersPanel(QWidget):
                     item = QTableWidgetItem()
                     self.table.setItem(row, column, item)
                 item.setText(text)
+                if column == 0:
+                    item.setToolTip(
+                        f"{worker.get('worker_id', '')} on {worker.get('hostname', '')}, "
+                        f"pid {worker.get('pid', '')}"
+                    )
                 if column == _HEARTBEAT:
                     item.setForeground(_heartbeat_color(age))
                 if column == _STATE:

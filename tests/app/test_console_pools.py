@@ -297,7 +297,7 @@ def test_workers_grouped_by_pool_drain_and_stop(console: Console, tmp_path: Path
         assert "pool <b>slow</b>: 1 worker" in workers_panel.pools_label.text()
 
         def actions(row: int) -> Any:
-            return workers_panel.table.cellWidget(row, workers_panel.table.columnCount() - 1)
+            return workers_panel.table.cellWidget(row, 3)
 
         # Drain asks first; Cancel changes nothing.
         QTest.mouseClick(actions(1).drain_button, Qt.MouseButton.LeftButton)
