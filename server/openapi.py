@@ -35,6 +35,7 @@ from pydantic.json_schema import models_json_schema
 
 from mimir.core.pipeline.issues import ValidationIssue
 from mimir.core.pipeline.store import PIPELINE_NAME_PATTERN
+from mimir.core.pools import POOL_NAME_PATTERN
 from mimir.server.auth import OPEN_PATHS
 from mimir.server.deps import get_redis
 from mimir.server.knowledge import get_ontology_store
@@ -272,7 +273,9 @@ ROUTES: dict[str, OperationDoc] = {
     "DELETE /api/v1/queue/dead-letter/{job_id}": OperationDoc(errors=(404, 409)),
     # -- pools and the autoscaler
     "GET /api/v1/autoscaler": OperationDoc(),
-    "PUT /api/v1/autoscaler/pools/{pool}": OperationDoc(errors=(422,)),
+    "PUT /api/v1/autoscaler/pools/{pool}": OperationDoc(
+        errors=(404, 422), parameters={"pool": {"pattern": f"^{POOL_NAME_PATTERN}$"}}
+    ),
     "GET /api/v1/pools": OperationDoc(),
     # -- ontologies
     "GET /api/v1/ontologies": OperationDoc(),

@@ -2,9 +2,12 @@
 /api/v1/autoscaler/pools/{pool}``, ``GET /api/v1/pools`` (see :mod:`mimir.server.autoscaler`).
 
 A policy written with ``PUT`` is stored in Redis: every server shows it and the acting
-one uses it from its next evaluation. The body is a whole policy (its fields'
-defaults for those left out) and, optionally, the pool's ``min`` and ``max`` (left out:
-unchanged; ``max: null``: as many as the cluster allows).
+one uses it from its next evaluation. The body is a whole policy (its fields' defaults
+for those left out) and, optionally, the pool's ``min`` and ``max`` (left out:
+unchanged; ``max: null``: as many as the cluster allows). An unknown pool is a 404
+(``detail``: ``[{field: pool, message}]``, the message naming the cluster's pools); an
+invalid policy a 422 naming its field (``max`` below ``min``, ``target_backlog`` not
+above 0 ...).
 """
 
 from __future__ import annotations
@@ -62,7 +65,10 @@ async def autoscaler_state(autoscaler: AutoscalerDep) -> AutoscalerView:
 @router.put(
     "/api/v1/autoscaler/pools/{pool}",
     response_model=PoolView,
-    responses={422: {"description": "Invalid policy, or no such pool (field `pool`)."}},
+    responses={
+        404: {"description": "No such pool (`detail`: the field `pool` and the known pools)."},
+        422: {"description": "Invalid policy: `detail` names the field."},
+    },
 )
 async def put_policy(pool: str, body: PolicyBody, autoscaler: AutoscalerDep) -> Any:
     """Replace the autoscaling policy (and ``min``/``max``) of a pool."""
@@ -71,7 +77,8 @@ async def put_policy(pool: str, body: PolicyBody, autoscaler: AutoscalerDep) -> 
         current = pools.get(pool)
         if current is None:
             known = ", ".join(pools) or "none"
-            return _invalid("pool", f"unknown pool {pool!r}; this cluster has {known}")
+            message = f"unknown pool {pool!r}; this cluster has {known}"
+            return error_response(404, message, [{"field": "pool", "message": message}])
         data = current.model_dump()
         sent = body.model_fields_set
         for bound in ("min", "max"):

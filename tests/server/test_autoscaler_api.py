@@ -256,7 +256,7 @@ def test_policies_are_validated_and_shared_through_redis(
     assert bad.status_code == 422, bad.text
     assert bad.json()["detail"][0]["field"] == "target_backlog"
     bad = one.put("/api/v1/autoscaler/pools/nosuch", json={})
-    assert bad.status_code == 422, bad.text
+    assert bad.status_code == 404, bad.text
     assert bad.json()["detail"][0]["field"] == "pool"
     assert "default, slow" in bad.json()["error"]
     bad = one.put("/api/v1/autoscaler/pools/default", json={"target_backlgo": 5})
