@@ -247,6 +247,8 @@ class _Stored:
     wanted_at: float | None = None
     acting: bool = False
     last_error: str | None = None
+    #: When its last scaling command failed (``None``: it did not).
+    failed_at: float | None = None
 
     @classmethod
     def parse(cls, raw: str | None) -> _Stored:
@@ -471,18 +473,23 @@ class Autoscaler:
     # -- one evaluation --------------------------------------------------------------
 
     async def evaluate(self) -> None:
+        # Pools whose command runs now, or ran while the state was read (its end is not
+        # in what was read): left to the next period.
+        busy = {name for name, task in self.acting.items() if not task.done()}
         pools, states = await self._pools_and_states()
         raw = await self.read_figures({name: pool.queues for name, pool in pools.items()})
+        busy |= {name for name, task in self.acting.items() if not task.done()}
         now = time.time()
         changed: dict[Any, Any] = {}
         for name, pool in pools.items():
-            if not pool.autoscaled:
+            if not pool.autoscaled or name in busy:
                 continue
             assert pool.autoscale is not None
-            task = self.acting.get(name)
-            if task is not None and not task.done():
-                continue
             stored = states.get(name, _Stored())
+            if stored.failed_at is not None and now - stored.failed_at < max(
+                pool.autoscale.cooldown_up, self.period
+            ):
+                continue  # a failed command is tried again after a cooldown, not each period
             figures = _figures_of(raw.get(name))
             # The leader knows its own commands; a flag left by a previous leader is not one.
             current = self.current(figures, stored, now, acting=False)
@@ -502,6 +509,7 @@ class Autoscaler:
                 wanted_at=stored.wanted_at,
                 acting=False,
                 last_error=stored.last_error,
+                failed_at=stored.failed_at,
             )
             decision = result.decision
             if decision is not None:
@@ -595,8 +603,10 @@ class Autoscaler:
             stored.last_error = error
             if error is not None:  # the heartbeats say what runs, not the failed wish
                 stored.wanted_at = None
+                stored.failed_at = time.time()
             else:
                 stored.wanted_at = time.time()  # settling starts when the command ended
+                stored.failed_at = None
             await self.redis.hset(self.keys.state, pool, stored.dump())
             await self._record(
                 {

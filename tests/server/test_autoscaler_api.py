@@ -13,6 +13,7 @@ import shlex
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,11 @@ CLUSTER = ClusterFile.model_validate(
     {
         "autoscaler": {"period": 0.5},
         "pools": {
-            "default": {"min": 0, "max": 4, "autoscale": {"target_backlog": 10}},
+            "default": {
+                "min": 0,
+                "max": 4,
+                "autoscale": {"target_backlog": 10, "cooldown_up": 2},
+            },
             "slow": {"queues": ["slow"], "min": 0, "max": 2},
         },
     }
@@ -238,8 +243,14 @@ def test_a_failing_command_is_recorded_and_the_loop_goes_on(
     )
     assert "exit code 3" in failed[-1]["error"] and "engine said no" in failed[-1]["error"]
     assert "engine said no" in state(client)["pools"]["default"]["last_error"]
-    # The pool still runs nothing: the loop tries again (a pool at zero wakes at once).
+    # The pool still runs nothing: the loop tries again, after cooldown_up (2 s), not
+    # each period (0.5 s).
     wait_until(lambda: len(calls_of(calls)) >= 2, timeout=20, message="a second attempt")
+    first, second = (
+        datetime.fromisoformat(d["time"]).timestamp()
+        for d in reversed(state(client)["decisions"][:2])
+    )
+    assert second - first >= 2.0
     assert "engine said no" in server.output(200)
 
 
