@@ -80,26 +80,33 @@ def scenarios(jobs: int) -> list[Scenario]:
     ]
 
 
+async def _heartbeat(
+    client: Any, prefix: str, worker_id: str, pool: str, queues: list[str]
+) -> None:
+    """The heartbeat of an idle worker of ``pool`` (nothing refreshes it, nothing expires
+    it): what the autoscaler counts as one of the pool's replicas."""
+    await client.hset(
+        f"{prefix}worker:{worker_id}",
+        mapping={
+            "worker_id": worker_id,
+            "pool": pool,
+            "queues": json.dumps(queues),
+            "current_jobs": "[]",
+            "last_heartbeat": datetime.now(UTC).isoformat(),
+        },
+    )
+    await client.zadd(f"{prefix}workers", {worker_id: time.time()})
+
+
 async def _heartbeats(redis_url: str, pool: str, count: int) -> None:
     """Heartbeats of ``count`` idle workers of ``pool`` (the replicas a pool at ``min``
-    runs; nothing refreshes them, nothing expires them)."""
+    runs)."""
     from mimir.core.queue import connect
 
     client = connect(redis_url)
     try:
         for n in range(count):
-            worker_id = f"bench-{pool}-{n}"
-            await client.hset(
-                f"mimir:worker:{worker_id}",
-                mapping={
-                    "worker_id": worker_id,
-                    "pool": pool,
-                    "queues": json.dumps([pool]),
-                    "current_jobs": "[]",
-                    "last_heartbeat": datetime.now(UTC).isoformat(),
-                },
-            )
-            await client.zadd("mimir:workers", {worker_id: time.time()})
+            await _heartbeat(client, "mimir:", f"bench-{pool}-{n}", pool, [pool])
     finally:
         await client.aclose()
 
@@ -251,18 +258,7 @@ async def _evaluation_cost(redis_url: str, pools: int, workers: int) -> dict[str
         for suffix in "ab":
             await queue.enqueue_many([JobSpec(payload={}, queue=f"q{n}{suffix}") for _ in range(5)])
         for w in range(workers):
-            worker_id = f"w{n}-{w}"
-            await client.hset(
-                f"{prefix}worker:{worker_id}",
-                mapping={
-                    "worker_id": worker_id,
-                    "pool": f"p{n}",
-                    "queues": json.dumps([f"q{n}a", f"q{n}b"]),
-                    "current_jobs": "[]",
-                    "last_heartbeat": datetime.now(UTC).isoformat(),
-                },
-            )
-            await client.zadd(f"{prefix}workers", {worker_id: time.time()})
+            await _heartbeat(client, prefix, f"w{n}-{w}", f"p{n}", [f"q{n}a", f"q{n}b"])
     autoscaler = Autoscaler(Settings.from_env(environ), client, environ=environ)
     await autoscaler.tick()  # seeds the policies, takes the lease, evaluates
     # The second evaluation is measured: the one every period costs (it changes nothing:

@@ -71,7 +71,7 @@ from mimir.core.pools import (
     default_cluster,
     pools_from_env,
 )
-from mimir.core.queue import JobQueue
+from mimir.core.queue import JobQueue, PoolFigures
 from mimir.core.settings import Settings
 from mimir.server.lease import RedisLease
 
@@ -156,16 +156,6 @@ class Replicas(BaseModel):
     running: int
 
 
-class FiguresView(BaseModel):
-    queued: int = 0
-    running: int = 0
-    oldest_age_s: float | None = None
-    workers: int = 0
-    busy: int = 0
-    draining: int = 0
-    processed: int = 0
-
-
 class PoolView(BaseModel):
     """One pool in ``GET /api/v1/autoscaler``."""
 
@@ -175,7 +165,7 @@ class PoolView(BaseModel):
     min: int
     max: int
     replicas: Replicas
-    figures: FiguresView
+    figures: PoolFigures
     #: ISO time of the autoscaler's last change of this pool.
     last_change: str | None = None
     #: A scaling command of this pool is running.
@@ -192,7 +182,7 @@ class DecisionView(BaseModel):
     from_: int = Field(alias="from", serialization_alias="from")
     to: int
     reason: str
-    figures: FiguresView
+    figures: PoolFigures
     server: str
     #: ``None`` while its command runs; ``ok`` or ``failed`` once it ended.
     outcome: str | None = None
@@ -264,12 +254,14 @@ class _Stored:
         return json.dumps(self.__dict__, separators=(",", ":"))
 
 
-def _figures_of(raw: Any) -> FiguresView:
+def _figures_of(raw: Any) -> PoolFigures:
     if raw is None:
-        return FiguresView()
+        return PoolFigures()
+    if isinstance(raw, PoolFigures):
+        return raw
     if isinstance(raw, Mapping):
-        return FiguresView.model_validate(dict(raw))
-    return FiguresView.model_validate(raw, from_attributes=True)
+        return PoolFigures.model_validate(dict(raw))
+    return PoolFigures.model_validate(raw, from_attributes=True)
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -456,10 +448,10 @@ class Autoscaler:
         }
 
     @staticmethod
-    def running_of(figures: FiguresView) -> int:
+    def running_of(figures: PoolFigures) -> int:
         return max(0, figures.workers - figures.draining)
 
-    def current(self, figures: FiguresView, stored: _Stored, now: float, *, acting: bool) -> int:
+    def current(self, figures: PoolFigures, stored: _Stored, now: float, *, acting: bool) -> int:
         """The replicas the pool runs now, as the decision counts them (``acting``: its
         scaling command is running)."""
         live = self.running_of(figures)
@@ -666,12 +658,12 @@ class Autoscaler:
 
     async def _gather(
         self,
-    ) -> tuple[dict[str, PoolSpec], dict[str, _Stored], dict[str, FiguresView]]:
+    ) -> tuple[dict[str, PoolSpec], dict[str, _Stored], dict[str, PoolFigures]]:
         pools, states = await self._pools_and_states()
         raw = await self.read_figures({name: pool.queues for name, pool in pools.items()})
         return pools, states, {name: _figures_of(raw.get(name)) for name in pools}
 
-    def _replicas(self, name: str, figures: FiguresView, stored: _Stored, now: float) -> Replicas:
+    def _replicas(self, name: str, figures: PoolFigures, stored: _Stored, now: float) -> Replicas:
         running = self.running_of(figures)
         wanted = self.current(figures, stored, now, acting=stored.acting)
         return Replicas(wanted=wanted, running=running)
