@@ -1,9 +1,11 @@
 """``python -m mimir.app.screenshots OUT_DIR``: render every console panel, with real data, to PNG.
 
-Starts a throw-away local cluster (redis-server, the API server, three workers) in a
-scratch directory seeded with the example pipelines, enqueues waves of real jobs (some
-slow, some failing) for ``--seconds`` so the plots have history, then grabs each panel;
-then cleans the cluster away and removes the scratch directory.
+Starts a throw-away local cluster from a cluster file (redis-server, the API server, two
+worker pools: ``default``, autoscaled, and ``slow``) in a scratch directory seeded with
+the example pipelines, enqueues waves of real jobs (some slow, some failing, some for the
+``slow`` pool) for ``--seconds`` so the plots and the autoscaler have history, then grabs
+each panel (``cluster-pools`` and ``dashboard-autoscaler`` once the autoscaler has
+decided); then cleans the cluster away and removes the scratch directory.
 """
 
 from __future__ import annotations
@@ -49,6 +51,25 @@ steps:
     config: {message: "upstream returned 503 Service Unavailable"}
 """
 
+#: The demo cluster: ``default`` autoscaled on its backlog, ``slow`` sized by hand.
+CLUSTER_FILE = """\
+version: 1
+autoscaler:
+  period: 2
+pools:
+  default:
+    replicas: 2
+    min: 1
+    max: 5
+    autoscale: {target_backlog: 8, cooldown_up: 3, cooldown_down: 8}
+  slow:
+    queues: [slow]
+    concurrency: 2
+    replicas: 1
+    min: 0
+    max: 2
+"""
+
 
 KG_QUERY = """\
 PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>
@@ -87,6 +108,7 @@ def _seed(scratch: Path) -> None:
             shutil.copytree(source, scratch / target, dirs_exist_ok=True)
     (scratch / "pipelines" / "nightly_etl.yaml").write_text(NAP)
     (scratch / "pipelines" / "flaky_import.yaml").write_text(FLAKY)
+    (scratch / "mimir-cluster.yaml").write_text(CLUSTER_FILE)
     os.environ.update(
         MIMIR_DATA_DIR=str(scratch / "data"),
         MIMIR_PIPELINES_DIR=str(scratch / "pipelines"),
@@ -103,11 +125,12 @@ async def _until(condition, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _render(window, out: Path, seconds: float) -> list[Path]:
+async def _render(window, out: Path, seconds: float, scratch: Path) -> list[Path]:
     session = window.session
     api = session.api
     window.show_panel("cluster")
-    window.cluster.workers_spin.setValue(3)
+    if await window.cluster.load_cluster_file(scratch / "mimir-cluster.yaml") is None:
+        raise RuntimeError(f"screenshots: {window.cluster.banner.text()}")
     await window.cluster.start_cluster()
     if not (session.last_cluster_status and session.last_cluster_status.running):
         raise RuntimeError(f"screenshots: cluster did not start: {window.cluster.banner.text()}")
@@ -123,6 +146,8 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
         count = 10 + (wave * 7) % 35
         priority = ("normal", "high", "normal", "low")[wave % 4]
         await api.enqueue(name="nightly-etl", count=count, priority=priority)
+        if wave % 3 == 0:
+            await api.enqueue(name="nightly-etl", count=3, queue="slow")
         if wave % 5 == 0:
             await api.enqueue(name="flaky-import", count=1, max_retries=0)
         await asyncio.sleep(3.0)
@@ -147,6 +172,15 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
     await window.cluster.refresh(with_stats=True)
     await grab("cluster")
     await grab("dashboard", 1.2)
+    # The autoscaler's work: the pools' groups and its decisions on the Dashboard.
+    recorder = session.recorder
+    await _soon(lambda: len(recorder.decisions) >= 2, 30, "two autoscaler decisions")
+    await session.feed.read_autoscaler()
+    await window.cluster.refresh(with_stats=True)
+    window.cluster.scroll_to(window.cluster.pools_box)
+    await grab("cluster", 0.8, "cluster-pools")
+    window.cluster.scroll_to(window.cluster.profile_combo)
+    await grab("dashboard", 1.2, "dashboard-autoscaler")
     await window.pipelines.open_pipeline("sales_report")
     await window.pipelines.validate()
     await window.pipelines.run_now()
@@ -192,6 +226,7 @@ async def _render(window, out: Path, seconds: float) -> list[Path]:
             )
         window.show_panel("cluster")
         await window.cluster.run_diagnosis()
+        window.cluster.scroll_to(window.cluster.diagnosis_box)
         await grab("cluster", 0.8, "doctor")
     finally:
         if frozen:
@@ -386,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> int:
         try:
-            await _render(window, args.out_dir, args.seconds)
+            await _render(window, args.out_dir, args.seconds, scratch)
         finally:
             await window.session.feed.stop()
             await window.logs.stop()

@@ -479,6 +479,8 @@ class QtClusterPanel(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         for column in (1, 2, 3):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.Stretch)
+        # The panel scrolls: the findings keep room for several rows instead of being squeezed.
+        self.findings_table.setMinimumHeight(300)
         box.addWidget(self.findings_table)
         self.diagnosis_box.hide()
         root.addWidget(self.diagnosis_box, 1)

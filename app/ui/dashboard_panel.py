@@ -214,7 +214,7 @@ class QtDashboardPanel(QWidget):
                     angle=90,
                     movable=False,
                     label="" if labelled else None,
-                    labelOpts={"position": 0.97, "anchors": [(0, 0), (0, 0)]} if labelled else None,
+                    labelOpts={"position": 0.97, "anchors": [(0, 0), (1, 0)]} if labelled else None,
                 )
                 plot.addItem(line, ignoreBounds=True)
                 lines.append(line)
@@ -234,10 +234,10 @@ class QtDashboardPanel(QWidget):
                 line.setPen(pen)
                 line.setPos(x)
             if labelled.label is not None:
-                # Close decisions alternate heights so their labels do not overlap.
+                # Decisions next to each other take turns over four heights (no overlapping labels).
                 labelled.label.setFormat(decision.label)
                 labelled.label.setColor(color)
-                labelled.label.setPosition(0.97 - 0.09 * (index % 2))
+                labelled.label.setPosition(0.97 - 0.09 * (index % 4))
             labelled.setToolTip(
                 f"{decision.label}" + (f": {decision.reason}" if decision.reason else "")
             )
@@ -302,7 +302,7 @@ class QtDashboardPanel(QWidget):
             ),
             default=0.0,
         )
-        self.replicas_plot.setYRange(0, max(1.0, highest) * 1.5 + 0.3, padding=0)
+        self.replicas_plot.setYRange(0, max(1.0, highest) * 1.8 + 0.5, padding=0)
         for plot in (
             self.depth_plot,
             self.rate_plot,
