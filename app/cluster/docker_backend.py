@@ -11,19 +11,47 @@ what ``docker-compose -p x`` started as ``--project x``, and two projects coexis
 Every SDK call runs in a thread (``asyncio.to_thread``); SDK exceptions are translated into
 :class:`~mimir.app.cluster.base.ClusterError` at this boundary, with messages an operator can
 act on (no engine, socket permission, port taken, image missing, remote host unreachable).
+
+**Pools.** Each pool of the cluster file is one scalable worker service (``worker`` for
+``default``, ``worker-<pool>``); its containers carry ``io.mimir.pool=<pool>`` (a worker
+without the label, from before pools, is ``default``'s). The cluster's pools are remembered
+by the engine itself: they are ``MIMIR_POOLS`` in the backend container's environment, read
+back by every command (a cluster started before pools has none: the default cluster). A
+pool's wanted replicas are its containers (they restart ``unless-stopped``).
+
+**Engine access for the autoscaler.** The server's autoscaler scales a pool by running
+``mimir cluster scale --pool P N --project X --backend docker`` in the backend container,
+which then has to reach the engine. It does only when the operator asked for it by declaring
+an autoscaled pool (a pool with ``autoscale:`` enabled in the cluster file): then ``up``
+mounts the engine's unix socket into the backend container (``/var/run/docker.sock`` of the
+engine's host, or the local socket ``DOCKER_HOST`` names; this works for ``ssh://`` and
+``tcp://`` engines too, since the container runs on the engine's host), adds the socket's
+group (read by a short-lived helper container that stats it) to the image's non-root user,
+and sets ``DOCKER_HOST=unix:///var/run/docker.sock`` and :data:`INSIDE_ENV`. **An API server
+that controls the engine is root on that host**: a cluster without an autoscaled pool mounts
+nothing, and a policy switched on later over the API cannot scale it (its command fails and
+the decision records why) until ``up`` is run again with a cluster file that autoscales.
+
+:data:`INSIDE_ENV` (``MIMIR_DOCKER_INSIDE``) marks a process as running inside the cluster's
+backend container: it holds, as JSON, the project and the worker settings ``up`` used
+(concurrency, grace, limits). A :class:`DockerBackend` of that project built where it is set
+reaches the API at the container's own port (``127.0.0.1:8080``), not the published one, and
+builds worker containers with those settings and the pools of ``MIMIR_POOLS``, as ``up`` did.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
+import os
 import queue as queue_module
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -34,6 +62,7 @@ from urllib.parse import urlparse
 import docker
 import docker.errors
 import docker.tls
+import docker.types
 import requests.exceptions
 
 from mimir.app.cluster.base import (
@@ -41,6 +70,7 @@ from mimir.app.cluster.base import (
     ClusterStatus,
     LogLine,
     Progress,
+    ServiceKind,
     ServiceStats,
     ServiceStatus,
 )
@@ -65,6 +95,7 @@ from mimir.app.cluster.topology import (
     DEFAULT_REDIS_IMAGE,
     IMAGES,
     LABEL_NETWORK,
+    LABEL_POOL,
     LABEL_PROJECT,
     LABEL_REPLICA,
     LABEL_SERVICE,
@@ -74,14 +105,31 @@ from mimir.app.cluster.topology import (
     Topology,
     build_topology,
     canonical_service,
+    parse_worker_name,
+    pool_service,
+    unknown_pool,
     validate_project_name,
 )
-from mimir.app.cluster.worker_pool import StopBudget, check_worker_count, plan_scale, worker_health
+from mimir.app.cluster.worker_pool import (
+    StopBudget,
+    check_pool_count,
+    check_worker_count,
+    plan_scale,
+    worker_health,
+)
 from mimir.core.diagnostics import DiskState
-from mimir.core.pools import DEFAULT_POOL, ClusterFile
+from mimir.core.pools import (
+    DEFAULT_POOL,
+    POOLS_ENV,
+    ClusterFile,
+    ClusterFileError,
+    default_cluster,
+    pools_from_env,
+    pools_to_env,
+)
 from mimir.core.settings import Settings
 
-__all__ = ["PACKAGING_DIR", "DockerBackend", "DockerProfile"]
+__all__ = ["ENGINE_SOCKET", "INSIDE_ENV", "PACKAGING_DIR", "DockerBackend", "DockerProfile"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +140,18 @@ _LOGS_RESCAN = 1.0
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _ANY = frozenset({"", "0.0.0.0", "::"})
+
+#: The engine's socket: where the backend container of an autoscaled cluster has it, and
+#: where it is on the engine's host unless ``DOCKER_HOST`` names another local socket.
+ENGINE_SOCKET = "/var/run/docker.sock"
+#: Set in that container: the project and the worker settings ``up`` used, as JSON (module
+#: doc, "Engine access for the autoscaler").
+INSIDE_ENV = "MIMIR_DOCKER_INSIDE"
+#: What the helper container runs to read the socket's group (and to check it is a socket).
+_SOCKET_GID = (
+    "import os, stat, sys; s = os.stat(sys.argv[1]); "
+    "sys.exit(f'{sys.argv[1]} is no socket') if not stat.S_ISSOCK(s.st_mode) else print(s.st_gid)"
+)
 
 
 def _no_progress(step: str, message: str) -> None:
@@ -106,6 +166,34 @@ class _Created:
     volumes: list[str] = field(default_factory=list)
     #: Ids of the project's containers before ``up`` started.
     containers_before: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _EngineMount:
+    """The engine's socket as the backend container of an autoscaled cluster gets it."""
+
+    #: The socket's path on the engine's host.
+    socket: str
+    #: Its group there, added to the container's user.
+    gid: int
+    #: :data:`INSIDE_ENV`'s value.
+    inside: str
+
+
+def _inside_settings(environ: Mapping[str, str], project: str) -> dict[str, Any] | None:
+    """The worker settings of :data:`INSIDE_ENV` when this process runs inside ``project``'s
+    backend container, else ``None``."""
+    raw = environ.get(INSIDE_ENV)
+    if not raw:
+        return None
+    try:
+        inside = json.loads(raw)
+    except ValueError:
+        logger.warning("%s is not JSON: ignored", INSIDE_ENV)
+        return None
+    if not isinstance(inside, dict) or inside.get("project") != project:
+        return None
+    return inside
 
 
 class DockerBackend:
@@ -126,7 +214,7 @@ class DockerBackend:
         worker_concurrency: int | None = None,
         redis_image: str | None = None,
         base_image: str | None = None,
-        grace: float = 30.0,
+        grace: float | None = None,
         start_timeout: float = 120.0,
         resources: dict[str, Any] | None = None,
         packaging_dir: Path = PACKAGING_DIR,
@@ -136,7 +224,8 @@ class DockerBackend:
 
         Nothing is checked against the engine here, and the bind/token rule is left to what
         publishes the API (``up``, ``scale``, ``restart``): ``down``, ``status``, ``logs``
-        need neither."""
+        need neither. Inside the project's backend container (:data:`INSIDE_ENV`), what is
+        not given (``grace`` 30 s, concurrency, ``resources``) is what ``up`` used."""
         if isinstance(profile, (str, Path)):
             loaded = DockerProfile.load(profile)
         else:
@@ -163,12 +252,23 @@ class DockerBackend:
         self.requested_bind = api_bind or self.profile.api_bind
         self.api_bind = self.requested_bind or "127.0.0.1"
         self.api_token = api_token or self.profile.api_token or self.settings.api_token
-        self.worker_concurrency = worker_concurrency or self.settings.worker_concurrency
+        inside = _inside_settings(os.environ, self.project)
+        #: True in the project's own backend container (the autoscaler's scale commands).
+        self.inside = inside is not None
+        inside = inside or {}
+        self.worker_concurrency = (
+            worker_concurrency
+            or inside.get("worker_concurrency")
+            or self.settings.worker_concurrency
+        )
         self.redis_image = redis_image or self.settings.redis_image or DEFAULT_REDIS_IMAGE
         self.base_image = base_image or self.settings.base_image
-        self.grace = grace
+        self.grace = float(grace if grace is not None else inside.get("grace", 30.0))
         self.start_timeout = start_timeout
-        self.resources = resources or {}
+        self.resources = resources or dict(inside.get("resources") or {})
+        #: The cluster's pools: given to ``up``, else read back from the running backend
+        #: container (``None``: not known yet, the default cluster).
+        self.cluster: ClusterFile | None = None
         self.packaging_dir = packaging_dir
         self.images = ImageBuilder(self._connect, packaging_dir, self.base_image, self.redis_image)
         self._client: docker.DockerClient | None = None
@@ -189,21 +289,66 @@ class DockerBackend:
             worker_grace=max(1.0, self.grace - StopBudget.HAND_BACK),
             log_level=self.settings.log_level,
             fuseki_url=self.settings.fuseki_url,
+            cluster=self.cluster,
             cluster_backend="docker",
             **self.resources,
         )
 
-    @staticmethod
-    def _only_default_pool(cluster: ClusterFile | None, pool: str = DEFAULT_POOL) -> None:
-        """Pools beyond ``default`` are not run by this backend yet: refuse them clearly."""
-        if pool != DEFAULT_POOL:
-            raise ClusterError(f"unknown pool {pool!r}; this cluster has {DEFAULT_POOL}")
-        others = [name for name in (cluster.pools if cluster else ()) if name != DEFAULT_POOL]
-        if others:
-            raise ClusterError(
-                f"the Docker backend runs only the pool {DEFAULT_POOL!r} for now, not "
-                f"{', '.join(others)}: use --backend local for a cluster file with pools"
+    def _inside_value(self) -> str:
+        """:data:`INSIDE_ENV`'s value: the project and this backend's worker settings."""
+        return json.dumps(
+            {
+                "project": self.project,
+                "worker_concurrency": self.worker_concurrency,
+                "grace": self.grace,
+                "resources": self.resources,
+            },
+            sort_keys=True,
+        )
+
+    def _engine_socket(self) -> str:
+        """The engine's socket on the engine's host: the local one ``DOCKER_HOST`` names,
+        else :data:`ENGINE_SOCKET` (also for ``ssh://`` and ``tcp://`` engines)."""
+        parsed = urlparse(self.docker_host)
+        if parsed.scheme == "unix" and parsed.path and not self.inside:
+            return parsed.path
+        return ENGINE_SOCKET
+
+    def _engine_mount(self) -> _EngineMount | None:
+        """The engine's socket for the backend container when a pool is autoscaled (the
+        operator's choice: module doc), else ``None``. Its group on the engine's host is
+        read by a short-lived helper container of the backend image."""
+        if not _autoscaled(self.cluster or default_cluster()):
+            return None
+        socket = self._engine_socket()
+        client = self._connect()
+        name = f"{self.project}-engine-socket"
+        with contextlib.suppress(docker.errors.NotFound):  # a leftover of a crashed run
+            client.containers.get(name).remove(force=True)
+        try:
+            output = client.containers.run(
+                IMAGES["backend"],
+                ["python3", "-c", _SOCKET_GID, ENGINE_SOCKET],
+                name=name,
+                # The project's, and no service: `down` removes one a crash left behind.
+                labels={LABEL_PROJECT: self.project},
+                mounts=[_socket_mount(socket)],
+                network_mode="none",
+                remove=True,
             )
+        except docker.errors.ContainerError as exc:
+            raise ClusterError(
+                f"cannot read the group of the engine's socket {socket} on the engine's host "
+                "(an autoscaled pool needs the engine in the backend container)",
+                detail=str(exc.stderr or exc),
+            ) from exc
+        except docker.errors.APIError as exc:
+            raise ClusterError(
+                f"cannot mount the engine's socket {socket} of the engine's host into a "
+                f"container ({exc.explanation or exc}): an autoscaled pool needs it in the "
+                "backend container"
+            ) from exc
+        return _EngineMount(socket, int(output.decode().strip()), self._inside_value())
 
     @property
     def remote_host(self) -> str | None:
@@ -227,7 +372,10 @@ class DockerBackend:
     @property
     def api_url(self) -> str:
         """Where this machine reaches the API: through the SSH tunnel (a local port forwarded
-        to the remote's loopback), else where it is published."""
+        to the remote's loopback), else where it is published; inside the backend container
+        (:data:`INSIDE_ENV`), at the container's own port."""
+        if self.inside:
+            return f"http://127.0.0.1:{API_PORT}"
         if self.tunneled:
             self._connect()  # opens the tunnel
             assert self._tunnel is not None
@@ -253,7 +401,7 @@ class DockerBackend:
         """A remote engine's API must be reachable from here and not open: published on a
         non-loopback address with a token, unless it is reached through the SSH tunnel.
         Checked before anything is created; ``topology`` then applies the token rule."""
-        if self.tunneled or not self.remote_host:
+        if self.tunneled or self.inside or not self.remote_host:
             return
         if self.api_bind in _LOOPBACK or not self.api_token:
             where = "all addresses" if self.api_bind in _ANY else self.api_bind
@@ -406,11 +554,33 @@ class DockerBackend:
             with contextlib.suppress(docker.errors.DockerException):
                 client.volumes.get(name).remove(force=True)
 
-    def _run_container(self, topology: Topology, spec: ServiceSpec, replica: int = 1) -> Any:
+    def _run_container(
+        self,
+        topology: Topology,
+        spec: ServiceSpec,
+        replica: int = 1,
+        engine: _EngineMount | None = None,
+    ) -> Any:
+        """Create and start one container of ``spec``; ``engine`` gives it the engine's
+        socket (the backend of an autoscaled cluster)."""
         client = self._connect()
         name = topology.container_name(spec.name, replica)
-        with contextlib.suppress(docker.errors.NotFound):  # a leftover of a crashed run
-            client.containers.get(name).remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            found = client.containers.get(name)
+            if found.status == "running" and self.owns(found.labels):
+                # Started meanwhile by another command (the autoscaler's `scale`, a
+                # person's): it runs what was asked for, and stopping it would lose work.
+                return found
+            found.remove(force=True)  # a leftover of a crashed run
+        environment = spec.environment
+        access: dict[str, Any] = {}
+        if engine is not None:
+            environment = {
+                **environment,
+                "DOCKER_HOST": f"unix://{ENGINE_SOCKET}",
+                INSIDE_ENV: engine.inside,
+            }
+            access = {"mounts": [_socket_mount(engine.socket)], "group_add": [str(engine.gid)]}
         endpoint = client.api.create_endpoint_config(aliases=[*spec.aliases, name])
         healthcheck = None
         if spec.healthcheck:
@@ -430,7 +600,7 @@ class DockerBackend:
                 hostname=name,
                 detach=True,
                 labels=topology.labels(spec.name, replica if spec.scalable else None),
-                environment=spec.environment,
+                environment=environment,
                 volumes={
                     topology.volume_name(m.volume): {
                         "bind": m.target,
@@ -446,6 +616,7 @@ class DockerBackend:
                 restart_policy={"Name": "unless-stopped"},
                 healthcheck=healthcheck,
                 stop_signal="SIGTERM",
+                **access,
             )
         except docker.errors.APIError:
             # Created but not started (a port taken …): do not leave it behind.
@@ -489,9 +660,12 @@ class DockerBackend:
         return "\n".join(f"{container.name} | {line}" for line in text.splitlines())
 
     def _adopt_running_backend(self) -> bool:
-        """Take the API port, bind address and token from a running backend container, so
-        that a new console finds a cluster an earlier one started. False if none runs."""
-        for container in self._containers("backend"):
+        """Take the API port, bind address, token and pools from a running backend
+        container, so that a new console finds a cluster an earlier one started. False if
+        none runs (the pools are then those of a stopped backend container, else ``None``)."""
+        self.cluster = None
+        backends = self._containers("backend")
+        for container in backends:
             if container.status != "running":
                 continue
             bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(
@@ -500,10 +674,12 @@ class DockerBackend:
             if bindings:
                 self.api_port = int(bindings[0]["HostPort"])
                 self.api_bind = bindings[0]["HostIp"] or "0.0.0.0"
-            for item in container.attrs["Config"].get("Env") or []:
-                if item.startswith("MIMIR_API_TOKEN="):
-                    self.api_token = item.split("=", 1)[1] or self.api_token
+            env = _environment(container)
+            self.api_token = env.get("MIMIR_API_TOKEN") or self.api_token
+            self.cluster = _pools_of_backend(container)
             return True
+        if backends:
+            self.cluster = _pools_of_backend(backends[0])
         return False
 
     # ---------------------------------------------------------------- images
@@ -588,17 +764,23 @@ class DockerBackend:
         *,
         cluster: ClusterFile | None = None,
     ) -> ClusterStatus:
-        """Create network, volumes, redis, backend and ``workers`` workers; wait until ready.
+        """Create network, volumes, redis, backend and each pool's workers; wait until ready.
 
-        A running cluster is completed (what is missing is started); a failing ``up`` removes
-        what it created (containers, network, volumes that did not exist) and raises."""
+        ``cluster`` declares the pools (default: the running cluster's, else one pool
+        ``default``); ``workers`` sizes the pool ``default`` (``None``: its
+        ``initial_replicas``); the other pools start their ``initial_replicas`` (a running
+        cluster whose pools do not change keeps what they were scaled to). A running cluster
+        is completed (what is missing is started); given other pools, it stops the workers
+        of pools it no longer has and recreates its backend container, whose environment
+        holds the pools. A failing ``up`` removes what it created (containers, network,
+        volumes that did not exist) and raises."""
         report = progress or _no_progress
-        self._only_default_pool(cluster)
-        if workers is None:
-            workers = cluster.pools[DEFAULT_POOL].initial_replicas if cluster else 2
-        check_worker_count(workers, self.settings.limits)
+        if workers is not None:
+            check_worker_count(workers, self.settings.limits)
+        if cluster is not None:  # the counts and the bind/token rule, before anything runs
+            self._sizes(cluster, workers, None)
         self._check_publish()
-        self.topology(workers)  # the bind/token rule and the limits, before anything runs
+        self.topology(workers or 0)
         await self._call(self._connect)
         for which in ("backend", "worker"):
             if not await self._call(self._image_exists, IMAGES[which]):
@@ -607,7 +789,8 @@ class DockerBackend:
                     "(mimir cluster build)"
                 )
         requested = self.requested_port
-        if await self._call(self._adopt_running_backend):
+        adopted = await self._call(self._adopt_running_backend)
+        if adopted:
             if requested and requested != self.api_port:
                 raise ClusterError(
                     f"cluster {self.project!r} already runs with its API on port {self.api_port}"
@@ -622,9 +805,23 @@ class DockerBackend:
                     f"--project {self.project}' first to publish it elsewhere"
                 )
             report("backend", f"cluster {self.project!r} already runs: API {self.api_url}")
-        redis_image = await self._call(self.images.resolve_redis_image, report, False)
-        topology = self.topology(workers, redis_image)
+        known = self.cluster  # the pools of the project's backend container, if it has one
+        self.cluster = cluster or known or default_cluster()
         existing = await self._call(self._containers)
+        same = known is not None and _same_pools(known, self.cluster)
+        sizes = self._sizes(self.cluster, workers, existing if same else None)
+        redis_image = await self._call(self.images.resolve_redis_image, report, False)
+        topology = self.topology(sizes.get(DEFAULT_POOL, 0), redis_image)
+        backends = [
+            c
+            for c in existing
+            if c.labels.get(LABEL_SERVICE) == "backend" and c.status == "running"
+        ]
+        has_engine = any(INSIDE_ENV in _environment(c) for c in backends)
+        recreate = bool(backends) and (not same or has_engine != _autoscaled(self.cluster))
+        if recreate:
+            existing = await self._replace_backend(existing, report)
+        engine = await self._call(self._engine_mount) if recreate or not backends else None
         created = _Created(containers_before={c.id for c in existing})
         try:
             report("network", f"network {topology.network_name}, {len(topology.volumes)} volumes")
@@ -640,22 +837,67 @@ class DockerBackend:
                     report(service, f"{running[0].name} already runs")
                     continue
                 report(service, f"starting {topology.container_name(service)} ({spec.image})")
-                await self._call(self._run_container, topology, spec)
-            await self._scale_to(topology, workers, report)
+                if service == "backend" and engine is not None:
+                    report("backend", f"with the engine's socket {engine.socket} (autoscaling)")
+                await self._call(
+                    self._run_container, topology, spec, 1,
+                    engine if service == "backend" else None,
+                )  # fmt: skip
+            for pool, count in sizes.items():
+                await self._scale_to(topology, pool, count, report)
             report("wait", "waiting for /ready and worker heartbeats")
             await self._wait_ready(report)
         except BaseException:
             report("up", "failed: removing what this command created")
             await asyncio.shield(self._call(self._undo_up, created))
             raise
-        report("up", f"cluster {self.project!r} is up: API {self.api_url}, {workers} worker(s)")
+        counts = ", ".join(f"{count} in {pool}" for pool, count in sizes.items())
+        report("up", f"cluster {self.project!r} is up: API {self.api_url}, workers: {counts}")
         return await self.status()
 
-    async def _scale_to(self, topology: Topology, workers: int, report: Progress) -> None:
-        current = await self._call(self._containers, "worker")
+    def _sizes(
+        self, cluster: ClusterFile, workers: int | None, existing: list[Any] | None
+    ) -> dict[str, int]:
+        """The workers ``up`` runs in each pool, each checked against the cluster's limit
+        and the pool's max: ``workers`` for ``default`` when given, else what the pool has
+        (``existing``: the containers of a running cluster whose pools stay), else its
+        ``initial_replicas``."""
+        sizes = {}
+        for name, pool in cluster.pools.items():
+            if name == DEFAULT_POOL and workers is not None:
+                count = workers
+            elif existing is not None:
+                count = len([c for c in existing if _is_worker(c) and _pool(c) == name])
+            else:
+                count = pool.initial_replicas
+            sizes[name] = check_pool_count(pool, count, self.settings.limits)
+        return sizes
+
+    async def _replace_backend(self, existing: list[Any], report: Progress) -> list[Any]:
+        """The running cluster's pools change: stop the workers of pools it no longer has,
+        and remove the backend container (``up`` starts it again with the new pools).
+        Returns the containers left."""
+        cluster = self.cluster or default_cluster()
+        leaving = [c for c in existing if _is_worker(c) and _pool(c) not in cluster.pools]
+        if leaving:
+            names = ", ".join(c.name for c in leaving)
+            report("scale", f"stopping {names}: their pools are no longer declared")
+            await self._call(self._stop_and_remove, leaving, self.grace)
+        backend = [c for c in existing if c.labels.get(LABEL_SERVICE) == "backend"]
+        if backend:
+            report("backend", "the pools changed: recreating the API server's container")
+            await self._call(self._stop_and_remove, backend, 10)
+        gone = {c.id for c in leaving + backend}
+        return [c for c in existing if c.id not in gone]
+
+    async def _scale_to(
+        self, topology: Topology, pool: str, workers: int, report: Progress
+    ) -> None:
+        """Run exactly ``workers`` containers of ``pool``; the other pools' are left alone."""
+        current = [c for c in await self._call(self._containers, "worker") if _pool(c) == pool]
         dead = [c for c in current if c.status != "running"]
         if dead:
-            report("worker", f"removing {len(dead)} stopped worker container(s)")
+            report("worker", f"removing {len(dead)} stopped worker container(s) of pool {pool}")
             await self._call(self._stop_and_remove, dead, 1)
         running = {_replica(c): c for c in current if c.status == "running"}
         plan = plan_scale(list(running), workers)
@@ -667,34 +909,46 @@ class DockerBackend:
             )
             await self._call(self._stop_and_remove, leaving, self.grace)
         if plan.start:
-            report("worker", f"starting {len(plan.start)} worker container(s)")
-            spec = topology.service("worker")
+            report("worker", f"starting {len(plan.start)} worker container(s) of pool {pool}")
+            spec = topology.pool_spec(pool)
 
             def start_all() -> None:
-                with ThreadPoolExecutor(max_workers=min(8, len(plan.start))) as pool:
-                    list(pool.map(lambda n: self._run_container(topology, spec, n), plan.start))
+                with ThreadPoolExecutor(max_workers=min(8, len(plan.start))) as executor:
+                    list(executor.map(lambda n: self._run_container(topology, spec, n), plan.start))
 
             await self._call(start_all)
 
     async def scale(
-        self, workers: int, progress: Progress | None = None, *, pool: str = DEFAULT_POOL
+        self,
+        workers: int,
+        progress: Progress | None = None,
+        *,
+        pool: str = DEFAULT_POOL,
+        wait: bool = True,
     ) -> ClusterStatus:
-        """Run exactly ``workers`` worker containers; extra ones stop with SIGTERM + grace."""
+        """Run exactly ``workers`` worker containers in ``pool`` (its service built from the
+        running cluster's pools); extra ones stop with SIGTERM + grace; the other pools are
+        left alone. ``wait=False`` returns once the new containers are started, without
+        waiting for their heartbeats."""
         report = progress or _no_progress
-        self._only_default_pool(None, pool)
         check_worker_count(workers, self.settings.limits)
         if not await self._call(self._adopt_running_backend):
             raise ClusterError(
                 f"no Docker cluster {self.project!r} is running (start one: mimir cluster up "
                 f"--project {self.project})"
             )
+        cluster = self.cluster or default_cluster()
+        if pool not in cluster.pools:
+            raise unknown_pool(pool, cluster)
+        check_pool_count(cluster.pools[pool], workers, self.settings.limits)
         self._check_publish()
         image = (await self._call(self._containers, "redis") or [None])[0]
         redis_image = image.attrs["Config"]["Image"] if image is not None else None
-        topology = self.topology(workers, redis_image)
-        await self._scale_to(topology, workers, report)
-        await self._wait_ready(report)
-        report("scale", f"{workers} worker(s) running")
+        topology = self.topology(workers if pool == DEFAULT_POOL else 0, redis_image)
+        await self._scale_to(topology, pool, workers, report)
+        if wait:
+            await self._wait_ready(report)
+        report("scale", f"{workers} worker(s) {'running' if wait else 'started'} in pool {pool!r}")
         return await self.status()
 
     async def down(self, progress: Progress | None = None) -> None:
@@ -739,19 +993,27 @@ class DockerBackend:
         )
 
     async def restart(self, service: str, progress: Progress | None = None) -> ClusterStatus:
-        """Restart ``redis``, ``backend``/``server``, ``worker`` (all) or ``worker-N``."""
+        """Restart ``redis``, ``backend``/``server``, ``worker`` (every pool's workers),
+        ``worker-<pool>`` (one pool's), or one worker: ``worker-N``, ``worker-<pool>-N``."""
         report = progress or _no_progress
         name = canonical_service(service)
         await self._call(self._adopt_running_backend)
         self._check_publish()
         containers = await self._call(self._containers)
-        targets = [
-            c
-            for c in containers
-            if c.labels.get(LABEL_SERVICE) == name or c.name == f"{self.project}-{name}"
-        ]
+        target = parse_worker_name(name)
+        if target is not None and target[0] is not None and target[1] is None:
+            cluster = self.cluster or default_cluster()
+            if target[0] not in cluster.pools and target[0] not in _pools_of(containers):
+                raise unknown_pool(target[0], cluster)
+            targets = [c for c in containers if _is_worker(c) and _pool(c) == target[0]]
+        else:
+            targets = [
+                c
+                for c in containers
+                if c.labels.get(LABEL_SERVICE) == name or c.name == f"{self.project}-{name}"
+            ]
         if not targets:
-            known = sorted({"redis", "backend", "worker"} | {c.name for c in containers})
+            known = sorted(self._service_names(containers) | {c.name for c in containers})
             raise ClusterError(f"unknown service {service!r}; choose from {', '.join(known)}")
         report("restart", ", ".join(c.name for c in targets))
         grace = int(self.grace if name.startswith("worker") else 10)
@@ -764,45 +1026,59 @@ class DockerBackend:
         """Each service's state, health, replicas and published ports."""
         await self._call(self._adopt_running_backend)
         containers = await self._call(self._containers)
-        services = []
+        services: list[ServiceStatus] = []
+        registered: set[str] | None = None
+        if any(_is_worker(c) and c.status == "running" for c in containers):
+            # Workers have no container health check: their heartbeats are their health.
+            async with await self._probe() as probe:
+                registered = await probe.workers(self.worker_key)
         for service, kind in SERVICE_KINDS.items():
+            if service == "worker":
+                services += self._pool_rows(containers, registered)
+                continue
             group = [c for c in containers if c.labels.get(LABEL_SERVICE) == service]
             if not group:
-                # Workers scaled to 0 in a cluster that runs are "stopped", not missing.
-                state = "stopped" if service == "worker" and containers else "missing"
-                pool = DEFAULT_POOL if service == "worker" else None
-                services.append(ServiceStatus(service, kind, state, replicas=0, pool=pool))
+                services.append(ServiceStatus(service, kind, "missing", replicas=0))
                 continue
-            running = [c for c in group if c.status == "running"]
-            states = {c.status for c in group}
-            state = "running" if running else sorted(states)[0]
-            healths = {c.attrs["State"].get("Health", {}).get("Status", "") for c in running}
-            health = (
-                "unhealthy" if "unhealthy" in healths
-                else "starting" if "starting" in healths
-                else "healthy" if "healthy" in healths
-                else ""
-            )  # fmt: skip
-            ports: dict[str, str] = {}
-            for container in running:
-                for port, bindings in (
-                    container.attrs["NetworkSettings"].get("Ports") or {}
-                ).items():
-                    for binding in bindings or []:
-                        ports[port] = f"{binding['HostIp']}:{binding['HostPort']}"
-            if service == "worker" and running:
-                # Workers have no container health check: their heartbeats are their health.
-                async with await self._probe() as probe:
-                    registered = await probe.workers(self.worker_key)
-                health = worker_health({_hostname(c) for c in running}, registered)
-            pool = DEFAULT_POOL if service == "worker" else None
-            services.append(
-                ServiceStatus(service, kind, state, health, len(running), ports, pool=pool)
-            )
+            services.append(_service_row(service, kind, group))
         api_running = any(s.name == "backend" and s.state == "running" for s in services)
         return ClusterStatus(
             "docker", self.project, services, self.api_url if api_running else None
         )
+
+    def _pool_rows(self, containers: list[Any], registered: set[str] | None) -> list[ServiceStatus]:
+        """One status row per pool: the cluster's, then pools only containers still name."""
+        pools = list((self.cluster or default_cluster()).pools)
+        pools += sorted(_pools_of(containers) - set(pools))
+        rows = []
+        for pool in pools:
+            name = pool_service(pool)
+            group = [c for c in containers if _is_worker(c) and _pool(c) == pool]
+            if not group:
+                # A pool at 0 in a cluster that runs is "stopped", not missing.
+                state = "stopped" if containers else "missing"
+                wanted = 0 if containers else None
+                rows.append(
+                    ServiceStatus(name, "worker", state, replicas=0, pool=pool, wanted=wanted)
+                )
+                continue
+            row = _service_row(name, "worker", group)
+            running = {_hostname(c) for c in group if c.status == "running"}
+            health = worker_health(running, registered) if running else row.health
+            rows.append(replace(row, health=health, pool=pool, wanted=len(group)))
+        return rows
+
+    async def cluster_file(self) -> ClusterFile | None:
+        """The running cluster's pools (``MIMIR_POOLS`` of its backend container; one
+        started before pools: the default cluster); ``None`` when no backend runs."""
+        if not await self._call(self._adopt_running_backend):
+            return None
+        return self.cluster or default_cluster()
+
+    def _service_names(self, containers: list[Any]) -> set[str]:
+        """The services one may name: redis, backend, worker, and each pool's."""
+        pools = set((self.cluster or default_cluster()).pools) | _pools_of(containers)
+        return set(SERVICE_KINDS) | {pool_service(p) for p in pools}
 
     async def instances(self) -> list[Instance]:
         """Every container of the project."""
@@ -878,18 +1154,22 @@ class DockerBackend:
             )
         if not services:
             return containers
-        wanted = {canonical_service(s) for s in services}
+        self._adopt_running_backend()  # the pools, for the names of their services
+        wanted = _wanted(services)
         chosen = [c for c in containers if self._matches(c, wanted)]
         if not chosen:
-            names = sorted({"redis", "backend", "worker"} | {c.name for c in containers})
+            names = sorted(self._service_names(containers) | {c.name for c in containers})
             raise ClusterError(
                 f"no container for {', '.join(sorted(wanted))}; choose from {', '.join(names)}"
             )
         return chosen
 
     def _matches(self, container: Any, wanted: set[str]) -> bool:
+        """``container`` is one of the ``wanted`` services (``worker``: every pool's,
+        ``worker-<pool>``: one pool's) or containers (``worker-slow-2``)."""
         return (
             container.labels.get(LABEL_SERVICE) in wanted
+            or (_is_worker(container) and pool_service(_pool(container)) in wanted)
             or container.name in wanted
             or container.name.removeprefix(f"{self.project}-") in wanted
         )
@@ -922,7 +1202,7 @@ class DockerBackend:
         lines: queue_module.SimpleQueue[LogLine] = queue_module.SimpleQueue()
         pumps: dict[str, _LogPump] = {}
         first = {c.id for c in containers}
-        wanted = {canonical_service(s) for s in services or []}
+        wanted = _wanted(services or [])
         try:
             while True:
                 current = [
@@ -1017,6 +1297,84 @@ class _LogPump:
         if self._stream is not None:
             with contextlib.suppress(Exception):
                 self._stream.close()
+
+
+def _service_row(name: str, kind: ServiceKind, group: list[Any]) -> ServiceStatus:
+    """The status of a service's containers ``group``: state, health from the engine's
+    health checks, running replicas and published ports."""
+    running = [c for c in group if c.status == "running"]
+    states = {c.status for c in group}
+    state = "running" if running else sorted(states)[0]
+    healths = {c.attrs["State"].get("Health", {}).get("Status", "") for c in running}
+    health = (
+        "unhealthy" if "unhealthy" in healths
+        else "starting" if "starting" in healths
+        else "healthy" if "healthy" in healths
+        else ""
+    )  # fmt: skip
+    ports: dict[str, str] = {}
+    for container in running:
+        for port, bindings in (container.attrs["NetworkSettings"].get("Ports") or {}).items():
+            for binding in bindings or []:
+                ports[port] = f"{binding['HostIp']}:{binding['HostPort']}"
+    return ServiceStatus(name, kind, state, health, len(running), ports)
+
+
+def _is_worker(container: Any) -> bool:
+    return bool(container.labels.get(LABEL_SERVICE) == "worker")
+
+
+def _pool(container: Any) -> str:
+    """A worker container's pool (one without the label, from before pools: ``default``)."""
+    return str(container.labels.get(LABEL_POOL) or DEFAULT_POOL)
+
+
+def _pools_of(containers: list[Any]) -> set[str]:
+    return {_pool(c) for c in containers if _is_worker(c)}
+
+
+def _pools_of_backend(container: Any) -> ClusterFile:
+    """The pools a backend container was started with (``MIMIR_POOLS``; a container from
+    before pools has none: the default cluster)."""
+    try:
+        return pools_from_env(_environment(container)) or default_cluster()
+    except ClusterFileError as exc:
+        raise ClusterError(
+            f"the pools of {container.name} ({POOLS_ENV}) cannot be read: {exc}"
+        ) from exc
+
+
+def _environment(container: Any) -> dict[str, str]:
+    """A container's environment as its engine reports it."""
+    items = container.attrs.get("Config", {}).get("Env") or []
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
+def _same_pools(a: ClusterFile, b: ClusterFile) -> bool:
+    return pools_to_env(a) == pools_to_env(b)
+
+
+def _autoscaled(cluster: ClusterFile) -> bool:
+    return any(pool.autoscaled for pool in cluster.pools.values())
+
+
+def _socket_mount(socket: str) -> docker.types.Mount:
+    """The engine's socket ``socket`` (on the engine's host) at :data:`ENGINE_SOCKET`; a bind
+    mount of a missing source fails instead of creating a directory there."""
+    return docker.types.Mount(ENGINE_SOCKET, socket, type="bind")
+
+
+def _wanted(services: list[str]) -> set[str]:
+    """Service names as :meth:`DockerBackend._matches` compares them (``server`` is
+    ``backend``, ``worker-default`` is ``worker``)."""
+    wanted = set()
+    for service in services:
+        name = canonical_service(service)
+        parsed = parse_worker_name(name)
+        if parsed is not None and parsed[0] is not None and parsed[1] is None:
+            name = pool_service(parsed[0])
+        wanted.add(name)
+    return wanted
 
 
 def _same_bind(address: str) -> str:

@@ -72,6 +72,9 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 #: Dependencies that the image's Python needs but this host's may not (environment markers:
 #: redis needs async-timeout on Python < 3.11.3, and Debian bookworm has 3.11.2).
 _MARKER_ONLY_WHEELS = ["async-timeout>=4.0.3"]
+#: The project's extra the wheelhouse carries (the Docker SDK): the backend image installs
+#: it, so that the autoscaler in the backend container scales the cluster's pools.
+IMAGE_EXTRA = "cluster"
 #: Where the previous build's project wheels wait while ``pip wheel`` makes new ones.
 _PREVIOUS = "previous-wheels"
 #: Wheelhouses built by this process: one ``pip wheel`` per process is enough.
@@ -152,8 +155,8 @@ class ImageBuilder:
         return DEFAULT_BASE_IMAGE  # the engine will try to pull it
 
     def build_wheelhouse(self, report: Progress) -> None:
-        """``pip wheel`` the project and its dependencies on this host (containers may not
-        reach a package index)."""
+        """``pip wheel`` the project with its extra :data:`IMAGE_EXTRA` and their
+        dependencies on this host (containers may not reach a package index)."""
         if getattr(sys, "frozen", False):
             raise ClusterError(BUNDLE_CANNOT_BUILD)
         if self.build_dir in _WHEELHOUSES_BUILT:
@@ -179,7 +182,7 @@ class ImageBuilder:
                 )
             result = subprocess.run(
                 [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels),
-                 project, *_MARKER_ONLY_WHEELS],
+                 f"{project}[{IMAGE_EXTRA}]", *_MARKER_ONLY_WHEELS],
                 capture_output=True,
                 text=True,
                 timeout=900,

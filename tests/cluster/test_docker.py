@@ -110,6 +110,10 @@ def test_up_runs_redis_backend_and_two_registered_workers(
     worker = next(c for c in containers if c.name == f"{PROJECT}-worker-1")
     host_config = worker.attrs["HostConfig"]
     assert (host_config["NanoCpus"], host_config["Memory"]) == (500_000_000, 512 * 1024**2)
+    # No pool is autoscaled: the API server gets no access to the engine.
+    server = next(c for c in containers if c.name == f"{PROJECT}-backend")
+    assert not [m for m in server.attrs["Mounts"] if m["Type"] == "bind"]
+    assert not [e for e in server.attrs["Config"]["Env"] if e.startswith("DOCKER_HOST=")]
 
 
 def test_fifty_jobs_through_the_api_succeed(api: ClusterAPI) -> None:
