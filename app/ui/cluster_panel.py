@@ -1221,27 +1221,52 @@ class QtClusterPanel(QWidget):
             group.save_requested.connect(self.save_policy)
         status = self.session.last_cluster_status
         running = bool(status is not None and status.running)
-        pools = self.session.feed.last_pools if self._pools_read_at else None
-        autoscaler = self._autoscaler or {}
+        # A cluster this panel drives that does not run has no load and no autoscaler:
+        # nothing read of it while it ran stays on screen.
+        stopped = self.session.backend is not None and status is not None and not running
+        pools = self.session.feed.last_pools if self._pools_read_at and not stopped else None
+        autoscaler = (self._autoscaler or {}) if not stopped else {}
+        if stopped:
+            self.pools_box.show_unserved([])
         for name, group in self.pools_box.groups.items():
             group.busy = self.busy
             group.can_scale = self.session.backend is not None and running
             figures = (pools or {}).get(name)
-            if name in self._status_replicas:
+            # What Start would run, while it does not run and a cluster file is chosen.
+            planned = (
+                self.cluster_file.pools.get(name)
+                if self.cluster_file is not None and not running
+                else None
+            )
+            if planned is not None:
+                group.show_replicas(
+                    None if status is None else 0, planned.initial_replicas, planned=True
+                )
+            elif name in self._status_replicas:
                 group.show_replicas(*self._status_replicas[name])
             elif self.session.backend is None and figures is not None:
                 replicas = figures.get("replicas") or {}
                 group.show_replicas(replicas.get("running"), replicas.get("wanted"))
-            elif self.cluster_file is not None and name in self.cluster_file.pools and not running:
-                group.show_replicas(None, self.cluster_file.pools[name].initial_replicas)
             else:
                 group.show_replicas(None, None)
             group.show_figures(figures)
             entry = (autoscaler.get("pools") or {}).get(name)
-            group.show_policy(entry if isinstance(entry, dict) else None)
+            if isinstance(entry, dict):
+                group.show_policy(entry)
+            elif planned is not None:
+                group.show_policy(
+                    {
+                        "policy": planned.autoscale.model_dump() if planned.autoscale else None,
+                        "min": planned.min,
+                        "max": planned.max,
+                    },
+                    planned=True,
+                )
+            else:
+                group.show_policy(None, expected=running)
         for payload in reversed(autoscaler.get("decisions") or []):  # newest first there
             self._on_scale(payload)
-        if self._autoscaler is None:
+        if self._autoscaler is None or stopped:
             self.pools_box.show_note("")
         elif self._autoscaler.get("enabled"):
             leader = self._autoscaler.get("leader") or {}
@@ -1272,6 +1297,9 @@ class QtClusterPanel(QWidget):
             group.show_decision(decision)
 
     def _on_stats(self, stats: dict[str, Any]) -> None:
+        status = self.session.last_cluster_status
+        if self.session.backend is not None and status is not None and not status.running:
+            return  # a last reading from before it stopped
         self.pools_box.show_unserved([str(q) for q in stats.get("unserved_queues") or []])
 
     def _forget_stale_figures(self) -> None:

@@ -81,6 +81,7 @@ class PoolGroup(QObject):
         self.policy: dict[str, Any] | None = None
         self.running: int | None = None
         self.wanted: int | None = None
+        self.planned = False
         self.figures: dict[str, Any] | None = None
         self._filling = False
         #: The operator changed the replicas or the policy and has not applied/saved it.
@@ -129,6 +130,13 @@ class PoolGroup(QObject):
         self.autoscale_check.toggled.connect(self._policy_changed)
         self.save_button = QPushButton("Save policy")
         self.save_button.clicked.connect(self._save)
+        #: The policy's numbers; "—" (their special value, -1) while there is none to show.
+        self._policy_spins: list[QSpinBox | QDoubleSpinBox] = [
+            self.min_spin,
+            self.max_spin,
+            self.target_spin,
+        ]
+        self.policy_expected = False
         #: The cells of the pool's row, in the box's columns.
         self.cells: list[QWidget] = [
             self.name_label,
@@ -207,9 +215,10 @@ class PoolGroup(QObject):
 
     # ---------------------------------------------------------------- readings
 
-    def show_replicas(self, running: int | None, wanted: int | None) -> None:
-        """The backend's (or the API's) replicas; ``None`` when unknown."""
-        self.running, self.wanted = running, wanted
+    def show_replicas(self, running: int | None, wanted: int | None, planned: bool = False) -> None:
+        """The backend's (or the API's) replicas; ``None`` when unknown. ``planned``:
+        ``wanted`` is what Start would run (the cluster file's), not what runs now."""
+        self.running, self.wanted, self.planned = running, wanted, planned
         self._update()
 
     def show_figures(self, figures: Mapping[str, Any] | None) -> None:
@@ -217,23 +226,46 @@ class PoolGroup(QObject):
         self.figures = dict(figures) if figures is not None else None
         self._update()
 
-    def show_policy(self, entry: Mapping[str, Any] | None) -> None:
-        """``GET /api/v1/autoscaler``'s entry for this pool, or the PUT's answer."""
+    def show_policy(
+        self, entry: Mapping[str, Any] | None, *, planned: bool = False, expected: bool = True
+    ) -> None:
+        """``GET /api/v1/autoscaler``'s entry for this pool, or the PUT's answer (editable);
+        with ``planned`` the cluster file's (what Start would set; read-only). ``None``: no
+        policy to show: the fields are blank ("—"), and say so when one was ``expected``
+        (the cluster runs)."""
+        self.policy_available = entry is not None and not planned
+        self.policy_expected = expected and not planned
         if entry is None:
-            self.policy_available = False
+            self.policy = None
+            if not self.policy_edited:
+                self._filling = True
+                for spin in self._policy_spins:
+                    spin.setSpecialValueText("—")  # shown at the minimum, -1 here
+                    spin.setMinimum(-1)
+                    spin.setValue(-1)
+                self.autoscale_check.setChecked(False)
+                self._filling = False
+            self.acting, self.last_error = False, ""
             self._update()
             return
         policy = entry.get("policy")
-        self.policy_available = True
         self.policy = dict(policy) if isinstance(policy, Mapping) else None
         if not self.policy_edited:
             self._filling = True
             try:
+                for spin in self._policy_spins:
+                    spin.setSpecialValueText("")  # 0 is a value now (min 0: scale to zero)
+                    spin.setMinimum(0)
                 self.autoscale_check.setChecked(bool(self.policy and self.policy.get("enabled")))
                 self.min_spin.setValue(_int(entry.get("min")) or 0)
                 maximum = _int(entry.get("max"))
                 self._max_unset = maximum is None
-                self.max_spin.setValue(MAX_REPLICAS if maximum is None else maximum)
+                if maximum is None and planned:  # the cluster's limit, not known here
+                    self.max_spin.setSpecialValueText("—")
+                    self.max_spin.setMinimum(-1)
+                    self.max_spin.setValue(-1)
+                else:
+                    self.max_spin.setValue(MAX_REPLICAS if maximum is None else maximum)
                 target = (self.policy or {}).get("target_backlog")
                 default = AutoscalePolicy.model_fields["target_backlog"].default
                 self.target_spin.setValue(float(target if target is not None else default))
@@ -286,6 +318,8 @@ class PoolGroup(QObject):
     def _update(self) -> None:
         running = "—" if self.running is None else str(self.running)
         wanted = f" of {self.wanted} wanted" if self.wanted is not None else ""
+        if self.planned:
+            wanted = f" · Start runs {self.wanted}"
         self.replicas_label.setText(f"{running} running{wanted}")
         figures = self.figures
         if figures is None:
@@ -321,6 +355,11 @@ class PoolGroup(QObject):
         self.replicas_spin.setEnabled(idle and self.can_scale)
         self.apply_button.setEnabled(idle and self.can_scale)
         self.apply_button.setText("Scaling…" if self.scaling_to is not None else "Apply")
+        self.apply_button.setToolTip(
+            f"Scale pool {self.name} to this many workers"
+            if self.can_scale
+            else "Scaling needs a running cluster that this profile drives"
+        )
         editable = self.policy_available and not self.saving
         for widget in (self.autoscale_check, self.min_spin, self.max_spin, self.target_spin):
             widget.setEnabled(editable)
@@ -332,7 +371,7 @@ class PoolGroup(QObject):
         elif self.policy_edited:
             self.policy_note.setStyleSheet(_WARNING)
             self.policy_note.setText("unsaved changes")
-        elif not self.policy_available:
+        elif not self.policy_available and self.policy_expected and self.policy is None:
             self.policy_note.setStyleSheet("")
             self.policy_note.setText("policy: no reading from the server's autoscaler")
         else:

@@ -151,7 +151,7 @@ def test_cluster_panel_pools_scale_policy_and_dashboard_decisions(
         # The file's pools are shown before Start, with what Start would run.
         assert await panel.load_cluster_file(good) is not None
         assert list(panel.pools_box.groups) == ["default", "slow"]
-        assert replicas_text(panel, "slow") == "— running of 1 wanted"
+        assert replicas_text(panel, "slow").endswith("running · Start runs 1")
 
         await start_with_file(console, good)
         await until(
@@ -265,6 +265,18 @@ def test_cluster_panel_pools_scale_policy_and_dashboard_decisions(
         )
         assert default.last_decision is not None and default.last_decision.new == 4
         assert "autoscaler at" in default.status_label.text()
+
+        # Stopped: no figure, policy or warning from when it ran stays on screen.
+        QTest.mouseClick(panel.stop_button, Qt.MouseButton.LeftButton)
+        await answer_confirmation(panel, "Stop")
+        await until(lambda: panel.busy, 5, "the stop to begin")
+        await until(lambda: not panel.busy, 90, "the cluster to stop")
+        for group in (default, slow):
+            assert group.replicas_label.text().startswith("0 running"), group.replicas_label.text()
+            assert group.figures_label.text() == "no reading", group.figures_label.text()
+            assert not group.apply_button.isEnabled() and not group.target_spin.isEnabled()
+        assert not panel.pools_box.unserved_label.isVisible()
+        assert panel.pools_box.note.text() == ""
 
     console.run(deadline(scenario, 400))
 
