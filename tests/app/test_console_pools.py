@@ -12,8 +12,9 @@ on conditions, never fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("qasync")
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QCoreApplication, QEvent, QSettings, Qt
 from PySide6.QtTest import QTest
 
 from mimir.app.services.timeseries import DashboardRecorder, ScaleDecision
 from tests.app import test_console_panels
+from tests.app.conftest import Stack
 from tests.app.test_console_panels import Console, answer_confirmation, until
 
 #: The console fixture: the real window with a LocalBackend on a qasync loop.
@@ -349,3 +351,88 @@ def test_workers_grouped_by_pool_drain_and_stop(console: Console, tmp_path: Path
         assert workers_panel.banner.text().startswith("Cannot stop"), workers_panel.banner.text()
 
     console.run(deadline(scenario, 300))
+
+
+@pytest.fixture
+def api_window(qapp: Any, tmp_path: Path, stack: Stack) -> Iterator[tuple[Any, Any]]:
+    """The console on an API-only profile of a real server and worker (no cluster
+    backend: the server's autoscaler is off and says why)."""
+    import qasync
+
+    from mimir.app.services.profiles import ConnectionProfile
+    from mimir.app.ui.app import build_window, install_excepthook
+
+    errors = install_excepthook(show_dialog=False)
+    loop = qasync.QEventLoop(qapp, already_running=False)
+    asyncio.set_event_loop(loop)
+    settings = QSettings(str(tmp_path / "console.ini"), QSettings.Format.IniFormat)
+    window = build_window(settings)
+    profile = ConnectionProfile("Test", "remote_api", api_url=stack.url)
+    window.session.profiles.upsert(profile)
+    window.session.profile = profile
+    window.resize(1440, 900)
+    try:
+        yield window, loop
+    finally:
+        window.close()
+        window.deleteLater()
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        qapp.processEvents()
+        loop.close()
+        asyncio.set_event_loop(None)
+        del window
+        gc.collect()
+    assert not errors, errors[0]
+
+
+def test_api_only_profile_shows_pools_from_the_api_and_saves_policies(
+    api_window: tuple[Any, Any],
+) -> None:
+    window, loop = api_window
+    panel = window.cluster
+
+    async def scenario() -> None:
+        window.show_panel("cluster")
+        await until(
+            lambda: (
+                panel.pools_box.group("default") is not None
+                and replicas_text(panel, "default") == "1 running of 1 wanted"
+            ),
+            30,
+            lambda: f"the default pool from the API: {replicas_text(panel, 'default')!r}",
+        )
+        default = panel.pools_box.group("default")
+        assert "waiting" in default.figures_label.text(), default.figures_label.text()
+        # No backend: no scaling here, and the button says why.
+        assert not default.apply_button.isEnabled()
+        assert "needs a running cluster" in default.apply_button.toolTip()
+        await until(lambda: default.policy_available, 30, "the policy from the API")
+        note = panel.pools_box.note.text()
+        assert note.startswith("The autoscaler is off:") and "nothing acts" in note, note
+
+        # The server refuses max < min (422 naming the field); then saves a good one.
+        default.min_spin.setValue(3)
+        default.max_spin.setValue(1)
+        QTest.mouseClick(default.save_button, Qt.MouseButton.LeftButton)
+        await until(lambda: default.policy_note.text().startswith("Not saved"), 10, "422")
+        assert "max" in default.policy_note.text(), default.policy_note.text()
+        assert "border-color" in default.max_spin.styleSheet()  # the field it names
+        default.min_spin.setValue(1)
+        default.max_spin.setValue(3)
+        assert default.max_spin.styleSheet() == ""  # an edit clears the mark
+        default.target_spin.setValue(4.0)
+        QTest.mouseClick(default.save_button, Qt.MouseButton.LeftButton)
+        await until(lambda: not default.policy_edited, 10, "the policy saved")
+        saved = (await window.session.api.autoscaler())["pools"]["default"]
+        assert (saved["min"], saved["max"]) == (1, 3)
+        assert saved["policy"]["target_backlog"] == 4.0
+
+    async def session() -> None:
+        window.show()
+        window.start()
+        try:
+            await asyncio.wait_for(scenario(), 120)
+        finally:
+            await window.shutdown()  # (it cancels the tasks left: not from inside one)
+
+    loop.run_until_complete(session())
