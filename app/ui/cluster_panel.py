@@ -1,5 +1,11 @@
 """Cluster panel: connection profiles, the services table, start/stop/restart/build/scale,
-backups and restores.
+the worker pools, backups and restores.
+
+Worker pools (:mod:`~mimir.app.ui.pools_box`): a row per pool with its replicas, load, a
+scale control (``backend.scale(n, pool=P)``, run as every action is: the others off,
+progress shown) and its autoscaling policy, saved with ``PUT
+/api/v1/autoscaler/pools/{pool}``; "Cluster file…" chooses the ``mimir-cluster.yaml``
+Start uses (validated at once, errors by line).
 
 Stop, Clean and Restore ask first. The table shows what the backend last said, and nothing
 older: a stopped service has no CPU, memory or health mark left over from when it ran.

@@ -1,13 +1,15 @@
-"""The Cluster panel's worker pools: one group per pool with its replicas, a scale control
-and its autoscaling policy, editable in place.
+"""The Cluster panel's worker pools: a row per pool with its replicas, its load, a scale
+control and its autoscaling policy, editable in place.
 
-What each group shows comes from three readings, each the newest of its kind: the cluster
+What a row shows comes from three readings, each the newest of its kind: the cluster
 backend's status (replicas running and wanted, per pool), ``GET /api/v1/pools`` (queues,
 jobs waiting and running, the oldest job's age, jobs/s) and ``GET /api/v1/autoscaler``
-(policy, min, max, last change). A field the operator has changed and not saved is never
-overwritten by a reading; a figure whose reading failed is shown as "—", not as it was.
-The box does no I/O itself: the panel connects :attr:`PoolGroup.apply_requested` and
-:attr:`PoolGroup.save_requested` to the backend and the API.
+(policy, min, max, whether it is scaling the pool, its last error). A field the operator
+has changed and not saved is never overwritten by a reading; with no reading the row says
+"no reading" and its policy fields "—", never numbers left from before. Before Start, a
+chosen cluster file's pools show what Start would run. The box does no I/O itself: the
+panel connects :attr:`PoolGroup.apply_requested` and :attr:`PoolGroup.save_requested` to
+the backend and the API.
 """
 
 from __future__ import annotations
