@@ -250,6 +250,12 @@ def test_cluster_panel_pools_scale_policy_and_dashboard_decisions(
         )
         labels = [line.label.format for line, _ in dashboard.decision_lines]
         assert up.label in labels, labels
+        # A console connecting now gets the same decision from GET /api/v1/autoscaler.
+        fresh = DashboardRecorder()
+        fresh.add_autoscaler(await api.autoscaler())
+        assert any(d.id == up.id and d.label == up.label for d in fresh.decisions), [
+            (d.id, d.label) for d in fresh.decisions
+        ]
         assert len(dashboard.decision_lines) == len(dashboard.shown_decisions)
         await until(
             lambda: (recorder.series["replicas:default"].last or 0) >= 4,
