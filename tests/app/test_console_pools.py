@@ -25,6 +25,7 @@ pytest.importorskip("qasync")
 
 from PySide6.QtCore import QCoreApplication, QEvent, QSettings, Qt
 from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QDialog, QFileDialog, QLineEdit
 
 from mimir.app.services.timeseries import DashboardRecorder, ScaleDecision
 from tests.app import test_console_panels
@@ -287,6 +288,45 @@ def test_cluster_panel_pools_scale_policy_and_dashboard_decisions(
         assert panel.pools_box.note.text() == ""
 
     console.run(deadline(scenario, 400))
+
+
+def test_cluster_file_chosen_in_the_file_dialog(console: Console, tmp_path: Path) -> None:
+    """'Cluster file…' opens a real file dialog; a broken file is refused with its line,
+    a good one lists its pools before Start; 'Don't use it' forgets it."""
+    window = console.window
+    panel = window.cluster
+    good = tmp_path / "mimir-cluster.yaml"
+    good.write_text(CLUSTER_FILE)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(BROKEN_FILE)
+
+    async def pick(path: Path) -> None:
+        QTest.mouseClick(panel.cluster_file_button, Qt.MouseButton.LeftButton)
+
+        def open_dialog() -> Any:
+            return next((d for d in panel.findChildren(QFileDialog) if d.isVisible()), None)
+
+        dialog = await until(open_dialog, 5, "the file dialog")
+        dialog.findChild(QLineEdit, "fileNameEdit").setText(str(path))
+        await until(lambda: dialog.selectedFiles() == [str(path)], 5, dialog.selectedFiles)
+        dialog.done(QDialog.DialogCode.Accepted)
+
+    async def scenario() -> None:
+        window.show_panel("cluster")
+        await pick(broken)
+        await until(lambda: "line 5" in panel.banner.text(), 10, panel.banner.text)
+        assert panel.cluster_file is None and panel.cluster_file_label.isHidden()
+        await pick(good)
+        await until(lambda: panel.cluster_file is not None, 10, panel.banner.text)
+        assert panel.cluster_file_label.text().startswith(f"Cluster file {good}: pool default")
+        assert list(panel.pools_box.groups) == ["default", "slow"]
+        slow = panel.pools_box.group("slow")
+        assert slow is not None and not slow.apply_button.isEnabled()  # nothing runs yet
+        QTest.mouseClick(panel.cluster_file_clear, Qt.MouseButton.LeftButton)
+        assert panel.cluster_file is None and panel.cluster_file_label.isHidden()
+        assert "slow" not in panel.pools_box.groups
+
+    console.run(deadline(scenario, 60))
 
 
 def test_workers_grouped_by_pool_drain_and_stop(console: Console, tmp_path: Path) -> None:
