@@ -110,6 +110,11 @@ RATE_WINDOW = 30.0
 FiguresReader = Callable[[Mapping[str, Sequence[str]]], Awaitable[Mapping[str, Any]]]
 
 
+#: Set by the Docker backend in the server's container when it was given the engine
+#: (:data:`mimir.app.cluster.docker_backend.INSIDE_ENV`; the server may not import it).
+DOCKER_INSIDE = "MIMIR_DOCKER_INSIDE"
+
+
 @dataclass(frozen=True)
 class AutoscalerKeys:
     """The autoscaler's Redis keys under ``prefix``."""
@@ -321,6 +326,14 @@ class Autoscaler:
         elif self.reason is None and not self.project:
             self.reason = (
                 "autoscaling is off: MIMIR_PROJECT is not set (`mimir cluster up` sets it)"
+            )
+        elif self.reason is None and self.backend == "docker" and not environ.get(DOCKER_INSIDE):
+            # `mimir cluster up` gives the server's container the engine only when the
+            # cluster file autoscales a pool: without it a scale command could only fail.
+            self.reason = (
+                "autoscaling is off: this server's container has no access to the Docker "
+                "engine, which it gets only when the cluster file gives a pool an autoscale "
+                "policy (then `mimir cluster up --file F` again)"
             )
         command = (environ.get(COMMAND_ENV) or "").strip()
         self.command = (

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError
 
-from mimir.core.pools import AutoscalePolicy, PoolSpec
+from mimir.core.pools import AutoscalePolicy, PoolSpec, default_cluster
 from mimir.core.queue.client import redis_errors
 from mimir.server.autoscaler import Autoscaler, AutoscalerView, PoolList, PoolView
 from mimir.server.deps import RedisDep
@@ -91,6 +91,20 @@ async def put_policy(pool: str, body: PolicyBody, autoscaler: AutoscalerDep) -> 
             message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
             first = re.split(r"[ :(]", message, maxsplit=1)[0]
             return _invalid(first if first in PoolSpec.model_fields else "body", message)
+        declared = (autoscaler.cluster or default_cluster()).pools.get(pool)
+        if (
+            declared is not None
+            and declared.max is not None
+            and (updated.max is None or updated.max > declared.max)
+        ):
+            # The backends refuse more workers than the cluster file declares: a policy
+            # above it would only make failing scale commands.
+            return _invalid(
+                "max",
+                f"{updated.max if updated.max is not None else 'no max'} is above this pool's "
+                f"max in the cluster file ({declared.max}): change the file and run "
+                "`mimir cluster up --file` again to allow more",
+            )
         await autoscaler.set_policy(pool, updated)
         view = await autoscaler.view()
     return view.pools[pool]

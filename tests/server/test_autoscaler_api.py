@@ -172,6 +172,17 @@ def test_a_server_started_alone_has_autoscaling_off_and_says_why(
     assert pools.json()["pools"]["default"]["queued"] == 0
 
 
+def test_a_docker_cluster_without_engine_access_has_autoscaling_off_and_says_why(
+    cluster_server: Callable[..., ServerProcess],
+    client_of: Callable[[ServerProcess], httpx.Client],
+) -> None:
+    # What `mimir cluster up` on Docker gives a server whose cluster file autoscales
+    # nothing: the backend's name, but no engine (MIMIR_DOCKER_INSIDE unset).
+    body = state(client_of(cluster_server(MIMIR_CLUSTER_BACKEND="docker")))
+    assert body["enabled"] is False and body["leader"] is None
+    assert "no access to the Docker engine" in body["reason"]
+
+
 def test_a_burst_scales_the_pool_up_through_the_command_and_is_recorded(
     cluster_server: Callable[..., ServerProcess],
     redis_server: RedisServer,
@@ -272,15 +283,19 @@ def test_policies_are_validated_and_shared_through_redis(
     assert "default, slow" in bad.json()["error"]
     bad = one.put("/api/v1/autoscaler/pools/default", json={"target_backlgo": 5})
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "target_backlgo"
+    # Above the file's max: the backends would refuse every scale command it made.
+    bad = one.put("/api/v1/autoscaler/pools/slow", json={"target_backlog": 5, "max": 3})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "max", bad.text
+    assert "cluster file (2)" in bad.json()["error"]
     good = one.put(
         "/api/v1/autoscaler/pools/slow",
-        json={"target_backlog": 5, "cooldown_down": 120, "max": 3},
+        json={"target_backlog": 5, "cooldown_down": 120, "min": 1, "max": 2},
     )
     assert good.status_code == 200, good.text
-    assert good.json()["policy"]["target_backlog"] == 5 and good.json()["max"] == 3
+    assert good.json()["policy"]["target_backlog"] == 5 and good.json()["min"] == 1
     # The other server sees it at once (Redis), and the first pool was left alone.
     pools = state(two)["pools"]
-    assert pools["slow"]["policy"]["cooldown_down"] == 120 and pools["slow"]["max"] == 3
+    assert pools["slow"]["policy"]["cooldown_down"] == 120 and pools["slow"]["min"] == 1
     assert pools["default"]["policy"]["target_backlog"] == 10
     # A server restarted with the same MIMIR_POOLS keeps the change (no re-seed).
     second.stop()
