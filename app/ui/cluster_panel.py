@@ -328,7 +328,10 @@ class QtClusterPanel(QWidget):
         self.workers_spin = QSpinBox()
         self.workers_spin.setRange(0, 64)
         self.workers_spin.setValue(2)
-        self.workers_spin.setPrefix("Workers: ")
+        self.workers_spin.setPrefix("Default pool: ")
+        self.workers_spin.setToolTip(
+            "Workers of the pool default: what Start starts, and Scale sets"
+        )
         self.scale_button = QPushButton("Scale")
         self.scale_button.setToolTip("Scale the default pool (each pool has its own below)")
         self.diagnose_button = QPushButton("Diagnose")
