@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.cluster.conftest import ClusterAPI
@@ -307,8 +308,10 @@ def test_down_then_clean_leave_nothing_and_close_the_tunnel(
     }  # fmt: skip
     assert tunnel.close() == 130  # Ctrl-C ends `mimir cluster tunnel` as an interrupt
     # No ssh master of ours is left behind.
-    masters = subprocess.run(
-        ["pgrep", "-f", f"ssh -N -M .*{re.escape(ssh_host.address)}"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert masters.stdout.strip() == "", masters.stdout
+    master = re.compile(f"ssh -N -M .*{re.escape(ssh_host.address)}")
+    masters = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if master.search(" ".join(p.info["cmdline"] or []))
+    ]
+    assert masters == [], masters

@@ -387,7 +387,9 @@ def test_a_killed_worker_holding_a_job_is_a_lost_worker(
             timeout=20,
         )
         wait_until(
-            lambda: job_id in client.get("/api/v1/workers").json()["workers"][0]["current_jobs"],
+            lambda: any(
+                job_id in w["current_jobs"] for w in client.get("/api/v1/workers").json()["workers"]
+            ),
             timeout=10,
         )
         time.sleep(1.5)  # one evaluator tick (1 s) sees the heartbeat holding the job
@@ -486,7 +488,9 @@ def test_a_worker_that_stops_cleanly_is_not_lost(
             "job_id"
         ]
         wait_until(
-            lambda: job_id in client.get("/api/v1/workers").json()["workers"][0]["current_jobs"],
+            lambda: any(
+                job_id in w["current_jobs"] for w in client.get("/api/v1/workers").json()["workers"]
+            ),
             timeout=20,
         )
         time.sleep(1.5)  # one evaluator tick (1 s) sees the heartbeat holding the job

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,7 +148,10 @@ def test_a_burst_keeps_the_queue_bounded_and_counts_drops() -> None:
             writer.put({"i": i})
         assert writer.queue.qsize() == QUEUE_SIZE and writer.dropped == 5_000
         task = asyncio.create_task(writer.run())
-        while not writer.queue.empty():
+        # Until every entry is written and counted (an empty queue is not enough: the last
+        # batch may still be in the writer's thread, and a cancel then drops its count).
+        deadline = time.monotonic() + 30
+        while writer.written < QUEUE_SIZE and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
