@@ -234,10 +234,12 @@ class QtDashboardPanel(QWidget):
                 line.setPen(pen)
                 line.setPos(x)
             if labelled.label is not None:
-                # Decisions next to each other take turns over four heights (no overlapping labels).
-                labelled.label.setFormat(decision.label)
+                # The four newest decisions are labelled, each at its own height, the newest
+                # highest (no two labels overlap); older ones keep their line and tooltip.
+                rank = len(shown) - 1 - index
+                labelled.label.setFormat(decision.label if rank < 4 else "")
                 labelled.label.setColor(color)
-                labelled.label.setPosition(0.97 - 0.09 * (index % 4))
+                labelled.label.setPosition(0.97 - 0.09 * min(rank, 3))
             labelled.setToolTip(
                 f"{decision.label}" + (f": {decision.reason}" if decision.reason else "")
             )
