@@ -39,7 +39,7 @@ from mimir.core.twin.jobs import digital_twin_job
 from mimir.core.twin.store import new_id
 from mimir.server.deps import RedisDep, SettingsDep
 from mimir.server.knowledge import OntologyStoreDep, TwinStoreDep
-from mimir.server.routes.queue import QueueDep, RunDbDep, job_record
+from mimir.server.routes.queue import QueueDep, RunDbDep, job_record, unserved_warning
 
 __all__ = ["RunRequest", "TwinCreate", "TwinEnqueueRequest", "router"]
 
@@ -311,7 +311,7 @@ async def enqueue_digital_twin(
     if body.timeout is not None:
         options["timeout"] = body.timeout
     run = await _enqueue_run(twins, settings, redis, twin, scenario, body.seed, **options)
-    return {
+    answer: dict[str, Any] = {
         "message": "Digital twin job enqueued successfully",
         "job_id": run.job_id,
         "status": "queued",
@@ -319,3 +319,7 @@ async def enqueue_digital_twin(
         "twin_id": twin.id,
         "scenario_id": scenario.id,
     }
+    jobs = JobQueue(redis, settings.key_prefix, settings.job_ttl)
+    if (warning := await unserved_warning(jobs, body.queue)) is not None:
+        answer["warning"] = warning  # accepted all the same, as a pipeline job is
+    return answer

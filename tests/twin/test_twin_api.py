@@ -98,6 +98,13 @@ def test_the_seed_call_runs_the_twin_on_a_worker(
     body = accepted.json()
     assert body["message"] == "Digital twin job enqueued successfully"
     assert body["status"] == "queued" and body["scenario_id"] == twin["scenario_id"]
+    assert "warning" not in body  # the worker serves the queue default
+    elsewhere = api_client.post(
+        "/api/v1/queue/digital-twins/enqueue", json={"twin_id": twin["twin_id"], "queue": "gpu"}
+    )
+    assert elsewhere.status_code == 202, elsewhere.text
+    assert "no live worker serves queue 'gpu'" in elsewhere.json()["warning"]
+    api_client.post(f"/api/v1/queue/jobs/{elsewhere.json()['job_id']}/cancel")
     job = api_client.get(f"/api/v1/queue/jobs/{body['job_id']}/wait", params={"timeout": "60s"})
     record = job.json()
     assert record["status"] == "succeeded", (record, worker.output())
