@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -109,3 +110,26 @@ class ClusterAPI:
         response = self.client.get("/api/v1/workers")
         assert response.status_code == 200, response.text
         return list(response.json()["workers"])
+
+
+def cluster_env(root: Path, *, concurrency: int | None = 2) -> dict[str, str]:
+    """The settings of a local test cluster under ``root`` (its own data, pipelines and
+    state directories, made here), as environment variables."""
+    for name in ("data", "pipelines", "state"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    env = {
+        "MIMIR_DATA_DIR": str(root / "data"),
+        "MIMIR_PIPELINES_DIR": str(root / "pipelines"),
+        "MIMIR_STATE_DIR": str(root / "state"),
+    }
+    if concurrency is not None:
+        env["WORKER_CONCURRENCY"] = str(concurrency)
+    return env
+
+
+@pytest.fixture(scope="module")
+def api(backend: Any) -> Iterator[ClusterAPI]:
+    """The REST API of the module's ``backend`` cluster."""
+    client = ClusterAPI(backend.api_url)
+    yield client
+    client.close()

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from mimir.app.cluster.local import LocalBackend
 from mimir.core.pools import parse_cluster_file
 from mimir.core.settings import Settings
-from tests.cluster.conftest import ClusterAPI
+from tests.cluster.conftest import ClusterAPI, cluster_env
 from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -40,36 +39,21 @@ pools:
 """
 
 
-def _settings(root: Path) -> Settings:
-    for name in ("data", "pipelines", "state"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    return Settings.from_env(
-        {
-            "MIMIR_DATA_DIR": str(root / "data"),
-            "MIMIR_PIPELINES_DIR": str(root / "pipelines"),
-            "MIMIR_STATE_DIR": str(root / "state"),
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
     root = tmp_path_factory.mktemp("autoscale-local")
     cluster = LocalBackend(
-        "autoscale", _settings(root), api_port=free_port(), grace=15, start_timeout=60
+        "autoscale",
+        Settings.from_env(cluster_env(root, concurrency=None)),
+        api_port=free_port(),
+        grace=15,
+        start_timeout=60,
     )
     asyncio.run(cluster.up(None, cluster=parse_cluster_file(CLUSTER)))
     try:
         yield cluster
     finally:
         asyncio.run(cluster.clean())
-
-
-@pytest.fixture(scope="module")
-def api(backend: LocalBackend) -> Iterator[ClusterAPI]:
-    client = ClusterAPI(backend.api_url)
-    yield client
-    client.close()
 
 
 def _autoscaler(api: ClusterAPI) -> dict[str, Any]:

@@ -65,13 +65,6 @@ def backend(build_messages: list[tuple[str, str]]) -> Iterator[DockerBackend]:
         cluster.close()
 
 
-@pytest.fixture(scope="module")
-def api(backend: DockerBackend) -> Iterator[ClusterAPI]:
-    client = ClusterAPI(backend.api_url)
-    yield client
-    client.close()
-
-
 def _worker_hosts(api: ClusterAPI) -> set[str]:
     return {w["hostname"] for w in api.workers()}
 

@@ -124,13 +124,6 @@ def backend() -> Iterator[DockerBackend]:
         cluster.close()
 
 
-@pytest.fixture(scope="module")
-def api(backend: DockerBackend) -> Iterator[ClusterAPI]:
-    client = ClusterAPI(backend.api_url)
-    yield client
-    client.close()
-
-
 def _rows(status: ClusterStatus) -> dict[str, ServiceStatus]:
     return {s.pool: s for s in status.services if s.kind == "worker" and s.pool}
 

@@ -20,23 +20,14 @@ from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine
 from mimir.app.cluster.cli import main as cluster_main
 from mimir.app.cluster.local import LocalBackend
 from mimir.core.settings import Settings
-from tests.cluster.conftest import ClusterAPI
+from tests.cluster.conftest import ClusterAPI, cluster_env
 from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 def _settings(root: Path) -> Settings:
-    for name in ("data", "pipelines", "state"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    return Settings.from_env(
-        {
-            "MIMIR_DATA_DIR": str(root / "data"),
-            "MIMIR_PIPELINES_DIR": str(root / "pipelines"),
-            "MIMIR_STATE_DIR": str(root / "state"),
-            "WORKER_CONCURRENCY": "2",
-        }
-    )
+    return Settings.from_env(cluster_env(root))
 
 
 def _service(status: ClusterStatus, name: str):  # type: ignore[no-untyped-def]
@@ -69,13 +60,6 @@ def backend(root: Path) -> Iterator[LocalBackend]:
         yield cluster
     finally:
         asyncio.run(cluster.clean())
-
-
-@pytest.fixture(scope="module")
-def api(backend: LocalBackend) -> Iterator[ClusterAPI]:
-    client = ClusterAPI(backend.api_url)
-    yield client
-    client.close()
 
 
 def _worker_pids(backend: LocalBackend) -> set[int]:

@@ -17,7 +17,7 @@ from mimir.app.cluster.local import LocalBackend
 from mimir.app.cluster.local_state import read_state
 from mimir.core.pools import pools_from_env
 from mimir.core.settings import Settings
-from tests.cluster.conftest import ClusterAPI, sleep_pipeline
+from tests.cluster.conftest import ClusterAPI, cluster_env, sleep_pipeline
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -39,17 +39,6 @@ pools:
 """
 
 
-def _env(root: Path) -> dict[str, str]:
-    for name in ("data", "pipelines", "state"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    return {
-        "MIMIR_DATA_DIR": str(root / "data"),
-        "MIMIR_PIPELINES_DIR": str(root / "pipelines"),
-        "MIMIR_STATE_DIR": str(root / "state"),
-        "WORKER_CONCURRENCY": "2",
-    }
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("local-pools")
@@ -59,7 +48,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cli_env(root: Path) -> Iterator[None]:
     """What `mimir cluster` reads, set for the whole module."""
     with pytest.MonkeyPatch.context() as patch:
-        for key, value in _env(root).items():
+        for key, value in cluster_env(root).items():
             patch.setenv(key, value)
         patch.delenv("DOCKER_HOST", raising=False)
         yield
@@ -73,19 +62,12 @@ def backend(root: Path, cli_env: None) -> Iterator[LocalBackend]:
     port = free_port()
     argv = ["up", "--file", str(path), "--backend", "local", "--project", PROJECT]
     argv += ["--port", str(port), "--grace", "15", "--timeout", "60"]
-    cluster = LocalBackend(PROJECT, Settings.from_env(_env(root)), api_port=port, grace=15)
+    cluster = LocalBackend(PROJECT, Settings.from_env(cluster_env(root)), api_port=port, grace=15)
     try:
         assert cluster_main(argv) == 0
         yield cluster
     finally:
         asyncio.run(cluster.clean())
-
-
-@pytest.fixture(scope="module")
-def api(backend: LocalBackend) -> Iterator[ClusterAPI]:
-    client = ClusterAPI(backend.api_url)
-    yield client
-    client.close()
 
 
 def _rows(status: ClusterStatus) -> dict[str, ServiceStatus]:
