@@ -45,7 +45,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mimir.core.errors import MimirError
-from mimir.core.pipeline.issues import ValidationIssue
+from mimir.core.pipeline.issues import ValidationIssue, node_position
 
 __all__ = [
     "DEFAULT_POOL",
@@ -312,15 +312,6 @@ def _known_at(loc: tuple[Any, ...]) -> list[str]:
     return _KNOWN_FIELDS[""]
 
 
-def _position(
-    lines: Mapping[tuple[Any, ...], tuple[int, int]], loc: tuple[Any, ...]
-) -> tuple[int | None, int | None]:
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None, None
-
-
 def _issues(
     exc: ValidationError, lines: Mapping[tuple[Any, ...], tuple[int, int]]
 ) -> list[ValidationIssue]:
@@ -344,7 +335,7 @@ def _issues(
             if first in _known_at(loc) and (not loc or loc[-1] != first):
                 loc = (*loc, first)
                 message = message.removeprefix(f"{first}: ")
-        line, column = _position(lines, loc)
+        line, column = node_position(lines, loc)
         issues.append(
             ValidationIssue(
                 message=message,
@@ -381,7 +372,7 @@ def parse_cluster_file(text: str, source: str | None = None) -> ClusterFile:
         )
     pools = data.get("pools")
     if pools is not None and not isinstance(pools, Mapping):
-        line, column = _position(lines, ("pools",))
+        line, column = node_position(lines, ("pools",))
         raise ClusterFileError(
             [
                 ValidationIssue(
@@ -398,7 +389,7 @@ def parse_cluster_file(text: str, source: str | None = None) -> ClusterFile:
         try:
             validate_pool_name(str(name))
         except ValueError as exc:
-            line, column = _position(lines, ("pools", name))
+            line, column = node_position(lines, ("pools", name))
             problems.append(
                 ValidationIssue(message=str(exc), line=line, column=column, field=f"pools.{name}")
             )

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from pydantic import BaseModel
 
-__all__ = ["ValidationIssue"]
+__all__ = ["ValidationIssue", "node_position"]
+
+
+def node_position(
+    lines: Mapping[tuple[Any, ...], tuple[int, int]], loc: Sequence[Any]
+) -> tuple[int | None, int | None]:
+    """The (line, column) of the node at ``loc`` in a YAML document's position map, or of
+    the deepest node recorded on the way to it (a missing field points at its parent)."""
+    loc = tuple(loc)
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None, None
 
 
 class ValidationIssue(BaseModel):

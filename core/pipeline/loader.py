@@ -29,7 +29,7 @@ from mimir.core.errors import (
     UnknownPluginError,
 )
 from mimir.core.limits import Limits, check_depth, default_limits
-from mimir.core.pipeline.issues import ValidationIssue
+from mimir.core.pipeline.issues import ValidationIssue, node_position
 from mimir.core.pipeline.models import Pipeline, Step
 from mimir.core.pipeline.origin import Findings, normalize, reference_findings
 from mimir.core.pipeline.templating import contains_template
@@ -296,14 +296,6 @@ def select_pipeline(
     raise PipelineValidationError([ValidationIssue(message=message, field="pipelines")], source)
 
 
-def _position(lines: LineMap, loc: Loc) -> tuple[int | None, int | None]:
-    # The deepest recorded node on the way to loc (a missing field points at its parent).
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None, None
-
-
 def _step_name(data: Mapping[str, Any], index: int) -> str | None:
     steps = data.get("steps")
     if isinstance(steps, list) and index < len(steps) and isinstance(steps[index], Mapping):
@@ -339,7 +331,7 @@ def _schema_issues(
             )
         elif error["type"] == "missing":
             message = "required field is missing"
-        line, column = _position(lines, (*prefix, *loc))
+        line, column = node_position(lines, (*prefix, *loc))
         issues.append(
             ValidationIssue(
                 message=message,
@@ -388,7 +380,7 @@ def check_plugins(
     for index, step in enumerate(pipeline.steps):
         step_loc: Loc = (*prefix, "steps", index)
         if step.name in seen:
-            line, column = _position(lines, (*step_loc, "name"))
+            line, column = node_position(lines, (*step_loc, "name"))
             issues.append(
                 ValidationIssue(
                     message=f"duplicate step name (step {seen[step.name]} has the same name)",
@@ -403,7 +395,7 @@ def check_plugins(
         try:
             plugin = registry.get(step.plugin)
         except UnknownPluginError as exc:
-            line, column = _position(lines, (*step_loc, "plugin"))
+            line, column = node_position(lines, (*step_loc, "plugin"))
             issues.append(
                 ValidationIssue(
                     message=str(exc),
@@ -434,7 +426,7 @@ def check_plugins(
                     )
                 elif error["type"] == "missing":
                     message = f"required by {step.plugin} but missing"
-                line, column = _position(lines, (*step_loc, "config", *loc))
+                line, column = node_position(lines, (*step_loc, "config", *loc))
                 issues.append(
                     ValidationIssue(
                         message=message,
@@ -509,7 +501,7 @@ def load_pipeline(
     selected, prefix = select_pipeline(data, name, findings)
     steps = selected.get("steps")
     if isinstance(steps, list) and len(steps) > limits.max_steps:
-        line, column = _position(lines, (*prefix, "steps"))
+        line, column = node_position(lines, (*prefix, "steps"))
         issue = ValidationIssue(
             message=f"{len(steps):,} steps; a pipeline may have at most {limits.max_steps:,} "
             "(MIMIR_MAX_STEPS)",

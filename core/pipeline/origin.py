@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mimir.core.pipeline.issues import ValidationIssue
+from mimir.core.pipeline.issues import ValidationIssue, node_position
 from mimir.core.pipeline.templating import contains_template
 
 if TYPE_CHECKING:
@@ -118,13 +118,6 @@ class Findings:
         self.notes += other.notes
 
 
-def _position(lines: LineMap, loc: Loc) -> tuple[int | None, int | None]:
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None, None
-
-
 class _Reporter:
     def __init__(
         self,
@@ -147,7 +140,7 @@ class _Reporter:
         field_name: str | None = None,
         suggestions: list[str] | None = None,
     ) -> ValidationIssue:
-        line, column = _position(self.lines, (*self.prefix, *loc))
+        line, column = node_position(self.lines, (*self.prefix, *loc))
         return ValidationIssue(
             message=message,
             line=line,
