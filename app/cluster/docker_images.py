@@ -160,6 +160,8 @@ class ImageBuilder:
         if getattr(sys, "frozen", False):
             raise ClusterError(BUNDLE_CANNOT_BUILD)
         if self.build_dir in _WHEELHOUSES_BUILT:
+            wheels = self.build_dir / "build" / "wheels"
+            report("build", f"the wheelhouse in {wheels} was built by this process already")
             return
         if importlib.util.find_spec("pip") is None:
             raise ClusterError(
