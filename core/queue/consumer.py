@@ -389,7 +389,9 @@ class QueueConsumer:
 
     async def deregister(self) -> None:
         """Remove this worker from the registry (on a clean exit)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+        # One transaction: between a deleted heartbeat and the registry entry's removal, the
+        # alert evaluator would see a registered worker without a heartbeat, i.e. lost.
+        async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.worker(self.worker_id), self.keys.control(self.worker_id))
             pipe.zrem(self.keys.workers, self.worker_id)
             for stream in self.streams:
