@@ -43,6 +43,11 @@ class ApiUnreachable(ApiError):
     """The server did not answer (refused, timed out, unknown host)."""
 
 
+def _seg(value: str) -> str:
+    """``value`` as one path segment."""
+    return quote(value, safe="")
+
+
 def _message_of(response: httpx.Response) -> tuple[str, Any]:
     try:
         body = response.json()
@@ -336,14 +341,83 @@ class ApiClient:
         return await self.request("POST", f"/api/v1/twins/{twin_id}/scenarios", json=scenario)
 
     async def run_twin(
-        self, twin_id: str, scenario_id: str, *, wait: bool = True, timeout: float = 120.0
+        self,
+        twin_id: str,
+        scenario_id: str,
+        *,
+        wait: bool = True,
+        seed: int | None = None,
+        timeout: float = 120.0,
     ) -> dict[str, Any]:
         """Simulate; with ``wait`` the finished run record (``result.times``,
         ``result.utilisation`` per entity), else the queued run."""
-        body = {"scenario_id": scenario_id, "wait": wait}
+        body: dict[str, Any] = {"scenario_id": scenario_id, "wait": wait}
+        if seed is not None:
+            body["seed"] = seed
         return await self.request(
-            "POST", f"/api/v1/twins/{twin_id}/runs", json=body, timeout=timeout
+            "POST", f"/api/v1/twins/{_seg(twin_id)}/runs", json=body, timeout=timeout
         )
+
+    async def get_twin(self, twin_id: str) -> dict[str, Any]:
+        """A twin with its ``entities`` and ``relationships``."""
+        return await self.request("GET", f"/api/v1/twins/{_seg(twin_id)}")
+
+    async def list_runs(self, twin_id: str) -> list[dict[str, Any]]:
+        """The twin's runs, oldest first, without their results (a ``summary`` when the
+        server gives one)."""
+        answer = await self.request(
+            "GET", f"/api/v1/twins/{_seg(twin_id)}/runs", headers=POLL_HEADERS
+        )
+        return list(answer.get("runs", []) if isinstance(answer, dict) else answer or [])
+
+    async def get_run(self, twin_id: str, run_id: str, *, points: int = 200) -> dict[str, Any]:
+        """A run with its result bounded to ``points`` snapshots a series."""
+        return await self.request(
+            "GET",
+            f"/api/v1/twins/{_seg(twin_id)}/runs/{_seg(run_id)}",
+            params={"points": points},
+            timeout=60.0,
+        )
+
+    async def compare_runs(self, twin_id: str, run_a: str, run_b: str) -> dict[str, Any]:
+        """``{runs: [a, b], system: {metric: {a, b, delta, delta_pct}}, entities: {id:
+        {label, metric: {a, b, delta}}}}``; 409 names a run that has not succeeded."""
+        return await self.request(
+            "GET",
+            f"/api/v1/twins/{_seg(twin_id)}/compare",
+            params={"runs": f"{run_a},{run_b}"},
+            timeout=60.0,
+        )
+
+    async def start_whatif(
+        self,
+        twin_id: str,
+        scenario_id: str,
+        changes: list[dict[str, Any]],
+        *,
+        seeds: int | list[int] = 10,
+        priority: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a what-if batch (base and variant for each seed): ``{batch_id, runs, …}``."""
+        body: dict[str, Any] = {"scenario_id": scenario_id, "changes": changes, "seeds": seeds}
+        if priority:
+            body["priority"] = priority
+        return await self.request("POST", f"/api/v1/twins/{_seg(twin_id)}/whatif", json=body)
+
+    async def get_whatif(self, twin_id: str, batch_id: str) -> dict[str, Any]:
+        """``{status, done, total, failed, base, variant, delta: {metric: {mean, p5, p95}},
+        bottlenecks: [{entity, label, base_share, variant_share, mean_time}], runs}``."""
+        return await self.request(
+            "GET",
+            f"/api/v1/twins/{_seg(twin_id)}/whatif/{_seg(batch_id)}",
+            headers=POLL_HEADERS,
+        )
+
+    async def list_whatifs(self, twin_id: str) -> list[dict[str, Any]]:
+        answer = await self.request("GET", f"/api/v1/twins/{_seg(twin_id)}/whatif")
+        if isinstance(answer, dict):
+            return list(answer.get("batches") or answer.get("whatifs") or [])
+        return list(answer or [])
 
     async def has_kg(self) -> bool:
         """True when the server offers the knowledge-graph API."""

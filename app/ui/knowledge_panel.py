@@ -1,11 +1,21 @@
-"""Knowledge panel: a SPARQL editor with a results table, when the server has a KG API.
+"""Knowledge panel, when the server has a KG API: three tabs.
 
-IRIs show by prefix (the full IRI in each cell's tooltip, the prefixes under the table). A
-failed query clears the previous results: what the table shows answers the query above.
+- SPARQL query: upload an ontology file, run a query; IRIs show by prefix (the query's
+  own PREFIXes, then rdf/rdfs/owl/xsd…; the full IRI in each cell's tooltip, the prefixes
+  under the table). A failed query clears the previous results: what the table shows
+  answers the query above.
+- Twin runs (:mod:`mimir.app.ui.twin_runs`): the chosen twin's runs, run or queue a
+  scenario, plot a run's series, compare two runs.
+- What-if (:mod:`mimir.app.ui.twin_whatif`): one change over several seeds, its
+  distribution and bottleneck ranking.
+
+The twin is chosen at the right of the tabs.
 """
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -13,6 +23,7 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -20,6 +31,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -28,10 +40,24 @@ from qasync import asyncSlot
 from mimir.app.services.api import ApiError
 from mimir.app.services.jobs import count_text
 from mimir.app.services.sparql import query_prefixes, sparql_table
-from mimir.app.ui.common import Banner, panel_header
+from mimir.app.ui.common import Banner, ask_path, panel_header
 from mimir.app.ui.session import ConsoleSession
+from mimir.app.ui.twin_runs import TwinRunsView
+from mimir.app.ui.twin_whatif import WhatIfView
 
 __all__ = ["QtKnowledgePanel"]
+
+#: Media type of an ontology file by its suffix.
+ONTOLOGY_TYPES = {
+    ".ttl": "text/turtle",
+    ".nt": "application/n-triples",
+    ".rdf": "application/rdf+xml",
+    ".owl": "application/rdf+xml",
+    ".xml": "application/rdf+xml",
+    ".jsonld": "application/ld+json",
+    ".trig": "application/trig",
+    ".nq": "application/n-quads",
+}
 
 DEFAULT_QUERY = (
     "SELECT ?subject ?predicate ?object\nWHERE { ?subject ?predicate ?object }\nLIMIT 50\n"
@@ -46,14 +72,31 @@ class QtKnowledgePanel(QWidget):
         root = QVBoxLayout(self)
         root.setContentsMargins(20, 16, 20, 16)
         root.setSpacing(10)
-        root.addWidget(panel_header("Knowledge", "Query the knowledge graph with SPARQL"))
+        root.addWidget(
+            panel_header(
+                "Knowledge",
+                "Upload ontologies, query them with SPARQL, run and compare digital twins",
+            )
+        )
+        query = QVBoxLayout()
+        query.setContentsMargins(0, 8, 0, 0)
+        query.setSpacing(8)
+        upload_bar = QHBoxLayout()
+        self.upload_button = QPushButton("Upload ontology…")
+        self.upload_button.setToolTip("Load a Turtle, RDF/XML, N-Triples or JSON-LD file")
+        self.upload_button.clicked.connect(self.choose_ontology)
+        self.upload_label = QLabel("")
+        self.upload_label.setObjectName("Hint")
+        upload_bar.addWidget(self.upload_button)
+        upload_bar.addWidget(self.upload_label, 1)
+        query.addLayout(upload_bar)
         self.editor = QPlainTextEdit(DEFAULT_QUERY)
         self.editor.setObjectName("Code")
         font = QFont("DejaVu Sans Mono")
         font.setPointSize(10)
         self.editor.setFont(font)
         self.editor.setMaximumHeight(120)
-        root.addWidget(self.editor)
+        query.addWidget(self.editor)
         bar = QHBoxLayout()
         self.run_button = QPushButton("Run query")
         self.run_button.setObjectName("Primary")
@@ -62,48 +105,67 @@ class QtKnowledgePanel(QWidget):
         self.count_label.setObjectName("Hint")
         bar.addWidget(self.run_button)
         bar.addWidget(self.count_label, 1)
-        root.addLayout(bar)
+        query.addLayout(bar)
         # Below the run button: a message appearing never moves it from under the pointer.
         self.banner = Banner()
-        root.addWidget(self.banner)
+        query.addWidget(self.banner)
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().hide()
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(180)
-        root.addWidget(self.table, 1)
+        query.addWidget(self.table, 1)
         self.prefix_label = QLabel("")
         self.prefix_label.setObjectName("Hint")
         self.prefix_label.setWordWrap(True)
         self.prefix_label.setTextFormat(Qt.TextFormat.PlainText)
         self.prefix_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        root.addWidget(self.prefix_label)
+        query.addWidget(self.prefix_label)
 
-        twin_bar = QHBoxLayout()
+        query_page = QWidget()
+        query_page.setLayout(query)
+        self.runs_view = TwinRunsView(session)
+        self.whatif_view = WhatIfView(session)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(query_page, "SPARQL query")
+        self.tabs.addTab(self.runs_view, "Twin runs")
+        self.tabs.addTab(self.whatif_view, "What-if")
+        self.tabs.currentChanged.connect(lambda _i: self._tab_shown())
+        twin_box = QWidget()
+        twin_bar = QHBoxLayout(twin_box)
+        twin_bar.setContentsMargins(0, 0, 0, 4)
         twin_title = QLabel("Digital twin")
-        twin_title.setStyleSheet("font-weight: 600; color: #FFFFFF;")
+        twin_title.setObjectName("Hint")
         self.twin_combo = QComboBox()
         self.twin_combo.setMinimumWidth(200)
         self.twin_combo.currentIndexChanged.connect(lambda _i: self.load_scenarios())
-        self.scenario_combo = QComboBox()
-        self.scenario_combo.setMinimumWidth(200)
-        self.simulate_button = QPushButton("Run simulation")
-        self.simulate_button.clicked.connect(self.simulate)
-        self.twin_label = QLabel("")
-        self.twin_label.setObjectName("Hint")
         twin_bar.addWidget(twin_title)
         twin_bar.addWidget(self.twin_combo)
-        twin_bar.addWidget(self.scenario_combo)
-        twin_bar.addWidget(self.simulate_button)
-        twin_bar.addWidget(self.twin_label, 1)
-        root.addLayout(twin_bar)
-        # pyqtgraph is imported when the first run is plotted (it is slow to import).
-        self.plot_holder = QVBoxLayout()
-        root.addLayout(self.plot_holder)
-        self.plot: Any = None
-        self.last_run: dict[str, Any] | None = None
+        self.tabs.setCornerWidget(twin_box, Qt.Corner.TopRightCorner)
+        root.addWidget(self.tabs, 1)
+        # The twin tabs' widgets the tests and screenshots reach through the panel.
+        self.scenario_combo = self.runs_view.scenario_combo
+        self.simulate_button = self.runs_view.simulate_button
+        self.twin_label = self.runs_view.twin_label
+        self.twin: dict[str, Any] | None = None
         session.profile_changed.connect(lambda _p: self.check_available())
+
+    @property
+    def last_run(self) -> dict[str, Any] | None:
+        return self.runs_view.last_run
+
+    @property
+    def plot(self) -> Any:
+        return self.runs_view.plot
+
+    def _tab_shown(self) -> None:
+        if self.tabs.currentWidget() is self.runs_view and self.twin_combo.currentData():
+            self.refresh_runs()
+
+    @asyncSlot()
+    async def refresh_runs(self) -> None:
+        await self.runs_view.refresh()
 
     @asyncSlot()
     async def check_available(self) -> None:
@@ -120,89 +182,97 @@ class QtKnowledgePanel(QWidget):
             self.banner.info("Not connected: connect to a server to query its knowledge graph.")
         else:
             self.banner.clear_message()
-        self.editor.setEnabled(bool(self.available))
-        self.run_button.setEnabled(bool(self.available))
+        for widget in (self.editor, self.run_button, self.upload_button):
+            widget.setEnabled(bool(self.available))
         if self.available:
             await self.load_twins()
 
-    async def load_twins(self) -> None:
+    async def load_twins(self, select: str | None = None) -> None:
+        """The server's twins in the combo (``select``: that one, else the one shown)."""
         try:
             twins = await self.session.api.list_twins()
         except ApiError as exc:
             self.twin_label.setText(f"No twins: {exc}")
             return
+        current = select or self.twin_combo.currentData()
         self.twin_combo.blockSignals(True)
         self.twin_combo.clear()
         for twin in twins:
             self.twin_combo.addItem(twin.get("name") or twin["id"], twin["id"])
+        if current is not None and (index := self.twin_combo.findData(current)) >= 0:
+            self.twin_combo.setCurrentIndex(index)
         self.twin_combo.blockSignals(False)
-        self.simulate_button.setEnabled(bool(twins))
         if not twins:
             self.twin_label.setText("No digital twins yet (POST /api/v1/twins).")
         await self.load_scenarios()
 
     @asyncSlot()
     async def load_scenarios(self) -> None:
+        """The chosen twin's scenarios, entities and runs in the twin tabs."""
         twin_id = self.twin_combo.currentData()
-        self.scenario_combo.clear()
         if not twin_id:
+            self.twin = None
+            self.runs_view.set_twin(None, [])
+            self.whatif_view.set_twin(None, [], [])
             return
         try:
-            scenarios = await self.session.api.list_scenarios(twin_id)
+            scenarios, twin = await asyncio.gather(
+                self.session.api.list_scenarios(twin_id), self.session.api.get_twin(twin_id)
+            )
         except ApiError as exc:
             self.twin_label.setText(f"No scenarios: {exc}")
             return
-        for scenario in scenarios:
-            self.scenario_combo.addItem(scenario.get("name") or scenario["id"], scenario["id"])
+        if twin_id != self.twin_combo.currentData():
+            return  # another twin was chosen meanwhile
+        self.twin = twin
+        self.runs_view.set_twin(twin_id, scenarios)
+        self.whatif_view.set_twin(twin_id, scenarios, list(twin.get("entities") or []))
+        await self.runs_view.refresh()
+
+    async def simulate(self) -> None:
+        """Run the chosen scenario here and now (the screenshots' and tests' shortcut)."""
+        await self.runs_view.run_scenario(False)
+
+    # ---------------------------------------------------------------- ontologies
 
     @asyncSlot()
-    async def simulate(self) -> None:
-        twin_id, scenario_id = self.twin_combo.currentData(), self.scenario_combo.currentData()
-        if not twin_id or not scenario_id:
-            self.twin_label.setText("Choose a twin and a scenario.")
-            return
-        self.simulate_button.setEnabled(False)
-        self.twin_label.setText("Simulating…")
-        try:
-            run = await self.session.api.run_twin(twin_id, scenario_id, wait=True)
-        except ApiError as exc:
-            self.banner.error(f"Simulation failed: {exc}")
-            self.twin_label.setText("")
-            return
-        finally:
-            self.simulate_button.setEnabled(True)
-        self.last_run = run
-        self.plot_run(run)
-
-    def plot_run(self, run: dict[str, Any]) -> None:
-        """Utilisation of each entity over the simulated time."""
-        import pyqtgraph as pg
-
-        result = run.get("result") or {}
-        times = result.get("times") or []
-        utilisation: dict[str, list[float]] = result.get("utilisation") or {}
-        if self.plot is None:
-            self.plot = pg.PlotWidget()
-            self.plot.setMinimumHeight(220)
-            self.plot.setMaximumHeight(320)
-            self.plot.setLabel("bottom", "simulated time")
-            self.plot.setLabel("left", "utilisation")
-            self.plot.setMouseEnabled(x=False, y=False)
-            self.plot.addLegend(offset=(8, 4), labelTextColor="#C9CFD9", colCount=3)
-            self.plot_holder.addWidget(self.plot)
-        self.plot.clear()
-        palette = ["#4C9AFF", "#4CC38A", "#E0B341", "#FF6B6B", "#B39DDB", "#36C5D6", "#FF9F5A"]
-        busiest = sorted(utilisation, key=lambda e: max(utilisation[e] or [0]), reverse=True)
-        for index, entity in enumerate(busiest[:7]):
-            short = entity.rsplit("#", 1)[-1].rsplit("/", 1)[-1]
-            color = palette[index % len(palette)]
-            self.plot.plot(times, utilisation[entity], name=short, pen=pg.mkPen(color, width=1))
-        threshold = (run.get("result") or {}).get("metrics", {}).get("bottleneck_threshold", 0.9)
-        self.plot.addLine(y=threshold, pen=pg.mkPen("#FF6B6B", style=Qt.PenStyle.DashLine))
-        took = result.get("elapsed_ms", 0.0)
-        self.twin_label.setText(
-            f"{len(utilisation)} entities · {len(times)} snapshots · simulated in {took:.0f} ms"
+    async def choose_ontology(self) -> None:
+        dialog = QFileDialog(self, "Upload an ontology")
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptOpen)
+        dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
+        dialog.setNameFilters(
+            [f"RDF ({' '.join('*' + s for s in ONTOLOGY_TYPES)})", "All files (*)"]
         )
+        path = await ask_path(dialog)
+        if path is not None:
+            await self.upload(path)
+
+    async def upload(self, path: Path, name: str | None = None) -> dict[str, Any] | None:
+        """Upload the RDF file at ``path`` as ontology ``name`` (default: the file's stem)."""
+        media_type = ONTOLOGY_TYPES.get(path.suffix.lower(), "text/turtle")
+        name = name or path.stem.replace("_", "-")
+        try:
+            document = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.banner.error(f"Cannot read {path}: {exc}", source="upload")
+            return None
+        self.upload_button.setEnabled(False)
+        self.upload_label.setText(f"Uploading {path.name}…")
+        try:
+            info = await self.session.api.upload_ontology(name, document, media_type)
+        except ApiError as exc:
+            self.upload_label.setText("")
+            self.banner.error(f"Upload of {path.name} failed: {exc}", source="upload")
+            return None
+        finally:
+            self.upload_button.setEnabled(bool(self.available))
+        self.banner.clear_message(source="upload")
+        triples = info.get("triples", info.get("triple_count"))
+        self.upload_label.setText(
+            f"Uploaded {path.name} as {info.get('id') or name}"
+            + (f" ({triples:,} triples)" if isinstance(triples, int) else "")
+        )
+        return info
 
     def _clear_results(self) -> None:
         self.table.setRowCount(0)

@@ -339,7 +339,8 @@ def test_knowledge_panel_queries_and_plots_a_twin_run(console: Console) -> None:
         await until(lambda: panel.scenario_combo.count() == 1, 15, "the twin's scenario")
         panel.editor.setPlainText(
             "PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>\n"
-            "SELECT ?s ?label WHERE { ?s rdfs:label ?label }"
+            "PREFIX sc: <http://mimir-aip.local/ontology/supply-chain#>\n"
+            "SELECT ?s ?label ?type WHERE { ?s rdfs:label ?label ; a ?type }"
         )
         QTest.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
         await until(lambda: panel.table.rowCount() > 5, 15, "query rows in the table")
@@ -352,11 +353,12 @@ def test_knowledge_panel_queries_and_plots_a_twin_run(console: Console) -> None:
 
         # IRIs by prefix (the full IRI in the tooltip); a failed query clears the rows.
         subjects = [panel.table.item(r, 0) for r in range(panel.table.rowCount())]
-        assert any(item.text().startswith("supply-chain:") for item in subjects)
+        # The query's own prefix (sc:), and owl: which it does not declare.
+        assert any(item.text() == "sc:NorthDC" for item in subjects)
         assert all(item.toolTip().startswith("http") for item in subjects if ":" in item.text())
-        assert "supply-chain: <http://mimir-aip.local/ontology/supply-chain#>" in (
-            panel.prefix_label.text()
-        )
+        types = {panel.table.item(r, 2).text() for r in range(panel.table.rowCount())}
+        assert "owl:Ontology" in types or "owl:Class" in types, types
+        assert "sc: <http://mimir-aip.local/ontology/supply-chain#>" in panel.prefix_label.text()
         panel.editor.setPlainText("SELECT nonsense {")
         QTest.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
         await until(lambda: "Query failed" in panel.banner.text(), 15, "the query's error")
@@ -365,6 +367,148 @@ def test_knowledge_panel_queries_and_plots_a_twin_run(console: Console) -> None:
         QTest.mouseClick(panel.run_button, Qt.MouseButton.LeftButton)
         await until(lambda: panel.count_label.text() == "1 row", 15, "one row")
         assert not panel.banner.isVisible()
+
+    console.run(scenario)
+
+
+async def _seed_twin(api: Any, noise: float = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sample ontology uploaded, a twin built from it and its holiday-rush scenario."""
+    import yaml
+
+    ontologies = Path(__file__).resolve().parents[2] / "resources" / "ontologies"
+    await api.upload_ontology("supply-chain", (ontologies / "supply_chain.ttl").read_text())
+    twin = await api.create_twin("supply-chain", "supply-chain")
+    scenario_doc = yaml.safe_load((ontologies / "supply_chain_scenario.yaml").read_text())
+    scenario_doc["noise"] = noise
+    return twin, await api.add_scenario(twin["id"], scenario_doc)
+
+
+def test_knowledge_panel_twin_runs_compared_and_a_whatif_distribution(console: Console) -> None:
+    """Issue 14: runs listed with their figures, a queued run followed to the end, two runs
+    side by side (deltas coloured better/worse), the flow model's series plotted, a what-if
+    followed (done/total) to its distribution and bottleneck ranking; an ontology uploaded
+    from the panel."""
+    from mimir.app.ui.twin_runs import VERDICT_COLORS
+
+    window = console.window
+    panel = window.knowledge
+    runs = panel.runs_view
+    whatif = panel.whatif_view
+    ontologies = Path(__file__).resolve().parents[2] / "resources" / "ontologies"
+
+    def cell(table: Any, row: int, column: int) -> str:
+        item = table.item(row, column)
+        return item.text() if item is not None else ""
+
+    def statuses() -> list[str]:
+        return [cell(runs.table, r, 3) for r in range(runs.table.rowCount())]
+
+    async def scenario() -> None:
+        await console.start_cluster()
+        api = window.session.api
+        twin, _ = await _seed_twin(api, noise=0.1)
+        window.show_panel("knowledge")
+        await until(lambda: panel.available is True, 15, "the KG API detected")
+        panel.tabs.setCurrentWidget(runs)
+        await until(lambda: runs.scenario_combo.count() == 1, 15, "the twin's scenario")
+        assert runs.table.rowCount() == 0 and not runs.compare_button.isEnabled()
+
+        # Run now (seed 1): listed, selected and plotted with the busiest entities.
+        runs.seed_spin.setValue(1)
+        QTest.mouseClick(runs.simulate_button, Qt.MouseButton.LeftButton)
+        await until(lambda: runs.last_run is not None, 60, "the run plotted")
+        assert statuses() == ["succeeded"] and cell(runs.table, 0, 2) == "1"
+        assert cell(runs.table, 0, 4).endswith("%") and cell(runs.table, 0, 5) != "—"
+        assert "61 snapshots" in runs.twin_label.text()
+        names = [label.text for _, label in runs.plot.getPlotItem().legend.items]
+        assert len(names) == 6 and "North DC" in names, names  # labels, not IRIs
+
+        # Queue seed 2: the list follows it to the end without a click.
+        runs.seed_spin.setValue(2)
+        QTest.mouseClick(runs.queue_button, Qt.MouseButton.LeftButton)
+        await until(lambda: runs.table.rowCount() == 2, 15, "the queued run listed")
+        assert cell(runs.table, 0, 2) == "2"  # newest first
+        await until(lambda: statuses() == ["succeeded", "succeeded"], 60, statuses)
+        await until(lambda: cell(runs.table, 0, 4).endswith("%"), 10, "its fill rate")
+
+        # Compare the two: A is the older run (seed 1), B the newer (seed 2).
+        runs.select_runs([r["id"] for r in runs.runs])
+        assert runs.compare_button.isEnabled()
+        QTest.mouseClick(runs.compare_button, Qt.MouseButton.LeftButton)
+        await until(lambda: runs.last_compare is not None, 30, "the comparison")
+        seed1, seed2 = runs.runs[1]["id"], runs.runs[0]["id"]
+        assert [r["id"] for r in runs.last_compare["runs"]] == [seed1, seed2]
+        expected = await api.compare_runs(twin["id"], seed1, seed2)
+        table = runs.system_table
+        rows = {cell(table, r, 0): r for r in range(table.rowCount())}
+        assert list(rows)[:4] == ["Fill rate", "Delivered", "Throughput / day", "Backlog at end"]
+        fill = expected["system"]["fill_rate"]
+        row = rows["Fill rate"]
+        assert cell(table, row, 1) == f"{fill['a'] * 100:.1f}%"
+        assert cell(table, row, 2) == f"{fill['b'] * 100:.1f}%"
+        for metric, label, sign in (
+            ("fill_rate", "Fill rate", 1),
+            ("backlog", "Backlog at end", -1),
+        ):
+            delta = expected["system"][metric]["delta"]
+            color = table.item(rows[label], 3).foreground().color()
+            if abs(delta) > 1e-3 * max(1.0, abs(expected["system"][metric]["a"] or 0)):
+                good = delta * sign > 0
+                assert color == VERDICT_COLORS["better" if good else "worse"], (metric, delta)
+        assert "Run A " + seed1[:8] in runs.compare_title.text()
+        assert runs.entity_table.rowCount() == len(expected["entities"]) == 7
+
+        # The series: backlog per entity, from GET run?points=.
+        runs.select_runs([seed2])
+        await until(lambda: (runs.last_run or {}).get("id") == seed2, 15, "run B plotted")
+        runs.metric_combo.setCurrentText("Backlog")
+        assert "backlog of the 6 busiest of 7 entities" in runs.plot_title.text()
+        assert len(runs.plot.getPlotItem().listDataItems()) == 6
+
+        # What-if: North DC's capacity -30 % over 4 seeds.
+        panel.tabs.setCurrentWidget(whatif)
+        whatif.target_combo.setCurrentIndex(whatif.target_combo.findText("North DC"))
+        whatif.change_combo.setCurrentIndex(whatif.change_combo.findData("capacity"))
+        whatif.percent_spin.setValue(-30)
+        whatif.seeds_spin.setValue(4)
+        assert whatif.change() == {
+            "target": "http://mimir-aip.local/ontology/supply-chain#NorthDC",
+            "parameter": "capacity",
+            "factor": 0.7,
+        }
+        QTest.mouseClick(whatif.run_button, Qt.MouseButton.LeftButton)
+        await until(lambda: whatif.progress.isVisible(), 15, "the progress bar")
+        assert whatif.progress.maximum() == 8 and not whatif.run_button.isEnabled()
+        await until(lambda: whatif.batch is not None, 90, lambda: whatif.status_label.text())
+        assert whatif.batch["status"] == "succeeded", whatif.batch
+        assert whatif.progress.value() == 8
+        assert "8 of 8 runs done" in whatif.status_label.text()
+        assert "North DC capacity -30 %" in whatif.status_label.text()
+        metrics = [cell(whatif.table, r, 0) for r in range(whatif.table.rowCount())]
+        assert metrics[:5] == [
+            "Fill rate", "Delivered", "Backlog at end", "Peak backlog", "Avg utilisation"
+        ]  # fmt: skip
+        fill_row = whatif.table.item(0, 3)
+        # Less capacity at the bottleneck: fewer deliveries, a worse fill rate in red.
+        assert (
+            fill_row.text().startswith("-")
+            and fill_row.foreground().color() == (VERDICT_COLORS["worse"])
+        )
+        assert len(whatif.plots) == 5
+        assert whatif.bottlenecks.rowCount() >= 1
+        assert cell(whatif.bottlenecks, 0, 0) == "North DC"
+        assert whatif.run_button.isEnabled()
+
+        # The outage form: a supplier out for 10 days from day 20.
+        whatif.target_combo.setCurrentIndex(whatif.target_combo.findText("SteelCo"))
+        whatif.change_combo.setCurrentIndex(whatif.change_combo.findData("outage"))
+        assert whatif.days_spin.isVisible() and not whatif.percent_spin.isVisible()
+        assert whatif.change()["event"]["type"] == "resource.unavailable"
+
+        # An ontology uploaded from the panel (the file dialog's choice).
+        panel.tabs.setCurrentIndex(0)
+        info = await panel.upload(ontologies / "supply_chain.ttl", "supply-chain-copy")
+        assert info is not None and "Uploaded supply_chain.ttl" in panel.upload_label.text()
 
     console.run(scenario)
 
