@@ -3,7 +3,8 @@
 A worker looks up the handler of each job's ``type`` here and awaits
 ``handler(payload, ctx)``; what it returns (JSON-serialisable) becomes the job's
 ``result``. Raising fails the attempt (retried while attempts remain);
-:class:`JobFailedError` also carries a result to keep. Other packages add types::
+:class:`JobFailedError` also carries a result to keep, and with ``retry=False`` fails the
+job without another attempt. Other packages add types::
 
     from mimir.core.jobs import register_job_handler
     register_job_handler("digital_twin", run_simulation)
@@ -63,11 +64,14 @@ JobHandler = Callable[[dict[str, Any], Attempt], Awaitable[Any]]
 
 class JobFailedError(MimirError):
     """A handler's way to fail an attempt while keeping a ``result`` (e.g. a pipeline
-    run that stopped at a failing step)."""
+    run that stopped at a failing step). ``retry=False``: the failure is deterministic
+    (another attempt would fail the same way), so the job fails now, attempts left or
+    not."""
 
-    def __init__(self, message: str, result: Any = None) -> None:
+    def __init__(self, message: str, result: Any = None, *, retry: bool = True) -> None:
         super().__init__(message)
         self.result = result
+        self.retry = retry
 
 
 class UnknownJobTypeError(MimirError):

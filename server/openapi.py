@@ -355,6 +355,7 @@ ROUTES: dict[str, OperationDoc] = {
                 "ScenariosOf": f"GET {_TWIN}/scenarios",
                 "AddScenarioTo": f"POST {_TWIN}/scenarios",
                 "RunsOf": f"GET {_TWIN}/runs",
+                "Sync": f"POST {_TWIN}/sync",
                 "Delete": f"DELETE {_TWIN}",
             },
             twin_id="id",
@@ -377,12 +378,41 @@ ROUTES: dict[str, OperationDoc] = {
         errors=(404, 422),
         success=(201, 202),
         links=_links(
-            "Run", {"Get": f"GET {_TWIN}/runs/{{run_id}}"}, twin_id="twin_id", run_id="id"
+            "Run",
+            {
+                "Get": f"GET {_TWIN}/runs/{{run_id}}",
+                "SeriesOf": f"GET {_TWIN}/runs/{{run_id}}/series",
+                "TimelineOf": f"GET {_TWIN}/runs/{{run_id}}/timeline",
+            },
+            twin_id="twin_id",
+            run_id="id",
         ),
     ),
     "GET /api/v1/twins/{twin_id}/runs": OperationDoc(errors=(404,)),
     # A run whose job cannot be read is answered as last stored, never with a 503.
     "GET /api/v1/twins/{twin_id}/runs/{run_id}": OperationDoc(errors=(404,), never=(503,)),
+    # 409: the run has no result (yet); 422: an unknown metric or kind, start after end.
+    "GET /api/v1/twins/{twin_id}/runs/{run_id}/series": OperationDoc(
+        errors=(404, 409), never=(503,)
+    ),
+    "GET /api/v1/twins/{twin_id}/runs/{run_id}/timeline": OperationDoc(
+        errors=(404, 409), never=(503,)
+    ),
+    "GET /api/v1/twins/{twin_id}/compare": OperationDoc(errors=(404, 409), never=(503,)),
+    # 422: the twin has no ontology, or the ontology no individuals.
+    "POST /api/v1/twins/{twin_id}/sync": OperationDoc(errors=(404, 422)),
+    "POST /api/v1/twins/{twin_id}/whatif": OperationDoc(
+        errors=(404, 422),
+        links=_links(
+            "WhatIf",
+            {"Get": f"GET {_TWIN}/whatif/{{batch_id}}"},
+            twin_id="twin_id",
+            batch_id="batch_id",
+        ),
+    ),
+    "GET /api/v1/twins/{twin_id}/whatif": OperationDoc(errors=(404,), never=(503,)),
+    # A batch whose runs' jobs cannot be read is answered as last stored, never with a 503.
+    "GET /api/v1/twins/{twin_id}/whatif/{batch_id}": OperationDoc(errors=(404,), never=(503,)),
     # -- run history (503: the run store's database is unreachable)
     "GET /api/v1/runs": OperationDoc(errors=(503,)),
     "GET /api/v1/runs/export": OperationDoc(errors=(503,)),

@@ -570,7 +570,10 @@ class Worker:
             logger.warning("job %s: %s", printable(job_id), printable(str(exc)))
             outcome = Outcome(delivery, "failed", error=str(exc), final=True)
         except JobFailedError as exc:
-            outcome = Outcome(delivery, "failed", error=str(exc), result=exc.result)
+            # retry=False: deterministic, another attempt would fail the same way.
+            outcome = Outcome(
+                delivery, "failed", error=str(exc), result=exc.result, final=not exc.retry
+            )
         except Exception as exc:
             logger.warning(
                 "job %s (%s) raised", printable(job_id), printable(delivery.type), exc_info=True

@@ -2,8 +2,9 @@
 
 The job carries the twin and the scenario themselves (workers need no shared store);
 the handler also records the outcome in the data directory's twin store when that store
-holds the run (a worker beside the server), and returns it as the job's result, from which
-the server fills its store otherwise.
+holds the run (a worker beside the server), and returns it as the job's result (the whole
+result, every series at every snapshot), from which the server fills its store otherwise.
+A simulation that fails fails the job without a retry: it is deterministic.
 """
 
 from __future__ import annotations
@@ -40,15 +41,21 @@ async def run_digital_twin_job(payload: dict[str, Any], ctx: Attempt) -> dict[st
         twin = Twin.model_validate(payload.get("twin"))
         scenario = Scenario.model_validate(payload.get("scenario"))
     except ValueError as exc:
-        raise JobFailedError(f"digital_twin job with an invalid payload: {exc}") from exc
+        raise JobFailedError(
+            f"digital_twin job with an invalid payload: {exc}", retry=False
+        ) from exc
     run_id = str(payload.get("run_id") or ctx.job_id)
     seed = payload.get("seed")
     ctx.report_progress(0, 1, f"simulating {scenario.name}")
     try:
         result = await asyncio.to_thread(simulate, twin, scenario, seed)
-    except TwinError as exc:
-        await asyncio.to_thread(_record, ctx, run_id, None, str(exc))
-        raise JobFailedError(str(exc)) from exc
+    except Exception as exc:
+        # The same twin, scenario and seed fail the same way: no retry.
+        error = str(exc) if isinstance(exc, TwinError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, TwinError):
+            logger.warning("twin run %s: the simulation raised", run_id, exc_info=True)
+        await asyncio.to_thread(_record, ctx, run_id, None, error)
+        raise JobFailedError(error, retry=False) from exc
     ctx.report_progress(1, 1, scenario.name)
     await asyncio.to_thread(_record, ctx, run_id, result, None)
     return {
