@@ -214,3 +214,63 @@ def test_knowledge_graph_upload_and_query(stack: Stack) -> None:
             await api.aclose()
 
     asyncio.run(scenario())
+
+
+def test_twin_runs_compare_and_whatif(stack: Stack) -> None:
+    """The twin calls the Knowledge panel makes (issue 14), against a real server and worker."""
+    from pathlib import Path
+
+    import yaml
+
+    ontologies = Path(__file__).resolve().parents[2] / "resources" / "ontologies"
+
+    async def scenario() -> None:
+        api = ApiClient(stack.url)
+        try:
+            await api.upload_ontology("supply-chain", (ontologies / "supply_chain.ttl").read_text())
+            twin = await api.create_twin("supply-chain", "supply-chain")
+            assert len((await api.get_twin(twin["id"]))["entities"]) == 7
+            doc = yaml.safe_load((ontologies / "supply_chain_scenario.yaml").read_text())
+            added = await api.add_scenario(twin["id"], {**doc, "noise": 0.1})
+            first = await api.run_twin(twin["id"], added["id"], wait=True, seed=1)
+            queued = await api.run_twin(twin["id"], added["id"], wait=False, seed=2)
+            assert queued["status"] == "queued" and queued["seed"] == 2
+
+            async def finished() -> bool:
+                run = await api.get_run(twin["id"], queued["id"], points=10)
+                return bool(run["status"] == "succeeded")
+
+            await async_wait_until(finished, timeout=30)
+            bounded = await api.get_run(twin["id"], queued["id"], points=10)
+            assert len(bounded["result"]["times"]) <= 10
+            listed = await api.list_runs(twin["id"])
+            assert [r["id"] for r in listed] == [first["id"], queued["id"]]
+            assert all(0 < r["summary"]["fill_rate"] <= 1 for r in listed)
+            compared = await api.compare_runs(twin["id"], first["id"], queued["id"])
+            assert [r["seed"] for r in compared["runs"]] == [1, 2]
+            fill = compared["system"]["fill_rate"]
+            assert fill["delta"] == pytest.approx(fill["b"] - fill["a"], abs=1e-6)
+            with pytest.raises(ApiError) as info:
+                await api.compare_runs(twin["id"], first["id"], "no-such-run")
+            assert info.value.status == 404
+
+            change = {"target": "NorthDC", "parameter": "capacity", "factor": 0.7}
+            batch = await api.start_whatif(twin["id"], added["id"], [change], seeds=3)
+            assert batch["runs"] == 6
+
+            async def done() -> bool:
+                answer = await api.get_whatif(twin["id"], batch["batch_id"])
+                return bool(answer["status"] in ("succeeded", "failed"))
+
+            await async_wait_until(done, timeout=60)
+            answer = await api.get_whatif(twin["id"], batch["batch_id"])
+            assert answer["status"] == "succeeded" and answer["done"] == answer["total"] == 6
+            assert answer["variant"]["fill_rate"]["mean"] < answer["base"]["fill_rate"]["mean"]
+            assert answer["bottlenecks"][0]["label"] == "North DC"
+            assert [b["batch_id"] for b in await api.list_whatifs(twin["id"])] == [
+                batch["batch_id"]
+            ]
+        finally:
+            await api.aclose()
+
+    asyncio.run(scenario())
