@@ -64,7 +64,15 @@ from mimir.core.twin.models import (
     Twin,
 )
 
-__all__ = ["MAX_TIMELINE", "TwinError", "bounded", "resolve_target", "simulate"]
+__all__ = [
+    "MAX_RESULT_VALUES",
+    "MAX_TIMELINE",
+    "TwinError",
+    "bounded",
+    "resolve_target",
+    "result_points",
+    "simulate",
+]
 
 #: Most timeline entries a run keeps (the rest are counted, not kept).
 MAX_TIMELINE = 100_000
@@ -181,11 +189,17 @@ class _Flow:
             elif role == "depends_on" and b not in self.depends[a]:
                 self.depends[a].append(b)
         self.order_up = _topological(n, self.suppliers, self.customers)
+        #: Whether any of an entity's customers has a buffer (its room bounds shipments).
+        self.buffered = [
+            any(ents[c].buffer is not None for c in self.customers[i]) for i in range(n)
+        ]
         self.order_down = self.order_up[::-1]
         # Factors by kind: entity -> {effect id: value}; target stock overrides (last wins).
         self.effects: dict[str, list[dict[int, float]]] = {
             k: [{} for _ in range(n)] for k in _KINDS
         }
+        #: The product of each kind's factors, per entity (kept as effects come and go).
+        self.fac: dict[str, list[float]] = {k: [1.0] * n for k in _KINDS}
         self.failed = [False] * n
         # Stock: ``any`` -> one pool at index 0; ``all`` -> one pool per supplier.
         self.assembly = [
@@ -290,8 +304,12 @@ class _Flow:
     # -- factors -----------------------------------------------------------------------
 
     def factor(self, kind: str, i: int) -> float:
+        return self.fac[kind][i]
+
+    def _refresh(self, kind: str, i: int) -> None:
+        """Recompute an entity's product of ``kind`` factors after an effect came or went."""
         values = self.effects[kind][i]
-        return math.prod(values.values()) if values else 1.0
+        self.fac[kind][i] = math.prod(values.values()) if values else 1.0
 
     def target_stock(self, i: int) -> float:
         values = self.effects["target_stock"][i]
@@ -301,8 +319,10 @@ class _Flow:
 
     def stopped(self, i: int, seen: frozenset[int] = frozenset()) -> bool:
         """Failed, at capacity factor 0, or depending on something that is."""
-        if self.failed[i] or (self.effects["capacity"][i] and self.factor("capacity", i) == 0):
+        if self.failed[i] or self.fac["capacity"][i] == 0:
             return True
+        if not self.depends[i]:
+            return False
         seen = seen | {i}
         return any(d not in seen and self.stopped(d, seen) for d in self.depends[i])
 
@@ -359,9 +379,11 @@ class _Flow:
             return
         effect_id = next(self._next_effect)
         self.effects[kind][i][effect_id] = value
+        self._refresh(kind, i)
         if event.duration is not None:
             yield _urgent_timeout(self.env, event.duration)
             del self.effects[kind][i][effect_id]
+            self._refresh(kind, i)
             self.log.append({"time": round(self.env.now, 9), **record, "ended": True})
             self.note("event_end", i, **{k: v for k, v in record.items() if k != "entity"})
 
@@ -422,6 +444,7 @@ class _Flow:
     def _orders(self, caps: list[float]) -> None:
         dt = self.dt
         asked = self.asked
+        leads = [e.lead_time * f for e, f in zip(self.entities, self.fac["lead"], strict=True)]
         for i in self.order_down:
             sup = self.suppliers[i]
             if not sup:
@@ -436,7 +459,7 @@ class _Flow:
             expected = self.expected[i]
             expected = rate if expected is None else expected + _SMOOTHING * (rate - expected)
             self.expected[i] = expected
-            wanted = self.target_stock(i) + expected * max(self.lead(s) for s in sup) + work
+            wanted = self.target_stock(i) + expected * max(leads[s] for s in sup) + work
             if self.assembly[i]:
                 for s in sup:
                     position = (
@@ -474,6 +497,11 @@ class _Flow:
         """Good units to each customer owed, in proportion to what each is owed, no more
         than it is owed or has room for (what one cannot take goes to the others)."""
         owed = {c: q for c, q in self.backlog[i].items() if q > _EPS}
+        if not self.buffered[i]:  # nobody's room to mind: shares of what is owed
+            total = sum(owed.values())
+            if good >= total - _EPS:
+                return owed
+            return {c: q * good / total for c, q in owed.items()}
         limit = {c: min(q, self._room(c)) if c >= 0 else q for c, q in owed.items()}
         give = dict.fromkeys(owed, 0.0)
         left = good
@@ -509,11 +537,11 @@ class _Flow:
             else:
                 available = math.inf
             need = owed / y if y > 0 else (math.inf if owed > _EPS else 0.0)
-            # Customers' buffers bound what can be shipped to them (not the external one).
-            give_limit = sum(
-                min(q, self._room(c)) if c >= 0 else q for c, q in self.backlog[i].items()
-            )
-            if y > 0:
+            if self.buffered[i] and y > 0:
+                # Customers' buffers bound what can be shipped to them (not the external one).
+                give_limit = sum(
+                    min(q, self._room(c)) if c >= 0 else q for c, q in self.backlog[i].items()
+                )
                 need = min(need, give_limit / y)
             work = max(0.0, min(budget, available, need))
             if work > _EPS:
@@ -783,6 +811,17 @@ def bounded(result: SimulationResult, points: int) -> SimulationResult:
             "resolution": {"snapshots": snapshots, "points": len(times), "method": "mean"},
         }
     )
+
+
+#: Most values (entities x points x per-entity series) one bounded result carries.
+MAX_RESULT_VALUES = 100_000
+
+
+def result_points(requested: int, entities: int) -> int:
+    """Points per series for a bounded result of a run over ``entities``: what was asked,
+    no more than keeps the result under :data:`MAX_RESULT_VALUES` values, at least 2."""
+    per_entity = 4 * max(1, entities)  # utilisation, inventory, backlog, throughput
+    return max(2, min(requested, MAX_RESULT_VALUES // per_entity))
 
 
 def simulate(twin: Twin, scenario: Scenario, seed: int | None = None) -> SimulationResult:
