@@ -1,4 +1,4 @@
-"""Knowledge graph and twin figures: ``python -m benchmarks.ontology [--triples 100000]``.
+"""Knowledge graph figures: ``python -m benchmarks.ontology [--triples 100000]``.
 
 - one large upload through a real ``mimir server`` process: a generated N-Triples document
   of ``--upload-triples`` triples (100,000 by default; 1,000,000 with
@@ -12,8 +12,9 @@
   (Oxigraph on disk, through :class:`OntologyStore`) and into rdflib's in-memory ``Graph``,
   side by side in the same run;
 - SPARQL SELECT latency (p50/p95 over ``--queries`` selective queries: one entity's
-  suppliers and their capacities) on both; target: p95 under 50 ms on the default store;
-- the run time of a 1,000-entity twin simulation (100 time units, 20 events).
+  suppliers and their capacities) on both; target: p95 under 50 ms on the default store.
+
+The twin's figures are ``python -m benchmarks.twin``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import rdflib
 
 from mimir.core.ontology import close_ontology_stores, open_ontology_store
 from mimir.core.settings import Settings
-from mimir.core.twin import Entity, Relationship, Scenario, ScenarioEvent, Twin, simulate
 
 __all__ = ["main"]
 
@@ -167,38 +167,10 @@ def bench_upload(triples: int, runs: int) -> list[dict[str, float]]:
     return figures
 
 
-def bench_twin(entities: int = 1000, seed: int = 4) -> tuple[float, dict[str, float]]:
-    """Seconds to simulate a twin of ``entities`` (layered supply network, 20 events)."""
-    rng = random.Random(seed)
-    nodes = [
-        Entity(
-            id=f"{EX}n{i}", label=f"n{i}", capacity=rng.uniform(50, 150), demand=rng.uniform(20, 90)
-        )
-        for i in range(entities)
-    ]
-    links = [
-        Relationship(source=nodes[i].id, target=nodes[j].id, type="supplies")
-        for i in range(entities)
-        for j in rng.sample(range(i + 1, min(entities, i + 40)), k=min(2, max(0, entities - i - 1)))
-    ]
-    kinds = ["demand.surge", "resource.capacity_change", "process.delay", "resource.unavailable"]
-    events = [
-        ScenarioEvent(at=rng.uniform(0, 90), type=rng.choice(kinds), target=rng.choice(nodes).id,
-                      duration=rng.uniform(5, 30), delay=1.0, multiplier=0.6, max_hops=4)
-        for _ in range(20)
-    ]  # fmt: skip
-    scenario = Scenario(name="bench", duration=100, snapshot_interval=1, noise=0.05, events=events)
-    twin = Twin(name="bench", entities=nodes, relationships=links)
-    started = time.perf_counter()
-    result = simulate(twin, scenario, seed=seed)
-    return time.perf_counter() - started, result.metrics
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ontology", description=__doc__)
     parser.add_argument("--triples", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--entities", type=int, default=1000, help="twin entities")
     parser.add_argument(
         "--upload-triples",
         type=int,
@@ -242,11 +214,6 @@ def main(argv: list[str] | None = None) -> int:
             print("  each run: " + ", ".join(
                 f"{r['seconds']:.1f} s / {r['peak_rss_mib']:.0f} MiB" for r in runs
             ))  # fmt: skip
-    seconds, metrics = bench_twin(args.entities)
-    print(
-        f"twin: {args.entities:,} entities, 100 time units, 20 events -> {seconds:.2f} s "
-        f"({metrics['effects_applied']} effects, {len(metrics['bottlenecks'])} bottlenecks)"
-    )
     return 0
 
 
