@@ -23,6 +23,7 @@ from mimir.server.routes import (
     restore,
     runs,
     schedules,
+    twin_whatif,
     twins,
     workers,
 )
@@ -42,6 +43,7 @@ ROUTERS: list[APIRouter] = [
     ontologies.router,
     kg.router,
     twins.router,
+    twin_whatif.router,
     runs.router,
     schedules.router,
     alerts.router,
