@@ -333,7 +333,7 @@ async def _refresh(
     if state in ENDED:
         base = [r.digest for r in runs if r.side == "base" and r.digest is not None]
         variant = [r.digest for r in runs if r.side == "variant" and r.digest is not None]
-        if base and variant:
+        if base or variant:  # a side whose every run failed has n 0 and None figures
             summary = summarise(base, variant)
     batch = batch.model_copy(update={"runs": runs, "status": state, "summary": summary})
     if changed:

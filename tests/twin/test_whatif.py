@@ -3,6 +3,7 @@ batch queued through the API onto a real worker."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +267,49 @@ def test_batch_status_and_store(tmp_path: Path) -> None:
     twins.add_run(RunRecord(id="r0", twin_id=twin.id, scenario_id="base", batch_id="b1"))
     twins.delete_twin(twin.id)  # its batches go with it
     assert store.list_batches(twin.id) == []
+
+
+def test_a_batch_ends_failed_with_its_errors_and_the_runs_that_succeeded(tmp_path: Path) -> None:
+    """The route's refresh on runs that ended in the twin store (no job to read)."""
+    from mimir.server.routes.twin_whatif import _answer, _refresh
+
+    twins = TwinStore(tmp_path / "twins.sqlite3")
+    twin, scenario = line(noise=0.1)
+    twin = twins.add_twin(twin.model_copy(update={"id": ""}))
+    variant_twin, variant = apply_changes(twin, scenario, changes(CAPACITY_MINUS_30))
+    entries = []
+    for seed in (1, 2):
+        for side, run_twin, run_scenario in (
+            ("base", twin, scenario),
+            ("variant", variant_twin, variant),
+        ):
+            run = twins.add_run(
+                RunRecord(id=f"{side}-{seed}", twin_id=twin.id, scenario_id="base", batch_id="b")
+            )
+            if (side, seed) == ("variant", 2):
+                twins.finish_run(run.id, None, "TwinError: it broke")
+            else:
+                twins.finish_run(run.id, simulate(run_twin, run_scenario, seed), None)
+            entries.append(BatchRun.model_validate({"id": run.id, "side": side, "seed": seed}))
+    entries.append(BatchRun(id="gone", side="base", seed=3))
+    store = WhatIfStore(tmp_path / "twins.sqlite3")
+    batch = store.add(WhatIfBatch(id="b", twin_id=twin.id, scenario_id="base", runs=entries))
+    refreshed = asyncio.run(_refresh(store, twins, None, None, batch))  # type: ignore[arg-type]
+    assert refreshed == store.get(twin.id, "b")  # stored as answered
+    answer = _answer(refreshed).model_dump()
+    assert (answer["status"], answer["done"], answer["total"], answer["failed"]) == (
+        "failed",
+        5,
+        5,
+        2,
+    )
+    assert answer["summarised"] == {"base": 2, "variant": 1, "paired": 1}
+    assert answer["variant"]["backlog"]["n"] == 1
+    assert [(e["run_id"], e["seed"], e["error"]) for e in answer["errors"]] == [
+        ("variant-2", 2, "TwinError: it broke"),
+        ("gone", 3, "run deleted"),
+    ]
+    assert answer["bottlenecks"][0]["label"] == "supplier"
 
 
 # -- over HTTP, on a real worker --------------------------------------------------------
