@@ -73,15 +73,17 @@ pools:
 
 KG_QUERY = """\
 PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>
-SELECT ?subject ?predicate ?object
-WHERE { ?subject ?predicate ?object . FILTER(?predicate = rdfs:label || ?predicate = rdfs:comment) }
-ORDER BY ?subject
+PREFIX sc: <http://mimir-aip.local/ontology/supply-chain#>
+SELECT ?entity ?type ?label ?capacity
+WHERE { ?entity a ?type ; rdfs:label ?label . OPTIONAL { ?entity sc:capacity ?capacity } }
+ORDER BY ?type ?entity
 LIMIT 40
 """
 
 
-async def _seed_knowledge(api) -> None:
-    """The sample ontology, a twin built from it and its holiday-rush scenario."""
+async def _seed_knowledge(api) -> dict[str, Any] | None:
+    """The sample ontology, a twin built from it, its holiday-rush scenario and a quiet
+    baseline (both with a little noise, so that seeds differ); the twin, or None."""
     import yaml
 
     ontology = RESOURCES / "ontologies" / "supply_chain.ttl"
@@ -89,9 +91,72 @@ async def _seed_knowledge(api) -> None:
     try:
         await api.upload_ontology("supply-chain", ontology.read_text())
         twin = await api.create_twin("supply-chain", "supply-chain")
-        await api.add_scenario(twin["id"], yaml.safe_load(scenario.read_text()))
+        rush = {**yaml.safe_load(scenario.read_text()), "noise": 0.1}
+        baseline = {
+            "id": "baseline",
+            "name": "baseline",
+            "description": "No events: the stores' usual demand",
+            "duration": rush.get("duration", 60),
+            "noise": 0.1,
+            "seed": 42,
+            "events": [],
+        }
+        await api.add_scenario(twin["id"], baseline)
+        await api.add_scenario(twin["id"], rush)
+        return dict(twin)
     except Exception as exc:  # the shot still shows the panel
         print(f"screenshots: knowledge seed failed: {exc}")
+        return None
+
+
+async def _grab_knowledge(window, api, grab) -> None:
+    """The Knowledge panel: a query (IRIs by prefix), twin runs with two compared (the
+    baseline against the holiday rush) and a what-if's distribution."""
+    knowledge = window.knowledge
+    await knowledge.check_available()
+    twin = await _seed_knowledge(api) if knowledge.available else None
+    if twin is None:
+        await grab("knowledge", 1.0)
+        return
+    await knowledge.load_twins(select=twin["id"])
+    knowledge.editor.setPlainText(KG_QUERY)
+    await knowledge.run_query()
+    knowledge.tabs.setCurrentIndex(0)
+    await grab("knowledge", 1.0)
+
+    runs = knowledge.runs_view
+    knowledge.tabs.setCurrentWidget(runs)
+    combo = runs.scenario_combo
+    combo.setCurrentIndex(combo.findData("baseline"))
+    baseline = await runs.run_scenario(False)
+    combo.setCurrentIndex(combo.findText("holiday-rush"))
+    rush = await runs.run_scenario(False)
+    runs.seed_spin.setValue(7)
+    await runs.run_scenario(True)  # a queued one, followed to its end
+    await _soon(
+        lambda: all(r.get("status") == "succeeded" for r in runs.runs), 30, "the queued run"
+    )
+    if baseline and rush:
+        runs.select_runs([baseline["id"], rush["id"]])
+        await runs.compare(baseline["id"], rush["id"])
+        runs.table.blockSignals(True)
+        runs.select_runs([baseline["id"], rush["id"]])
+        runs.table.blockSignals(False)
+        await runs.load_run(rush["id"])
+        runs.metric_combo.setCurrentText("Backlog")
+    await grab("knowledge", 1.0, "knowledge-twins")
+
+    whatif = knowledge.whatif_view
+    knowledge.tabs.setCurrentWidget(whatif)
+    whatif.scenario_combo.setCurrentIndex(whatif.scenario_combo.findText("holiday-rush"))
+    whatif.target_combo.setCurrentIndex(whatif.target_combo.findText("North DC"))
+    whatif.change_combo.setCurrentIndex(whatif.change_combo.findData("capacity"))
+    whatif.percent_spin.setValue(20)
+    whatif.seeds_spin.setValue(10)
+    await whatif.run_whatif()
+    await _soon(lambda: whatif.batch is not None, 90, "the what-if's distribution")
+    await grab("knowledge", 1.0, "knowledge-whatif")
+    knowledge.tabs.setCurrentIndex(0)
 
 
 def _free_port() -> int:
@@ -200,16 +265,7 @@ async def _render(window, out: Path, seconds: float, scratch: Path) -> list[Path
     await grab("workers")
     await _until(lambda: len(window.logs.lines) > 20, 20, "log lines")
     await grab("logs")
-    knowledge = window.knowledge
-    await knowledge.check_available()
-    if knowledge.available:
-        await _seed_knowledge(api)
-        await knowledge.load_twins()
-        knowledge.editor.setPlainText(KG_QUERY)
-        await knowledge.run_query()
-        if knowledge.scenario_combo.count():
-            await knowledge.simulate()
-    await grab("knowledge", 1.0)
+    await _grab_knowledge(window, api, grab)
     await _grab_runs(window, api, grab, out, shots)
 
     # The Diagnose view on a cluster broken on purpose: a frozen worker (SIGSTOP) holding a

@@ -104,9 +104,9 @@ def format_metric(metric: str, value: Any) -> str:
         return f"{number * 100:.1f}%"
     if metric in _DAYS:
         return f"{number:.0f} d" if number == int(number) else f"{number:.1f} d"
-    if abs(number) >= 100:
+    if abs(number) >= 10 or number == int(number):
         return f"{number:,.0f}"
-    return f"{number:,.1f}" if number != int(number) else f"{number:,.0f}"
+    return f"{number:,.1f}"
 
 
 def format_delta(metric: str, delta: Any) -> str:
@@ -118,7 +118,7 @@ def format_delta(metric: str, delta: Any) -> str:
         text = f"{number * 100:+.1f} pp"
     elif metric in _DAYS:
         text = f"{number:+.1f} d" if number != int(number) else f"{number:+.0f} d"
-    elif abs(number) >= 100:
+    elif abs(number) >= 10:
         text = f"{number:+,.0f}"
     else:
         text = f"{number:+,.1f}"
@@ -172,7 +172,8 @@ def comparison_rows(compare: dict[str, Any]) -> list[CompareRow]:
         delta = cell.get("delta")
         text = format_delta(metric, delta)
         pct = _number(cell.get("delta_pct"))
-        if pct is not None and metric not in SHARE_METRICS and text != "—":
+        # A percentage of a near-zero base (+40,000 %) says nothing: left out.
+        if pct is not None and abs(pct) < 1000 and metric not in SHARE_METRICS and text != "—":
             text += f" ({pct:+.1f}%)"
         rows.append(
             CompareRow(
@@ -324,7 +325,7 @@ def distribution_rows(
             if stats is None:
                 return "—"
             mean, p5, p95 = (format_metric(metric, x) for x in stats)
-            return f"{mean}  ({p5} to {p95})"
+            return f"{mean} ({p5} to {p95})"
 
         rows.append(
             DistributionRow(
@@ -339,6 +340,15 @@ def distribution_rows(
             )
         )
     return rows
+
+
+def _share(value: Any) -> str:
+    """A share of the seeds: ``80%`` (a decimal only when it is not a whole percent)."""
+    number = _number(value)
+    if number is None:
+        return "—"
+    percent = number * 100
+    return f"{percent:.0f}%" if abs(percent - round(percent)) < 0.05 else f"{percent:.1f}%"
 
 
 def bottleneck_rows(batch: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
@@ -356,8 +366,8 @@ def bottleneck_rows(batch: dict[str, Any]) -> list[tuple[str, str, str, str, str
     return [
         (
             str(b.get("label") or local_name(str(b.get("entity", "")))),
-            format_metric("fill_rate", b.get("base_share")),
-            format_metric("fill_rate", b.get("variant_share")),
+            _share(b.get("base_share")),
+            _share(b.get("variant_share")),
             format_metric("time_bottleneck", b.get("base_mean_time")),
             format_metric("time_bottleneck", b.get("variant_mean_time", b.get("mean_time"))),
         )

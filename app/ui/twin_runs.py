@@ -56,6 +56,15 @@ PLOT_METRICS = {
 
 PALETTE = ["#4C9AFF", "#4CC38A", "#E0B341", "#FF6B6B", "#B39DDB", "#36C5D6", "#FF9F5A"]
 
+#: The per-entity columns' titles (short: seven entities' rows must fit beside the system's).
+ENTITY_HEADERS = {
+    "fill_rate": "Fill rate",
+    "backlog": "Backlog",
+    "avg_utilisation": "Utilisation",
+    "time_bottleneck": "Bottleneck",
+    "time_starved": "Starved",
+}
+
 #: How many entities the plot draws (the busiest on the chosen metric).
 PLOTTED = 6
 
@@ -111,9 +120,10 @@ class TwinRunsView(QWidget):
 
         top = QHBoxLayout()
         self.table = data_table(
-            ["Run", "Scenario", "Seed", "Status", "Fill rate", "Backlog"], (70, 120, 80, 80, 70)
+            ["Run", "Scenario", "Seed", "Status", "Fill rate", "Backlog"], (80, 120, 70, 85, 75)
         )
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(150)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         top.addWidget(self.table, 5)
@@ -141,21 +151,21 @@ class TwinRunsView(QWidget):
         root.addWidget(self.compare_title)
         bottom = QHBoxLayout()
         self.system_table = data_table(
-            ["System metric", "Run A", "Run B", "Δ (B - A)"], (150, 90, 90)
+            ["System metric", "Run A", "Run B", "Δ (B - A)"], (130, 70, 70)
         )
         self.system_table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
-        self.entity_table = data_table(
-            ["Entity (most changed first)"] + [METRICS[m][0] for m in ENTITY_METRICS], (190,)
-        )
-        self.entity_table.horizontalHeader().setSectionResizeMode(
-            QHeaderView.ResizeMode.ResizeToContents
-        )
-        self.entity_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.entity_table = data_table(["Entity"] + [ENTITY_HEADERS[m] for m in ENTITY_METRICS])
+        for column, metric in enumerate(ENTITY_METRICS, start=1):
+            header = self.entity_table.horizontalHeaderItem(column)
+            if header is not None:
+                header.setToolTip(f"{METRICS[metric][0]}: run B's figure (its change from A)")
         self.entity_table.setToolTip(
             "Run B's figure (its change from run A); A and B in each tooltip"
         )
-        bottom.addWidget(self.system_table, 4)
-        bottom.addWidget(self.entity_table, 7)
+        for table in (self.system_table, self.entity_table):
+            table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        bottom.addWidget(self.system_table, 5)
+        bottom.addWidget(self.entity_table, 8)
         root.addLayout(bottom, 6)
 
     # ---------------------------------------------------------------- twin
@@ -235,6 +245,7 @@ class TwinRunsView(QWidget):
             )
         self.select_runs(selected)
         self.table.blockSignals(False)
+        self.table.resizeColumnsToContents()
         self._update_buttons()
         if any(r.get("status") in ("queued", "running") for r in runs):
             self._follow()
@@ -474,7 +485,8 @@ class TwinRunsView(QWidget):
             return f"{run.get('id', '')[:8]} ({scenario}, seed {'—' if seed is None else seed})"
 
         self.compare_title.setText(
-            f"Run A {name(0)}  vs  run B {name(1)} · green: B better, red: B worse"
+            f"Run A {name(0)}  vs  run B {name(1)} · green: B better, red: B worse · "
+            "entities most changed first"
         )
         rows = comparison_rows(answer)
         self.system_table.setRowCount(len(rows))
@@ -503,3 +515,5 @@ class TwinRunsView(QWidget):
                     item.setForeground(color)
                 items.append(item)
             set_row(self.entity_table, row, items)
+        self.system_table.resizeColumnsToContents()
+        self.entity_table.resizeColumnsToContents()

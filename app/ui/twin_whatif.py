@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -131,6 +132,13 @@ class WhatIfView(QWidget):
         root.addLayout(progress)
         self.banner = Banner()
         root.addWidget(self.banner)
+        self.legend = QLabel(
+            "Bars: the mean over the seeds; whiskers: p5 to p95. Base in grey; the variant "
+            "green when better, red when worse, blue when neither (utilisation)."
+        )
+        self.legend.setObjectName("Hint")
+        self.legend.hide()
+        root.addWidget(self.legend)
         # The plots (pyqtgraph, imported when the first distribution is drawn).
         self.plot_holder = QVBoxLayout()
         root.addLayout(self.plot_holder, 5)
@@ -141,16 +149,17 @@ class WhatIfView(QWidget):
         )
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.bottlenecks = data_table(
-            ["Bottleneck", "Base: top in", "Variant: top in", "Base days", "Variant days"],
-            (140, 95, 105, 80),
+            ["Bottleneck", "Top (base)", "Top (variant)", "Days (base)", "Days (variant)"],
         )
         self.bottlenecks.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.bottlenecks.setToolTip(
-            "Share of the seeds in which the entity was the top bottleneck; its mean days as "
-            "a bottleneck over the seeds"
+            "Top: the share of the seeds in which the entity was the top bottleneck (longest "
+            "over the threshold); Days: its mean days as a bottleneck over the seeds"
         )
-        bottom.addWidget(self.table, 3)
-        bottom.addWidget(self.bottlenecks, 2)
+        for table in (self.table, self.bottlenecks):
+            table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        bottom.addWidget(self.table, 22)
+        bottom.addWidget(self.bottlenecks, 21)
         root.addLayout(bottom, 3)
         self._change_kind()
 
@@ -184,6 +193,7 @@ class WhatIfView(QWidget):
 
     def clear(self) -> None:
         self.batch = None
+        self.legend.hide()
         self.progress.hide()
         self.status_label.setText("")
         self.table.setRowCount(0)
@@ -207,6 +217,10 @@ class WhatIfView(QWidget):
 
     @asyncSlot()
     async def start(self) -> None:
+        await self.run_whatif()
+
+    async def run_whatif(self) -> None:
+        """Queue the batch the form describes; a task follows it (:meth:`follow`)."""
         twin_id, scenario_id = self.twin_id, self.scenario_combo.currentData()
         if not twin_id or not scenario_id or self.target_combo.currentData() is None:
             self.status_label.setText("Choose a twin, a base scenario and an entity.")
@@ -272,9 +286,9 @@ class WhatIfView(QWidget):
         self.progress.setRange(0, total)
         self.progress.setValue(min(done, total))
         failed = int(batch.get("failed") or 0)
-        text = f"{self.change_text}: {batch.get('status', '?')}, {done} of {total} runs done"
+        text = f"{self.change_text}: {batch.get('status', '?')}"
         if failed:
-            text += f", {failed} failed"
+            text += f", {failed} of {total} runs failed"
         self.status_label.setText(text)
 
     def show_batch(self, batch: dict[str, Any]) -> None:
@@ -311,7 +325,10 @@ class WhatIfView(QWidget):
         self.bottlenecks.setRowCount(len(ranking))
         for row, cells in enumerate(ranking):
             set_row(self.bottlenecks, row, [table_item(text) for text in cells])
+        self.table.resizeColumnsToContents()
+        self.bottlenecks.resizeColumnsToContents()
         self._plot([r for r in rows if r.metric in KEY_METRICS])
+        self.legend.show()
 
     def _plot(self, rows: list[DistributionRow]) -> None:
         import numpy as np

@@ -482,7 +482,8 @@ def test_knowledge_panel_twin_runs_compared_and_a_whatif_distribution(console: C
         await until(lambda: whatif.batch is not None, 90, lambda: whatif.status_label.text())
         assert whatif.batch["status"] == "succeeded", whatif.batch
         assert whatif.progress.value() == 8
-        assert "8 of 8 runs done" in whatif.status_label.text()
+        assert whatif.progress.text() == "8 of 8 runs"
+        assert whatif.status_label.text().endswith(": succeeded")
         assert "North DC capacity -30 %" in whatif.status_label.text()
         metrics = [cell(whatif.table, r, 0) for r in range(whatif.table.rowCount())]
         assert metrics[:5] == [

@@ -138,6 +138,7 @@ COMPARE = {
         "avg_utilisation": {"a": 0.76, "b": 0.8, "delta": 0.04, "delta_pct": 5.2},
         "delivered": {"a": 27594.3, "b": 27594.3, "delta": 0.0, "delta_pct": 0.0},
         "time_down": {"a": 0.0, "b": 3.0, "delta": 3.0, "delta_pct": None},
+        "peak_backlog": {"a": 7.0, "b": 2807.0, "delta": 2800.0, "delta_pct": 40000.0},
     },
     "entities": {
         SC + "NorthDC": {
@@ -171,7 +172,8 @@ def test_verdicts_follow_the_operators_interest() -> None:
 def test_formats() -> None:
     assert format_metric("fill_rate", 0.91981) == "92.0%"
     assert format_metric("backlog", 2405.68) == "2,406"
-    assert format_metric("throughput", 45.25) == "45.2"
+    assert format_metric("throughput", 45.25) == "45"
+    assert format_metric("backlog", 7.04) == "7.0" and format_metric("backlog", 0.0) == "0"
     assert format_metric("time_bottleneck", 36.0) == "36 d"
     assert format_metric("backlog", None) == "—"
     assert format_delta("fill_rate", -0.0198) == "-2.0 pp"
@@ -185,6 +187,7 @@ def test_comparison_rows_in_a_fixed_order_with_judged_deltas() -> None:
         "fill_rate",
         "delivered",
         "backlog",
+        "peak_backlog",
         "avg_utilisation",
         "time_down",
     ]
@@ -197,6 +200,7 @@ def test_comparison_rows_in_a_fixed_order_with_judged_deltas() -> None:
     assert by["fill_rate"].verdict == "worse"
     assert by["backlog"].delta == "-606 (-25.2%)" and by["backlog"].verdict == "better"
     assert by["delivered"].verdict == "same"
+    assert by["peak_backlog"].delta == "+2,800"  # no +40000 % of a base of 7
     assert by["avg_utilisation"].verdict == "neutral"
     assert by["time_down"].delta == "+3 d" and by["time_down"].verdict == "worse"
 
@@ -289,7 +293,7 @@ def test_distribution_rows_key_metrics_first() -> None:
     assert [r.metric for r in rows] == ["fill_rate", "backlog", "stability_score"]  # as given
     fill, backlog, stability = rows
     assert fill.base == (0.92, 0.9, 0.94) and fill.variant == (0.8, 0.75, 0.85)
-    assert fill.base_text == "92.0%  (90.0% to 94.0%)"
+    assert fill.base_text == "92.0% (90.0% to 94.0%)"
     assert fill.delta == "-12.0 pp" and fill.verdict == "worse"
     # No delta in the answer: the difference of the means.
     assert backlog.delta == "+3,600" and backlog.verdict == "worse"
@@ -301,10 +305,11 @@ def test_distribution_rows_key_metrics_first() -> None:
 
 def test_bottleneck_ranking_by_the_variants_share() -> None:
     assert bottleneck_rows(BATCH) == [
-        ("SteelCo", "0.0%", "70.0%", "—", "12.5 d"),
-        ("North DC", "100.0%", "30.0%", "—", "36 d"),
+        ("SteelCo", "0%", "70%", "—", "12.5 d"),
+        ("North DC", "100%", "30%", "—", "36 d"),
     ]
     north = {**BATCH["bottlenecks"][0], "base_mean_time": 36.0, "variant_mean_time": 20.0}
+    north["variant_share"] = 1 / 3
     assert bottleneck_rows({"bottlenecks": [north]}) == [
-        ("North DC", "100.0%", "30.0%", "36 d", "20 d")
+        ("North DC", "100%", "33.3%", "36 d", "20 d")
     ]
