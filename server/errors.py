@@ -33,6 +33,8 @@ sqlalchemy OperationalError,       503     ``null`` (a fixed message: the driver
 TwinNotFoundError                  404     ``null``
 TwinConflictError                  409     ``null``
 TwinError                          422     ``null``
+InvalidTwinRequestError            422     ``[{"field", "message"}]`` (a parameter that does
+                                               not fit the twin or run)
 other MimirError                   400     ``null``
 request body not JSON              400     ``{"position": n}``
 request body/params invalid        422     ``[{"field", "message"}]``
@@ -87,7 +89,11 @@ from mimir.core.queue.errors import (
     QueueUnavailableError,
 )
 from mimir.core.twin.simulation import TwinError
-from mimir.core.twin.store import TwinConflictError, TwinNotFoundError
+from mimir.core.twin.store import (
+    InvalidTwinRequestError,
+    TwinConflictError,
+    TwinNotFoundError,
+)
 from mimir.server.logs import printable
 
 __all__ = ["ERROR_ANSWERS", "ErrorAnswer", "answer_for", "error_response", "install_error_handlers"]
@@ -131,6 +137,7 @@ ERROR_ANSWERS: dict[type[Exception], ErrorAnswer] = {
     TwinNotFoundError: (404, None),
     TwinConflictError: (409, None),
     TwinError: (422, None),
+    InvalidTwinRequestError: (422, lambda e: [{"field": e.field, "message": e.message}]),
 }
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections.abc import Iterable
 from typing import Any
 
 from mimir.core.jobs import Attempt, JobFailedError, register_job_handler
-from mimir.core.twin.models import Scenario, Twin
-from mimir.core.twin.simulation import TwinError, simulate
+from mimir.core.twin import simulation
+from mimir.core.twin.models import Scenario, SimulationResult, Twin
+from mimir.core.twin.simulation import TwinError
 from mimir.core.twin.store import TwinStore
 
-__all__ = ["digital_twin_job", "run_digital_twin_job"]
+__all__ = ["digital_twin_job", "run_digital_twin_job", "simulate_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,35 @@ def digital_twin_job(
     }
 
 
+def _finite(values: Iterable[float]) -> bool:
+    values = list(values)
+    # A sum is finite when every value is (and the values are not near the float limit).
+    return math.isfinite(math.fsum(values)) or all(math.isfinite(v) for v in values)
+
+
+def simulate_run(twin: Twin, scenario: Scenario, seed: int | None) -> SimulationResult:
+    """:func:`~mimir.core.twin.simulation.simulate`, refusing a result that JSON cannot
+    carry: figures so large (a capacity or demand near 1e308) that they overflowed to
+    infinity or NaN fail the run as a :class:`TwinError`."""
+    result = simulation.simulate(twin, scenario, seed)
+    groups = [result.utilisation, *result.series.values()]
+    ok = all(_finite(values) for group in groups for values in group.values())
+    ok = ok and all(_finite(values) for values in result.system.values())
+    numbers = [
+        v
+        for stats in result.metrics.get("per_entity", {}).values()
+        for v in stats.values()
+        if isinstance(v, float)
+    ]
+    numbers += [v for v in result.metrics.values() if isinstance(v, float)]
+    if not (ok and _finite(numbers)):
+        raise TwinError(
+            "the simulation's figures overflowed (infinite or not a number): a capacity, "
+            "demand, inventory or buffer is too large"
+        )
+    return result
+
+
 async def run_digital_twin_job(payload: dict[str, Any], ctx: Attempt) -> dict[str, Any]:
     """Simulate ``payload["scenario"]`` on ``payload["twin"]``; answers the run's result."""
     try:
@@ -48,7 +80,7 @@ async def run_digital_twin_job(payload: dict[str, Any], ctx: Attempt) -> dict[st
     seed = payload.get("seed")
     ctx.report_progress(0, 1, f"simulating {scenario.name}")
     try:
-        result = await asyncio.to_thread(simulate, twin, scenario, seed)
+        result = await asyncio.to_thread(simulate_run, twin, scenario, seed)
     except Exception as exc:
         # The same twin, scenario and seed fail the same way: no retry.
         error = str(exc) if isinstance(exc, TwinError) else f"{type(exc).__name__}: {exc}"

@@ -40,11 +40,10 @@ from mimir.core.twin import (
     Twin,
     TwinError,
     TwinStore,
-    simulate,
     twin_from_triples,
 )
 from mimir.core.twin.builder import diff_twins
-from mimir.core.twin.jobs import digital_twin_job
+from mimir.core.twin.jobs import digital_twin_job, simulate_run
 from mimir.core.twin.models import Role
 from mimir.core.twin.simulation import bounded, resolve_target
 from mimir.core.twin.store import (
@@ -465,7 +464,7 @@ async def _simulate_and_record(
     """Simulate and record the outcome whatever happens (the run never stays
     ``running``); answers the result, or the error that ended the run."""
     try:
-        result = await asyncio.to_thread(simulate, twin, scenario, seed)
+        result = await asyncio.to_thread(simulate_run, twin, scenario, seed)
     except TwinError as exc:
         await asyncio.to_thread(twins.finish_run, run.id, None, str(exc))
         return exc
