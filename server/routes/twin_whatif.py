@@ -58,6 +58,8 @@ router = APIRouter(tags=["digital twins"])
 MAX_SEEDS = 100
 #: Most runs (jobs) one what-if queues.
 MAX_RUNS = 200
+#: Runs queued at once by one what-if.
+ENQUEUE_CONCURRENCY = 8
 #: Seeds are below this (they travel as JSON integers through every store).
 SEED_LIMIT = 2**63
 
@@ -245,22 +247,35 @@ async def start_whatif(
         ("base", twin, scenario),
         ("variant", variant_twin, variant),
     )
-    runs: list[BatchRun] = []
-    error: str | None = None
-    try:
-        for seed in seeds:
-            for side, run_twin, run_scenario in sides:
-                run = await _enqueue_run(
-                    twins, settings, redis, run_twin, run_scenario, seed, batch_id, **options
-                )
-                runs.append(BatchRun(id=run.id, side=side, seed=seed))
-    except Exception as exc:
-        if not runs:
-            raise
-        error = f"queueing stopped after {len(runs)} of {2 * len(seeds)} runs: {exc}"
+    # A few at a time (each job carries the twin, and its run is a SQLite write); the
+    # first alone, and none after a failure, so that a queue that is down fails it once.
+    gate = asyncio.Semaphore(ENQUEUE_CONCURRENCY)
+    failures: list[Exception] = []
+
+    async def enqueue(
+        seed: int, side: Literal["base", "variant"], t: Twin, s: Scenario
+    ) -> BatchRun | None:
+        async with gate:
+            if failures:
+                return None
+            try:
+                run = await _enqueue_run(twins, settings, redis, t, s, seed, batch_id, **options)
+            except Exception as exc:
+                failures.append(exc)
+                return None
+        return BatchRun(id=run.id, side=side, seed=seed)
+
+    planned = [(seed, *side) for seed in seeds for side in sides]
+    first = await enqueue(*planned[0])
+    if first is None:
+        raise failures[0]
+    rest = await asyncio.gather(*(enqueue(*args) for args in planned[1:]))
+    runs = [first, *(r for r in rest if r is not None)]
+    if failures:
+        error = f"{len(runs)} of {len(planned)} runs queued: {failures[0]}"
         logger.warning("what-if %s of twin %s: %s", batch_id, twin_id, error)
         await _store_batch(twins, batch_id, twin_id, scenario.id, request, runs, error)
-        raise
+        raise failures[0]
     await _store_batch(twins, batch_id, twin_id, scenario.id, request, runs, None)
     warnings = []
     jobs = JobQueue(redis, settings.key_prefix, settings.job_ttl)

@@ -4,6 +4,7 @@ batch queued through the API onto a real worker."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from mimir.core.twin.whatif import (
     stats,
     summarise,
 )
-from tests.helpers import WorkerProcess, wait_until
+from tests.helpers import RedisServer, ServerProcess, WorkerProcess, free_port, wait_until
 from tests.twin.test_twin_api import worker  # noqa: F401 - fixture
 
 CAPACITY_MINUS_30 = {"target": "supplier", "parameter": "capacity", "factor": 0.7}
@@ -425,3 +426,26 @@ def test_whatif_batch_on_a_worker(
         == 404
     )
     assert api_client.get(f"{url}/nope").status_code == 404
+
+
+def test_whatif_without_redis_is_503_and_keeps_no_batch(
+    make_server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    server = make_server(redis_url=f"127.0.0.1:{free_port()}").start()
+    twin, _ = line()
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        created = client.post(
+            "/api/v1/twins",
+            json={
+                "name": "line",
+                "entities": [e.model_dump(mode="json") for e in twin.entities],
+                "relationships": [r.model_dump(mode="json") for r in twin.relationships],
+            },
+        ).json()
+        url = f"/api/v1/twins/{created['id']}/whatif"
+        client.post(f"/api/v1/twins/{created['id']}/scenarios", json={"id": "b", "name": "b"})
+        answer = client.post(
+            url, json={"scenario_id": "b", "changes": [CAPACITY_MINUS_30], "seeds": 2}
+        )
+        assert answer.status_code == 503 and "Redis" in answer.json()["error"], answer.text
+        assert client.get(url).json() == {"batches": []}
