@@ -52,15 +52,26 @@ def test_twin_scenario_and_inline_run(api_client: httpx.Client, twin: dict[str, 
     assert [(t["id"], t["entities"], t["relationships"]) for t in listed] == [(twin_id, 7, 6)]
     detail = api_client.get(f"/api/v1/twins/{twin_id}").json()
     assert {e["label"] for e in detail["entities"]} >= {"North DC", "SteelCo"}
+    # Goods flow along sc:supplies (a role by its name); every entity has a capacity.
+    assert {r["role"] for r in detail["relationships"]} == {"supplies"}
+    assert detail["warnings"] == []
     run = api_client.post(
         f"/api/v1/twins/{twin_id}/runs", json={"scenario_id": twin["scenario_id"], "wait": True}
     )
     assert run.status_code == 201, run.text
-    metrics = run.json()["result"]["metrics"]
+    result = run.json()["result"]
+    metrics = result["metrics"]
     assert metrics["bottlenecks"][0]["label"] == "North DC"
+    # The flow: the stores' backlog grows through the rush and the outage.
+    assert metrics["backlog"] > 0 and metrics["fill_rate"] < 1
+    assert result["resolution"]["snapshots"] == len(result["times"]) == 61
+    assert set(result["series"]) == {"inventory", "backlog", "throughput"}
+    assert result["system"]["backlog"][-1] == metrics["backlog"]
     stored = api_client.get(f"/api/v1/twins/{twin_id}/runs/{run.json()['id']}").json()
     assert stored["status"] == "succeeded" and stored["result"]["metrics"] == metrics
-    assert api_client.get(f"/api/v1/twins/{twin_id}/runs").json()["runs"][0]["result"] is None
+    assert stored["result"]["series"] == result["series"]
+    listed = api_client.get(f"/api/v1/twins/{twin_id}/runs").json()["runs"]
+    assert listed[0]["result"] is None and listed[0]["summary"]["bottleneck"] == "North DC"
     assert api_client.delete(f"/api/v1/twins/{twin_id}").status_code == 204
     assert api_client.get(f"/api/v1/twins/{twin_id}/runs/{run.json()['id']}").status_code == 404
     assert api_client.get(f"/api/v1/twins/{twin_id}/scenarios").status_code == 404
@@ -113,6 +124,16 @@ def test_the_seed_call_runs_the_twin_on_a_worker(
     assert run["status"] == "succeeded" and run["job_id"] == body["job_id"]
     assert run["result"]["metrics"]["bottlenecks"][0]["label"] == "North DC"
     assert run["result"]["seed"] == 42  # the scenario's seed
+    # The job's result carries every series; the server stored them with the run.
+    assert len(record["result"]["times"]) == 61 and len(record["result"]["utilisation"]) == 7
+    series = api_client.get(
+        f"/api/v1/twins/{twin['twin_id']}/runs/{body['run_id']}/series",
+        params={"entities": "North DC", "metrics": "utilisation"},
+    ).json()
+    north = next(iter(series["entities"].values()))["utilisation"]
+    assert north == next(
+        values for entity, values in record["result"]["utilisation"].items() if "NorthDC" in entity
+    )
 
 
 def test_a_run_queued_through_the_twin_api(
