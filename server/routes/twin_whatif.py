@@ -6,7 +6,8 @@
   (the changes applied, :mod:`mimir.core.twin.whatif`) queued as ``digital_twin`` jobs,
   runs of the twin with ``batch_id`` set (the variant's carry ``variant_scenario_id``, which
   is not a stored scenario);
-- ``GET /api/v1/twins/{id}/whatif``: the twin's batches, oldest first;
+- ``GET /api/v1/twins/{id}/whatif``: the twin's batches, oldest first, with their progress
+  (unfinished ones brought up to date as below);
 - ``GET /api/v1/twins/{id}/whatif/{batch_id}``: its status and progress (``done``,
   ``total``, ``failed``) and, once every run ended, the distribution of the key metrics
   over the seeds for ``base``, ``variant`` and their paired ``delta`` (``{mean, p5, p95,
