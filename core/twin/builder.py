@@ -145,12 +145,14 @@ def twin_from_triples(
         if "capacity" not in figures:
             unbounded.append(label)
         entities.append(
-            Entity(
-                id=iri,
-                type=_local(kinds[0]) if kinds else "Entity",
-                label=label,
-                properties=props,
-                **figures,
+            Entity.model_validate(
+                {
+                    "id": iri,
+                    "type": _local(kinds[0]) if kinds else "Entity",
+                    "label": label,
+                    "properties": props,
+                    **figures,
+                }
             )
         )
     known = set(individuals)

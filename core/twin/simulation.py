@@ -685,7 +685,7 @@ class _Flow:
             e = self.entities[i]
             cap = total["capacity"][i]
             demanded = total["demand"][i]
-            stats = {
+            stats: dict[str, Any] = {
                 "label": e.label or _local(eid),
                 "type": e.type,
                 "avg_utilisation": round(total["work"][i] / cap, 6) if cap > 0 else 0.0,
