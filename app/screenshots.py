@@ -76,9 +76,7 @@ PREFIX rdfs: <http://www.w3.org/2000/01/rdf-schema#>
 PREFIX sc: <http://mimir-aip.local/ontology/supply-chain#>
 SELECT ?entity ?type ?label ?capacity
 WHERE { ?entity a ?type ; rdfs:label ?label . OPTIONAL { ?entity sc:capacity ?capacity } }
-ORDER BY ?type ?entity
-LIMIT 40
-"""
+ORDER BY ?type ?entity LIMIT 40"""
 
 
 async def _seed_knowledge(api) -> dict[str, Any] | None:
@@ -120,6 +118,7 @@ async def _grab_knowledge(window, api, grab) -> None:
         return
     await knowledge.load_twins(select=twin["id"])
     knowledge.editor.setPlainText(KG_QUERY)
+    knowledge.editor.verticalScrollBar().setValue(0)  # the query from its first PREFIX
     await knowledge.run_query()
     knowledge.tabs.setCurrentIndex(0)
     await grab("knowledge", 1.0)

@@ -44,7 +44,7 @@ __all__ = [
 METRICS: dict[str, tuple[str, int]] = {
     "fill_rate": ("Fill rate", +1),
     "delivered": ("Delivered", +1),
-    "throughput": ("Throughput / day", +1),
+    "throughput": ("Throughput", +1),
     "backlog": ("Backlog at end", -1),
     "peak_backlog": ("Peak backlog", -1),
     "unmet_demand": ("Unmet demand", -1),
@@ -77,6 +77,8 @@ KEY_METRICS = ["fill_rate", "delivered", "backlog", "peak_backlog", "avg_utilisa
 
 #: What-if parameters the form offers: parameter → label.
 PARAMETERS = {"capacity": "Capacity", "demand": "Demand", "lead_time": "Lead time"}
+
+EN_DASH = "\u2013"
 
 #: Metrics that are shares (shown in %, deltas in percentage points).
 SHARE_METRICS = {"fill_rate", "avg_utilisation", "peak_utilisation", "stability_score"}
@@ -325,7 +327,7 @@ def distribution_rows(
             if stats is None:
                 return "—"
             mean, p5, p95 = (format_metric(metric, x) for x in stats)
-            return f"{mean} ({p5} to {p95})"
+            return f"{mean} ({p5}{EN_DASH}{p95})"
 
         rows.append(
             DistributionRow(

@@ -227,6 +227,7 @@ class QtKnowledgePanel(QWidget):
         self.twin = twin
         self.runs_view.set_twin(twin_id, scenarios)
         self.whatif_view.set_twin(twin_id, scenarios, list(twin.get("entities") or []))
+        await self.whatif_view.load_history()
         await self.runs_view.refresh()
 
     async def simulate(self) -> None:

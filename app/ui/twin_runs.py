@@ -275,7 +275,8 @@ class TwinRunsView(QWidget):
 
         async def follow() -> None:
             while any(r.get("status") in ("queued", "running") for r in self.runs):
-                await asyncio.sleep(1.0)
+                # Hidden (another panel or tab): the list is read again when shown.
+                await asyncio.sleep(1.0 if self.isVisible() else 5.0)
                 await self.refresh()
 
         self._follow_task = asyncio.ensure_future(follow())

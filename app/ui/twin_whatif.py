@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
@@ -58,6 +58,7 @@ class WhatIfView(QWidget):
         self.session = session
         self.twin_id: str | None = None
         self.labels: dict[str, str] = {}
+        self.scenario_names: dict[str, str] = {}
         self.batch: dict[str, Any] | None = None  # the last answer for the batch shown
         self.change_text = ""
         self.plots: list[Any] = []
@@ -127,8 +128,14 @@ class WhatIfView(QWidget):
         self.status_label = QLabel("")
         self.status_label.setObjectName("Hint")
         self.status_label.setWordWrap(True)
+        self.history_combo = QComboBox()
+        self.history_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.history_combo.setMaximumWidth(480)
+        self.history_combo.setToolTip("The twin's earlier what-ifs: choose one to show it again")
+        self.history_combo.activated.connect(self._history_chosen)
         progress.addWidget(self.progress)
         progress.addWidget(self.status_label, 1)
+        progress.addWidget(self.history_combo)
         root.addLayout(progress)
         self.banner = Banner()
         root.addWidget(self.banner)
@@ -144,12 +151,12 @@ class WhatIfView(QWidget):
         root.addLayout(self.plot_holder, 5)
         bottom = QHBoxLayout()
         self.table = data_table(
-            ["Metric", "Base mean (p5 - p95)", "Variant mean (p5 - p95)", "Δ mean"],
+            ["Metric", "Base mean (p5\u2013p95)", "Variant mean (p5\u2013p95)", "Δ mean"],
             (140, 220, 220),
         )
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.bottlenecks = data_table(
-            ["Bottleneck", "Top (base)", "Top (variant)", "Days (base)", "Days (variant)"],
+            ["Bottleneck", "Top, base", "Top, variant", "Days, base", "Days, variant"],
         )
         self.bottlenecks.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.bottlenecks.setToolTip(
@@ -157,9 +164,14 @@ class WhatIfView(QWidget):
             "over the threshold); Days: its mean days as a bottleneck over the seeds"
         )
         for table in (self.table, self.bottlenecks):
-            table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
-        bottom.addWidget(self.table, 22)
-        bottom.addWidget(self.bottlenecks, 21)
+            # Columns as wide as their contents, the last one the rest (no manual resize:
+            # resizing a stretched last column left a scroll bar over a table that fit).
+            header = table.horizontalHeader()
+            header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+            header.setSectionResizeMode(table.columnCount() - 1, QHeaderView.ResizeMode.Stretch)
+        bottom.addWidget(self.table, 1)
+        bottom.addWidget(self.bottlenecks, 1)
+        self._bottom = bottom
         root.addLayout(bottom, 3)
         self._change_kind()
 
@@ -189,6 +201,7 @@ class WhatIfView(QWidget):
             self.target_combo.addItem(entity.get("label") or entity["id"], entity["id"])
         if target is not None and (index := self.target_combo.findData(target)) >= 0:
             self.target_combo.setCurrentIndex(index)
+        self.scenario_names = {s["id"]: s.get("name") or s["id"] for s in scenarios}
         self.run_button.setEnabled(bool(twin_id and scenarios and entities))
 
     def clear(self) -> None:
@@ -260,6 +273,55 @@ class WhatIfView(QWidget):
         self.progress.show()
         self.status_label.setText(f"{self.change_text}: queued")
         self._task = asyncio.ensure_future(self.follow(twin_id, batch_id))
+        await self.load_history(select=batch_id)
+
+    async def load_history(self, select: str | None = None) -> None:
+        """The twin's what-ifs in the history combo, newest first (``select``: that one)."""
+        twin_id = self.twin_id
+        if not twin_id:
+            self.history_combo.clear()
+            return
+        try:
+            batches = await self.session.api.list_whatifs(twin_id)
+        except ApiError:
+            return  # the combo keeps what it had; the form still works
+        if twin_id != self.twin_id:
+            return
+        select = select or self.history_combo.currentData()
+        self.history_combo.clear()
+        self.history_combo.addItem(
+            f"Earlier what-ifs ({len(batches)})" if batches else "No earlier what-ifs", None
+        )
+        for batch in reversed(batches):
+            self.history_combo.addItem(self._batch_title(batch), batch.get("batch_id"))
+        if select is not None and (index := self.history_combo.findData(select)) > 0:
+            self.history_combo.setCurrentIndex(index)
+
+    def _batch_title(self, batch: dict[str, Any]) -> str:
+        changes = [c for c in batch.get("changes") or [] if isinstance(c, dict)]
+        what = " + ".join(describe_change(c, self.labels) for c in changes) or "no change"
+        seeds = batch.get("seeds") or []
+        count = len(seeds) if isinstance(seeds, list) else int(seeds or 0)
+        scenario = self.scenario_names.get(batch.get("scenario_id", ""), batch.get("scenario_id"))
+        return f"{what} · base {scenario} · {count} seed{'s' if count != 1 else ''}"
+
+    def _history_chosen(self, index: int) -> None:
+        batch_id = self.history_combo.itemData(index)
+        if batch_id and self.twin_id and (self.batch or {}).get("batch_id") != batch_id:
+            self.show_earlier(str(batch_id))
+
+    def show_earlier(self, batch_id: str) -> None:
+        """Show an earlier batch (followed to its end if it still runs)."""
+        twin_id = self.twin_id
+        if not twin_id:
+            return
+        self.stop()
+        self.clear()
+        self.change_text = self.history_combo.currentText()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.show()
+        self._task = asyncio.ensure_future(self.follow(twin_id, batch_id))
 
     async def follow(self, twin_id: str, batch_id: str) -> None:
         """Read the batch until it ends, showing done/total; then its distribution."""
@@ -269,6 +331,8 @@ class WhatIfView(QWidget):
                     batch = await self.session.api.get_whatif(twin_id, batch_id)
                 except ApiError as exc:
                     self.banner.error(f"Cannot read the what-if: {exc}", source="whatif")
+                    if exc.status == 404:
+                        return  # deleted with its twin, or another server's
                     await asyncio.sleep(2.0)
                     continue
                 self.banner.clear_message(source="whatif")
@@ -276,7 +340,8 @@ class WhatIfView(QWidget):
                 if batch.get("status") in ("succeeded", "failed"):
                     self.show_batch(batch)
                     return
-                await asyncio.sleep(POLL_SECONDS)
+                # Hidden (another panel or tab): read less often until shown again.
+                await asyncio.sleep(POLL_SECONDS if self.isVisible() else 5.0)
         finally:
             self.run_button.setEnabled(bool(self.twin_id))
 
@@ -325,8 +390,18 @@ class WhatIfView(QWidget):
         self.bottlenecks.setRowCount(len(ranking))
         for row, cells in enumerate(ranking):
             set_row(self.bottlenecks, row, [table_item(text) for text in cells])
-        self.table.resizeColumnsToContents()
-        self.bottlenecks.resizeColumnsToContents()
+        # Each table's share of the width as its contents need (neither cut nor scrolled
+        # while both fit).
+        for index, table in enumerate((self.table, self.bottlenecks)):
+            header = table.horizontalHeader()
+            last = table.columnCount() - 1
+            needed = sum(
+                max(table.sizeHintForColumn(c), header.sectionSizeHint(c)) for c in range(last)
+            )
+            # The stretched last column keeps at least the default section's width.
+            needed += max(table.sizeHintForColumn(last), header.defaultSectionSize())
+            # + the frame and a little room: one pixel short shows a scroll bar.
+            self._bottom.setStretch(index, needed + 2 * table.frameWidth() + 12)
         self._plot([r for r in rows if r.metric in KEY_METRICS])
         self.legend.show()
 

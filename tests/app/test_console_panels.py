@@ -441,7 +441,7 @@ def test_knowledge_panel_twin_runs_compared_and_a_whatif_distribution(console: C
         expected = await api.compare_runs(twin["id"], seed1, seed2)
         table = runs.system_table
         rows = {cell(table, r, 0): r for r in range(table.rowCount())}
-        assert list(rows)[:4] == ["Fill rate", "Delivered", "Throughput / day", "Backlog at end"]
+        assert list(rows)[:4] == ["Fill rate", "Delivered", "Throughput", "Backlog at end"]
         fill = expected["system"]["fill_rate"]
         row = rows["Fill rate"]
         assert cell(table, row, 1) == f"{fill['a'] * 100:.1f}%"
@@ -499,6 +499,17 @@ def test_knowledge_panel_twin_runs_compared_and_a_whatif_distribution(console: C
         assert whatif.bottlenecks.rowCount() >= 1
         assert cell(whatif.bottlenecks, 0, 0) == "North DC"
         assert whatif.run_button.isEnabled()
+        # Listed among the twin's what-ifs, and shown again from there.
+        assert whatif.history_combo.count() == 2
+        assert whatif.history_combo.currentText() == (
+            "North DC capacity -30 % · base holiday-rush · 4 seeds"
+        )
+        batch_id = whatif.batch["batch_id"]
+        whatif.clear()
+        assert whatif.table.rowCount() == 0
+        whatif.show_earlier(batch_id)
+        await until(lambda: whatif.batch is not None, 15, "the earlier what-if shown again")
+        assert whatif.table.rowCount() >= 5 and whatif.progress.text() == "8 of 8 runs"
 
         # The outage form: a supplier out for 10 days from day 20.
         whatif.target_combo.setCurrentIndex(whatif.target_combo.findText("SteelCo"))

@@ -293,7 +293,7 @@ def test_distribution_rows_key_metrics_first() -> None:
     assert [r.metric for r in rows] == ["fill_rate", "backlog", "stability_score"]  # as given
     fill, backlog, stability = rows
     assert fill.base == (0.92, 0.9, 0.94) and fill.variant == (0.8, 0.75, 0.85)
-    assert fill.base_text == "92.0% (90.0% to 94.0%)"
+    assert fill.base_text == "92.0% (90.0%\u201394.0%)"
     assert fill.delta == "-12.0 pp" and fill.verdict == "worse"
     # No delta in the answer: the difference of the means.
     assert backlog.delta == "+3,600" and backlog.verdict == "worse"
