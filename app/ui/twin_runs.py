@@ -69,6 +69,15 @@ ENTITY_HEADERS = {
 PLOTTED = 6
 
 
+def _fit_columns(table: Any, stretch: int) -> None:
+    """Columns as wide as their contents, column ``stretch`` the rest of the width (no
+    empty strip after the last column, no cut text while the table is wide enough)."""
+    header = table.horizontalHeader()
+    header.setStretchLastSection(False)
+    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    header.setSectionResizeMode(stretch, QHeaderView.ResizeMode.Stretch)
+
+
 class TwinRunsView(QWidget):
     def __init__(self, session: Any) -> None:
         super().__init__()
@@ -123,7 +132,7 @@ class TwinRunsView(QWidget):
             ["Run", "Scenario", "Seed", "Status", "Fill rate", "Backlog"], (80, 120, 70, 85, 75)
         )
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        _fit_columns(self.table, stretch=1)
         self.table.setMinimumHeight(150)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         top.addWidget(self.table, 5)
@@ -163,7 +172,7 @@ class TwinRunsView(QWidget):
             "Run B's figure (its change from run A); A and B in each tooltip"
         )
         for table in (self.system_table, self.entity_table):
-            table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+            _fit_columns(table, stretch=0)
         bottom.addWidget(self.system_table, 5)
         bottom.addWidget(self.entity_table, 8)
         root.addLayout(bottom, 6)
@@ -245,7 +254,6 @@ class TwinRunsView(QWidget):
             )
         self.select_runs(selected)
         self.table.blockSignals(False)
-        self.table.resizeColumnsToContents()
         self._update_buttons()
         if any(r.get("status") in ("queued", "running") for r in runs):
             self._follow()
@@ -516,5 +524,3 @@ class TwinRunsView(QWidget):
                     item.setForeground(color)
                 items.append(item)
             set_row(self.entity_table, row, items)
-        self.system_table.resizeColumnsToContents()
-        self.entity_table.resizeColumnsToContents()
