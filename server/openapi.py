@@ -40,6 +40,7 @@ from mimir.server.auth import OPEN_PATHS
 from mimir.server.deps import get_redis
 from mimir.server.knowledge import get_ontology_store
 from mimir.server.methods import flat_routes
+from mimir.server.routes.twins import KINDS_PATTERN, METRICS_PATTERN, RUNS_PATTERN
 
 __all__ = ["ROUTES", "ErrorBody", "OperationDoc", "ValidationErrorBody", "install_openapi"]
 
@@ -379,11 +380,7 @@ ROUTES: dict[str, OperationDoc] = {
         success=(201, 202),
         links=_links(
             "Run",
-            {
-                "Get": f"GET {_TWIN}/runs/{{run_id}}",
-                "SeriesOf": f"GET {_TWIN}/runs/{{run_id}}/series",
-                "TimelineOf": f"GET {_TWIN}/runs/{{run_id}}/timeline",
-            },
+            {"Get": f"GET {_TWIN}/runs/{{run_id}}"},
             twin_id="twin_id",
             run_id="id",
         ),
@@ -393,12 +390,14 @@ ROUTES: dict[str, OperationDoc] = {
     "GET /api/v1/twins/{twin_id}/runs/{run_id}": OperationDoc(errors=(404,), never=(503,)),
     # 409: the run has no result (yet); 422: an unknown metric or kind, start after end.
     "GET /api/v1/twins/{twin_id}/runs/{run_id}/series": OperationDoc(
-        errors=(404, 409), never=(503,)
+        errors=(404, 409), never=(503,), parameters={"metrics": {"pattern": METRICS_PATTERN}}
     ),
     "GET /api/v1/twins/{twin_id}/runs/{run_id}/timeline": OperationDoc(
-        errors=(404, 409), never=(503,)
+        errors=(404, 409), never=(503,), parameters={"kind": {"pattern": KINDS_PATTERN}}
     ),
-    "GET /api/v1/twins/{twin_id}/compare": OperationDoc(errors=(404, 409), never=(503,)),
+    "GET /api/v1/twins/{twin_id}/compare": OperationDoc(
+        errors=(404, 409), never=(503,), parameters={"runs": {"pattern": RUNS_PATTERN}}
+    ),
     # 422: the twin has no ontology, or the ontology no individuals.
     "POST /api/v1/twins/{twin_id}/sync": OperationDoc(errors=(404, 422)),
     "POST /api/v1/twins/{twin_id}/whatif": OperationDoc(

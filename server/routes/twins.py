@@ -48,6 +48,7 @@ from mimir.core.twin.models import Role
 from mimir.core.twin.simulation import bounded, resolve_target
 from mimir.core.twin.store import (
     SERIES_METRICS,
+    TIMELINE_HEAD,
     InvalidTwinRequestError,
     RunNotSucceededError,
     TwinNotFoundError,
@@ -63,7 +64,10 @@ from mimir.server.routes.queue import QueueDep, RunDbDep, job_record, unserved_w
 __all__ = [
     "COMPARED_METRICS",
     "DEFAULT_POINTS",
+    "KINDS_PATTERN",
     "MAX_VALUES",
+    "METRICS_PATTERN",
+    "RUNS_PATTERN",
     "TIMELINE_KINDS",
     "RunRequest",
     "SyncRequest",
@@ -439,8 +443,6 @@ def _point_cap(entities: int) -> int:
 def _view(run: RunRecord, result: SimulationResult, points: int) -> RunRecord:
     """``run`` answered with ``result`` reduced to ``points`` snapshots at most (fewer
     for many entities: :data:`MAX_VALUES`), its timeline's first entries."""
-    from mimir.core.twin.store import TIMELINE_HEAD
-
     entities = len(result.utilisation) or int(result.metrics.get("entities", 1) or 1)
     cap = _point_cap(entities)
     shown = bounded(result, min(points, cap))
@@ -604,14 +606,29 @@ def _pick_entities(run: RunRecord, known: list[str], given: str | None) -> list[
     return chosen
 
 
+def names_pattern(allowed: tuple[str, ...]) -> str:
+    """The pattern of a comma-separated list of ``allowed`` names (no spaces)."""
+    one = "(" + "|".join(allowed) + ")"
+    return f"^{one}(,{one})*$"
+
+
 def _names(value: str | None, allowed: tuple[str, ...], field: str) -> list[str]:
-    names = [p.strip() for p in (value or "").split(",") if p.strip()]
+    """The names of a comma-separated list of ``allowed`` ones (none given: ``[]``)."""
+    if value is None:
+        return []
+    names = value.split(",")
     unknown = [n for n in names if n not in allowed]
     if unknown:
         raise InvalidTwinRequestError(
             field, f"unknown {', '.join(map(repr, unknown))} (known: {', '.join(allowed)})"
         )
     return list(dict.fromkeys(names))
+
+
+#: The documented forms of ``metrics``, ``kind`` and ``runs`` (checked by the handlers).
+METRICS_PATTERN = names_pattern(SERIES_METRICS)
+KINDS_PATTERN = names_pattern(TIMELINE_KINDS)
+RUNS_PATTERN = "^[^,]+,[^,]+$"
 
 
 @router.get("/api/v1/twins/{twin_id}/runs/{run_id}/series", response_model=SeriesPage)
@@ -639,10 +656,10 @@ async def run_series(
     """A succeeded run's series at full resolution between ``start`` and ``end``, for a
     page of its entities (``limit`` from ``offset``; ``next_offset`` is the next page's).
     404: an unknown entity; 409: the run has no result (yet); 422: an unknown metric."""
+    run = await _current_run(twins, jobs, db, twin_id, run_id)
     wanted = _names(metrics, SERIES_METRICS, "query.metrics") or list(SERIES_METRICS)
     if start is not None and end is not None and start > end:
         raise InvalidTwinRequestError("query.start", f"start {start:g} is after end {end:g}")
-    run = await _current_run(twins, jobs, db, twin_id, run_id)
     if run.status != "succeeded" or run.result is None:
         raise RunNotSucceededError(f"run {run.id!r} is {run.status}: it has no series")
     known = await asyncio.to_thread(twins.run_entities, run)
@@ -681,8 +698,8 @@ async def run_timeline(
     """A succeeded run's timeline in order: events and state changes, paged, only of the
     ``kind`` given and about ``entity`` if given. 404: unknown entity; 409: no result
     (yet); 422: unknown kind."""
-    kinds = _names(kind, TIMELINE_KINDS, "query.kind")
     run = await _current_run(twins, jobs, db, twin_id, run_id)
+    kinds = _names(kind, TIMELINE_KINDS, "query.kind")
     if run.status != "succeeded" or run.result is None:
         raise RunNotSucceededError(f"run {run.id!r} is {run.status}: it has no timeline")
     chosen = None
@@ -731,12 +748,12 @@ async def compare_runs(
 ) -> CompareAnswer:
     """System and per-entity deltas (b - a) of two succeeded runs of the twin. 404: an
     unknown run; 409: a run that has not succeeded (named); 422: not two runs."""
-    ids = [p.strip() for p in runs.split(",")]
+    await asyncio.to_thread(twins.get_twin, twin_id)
+    ids = runs.split(",")
     if len(ids) != 2 or not all(ids):
         raise InvalidTwinRequestError("query.runs", "give exactly two run ids: runs=a,b")
     if ids[0] == ids[1]:
         raise InvalidTwinRequestError("query.runs", "give two different runs")
-    await asyncio.to_thread(twins.get_twin, twin_id)
     pair = [await _current_run(twins, jobs, db, twin_id, run_id) for run_id in ids]
     for run in pair:
         if run.status != "succeeded" or run.result is None:
