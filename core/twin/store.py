@@ -4,8 +4,9 @@ A run's record (``runs.body``) keeps its result without the big parts: the per-e
 series are rows of ``run_series`` (one per entity, in the twin's order, and one at
 position -1 with the snapshot times and the system totals), the timeline is rows of
 ``run_timeline`` (the body keeps its first :data:`TIMELINE_HEAD` entries). Reading a run,
-a page of its series or of its timeline parses only what it answers. Runs written before
-(schema 1) hold the whole result in their body and still read the same.
+a page of its series or of its timeline parses only what it answers; the API's answer of
+a run at a resolution, once made, is kept in ``run_views``. Runs written before (schema 1)
+hold the whole result in their body and still read the same.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SERIES_METRICS",
     "TIMELINE_HEAD",
+    "VIEWS_KEPT",
     "InvalidTwinRequestError",
     "RunNotSucceededError",
     "ScenarioExistsError",
@@ -42,8 +44,12 @@ __all__ = [
 
 #: ``PRAGMA user_version`` of the current schema. 0: scenario ids were global (the
 #: ``scenarios`` key was ``id`` alone); 1: they are scoped to their twin; 2: a run's series
-#: and timeline are rows of their own (``run_series``, ``run_timeline``).
-SCHEMA_VERSION = 2
+#: and timeline are rows of their own (``run_series``, ``run_timeline``); 3: answers of a
+#: run at a resolution are kept (``run_views``).
+SCHEMA_VERSION = 3
+
+#: Views (a run's answer at one resolution) kept per run, the newest.
+VIEWS_KEPT = 8
 
 #: The per-entity series of a run, by name.
 SERIES_METRICS = ("utilisation", "inventory", "backlog", "throughput")
@@ -82,6 +88,12 @@ _TABLES = (
 )""",
     "CREATE INDEX IF NOT EXISTS run_timeline_kind ON run_timeline (run_id, kind, seq)",
     "CREATE INDEX IF NOT EXISTS run_timeline_entity ON run_timeline (run_id, entity, seq)",
+    # A succeeded run's answer with its series reduced to ``points`` snapshots (JSON).
+    """CREATE TABLE IF NOT EXISTS run_views (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    points INTEGER NOT NULL, created_at TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (run_id, points)
+)""",
 )
 _FRAME = -1
 
@@ -383,6 +395,31 @@ class TwinStore:
 
     # -- a run's series and timeline ---------------------------------------------------
 
+    def get_view(self, run_id: str, points: int) -> str | None:
+        """The answer kept for run ``run_id`` at ``points`` snapshots (JSON), if any."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT body FROM run_views WHERE run_id = ? AND points = ?", (run_id, points)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_view(self, run_id: str, points: int, body: str) -> None:
+        """Keep a run's answer at ``points`` snapshots (the newest :data:`VIEWS_KEPT`)."""
+        try:
+            with self._connect() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO run_views (run_id, points, created_at, body) "
+                    "VALUES (?, ?, ?, ?)",
+                    (run_id, points, utc_now(), body),
+                )
+                db.execute(
+                    "DELETE FROM run_views WHERE run_id = ? AND points NOT IN (SELECT points "
+                    "FROM run_views WHERE run_id = ? ORDER BY rowid DESC LIMIT ?)",
+                    (run_id, run_id, VIEWS_KEPT),
+                )
+        except sqlite3.IntegrityError:  # the run was deleted meanwhile: nothing to keep
+            return
+
     @staticmethod
     def _result_of(run: RunRecord) -> SimulationResult:
         if run.status != "succeeded" or run.result is None:
@@ -571,6 +608,7 @@ def _split(run: RunRecord) -> tuple[str, _Parts | None]:
 
 def _write_parts(db: sqlite3.Connection, run_id: str, parts: _Parts) -> None:
     frame, series, timeline = parts
+    db.execute("DELETE FROM run_views WHERE run_id = ?", (run_id,))
     db.execute("DELETE FROM run_series WHERE run_id = ?", (run_id,))
     db.execute("DELETE FROM run_timeline WHERE run_id = ?", (run_id,))
     db.execute(

@@ -26,7 +26,7 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
 
@@ -440,17 +440,20 @@ def _point_cap(entities: int) -> int:
     return max(2, MAX_VALUES // max(1, entities))
 
 
+def _entity_count(result: SimulationResult) -> int:
+    """Entities of a result (from its metrics when its series are stored apart)."""
+    return len(result.utilisation) or int(result.metrics.get("entities", 1) or 1)
+
+
 def _view(run: RunRecord, result: SimulationResult, points: int) -> RunRecord:
     """``run`` answered with ``result`` reduced to ``points`` snapshots at most (fewer
     for many entities: :data:`MAX_VALUES`), its timeline's first entries."""
-    entities = len(result.utilisation) or int(result.metrics.get("entities", 1) or 1)
-    cap = _point_cap(entities)
+    cap = _point_cap(_entity_count(result))
     shown = bounded(result, min(points, cap))
     total = int(result.resolution.get("timeline_entries", len(result.timeline)))
     head = result.timeline[:TIMELINE_HEAD]
     resolution = {
         **shown.resolution,
-        "requested_points": points,
         "max_points": cap,
         "timeline_entries": total,
         "timeline_shown": len(head),
@@ -567,7 +570,7 @@ async def get_run(
     jobs: QueueDep,
     db: RunDbDep,
     points: Annotated[int, Query(ge=2, le=10_000)] = DEFAULT_POINTS,
-) -> RunRecord:
+) -> Any:
     """A run with its result (status and result follow its job until it ends). Its
     series are reduced to at most ``points`` snapshots (fewer with many entities: at most
     100,000 values per series), its timeline to the first 100 entries; ``resolution``
@@ -575,8 +578,19 @@ async def get_run(
     run = await _current_run(twins, jobs, db, twin_id, run_id)
     if run.status != "succeeded" or run.result is None:
         return run
-    full = await asyncio.to_thread(twins.full_result, run, timeline=False)
-    return _view(run, full, points)
+    # A succeeded run no longer changes: its answer at a resolution is made once.
+    kept = min(points, _point_cap(_entity_count(run.result)))
+    body = await asyncio.to_thread(twins.get_view, run.id, kept)
+    if body is None:
+
+        def make() -> str:
+            full = twins.full_result(run, timeline=False)
+            made = _view(run, full, points).model_dump_json()
+            twins.put_view(run.id, kept, made)
+            return made
+
+        body = await asyncio.to_thread(make)
+    return Response(body, media_type="application/json")
 
 
 def _pick_entities(run: RunRecord, known: list[str], given: str | None) -> list[str]:

@@ -125,6 +125,7 @@ def test_points_bound_the_answer_and_resolution_says_so(api_client: httpx.Client
     # Throughput is a rate: a bucket's mean is still the 8 a day the shop sells.
     assert set(stored["series"]["throughput"][SHOP][1:]) == {8.0}
     assert stored["metrics"] == result["metrics"]
+    assert api_client.get(url).json()["result"] == stored  # kept, answered again
     two = api_client.get(url, params={"points": 2}).json()["result"]
     assert two["times"] == [0, 1000] and two["resolution"]["points"] == 2
     full = api_client.get(url, params={"points": 10_000}).json()["result"]
@@ -688,7 +689,7 @@ def test_store_keeps_series_apart_and_reads_old_runs(tmp_path: Path) -> None:
         rows = db.execute(
             "SELECT position, entity FROM run_series WHERE run_id = 'new' ORDER BY position"
         ).fetchall()
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert rows == [(-1, None), (0, SRC), (1, SHOP)]
     assert '"times":[]' in body and '"utilisation":{}' in body
     new = store.get_run("new")
@@ -714,13 +715,22 @@ def test_store_keeps_series_apart_and_reads_old_runs(tmp_path: Path) -> None:
         new, kinds=["backlog"]
     )
 
+    # Views (answers at a resolution) are kept, the newest eight, and go when the result
+    # is stored again (a job delivered twice).
+    for points in range(2, 12):
+        store.put_view("new", points, f'{{"points":{points}}}')
+    assert store.get_view("new", 2) is None and store.get_view("new", 11) == '{"points":11}'
+    store.finish_run("new", result)
+    assert store.get_view("new", 11) is None
+    store.put_view("new", 5, "{}")
+
     store.delete_twin(twin.id)
     with sqlite3.connect(path) as db:
-        for table in ("runs", "run_series", "run_timeline", "scenarios"):
+        for table in ("runs", "run_series", "run_timeline", "run_views", "scenarios"):
             assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
 
 
-def test_a_schema_1_database_is_brought_to_schema_2(tmp_path: Path) -> None:
+def test_a_schema_1_database_is_brought_to_schema_3(tmp_path: Path) -> None:
     path = tmp_path / "twins.sqlite3"
     twin = Twin.model_validate({**PAIR, "id": "t1", "created_at": "2024-01-01"})
     result = SimulationResult(
@@ -756,7 +766,7 @@ def test_a_schema_1_database_is_brought_to_schema_2(tmp_path: Path) -> None:
         )
     store = TwinStore(path)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"run_series", "run_timeline"} <= tables
+    assert {"run_series", "run_timeline", "run_views"} <= tables
     assert store.run_series(store.get_run("r1"))[SRC]["utilisation"] == [0, 1]
