@@ -519,8 +519,10 @@ async def start_run(
                 {"run_id": run.id},
             )
         done = await asyncio.to_thread(twins.get_run, run.id)
-        answer = _view(done, outcome, body.points)
-        return JSONResponse(answer.model_dump(mode="json"), status_code=201)
+        answer = _view(done, outcome, body.points).model_dump_json()
+        kept = min(body.points, _point_cap(_entity_count(outcome)))
+        await asyncio.to_thread(twins.put_view, run.id, kept, answer)
+        return Response(answer, status_code=201, media_type="application/json")
     run = await _enqueue_run(
         twins, settings, redis, twin, scenario, body.seed, priority=body.priority
     )

@@ -630,6 +630,27 @@ def test_a_scenario_that_no_longer_fits_fails_on_the_worker_once(
     assert run["status"] == "failed" and "'shop'" in run["error"]
 
 
+def test_an_inline_run_whose_client_left_still_ends(api_client: httpx.Client) -> None:
+    """The client gives up while the simulation runs: the run still records its result."""
+    twin_id = make_twin(api_client)
+    scenario = add_scenario(api_client, twin_id, name="long", duration=100_000, snapshot_interval=2)
+    with pytest.raises(httpx.ReadTimeout):
+        api_client.post(
+            f"/api/v1/twins/{twin_id}/runs",
+            json={"scenario_id": scenario, "wait": True},
+            timeout=0.5,
+        )
+    runs = f"/api/v1/twins/{twin_id}/runs"
+    assert [r["status"] for r in api_client.get(runs).json()["runs"]] == ["running"]
+
+    def ended() -> dict | None:
+        listed = api_client.get(runs).json()["runs"]
+        return listed[0] if listed[0]["status"] != "running" else None
+
+    run = wait_until(ended, timeout=120, interval=0.2, message="the abandoned run to end")
+    assert run["status"] == "succeeded" and run["summary"]["delivered"] == 800_000.0
+
+
 # -- reproducibility --------------------------------------------------------------------
 
 
