@@ -59,6 +59,7 @@ class WhatIfView(QWidget):
         self.twin_id: str | None = None
         self.labels: dict[str, str] = {}
         self.scenario_names: dict[str, str] = {}
+        self._history_reads = 0  # an older list answering late never replaces a newer one
         self.batch: dict[str, Any] | None = None  # the last answer for the batch shown
         self.change_text = ""
         self.plots: list[Any] = []
@@ -278,6 +279,8 @@ class WhatIfView(QWidget):
     async def load_history(self, select: str | None = None) -> None:
         """The twin's what-ifs in the history combo, newest first (``select``: that one)."""
         twin_id = self.twin_id
+        self._history_reads += 1
+        read = self._history_reads
         if not twin_id:
             self.history_combo.clear()
             return
@@ -285,8 +288,8 @@ class WhatIfView(QWidget):
             batches = await self.session.api.list_whatifs(twin_id)
         except ApiError:
             return  # the combo keeps what it had; the form still works
-        if twin_id != self.twin_id:
-            return
+        if twin_id != self.twin_id or read != self._history_reads:
+            return  # a newer read (after a new batch) answers instead
         select = select or self.history_combo.currentData()
         self.history_combo.clear()
         self.history_combo.addItem(
@@ -339,6 +342,8 @@ class WhatIfView(QWidget):
                 self.show_progress(batch)
                 if batch.get("status") in ("succeeded", "failed"):
                     self.show_batch(batch)
+                    if self.history_combo.findData(batch_id) < 0:
+                        await self.load_history(select=batch_id)
                     return
                 # Hidden (another panel or tab): read less often until shown again.
                 await asyncio.sleep(POLL_SECONDS if self.isVisible() else 5.0)

@@ -500,7 +500,7 @@ def test_knowledge_panel_twin_runs_compared_and_a_whatif_distribution(console: C
         assert cell(whatif.bottlenecks, 0, 0) == "North DC"
         assert whatif.run_button.isEnabled()
         # Listed among the twin's what-ifs, and shown again from there.
-        assert whatif.history_combo.count() == 2
+        await until(lambda: whatif.history_combo.count() == 2, 10, "the what-if listed")
         assert whatif.history_combo.currentText() == (
             "North DC capacity -30 % · base holiday-rush · 4 seeds"
         )
