@@ -112,7 +112,7 @@ COMPARED_METRICS = (
     "time_starved",
     "time_down",
 )
-#: Most runs whose simulation goes on after their request was cancelled (kept referenced).
+#: Inline runs under way, referenced until they end (one goes on if its request is cancelled).
 _RUNNING: set[asyncio.Task[Any]] = set()
 
 
