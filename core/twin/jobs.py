@@ -46,8 +46,8 @@ def _finite(values: Iterable[float]) -> bool:
 
 def simulate_run(twin: Twin, scenario: Scenario, seed: int | None) -> SimulationResult:
     """:func:`~mimir.core.twin.simulation.simulate`, refusing a result that JSON cannot
-    carry: figures so large (a capacity or demand near 1e308) that they overflowed to
-    infinity or NaN fail the run as a :class:`TwinError`."""
+    carry: figures that overflowed to infinity or NaN (each figure is bounded by
+    ``MAX_FIGURE``, but many events can multiply one) fail the run as a :class:`TwinError`."""
     result = simulation.simulate(twin, scenario, seed)
     groups = [result.utilisation, *result.series.values()]
     ok = all(_finite(values) for group in groups for values in group.values())
@@ -62,7 +62,7 @@ def simulate_run(twin: Twin, scenario: Scenario, seed: int | None) -> Simulation
     if not (ok and _finite(numbers)):
         raise TwinError(
             "the simulation's figures overflowed (infinite or not a number): a capacity, "
-            "demand, inventory or buffer is too large"
+            "demand, inventory or buffer, or the events multiplying it, are too large"
         )
     return result
 

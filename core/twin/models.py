@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
 
 __all__ = [
     "DEFAULT_MAGNITUDE",
+    "MAX_FIGURE",
     "ROLE_NAMES",
     "Entity",
     "EventType",
@@ -78,6 +79,10 @@ DEFAULT_MAGNITUDE: dict[EventType, float | None] = {
     EventType.external_outage: 0.0,
 }
 
+#: Largest figure an entity or an event may carry (capacity, demand, stock, times,
+#: magnitudes): sums and products of such figures stay finite, which JSON needs.
+MAX_FIGURE = 1e12
+
 #: What a relationship means to the flow.
 Role = Literal["supplies", "supplied_by", "depends_on", "none"]
 
@@ -109,20 +114,20 @@ class Entity(BaseModel):
     type: str = "Entity"
     label: str = ""
     #: Work it can do (and ship) per time unit; ``None``: unbounded.
-    capacity: float | None = Field(strict=True, default=None, ge=0)
+    capacity: float | None = Field(strict=True, default=None, ge=0, le=MAX_FIGURE)
     #: External demand: orders from customers outside the twin, per time unit.
-    demand: float = Field(strict=True, default=0.0, ge=0)
+    demand: float = Field(strict=True, default=0.0, ge=0, le=MAX_FIGURE)
     #: Goods on hand at the start, ready to ship.
-    inventory: float = Field(strict=True, default=0.0, ge=0)
+    inventory: float = Field(strict=True, default=0.0, ge=0, le=MAX_FIGURE)
     #: Most goods it can hold on hand and in transit to it; ``None``: unbounded.
-    buffer: float | None = Field(strict=True, default=None, ge=0)
+    buffer: float | None = Field(strict=True, default=None, ge=0, le=MAX_FIGURE)
     #: Time its shipments take to reach its customers.
-    lead_time: float = Field(strict=True, default=0.0, ge=0)
+    lead_time: float = Field(strict=True, default=0.0, ge=0, le=MAX_FIGURE)
     #: Stock it orders up to beyond what its backlog needs (base stock).
-    target_stock: float = Field(strict=True, default=0.0, ge=0)
+    target_stock: float = Field(strict=True, default=0.0, ge=0, le=MAX_FIGURE)
     #: Mean time between random failures and mean time to repair them (both or neither).
-    mtbf: float | None = Field(strict=True, default=None, gt=0)
-    mttr: float | None = Field(strict=True, default=None, gt=0)
+    mtbf: float | None = Field(strict=True, default=None, gt=0, le=MAX_FIGURE)
+    mttr: float | None = Field(strict=True, default=None, gt=0, le=MAX_FIGURE)
     #: With several suppliers: ``any`` (each is an alternative source) or ``all`` (a unit
     #: needs one unit from each: assembly).
     inputs: Literal["any", "all"] = "any"
@@ -187,7 +192,7 @@ class ScenarioEvent(BaseModel):
     #: Entity id (IRI), its label or its local name.
     target: str
     #: Factor, share or quantity the event applies (see :class:`EventType`).
-    magnitude: float | None = Field(strict=True, default=None, ge=0)
+    magnitude: float | None = Field(strict=True, default=None, ge=0, le=MAX_FIGURE)
     #: How long it lasts; ``None`` until the end of the run.
     duration: float | None = Field(strict=True, default=None, gt=0)
     #: Spread the same event to related entities: ``outgoing`` (source → target),
@@ -256,13 +261,14 @@ class Scenario(BaseModel):
 
     @model_validator(mode="after")
     def _steps_bounded(self) -> Scenario:
-        if self.duration / self.snapshot_interval > 100_000:
+        # Compared as multiplications: a tiny step or interval must not overflow a ratio.
+        if self.snapshot_interval * 100_000 < self.duration:
             raise ValueError("duration / snapshot_interval must stay under 100,000 snapshots")
+        if self.step is not None and self.step * 1_000_000 < self.duration:
+            raise ValueError("duration / step must stay under 1,000,000 steps")
         ratio = self.snapshot_interval / self.flow_step
         if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
             raise ValueError("snapshot_interval must be a whole number of steps")
-        if self.duration / self.flow_step > 1_000_000:
-            raise ValueError("duration / step must stay under 1,000,000 steps")
         return self
 
     @property

@@ -317,14 +317,24 @@ class _Flow:
             return values[max(values)]  # the newest effect wins
         return self.entities[i].target_stock
 
-    def stopped(self, i: int, seen: frozenset[int] = frozenset()) -> bool:
-        """Failed, at capacity factor 0, or depending on something that is."""
-        if self.failed[i] or self.fac["capacity"][i] == 0:
+    def stopped(self, i: int) -> bool:
+        """Failed, at capacity factor 0, or depending (at any depth) on something that is."""
+        fac = self.fac["capacity"]
+        if self.failed[i] or fac[i] == 0:
             return True
         if not self.depends[i]:
             return False
-        seen = seen | {i}
-        return any(d not in seen and self.stopped(d, seen) for d in self.depends[i])
+        seen = {i}
+        todo = list(self.depends[i])
+        while todo:  # a walk, not a recursion: chains of dependencies may be long
+            d = todo.pop()
+            if d in seen:
+                continue
+            if self.failed[d] or fac[d] == 0:
+                return True
+            seen.add(d)
+            todo.extend(self.depends[d])
+        return False
 
     def capacity_now(self, i: int) -> float:
         """Work per time unit the entity can do now (``inf``: unbounded)."""

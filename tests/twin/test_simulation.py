@@ -399,3 +399,36 @@ def test_the_supply_chain_example() -> None:
     summary = [(b["label"], b["first_over_at"], b["time_over_threshold"]) for b in m["bottlenecks"]]
     assert summary[:2] == [("North DC", 10, 36), ("PlastiCorp", 20, 15)]
     assert 0 < m["stability_score"] < 1 and 0.9 < m["fill_rate"] < 0.95
+
+
+def test_hostile_figures_and_long_dependency_chains() -> None:
+    with pytest.raises(ValidationError, match="1,000,000 steps"):
+        Scenario(name="x", step=5e-324)
+    with pytest.raises(ValidationError, match="100,000 snapshots"):
+        Scenario(name="x", snapshot_interval=5e-324)
+    with pytest.raises(ValidationError, match="less than or equal"):
+        Entity(id="a", capacity=1e308)
+    # 1,500 entities each depending on the next: the last one's outage stops them all.
+    chain = [Entity(id=f"{E}{k}", capacity=10, demand=1 if k == 0 else 0) for k in range(1500)]
+    links = [
+        Relationship(source=a.id, target=b.id, type="dependsOn")
+        for a, b in itertools.pairwise(chain)
+    ]
+    twin = Twin(name="deps", entities=chain, relationships=links)
+    result = run(
+        twin, duration=3, events=[{"at": 1, "type": "resource.unavailable", "target": f"{E}1499"}]
+    )
+    assert result.metrics["per_entity"][f"{E}0"]["time_down"] == 2
+
+
+def test_a_result_that_overflowed_fails_the_run() -> None:
+    from mimir.core.twin.jobs import simulate_run
+
+    surges = [
+        {"at": 1, "type": "demand.surge", "target": "A", "magnitude": 1e12} for _ in range(30)
+    ]
+    scenario = Scenario(
+        name="x", duration=3, events=[ScenarioEvent.model_validate(e) for e in surges]
+    )
+    with pytest.raises(TwinError, match="overflowed"):
+        simulate_run(line(("A", 1e12, 1e12)), scenario, seed=1)

@@ -35,7 +35,6 @@ from mimir.core.twin.whatif import (
     summarise,
 )
 from tests.helpers import RedisServer, ServerProcess, WorkerProcess, free_port, wait_until
-from tests.twin.test_twin_api import worker  # noqa: F401 - fixture
 
 CAPACITY_MINUS_30 = {"target": "supplier", "parameter": "capacity", "factor": 0.7}
 SUPPLIER_OUT_10_DAYS = {
@@ -318,7 +317,7 @@ def test_a_batch_ends_failed_with_its_errors_and_the_runs_that_succeeded(tmp_pat
 
 def test_whatif_batch_on_a_worker(
     api_client: httpx.Client,
-    worker: WorkerProcess,  # noqa: F811 - the fixture
+    worker: WorkerProcess,
 ) -> None:
     twin, _ = line()
     created = api_client.post(
