@@ -264,8 +264,12 @@ class Scenario(BaseModel):
         # Compared as multiplications: a tiny step or interval must not overflow a ratio.
         if self.snapshot_interval * 100_000 < self.duration:
             raise ValueError("duration / snapshot_interval must stay under 100,000 snapshots")
-        if self.step is not None and self.step * 1_000_000 < self.duration:
-            raise ValueError("duration / step must stay under 1,000,000 steps")
+        if self.step is not None and self.step * 1_000_000 < max(
+            self.duration, self.snapshot_interval
+        ):
+            raise ValueError(
+                "duration / step and snapshot_interval / step must stay under 1,000,000 steps"
+            )
         ratio = self.snapshot_interval / self.flow_step
         if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
             raise ValueError("snapshot_interval must be a whole number of steps")

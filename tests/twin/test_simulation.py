@@ -404,6 +404,8 @@ def test_the_supply_chain_example() -> None:
 def test_hostile_figures_and_long_dependency_chains() -> None:
     with pytest.raises(ValidationError, match="1,000,000 steps"):
         Scenario(name="x", step=5e-324)
+    with pytest.raises(ValidationError, match="1,000,000 steps"):
+        Scenario(name="x", duration=5e-324, step=5e-324)  # interval / step overflowed
     with pytest.raises(ValidationError, match="100,000 snapshots"):
         Scenario(name="x", snapshot_interval=5e-324)
     with pytest.raises(ValidationError, match="less than or equal"):
