@@ -459,8 +459,9 @@ ROUTES: dict[str, OperationDoc] = {
     ),
     "GET /api/v1/admin/backups": OperationDoc(),
     "GET /api/v1/admin/backups/tasks/{task_id}": OperationDoc(errors=(404,)),
-    "GET /api/v1/admin/backups/{name}": OperationDoc(errors=(404,)),
-    "DELETE /api/v1/admin/backups/{name}": OperationDoc(errors=(404,)),
+    # 409: the archive a running task is still writing (its name is known from POST).
+    "GET /api/v1/admin/backups/{name}": OperationDoc(errors=(404, 409)),
+    "DELETE /api/v1/admin/backups/{name}": OperationDoc(errors=(404, 409)),
     "POST /api/v1/admin/restore/reconcile": OperationDoc(errors=(409, 503)),
     "POST /api/v1/queue/digital-twins/enqueue": OperationDoc(
         errors=(404, 422),

@@ -130,6 +130,20 @@ def _service(request: Request, redis: Redis, db: Engine, settings: Settings) -> 
     return service
 
 
+def _refuse_while_written(request: Request, name: str) -> None:
+    """409 while this server's task is still writing archive ``name`` (its name is known
+    from the moment ``POST`` answers; the file is there once the task succeeds)."""
+    service: BackupService | None = getattr(request.app.state, "backups", None)
+    if service is None:
+        return
+    for task in service.tasks.values():
+        if task.name == name and task.state == "running":
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"backup {name!r} is still being written: follow its task {task.id!r}",
+            )
+
+
 def _task_out(task: BackupTask) -> BackupTaskOut:
     return BackupTaskOut(**task.__dict__)
 
@@ -180,8 +194,9 @@ async def list_backups(settings: SettingsDep) -> BackupList:
         }
     },
 )
-async def download_backup(name: NameP, settings: SettingsDep) -> FileResponse:
-    """Download one archive."""
+async def download_backup(request: Request, name: NameP, settings: SettingsDep) -> FileResponse:
+    """Download one archive (409 while it is being written)."""
+    _refuse_while_written(request, name)
     path = archive_path(settings, name)
     if path is None or not await asyncio.to_thread(path.is_file):
         raise HTTPException(404, f"no backup {name!r}")
@@ -189,8 +204,10 @@ async def download_backup(name: NameP, settings: SettingsDep) -> FileResponse:
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_backup(name: NameP, settings: SettingsDep) -> None:
-    """Remove one archive (and the clear manifest beside an encrypted one)."""
+async def delete_backup(request: Request, name: NameP, settings: SettingsDep) -> None:
+    """Remove one archive (and the clear manifest beside an encrypted one); 409 while it is
+    being written."""
+    _refuse_while_written(request, name)
     path = archive_path(settings, name)
     if path is None or not await asyncio.to_thread(path.is_file):
         raise HTTPException(404, f"no backup {name!r}")

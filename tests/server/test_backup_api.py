@@ -251,6 +251,14 @@ def test_one_backup_at_a_time(
         first = _start(client)
         second = client.post("/api/v1/admin/backups", json={})
         assert second.status_code == 409, second.text
+        # Its archive is named from the start but refused (409) until it is written.
+        task = f"/api/v1/admin/backups/tasks/{first['id']}"
+        before = client.get(task).json()["state"]
+        early = [client.get(f"/api/v1/admin/backups/{first['name']}"),
+                 client.delete(f"/api/v1/admin/backups/{first['name']}")]  # fmt: skip
+        if before == "running" and client.get(task).json()["state"] == "running":
+            assert [a.status_code for a in early] == [409, 409], [a.text for a in early]
+            assert "still being written" in early[1].json()["error"]
         assert _wait(client, first["id"])["state"] == "succeeded"
         assert other.get("mimir:backup:lock") is None  # released at the end
         third = _start(client)  # free again
