@@ -45,7 +45,7 @@ from mimir.core.twin import (
 from mimir.core.twin.builder import diff_twins
 from mimir.core.twin.jobs import digital_twin_job, simulate_run
 from mimir.core.twin.models import Role
-from mimir.core.twin.simulation import bounded, resolve_target
+from mimir.core.twin.simulation import bounded, resolve_target, result_points
 from mimir.core.twin.store import (
     SERIES_METRICS,
     TIMELINE_HEAD,
@@ -65,7 +65,7 @@ __all__ = [
     "COMPARED_METRICS",
     "DEFAULT_POINTS",
     "KINDS_PATTERN",
-    "MAX_VALUES",
+    "MAX_POINTS",
     "METRICS_PATTERN",
     "RUNS_PATTERN",
     "TIMELINE_KINDS",
@@ -82,8 +82,8 @@ router = APIRouter(tags=["digital twins"])
 
 #: Snapshots per series a run is answered with unless ``points`` says otherwise.
 DEFAULT_POINTS = 200
-#: Most values (snapshots x entities) per series a run's answer carries.
-MAX_VALUES = 100_000
+#: Most snapshots per series a run's answer may ask for (``points``).
+MAX_POINTS = 10_000
 #: Kinds of timeline entries.
 TIMELINE_KINDS = (
     "event",
@@ -171,7 +171,7 @@ class RunRequest(BaseModel):
     wait: bool = False
     priority: Priority = Priority.normal
     #: With ``wait``: snapshots per series in the answer (as ``GET …/runs/{id}?points=``).
-    points: int = Field(default=DEFAULT_POINTS, ge=2, le=10_000, strict=True)
+    points: int = Field(default=DEFAULT_POINTS, ge=2, le=MAX_POINTS, strict=True)
 
 
 class RunListItem(RunRecord):
@@ -437,7 +437,8 @@ async def _enqueue_run(
 
 
 def _point_cap(entities: int) -> int:
-    return max(2, MAX_VALUES // max(1, entities))
+    """Most snapshots per series a run over ``entities`` is answered with."""
+    return result_points(MAX_POINTS, entities)
 
 
 def _entity_count(result: SimulationResult) -> int:
@@ -447,7 +448,7 @@ def _entity_count(result: SimulationResult) -> int:
 
 def _view(run: RunRecord, result: SimulationResult, points: int) -> RunRecord:
     """``run`` answered with ``result`` reduced to ``points`` snapshots at most (fewer
-    for many entities: :data:`MAX_VALUES`), its timeline's first entries."""
+    for many entities: ``result_points``), its timeline's first entries."""
     cap = _point_cap(_entity_count(result))
     shown = bounded(result, min(points, cap))
     total = int(result.resolution.get("timeline_entries", len(result.timeline)))
@@ -571,11 +572,11 @@ async def get_run(
     twins: TwinStoreDep,
     jobs: QueueDep,
     db: RunDbDep,
-    points: Annotated[int, Query(ge=2, le=10_000)] = DEFAULT_POINTS,
+    points: Annotated[int, Query(ge=2, le=MAX_POINTS)] = DEFAULT_POINTS,
 ) -> Any:
     """A run with its result (status and result follow its job until it ends). Its
     series are reduced to at most ``points`` snapshots (fewer with many entities: at most
-    100,000 values per series), its timeline to the first 100 entries; ``resolution``
+    100,000 values in all), its timeline to the first 100 entries; ``resolution``
     says what was kept. The whole of them: ``…/series`` and ``…/timeline``."""
     run = await _current_run(twins, jobs, db, twin_id, run_id)
     if run.status != "succeeded" or run.result is None:

@@ -132,15 +132,16 @@ def test_points_bound_the_answer_and_resolution_says_so(api_client: httpx.Client
 
 
 def test_many_entities_get_fewer_points(api_client: httpx.Client) -> None:
-    """At most 100,000 values per series: 1,200 entities get 83 snapshots, not 200."""
+    """At most 100,000 values in all (4 series per entity): 1,200 entities get 20
+    snapshots, however many are asked for."""
     entities = [{"id": f"http://e/n{i}", "capacity": 1.0} for i in range(1200)]
     twin_id = make_twin(api_client, {"name": "wide", "entities": entities})
     assert "1200 entities" not in str(api_client.get(f"/api/v1/twins/{twin_id}").json())
     scenario = add_scenario(api_client, twin_id, name="q", duration=300, seed=1)
     run = run_here(api_client, twin_id, scenario, points=10_000)
     resolution = run["result"]["resolution"]
-    assert resolution["max_points"] == 100_000 // 1200 == resolution["points"] == 83
-    assert len(run["result"]["times"]) == 83
+    assert resolution["max_points"] == 100_000 // (4 * 1200) == resolution["points"] == 20
+    assert len(run["result"]["times"]) == 20
     # The full series are there all the same, a page at a time.
     page = api_client.get(
         f"/api/v1/twins/{twin_id}/runs/{run['id']}/series", params={"limit": 200}
