@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "COMPARE_METRICS",
     "ENTITY_METRICS",
     "KEY_METRICS",
     "PARAMETERS",
@@ -58,19 +57,6 @@ METRICS: dict[str, tuple[str, int]] = {
     "stability_score": ("Stability", +1),
 }
 
-#: The compare call's metrics, in the order the table lists them.
-COMPARE_METRICS = [
-    "fill_rate",
-    "delivered",
-    "throughput",
-    "backlog",
-    "peak_backlog",
-    "avg_utilisation",
-    "avg_inventory",
-    "time_bottleneck",
-    "time_starved",
-    "time_down",
-]
 
 #: The what-if distribution's metrics, in the order the plots show them.
 KEY_METRICS = ["fill_rate", "delivered", "backlog", "peak_backlog", "avg_utilisation"]
@@ -163,13 +149,10 @@ class CompareRow:
 
 
 def comparison_rows(compare: dict[str, Any]) -> list[CompareRow]:
-    """The system metrics of a comparison, in :data:`COMPARE_METRICS` order (others after)."""
+    """The system metrics of a comparison, in the order the server lists them."""
     system: dict[str, Any] = compare.get("system") or {}
-    order = [m for m in COMPARE_METRICS if m in system] + sorted(
-        m for m in system if m not in COMPARE_METRICS
-    )
     rows = []
-    for metric in order:
+    for metric in system:
         cell = system[metric] or {}
         delta = cell.get("delta")
         text = format_delta(metric, delta)

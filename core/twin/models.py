@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
 
 __all__ = [
+    "COMPARED_METRICS",
     "DEFAULT_MAGNITUDE",
     "MAX_FIGURE",
     "ROLE_NAMES",
@@ -82,6 +83,21 @@ DEFAULT_MAGNITUDE: dict[EventType, float | None] = {
 #: Largest figure an entity or an event may carry (capacity, demand, stock, times,
 #: magnitudes): sums and products of such figures stay finite, which JSON needs.
 MAX_FIGURE = 1e12
+
+#: The per-entity figures two runs are compared on (``GET …/compare``), in the order they
+#: are listed.
+COMPARED_METRICS = (
+    "fill_rate",
+    "delivered",
+    "throughput",
+    "backlog",
+    "peak_backlog",
+    "avg_utilisation",
+    "avg_inventory",
+    "time_bottleneck",
+    "time_starved",
+    "time_down",
+)
 
 #: What a relationship means to the flow.
 Role = Literal["supplies", "supplied_by", "depends_on", "none"]

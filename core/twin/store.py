@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from mimir.core.errors import MimirError
 from mimir.core.twin.models import RunRecord, Scenario, SimulationResult, Twin
@@ -37,6 +37,7 @@ __all__ = [
     "TwinExistsError",
     "TwinNotFoundError",
     "TwinStore",
+    "TwinsFile",
     "new_id",
     "utc_now",
     "window",
@@ -143,8 +144,9 @@ def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-class TwinStore:
-    """SQLite store of twins, scenarios and runs (one connection per call)."""
+class TwinsFile:
+    """The data directory's ``twins.sqlite3``: one connection per call, foreign keys on,
+    each call one transaction. :class:`TwinStore` and the what-if batches' store use it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -152,9 +154,12 @@ class TwinStore:
         self._ensure_schema()
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path) -> TwinStore:
+    def in_data_dir(cls, data_dir: Path) -> Self:
         """The store of ``data_dir``."""
         return cls(Path(data_dir).expanduser() / "twins.sqlite3")
+
+    def _ensure_schema(self) -> None:
+        """Create or upgrade what this store keeps in the file."""
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -165,6 +170,10 @@ class TwinStore:
                 yield db
         finally:
             db.close()
+
+
+class TwinStore(TwinsFile):
+    """SQLite store of twins, scenarios and runs (one connection per call)."""
 
     # -- schema -------------------------------------------------------------------------
 

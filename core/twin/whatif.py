@@ -24,9 +24,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -40,7 +38,7 @@ from mimir.core.twin.models import (
     Twin,
 )
 from mimir.core.twin.simulation import TwinError, resolve_target
-from mimir.core.twin.store import TwinNotFoundError, utc_now
+from mimir.core.twin.store import TwinNotFoundError, TwinsFile, utc_now
 
 __all__ = [
     "ENDED",
@@ -377,31 +375,14 @@ _SCHEMA = (
 )
 
 
-class WhatIfStore:
+class WhatIfStore(TwinsFile):
     """The what-if batches, in a table of the twin store's SQLite file (created here if
     missing; a batch goes with its twin). One connection per call."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _ensure_schema(self) -> None:
         with self._connect() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
-
-    @classmethod
-    def in_data_dir(cls, data_dir: Path) -> WhatIfStore:
-        """The batches of ``data_dir`` (beside its twins, in ``twins.sqlite3``)."""
-        return cls(Path(data_dir).expanduser() / "twins.sqlite3")
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=10.0)
-        db.execute("PRAGMA foreign_keys = ON")
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
 
     def add(self, batch: WhatIfBatch) -> WhatIfBatch:
         """Store a new batch (:class:`TwinNotFoundError` when its twin is gone)."""

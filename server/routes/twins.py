@@ -44,7 +44,7 @@ from mimir.core.twin import (
 )
 from mimir.core.twin.builder import diff_twins
 from mimir.core.twin.jobs import digital_twin_job, simulate_run
-from mimir.core.twin.models import Role
+from mimir.core.twin.models import COMPARED_METRICS, Role
 from mimir.core.twin.simulation import bounded, resolve_target, result_points
 from mimir.core.twin.store import (
     SERIES_METRICS,
@@ -62,7 +62,6 @@ from mimir.server.knowledge import OntologyStoreDep, TwinStoreDep
 from mimir.server.routes.queue import QueueDep, RunDbDep, job_record, unserved_warning
 
 __all__ = [
-    "COMPARED_METRICS",
     "DEFAULT_POINTS",
     "KINDS_PATTERN",
     "MAX_POINTS",
@@ -98,19 +97,6 @@ TIMELINE_KINDS = (
     "down_end",
     "backlog",
     "backlog_cleared",
-)
-#: Metrics ``/compare`` answers (system: the run's own, else the sum over entities).
-COMPARED_METRICS = (
-    "fill_rate",
-    "delivered",
-    "throughput",
-    "backlog",
-    "peak_backlog",
-    "avg_utilisation",
-    "avg_inventory",
-    "time_bottleneck",
-    "time_starved",
-    "time_down",
 )
 #: Inline runs under way, referenced until they end (one goes on if its request is cancelled).
 _RUNNING: set[asyncio.Task[Any]] = set()
