@@ -21,6 +21,9 @@ expr_max_value    100,000    characters, items or digits of any value an express
 expr_max_work     1,000,000  work units (operations + built size) of one evaluation
 execute_timeout   300 s      one synchronous ``POST /api/v1/pipelines/execute``
 max_workers       64         workers of one cluster (``mimir cluster up --workers``/``scale``)
+twin_max_steps    50,000,000 entities x flow steps of one twin run
+twin_max_snapshots 2,000,000 entities x snapshots one twin run records
+twin_max_batch_bytes 64 MiB  twin and scenario payloads of one what-if batch's jobs in all
 ================  =========  ===========================================================
 """
 
@@ -63,6 +66,13 @@ class Limits:
     execute_timeout: float = 300.0
     #: Most workers one cluster may run (``up --workers N``, ``scale N``).
     max_workers: int = 64
+    #: Most entity-steps (entities x duration / step) one twin run may take.
+    twin_max_steps: int = 50_000_000
+    #: Most entity-snapshots (entities x snapshots) one twin run may record.
+    twin_max_snapshots: int = 2_000_000
+    #: Most bytes of twin and scenario, all its jobs' payloads together, one what-if
+    #: batch may put on the queue.
+    twin_max_batch_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from mimir.core.jobs import Attempt, JobFailedError, register_job_handler
 from mimir.core.twin import simulation
@@ -21,21 +21,43 @@ from mimir.core.twin.models import Scenario, SimulationResult, Twin
 from mimir.core.twin.simulation import TwinError
 from mimir.core.twin.store import TwinStore
 
-__all__ = ["digital_twin_job", "run_digital_twin_job", "simulate_run"]
+__all__ = ["digital_twin_job", "metrics_only", "run_digital_twin_job", "simulate_run"]
 
 logger = logging.getLogger(__name__)
 
 
 def digital_twin_job(
-    twin: Twin, scenario: Scenario, run_id: str, seed: int | None
+    twin: Twin,
+    scenario: Scenario,
+    run_id: str,
+    seed: int | None,
+    keep: Literal["all", "metrics"] = "all",
 ) -> dict[str, Any]:
-    """The payload of a ``digital_twin`` job."""
+    """The payload of a ``digital_twin`` job; ``keep="metrics"`` (a what-if's runs) answers
+    the metrics without the series and the timeline."""
     return {
         "twin": twin.model_dump(mode="json"),
         "scenario": scenario.model_dump(mode="json"),
         "run_id": run_id,
         "seed": seed,
+        "keep": keep,
     }
+
+
+def metrics_only(result: SimulationResult) -> SimulationResult:
+    """``result`` without its series, effects and timeline (``resolution.method``:
+    ``metrics``): what a what-if's summary needs, a few kilobytes whatever the twin."""
+    return result.model_copy(
+        update={
+            "times": [],
+            "utilisation": {},
+            "series": {},
+            "system": {},
+            "events": [],
+            "timeline": [],
+            "resolution": {**result.resolution, "points": 0, "method": "metrics"},
+        }
+    )
 
 
 def _finite(values: Iterable[float]) -> bool:
@@ -89,6 +111,8 @@ async def run_digital_twin_job(payload: dict[str, Any], ctx: Attempt) -> dict[st
         await asyncio.to_thread(_record, ctx, run_id, None, error)
         raise JobFailedError(error, retry=False) from exc
     ctx.report_progress(1, 1, scenario.name)
+    if payload.get("keep") == "metrics":
+        result = metrics_only(result)
     await asyncio.to_thread(_record, ctx, run_id, result, None)
     return {
         "run_id": run_id,

@@ -56,6 +56,7 @@ from typing import Any
 import simpy
 from simpy.core import URGENT
 
+from mimir.core.limits import default_limits
 from mimir.core.twin.models import (
     EventType,
     Scenario,
@@ -69,6 +70,7 @@ __all__ = [
     "MAX_TIMELINE",
     "TwinError",
     "bounded",
+    "check_size",
     "resolve_target",
     "result_points",
     "simulate",
@@ -823,6 +825,28 @@ def bounded(result: SimulationResult, points: int) -> SimulationResult:
     )
 
 
+def check_size(twin: Twin, scenario: Scenario) -> None:
+    """:class:`TwinError` when a run of ``scenario`` on ``twin`` would take more entity-steps
+    or record more entity-snapshots than the limits allow (``MIMIR_TWIN_MAX_STEPS``,
+    ``MIMIR_TWIN_MAX_SNAPSHOTS``)."""
+    limits = default_limits()
+    entities = len(twin.entities)
+    steps = entities * max(1, round(scenario.duration / scenario.flow_step))
+    if steps > limits.twin_max_steps:
+        raise TwinError(
+            f"this run would take {steps:,} entity-steps ({entities:,} entities), over the "
+            f"limit of {limits.twin_max_steps:,} (MIMIR_TWIN_MAX_STEPS): shorten the "
+            "scenario or make its step longer"
+        )
+    snapshots = entities * (1 + math.floor(scenario.duration / scenario.snapshot_interval))
+    if snapshots > limits.twin_max_snapshots:
+        raise TwinError(
+            f"this run would record {snapshots:,} entity-snapshots, over the limit of "
+            f"{limits.twin_max_snapshots:,} (MIMIR_TWIN_MAX_SNAPSHOTS): make "
+            "snapshot_interval longer"
+        )
+
+
 #: Most values (entities x points x per-entity series) one bounded result carries.
 MAX_RESULT_VALUES = 100_000
 
@@ -838,6 +862,7 @@ def simulate(twin: Twin, scenario: Scenario, seed: int | None = None) -> Simulat
     """Play ``scenario`` on ``twin``; the same seed gives the same result."""
     if not twin.entities:
         raise TwinError(f"twin {twin.name!r} has no entities to simulate")
+    check_size(twin, scenario)
     if seed is None:
         seed = (
             scenario.seed if scenario.seed is not None else random.SystemRandom().randrange(2**31)

@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 
 from mimir.core.queue import JobQueue, Priority
 from mimir.core.twin import Scenario, Twin, TwinError, TwinNotFoundError, TwinStore
+from mimir.core.twin.simulation import check_size
 from mimir.core.twin.store import new_id
 from mimir.core.twin.whatif import (
     ENDED,
@@ -236,6 +237,19 @@ async def start_whatif(
     seeds = _seeds(body, scenario)
     if 2 * len(seeds) > MAX_RUNS:  # kept if the bounds ever part
         raise TwinError(f"seeds: at most {MAX_RUNS // 2} seeds ({MAX_RUNS} runs) per batch")
+    check_size(twin, scenario)
+    check_size(variant_twin, variant)
+    # Each job carries its twin and scenario: the batch's payloads together are bounded.
+    payload = sum(
+        len(t.model_dump_json()) + len(s.model_dump_json())
+        for t, s in ((twin, scenario), (variant_twin, variant))
+    ) * len(seeds)
+    if payload > (most := settings.limits.twin_max_batch_bytes):
+        raise TwinError(
+            f"seeds: {len(seeds)} seeds of this twin would put {payload / 2**20:.1f} MiB on "
+            f"the queue, over MIMIR_TWIN_MAX_BATCH_BYTES ({most / 2**20:.1f} MiB): use fewer "
+            "seeds"
+        )
     request = {
         "changes": [c.model_dump(mode="json", exclude_none=True) for c in body.changes],
         "seeds": seeds,

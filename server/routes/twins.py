@@ -45,7 +45,7 @@ from mimir.core.twin import (
 from mimir.core.twin.builder import diff_twins
 from mimir.core.twin.jobs import digital_twin_job, simulate_run
 from mimir.core.twin.models import COMPARED_METRICS, Role
-from mimir.core.twin.simulation import bounded, resolve_target, result_points
+from mimir.core.twin.simulation import bounded, check_size, resolve_target, result_points
 from mimir.core.twin.store import (
     SERIES_METRICS,
     TIMELINE_HEAD,
@@ -408,12 +408,16 @@ async def _enqueue_run(
     **options: Any,
 ) -> RunRecord:
     """Queue a ``digital_twin`` job for a new run (of what-if batch ``batch_id``)."""
+    check_size(twin, scenario)  # refused here (422), not on a worker
     run = RunRecord(
         id=new_id(), twin_id=twin.id, scenario_id=scenario.id, seed=seed, batch_id=batch_id
     )
     spec = JobSpec(
         type="digital_twin",
-        payload=digital_twin_job(twin, scenario, run.id, seed),
+        # A what-if's runs keep their metrics only: its summary needs no series.
+        payload=digital_twin_job(
+            twin, scenario, run.id, seed, keep="metrics" if batch_id else "all"
+        ),
         pipeline=f"twin:{twin.name}/{scenario.name}",
         **options,
     )

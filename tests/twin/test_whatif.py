@@ -372,6 +372,9 @@ def test_whatif_batch_on_a_worker(
         assert run["status"] == "succeeded" and run["batch_id"] == batch_id, run
         expected = "noisy" if run_id in batch["base_runs"] else batch["variant_scenario_id"]
         assert run["scenario_id"] == expected
+        # A batch's runs keep their metrics only (a few KB in Redis whatever the twin).
+        assert run["result"]["resolution"]["method"] == "metrics", run["result"]["resolution"]
+        assert run["result"]["times"] == [] and run["result"]["metrics"]["per_entity"]
     assert batch["variant_scenario_id"] == f"noisy.whatif-{batch_id}"
     listed = api_client.get(url).json()["batches"]
     assert [(b["batch_id"], b["status"], b["done"]) for b in listed] == [
@@ -448,3 +451,46 @@ def test_whatif_without_redis_is_503_and_keeps_no_batch(
         )
         assert answer.status_code == 503 and "Redis" in answer.json()["error"], answer.text
         assert client.get(url).json() == {"batches": []}
+
+
+def test_batches_and_runs_too_large_are_refused_before_anything_is_queued(
+    make_server: Callable[..., ServerProcess], redis_server: RedisServer
+) -> None:
+    server = make_server(
+        redis_url=redis_server.url,
+        MIMIR_TWIN_MAX_BATCH_BYTES="20000",
+        MIMIR_TWIN_MAX_STEPS="500",
+    ).start()
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        twin, _ = line()
+        twin_id = client.post(
+            "/api/v1/twins",
+            json={
+                "name": "line",
+                "entities": [e.model_dump(mode="json") for e in twin.entities],
+                "relationships": [r.model_dump(mode="json") for r in twin.relationships],
+            },
+        ).json()["id"]
+        for sid, duration in (("short", 60), ("long", 300)):
+            made = client.post(
+                f"/api/v1/twins/{twin_id}/scenarios",
+                json={"id": sid, "name": sid, "duration": duration},
+            )
+            assert made.status_code == 201, made.text
+        url = f"/api/v1/twins/{twin_id}/whatif"
+        # 2 entities x 60 days fit 500 entity-steps; 20 seeds of them do not fit 20 kB.
+        big = client.post(
+            url, json={"scenario_id": "short", "changes": [CAPACITY_MINUS_30], "seeds": 20}
+        )
+        assert big.status_code == 422 and "MIMIR_TWIN_MAX_BATCH_BYTES" in big.text, big.text
+        # 2 x 300 = 600 entity-steps: refused, queued or inline.
+        for body in ({"scenario_id": "long"}, {"scenario_id": "long", "wait": True}):
+            run = client.post(f"/api/v1/twins/{twin_id}/runs", json=body)
+            assert run.status_code == 422 and "MIMIR_TWIN_MAX_STEPS" in run.text, run.text
+        long = client.post(
+            url, json={"scenario_id": "long", "changes": [CAPACITY_MINUS_30], "seeds": 1}
+        )
+        assert long.status_code == 422 and "MIMIR_TWIN_MAX_STEPS" in long.text, long.text
+        # Nothing was queued, and no batch kept.
+        assert client.get(url).json() == {"batches": []}
+        assert client.get("/api/v1/queue/status").json()["queue_length"] == 0
