@@ -52,7 +52,7 @@ def test_upload_stats_export_delete_over_the_protocol(
     ).json()
     assert int(answer["results"]["bindings"][0]["n"]["value"]) == info.triples
     stats = remote_store.stats("sc")
-    assert (stats.classes, stats.properties, stats.individuals) == (5, 4, 7)
+    assert (stats.classes, stats.properties, stats.individuals) == (5, 7, 7)
     original = rdflib.Graph().parse(data=supply_chain_ttl, format="turtle")
     for fmt in FORMATS:
         body, _ = remote_store.export("sc", fmt)
