@@ -67,10 +67,15 @@ def _running(api: ClusterAPI, pool: str = "default") -> int:
     return sum(1 for w in api.workers() if w.get("pool") == pool and not w.get("draining"))
 
 
-def _decisions_since(api: ClusterAPI, since: float) -> list[dict[str, Any]]:
-    """Decisions made after ``since`` (epoch seconds), oldest first."""
-    decisions = _autoscaler(api)["decisions"]
-    made = [d for d in decisions if datetime.fromisoformat(d["time"]).timestamp() >= since]
+def _decision_ids(api: ClusterAPI) -> set[str]:
+    """The ids of the decisions recorded so far."""
+    return {d["id"] for d in _autoscaler(api)["decisions"]}
+
+
+def _decisions_since(api: ClusterAPI, known: set[str]) -> list[dict[str, Any]]:
+    """Decisions not among ``known``, oldest first. (Not by time: a decision carries the
+    time its evaluation began, which may come before the jobs it saw were enqueued.)"""
+    made = [d for d in _autoscaler(api)["decisions"] if d["id"] not in known]
     return sorted(made, key=lambda d: d["time"])
 
 
@@ -96,17 +101,17 @@ def _burst(api: ClusterAPI, count: int, seconds: float) -> list[str]:
 def test_a_burst_scales_up_to_max_within_two_periods_and_every_job_runs_once(
     api: ClusterAPI,
 ) -> None:
-    start = time.time()
+    known = _decision_ids(api)
     ids = _burst(api, 304, seconds=0.2)
     end = time.time()
     # 300 jobs over a target of 10 per replica want 30; max is 4. The burst arrives over
     # a moment, so the first decision may see part of it: the pool is at max by the second.
     wait_until(
-        lambda: any(d["to"] == 4 for d in _decisions_since(api, start)),
+        lambda: any(d["to"] == 4 for d in _decisions_since(api, known)),
         timeout=30,
         message="no decision to 4",
     )
-    ups = [d for d in _decisions_since(api, start) if d["to"] > d["from"]]
+    ups = [d for d in _decisions_since(api, known) if d["to"] > d["from"]]
     assert ups[0]["from"] == 1 and ups[0]["pool"] == "default", ups
     at_max = next(d for d in ups if d["to"] == 4)
     assert ups.index(at_max) <= 1, ups
@@ -147,11 +152,11 @@ def test_with_min_zero_the_idle_pool_sleeps_and_a_job_wakes_it(api: ClusterAPI) 
     assert response.json()["min"] == 0
     wait_until(lambda: _running(api) == 0, timeout=60, interval=0.5, message="never at 0")
     assert api.client.get("/api/v1/pools").json()["pools"]["default"]["replicas"]["running"] == 0
-    woken = time.time()
+    known = _decision_ids(api)
     [job] = api.enqueue(1, seconds=0.05)
     record = api.wait_finished([job], timeout=60)[job]
     assert record["status"] == "succeeded", record
-    wake = [d for d in _decisions_since(api, woken) if d["from"] == 0]
+    wake = [d for d in _decisions_since(api, known) if d["from"] == 0]
     assert wake and wake[0]["to"] >= 1, wake
 
 
