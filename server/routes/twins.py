@@ -436,11 +436,16 @@ def _entity_count(result: SimulationResult) -> int:
     return len(result.utilisation) or int(result.metrics.get("entities", 1) or 1)
 
 
+def _kept_points(points: int, result: SimulationResult) -> int:
+    """Snapshots per series an answer asking for ``points`` keeps (the key of its view)."""
+    return result_points(points, _entity_count(result))
+
+
 def _view(run: RunRecord, result: SimulationResult, points: int) -> RunRecord:
     """``run`` answered with ``result`` reduced to ``points`` snapshots at most (fewer
     for many entities: ``result_points``), its timeline's first entries."""
     cap = _point_cap(_entity_count(result))
-    shown = bounded(result, min(points, cap))
+    shown = bounded(result, _kept_points(points, result))
     total = int(result.resolution.get("timeline_entries", len(result.timeline)))
     head = result.timeline[:TIMELINE_HEAD]
     resolution = {
@@ -511,7 +516,7 @@ async def start_run(
             )
         done = await asyncio.to_thread(twins.get_run, run.id)
         answer = _view(done, outcome, body.points).model_dump_json()
-        kept = min(body.points, _point_cap(_entity_count(outcome)))
+        kept = _kept_points(body.points, outcome)
         await asyncio.to_thread(twins.put_view, run.id, kept, answer)
         return Response(answer, status_code=201, media_type="application/json")
     run = await _enqueue_run(
@@ -572,7 +577,7 @@ async def get_run(
     if run.status != "succeeded" or run.result is None:
         return run
     # A succeeded run no longer changes: its answer at a resolution is made once.
-    kept = min(points, _point_cap(_entity_count(run.result)))
+    kept = _kept_points(points, run.result)
     body = await asyncio.to_thread(twins.get_view, run.id, kept)
     if body is None:
 
