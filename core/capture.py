@@ -75,8 +75,21 @@ def iso_time(moment: datetime | float) -> str:
 class RunCapture:
     """One run's steps, log lines and artifacts. Thread-safe: plugins log from threads."""
 
-    def __init__(self, log_cap: int = LOG_CAP) -> None:
+    def __init__(
+        self,
+        log_cap: int = LOG_CAP,
+        *,
+        job_id: str | None = None,
+        pipeline: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
         self.log_cap = log_cap
+        #: What the job's JSON log lines carry (:class:`~mimir.core.logtext.JsonFormatter`):
+        #: its id, its pipeline's name, and a run id of its own where it has one (a twin
+        #: run; a pipeline's run in the run store is known by the job id).
+        self.job_id = job_id
+        self.pipeline = pipeline
+        self.run_id = run_id
         self.steps: dict[int, dict[str, Any]] = {}
         self.logs: list[dict[str, Any]] = []
         self.log_bytes = 0

@@ -36,13 +36,19 @@ __all__ = ["describe_plugins", "migrate_main", "plugins_main", "run_main", "vali
 
 
 def _setup_logging() -> None:
-    # stdout carries the result; logs go to stderr, quiet unless MIMIR_LOG_LEVEL says so.
+    # stdout carries the result; logs go to stderr, quiet unless MIMIR_LOG_LEVEL says so,
+    # as text or JSON lines (MIMIR_LOG_FORMAT; anything else stops the command, exit 2).
+    from mimir.core.logtext import log_formatter, parse_log_format
+
     level = (os.environ.get("MIMIR_LOG_LEVEL") or "WARNING").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.WARNING),
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        log_format = parse_log_format(os.environ.get("MIMIR_LOG_FORMAT"))
+    except ValueError as exc:
+        print(f"mimir: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter(log_format, "%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING), handlers=[handler])
 
 
 def format_issue(issue: ValidationIssue, source: str | None) -> str:

@@ -13,8 +13,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from mimir.core.limits import Limits
+from mimir.core.logtext import parse_log_format
 
-__all__ = ["Settings", "default_data_dir", "default_pipelines_dir", "normalise_redis_url"]
+__all__ = [
+    "Settings",
+    "default_data_dir",
+    "default_pipelines_dir",
+    "normalise_redis_url",
+    "trace_url_template",
+]
 
 
 def _user_dir(kind: str) -> Path:
@@ -136,6 +143,21 @@ def _backup_include_secrets(env: Mapping[str, str]) -> bool:
     return include
 
 
+def trace_url_template(env: Mapping[str, str] | None = None) -> str | None:
+    """``MIMIR_TRACE_URL``: an http(s) URL template holding ``{trace_id}``, or ``None``
+    when unset; ``ValueError`` for a value that is not one."""
+    env = os.environ if env is None else env
+    raw = (env.get("MIMIR_TRACE_URL") or "").strip()
+    if not raw:
+        return None
+    if "{trace_id}" not in raw or urlparse(raw).scheme not in {"http", "https"}:
+        raise ValueError(
+            "MIMIR_TRACE_URL must be an http(s) URL holding {trace_id}, e.g. "
+            f"http://jaeger:16686/trace/{{trace_id}}; got {raw!r}"
+        )
+    return raw
+
+
 def _sparql_federation(env: Mapping[str, str]) -> str:
     mode = (env.get("MIMIR_SPARQL_FEDERATION") or "off").strip().lower()
     if mode not in {"off", "allowlist"}:
@@ -157,6 +179,11 @@ class Settings:
     fuseki_url: str | None = None
     #: Log level name (``MIMIR_LOG_LEVEL``).
     log_level: str = "INFO"
+    #: ``text`` (default) or ``json``: one JSON object per log line (``MIMIR_LOG_FORMAT``).
+    log_format: str = "text"
+    #: The console's link to a job's trace: a URL with ``{trace_id}`` (``MIMIR_TRACE_URL``,
+    #: e.g. ``http://jaeger:16686/trace/{trace_id}``); ``None``: the id alone.
+    trace_url: str | None = None
     #: Files plugins may read and write; stores (``MIMIR_DATA_DIR``).
     data_dir: Path = field(default_factory=default_data_dir)
     #: Pipeline YAML files (``MIMIR_PIPELINES_DIR``).
@@ -257,6 +284,8 @@ class Settings:
             redis_url_set=bool(redis_raw),
             fuseki_url=env.get("FUSEKI_URL") or None,
             log_level=(env.get("MIMIR_LOG_LEVEL") or "INFO").upper(),
+            log_format=parse_log_format(env.get("MIMIR_LOG_FORMAT")),
+            trace_url=trace_url_template(env),
             data_dir=_env_path(env, "MIMIR_DATA_DIR", default_data_dir()),
             pipelines_dir=_env_path(env, "MIMIR_PIPELINES_DIR", default_pipelines_dir()),
             state_dir=_env_path(env, "MIMIR_STATE_DIR", default_state_dir()),

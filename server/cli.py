@@ -24,6 +24,7 @@ from types import FrameType
 
 import uvicorn
 
+from mimir.core import telemetry
 from mimir.core.redis_embedded import EmbeddedRedis, EmbeddedRedisError, start_redis
 from mimir.core.settings import Settings
 from mimir.server.embedded import WorkerProcesses, worker_env
@@ -83,7 +84,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, printing the URL once it really listens."""
+    """uvicorn's server, printing the URL once it really listens (logging it instead when
+    the log is JSON lines: a log collector reads stdout too, and every line must parse)."""
+
+    json_logs = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -95,7 +99,10 @@ class _Server(uvicorn.Server):
                 port = sock.getsockname()[1]
                 break
         shown = f"[{host}]" if ":" in host else host
-        print(f"Mimir API listening on http://{shown}:{port}", flush=True)
+        if self.json_logs:
+            logger.info("Mimir API listening on http://%s:%s", shown, port)
+        else:
+            print(f"Mimir API listening on http://{shown}:{port}", flush=True)
 
 
 class _Signals:
@@ -132,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(settings)
     args = parser.parse_args(argv)
     try:
-        configure_logging(args.log_level or settings.log_level, settings.log_dir)
+        configure_logging(
+            args.log_level or settings.log_level, settings.log_dir, settings.log_format
+        )
     except ValueError as exc:
         parser.error(str(exc))
     if args.workers is not None and not args.embedded:
@@ -194,6 +203,9 @@ def _raise_open_files_limit() -> None:
 def _serve(args: argparse.Namespace, settings: Settings, signals: _Signals) -> int:
     from mimir.server.app import create_app  # after logging is set up
 
+    # OTEL_* environment: traces of requests, enqueues and the runs done here.
+    telemetry.configure_tracing("mimir-server")
+
     redis: EmbeddedRedis | None = None
     workers: WorkerProcesses | None = None
     # The port really served, for this process's plugins (their outbound policy denies
@@ -233,6 +245,7 @@ def _serve(args: argparse.Namespace, settings: Settings, signals: _Signals) -> i
             timeout_graceful_shutdown=10,
         )
         server = _Server(config)
+        server.json_logs = settings.log_format == "json"
         if signals.received:  # asked to stop while Redis and the workers were starting
             return 0
         try:
@@ -241,6 +254,7 @@ def _serve(args: argparse.Namespace, settings: Settings, signals: _Signals) -> i
             return int(exc.code or 1) if not isinstance(exc.code, str) else 1
         return 0 if server.started else 1
     finally:
+        telemetry.shutdown_tracing()  # export what is buffered
         if workers is not None:
             workers.stop(grace=WORKER_GRACE)
         if redis is not None:

@@ -59,17 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     # rich and pygments (~5 MB), when they are installed; a worker never uses it.
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from mimir.core.logfiles import log_file_handler
-    from mimir.core.logtext import PrintableFormatter
+    from mimir.core.logtext import log_formatter
     from mimir.core.settings import Settings, normalise_redis_url
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # e.g. MIMIR_LOG_FORMAT=xml: said before anything starts
+        print(f"mimir worker: {exc}", file=sys.stderr)
+        return 2
     args = _parser(settings.worker_concurrency).parse_args(argv)
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if (file_handler := log_file_handler(settings.log_dir, "worker")) is not None:
         handlers.append(file_handler)  # MIMIR_LOG_DIR
     for handler in handlers:
-        # Job ids, pipeline names and errors come from whoever enqueued: one record, one line.
-        handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        # Job ids, pipeline names and errors come from whoever enqueued: one record, one line
+        # (text through printable, JSON escaped); MIMIR_LOG_FORMAT=json adds the job's context.
+        text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        handler.setFormatter(log_formatter(settings.log_format, text))
     logging.basicConfig(level=getattr(logging, settings.log_level, logging.INFO), handlers=handlers)
     from mimir.core.pools import validate_pool_name
 
@@ -104,4 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"mimir worker: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(run_worker(config))
+    from mimir.core import telemetry
+
+    # OTEL_* environment: a span per job attempt, per step and per outbound HTTP call.
+    telemetry.configure_tracing("mimir-worker")
+    try:
+        return asyncio.run(run_worker(config))
+    finally:
+        telemetry.shutdown_tracing()  # export what is buffered

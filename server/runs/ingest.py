@@ -46,6 +46,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
+from mimir.core.logtext import printable
 from mimir.core.queue import JobQueue
 from mimir.core.queue.connection import connect
 from mimir.core.queue.keys import QueueKeys
@@ -285,6 +286,14 @@ class Ingest:
                     "run ingest: job %s's outcome cannot be stored (%s), skipped",
                     record.get("job_id"),
                     exc,
+                )
+        for run in runs:
+            if run.status == "dead":  # once per job: one server consumes each outcome
+                logger.error(
+                    "job %s is dead (in the dead letter): %s",
+                    run.job_id,
+                    printable(run.error or "no error recorded"),
+                    extra={"job_id": run.job_id, "pipeline": run.pipeline},
                 )
         stored = await self._store(runs) if runs else []
         await self._retry_redis(lambda: self.acknowledge([entry_id for entry_id, _ in entries]))
