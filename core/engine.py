@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from mimir.core import telemetry
 from mimir.core.capture import current_capture, current_step
 from mimir.core.errors import MimirError, PluginConfigError, StepTimeoutError
 from mimir.core.logtext import printable
@@ -192,33 +193,46 @@ async def execute_pipeline(
             if capture is not None:
                 capture.step_started(index, step.name, step.plugin, started_at)
                 capture.line("INFO", f"{where} started", step=step.name)
-            try:
-                output = await _run_step(step, registry, ctx, data_dir, outputs)
-            except Exception as exc:
-                message = _describe(exc)
-                if not isinstance(exc, MimirError):
-                    logger.warning("step %r (%s) raised", step.name, step.plugin, exc_info=True)
-                result = StepResult(
-                    name=step.name,
-                    plugin=step.plugin,
-                    status=StepStatus.failed,
-                    duration_ms=(time.perf_counter() - step_started) * 1000,
-                    error=message,
-                    started_at=started_at,
-                )
-                error = f"step {index + 1} {step.name!r} ({step.plugin}) failed: {message}"
-            else:
-                if step.output:
-                    ctx[step.output] = output
-                result = StepResult(
-                    name=step.name,
-                    plugin=step.plugin,
-                    status=StepStatus.succeeded,
-                    duration_ms=(time.perf_counter() - step_started) * 1000,
-                    started_at=started_at,
-                )
-            finally:
-                current_step.reset(step_token)
+            # A span per step (a no-op unless tracing is on): its HTTP calls are children.
+            with telemetry.span(
+                f"step {step.name}",
+                attributes=lambda step=step, index=index: {  # type: ignore[misc]
+                    "mimir.step.name": step.name,
+                    "mimir.step.index": index + 1,
+                    "mimir.plugin": step.plugin,
+                    "mimir.pipeline": pipeline.name,
+                },
+            ) as step_span:
+                try:
+                    output = await _run_step(step, registry, ctx, data_dir, outputs)
+                except Exception as exc:
+                    message = _describe(exc)
+                    if not isinstance(exc, MimirError):
+                        logger.warning("step %r (%s) raised", step.name, step.plugin, exc_info=True)
+                    result = StepResult(
+                        name=step.name,
+                        plugin=step.plugin,
+                        status=StepStatus.failed,
+                        duration_ms=(time.perf_counter() - step_started) * 1000,
+                        error=message,
+                        started_at=started_at,
+                    )
+                    error = f"step {index + 1} {step.name!r} ({step.plugin}) failed: {message}"
+                    if step_span.is_recording():
+                        step_span.record_exception(exc)
+                else:
+                    if step.output:
+                        ctx[step.output] = output
+                    result = StepResult(
+                        name=step.name,
+                        plugin=step.plugin,
+                        status=StepStatus.succeeded,
+                        duration_ms=(time.perf_counter() - step_started) * 1000,
+                        started_at=started_at,
+                    )
+                finally:
+                    current_step.reset(step_token)
+                telemetry.record_outcome(step_span, result.status.value, result.error)
             if capture is not None:
                 if result.status is StepStatus.failed:
                     capture.line(

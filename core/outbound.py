@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from mimir.core import telemetry
 from mimir.core.errors import OutboundRefusedError
 from mimir.core.logtext import printable
 from mimir.core.settings import Settings
@@ -267,6 +268,49 @@ class OutboundPolicy:
             await self.check(target)
 
         return {"request": [check_request]}
+
+    def client(self, url: str, **options: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` for plugin calls starting at ``url``: every request
+        rewritten and checked (:meth:`event_hooks`) and, when tracing is on, sent in a
+        client span with the ``traceparent`` header (see :mod:`mimir.core.telemetry`).
+        ``options`` go to the client (timeout, follow_redirects …)."""
+        import httpx
+
+        if telemetry.tracing_enabled():
+            options.setdefault("transport", _traced_transport(httpx.AsyncHTTPTransport()))
+        return httpx.AsyncClient(event_hooks=self.event_hooks(url), **options)
+
+
+def _traced_transport(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+    """``inner`` sending each request in an HTTP client span, ``traceparent`` injected."""
+    import httpx
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    class TracedTransport(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            url = request.url
+            with telemetry.span(
+                request.method,
+                kind=SpanKind.CLIENT,
+                attributes=lambda: {
+                    "http.request.method": request.method,
+                    "url.full": str(url.copy_with(query=None, fragment=None)),
+                    "server.address": url.host,
+                    "server.port": url.port or _DEFAULT_PORTS.get(url.scheme, 0),
+                },
+            ) as current:
+                telemetry.inject(request.headers)
+                response = await inner.handle_async_request(request)
+                if current.is_recording():
+                    current.set_attribute("http.response.status_code", response.status_code)
+                    if response.status_code >= 500:
+                        current.set_status(Status(StatusCode.ERROR))
+                return response
+
+        async def aclose(self) -> None:
+            await inner.aclose()
+
+    return TracedTransport()
 
 
 async def _denies(rule: OutboundRule, host: str, port: int, addresses: list[Address]) -> bool:

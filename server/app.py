@@ -8,15 +8,17 @@ is down; ``GET /health`` says whether Redis answers.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 
-from mimir.core import __version__
+from mimir.core import __version__, telemetry
 from mimir.core.pipeline.store import PipelineStore
 from mimir.core.plugins.registry import default_registry
 from mimir.core.queue import JobQueue
@@ -35,6 +37,7 @@ from mimir.server.routes import ROUTERS
 from mimir.server.routes import autoscaler as autoscaler_routes
 from mimir.server.runs import start_services, stop_services
 from mimir.server.runs.audit import AuditMiddleware
+from mimir.server.tracing import TracingMiddleware
 
 __all__ = ["create_app", "make_redis"]
 
@@ -117,6 +120,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(app.state.db.dispose)
 
 
+def _no_native_telemetry() -> dict[str, Any]:
+    """FastAPI's own request and operation spans off, in the versions that have them: the
+    request's span is ours (:class:`TracingMiddleware`, whatever the FastAPI version),
+    and three more spans per request would only add cost."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "operation_spans": False}}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new API application for ``settings`` (default: from the environment)."""
     settings = settings or Settings.from_env()
@@ -126,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="YAML data/AI pipelines, run now or through a Redis job queue.",
         lifespan=_lifespan,
+        **_no_native_telemetry(),
     )
     # Available before the lifespan runs, so in-process test clients find them too.
     app.state.settings = settings
@@ -160,5 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID"],
             max_age=600,
         )
-    app.add_middleware(RequestLogMiddleware)  # added last: outermost
+    app.add_middleware(RequestLogMiddleware)
+    if telemetry.tracing_enabled():
+        # Outermost: the request log line and everything the request does is in its span.
+        app.add_middleware(TracingMiddleware)
     return app

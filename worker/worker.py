@@ -46,13 +46,17 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mimir.core import telemetry
 from mimir.core.capture import RunCapture, current_capture
 from mimir.core.jobs import Attempt, JobFailedError, get_job_handler
 from mimir.core.logtext import printable
@@ -533,6 +537,38 @@ class Worker:
         return Outcome(delivery, "requeue")
 
     async def _run_job(self, delivery: Delivery, capture: RunCapture) -> None:
+        if not telemetry.tracing_enabled():
+            await self._attempt(delivery, capture)
+            return
+        job_id = delivery.job_id
+        if delivery.attempt == 1 and delivery.enqueued_at:
+            # The wait in the queue, from the enqueue to this start (first attempt only).
+            telemetry.record_span(
+                "queue.wait",
+                _epoch_ns(delivery.enqueued_at),
+                time.time_ns(),
+                parent=delivery.traceparent,
+                attributes=lambda: {"mimir.queue": delivery.queue, "mimir.job.id": job_id},
+            )
+        # One span per attempt, each a child of the enqueue's context (the job record's
+        # traceparent): a retry or a reclaim continues the same trace.
+        with telemetry.span(
+            f"job {delivery.pipeline or delivery.type}",
+            parent=delivery.traceparent,
+            kind=SpanKind.CONSUMER,
+            attributes=lambda: {
+                "mimir.job.id": job_id,
+                "mimir.job.type": delivery.type,
+                "mimir.job.attempt": delivery.attempt,
+                "mimir.queue": delivery.queue,
+                "mimir.pool": self.config.pool,
+                "mimir.worker.id": self.worker_id,
+                "mimir.pipeline": delivery.pipeline or "",
+            },
+        ):
+            await self._attempt(delivery, capture)
+
+    async def _attempt(self, delivery: Delivery, capture: RunCapture) -> None:
         job_id = delivery.job_id
         started = time.perf_counter()
         # This task's context only: what the job logs and writes goes to its capture.
@@ -584,6 +620,7 @@ class Worker:
         if outcome is None:
             return
         outcome.duration = time.perf_counter() - started
+        telemetry.record_outcome(trace.get_current_span(), outcome.kind, outcome.error)
         if _may_end(outcome):
             try:
                 outcome.detail = await _detail(capture, outcome.error)
@@ -798,6 +835,11 @@ class Worker:
             logger.info("job %s: cancellation requested; stopping it", printable(job_id))
             entry.stop_reason = "cancel"
             entry.task.cancel()
+
+
+def _epoch_ns(moment: str) -> int:
+    """Nanoseconds since the epoch of an ISO time as stored (``…Z``)."""
+    return int(datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp() * 1e9)
 
 
 def _may_end(outcome: Outcome) -> bool:

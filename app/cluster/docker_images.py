@@ -72,9 +72,11 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 #: Dependencies that the image's Python needs but this host's may not (environment markers:
 #: redis needs async-timeout on Python < 3.11.3, and Debian bookworm has 3.11.2).
 _MARKER_ONLY_WHEELS = ["async-timeout>=4.0.3"]
-#: The project's extra the wheelhouse carries (the Docker SDK): the backend image installs
-#: it, so that the autoscaler in the backend container scales the cluster's pools.
-IMAGE_EXTRA = "cluster"
+#: The project's extras the wheelhouse carries: ``cluster`` (the Docker SDK; the backend
+#: image installs it, so that the autoscaler in the backend container scales the cluster's
+#: pools) and ``tracing`` (the OpenTelemetry SDK and OTLP exporter: every image installs
+#: it, so servers and workers trace when the ``OTEL_*`` environment asks).
+IMAGE_EXTRA = "cluster,tracing"
 #: Where the previous build's project wheels wait while ``pip wheel`` makes new ones.
 _PREVIOUS = "previous-wheels"
 #: Wheelhouses built by this process: one ``pip wheel`` per process is enough.

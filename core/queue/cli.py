@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _enqueue(args: argparse.Namespace, options: dict[str, Any], context: Any) -> int:
+    from mimir.core import telemetry
     from mimir.core.durations import parse_duration
     from mimir.core.jobs import pipeline_job
     from mimir.core.pipeline import load_pipeline
@@ -51,8 +52,12 @@ async def _enqueue(args: argparse.Namespace, options: dict[str, Any], context: A
         specs = [pipeline_job(pipeline, context, **options) for _ in range(args.count)]
         started = time.perf_counter()
         records = []
-        for first in range(0, len(specs), 1000):
-            records += await queue.enqueue_many(specs[first : first + 1000])
+        # OTEL_* environment: the command starts the jobs' trace (one for the batch).
+        telemetry.configure_tracing("mimir-cli")
+        with telemetry.span(f"enqueue {pipeline.name}"):
+            for first in range(0, len(specs), 1000):
+                records += await queue.enqueue_many(specs[first : first + 1000])
+        telemetry.shutdown_tracing()
         elapsed = time.perf_counter() - started
         for record in records:
             print(record.job_id)

@@ -19,12 +19,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mimir.core import telemetry
 from mimir.core.queue import scripts
 from mimir.core.queue.connection import BLOCK_SLICE, connect
 from mimir.core.queue.errors import (
@@ -131,7 +133,9 @@ class JobQueue:
 
     # -- enqueue ---------------------------------------------------------------------
 
-    def _shape(self, spec: JobSpec, now: datetime, now_iso: str) -> _Shape:
+    def _shape(
+        self, spec: JobSpec, now: datetime, now_iso: str, traceparent: str | None = None
+    ) -> _Shape:
         """What every job of ``spec`` enqueued at ``now`` shares: all of its hash fields
         but the id, encoded once (a batch of one spec encodes them once, not per job)."""
         due = now + timedelta(seconds=spec.delay) if spec.delay > 0 else None
@@ -153,6 +157,7 @@ class JobQueue:
             "stream": stream,
             "payload": spec.payload,
             "origin": spec.origin,
+            "traceparent": traceparent,
         }
         fields = {
             name: encode(RECORD_FIELDS.get(name) or INTERNAL_FIELDS[name], value)
@@ -188,15 +193,17 @@ class JobQueue:
             cancel_requested=False,
             origin=spec.origin,
             version=1,  # what ENQUEUE writes
+            traceparent=traceparent,
         )
         idem_key = self.keys.idempotency(spec.idempotency_key) if idem else None  # type: ignore[arg-type]
         return _Shape(stream, head, '"}}', prototype, idem_key)
 
     def _new_jobs(
-        self, specs: Sequence[JobSpec], now: datetime
+        self, specs: Sequence[JobSpec], now: datetime, traceparent: str | None = None
     ) -> tuple[list[tuple[list[str], list[Any]]], list[str], list[JobRecord]]:
         """Each job's ``ENQUEUE`` group (its keys), its entry in the script's ``jobs``
-        argument (JSON text), and the record it creates."""
+        argument (JSON text), and the record it creates (with ``traceparent``, the
+        enqueue's trace context, when traced)."""
         now_iso = iso(now)
         shapes: dict[int, _Shape] = {}
         groups: list[tuple[list[str], list[Any]]] = []
@@ -206,7 +213,7 @@ class JobQueue:
         for spec in specs:
             shape = shapes.get(id(spec))
             if shape is None:
-                shape = shapes[id(spec)] = self._shape(spec, now, now_iso)
+                shape = shapes[id(spec)] = self._shape(spec, now, now_iso, traceparent)
             job_id = uuid.uuid4().hex
             key = job_key(job_id)
             groups.append(([key, shape.stream, shape.idem_key or key], []))
@@ -239,9 +246,34 @@ class JobQueue:
 
     async def enqueue_many(self, specs: Sequence[JobSpec]) -> list[JobRecord]:
         """Put many jobs on the queue in one round trip (one script call per 1,000);
-        answers their records in order."""
+        answers their records in order. Traced, in an ``enqueue`` span whose context
+        each job keeps (its ``traceparent``)."""
+        if not specs or not telemetry.tracing_enabled():
+            return await self._enqueue_many(specs, None)
+        first = specs[0]
+        with telemetry.span(
+            "enqueue",
+            kind=SpanKind.PRODUCER,
+            attributes=lambda: {
+                "messaging.system": "redis",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": first.queue,
+                "messaging.batch.message_count": len(specs),
+                "mimir.queue": first.queue,
+                "mimir.job.type": first.type,
+                "mimir.pipeline": first.pipeline or "",
+            },
+        ) as current:
+            records = await self._enqueue_many(specs, telemetry.traceparent())
+            if len(records) == 1 and current.is_recording():
+                current.set_attribute("mimir.job.id", records[0].job_id)
+            return records
+
+    async def _enqueue_many(
+        self, specs: Sequence[JobSpec], traceparent: str | None
+    ) -> list[JobRecord]:
         now_ms, now = _now()
-        groups, entries, created = self._new_jobs(specs, now)
+        groups, entries, created = self._new_jobs(specs, now, traceparent)
         calls = [
             self._enqueue_call(
                 now_ms,
@@ -287,7 +319,11 @@ class JobQueue:
         With an idempotency key the job may already exist under another id, so this
         falls back to :meth:`enqueue` then :meth:`wait`.
         """
-        if spec.idempotency_key is not None or not self._script_known:
+        if (
+            spec.idempotency_key is not None
+            or not self._script_known
+            or telemetry.tracing_enabled()  # through the traced enqueue
+        ):
             record = await self.enqueue(spec)
             self._script_known = True
             return await self.wait(record.job_id, timeout)

@@ -46,6 +46,10 @@ class Delivery:
     pipeline: str | None
     queue: str
     priority: str
+    #: The job's W3C trace context (``None``: enqueued untraced).
+    traceparent: str | None = None
+    #: When the job was first enqueued (ISO text as stored), for the queue-wait span.
+    enqueued_at: str | None = None
 
     @classmethod
     def from_fields(cls, stream: str, entry_id: str, fields: dict[str, str]) -> Delivery:
@@ -65,6 +69,8 @@ class Delivery:
             pipeline=fields.get("pipeline"),
             queue=fields.get("queue") or "default",
             priority=fields.get("priority") or "normal",
+            traceparent=fields.get("traceparent") or None,
+            enqueued_at=fields.get("enqueued_at") or None,
         )
 
 

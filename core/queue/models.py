@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field, field_serializer
+from pydantic import BaseModel, Field, computed_field, field_serializer
 
 from mimir.core.queue.protocol import RECORD_FIELDS, decode_field
+from mimir.core.telemetry import trace_id_of
 
 __all__ = [
     "FINAL_STATUSES",
@@ -140,6 +141,15 @@ class JobRecord(BaseModel):
     #: the ``job`` event of that change carries the same number, so a reader that merges
     #: records and events keeps the newest and drops what arrives late.
     version: int = 0
+    #: The W3C ``traceparent`` of the enqueue (``None`` when it was not traced): the
+    #: worker's job span of every attempt continues that trace.
+    traceparent: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def trace_id(self) -> str | None:
+        """The trace id (32 hex digits) of :attr:`traceparent`."""
+        return trace_id_of(self.traceparent)
 
     @field_serializer("enqueued_at", "scheduled_for", "started_at", "finished_at")
     def _times(self, moment: datetime | None) -> str | None:

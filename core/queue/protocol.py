@@ -65,6 +65,9 @@ RECORD_FIELDS: dict[str, Encoding] = {
     "cancel_requested": "flag",
     "origin": "json",
     "version": "int",
+    #: W3C trace context of the enqueue (absent when tracing is off): every attempt's
+    #: job span continues this trace.
+    "traceparent": "text",
 }
 
 #: The job hash's other fields: not part of the record (never in events or answers).
@@ -88,6 +91,8 @@ DELIVERY_FIELDS: tuple[str, ...] = (
     "pipeline",
     "queue",
     "priority",
+    "traceparent",
+    "enqueued_at",
 )
 
 #: Record fields a ``job`` event leaves out (the result may be large; the version is

@@ -36,6 +36,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from mimir.core import telemetry
 from mimir.core.jobs import pipeline_job
 from mimir.core.pipeline.requests import resolve_pipeline_request
 from mimir.core.queue import JobQueue, JobStatus
@@ -441,7 +442,12 @@ async def hook(
             **trigger.spec.job_options(),
         )
         jobs = JobQueue(redis, prefix, settings.job_ttl)
-        record = await jobs.enqueue(spec)
+        # The trigger's span (inside the request's) is where the job's trace starts.
+        with telemetry.span(
+            f"trigger {trigger.spec.name}",
+            attributes=lambda: {"mimir.trigger.id": trigger.id, "mimir.delivery": delivery},
+        ):
+            record = await jobs.enqueue(spec)
     except BaseException:
         if first:  # not taken: a retry of this delivery may run
             with contextlib.suppress(Exception):

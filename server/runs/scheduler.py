@@ -23,6 +23,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from mimir.core import telemetry
 from mimir.core.jobs import pipeline_job
 from mimir.core.pipeline.requests import resolve_pipeline_request
 from mimir.core.queue import JobQueue, JobRecord
@@ -78,7 +79,12 @@ async def enqueue_schedule(
         **options,
     )
     jobs = JobQueue(app.state.redis, settings.key_prefix, settings.job_ttl)
-    return await jobs.enqueue(spec)
+    # The schedule starts the job's trace (a root span; the enqueue is its child).
+    with telemetry.span(
+        f"schedule {row.spec.name}",
+        attributes=lambda: {"mimir.schedule.id": row.id, "mimir.schedule.tick": _iso(tick_ms)},
+    ):
+        return await jobs.enqueue(spec)
 
 
 def due_ticks(row: ScheduleRow, now_ms: int) -> tuple[list[int], int | None, int | None]:

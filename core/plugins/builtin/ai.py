@@ -362,8 +362,7 @@ class HttpChatPlugin(Plugin[ChatConfigT]):
         from mimir.core.outbound import default_outbound_policy
 
         attempts = config.max_retries + 1
-        hooks = default_outbound_policy().event_hooks(url)
-        async with httpx.AsyncClient(timeout=config.timeout, event_hooks=hooks) as client:
+        async with default_outbound_policy().client(url, timeout=config.timeout) as client:
             for attempt in range(1, attempts + 1):
                 retry_after: float | None = None
                 try:

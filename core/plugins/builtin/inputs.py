@@ -488,10 +488,8 @@ class ApiInputPlugin(Plugin[ApiInputConfig]):
         target = f"{config.method} {config.url.split('?', 1)[0]}"
         try:
             async with (
-                httpx.AsyncClient(
-                    timeout=config.timeout,
-                    follow_redirects=config.follow_redirects,
-                    event_hooks=default_outbound_policy().event_hooks(config.url),
+                default_outbound_policy().client(
+                    config.url, timeout=config.timeout, follow_redirects=config.follow_redirects
                 ) as client,
                 client.stream(
                     config.method,
