@@ -430,6 +430,8 @@ def describe_job(job: dict[str, Any], worker_name: str = "") -> str:
         lines.append(("Timeout", format_seconds(float(job["timeout"]))))
     if job.get("idempotency_key"):
         lines.append(("Idempotency", str(job["idempotency_key"])))
+    if job.get("trace_id"):  # set when tracing is on (OTEL_*)
+        lines.append(("Trace", str(job["trace_id"])))
     text = "\n".join(f"{label:<11} {value}" for label, value in lines if value)
     if job.get("error"):
         text += "\n\nError\n" + str(job["error"])

@@ -27,6 +27,9 @@ from PySide6.QtWidgets import (
 )
 
 __all__ = [
+    "DIM_COLOR",
+    "LEVEL_COLORS",
+    "LINK_COLOR",
     "STATUS_COLORS",
     "Banner",
     "Card",
@@ -100,6 +103,20 @@ STATUS_COLORS: dict[str, QColor] = {
     "missing": QColor("#6C7586"),
     "stale": QColor("#E0B341"),
 }
+
+
+#: Colour of each log level (the Logs panel's JSON lines), from the same palette.
+LEVEL_COLORS: dict[str, QColor] = {
+    "DEBUG": QColor("#8A93A3"),
+    "INFO": QColor("#4CC38A"),
+    "WARNING": QColor("#E0B341"),
+    "ERROR": QColor("#FF6B6B"),
+    "CRITICAL": QColor("#FF4D8D"),
+}
+#: Links drawn in text views (a job id in a log line).
+LINK_COLOR = QColor("#4C9AFF")
+#: Secondary text in text views (a log line's time, logger and context).
+DIM_COLOR = QColor("#8A93A3")
 
 
 def load_stylesheet() -> str:

@@ -7,6 +7,7 @@ only announces what the store says changed, and the store only moves a job forwa
 
 from __future__ import annotations
 
+import html
 import logging
 from typing import Any
 
@@ -47,7 +48,8 @@ from mimir.app.services.jobs import (
     describe_job,
     job_matches,
 )
-from mimir.app.ui.common import STATUS_COLORS, Banner, panel_header, setup_table
+from mimir.app.services.loglines import trace_link
+from mimir.app.ui.common import LINK_COLOR, STATUS_COLORS, Banner, panel_header, setup_table
 from mimir.app.ui.confirm import confirm
 from mimir.app.ui.dead_letter_view import QtDeadLetterView
 from mimir.app.ui.session import ConsoleSession
@@ -342,6 +344,14 @@ class QtJobsPanel(QWidget):
         split.addWidget(self.details)
         split.setSizes([520, 220])
         layout.addWidget(split, 1)
+        # The selected job's trace in the trace viewer (MIMIR_TRACE_URL), when it has one.
+        self.trace_label = QLabel("")
+        self.trace_label.setObjectName("Hint")
+        self.trace_label.setTextFormat(Qt.TextFormat.RichText)
+        self.trace_label.setOpenExternalLinks(True)
+        self.trace_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.trace_label.hide()
+        layout.addWidget(self.trace_label)
         self.tabs.addTab(page, "Jobs")
 
         self.dead_letter = QtDeadLetterView(self.session)
@@ -434,6 +444,7 @@ class QtJobsPanel(QWidget):
         else:
             self._details_status = None
             self.details.setPlainText("")
+            self._show_trace(None)
 
     def _reselect(self) -> None:
         """After a reset (a big listing), select the job that was selected."""
@@ -486,6 +497,21 @@ class QtJobsPanel(QWidget):
             position = bar.value()
             self.details.setPlainText(text)
             bar.setValue(position)
+        self._show_trace(job.get("trace_id"))
+
+    def _show_trace(self, trace_id: object) -> None:
+        """The link to the job's trace (``MIMIR_TRACE_URL``); hidden without one."""
+        url = trace_link(str(trace_id)) if trace_id else None
+        if url is None:
+            self.trace_label.hide()
+            self.trace_label.setText("")
+            return
+        shown = html.escape(str(trace_id))
+        self.trace_label.setText(
+            f'Trace <a href="{html.escape(url)}" style="color:{LINK_COLOR.name()};">{shown}</a>'
+        )
+        self.trace_label.setToolTip(url)
+        self.trace_label.show()
 
     def _update_actions(self) -> None:
         job = self._selected()

@@ -2,16 +2,23 @@
 
 Choosing another source starts its stream on an empty view (lines of the last choice never
 mix in). The view shows the start of its lines after a filter, not the end of the longest.
+
+JSON lines (``MIMIR_LOG_FORMAT=json``) show as time (local), level (coloured: debug grey,
+info green, warning amber, error red), logger, message, then the job id as a link (a click
+opens the job: :attr:`QtLogsPanel.open_job`) and the context the line carries; any other
+line shows as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 from collections import deque
 
-from PySide6.QtGui import QFont, QTextCursor
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont, QMouseEvent, QTextCursor
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -27,7 +34,8 @@ from PySide6.QtWidgets import (
 from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine
 from mimir.app.cluster.instances import Instance
 from mimir.app.services.jobs import count_text
-from mimir.app.ui.common import Banner, panel_header
+from mimir.app.services.loglines import JsonLine, parse_json_line, shown_time
+from mimir.app.ui.common import DIM_COLOR, LEVEL_COLORS, LINK_COLOR, Banner, panel_header
 from mimir.app.ui.session import ConsoleSession
 
 __all__ = ["QtLogsPanel"]
@@ -44,7 +52,72 @@ def _instance_order(instance: Instance) -> tuple[str, int]:
     return (head, int(tail)) if tail.isdigit() else (instance.name, 0)
 
 
+#: The href of a job id's link in the view.
+JOB_LINK = "job:"
+
+
+class LogView(QPlainTextEdit):
+    """The panel's text view: ``link_clicked(href)`` when a link (a job id) is clicked,
+    the pointer a hand over a link."""
+
+    link_clicked = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.viewport().setMouseTracking(True)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        super().mouseMoveEvent(event)
+        over_link = bool(self.anchorAt(event.position().toPoint()))
+        self.viewport().setCursor(
+            Qt.CursorShape.PointingHandCursor if over_link else Qt.CursorShape.IBeamCursor
+        )
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        href = self.anchorAt(event.position().toPoint())
+        super().mouseReleaseEvent(event)
+        # A click, not the end of a selection drag that happens to stop on a link.
+        left = event.button() == Qt.MouseButton.LeftButton
+        if href and left and not self.textCursor().hasSelection():
+            self.link_clicked.emit(href)
+
+
+def _span(text: str, color: str | None = None, bold: bool = False) -> str:
+    style = (f"color:{color};" if color else "") + ("font-weight:600;" if bold else "")
+    escaped = html.escape(text, quote=False)
+    return f'<span style="{style}">{escaped}</span>' if style else escaped
+
+
+def json_line_html(service: str, record: JsonLine) -> str:
+    """One JSON record as a line of the view (HTML, spaces kept)."""
+    dim = DIM_COLOR.name()
+    level = LEVEL_COLORS.get(record.level)
+    parts = [
+        _span(f"{service:<10} │ "),
+        _span(shown_time(record.time), dim),
+        " ",
+        _span(f"{record.level:<7}", level.name() if level else None, bold=True),
+        " ",
+        _span(f"{record.logger}:", dim),
+        " ",
+        _span(record.message, dim if record.level == "DEBUG" else None),
+    ]
+    if record.job_id:
+        link = html.escape(JOB_LINK + record.job_id)
+        shown = html.escape(record.job_id[:12])
+        parts.append(f'  <a href="{link}" style="color:{LINK_COLOR.name()};">job {shown}</a>')
+    if record.context:
+        parts.append(_span("  " + " ".join(f"{k}={v}" for k, v in record.context.items()), dim))
+    if record.exc:
+        last = record.exc.strip().splitlines()[-1] if record.exc.strip() else ""
+        parts.append(_span(f"  ⤷ {last}", LEVEL_COLORS["ERROR"].name()))
+    return f'<span style="white-space:pre">{"".join(parts)}</span>'
+
+
 class QtLogsPanel(QWidget):
+    #: The operator clicked a job id in a JSON line: that job's id.
+    open_job = Signal(str)
+
     def __init__(self, session: ConsoleSession) -> None:
         super().__init__()
         self.session = session
@@ -86,7 +159,8 @@ class QtLogsPanel(QWidget):
         # Below the toolbar: a message appearing never moves a control from under the pointer.
         self.banner = Banner()
         root.addWidget(self.banner)
-        self.view = QPlainTextEdit()
+        self.view = LogView()
+        self.view.link_clicked.connect(self._on_link)
         self.view.setObjectName("Code")
         self.view.setReadOnly(True)
         self.view.setMaximumBlockCount(MAX_LINES)
@@ -178,17 +252,31 @@ class QtLogsPanel(QWidget):
     def _format(self, line: LogLine) -> str:
         return f"{line.service:<10} │ {line.line}"
 
-    def _matches(self, line: LogLine) -> bool:
+    def _matches(self, line: LogLine, record: JsonLine | None) -> bool:
         needle = self.filter_edit.text().strip().lower()
-        return not needle or needle in line.line.lower() or needle in line.service.lower()
+        if not needle or needle in line.service.lower():
+            return True
+        # A JSON line by what it shows (its keys would match every line).
+        return needle in (record.text if record is not None else line.line).lower()
+
+    def _append(self, line: LogLine, record: JsonLine | None) -> None:
+        if record is None:
+            self.view.appendPlainText(self._format(line))
+        else:
+            self.view.appendHtml(json_line_html(line.service, record))
+
+    def _on_link(self, href: str) -> None:
+        if href.startswith(JOB_LINK) and len(href) > len(JOB_LINK):
+            self.open_job.emit(href[len(JOB_LINK) :])
 
     def add_line(self, line: LogLine) -> None:
         self.lines.append(line)
         self.received += 1
         if self.pause_box.isChecked():
             return
-        if self._matches(line):
-            self.view.appendPlainText(self._format(line))
+        record = parse_json_line(line.line)
+        if self._matches(line, record):
+            self._append(line, record)
         if self.received % 50 == 1:
             self.count_label.setText(count_text(len(self.lines), "line"))
 
@@ -197,8 +285,11 @@ class QtLogsPanel(QWidget):
             self._rerender()
 
     def _rerender(self) -> None:
-        shown = [self._format(line) for line in self.lines if self._matches(line)]
-        self.view.setPlainText("\n".join(shown[-MAX_LINES:]))
+        parsed = [(line, parse_json_line(line.line)) for line in self.lines]
+        shown = [(line, record) for line, record in parsed if self._matches(line, record)]
+        self.view.clear()
+        for line, record in shown[-MAX_LINES:]:
+            self._append(line, record)
         # To the last line, at its start: the end of a long line would scroll right.
         self.view.moveCursor(QTextCursor.MoveOperation.End)
         self.view.moveCursor(QTextCursor.MoveOperation.StartOfLine)

@@ -131,6 +131,7 @@ class QtMainWindow(QMainWindow):
         self.alerts_indicator.clicked.connect(lambda: self.show_panel("alerts"))
         self.alerts_indicator.changed.connect(lambda _a: self.alerts.refresh())
         self.schedules.open_run.connect(self._open_run)
+        self.logs.open_job.connect(self._open_run)  # a job id clicked in a JSON log line
         self.statusBar().addWidget(self.connection_label)
         self.statusBar().addWidget(self.cluster_label)
         self.statusBar().addPermanentWidget(self.alerts_indicator)
@@ -168,7 +169,8 @@ class QtMainWindow(QMainWindow):
         return PANELS[max(0, self.nav.currentRow())][0]
 
     def _open_run(self, job_id: str) -> None:
-        """Show one run in History (from the Schedules panel's recent runs)."""
+        """Show one run in History (from the Schedules panel's recent runs, or a job id
+        clicked in the Logs panel): its stored run, or the job live while it runs."""
         self.show_panel("history")
         self.history.show_run(job_id)
 
