@@ -59,7 +59,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mimir.core import telemetry
 from mimir.core.capture import RunCapture, current_capture
 from mimir.core.jobs import Attempt, JobFailedError, get_job_handler
-from mimir.core.logtext import printable
+from mimir.core.logtext import printable, set_worker_id
 from mimir.core.queue.connection import connect
 from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer
 from mimir.core.queue.models import iso, utc_now
@@ -231,6 +231,7 @@ class Worker:
         self.config = config
         self.hostname = socket.gethostname()
         self.worker_id = f"worker-{self.hostname}-{os.getpid()}"
+        set_worker_id(self.worker_id)  # in every JSON log line of this process
         self.redis = connect(
             config.redis_url,
             socket_timeout=max(10.0, config.block + 5.0),
@@ -500,7 +501,12 @@ class Worker:
 
     def _start(self, delivery: Delivery) -> None:
         self._trimmed = False
-        capture = RunCapture()
+        run_id = delivery.payload.get("run_id")  # a twin run's own id (its JSON log lines)
+        capture = RunCapture(
+            job_id=delivery.job_id,
+            pipeline=delivery.pipeline,
+            run_id=run_id if isinstance(run_id, str) else None,
+        )
         task = asyncio.create_task(self._run_job(delivery, capture), name=f"job-{delivery.job_id}")
         self.running[delivery.job_id] = _Running(delivery, task, capture)
         task.add_done_callback(self._job_task_done)
@@ -666,12 +672,17 @@ class Worker:
             self.succeeded += 1
         elif outcome.kind == "failed":
             self.failed += 1
-            logger.info(
+            retried = outcome.applied == "retry"
+            # An attempt that will be retried is routine (INFO); the job's final failure
+            # (it lands in the dead letter as failed) is a WARNING.
+            logger.log(
+                logging.INFO if retried else logging.WARNING,
                 "job %s attempt %d failed (%s): %s",
                 printable(job_id),
                 outcome.delivery.attempt,
-                "will retry" if outcome.applied == "retry" else "final",
+                "will retry" if retried else "final",
                 printable(outcome.error),
+                extra={"job_id": job_id, "pipeline": outcome.delivery.pipeline},
             )
 
     async def _writer_loop(self) -> None:
