@@ -296,7 +296,7 @@ def run_from_outcome(
         "timeout": timeout,
         "max_retries": max_retries,
     }
-    for name in ("idempotency_key", "scheduled_for"):
+    for name in ("idempotency_key", "scheduled_for", "traceparent"):
         if _text(record.get(name)) is not None:
             options[name] = _text(record.get(name))
     if origin is not None:

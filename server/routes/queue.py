@@ -242,6 +242,7 @@ def record_from_run(run: RunSummary) -> JobRecord:
             result=run.result,
             idempotency_key=run.options.get("idempotency_key"),
             scheduled_for=run.options.get("scheduled_for"),
+            traceparent=run.options.get("traceparent"),  # its trace id outlives the record
         )
     return JobRecord.model_validate(data)
 

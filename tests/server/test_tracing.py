@@ -67,7 +67,7 @@ class _Receiver(ThreadingHTTPServer):
 class _ReceiverHandler(BaseHTTPRequestHandler):
     server: _Receiver
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
@@ -124,7 +124,7 @@ class _Target(ThreadingHTTPServer):
 class _TargetHandler(BaseHTTPRequestHandler):
     server: _Target
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.server.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
         body = b'{"orders": 3}'
         self.send_response(200)
@@ -235,10 +235,20 @@ def test_a_job_is_one_trace_from_the_api_request_to_its_steps_and_their_http_cal
         assert record["traceparent"].startswith(f"00-{caller_trace}-")
         done = _wait_job(client, job_id, "succeeded")
         assert done["trace_id"] == caller_trace
+        # The run store keeps it (the job's trace id outlives its record in Redis).
+        run = wait_until(
+            lambda: (
+                (answer := client.get(f"/api/v1/runs/{job_id}")).status_code == 200
+                and answer.json()
+            ),
+            timeout=30,
+            message="the stored run",
+        )
+        assert run["options"]["traceparent"] == record["traceparent"]
 
         # A job that fails and is retried: one job span per attempt, in one trace.
-        failing = {"name": "flaky", "steps": [
-            {"name": "boom", "plugin": "Debug.fail", "config": {"message": "disk on fire"}}]}  # fmt: skip
+        boom = {"name": "boom", "plugin": "Debug.fail", "config": {"message": "disk on fire"}}
+        failing = {"name": "flaky", "steps": [boom]}
         retried = client.post(
             ENQUEUE, json={"pipeline": failing, "max_retries": 1, "retry_backoff": 0}
         )
