@@ -27,6 +27,8 @@ Keys (built here from ``settings.key_prefix``; the queue's own keys are in
                                      acting, last error
     {p}autoscaler:decisions  stream  decisions and their results (MAXLEN ~ DECISIONS_MAXLEN)
     {p}autoscaler:events     channel the same, as they happen (relayed as `scale` events)
+    {p}autoscaler:counts     hash    ["pool","up"|"down"] -> decisions taken (for
+                                     ``mimir_autoscaler_decisions_total``)
 
 The policies are seeded from ``MIMIR_POOLS`` when it differs from the last seed (so a
 policy changed over the API survives a restart with the same cluster file); without
@@ -140,6 +142,10 @@ class AutoscalerKeys:
     @property
     def decisions(self) -> str:
         return f"{self.prefix}autoscaler:decisions"
+
+    @property
+    def counts(self) -> str:
+        return f"{self.prefix}autoscaler:counts"
 
     @property
     def events(self) -> str:
@@ -530,6 +536,8 @@ class Autoscaler:
                     "server": self.server_id,
                 }
                 decision_id = await self._record(entry)
+                action = "up" if decision.replicas > decision.current else "down"
+                await self.redis.hincrby(self.keys.counts, json.dumps([name, action]), 1)
                 logger.info(
                     "autoscaler: pool %s %d -> %d (%s)",
                     name,
@@ -707,6 +715,23 @@ class Autoscaler:
             pools=views,
             decisions=await self.decisions(),
         )
+
+    async def metrics(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """For ``GET /metrics``: decisions taken by (pool, ``up``|``down``), and each pool's
+        desired workers (what its autoscaler wants while a change settles, else what runs)."""
+        counts = cast(dict[str, str], await self.redis.hgetall(self.keys.counts))
+        pools, states, figures = await self._gather()
+        now = time.time()
+        desired = {
+            name: self._replicas(name, figures[name], states.get(name, _Stored()), now).wanted
+            for name in pools
+        }
+        decided: dict[tuple[str, str], int] = {}
+        for field_name, count in counts.items():
+            with contextlib.suppress(ValueError, TypeError):
+                pool, action = json.loads(field_name)
+                decided[(str(pool), str(action))] = int(count)
+        return decided, desired
 
     async def pool_list(self) -> PoolList:
         pools, states, figures = await self._gather()

@@ -62,6 +62,7 @@ from mimir.core.jobs import Attempt, JobFailedError, get_job_handler
 from mimir.core.logtext import printable, set_worker_id
 from mimir.core.queue.connection import connect
 from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer
+from mimir.core.queue.metrics import WorkerMetrics, flush_args
 from mimir.core.queue.models import iso, utc_now
 from mimir.core.settings import Settings
 
@@ -247,6 +248,8 @@ class Worker:
         self.started_at = utc_now()
         self.running: dict[str, _Running] = {}
         self.processed = self.succeeded = self.failed = 0
+        #: Counts for Prometheus, sent with each heartbeat (:mod:`mimir.core.queue.metrics`).
+        self.metrics = WorkerMetrics(config.pool)
         self._stopping = asyncio.Event()
         #: Set by a second stop request: hand running jobs back now, whatever grace is left.
         self._hurry = asyncio.Event()
@@ -330,6 +333,11 @@ class Worker:
         await self._drain(fetch)
         await self._stop_loops(loops)
         if self._fatal is None:
+            with contextlib.suppress(Exception):  # the last counts, after the last heartbeat
+                if (taken := self.metrics.take()) is not None:
+                    await self.consumer.add_metrics(
+                        flush_args(self.consumer.keys, self.metrics, taken)
+                    )
             with contextlib.suppress(*_OUTAGE_ERRORS):
                 await self.consumer.deregister()
         with contextlib.suppress(Exception):
@@ -623,6 +631,7 @@ class Worker:
             outcome = Outcome(delivery, "failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             self._job_ended(job_id)
+        self.metrics.steps(list(capture.steps.values()))
         if outcome is None:
             return
         outcome.duration = time.perf_counter() - started
@@ -664,6 +673,10 @@ class Worker:
                 "job %s was taken over by another worker; outcome discarded", printable(job_id)
             )
             return
+        delivery = outcome.delivery
+        self.metrics.attempt(
+            delivery.queue, outcome.applied, delivery.pipeline or delivery.type, outcome.duration
+        )
         if outcome.kind == "requeue":
             logger.info("job %s handed back to the queue", printable(job_id))
             return
@@ -751,7 +764,15 @@ class Worker:
             "redis_rtt_ms": round((after - before) * 1000, 2),
             "clock_offset_ms": round(((before + after) / 2 - seconds - micros / 1e6) * 1000, 1),
         }
-        control = await self.consumer.heartbeat(info, ttl=self.config.heartbeat * 3)
+        taken = self.metrics.take()
+        counts = flush_args(self.consumer.keys, self.metrics, taken) if taken else None
+        try:
+            control = await self.consumer.heartbeat(
+                info, ttl=self.config.heartbeat * 3, metrics=counts
+            )
+        except BaseException:
+            self.metrics.restore(taken)  # sent with a later beat
+            raise
         if control is not None and act:
             self._control(control)
 

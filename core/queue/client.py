@@ -27,7 +27,7 @@ from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, Red
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core import telemetry
-from mimir.core.queue import scripts
+from mimir.core.queue import metrics, scripts
 from mimir.core.queue.connection import BLOCK_SLICE, connect
 from mimir.core.queue.errors import (
     JobNotFoundError,
@@ -953,6 +953,72 @@ class JobQueue:
             running += int(data.get(bucket_field(bound), 0))
             buckets.append((bound, running))
         return buckets, float(data.get("sum", 0.0)), int(data.get("count", 0))
+
+    async def worker_metrics(
+        self,
+    ) -> tuple[
+        dict[tuple[str, ...], float],
+        dict[tuple[str, ...], metrics.Histogram],
+        dict[tuple[str, ...], metrics.Histogram],
+    ]:
+        """What the workers counted (:mod:`mimir.core.queue.metrics`), in one round trip:
+        attempts by (pool, queue, outcome); job durations by (pool, queue, pipeline); step
+        durations by (pool, plugin, status)."""
+        async with (
+            redis_errors("read the workers' metrics"),
+            self.redis.pipeline(transaction=False) as pipe,
+        ):
+            pipe.hgetall(self.keys.metrics_jobs)
+            pipe.hgetall(self.keys.metrics_job_time)
+            pipe.hgetall(self.keys.metrics_step_time)
+            jobs, job_time, step_time = await pipe.execute()
+        return (
+            metrics.decode_counter(jobs),
+            metrics.decode_histograms(job_time, metrics.JOB_BUCKETS),
+            metrics.decode_histograms(step_time, metrics.STEP_BUCKETS),
+        )
+
+    async def queue_figures(self) -> tuple[dict[tuple[str, str], int], dict[str, float | None]]:
+        """Jobs waiting (not yet delivered) per (queue, priority), and the seconds the
+        oldest waiting job of each queue has waited (``None``: nothing waits); for every
+        queue enqueued to. Three short round trips."""
+        async with redis_errors("read the queues' figures"):
+            queues = sorted(cast(set[str], await self.redis.smembers(self.keys.queues)))
+            streams = [(q, prio, self.keys.stream(q, prio)) for q in queues for prio in PRIORITIES]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for _, _, stream in streams:
+                    pipe.xlen(stream)
+                    pipe.xinfo_groups(stream)
+                first = await pipe.execute(raise_on_error=False)
+            seconds, micros = first[0]
+            now_ms = seconds * 1000 + micros // 1000
+            depth: dict[tuple[str, str], int] = {}
+            firsts: list[tuple[str, str, str]] = []
+            for i, (queue, prio, stream) in enumerate(streams):
+                length, groups = first[1 + 2 * i], first[2 + 2 * i]
+                length = length if isinstance(length, int) else 0
+                group = next(
+                    (g for g in groups if g.get("name") == GROUP), None
+                ) if isinstance(groups, list) else None  # fmt: skip
+                pending = int(group["pending"]) if group else 0
+                depth[(queue, prio)] = max(0, length - pending)
+                if length > pending:
+                    last = str(group["last-delivered-id"]) if group else "0-0"
+                    firsts.append((queue, stream, _next_entry_id(last)))
+            entries: list[Any] = []
+            if firsts:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for _, stream, start in firsts:
+                        pipe.xrange(stream, min=start, count=1)
+                    entries = await pipe.execute(raise_on_error=False)
+        oldest: dict[str, float | None] = dict.fromkeys(queues)
+        for (queue, _, _), found in zip(firsts, entries, strict=False):
+            if isinstance(found, list) and found:
+                age = max(0, now_ms - int(str(found[0][0]).split("-", 1)[0])) / 1000
+                previous = oldest[queue]
+                oldest[queue] = age if previous is None else max(previous, age)
+        return depth, oldest
 
     async def ping(self) -> None:
         """Raise :class:`QueueUnavailableError` unless Redis answers."""

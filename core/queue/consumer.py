@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from mimir.core.queue import scripts
 from mimir.core.queue.client import bucket_for
 from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
+from mimir.core.queue.metrics import FLUSH_SCRIPT
 from mimir.core.queue.models import iso, utc_now
 from mimir.core.queue.protocol import decode_field
 
@@ -372,11 +373,14 @@ class QueueConsumer:
         _, next_due = await call.run(self.redis)
         return float(next_due) / 1000 if next_due else None
 
-    async def heartbeat(self, info: dict[str, Any], ttl: float) -> str | None:
+    async def heartbeat(
+        self, info: dict[str, Any], ttl: float, metrics: list[Any] | None = None
+    ) -> str | None:
         """Publish this worker's heartbeat; it vanishes ``ttl`` seconds after the last.
         Answers what was asked of this worker since the last beat (``drain`` or ``stop``,
         see :meth:`JobQueue.control_worker`), or ``None``; the request is taken (deleted)
-        in the same round trip, so it is answered once."""
+        in the same round trip, so it is answered once. ``metrics``: the worker's counts
+        since the last beat, added in the same round trip (:func:`metrics.flush_args`)."""
         key = self.keys.worker(self.worker_id)
         now = utc_now()
         fields: dict[Any, Any] = {
@@ -389,9 +393,16 @@ class QueueConsumer:
             pipe.hset(key, mapping=fields)
             pipe.pexpire(key, int(ttl * 1000))
             pipe.zadd(self.keys.workers, {self.worker_id: now.timestamp()})
+            if metrics:
+                pipe.eval(FLUSH_SCRIPT, *metrics)
             pipe.getdel(self.keys.control(self.worker_id))
             *_, control = await pipe.execute()
         return str(control) if control else None
+
+    async def add_metrics(self, metrics: list[Any]) -> None:
+        """Add the worker's last counts (:func:`metrics.flush_args`) outside a heartbeat:
+        on its way out."""
+        await self.redis.eval(FLUSH_SCRIPT, *metrics)
 
     async def deregister(self) -> None:
         """Remove this worker from the registry (on a clean exit)."""

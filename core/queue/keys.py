@@ -24,6 +24,13 @@ All names start with the configured prefix (``MIMIR_KEY_PREFIX``, default ``mimi
                                         written by its worker in batches; expires after
                                         job_ttl
     {p}worker:{id}              hash    a live worker's heartbeat (expires)
+    {p}metrics:jobs             hash    workers' attempts by pool, queue, outcome; and
+    {p}metrics:job_time         hash    their durations, by pool, queue, pipeline;
+    {p}metrics:step_time        hash    step durations, by pool, plugin, status (all
+                                        added with the heartbeats: see
+                                        :mod:`mimir.core.queue.metrics`)
+    {p}metrics:pipelines        set     pipeline / plugin label values admitted
+    {p}metrics:plugins          set     (capped at metrics.LABEL_CAP each)
     {p}workers                  zset    worker ids by last heartbeat
     {p}control:{id}             string  ``drain`` or ``stop`` asked of a live worker; read
                                         (and deleted) with its next heartbeat; expires
@@ -131,6 +138,26 @@ class QueueKeys:
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}worker:{worker_id}"
+
+    @property
+    def metrics_jobs(self) -> str:
+        return f"{self.prefix}metrics:jobs"
+
+    @property
+    def metrics_job_time(self) -> str:
+        return f"{self.prefix}metrics:job_time"
+
+    @property
+    def metrics_step_time(self) -> str:
+        return f"{self.prefix}metrics:step_time"
+
+    @property
+    def metrics_pipelines(self) -> str:
+        return f"{self.prefix}metrics:pipelines"
+
+    @property
+    def metrics_plugins(self) -> str:
+        return f"{self.prefix}metrics:plugins"
 
     def control(self, worker_id: str) -> str:
         return f"{self.prefix}control:{worker_id}"

@@ -127,8 +127,8 @@ def test_dead_letter_retry_workers_metrics(api_client: httpx.Client, worker: Wor
     metrics = api_client.get("/metrics")
     assert metrics.status_code == 200
     text = metrics.text
-    assert "mimir_workers_alive 1.0" in text
-    assert 'mimir_queue_depth{priority="high"} 0.0' in text
+    assert 'mimir_workers_alive{pool="default"} 1.0' in text
+    assert 'mimir_queue_depth{priority="high",queue="default"} 0.0' in text
     assert 'mimir_jobs_total{status="failed"} 2.0' in text
     assert "mimir_job_duration_seconds_count 2.0" in text
 
