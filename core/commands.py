@@ -38,7 +38,7 @@ __all__ = ["describe_plugins", "migrate_main", "plugins_main", "run_main", "vali
 def _setup_logging() -> None:
     # stdout carries the result; logs go to stderr, quiet unless MIMIR_LOG_LEVEL says so,
     # as text or JSON lines (MIMIR_LOG_FORMAT; anything else stops the command, exit 2).
-    from mimir.core.logtext import log_formatter, parse_log_format
+    from mimir.core.logtext import log_formatter, parse_log_format, quiet_url_loggers
 
     level = (os.environ.get("MIMIR_LOG_LEVEL") or "WARNING").upper()
     try:
@@ -49,6 +49,7 @@ def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(log_formatter(log_format, "%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level, logging.WARNING), handlers=[handler])
+    quiet_url_loggers()
 
 
 def format_issue(issue: ValidationIssue, source: str | None) -> str:

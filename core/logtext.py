@@ -22,6 +22,7 @@ __all__ = [
     "log_formatter",
     "parse_log_format",
     "printable",
+    "quiet_url_loggers",
     "request_id_var",
     "set_worker_id",
 ]
@@ -144,6 +145,13 @@ class JsonFormatter(logging.Formatter):
 
 def _escape_json(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
+
+
+def quiet_url_loggers() -> None:
+    """httpx logs each request's whole URL at INFO, query string included (where an API
+    key may travel): kept to its warnings. A plugin's own line names the URL without its
+    query (``Input.api``)."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def log_formatter(log_format: str, text_format: str) -> logging.Formatter:

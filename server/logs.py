@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from mimir.core.logfiles import log_file_handler
-from mimir.core.logtext import log_formatter, parse_log_format, printable
+from mimir.core.logtext import log_formatter, parse_log_format, printable, quiet_url_loggers
 
 __all__ = ["LOG_FORMAT", "configure_logging", "printable"]
 
@@ -35,6 +35,7 @@ def configure_logging(level: str, log_dir: Path | None = None, log_format: str =
     for handler in handlers:
         handler.setFormatter(log_formatter(log_format, LOG_FORMAT))
     logging.basicConfig(level=name, handlers=handlers, force=True)
+    quiet_url_loggers()
     for noisy in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(noisy).handlers.clear()
         logging.getLogger(noisy).propagate = True

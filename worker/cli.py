@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     # rich and pygments (~5 MB), when they are installed; a worker never uses it.
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from mimir.core.logfiles import log_file_handler
-    from mimir.core.logtext import log_formatter
+    from mimir.core.logtext import log_formatter, quiet_url_loggers
     from mimir.core.settings import Settings, normalise_redis_url
 
     try:
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
         handler.setFormatter(log_formatter(settings.log_format, text))
     logging.basicConfig(level=getattr(logging, settings.log_level, logging.INFO), handlers=handlers)
+    quiet_url_loggers()  # plugins' URLs may carry keys in their query strings
     from mimir.core.pools import validate_pool_name
 
     try:

@@ -89,9 +89,12 @@ def _span(text: str, color: str | None = None, bold: bool = False) -> str:
 
 
 def json_line_html(service: str, record: JsonLine) -> str:
-    """One JSON record as a line of the view (HTML, spaces kept)."""
+    """One JSON record as a line of the view (HTML, spaces kept). The job id is a link:
+    where the message names the job, that mention; else ``job <id>`` before the message,
+    where a long line never pushes it out of view."""
     dim = DIM_COLOR.name()
     level = LEVEL_COLORS.get(record.level)
+    message_colour = dim if record.level == "DEBUG" else None
     parts = [
         _span(f"{service:<10} │ "),
         _span(shown_time(record.time), dim),
@@ -100,18 +103,31 @@ def json_line_html(service: str, record: JsonLine) -> str:
         " ",
         _span(f"{record.logger}:", dim),
         " ",
-        _span(record.message, dim if record.level == "DEBUG" else None),
     ]
-    if record.job_id:
-        link = html.escape(JOB_LINK + record.job_id)
-        shown = html.escape(record.job_id[:12])
-        parts.append(f'  <a href="{link}" style="color:{LINK_COLOR.name()};">job {shown}</a>')
-    if record.context:
-        parts.append(_span("  " + " ".join(f"{k}={v}" for k, v in record.context.items()), dim))
+    job_id = record.job_id
+    if job_id and job_id in record.message:
+        before, _, after = record.message.partition(job_id)
+        parts += [
+            _span(before, message_colour),
+            _link(job_id, job_id),
+            _span(after, message_colour),
+        ]
+    else:
+        if job_id:
+            parts += [_link(job_id, f"job {job_id[:12]}"), " "]
+        parts.append(_span(record.message, message_colour))
+    shown = {k: v for k, v in record.context.items() if k != "worker_id"}  # the service says
+    if shown:
+        parts.append(_span("  " + " ".join(f"{k}={v}" for k, v in shown.items()), dim))
     if record.exc:
         last = record.exc.strip().splitlines()[-1] if record.exc.strip() else ""
         parts.append(_span(f"  ⤷ {last}", LEVEL_COLORS["ERROR"].name()))
     return f'<span style="white-space:pre">{"".join(parts)}</span>'
+
+
+def _link(job_id: str, text: str) -> str:
+    href = html.escape(JOB_LINK + job_id)
+    return f'<a href="{href}" style="color:{LINK_COLOR.name()};">{html.escape(text)}</a>'
 
 
 class QtLogsPanel(QWidget):

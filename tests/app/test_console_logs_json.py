@@ -86,7 +86,8 @@ def test_json_lines_render_and_a_job_id_opens_the_job(
         window.show_panel("logs")
         text = "2026-12-01 19:58:01,100 INFO mimir.server.app: started   (plain text)"
         context = {"pipeline": "nap", "step": "nap", "worker_id": "worker-a-1"}
-        warning = _json("WARNING", "job failed (final): disk on fire", job_id=job_id, **context)
+        failed = f"job {job_id} attempt 1 failed (final): disk on fire"
+        warning = _json("WARNING", failed, job_id=job_id, **context)
         error = json.dumps(
             {
                 "time": "2026-12-01T19:58:02.000Z",
@@ -98,7 +99,7 @@ def test_json_lines_render_and_a_job_id_opens_the_job(
         )
         lines = [
             LogLine("server", text),
-            LogLine("worker-1", _json("DEBUG", "polling", worker_id="worker-a-1")),
+            LogLine("worker-1", _json("DEBUG", "polling", job_id=job_id, step="fetch")),
             LogLine("worker-1", warning),
             LogLine("server", error),
             LogLine("redis", "{not json at all"),
@@ -110,8 +111,10 @@ def test_json_lines_render_and_a_job_id_opens_the_job(
         assert shown[0] == f"server     │ {text}"  # text lines as before
         assert shown[4] == "redis      │ {not json at all"
         when = shown_time("2026-12-01T19:58:01.123Z")
-        assert shown[2].startswith(f"worker-1   │ {when} WARNING mimir.worker.worker: job failed")
-        assert f"job {job_id[:12]}" in shown[2] and "pipeline=nap step=nap" in shown[2]
+        head = f"worker-1   │ {when} WARNING mimir.worker.worker: "
+        assert shown[2] == f"{head}{failed}  pipeline=nap step=nap", shown[2]
+        # A job id the message does not name: a link of its own before the message.
+        assert shown[1].endswith(f"mimir.worker.worker: job {job_id[:12]} polling  step=fetch")
         assert "⤷ ValueError: boom" in shown[3]
         colours = _colours(panel.view)
         assert colours["WARNING"][0] == LEVEL_COLORS["WARNING"].name()
@@ -121,6 +124,7 @@ def test_json_lines_render_and_a_job_id_opens_the_job(
         [dim] = [colour for text, (colour, _) in colours.items() if text.startswith("polling")]
         assert dim == LEVEL_COLORS["DEBUG"].name()
         assert colours[f"job {job_id[:12]}"] == (LINK_COLOR.name(), f"job:{job_id}")
+        assert colours[job_id] == (LINK_COLOR.name(), f"job:{job_id}")  # the mention
 
         # The filter matches what a JSON line shows (not its keys).
         panel.filter_edit.setText("disk on fire")
@@ -132,7 +136,7 @@ def test_json_lines_render_and_a_job_id_opens_the_job(
 
         # A click on the job id opens that job (History: its run, or the job live).
         document = panel.view.document()
-        start = document.find(f"job {job_id[:12]}").selectionStart()
+        start = document.find(f"{job_id} attempt").selectionStart()
         cursor = QTextCursor(document)
         cursor.setPosition(start + 2)
         where = panel.view.cursorRect(cursor).center()

@@ -2,9 +2,9 @@
 
 One JSON object per line with the contract's keys in order; a worker's job lines carry
 ``job_id``, ``pipeline``, ``step`` and ``worker_id``; the API token never reaches a log
-(stderr or ``MIMIR_LOG_DIR`` files), whether it came in the header, a query string or a
-refused call; the console's polling is logged at DEBUG, other calls at INFO; a job's final
-failure is a WARNING and a dead job an ERROR.
+(stderr or ``MIMIR_LOG_DIR`` files), whether it came in the header, a query string, a
+refused call or the query string of a plugin's HTTP call; the console's polling is logged
+at DEBUG, other calls at INFO; a job's final failure is a WARNING and a dead job an ERROR.
 """
 
 from __future__ import annotations
@@ -112,7 +112,14 @@ def test_json_lines_carry_the_job_and_never_the_token(
 
             fetching = {
                 "name": "fetching",
-                "steps": [{"name": "fetch", "plugin": "Input.api", "config": {"url": stub}}],
+                # A key in the URL's query string (httpx logs whole URLs at INFO).
+                "steps": [
+                    {
+                        "name": "fetch",
+                        "plugin": "Input.api",
+                        "config": {"url": f"{stub}?key={TOKEN}"},
+                    }
+                ],
             }
             ok_id = client.post(
                 "/api/v1/queue/pipelines/enqueue", json={"pipeline": fetching}
