@@ -15,6 +15,8 @@ PACKAGES=(
   faketime                           # libfaketime: a worker with a shifted clock (doctor tests)
   age                                # the reference tool the backup encryption interoperates with
   openssh-client                     # ssh:// Docker engines: the tunnel, ssh-keyscan, ssh-keygen
+  prometheus                         # `cluster up --monitoring` on the local backend runs it;
+                                     # promtool checks the generated scrape configuration
   postgresql                         # the run store's tests start throwaway clusters with its
                                      # initdb/pg_ctl (tests/pg.py); Debian's default cluster
                                      # on 5432 that the package starts is not used

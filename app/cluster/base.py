@@ -28,7 +28,8 @@ __all__ = [
 #: ``progress("build", "worker image: step 3/9")``. Called from the backend's task.
 Progress = Callable[[str, str], None]
 
-ServiceKind = Literal["redis", "server", "worker"]
+#: ``prometheus``: the monitoring service of ``up --monitoring`` (:mod:`.monitoring`).
+ServiceKind = Literal["redis", "server", "worker", "prometheus"]
 
 
 class ClusterError(Exception):

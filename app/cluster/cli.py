@@ -4,6 +4,7 @@
 
     mimir cluster up [--file mimir-cluster.yaml] [--workers N] [--backend docker|local]
                      [--project NAME] [--port P]
+                     [--monitoring [--prometheus-port 9090] [--scrape-interval 15s]]
     mimir cluster scale [--pool POOL] N      (also: scale POOL N; default pool: default)
     mimir cluster down | clean | restart SERVICE | ps | status | stats | build
     mimir cluster logs [SERVICE ...] [-f] [--tail N]
@@ -19,6 +20,9 @@ has one pool, ``default``, and a running one keeps its pools. ``--workers`` size
 ``worker`` (every pool's workers), ``worker-POOL`` (one pool's) or one worker (``worker-3``,
 ``worker-slow-2``). ``status`` adds a table of the pools: replicas wanted/running, and,
 when the API answers, the jobs waiting for each pool, the oldest one's age and jobs/s.
+``up --monitoring`` adds a Prometheus service scraping the API server's ``/metrics``
+(:mod:`.monitoring`), on 127.0.0.1 only; ``status``, ``logs prometheus``, ``down`` and
+``clean`` know it (a later ``up`` keeps it).
 
 Progress goes to stderr while a command works; tables and log lines go to stdout.
 Operator errors (no engine, port taken, nothing running, a cluster file with an error,
@@ -103,6 +107,18 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--concurrency", type=int, help="jobs per worker (WORKER_CONCURRENCY, 5)")
     up.add_argument("--redis-url", help="local backend: use this Redis instead of starting one")
     up.add_argument("--bind", help="docker backend: host address the API is published on")
+    up.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also run Prometheus, scraping the API server's /metrics (image built from the "
+        "base image; local backend: the 'prometheus' program on PATH)",
+    )
+    up.add_argument(
+        "--prometheus-port", type=int, help="Prometheus's port on 127.0.0.1 (default 9090)"
+    )
+    up.add_argument(
+        "--scrape-interval", help="how often Prometheus scrapes, e.g. 15s (default), 5s, 1m"
+    )
     scale = sub.add_parser("scale", parents=[common], help="run exactly N workers in a pool")
     scale.add_argument("target", nargs="+", metavar="[POOL] N", help="e.g. 3, or slow 2")
     scale.add_argument("--pool", help="the pool to scale (default: default)")
@@ -129,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--unified", action="store_true", help="also build the one-container unified image"
     )
+    build.add_argument("--monitoring", action="store_true", help="also build the Prometheus image")
     backup = sub.add_parser(
         "backup", parents=[common], help="back up the running cluster's data to one archive"
     )
@@ -198,6 +215,9 @@ def _backend_options(args: argparse.Namespace, backend: str) -> dict[str, Any]:
         "start_timeout": args.timeout,
         "api_port": getattr(args, "port", None),
         "worker_concurrency": getattr(args, "concurrency", None),
+        "monitoring": getattr(args, "monitoring", None) or None,
+        "prometheus_port": getattr(args, "prometheus_port", None),
+        "scrape_interval": getattr(args, "scrape_interval", None),
     }
     if backend == "local":
         options["redis_url"] = getattr(args, "redis_url", None)

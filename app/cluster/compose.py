@@ -4,6 +4,10 @@
 ``packaging/mimir-cluster.example.yml`` (two pools: one service each, ``worker`` and
 ``worker-slow``).
 
+The distributed and pools files carry the service ``prometheus`` in the compose profile
+``monitoring`` (started only with ``docker-compose --profile monitoring up``), configured by
+``packaging/prometheus/prometheus.yml``, generated here from the same topology.
+
 ``python -m mimir.app.cluster.compose [DIR]`` regenerates them; the tests check that the
 files in the repository equal what this module renders, so they never drift apart.
 """
@@ -16,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from mimir.app.cluster.monitoring import prometheus_document
 from mimir.app.cluster.topology import (
     API_PORT,
     IMAGES,
@@ -29,6 +34,8 @@ from mimir.core.resources import packaging_dir
 
 __all__ = [
     "EXAMPLE_CLUSTER_FILE",
+    "PROMETHEUS_CONFIG",
+    "compose_prometheus_config",
     "distributed_compose",
     "pools_compose",
     "render",
@@ -38,6 +45,8 @@ __all__ = [
 
 #: The example cluster file ``docker-compose.pools.yml`` is generated from.
 EXAMPLE_CLUSTER_FILE = "mimir-cluster.example.yml"
+#: Prometheus's configuration for the compose files' profile ``monitoring``.
+PROMETHEUS_CONFIG = "prometheus/prometheus.yml"
 
 HEADER = """\
 # Generated from mimir.app.cluster.topology by `python -m mimir.app.cluster.compose`;
@@ -48,8 +57,16 @@ HEADER = """\
 
 def distributed_compose(cluster: ClusterFile | None = None) -> dict[str, Any]:
     """Redis, backend and a scalable worker service per pool of ``cluster`` (default: one,
-    ``worker``; ``--scale worker=N``)."""
-    return compose_file(build_topology("mimir", workers=2, cluster=cluster))
+    ``worker``; ``--scale worker=N``), and Prometheus in the profile ``monitoring``."""
+    return compose_file(build_topology("mimir", workers=2, cluster=cluster, monitoring=True))
+
+
+def compose_prometheus_config() -> dict[str, Any]:
+    """The scrape configuration the compose files mount (``packaging/prometheus/``): the
+    API server's ``/metrics`` with no token (the compose files publish the API on loopback
+    without one); with ``MIMIR_API_TOKEN`` set, add ``authorization`` to it, or use
+    ``mimir cluster up --monitoring``, which does."""
+    return prometheus_document(build_topology("mimir", monitoring=True))
 
 
 def pools_compose(directory: Path | None = None) -> dict[str, Any]:
@@ -106,8 +123,8 @@ def write_compose_files(directory: Path) -> list[Path]:
     files = {
         "docker-compose.distributed.yml": render(
             distributed_compose(),
-            "cd packaging && docker-compose -p mimir -f docker-compose.distributed.yml up -d "
-            "--scale worker=3",
+            "cd packaging && docker-compose -p mimir -f docker-compose.distributed.yml "
+            "[--profile monitoring] up -d --scale worker=3",
         ),
         "docker-compose.pools.yml": render(
             pools_compose(directory),
@@ -120,9 +137,13 @@ def write_compose_files(directory: Path) -> list[Path]:
             "-f docker-compose.unified.yml up -d",
         ),
     }
+    files[PROMETHEUS_CONFIG] = HEADER.format(
+        usage="mounted by the compose files' service prometheus (--profile monitoring)"
+    ) + yaml.safe_dump(compose_prometheus_config(), sort_keys=False, default_flow_style=False)
     written = []
     for name, text in files.items():
         path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         written.append(path)
     return written

@@ -37,18 +37,29 @@ backend container: it holds, as JSON, the project and the worker settings ``up``
 (concurrency, grace, limits). A :class:`DockerBackend` of that project built where it is set
 reaches the API at the container's own port (``127.0.0.1:8080``), not the published one, and
 builds worker containers with those settings and the pools of ``MIMIR_POOLS``, as ``up`` did.
+
+**Monitoring.** ``up`` with ``monitoring=True`` (``--monitoring``) also runs the topology's
+``prometheus`` service (image ``mimir-aip:prometheus-latest``, built from the base image
+when missing), published on 127.0.0.1 only. Its configuration is generated from the topology
+(:mod:`.monitoring`) and copied into the container between create and start (a ``docker cp``:
+this works for remote engines too, where a bind mount of a local file would not), with the
+API token as a file readable by the container's user only. The engine remembers it: a
+running Prometheus container is kept by a later ``up`` without the flag, shown by
+``status``, stopped by ``down``; ``clean`` removes its TSDB volume with the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import math
 import os
 import queue as queue_module
 import re
+import tarfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -86,6 +97,7 @@ from mimir.app.cluster.docker_engine import (
 )
 from mimir.app.cluster.docker_images import PACKAGING_DIR, ImageBuilder
 from mimir.app.cluster.instances import Instance
+from mimir.app.cluster.monitoring import PROMETHEUS_GID, PROMETHEUS_UID, prometheus_files
 from mimir.app.cluster.readiness import ClusterProbe, wait_until_ready
 from mimir.app.cluster.remote import SshTarget, SshTunnel
 from mimir.app.cluster.topology import (
@@ -100,6 +112,10 @@ from mimir.app.cluster.topology import (
     LABEL_REPLICA,
     LABEL_SERVICE,
     LABEL_VOLUME,
+    OPTIONAL_SERVICE_KINDS,
+    PROMETHEUS,
+    PROMETHEUS_CONFIG_DIR,
+    PROMETHEUS_PORT,
     SERVICE_KINDS,
     ServiceSpec,
     Topology,
@@ -139,6 +155,8 @@ T = TypeVar("T")
 _LOGS_RESCAN = 1.0
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Every service's kind, those of ``up --monitoring`` too.
+_KINDS = {**SERVICE_KINDS, **OPTIONAL_SERVICE_KINDS}
 _ANY = frozenset({"", "0.0.0.0", "::"})
 
 #: The engine's socket: where the backend container of an autoscaled cluster has it, and
@@ -218,6 +236,9 @@ class DockerBackend:
         start_timeout: float = 120.0,
         resources: dict[str, Any] | None = None,
         packaging_dir: Path = PACKAGING_DIR,
+        monitoring: bool = False,
+        prometheus_port: int | None = None,
+        scrape_interval: str | None = None,
     ) -> None:
         """``resources`` overrides the limits, e.g. ``{"worker_cpus": 1.0,
         "worker_memory": "1g"}`` (keys of :func:`~.topology.build_topology`).
@@ -225,7 +246,9 @@ class DockerBackend:
         Nothing is checked against the engine here, and the bind/token rule is left to what
         publishes the API (``up``, ``scale``, ``restart``): ``down``, ``status``, ``logs``
         need neither. Inside the project's backend container (:data:`INSIDE_ENV`), what is
-        not given (``grace`` 30 s, concurrency, ``resources``) is what ``up`` used."""
+        not given (``grace`` 30 s, concurrency, ``resources``) is what ``up`` used.
+        ``monitoring`` makes ``up`` run Prometheus too, on ``127.0.0.1:prometheus_port``
+        (default 9090), scraping every ``scrape_interval`` (default ``15s``)."""
         if isinstance(profile, (str, Path)):
             loaded = DockerProfile.load(profile)
         else:
@@ -270,6 +293,12 @@ class DockerBackend:
         #: container (``None``: not known yet, the default cluster).
         self.cluster: ClusterFile | None = None
         self.packaging_dir = packaging_dir
+        #: Run Prometheus (asked for, or found running by ``up``/``status``).
+        self.monitoring = monitoring
+        #: The Prometheus port asked for, as opposed to the default.
+        self.requested_prometheus_port = prometheus_port
+        self.prometheus_port = prometheus_port or PROMETHEUS_PORT
+        self.scrape_interval = scrape_interval or "15s"
         self.images = ImageBuilder(self._connect, packaging_dir, self.base_image, self.redis_image)
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
@@ -291,8 +320,16 @@ class DockerBackend:
             fuseki_url=self.settings.fuseki_url,
             cluster=self.cluster,
             cluster_backend="docker",
+            monitoring=self.monitoring,
+            prometheus_port=self.prometheus_port,
+            scrape_interval=self.scrape_interval,
             **self.resources,
         )
+
+    @property
+    def prometheus_url(self) -> str:
+        """Where Prometheus answers on the engine's host (published on its loopback only)."""
+        return f"http://127.0.0.1:{self.prometheus_port}"
 
     def _inside_value(self) -> str:
         """:data:`INSIDE_ENV`'s value: the project and this backend's worker settings."""
@@ -562,7 +599,8 @@ class DockerBackend:
         engine: _EngineMount | None = None,
     ) -> Any:
         """Create and start one container of ``spec``; ``engine`` gives it the engine's
-        socket (the backend of an autoscaled cluster)."""
+        socket (the backend of an autoscaled cluster). Prometheus gets its generated
+        configuration (and the API token as a file) copied in before it starts."""
         client = self._connect()
         name = topology.container_name(spec.name, replica)
         with contextlib.suppress(docker.errors.NotFound):
@@ -593,12 +631,11 @@ class DockerBackend:
                 "start_period": 30 * second,
             }
         try:
-            return client.containers.run(
+            container = client.containers.create(
                 spec.image,
                 spec.command,
                 name=name,
                 hostname=name,
-                detach=True,
                 labels=topology.labels(spec.name, replica if spec.scalable else None),
                 environment=environment,
                 volumes={
@@ -618,10 +655,23 @@ class DockerBackend:
                 stop_signal="SIGTERM",
                 **access,
             )
-        except docker.errors.APIError:
+            if spec.name == PROMETHEUS:
+                container.put_archive(PROMETHEUS_CONFIG_DIR, _archive(prometheus_files(topology)))
+            container.start()
+            return container
+        except docker.errors.APIError as exc:
             # Created but not started (a port taken …): do not leave it behind.
             with contextlib.suppress(docker.errors.DockerException):
                 client.containers.get(name).remove(force=True)
+            message = str(exc.explanation or exc)
+            taken = "port is already allocated" in message or "address already in use" in message
+            if taken and spec.name == PROMETHEUS:
+                host, port = spec.ports[PROMETHEUS_PORT]
+                raise ClusterError(
+                    f"port {port} on {host} (Prometheus) is already in use: stop what listens "
+                    "there, or choose another port (mimir cluster up --monitoring "
+                    "--prometheus-port N)"
+                ) from exc
             raise
 
     def _stop_and_remove(self, containers: list[Any], grace: float) -> None:
@@ -682,6 +732,53 @@ class DockerBackend:
             self.cluster = _pools_of_backend(backends[0])
         return False
 
+    def _adopt_prometheus(self) -> list[Any]:
+        """The project's Prometheus containers; one found means monitoring is on, and its
+        published port is the one that counts."""
+        found = self._containers(PROMETHEUS)
+        for container in found:
+            bindings = (container.attrs["NetworkSettings"].get("Ports") or {}).get(
+                f"{PROMETHEUS_PORT}/tcp"
+            ) or []
+            if container.status == "running" and bindings:
+                self.prometheus_port = int(bindings[0]["HostPort"])
+        if found:
+            self.monitoring = True
+        return found
+
+    async def _start_prometheus(self, topology: Topology, report: Progress) -> None:
+        """Run the topology's Prometheus unless it runs; wait for its health check."""
+        running = [c for c in await self._call(self._containers, PROMETHEUS)
+                   if c.status == "running"]  # fmt: skip
+        if running:
+            report(PROMETHEUS, f"{running[0].name} already runs: {self.prometheus_url}")
+            return
+        spec = topology.service(PROMETHEUS)
+        if not await self._call(self._image_exists, spec.image):
+            report(PROMETHEUS, f"{spec.image} is not here: building it")
+            await self._call(self.images.build_image, PROMETHEUS, spec.image, report)
+        report(
+            PROMETHEUS,
+            f"starting {topology.container_name(PROMETHEUS)} on {self.prometheus_url}, "
+            f"scraping every {topology.scrape_interval}",
+        )
+        await self._call(self._run_container, topology, spec)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            container = (await self._call(self._containers, PROMETHEUS) or [None])[0]
+            state = container.attrs["State"] if container is not None else {}
+            if state.get("Health", {}).get("Status") == "healthy":
+                return
+            if container is None or container.status in ("exited", "dead", "restarting"):
+                detail = await asyncio.to_thread(self._last_logs, container) if container else ""
+                raise ClusterError("Prometheus stopped while starting", detail=detail)
+            if time.monotonic() > deadline:
+                detail = await asyncio.to_thread(self._last_logs, container)
+                raise ClusterError(
+                    f"Prometheus was not ready in {self.start_timeout:.0f}s", detail=detail
+                )
+            await asyncio.sleep(0.5)
+
     # ---------------------------------------------------------------- images
 
     async def build(self, progress: Progress | None = None) -> None:
@@ -691,6 +788,8 @@ class DockerBackend:
         await asyncio.to_thread(self.images.build_wheelhouse, report)
         for which in ("backend", "worker"):
             await self._call(self.images.build_image, which, IMAGES[which], report)
+        if self.monitoring:
+            await self._call(self.images.build_image, PROMETHEUS, IMAGES[PROMETHEUS], report)
         await self._call(self.images.resolve_redis_image, report, True)
         report("build", "images built: " + ", ".join(IMAGES[w] for w in ("backend", "worker")))
 
@@ -807,6 +906,14 @@ class DockerBackend:
             report("backend", f"cluster {self.project!r} already runs: API {self.api_url}")
         known = self.cluster  # the pools of the project's backend container, if it has one
         self.cluster = cluster or known or default_cluster()
+        asked_port = self.requested_prometheus_port
+        running_monitor = await self._call(self._adopt_prometheus)
+        if running_monitor and asked_port and asked_port != self.prometheus_port:
+            raise ClusterError(
+                f"cluster {self.project!r} already runs Prometheus on port "
+                f"{self.prometheus_port}, not {asked_port}: leave out --prometheus-port, "
+                f"or 'mimir cluster down --project {self.project}' first to move it"
+            )
         existing = await self._call(self._containers)
         same = known is not None and _same_pools(known, self.cluster)
         sizes = self._sizes(self.cluster, workers, existing if same else None)
@@ -847,12 +954,16 @@ class DockerBackend:
                 await self._scale_to(topology, pool, count, report)
             report("wait", "waiting for /ready and worker heartbeats")
             await self._wait_ready(report)
+            if topology.monitoring:
+                await self._start_prometheus(topology, report)
         except BaseException:
             report("up", "failed: removing what this command created")
             await asyncio.shield(self._call(self._undo_up, created))
             raise
         counts = ", ".join(f"{count} in {pool}" for pool, count in sizes.items())
         report("up", f"cluster {self.project!r} is up: API {self.api_url}, workers: {counts}")
+        if topology.monitoring:
+            report("up", f"Prometheus: {self.prometheus_url}")
         return await self.status()
 
     def _sizes(
@@ -961,7 +1072,7 @@ class DockerBackend:
         containers = await self._call(self._containers)
         if not containers:
             report("down", f"no containers of project {self.project!r}")
-        for service in ("worker", "backend", "redis"):
+        for service in (PROMETHEUS, "worker", "backend", "redis"):
             group = [c for c in containers if c.labels.get(LABEL_SERVICE) == service]
             if group:
                 report("down", f"stopping {', '.join(c.name for c in group)}")
@@ -969,7 +1080,7 @@ class DockerBackend:
                 await self._call(self._stop_and_remove, group, grace)
         # Containers of the project that are no service: a restore's helpers
         # (io.mimir.role=helper, :mod:`.restore_docker`) that a crash left behind.
-        others = [c for c in containers if c.labels.get(LABEL_SERVICE) not in SERVICE_KINDS]
+        others = [c for c in containers if c.labels.get(LABEL_SERVICE) not in _KINDS]
         await self._call(self._stop_and_remove, others, 10)
         await self._call(self._remove_networks)
 
@@ -1041,6 +1152,9 @@ class DockerBackend:
                 services.append(ServiceStatus(service, kind, "missing", replicas=0))
                 continue
             services.append(_service_row(service, kind, group))
+        monitor = [c for c in containers if c.labels.get(LABEL_SERVICE) == PROMETHEUS]
+        if monitor:  # a cluster started with --monitoring
+            services.append(_service_row(PROMETHEUS, "prometheus", monitor))
         api_running = any(s.name == "backend" and s.state == "running" for s in services)
         return ClusterStatus(
             "docker", self.project, services, self.api_url if api_running else None
@@ -1078,7 +1192,9 @@ class DockerBackend:
     def _service_names(self, containers: list[Any]) -> set[str]:
         """The services one may name: redis, backend, worker, and each pool's."""
         pools = set((self.cluster or default_cluster()).pools) | _pools_of(containers)
-        return set(SERVICE_KINDS) | {pool_service(p) for p in pools}
+        monitor = {PROMETHEUS} if any(c.labels.get(LABEL_SERVICE) == PROMETHEUS
+                                      for c in containers) else set()  # fmt: skip
+        return set(SERVICE_KINDS) | monitor | {pool_service(p) for p in pools}
 
     async def instances(self) -> list[Instance]:
         """Every container of the project."""
@@ -1091,7 +1207,7 @@ class DockerBackend:
                 Instance(
                     name=c.name,
                     service=service,
-                    kind=SERVICE_KINDS.get(service, "worker"),
+                    kind=_KINDS.get(service, "worker"),
                     state=c.status,
                     ident=c.short_id,
                     detail=f"{image}" + (f", {health}" if health else ""),
@@ -1242,7 +1358,7 @@ class DockerBackend:
                 service = container.labels.get(LABEL_SERVICE, "worker")
                 return ServiceStats(
                     name=container.name,
-                    kind=SERVICE_KINDS.get(service, "worker"),
+                    kind=_KINDS.get(service, "worker"),
                     cpu_percent=cpu_percent(sample),
                     memory_bytes=used,
                     memory_limit_bytes=limit,
@@ -1318,6 +1434,18 @@ def _service_row(name: str, kind: ServiceKind, group: list[Any]) -> ServiceStatu
             for binding in bindings or []:
                 ports[port] = f"{binding['HostIp']}:{binding['HostPort']}"
     return ServiceStatus(name, kind, state, health, len(running), ports)
+
+
+def _archive(files: dict[str, tuple[bytes, int]]) -> bytes:
+    """A tar of ``files`` (name → content, mode), owned by the Prometheus image's user."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, (content, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(content), mode, int(time.time())
+            info.uid, info.gid = PROMETHEUS_UID, PROMETHEUS_GID
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
 
 
 def _is_worker(container: Any) -> bool:

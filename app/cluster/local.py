@@ -9,6 +9,8 @@ started it. Everything lives in ``<state_dir>/<project>/``::
     logs/<name>.log   stdout+stderr of redis, backend, worker-1, worker-2 … (the pool
                       ``default``), worker-slow-1 … (the pool ``slow``)
     redis/            Redis's append-only file (the queue survives a restart)
+    prometheus/       ``up --monitoring``: the generated prometheus.yml, the API token as a
+                      file (mode 0600, when the API has one) and data/ (the TSDB)
     data/, pipelines/ the cluster's data and pipeline directories, for every project but the
                       default one (``mimir`` keeps the per-user directories) unless
                       MIMIR_DATA_DIR / MIMIR_PIPELINES_DIR name others
@@ -34,6 +36,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
@@ -56,9 +59,19 @@ from mimir.app.cluster.local_state import (
     read_state,
     write_state,
 )
+from mimir.app.cluster.monitoring import (
+    CONFIG_FILE,
+    PROMETHEUS_PACKAGE,
+    TOKEN_FILE,
+    prometheus_config,
+)
 from mimir.app.cluster.readiness import ClusterProbe, wait_until_ready
 from mimir.app.cluster.topology import (
+    OPTIONAL_SERVICE_KINDS,
+    PROMETHEUS,
+    PROMETHEUS_PORT,
     SERVICE_KINDS,
+    build_topology,
     canonical_service,
     parse_worker_name,
     pool_service,
@@ -84,6 +97,29 @@ logger = logging.getLogger(__name__)
 
 #: How far a recorded start time may differ from the process's before the pid is "reused".
 _CREATE_TIME_SLACK = 1.0
+#: Every process's kind, Prometheus's too.
+_KINDS = {**SERVICE_KINDS, **OPTIONAL_SERVICE_KINDS}
+
+
+def _prometheus_binary() -> str:
+    """The ``prometheus`` program on PATH; a :class:`ClusterError` naming the package."""
+    found = shutil.which("prometheus")
+    if found is None:
+        raise ClusterError(
+            "--monitoring on the local backend runs the 'prometheus' program, which is not on "
+            f"PATH: install it (Debian/Ubuntu: apt-get install {PROMETHEUS_PACKAGE}; or a "
+            "release from https://prometheus.io/download/), or use the docker backend"
+        )
+    return found
+
+
+def _answers_ready(port: int) -> bool:
+    """True when Prometheus on ``port`` answers ``/-/ready`` with 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except (OSError, ValueError):
+        return False
 
 
 def _no_progress(step: str, message: str) -> None:
@@ -174,10 +210,15 @@ class LocalBackend:
         grace: float = 30.0,
         start_timeout: float = 90.0,
         python: str = sys.executable,
+        monitoring: bool = False,
+        prometheus_port: int | None = None,
+        scrape_interval: str | None = None,
     ) -> None:
         """``api_port`` defaults to ``settings.port``; ``redis_url`` uses an external Redis
         instead of starting one; ``grace`` is how long a stopping worker may take to hand back
-        its jobs before it is killed."""
+        its jobs before it is killed. ``monitoring`` makes ``up`` run Prometheus (the
+        ``prometheus`` program on PATH) on ``127.0.0.1:prometheus_port`` (default 9090),
+        scraping every ``scrape_interval`` (default ``15s``)."""
         self.project = validate_project_name(project)
         self.settings = settings or Settings.from_env()
         self.api_port = api_port or self.settings.port
@@ -189,6 +230,9 @@ class LocalBackend:
         self.start_timeout = start_timeout
         self.python = python
         self.directory = self.settings.state_dir / self.project
+        self.monitoring = monitoring
+        self.prometheus_port = prometheus_port
+        self.scrape_interval = scrape_interval
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # ---------------------------------------------------------------- paths and state
@@ -273,7 +317,7 @@ class LocalBackend:
     def _spawn(
         self,
         name: str,
-        service: Literal["redis", "backend", "worker"],
+        service: Literal["redis", "backend", "worker", "prometheus"],
         argv: list[str],
         env: dict[str, str],
     ) -> ProcessEntry:
@@ -401,6 +445,82 @@ class LocalBackend:
         env["MIMIR_CLUSTER_BACKEND"] = self.backend
         return self._spawn("backend", "backend", argv, env)
 
+    @property
+    def prometheus_dir(self) -> Path:
+        """Prometheus's configuration, token file and TSDB (``data/``)."""
+        return self.directory / PROMETHEUS
+
+    def _write_prometheus_config(self, state: LocalState) -> Path:
+        """The configuration generated from the cluster's topology (its targets as published
+        on 127.0.0.1), and the token file (0600) when the API has a token."""
+        assert state.prometheus_port is not None
+        topology = build_topology(
+            self.project,
+            workers=0,
+            api_port=state.api_port,
+            api_token=self.settings.api_token,
+            cluster=state.cluster_file,
+            monitoring=True,
+            prometheus_port=state.prometheus_port,
+            scrape_interval=state.scrape_interval or "15s",
+        )
+        directory = self.prometheus_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        token_path = directory / TOKEN_FILE
+        token_path.unlink(missing_ok=True)
+        if topology.api_token:
+            fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(topology.api_token)
+        config = directory / CONFIG_FILE
+        text = prometheus_config(topology, on_host=True, credentials_file=str(token_path))
+        config.write_text(text)
+        return config
+
+    def _start_prometheus(self, state: LocalState) -> ProcessEntry:
+        assert state.prometheus_port is not None
+        config = self._write_prometheus_config(state)
+        argv = [
+            _prometheus_binary(),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.prometheus_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{state.prometheus_port}",
+        ]
+        # Its token is the file's, never in its environment.
+        env = {k: v for k, v in os.environ.items() if k != "MIMIR_API_TOKEN"}
+        return self._spawn(PROMETHEUS, "prometheus", argv, env)
+
+    async def _wait_prometheus(self, entry: ProcessEntry, port: int) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while not await asyncio.to_thread(_answers_ready, port):
+            if not await asyncio.to_thread(self.is_alive, entry):
+                raise self._failure(entry, "prometheus exited while starting")
+            if time.monotonic() > deadline:
+                raise self._failure(
+                    entry, f"prometheus did not answer /-/ready in {self.start_timeout}s"
+                )
+            await asyncio.sleep(0.1)
+
+    async def _ensure_prometheus(
+        self, state: LocalState, report: Progress, started: list[ProcessEntry]
+    ) -> None:
+        """Start Prometheus unless it runs; wait until it is ready."""
+        old = state.entry(PROMETHEUS)
+        if old is not None and old.pid in await self._alive([old]):
+            return
+        port = state.prometheus_port
+        assert port is not None
+        if await asyncio.to_thread(_port_in_use, port):
+            owner = await asyncio.to_thread(_port_owner, port)
+            raise ClusterError(
+                f"port {port} on 127.0.0.1 (Prometheus) is already in use by {owner}: stop "
+                "it, or choose another port (mimir cluster up --monitoring --prometheus-port N)"
+            )
+        report(PROMETHEUS, f"starting prometheus on 127.0.0.1:{port}")
+        entry = await asyncio.to_thread(self._start_prometheus, state)
+        await self._replace(state, old, entry, started)
+        await self._wait_prometheus(entry, port)
+
     def _start_worker(self, state: LocalState, pool: PoolSpec, number: int) -> ProcessEntry:
         argv = worker_command(pool, [self.python, "-m", "mimir.worker"])
         env = self._child_env(state)
@@ -515,6 +635,8 @@ class LocalBackend:
             if state is not None and not await self._alive(state.processes):
                 report("state", "found a stale cluster record (no process alive): starting anew")
                 state = None
+            if self.monitoring or (state is not None and state.prometheus_port):
+                _prometheus_binary()  # before anything starts
             if state is None:
                 state = await self._fresh_state()
                 wanted_before: dict[str, int] = {}
@@ -541,6 +663,16 @@ class LocalBackend:
             for name, count in sizes.items():
                 self._check_count(cluster.pools[name], count)
             state.cluster_file = cluster
+            if self.monitoring and state.prometheus_port is None:
+                state.prometheus_port = self.prometheus_port or PROMETHEUS_PORT
+                state.scrape_interval = self.scrape_interval or "15s"
+                build_topology(self.project, scrape_interval=state.scrape_interval)  # checks it
+            elif self.prometheus_port and self.prometheus_port != state.prometheus_port:
+                raise ClusterError(
+                    f"cluster {self.project!r} already runs Prometheus on port "
+                    f"{state.prometheus_port}, not {self.prometheus_port}: leave out "
+                    f"--prometheus-port, or 'mimir cluster down --project {self.project}' first"
+                )
             started: list[ProcessEntry] = []
             try:
                 await self._drop_undeclared_pools(state, report)
@@ -554,6 +686,8 @@ class LocalBackend:
                     await self._scale_workers(state, cluster.pools[name], count, report, started)
                 report("wait", "waiting for /ready and worker heartbeats")
                 await self._wait_ready(state, report)
+                if state.prometheus_port is not None:
+                    await self._ensure_prometheus(state, report, started)
             except BaseException:
                 # Leave nothing half-started behind; logs stay for inspection.
                 await asyncio.to_thread(self._stop_entries, started, 5.0)
@@ -565,6 +699,8 @@ class LocalBackend:
                 raise
         running = ", ".join(f"{count} in {name}" for name, count in sizes.items())
         report("up", f"cluster {self.project!r} is up: API {self.api_url}, workers: {running}")
+        if state.prometheus_port is not None:
+            report("up", f"Prometheus: http://127.0.0.1:{state.prometheus_port}")
         return await self.status()
 
     def _check_count(self, pool: PoolSpec, workers: int) -> None:
@@ -724,7 +860,7 @@ class LocalBackend:
             if state is None:
                 report("down", f"no local cluster {self.project!r} is recorded")
                 return False
-            for service in ("worker", "backend", "redis"):
+            for service in (PROMETHEUS, "worker", "backend", "redis"):
                 entries = state.entries(service)
                 alive = await self._alive(entries)
                 if alive:
@@ -791,6 +927,11 @@ class LocalBackend:
                 elif old.service == "backend":
                     new = await asyncio.to_thread(self._start_backend, state)
                     await self._replace(state, old, new, started)
+                elif old.service == PROMETHEUS:
+                    assert state.prometheus_port is not None
+                    new = await asyncio.to_thread(self._start_prometheus, state)
+                    await self._replace(state, old, new, started)
+                    await self._wait_prometheus(new, state.prometheus_port)
                 else:
                     if old.pool not in cluster.pools:
                         raise unknown_pool(old.pool, cluster)
@@ -812,7 +953,7 @@ class LocalBackend:
                 Instance(
                     name=entry.name,
                     service=entry.service,
-                    kind=SERVICE_KINDS[entry.service],
+                    kind=_KINDS[entry.service],
                     state="running" if running else "stale",
                     ident=str(entry.pid),
                     detail=f"log {entry.log}" if running else "process gone; 'up' or 'down' clears",
@@ -880,6 +1021,20 @@ class LocalBackend:
             workers = state.pool_entries(pool)
             services.append(
                 self._pool_status(pool, workers, alive_pids, registered, state.wanted.get(pool))
+            )
+        if state.prometheus_port is not None:
+            monitor = state.entry(PROMETHEUS)
+            up = monitor is not None and monitor.pid in alive_pids
+            ready = up and await asyncio.to_thread(_answers_ready, state.prometheus_port)
+            services.append(
+                ServiceStatus(
+                    PROMETHEUS,
+                    "prometheus",
+                    "running" if up else "stale" if monitor else "missing",
+                    health=("healthy" if ready else "unhealthy") if up else "",
+                    replicas=int(up),
+                    ports={f"{PROMETHEUS_PORT}/tcp": f"127.0.0.1:{state.prometheus_port}"},
+                )
             )
         api = self.api_url if alive else None
         return ClusterStatus("local", self.project, services, api)
@@ -1051,5 +1206,5 @@ def _sample_stats(entries: list[ProcessEntry], interval: float) -> list[ServiceS
             with contextlib.suppress(psutil.Error):
                 cpu += p.cpu_percent(None)
                 rss += p.memory_info().rss
-        out.append(ServiceStats(entry.name, SERVICE_KINDS[entry.service], round(cpu, 1), rss))
+        out.append(ServiceStats(entry.name, _KINDS[entry.service], round(cpu, 1), rss))
     return out

@@ -32,7 +32,7 @@ class ProcessEntry:
     """One process of the cluster as recorded in the state file."""
 
     name: str
-    service: Literal["redis", "backend", "worker"]
+    service: Literal["redis", "backend", "worker", "prometheus"]
     pid: int
     create_time: float
     log: str
@@ -60,6 +60,10 @@ class LocalState:
     cluster: dict[str, Any] | None = None
     #: Replicas each pool should run, as the last ``up``/``scale`` set them.
     wanted: dict[str, int] = field(default_factory=dict)
+    #: Prometheus's port on 127.0.0.1 when the cluster runs it (``up --monitoring``).
+    prometheus_port: int | None = None
+    #: How often it scrapes (a Prometheus duration).
+    scrape_interval: str | None = None
 
     def entries(self, service: str) -> list[ProcessEntry]:
         return [entry for entry in self.processes if entry.service == service]

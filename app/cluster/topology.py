@@ -12,6 +12,7 @@ and environment from it, and the compose files in ``packaging/`` are generated f
                                                  backend_plugins, backend_pipelines
     worker x N (queue consumers)                   worker_data, worker_logs
     worker-<pool> x N per further pool             (the same two volumes)
+    prometheus (up --monitoring: 9090 on 127.0.0.1) prometheus_data
 
 Workers come in **pools** (:mod:`mimir.core.pools`): one scalable service per pool,
 ``worker`` for the pool ``default`` and ``worker-<pool>`` for the others, each running
@@ -22,6 +23,12 @@ third) and ``worker-slow-2`` (slow's second): pool names have no ``-``, so a nam
 one way only (:func:`parse_worker_name`). The backend's environment carries the pools as
 ``MIMIR_POOLS`` (:func:`~mimir.core.pools.pools_to_env`), and, when a cluster backend
 started it, ``MIMIR_CLUSTER_BACKEND`` and ``MIMIR_PROJECT`` (what its autoscaler acts by).
+
+**Monitoring.** ``monitoring=True`` adds the service ``prometheus`` (Debian's Prometheus on
+the base image, ``packaging/Dockerfile.prometheus``), published on 127.0.0.1 only (it has no
+authentication of its own), its TSDB in the volume ``prometheus_data``; its scrape
+configuration is generated from the topology by
+:func:`mimir.app.cluster.monitoring.prometheus_config`.
 """
 
 from __future__ import annotations
@@ -54,6 +61,10 @@ __all__ = [
     "LABEL_REPLICA",
     "LABEL_SERVICE",
     "LABEL_VOLUME",
+    "OPTIONAL_SERVICE_KINDS",
+    "PROMETHEUS",
+    "PROMETHEUS_CONFIG_DIR",
+    "PROMETHEUS_PORT",
     "SERVICE_KINDS",
     "ServiceSpec",
     "Topology",
@@ -62,6 +73,7 @@ __all__ = [
     "canonical_service",
     "compose_file",
     "parse_memory",
+    "parse_scrape_interval",
     "parse_worker_name",
     "pool_service",
     "replica_name",
@@ -92,12 +104,19 @@ COMPOSE_LABEL_NUMBER = "com.docker.compose.container-number"
 #: Port the API listens on inside the backend container.
 API_PORT = 8080
 REDIS_PORT = 6379
+#: Port Prometheus listens on inside its container (and, by default, on the host's loopback).
+PROMETHEUS_PORT = 9090
+#: The monitoring service's name (``up --monitoring``).
+PROMETHEUS = "prometheus"
+#: Where the Prometheus container finds its generated configuration (copied in at start).
+PROMETHEUS_CONFIG_DIR = "/etc/mimir-prometheus"
 
 #: The images the project builds (``mimir cluster build`` / ``packaging/build-distributed.sh``).
 IMAGES: dict[str, str] = {
     "backend": "mimir-aip:backend-latest",
     "worker": "mimir-aip:worker-latest",
     "unified": "mimir-aip:unified-latest",
+    "prometheus": "mimir-aip:prometheus-latest",
 }
 #: Redis image used when it can be had; otherwise :data:`FALLBACK_REDIS_IMAGE` is built.
 DEFAULT_REDIS_IMAGE = "redis:7-alpine"
@@ -106,6 +125,8 @@ FALLBACK_REDIS_IMAGE = "mimir-aip:redis-latest"
 
 #: Service name → the protocol's kind. ``server`` is accepted as a name for ``backend``.
 SERVICE_KINDS: dict[str, ServiceKind] = {"redis": "redis", "backend": "server", "worker": "worker"}
+#: Services a cluster has only when asked for (``up --monitoring``): name → kind.
+OPTIONAL_SERVICE_KINDS: dict[str, ServiceKind] = {PROMETHEUS: "prometheus"}
 
 _PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,40}")
 
@@ -157,6 +178,8 @@ def service_kind(name: str) -> ServiceKind | None:
     name = canonical_service(name)
     if name in SERVICE_KINDS:
         return SERVICE_KINDS[name]
+    if name in OPTIONAL_SERVICE_KINDS:
+        return OPTIONAL_SERVICE_KINDS[name]
     parsed = parse_worker_name(name)
     return "worker" if parsed is not None and parsed[1] is None else None
 
@@ -174,6 +197,21 @@ def worker_command(pool: PoolSpec, program: list[str] | None = None) -> list[str
     if pool.job_types is not None:
         command += ["--job-types", ",".join(pool.job_types)]
     return command
+
+
+_DURATION_RE = re.compile(r"([0-9]+)(ms|s|m|h)")
+
+
+def parse_scrape_interval(value: str) -> float:
+    """Seconds of a Prometheus duration as ``--scrape-interval`` takes it: ``15s``, ``500ms``,
+    ``1m``, ``1h`` (one number and one unit); :class:`ClusterError` otherwise."""
+    match = _DURATION_RE.fullmatch(value.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ClusterError(
+            f"invalid scrape interval {value!r}: use a Prometheus duration such as 15s, 500ms or 1m"
+        )
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+    return int(match.group(1)) * unit
 
 
 def parse_memory(value: str | int) -> int:
@@ -239,6 +277,18 @@ class Topology:
     workers: int = 2
     #: The pools its worker services run (one service per pool, in the cluster's order).
     cluster: ClusterFile = field(default_factory=default_cluster)
+    #: How often Prometheus scrapes (a Prometheus duration), when the topology has it.
+    scrape_interval: str = "15s"
+
+    @property
+    def monitoring(self) -> bool:
+        """True when the cluster has its Prometheus service (``up --monitoring``)."""
+        return PROMETHEUS in self.services
+
+    @property
+    def api_token(self) -> str | None:
+        """The API server's token (``None``: an open API on loopback)."""
+        return self.services["backend"].environment.get("MIMIR_API_TOKEN")
 
     def worker_services(self) -> list[ServiceSpec]:
         """The pools' worker services, in the cluster's order."""
@@ -295,14 +345,14 @@ class Topology:
         return {LABEL_PROJECT: self.project, LABEL_NETWORK: self.network}
 
 
-def _python_http_check(port: int) -> list[str]:
+def _python_http_check(port: int, path: str = "/ready") -> list[str]:
     # The images have no curl; Python is always there. /ready fails while Redis is away
     # (/health would stay 200), so a backend that cannot queue anything shows as unhealthy.
     return [
         "CMD",
         "python3",
         "-c",
-        f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/ready', "
+        f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{path}', "
         "timeout=4)",
     ]
 
@@ -327,6 +377,10 @@ def build_topology(
     fuseki_url: str | None = None,
     cluster: ClusterFile | None = None,
     cluster_backend: str | None = None,
+    monitoring: bool = False,
+    prometheus_port: int = PROMETHEUS_PORT,
+    prometheus_image: str = IMAGES["prometheus"],
+    scrape_interval: str = "15s",
 ) -> Topology:
     """The seed's distributed topology for ``project``, with one worker service per pool of
     ``cluster`` (default: :func:`~mimir.core.pools.default_cluster`, one pool ``default``).
@@ -337,11 +391,16 @@ def build_topology(
     ``worker_memory`` (which a pool that leaves them at their defaults gets).
     ``cluster_backend`` (``docker``, ``local``) goes to the backend as
     ``MIMIR_CLUSTER_BACKEND``: the backend its autoscaler scales the pools through.
+    ``monitoring`` adds the service ``prometheus`` (module doc), published on
+    ``127.0.0.1:prometheus_port`` whatever ``api_host`` is, scraping every ``scrape_interval``.
     """
     cluster = cluster or default_cluster()
     validate_project_name(project)
     if workers < 0:
         raise ClusterError(f"workers must be 0 or more, got {workers}")
+    parse_scrape_interval(scrape_interval)
+    if not 0 < prometheus_port < 65536:
+        raise ClusterError(f"invalid Prometheus port {prometheus_port}: use 1-65535")
     if api_host not in {"127.0.0.1", "localhost", "::1"} and not api_token:
         raise ClusterError(
             f"the API would be published on {api_host}, beyond this machine: set an API token "
@@ -424,10 +483,39 @@ def build_topology(
             cpus=worker_cpus,
             memory=worker_memory,
         )
+    if monitoring:
+        services[PROMETHEUS] = _prometheus_service(prometheus_image, prometheus_port)
     # Every pool's workers share the two worker volumes.
     volumes = list(dict.fromkeys(m.volume for spec in services.values() for m in spec.volumes))
     return Topology(
-        project=project, services=services, volumes=volumes, workers=workers, cluster=cluster
+        project=project,
+        services=services,
+        volumes=volumes,
+        workers=workers,
+        cluster=cluster,
+        scrape_interval=scrape_interval,
+    )
+
+
+def _prometheus_service(image: str, port: int) -> ServiceSpec:
+    """Prometheus, loopback-published (it has no authentication), its TSDB in a volume."""
+    return ServiceSpec(
+        name=PROMETHEUS,
+        kind="prometheus",
+        image=image,
+        command=[
+            "prometheus",
+            f"--config.file={PROMETHEUS_CONFIG_DIR}/prometheus.yml",
+            "--storage.tsdb.path=/prometheus",
+            f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}",
+        ],
+        environment={},
+        volumes=[VolumeMount("prometheus_data", "/prometheus")],
+        ports={PROMETHEUS_PORT: ("127.0.0.1", port)},
+        cpus=0.5,
+        memory="512m",
+        healthcheck=_python_http_check(PROMETHEUS_PORT, "/-/ready"),
+        aliases=[PROMETHEUS],
     )
 
 
@@ -469,10 +557,20 @@ def _pool_service(
     )
 
 
+#: The compose profile of the monitoring service: ``docker-compose --profile monitoring up``.
+COMPOSE_MONITORING_PROFILE = "monitoring"
+#: Where compose finds Prometheus's configuration, relative to the compose file.
+COMPOSE_PROMETHEUS_CONFIG = "./prometheus/prometheus.yml"
+
+
 def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
     out: dict[str, Any] = {}
     built = {image: which for which, image in IMAGES.items()}
-    if spec.kind in ("server", "worker"):
+    if spec.kind == "prometheus":
+        # Only with `--profile monitoring`; its configuration is a file beside the compose
+        # file (generated like it), mounted read-only.
+        out["profiles"] = [COMPOSE_MONITORING_PROFILE]
+    if spec.kind in ("server", "worker", "prometheus"):
         if spec.image in built:  # a pool's own image is pulled, not built here
             out["build"] = {
                 "context": ".",
@@ -489,7 +587,13 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
         if spec.name == "worker":
             env["WORKER_CONCURRENCY"] = "${WORKER_CONCURRENCY:-" + env["WORKER_CONCURRENCY"] + "}"
         out["environment"] = env
-    if spec.ports:
+    if spec.ports and spec.kind == "prometheus":
+        # Loopback only, whatever MIMIR_BIND says: Prometheus has no authentication.
+        out["ports"] = [
+            f"{host}:${{PROMETHEUS_PORT:-{port}}}:{container}"
+            for container, (host, port) in spec.ports.items()
+        ]
+    elif spec.ports:
         out["ports"] = [
             f"${{MIMIR_BIND:-{host}}}:${{MIMIR_PORT:-{port}}}:{container}"
             for container, (host, port) in spec.ports.items()
@@ -498,6 +602,10 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
         out["volumes"] = [
             f"{m.volume}:{m.target}" + (":ro" if m.read_only else "") for m in spec.volumes
         ]
+    if spec.kind == "prometheus":
+        out["volumes"].append(
+            f"{COMPOSE_PROMETHEUS_CONFIG}:{PROMETHEUS_CONFIG_DIR}/prometheus.yml:ro"
+        )
     if spec.healthcheck:
         out["healthcheck"] = {
             "test": list(spec.healthcheck),
@@ -507,6 +615,8 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
         }
     if spec.kind in ("server", "worker"):
         out["depends_on"] = {"redis": {"condition": "service_healthy"}}
+    if spec.kind == "prometheus":
+        out["depends_on"] = {"backend": {"condition": "service_started"}}
     if spec.cpus is not None:
         out["cpus"] = spec.cpus
     if spec.memory is not None:

@@ -10,7 +10,12 @@ import pytest
 import yaml
 
 from mimir.app.cluster.base import ClusterError
-from mimir.app.cluster.compose import distributed_compose, pools_compose, unified_compose
+from mimir.app.cluster.compose import (
+    compose_prometheus_config,
+    distributed_compose,
+    pools_compose,
+    unified_compose,
+)
 from mimir.app.cluster.topology import (
     LABEL_POOL,
     LABEL_PROJECT,
@@ -101,6 +106,7 @@ def test_parse_memory_refuses_nonsense() -> None:
         ("docker-compose.distributed.yml", distributed_compose),
         ("docker-compose.pools.yml", pools_compose),
         ("docker-compose.unified.yml", unified_compose),
+        ("prometheus/prometheus.yml", compose_prometheus_config),
     ],
 )
 def test_compose_files_match_the_topology(filename: str, render: object) -> None:
@@ -112,7 +118,8 @@ def test_compose_files_match_the_topology(filename: str, render: object) -> None
 
 def test_distributed_compose_describes_the_topology() -> None:
     document = distributed_compose()
-    topology = build_topology("mimir")
+    # Prometheus is in the file, in the profile `monitoring` (started only when asked for).
+    topology = build_topology("mimir", monitoring=True)
     services = document["services"]
     assert set(services) == set(topology.services)
     assert set(document["volumes"]) == set(topology.volumes)
@@ -121,10 +128,14 @@ def test_distributed_compose_describes_the_topology() -> None:
     assert "container_name" not in worker and "ports" not in worker
     assert (worker["cpus"], worker["mem_limit"]) == (0.5, "512m")
     assert services["backend"]["ports"] == ["${MIMIR_BIND:-127.0.0.1}:${MIMIR_PORT:-8080}:8080"]
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:${PROMETHEUS_PORT:-9090}:9090"]
+    # The others always start.
+    assert [n for n, s in services.items() if "profiles" in s] == ["prometheus"]
     for name, spec in topology.services.items():
         assert services[name]["command"] == spec.command
         mounts = [f"{m.volume}:{m.target}" for m in spec.volumes]
-        assert services[name]["volumes"] == mounts
+        assert services[name]["volumes"][: len(mounts)] == mounts
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
