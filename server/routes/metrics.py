@@ -46,7 +46,9 @@ from prometheus_client.core import (
 )
 
 from mimir.core.queue import QueueStatus, WorkerInfo
+from mimir.core.queue.client import redis_errors
 from mimir.core.queue.metrics import Histogram
+from mimir.server.autoscaler import Autoscaler
 from mimir.server.deps import SettingsDep
 from mimir.server.routes.autoscaler import AutoscalerDep
 from mimir.server.routes.queue import QueueDep
@@ -234,6 +236,14 @@ def _histograms(
     return family
 
 
+async def _autoscaler(
+    autoscaler: Autoscaler,
+) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    # Redis errors as the queue's own (503 while Redis is away), like the other figures.
+    async with redis_errors("read the autoscaler's figures"):
+        return await autoscaler.metrics()
+
+
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
@@ -254,7 +264,7 @@ async def metrics(jobs: QueueDep, settings: SettingsDep, autoscaler: AutoscalerD
             read_stats(jobs.redis, settings),
             jobs.queue_figures(),
         ),
-        asyncio.gather(jobs.workers(), jobs.worker_metrics(), autoscaler.metrics()),
+        asyncio.gather(jobs.workers(), jobs.worker_metrics(), _autoscaler(autoscaler)),
     )
     status, histogram, backups, (depth, oldest) = queue
     live, (attempts, job_time, step_time), (decisions, desired) = workers
