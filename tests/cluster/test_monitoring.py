@@ -163,7 +163,12 @@ def _check_scrapes(url: str, api: ClusterAPI) -> None:
     assert {r["status"] for r in records.values()} == {"succeeded"}
     _enqueue(api, 3, queue="parked")
     _wait_for_value(url, 'sum(mimir_jobs_total{status="succeeded"})', 4.0)
+    _wait_for_value(url, 'sum(mimir_queue_depth{queue="parked"})', 3.0)
     _wait_for_value(url, "sum(mimir_queue_depth)", 3.0)
+    # The workers' own counts, which the server aggregates from Redis (with heartbeats).
+    worker_jobs = 'mimir_worker_jobs_total{pool="default",queue="default",outcome="succeeded"}'
+    _wait_for_value(url, worker_jobs, 4.0)
+    _wait_for_value(url, 'mimir_workers_alive{pool="default"}', 1.0)
     targets = _targets(url)
     assert targets["mimir"]["health"] == "up", targets["mimir"]
     assert targets["prometheus"]["health"] == "up", targets["prometheus"]
