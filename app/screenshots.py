@@ -5,7 +5,9 @@ worker pools: ``default``, autoscaled, and ``slow``) in a scratch directory seed
 the example pipelines, enqueues waves of real jobs (some slow, some failing, some for the
 ``slow`` pool) for ``--seconds`` so the plots and the autoscaler have history, then grabs
 each panel (``cluster-pools`` and ``dashboard-autoscaler`` once the autoscaler has
-decided); then cleans the cluster away and removes the scratch directory.
+decided); then cleans the cluster away and removes the scratch directory. The cluster's
+processes log JSON lines (``MIMIR_LOG_FORMAT=json`` unless set): the Logs panel's shot is
+``logs-json.png``.
 """
 
 from __future__ import annotations
@@ -263,7 +265,12 @@ async def _render(window, out: Path, seconds: float, scratch: Path) -> list[Path
     window.jobs.tabs.setCurrentIndex(0)
     await grab("workers")
     await _until(lambda: len(window.logs.lines) > 20, 20, "log lines")
-    await grab("logs")
+    # The cluster logs JSON lines (MIMIR_LOG_FORMAT=json, set in main): levels coloured,
+    # job ids as links. Filtered to the workers' lines (the jobs' failures, the autoscaled
+    # workers' starts and stops): the API's enqueue lines would fill the view otherwise.
+    window.logs.filter_edit.setText("mimir.worker")
+    await grab("logs", 0.6, "logs-json")
+    window.logs.filter_edit.setText("")
     await _grab_knowledge(window, api, grab)
     await _grab_runs(window, api, grab, out, shots)
 
@@ -441,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    # The demo cluster's processes log JSON lines, as the Logs panel's shot shows them.
+    os.environ.setdefault("MIMIR_LOG_FORMAT", "json")
     scratch = Path(tempfile.mkdtemp(prefix="mimir-shots-"))
     _seed(scratch)
 

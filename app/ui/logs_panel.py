@@ -88,7 +88,7 @@ def _span(text: str, color: str | None = None, bold: bool = False) -> str:
     return f'<span style="{style}">{escaped}</span>' if style else escaped
 
 
-def json_line_html(service: str, record: JsonLine) -> str:
+def json_line_html(service: str, record: JsonLine, width: int = 10) -> str:
     """One JSON record as a line of the view (HTML, spaces kept). The job id is a link:
     where the message names the job, that mention; else ``job <id>`` before the message,
     where a long line never pushes it out of view."""
@@ -96,7 +96,7 @@ def json_line_html(service: str, record: JsonLine) -> str:
     level = LEVEL_COLORS.get(record.level)
     message_colour = dim if record.level == "DEBUG" else None
     parts = [
-        _span(f"{service:<10} │ "),
+        _span(f"{service:<{width}} │ "),
         _span(shown_time(record.time), dim),
         " ",
         _span(f"{record.level:<7}", level.name() if level else None, bold=True),
@@ -139,6 +139,8 @@ class QtLogsPanel(QWidget):
         self.session = session
         self.lines: deque[LogLine] = deque(maxlen=MAX_LINES)
         self.received = 0
+        #: Width of the service column: 10, or the longest service name seen.
+        self._width = 10
         self._pending: list[LogLine] = []
         self._task: asyncio.Task[None] | None = None
         self._sources: list[tuple[str, str]] = []
@@ -266,7 +268,7 @@ class QtLogsPanel(QWidget):
     # ---------------------------------------------------------------- lines
 
     def _format(self, line: LogLine) -> str:
-        return f"{line.service:<10} │ {line.line}"
+        return f"{line.service:<{self._width}} │ {line.line}"
 
     def _matches(self, line: LogLine, record: JsonLine | None) -> bool:
         needle = self.filter_edit.text().strip().lower()
@@ -279,7 +281,7 @@ class QtLogsPanel(QWidget):
         if record is None:
             self.view.appendPlainText(self._format(line))
         else:
-            self.view.appendHtml(json_line_html(line.service, record))
+            self.view.appendHtml(json_line_html(line.service, record, self._width))
 
     def _on_link(self, href: str) -> None:
         if href.startswith(JOB_LINK) and len(href) > len(JOB_LINK):
@@ -289,6 +291,10 @@ class QtLogsPanel(QWidget):
         self.lines.append(line)
         self.received += 1
         if self.pause_box.isChecked():
+            return
+        if len(line.service) > self._width:  # e.g. worker-slow-1: the column widens
+            self._width = len(line.service)
+            self._rerender()
             return
         record = parse_json_line(line.line)
         if self._matches(line, record):
@@ -301,6 +307,7 @@ class QtLogsPanel(QWidget):
             self._rerender()
 
     def _rerender(self) -> None:
+        self._width = max([10, *(len(line.service) for line in self.lines)])
         parsed = [(line, parse_json_line(line.line)) for line in self.lines]
         shown = [(line, record) for line, record in parsed if self._matches(line, record)]
         self.view.clear()
@@ -314,5 +321,6 @@ class QtLogsPanel(QWidget):
 
     def clear(self) -> None:
         self.lines.clear()
+        self._width = 10
         self.view.clear()
         self.count_label.setText("")

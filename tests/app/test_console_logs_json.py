@@ -126,6 +126,11 @@ def test_json_lines_render_and_a_job_id_opens_the_job(
         assert colours[f"job {job_id[:12]}"] == (LINK_COLOR.name(), f"job:{job_id}")
         assert colours[job_id] == (LINK_COLOR.name(), f"job:{job_id}")  # the mention
 
+        # A longer service name widens the column for every line.
+        panel.add_line(LogLine("worker-slow-1", _json("INFO", "serving queues slow")))
+        shown = panel.view.toPlainText().splitlines()
+        assert shown[0] == f"server        │ {text}" and shown[5].startswith("worker-slow-1 │ ")
+
         # The filter matches what a JSON line shows (not its keys).
         panel.filter_edit.setText("disk on fire")
         assert len(panel.view.toPlainText().splitlines()) == 1

@@ -13,6 +13,14 @@ from mimir.core.logtext import JsonFormatter, log_formatter, parse_log_format, s
 from mimir.core.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def _no_worker_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker run in this process before (tests of the worker) set its id: not here."""
+    from mimir.core import logtext
+
+    monkeypatch.setattr(logtext, "_process_worker_id", None)
+
+
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
     record = logging.LogRecord("mimir.test", logging.WARNING, __file__, 1, msg, args, None)
     record.__dict__.update(extra)
@@ -44,7 +52,6 @@ def test_the_jobs_context_and_the_records_own_fields_in_order() -> None:
     finally:
         current_capture.reset(capture_token)
         current_step.reset(step_token)
-        set_worker_id(None)
     parsed = json.loads(line)
     assert list(parsed) == [
         "time", "level", "logger", "message",
