@@ -138,8 +138,17 @@ def test_after_the_queue_empties_the_pool_returns_to_min(api: ClusterAPI) -> Non
     wait_until(lambda: _running(api) == 1, timeout=90, interval=0.5, message="not back to 1")
     pool = _autoscaler(api)["pools"]["default"]
     assert pool["replicas"]["wanted"] == 1 and pool["last_error"] is None, pool
-    down = [d for d in _autoscaler(api)["decisions"] if d["to"] < d["from"]]
+    decisions = _autoscaler(api)["decisions"]
+    down = [d for d in decisions if d["to"] < d["from"]]
     assert down and down[0]["to"] == 1 and down[0]["outcome"] in (None, "ok"), down
+    # GET /metrics counts the same decisions (all of them: fewer than the 50 shown), and
+    # the pool wants what it runs.
+    assert len(decisions) < 50
+    text = api.client.get("/metrics").text
+    for action, made in (("up", len(decisions) - len(down)), ("down", len(down))):
+        line = f'mimir_autoscaler_decisions_total{{action="{action}",pool="default"}} {made:.1f}'
+        assert line in text, (line, [x for x in text.splitlines() if "decisions" in x])
+    assert 'mimir_pool_desired_workers{pool="default"} 1.0' in text
 
 
 def test_with_min_zero_the_idle_pool_sleeps_and_a_job_wakes_it(api: ClusterAPI) -> None:
