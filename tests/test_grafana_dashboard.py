@@ -6,7 +6,11 @@ scrape.)"""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
+import pytest
 import yaml
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
@@ -85,3 +89,20 @@ def test_metric_names_of_expressions() -> None:
         "y",
     }
     assert len(expressions()) >= 20
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus)")
+def test_promtool_parses_every_expression(tmp_path: Path) -> None:
+    # Each expression as a recording rule: `promtool check rules` parses it with
+    # Prometheus's own PromQL parser (Grafana's $__rate_interval as a plain range).
+    rules = [
+        {"record": f"mimir:dashboard:{i}", "expr": expr.replace("$__rate_interval", "5m")}
+        for i, expr in enumerate(expressions())
+    ]
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{len(rules)} rules found" in checked.stdout
