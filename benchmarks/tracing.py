@@ -147,11 +147,70 @@ def _one(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure(mode: str, args: argparse.Namespace, sink_port: int) -> dict[str, Any]:
+def _micro() -> int:
+    """CPU per call of what tracing adds, in this process (no Redis, no I/O): the producer's
+    enqueue span and ``traceparent``; the worker's queue-wait, job and step spans of a job
+    enqueued so (its parent sampled or not as the sampler decided). Min of 5 rounds."""
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    from mimir.core import telemetry
+
+    telemetry.configure_tracing("mimir-bench")
+    job_attributes = {"mimir.job.id": "0" * 32, "mimir.job.attempt": 1, "mimir.queue": "q"}
+
+    def enqueue() -> str | None:
+        if not telemetry.tracing_enabled():
+            return None
+        with telemetry.span(
+            "enqueue", kind=SpanKind.PRODUCER, attributes=lambda: {"mimir.queue": "default"}
+        ) as current:
+            value = telemetry.traceparent()
+            if current.is_recording():
+                current.set_attribute("mimir.job.id", "0" * 32)
+            return value
+
+    def run_job(parent: str | None) -> None:
+        if not telemetry.tracing_enabled():
+            return
+        telemetry.record_span("queue.wait", 1, 2, parent=parent)
+        with telemetry.span("job noop", parent=parent, attributes=lambda: job_attributes):
+            with telemetry.span(
+                "step s", attributes=lambda: {"mimir.plugin": "Debug.echo"}
+            ) as step:
+                pass
+            telemetry.record_outcome(step, "succeeded")
+            telemetry.record_outcome(trace.get_current_span(), "succeeded")
+
+    def per_call(call: Any, count: int) -> float:
+        rounds = []
+        for _ in range(5):
+            began = time.process_time()
+            for _ in range(count):
+                call()
+            rounds.append((time.process_time() - began) / count * 1e6)
+        return min(rounds)
+
+    parents = [enqueue() for _ in range(1000)]
+    figures = {
+        "enqueue_us": per_call(enqueue, 2000),
+        "job_us": per_call(lambda: [run_job(p) for p in parents[:100]], 20) / 100,
+    }
+    telemetry.shutdown_tracing()
+    print(json.dumps(figures))
+    return 0
+
+
+def _env(mode: str, sink_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if MODES[mode]:
         env.update(MODES[mode], OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}")
+    return env
+
+
+def _measure(mode: str, args: argparse.Namespace, sink_port: int) -> dict[str, Any]:
+    env = _env(mode, sink_port)
     command = [
         sys.executable, "-m", "benchmarks.tracing", "--one",
         "--jobs", str(args.jobs), "--single", str(args.single),
@@ -181,11 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sink", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--micro", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sink is not None:
         return _sink(args.sink)
     if args.one:
         return _one(args)
+    if args.micro:
+        return _micro()
 
     from benchmarks._processes import free_port, wait_for
 
@@ -211,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
                 results[mode].append(_measure(mode, args, port))
                 exported[mode].append(_sink_stats(port)["bytes"] - before)
                 print(f"  run {run + 1} {mode}: done", file=sys.stderr, flush=True)
+        micro = {}
+        for mode in MODES:
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.tracing", "--micro"],
+                env=_env(mode, port), cwd=ROOT, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            micro[mode] = json.loads(done.stdout.strip().splitlines()[-1])
     finally:
         sink.terminate()
         sink.wait(10)
@@ -229,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:44}{cells}   {ratios}")
     kib = [statistics.median(exported[name]) / 1024 for name in names]
     print(f"{'OTLP exported (KiB per run)':44}" + "".join(f"{value:>12,.0f}" for value in kib))
+    print("CPU per call of the tracing code alone (in one process, no I/O; min of 5 rounds):")
+    for key, label in (("enqueue_us", "  enqueue span + traceparent (us)"),
+                       ("job_us", "  a job's wait, job and step spans (us)")):  # fmt: skip
+        print(f"{label:44}" + "".join(f"{micro[name][key]:>12,.1f}" for name in names))
     return 0
 
 
