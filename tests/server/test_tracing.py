@@ -257,6 +257,18 @@ def test_a_job_is_one_trace_from_the_api_request_to_its_steps_and_their_http_cal
         failed = _wait_job(client, retried_id, "failed")
         assert failed["attempts"] == 2 and failed["trace_id"]
 
+        # A webhook trigger starts its job's trace inside the hook request's span.
+        created = client.post(
+            "/api/v1/triggers", json={"name": "orders-hook", "pipeline": pipeline}
+        )
+        assert created.status_code == 201, created.text
+        trigger = created.json()
+        hooked = client.post(
+            trigger["hook"], json={}, headers={"Authorization": f"Bearer {trigger['secret']}"}
+        )
+        assert hooked.status_code == 202, hooked.text
+        hooked_job = _wait_job(client, hooked.json()["job_id"], "succeeded")
+
     expected = {
         f"POST {ENQUEUE}", "enqueue", "queue.wait", "job orders",
         "step fetch", "step shape", "step settle", "GET",
@@ -290,8 +302,8 @@ def test_a_job_is_one_trace_from_the_api_request_to_its_steps_and_their_http_cal
     assert call.attributes["http.response.status_code"] == 200
     assert call.attributes["url.full"] == target.url
     # The outside API received the call's own context.
-    (headers,) = target.headers_seen
-    assert headers["traceparent"] == f"00-{caller_trace}-{call.span_id}-01"
+    # (The first call: the trigger's job below makes the second.)
+    assert target.headers_seen[0]["traceparent"] == f"00-{caller_trace}-{call.span_id}-01"
 
     retried_trace = failed["trace_id"]
     spans = _trace(
@@ -308,6 +320,20 @@ def test_a_job_is_one_trace_from_the_api_request_to_its_steps_and_their_http_cal
         assert attempt.attributes["mimir.outcome"] == "failed"
     booms = [s for s in spans if s.name == "step boom"]
     assert len(booms) == 2 and {s.parent_id for s in booms} == {s.span_id for s in attempts}
+
+    hook_route = "POST /api/v1/hooks/{trigger_id}"
+    spans = _trace(
+        receiver,
+        hooked_job["trace_id"],
+        lambda found: (
+            {hook_route, "trigger orders-hook", "enqueue", "job orders"} <= {s.name for s in found}
+        ),
+    )
+    hook, fired = _one(spans, hook_route), _one(spans, "trigger orders-hook")
+    assert hook.parent_id == "" and fired.parent_id == hook.span_id
+    assert fired.attributes["mimir.trigger.id"] == trigger["id"]
+    assert _one(spans, "enqueue").parent_id == fired.span_id
+    assert _one(spans, "job orders").parent_id == _one(spans, "enqueue").span_id
 
 
 def test_without_the_otel_environment_nothing_is_traced(
