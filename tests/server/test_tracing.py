@@ -269,6 +269,21 @@ def test_a_job_is_one_trace_from_the_api_request_to_its_steps_and_their_http_cal
         assert hooked.status_code == 202, hooked.text
         hooked_job = _wait_job(client, hooked.json()["job_id"], "succeeded")
 
+        # A schedule's tick starts a trace of its own (a root span).
+        created = client.post(
+            "/api/v1/schedules",
+            json={"name": "orders-tick", "interval": "1s", "pipeline": pipeline},
+        )
+        assert created.status_code == 201, created.text
+        schedule_id = created.json()["id"]
+        ticked = wait_until(
+            lambda: client.get(f"/api/v1/schedules/{schedule_id}").json()["last_job_id"],
+            timeout=30,
+            message="the schedule's first job",
+        )
+        assert client.delete(f"/api/v1/schedules/{schedule_id}").status_code == 204
+        ticked_job = _wait_job(client, ticked, "succeeded")
+
     expected = {
         f"POST {ENQUEUE}", "enqueue", "queue.wait", "job orders",
         "step fetch", "step shape", "step settle", "GET",
@@ -333,6 +348,16 @@ def test_a_job_is_one_trace_from_the_api_request_to_its_steps_and_their_http_cal
     assert hook.parent_id == "" and fired.parent_id == hook.span_id
     assert fired.attributes["mimir.trigger.id"] == trigger["id"]
     assert _one(spans, "enqueue").parent_id == fired.span_id
+    assert _one(spans, "job orders").parent_id == _one(spans, "enqueue").span_id
+
+    spans = _trace(
+        receiver,
+        ticked_job["trace_id"],
+        lambda found: {"schedule orders-tick", "enqueue", "job orders"} <= {s.name for s in found},
+    )
+    tick = _one(spans, "schedule orders-tick")
+    assert tick.parent_id == "" and tick.attributes["mimir.schedule.id"] == schedule_id
+    assert _one(spans, "enqueue").parent_id == tick.span_id
     assert _one(spans, "job orders").parent_id == _one(spans, "enqueue").span_id
 
 
