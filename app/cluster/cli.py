@@ -182,6 +182,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "tunnel", parents=[common], help="keep the SSH tunnel to the API open (Ctrl-C closes it)"
     )
+    manifests = sub.add_parser(
+        "manifests", help="write the Kubernetes manifests (base, overlays) from the topology"
+    )
+    manifests.add_argument(
+        "--kubernetes", type=Path, required=True, metavar="DIR", help="directory to write"
+    )
+    manifests.add_argument(
+        "--file", type=Path, metavar="FILE", help="cluster file of the pools overlay "
+        "(default: packaging/mimir-cluster.example.yml)"
+    )  # fmt: skip
     return parser
 
 
@@ -579,6 +589,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "trust-host":
             return _trust_host(args)
+        if args.command == "manifests":
+            from mimir.app.cluster.kubernetes import main as manifests_main
+
+            return manifests_main(
+                [str(args.kubernetes), *(["--file", str(args.file)] if args.file else [])]
+            )
         settings = Settings.from_env()
         # A cluster file is read, and its errors told by line, before anything starts.
         cluster = _cluster_file(args)

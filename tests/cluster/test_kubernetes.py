@@ -150,3 +150,12 @@ def test_kustomize_output_validates(overlay: str) -> None:
         ]
         env = {e["name"] for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert {"MIMIR_POOLS", "MIMIR_API_TOKEN", "REDIS_URL"} <= env
+
+
+def test_mimir_cluster_manifests_writes_the_tree(tmp_path: Path) -> None:
+    from mimir.app.cluster.cli import main
+
+    example = ROOT / "packaging" / "mimir-cluster.example.yml"
+    assert main(["manifests", "--kubernetes", str(tmp_path), "--file", str(example)]) == 0
+    for name, text in render_files(example_cluster()).items():
+        assert (tmp_path / name).read_text() == text
