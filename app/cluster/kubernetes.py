@@ -66,6 +66,8 @@ __all__ = [
 #: The Kubernetes version whose schemas the tests validate the manifests against.
 KUBERNETES_VERSION = "1.32.0"
 NAMESPACE = "mimir"
+#: Where KEDA's operator runs (its release manifests and Helm chart's default).
+KEDA_NAMESPACE = "keda"
 #: Seconds a stopping worker lets its jobs finish (``MIMIR_WORKER_GRACE``, the default).
 WORKER_GRACE = 30
 #: Seconds beyond the grace before the kubelet kills a worker (handing its jobs back).
@@ -177,7 +179,11 @@ def _secrets() -> list[dict[str, Any]]:
             "kind": "Secret",
             "metadata": {**_meta(SECRET_REDIS, "redis"), "annotations": note},
             "type": "Opaque",
-            "stringData": {"password": PLACEHOLDER, "address": f"redis:{REDIS_PORT}"},
+            # Fully qualified: KEDA's operator (namespace keda) reads it too.
+            "stringData": {
+                "password": PLACEHOLDER,
+                "address": f"redis.{NAMESPACE}.svc:{REDIS_PORT}",
+            },
         },
     ]
 
@@ -373,7 +379,17 @@ def _network_policies() -> list[dict[str, Any]]:
                 "policyTypes": ["Ingress"],
                 "ingress": [
                     {
-                        "from": [{"podSelector": {"matchLabels": {REDIS_CLIENT_LABEL: "true"}}}],
+                        "from": [
+                            {"podSelector": {"matchLabels": {REDIS_CLIENT_LABEL: "true"}}},
+                            # KEDA's operator reads the streams' lag (its redis-streams
+                            # scalers), from its own namespace.
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": KEDA_NAMESPACE}
+                                },
+                                "podSelector": {"matchLabels": {"app": "keda-operator"}},
+                            },
+                        ],
                         "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
                     }
                 ],
