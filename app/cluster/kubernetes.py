@@ -12,9 +12,14 @@
 Every pool has a worker Deployment (``mimir worker --pool P --queues …``, the pool's
 concurrency, its CPU/memory as requests = limits), a PodDisruptionBudget and a KEDA
 ``ScaledObject`` with one ``redis-streams`` trigger per stream the pool's workers read
-(``<prefix>stream:<queue>:<priority>``, group :data:`~mimir.core.queue.keys.GROUP`), on
-``lagCount`` (entries not yet delivered to the group: what is waiting, and what is still
-seen with zero replicas, so a pool at ``min: 0`` wakes). The server's own autoscaler is off
+(``<prefix>stream:<queue>:<priority>``) on ``streamLength``, the pool's ``target_backlog``.
+The queue deletes a stream entry when its job ends (or is cancelled, or dropped), so a
+stream's length is the jobs waiting plus those running: the backlog the server's own
+autoscaler aims at. Not on the consumer group (``workers``): its ``pendingEntriesCount``
+counts only delivered jobs, 0 with no workers, so a pool at ``min: 0`` would never wake;
+and its ``lagCount`` becomes unknown (Redis answers nil) as soon as a waiting job is
+cancelled (its entry deleted before the group read it) until the group reads past it,
+which a pool at zero never does. The server's own autoscaler is off
 (``MIMIR_CLUSTER_BACKEND`` empty). Workers stop on SIGTERM by draining: no new jobs, the
 running ones get ``MIMIR_WORKER_GRACE`` seconds; ``terminationGracePeriodSeconds`` is that
 grace plus :data:`GRACE_MARGIN`.
@@ -49,7 +54,7 @@ from mimir.core.pools import (
     PoolSpec,
     load_cluster_file,
 )
-from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
+from mimir.core.queue.keys import PRIORITIES, QueueKeys
 from mimir.core.resources import packaging_dir
 
 __all__ = [
@@ -476,9 +481,9 @@ def _scaled_object(pool: PoolSpec, limit: int) -> dict[str, Any]:
                 "addressFromEnv": "REDIS_ADDRESS",
                 "passwordFromEnv": "REDIS_PASSWORD",
                 "stream": stream,
-                "consumerGroup": GROUP,
-                "lagCount": str(target),
-                "activationLagCount": "0",
+                # No consumerGroup: with one, KEDA reads the group's lag or its pending
+                # entries instead of the stream's length (module doc says why not those).
+                "streamLength": str(target),
             },
         }
         for stream in pool_streams(pool)
@@ -492,7 +497,16 @@ def _scaled_object(pool: PoolSpec, limit: int) -> dict[str, Any]:
             "minReplicaCount": pool.min,
             "maxReplicaCount": pool.max_replicas(limit),
             "pollingInterval": 15,
+            # Seconds without work before the pool goes to zero (KEDA), and the HPA's
+            # scale-down window: the policy's cooldown_down for both.
             "cooldownPeriod": max(1, round(policy.cooldown_down)),
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {
+                        "scaleDown": {"stabilizationWindowSeconds": round(policy.cooldown_down)}
+                    }
+                }
+            },
             "triggers": triggers,
         },
     }

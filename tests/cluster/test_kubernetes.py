@@ -5,6 +5,7 @@ KUBERNETES_VERSION (kubernetes-validate, strict), the ScaledObjects against KEDA
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,7 +25,6 @@ from mimir.app.cluster.kubernetes import (
     render_files,
     worker_name,
 )
-from mimir.core.queue.keys import GROUP
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = ROOT / "packaging" / "kubernetes"
@@ -104,7 +104,10 @@ def test_each_pool_has_its_deployment_budget_and_scaledobject() -> None:
         triggers = scaled["triggers"]
         assert {t["type"] for t in triggers} == {"redis-streams"}
         assert [t["metadata"]["stream"] for t in triggers] == pool_streams(pool)
-        assert {t["metadata"]["consumerGroup"] for t in triggers} == {GROUP}
+        # The stream's length (waiting + running jobs), not the group's lag or pending.
+        assert all("consumerGroup" not in t["metadata"] for t in triggers)
+        target = pool.autoscale.target_backlog if pool.autoscale else 10
+        assert {t["metadata"]["streamLength"] for t in triggers} == {str(math.ceil(target))}
     assert pool_streams(cluster.pool("slow")) == [
         "mimir:stream:slow:high",
         "mimir:stream:slow:normal",
