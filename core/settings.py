@@ -99,6 +99,11 @@ def _env_path(env: Mapping[str, str], name: str, default: Path) -> Path:
     return Path(raw).expanduser() if raw else default
 
 
+def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = (env.get(name) or "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
 def _backup_schedule(env: Mapping[str, str]) -> str | None:
     """``MIMIR_BACKUP_SCHEDULE``: a cron expression (5 fields, or 6 with seconds first, as
     schedules take them), checked here so a bad one stops the server at startup."""
@@ -215,6 +220,13 @@ class Settings:
     worker_max_outage: float = 300.0
     #: Console's API URL (``MIMIR_API_URL``, or the seed's ``NEXT_PUBLIC_API_URL``).
     api_url: str = "http://localhost:8080"
+    #: The server's TLS certificate and key, PEM (``MIMIR_TLS_CERT``, ``MIMIR_TLS_KEY``;
+    #: ``mimir server --tls-cert/--tls-key``): both set, the API is served over HTTPS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: A private CA (PEM) that clients of the API trust besides the default CAs
+    #: (``MIMIR_CA_FILE``; see :func:`mimir.core.tls.api_verify`).
+    ca_file: Path | None = None
     #: Bounds on request, document and expression size and work (``MIMIR_MAX_*``, see limits).
     limits: Limits = field(default_factory=Limits)
     #: Hosts, CIDRs or ``host:port`` that outbound HTTP of plugins may reach
@@ -304,6 +316,9 @@ class Settings:
                 or env.get("NEXT_PUBLIC_API_URL")
                 or "http://localhost:8080"
             ),
+            tls_cert=_optional_path(env, "MIMIR_TLS_CERT"),
+            tls_key=_optional_path(env, "MIMIR_TLS_KEY"),
+            ca_file=_optional_path(env, "MIMIR_CA_FILE"),
             limits=Limits.from_env(env),
             http_allow=_env_list(env, "MIMIR_HTTP_ALLOW"),
             http_deny=_env_list(env, "MIMIR_HTTP_DENY"),

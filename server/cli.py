@@ -3,9 +3,12 @@
 ::
 
     mimir server [--host 127.0.0.1] [--port $MIMIR_PORT] [--embedded] [--workers N]
-                 [--insecure] [--log-level LEVEL]
+                 [--insecure] [--tls-cert FILE --tls-key FILE] [--log-level LEVEL]
 
-Listening beyond loopback without ``MIMIR_API_TOKEN`` is refused unless ``--insecure``.
+Listening beyond loopback without ``MIMIR_API_TOKEN`` is refused unless ``--insecure``;
+beyond loopback without TLS, a warning at start. ``--tls-cert``/``--tls-key`` (or
+``MIMIR_TLS_CERT``/``MIMIR_TLS_KEY``) serve HTTPS (uvicorn's own TLS); the files are
+checked before binding (exit 2 naming the file, or a key that does not match).
 With ``--embedded``, a redis-server (AOF on) runs in ``$MIMIR_STATE_DIR/embedded-redis``
 and N worker processes drain its queue; SIGINT/SIGTERM stop the server, then the workers
 (they drain), then Redis.
@@ -27,6 +30,7 @@ import uvicorn
 from mimir.core import telemetry
 from mimir.core.redis_embedded import EmbeddedRedis, EmbeddedRedisError, start_redis
 from mimir.core.settings import Settings
+from mimir.core.tls import TlsError, check_server_files
 from mimir.server.embedded import WorkerProcesses, worker_env
 from mimir.server.logs import configure_logging
 from mimir.server.redaction import redact_url
@@ -78,6 +82,18 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="allow listening beyond loopback without MIMIR_API_TOKEN",
     )
     parser.add_argument(
+        "--tls-cert",
+        default=str(settings.tls_cert) if settings.tls_cert else None,
+        metavar="FILE",
+        help="serve HTTPS with this PEM certificate (chain) (default $MIMIR_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=str(settings.tls_key) if settings.tls_key else None,
+        metavar="FILE",
+        help="the certificate's PEM private key (default $MIMIR_TLS_KEY)",
+    )
+    parser.add_argument(
         "--log-level", default=None, help="log level (default $MIMIR_LOG_LEVEL or INFO)"
     )
     return parser
@@ -99,10 +115,11 @@ class _Server(uvicorn.Server):
                 port = sock.getsockname()[1]
                 break
         shown = f"[{host}]" if ":" in host else host
+        scheme = "https" if self.config.ssl_certfile else "http"
         if self.json_logs:
-            logger.info("Mimir API listening on http://%s:%s", shown, port)
+            logger.info("Mimir API listening on %s://%s:%s", scheme, shown, port)
         else:
-            print(f"Mimir API listening on http://{shown}:{port}", flush=True)
+            print(f"Mimir API listening on {scheme}://{shown}:{port}", flush=True)
 
 
 class _Signals:
@@ -148,6 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers needs --embedded (otherwise start workers with 'mimir worker')")
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be 0 or more")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print(
+            "mimir server: TLS needs both --tls-cert and --tls-key "
+            "(or MIMIR_TLS_CERT and MIMIR_TLS_KEY)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.tls_cert:
+        try:
+            check_server_files(args.tls_cert, args.tls_key)
+        except TlsError as exc:
+            print(f"mimir server: {exc}", file=sys.stderr)
+            return 2
     if not is_loopback(args.host):
         if settings.api_token:
             logger.info("listening on %s: every call but /health needs the bearer token", args.host)
@@ -165,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        if not args.tls_cert:
+            logger.warning(
+                "listening on %s without TLS: the token and every request travel in clear; "
+                "pass --tls-cert/--tls-key or put a TLS reverse proxy in front",
+                args.host,
+            )
 
     _raise_open_files_limit()
     with _Signals() as signals:
@@ -243,6 +279,8 @@ def _serve(args: argparse.Namespace, settings: Settings, signals: _Signals) -> i
             access_log=False,  # RequestLogMiddleware logs one line per request
             server_header=False,
             timeout_graceful_shutdown=10,
+            ssl_certfile=args.tls_cert,
+            ssl_keyfile=args.tls_key,
         )
         server = _Server(config)
         server.json_logs = settings.log_format == "json"

@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 import httpx
 
+from mimir.core.tls import TlsError, api_verify, describe_http_error
+
 __all__ = ["DEFAULT_TIMEOUT", "POLL_HEADERS", "ApiClient", "ApiError", "ApiUnreachable"]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ class ApiClient:
     """Typed calls to one Mimir server. Create once, ``await aclose()`` at shutdown.
 
     ``transport`` is the seam tests may use; the console and its tests use a real server.
+    ``https://`` servers are verified against the default CAs, or ``ca_file`` (the
+    profile's CA file; else ``$MIMIR_CA_FILE``) besides them.
     """
 
     def __init__(
@@ -75,13 +79,29 @@ class ApiClient:
         *,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self._token = token or None
-        self._client = httpx.AsyncClient(
+        self._timeout = timeout
+        self._transport = transport
+        self._retired: list[httpx.AsyncClient] = []
+        self._client = self._make_client(base_url, ca_file)
+
+    def _make_client(self, base_url: str, ca_file: str | None) -> httpx.AsyncClient:
+        self._ca_file = ca_file or None
+        #: Why calls cannot be made (a CA file that cannot be loaded), else ``None``.
+        self._tls_problem: str | None = None
+        try:
+            verify = api_verify(ca_file)
+        except TlsError as exc:
+            self._tls_problem = str(exc)
+            verify = True
+        return httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            timeout=timeout,
-            transport=transport,
+            timeout=self._timeout,
+            transport=self._transport,
             headers=self._auth_headers(),
+            verify=verify,
         )
 
     # ---------------------------------------------------------------- plumbing
@@ -93,14 +113,23 @@ class ApiClient:
     def base_url(self) -> str:
         return str(self._client.base_url).rstrip("/")
 
-    def configure(self, base_url: str, token: str | None = None) -> None:
+    def configure(
+        self, base_url: str, token: str | None = None, ca_file: str | None = None
+    ) -> None:
         """Point the same client at another server (a profile switch)."""
         self._token = token or None
+        if (ca_file or None) != self._ca_file:  # TLS settings are fixed per httpx client
+            self._retired.append(self._client)
+            self._client = self._make_client(base_url, ca_file)
+            return
         self._client.base_url = httpx.URL(base_url.rstrip("/"))
         self._client.headers.pop("Authorization", None)
         self._client.headers.update(self._auth_headers())
 
     async def aclose(self) -> None:
+        for client in self._retired:
+            await client.aclose()
+        self._retired.clear()
         await self._client.aclose()
 
     async def request(
@@ -119,12 +148,14 @@ class ApiClient:
             kwargs["timeout"] = timeout
         if headers:
             kwargs["headers"] = headers
+        if self._tls_problem:
+            raise ApiUnreachable(f"cannot reach {self.base_url}: {self._tls_problem}")
         try:
             response = await self._client.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
             raise ApiUnreachable(f"{self.base_url} did not answer {method} {path} in time") from exc
         except httpx.HTTPError as exc:
-            raise ApiUnreachable(f"cannot reach {self.base_url}: {exc}") from exc
+            raise ApiUnreachable(describe_http_error(exc, self.base_url)) from exc
         if response.status_code >= 400:
             message, detail = _message_of(response)
             raise ApiError(message, response.status_code, detail)

@@ -102,6 +102,9 @@ class ConnectionProfile:
     name: str
     kind: ProfileKind = "local_processes"
     api_url: str = "http://127.0.0.1:8080"
+    #: A PEM CA file trusted (besides the default CAs) for an ``https://`` :attr:`api_url`
+    #: ("": the default CAs, or ``$MIMIR_CA_FILE``).
+    api_ca: str = ""
     docker_host: str = ""
     project: str = "mimir"
     workers: int = 2
@@ -252,6 +255,8 @@ class ConnectionProfile:
             self.validate()
         except ValueError as exc:
             found.append(str(exc).removeprefix(f"profile {self.name!r}: "))
+        if self.api_ca and not Path(self.api_ca).expanduser().is_file():
+            found.append(f"the API CA file {self.api_ca} does not exist")
         if self.kind != "remote_docker":
             return found
         files = [("TLS CA", self.tls_ca), ("client certificate", self.tls_cert),

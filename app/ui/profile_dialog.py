@@ -208,6 +208,11 @@ class ProfileDialog(QDialog):
         self.url_edit.setPlaceholderText("http://127.0.0.1:8080")
         form.addRow("API URL", self.url_edit)
         self.url_label = form.labelForField(self.url_edit)
+        self.api_ca_edit = QLineEdit()
+        self.api_ca_edit.setPlaceholderText(
+            "https:// API with a private CA: its ca.pem (empty: the default CAs)"
+        )
+        self._path_row(form, "API CA file", self.api_ca_edit, "API CA certificate")
         self.engine_edit = QLineEdit()
         self.engine_edit.setPlaceholderText("ssh://user@host or tcp://host:2376")
         self.engine_edit.textChanged.connect(self._update_visibility)
@@ -334,6 +339,7 @@ class ProfileDialog(QDialog):
         self.name_edit.setText(profile.name)
         self.kind_combo.setCurrentIndex(max(0, self.kind_combo.findData(profile.kind)))
         self.url_edit.setText(profile.api_url)
+        self.api_ca_edit.setText(profile.api_ca)
         self.engine_edit.setText(profile.docker_host)
         self.ca_edit.setText(profile.tls_ca)
         self.cert_edit.setText(profile.tls_cert)
@@ -373,6 +379,7 @@ class ProfileDialog(QDialog):
             name=self.name_edit.text().strip(),
             kind=kind,
             api_url=api_url,
+            api_ca=self.api_ca_edit.text().strip(),
             docker_host=engine,
             tls_ca=self.ca_edit.text().strip() if tls else "",
             tls_cert=self.cert_edit.text().strip() if tls else "",

@@ -81,7 +81,11 @@ class ConsoleSession(QObject):
         self.settings = settings
         self.profiles = profiles or ProfileStore(settings)
         self.profile: ConnectionProfile = self.profiles.current()
-        self.api = ApiClient(self.profile.api_url, self.profiles.token(self.profile.name))
+        self.api = ApiClient(
+            self.profile.api_url,
+            self.profiles.token(self.profile.name),
+            ca_file=self.profile.api_ca or None,
+        )
         self.feed = LiveFeed(self.api)
         self.feed.subscribe("stats", self.stats.emit)
         self.feed.subscribe("job", self.job.emit)
@@ -117,7 +121,9 @@ class ConsoleSession(QObject):
         """Switch API and backend to ``profile`` and remember it as current."""
         self.profile = profile
         self.profiles.set_current(profile.name)
-        self.api.configure(profile.api_url, self.profiles.token(profile.name))
+        self.api.configure(
+            profile.api_url, self.profiles.token(profile.name), ca_file=profile.api_ca or None
+        )
         self.feed.forget_endpoints()
         previous = self.backend
         self.backend = self._backend_override or self._make_backend(profile)
@@ -172,7 +178,11 @@ class ConsoleSession(QObject):
         """A running cluster says where its API is; point the client there."""
         self.last_cluster_status = status
         if status.api_url and status.api_url.rstrip("/") != self.api.base_url:
-            self.api.configure(status.api_url, self.profiles.token(self.profile.name))
+            self.api.configure(
+                status.api_url,
+                self.profiles.token(self.profile.name),
+                ca_file=self.profile.api_ca or None,
+            )
         self.cluster_status.emit(status)
 
     def start(self) -> None:

@@ -53,6 +53,7 @@ from mimir.core.ontology.triplestores import (
     TripleStore,
 )
 from mimir.core.settings import Settings
+from mimir.core.tls import api_verify
 
 __all__ = [
     "DEFAULT_BASE",
@@ -772,7 +773,12 @@ def open_ontology_store_via_api(settings: Settings, *, base: str = DEFAULT_BASE)
     endpoint = settings.api_url.rstrip("/") + "/api/v1/kg/sparql"
     headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else None
     triples = SparqlEndpointStore(
-        endpoint, query_url=endpoint, update_url=endpoint, graph_store=False, headers=headers
+        endpoint,
+        query_url=endpoint,
+        update_url=endpoint,
+        graph_store=False,
+        headers=headers,
+        verify=api_verify(settings.ca_file),  # an https:// API with a private CA
     )
     return OntologyStore(
         triples,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -422,6 +423,7 @@ class SparqlEndpointStore:
         headers: dict[str, str] | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         """``url`` is the dataset (``/query``, ``/update`` below it unless given);
         without ``graph_store`` graphs are written and read through SPARQL instead."""
@@ -429,7 +431,9 @@ class SparqlEndpointStore:
         self.query_url = query_url or self.url + "/query"
         self.update_url = update_url or self.url + "/update"
         self.graph_store = graph_store
-        self._client = httpx.Client(timeout=timeout, transport=transport, headers=headers)
+        self._client = httpx.Client(
+            timeout=timeout, transport=transport, headers=headers, verify=verify
+        )
         self._gsp_url: str | None = None
 
     # -- HTTP plumbing -------------------------------------------------------------

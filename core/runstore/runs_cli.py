@@ -80,11 +80,18 @@ class Api:
     def __init__(self, base_url: str, token: str | None) -> None:
         import httpx
 
+        from mimir.core.tls import TlsError, api_verify
+
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            verify = api_verify()  # $MIMIR_CA_FILE for an https:// server with a private CA
+        except TlsError as exc:
+            raise ApiError(str(exc)) from None
         self.http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(30.0, read=None),
+            verify=verify,
         )
 
     def close(self) -> None:
@@ -103,24 +110,30 @@ class Api:
     def get(self, path: str, **params: Any) -> Any:
         import httpx
 
+        from mimir.core.tls import describe_http_error
+
         try:
             return self._check(self.http.get(path, params=params)).json()
         except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach {self.http.base_url}: {exc}") from None
+            raise ApiError(describe_http_error(exc, str(self.http.base_url))) from None
 
     def stream(self, path: str, **params: Any) -> Iterator[bytes]:
         import httpx
+
+        from mimir.core.tls import describe_http_error
 
         try:
             with self.http.stream("GET", path, params=params) as answer:
                 self._check(answer)
                 yield from answer.iter_bytes()
         except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach {self.http.base_url}: {exc}") from None
+            raise ApiError(describe_http_error(exc, str(self.http.base_url))) from None
 
     def events(self, path: str, **params: Any) -> Iterator[tuple[str, Any]]:
         """Server-sent events as ``(event, data)``."""
         import httpx
+
+        from mimir.core.tls import describe_http_error
 
         try:
             with self.http.stream("GET", path, params=params) as answer:
@@ -136,7 +149,7 @@ class Api:
                     elif line.startswith("data:"):
                         data.append(line[5:].strip())
         except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach {self.http.base_url}: {exc}") from None
+            raise ApiError(describe_http_error(exc, str(self.http.base_url))) from None
 
 
 def _short_time(value: str | None) -> str:
@@ -309,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         print("mimir runs: --limit must be at least 1", file=sys.stderr)
         return 2
     settings = Settings.from_env()
-    api = Api(args.api_url or settings.api_url, args.token or settings.api_token)
+    try:
+        api = Api(args.api_url or settings.api_url, args.token or settings.api_token)
+    except ApiError as exc:
+        print(f"mimir runs: {exc}", file=sys.stderr)
+        return 1
     try:
         return COMMANDS[args.command](api, args, sys.stdout)
     except ApiError as exc:

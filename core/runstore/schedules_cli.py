@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from mimir.core.tls import TlsError, api_verify, describe_http_error
+
 __all__ = ["main"]
 
 
@@ -172,16 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     token = args.token or settings.api_token
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base_url = (args.api_url or settings.api_url).rstrip("/")
     try:
         with httpx.Client(
-            base_url=(args.api_url or settings.api_url).rstrip("/"), headers=headers, timeout=30.0
+            base_url=base_url, headers=headers, timeout=30.0, verify=api_verify()
         ) as client:
             return _run(args, client)
+    except TlsError as exc:
+        print(f"mimir schedules: {exc}", file=sys.stderr)
+        return 1
     except _ApiError as exc:
         print(f"mimir schedules: {exc}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
-        print(f"mimir schedules: cannot reach the API: {exc}", file=sys.stderr)
+        print(f"mimir schedules: {describe_http_error(exc, base_url)}", file=sys.stderr)
         return 1
 
 
