@@ -8,6 +8,11 @@ The distributed and pools files carry the service ``prometheus`` in the compose 
 ``monitoring`` (started only with ``docker-compose --profile monitoring up``), configured by
 ``packaging/prometheus/prometheus.yml``, generated here from the same topology.
 
+The API token comes from the operator's environment (``MIMIR_API_TOKEN``, required: compose
+refuses to start without it), never from the file, and no file passes ``--insecure``; the
+monitoring profile's Prometheus scrapes ``/metrics`` with the same token, written at its
+start to a file only its user can read.
+
 ``python -m mimir.app.cluster.compose [DIR]`` regenerates them; the tests check that the
 files in the repository equal what this module renders, so they never drift apart.
 """
@@ -26,6 +31,8 @@ from mimir.app.cluster.topology import (
     IMAGES,
     LABEL_SERVICE,
     LABEL_VOLUME,
+    PROMETHEUS,
+    Topology,
     build_topology,
     compose_file,
 )
@@ -55,18 +62,45 @@ HEADER = """\
 """
 
 
+#: The compose files' API token: compose substitutes the operator's ``MIMIR_API_TOKEN``,
+#: and refuses to start without one (``${VAR:?message}``).
+TOKEN_FROM_ENV = (
+    "${MIMIR_API_TOKEN:?set MIMIR_API_TOKEN to a long random secret, "
+    "e.g. the output of openssl rand -hex 32}"
+)
+#: Where the compose files' Prometheus writes the token at start (its user's only).
+PROMETHEUS_TOKEN_FILE = "/tmp/mimir-api-token"
+
+
+def _compose_topology(cluster: ClusterFile | None = None) -> Topology:
+    return build_topology(
+        "mimir", workers=2, cluster=cluster, monitoring=True, api_token=TOKEN_FROM_ENV
+    )
+
+
 def distributed_compose(cluster: ClusterFile | None = None) -> dict[str, Any]:
     """Redis, backend and a scalable worker service per pool of ``cluster`` (default: one,
-    ``worker``; ``--scale worker=N``), and Prometheus in the profile ``monitoring``."""
-    return compose_file(build_topology("mimir", workers=2, cluster=cluster, monitoring=True))
+    ``worker``; ``--scale worker=N``), and Prometheus in the profile ``monitoring``; the
+    token from the environment (:data:`TOKEN_FROM_ENV`)."""
+    document = compose_file(_compose_topology(cluster))
+    prometheus = document["services"].get(PROMETHEUS)
+    if prometheus is not None:
+        # The scrape's bearer token: from the environment into a 0600 file, then Prometheus.
+        prometheus["environment"] = {"MIMIR_API_TOKEN": TOKEN_FROM_ENV}
+        command = " ".join(prometheus["command"])
+        prometheus["command"] = [
+            "sh",
+            "-c",
+            f'umask 077 && printf %s "$$MIMIR_API_TOKEN" > {PROMETHEUS_TOKEN_FILE} '
+            f"&& exec {command}",
+        ]
+    return document
 
 
 def compose_prometheus_config() -> dict[str, Any]:
     """The scrape configuration the compose files mount (``packaging/prometheus/``): the
-    API server's ``/metrics`` with no token (the compose files publish the API on loopback
-    without one); with ``MIMIR_API_TOKEN`` set, add ``authorization`` to it, or use
-    ``mimir cluster up --monitoring``, which does."""
-    return prometheus_document(build_topology("mimir", monitoring=True))
+    API server's ``/metrics`` with the token the Prometheus service wrote at its start."""
+    return prometheus_document(_compose_topology(), credentials_file=PROMETHEUS_TOKEN_FILE)
 
 
 def pools_compose(directory: Path | None = None) -> dict[str, Any]:

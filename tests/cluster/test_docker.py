@@ -337,7 +337,13 @@ def test_compose_project_is_its_own_and_the_backend_scales_it(
 ) -> None:
     port = free_port()
     project = f"{PROJECT}-compose"
-    env = {**os.environ, "MIMIR_PORT": str(port), "REDIS_IMAGE": FALLBACK_REDIS_IMAGE}
+    token = "compose-test-token"  # the compose files refuse to start without one
+    env = {
+        **os.environ,
+        "MIMIR_PORT": str(port),
+        "REDIS_IMAGE": FALLBACK_REDIS_IMAGE,
+        "MIMIR_API_TOKEN": token,
+    }
     env.pop("MIMIR_PROJECT", None)  # the old files' label: -p alone must be enough now
     compose = ["docker-compose", "-p", project, "-f", "docker-compose.distributed.yml"]
 
@@ -360,7 +366,7 @@ def test_compose_project_is_its_own_and_the_backend_scales_it(
     }
     decoy_volume = client.volumes.create(f"{project}_decoy", labels=decoy_labels)
     decoy = client.containers.create(IMAGES["worker"], ["true"], labels=decoy_labels)
-    api = ClusterAPI(f"http://127.0.0.1:{port}")
+    api = ClusterAPI(f"http://127.0.0.1:{port}", token)
     try:
         wait_until(lambda: _alive(api) and len(_worker_hosts(api)) == 3, timeout=90)
         # Everything compose made is the project's, by compose's own project label.

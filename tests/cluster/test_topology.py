@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +12,8 @@ import yaml
 
 from mimir.app.cluster.base import ClusterError
 from mimir.app.cluster.compose import (
+    PROMETHEUS_TOKEN_FILE,
+    TOKEN_FROM_ENV,
     compose_prometheus_config,
     distributed_compose,
     pools_compose,
@@ -119,7 +122,7 @@ def test_compose_files_match_the_topology(filename: str, render: object) -> None
 def test_distributed_compose_describes_the_topology() -> None:
     document = distributed_compose()
     # Prometheus is in the file, in the profile `monitoring` (started only when asked for).
-    topology = build_topology("mimir", monitoring=True)
+    topology = build_topology("mimir", monitoring=True, api_token=TOKEN_FROM_ENV)
     services = document["services"]
     assert set(services) == set(topology.services)
     assert set(document["volumes"]) == set(topology.volumes)
@@ -133,7 +136,12 @@ def test_distributed_compose_describes_the_topology() -> None:
     # The others always start.
     assert [n for n, s in services.items() if "profiles" in s] == ["prometheus"]
     for name, spec in topology.services.items():
-        assert services[name]["command"] == spec.command
+        if name == "prometheus":  # writes the scrape's token file, then runs the same command
+            shell = services[name]["command"]
+            assert shell[:2] == ["sh", "-c"]
+            assert shell[2].endswith("&& exec " + " ".join(spec.command))
+        else:
+            assert services[name]["command"] == spec.command
         mounts = [f"{m.volume}:{m.target}" for m in spec.volumes]
         assert services[name]["volumes"][: len(mounts)] == mounts
 
@@ -146,5 +154,34 @@ def test_docker_compose_config_validates(filename: str) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "MIMIR_API_TOKEN": "a-token-for-the-check"},
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("filename", ["docker-compose.distributed.yml", "docker-compose.pools.yml"])
+def test_compose_files_take_the_token_from_the_environment(filename: str) -> None:
+    text = (PACKAGING / filename).read_text()
+    assert "--insecure" not in text
+    services = yaml.safe_load(text)["services"]
+    # The backend and the Prometheus that scrapes it: the operator's token, required.
+    for name in ("backend", "prometheus"):
+        assert services[name]["environment"]["MIMIR_API_TOKEN"] == TOKEN_FROM_ENV
+    assert f'"$$MIMIR_API_TOKEN" > {PROMETHEUS_TOKEN_FILE}' in services["prometheus"]["command"][2]
+    scrape = yaml.safe_load((PACKAGING / "prometheus" / "prometheus.yml").read_text())
+    auth = scrape["scrape_configs"][0]["authorization"]
+    assert auth == {"type": "Bearer", "credentials_file": PROMETHEUS_TOKEN_FILE}
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_compose_refuses_to_start_without_a_token() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MIMIR_API_TOKEN"}
+    result = subprocess.run(
+        ["docker-compose", "-f", str(PACKAGING / "docker-compose.distributed.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode != 0
+    assert "set MIMIR_API_TOKEN to a long random secret" in result.stderr
