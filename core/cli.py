@@ -24,6 +24,7 @@ DESCRIPTIONS: dict[str, str] = {
     "cluster": "start, scale and stop a cluster (Docker or local processes)",
     "console": "open the desktop operator console",
     "runs": "the run history kept by the server: list, show, logs, export, stats",
+    "keys": "API keys with roles (viewer, operator, admin): create, list, revoke",
 }
 
 

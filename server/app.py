@@ -24,9 +24,10 @@ from mimir.core.plugins.registry import default_registry
 from mimir.core.queue import JobQueue
 from mimir.core.queue.connection import connect
 from mimir.core.runstore.db import database_url, open_database, redact_database_url
+from mimir.core.runstore.keys import KeyStore
 from mimir.core.settings import Settings
 from mimir.server import autoscaler
-from mimir.server.auth import BearerTokenMiddleware
+from mimir.server.auth import AuthMiddleware, KeyCache
 from mimir.server.errors import install_error_handlers
 from mimir.server.live import LiveHub
 from mimir.server.methods import MethodsMiddleware
@@ -100,6 +101,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.live.aclose()
         await app.state.redis.aclose()
         raise
+    # Whether API keys exist (auth is on with keys alone), known before the first call.
+    try:
+        app.state.key_cache.any_keys = await asyncio.to_thread(KeyStore(app.state.db).count) > 0
+    except Exception as exc:
+        logger.warning("cannot count API keys: %s", exc)
     services = await start_services(app)
     # The autoscaler's loop (it acts only on the server that holds its lease).
     services += await autoscaler.start(app)
@@ -109,7 +115,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.pipelines_dir,
         settings.data_dir,
         redact_url(settings.redis_url),
-        "required" if settings.api_token else "not required",
+        "required"
+        if settings.api_token or app.state.key_cache.any_keys
+        else "not required (no MIMIR_API_TOKEN, no API key)",
     )
     try:
         yield
@@ -148,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.live = None
     app.state.db = None
     app.state.autoscaler = None
+    app.state.key_cache = KeyCache()
     install_error_handlers(app)
     for router in (*ROUTERS, autoscaler_routes.router):
         app.include_router(router)
@@ -155,8 +164,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MethodsMiddleware, routes=app.router.routes)
     # Inside the token check: a refused call never reaches a handler, and is not audited.
     app.add_middleware(AuditMiddleware)
-    if settings.api_token:
-        app.add_middleware(BearerTokenMiddleware, token=settings.api_token)
+    # The bootstrap token and API keys, each route's role (server/roles.py): always
+    # installed, since creating the first key turns auth on.
+    app.add_middleware(AuthMiddleware, settings=settings, routes=app.router.routes)
     # Pipelines and contexts, not bulk data: MIMIR_MAX_BODY_BYTES (413 beyond). The
     # ontology upload streams its documents and holds them to MIMIR_MAX_UPLOAD_BYTES.
     app.add_middleware(

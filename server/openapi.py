@@ -448,6 +448,10 @@ ROUTES: dict[str, OperationDoc] = {
     "GET /api/v1/alerts/{alert_id}": OperationDoc(errors=(404, 503)),
     "POST /api/v1/alerts/{alert_id}/ack": OperationDoc(errors=(404, 503)),
     "GET /api/v1/audit": OperationDoc(errors=(503,)),
+    # -- API keys (admin; 503: the run store's database is unreachable)
+    "GET /api/v1/keys": OperationDoc(errors=(503,)),
+    "POST /api/v1/keys": OperationDoc(errors=(409, 422, 503)),
+    "DELETE /api/v1/keys/{key_id}": OperationDoc(errors=(404, 503)),
     # -- backups (409: another backup runs; 422: secrets without a passphrase)
     "POST /api/v1/admin/backups": OperationDoc(
         errors=(409, 422),

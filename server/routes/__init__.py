@@ -14,6 +14,7 @@ from mimir.server.routes import (
     diagnostics,
     events,
     health,
+    keys,
     kg,
     metrics,
     ontologies,
@@ -50,4 +51,5 @@ ROUTERS: list[APIRouter] = [
     audit.router,
     backup.router,
     restore.router,
+    keys.router,
 ]

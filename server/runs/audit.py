@@ -96,11 +96,16 @@ def _token_presented(scope: Scope) -> bool:
 
 
 def actor_of(scope: Scope) -> str:
-    """Who made the call: ``token``, ``trigger:<id>``, ``local`` or the client address."""
+    """Who made the call: ``token``, ``key:<name>`` (an API key), ``trigger:<id>``,
+    ``local`` or the client address."""
     path = str(scope.get("path", ""))
     if path.startswith("/api/v1/hooks/"):
         trigger = path[len("/api/v1/hooks/") :].split("/", 1)[0]
         return f"trigger:{trigger[:64]}"
+    identity = scope.get("mimir.identity")  # set by mimir.server.auth.AuthMiddleware
+    actor = getattr(identity, "actor", None)
+    if actor and actor != "local":
+        return str(actor)[:200]
     if _token_presented(scope):
         return "token"
     client = scope.get("client")
@@ -201,6 +206,9 @@ class AuditMiddleware:
                 outcome = int(message["status"])
             await send(message)
 
+        # A route may add to the target (a new key's id and name): one dict, shared with
+        # the copies of the scope that routing makes.
+        scope["mimir.audit_target"] = {}
         try:
             await self.app(scope, receive, send_noting)
         finally:
@@ -220,7 +228,11 @@ class AuditMiddleware:
                 "action": action_name(scope["method"], template)[:200],
                 "method": scope["method"],
                 "route": template[:500],
-                "target": {str(k): str(v)[:500] for k, v in params.items()},
+                "target": {
+                    **{str(k): str(v)[:500] for k, v in params.items()},
+                    # What a route adds of its own (a new key's id and name, never a secret).
+                    **(scope.get("mimir.audit_target") or {}),
+                },
                 "outcome": outcome,
                 "request_id": str((scope.get("state") or {}).get("request_id") or "")[:64] or None,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
