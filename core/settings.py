@@ -20,6 +20,7 @@ __all__ = [
     "default_data_dir",
     "default_pipelines_dir",
     "normalise_redis_url",
+    "sentinel_url_from_env",
     "trace_url_template",
 ]
 
@@ -57,6 +58,27 @@ def normalise_redis_url(value: str) -> str:
     host = parsed.hostname or "localhost"
     port = parsed.port or 6379
     return f"redis://{host}:{port}/0"
+
+
+def sentinel_url_from_env(env: Mapping[str, str]) -> str:
+    """``redis+sentinel://…`` built from ``MIMIR_REDIS_SENTINELS=host:port,…`` and
+    ``MIMIR_REDIS_SERVICE`` (default ``mymaster``), with the password and db of
+    ``REDIS_URL`` if that is set too; ``""`` without ``MIMIR_REDIS_SENTINELS``."""
+    sentinels = (env.get("MIMIR_REDIS_SENTINELS") or "").strip()
+    if not sentinels:
+        return ""
+    service = (env.get("MIMIR_REDIS_SERVICE") or "").strip() or "mymaster"
+    auth, db = "", "0"
+    base = (env.get("REDIS_URL") or "").strip()
+    if "://" in base:
+        parsed = urlparse(base)
+        if parsed.password is not None:
+            auth = f"{parsed.username or ''}:{parsed.password}@"
+        db = parsed.path.strip("/").split("/")[-1] or "0"
+        if not db.isdigit():
+            db = "0"
+    hosts = ",".join(h.strip() for h in sentinels.split(",") if h.strip())
+    return f"redis+sentinel://{auth}{hosts}/{service}/{db}"
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -176,7 +198,9 @@ class Settings:
 
     #: API server port (``MIMIR_PORT``).
     port: int = 8080
-    #: Redis URL (``REDIS_URL``; a bare ``host:port`` is accepted).
+    #: Redis URL (``REDIS_URL``; a bare ``host:port`` is accepted; ``redis+sentinel://``
+    #: ``[:password@]host:26379,host:26379/service_name/db`` follows a Sentinel failover,
+    #: as does ``MIMIR_REDIS_SENTINELS=host:port,…`` with ``MIMIR_REDIS_SERVICE``).
     redis_url: str = "redis://redis:6379/0"
     #: Whether REDIS_URL was given explicitly (the embedded default starts its own Redis otherwise).
     redis_url_set: bool = False
@@ -284,12 +308,17 @@ class Settings:
     redis_image: str | None = None
     #: ``BASE_IMAGE`` of the image builds (``MIMIR_BASE_IMAGE``; ``None``: ``python:3.11-slim``).
     base_image: str | None = None
+    #: Replicas an enqueue and a job's outcome wait for (``WAIT``) before they count as
+    #: written (``MIMIR_REDIS_MIN_REPLICAS``; 0: no wait), and for how long
+    #: (``MIMIR_REDIS_WAIT_TIMEOUT_MS``, default 2000).
+    redis_min_replicas: int = 0
+    redis_wait_timeout_ms: int = 2000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default ``os.environ``)."""
         env = os.environ if environ is None else environ
-        redis_raw = env.get("REDIS_URL", "")
+        redis_raw = sentinel_url_from_env(env) or env.get("REDIS_URL", "")
         return cls(
             port=_env_int(env, "MIMIR_PORT", 8080),
             redis_url=normalise_redis_url(redis_raw) if redis_raw else "redis://redis:6379/0",
@@ -347,6 +376,8 @@ class Settings:
             docker_host=env.get("DOCKER_HOST") or None,
             redis_image=env.get("MIMIR_REDIS_IMAGE") or None,
             base_image=env.get("MIMIR_BASE_IMAGE") or None,
+            redis_min_replicas=_env_count(env, "MIMIR_REDIS_MIN_REPLICAS", 0),
+            redis_wait_timeout_ms=max(1, _env_int(env, "MIMIR_REDIS_WAIT_TIMEOUT_MS", 2000)),
         )
 
     @property

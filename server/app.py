@@ -62,6 +62,8 @@ def make_redis(settings: Settings) -> Redis:
         socket_timeout=REDIS_SOCKET_TIMEOUT,
         max_connections=REDIS_POOL_SIZE,
         pool_timeout=REDIS_POOL_TIMEOUT,
+        min_replicas=settings.redis_min_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
 
 

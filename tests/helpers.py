@@ -328,7 +328,9 @@ class WorkerProcess:
             )
         self._pid = self.process.pid
         prefix = self.env.get("MIMIR_KEY_PREFIX", "mimir:")
-        client = redis.Redis.from_url(self.env["REDIS_URL"], socket_timeout=2)
+        from mimir.core.queue.connection import resolve_primary_url
+
+        client = redis.Redis.from_url(resolve_primary_url(self.env["REDIS_URL"]), socket_timeout=2)
         try:
             deadline = time.monotonic() + timeout
             while not client.exists(f"{prefix}worker:{self.worker_id}"):

@@ -53,7 +53,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core import telemetry
@@ -80,7 +80,12 @@ _RECANCEL_EVERY = 0.25
 _LISTEN_WAIT = 5.0
 
 #: Errors that mean "Redis is away for now": retried with backoff.
-_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Redis is away, or for now takes no writes: a primary demoted in a failover answers
+#: READONLY (a client through Sentinel turns that, and MasterNotFoundError while the
+#: Sentinels elect, into a ConnectionError; a plain redis:// client sees ReadOnlyError),
+#: and a write fewer replicas acknowledged than MIMIR_REDIS_MIN_REPLICAS is a
+#: NotReplicatedError (a ConnectionError too). All are retried with backoff.
+_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 
 @dataclass
@@ -119,6 +124,10 @@ class WorkerConfig:
     #: Job types it runs (``MIMIR_WORKER_JOB_TYPES``); ``None``: all. A job of another
     #: type fails at once, not retried.
     job_types: list[str] | None = None
+    #: Replicas a job's outcome waits for (``WAIT``) before it counts as written
+    #: (``MIMIR_REDIS_MIN_REPLICAS``; 0: no wait), and how long (ms) each wait lasts.
+    min_replicas: int = 0
+    wait_timeout_ms: int = 2000
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
@@ -132,6 +141,8 @@ class WorkerConfig:
             "heartbeat": settings.worker_heartbeat,
             "grace": settings.worker_grace,
             "max_outage": settings.worker_max_outage,
+            "min_replicas": settings.redis_min_replicas,
+            "wait_timeout_ms": settings.redis_wait_timeout_ms,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -237,6 +248,8 @@ class Worker:
             config.redis_url,
             socket_timeout=max(10.0, config.block + 5.0),
             max_connections=None,
+            min_replicas=config.min_replicas,
+            wait_timeout_ms=config.wait_timeout_ms,
         )
         self.consumer = QueueConsumer(
             self.redis,
@@ -669,6 +682,13 @@ class Worker:
     def _account(self, outcome: Outcome, written: bool) -> None:
         job_id = outcome.delivery.job_id
         if not written:
+            if outcome.unacknowledged:  # MIMIR_REDIS_MIN_REPLICAS: not an error, most likely
+                logger.info(
+                    "job %s: its outcome was already written (before a replica acknowledged "
+                    "it) or the job was taken over meanwhile; not written again",
+                    printable(job_id),
+                )
+                return
             logger.warning(
                 "job %s was taken over by another worker; outcome discarded", printable(job_id)
             )

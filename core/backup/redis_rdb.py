@@ -36,6 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core.backup.manifest import BackupError
+from mimir.core.queue.connection import resolve_primary_url
 from mimir.core.redis_embedded import answers_ping, free_port
 from mimir.core.settings import normalise_redis_url
 
@@ -176,6 +177,13 @@ def fetch_rdb(
     """
     url = normalise_redis_url(url)
     shown = redact_url(url)
+    try:  # redis+sentinel://: the primary the Sentinels name now
+        url = resolve_primary_url(url, timeout=max(0.1, min(timeout, 10.0)))
+    except (RedisError, OSError, ValueError) as exc:
+        raise BackupError(
+            f"cannot find the Redis primary through the Sentinels of {shown}: {exc}",
+            part=RDB_PART,
+        ) from exc
     dest = Path(dest)
     partial = dest.with_name(dest.name + ".partial")
     deadline = time.monotonic() + timeout

@@ -47,7 +47,12 @@ async def _enqueue(args: argparse.Namespace, options: dict[str, Any], context: A
 
     settings = Settings.from_env()
     pipeline = await asyncio.to_thread(load_pipeline, args.file)
-    queue = JobQueue(connect(settings.redis_url), settings.key_prefix, settings.job_ttl)
+    redis = connect(
+        settings.redis_url,
+        min_replicas=settings.redis_min_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
+    )
+    queue = JobQueue(redis, settings.key_prefix, settings.job_ttl)
     try:
         specs = [pipeline_job(pipeline, context, **options) for _ in range(args.count)]
         started = time.perf_counter()

@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core import telemetry
 from mimir.core.queue import metrics, scripts
-from mimir.core.queue.connection import BLOCK_SLICE, connect
+from mimir.core.queue.connection import BLOCK_SLICE, NotReplicatedError, connect
 from mimir.core.queue.errors import (
     JobNotFoundError,
     JobStateError,
@@ -111,6 +111,12 @@ async def redis_errors(action: str) -> AsyncIterator[None]:
     """Translate Redis errors raised inside into queue errors naming ``action``."""
     try:
         yield
+    except NotReplicatedError as exc:
+        # MIMIR_REDIS_MIN_REPLICAS: the primary has the write, no replica said so in time.
+        raise QueueUnavailableError(
+            f"cannot {action}: Redis did not replicate the write in time ({exc}); "
+            "a retry with the same idempotency key cannot enqueue twice"
+        ) from exc
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise QueueUnavailableError(f"cannot {action}: Redis is unavailable ({exc})") from exc
     except (OutOfMemoryError, ReadOnlyError) as exc:
@@ -283,7 +289,8 @@ class JobQueue:
             for first in range(0, len(created), _ENQUEUE_CHUNK)
         ]
         async with redis_errors("enqueue"):
-            answers = await scripts.run_scripts(self.redis, calls)
+            # With MIMIR_REDIS_MIN_REPLICAS, answers only once replicas have the jobs.
+            answers = await scripts.run_scripts(self.redis, calls, durable="enqueue")
         flat = [item for answer in answers for item in answer]
         records: list[JobRecord] = []
         for record, job_id, was_created in zip(created, flat[::2], flat[1::2], strict=True):

@@ -7,18 +7,124 @@ again on a new connection, a few times with a short backoff. A Redis that stays 
 surfaces as :class:`redis.exceptions.ConnectionError`, which the queue turns into
 :class:`~mimir.core.queue.errors.QueueUnavailableError` (producer side) or lets through
 to the worker (consumer side, retried with backoff there).
+
+``redis+sentinel://[:password@]host1:26379,host2:26379/service_name/db`` asks the
+Sentinels for the primary of ``service_name`` on every new connection
+(:func:`parse_sentinel_url`), so clients follow a failover: a connection to the demoted
+primary turns its ``READONLY`` reply into a connection error and reconnects to the new
+one; while the Sentinels elect, ``MasterNotFoundError`` (a connection error) is retried
+like any outage. The password, if any, is the data nodes' (``AUTH`` on the primary),
+never the Sentinels'.
+
+``min_replicas`` (``MIMIR_REDIS_MIN_REPLICAS``) makes the queue's writes that must
+survive a failover (enqueue, a job's outcome) wait with ``WAIT`` for that many replicas:
+see :func:`replication_wait` and :class:`NotReplicatedError`.
 """
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["BLOCK_SLICE", "connect"]
+__all__ = [
+    "BLOCK_SLICE",
+    "SENTINEL_SCHEME",
+    "NotReplicatedError",
+    "SentinelURL",
+    "connect",
+    "parse_sentinel_url",
+    "replication_wait",
+    "resolve_primary_url",
+]
+
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+class NotReplicatedError(RedisConnectionError):
+    """A write reached the primary but fewer replicas than required acknowledged it in
+    time (``WAIT``). The write may still exist on the primary (and reach the replicas
+    later) or be lost in a failover: retrying it must be safe (an enqueue with an
+    idempotency key, a job outcome fenced by its attempt). A connection error, so every
+    caller treats it as Redis being unavailable (503 on the API, retried by workers)."""
+
+    def __init__(self, action: str, acknowledged: int, required: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"{action}: only {acknowledged} of {required} required replica(s) acknowledged "
+            f"the write within {timeout_ms} ms (MIMIR_REDIS_MIN_REPLICAS); it is on the "
+            "primary, and may reach a replica later or be lost if the primary fails"
+        )
+        self.acknowledged = acknowledged
+        self.required = required
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """The parts of a ``redis+sentinel://`` URL."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_sentinel_url(url: str) -> SentinelURL | None:
+    """``redis+sentinel://[[user]:password@]host1:26379,host2:26379/service_name[/db]``
+    parsed, ``None`` for any other URL; raises ``ValueError`` on a malformed one."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != SENTINEL_SCHEME:
+        return None
+    rest = rest.partition("?")[0]
+    netloc, _, path = rest.partition("/")
+    username = password = None
+    if "@" in netloc:
+        userinfo, netloc = netloc.rsplit("@", 1)
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+        if not has_password:  # "secret@host": a password alone, as redis:// reads it
+            username, password = None, unquote(user)
+    sentinels: list[tuple[str, int]] = []
+    for item in netloc.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):  # [::1]:26379
+            host, _, port = item[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+        try:
+            sentinels.append((host, int(port) if port else 26379))
+        except ValueError:
+            raise ValueError(f"bad Sentinel address {item!r} in a {SENTINEL_SCHEME} URL") from None
+    parts = [part for part in path.split("/") if part]
+    if not sentinels or not parts:
+        raise ValueError(f"a {SENTINEL_SCHEME} URL needs host:port[,host:port…]/service_name[/db]")
+    try:
+        db = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise ValueError(f"bad database number {parts[1]!r} in a {SENTINEL_SCHEME} URL") from None
+    return SentinelURL(tuple(sentinels), unquote(parts[0]), db, username, password)
+
+
+#: Replicas each client's durable writes wait for, and how long: see replication_wait.
+_WAITS: weakref.WeakKeyDictionary[Redis, tuple[int, int]] = weakref.WeakKeyDictionary()
+
+
+def replication_wait(redis: Redis) -> tuple[int, int]:
+    """``(replicas, timeout_ms)`` the queue's durable writes on ``redis`` wait for with
+    ``WAIT`` (``(0, 0)``: they don't wait), as :func:`connect` was told."""
+    return _WAITS.get(redis, (0, 0))
+
 
 #: Longest single blocking call the queue makes (longer waits loop), so the default
 #: socket timeout below never cuts one short.
@@ -32,6 +138,8 @@ def connect(
     socket_timeout: float = BLOCK_SLICE + 10,
     socket_connect_timeout: float = 5.0,
     pool_timeout: float | None = None,
+    min_replicas: int = 0,
+    wait_timeout_ms: int = 2000,
     **options: Any,
 ) -> Redis:
     """A ``redis.asyncio.Redis`` for ``url`` (``redis://…`` or ``host:port``); no
@@ -41,13 +149,52 @@ def connect(
     under a command is replaced and the command retried (3 times, 50 ms to 0.5 s apart).
     With ``max_connections`` and ``pool_timeout``, a command finding every connection
     busy waits up to ``pool_timeout`` seconds for one (instead of failing at once).
+
+    A ``redis+sentinel://`` URL gives a client of the service's current primary (see the
+    module's docstring). ``min_replicas > 0``: the queue's durable writes on this client
+    wait up to ``wait_timeout_ms`` for that many replicas (:func:`replication_wait`).
     """
+    client = _connect(
+        url, max_connections, socket_timeout, socket_connect_timeout, pool_timeout, options
+    )
+    if min_replicas > 0:
+        _WAITS[client] = (int(min_replicas), max(1, int(wait_timeout_ms)))
+    return client
+
+
+def _connect(
+    url: str,
+    max_connections: int | None,
+    socket_timeout: float,
+    socket_connect_timeout: float,
+    pool_timeout: float | None,
+    options: dict[str, Any],
+) -> Redis:
     if "://" not in url:
         url = f"redis://{url}"
     options.setdefault("decode_responses", True)
     options.setdefault("health_check_interval", 30)
     options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3))
     options.setdefault("retry_on_error", [RedisConnectionError])
+    sentinel = parse_sentinel_url(url)
+    if sentinel is not None:
+        manager = Sentinel(
+            list(sentinel.sentinels),
+            sentinel_kwargs={
+                "socket_timeout": socket_connect_timeout,
+                "socket_connect_timeout": socket_connect_timeout,
+                "decode_responses": True,
+            },
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            db=sentinel.db,
+            username=sentinel.username,
+            password=sentinel.password,
+            **options,
+        )
+        if max_connections is not None:
+            return manager.master_for(sentinel.service, max_connections=max_connections)
+        return manager.master_for(sentinel.service)
     if max_connections is not None and pool_timeout is not None:
         pool = BlockingConnectionPool.from_url(
             url,
@@ -65,3 +212,31 @@ def connect(
         socket_connect_timeout=socket_connect_timeout,
         **options,
     )
+
+
+def resolve_primary_url(url: str, *, timeout: float = 5.0) -> str:
+    """``url`` itself, or for a ``redis+sentinel://`` URL a ``redis://`` URL of the
+    service's current primary (with the same password and db), asked of the Sentinels
+    now — for the few callers that need one plain connection (a backup's ``SYNC``).
+    Raises ``redis.exceptions.MasterNotFoundError`` when no Sentinel names a primary."""
+    sentinel = parse_sentinel_url(url)
+    if sentinel is None:
+        return url
+    from urllib.parse import quote
+
+    from redis.sentinel import Sentinel as SyncSentinel
+
+    manager = SyncSentinel(
+        list(sentinel.sentinels),
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    try:
+        host, port = manager.discover_master(sentinel.service)
+    finally:
+        for node in manager.sentinels:
+            node.close()
+    auth = ""
+    if sentinel.password is not None:
+        auth = f"{quote(sentinel.username or '', safe='')}:{quote(sentinel.password, safe='')}@"
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"redis://{auth}{shown_host}:{port}/{sentinel.db}"

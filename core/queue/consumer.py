@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from mimir.core.queue import scripts
 from mimir.core.queue.client import bucket_for
+from mimir.core.queue.connection import NotReplicatedError
 from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
 from mimir.core.queue.metrics import FLUSH_SCRIPT
 from mimir.core.queue.models import iso, utc_now
@@ -94,6 +95,9 @@ class Outcome:
     #: A failure no retry can mend (a job type this worker does not run): it ends the job
     #: whatever attempts are left.
     final: bool = False
+    #: An earlier write of this outcome reached the primary but not enough replicas
+    #: (``NotReplicatedError``): a ``stale`` answer now may be that write itself.
+    unacknowledged: bool = False
 
 
 def retry_delay(attempt: int, base: float) -> float:
@@ -322,7 +326,16 @@ class QueueConsumer:
             )
         if not calls:
             return
-        results = await scripts.run_scripts(self.redis, calls)
+        # With MIMIR_REDIS_MIN_REPLICAS an outcome counts as written once replicas have
+        # it; NotReplicatedError (a connection error) makes the worker write it again.
+        try:
+            results = await scripts.run_scripts(
+                self.redis, calls, durable="write job outcomes" if outcomes else ""
+            )
+        except NotReplicatedError:
+            for outcome in outcomes:
+                outcome.unacknowledged = True
+            raise
         if outcomes:
             for outcome, written in zip(outcomes, results[0], strict=True):
                 if not int(written):

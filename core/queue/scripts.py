@@ -26,6 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from mimir.core.queue.connection import NotReplicatedError, replication_wait
 from mimir.core.queue.keys import OUTCOMES_MAXLEN
 from mimir.core.queue.protocol import (
     DELIVERY_FIELDS,
@@ -834,20 +835,30 @@ class Call:
         pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
 
 
-async def run_scripts(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+async def run_scripts(redis: Redis, calls: Sequence[Call], *, durable: str = "") -> list[Any]:
     """Run several script calls in one round trip; answers their results in order.
 
     Calls that found their script missing (Redis restarted) are loaded and run again;
-    any other error is raised after the batch.
+    any other error is raised after the batch. ``durable`` (what the writes are, for the
+    message): when ``redis`` was connected with ``min_replicas`` (see
+    :func:`~mimir.core.queue.connection.replication_wait`), ``WAIT`` follows the calls
+    on the same connection and fewer replicas than required raise
+    :class:`~mimir.core.queue.connection.NotReplicatedError` (the writes were made on
+    the primary: the caller retries them, which every durable call allows).
     """
     if not calls:
         return []
-    if len(calls) == 1:  # a plain call costs less than a one-command pipeline
+    replicas, timeout_ms = replication_wait(redis) if durable else (0, 0)
+    if len(calls) == 1 and not replicas:  # a plain call costs less than a one-command pipeline
         return [await calls[0].run(redis)]
     async with redis.pipeline(transaction=False) as pipe:
         for call in calls:
             call.queue_on(pipe)
+        if replicas:
+            pipe.wait(replicas, timeout_ms)
         results: list[Any] = await pipe.execute(raise_on_error=False)
+    # WAIT answers for the writes on its own connection: each pipeline has its own.
+    acks: list[Any] = [results.pop()] if replicas else []
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
         for source in {calls[i].script.source for i in missing}:
@@ -855,12 +866,22 @@ async def run_scripts(redis: Redis, calls: Sequence[Call]) -> list[Any]:
         async with redis.pipeline(transaction=False) as pipe:
             for i in missing:
                 calls[i].queue_on(pipe)
+            if replicas:
+                pipe.wait(replicas, timeout_ms)
             again = await pipe.execute(raise_on_error=False)
+        if replicas:
+            acks.append(again.pop())
         for i, result in zip(missing, again, strict=True):
             results[i] = result
     for result in results:
         if isinstance(result, Exception):
             raise result
+    for ack in acks:
+        if isinstance(ack, Exception):
+            raise ack
+    if acks and min(int(ack) for ack in acks) < replicas:
+        acknowledged = min(int(ack) for ack in acks)
+        raise NotReplicatedError(durable, acknowledged, replicas, timeout_ms)
     return results
 
 
