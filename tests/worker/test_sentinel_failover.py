@@ -1,31 +1,31 @@
 """Redis that survives its host: a real Sentinel failover under load.
 
 One primary, one replica and three Sentinels (quorum 2) on loopback ports, two real
-worker processes and the producer all connected through ``redis+sentinel://`` with
+worker processes and ``mimir enqueue`` all connected through ``redis+sentinel://`` with
 ``MIMIR_REDIS_MIN_REPLICAS=1``. 1,000 jobs are enqueued, the primary is killed with
-SIGKILL mid-run, the Sentinels promote the replica, the killed host comes back (the
-Sentinels make it a replica of the new primary, so writes find a replica to ``WAIT`` for
-again) and every job ends: 1,000 succeeded, none lost, none completed twice (the queue's
-outcome script accepts one completion per job: one ``outcomes`` entry each).
+SIGKILL mid-run, the Sentinels promote the replica, the killed host is rebuilt as a
+replica of the new primary (so writes find a replica to ``WAIT`` for again) and every job
+ends: 1,000 succeeded, none lost, none completed twice (the queue's outcome script accepts
+one completion per job: one ``outcomes`` entry each).
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from mimir.core.queue import JobQueue, JobSpec, connect
 from mimir.core.queue.keys import QueueKeys
 from tests.helpers import WorkerProcess, free_port, port_open, wait_until
-from tests.worker.conftest import sleep_job
 
 pytestmark = pytest.mark.slow
 
@@ -155,25 +155,26 @@ def _run(
 ) -> None:
     keys = QueueKeys("mimir:")
 
-    async def enqueue() -> list[str]:
-        client = connect(url, min_replicas=1)
-        try:
-            queue = JobQueue(client)
-            specs: list[JobSpec] = [sleep_job(0.04) for _ in range(JOBS)]
-            started = time.perf_counter()
-            records = [
-                r for i in range(0, JOBS, 100) for r in await queue.enqueue_many(specs[i : i + 100])
-            ]
-            print(
-                f"enqueued {JOBS} jobs through Sentinel with WAIT 1 in "
-                f"{time.perf_counter() - started:.2f}s"
-            )
-            return [record.job_id for record in records]
-        finally:
-            await client.aclose()
-
-    job_ids = asyncio.run(enqueue())
-    replica_client = redis.Redis(port=replica_port, socket_timeout=2, decode_responses=True)
+    # `mimir enqueue` as a user runs it, through the Sentinels, each batch WAITing.
+    pipeline = primary.directory.parent / "nap.yaml"
+    pipeline.write_text(
+        "name: nap\nsteps:\n  - name: nap\n    plugin: Debug.sleep\n"
+        "    config: {seconds: 0.04}\n    output: nap\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIMIR_")}
+    env.update(REDIS_URL=url, MIMIR_REDIS_MIN_REPLICAS="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "mimir.core.cli", "enqueue", str(pipeline), "--count", str(JOBS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    print(done.stderr.strip().splitlines()[-1])
+    job_ids = done.stdout.split()
+    assert len(set(job_ids)) == JOBS
+    replica_client: Any = redis.Redis(port=replica_port, socket_timeout=2, decode_responses=True)
 
     def finished() -> int:
         return int(replica_client.xlen(keys.outcomes))
