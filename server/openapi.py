@@ -40,6 +40,7 @@ from mimir.server.auth import OPEN_PATHS
 from mimir.server.deps import get_redis
 from mimir.server.knowledge import get_ontology_store
 from mimir.server.methods import flat_routes
+from mimir.server.roles import required_role
 from mimir.server.routes.twins import KINDS_PATTERN, METRICS_PATTERN, RUNS_PATTERN
 
 __all__ = ["ROUTES", "ErrorBody", "OperationDoc", "ValidationErrorBody", "install_openapi"]
@@ -606,6 +607,9 @@ def _document(schema: dict[str, Any], app: FastAPI, token: bool) -> dict[str, An
             _link(operation, doc.links, schema)
             if token and not route_token:
                 operation["security"] = []
+            role = required_role(method.upper(), path)
+            if role is not None:  # the role a key needs (server/roles.py)
+                operation["x-mimir-role"] = role.name
             operation["responses"] = dict(sorted(responses.items()))
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
@@ -614,7 +618,8 @@ def _document(schema: dict[str, Any], app: FastAPI, token: bool) -> dict[str, An
             "bearerAuth": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "The server's `MIMIR_API_TOKEN`.",
+                "description": "An API key (`mk_…`, with a role: see `x-mimir-role`) "
+                "or the server's `MIMIR_API_TOKEN` (admin).",
             }
         }
         schema["security"] = [{"bearerAuth": []}]
