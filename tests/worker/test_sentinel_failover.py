@@ -238,3 +238,69 @@ def _run(
     assert not lost and not twice
     assert len(completions) == JOBS
     assert all(worker.alive() for worker in workers), [w.output() for w in workers]
+
+
+def test_server_through_sentinel_with_a_password(
+    nodes: list[Node], tmp_path: Path, data_dir: Path
+) -> None:
+    """The API server on a password-protected Redis found through a Sentinel, with
+    MIN_REPLICAS=1: /health reaches Redis, an enqueue over HTTP is answered once the
+    replica has the job, and the password never reaches the server's log."""
+    from tests.helpers import ServerProcess
+    from tests.server.conftest import server_env
+
+    secret = "s3cret-sentinel-pw"
+    primary_port, replica_port, sentinel_port = free_port(), free_port(), free_port()
+    auth = ["--requirepass", secret, "--masterauth", secret]
+    primary_dir, replica_dir = tmp_path / "primary", tmp_path / "replica"
+    nodes.append(
+        Node("primary", primary_dir, _data_node(primary_dir, primary_port) + auth).start(
+            primary_port
+        )
+    )
+    nodes.append(
+        Node("replica", replica_dir, _data_node(replica_dir, replica_port, primary_port) + auth)
+    )
+    nodes[-1].start(replica_port)
+    sentinel_dir = tmp_path / "sentinel"
+    args = _sentinel(sentinel_dir, sentinel_port, primary_port)
+    conf = sentinel_dir / "sentinel.conf"
+    conf.write_text(
+        conf.read_text().replace(f"{primary_port} 2\n", f"{primary_port} 1\n")
+        + f"sentinel auth-pass {SERVICE} {secret}\n"
+    )
+    nodes.append(Node("sentinel", sentinel_dir, args).start(sentinel_port))
+    url = f"redis+sentinel://:{secret}@127.0.0.1:{sentinel_port}/{SERVICE}/0"
+    server = ServerProcess(
+        free_port(),
+        server_env(
+            data_dir=data_dir,
+            pipelines_dir=tmp_path / "pipelines",
+            state_dir=tmp_path / "state",
+            redis_url=url,
+            MIMIR_REDIS_MIN_REPLICAS="1",
+        ),
+        log_path=tmp_path / "server.log",
+    )
+    try:
+        server.start(wait_for_redis=True)
+        import httpx
+
+        pipeline = {
+            "name": "hello",
+            "steps": [{"name": "e", "plugin": "Debug.echo", "config": {"value": 1}}],
+        }
+        answer = httpx.post(
+            f"{server.base_url}/api/v1/queue/pipelines/enqueue",
+            json={"pipeline": pipeline},
+            timeout=10,
+        )
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["job_id"]
+        with redis.Redis(port=replica_port, password=secret, decode_responses=True) as replica:
+            assert replica.hget(f"mimir:job:{job_id}", "status") == "queued"
+    finally:
+        server.stop()
+    log = server.log_path.read_text(errors="replace")
+    assert secret not in log
+    assert f"redis+sentinel://:***@127.0.0.1:{sentinel_port}/{SERVICE}/0" in log
