@@ -245,7 +245,8 @@ def test_server_through_sentinel_with_a_password(
 ) -> None:
     """The API server on a password-protected Redis found through a Sentinel, with
     MIN_REPLICAS=1: /health reaches Redis, an enqueue over HTTP is answered once the
-    replica has the job, and the password never reaches the server's log."""
+    replica has the job, a backup's snapshot is fetched from the primary, and the password
+    never reaches the server's log."""
     from tests.helpers import ServerProcess
     from tests.server.conftest import server_env
 
@@ -299,6 +300,11 @@ def test_server_through_sentinel_with_a_password(
         job_id = answer.json()["job_id"]
         with redis.Redis(port=replica_port, password=secret, decode_responses=True) as replica:
             assert replica.hget(f"mimir:job:{job_id}", "status") == "queued"
+        # A backup's snapshot comes from the primary the Sentinel names.
+        from mimir.core.backup.redis_rdb import fetch_rdb
+
+        snapshot = fetch_rdb(url, tmp_path / "dump.rdb", timeout=30)
+        assert snapshot.size > 0
     finally:
         server.stop()
     log = server.log_path.read_text(errors="replace")
