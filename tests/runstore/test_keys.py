@@ -31,7 +31,8 @@ def test_keys_are_stored_hashed_and_revocable(engine: Engine) -> None:
     listed, stored = found
     assert listed.name == "ci" and listed.last_used_at is None
     assert stored.startswith("scrypt$") and key not in stored
-    assert verify_key(key, stored) and not verify_key(key[:-1] + "A", stored)
+    other = key[:-1] + ("B" if key[-1] != "B" else "C")  # one character off
+    assert verify_key(key, stored) and not verify_key(other, stored)
     with engine.connect() as conn:
         assert key not in repr(conn.execute(select(api_keys)).all())
     used = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
