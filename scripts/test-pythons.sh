@@ -13,7 +13,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -gt 0 ]] || set -- 3.12 3.13
-stamp_id=$(sha256sum pyproject.toml | cut -c1-16)
+# The extras `make venv` installs (tracing: the OpenTelemetry SDK and the OTLP proto the trace
+# test decodes with); in the stamp, so that a change of them makes the venv again.
+extras=console,embedded,tracing,dev
+stamp_id=$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -c1-16)
 
 find_python() {  # the first candidate that runs and is that version (a pyenv shim may not)
     local version=$1 candidate
@@ -39,7 +42,7 @@ for version in "$@"; do
         rm -rf "$venv"
         "$python" -m venv "$venv"
         "$venv/bin/pip" install -q --upgrade pip
-        "$venv/bin/pip" install -q -e '.[console,embedded,dev]'
+        "$venv/bin/pip" install -q -e ".[$extras]"
         touch "$venv/.installed-$stamp_id"
     fi
     echo "test-pythons: $("$venv/bin/python" -V)"

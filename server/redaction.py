@@ -1,21 +1,10 @@
-"""Keep secrets out of log lines."""
+"""Keep secrets out of log lines: the one URL redaction (:func:`mimir.core.backup.redis_rdb.
+redact_url`), which parses by hand so that any URL the settings accept is shown without its
+password (``urlsplit`` of Python 3.11.2, Debian 12's, refuses a ``redis+sentinel://`` host
+list with a bracketed IPv6 address)."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from mimir.core.backup.redis_rdb import redact_url
 
 __all__ = ["redact_url"]
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (``redis://:***@host:6379/0``)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    # The hosts as written: a redis+sentinel:// URL lists several (h1:26379,h2:26379).
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
