@@ -22,6 +22,7 @@ import yaml
 from mimir.app.cluster.base import ClusterError, ClusterStatus, LogLine, ServiceStatus
 from mimir.app.cluster.cli import main as cluster_main
 from mimir.app.cluster.monitoring import prometheus_config, prometheus_files
+from mimir.app.cluster.selection import docker_engine_answers
 from mimir.app.cluster.topology import build_topology
 from mimir.core.settings import Settings
 from tests.cluster.conftest import ClusterAPI, cluster_env, sleep_pipeline
@@ -230,10 +231,7 @@ PROJECT = "mimirmon"
 @pytest.fixture(scope="module")
 def docker_backend() -> Iterator[Any]:
     from mimir.app.cluster.docker_backend import DockerBackend
-    from mimir.app.cluster.selection import docker_engine_answers
 
-    if not docker_engine_answers():
-        pytest.skip("no Docker engine answers")
     # Built here too (cached layers when test_docker built them): this checkout's images.
     asyncio.run(DockerBackend(PROJECT, monitoring=True).build())
     cluster = DockerBackend(
@@ -252,6 +250,7 @@ def docker_backend() -> Iterator[Any]:
 
 
 @pytest.mark.docker
+@pytest.mark.skipif(not docker_engine_answers(), reason="no Docker engine answers")
 def test_docker_cluster_with_prometheus(docker_backend: Any) -> None:
     backend = docker_backend
     port = backend.prometheus_port
