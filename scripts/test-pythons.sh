@@ -46,7 +46,8 @@ for version in "$@"; do
         touch "$venv/.installed-$stamp_id"
     fi
     echo "test-pythons: $("$venv/bin/python" -V)"
-    # The schemathesis fuzz (~3.5 min) checks the API's schema, which no Python changes.
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not docker and not bundle and not wheel" \
+    # The schemathesis fuzz (~3.5 min) checks the API's schema, which no Python changes; the
+    # failover and cluster tests (marker ha) run once, in make test.
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not docker and not bundle and not wheel and not ha" \
         --ignore=tests/server/test_openapi_fuzz.py tests/core tests/queue tests/worker tests/server
 done

@@ -27,7 +27,7 @@ import redis
 from mimir.core.queue.keys import QueueKeys
 from tests.helpers import WorkerProcess, free_port, port_open, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ha]
 
 SERVICE = "mimir-test"
 JOBS = 1_000
