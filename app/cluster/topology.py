@@ -50,6 +50,8 @@ from mimir.core.pools import (
 
 __all__ = [
     "API_PORT",
+    "API_TOKEN_FILE",
+    "API_TOKEN_SECRET",
     "COMPOSE_LABEL_NUMBER",
     "COMPOSE_LABEL_PROJECT",
     "DEFAULT_REDIS_IMAGE",
@@ -61,11 +63,18 @@ __all__ = [
     "LABEL_REPLICA",
     "LABEL_SERVICE",
     "LABEL_VOLUME",
+    "MIMIR_UID",
     "OPTIONAL_SERVICE_KINDS",
     "PROMETHEUS",
     "PROMETHEUS_CONFIG_DIR",
     "PROMETHEUS_PORT",
+    "REDIS_GID",
+    "REDIS_PASSWORD_FILE",
+    "REDIS_PASSWORD_SECRET",
+    "REDIS_UID",
+    "SECRETS_DIR",
     "SERVICE_KINDS",
+    "WORKER_HEALTH_FILE",
     "ServiceSpec",
     "Topology",
     "VolumeMount",
@@ -117,11 +126,30 @@ IMAGES: dict[str, str] = {
     "worker": "mimir-aip:worker-latest",
     "unified": "mimir-aip:unified-latest",
     "prometheus": "mimir-aip:prometheus-latest",
+    # Debian's docker-registry on the base image: the Swarm backend's in-swarm registry.
+    "registry": "mimir-aip:registry-latest",
 }
 #: Redis image used when it can be had; otherwise :data:`FALLBACK_REDIS_IMAGE` is built.
 DEFAULT_REDIS_IMAGE = "redis:7-alpine"
 #: Built from the base image with Debian's redis-server (``packaging/Dockerfile.redis``).
 FALLBACK_REDIS_IMAGE = "mimir-aip:redis-latest"
+
+#: The user the backend, worker and Prometheus images run as (``mimir``).
+MIMIR_UID = 10001
+#: The user and group Redis runs as (as in the official redis:7-alpine; the fallback
+#: Debian image is made to match).
+REDIS_UID = 999
+REDIS_GID = 1000
+#: Where every container finds its secrets (a read-only volume, Docker secrets, a
+#: Kubernetes Secret volume): the API token and the Redis password, one file each.
+SECRETS_DIR = "/run/secrets"
+API_TOKEN_SECRET = "mimir_api_token"
+REDIS_PASSWORD_SECRET = "mimir_redis_password"
+API_TOKEN_FILE = f"{SECRETS_DIR}/{API_TOKEN_SECRET}"
+REDIS_PASSWORD_FILE = f"{SECRETS_DIR}/{REDIS_PASSWORD_SECRET}"
+#: The file a worker touches after each successful heartbeat (``MIMIR_WORKER_HEALTH_FILE``);
+#: its healthcheck is that file's age. /tmp is a tmpfs in every container.
+WORKER_HEALTH_FILE = "/tmp/mimir-worker-heartbeat"
 
 #: Service name → the protocol's kind. ``server`` is accepted as a name for ``backend``.
 SERVICE_KINDS: dict[str, ServiceKind] = {"redis": "redis", "backend": "server", "worker": "worker"}
@@ -258,6 +286,19 @@ class ServiceSpec:
     scalable: bool = False
     #: The pool of a worker service (``None`` for redis and backend).
     pool: str | None = None
+    #: The user it runs as (``"10001:10001"``; ``None``: the image's).
+    user: str | None = None
+    #: A read-only root filesystem (writable: its volumes and :attr:`tmpfs`).
+    read_only: bool = True
+    #: tmpfs mounts: target → mount options (``"size=64m,mode=1777"``).
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    #: Capabilities added back after dropping all of them (none is expected).
+    cap_add: list[str] = field(default_factory=list)
+    #: Process limit (``None``: unlimited).
+    pids: int | None = None
+    #: The secrets it reads (:data:`API_TOKEN_SECRET`, :data:`REDIS_PASSWORD_SECRET`),
+    #: as files in :data:`SECRETS_DIR`.
+    secrets: list[str] = field(default_factory=list)
 
     @property
     def memory_bytes(self) -> int | None:
@@ -279,16 +320,13 @@ class Topology:
     cluster: ClusterFile = field(default_factory=default_cluster)
     #: How often Prometheus scrapes (a Prometheus duration), when the topology has it.
     scrape_interval: str = "15s"
+    #: The API server's token (``None``: an open API on loopback).
+    api_token: str | None = None
 
     @property
     def monitoring(self) -> bool:
         """True when the cluster has its Prometheus service (``up --monitoring``)."""
         return PROMETHEUS in self.services
-
-    @property
-    def api_token(self) -> str | None:
-        """The API server's token (``None``: an open API on loopback)."""
-        return self.services["backend"].environment.get("MIMIR_API_TOKEN")
 
     def worker_services(self) -> list[ServiceSpec]:
         """The pools' worker services, in the cluster's order."""
@@ -494,6 +532,7 @@ def build_topology(
         workers=workers,
         cluster=cluster,
         scrape_interval=scrape_interval,
+        api_token=api_token or None,
     )
 
 
