@@ -7,8 +7,8 @@ from mimir.app.cluster.topology import API_TOKEN_FILE, REDIS_PASSWORD_FILE, SECR
 
 
 def test_secret_files_live_in_the_secrets_dir() -> None:
-    assert API_TOKEN_FILE == f"{SECRETS_DIR}/mimir_api_token"
-    assert REDIS_PASSWORD_FILE == f"{SECRETS_DIR}/mimir_redis_password"
+    assert f"{SECRETS_DIR}/mimir_api_token" == API_TOKEN_FILE
+    assert f"{SECRETS_DIR}/mimir_redis_password" == REDIS_PASSWORD_FILE
 
 
 def test_worker_hostname_is_unique_per_task() -> None:
