@@ -18,30 +18,26 @@ engines once per session. Everything is removed at the end (the host image stays
 The engine here cannot grant every capability (``--privileged`` fails with "unable to apply
 caps" when its bounding set lacks one), so the hosts get all it has, no seccomp or AppArmor
 profile, unmasked /proc paths, every device in their cgroup and a private cgroup namespace;
-their entrypoint makes /sys and the cgroup hierarchies writable for the inner engine.
+their entrypoint makes /sys and the cgroup hierarchies writable for the inner engine. The
+node helpers (image, start, engine wait, image loading, leftovers) are in tests/dind.py,
+shared with tests/swarm.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
-import hashlib
-import io
 import ipaddress
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +50,25 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-HOST_DIR = Path(__file__).resolve().parent / "host"
+from tests.dind import (
+    Node,
+    host_image,
+    load_images,
+    mimir_images,
+    put_files,
+    remove_leftovers,
+    start_node,
+    wait_engine,
+)
+
 #: Labels every object the fixture creates (leftovers of a killed run are found by it).
 LABEL = "io.mimir.test.remote"
 TLS_PORT = 2376
-#: Where the inner dockerd's fixture socket is, inside the host container.
-ADMIN_DIR = "/run/remote-admin"
 
 #: Per test, instead of the suite's 300 s: whichever test comes first sets the session's
 #: hosts up, and on a fresh machine that includes building the host and Mimir images.
 #: (Every wait inside the tests has its own, much shorter deadline.)
 REMOTE_TIMEOUT = pytest.mark.timeout(900)
-
-#: Seconds for one inner engine to answer after its container started.
-ENGINE_DEADLINE = 90.0
 
 
 # ------------------------------------------------------------------ certificates
@@ -174,41 +175,8 @@ class Authority:
 # ------------------------------------------------------------------ the hosts
 
 
-@dataclass
-class RemoteHost:
-    """One host container: its address on the test's network and its inner engine."""
-
-    role: str
-    container: Any
-    address: str
-    #: The inner dockerd's fixture socket, on this machine (``unix://…``).
-    admin_url: str
-    _client: docker.DockerClient | None = field(default=None, repr=False)
-
-    def engine(self) -> docker.DockerClient:
-        """The inner engine through the fixture's own socket (checks, not the code under test)."""
-        if self._client is None:
-            self._client = docker.DockerClient(base_url=self.admin_url, timeout=60)
-        return self._client
-
-    def dockerd_log(self, lines: int = 60) -> str:
-        result = self.container.exec_run(["tail", "-n", str(lines), "/var/log/dockerd.log"])
-        return str(result.output.decode(errors="replace"))
-
-    def project_objects(self, project: str) -> dict[str, list[str]]:
-        """Names of what the inner engine holds of ``project`` (containers, volumes, networks)."""
-        engine = self.engine()
-        label = {"label": f"io.mimir.project={project}"}
-        return {
-            "containers": [c.name for c in engine.containers.list(all=True, filters=label)],
-            "volumes": [v.name for v in engine.volumes.list(filters=label)],
-            "networks": [n.name for n in engine.networks.list(filters=label)],
-        }
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+#: One host container (tests.dind.Node: its address, its inner engine).
+RemoteHost = Node
 
 
 @dataclass
@@ -312,97 +280,6 @@ def tls_client(
     return client
 
 
-def _host_image(client: docker.DockerClient) -> str:
-    """The host image, built when no image of these exact files exists yet."""
-    digest = hashlib.sha256()
-    for path in sorted(HOST_DIR.iterdir()):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    repository = "mimir-test/remote-host"
-    tag = f"{repository}:{digest.hexdigest()[:16]}"
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        for old in client.images.list(name=repository):  # of earlier host files
-            for old_tag in old.tags:
-                if re.fullmatch(rf"{repository}:[0-9a-f]{{16}}", old_tag):  # ours, by hash
-                    with contextlib.suppress(docker.errors.APIError):  # in use: kept
-                        client.images.remove(old_tag)
-        try:
-            client.images.build(path=str(HOST_DIR), tag=tag, rm=True, forcerm=True)
-        except docker.errors.BuildError as exc:
-            log = "".join(str(chunk.get("stream", chunk)) for chunk in exc.build_log)
-            pytest.fail(f"cannot build the remote host image: {exc}\n{log[-4000:]}")
-    return tag
-
-
-def _mimir_images() -> list[str]:
-    """The backend, worker and Redis images, built on the host engine when missing."""
-    from mimir.app.cluster.docker_backend import DockerBackend
-    from mimir.app.cluster.topology import DEFAULT_REDIS_IMAGE, FALLBACK_REDIS_IMAGE, IMAGES
-
-    client = docker.from_env(timeout=120)
-    try:
-        wanted = [IMAGES["backend"], IMAGES["worker"], FALLBACK_REDIS_IMAGE]
-
-        def missing() -> list[str]:
-            absent = []
-            for name in wanted:
-                try:
-                    client.images.get(name)
-                except docker.errors.ImageNotFound:
-                    absent.append(name)
-            return absent
-
-        if missing():
-            asyncio.run(DockerBackend("x").build(lambda _step, _message: None))
-        if missing():  # the build used the Redis image it could have: build the fallback
-            builder = DockerBackend("x")
-            builder.images.build_image("redis", FALLBACK_REDIS_IMAGE, lambda _s, _m: None)
-            builder.close()
-        absent = missing()
-        if absent:
-            pytest.fail(f"the Mimir images could not be built: {absent}")
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            client.images.get(DEFAULT_REDIS_IMAGE)
-            wanted.append(DEFAULT_REDIS_IMAGE)  # what `up` prefers, when this machine has it
-        return wanted
-    finally:
-        client.close()
-
-
-def _remove_leftovers(client: docker.DockerClient) -> None:
-    """Hosts and networks of an earlier run whose process is gone (a killed session)."""
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
-        if not _alive(container.labels.get(LABEL, "")):
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True, v=True)
-    for network in client.networks.list(filters={"label": LABEL}):
-        if not _alive(network.attrs.get("Labels", {}).get(LABEL, "")):
-            with contextlib.suppress(docker.errors.APIError):
-                network.remove()
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-#: Instead of ``--privileged`` (refused by an engine lacking a capability, see module doc);
-#: ``MaskedPaths``/``ReadonlyPaths`` empty is the CLI's ``--security-opt systempaths=unconfined``.
-_NESTING: dict[str, Any] = {
-    "cap_add": ["ALL"],
-    "cap_drop": ["SYS_RESOURCE"],
-    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
-    "device_cgroup_rules": ["a *:* rwm"],
-    "cgroupns": "private",
-}
-
-
 def _start_host(
     client: docker.DockerClient,
     image: str,
@@ -412,84 +289,10 @@ def _start_host(
     dockerd_args: list[str],
     environment: dict[str, str] | None = None,
 ) -> RemoteHost:
-    name = f"mimir-remote-{os.getpid()}-{role}"
-    api = client.api
-
-    def create(privileged: bool) -> str:
-        extra: dict[str, Any] = {"privileged": True} if privileged else dict(_NESTING)
-        host_config = api.create_host_config(
-            binds={str(admin_dir): {"bind": ADMIN_DIR, "mode": "rw"}},
-            network_mode=network,
-            **extra,
-        )
-        if not privileged:
-            host_config["MaskedPaths"] = []
-            host_config["ReadonlyPaths"] = []
-        command = [
-            "-H", "unix:///var/run/docker.sock",
-            "-H", f"unix://{ADMIN_DIR}/docker.sock",
-            *dockerd_args,
-        ]  # fmt: skip
-        created = api.create_container(
-            image,
-            command=command,
-            name=name,
-            hostname=f"remote-{role}",
-            detach=True,
-            labels={LABEL: str(os.getpid())},
-            environment=environment or {},
-            host_config=host_config,
-        )
-        api.start(created["Id"])
-        return str(created["Id"])
-
-    try:
-        ident = create(privileged=True)
-    except docker.errors.APIError as exc:
-        if "caps" not in str(exc):
-            raise
-        with contextlib.suppress(docker.errors.NotFound):
-            client.containers.get(name).remove(force=True, v=True)
-        ident = create(privileged=False)
-    container = client.containers.get(ident)
-    address = container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
-    return RemoteHost(role, container, address, f"unix://{admin_dir}/docker.sock")
-
-
-def _put_files(container: Any, directory: str, files: dict[str, bytes], mode: int = 0o600) -> None:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    assert container.put_archive(directory, buffer.getvalue())
-
-
-def _wait_engine(host: RemoteHost, connect: Any, what: str) -> None:
-    """Until ``connect()`` returns a client whose ping answers; fail with dockerd's log."""
-    deadline = time.monotonic() + ENGINE_DEADLINE
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        host.container.reload()
-        if host.container.status not in ("running", "created"):
-            break
-        try:
-            client = connect()
-            try:
-                if client.ping():
-                    return
-            finally:
-                client.close()
-        except Exception as exc:
-            last = exc
-        time.sleep(0.25)
-    pytest.fail(
-        f"the {host.role} host's engine ({what}) did not answer within {ENGINE_DEADLINE:.0f} s"
-        f" (container {host.container.status}): {last}\n--- dockerd log ---\n"
-        f"{host.dockerd_log()}",
-        pytrace=False,
-    )
+    return start_node(
+        client, image, network, role, admin_dir, dockerd_args, environment,
+        name=f"mimir-remote-{os.getpid()}-{role}", hostname=f"remote-{role}", label=LABEL,
+    )  # fmt: skip
 
 
 def _keyscan(address: str, deadline: float) -> str:
@@ -505,38 +308,6 @@ def _keyscan(address: str, deadline: float) -> str:
         if time.monotonic() > deadline:
             pytest.fail(f"ssh-keyscan {address}: no key: {result.stderr}", pytrace=False)
         time.sleep(0.2)
-
-
-def _load_images(hosts: list[RemoteHost], images: list[str], directory: Path) -> None:
-    """``docker save`` once into a file, ``docker load`` into every inner engine at once."""
-    docker_cli = shutil.which("docker")
-    assert docker_cli, "the docker CLI is needed to move the images"
-    archive = directory / "images.tar"
-    subprocess.run(
-        [docker_cli, "save", "-o", str(archive), *images],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    errors: list[str] = []
-
-    def load(host: RemoteHost) -> None:
-        result = subprocess.run(
-            [docker_cli, "-H", host.admin_url, "load", "-q", "-i", str(archive)],
-            capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
-        if result.returncode != 0:
-            errors.append(f"{host.role}: {result.stderr}\n{host.dockerd_log(20)}")
-
-    threads = [threading.Thread(target=load, args=(host,)) for host in hosts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    archive.unlink()
-    if errors:
-        pytest.fail("loading the images into the hosts failed:\n" + "\n".join(errors))
-    for host in hosts:
-        present = {tag for image in host.engine().images.list() for tag in image.tags}
-        assert set(images) <= present, (host.role, present)
 
 
 def ed25519_identity(path: Path) -> str:
@@ -566,9 +337,9 @@ def remote_hosts() -> Generator[RemoteHosts]:
         pytest.fail(f"no Docker engine on this machine for the remote hosts: {exc}")
     timings: dict[str, float] = {}
     started = time.monotonic()
-    _remove_leftovers(client)
-    image = _host_image(client)
-    images = _mimir_images()
+    remove_leftovers(client, LABEL)
+    image = host_image(client)
+    images = mimir_images()
     timings["images"] = time.monotonic() - started
     # Short: a unix socket path has at most 107 characters.
     workdir = Path(tempfile.mkdtemp(prefix="mimir-rh-"))
@@ -600,25 +371,25 @@ def remote_hosts() -> Generator[RemoteHosts]:
             tls_dir, "server", server_names=[tls.address, tls.container.name, "remote-tls"]
         )
         client_cert, client_key = ca.issue(tls_dir, "client")
-        _put_files(
+        put_files(
             tls.container, "/etc/docker/tls",
             {"ca.pem": ca.path.read_bytes(), "server-cert.pem": server_cert.read_bytes(),
              "server-key.pem": server_key.read_bytes()},
         )  # fmt: skip
         identity = ssh_dir / "id_ed25519"
         public = ed25519_identity(identity)
-        _put_files(ssh.container, "/root/.ssh", {"authorized_keys": public.encode() + b"\n"})
+        put_files(ssh.container, "/root/.ssh", {"authorized_keys": public.encode() + b"\n"})
         timings["hosts"] = time.monotonic() - stage
 
         stage = time.monotonic()
-        _wait_engine(
+        wait_engine(
             tls,
             lambda: tls_client(
                 f"tcp://{tls.address}:{TLS_PORT}", ca.path, client_cert, client_key, 5
             ),
             f"tcp://{tls.address}:{TLS_PORT} with TLS",
         )
-        _wait_engine(ssh, lambda: docker.DockerClient(base_url=ssh.admin_url, timeout=5), "unix")
+        wait_engine(ssh, lambda: docker.DockerClient(base_url=ssh.admin_url, timeout=5), "unix")
         host_key = _keyscan(ssh.address, time.monotonic() + 30)
         known_hosts = ssh_dir / "known_hosts"
         known_hosts.write_text(host_key + "\n")
@@ -634,7 +405,7 @@ def remote_hosts() -> Generator[RemoteHosts]:
         timings["engines"] = time.monotonic() - stage
 
         stage = time.monotonic()
-        _load_images([tls, ssh], images, workdir)
+        load_images([tls, ssh], images, workdir)
         timings["load"] = time.monotonic() - stage
 
         token = secrets.token_urlsafe(24)
