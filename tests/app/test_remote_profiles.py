@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import gc
 import hashlib
 import json
@@ -45,51 +44,14 @@ from mimir.app.services.profiles import (  # noqa: E402
 from mimir.app.ui.host_key_dialog import HostKeyDialog  # noqa: E402
 from mimir.app.ui.profile_dialog import VERIFY_OFF_WARNING, ProfileDialog  # noqa: E402
 from tests.app.test_console_panels import until  # noqa: E402
+from tests.pki import make_pki  # noqa: E402
 
 # ---------------------------------------------------------------- material
 
 
-def write_tls_material(folder: Path, host: str = "10.0.0.5") -> dict[str, Path]:
-    """A CA, and a client certificate and key it signed: real PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    files = {"ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem"}
-    files["ca"].write_bytes(ca.public_bytes(pem))
-    files["cert"].write_bytes(cert.public_bytes(pem))
-    files["key"].write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return files
+def write_tls_material(folder: Path) -> dict[str, Path]:
+    """A CA, and a certificate and key it signed: real PEM files, by Docker's names."""
+    return make_pki(folder)
 
 
 def make_context(config: Path, name: str, host: str, tls: dict[str, Path] | None) -> None:

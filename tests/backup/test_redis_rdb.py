@@ -27,6 +27,7 @@ from mimir.core.backup.redis_rdb import (
     redact_url,
 )
 from tests.helpers import RedisServer, free_port, wait_until
+from tests.pki import make_pki
 
 SYSTEM_REDIS = shutil.which("redis-server")
 
@@ -369,48 +370,10 @@ def test_redact_url() -> None:
     )
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key (PEM files)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_a_tls_redis_with_a_password(tmp_path: Path, servers: list[Server]) -> None:
     assert SYSTEM_REDIS is not None
-    cert, key = _self_signed(tmp_path)
+    pki = make_pki(tmp_path / "pki")
+    cert, key = pki["cert"], pki["key"]
     plain = Server(SYSTEM_REDIS, tmp_path / "tls")
     servers.append(plain)
     values = {f"k:{i}": os.urandom(100).hex() for i in range(2000)}  # many TLS records
@@ -422,7 +385,7 @@ def test_a_tls_redis_with_a_password(tmp_path: Path, servers: list[Server]) -> N
     plain.client.config_set("tls-auth-clients", "no")
     plain.client.config_set("tls-port", tls_port)
     plain.client.config_set("requirepass", "pw")
-    url = f"rediss://:pw@127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
+    url = f"rediss://:pw@127.0.0.1:{tls_port}/0?ssl_ca_certs={pki['ca']}"
     info = fetch_rdb(url, tmp_path / "out" / "dump.rdb", timeout=30)
     assert info.size == (tmp_path / "out" / "dump.rdb").stat().st_size > 2000 * 200
     assert info.rdb_version == 10
