@@ -126,6 +126,24 @@ def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
     return Path(raw).expanduser() if raw else None
 
 
+def _api_token(env: Mapping[str, str]) -> str | None:
+    """``MIMIR_API_TOKEN``, else the contents of ``MIMIR_API_TOKEN_FILE`` (whitespace
+    stripped); a file that cannot be read or is empty is an error at startup."""
+    token = env.get("MIMIR_API_TOKEN") or None
+    raw = (env.get("MIMIR_API_TOKEN_FILE") or "").strip()
+    if token or not raw:
+        return token
+    path = Path(raw).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"MIMIR_API_TOKEN_FILE={path}: cannot read it ({reason})") from exc
+    if not text:
+        raise ValueError(f"MIMIR_API_TOKEN_FILE={path} is empty")
+    return text
+
+
 def _backup_schedule(env: Mapping[str, str]) -> str | None:
     """``MIMIR_BACKUP_SCHEDULE``: a cron expression (5 fields, or 6 with seconds first, as
     schedules take them), checked here so a bad one stops the server at startup."""
@@ -222,7 +240,8 @@ class Settings:
     #: Where the server and each worker also write their log, one file each
     #: (``MIMIR_LOG_DIR``; unset: stderr only).
     log_dir: Path | None = None
-    #: Bearer token required by a server that listens beyond loopback (``MIMIR_API_TOKEN``).
+    #: Bearer token required by a server that listens beyond loopback (``MIMIR_API_TOKEN``,
+    #: or the contents of the file ``MIMIR_API_TOKEN_FILE``).
     api_token: str | None = field(default=None, repr=False)
     #: Prefix of every Redis key (``MIMIR_KEY_PREFIX``).
     key_prefix: str = "mimir:"
@@ -331,7 +350,7 @@ class Settings:
             pipelines_dir=_env_path(env, "MIMIR_PIPELINES_DIR", default_pipelines_dir()),
             state_dir=_env_path(env, "MIMIR_STATE_DIR", default_state_dir()),
             log_dir=Path(env["MIMIR_LOG_DIR"]).expanduser() if env.get("MIMIR_LOG_DIR") else None,
-            api_token=env.get("MIMIR_API_TOKEN") or None,
+            api_token=_api_token(env),
             key_prefix=env.get("MIMIR_KEY_PREFIX", "mimir:"),
             project=(env.get("MIMIR_PROJECT") or "").strip(),
             job_ttl=_env_int(env, "MIMIR_JOB_TTL", 24 * 3600),

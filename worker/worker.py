@@ -88,6 +88,11 @@ _LISTEN_WAIT = 5.0
 _OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 
+def _health_file_from_env() -> Path | None:
+    raw = (os.environ.get("MIMIR_WORKER_HEALTH_FILE") or "").strip()
+    return Path(raw) if raw else None
+
+
 @dataclass
 class WorkerConfig:
     """How a worker runs; the intervals are short in tests, generous in production."""
@@ -128,6 +133,9 @@ class WorkerConfig:
     #: (``MIMIR_REDIS_MIN_REPLICAS``; 0: no wait), and how long (ms) each wait lasts.
     min_replicas: int = 0
     wait_timeout_ms: int = 2000
+    #: A file touched after each successful heartbeat (``MIMIR_WORKER_HEALTH_FILE``): a
+    #: container's healthcheck reads its age. ``None``: none.
+    health_file: Path | None = field(default_factory=_health_file_from_env)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
@@ -280,6 +288,7 @@ class Worker:
         self._fatal: BaseException | None = None
         self._last_busy = time.monotonic()
         self._trimmed = True
+        self._health_file_failed = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -793,8 +802,22 @@ class Worker:
         except BaseException:
             self.metrics.restore(taken)  # sent with a later beat
             raise
+        self._touch_health_file()
         if control is not None and act:
             self._control(control)
+
+    def _touch_health_file(self) -> None:
+        """Mark the health file fresh (its age is the time since the last heartbeat that
+        reached Redis). A failure is logged once, never an outage (OSError is one)."""
+        path = self.config.health_file
+        if path is None:
+            return
+        try:
+            path.touch()  # its mtime is now, whether it existed or not
+        except OSError as exc:
+            if not self._health_file_failed:
+                self._health_file_failed = True
+                logger.warning("cannot touch the health file %s: %s", path, exc)
 
     async def _maintenance_loop(self) -> None:
         reconnect = _Reconnect("maintenance", self.config.max_outage)
