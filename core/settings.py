@@ -144,6 +144,17 @@ def _api_token(env: Mapping[str, str]) -> str | None:
     return text
 
 
+def _check_redis_password_file(env: Mapping[str, str]) -> None:
+    """``MIMIR_REDIS_PASSWORD_FILE`` naming a file that cannot be read or is empty stops
+    the process at startup (``ValueError`` naming the variable and the path); the
+    password itself is read by :func:`mimir.core.queue.connection.connect`, never kept
+    here."""
+    if (env.get("MIMIR_REDIS_PASSWORD_FILE") or "").strip():
+        from mimir.core.queue.connection import redis_password_from_file
+
+        redis_password_from_file(env)
+
+
 def _backup_schedule(env: Mapping[str, str]) -> str | None:
     """``MIMIR_BACKUP_SCHEDULE``: a cron expression (5 fields, or 6 with seconds first, as
     schedules take them), checked here so a bad one stops the server at startup."""
@@ -338,6 +349,7 @@ class Settings:
         """Build settings from ``environ`` (default ``os.environ``)."""
         env = os.environ if environ is None else environ
         redis_raw = sentinel_url_from_env(env) or env.get("REDIS_URL", "")
+        _check_redis_password_file(env)
         return cls(
             port=_env_int(env, "MIMIR_PORT", 8080),
             redis_url=normalise_redis_url(redis_raw) if redis_raw else "redis://redis:6379/0",

@@ -69,6 +69,8 @@ class RedisServer:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    #: More redis-server arguments (``("--requirepass", "pw")``, ``("--unixsocket", path)``).
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -98,6 +100,7 @@ class RedisServer:
                 "yes",
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core.backup.manifest import BackupError
-from mimir.core.queue.connection import resolve_primary_url
+from mimir.core.queue.connection import redis_password, resolve_primary_url
 from mimir.core.redis_embedded import answers_ping, free_port
 from mimir.core.settings import normalise_redis_url
 
@@ -184,12 +184,19 @@ def fetch_rdb(
             f"cannot find the Redis primary through the Sentinels of {shown}: {exc}",
             part=RDB_PART,
         ) from exc
+    try:  # the URL's password, else MIMIR_REDIS_PASSWORD_FILE's (kept out of the URL)
+        password = redis_password(url)
+    except ValueError as exc:
+        raise BackupError(str(exc), part=RDB_PART) from None
     dest = Path(dest)
     partial = dest.with_name(dest.name + ".partial")
     deadline = time.monotonic() + timeout
     connect_timeout = max(0.1, min(timeout, 10.0))
     pool = ConnectionPool.from_url(
-        url, socket_timeout=connect_timeout, socket_connect_timeout=connect_timeout
+        url,
+        socket_timeout=connect_timeout,
+        socket_connect_timeout=connect_timeout,
+        **({"password": password} if password is not None else {}),
     )
     conn = pool.make_connection()
     try:

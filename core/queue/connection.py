@@ -16,6 +16,12 @@ one; while the Sentinels elect, ``MasterNotFoundError`` (a connection error) is 
 like any outage. The password, if any, is the data nodes' (``AUTH`` on the primary),
 never the Sentinels'.
 
+When the URL carries no password, the contents of the file named by
+``MIMIR_REDIS_PASSWORD_FILE`` are used (:func:`redis_password_from_file`): for
+``redis://``, ``rediss://``, ``unix://`` and the data nodes of ``redis+sentinel://``. The
+password so read is handed to the client only; it never enters a URL, so no log line or
+redacted URL can show it.
+
 ``min_replicas`` (``MIMIR_REDIS_MIN_REPLICAS``) makes the queue's writes that must
 survive a failover (enqueue, a job's outcome) wait with ``WAIT`` for that many replicas:
 see :func:`replication_wait` and :class:`NotReplicatedError`.
@@ -23,12 +29,16 @@ see :func:`replication_wait` and :class:`NotReplicatedError`.
 
 from __future__ import annotations
 
+import os
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -36,16 +46,72 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = [
     "BLOCK_SLICE",
+    "PASSWORD_FILE_ENV",
     "SENTINEL_SCHEME",
     "NotReplicatedError",
+    "RedisPasswordFileError",
     "SentinelURL",
     "connect",
     "parse_sentinel_url",
+    "redis_password",
+    "redis_password_from_file",
     "replication_wait",
     "resolve_primary_url",
 ]
 
 SENTINEL_SCHEME = "redis+sentinel"
+#: Names the file holding the Redis password (a Docker/Kubernetes secret).
+PASSWORD_FILE_ENV = "MIMIR_REDIS_PASSWORD_FILE"
+
+
+class RedisPasswordFileError(ValueError):
+    """``MIMIR_REDIS_PASSWORD_FILE`` names a file that cannot be read or is empty. A
+    ``ValueError``, so the server, workers and the command line stop at startup with
+    the message (never a traceback)."""
+
+
+def redis_password_from_file(env: Mapping[str, str] = os.environ) -> str | None:
+    """The Redis password held in the file ``MIMIR_REDIS_PASSWORD_FILE`` names
+    (surrounding whitespace and the trailing newline stripped), ``None`` when the
+    variable is unset or empty. Raises :class:`RedisPasswordFileError`, naming the
+    variable and the path (never the contents), when the file cannot be read or holds
+    nothing."""
+    raw = (env.get(PASSWORD_FILE_ENV) or "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RedisPasswordFileError(
+            f"{PASSWORD_FILE_ENV}={path}: cannot read the Redis password from it ({reason})"
+        ) from None
+    if not text:
+        raise RedisPasswordFileError(f"{PASSWORD_FILE_ENV}={path} is empty (no Redis password)")
+    return text
+
+
+def redis_password(url: str, env: Mapping[str, str] = os.environ) -> str | None:
+    """The password a client of ``url`` authenticates with: the URL's own, else the
+    contents of ``MIMIR_REDIS_PASSWORD_FILE`` (:func:`redis_password_from_file`), else
+    ``None``."""
+    own = _url_password(url)
+    return own if own is not None else redis_password_from_file(env)
+
+
+def _url_password(url: str) -> str | None:
+    """The password written in ``url`` (any form :func:`connect` takes), or ``None``."""
+    if "://" not in url:
+        return None
+    sentinel = parse_sentinel_url(url)
+    if sentinel is not None:
+        return sentinel.password or None
+    try:
+        password = parse_url(url).get("password")
+    except ValueError:
+        return None
+    return str(password) if password else None
 
 
 class NotReplicatedError(RedisConnectionError):
@@ -177,6 +243,10 @@ def _connect(
     options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3))
     options.setdefault("retry_on_error", [RedisConnectionError])
     sentinel = parse_sentinel_url(url)
+    if "password" not in options and _url_password(url) is None:
+        file_password = redis_password_from_file()
+        if file_password is not None:  # given to the client only, never put in the URL
+            options["password"] = file_password
     if sentinel is not None:
         manager = Sentinel(
             list(sentinel.sentinels),
@@ -189,8 +259,7 @@ def _connect(
             socket_connect_timeout=socket_connect_timeout,
             db=sentinel.db,
             username=sentinel.username,
-            password=sentinel.password,
-            **options,
+            **{"password": sentinel.password, **options},
         )
         if max_connections is not None:
             return manager.master_for(sentinel.service, max_connections=max_connections)
