@@ -835,11 +835,14 @@ class Call:
         pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
 
 
-async def run_scripts(redis: Redis, calls: Sequence[Call], *, durable: str = "") -> list[Any]:
+async def run_scripts(
+    redis: Redis, calls: Sequence[Call], *, durable: str = "", raise_on_error: bool = True
+) -> list[Any]:
     """Run several script calls in one round trip; answers their results in order.
 
     Calls that found their script missing (Redis restarted) are loaded and run again;
-    any other error is raised after the batch. ``durable`` (what the writes are, for the
+    any other error is raised after the batch (``raise_on_error=False``: left in the
+    results, for a caller that tells which call failed). ``durable`` (what the writes are, for the
     message): when ``redis`` was connected with ``min_replicas`` (see
     :func:`~mimir.core.queue.connection.replication_wait`), ``WAIT`` follows the calls
     on the same connection and fewer replicas than required raise
@@ -849,7 +852,7 @@ async def run_scripts(redis: Redis, calls: Sequence[Call], *, durable: str = "")
     if not calls:
         return []
     replicas, timeout_ms = replication_wait(redis) if durable else (0, 0)
-    if len(calls) == 1 and not replicas:  # a plain call costs less than a one-command pipeline
+    if len(calls) == 1 and not replicas and raise_on_error:  # cheaper than a pipeline
         return [await calls[0].run(redis)]
     async with redis.pipeline(transaction=False) as pipe:
         for call in calls:
@@ -874,7 +877,7 @@ async def run_scripts(redis: Redis, calls: Sequence[Call], *, durable: str = "")
         for i, result in zip(missing, again, strict=True):
             results[i] = result
     for result in results:
-        if isinstance(result, Exception):
+        if isinstance(result, Exception) and raise_on_error:
             raise result
     for ack in acks:
         if isinstance(ack, Exception):
