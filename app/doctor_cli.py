@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         "not run (bad options included).",
     )
     parser.add_argument("--project", help="cluster name, as for mimir cluster (default: mimir)")
-    parser.add_argument("--backend", choices=["docker", "local"], help="as for mimir cluster")
+    parser.add_argument(
+        "--backend", choices=["docker", "local", "swarm"], help="as for mimir cluster"
+    )
     parser.add_argument(
         "--profile", help="JSON profile of mimir cluster (docker_host, TLS, api_port, api_token)"
     )
@@ -59,7 +61,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> Report:
             project, settings, docker_host=args.docker_host, profile=args.profile
         )
         options: dict[str, Any] = {}
-        if name == "docker":
+        if name in ("docker", "swarm"):
             options = {"docker_host": args.docker_host, "profile": args.profile}
         backend = create_backend(name, project, settings, **options)
         if api_url is None:

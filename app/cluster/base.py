@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mimir.core.pools import ClusterFile
 
 __all__ = [
+    "BackendKind",
     "ClusterBackend",
     "ClusterError",
     "ClusterStatus",
@@ -30,6 +31,8 @@ Progress = Callable[[str, str], None]
 
 #: ``prometheus``: the monitoring service of ``up --monitoring`` (:mod:`.monitoring`).
 ServiceKind = Literal["redis", "server", "worker", "prometheus"]
+#: Which kind of backend drives a cluster.
+BackendKind = Literal["docker", "local", "swarm"]
 
 
 class ClusterError(Exception):
@@ -61,11 +64,13 @@ class ServiceStatus:
     pool: str | None = None
     #: Replicas the pool should run (the last ``up``/``scale``), when the backend knows.
     wanted: int | None = None
+    #: Swarm: running tasks per node (node host name → count); empty elsewhere.
+    nodes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ClusterStatus:
-    backend: Literal["docker", "local"]
+    backend: BackendKind
     project: str
     services: list[ServiceStatus]
     #: URL at which the cluster's API answers, when it runs.
@@ -103,7 +108,7 @@ class ClusterBackend(Protocol):
     project: str
 
     @property
-    def backend(self) -> Literal["docker", "local"]:
+    def backend(self) -> BackendKind:
         """Which kind of backend this is (read-only: each class fixes its own)."""
         ...
 

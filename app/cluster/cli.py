@@ -2,7 +2,7 @@
 
 ::
 
-    mimir cluster up [--file mimir-cluster.yaml] [--workers N] [--backend docker|local]
+    mimir cluster up [--file mimir-cluster.yaml] [--workers N] [--backend docker|local|swarm]
                      [--project NAME] [--port P]
                      [--monitoring [--prometheus-port 9090] [--scrape-interval 15s]]
     mimir cluster scale [--pool POOL] N      (also: scale POOL N; default pool: default)
@@ -31,7 +31,10 @@ a restore refused before anything changed (a damaged or foreign archive, a targe
 data and no ``--force``) exits 2.
 
 An engine named by ``--profile``, ``--docker-host`` or ``DOCKER_HOST`` means the Docker
-backend (:mod:`.selection`); if it does not answer, that is the error.
+backend (:mod:`.selection`); if it does not answer, that is the error. ``--backend swarm``
+(or a profile with ``"backend": "swarm"``) runs the cluster as Swarm services on a manager
+(:mod:`.swarm_backend`: ``--registry``, ``--data-node``, ``--routing-mesh``, ``build --push``);
+``status`` then has a NODES column (running tasks per node).
 """
 
 from __future__ import annotations
@@ -67,10 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--backend",
-        choices=["docker", "local"],
-        help="docker (an engine must answer) or local processes; default: docker if "
-        "--profile, --docker-host or DOCKER_HOST names an engine or the local one answers, "
-        "else local",
+        choices=["docker", "local", "swarm"],
+        help="docker (an engine must answer), swarm (the engine is a swarm manager) or local "
+        "processes; default: docker if --profile, --docker-host or DOCKER_HOST names an engine "
+        "or the local one answers (swarm if the profile says so), else local",
     )
     common.add_argument(
         "--project", default="mimir", help="cluster name; clusters coexist (default: mimir)"
@@ -89,6 +92,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     docker.add_argument("--redis-image", help="Redis image (default redis:7-alpine, else built)")
     docker.add_argument("--base-image", help="BASE_IMAGE build argument for 'build'")
+    swarm = common.add_argument_group("swarm backend")
+    swarm.add_argument(
+        "--registry", metavar="HOST:PORT", help="push images to this registry (every node must "
+        "trust it) instead of the registry service the swarm runs on its manager"
+    )  # fmt: skip
+    swarm.add_argument(
+        "--data-node", metavar="NODE", help="node (host name or id) Redis and the API server "
+        "and their volumes run on (default: the manager)"
+    )  # fmt: skip
+    swarm.add_argument(
+        "--routing-mesh", action="store_true", default=None, help="publish through the routing "
+        "mesh with VIPs (needs IPVS in the nodes' kernels; default: dnsrr and host-mode ports)"
+    )  # fmt: skip
 
     parser = argparse.ArgumentParser(
         prog="mimir cluster", description="Start, scale and stop a Mimir cluster."
@@ -146,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
         "--unified", action="store_true", help="also build the one-container unified image"
     )
     build.add_argument("--monitoring", action="store_true", help="also build the Prometheus image")
+    build.add_argument(
+        "--push", action="store_true", help="swarm backend: then push the images to the registry"
+    )
     backup = sub.add_parser(
         "backup", parents=[common], help="back up the running cluster's data to one archive"
     )
@@ -231,7 +250,13 @@ def _backend_options(args: argparse.Namespace, backend: str) -> dict[str, Any]:
     }
     if backend == "local":
         options["redis_url"] = getattr(args, "redis_url", None)
-    else:
+    elif backend != "swarm" and (args.registry or args.data_node or args.routing_mesh):
+        raise ClusterError("--registry, --data-node and --routing-mesh need --backend swarm")
+    if backend == "swarm":
+        options.update(
+            registry=args.registry, data_node=args.data_node, routing_mesh=args.routing_mesh
+        )
+    if backend != "local":
         options.update(
             docker_host=args.docker_host,
             profile=args.profile,
@@ -255,9 +280,15 @@ def _print_status(
     api = f"{status.api_url} ({reach})" if reach else status.api_url or "-"
     print(f"cluster {status.project!r} ({status.backend})  API: {api}")
     rows: list[tuple[str, ...]] = [("SERVICE", "STATE", "HEALTH", "REPLICAS", "PORTS")]
+    nodes = any(s.nodes for s in status.services)
+    if nodes:  # swarm: the tasks each node runs, "swarm-1\u00d72 swarm-2\u00d71"
+        rows[0] += ("NODES",)
     for s in status.services:
         ports = ", ".join(f"{k} -> {v}" for k, v in s.ports.items())
-        rows.append((s.name, s.state, s.health or "-", str(s.replicas), ports or "-"))
+        row: tuple[str, ...] = (s.name, s.state, s.health or "-", str(s.replicas), ports or "-")
+        if nodes:
+            row += (" ".join(f"{n}\u00d7{c}" for n, c in sorted(s.nodes.items())) or "-",)
+        rows.append(row)
     _print_table(rows)
     pools = pools if pools is not None else pool_rows(status)
     if len(pools) > 1:
@@ -386,8 +417,8 @@ async def _run(
                     _mib(st.memory_bytes),
                     _mib(st.memory_limit_bytes),
                     # Processes have no network counters of their own.
-                    _mib(st.net_rx_bytes) if backend.backend == "docker" else "-",
-                    _mib(st.net_tx_bytes) if backend.backend == "docker" else "-",
+                    _mib(st.net_rx_bytes) if backend.backend != "local" else "-",
+                    _mib(st.net_tx_bytes) if backend.backend != "local" else "-",
                 )
             )
         _print_table(rows)
@@ -412,7 +443,12 @@ async def _run(
     elif command == "backups":
         return await _backups(args, backend)
     elif command == "build":
-        await backend.build(_progress)
+        if args.push:
+            if backend.backend != "swarm":
+                raise ClusterError("--push needs the swarm backend (--backend swarm)")
+            await backend.build(_progress, push=True)  # type: ignore[call-arg]
+        else:
+            await backend.build(_progress)
         if args.unified:
             build_unified = getattr(backend, "build_unified", None)
             if build_unified is None:

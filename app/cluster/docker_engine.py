@@ -86,12 +86,23 @@ class DockerProfile:
     ssh_identity: str | None = None
     ssh_known_hosts: str | None = None
     api_access: ApiAccess | None = None
+    #: ``"swarm"``: the engine is a swarm manager and the cluster runs as Swarm services
+    #: (the console's "Docker Swarm" profile); ``None``/``"docker"``: containers.
+    backend: str | None = None
+    #: Swarm: push images to this registry (``HOST:PORT``) instead of the in-swarm one.
+    registry: str | None = None
+    #: Swarm: the node (host name or id) Redis and the API server (their volumes) run on.
+    data_node: str | None = None
+    #: Swarm: ingress publishing and VIPs (kernels with IPVS) instead of dnsrr + host ports.
+    routing_mesh: bool = False
 
     def __post_init__(self) -> None:
         if self.api_access not in (None, "tunnel", "published"):
             raise ClusterError(
                 f"api_access must be 'tunnel' or 'published', got {self.api_access!r}"
             )
+        if self.backend not in (None, "docker", "swarm"):
+            raise ClusterError(f"backend must be 'docker' or 'swarm', got {self.backend!r}")
 
     @classmethod
     def load(cls, path: str | Path) -> DockerProfile:

@@ -88,6 +88,16 @@ class ClusterProbe:
         keys = (key(w) for w in workers if isinstance(w, dict))
         return {k for k in keys if k}
 
+    async def worker_records(self) -> list[dict[str, Any]] | None:
+        """The workers' raw heartbeats (host name, CPU %, RSS …: the Swarm backend's stats of
+        tasks on other nodes), or ``None`` if the API does not answer."""
+        try:
+            workers = await self.api.workers()
+        except (ApiError, KeyError, TypeError) as exc:
+            logger.debug("no worker list from %s: %s", self.api.base_url, exc)
+            return None
+        return [w for w in workers if isinstance(w, dict)]
+
 
 async def wait_until_ready(
     probe: ClusterProbe,

@@ -1,9 +1,10 @@
 """Which backend drives a cluster, and building it: shared by the CLI and the console.
 
-Anything that names a Docker engine chooses the Docker backend: a profile, ``--docker-host``,
+Anything that names a Docker engine chooses the Docker backend (the Swarm backend when a
+profile says ``"backend": "swarm"``): a profile, ``--docker-host``,
 ``DOCKER_HOST`` (``settings.docker_host``). An engine named and not answering is then the
 command's error, never a reason to start local processes instead. Otherwise
-``MIMIR_CLUSTER_BACKEND`` (``docker``/``local``) decides; else a local cluster already
+``MIMIR_CLUSTER_BACKEND`` (``docker``/``local``/``swarm``) decides; else a local cluster already
 recorded for the project (so commands find what ``up`` started); else the Docker backend
 when the local engine answers, else local processes.
 """
@@ -27,7 +28,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BackendName = Literal["docker", "local"]
+BackendName = Literal["docker", "local", "swarm"]
 
 
 def docker_engine_answers(docker_host: str | None = None, timeout: float = 3.0) -> bool:
@@ -74,15 +75,17 @@ def default_backend_name(
     else ``docker`` when ``DOCKER_HOST`` names an engine; else ``local`` if a local cluster is
     recorded for ``project``; else ``docker`` if the local engine answers; else ``local``."""
     settings = settings or Settings.from_env()
+    if profile and _profile_backend(profile) == "swarm":
+        return "swarm"
     if profile or docker_host:
         return "docker"
     chosen = settings.cluster_backend
-    if chosen == "docker":
-        return "docker"
-    if chosen == "local":
-        return "local"
+    if chosen in ("docker", "local", "swarm"):
+        return chosen  # type: ignore[return-value]
     if chosen:
-        raise ClusterError(f"MIMIR_CLUSTER_BACKEND must be 'docker' or 'local', got {chosen!r}")
+        raise ClusterError(
+            f"MIMIR_CLUSTER_BACKEND must be 'docker', 'local' or 'swarm', got {chosen!r}"
+        )
     if settings.docker_host:
         return "docker"
     if (settings.state_dir / project / "state.json").exists():
@@ -110,4 +113,25 @@ def create_backend(
                 f"the Docker backend needs the Docker SDK ({exc}): pip install 'mimir-aip[console]'"
             ) from exc
         return DockerBackend(project, settings, **options)
-    raise ClusterError(f"unknown backend {name!r}; choose docker or local")
+    if name == "swarm":
+        try:
+            from mimir.app.cluster.swarm_backend import SwarmBackend
+        except ImportError as exc:
+            raise ClusterError(
+                f"the Swarm backend needs the Docker SDK ({exc}): pip install 'mimir-aip[console]'"
+            ) from exc
+        return SwarmBackend(project, settings, **options)
+    raise ClusterError(f"unknown backend {name!r}; choose docker, swarm or local")
+
+
+def _profile_backend(profile: str | Path | Any) -> str | None:
+    """The ``backend`` a profile names (a file or a loaded profile); ``None`` when it cannot
+    be read here (the backend then reports the error)."""
+    if isinstance(profile, (str, Path)):
+        try:
+            from mimir.app.cluster.docker_engine import DockerProfile
+
+            return DockerProfile.load(profile).backend
+        except (ImportError, ClusterError):
+            return None
+    return getattr(profile, "backend", None)

@@ -89,7 +89,7 @@ def test_default_backend_follows_the_env_and_a_recorded_local_cluster(
     monkeypatch.setenv("MIMIR_CLUSTER_BACKEND", "local")
     assert default_backend_name("p") == "local"
     monkeypatch.setenv("MIMIR_CLUSTER_BACKEND", "podman")
-    with pytest.raises(ClusterError, match="must be 'docker' or 'local'"):
+    with pytest.raises(ClusterError, match="must be 'docker', 'local' or 'swarm'"):
         default_backend_name("p")
     monkeypatch.delenv("MIMIR_CLUSTER_BACKEND")
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
