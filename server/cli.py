@@ -256,12 +256,17 @@ def _serve(args: argparse.Namespace, settings: Settings, signals: _Signals) -> i
                     redact_url(settings.redis_url),
                 )
             try:
-                redis = start_redis(settings.state_dir / "embedded-redis", die_with_parent=True)
+                redis = start_redis(
+                    settings.state_dir / "embedded-redis", die_with_parent=True, auth=True
+                )
             except EmbeddedRedisError as exc:
                 print(f"mimir server: cannot start the embedded Redis: {exc}", file=sys.stderr)
                 return 1
             settings = settings.with_(redis_url=redis.url, redis_url_set=True)
             os.environ["REDIS_URL"] = redis.url
+            # Its password, for this process's clients and the workers (their environment).
+            assert redis.password_file is not None
+            os.environ["MIMIR_REDIS_PASSWORD_FILE"] = str(redis.password_file)
             print(f"Embedded Redis at {redis.url} (AOF in {redis.directory})", flush=True)
             count = 1 if args.workers is None else args.workers
             if count:

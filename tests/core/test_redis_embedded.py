@@ -110,3 +110,34 @@ def test_the_bundle_runs_its_own_redis_server_when_path_has_none(
     with pytest.raises(EmbeddedRedisError, match="bundle's own") as info:
         find_redis_server()
     assert "pip" not in str(info.value) and "REDIS_URL" in str(info.value)
+
+
+def test_auth_requires_the_generated_password_kept_across_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mimir.core.redis_embedded import answers_ping
+
+    monkeypatch.setenv("MIMIR_REDIS_MAXMEMORY", "64mb")
+    with start_redis(tmp_path / "redis", auth=True) as server:
+        assert server.password_file == tmp_path / "redis" / "secrets" / "redis-password"
+        assert server.password_file.parent.stat().st_mode & 0o777 == 0o700
+        assert server.password_file.stat().st_mode & 0o777 == 0o600
+        assert (server.password_file.parent / "redis.conf").stat().st_mode & 0o777 == 0o600
+        password = server.password_file.read_text().strip()
+        assert len(password) >= 40
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            _client(server.url).ping()
+        assert not answers_ping(server.port) and not answers_ping(server.port, password="no")
+        assert answers_ping(server.port, password=password)
+        client = redis.Redis(port=server.port, password=password, socket_timeout=5)
+        assert client.config_get("maxmemory") == {"maxmemory": str(64 * 1024**2)}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("protected-mode") == {"protected-mode": "yes"}
+        client.close()
+        import psutil
+
+        assert password not in " ".join(psutil.Process(server.pid).cmdline())
+    with start_redis(tmp_path / "redis", auth=True) as again:
+        assert again.password_file is not None
+        assert again.password_file.read_text().strip() == password  # the same one
+        assert redis.Redis(port=again.port, password=password, socket_timeout=5).ping()

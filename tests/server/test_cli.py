@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from redis import Redis
+from redis import exceptions as redis_errors
 
 from mimir.core.queue.client import JobQueue, connect
 from mimir.server.cli import is_loopback
@@ -21,9 +23,9 @@ from mimir.server.redaction import redact_url
 from tests.helpers import RedisServer, ServerProcess, port_open, wait_until
 
 
-def _worker_count(redis_url: str) -> int:
+def _worker_count(redis_url: str, password: str | None = None) -> int:
     async def count() -> int:
-        redis = connect(redis_url)
+        redis = connect(redis_url, password=password)
         try:
             return len(await JobQueue(redis).workers())
         finally:
@@ -48,9 +50,29 @@ def test_embedded_brings_up_redis_and_workers_and_stops_them_all(
     redis_port = int(redis_url.group(2))
     assert (tmp_path / "state" / "embedded-redis" / "redis.log").exists()
 
-    wait_until(lambda: _worker_count(redis_url.group(1)) == 2, timeout=30, message="2 workers")
+    # The embedded Redis requires its password (0600, in a 0700 directory), in no command line.
+    secrets = tmp_path / "state" / "embedded-redis" / "secrets"
+    assert secrets.stat().st_mode & 0o777 == 0o700
+    for name in ("redis-password", "redis.conf"):
+        assert (secrets / name).stat().st_mode & 0o777 == 0o600
+    password = (secrets / "redis-password").read_text().strip()
+    with pytest.raises(redis_errors.AuthenticationError):  # NOAUTH
+        Redis(port=redis_port, socket_timeout=5).ping()
+    with Redis(port=redis_port, password=password, socket_timeout=5) as authed:
+        assert authed.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert authed.config_get("maxmemory") == {"maxmemory": str(1024**3)}
+
+    wait_until(
+        lambda: _worker_count(redis_url.group(1), password) == 2, timeout=30, message="2 workers"
+    )
     children = psutil.Process(server.process.pid).children()
     assert len(children) == 3  # redis-server and two workers
+    for process in [psutil.Process(server.process.pid), *children]:
+        command = " ".join(process.cmdline())
+        assert password not in command
+        if "mimir.worker" in command:  # they read the file
+            wanted = str(secrets / "redis-password")
+            assert process.environ()["MIMIR_REDIS_PASSWORD_FILE"] == wanted
 
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         run = client.post(
