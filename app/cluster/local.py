@@ -9,6 +9,10 @@ started it. Everything lives in ``<state_dir>/<project>/``::
     logs/<name>.log   stdout+stderr of redis, backend, worker-1, worker-2 … (the pool
                       ``default``), worker-slow-1 … (the pool ``slow``)
     redis/            Redis's append-only file (the queue survives a restart)
+    secrets/          (0700) redis-password (0600, generated at the first ``up``, kept by
+                      ``down``) and redis.conf (0600: requirepass, maxmemory
+                      MIMIR_REDIS_MAXMEMORY default 1gb, noeviction), read by redis-server;
+                      the server and workers get MIMIR_REDIS_PASSWORD_FILE, never the password
     prometheus/       ``up --monitoring``: the generated prometheus.yml, the API token as a
                       file (mode 0600, when the API has one) and data/ (the TSDB)
     data/, pipelines/ the cluster's data and pipeline directories, for every project but the
@@ -88,7 +92,13 @@ from mimir.app.cluster.worker_pool import (
 )
 from mimir.app.cluster.worker_pool import worker_health as worker_health_of
 from mimir.core.pools import DEFAULT_POOL, POOLS_ENV, ClusterFile, PoolSpec, pools_to_env
-from mimir.core.redis_embedded import EmbeddedRedisError, find_redis_server
+from mimir.core.redis_embedded import (
+    EmbeddedRedisError,
+    RedisSecrets,
+    answers_ping,
+    find_redis_server,
+    redis_secrets,
+)
 from mimir.core.settings import Settings, default_data_dir, default_pipelines_dir
 
 __all__ = ["LocalBackend", "LocalState", "ProcessEntry", "tail_lines"]
@@ -133,15 +143,10 @@ def _redis_binary() -> str:
         raise ClusterError(str(exc)) from exc
 
 
-def _answers_ping(port: int) -> bool:
-    """True when Redis on ``port`` answers PING (not ``-LOADING`` while it reads its AOF)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.settimeout(0.5)
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+def _answers_ping(port: int, password: str | None = None) -> bool:
+    """True when Redis on ``port`` answers PING (not ``-LOADING`` while it reads its AOF),
+    after AUTH with ``password`` when given."""
+    return answers_ping(port, password=password)
 
 
 def tail_lines(path: Path, count: int) -> list[str]:
@@ -261,6 +266,19 @@ class LocalBackend:
     def redis_dir(self) -> Path:
         """Where the cluster's own Redis keeps its append-only file."""
         return self.directory / "redis"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """The Redis password and configuration (module doc)."""
+        return self.directory / "secrets"
+
+    def _redis_secrets(self) -> RedisSecrets:
+        try:
+            return redis_secrets(self.secrets_dir)
+        except (EmbeddedRedisError, OSError) as exc:
+            raise ClusterError(
+                f"cannot prepare the Redis password in {self.secrets_dir}: {exc}"
+            ) from exc
 
     def _own_dir(self, configured: Path, default: Path, name: str) -> Path:
         if configured != default or self.project == "mimir":
@@ -413,6 +431,11 @@ class LocalBackend:
         )
         if self.settings.api_token:
             env["MIMIR_API_TOKEN"] = self.settings.api_token
+        if state.own_redis:
+            # The file's path, never the password; one inherited for another Redis is not ours.
+            env.pop("MIMIR_REDIS_PASSWORD_FILE", None)
+            if state.redis_auth:
+                env["MIMIR_REDIS_PASSWORD_FILE"] = str(self.secrets_dir / "redis-password")
         if self.settings.fuseki_url:
             env["FUSEKI_URL"] = self.settings.fuseki_url
         return env
@@ -421,9 +444,13 @@ class LocalBackend:
         assert state.redis_port is not None
         data = self.redis_dir
         data.mkdir(parents=True, exist_ok=True)
+        # The password is in the configuration file, so in no command line.
+        config = [str(self._redis_secrets().config_file)] if state.redis_auth else []
         argv = [
             _redis_binary(),
+            *config,
             "--port", str(state.redis_port),
+            "--protected-mode", "yes",
             "--bind", "127.0.0.1",
             "--dir", str(data),
             "--appendonly", "yes",
@@ -545,12 +572,15 @@ class LocalBackend:
 
     # ---------------------------------------------------------------- waiting
 
-    async def _wait_redis(self, entry: ProcessEntry, port: int, timeout: float) -> None:
+    async def _wait_redis(
+        self, entry: ProcessEntry, port: int, timeout: float, auth: bool = True
+    ) -> None:
+        password = (await asyncio.to_thread(self._redis_secrets)).password if auth else None
         deadline = time.monotonic() + timeout
         while True:
             if not await asyncio.to_thread(self.is_alive, entry):
                 raise self._failure(entry, f"{entry.name} exited while starting")
-            if await asyncio.to_thread(_answers_ping, port):
+            if await asyncio.to_thread(_answers_ping, port, password):
                 return
             if time.monotonic() > deadline:
                 raise self._failure(entry, f"{entry.name} did not answer PING in {timeout}s")
@@ -730,7 +760,10 @@ class LocalBackend:
         if self.external_redis_url:
             return LocalState(self.project, self.api_port, None, self.external_redis_url, False)
         port = await asyncio.to_thread(_free_port)
-        return LocalState(self.project, self.api_port, port, f"redis://127.0.0.1:{port}/0")
+        await asyncio.to_thread(self._redis_secrets)  # the password, before anything starts
+        return LocalState(
+            self.project, self.api_port, port, f"redis://127.0.0.1:{port}/0", redis_auth=True
+        )
 
     async def _ensure_core(
         self, state: LocalState, report: Progress, started: list[ProcessEntry]
@@ -744,7 +777,7 @@ class LocalBackend:
                 entry = await asyncio.to_thread(self._start_redis, state)
                 await self._replace(state, redis, entry, started)
                 assert state.redis_port is not None
-                await self._wait_redis(entry, state.redis_port, 20.0)
+                await self._wait_redis(entry, state.redis_port, 20.0, state.redis_auth)
         backend = state.entry("backend")
         if backend is None or backend.pid not in alive:
             report("backend", f"starting the API server on 127.0.0.1:{state.api_port}")
@@ -923,7 +956,7 @@ class LocalBackend:
                     new = await asyncio.to_thread(self._start_redis, state)
                     await self._replace(state, old, new, started)
                     assert state.redis_port is not None
-                    await self._wait_redis(new, state.redis_port, 20.0)
+                    await self._wait_redis(new, state.redis_port, 20.0, state.redis_auth)
                 elif old.service == "backend":
                     new = await asyncio.to_thread(self._start_backend, state)
                     await self._replace(state, old, new, started)

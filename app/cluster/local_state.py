@@ -64,6 +64,9 @@ class LocalState:
     prometheus_port: int | None = None
     #: How often it scrapes (a Prometheus duration).
     scrape_interval: str | None = None
+    #: The cluster's own Redis requires the password of ``<project dir>/secrets`` (a state
+    #: written before passwords: ``False``, its Redis runs without one until ``down``).
+    redis_auth: bool = False
 
     def entries(self, service: str) -> list[ProcessEntry]:
         return [entry for entry in self.processes if entry.service == service]

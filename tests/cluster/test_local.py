@@ -93,6 +93,34 @@ def test_processes_outlive_their_starter_in_own_sessions(backend: LocalBackend) 
         assert os.getsid(entry.pid) == entry.pid != os.getsid(0)
 
 
+def test_redis_requires_the_generated_password_kept_out_of_argv_and_state(
+    backend: LocalBackend,
+) -> None:
+    import redis
+
+    state = backend.load_state()
+    assert state is not None and state.redis_auth and state.redis_port is not None
+    secrets = backend.secrets_dir
+    assert secrets.stat().st_mode & 0o777 == 0o700
+    for name in ("redis-password", "redis.conf"):
+        assert (secrets / name).stat().st_mode & 0o777 == 0o600
+    password = (secrets / "redis-password").read_text().strip()
+    with pytest.raises(redis.exceptions.AuthenticationError):  # NOAUTH
+        redis.Redis(port=state.redis_port, socket_timeout=5).ping()
+    with redis.Redis(port=state.redis_port, password=password, socket_timeout=5) as client:
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("maxmemory") == {"maxmemory": str(1024**3)}
+        assert client.config_get("protected-mode") == {"protected-mode": "yes"}
+    assert password not in backend.state_path.read_text()
+    for entry in state.processes:
+        process = psutil.Process(entry.pid)
+        assert password not in " ".join(process.cmdline())
+        if entry.service != "redis":
+            wanted = str(secrets / "redis-password")
+            assert process.environ()["MIMIR_REDIS_PASSWORD_FILE"] == wanted
+            assert password not in str(process.environ())
+
+
 def test_jobs_enqueued_through_the_api_succeed(api: ClusterAPI) -> None:
     records = api.wait_finished(api.enqueue(20), timeout=60)
     assert {r["status"] for r in records.values()} == {"succeeded"}
