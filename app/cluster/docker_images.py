@@ -36,7 +36,7 @@ import docker
 import docker.errors
 
 from mimir.app.cluster.base import ClusterError, Progress
-from mimir.app.cluster.topology import DEFAULT_REDIS_IMAGE, FALLBACK_REDIS_IMAGE
+from mimir.app.cluster.topology import DEFAULT_REDIS_IMAGE, FALLBACK_REDIS_IMAGE, IMAGES
 from mimir.core.resources import packaging_dir as _packaging_dir
 from mimir.core.resources import source_checkout
 from mimir.core.settings import Settings
@@ -235,6 +235,57 @@ class ImageBuilder:
             # The previous image lost its tag: remove it, unless a container still uses it.
             with contextlib.suppress(docker.errors.DockerException):
                 self._connect().images.remove(before)
+
+    def build_registry_image(self, report: Progress) -> None:
+        """The in-swarm registry's image (Debian's docker-registry on the base image)."""
+        self.build_image("registry", IMAGES["registry"], report)
+
+    def push_images(self, registry: str, images: list[str], report: Progress) -> dict[str, str]:
+        """Tag each local image as ``<registry>/<name>:<tag>`` and push it there; returns
+        local name → pushed ref. An image the registry already holds in this version (its
+        manifest digest is one of the local image's repo digests) is not pushed again.
+        A push refused (an untrusted registry, no space …) is a :class:`ClusterError`."""
+        client = self._connect()
+        refs: dict[str, str] = {}
+        for local in dict.fromkeys(images):
+            image = client.images.get(local)
+            name = local.rsplit("/", 1)[-1] if "/" in local.split(":")[0] else local
+            repository, _, tag = name.partition(":")
+            target = f"{registry}/{repository}"
+            ref = f"{target}:{tag or 'latest'}"
+            image.tag(target, tag or "latest")
+            refs[local] = ref
+            if self._pushed(client, image.id, target, ref):
+                report("push", f"{ref} is in the registry already")
+                continue
+            report("push", f"{local} → {ref}")
+            last = ""
+            for chunk in client.api.push(target, tag or "latest", stream=True, decode=True):
+                if "error" in chunk or "errorDetail" in chunk:
+                    error = str(chunk.get("error") or chunk.get("errorDetail", {}).get("message"))
+                    hint = (
+                        f": the engine must trust {registry} (insecure-registries in "
+                        "/etc/docker/daemon.json, or TLS)"
+                        if "HTTPS" in error or "https" in error
+                        else ""
+                    )
+                    raise ClusterError(f"pushing {ref} failed: {error.strip()}{hint}")
+                status = str(chunk.get("status") or "")
+                if status and status != last and "digest" in status:
+                    report("push", f"{ref}: {status}")
+                last = status or last
+        return refs
+
+    @staticmethod
+    def _pushed(client: docker.DockerClient, image_id: str, target: str, ref: str) -> bool:
+        """The registry holds ``ref`` as this very image (by manifest digest)."""
+        try:
+            found = client.api.inspect_distribution(ref)
+            digest = str(found.get("Descriptor", {}).get("digest") or "")
+            local = client.images.get(image_id).attrs.get("RepoDigests") or []
+        except docker.errors.DockerException:
+            return False
+        return bool(digest) and f"{target}@{digest}" in local
 
     def _image_id(self, tag: str) -> str | None:
         try:

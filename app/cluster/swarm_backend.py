@@ -383,7 +383,8 @@ class SwarmBackend(DockerBackend):
                     volume,
                     type="volume",
                     labels={LABEL_PROJECT: self.project, LABEL_VOLUME: "registry_data"},
-                )
+                ),
+                docker.types.Mount("/tmp", "", type="tmpfs", tmpfs_size=64 * 1024 * 1024),
             ],
             "endpoint_spec": docker.types.EndpointSpec(
                 mode=self.endpoint_mode,
@@ -434,19 +435,14 @@ class SwarmBackend(DockerBackend):
         return await self._call(self._push, registry, local, report)
 
     def _push(self, registry: str, local: list[str], report: Progress) -> dict[str, str]:
-        push = getattr(self.images, "push_images", None)
-        if push is None:
-            raise ClusterError("this installation cannot push images (no ImageBuilder.push_images)")
-        return dict(push(registry, local, report))
+        return self.images.push_images(registry, local, report)
 
     async def build(self, progress: Progress | None = None, push: bool = False) -> None:
         """The Docker backend's images and the registry's; ``push``: then push them."""
         report = progress or _no_progress
         await super().build(report)
         if not self.registry:
-            build_registry = getattr(self.images, "build_registry_image", None)
-            if build_registry is not None:
-                await self._call(build_registry, report)
+            await self._call(self.images.build_registry_image, report)
         if push:
             await self.push_images(report)
 
