@@ -47,7 +47,7 @@ def children() -> list[Child]:
     port = os.environ.get("MIMIR_PORT", "8080")
     workers = int(os.environ.get("WORKERS", "2"))
     server = ["mimir", "server", "--host", "0.0.0.0", "--port", port]
-    if not os.environ.get("MIMIR_API_TOKEN"):
+    if not (os.environ.get("MIMIR_API_TOKEN") or os.environ.get("MIMIR_API_TOKEN_FILE")):
         server.append("--insecure")
     redis = [
         "redis-server", "--bind", "127.0.0.1", "--port", "6379", "--dir", "/app/redis",
