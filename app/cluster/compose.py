@@ -31,6 +31,7 @@ from mimir.app.cluster.topology import (
     IMAGES,
     LABEL_SERVICE,
     LABEL_VOLUME,
+    MIMIR_UID,
     PROMETHEUS,
     Topology,
     build_topology,
@@ -86,7 +87,10 @@ def distributed_compose(cluster: ClusterFile | None = None) -> dict[str, Any]:
     prometheus = document["services"].get(PROMETHEUS)
     if prometheus is not None:
         # The scrape's bearer token: from the environment into a 0600 file, then Prometheus.
-        prometheus["environment"] = {"MIMIR_API_TOKEN": TOKEN_FROM_ENV}
+        prometheus["environment"] = {
+            **prometheus.get("environment", {}),
+            "MIMIR_API_TOKEN": TOKEN_FROM_ENV,
+        }
         command = " ".join(prometheus["command"])
         prometheus["command"] = [
             "sh",
@@ -110,6 +114,16 @@ def pools_compose(directory: Path | None = None) -> dict[str, Any]:
     return distributed_compose(load_cluster_file(path))
 
 
+#: The unified container's volumes (volume → target): everything it writes but /tmp.
+UNIFIED_VOLUMES = {
+    "unified_data": "/app/data",
+    "unified_logs": "/app/logs",
+    "unified_pipelines": "/app/pipelines",
+    "unified_plugins": "/app/plugins",
+    "unified_redis": "/app/redis",
+}
+
+
 def unified_compose() -> dict[str, Any]:
     """One container with Redis, the server and ``WORKERS`` workers."""
     return {
@@ -127,24 +141,24 @@ def unified_compose() -> dict[str, Any]:
                     "WORKERS": "${WORKERS:-2}",
                     "WORKER_CONCURRENCY": "${WORKER_CONCURRENCY:-5}",
                     "MIMIR_LOG_LEVEL": "INFO",
+                    # Optional here: without it the server is open, so publish on loopback.
+                    "MIMIR_API_TOKEN": "${MIMIR_API_TOKEN:-}",
                 },
                 "ports": [f"${{MIMIR_BIND:-127.0.0.1}}:${{MIMIR_PORT:-{API_PORT}}}:{API_PORT}"],
-                "volumes": [
-                    "unified_data:/app/data",
-                    "unified_logs:/app/logs",
-                    "unified_pipelines:/app/pipelines",
-                    "unified_redis:/app/redis",
-                ],
+                "volumes": [f"{volume}:{target}" for volume, target in UNIFIED_VOLUMES.items()],
+                "user": f"{MIMIR_UID}:{MIMIR_UID}",
+                "read_only": True,
+                "tmpfs": ["/tmp:rw,noexec,nosuid,nodev,size=256m,mode=1777"],
+                "security_opt": ["no-new-privileges:true"],
+                "cap_drop": ["ALL"],
+                "pids_limit": 1024,
                 "cpus": 2.0,
                 "mem_limit": "2g",
                 "stop_grace_period": "45s",
                 "labels": {LABEL_SERVICE: "unified"},
             }
         },
-        "volumes": {
-            name: {"labels": {LABEL_VOLUME: name}}
-            for name in ("unified_data", "unified_logs", "unified_pipelines", "unified_redis")
-        },
+        "volumes": {name: {"labels": {LABEL_VOLUME: name}} for name in UNIFIED_VOLUMES},
     }
 
 

@@ -41,8 +41,11 @@ import yaml
 
 from mimir.app.cluster.topology import (
     API_PORT,
+    API_TOKEN_SECRET,
     IMAGES,
+    REDIS_PASSWORD_SECRET,
     REDIS_PORT,
+    SECRETS_DIR,
     ServiceSpec,
     build_topology,
 )
@@ -128,15 +131,48 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _redis_env() -> list[dict[str, Any]]:
-    """REDIS_URL composed from the Secret ``mimir-redis`` (``$(VAR)`` is expanded by the
-    kubelet from the variables listed before it). KEDA's triggers read ``REDIS_ADDRESS`` and
-    ``REDIS_PASSWORD`` from the workers' containers (``addressFromEnv``/``passwordFromEnv``)."""
-    return [
-        _secret_env("REDIS_ADDRESS", SECRET_REDIS, "address"),
-        _secret_env("REDIS_PASSWORD", SECRET_REDIS, "password"),
-        {"name": "REDIS_URL", "value": "redis://:$(REDIS_PASSWORD)@$(REDIS_ADDRESS)/0"},
-    ]
+def _redis_env(*, for_keda: bool = False) -> list[dict[str, Any]]:
+    """REDIS_URL from the Secret ``mimir-redis``'s address (``$(VAR)`` is expanded by the
+    kubelet from the variables listed before it); the password is a file of the Secret
+    volume (``MIMIR_REDIS_PASSWORD_FILE``, in the topology's environment), never in the
+    URL. KEDA's triggers read ``REDIS_ADDRESS`` and ``REDIS_PASSWORD`` from the workers'
+    containers (``addressFromEnv``/``passwordFromEnv``): ``for_keda`` adds the password's
+    variable for them (the worker itself reads the file)."""
+    env = [_secret_env("REDIS_ADDRESS", SECRET_REDIS, "address")]
+    if for_keda:
+        env.append(_secret_env("REDIS_PASSWORD", SECRET_REDIS, "password"))
+    env.append({"name": "REDIS_URL", "value": "redis://$(REDIS_ADDRESS)/0"})
+    return env
+
+
+#: The Secret keys each secret file comes from: file name → (Secret, key).
+_SECRET_FILES = {
+    API_TOKEN_SECRET: (SECRET_TOKEN, "token"),
+    REDIS_PASSWORD_SECRET: (SECRET_REDIS, "password"),
+}
+
+
+def _secrets_volume(spec: ServiceSpec) -> dict[str, Any]:
+    """The service's secret files (:data:`~.topology.SECRETS_DIR`), projected from the
+    Secrets: readable by the pod's group (``fsGroup``) only."""
+    return {
+        "name": "secrets",
+        "projected": {
+            "defaultMode": 0o440,
+            "sources": [
+                {
+                    "secret": {
+                        "name": _SECRET_FILES[secret][0],
+                        "items": [{"key": _SECRET_FILES[secret][1], "path": secret}],
+                    }
+                }
+                for secret in spec.secrets
+            ],
+        },
+    }
+
+
+_SECRETS_MOUNT = {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True}
 
 
 def _plain_env(spec: ServiceSpec, drop: set[str]) -> list[dict[str, Any]]:
@@ -195,21 +231,18 @@ def _secrets() -> list[dict[str, Any]]:
 
 def _redis(spec: ServiceSpec) -> list[dict[str, Any]]:
     labels = _labels("redis")
-    # The password is given on the command line from the Secret (the container's own
-    # shell expands it); redis-cli's probe reads it from REDISCLI_AUTH.
-    script = (
-        'exec redis-server --requirepass "$REDIS_PASSWORD" --appendonly yes --dir /data '
-        "--maxmemory-policy noeviction"
-    )
-    probe = {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 10}
+    # The topology's start: the password from the Secret's file into /tmp/redis.conf
+    # (an emptyDir, only its user's), never on the command line or in the environment;
+    # maxmemory 768mb (3/4 of the 1Gi limit), noeviction. The probe reads the file too.
+    probe = {
+        "exec": {"command": ["sh", "-c", (spec.healthcheck or ["", ""])[1]]},
+        "periodSeconds": 10,
+    }
     container = {
         "name": "redis",
         "image": REDIS_IMAGE,
-        "command": ["sh", "-c", script],
-        "env": [
-            _secret_env("REDIS_PASSWORD", SECRET_REDIS, "password"),
-            _secret_env("REDISCLI_AUTH", SECRET_REDIS, "password"),
-        ],
+        "command": list(spec.command),
+        "env": [{"name": k, "value": v} for k, v in spec.environment.items()],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
         "readinessProbe": {**probe, "initialDelaySeconds": 2},
         "livenessProbe": {**probe, "initialDelaySeconds": 15, "failureThreshold": 6},
@@ -221,6 +254,7 @@ def _redis(spec: ServiceSpec) -> list[dict[str, Any]]:
         "volumeMounts": [
             {"name": "redis-data", "mountPath": "/data"},
             {"name": "tmp", "mountPath": "/tmp"},
+            _SECRETS_MOUNT,
         ],
     }
     return [
@@ -248,7 +282,7 @@ def _redis(spec: ServiceSpec) -> list[dict[str, Any]]:
                         "securityContext": _pod_security(REDIS_UID),
                         "automountServiceAccountToken": False,
                         "containers": [container],
-                        "volumes": [{"name": "tmp", "emptyDir": {}}],
+                        "volumes": [{"name": "tmp", "emptyDir": {}}, _secrets_volume(spec)],
                     },
                 },
                 "volumeClaimTemplates": [
@@ -269,8 +303,8 @@ def _api(spec: ServiceSpec) -> list[dict[str, Any]]:
     labels = _labels("api")
     env = [
         *_redis_env(),
-        _secret_env("MIMIR_API_TOKEN", SECRET_TOKEN, "token"),
-        *_plain_env(spec, {"MIMIR_API_TOKEN", "MIMIR_CLUSTER_BACKEND"}),
+        # MIMIR_API_TOKEN_FILE and MIMIR_REDIS_PASSWORD_FILE: the Secret volume's files.
+        *_plain_env(spec, {"MIMIR_CLUSTER_BACKEND"}),
         # Empty: the server's own autoscaler is off (it scales only through a backend it
         # knows, docker or local); KEDA scales the pools' Deployments.
         {"name": "MIMIR_CLUSTER_BACKEND", "value": ""},
@@ -304,6 +338,7 @@ def _api(spec: ServiceSpec) -> list[dict[str, Any]]:
             {"name": "data", "mountPath": "/app/plugins", "subPath": "plugins"},
             {"name": "logs", "mountPath": "/app/logs"},
             {"name": "tmp", "mountPath": "/tmp"},
+            _SECRETS_MOUNT,
         ],
     }
     return [
@@ -339,6 +374,7 @@ def _api(spec: ServiceSpec) -> list[dict[str, Any]]:
                             },
                             {"name": "logs", "emptyDir": {}},
                             {"name": "tmp", "emptyDir": {}},
+                            _secrets_volume(spec),
                         ],
                     },
                 },
@@ -426,7 +462,7 @@ def pool_streams(pool: PoolSpec, prefix: str = "mimir:") -> list[str]:
 def _worker_deployment(pool: PoolSpec, spec: ServiceSpec) -> dict[str, Any]:
     labels = _labels("worker", pool.name)
     env = [
-        *_redis_env(),
+        *_redis_env(for_keda=True),
         *_plain_env(spec, {"MIMIR_WORKER_GRACE"}),
         {"name": "MIMIR_WORKER_GRACE", "value": str(WORKER_GRACE)},
     ]
@@ -436,11 +472,21 @@ def _worker_deployment(pool: PoolSpec, spec: ServiceSpec) -> dict[str, Any]:
         "command": list(spec.command),
         "env": env,
         "resources": _resources(spec),
+        # The heartbeat file is fresh (the topology's healthcheck): a worker stuck for
+        # three heartbeats is restarted.
+        "livenessProbe": {
+            "exec": {"command": list(spec.healthcheck or [])[1:]},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
         "securityContext": _container_security(),
         "volumeMounts": [
             {"name": "data", "mountPath": "/app/data"},
             {"name": "logs", "mountPath": "/app/logs"},
             {"name": "tmp", "mountPath": "/tmp"},
+            _SECRETS_MOUNT,
         ],
     }
     return {
@@ -464,6 +510,7 @@ def _worker_deployment(pool: PoolSpec, spec: ServiceSpec) -> dict[str, Any]:
                         {"name": "data", "emptyDir": {}},
                         {"name": "logs", "emptyDir": {}},
                         {"name": "tmp", "emptyDir": {}},
+                        _secrets_volume(spec),
                     ],
                 },
             },

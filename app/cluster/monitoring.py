@@ -7,10 +7,11 @@ scrapes itself too (job ``prometheus``).
 
 When the API has a token, the scrape carries it as a bearer credential read from a file
 (``authorization.credentials_file``): the token is never in the image, the container's
-environment or its command line (``docker inspect`` shows neither). The Docker backend
-copies the configuration and the token file into the Prometheus container before it starts
-(owned by the image's ``prometheus`` user, the token readable by it only); the local
-backend writes both under the project's state directory, the token with mode 0600.
+environment or its command line (``docker inspect`` shows neither). In a container that file
+is the token's secret file (:data:`~.topology.API_TOKEN_FILE`, the Docker backend's
+read-only secrets volume); the Docker backend copies the configuration into the Prometheus
+container's configuration volume before it starts (its root filesystem is read-only). The
+local backend writes both under the project's state directory, the token with mode 0600.
 
 No Docker here and no Qt: the local backend uses it too.
 """
@@ -23,8 +24,9 @@ import yaml
 
 from mimir.app.cluster.topology import (
     API_PORT,
+    API_TOKEN_FILE,
+    MIMIR_UID,
     PROMETHEUS,
-    PROMETHEUS_CONFIG_DIR,
     PROMETHEUS_PORT,
     Topology,
     parse_scrape_interval,
@@ -41,11 +43,12 @@ __all__ = [
     "prometheus_files",
 ]
 
-#: The configuration's and the token's file names (in :data:`PROMETHEUS_CONFIG_DIR`).
+#: The configuration's file name (in :data:`PROMETHEUS_CONFIG_DIR`), and the token's
+#: beside it (the local backend's; containers read the token's secret file).
 CONFIG_FILE = "prometheus.yml"
 TOKEN_FILE = "api-token"
-#: The ``prometheus`` user of ``packaging/Dockerfile.prometheus`` (fixed there).
-PROMETHEUS_UID = PROMETHEUS_GID = 10090
+#: The user of ``packaging/Dockerfile.prometheus``: ``mimir``, as in the other images.
+PROMETHEUS_UID = PROMETHEUS_GID = MIMIR_UID
 #: The Debian package the local backend needs on PATH (and the image installs).
 PROMETHEUS_PACKAGE = "prometheus"
 #: Prometheus's own default; a scrape never outlasts its interval.
@@ -80,7 +83,7 @@ def prometheus_document(
     if topology.api_token:
         mimir["authorization"] = {
             "type": "Bearer",
-            "credentials_file": credentials_file or f"{PROMETHEUS_CONFIG_DIR}/{TOKEN_FILE}",
+            "credentials_file": credentials_file or API_TOKEN_FILE,
         }
     return {
         "global": {
@@ -100,8 +103,8 @@ def prometheus_config(
     topology: Topology, *, on_host: bool = False, credentials_file: str | None = None
 ) -> str:
     """Prometheus's YAML configuration for ``topology``: the API server's ``/metrics``
-    (with the token from ``credentials_file`` when the API has one; default: the file the
-    Docker backend copies into the container) and Prometheus itself, every
+    (with the token from ``credentials_file`` when the API has one; default: the token's
+    secret file in the container) and Prometheus itself, every
     ``topology.scrape_interval``. ``on_host``: the targets as local processes reach them
     (the ports published on 127.0.0.1), else as containers on the cluster's network."""
     header = (
@@ -114,9 +117,6 @@ def prometheus_config(
 
 def prometheus_files(topology: Topology) -> dict[str, tuple[bytes, int]]:
     """What the Docker backend copies into :data:`PROMETHEUS_CONFIG_DIR` of the Prometheus
-    container: file name → (content, mode); the token file only when the API has a token."""
-    files = {CONFIG_FILE: (prometheus_config(topology).encode(), 0o444)}
-    token = topology.api_token
-    if token:
-        files[TOKEN_FILE] = (token.encode(), 0o400)
-    return files
+    container (a volume): file name → (content, mode). The token is not among them: the
+    container reads the token's secret file (the service's ``secrets``)."""
+    return {CONFIG_FILE: (prometheus_config(topology).encode(), 0o444)}

@@ -54,6 +54,7 @@ __all__ = [
     "API_TOKEN_SECRET",
     "COMPOSE_LABEL_NUMBER",
     "COMPOSE_LABEL_PROJECT",
+    "COMPOSE_REDIS_PASSWORD",
     "DEFAULT_REDIS_IMAGE",
     "FALLBACK_REDIS_IMAGE",
     "IMAGES",
@@ -67,13 +68,18 @@ __all__ = [
     "OPTIONAL_SERVICE_KINDS",
     "PROMETHEUS",
     "PROMETHEUS_CONFIG_DIR",
+    "PROMETHEUS_CONFIG_VOLUME",
     "PROMETHEUS_PORT",
+    "REDIS_COMMAND",
     "REDIS_GID",
+    "REDIS_HEALTHCHECK",
     "REDIS_PASSWORD_FILE",
     "REDIS_PASSWORD_SECRET",
     "REDIS_UID",
     "SECRETS_DIR",
+    "SECRETS_VOLUME",
     "SERVICE_KINDS",
+    "WORKER_HEALTHCHECK",
     "WORKER_HEALTH_FILE",
     "ServiceSpec",
     "Topology",
@@ -395,6 +401,56 @@ def _python_http_check(port: int, path: str = "/ready") -> list[str]:
     ]
 
 
+#: A worker is healthy while its heartbeat file is younger than 3 heartbeats
+#: (``MIMIR_WORKER_HEARTBEAT``, seconds, default 2, read from the container's environment).
+WORKER_HEALTHCHECK = [
+    "CMD",
+    "python3",
+    "-c",
+    "import os, sys, time; "
+    "beat = float(os.environ.get('MIMIR_WORKER_HEARTBEAT') or 2); "
+    f"path = os.environ.get('MIMIR_WORKER_HEALTH_FILE') or '{WORKER_HEALTH_FILE}'; "
+    "sys.exit(time.time() - os.stat(path).st_mtime > 3 * beat)",
+]
+
+#: Redis's start: its configuration (the password from the secret file, ``maxmemory`` from
+#: ``MIMIR_REDIS_MAXMEMORY``, never evicting) written to a tmpfs only its user can read,
+#: so the password is in no argv, environment or image.
+REDIS_COMMAND = [
+    "sh",
+    "-c",
+    f'test -s {REDIS_PASSWORD_FILE} || {{ echo "no Redis password in {REDIS_PASSWORD_FILE}" >&2; '
+    "exit 1; } && umask 077 && "
+    "printf 'requirepass %s\\nmaxmemory %s\\nmaxmemory-policy noeviction\\n' "
+    f'"$(cat {REDIS_PASSWORD_FILE})" "${{MIMIR_REDIS_MAXMEMORY:-768mb}}" > /tmp/redis.conf && '
+    "exec redis-server /tmp/redis.conf --appendonly yes --dir /data --protected-mode yes",
+]
+REDIS_HEALTHCHECK = [
+    "CMD-SHELL",
+    f'REDISCLI_AUTH="$(cat {REDIS_PASSWORD_FILE})" redis-cli ping | grep -q PONG',
+]
+
+#: The secrets volume (the Docker backend fills it; read-only in the containers).
+SECRETS_VOLUME = "secrets"
+#: Where the Prometheus configuration is copied in before its container starts (a volume:
+#: the container's root filesystem is read-only, and a tmpfs is not there before start).
+PROMETHEUS_CONFIG_VOLUME = "prometheus_config"
+#: Process limits (``pids``): the server runs more threads than a worker.
+PIDS = {"redis": 256, "server": 512, "worker": 256, "prometheus": 256}
+_MIMIR_USER = f"{MIMIR_UID}:{MIMIR_UID}"
+_REDIS_USER = f"{REDIS_UID}:{REDIS_GID}"
+#: /tmp of every container: a tmpfs (it counts against the container's memory limit).
+_TMP_SMALL = {"/tmp": "rw,noexec,nosuid,nodev,size=64m,mode=1777"}
+_TMP_APP = {"/tmp": "rw,noexec,nosuid,nodev,size=256m,mode=1777"}
+#: What the Mimir images' processes need with a read-only root: HOME on the tmpfs (caches,
+#: libraries' config dirs), no bytecode written next to the installed modules.
+_READ_ONLY_ENV = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _secret_mounts(secrets: list[str]) -> list[VolumeMount]:
+    return [VolumeMount(SECRETS_VOLUME, SECRETS_DIR, read_only=True)] if secrets else []
+
+
 def build_topology(
     project: str = "mimir",
     *,
@@ -412,6 +468,9 @@ def build_topology(
     backend_memory: str | None = "1g",
     worker_cpus: float | None = 0.5,
     worker_memory: str | None = "512m",
+    redis_cpus: float | None = 1.0,
+    redis_memory: str | None = "1g",
+    redis_maxmemory: str = "768mb",
     fuseki_url: str | None = None,
     cluster: ClusterFile | None = None,
     cluster_backend: str | None = None,
@@ -431,6 +490,14 @@ def build_topology(
     ``MIMIR_CLUSTER_BACKEND``: the backend its autoscaler scales the pools through.
     ``monitoring`` adds the service ``prometheus`` (module doc), published on
     ``127.0.0.1:prometheus_port`` whatever ``api_host`` is, scraping every ``scrape_interval``.
+
+    Every service is hardened: a non-root ``user``, a read-only root filesystem with a
+    tmpfs ``/tmp``, all capabilities dropped, a pids limit, CPU and memory limits and a
+    healthcheck. Secrets are files in :data:`SECRETS_DIR` (``secrets``: the API token for
+    the backend, the Redis password for Redis, the backend and the workers), never in an
+    environment: the backend gets ``MIMIR_API_TOKEN_FILE``, the Redis clients
+    ``MIMIR_REDIS_PASSWORD_FILE`` (:attr:`Topology.api_token` keeps the token itself).
+    Redis runs with ``maxmemory redis_maxmemory`` and ``noeviction``.
     """
     cluster = cluster or default_cluster()
     validate_project_name(project)
@@ -445,7 +512,13 @@ def build_topology(
             "(MIMIR_API_TOKEN or the profile's api_token) first"
         )
     redis_url = f"redis://redis:{REDIS_PORT}/0"
-    common = {"MIMIR_LOG_LEVEL": log_level, "REDIS_URL": redis_url, "MIMIR_PROJECT": project}
+    common = {
+        "MIMIR_LOG_LEVEL": log_level,
+        "REDIS_URL": redis_url,
+        "MIMIR_REDIS_PASSWORD_FILE": REDIS_PASSWORD_FILE,
+        "MIMIR_PROJECT": project,
+        **_READ_ONLY_ENV,
+    }
     if fuseki_url:
         common["FUSEKI_URL"] = fuseki_url
     backend_env = {
@@ -460,8 +533,10 @@ def build_topology(
     if cluster_backend:
         backend_env["MIMIR_CLUSTER_BACKEND"] = cluster_backend
     backend_command = ["mimir", "server", "--host", "0.0.0.0", "--port", str(API_PORT)]
+    backend_secrets = [REDIS_PASSWORD_SECRET]
     if api_token:
-        backend_env["MIMIR_API_TOKEN"] = api_token
+        backend_env["MIMIR_API_TOKEN_FILE"] = API_TOKEN_FILE
+        backend_secrets.insert(0, API_TOKEN_SECRET)
     else:
         # Bound to 0.0.0.0 inside its network namespace, published on loopback only.
         backend_command.append("--insecure")
@@ -469,29 +544,29 @@ def build_topology(
         **common,
         "MIMIR_DATA_DIR": "/app/data",
         "MIMIR_LOG_DIR": "/app/logs",
+        "MIMIR_WORKER_HEALTH_FILE": WORKER_HEALTH_FILE,
     }
     if worker_grace is not None:
         # Seconds a stopping worker lets its jobs finish before handing them back.
         worker_env["MIMIR_WORKER_GRACE"] = f"{worker_grace:g}"
+    redis_secrets = [REDIS_PASSWORD_SECRET]
     services = {
         "redis": ServiceSpec(
             name="redis",
             kind="redis",
             image=redis_image,
-            # Reached only on the cluster's private network: protected mode would refuse it.
-            command=[
-                "redis-server",
-                "--appendonly",
-                "yes",
-                "--dir",
-                "/data",
-                "--protected-mode",
-                "no",
-            ],
-            environment={},
-            volumes=[VolumeMount("redis_data", "/data")],
-            healthcheck=["CMD", "redis-cli", "ping"],
+            # Protected mode stays on: with a password it does not refuse remote clients.
+            command=list(REDIS_COMMAND),
+            environment={"MIMIR_REDIS_MAXMEMORY": redis_maxmemory},
+            volumes=[VolumeMount("redis_data", "/data"), *_secret_mounts(redis_secrets)],
+            cpus=redis_cpus,
+            memory=redis_memory,
+            healthcheck=list(REDIS_HEALTHCHECK),
             aliases=["redis"],
+            user=_REDIS_USER,
+            tmpfs=dict(_TMP_SMALL),
+            pids=PIDS["redis"],
+            secrets=redis_secrets,
         ),
         "backend": ServiceSpec(
             name="backend",
@@ -504,12 +579,17 @@ def build_topology(
                 VolumeMount("backend_logs", "/app/logs"),
                 VolumeMount("backend_plugins", "/app/plugins"),
                 VolumeMount("backend_pipelines", "/app/pipelines"),
+                *_secret_mounts(backend_secrets),
             ],
             ports={API_PORT: (api_host, api_port)},
             cpus=backend_cpus,
             memory=backend_memory,
             healthcheck=_python_http_check(API_PORT),
             aliases=["backend"],
+            user=_MIMIR_USER,
+            tmpfs=dict(_TMP_APP),
+            pids=PIDS["server"],
+            secrets=backend_secrets,
         ),
     }
     for pool in cluster.pools.values():
@@ -522,9 +602,12 @@ def build_topology(
             memory=worker_memory,
         )
     if monitoring:
-        services[PROMETHEUS] = _prometheus_service(prometheus_image, prometheus_port)
-    # Every pool's workers share the two worker volumes.
+        services[PROMETHEUS] = _prometheus_service(
+            prometheus_image, prometheus_port, token=bool(api_token)
+        )
+    # Every pool's workers share the two worker volumes; the secrets' volume comes last.
     volumes = list(dict.fromkeys(m.volume for spec in services.values() for m in spec.volumes))
+    volumes.sort(key=lambda volume: volume == SECRETS_VOLUME)
     return Topology(
         project=project,
         services=services,
@@ -536,8 +619,10 @@ def build_topology(
     )
 
 
-def _prometheus_service(image: str, port: int) -> ServiceSpec:
-    """Prometheus, loopback-published (it has no authentication), its TSDB in a volume."""
+def _prometheus_service(image: str, port: int, *, token: bool) -> ServiceSpec:
+    """Prometheus, loopback-published (it has no authentication), its TSDB in a volume; it
+    scrapes the API with the token's secret file when the API has one."""
+    secrets = [API_TOKEN_SECRET] if token else []
     return ServiceSpec(
         name=PROMETHEUS,
         kind="prometheus",
@@ -548,13 +633,21 @@ def _prometheus_service(image: str, port: int) -> ServiceSpec:
             "--storage.tsdb.path=/prometheus",
             f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}",
         ],
-        environment={},
-        volumes=[VolumeMount("prometheus_data", "/prometheus")],
+        environment={"HOME": "/tmp"},
+        volumes=[
+            VolumeMount("prometheus_data", "/prometheus"),
+            VolumeMount(PROMETHEUS_CONFIG_VOLUME, PROMETHEUS_CONFIG_DIR),
+            *_secret_mounts(secrets),
+        ],
         ports={PROMETHEUS_PORT: ("127.0.0.1", port)},
         cpus=0.5,
         memory="512m",
         healthcheck=_python_http_check(PROMETHEUS_PORT, "/-/ready"),
         aliases=[PROMETHEUS],
+        user=_MIMIR_USER,
+        tmpfs=dict(_TMP_SMALL),
+        pids=PIDS["prometheus"],
+        secrets=secrets,
     )
 
 
@@ -578,6 +671,7 @@ def _pool_service(
         "WORKER_CONCURRENCY": str(pool.concurrency or concurrency),
         **pool.environment,
     }
+    secrets = [REDIS_PASSWORD_SECRET]
     return ServiceSpec(
         name=pool_service(pool.name),
         kind="worker",
@@ -587,12 +681,18 @@ def _pool_service(
         volumes=[
             VolumeMount("worker_data", "/app/data"),
             VolumeMount("worker_logs", "/app/logs"),
+            *_secret_mounts(secrets),
         ],
         # A pool that leaves its limits at the defaults gets the backend's (``resources``).
         cpus=cpus if pool.cpus == _POOL_CPUS else pool.cpus,
         memory=memory if pool.memory == _POOL_MEMORY else pool.memory,
+        healthcheck=list(WORKER_HEALTHCHECK),
         scalable=True,
         pool=pool.name,
+        user=_MIMIR_USER,
+        tmpfs=dict(_TMP_APP),
+        pids=PIDS["worker"],
+        secrets=secrets,
     )
 
 
@@ -600,6 +700,51 @@ def _pool_service(
 COMPOSE_MONITORING_PROFILE = "monitoring"
 #: Where compose finds Prometheus's configuration, relative to the compose file.
 COMPOSE_PROMETHEUS_CONFIG = "./prometheus/prometheus.yml"
+
+
+#: The compose files' Redis password: compose substitutes the operator's
+#: ``MIMIR_REDIS_PASSWORD`` and refuses to start without one. File format 2.4 has no
+#: secrets, so with compose the password is in the containers' environment (Redis's
+#: ``REDIS_PASSWORD``, the clients' ``REDIS_URL``): ``docker inspect`` shows it. The stack
+#: file (``packaging/docker-stack.yml``) and the backends use secret files instead.
+COMPOSE_REDIS_PASSWORD = (
+    "${MIMIR_REDIS_PASSWORD:?set MIMIR_REDIS_PASSWORD to a long random secret, "
+    "e.g. the output of openssl rand -hex 32}"
+)
+COMPOSE_REDIS_URL = f"redis://:${{MIMIR_REDIS_PASSWORD}}@redis:{REDIS_PORT}/0"
+#: Redis under compose: the same configuration as :data:`REDIS_COMMAND`, the password from
+#: the environment (``$$``: compose's escape of a ``$`` for the container's shell).
+COMPOSE_REDIS_COMMAND = [
+    "sh",
+    "-c",
+    "umask 077 && printf 'requirepass %s\\nmaxmemory %s\\nmaxmemory-policy noeviction\\n' "
+    '"$$REDIS_PASSWORD" "$${MIMIR_REDIS_MAXMEMORY:-768mb}" > /tmp/redis.conf && '
+    "exec redis-server /tmp/redis.conf --appendonly yes --dir /data --protected-mode yes",
+]
+COMPOSE_REDIS_HEALTHCHECK = [
+    "CMD-SHELL",
+    'REDISCLI_AUTH="$$REDIS_PASSWORD" redis-cli ping | grep -q PONG',
+]
+#: Volumes the compose files do without: secrets come from the environment there, and
+#: Prometheus's configuration is a file beside the compose file.
+_NOT_IN_COMPOSE = {SECRETS_VOLUME, PROMETHEUS_CONFIG_VOLUME}
+_SECRET_FILE_ENV = {"MIMIR_API_TOKEN_FILE", "MIMIR_REDIS_PASSWORD_FILE"}
+
+
+def _compose_environment(spec: ServiceSpec, topology: Topology) -> dict[str, str]:
+    """The service's environment under compose: secrets from the operator's environment
+    (compose 2.4 has no secret files)."""
+    env = {k: v for k, v in spec.environment.items() if k not in _SECRET_FILE_ENV}
+    if spec.kind == "redis":
+        env["REDIS_PASSWORD"] = COMPOSE_REDIS_PASSWORD
+        env["MIMIR_REDIS_MAXMEMORY"] = (
+            "${MIMIR_REDIS_MAXMEMORY:-" + env.get("MIMIR_REDIS_MAXMEMORY", "768mb") + "}"
+        )
+    elif REDIS_PASSWORD_SECRET in spec.secrets:
+        env["REDIS_URL"] = COMPOSE_REDIS_URL
+    if spec.kind == "server" and API_TOKEN_SECRET in spec.secrets and topology.api_token:
+        env["MIMIR_API_TOKEN"] = topology.api_token
+    return env
 
 
 def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
@@ -620,9 +765,9 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
     else:
         out["image"] = "${REDIS_IMAGE:-" + spec.image + "}"
     out["restart"] = "unless-stopped"
-    out["command"] = list(spec.command)
-    if spec.environment:
-        env = dict(spec.environment)
+    out["command"] = list(COMPOSE_REDIS_COMMAND if spec.kind == "redis" else spec.command)
+    env = _compose_environment(spec, topology)
+    if env:
         if spec.name == "worker":
             env["WORKER_CONCURRENCY"] = "${WORKER_CONCURRENCY:-" + env["WORKER_CONCURRENCY"] + "}"
         out["environment"] = env
@@ -637,17 +782,19 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
             f"${{MIMIR_BIND:-{host}}}:${{MIMIR_PORT:-{port}}}:{container}"
             for container, (host, port) in spec.ports.items()
         ]
-    if spec.volumes:
-        out["volumes"] = [
-            f"{m.volume}:{m.target}" + (":ro" if m.read_only else "") for m in spec.volumes
-        ]
+    volumes = [
+        f"{m.volume}:{m.target}" + (":ro" if m.read_only else "")
+        for m in spec.volumes
+        if m.volume not in _NOT_IN_COMPOSE
+    ]
     if spec.kind == "prometheus":
-        out["volumes"].append(
-            f"{COMPOSE_PROMETHEUS_CONFIG}:{PROMETHEUS_CONFIG_DIR}/prometheus.yml:ro"
-        )
-    if spec.healthcheck:
+        volumes.append(f"{COMPOSE_PROMETHEUS_CONFIG}:{PROMETHEUS_CONFIG_DIR}/prometheus.yml:ro")
+    if volumes:
+        out["volumes"] = volumes
+    healthcheck = COMPOSE_REDIS_HEALTHCHECK if spec.kind == "redis" else spec.healthcheck
+    if healthcheck:
         out["healthcheck"] = {
-            "test": list(spec.healthcheck),
+            "test": list(healthcheck),
             "interval": "5s",
             "timeout": "5s",
             "retries": 10,
@@ -656,6 +803,18 @@ def _compose_service(spec: ServiceSpec, topology: Topology) -> dict[str, Any]:
         out["depends_on"] = {"redis": {"condition": "service_healthy"}}
     if spec.kind == "prometheus":
         out["depends_on"] = {"backend": {"condition": "service_started"}}
+    # Hardening (module doc of build_topology): compose 2.4 has every key of it.
+    if spec.user is not None:
+        out["user"] = spec.user
+    out["read_only"] = spec.read_only
+    if spec.tmpfs:
+        out["tmpfs"] = [f"{target}:{options}" for target, options in spec.tmpfs.items()]
+    out["security_opt"] = ["no-new-privileges:true"]
+    out["cap_drop"] = ["ALL"]
+    if spec.cap_add:
+        out["cap_add"] = list(spec.cap_add)
+    if spec.pids is not None:
+        out["pids_limit"] = spec.pids
     if spec.cpus is not None:
         out["cpus"] = spec.cpus
     if spec.memory is not None:
@@ -677,10 +836,11 @@ def compose_file(topology: Topology) -> dict[str, Any]:
     and with ``--scale`` (3.x's ``deploy.resources`` needs ``--compatibility``).
     """
     services = {name: _compose_service(spec, topology) for name, spec in topology.services.items()}
+    volumes = [name for name in topology.volumes if name not in _NOT_IN_COMPOSE]
     return {
         "version": "2.4",
         "services": services,
-        "volumes": {name: {"labels": {LABEL_VOLUME: name}} for name in topology.volumes},
+        "volumes": {name: {"labels": {LABEL_VOLUME: name}} for name in volumes},
         "networks": {
             topology.network: {"driver": "bridge", "labels": {LABEL_NETWORK: topology.network}}
         },

@@ -343,6 +343,7 @@ def test_compose_project_is_its_own_and_the_backend_scales_it(
         "MIMIR_PORT": str(port),
         "REDIS_IMAGE": FALLBACK_REDIS_IMAGE,
         "MIMIR_API_TOKEN": token,
+        "MIMIR_REDIS_PASSWORD": "compose-test-redis-password",  # required as the token
     }
     env.pop("MIMIR_PROJECT", None)  # the old files' label: -p alone must be enough now
     compose = ["docker-compose", "-p", project, "-f", "docker-compose.distributed.yml"]

@@ -120,8 +120,34 @@ def test_the_api_token_and_redis_password_come_from_secrets() -> None:
     (deployment,) = [d for d in api if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
-    assert "value" not in env["MIMIR_API_TOKEN"]
-    assert env["MIMIR_API_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "mimir-api-token"
+    # Both are files of the pod's Secret volume, never environment variables.
+    assert "MIMIR_API_TOKEN" not in env and "REDIS_PASSWORD" not in env
+    assert env["MIMIR_API_TOKEN_FILE"]["value"] == "/run/secrets/mimir_api_token"
+    assert env["MIMIR_REDIS_PASSWORD_FILE"]["value"] == "/run/secrets/mimir_redis_password"
+    assert env["REDIS_URL"]["value"] == "redis://$(REDIS_ADDRESS)/0"
+    pod = deployment["spec"]["template"]["spec"]
+    (secrets,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
+    sources = {
+        (s["secret"]["name"], item["key"], item["path"])
+        for s in secrets["projected"]["sources"]
+        for item in s["secret"]["items"]
+    }
+    assert sources == {
+        ("mimir-api-token", "token", "mimir_api_token"),
+        ("mimir-redis", "password", "mimir_redis_password"),
+    }
+    assert secrets["projected"]["defaultMode"] == 0o440  # the pod's fsGroup reads them
+    assert {"name": "secrets", "mountPath": "/run/secrets", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    # Redis: the password from its file into a config on the emptyDir, never in argv/env.
+    redis = _documents((TREE / "base" / "redis.yaml").read_text())
+    (statefulset,) = [d for d in redis if d["kind"] == "StatefulSet"]
+    (server,) = statefulset["spec"]["template"]["spec"]["containers"]
+    assert "/run/secrets/mimir_redis_password" in server["command"][2]
+    assert "requirepass" in server["command"][2] and "--requirepass" not in server["command"][2]
+    assert "maxmemory-policy noeviction" in server["command"][2]
+    assert {e["name"] for e in server["env"]} == {"MIMIR_REDIS_MAXMEMORY"}
     # The server's own autoscaler is off: KEDA scales the pools.
     assert env["MIMIR_CLUSTER_BACKEND"]["value"] == ""
     assert "--insecure" not in container["command"]
@@ -152,7 +178,7 @@ def test_kustomize_output_validates(overlay: str) -> None:
             d for d in documents if d["kind"] == "Deployment" and "api" in d["metadata"]["name"]
         ]
         env = {e["name"] for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
-        assert {"MIMIR_POOLS", "MIMIR_API_TOKEN", "REDIS_URL"} <= env
+        assert {"MIMIR_POOLS", "MIMIR_API_TOKEN_FILE", "REDIS_URL"} <= env
 
 
 def test_mimir_cluster_manifests_writes_the_tree(tmp_path: Path) -> None:

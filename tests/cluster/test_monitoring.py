@@ -48,7 +48,7 @@ def test_monitoring_adds_a_loopback_prometheus_with_its_volume() -> None:
     # Published on loopback whatever the API's bind address: Prometheus has no auth.
     assert prometheus.ports == {9090: ("127.0.0.1", 19090)}
     assert "prometheus_data" in topology.volumes
-    assert prometheus.environment == {}
+    assert TOKEN not in str(prometheus.environment)
     assert not any(TOKEN in part for part in prometheus.command)
     with pytest.raises(ClusterError, match="invalid scrape interval"):
         build_topology("demo", monitoring=True, scrape_interval="often")
@@ -66,11 +66,12 @@ def test_the_scrape_configuration_is_generated_from_the_topology() -> None:
     assert mimir["metrics_path"] == "/metrics"
     assert mimir["authorization"] == {
         "type": "Bearer",
-        "credentials_file": "/etc/mimir-prometheus/api-token",
+        "credentials_file": "/run/secrets/mimir_api_token",
     }
     assert itself["static_configs"][0]["targets"] == ["localhost:9090"]
-    files = prometheus_files(topology)
-    assert files["api-token"] == (TOKEN.encode(), 0o400)
+    # The container reads the token's secret file: only the configuration is copied in.
+    assert set(prometheus_files(topology)) == {"prometheus.yml"}
+    assert topology.service("prometheus").secrets == ["mimir_api_token"]
     # Without a token: no authorization, no token file.
     open_api = build_topology("demo", monitoring=True, api_port=18080, prometheus_port=19090)
     document = yaml.safe_load(prometheus_config(open_api, on_host=True))
@@ -272,9 +273,9 @@ def test_docker_cluster_with_prometheus(docker_backend: Any) -> None:
     container = backend._connect().containers.get(f"{PROJECT}-prometheus")
     assert TOKEN not in json.dumps(container.attrs)
     assert TOKEN not in json.dumps(container.image.attrs)
-    code, output = container.exec_run(["stat", "-c", "%a %U", "/etc/mimir-prometheus/api-token"])
-    assert (code, output.decode().strip()) == (0, "400 prometheus")
-    assert container.attrs["Config"]["User"] == "prometheus"
+    code, output = container.exec_run(["stat", "-c", "%a %u", "/run/secrets/mimir_api_token"])
+    assert (code, output.decode().strip()) == (0, "400 10001")
+    assert container.attrs["Config"]["User"] == "10001:10001"
     # A later `up` without the flag keeps it; `logs prometheus` reads it.
     from mimir.app.cluster.docker_backend import DockerBackend
 

@@ -1,9 +1,58 @@
-"""The Swarm service specs (app/cluster/swarm_spec.py) and the stack file: no engine needed."""
+"""The Swarm service specs (app/cluster/swarm_spec.py) and the stack file: no engine needed.
+
+The specs go through docker-py's own conversion (what ``client.services.create`` sends),
+so the checks are on the request the engine would get."""
 
 from __future__ import annotations
 
-from mimir.app.cluster.swarm_spec import swarm_worker_hostname
-from mimir.app.cluster.topology import API_TOKEN_FILE, REDIS_PASSWORD_FILE, SECRETS_DIR
+import json
+from typing import Any
+
+import pytest
+from docker.models.services import _get_create_service_kwargs
+
+from mimir.app.cluster.base import ClusterError
+from mimir.app.cluster.swarm_spec import registry_spec, service_specs, swarm_worker_hostname
+from mimir.app.cluster.topology import (
+    API_TOKEN_FILE,
+    REDIS_PASSWORD_FILE,
+    SECRETS_DIR,
+    build_topology,
+)
+from mimir.core.pools import ClusterFile, PoolSpec
+
+TOKEN = "swarm-spec-token-not-to-be-seen"
+SECRETS = {"mimir_api_token": "id-token", "mimir_redis_password": "id-redis"}
+DATA = "node.labels.io.mimir.data==true"
+LONGEST_POOL = "p" + "x" * 30  # POOL_NAME_PATTERN: 31 characters at most
+LONGEST_PROJECT = "m" * 41  # validate_project_name: 41 at most
+
+
+def _requests(**kwargs: Any) -> dict[str, dict[str, Any]]:
+    cluster = ClusterFile(
+        pools={
+            "default": PoolSpec(name="default", queues=["default"]),
+            LONGEST_POOL: PoolSpec(name=LONGEST_POOL, queues=["slow"], replicas=3),
+        }
+    )
+    topology = build_topology(
+        LONGEST_PROJECT,
+        workers=4,
+        api_host="0.0.0.0",
+        api_token=TOKEN,
+        cluster=cluster,
+        monitoring=True,
+    )
+    specs = service_specs(
+        topology,
+        images={"mimir-aip:worker-latest": "10.1.0.2:5000/mimir-aip:worker-latest"},
+        secrets=SECRETS,
+        data_constraint=DATA,
+        grace=20,
+        **kwargs,
+    )
+    # What docker-py makes of them: the create request's body.
+    return {name: _get_create_service_kwargs("create", dict(spec)) for name, spec in specs.items()}
 
 
 def test_secret_files_live_in_the_secrets_dir() -> None:
@@ -11,5 +60,137 @@ def test_secret_files_live_in_the_secrets_dir() -> None:
     assert f"{SECRETS_DIR}/mimir_redis_password" == REDIS_PASSWORD_FILE
 
 
-def test_worker_hostname_is_unique_per_task() -> None:
-    assert swarm_worker_hostname("slow") == "slow-{{.Task.Slot}}-{{.Task.ID}}"
+def test_specs_hold_no_secret_and_are_hardened() -> None:
+    requests = _requests()
+    # Prometheus is not deployed on a swarm.
+    assert set(requests) == {"redis", "backend", "worker", f"worker-{LONGEST_POOL}"}
+    assert TOKEN not in json.dumps(requests)
+    for name, request in requests.items():
+        container = request["task_template"]["ContainerSpec"]
+        assert request["name"] == f"{LONGEST_PROJECT}_{name}"
+        assert not any(
+            e.split("=", 1)[0] in ("MIMIR_API_TOKEN", "REDIS_PASSWORD") for e in container["Env"]
+        )
+        assert "@" not in json.dumps(container["Env"])  # no password in a URL
+        # args, not command: the image's setpriv ENTRYPOINT stays.
+        assert container["Command"] is None and container["Args"]
+        assert container["User"] not in (None, "", "root", "0", "0:0")
+        assert container["ReadOnly"] is True and container["CapabilityDrop"] == ["ALL"]
+        assert "CapabilityAdd" not in container
+        assert container["Healthcheck"]["Test"]
+        assert container["StopGracePeriod"] == 20 * 10**9
+        (tmp,) = [m for m in container["Mounts"] if m["Type"] == "tmpfs"]
+        assert tmp["Target"] == "/tmp" and tmp["TmpfsOptions"]["Mode"] == 0o1777
+        volumes = [m for m in container["Mounts"] if m["Type"] == "volume"]
+        assert all(m["Source"].startswith(f"{LONGEST_PROJECT}_") for m in volumes)
+        assert SECRETS_DIR not in {m["Target"] for m in volumes}  # Docker secrets instead
+        limits = request["task_template"]["Resources"]["Limits"]
+        assert limits["Pids"] > 0 and limits["MemoryBytes"] > 0 and limits["NanoCPUs"] > 0
+        assert request["task_template"]["RestartPolicy"]["Condition"] == "any"
+        assert request["update_config"]["Order"] == "stop-first"
+        assert request["endpoint_spec"]["Mode"] == "dnsrr"
+        (network,) = request["task_template"]["Networks"]
+        assert network["Target"] == f"{LONGEST_PROJECT}_mimir-network"
+    assert requests["redis"]["task_template"]["ContainerSpec"]["User"] == "999:1000"
+    assert requests["redis"]["task_template"]["Networks"][0]["Aliases"] == ["redis"]
+
+
+def test_secrets_per_service_with_their_users() -> None:
+    requests = _requests()
+
+    def secrets(name: str) -> dict[str, tuple[str, str, str, int]]:
+        refs = requests[name]["task_template"]["ContainerSpec"]["Secrets"]
+        return {
+            r["File"]["Name"]: (
+                r["SecretName"],
+                r["File"]["UID"],
+                r["File"]["GID"],
+                r["File"]["Mode"],
+            )
+            for r in refs
+        }
+
+    redis_secret = f"{LONGEST_PROJECT}_mimir_redis_password"
+    assert secrets("redis") == {"mimir_redis_password": (redis_secret, "999", "1000", 0o400)}
+    assert secrets("backend") == {
+        "mimir_api_token": (f"{LONGEST_PROJECT}_mimir_api_token", "10001", "10001", 0o400),
+        "mimir_redis_password": (redis_secret, "10001", "10001", 0o400),
+    }
+    for worker in ("worker", f"worker-{LONGEST_POOL}"):
+        assert secrets(worker) == {"mimir_redis_password": (redis_secret, "10001", "10001", 0o400)}
+    backend_env = requests["backend"]["task_template"]["ContainerSpec"]["Env"]
+    assert f"MIMIR_API_TOKEN_FILE={API_TOKEN_FILE}" in backend_env
+    assert f"MIMIR_REDIS_PASSWORD_FILE={REDIS_PASSWORD_FILE}" in backend_env
+
+
+def test_placement_ports_replicas_and_hostnames() -> None:
+    requests = _requests()
+    for name in ("redis", "backend"):
+        placement = requests[name]["task_template"]["Placement"]
+        assert placement == {"Constraints": [DATA]}
+    for name in ("worker", f"worker-{LONGEST_POOL}"):
+        placement = requests[name]["task_template"]["Placement"]
+        assert placement == {"Preferences": [{"Spread": {"SpreadDescriptor": "node.id"}}]}
+    # Only the backend publishes, host mode (no routing mesh without IPVS).
+    assert requests["backend"]["endpoint_spec"]["Ports"] == [
+        {"Protocol": "tcp", "PublishedPort": 8080, "TargetPort": 8080, "PublishMode": "host"}
+    ]
+    assert all("Ports" not in r["endpoint_spec"] for n, r in requests.items() if n != "backend")
+    replicas = {n: r["mode"]["replicated"]["Replicas"] for n, r in requests.items()}
+    assert replicas == {"redis": 1, "backend": 1, "worker": 4, f"worker-{LONGEST_POOL}": 3}
+    images = {n: r["task_template"]["ContainerSpec"]["Image"] for n, r in requests.items()}
+    assert images["worker"] == "10.1.0.2:5000/mimir-aip:worker-latest"
+    assert images["backend"] == "mimir-aip:backend-latest"  # not in `images`: as it is
+    # A worker's hostname is unique per task, and a hostname (≤ 63) once Swarm fills it in
+    # (slot ≤ 64 workers, a task ID is 25 characters).
+    hostname = requests[f"worker-{LONGEST_POOL}"]["task_template"]["ContainerSpec"]["Hostname"]
+    assert hostname == swarm_worker_hostname(LONGEST_POOL)
+    filled = hostname.replace("{{.Task.Slot}}", "64").replace("{{.Task.ID}}", "x" * 25)
+    assert len(filled) <= 63
+    assert "Hostname" not in requests["backend"]["task_template"]["ContainerSpec"]
+    scaled = _requests(replicas={"worker": 0})
+    assert scaled["worker"]["mode"]["replicated"]["Replicas"] == 0
+
+
+def test_wrong_modes_and_missing_secrets_are_refused() -> None:
+    with pytest.raises(ClusterError, match="host mode only"):
+        _requests(publish_mode="ingress")
+    topology = build_topology("demo", api_token=TOKEN)
+    with pytest.raises(ClusterError, match="demo_mimir_api_token is missing"):
+        service_specs(
+            topology,
+            images={},
+            secrets={"mimir_redis_password": "x"},
+            data_constraint=DATA,
+            grace=5,
+        )
+    # The routing mesh (kernels with IPVS): vip, ingress publishing.
+    specs = service_specs(
+        topology,
+        images={},
+        secrets={"demo_mimir_api_token": "a", "demo_mimir_redis_password": "b"},
+        data_constraint=DATA,
+        endpoint_mode="vip",
+        publish_mode="ingress",
+        grace=5,
+    )
+    assert specs["backend"]["endpoint_spec"]["Mode"] == "vip"
+    assert specs["backend"]["endpoint_spec"]["Ports"][0]["PublishMode"] == "ingress"
+
+
+def test_registry_spec() -> None:
+    topology = build_topology("demo")
+    request = _get_create_service_kwargs(
+        "create", dict(registry_spec(topology, data_constraint="node.hostname==n1"))
+    )
+    container = request["task_template"]["ContainerSpec"]
+    assert request["name"] == "demo_registry"
+    assert container["Image"] == "mimir-aip:registry-latest"
+    assert container["ReadOnly"] is True and container["CapabilityDrop"] == ["ALL"]
+    assert request["task_template"]["Placement"] == {"Constraints": ["node.hostname==n1"]}
+    assert request["endpoint_spec"]["Ports"] == [
+        {"Protocol": "tcp", "PublishedPort": 5000, "TargetPort": 5000, "PublishMode": "host"}
+    ]
+    (volume,) = [m for m in container["Mounts"] if m["Type"] == "volume"]
+    assert volume["Source"] == "demo_registry_data"
+    assert request["task_template"]["Resources"]["Limits"]["Pids"] == 256
