@@ -17,6 +17,10 @@ LimitExceededError                 422     ``null``
 ExecutionTimeoutError              504     ``null``
 JobNotFoundError                   404     ``null``
 JobStateError                      409     ``null``
+QueueFullError                     503     ``null``; ``Retry-After: 5`` (Redis at maxmemory:
+                                               the message starts "queue full: ")
+Redis's OOM refusal (raw, outside   503     as QueueFullError
+  the queue's own calls)
 QueueUnavailableError              503     ``null``
 QueueCommandError                  500     as for anything else (last row)
 other QueueError                   400     ``null``
@@ -57,6 +61,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ResponseError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -86,7 +91,10 @@ from mimir.core.queue.errors import (
     JobNotFoundError,
     JobStateError,
     QueueCommandError,
+    QueueFullError,
     QueueUnavailableError,
+    is_oom,
+    queue_full_message,
 )
 from mimir.core.twin.simulation import TwinError
 from mimir.core.twin.store import (
@@ -96,7 +104,14 @@ from mimir.core.twin.store import (
 )
 from mimir.server.logs import printable
 
-__all__ = ["ERROR_ANSWERS", "ErrorAnswer", "answer_for", "error_response", "install_error_handlers"]
+__all__ = [
+    "ERROR_ANSWERS",
+    "QUEUE_FULL_RETRY_AFTER",
+    "ErrorAnswer",
+    "answer_for",
+    "error_response",
+    "install_error_handlers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +119,8 @@ logger = logging.getLogger(__name__)
 ErrorAnswer = tuple[int, Callable[[Any], Any] | None]
 #: A server fault: no answer here; the request middleware logs it and sends the JSON 500.
 SERVER_FAULT = 500
+#: Seconds a client is asked to wait before retrying a refused write on a full Redis.
+QUEUE_FULL_RETRY_AFTER = 5
 
 #: Every domain error the API answers. The most specific class an error is an instance
 #: of decides (its MRO, as Starlette looks handlers up); ``MimirError`` is the fallback.
@@ -124,6 +141,7 @@ ERROR_ANSWERS: dict[type[Exception], ErrorAnswer] = {
     JobNotFoundError: (404, None),
     JobStateError: (409, None),
     QueueUnavailableError: (503, None),
+    QueueFullError: (503, None),  # with Retry-After (see _domain_error)
     QueueCommandError: (SERVER_FAULT, None),
     # ontologies and SPARQL (mimir.core.ontology.errors); SparqlError and the rest: 400
     OntologyNotFoundError: (404, None),
@@ -172,7 +190,21 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
         status,
         printable(exc),
     )
-    return error_response(status, str(exc), detail(exc) if detail else None)
+    headers = (
+        {"Retry-After": str(QUEUE_FULL_RETRY_AFTER)} if isinstance(exc, QueueFullError) else None
+    )
+    return error_response(status, str(exc), detail(exc) if detail else None, headers)
+
+
+async def _redis_refused(request: Request, exc: Exception) -> JSONResponse:
+    """A Redis error that no queue call translated (a route's own Redis command): Redis's
+    OOM refusal is a full queue, answered as :class:`QueueFullError`; anything else is a
+    server fault (the middleware's JSON 500)."""
+    if not is_oom(exc):
+        raise exc
+    full = QueueFullError(queue_full_message("request"))
+    full.__cause__ = exc
+    return await _domain_error(request, full)
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -241,6 +273,7 @@ def install_error_handlers(app: FastAPI) -> None:
     for kind in ERROR_ANSWERS:
         app.add_exception_handler(kind, _domain_error)
     # Every route that reads or writes the run store (the routes need not each catch it).
+    app.add_exception_handler(ResponseError, _redis_refused)  # OOM: queue full
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _request_invalid)

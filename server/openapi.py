@@ -111,7 +111,9 @@ DESCRIPTIONS: dict[int, str] = {
     413: "The request body is larger than the server accepts.",
     415: "The media type or format of the document is not supported.",
     422: "Invalid request: the body, a parameter, or the pipeline or document it carries.",
-    503: "A backing service (Redis, or the external SPARQL store) is unavailable.",
+    503: "A backing service (Redis, or the external SPARQL store) is unavailable, or the "
+    "queue is full: Redis reached its memory limit and refused the write (the error "
+    'starts "queue full: ", nothing was written, `Retry-After: 5`; retry later).',
     504: "The work ran past its time limit and was stopped.",
 }
 

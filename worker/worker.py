@@ -61,7 +61,8 @@ from mimir.core.capture import RunCapture, current_capture
 from mimir.core.jobs import Attempt, JobFailedError, get_job_handler
 from mimir.core.logtext import printable, set_worker_id
 from mimir.core.queue.connection import connect
-from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer
+from mimir.core.queue.consumer import Delivery, HeartbeatRefusedError, Outcome, QueueConsumer
+from mimir.core.queue.errors import QueueFullError, is_oom
 from mimir.core.queue.metrics import WorkerMetrics, flush_args
 from mimir.core.queue.models import iso, utc_now
 from mimir.core.settings import Settings
@@ -86,6 +87,8 @@ _LISTEN_WAIT = 5.0
 #: and a write fewer replicas acknowledged than MIMIR_REDIS_MIN_REPLICAS is a
 #: NotReplicatedError (a ConnectionError too). All are retried with backoff.
 _OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+#: Seconds between two log lines of one loop saying that a full Redis refused its writes.
+_FULL_LOG_EVERY = 30.0
 
 
 def _health_file_from_env() -> Path | None:
@@ -174,6 +177,43 @@ def _awaiting(task: asyncio.Task[Any]) -> list[str]:
             chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
         awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
     return chain
+
+
+class _Full:
+    """One loop's writes refused by a full Redis (``maxmemory``, noeviction). Not an
+    outage: Redis answers, and the worker goes on draining the queue (its outcomes,
+    lease renewals and takeovers are writes a full Redis takes), so this never stops it;
+    logged at most once every :data:`_FULL_LOG_EVERY` seconds."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.logged_at: float | None = None
+        self.refusals = 0
+
+    def refused(self, exc: BaseException) -> None:
+        self.refusals += 1
+        now = time.monotonic()
+        if self.logged_at is None or now - self.logged_at >= _FULL_LOG_EVERY:
+            logger.warning(
+                "Redis is full (maxmemory): %s refused (%d time(s) since the last such "
+                "line: %s); the worker keeps running jobs and draining the queue",
+                self.what,
+                self.refusals,
+                exc,
+            )
+            self.logged_at = now
+            self.refusals = 0
+
+    def ok(self) -> None:
+        if self.logged_at is not None:
+            logger.info("Redis takes writes again (%s)", self.what)
+        self.logged_at = None
+        self.refusals = 0
+
+
+def _full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full Redis's refusal (see :class:`_Full`)."""
+    return isinstance(exc, QueueFullError) or is_oom(exc)
 
 
 class _Reconnect:
@@ -289,6 +329,7 @@ class Worker:
         self._last_busy = time.monotonic()
         self._trimmed = True
         self._health_file_failed = False
+        self._full_beat = _Full("heartbeat")
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -432,7 +473,10 @@ class Worker:
                 await self.consumer.ensure_groups()
                 # A request left for an earlier process of the same id (a container
                 # restarted with its hostname and pid) is not for this one: dropped.
-                await self._heartbeat(act=False)
+                try:
+                    await self._heartbeat(act=False)
+                except HeartbeatRefusedError as exc:
+                    self._full_beat.refused(exc)  # starts anyway: it can drain
                 reconnect.ok()
                 return
             except _OUTAGE_ERRORS as exc:
@@ -447,7 +491,7 @@ class Worker:
             self.config.grace,
         )
         await asyncio.wait([fetch], timeout=self.config.block + 5)
-        with contextlib.suppress(*_OUTAGE_ERRORS):
+        with contextlib.suppress(*_OUTAGE_ERRORS, QueueFullError):
             await self._heartbeat(draining=True)
         tasks = [r.task for r in self.running.values()]
         if tasks:
@@ -480,7 +524,9 @@ class Worker:
         while self._pending:
             try:
                 await self._write_batch()
-            except _OUTAGE_ERRORS as exc:
+            except (*_OUTAGE_ERRORS, RedisError) as exc:
+                if not isinstance(exc, _OUTAGE_ERRORS) and not _full(exc):
+                    raise  # a full Redis is retried here as an outage (bounded)
                 try:
                     await reconnect.failed(exc)
                 except WorkerGaveUpError:
@@ -495,6 +541,7 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         reconnect = _Reconnect("fetch", self.config.max_outage)
+        full = _Full("starting fetched jobs")
         with contextlib.suppress(TimeoutError):  # the lease renewal still catches cancels
             await asyncio.wait_for(self._listening.wait(), _LISTEN_WAIT)
         fetches = 0
@@ -517,6 +564,15 @@ class Worker:
             except _OUTAGE_ERRORS as exc:
                 await reconnect.failed(exc)
                 continue
+            except RedisError as exc:
+                if not _full(exc):
+                    raise
+                # What the blocking read delivered waits for its lease (see
+                # QueueConsumer.read_blocking); meanwhile ``fetch`` reads.
+                full.refused(exc)
+                reconnect.ok()
+                continue
+            full.ok()
             for delivery in deliveries:
                 self._start(delivery)
 
@@ -729,6 +785,7 @@ class Worker:
 
     async def _writer_loop(self) -> None:
         reconnect = _Reconnect("write outcomes", self.config.max_outage)
+        full = _Full("writing outcomes")
         while not self._closing.is_set():
             if not self._pending:  # after a restart by _guard, what is pending goes first
                 await self._pending_event.wait()
@@ -737,11 +794,18 @@ class Worker:
                 try:
                     await self._write_batch()
                     reconnect.ok()
+                    full.ok()
                 except _OUTAGE_ERRORS as exc:
                     await reconnect.failed(exc)
+                except RedisError as exc:
+                    if not _full(exc):
+                        raise
+                    full.refused(exc)
+                    await self._pause(1.0)
 
     async def _log_loop(self) -> None:
         reconnect = _Reconnect("write log lines", self.config.max_outage)
+        full = _Full("live log lines")
         while not self._closing.is_set():
             await self._pause(self.config.log_flush)
             try:
@@ -749,11 +813,20 @@ class Worker:
                 reconnect.ok()
             except _OUTAGE_ERRORS as exc:
                 await reconnect.failed(exc)
+            except RedisError as exc:
+                if not _full(exc):
+                    raise
+                # The lines stay in the capture: written once Redis takes them, or
+                # with the job's outcome (its detail) if it ends first.
+                full.refused(exc)
 
     async def _flush_logs(self) -> None:
         """Write the running jobs' new log lines to their live log streams (one round
         trip). Under the write lock: a job's lines never follow its outcome, and a job
-        that has ended is no longer in ``running``, so its last lines stay in the detail."""
+        that has ended is no longer in ``running``, so its last lines stay in the detail.
+        While Redis is full (``maxmemory``) nothing is sent: the lines wait."""
+        if self.consumer.full:
+            return
         async with self._write_lock:
             batches = []
             for job_id, entry in list(self.running.items()):
@@ -799,6 +872,14 @@ class Worker:
             control = await self.consumer.heartbeat(
                 info, ttl=self.config.heartbeat * 3, metrics=counts
             )
+        except HeartbeatRefusedError as exc:
+            # Redis is full, yet it answered: this worker is alive (it keeps draining).
+            if not exc.metrics_written:
+                self.metrics.restore(taken)
+            self._touch_health_file()
+            if exc.control is not None and act:
+                self._control(exc.control)
+            raise
         except BaseException:
             self.metrics.restore(taken)  # sent with a later beat
             raise
@@ -821,12 +902,17 @@ class Worker:
 
     async def _maintenance_loop(self) -> None:
         reconnect = _Reconnect("maintenance", self.config.max_outage)
+        full = _Full("lease renewal or takeover")
         tick = max(0.05, min(self.config.heartbeat, self.config.lease / 3))
         last_renew = last_reclaim = 0.0
         while not self._closing.is_set():
             try:
                 now = time.monotonic()
-                await self._heartbeat()
+                try:
+                    await self._heartbeat()
+                    self._full_beat.ok()
+                except HeartbeatRefusedError as exc:
+                    self._full_beat.refused(exc)  # renewals and takeovers go on
                 if now - last_renew >= self.config.lease / 3:
                     await self._renew()
                     last_renew = now
@@ -838,6 +924,10 @@ class Worker:
             except _OUTAGE_ERRORS as exc:
                 await reconnect.failed(exc)
                 continue
+            except RedisError as exc:
+                if not _full(exc):
+                    raise
+                full.refused(exc)
             await self._pause(tick)
 
     async def _renew(self) -> None:
@@ -865,13 +955,20 @@ class Worker:
 
     async def _scheduler_loop(self) -> None:
         reconnect = _Reconnect("scheduler", self.config.max_outage)
+        full = _Full("moving due jobs")
         while not self._closing.is_set():
             try:
                 next_due = await self.consumer.move_due()
                 reconnect.ok()
+                full.ok()
             except _OUTAGE_ERRORS as exc:
                 await reconnect.failed(exc)
                 continue
+            except RedisError as exc:
+                if not _full(exc):
+                    raise
+                full.refused(exc)
+                next_due = None
             pause = self.config.schedule_poll
             if next_due is not None:
                 pause = min(pause, max(0.01, next_due - time.time()))

@@ -59,10 +59,25 @@ async def _enqueue(args: argparse.Namespace, options: dict[str, Any], context: A
         records = []
         # OTEL_* environment: the command starts the jobs' trace (one for the batch).
         telemetry.configure_tracing("mimir-cli")
-        with telemetry.span(f"enqueue {pipeline.name}"):
-            for first in range(0, len(specs), 1000):
-                records += await queue.enqueue_many(specs[first : first + 1000])
-        telemetry.shutdown_tracing()
+        try:
+            with telemetry.span(f"enqueue {pipeline.name}"):
+                # One script call per 1,000 jobs: each chunk is enqueued whole or not at
+                # all (a full Redis refuses a chunk before it writes anything).
+                for first in range(0, len(specs), 1000):
+                    records += await queue.enqueue_many(specs[first : first + 1000])
+        except QueueError as exc:
+            if not records:
+                raise
+            for record in records:
+                print(record.job_id)
+            print(
+                f"mimir enqueue: {len(records)} of {len(specs)} job(s) were enqueued (ids "
+                f"above), then: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        finally:
+            telemetry.shutdown_tracing()
         elapsed = time.perf_counter() - started
         for record in records:
             print(record.job_id)

@@ -8,6 +8,7 @@ the worker can tell an outage (retry with backoff) from a bug.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -21,12 +22,13 @@ from redis.exceptions import NoScriptError, ResponseError
 from mimir.core.queue import scripts
 from mimir.core.queue.client import bucket_for
 from mimir.core.queue.connection import NotReplicatedError
+from mimir.core.queue.errors import QueueFullError, is_oom
 from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
 from mimir.core.queue.metrics import FLUSH_SCRIPT
 from mimir.core.queue.models import iso, utc_now
 from mimir.core.queue.protocol import decode_field
 
-__all__ = ["Delivery", "Outcome", "QueueConsumer", "retry_delay"]
+__all__ = ["Delivery", "HeartbeatRefusedError", "Outcome", "QueueConsumer", "retry_delay"]
 
 #: Longest backoff before a retry, in seconds.
 MAX_RETRY_DELAY = 600.0
@@ -100,6 +102,21 @@ class Outcome:
     unacknowledged: bool = False
 
 
+class HeartbeatRefusedError(QueueFullError):
+    """Redis is full (``maxmemory``): the heartbeat's record was not written (the TTL of
+    one already there was renewed). What the same round trip did is kept: ``control``,
+    the request it took (``drain``, ``stop`` or ``None``), and ``metrics_written``,
+    whether the counts sent with it were added."""
+
+    def __init__(self, control: str | None, metrics_written: bool) -> None:
+        self.control = control
+        self.metrics_written = metrics_written
+        super().__init__(
+            "queue full: Redis reached its memory limit (maxmemory); this worker's "
+            "heartbeat was not written (it keeps running and draining the queue)"
+        )
+
+
 def retry_delay(attempt: int, base: float) -> float:
     """Backoff before retry number ``attempt`` (1, 2, …): ``base·2^(attempt-1)`` ± 50 %."""
     delay = base * (2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.5)
@@ -125,6 +142,9 @@ class QueueConsumer:
         self.job_ttl = int(job_ttl)
         #: Every stream served, highest priority first across pools.
         self.streams = [self.keys.stream(q, p) for p in PRIORITIES for q in self.queues]
+        #: Redis refused a write for lack of memory since the last heartbeat it took:
+        #: blocking reads wait (see :meth:`read_blocking`) and progress is not sent.
+        self.full = False
 
     def _fetch(
         self, mode: str, count: int, streams: Sequence[tuple[str, int]], min_idle_ms: int = 0
@@ -155,15 +175,24 @@ class QueueConsumer:
         ]
 
     async def ensure_groups(self) -> None:
-        """Create the consumer group on every stream served (from the first entry)."""
+        """Create the consumer group on every stream served (from the first entry).
+
+        A full Redis (``maxmemory``) refuses ``XGROUP CREATE`` and ``SADD`` even when the
+        group or member is there already; that is no reason not to start (workers drain a
+        full queue): the ``FETCH`` script creates a group still missing when it reads
+        (its ``XREADGROUP``, a write Redis allows when full, comes first)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream in self.streams:
                 pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            pipe.sadd(self.keys.queues, *self.queues)
             results = await pipe.execute(raise_on_error=False)
         for result in results:
-            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
-                raise result
-        await self.redis.sadd(self.keys.queues, *self.queues)
+            if not isinstance(result, Exception) or "BUSYGROUP" in str(result):
+                continue
+            if is_oom(result):
+                self.full = True
+                continue
+            raise result
 
     async def fetch(self, count: int, *, low_first: bool = False) -> list[Delivery]:
         """Start up to ``count`` waiting jobs, highest priority first (one round trip).
@@ -185,6 +214,12 @@ class QueueConsumer:
         pipeline: Redis runs the script the moment the read is served, so waking costs
         one round trip, not two.
         """
+        if self.full:
+            # A full Redis lets the blocking read deliver but refuses the script that
+            # starts what it delivered: wait, the caller's next ``fetch`` reads (``FETCH``
+            # in read mode starts with its read, a write a full Redis allows).
+            await asyncio.sleep(block_ms / 1000)
+            return []
         pending = self._fetch("pending", count, [(stream, count) for stream in self.streams])
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xreadgroup(
@@ -206,6 +241,12 @@ class QueueConsumer:
             # consumer's pending list, so the same call, once loaded, starts it.
             started = await pending.run(self.redis)
         elif isinstance(started, Exception):
+            if is_oom(started):
+                # Full: the script's first write (the job's status) was refused. What the
+                # read delivered stays in this consumer's pending list and is taken over
+                # once its lease runs out; until a heartbeat is written again, this
+                # method waits instead of reading (``fetch`` still reads).
+                self.full = True
             raise started
         return self._deliveries(started)
 
@@ -273,7 +314,12 @@ class QueueConsumer:
     ) -> None:
         """Write outcomes and progress in one round trip. A failure with attempts left
         becomes a retry after backoff. Writes are fenced: an outcome for a job another
-        worker has taken over meanwhile is not written (``applied`` says ``stale``)."""
+        worker has taken over meanwhile is not written (``applied`` says ``stale``).
+
+        A full Redis (``maxmemory``) takes outcomes (the script's first write, ``XACK``,
+        is one Redis allows when full, and a script that has written may go on) but
+        refuses progress alone: that progress is dropped (the next, or the outcome,
+        carries it), and while :attr:`full` none is sent."""
         latest = {
             d.job_id: json.dumps({"step": step, "total": total, "name": name})
             for d, step, total, name in progress
@@ -311,6 +357,8 @@ class QueueConsumer:
                 )
             )
         by_job = {d.job_id: d for d, *_ in progress}
+        if self.full:
+            latest.clear()
         for job_id, text in latest.items():
             calls.append(
                 scripts.PROGRESS_SCRIPT.call(
@@ -330,12 +378,23 @@ class QueueConsumer:
         # it; NotReplicatedError (a connection error) makes the worker write it again.
         try:
             results = await scripts.run_scripts(
-                self.redis, calls, durable="write job outcomes" if outcomes else ""
+                self.redis,
+                calls,
+                durable="write job outcomes" if outcomes else "",
+                raise_on_error=False,
             )
         except NotReplicatedError:
             for outcome in outcomes:
                 outcome.unacknowledged = True
             raise
+        progress_results = results[1:] if outcomes else results
+        if outcomes and isinstance(results[0], Exception):
+            raise results[0]
+        for result in progress_results:
+            if isinstance(result, Exception):
+                if not is_oom(result):
+                    raise result
+                self.full = True  # progress refused: dropped (see above)
         if outcomes:
             for outcome, written in zip(outcomes, results[0], strict=True):
                 if not int(written):
@@ -409,7 +468,20 @@ class QueueConsumer:
             if metrics:
                 pipe.eval(FLUSH_SCRIPT, *metrics)
             pipe.getdel(self.keys.control(self.worker_id))
-            *_, control = await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
+        *written, control = results
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            if isinstance(control, Exception) or not all(is_oom(e) for e in errors):
+                raise errors[0]
+            # Full (maxmemory): HSET, ZADD and the counts refused; PEXPIRE and GETDEL
+            # (no new data) went through, so the request taken is answered now.
+            self.full = True
+            raise HeartbeatRefusedError(
+                str(control) if control else None,
+                metrics_written=bool(metrics) and not isinstance(written[3], Exception),
+            ) from errors[0]
+        self.full = False
         return str(control) if control else None
 
     async def add_metrics(self, metrics: list[Any]) -> None:
@@ -421,12 +493,20 @@ class QueueConsumer:
         """Remove this worker from the registry (on a clean exit)."""
         # One transaction: between a deleted heartbeat and the registry entry's removal, the
         # alert evaluator would see a registered worker without a heartbeat, i.e. lost.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.worker(self.worker_id), self.keys.control(self.worker_id))
-            pipe.zrem(self.keys.workers, self.worker_id)
-            for stream in self.streams:
-                pipe.xpending_range(stream, GROUP, "-", "+", 1, consumername=self.worker_id)
-            results = await pipe.execute(raise_on_error=False)
+        # A full Redis refuses every command queued in a transaction: then the same
+        # commands go without one, the registry entry first.
+        for transaction in (True, False):
+            async with self.redis.pipeline(transaction=transaction) as pipe:
+                pipe.zrem(self.keys.workers, self.worker_id)
+                pipe.delete(self.keys.worker(self.worker_id), self.keys.control(self.worker_id))
+                for stream in self.streams:
+                    pipe.xpending_range(stream, GROUP, "-", "+", 1, consumername=self.worker_id)
+                try:
+                    results = await pipe.execute(raise_on_error=False)
+                    break
+                except ResponseError as exc:
+                    if not (transaction and is_oom(exc)):
+                        raise
         # Forget the consumer only where it holds nothing: deleting a consumer drops its
         # pending entries, which would lose their jobs.
         idle = [s for s, r in zip(self.streams, results[2:], strict=True) if r == []]

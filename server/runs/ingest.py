@@ -49,6 +49,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from mimir.core.logtext import printable
 from mimir.core.queue import JobQueue
 from mimir.core.queue.connection import connect
+from mimir.core.queue.errors import is_oom
 from mimir.core.queue.keys import QueueKeys
 from mimir.core.runstore.runs import RunStore, run_from_outcome
 from mimir.core.settings import Settings
@@ -162,7 +163,19 @@ class Ingest:
         try:
             await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+            if "BUSYGROUP" in str(exc):
+                pass
+            elif is_oom(exc):
+                # A full Redis refuses XGROUP CREATE even for a group that exists; one
+                # that does not cannot be made now (the next read retries).
+                groups = (
+                    await self.redis.xinfo_groups(self.stream)
+                    if await self.redis.exists(self.stream)
+                    else []
+                )
+                if not any(g.get("name") == GROUP for g in groups):
+                    raise
+            else:
                 raise
         self._group_ready = True
 
@@ -238,7 +251,9 @@ class Ingest:
     async def acknowledge(self, entry_ids: Sequence[str]) -> None:
         if not entry_ids:
             return
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # Not a transaction: a full Redis (maxmemory) refuses every command queued in one,
+        # but takes XACK and XDEL, which free memory (and so does the release after).
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xack(self.stream, GROUP, *entry_ids)
             pipe.xdel(self.stream, *entry_ids)
             await pipe.execute()
