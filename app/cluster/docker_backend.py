@@ -46,6 +46,19 @@ this works for remote engines too, where a bind mount of a local file would not)
 API token as a file readable by the container's user only. The engine remembers it: a
 running Prometheus container is kept by a later ``up`` without the flag, shown by
 ``status``, stopped by ``down``; ``clean`` removes its TSDB volume with the others.
+
+**Hardening and secrets.** Every container runs as the topology's non-root ``user`` with
+``no-new-privileges``, all capabilities dropped (``cap_add`` none expected), a read-only root
+filesystem with a tmpfs ``/tmp``, a pids limit, CPU and memory limits (Redis too) and a
+healthcheck (the worker's: its heartbeat file). The API token and the Redis password are
+files in the project's volume ``secrets``, mounted read-only at ``/run/secrets``: ``up``
+fills it through a created-but-never-started helper container of the backend image that
+mounts it read-write (``put_archive``, so it works on remote engines too): the token owned
+by 10001 mode 0400, the Redis password (generated at the first ``up``) owned by 10001 and
+group 1000 mode 0440 (the ``mimir`` user reads it as its owner, ``redis`` 999:1000 through
+its group). ``down`` keeps the volume (Redis's AOF holds no password, but its clients must
+keep the same one), ``clean`` removes it. No token or password is in a container's
+environment, command or image; a console reads the token back from the volume.
 """
 
 from __future__ import annotations
@@ -59,6 +72,7 @@ import math
 import os
 import queue as queue_module
 import re
+import secrets
 import tarfile
 import threading
 import time
@@ -102,6 +116,7 @@ from mimir.app.cluster.readiness import ClusterProbe, wait_until_ready
 from mimir.app.cluster.remote import SshTarget, SshTunnel
 from mimir.app.cluster.topology import (
     API_PORT,
+    API_TOKEN_SECRET,
     COMPOSE_LABEL_NUMBER,
     COMPOSE_LABEL_PROJECT,
     DEFAULT_REDIS_IMAGE,
@@ -112,10 +127,16 @@ from mimir.app.cluster.topology import (
     LABEL_REPLICA,
     LABEL_SERVICE,
     LABEL_VOLUME,
+    MIMIR_UID,
     OPTIONAL_SERVICE_KINDS,
     PROMETHEUS,
     PROMETHEUS_CONFIG_DIR,
     PROMETHEUS_PORT,
+    REDIS_GID,
+    REDIS_PASSWORD_FILE,
+    REDIS_PASSWORD_SECRET,
+    SECRETS_DIR,
+    SECRETS_VOLUME,
     SERVICE_KINDS,
     ServiceSpec,
     Topology,
@@ -303,6 +324,8 @@ class DockerBackend:
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._tunnel: SshTunnel | None = None
+        #: The cluster's Redis password, once ``up`` has read or made it (the secrets volume).
+        self.redis_password: str | None = None
 
     # ---------------------------------------------------------------- engine access
 
@@ -591,6 +614,39 @@ class DockerBackend:
             with contextlib.suppress(docker.errors.DockerException):
                 client.volumes.get(name).remove(force=True)
 
+    def _fill_secrets(self, topology: Topology) -> None:
+        """Write the API token and the Redis password (the one the volume has, else a new
+        one) into the project's ``secrets`` volume (module doc), through a helper container
+        that is created, never started, and removed."""
+        if SECRETS_VOLUME not in topology.volumes:
+            return
+        client = self._connect()
+        name = f"{self.project}-secrets"
+        with contextlib.suppress(docker.errors.NotFound):  # a leftover of a crashed run
+            client.containers.get(name).remove(force=True)
+        helper = client.containers.create(
+            IMAGES["backend"],
+            ["true"],
+            name=name,
+            # The project's, and no service: `down` removes one a crash left behind.
+            labels={LABEL_PROJECT: self.project},
+            network_mode="none",
+            volumes={topology.volume_name(SECRETS_VOLUME): {"bind": SECRETS_DIR, "mode": "rw"}},
+        )
+        try:
+            password = _read_archive_file(helper, REDIS_PASSWORD_FILE)
+            if not password:
+                password = secrets.token_urlsafe(32)
+            files = {REDIS_PASSWORD_SECRET: (password.encode(), 0o440, MIMIR_UID, REDIS_GID)}
+            if topology.api_token:
+                files[API_TOKEN_SECRET] = (topology.api_token.encode(), 0o400, MIMIR_UID, MIMIR_UID)
+            if not helper.put_archive(SECRETS_DIR, _owned_archive(files)):
+                raise ClusterError(f"the engine did not take the secrets for {SECRETS_DIR}")
+            self.redis_password = password
+        finally:
+            with contextlib.suppress(docker.errors.DockerException):
+                helper.remove(force=True)
+
     def _run_container(
         self,
         topology: Topology,
@@ -653,6 +709,14 @@ class DockerBackend:
                 restart_policy={"Name": "unless-stopped"},
                 healthcheck=healthcheck,
                 stop_signal="SIGTERM",
+                # Hardening (module doc): what the topology asks for, on every service.
+                user=spec.user,
+                security_opt=["no-new-privileges:true"],
+                cap_drop=["ALL"],
+                cap_add=list(spec.cap_add) or None,
+                read_only=spec.read_only,
+                tmpfs=dict(spec.tmpfs) or None,
+                pids_limit=spec.pids,
                 **access,
             )
             if spec.name == PROMETHEUS:
@@ -725,7 +789,11 @@ class DockerBackend:
                 self.api_port = int(bindings[0]["HostPort"])
                 self.api_bind = bindings[0]["HostIp"] or "0.0.0.0"
             env = _environment(container)
-            self.api_token = env.get("MIMIR_API_TOKEN") or self.api_token
+            # Its token file in the secrets volume (a container from before: its Env).
+            token = env.get("MIMIR_API_TOKEN")
+            if not token and env.get("MIMIR_API_TOKEN_FILE"):
+                token = _read_archive_file(container, env["MIMIR_API_TOKEN_FILE"])
+            self.api_token = token or self.api_token
             self.cluster = _pools_of_backend(container)
             return True
         if backends:
@@ -933,6 +1001,7 @@ class DockerBackend:
         try:
             report("network", f"network {topology.network_name}, {len(topology.volumes)} volumes")
             await self._call(self._ensure_network_and_volumes, topology, created)
+            await self._call(self._fill_secrets, topology)
             for service in ("redis", "backend"):
                 spec = topology.service(service)
                 running = [
@@ -1446,6 +1515,33 @@ def _archive(files: dict[str, tuple[bytes, int]]) -> bytes:
             info.uid, info.gid = PROMETHEUS_UID, PROMETHEUS_GID
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+def _owned_archive(files: dict[str, tuple[bytes, int, int, int]]) -> bytes:
+    """A tar of ``files`` (name → content, mode, uid, gid)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, (content, mode, uid, gid) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(content), mode, int(time.time())
+            info.uid, info.gid = uid, gid
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def _read_archive_file(container: Any, path: str) -> str | None:
+    """The text of the file ``path`` in ``container`` (its volumes included; the container
+    need not run), stripped; ``None`` when it is not there or empty."""
+    try:
+        stream, _ = container.get_archive(path)
+    except docker.errors.NotFound:
+        return None
+    data = b"".join(stream)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = next((m for m in tar.getmembers() if m.isfile()), None)
+        handle = tar.extractfile(member) if member is not None else None
+        text = handle.read().decode("utf-8", "replace").strip() if handle is not None else ""
+    return text or None
 
 
 def _is_worker(container: Any) -> bool:
