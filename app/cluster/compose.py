@@ -13,6 +13,9 @@ refuses to start without it), never from the file, and no file passes ``--insecu
 monitoring profile's Prometheus scrapes ``/metrics`` with the same token, written at its
 start to a file only its user can read.
 
+It writes ``packaging/docker-stack.yml`` too: the same topology for ``docker stack deploy``
+(:mod:`.stack`: compose 3.8, ``deploy:`` keys, Docker secrets).
+
 ``python -m mimir.app.cluster.compose [DIR]`` regenerates them; the tests check that the
 files in the repository equal what this module renders, so they never drift apart.
 """
@@ -26,6 +29,7 @@ from typing import Any
 import yaml
 
 from mimir.app.cluster.monitoring import prometheus_document
+from mimir.app.cluster.stack import STACK_USAGE, stack_document
 from mimir.app.cluster.topology import (
     API_PORT,
     IMAGES,
@@ -47,6 +51,7 @@ __all__ = [
     "distributed_compose",
     "pools_compose",
     "render",
+    "render_stack",
     "unified_compose",
     "write_compose_files",
 ]
@@ -167,6 +172,20 @@ def render(document: dict[str, Any], usage: str) -> str:
     return HEADER.format(usage=usage) + body
 
 
+#: The stack file beside the compose files (:mod:`.stack`).
+STACK_FILE = "docker-stack.yml"
+
+
+def render_stack() -> str:
+    """``packaging/docker-stack.yml``: :func:`~.stack.stack_document`, with its usage."""
+    body = yaml.safe_dump(stack_document(), sort_keys=False, default_flow_style=False, width=100)
+    header = (
+        HEADER.splitlines()[0]
+        + "\n# do not edit by hand (tests/cluster/test_swarm_spec.py checks it matches).\n"
+    )
+    return header + STACK_USAGE + "\n" + body
+
+
 def write_compose_files(directory: Path) -> list[Path]:
     files = {
         "docker-compose.distributed.yml": render(
@@ -185,6 +204,7 @@ def write_compose_files(directory: Path) -> list[Path]:
             "-f docker-compose.unified.yml up -d",
         ),
     }
+    files[STACK_FILE] = render_stack()
     files[PROMETHEUS_CONFIG] = HEADER.format(
         usage="mounted by the compose files' service prometheus (--profile monitoring)"
     ) + yaml.safe_dump(compose_prometheus_config(), sort_keys=False, default_flow_style=False)

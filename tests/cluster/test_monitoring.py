@@ -171,9 +171,16 @@ def _check_scrapes(url: str, api: ClusterAPI) -> None:
     worker_jobs = 'mimir_worker_jobs_total{pool="default",queue="default",outcome="succeeded"}'
     _wait_for_value(url, worker_jobs, 4.0)
     _wait_for_value(url, 'mimir_workers_alive{pool="default"}', 1.0)
-    targets = _targets(url)
+    # Both targets up (Prometheus's own scrape may not have run yet on a loaded machine:
+    # its health is "unknown" until it has).
+    targets = wait_until(
+        lambda: (lambda t: all(t[j]["health"] == "up" for j in ("mimir", "prometheus")) and t)(
+            _targets(url)
+        ),
+        timeout=30,
+        message="both scrape targets up",
+    )
     assert targets["mimir"]["health"] == "up", targets["mimir"]
-    assert targets["prometheus"]["health"] == "up", targets["prometheus"]
     series = _query(url, "mimir_queue_depth")
     assert {s["metric"]["job"] for s in series} == {"mimir"}
 

@@ -6,12 +6,18 @@ so the checks are on the request the engine would get."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from docker.models.services import _get_create_service_kwargs
 
 from mimir.app.cluster.base import ClusterError
+from mimir.app.cluster.compose import render_stack
 from mimir.app.cluster.swarm_spec import registry_spec, service_specs, swarm_worker_hostname
 from mimir.app.cluster.topology import (
     API_TOKEN_FILE,
@@ -194,3 +200,80 @@ def test_registry_spec() -> None:
     (volume,) = [m for m in container["Mounts"] if m["Type"] == "volume"]
     assert volume["Source"] == "demo_registry_data"
     assert request["task_template"]["Resources"]["Limits"]["Pids"] == 256
+
+
+# ---------------------------------------------------------------- the stack file
+
+STACK = Path(__file__).resolve().parents[2] / "packaging" / "docker-stack.yml"
+
+
+def test_the_stack_file_matches_the_topology() -> None:
+    assert STACK.read_text() == render_stack(), (
+        "packaging/docker-stack.yml is out of date: run python -m mimir.app.cluster.compose"
+    )
+
+
+def test_the_stack_file_has_only_what_stack_deploy_applies() -> None:
+    document = yaml.safe_load(STACK.read_text())
+    assert document["version"] == "3.8"
+    assert set(document["secrets"]) == {"mimir_api_token", "mimir_redis_password"}
+    assert all(secret == {"external": True} for secret in document["secrets"].values())
+    text = STACK.read_text()
+    assert "--insecure" not in text
+    for name, service in document["services"].items():
+        # Ignored or refused by `docker stack deploy`.
+        assert not {"mem_limit", "cpus", "restart", "depends_on", "build", "profiles"} & set(
+            service
+        ), name
+        assert service["deploy"]["endpoint_mode"] == "dnsrr"
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+        assert service["user"] in ("10001:10001", "999:1000")
+        assert service["volumes"][0]["type"] == "tmpfs"
+        env = service.get("environment", {})
+        assert not {"MIMIR_API_TOKEN", "REDIS_PASSWORD"} & set(env)
+        if name != "redis":
+            assert service["image"].startswith("${MIMIR_REGISTRY:-127.0.0.1:5000}/mimir-aip:")
+    services = document["services"]
+    assert services["backend"]["ports"] == [
+        {"target": 8080, "published": 8080, "protocol": "tcp", "mode": "host"}
+    ]
+    data = ["node.labels.io.mimir.data == true"]
+    for name in ("redis", "backend"):
+        assert services[name]["deploy"]["placement"] == {"constraints": data}
+    assert services["worker"]["deploy"]["placement"] == {"preferences": [{"spread": "node.id"}]}
+    assert [s["source"] for s in services["backend"]["secrets"]] == [
+        "mimir_api_token",
+        "mimir_redis_password",
+    ]
+    assert services["redis"]["secrets"] == [
+        {"source": "mimir_redis_password", "target": "mimir_redis_password", "uid": "999",
+         "gid": "1000", "mode": 0o400}
+    ]  # fmt: skip
+
+
+def _docker_stack_config() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(
+        ["docker", "stack", "config", "--help"], capture_output=True, text=True, timeout=30
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _docker_stack_config(), reason="the docker CLI with 'docker stack config' (CLI ≥ 24)"
+)
+def test_docker_stack_config_accepts_the_stack_file() -> None:
+    """The CLI's own loader (no swarm needed): schema, interpolation, types."""
+    result = subprocess.run(
+        ["docker", "stack", "config", "-c", str(STACK)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MIMIR_REGISTRY": "10.9.0.1:5000"},
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = yaml.safe_load(result.stdout)
+    assert loaded["services"]["worker"]["image"] == "10.9.0.1:5000/mimir-aip:worker-latest"
+    # $ reaches the container's shell unexpanded (escaped from the interpolation).
+    assert '"$(cat /run/secrets/mimir_redis_password)"' in loaded["services"]["redis"]["command"][2]
