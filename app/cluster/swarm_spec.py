@@ -65,10 +65,10 @@ __all__ = [
 
 #: The port the in-swarm registry listens on and publishes.
 REGISTRY_PORT = 5000
-#: The registry's volume (without the project prefix) and where Debian's docker-registry
-#: keeps its blobs (``/etc/docker/registry/config.yml``'s ``rootdirectory``).
+#: The registry's volume (without the project prefix) and where the registry image
+#: (``packaging/Dockerfile.registry``: its configuration's ``rootdirectory``) keeps blobs.
 REGISTRY_DATA = "registry_data"
-REGISTRY_ROOT = "/var/lib/docker-registry"
+REGISTRY_ROOT = "/var/lib/registry"
 #: Nanoseconds: the Swarm API's unit of durations.
 SECOND = 1_000_000_000
 #: How a task's health is checked (as the Docker backend's containers).
@@ -280,14 +280,14 @@ def registry_spec(
     :data:`REGISTRY_DATA` at :data:`REGISTRY_ROOT`, pinned by ``data_constraint`` to the
     node that has that volume, ``port`` published (host mode by default: on that node's
     addresses), hardened as the other services. ``user``: ``None`` keeps the image's
-    (non-root, owning :data:`REGISTRY_ROOT`)."""
+    (``docker-registry``, uid 10002, owning :data:`REGISTRY_ROOT`)."""
     labels = {**topology.labels(), LABEL_SERVICE: "registry"}
     resources = Resources(cpu_limit=SECOND // 2, mem_limit=parse_memory("256m"))
     resources["Limits"]["Pids"] = 256
     return {
         "name": f"{topology.project}_registry",
         "image": image,
-        "env": ["HOME=/tmp"],
+        "env": ["HOME=/tmp", f"REGISTRY_HTTP_ADDR=0.0.0.0:{REGISTRY_PORT}"],
         "labels": labels,
         "container_labels": dict(labels),
         "networks": [NetworkAttachmentConfig(topology.network_name, aliases=["registry"])],
