@@ -545,6 +545,10 @@ class SwarmBackend(DockerBackend):
             await self._wait_tasks_running(names, report)
             return
         await self._call(self._adopt_running_backend)
+        if self._backend_addr is None:
+            # The probe's URL is fixed when it opens: first the node running the server.
+            await self._wait_tasks_running(["backend"], report)
+            await self._call(self._adopt_running_backend)
 
         async def check_alive() -> None:
             failed = await self._call(self._failed_task, since)
