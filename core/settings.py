@@ -155,6 +155,25 @@ def _check_redis_password_file(env: Mapping[str, str]) -> None:
         redis_password_from_file(env)
 
 
+def _key_prefix(env: Mapping[str, str], redis_url: str, min_replicas: int) -> str:
+    """``MIMIR_KEY_PREFIX`` (default ``mimir:``); for a ``redis+cluster://`` URL given a
+    hash tag (``mimir:`` -> ``{mimir}:``, see :func:`mimir.core.queue.keys.hash_tagged`)
+    so every key of the queue is in one slot, and checked: the URL (one database, 0) and
+    ``MIMIR_REDIS_MIN_REPLICAS`` (refused there) raise ``ValueError`` at startup. The
+    server, workers, ``mimir enqueue`` and the backends all read the prefix here, so they
+    agree on it."""
+    prefix = env.get("MIMIR_KEY_PREFIX", "mimir:")
+    if not redis_url.lower().startswith("redis+cluster://"):
+        return prefix
+    from mimir.core.queue.connection import MIN_REPLICAS_ON_CLUSTER, parse_cluster_url
+    from mimir.core.queue.keys import hash_tagged
+
+    parse_cluster_url(redis_url)
+    if min_replicas > 0:
+        raise ValueError(MIN_REPLICAS_ON_CLUSTER)
+    return hash_tagged(prefix)
+
+
 def _backup_schedule(env: Mapping[str, str]) -> str | None:
     """``MIMIR_BACKUP_SCHEDULE``: a cron expression (5 fields, or 6 with seconds first, as
     schedules take them), checked here so a bad one stops the server at startup."""
@@ -229,7 +248,8 @@ class Settings:
     port: int = 8080
     #: Redis URL (``REDIS_URL``; a bare ``host:port`` is accepted; ``redis+sentinel://``
     #: ``[:password@]host:26379,host:26379/service_name/db`` follows a Sentinel failover,
-    #: as does ``MIMIR_REDIS_SENTINELS=host:port,…`` with ``MIMIR_REDIS_SERVICE``).
+    #: as does ``MIMIR_REDIS_SENTINELS=host:port,…`` with ``MIMIR_REDIS_SERVICE``;
+    #: ``redis+cluster://[:password@]host:port[,host:port…]`` a Redis Cluster).
     redis_url: str = "redis://redis:6379/0"
     #: Whether REDIS_URL was given explicitly (the embedded default starts its own Redis otherwise).
     redis_url_set: bool = False
@@ -254,7 +274,8 @@ class Settings:
     #: Bearer token required by a server that listens beyond loopback (``MIMIR_API_TOKEN``,
     #: or the contents of the file ``MIMIR_API_TOKEN_FILE``).
     api_token: str | None = field(default=None, repr=False)
-    #: Prefix of every Redis key (``MIMIR_KEY_PREFIX``).
+    #: Prefix of every Redis key (``MIMIR_KEY_PREFIX``; with a ``redis+cluster://`` URL
+    #: given a hash tag: ``mimir:`` -> ``{mimir}:``).
     key_prefix: str = "mimir:"
     #: The cluster this process belongs to (``MIMIR_PROJECT``, set by ``mimir cluster``):
     #: names backups; empty for a server started by hand.
@@ -350,9 +371,12 @@ class Settings:
         env = os.environ if environ is None else environ
         redis_raw = sentinel_url_from_env(env) or env.get("REDIS_URL", "")
         _check_redis_password_file(env)
+        redis_url = normalise_redis_url(redis_raw) if redis_raw else "redis://redis:6379/0"
+        min_replicas = _env_count(env, "MIMIR_REDIS_MIN_REPLICAS", 0)
+        key_prefix = _key_prefix(env, redis_url, min_replicas)
         return cls(
             port=_env_int(env, "MIMIR_PORT", 8080),
-            redis_url=normalise_redis_url(redis_raw) if redis_raw else "redis://redis:6379/0",
+            redis_url=redis_url,
             redis_url_set=bool(redis_raw),
             fuseki_url=env.get("FUSEKI_URL") or None,
             log_level=(env.get("MIMIR_LOG_LEVEL") or "INFO").upper(),
@@ -363,7 +387,7 @@ class Settings:
             state_dir=_env_path(env, "MIMIR_STATE_DIR", default_state_dir()),
             log_dir=Path(env["MIMIR_LOG_DIR"]).expanduser() if env.get("MIMIR_LOG_DIR") else None,
             api_token=_api_token(env),
-            key_prefix=env.get("MIMIR_KEY_PREFIX", "mimir:"),
+            key_prefix=key_prefix,
             project=(env.get("MIMIR_PROJECT") or "").strip(),
             job_ttl=_env_int(env, "MIMIR_JOB_TTL", 24 * 3600),
             worker_concurrency=_env_int(env, "WORKER_CONCURRENCY", 5),
@@ -407,7 +431,7 @@ class Settings:
             docker_host=env.get("DOCKER_HOST") or None,
             redis_image=env.get("MIMIR_REDIS_IMAGE") or None,
             base_image=env.get("MIMIR_BASE_IMAGE") or None,
-            redis_min_replicas=_env_count(env, "MIMIR_REDIS_MIN_REPLICAS", 0),
+            redis_min_replicas=min_replicas,
             redis_wait_timeout_ms=max(1, _env_int(env, "MIMIR_REDIS_WAIT_TIMEOUT_MS", 2000)),
         )
 

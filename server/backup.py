@@ -113,10 +113,11 @@ class BackupTask:
 
 def project_of(settings: Settings) -> str:
     """The project an archive is named after: the cluster's (``MIMIR_PROJECT``), else the
-    key prefix unless it is the default."""
+    key prefix unless it is the default; a Redis Cluster's hash tag braces dropped
+    (``{mimir}:`` is the default, ``{app}:`` names ``app``)."""
     if settings.project:
         return settings.project
-    prefix = settings.key_prefix.rstrip(":")
+    prefix = settings.key_prefix.replace("{", "").replace("}", "").rstrip(":")
     return "" if prefix in {"", "mimir"} else prefix
 
 

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core.backup.manifest import BackupError
-from mimir.core.queue.connection import redis_password, resolve_primary_url
+from mimir.core.queue.connection import is_cluster_url, redis_password, resolve_primary_url
 from mimir.core.redis_embedded import answers_ping, free_port
 from mimir.core.settings import normalise_redis_url
 
@@ -157,6 +157,15 @@ def _redis_version(info: Any) -> str:
     return match.group(1) if match else ""
 
 
+#: Why the Redis part of a backup is refused on a Redis Cluster (``{url}``: the URL shown).
+CLUSTER_REFUSED = (
+    "the Redis part of a backup needs one Redis, and {url} is a Redis Cluster (SYNC "
+    "reaches one node only): Mimir's backups are not available there. Back up the "
+    "cluster with its own tooling instead (BGSAVE on every primary and keep each one's "
+    "dump.rdb, or rely on its replicas) and the run store with its database's tools"
+)
+
+
 def fetch_rdb(
     url: str,
     dest: Path,
@@ -177,6 +186,8 @@ def fetch_rdb(
     """
     url = normalise_redis_url(url)
     shown = redact_url(url)
+    if is_cluster_url(url):
+        raise BackupError(CLUSTER_REFUSED.format(url=shown), part=RDB_PART)
     try:  # redis+sentinel://: the primary the Sentinels name now
         url = resolve_primary_url(url, timeout=max(0.1, min(timeout, 10.0)))
     except (RedisError, OSError, ValueError) as exc:

@@ -39,7 +39,7 @@ from mimir.core.queue.errors import (
     is_oom,
     queue_full_message,
 )
-from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
+from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys, require_hash_tag
 from mimir.core.queue.models import (
     FINAL_STATUSES,
     DeadLetterEntry,
@@ -138,6 +138,7 @@ class JobQueue:
     """Producer-side handle on the queue in ``redis`` under ``prefix``."""
 
     def __init__(self, redis: Redis, prefix: str = "mimir:", job_ttl: int = 24 * 3600) -> None:
+        require_hash_tag(redis, prefix)  # a Redis Cluster needs one slot per prefix
         self.redis = redis
         self.keys = QueueKeys(prefix)
         self.job_ttl = int(job_ttl)
@@ -915,13 +916,13 @@ class JobQueue:
         streams = [(q, self.keys.stream(q, prio)) for q in queues for prio in PRIORITIES]
         async with redis_errors("read the pools' figures"):
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.time()
+                pipe.execute_command("TIME")  # a cluster pipeline refuses pipe.time()
                 pipe.zrange(self.keys.workers, 0, -1)
                 for _, stream in streams:
                     pipe.xlen(stream)
                     pipe.xinfo_groups(stream)
                 first = await pipe.execute(raise_on_error=False)
-            (seconds, micros), ids = first[0], cast(list[str], first[1])
+            (seconds, micros), ids = map(int, first[0]), cast(list[str], first[1])
             now_ms = seconds * 1000 + micros // 1000
             waiting: dict[str, int] = dict.fromkeys(queues, 0)
             running: dict[str, int] = dict.fromkeys(queues, 0)
@@ -1012,12 +1013,12 @@ class JobQueue:
             queues = sorted(cast(set[str], await self.redis.smembers(self.keys.queues)))
             streams = [(q, prio, self.keys.stream(q, prio)) for q in queues for prio in PRIORITIES]
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.time()
+                pipe.execute_command("TIME")  # a cluster pipeline refuses pipe.time()
                 for _, _, stream in streams:
                     pipe.xlen(stream)
                     pipe.xinfo_groups(stream)
                 first = await pipe.execute(raise_on_error=False)
-            seconds, micros = first[0]
+            seconds, micros = map(int, first[0])
             now_ms = seconds * 1000 + micros // 1000
             depth: dict[tuple[str, str], int] = {}
             firsts: list[tuple[str, str, str]] = []

@@ -34,10 +34,11 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -46,12 +47,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = [
     "BLOCK_SLICE",
+    "CLUSTER_SCHEME",
     "PASSWORD_FILE_ENV",
     "SENTINEL_SCHEME",
+    "ClusterURL",
     "NotReplicatedError",
     "RedisPasswordFileError",
     "SentinelURL",
     "connect",
+    "is_cluster",
+    "is_cluster_url",
+    "parse_cluster_url",
     "parse_sentinel_url",
     "redis_password",
     "redis_password_from_file",
@@ -60,6 +66,7 @@ __all__ = [
 ]
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
 #: Names the file holding the Redis password (a Docker/Kubernetes secret).
 PASSWORD_FILE_ENV = "MIMIR_REDIS_PASSWORD_FILE"
 
@@ -107,6 +114,9 @@ def _url_password(url: str) -> str | None:
     sentinel = parse_sentinel_url(url)
     if sentinel is not None:
         return sentinel.password or None
+    cluster = parse_cluster_url(url)
+    if cluster is not None:
+        return cluster.password or None
     try:
         password = parse_url(url).get("password")
     except ValueError:
@@ -142,14 +152,11 @@ class SentinelURL:
     password: str | None = field(default=None, repr=False)
 
 
-def parse_sentinel_url(url: str) -> SentinelURL | None:
-    """``redis+sentinel://[[user]:password@]host1:26379,host2:26379/service_name[/db]``
-    parsed, ``None`` for any other URL; raises ``ValueError`` on a malformed one."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != SENTINEL_SCHEME:
-        return None
-    rest = rest.partition("?")[0]
-    netloc, _, path = rest.partition("/")
+def _hosts_and_auth(
+    netloc: str, default_port: int, scheme: str, what: str
+) -> tuple[tuple[tuple[str, int], ...], str | None, str | None]:
+    """``[[user]:password@]host[:port][,host[:port]…]`` (an IPv6 host in brackets) as
+    ``(hosts, username, password)``, for the multi-host URL schemes."""
     username = password = None
     if "@" in netloc:
         userinfo, netloc = netloc.rsplit("@", 1)
@@ -158,7 +165,7 @@ def parse_sentinel_url(url: str) -> SentinelURL | None:
         password = unquote(secret) if has_password else None
         if not has_password:  # "secret@host": a password alone, as redis:// reads it
             username, password = None, unquote(user)
-    sentinels: list[tuple[str, int]] = []
+    hosts: list[tuple[str, int]] = []
     for item in netloc.split(","):
         item = item.strip()
         if not item:
@@ -169,9 +176,23 @@ def parse_sentinel_url(url: str) -> SentinelURL | None:
         else:
             host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
         try:
-            sentinels.append((host, int(port) if port else 26379))
+            hosts.append((host, int(port) if port else default_port))
         except ValueError:
-            raise ValueError(f"bad Sentinel address {item!r} in a {SENTINEL_SCHEME} URL") from None
+            raise ValueError(f"bad {what} address {item!r} in a {scheme} URL") from None
+        if not host:
+            raise ValueError(f"bad {what} address {item!r} in a {scheme} URL")
+    return tuple(hosts), username, password
+
+
+def parse_sentinel_url(url: str) -> SentinelURL | None:
+    """``redis+sentinel://[[user]:password@]host1:26379,host2:26379/service_name[/db]``
+    parsed, ``None`` for any other URL; raises ``ValueError`` on a malformed one."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != SENTINEL_SCHEME:
+        return None
+    rest = rest.partition("?")[0]
+    netloc, _, path = rest.partition("/")
+    sentinels, username, password = _hosts_and_auth(netloc, 26379, SENTINEL_SCHEME, "Sentinel")
     parts = [part for part in path.split("/") if part]
     if not sentinels or not parts:
         raise ValueError(f"a {SENTINEL_SCHEME} URL needs host:port[,host:port…]/service_name[/db]")
@@ -179,7 +200,81 @@ def parse_sentinel_url(url: str) -> SentinelURL | None:
         db = int(parts[1]) if len(parts) > 1 else 0
     except ValueError:
         raise ValueError(f"bad database number {parts[1]!r} in a {SENTINEL_SCHEME} URL") from None
-    return SentinelURL(tuple(sentinels), unquote(parts[0]), db, username, password)
+    return SentinelURL(sentinels, unquote(parts[0]), db, username, password)
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """The parts of a ``redis+cluster://`` URL: the nodes to discover the cluster from."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` is a ``redis+cluster://`` URL."""
+    scheme, sep, _ = url.strip().partition("://")
+    return bool(sep) and scheme.lower() == CLUSTER_SCHEME
+
+
+def parse_cluster_url(url: str) -> ClusterURL | None:
+    """``redis+cluster://[[user]:password@]host:port[,host:port…][/0]`` parsed, ``None``
+    for any other URL; raises ``ValueError`` on a malformed one, and for a database
+    other than 0 (a Redis Cluster has only database 0)."""
+    if not is_cluster_url(url):
+        return None
+    rest = url.strip().partition("://")[2].partition("?")[0]
+    netloc, _, path = rest.partition("/")
+    nodes, username, password = _hosts_and_auth(netloc, 6379, CLUSTER_SCHEME, "node")
+    if not nodes:
+        raise ValueError(f"a {CLUSTER_SCHEME} URL needs host:port[,host:port…]")
+    parts = [part for part in path.split("/") if part]
+    if len(parts) > 1 or (parts and parts[0] != "0"):
+        raise ValueError(
+            f"a {CLUSTER_SCHEME} URL takes no database but 0 (a Redis Cluster has only "
+            f"database 0), got /{'/'.join(parts)}"
+        )
+    return ClusterURL(nodes, username, password)
+
+
+#: Why ``MIMIR_REDIS_MIN_REPLICAS`` is refused with a ``redis+cluster://`` URL.
+MIN_REPLICAS_ON_CLUSTER = (
+    "MIMIR_REDIS_MIN_REPLICAS is not supported with a redis+cluster:// URL: WAIT counts "
+    "the replicas that acknowledged the writes made on the same connection, and a Redis "
+    "Cluster client sends WAIT on a connection of its own (another node, or another "
+    "connection to the same one), so it would acknowledge nothing; leave it at 0 (each "
+    "primary's replicas still take over on failure, without the WAIT guarantee)"
+)
+
+
+class _ClusterPubSub(ClusterPubSub):
+    """redis-py's cluster pub/sub, which picks its node from the client's slot map: a
+    subscription made before the client's first command (the server's listener has no
+    other) finds that map empty (``KeyError``); the map is loaded first here."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.cluster.initialize()  # once: a no-op when the map is loaded
+        return await super().execute_command(*args, **kwargs)
+
+
+class _RedisCluster(RedisCluster):
+    """:class:`RedisCluster` whose :meth:`pubsub` works before any other command."""
+
+    def pubsub(
+        self,
+        node: ClusterNode | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        **kwargs: Any,
+    ) -> ClusterPubSub:
+        return _ClusterPubSub(self, node=node, host=host, port=port, **kwargs)
+
+
+def is_cluster(redis: Any) -> bool:
+    """Whether ``redis`` is a Redis Cluster client (:func:`connect` of a
+    ``redis+cluster://`` URL)."""
+    return isinstance(redis, RedisCluster)
 
 
 #: Replicas each client's durable writes wait for, and how long: see replication_wait.
@@ -220,6 +315,8 @@ def connect(
     module's docstring). ``min_replicas > 0``: the queue's durable writes on this client
     wait up to ``wait_timeout_ms`` for that many replicas (:func:`replication_wait`).
     """
+    if min_replicas > 0 and is_cluster_url(url):
+        raise ValueError(MIN_REPLICAS_ON_CLUSTER)
     client = _connect(
         url, max_connections, socket_timeout, socket_connect_timeout, pool_timeout, options
     )
@@ -247,6 +344,21 @@ def _connect(
         file_password = redis_password_from_file()
         if file_password is not None:  # given to the client only, never put in the URL
             options["password"] = file_password
+    cluster = parse_cluster_url(url)
+    if cluster is not None:
+        if cluster.password is not None:
+            options["password"] = cluster.password
+        # Duck-typed as Redis: every command the queue sends works on both (the
+        # differences are handled where they matter: scripts.Call.queue_on, TIME).
+        client: Any = _RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
+            username=cluster.username,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            max_connections=max(max_connections or 100, 16),
+            **options,
+        )
+        return cast(Redis, client)
     if sentinel is not None:
         manager = Sentinel(
             list(sentinel.sentinels),

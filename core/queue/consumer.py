@@ -23,7 +23,7 @@ from mimir.core.queue import scripts
 from mimir.core.queue.client import bucket_for
 from mimir.core.queue.connection import NotReplicatedError
 from mimir.core.queue.errors import QueueFullError, is_oom
-from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys
+from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys, require_hash_tag
 from mimir.core.queue.metrics import FLUSH_SCRIPT
 from mimir.core.queue.models import iso, utc_now
 from mimir.core.queue.protocol import decode_field
@@ -135,6 +135,7 @@ class QueueConsumer:
         prefix: str = "mimir:",
         job_ttl: int = 24 * 3600,
     ) -> None:
+        require_hash_tag(redis, prefix)  # a Redis Cluster needs one slot per prefix
         self.redis = redis
         self.worker_id = worker_id
         self.queues = list(queues)

@@ -46,7 +46,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GROUP", "OUTCOMES_MAXLEN", "PRIORITIES", "QueueKeys"]
+__all__ = [
+    "GROUP",
+    "OUTCOMES_MAXLEN",
+    "PRIORITIES",
+    "QueueKeys",
+    "hash_tag",
+    "hash_tagged",
+    "require_hash_tag",
+]
 
 #: Name of the consumer group every worker joins on every stream.
 GROUP = "workers"
@@ -56,6 +64,51 @@ OUTCOMES_MAXLEN = 1_000_000
 
 #: Priorities, highest first.
 PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
+
+
+def hash_tag(prefix: str) -> str | None:
+    """The hash tag of keys starting with ``prefix`` (the text inside its first ``{…}``,
+    as Redis Cluster reads a key), or ``None`` when the prefix fixes none: no ``{``, no
+    ``}`` after it, or ``{}``. Keys made from a prefix with a tag all hash to one slot,
+    whatever follows (ids, queue names and idempotency keys with braces included: the
+    tag is a key's *first* ``{…}``)."""
+    start = prefix.find("{")
+    if start < 0:
+        return None
+    end = prefix.find("}", start + 1)
+    if end < 0 or end == start + 1:
+        return None
+    return prefix[start + 1 : end]
+
+
+def hash_tagged(prefix: str) -> str:
+    """``prefix`` made to put every key in one Redis Cluster slot: unchanged when it
+    has a hash tag already (:func:`hash_tag`), else wrapped: ``mimir:`` -> ``{mimir}:``,
+    ``app:q:`` -> ``{app:q}:``, ``x`` -> ``{x}:``. Idempotent. Raises ``ValueError`` for an
+    empty prefix (nothing to tag); a prefix that opens a tag it never closes, or has an
+    empty one, is wrapped whole (``a{b:`` -> ``{a{b}:``, whose tag is ``a{b``)."""
+    if hash_tag(prefix) is not None:
+        return prefix
+    core = prefix.rstrip(":")
+    if not core:
+        raise ValueError(
+            f"MIMIR_KEY_PREFIX {prefix!r} cannot be given a Redis Cluster hash tag: it is empty"
+        )
+    return "{" + core + "}:"
+
+
+def require_hash_tag(redis: object, prefix: str) -> None:
+    """Refuse (``ValueError``) a Redis Cluster client with a prefix that has no hash tag:
+    the queue's scripts need every key of a prefix in one slot. Settings apply
+    :func:`hash_tagged` for a ``redis+cluster://`` URL; this catches direct callers."""
+    from mimir.core.queue.connection import is_cluster
+
+    if is_cluster(redis) and hash_tag(prefix) is None:
+        raise ValueError(
+            f"key prefix {prefix!r} has no hash tag: on a Redis Cluster every key of the "
+            f"queue must hash to one slot; use {hash_tagged(prefix)!r} "
+            "(Settings.from_env does this for a redis+cluster:// URL)"
+        )
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,8 @@ class ScriptSpec:
                 encode(enc, value)
                 for (_, enc), value in zip(self.argv_each, group_args, strict=True)
             )
+        if not key_list:  # a Redis Cluster would run it on a random node
+            raise TypeError(f"{self.name}: a call names no key (nothing to do, or a bug)")
         return key_list, arg_list
 
 

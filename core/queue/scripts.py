@@ -49,6 +49,7 @@ __all__ = [
     "RELEASE",
     "RENEW",
     "RETRY_DEAD",
+    "UNDECLARED_KEYS_FLAG",
     "Script",
     "run_scripts",
 ]
@@ -219,6 +220,12 @@ end
 """
 )
 
+#: First line of the scripts that touch keys they learn as they run (see
+#: :mod:`mimir.core.queue.protocol`): Dragonfly's flag allowing it (it refuses undeclared
+#: keys otherwise); a Lua comment for Redis and Valkey, whose scripts without a ``#!``
+#: line may touch any key of the slot they run in (every key of a prefix with a hash tag).
+UNDECLARED_KEYS_FLAG = "--!df flags=allow-undeclared-keys"  # the source goes on with "\n"
+
 ENQUEUE = (
     r"""
 local index = KEYS[1]
@@ -278,7 +285,8 @@ return out
 )
 
 FETCH = (
-    r"""
+    UNDECLARED_KEYS_FLAG
+    + r"""
 local dead = KEYS[1]
 local totals = KEYS[2]
 local rate = KEYS[3]
@@ -534,7 +542,8 @@ return out
 )
 
 MOVE_DUE = (
-    r"""
+    UNDECLARED_KEYS_FLAG
+    + r"""
 local scheduled = KEYS[1]
 local now_ms = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -561,7 +570,8 @@ return {#ids, nxt[2] or false}
 )
 
 CANCEL = (
-    r"""
+    UNDECLARED_KEYS_FLAG
+    + r"""
 local job = KEYS[1]
 local done = KEYS[2]
 local scheduled = KEYS[3]
@@ -602,7 +612,8 @@ return 'ended:' .. t.status
 )
 
 RETRY_DEAD = (
-    r"""
+    UNDECLARED_KEYS_FLAG
+    + r"""
 local job = KEYS[1]
 local done = KEYS[2]
 local dead = KEYS[3]
@@ -629,7 +640,8 @@ return redis.call('HGETALL', job)
 )
 
 DELETE_DEAD = (
-    r"""
+    UNDECLARED_KEYS_FLAG
+    + r"""
 local job = KEYS[1]
 local done = KEYS[2]
 local dead = KEYS[3]
@@ -692,7 +704,8 @@ return released
 )
 
 RECONCILE = (
-    r"""
+    UNDECLARED_KEYS_FLAG
+    + r"""
 local scheduled = KEYS[1]
 local dead = KEYS[2]
 -- KEYS[3..]: job, done per job
@@ -831,8 +844,10 @@ class Call:
         return await self.script.run(redis, self.keys, self.args)
 
     def queue_on(self, pipe: Any) -> None:
-        """Add this call to a pipeline (by SHA; see :func:`run_scripts` for NOSCRIPT)."""
-        pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+        """Add this call to a pipeline (by SHA; see :func:`run_scripts` for NOSCRIPT).
+        Sent as a plain command: a Redis Cluster pipeline refuses ``pipe.evalsha`` but
+        routes ``EVALSHA`` by its keys (all in the prefix's one slot)."""
+        pipe.execute_command("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
 
 
 async def run_scripts(

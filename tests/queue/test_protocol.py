@@ -21,11 +21,17 @@ _NAMED = re.compile(r"^local (\w+) = (tonumber\()?(KEYS|ARGV)\[(\d+)\]\)?$")
 _EACH = re.compile(r"^-- (KEYS|ARGV)\[(\d+)\.\.\]: ([\w, ]+) per \w+$")
 
 
+def _lines(source: str) -> list[str]:
+    """The script's lines after its flag line (``--!df flags=…``, Dragonfly's), if any."""
+    lines = source.strip().splitlines()
+    return lines[1:] if lines and lines[0].startswith("--!") else lines
+
+
 def _header(source: str) -> dict[str, list[tuple[str, ...]]]:
     """The script's own header: its leading ``local name = KEYS[n]``/``ARGV[n]`` lines and
     ``-- KEYS[n..]: a, b per job`` comments, until the first other line."""
     found: dict[str, list[tuple[str, ...]]] = {"KEYS": [], "ARGV": [], "each": []}
-    for line in source.strip().splitlines():
+    for line in _lines(source):
         if named := _NAMED.match(line):
             name, number, table, index = named.group(1, 2, 3, 4)
             found[table].append((name, index, "number" if number else "text"))
@@ -58,11 +64,9 @@ def test_script_header_matches_its_declaration(name: str) -> None:
         expected_each.append(("ARGV", str(len(spec.argv) + 1), *names))
     assert header["each"] == expected_each
     # Nothing after the header reads KEYS or ARGV by a literal position.
-    body = (
-        scripts.SOURCES[name]
-        .strip()
-        .split("\n")[len(header["KEYS"]) + len(header["ARGV"]) + len(header["each"]) :]
-    )
+    body = _lines(scripts.SOURCES[name])[
+        len(header["KEYS"]) + len(header["ARGV"]) + len(header["each"]) :
+    ]
     assert not [line for line in body if re.search(r"(KEYS|ARGV)\[\d+\]", line)]
 
 
@@ -137,3 +141,23 @@ def test_a_call_must_name_exactly_the_declared_values() -> None:
         keys={}, argv={"group": "g", "worker": "w"}, each=[(["job", "stream"], ["1-0", 2])]
     )
     assert keys == ["job", "stream"] and args == ["g", "w", "1-0", "2"]
+    # No key at all: a Redis Cluster would run it on a random node; refused.
+    with pytest.raises(TypeError, match="names no key"):
+        SCRIPTS["RENEW"].call(keys={}, argv={"group": "g", "worker": "w"})
+
+
+#: The scripts that touch keys they learn as they run (listed in protocol.py's docstring).
+UNDECLARED = {"FETCH", "MOVE_DUE", "CANCEL", "RETRY_DEAD", "DELETE_DEAD", "RECONCILE"}
+
+
+def test_only_the_scripts_with_undeclared_keys_carry_dragonflys_flag() -> None:
+    for name, source in scripts.SOURCES.items():
+        flagged = source.startswith(scripts.UNDECLARED_KEYS_FLAG)
+        assert flagged == (name in UNDECLARED), name
+        # No Redis shebang (#!lua would change the OOM and cross-slot rules).
+        assert not source.lstrip().startswith("#!"), name
+    # Keys built inside a script come from a prefix argument or a record field: a
+    # script without the flag builds none.
+    for name, source in scripts.SOURCES.items():
+        if name not in UNDECLARED:
+            assert "_prefix .." not in source and "t.stream" not in source, name
