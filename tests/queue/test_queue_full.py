@@ -12,6 +12,7 @@ Redis refuses BLMOVE.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -376,3 +377,48 @@ def test_mimir_enqueue_says_how_many_went_in(
     finally:
         raw.config_set("maxmemory", 0)
         raw.close()
+
+
+# -- the API's answer ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (QueueFullError("queue full: m"), 503),
+        (_reply_error(OOM_7), 503),  # a route's own Redis command, untranslated
+        (_reply_error("ERR " + OOM_62), 503),
+        (_reply_error("WRONGTYPE Operation against a key holding the wrong kind"), 500),
+    ],
+    ids=["QueueFullError", "raw-7.0", "raw-6.2", "other-ResponseError"],
+)
+def test_the_api_answers_queue_full_with_retry_after(
+    tmp_path: Path, error: Exception, status: int
+) -> None:
+    from fastapi import APIRouter
+
+    from mimir.core.settings import Settings
+    from mimir.server.app import create_app
+
+    app = create_app(Settings(data_dir=tmp_path / "d", pipelines_dir=tmp_path / "p"))
+    router = APIRouter()
+
+    @router.get("/api/v1/fail")
+    async def fail() -> None:
+        raise error
+
+    app.include_router(router)
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/api/v1/fail")
+
+    answer = asyncio.run(call())
+    assert answer.status_code == status, answer.text
+    if status == 503:
+        assert answer.json()["error"].startswith("queue full: ")
+        assert answer.headers["Retry-After"] == "5"
+    else:
+        assert answer.json()["error"] == "internal error"
+        assert "Retry-After" not in answer.headers
