@@ -544,11 +544,12 @@ class SwarmBackend(DockerBackend):
             names = [n for n in await self._call(self._services) if n != REGISTRY]
             await self._wait_tasks_running(names, report)
             return
+        # Every service runs all its replicas first (a worker task on another node may
+        # still be pulling its image); and the probe's URL is fixed when it opens: the
+        # node running the server's task must be known by then.
+        names = [n for n in await self._call(self._services) if n != REGISTRY]
+        await self._wait_tasks_running(names, report)
         await self._call(self._adopt_running_backend)
-        if self._backend_addr is None:
-            # The probe's URL is fixed when it opens: first the node running the server.
-            await self._wait_tasks_running(["backend"], report)
-            await self._call(self._adopt_running_backend)
 
         async def check_alive() -> None:
             failed = await self._call(self._failed_task, since)
