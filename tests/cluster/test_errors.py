@@ -13,6 +13,7 @@ from mimir.app.cluster.cli import main as cluster_main
 from mimir.app.cluster.docker_backend import DockerBackend, DockerProfile
 from mimir.app.cluster.docker_engine import explain_engine_error
 from mimir.app.cluster.selection import default_backend_name
+from mimir.app.cluster.topology import API_TOKEN_FILE
 from tests.helpers import free_port
 
 
@@ -65,7 +66,11 @@ def test_profile_loads_tls_material_relative_to_the_file(tmp_path: Path) -> None
     assert profile.tls_ca == str(tmp_path / "ca.pem")
     backend = DockerBackend("x", profile=profile)
     assert backend.api_url == "http://build.example:8080"
-    assert backend.topology(1).service("backend").environment["MIMIR_API_TOKEN"] == "t0ken"
+    topology = backend.topology(1)
+    # The profile's token, as a secret file in the backend (never in its environment).
+    assert topology.api_token == "t0ken"
+    assert "MIMIR_API_TOKEN" not in topology.service("backend").environment
+    assert topology.service("backend").environment["MIMIR_API_TOKEN_FILE"] == API_TOKEN_FILE
 
 
 def test_profile_with_unknown_keys_is_refused(tmp_path: Path) -> None:
