@@ -850,12 +850,12 @@ class SwarmBackend(DockerBackend):
         deadline = time.monotonic() + self.grace + 30
 
         def left() -> int:
-            containers = self._connect().containers.list(
+            # The plain list (no inspect of each): containers go while it is read.
+            containers = self._connect().api.containers(
                 all=True, filters={"label": SWARM_SERVICE_LABEL}
             )
-            return len(
-                [c for c in containers if c.labels.get(SWARM_SERVICE_LABEL) in service_names]
-            )
+            names = [(c.get("Labels") or {}).get(SWARM_SERVICE_LABEL) for c in containers]
+            return len([n for n in names if n in service_names])
 
         while await self._call(left) and time.monotonic() < deadline:
             await asyncio.sleep(_POLL)
