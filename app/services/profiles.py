@@ -123,6 +123,9 @@ class ConnectionProfile:
     api_access: str = ""
     #: The interface a published API listens on (on the engine's host).
     api_bind: str = ""
+    #: Docker Swarm: the engine (local or remote) is a swarm manager and the cluster runs as
+    #: Swarm services on its nodes (the Swarm backend; it needs an API token).
+    swarm: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -142,11 +145,11 @@ class ConnectionProfile:
         return {"http": 80, "https": 443}.get(parsed.scheme) if parsed.hostname else None
 
     @property
-    def backend(self) -> Literal["local", "docker"] | None:
+    def backend(self) -> Literal["local", "docker", "swarm"] | None:
         if self.kind == "local_processes":
             return "local"
         if self.kind in ("local_docker", "remote_docker"):
-            return "docker"
+            return "swarm" if self.swarm else "docker"
         return None
 
     @property
@@ -199,6 +202,7 @@ class ConnectionProfile:
             if self.engine_scheme == "ssh"
             else path(self.ssh_known_hosts),
             "api_access": self.effective_api_access,
+            "backend": "swarm" if self.swarm else None,
         }
         known = {f.name for f in dataclasses.fields(DockerProfile)}
         return DockerProfile(**{k: v for k, v in values.items() if k in known and v is not None})
@@ -226,6 +230,8 @@ class ConnectionProfile:
             raise ValueError(
                 f"profile {self.name!r}: Docker host must be ssh://, tcp:// or unix://"
             )
+        if self.swarm and self.kind not in ("local_docker", "remote_docker"):
+            raise ValueError(f"profile {self.name!r}: Docker Swarm needs a Docker engine")
         if not 0 <= self.workers <= 64:
             raise ValueError(f"profile {self.name!r}: workers must be 0..64")
         if self.api_access not in ("", *API_ACCESS):
@@ -257,6 +263,11 @@ class ConnectionProfile:
             found.append(str(exc).removeprefix(f"profile {self.name!r}: "))
         if self.api_ca and not Path(self.api_ca).expanduser().is_file():
             found.append(f"the API CA file {self.api_ca} does not exist")
+        if self.swarm and not token:
+            found.append(
+                "a Docker Swarm cluster needs a token: Swarm publishes the API on every "
+                "address of its node (moby#32299)"
+            )
         if self.kind != "remote_docker":
             return found
         files = [("TLS CA", self.tls_ca), ("client certificate", self.tls_cert),

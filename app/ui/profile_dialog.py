@@ -204,6 +204,13 @@ class ProfileDialog(QDialog):
         self.kind_combo.currentIndexChanged.connect(self._update_visibility)
         form.addRow("Name", self.name_edit)
         form.addRow("Kind", self.kind_combo)
+        self.swarm_box = QCheckBox("Docker Swarm: the engine is a swarm manager")
+        self.swarm_box.setToolTip(
+            "The cluster runs as Swarm services spread over the swarm's nodes (mimir cluster "
+            "up --backend swarm); its API needs a token"
+        )
+        self.swarm_box.toggled.connect(self._clear_problems)
+        form.addRow("", self.swarm_box)
         self.url_edit = QLineEdit()
         self.url_edit.setPlaceholderText("http://127.0.0.1:8080")
         form.addRow("API URL", self.url_edit)
@@ -338,6 +345,7 @@ class ProfileDialog(QDialog):
         """Show ``profile`` in the form (``token`` when given)."""
         self.name_edit.setText(profile.name)
         self.kind_combo.setCurrentIndex(max(0, self.kind_combo.findData(profile.kind)))
+        self.swarm_box.setChecked(profile.swarm)
         self.url_edit.setText(profile.api_url)
         self.api_ca_edit.setText(profile.api_ca)
         self.engine_edit.setText(profile.docker_host)
@@ -389,6 +397,7 @@ class ProfileDialog(QDialog):
             ssh_known_hosts=self.known_hosts_edit.text().strip() if ssh else "",
             api_access=access if remote else "",
             api_bind=self.bind_edit.text().strip() if remote and access == "published" else "",
+            swarm=self.swarm_box.isChecked() and kind in ("local_docker", "remote_docker"),
         )
 
     def token(self) -> str:
@@ -433,6 +442,7 @@ class ProfileDialog(QDialog):
         self.identity_edit.setEnabled(not use_agent)
         self.identity_button.setEnabled(not use_agent)
         self.api_box.setVisible(docker)
+        self.swarm_box.setVisible(docker)
         for widget in (self.tunnel_radio, self.published_radio):
             widget.setVisible(remote)
         self.tunnel_radio.setEnabled(ssh)

@@ -146,7 +146,9 @@ class ConsoleSession(QObject):
 
         # The cluster publishes its API on the port of the profile's API URL.
         options: dict[str, Any] = {"api_port": profile.api_port}
-        token = self.profiles.token(profile.name) if profile.backend == "docker" else None
+        token = (
+            self.profiles.token(profile.name) if profile.backend in ("docker", "swarm") else None
+        )
         if profile.kind == "remote_docker":
             # The whole engine profile: TLS material, SSH identity and known hosts, how the
             # API is reached, its bind and token. Nothing connects here (on use only).
