@@ -16,9 +16,17 @@ one; while the Sentinels elect, ``MasterNotFoundError`` (a connection error) is 
 like any outage. The password, if any, is the data nodes' (``AUTH`` on the primary),
 never the Sentinels'.
 
+``redis+cluster://[[user]:password@]host:port[,host:port…][/0]`` gives a Redis Cluster
+client (redis-py's asyncio ``RedisCluster``, duck-typed as ``Redis``;
+:func:`parse_cluster_url`): the queue's keys must then share one slot (a hash-tagged
+prefix, see :mod:`mimir.core.queue.keys`), ``min_replicas`` is refused (``WAIT`` would
+not follow the writes on their connection), and ``pool_timeout`` does not apply (a full
+per-node pool fails at once).
+
 When the URL carries no password, the contents of the file named by
 ``MIMIR_REDIS_PASSWORD_FILE`` are used (:func:`redis_password_from_file`): for
-``redis://``, ``rediss://``, ``unix://`` and the data nodes of ``redis+sentinel://``. The
+``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://`` and the data nodes of
+``redis+sentinel://``. The
 password so read is handed to the client only; it never enters a URL, so no log line or
 redacted URL can show it.
 

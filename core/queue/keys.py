@@ -39,7 +39,12 @@ All names start with the configured prefix (``MIMIR_KEY_PREFIX``, default ``mimi
 
 The Lua scripts spell no key names: callers pass every key they can name in ``KEYS``
 (and the ``job_prefix``/``done_prefix`` for the records a script finds as it runs; see
-:mod:`mimir.core.queue.protocol`).
+:mod:`mimir.core.queue.protocol` for the keys left undeclared).
+
+On a Redis Cluster all of these must hash to one slot: the prefix carries a hash tag
+(:func:`hash_tagged`: ``mimir:`` -> ``{mimir}:``), applied by the settings for a
+``redis+cluster://`` URL and required by :class:`~mimir.core.queue.JobQueue` and
+:class:`~mimir.core.queue.QueueConsumer` (:func:`require_hash_tag`).
 """
 
 from __future__ import annotations

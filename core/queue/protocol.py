@@ -13,12 +13,27 @@ Encodings (everything in Redis is text): ``text`` as is; ``int`` decimal; ``floa
 Python's ``repr``; ``iso`` ISO 8601 UTC with a ``Z``; ``json`` compact JSON; ``flag``
 ``"1"`` for true (absent for false).
 
-Every key a caller can name is passed in ``KEYS``. A script also touches keys it learns
-only from Redis as it runs — the job records (and done lists) of the entries a stream
-read delivers or that are due, the stream a record names, a record's idempotency key —
-built from the ``job_prefix``/``done_prefix``/``idem_prefix`` arguments or read from the
-record. On a Redis Cluster those need every queue key in one slot: a prefix with a hash
-tag (``MIMIR_KEY_PREFIX={mimir}:``).
+Every key a caller can name before the call is passed in ``KEYS`` (a call that names none
+is refused: a Redis Cluster would run it on a random node). A script also touches keys it
+learns only from Redis as it runs, built from the ``job_prefix``/``done_prefix``/
+``idem_prefix`` arguments or read from the record; exactly these, and no others:
+
+- ``FETCH``: the job record and done list of each entry it delivers or reclaims (the ids
+  come from the stream entries it reads);
+- ``MOVE_DUE``: the record of each due job (ids from the scheduled set) and the stream it
+  goes back to (the record's ``stream`` field);
+- ``CANCEL``: the stream of a queued job, to delete its entry (``stream`` field);
+- ``RETRY_DEAD``: the stream the job is queued on again (``stream`` field);
+- ``DELETE_DEAD``: the job's idempotency key (``idempotency_key`` field);
+- ``RECONCILE``: each job's stream (``stream`` field).
+
+Those six scripts start with Dragonfly's ``--!df flags=allow-undeclared-keys`` line
+(:data:`mimir.core.queue.scripts.UNDECLARED_KEYS_FLAG`; a Lua comment for Redis and
+Valkey, which let a script without a ``#!`` line touch the undeclared keys of the slot it
+runs in). On a Redis Cluster every key of a prefix must be in one slot: the settings give
+a ``redis+cluster://`` URL's prefix a hash tag (``mimir:`` -> ``{mimir}:``, see
+:func:`mimir.core.queue.keys.hash_tagged`), so the undeclared keys are in the declared
+keys' slot by construction.
 """
 
 from __future__ import annotations

@@ -316,8 +316,9 @@ def test_queue_on_a_three_primary_cluster(
         assert metrics.status_code == 200 and "mimir_" in metrics.text, metrics.text[:300]
         pools = http.get("/api/v1/pools")
         assert pools.status_code == 200, pools.text
-        status = http.get("/api/v1/queue/status")
-        assert status.status_code == 200, status.text
+        for path in ("/api/v1/queue/status", "/api/v1/diagnostics", "/api/v1/autoscaler"):
+            answer = http.get(path)
+            assert answer.status_code == 200, (path, answer.text)
         http.close()
 
         # Every key in the slot of {mimir}, on the one node that owns it.
