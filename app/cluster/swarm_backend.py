@@ -793,6 +793,7 @@ class SwarmBackend(DockerBackend):
         SIGKILL after the service's stop grace period."""
         report = progress or _no_progress
         check_worker_count(workers, self.settings.limits)
+        self._check_publish()  # waiting for the workers asks the API: it needs the token
         await self._call(self._adopt_running_backend)
         services = await self._call(self._services)
         if "backend" not in services:
@@ -874,11 +875,15 @@ class SwarmBackend(DockerBackend):
             f"cluster {self.project!r} removed with its {len(volumes)} volume(s) on the manager"
             + (f": {', '.join(sorted(v.name for v in volumes))}" if volumes else ""),
         )
-        if self.data_node:
+        others = [n["hostname"] for n in (await self._call(self._nodes)).values()]
+        if len(others) > 1 or self.data_node:
+            # The manager's engine removes only its own volumes.
             report(
                 "clean",
-                f"volumes on the data node {self.data_node} stay: remove them there "
-                f"(docker volume ls --filter label={LABEL_PROJECT}={self.project})",
+                "the project's volumes on the other nodes stay ("
+                + ", ".join(sorted(others))
+                + "): remove them on each node (docker volume prune --filter "
+                f"label={LABEL_PROJECT}={self.project})",
             )
 
     async def restart(self, service: str, progress: Progress | None = None) -> ClusterStatus:
@@ -893,6 +898,7 @@ class SwarmBackend(DockerBackend):
                 f"swarm restarts a service, not one task: restart {service_of} (all its tasks, "
                 f"one at a time), or scale it"
             )
+        self._check_publish()
         await self._call(self._adopt_running_backend)
         services = await self._call(self._services)
         if target is not None and target[0] is None:

@@ -52,6 +52,8 @@ def test_up_without_a_token_is_refused_before_any_call_to_the_engine(settings: S
     with pytest.raises(ClusterError, match="moby#32299") as caught:
         asyncio.run(backend.up(1))
     assert "MIMIR_API_TOKEN" in str(caught.value)
+    with pytest.raises(ClusterError, match="moby#32299"):
+        asyncio.run(backend.scale(3))
 
 
 def test_up_with_monitoring_is_not_on_swarm_yet(settings: Settings) -> None:
