@@ -26,7 +26,7 @@ from mimir.app.cluster.backup import _RestoreTarget
 from mimir.app.cluster.base import ClusterError, Progress
 from mimir.app.cluster.docker_backend import DockerBackend, _Created
 from mimir.app.cluster.restore_local import build_trees, check_schemas, restore_postgres
-from mimir.app.cluster.topology import IMAGES, LABEL_PROJECT, Topology
+from mimir.app.cluster.topology import IMAGES, LABEL_PROJECT, REDIS_GID, REDIS_UID, Topology
 from mimir.core.backup.manifest import BackupError, Manifest
 from mimir.core.backup.redis_rdb import RDB_PART, rdb_version_for_release
 from mimir.core.runstore.db import SQLITE_NAME
@@ -67,7 +67,12 @@ class DockerRestoreTarget(_RestoreTarget):
         return dict(self._topology().service("backend").environment)
 
     def _container_settings(self) -> Settings:
-        return Settings.from_env(self._backend_env())
+        # The secret files are paths inside the containers (/run/secrets), not here: the
+        # settings this host needs (the run store's URL) do not depend on them.
+        env = self._backend_env()
+        for name in ("MIMIR_API_TOKEN_FILE", "MIMIR_REDIS_PASSWORD_FILE"):
+            env.pop(name, None)
+        return Settings.from_env(env)
 
     def _resolve_redis_image(self, report: Progress) -> str:
         """The Redis image the cluster runs (its container's), or the one ``up`` starts."""
@@ -175,10 +180,14 @@ class DockerRestoreTarget(_RestoreTarget):
                     report("restore", f"writing {topology.volume_name(volume)}")
                     self._replace_contents(helper, _MOUNTS[volume], tree, owner)
                 self._exec(helper, ["sh", "-c", "find /restore/redis -mindepth 1 -delete"])
+                # Redis runs as redis (999:1000, as in redis:7-alpine), not root: the volume
+                # (first mounted here, so root's) and the snapshot must be its own.
+                redis_owner = f"{REDIS_UID}:{REDIS_GID}"
+                self._exec(helper, ["chown", redis_owner, "/restore/redis"])
                 rdb = staging / "redis" / "dump.rdb"
                 if rdb.exists():
                     report("restore", "turning the queue snapshot into Redis's append-only file")
-                    self._put_file(helper, "/restore/redis", rdb, "dump.rdb", "0:0")
+                    self._put_file(helper, "/restore/redis", rdb, "dump.rdb", redis_owner)
                     self._rdb_to_aof(topology, redis_image)
                     self._exec(helper, ["rm", "-f", "/restore/redis/dump.rdb"])
             finally:
