@@ -80,6 +80,9 @@ _FULL_POLL = 0.2
 _FIRST_SLICE = 1.0
 #: Jobs per enqueue script call (bounds how long one call holds Redis).
 _ENQUEUE_CHUNK = 1000
+#: Reads of a key a script declares, should the record say another at the script's turn
+#: (a job's stream and idempotency key never change: one read in practice).
+_MOVED_TRIES = 3
 #: Seconds over which completed/failed per second are averaged.
 _RATE_WINDOW = 5
 #: What :meth:`JobQueue.control_worker` may ask of a worker.
@@ -519,24 +522,31 @@ class JobQueue:
         """Cancel the job: a queued or scheduled job ends now; a running one is asked to
         stop (its worker cancels it, ``cancel_requested`` shows meanwhile). Cancelling
         an ended job is a :class:`JobStateError`."""
-        now_ms, _ = _now()
-        call = scripts.CANCEL_SCRIPT.call(
-            keys={
-                "job": self.keys.job(job_id),
-                "done": self.keys.done(job_id),
-                "scheduled": self.keys.scheduled,
-                **self.keys.ending(now_ms),
-            },
-            argv={
-                "now_ms": now_ms,
-                "ttl": self.job_ttl,
-                "events": self.keys.events,
-                "cancel": self.keys.cancel,
-                "job_id": job_id,
-            },
-        )
         async with redis_errors("cancel the job"):
-            outcome = await call.run(self.redis)
+            for _ in range(_MOVED_TRIES):
+                # The job's stream, declared to the script (which checks it is still the
+                # record's): every key a script touches is in KEYS where it can be.
+                stream = await self._declared(job_id, "stream")
+                now_ms, _ = _now()
+                call = scripts.CANCEL_SCRIPT.call(
+                    keys={
+                        "job": self.keys.job(job_id),
+                        "done": self.keys.done(job_id),
+                        "scheduled": self.keys.scheduled,
+                        **self.keys.ending(now_ms),
+                        "stream": stream,
+                    },
+                    argv={
+                        "now_ms": now_ms,
+                        "ttl": self.job_ttl,
+                        "events": self.keys.events,
+                        "cancel": self.keys.cancel,
+                        "job_id": job_id,
+                    },
+                )
+                outcome = await call.run(self.redis)
+                if outcome != "moved":
+                    break
         if outcome == "missing":
             raise JobNotFoundError(job_id)
         if outcome not in {"cancelled", "cancelling"}:
@@ -546,16 +556,20 @@ class JobQueue:
 
     async def retry_dead(self, job_id: str) -> JobRecord:
         """Put a failed or dead job back on its queue with its attempts reset."""
-        call = scripts.RETRY_DEAD_SCRIPT.call(
-            keys={
-                "job": self.keys.job(job_id),
-                "done": self.keys.done(job_id),
-                "dead": self.keys.dead,
-            },
-            argv={"ttl": self.job_ttl, "events": self.keys.events, "job_id": job_id},
-        )
         async with redis_errors("retry the job"):
-            answer = await call.run(self.redis)
+            for _ in range(_MOVED_TRIES):
+                call = scripts.RETRY_DEAD_SCRIPT.call(
+                    keys={
+                        "job": self.keys.job(job_id),
+                        "done": self.keys.done(job_id),
+                        "dead": self.keys.dead,
+                        "stream": await self._declared(job_id, "stream"),
+                    },
+                    argv={"ttl": self.job_ttl, "events": self.keys.events, "job_id": job_id},
+                )
+                answer = await call.run(self.redis)
+                if answer != "moved":
+                    break
         if isinstance(answer, list):  # the record as re-queued (a worker may take it at once)
             return record_from_hash(dict(zip(answer[::2], answer[1::2], strict=True)))
         outcome = answer
@@ -565,27 +579,41 @@ class JobQueue:
 
     async def delete_dead(self, job_id: str) -> None:
         """Remove a failed or dead job for good (its dead-letter entry and its record)."""
-        call = scripts.DELETE_DEAD_SCRIPT.call(
-            keys={
-                "job": self.keys.job(job_id),
-                "done": self.keys.done(job_id),
-                "dead": self.keys.dead,
-                "index": self.keys.index,
-            },
-            argv={
-                "events": self.keys.events,
-                "idem_prefix": self.keys.idempotency_prefix,
-                "job_id": job_id,
-            },
-        )
         async with redis_errors("delete the job"):
-            outcome = await call.run(self.redis)
+            for _ in range(_MOVED_TRIES):
+                call = scripts.DELETE_DEAD_SCRIPT.call(
+                    keys={
+                        "job": self.keys.job(job_id),
+                        "done": self.keys.done(job_id),
+                        "dead": self.keys.dead,
+                        "index": self.keys.index,
+                        "idem": await self._declared(job_id, "idempotency_key"),
+                    },
+                    argv={
+                        "events": self.keys.events,
+                        "idem_prefix": self.keys.idempotency_prefix,
+                        "job_id": job_id,
+                    },
+                )
+                outcome = await call.run(self.redis)
+                if outcome != "moved":
+                    break
         if outcome == "missing":
             raise JobNotFoundError(job_id)
         if outcome != "deleted":
             raise JobStateError(
                 f"job {job_id!r} is {outcome}; only failed or dead jobs can be deleted"
             )
+
+    async def _declared(self, job_id: str, field: str) -> str:
+        """The key a script on ``job_id``'s record will touch, read from the record's
+        ``field`` (``stream``, or ``idempotency_key`` for its idempotency key) so the
+        script can declare it; the script checks it still is ('moved' otherwise). A
+        record without the field: a key of the job's own (declared, never touched)."""
+        value = await self.redis.hget(self.keys.job(job_id), field)
+        if value is None:
+            return self.keys.job(job_id)
+        return self.keys.idempotency(str(value)) if field == "idempotency_key" else str(value)
 
     async def release(self, job_ids: Sequence[str]) -> int:
         """Let Redis forget ended jobs whose runs are stored (one script call for all):

@@ -570,8 +570,7 @@ return {#ids, nxt[2] or false}
 )
 
 CANCEL = (
-    UNDECLARED_KEYS_FLAG
-    + r"""
+    r"""
 local job = KEYS[1]
 local done = KEYS[2]
 local scheduled = KEYS[3]
@@ -579,6 +578,7 @@ local dead = KEYS[4]
 local totals = KEYS[5]
 local rate = KEYS[6]
 local outcomes = KEYS[7]
+local stream = KEYS[8]
 local now_ms = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local events = ARGV[3]
@@ -589,10 +589,13 @@ local job_id = ARGV[5]
     + r"""
 local q = {events = events, dead = dead, totals = totals, rate = rate, outcomes = outcomes,
   ttl = ttl, now_ms = now_ms, counts = {}}
+-- stream: the record's `stream` as the caller read it just before ('moved': it read
+-- another, so it reads again; a job's stream never changes, so this does not happen).
 local t = load(job)
 if not t then return 'missing' end
+if t.stream and t.stream ~= stream then return 'moved' end
 if t.status == 'queued' then
-  if t.stream and t.entry then redis.call('XDEL', t.stream, t.entry) end
+  if t.stream and t.entry then redis.call('XDEL', stream, t.entry) end
   finalize(q, job, done, job_id, t, 'cancelled', '')
   flush(q)
   return 'cancelled'
@@ -612,25 +615,27 @@ return 'ended:' .. t.status
 )
 
 RETRY_DEAD = (
-    UNDECLARED_KEYS_FLAG
-    + r"""
+    r"""
 local job = KEYS[1]
 local done = KEYS[2]
 local dead = KEYS[3]
+local stream = KEYS[4]
 local ttl = tonumber(ARGV[1])
 local events = ARGV[2]
 local job_id = ARGV[3]
 """
     + _LIB
     + r"""
--- Answers the record (flat HGETALL) as re-queued, or why not.
+-- Answers the record (flat HGETALL) as re-queued, or why not ('moved': the caller read
+-- another `stream` than the record's; it reads again).
 local f = redis.call('HMGET', job, 'status', 'stream', 'dead_entry')
 if not f[1] then return 'missing' end
 if f[1] ~= 'failed' and f[1] ~= 'dead' then return f[1] end
+if f[2] ~= stream then return 'moved' end
 if f[3] then redis.call('XDEL', dead, f[3]) end
 redis.call('HDEL', job, 'dead_entry', 'error', 'result', 'finished_at', 'started_at',
   'worker_id', 'progress', 'cancel_requested', 'scheduled_for')
-local eid = redis.call('XADD', f[2], '*', 'job', job_id)
+local eid = redis.call('XADD', stream, '*', 'job', job_id)
 redis.call('HSET', job, 'status', 'queued', 'attempts', 0, 'entry', eid)
 redis.call('DEL', done)
 redis.call('EXPIRE', job, ttl)
@@ -640,12 +645,12 @@ return redis.call('HGETALL', job)
 )
 
 DELETE_DEAD = (
-    UNDECLARED_KEYS_FLAG
-    + r"""
+    r"""
 local job = KEYS[1]
 local done = KEYS[2]
 local dead = KEYS[3]
 local index = KEYS[4]
+local idem = KEYS[5]
 local events = ARGV[1]
 local idem_prefix = ARGV[2]
 local job_id = ARGV[3]
@@ -653,15 +658,15 @@ local job_id = ARGV[3]
     + r"""
 -- Removes a failed or dead job for good: its dead-letter entry, record, done list, index
 -- entry and idempotency key (when it still names this job). Publishes `deleted: true`
--- with the next version. Answers 'deleted', 'missing', or the status that forbids it.
+-- with the next version. Answers 'deleted', 'missing', or the status that forbids it;
+-- 'moved' when idem is not the record's idempotency key as the caller read it (it reads
+-- again; the key never changes, so this does not happen).
 local f = redis.call('HMGET', job, 'status', 'dead_entry', 'idempotency_key', 'version')
 if not f[1] then return 'missing' end
 if f[1] ~= 'failed' and f[1] ~= 'dead' then return f[1] end
+if f[3] and idem_prefix .. f[3] ~= idem then return 'moved' end
 if f[2] then redis.call('XDEL', dead, f[2]) end
-if f[3] then
-  local ik = idem_prefix .. f[3]
-  if redis.call('GET', ik) == job_id then redis.call('DEL', ik) end
-end
+if f[3] and redis.call('GET', idem) == job_id then redis.call('DEL', idem) end
 redis.call('DEL', job, done)
 redis.call('ZREM', index, job_id)
 redis.call('PUBLISH', events, cjson.encode({job_id = job_id, status = f[1],

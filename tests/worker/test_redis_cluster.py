@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ha]
 
 PASSWORD = "cluster-s3cret-9b1e"
 PREFIX = "{mimir}:"  # what Settings makes of the default prefix for a cluster URL
-HTTP_JOBS = 300  # 297 plain (three priorities) + delayed + failing + cancelled
+HTTP_JOBS = 300  # 296 plain (three priorities), delayed, failing, cancelled running/queued
 CLI_JOBS = 100
 
 
@@ -226,10 +226,19 @@ def test_queue_on_a_three_primary_cluster(
             }
         )
         delayed_id = enqueue({"pipeline": plain, "delay": 1.5})
+        # Queued where no worker serves it, with an idempotency key, then cancelled: its
+        # stream entry deleted by a script that declares the stream.
+        parked_id = enqueue({"pipeline": plain, "queue": "parked", "idempotency_key": "{k}1"})
+        assert enqueue({"pipeline": plain, "queue": "parked", "idempotency_key": "{k}1"}) == (
+            parked_id
+        )
+        answer = http.post(f"/api/v1/queue/jobs/{parked_id}/cancel")
+        assert answer.status_code == 200 and answer.json()["status"] == "cancelled", answer.text
+        assert client.xlen(keys.stream("parked", "normal")) == 0
         priorities = ("high", "normal", "low")
         plain_ids = [
             enqueue({"pipeline": plain, "priority": priorities[i % 3]})
-            for i in range(HTTP_JOBS - 3)
+            for i in range(HTTP_JOBS - 4)
         ]
         timings[f"{HTTP_JOBS} enqueues over HTTP"] = time.monotonic() - t0
         # Cancel the long job once it runs: the worker hears it on the cancel channel.
@@ -283,7 +292,7 @@ def test_queue_on_a_three_primary_cluster(
         # Counted exactly: each job ended once (the tally: one count per final status
         # written; the run store: one run per job), each with the status planned.
         totals = client.hgetall(keys.totals)
-        assert totals == {"succeeded": str(total - 2), "failed": "1", "cancelled": "1"}
+        assert totals == {"succeeded": str(total - 3), "failed": "1", "cancelled": "2"}
         runs: dict[str, dict[str, Any]] = {}
         cursor: str | None = None
         while True:
@@ -296,16 +305,20 @@ def test_queue_on_a_three_primary_cluster(
             if not cursor:
                 break
         expected = {job_id: "succeeded" for job_id in [*plain_ids, delayed_id, *cli_ids]}
-        expected.update({failing_id: "failed", long_id: "cancelled"})
+        expected.update({failing_id: "failed", long_id: "cancelled", parked_id: "cancelled"})
         assert {job_id: run["status"] for job_id, run in runs.items()} == expected
         assert runs[failing_id]["attempts"] == 2
         dead = http.get("/api/v1/queue/dead-letter").json()
         assert [entry["job_id"] for entry in dead["entries"]] == [failing_id]
         delayed = runs[delayed_id]
         assert _epoch(delayed["started_at"]) - _epoch(delayed["enqueued_at"]) >= 1.4
-        assert Counter(runs[i]["priority"] for i in plain_ids) == {
-            p: (HTTP_JOBS - 3) // 3 for p in priorities
-        }
+        assert Counter(runs[i]["priority"] for i in plain_ids) == Counter(
+            priorities[i % 3] for i in range(HTTP_JOBS - 4)
+        )
+        # The failed job retried from the dead letter (its stream declared): it fails again.
+        answer = http.post(f"/api/v1/queue/dead-letter/{failing_id}/retry")
+        assert answer.status_code == 200, answer.text
+        wait_until(lambda: client.hget(keys.totals, "failed") == "2", timeout=15)
         # Live views: an SSE job event; figures read with TIME through a cluster pipeline.
         wait_until(
             lambda: any('"job_id"' in e for e in events),
