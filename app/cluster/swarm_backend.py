@@ -875,8 +875,10 @@ class SwarmBackend(DockerBackend):
             f"cluster {self.project!r} removed with its {len(volumes)} volume(s) on the manager"
             + (f": {', '.join(sorted(v.name for v in volumes))}" if volumes else ""),
         )
-        others = [n["hostname"] for n in (await self._call(self._nodes)).values()]
-        if len(others) > 1 or self.data_node:
+        manager_id, _ = await self._call(self._manager)
+        nodes = await self._call(self._nodes)
+        others = [n["hostname"] for i, n in nodes.items() if i != manager_id]
+        if others:
             # The manager's engine removes only its own volumes.
             report(
                 "clean",
