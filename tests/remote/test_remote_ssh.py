@@ -300,7 +300,7 @@ def test_down_then_clean_leave_nothing_and_close_the_tunnel(
     down = cli("down", "--profile", profile, "--project", PROJECT)
     assert down.code == 0, str(down)
     left = ssh_host.host.project_objects(PROJECT)
-    assert left["containers"] == [] and len(left["volumes"]) == 7, left
+    assert left["containers"] == [] and len(left["volumes"]) == 8, left  # secrets too
     clean = cli("clean", "--profile", profile, "--project", PROJECT)
     assert clean.code == 0, str(clean)
     assert ssh_host.host.project_objects(PROJECT) == {
