@@ -605,6 +605,15 @@ class JobQueue:
                 f"job {job_id!r} is {outcome}; only failed or dead jobs can be deleted"
             )
 
+    async def _fields(self, job_ids: Sequence[str], field: str) -> list[str | None]:
+        """``field`` of each job's record (``None`` when absent), in one round trip."""
+        if not job_ids:
+            return []
+        async with self.redis.pipeline(False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), field)
+            return [None if v is None else str(v) for v in await pipe.execute()]
+
     async def _declared(self, job_id: str, field: str) -> str:
         """The key a script on ``job_id``'s record will touch, read from the record's
         ``field`` (``stream``, or ``idempotency_key`` for its idempotency key) so the
@@ -677,6 +686,9 @@ class JobQueue:
             statuses = await self.statuses(ids)
         ended = {status.value for status in FINAL_STATUSES}
         open_ids = [i for i, st in zip(ids, statuses, strict=True) if st and st not in ended]
+        async with redis_errors("reconcile the queue after a restore"):
+            # Each job's stream, declared to the script (which checks the record names it).
+            job_streams = dict(zip(open_ids, await self._fields(open_ids, "stream"), strict=True))
         finals: dict[str, str] = {}
         if open_ids:
             answered = await final_status(list(open_ids))
@@ -696,7 +708,10 @@ class JobQueue:
                     "events": self.keys.events,
                 },
                 each=[
-                    ([self.keys.job(i), self.keys.done(i)], [i, finals.get(i, "")])
+                    (
+                        [self.keys.job(i), self.keys.done(i), job_streams[i] or self.keys.job(i)],
+                        [i, finals.get(i, "")],
+                    )
                     for i in open_ids[first : first + _ENQUEUE_CHUNK]
                 ],
             )

@@ -14,20 +14,20 @@ Python's ``repr``; ``iso`` ISO 8601 UTC with a ``Z``; ``json`` compact JSON; ``f
 ``"1"`` for true (absent for false).
 
 Every key a caller can name before the call is passed in ``KEYS`` (a call that names none
-is refused: a Redis Cluster would run it on a random node). ``CANCEL``, ``RETRY_DEAD`` and
-``DELETE_DEAD`` declare the job's stream / idempotency key, read from the record just
-before; the script answers ``moved`` if the record names another (it never does: neither
-changes) and the caller reads again. A script also touches keys it learns only from Redis
-as it runs, built from the ``job_prefix``/``done_prefix`` arguments or read from the
-record; exactly these, and no others:
+is refused: a Redis Cluster would run it on a random node). ``CANCEL``, ``RETRY_DEAD``,
+``DELETE_DEAD`` and ``RECONCILE`` declare the job's stream / idempotency key, read from the
+record just before; the script answers ``moved`` if the record names another (it never
+does: neither changes; the caller reads again, the reconcile leaves such a job alone). A
+script also touches keys it learns only from Redis as it runs, built from the
+``job_prefix``/``done_prefix`` arguments or read from the record; exactly these, and no
+others:
 
 - ``FETCH``: the job record and done list of each entry it delivers or reclaims (the ids
   come from the stream entries it reads in the same step);
 - ``MOVE_DUE``: the record of each due job (ids from the scheduled set) and the stream it
-  goes back to (the record's ``stream`` field);
-- ``RECONCILE`` (after a restore): each job's stream (``stream`` field).
+  goes back to (the record's ``stream`` field).
 
-Those three scripts start with Dragonfly's ``--!df flags=allow-undeclared-keys`` line
+Those two scripts start with Dragonfly's ``--!df flags=allow-undeclared-keys`` line
 (:data:`mimir.core.queue.scripts.UNDECLARED_KEYS_FLAG`; a Lua comment for Redis and
 Valkey, which let a script without a ``#!`` line touch the undeclared keys of the slot it
 runs in). On a Redis Cluster every key of a prefix must be in one slot: the settings give
@@ -280,7 +280,7 @@ SCRIPTS: dict[str, ScriptSpec] = {
             "RECONCILE",
             keys=("scheduled", "dead"),
             argv=(*_TIME, ("group", "text"), ("events", "text")),
-            keys_each=("job", "done"),
+            keys_each=("job", "done", "stream"),
             argv_each=(("job_id", "text"), ("final", "text")),
         ),
         ScriptSpec(

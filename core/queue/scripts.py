@@ -709,11 +709,10 @@ return released
 )
 
 RECONCILE = (
-    UNDECLARED_KEYS_FLAG
-    + r"""
+    r"""
 local scheduled = KEYS[1]
 local dead = KEYS[2]
--- KEYS[3..]: job, done per job
+-- KEYS[3..]: job, done, stream per job
 local now_ms = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local group = ARGV[3]
@@ -731,10 +730,10 @@ local events = ARGV[4]
 -- started) goes back to its stream under a fresh entry, its interrupted attempt not
 -- counted; the rest is left alone. Answers per job: 'finalised', 'requeued', 'untouched'
 -- or 'skipped' (no record, or ended already).
-local function settle(jk, dk, jobid, t, status)
+local function settle(jk, dk, stream, jobid, t, status)
   if t.stream and t.entry then
-    redis.pcall('XACK', t.stream, group, t.entry)
-    redis.call('XDEL', t.stream, t.entry)
+    redis.pcall('XACK', stream, group, t.entry)
+    redis.call('XDEL', stream, t.entry)
   end
   redis.call('ZREM', scheduled, jobid)
   local now_iso = iso(now_ms)
@@ -769,28 +768,33 @@ end
 
 local ENDED = {succeeded = true, failed = true, cancelled = true, dead = true}
 local out = {}
-for i = 3, #KEYS, 2 do
-  local jk, dk = KEYS[i], KEYS[i + 1]
-  local jobid, final = ARGV[i + 2], ARGV[i + 3]
+-- stream: the record's `stream` as the caller read it ('moved' if the record names
+-- another: a job's stream never changes, so this does not happen).
+for i = 3, #KEYS, 3 do
+  local jk, dk, stream = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+  local n = (i - 3) / 3
+  local jobid, final = ARGV[5 + 2 * n], ARGV[6 + 2 * n]
   local t = load(jk)
   local st = t and t.status
   if (not st) or ENDED[st] then
     out[#out + 1] = 'skipped'
+  elseif t.stream and t.stream ~= stream then
+    out[#out + 1] = 'moved'
   elseif final ~= '' then
-    settle(jk, dk, jobid, t, final)
+    settle(jk, dk, stream, jobid, t, final)
     out[#out + 1] = 'finalised'
   else
     local held = false
     if t.stream and t.entry then
-      local p = redis.pcall('XPENDING', t.stream, group, t.entry, t.entry, 1)
+      local p = redis.pcall('XPENDING', stream, group, t.entry, t.entry, 1)
       held = type(p) == 'table' and p.err == nil and #p > 0
     end
     if t.stream and (held or st == 'running') then
       if t.entry then
-        redis.pcall('XACK', t.stream, group, t.entry)
-        redis.call('XDEL', t.stream, t.entry)
+        redis.pcall('XACK', stream, group, t.entry)
+        redis.call('XDEL', stream, t.entry)
       end
-      local eid = redis.call('XADD', t.stream, '*', 'job', jobid)
+      local eid = redis.call('XADD', stream, '*', 'job', jobid)
       local attempts = tonumber(t.attempts) or 0
       -- FETCH counted the interrupted attempt when it started the job: it does not count.
       if st == 'running' and attempts > 0 then attempts = attempts - 1 end

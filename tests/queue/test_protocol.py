@@ -149,7 +149,7 @@ def test_a_call_must_name_exactly_the_declared_values() -> None:
 _BUILT_KEY = re.compile(r"local \w+ = \w+_prefix \.\. ")
 _FIELD_KEY = re.compile(r"redis\.p?call\('\w+', (t\.stream|f\[\d\])")
 #: The scripts that touch keys they learn as they run (listed in protocol.py's docstring).
-UNDECLARED = {"FETCH", "MOVE_DUE", "RECONCILE"}
+UNDECLARED = {"FETCH", "MOVE_DUE"}
 
 
 def test_only_the_scripts_with_undeclared_keys_carry_dragonflys_flag() -> None:
