@@ -12,8 +12,8 @@ other nodes get them from the registry, as an operator's would.
 Traffic stays on the machine: the host reaches the nodes on the test's network, the nodes
 reach each other there (2377/tcp, 7946/tcp+udp, 4789/udp). Everything carries the label
 :data:`LABEL` (value: this process's pid); the teardown leaves the swarm, removes the nodes
-(with their /var/lib/docker volumes) and the network, and checks that nothing labelled is
-left on the host engine. A killed run's leftovers are removed by the next one.
+(with their /var/lib/docker volumes) and the network, and checks that nothing it labelled
+is left on the host engine. A killed run's leftovers are removed by the next one.
 """
 
 from __future__ import annotations
@@ -252,18 +252,21 @@ def swarm() -> Generator[Swarm]:
             with contextlib.suppress(Exception):
                 node.engine().swarm.leave(force=True)
             node.close()
-        for node in nodes.values():
+
+        def remove(node: Node) -> None:
             with contextlib.suppress(docker.errors.APIError):
                 node.container.remove(force=True, v=True)
+
+        if nodes:
+            _in_parallel([lambda n=n: remove(n) for n in nodes.values()])
         with contextlib.suppress(docker.errors.APIError):
             network.remove()
         shutil.rmtree(workdir, ignore_errors=True)
+        mine = {"label": f"{LABEL}={pid}"}  # another run may have its swarm up meanwhile
         left = {
-            "containers": [
-                c.name for c in client.containers.list(all=True, filters={"label": LABEL})
-            ],
-            "networks": [n.name for n in client.networks.list(filters={"label": LABEL})],
-            "volumes": [v.name for v in client.volumes.list(filters={"label": LABEL})],
+            "containers": [c.name for c in client.containers.list(all=True, filters=mine)],
+            "networks": [n.name for n in client.networks.list(filters=mine)],
+            "volumes": [v.name for v in client.volumes.list(filters=mine)],
         }
         client.close()
         print(f"swarm teardown: {time.monotonic() - stage:.1f} s")
