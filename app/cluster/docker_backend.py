@@ -647,6 +647,30 @@ class DockerBackend:
             with contextlib.suppress(docker.errors.DockerException):
                 helper.remove(force=True)
 
+    def _as_running(self, topology: Topology) -> Topology:
+        """``topology`` as the running cluster's Redis wants its workers: a project without
+        a secrets volume (docker-compose's: its file format has no secrets, the password is
+        in ``REDIS_URL``) gets workers with the backend container's ``REDIS_URL`` and no
+        password file."""
+        try:
+            self._connect().volumes.get(topology.volume_name(SECRETS_VOLUME))
+            return topology
+        except docker.errors.NotFound:
+            pass
+        backend = next((c for c in self._containers("backend") if c.status == "running"), None)
+        url = _environment(backend).get("REDIS_URL") if backend is not None else None
+        services = dict(topology.services)
+        for name, spec in topology.services.items():
+            if spec.pool is None:
+                continue
+            env = {k: v for k, v in spec.environment.items() if k != "MIMIR_REDIS_PASSWORD_FILE"}
+            if url:
+                env["REDIS_URL"] = url
+            volumes = [m for m in spec.volumes if m.volume != SECRETS_VOLUME]
+            services[name] = replace(spec, environment=env, volumes=volumes, secrets=[])
+        volumes = [v for v in topology.volumes if v != SECRETS_VOLUME]
+        return replace(topology, services=services, volumes=volumes)
+
     def _run_container(
         self,
         topology: Topology,
@@ -1125,6 +1149,7 @@ class DockerBackend:
         image = (await self._call(self._containers, "redis") or [None])[0]
         redis_image = image.attrs["Config"]["Image"] if image is not None else None
         topology = self.topology(workers if pool == DEFAULT_POOL else 0, redis_image)
+        topology = await self._call(self._as_running, topology)
         await self._scale_to(topology, pool, workers, report)
         if wait:
             await self._wait_ready(report)

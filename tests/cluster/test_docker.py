@@ -264,13 +264,13 @@ def test_down_keeps_volumes_and_data_then_clean_removes_them(
     asyncio.run(follow_through_down())
     assert backend._containers() == [] and backend._project_networks() == []
     volumes = {v.name for v in backend._project_volumes()}
-    assert f"{PROJECT}_redis_data" in volumes and len(volumes) == 7
+    assert f"{PROJECT}_redis_data" in volumes and len(volumes) == 8  # secrets too
     asyncio.run(backend.up(1))
     assert api.job(job_id)["status"] == "succeeded"  # Redis's AOF lived in its volume
     messages: list[str] = []
     asyncio.run(backend.clean(lambda _step, message: messages.append(message)))
     assert backend._project_volumes() == [] and backend._containers() == []
-    assert not any("kept" in m for m in messages) and "7 volume(s)" in messages[-1]
+    assert not any("kept" in m for m in messages) and "8 volume(s)" in messages[-1]
 
 
 def test_logs_of_an_unknown_project_are_an_error(capsys) -> None:  # type: ignore[no-untyped-def]
