@@ -198,8 +198,18 @@ def test_queue_on_a_three_primary_cluster(
     events: list[str] = []
     stop_events = threading.Event()
     try:
-        server.start(wait_for_redis=True)
+        server.launch()  # the server and the worker start side by side
         worker.start()
+
+        def healthy() -> bool:
+            if server.process is not None and server.process.poll() is not None:
+                raise RuntimeError(f"the server exited:\n{server.output()}")
+            try:
+                return httpx.get(f"{server.base_url}/health", timeout=1).json()["redis"] == "ok"
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False
+
+        wait_until(healthy, timeout=30, interval=0.05, message=f"the server\n{server.output()}")
         timings["cluster, server and worker up"] = time.monotonic() - started
         http = httpx.Client(base_url=server.base_url, timeout=15)
         sse = threading.Thread(
