@@ -62,7 +62,12 @@ from mimir.app.cluster.docker_backend import DockerBackend
 from mimir.app.cluster.docker_engine import cpu_percent, memory_used, parse_docker_time
 from mimir.app.cluster.instances import Instance
 from mimir.app.cluster.readiness import wait_until_ready
-from mimir.app.cluster.swarm_spec import REGISTRY_PORT, service_specs, swarm_worker_hostname
+from mimir.app.cluster.swarm_spec import (
+    REGISTRY_PORT,
+    registry_spec,
+    service_specs,
+    swarm_worker_hostname,
+)
 from mimir.app.cluster.topology import (
     API_PORT,
     API_TOKEN_SECRET,
@@ -70,7 +75,6 @@ from mimir.app.cluster.topology import (
     LABEL_POOL,
     LABEL_PROJECT,
     LABEL_SERVICE,
-    LABEL_VOLUME,
     REDIS_PASSWORD_SECRET,
     SERVICE_KINDS,
     Topology,
@@ -101,8 +105,6 @@ logger = logging.getLogger(__name__)
 #: The label ``docker stack deploy`` puts on what it creates: the stack's name.
 STACK_NAMESPACE = "com.docker.stack.namespace"
 REGISTRY = "registry"
-#: Where the registry keeps its data (a volume on the manager).
-REGISTRY_DIR = "/var/lib/registry"
 #: The label every container of a swarm task carries: its service's name.
 SWARM_SERVICE_LABEL = "com.docker.swarm.service.name"
 #: Task states that end a task for good (what ``up`` reports as a failure).
@@ -367,35 +369,6 @@ class SwarmBackend(DockerBackend):
         host = "127.0.0.1" if self.routing_mesh or single or not manager_addr else manager_addr
         return f"{host}:{REGISTRY_PORT}"
 
-    def _registry_kwargs(self, manager_id: str, image_id: str) -> dict[str, Any]:
-        labels = {LABEL_PROJECT: self.project, LABEL_SERVICE: REGISTRY}
-        volume = f"{self.project}_registry_data"
-        return {
-            "image": image_id,
-            "name": self.service_name(REGISTRY),
-            "labels": labels,
-            "container_labels": labels,
-            "env": [f"REGISTRY_HTTP_ADDR=0.0.0.0:{REGISTRY_PORT}"],
-            "constraints": [f"node.id=={manager_id}"],
-            "mounts": [
-                docker.types.Mount(
-                    REGISTRY_DIR,
-                    volume,
-                    type="volume",
-                    labels={LABEL_PROJECT: self.project, LABEL_VOLUME: "registry_data"},
-                ),
-                docker.types.Mount("/tmp", "", type="tmpfs", tmpfs_size=64 * 1024 * 1024),
-            ],
-            "endpoint_spec": docker.types.EndpointSpec(
-                mode=self.endpoint_mode,
-                ports={REGISTRY_PORT: (REGISTRY_PORT, "tcp", self.publish_mode)},
-            ),
-            "resources": docker.types.Resources(mem_limit=256 * 1024 * 1024),
-            "restart_policy": docker.types.RestartPolicy("any", delay=2_000_000_000),
-            "read_only": True,
-            "cap_drop": ["ALL"],
-        }
-
     async def _ensure_registry(
         self, manager_id: str, registry: str, created: _SwarmCreated, report: Progress
     ) -> None:
@@ -414,7 +387,15 @@ class SwarmBackend(DockerBackend):
                     "('mimir cluster build --backend swarm'), or give --registry HOST:PORT"
                 ) from exc
             report(REGISTRY, f"starting {name} ({image} by image id) on the manager, {registry}")
-            kwargs = self._registry_kwargs(manager_id, str(found.id))
+            topology = self._swarm_topology(0)
+            await self._call(self._ensure_network, topology, created)
+            kwargs = registry_spec(
+                topology,
+                image=str(found.id),  # by id: no node tries to pull it
+                data_constraint=f"node.id=={manager_id}",
+                endpoint_mode=self.endpoint_mode,
+                publish_mode=self.publish_mode,
+            )
             await self._call(lambda: self._connect().services.create(**kwargs))
             created.services.append(REGISTRY)
         await self._wait_tasks_running([REGISTRY], report)
