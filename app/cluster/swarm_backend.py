@@ -421,6 +421,8 @@ class SwarmBackend(DockerBackend):
     async def build(self, progress: Progress | None = None, push: bool = False) -> None:
         """The Docker backend's images and the registry's; ``push``: then push them."""
         report = progress or _no_progress
+        if push:
+            await self._call(self._manager)  # before building: the push needs a manager
         await super().build(report)
         if not self.registry:
             await self._call(self.images.build_registry_image, report)
