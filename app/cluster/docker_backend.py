@@ -1007,6 +1007,7 @@ class DockerBackend:
                 f"or 'mimir cluster down --project {self.project}' first to move it"
             )
         existing = await self._call(self._containers)
+        _check_redis_has_password(existing, self.project)
         same = known is not None and _same_pools(known, self.cluster)
         sizes = self._sizes(self.cluster, workers, existing if same else None)
         redis_image = await self._call(self.images.resolve_redis_image, report, False)
@@ -1540,6 +1541,21 @@ def _archive(files: dict[str, tuple[bytes, int]]) -> bytes:
             info.uid, info.gid = PROMETHEUS_UID, PROMETHEUS_GID
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+def _check_redis_has_password(containers: list[Any], project: str) -> None:
+    """A Redis container started before Redis passwords (its command reads no
+    configuration file) cannot serve workers started now, which authenticate: say what
+    to do instead of starting workers that fail."""
+    for container in containers:
+        if container.labels.get(LABEL_SERVICE) != "redis" or container.status != "running":
+            continue
+        command = " ".join(container.attrs.get("Config", {}).get("Cmd") or [])
+        if "redis.conf" not in command and "requirepass" not in command:
+            raise ClusterError(
+                f"cluster {project!r} runs a Redis started before Redis passwords: run "
+                f"'mimir cluster down --project {project}' (volumes are kept), then 'up' again"
+            )
 
 
 def _owned_archive(files: dict[str, tuple[bytes, int, int, int]]) -> bytes:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from mimir.app.cluster.base import ClusterError
 from mimir.app.cluster.docker_backend import DockerBackend
 from mimir.app.cluster.selection import docker_engine_answers
 from mimir.app.cluster.topology import IMAGES, PROMETHEUS
@@ -164,3 +165,28 @@ def test_a_job_runs_and_the_password_survives_down_and_up(backend: DockerBackend
             fresh.close()
     finally:
         again.close()
+
+
+def test_up_on_a_redis_from_before_passwords_says_what_to_do() -> None:
+    project = f"{PROJECT}-old"
+    cluster = DockerBackend(project, api_port=free_port(), start_timeout=30)
+    client = cluster._connect()
+    image = cluster.images.resolve_redis_image(lambda *_: None, False)
+    # A Redis as `up` ran it before passwords: no configuration file, no password.
+    old = client.containers.run(
+        image,
+        ["redis-server", "--protected-mode", "no"],
+        name=f"{project}-redis",
+        detach=True,
+        network_mode="none",
+        labels={"io.mimir.project": project, "io.mimir.service": "redis"},
+    )
+    try:
+        with pytest.raises(
+            ClusterError, match="started before Redis passwords: run 'mimir cluster down"
+        ):
+            asyncio.run(cluster.up(1))
+        assert [c.name for c in cluster._containers()] == [old.name]  # nothing started
+    finally:
+        asyncio.run(cluster.clean())
+        cluster.close()
