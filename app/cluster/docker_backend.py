@@ -666,10 +666,10 @@ class DockerBackend:
             env = {k: v for k, v in spec.environment.items() if k != "MIMIR_REDIS_PASSWORD_FILE"}
             if url:
                 env["REDIS_URL"] = url
-            volumes = [m for m in spec.volumes if m.volume != SECRETS_VOLUME]
-            services[name] = replace(spec, environment=env, volumes=volumes, secrets=[])
-        volumes = [v for v in topology.volumes if v != SECRETS_VOLUME]
-        return replace(topology, services=services, volumes=volumes)
+            mounts = [m for m in spec.volumes if m.volume != SECRETS_VOLUME]
+            services[name] = replace(spec, environment=env, volumes=mounts, secrets=[])
+        names = [v for v in topology.volumes if v != SECRETS_VOLUME]
+        return replace(topology, services=services, volumes=names)
 
     def _run_container(
         self,
