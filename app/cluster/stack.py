@@ -40,6 +40,7 @@ from mimir.app.cluster.topology import (
     Topology,
     build_topology,
     parse_memory,
+    swarm_storage,
 )
 from mimir.core.pools import DEFAULT_POOL, ClusterFile
 
@@ -99,8 +100,9 @@ def _service(spec: ServiceSpec, topology: Topology, grace: str) -> dict[str, Any
     }
     if spec.cap_add:
         out["cap_add"] = list(spec.cap_add)
+    scratch, mounts = swarm_storage(spec)
     volumes: list[dict[str, Any]] = []
-    for target, options in spec.tmpfs.items():
+    for target, options in scratch.items():
         tmpfs: dict[str, Any] = {"type": "tmpfs", "target": target}
         size = _tmpfs_size(options)
         if size is not None:
@@ -108,7 +110,7 @@ def _service(spec: ServiceSpec, topology: Topology, grace: str) -> dict[str, Any
         volumes.append(tmpfs)
     volumes += [
         {"type": "volume", "source": m.volume, "target": m.target, "read_only": m.read_only}
-        for m in spec.volumes
+        for m in mounts
         if m.volume not in _NOT_IN_STACK
     ]
     out["volumes"] = volumes
@@ -176,7 +178,8 @@ def stack_document(cluster: ClusterFile | None = None) -> dict[str, Any]:
         if name != PROMETHEUS
     }
     secrets = sorted({name for spec in topology.services.values() for name in spec.secrets})
-    volumes = [name for name in topology.volumes if name not in _NOT_IN_STACK]
+    used = {m.volume for spec in topology.services.values() for m in swarm_storage(spec)[1]}
+    volumes = [name for name in topology.volumes if name in used and name not in _NOT_IN_STACK]
     return {
         "version": "3.8",
         "services": services,

@@ -859,16 +859,15 @@ class SwarmBackend(DockerBackend):
             + (f": {', '.join(sorted(v.name for v in volumes))}" if volumes else ""),
         )
         manager_id, _ = await self._call(self._manager)
-        nodes = await self._call(self._nodes)
-        others = [n["hostname"] for i, n in nodes.items() if i != manager_id]
-        if others:
-            # The manager's engine removes only its own volumes.
+        data_id = (await self._call(self._data_constraint, manager_id)).removeprefix("node.id==")
+        if data_id != manager_id:
+            # The manager's engine removes only its own volumes; workers have none (tmpfs).
+            nodes = await self._call(self._nodes)
             report(
                 "clean",
-                "the project's volumes on the other nodes stay ("
-                + ", ".join(sorted(others))
-                + "): remove them on each node (docker volume prune --filter "
-                f"label={LABEL_PROJECT}={self.project})",
+                f"the volumes of redis and the API server stay on the data node "
+                f"{nodes[data_id]['hostname']}: remove them there (docker volume rm, or "
+                f"docker volume prune --all --filter label={LABEL_PROJECT}={self.project})",
             )
 
     async def restart(self, service: str, progress: Progress | None = None) -> ClusterStatus:

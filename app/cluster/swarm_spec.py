@@ -49,6 +49,7 @@ from mimir.app.cluster.topology import (
     ServiceSpec,
     Topology,
     parse_memory,
+    swarm_storage,
 )
 from mimir.core.pools import DEFAULT_POOL
 
@@ -107,7 +108,8 @@ def _tmpfs_mount(target: str, options: str) -> Mount:
 
 
 def _mounts(spec: ServiceSpec, topology: Topology) -> list[Mount]:
-    mounts = [_tmpfs_mount(target, options) for target, options in spec.tmpfs.items()]
+    tmpfs, volumes = swarm_storage(spec)
+    mounts = [_tmpfs_mount(target, options) for target, options in tmpfs.items()]
     mounts += [
         Mount(
             m.target,
@@ -116,7 +118,7 @@ def _mounts(spec: ServiceSpec, topology: Topology) -> list[Mount]:
             read_only=m.read_only,
             labels=topology.volume_labels(m.volume),
         )
-        for m in spec.volumes
+        for m in volumes
         if m.volume != SECRETS_VOLUME  # Docker secrets instead
     ]
     return mounts

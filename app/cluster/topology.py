@@ -79,6 +79,7 @@ __all__ = [
     "SECRETS_DIR",
     "SECRETS_VOLUME",
     "SERVICE_KINDS",
+    "SWARM_WORKER_SCRATCH",
     "WORKER_HEALTHCHECK",
     "WORKER_HEALTH_FILE",
     "ServiceSpec",
@@ -93,6 +94,7 @@ __all__ = [
     "pool_service",
     "replica_name",
     "service_kind",
+    "swarm_storage",
     "unknown_pool",
     "validate_project_name",
     "worker_command",
@@ -435,6 +437,28 @@ SECRETS_VOLUME = "secrets"
 #: Where the Prometheus configuration is copied in before its container starts (a volume:
 #: the container's root filesystem is read-only, and a tmpfs is not there before start).
 PROMETHEUS_CONFIG_VOLUME = "prometheus_config"
+#: On a swarm a worker's volumes are tmpfs of its task (this size each): workers keep
+#: nothing that must outlive a job, and a named volume would be made on every node a task
+#: ever ran on, where ``cluster clean`` (it talks to the manager) cannot remove it.
+SWARM_WORKER_SCRATCH = "size=256m,mode=1777"
+
+
+def swarm_storage(spec: ServiceSpec) -> tuple[dict[str, str], list[VolumeMount]]:
+    """``spec``'s (tmpfs, volumes) on a swarm: a worker's volumes become tmpfs
+    (:data:`SWARM_WORKER_SCRATCH`); the secrets volume stays for the caller to leave out
+    (Docker secrets stand for it); redis and the backend keep theirs (pinned to a node)."""
+    if spec.pool is None:
+        return dict(spec.tmpfs), list(spec.volumes)
+    tmpfs = dict(spec.tmpfs)
+    volumes = []
+    for mount in spec.volumes:
+        if mount.volume == SECRETS_VOLUME:
+            volumes.append(mount)
+        else:
+            tmpfs[mount.target] = SWARM_WORKER_SCRATCH
+    return tmpfs, volumes
+
+
 #: Process limits (``pids``): the server runs more threads than a worker.
 PIDS = {"redis": 256, "server": 512, "worker": 256, "prometheus": 256}
 _MIMIR_USER = f"{MIMIR_UID}:{MIMIR_UID}"

@@ -85,9 +85,14 @@ def test_specs_hold_no_secret_and_are_hardened() -> None:
         assert "CapabilityAdd" not in container
         assert container["Healthcheck"]["Test"]
         assert container["StopGracePeriod"] == 20 * 10**9
-        (tmp,) = [m for m in container["Mounts"] if m["Type"] == "tmpfs"]
-        assert tmp["Target"] == "/tmp" and tmp["TmpfsOptions"]["Mode"] == 0o1777
+        tmpfs = {m["Target"]: m for m in container["Mounts"] if m["Type"] == "tmpfs"}
+        assert tmpfs["/tmp"]["TmpfsOptions"]["Mode"] == 0o1777
         volumes = [m for m in container["Mounts"] if m["Type"] == "volume"]
+        if name.startswith("worker"):
+            # A worker's volumes are tmpfs of its task: nothing stays on the nodes.
+            assert set(tmpfs) == {"/tmp", "/app/data", "/app/logs"} and not volumes
+        else:
+            assert set(tmpfs) == {"/tmp"} and volumes
         assert all(m["Source"].startswith(f"{LONGEST_PROJECT}_") for m in volumes)
         assert SECRETS_DIR not in {m["Target"] for m in volumes}  # Docker secrets instead
         limits = request["task_template"]["Resources"]["Limits"]
