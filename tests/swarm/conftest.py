@@ -157,11 +157,8 @@ def _in_parallel(calls: list[Callable[[], Any]]) -> list[Any]:
 @pytest.fixture(scope="module")
 def swarm() -> Generator[Swarm]:
     """Three nodes in one swarm, the Mimir images on the manager; all removed at the end."""
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"no Docker engine answers: {exc}")
+    # The test says it needs an engine (a skipif marker): here one answers.
+    client = docker.from_env(timeout=120)
     timings: dict[str, float] = {}
     started = stage = time.monotonic()
     pid = str(os.getpid())

@@ -44,13 +44,19 @@ import pytest
 
 from mimir.app.cluster.base import ClusterError, ClusterStatus, ServiceStatus
 from mimir.app.cluster.cli import main as cluster_main
+from mimir.app.cluster.selection import docker_engine_answers
 from mimir.app.cluster.swarm_backend import SwarmBackend
 from mimir.app.cluster.topology import API_TOKEN_FILE, REDIS_PASSWORD_FILE
 from tests.cluster.conftest import ClusterAPI
 from tests.helpers import wait_until
 from tests.swarm.conftest import NODE_NAMES, Swarm
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(not docker_engine_answers(), reason="no Docker engine answers"),
+]
 
 PROJECT = "mimirswarm"
 API_PORT = 18080
