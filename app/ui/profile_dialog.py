@@ -209,7 +209,7 @@ class ProfileDialog(QDialog):
             "The cluster runs as Swarm services spread over the swarm's nodes (mimir cluster "
             "up --backend swarm); its API needs a token"
         )
-        self.swarm_box.toggled.connect(self._clear_problems)
+        self.swarm_box.toggled.connect(self._update_visibility)
         form.addRow("", self.swarm_box)
         self.url_edit = QLineEdit()
         self.url_edit.setPlaceholderText("http://127.0.0.1:8080")
@@ -446,7 +446,21 @@ class ProfileDialog(QDialog):
         for widget in (self.tunnel_radio, self.published_radio):
             widget.setVisible(remote)
         self.tunnel_radio.setEnabled(ssh)
-        self.tunnel_radio.setToolTip("" if ssh else "An SSH tunnel needs an ssh:// engine URL")
+        # Swarm publishes the API port on its node whatever the access (moby#32299).
+        swarm = self.swarm_box.isChecked()
+        self.tunnel_radio.setText(
+            "Through an SSH tunnel (Swarm publishes the port anyway)"
+            if swarm
+            else "Through an SSH tunnel (nothing is exposed on the host)"
+        )
+        self.tunnel_radio.setToolTip(
+            "An SSH tunnel needs an ssh:// engine URL"
+            if not ssh
+            else "Swarm publishes the API port on its node whatever you choose (moby#32299): "
+            "the token guards it"
+            if swarm
+            else ""
+        )
         if remote and not ssh and self.tunnel_radio.isChecked():
             self.published_radio.setChecked(True)  # a tunnel needs ssh://
         published = remote and self.published_radio.isChecked()

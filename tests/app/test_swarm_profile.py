@@ -57,6 +57,22 @@ def test_the_dialog_makes_a_docker_swarm_profile_only_with_a_token(qtbot: Any) -
     assert editor.swarm_box.isChecked()
 
 
+def test_the_tunnel_choice_does_not_claim_a_swarm_exposes_nothing(qtbot: Any) -> None:
+    profile = ConnectionProfile(
+        "lab swarm", "remote_docker", api_url="http://10.0.0.5:8080",
+        docker_host="ssh://ops@lab", swarm=True,
+    )  # fmt: skip
+    dialog = ProfileDialog(None, profile, secure_tokens=False, taken_names=set())
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    assert dialog.tunnel_radio.isChecked()
+    assert "Swarm publishes the port anyway" in dialog.tunnel_radio.text()
+    assert "token" in dialog.tunnel_radio.toolTip()
+    dialog.swarm_box.click()  # a plain Docker engine: the tunnel exposes nothing
+    qtbot.waitUntil(lambda: "nothing is exposed" in dialog.tunnel_radio.text(), timeout=2000)
+
+
 def test_a_remote_swarm_profile_drives_the_swarm_backend() -> None:
     profile = ConnectionProfile(
         "lab swarm", "remote_docker", api_url="http://10.0.0.5:18080",
