@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import queue as queue_module
 import re
@@ -109,11 +110,19 @@ REGISTRY = "registry"
 SWARM_SERVICE_LABEL = "com.docker.swarm.service.name"
 #: Task states that end a task for good (what ``up`` reports as a failure).
 _FAILED = frozenset({"failed", "rejected"})
+#: Task states on the way to running, or running (the others ended).
+_ACTIVE = frozenset(
+    {"new", "allocated", "pending", "assigned", "accepted", "ready", "preparing", "starting",
+     "running"}
+)  # fmt: skip
 #: Seconds between looks for tasks while waiting for services to go.
 _POLL = 0.5
 _ANY = frozenset({"", "0.0.0.0", "::"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _KINDS: dict[str, ServiceKind] = dict(SERVICE_KINDS)
+#: The label a secret made by ``up`` carries: the sha256 of its value (never the value),
+#: so that ``up`` with another API token is told instead of running with the old one.
+LABEL_SECRET_SHA256 = "io.mimir.secret-sha256"
 #: Hint added when a node cannot pull from the registry.
 _TRUST_HINT = (
     "every node's dockerd must trust the registry {registry}: add it to insecure-registries "
@@ -175,6 +184,8 @@ class SwarmBackend(DockerBackend):
         self._backend_addr: str | None = None
         #: The hostname template of the worker tasks (from :mod:`.swarm_spec`).
         self._hostname_template: Callable[[str], str] | None = None
+        #: Failed tasks before this command acted (:meth:`_note_failures`): not its failures.
+        self._seen_failures: frozenset[str] = frozenset()
 
     # ---------------------------------------------------------------- ownership
 
@@ -335,16 +346,31 @@ class SwarmBackend(DockerBackend):
         created.network = name
         return str(network.id)
 
-    def _ensure_secret(self, kind: str, value: Callable[[], str], created: _SwarmCreated) -> str:
-        """The id of ``<project>_<kind>``, made from ``value()`` when missing (kept when it
-        exists: Docker cannot read a secret back)."""
+    def _ensure_secret(
+        self, kind: str, value: Callable[[], str], created: _SwarmCreated, *, same: bool = False
+    ) -> str:
+        """The id of ``<project>_<kind>``, made from ``value()`` when missing (labelled with
+        the sha256 of the value, :data:`LABEL_SECRET_SHA256`) and kept when it exists
+        (Docker cannot read a secret back). ``same``: an existing secret must hold
+        ``value()`` (its label says another value → :class:`ClusterError`: secrets are
+        immutable and the running services read the old one)."""
         client = self._connect()
         name = f"{self.project}_{kind}"
         for secret in client.secrets.list(filters={"name": name}):
-            if secret.name == name:
-                return str(secret.id)
+            if secret.name != name:
+                continue
+            label = _spec_labels(secret).get(LABEL_SECRET_SHA256)
+            if same and label is not None and label != _sha256(value()):
+                raise ClusterError(
+                    "the API token differs from the one this cluster was started with: run "
+                    "`mimir cluster down` then `up` (secrets are immutable)"
+                )
+            return str(secret.id)
+        data = value()
         secret = client.secrets.create(
-            name=name, data=value().encode(), labels={LABEL_PROJECT: self.project}
+            name=name,
+            data=data.encode(),
+            labels={LABEL_PROJECT: self.project, LABEL_SECRET_SHA256: _sha256(data)},
         )
         created.secrets.append(name)
         return str(secret.id)
@@ -396,6 +422,7 @@ class SwarmBackend(DockerBackend):
                 endpoint_mode=self.endpoint_mode,
                 publish_mode=self.publish_mode,
             )
+            await self._call(self._note_failures)
             await self._call(lambda: self._connect().services.create(**kwargs))
             created.services.append(REGISTRY)
         await self._wait_tasks_running([REGISTRY], report)
@@ -416,7 +443,34 @@ class SwarmBackend(DockerBackend):
         return await self._call(self._push, registry, local, report)
 
     def _push(self, registry: str, local: list[str], report: Progress) -> dict[str, str]:
-        return self.images.push_images(registry, local, report)
+        """Push ``local`` to ``registry``: local name → ``<ref>@sha256:<digest>``, the
+        manifest this engine pushed (see :meth:`_pin`)."""
+        refs = self.images.push_images(registry, local, report)
+        return {name: self._pin(name, ref) for name, ref in refs.items()}
+
+    def _pin(self, local: str, ref: str) -> str:
+        """``ref`` pinned to its digest (``ref@sha256:…``), so a task (a scale, a drain, a
+        restart) only ever runs the image ``up`` pushed, not whatever the mutable tag names
+        in the registry by then; docker-py's ``services.create`` does not pin as the CLI
+        does. The registry's digest must be one this engine recorded for ``local`` when it
+        pushed it (its ``RepoDigests``): else another image took the tag in between."""
+        client = self._connect()
+        target = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+        try:
+            found = client.api.inspect_distribution(ref)
+            digest = str(found.get("Descriptor", {}).get("digest") or "")
+            recorded = client.images.get(local).attrs.get("RepoDigests") or []
+        except docker.errors.DockerException as exc:
+            raise ClusterError(f"cannot read the digest of {ref} in the registry: {exc}") from exc
+        if not digest.startswith("sha256:"):
+            raise ClusterError(f"the registry gave no digest for {ref}")
+        if f"{target}@{digest}" not in recorded:
+            raise ClusterError(
+                f"the registry's {ref} ({digest}) is not the image pushed from {local}: "
+                "another image took its tag; the registry must be reachable by the swarm's "
+                "nodes only"
+            )
+        return f"{ref}@{digest}"
 
     async def build(self, progress: Progress | None = None, push: bool = False) -> None:
         """The Docker backend's images and the registry's; ``push``: then push them."""
@@ -452,16 +506,29 @@ class SwarmBackend(DockerBackend):
         hostname = str(task.get("Spec", {}).get("ContainerSpec", {}).get("Hostname") or "")
         return render_hostname(hostname or template(pool), task.get("Slot") or 0, task["ID"])
 
-    def _failed_task(self, since: float, names: list[str] | None = None) -> ClusterError | None:
-        """A task of ours (of ``names``) that failed or was rejected after ``since``."""
+    def _note_failures(self) -> None:
+        """Remember the failed tasks there are before this command acts (creates, updates,
+        scales a service): :meth:`_failed_task` leaves them out."""
+        seen: set[str] = set()
+        for service in self._services().values():
+            seen.update(str(t.get("ID")) for t in self._tasks(service) if _state(t) in _FAILED)
+        self._seen_failures = frozenset(seen)
+
+    def _failed_task(self, names: list[str] | None = None) -> ClusterError | None:
+        """A task of ours (of ``names``) that failed or was rejected since this command
+        acted: not one :meth:`_note_failures` saw, and created after its service's last
+        change (``UpdatedAt``). Only the manager's timestamps are compared, never this
+        machine's clock (which may be off the swarm's)."""
         for name, service in self._services().items():
             if names is not None and name not in names:
                 continue
+            changed = _changed_at(service)
             for task in self._tasks(service):
                 status = task.get("Status", {})
-                if status.get("State") not in _FAILED:
+                if status.get("State") not in _FAILED or str(task.get("ID")) in self._seen_failures:
                     continue
-                if (parse_docker_time(str(task.get("CreatedAt") or "")) or 0) < since - 1:
+                created = parse_docker_time(str(task.get("CreatedAt") or ""))
+                if changed and created and created < changed:
                     continue
                 err = str(status.get("Err") or status.get("Message") or "?")
                 node = self._nodes().get(str(task.get("NodeID")), {}).get("hostname", "?")
@@ -485,10 +552,9 @@ class SwarmBackend(DockerBackend):
 
     async def _wait_tasks_running(self, names: list[str], report: Progress) -> None:
         """Until each of ``names`` runs its replicas; a failed task is the error."""
-        since = time.time()
         deadline = time.monotonic() + self.start_timeout
         while True:
-            failed = await self._call(self._failed_task, since, names)
+            failed = await self._call(self._failed_task, names)
             if failed is not None:
                 raise failed
             services = await self._call(self._services)
@@ -522,7 +588,6 @@ class SwarmBackend(DockerBackend):
         """Until /ready answers and every running worker task has a heartbeat (without a
         published API: until every service runs its replicas); a failed task is the error,
         with its ``Status.Err`` and the service's last log lines."""
-        since = time.time()
         if not self.publish_api:
             names = [n for n in await self._call(self._services) if n != REGISTRY]
             await self._wait_tasks_running(names, report)
@@ -535,7 +600,7 @@ class SwarmBackend(DockerBackend):
         await self._call(self._adopt_running_backend)
 
         async def check_alive() -> None:
-            failed = await self._call(self._failed_task, since)
+            failed = await self._call(self._failed_task)
             if failed is not None:
                 raise failed
             if self._backend_addr is None:
@@ -637,7 +702,7 @@ class SwarmBackend(DockerBackend):
             if self.api_token:
                 token = self.api_token
                 secret_ids[API_TOKEN_SECRET] = await self._call(
-                    self._ensure_secret, API_TOKEN_SECRET, lambda: token, created
+                    lambda: self._ensure_secret(API_TOKEN_SECRET, lambda: token, created, same=True)
                 )
             await self._ensure_registry(manager_id, registry, created, report)
             redis_image = await self._call(self.images.resolve_redis_image, report, False)
@@ -656,6 +721,7 @@ class SwarmBackend(DockerBackend):
                 publish_mode=self.publish_mode,
                 grace=self.grace,
             )
+            await self._call(self._note_failures)
             await self._create_or_update(specs, existing, sizes, same, created, report)
             report("wait", "waiting for the tasks, /ready and worker heartbeats")
             await self._wait_ready(report)
@@ -792,6 +858,7 @@ class SwarmBackend(DockerBackend):
         if service is None:
             raise ClusterError(f"the pool {pool!r} has no service: run 'mimir cluster up' again")
         report("scale", f"{service.name}: {workers} replica(s)")
+        await self._call(self._note_failures)
         await self._call(service.scale, workers)
         if wait:
             await self._wait_ready(report)
@@ -892,6 +959,7 @@ class SwarmBackend(DockerBackend):
         if not chosen:
             known = ", ".join(sorted(n for n in services if n != REGISTRY)) or "none"
             raise ClusterError(f"unknown service {service!r}; choose from {known}")
+        await self._call(self._note_failures)
         for item in chosen:
             report("restart", f"{item.name} (docker service update --force)")
             await self._call(item.force_update)
@@ -905,7 +973,12 @@ class SwarmBackend(DockerBackend):
         per node (``nodes``), published ports, workers' health from their heartbeats."""
         await self._call(self._adopt_running_backend)
         services = await self._call(self._services)
-        tasks = {n: await self._call(self._tasks, s, True) for n, s in services.items()}
+        every = {n: await self._call(self._tasks, s) for n, s in services.items()}
+        tasks = {
+            n: [t for t in ts if t.get("DesiredState") == "running"] for n, ts in every.items()
+        }
+        ended = {n: [t for t in ts if _state(t) not in _ACTIVE] for n, ts in every.items()}
+        latest = {n: max(ts, key=_created) for n, ts in ended.items() if ts}
         nodes = await self._call(self._nodes) if services else {}
         registered: set[str] | None = None
         running_workers = any(
@@ -915,7 +988,7 @@ class SwarmBackend(DockerBackend):
             async with await self._probe() as probe:
                 registered = await probe.workers(self.worker_key)
         template = self._worker_template() if running_workers else None
-        rows = self.status_rows(services, tasks, nodes, registered, template)
+        rows = self.status_rows(services, tasks, nodes, registered, template, latest)
         api = any(r.name == "backend" and r.state == "running" for r in rows)
         return ClusterStatus("swarm", self.project, rows, self.api_url if api else None)
 
@@ -926,8 +999,13 @@ class SwarmBackend(DockerBackend):
         nodes: dict[str, dict[str, str]],
         registered: set[str] | None,
         template: Callable[[str], str] | None,
+        latest: dict[str, dict[str, Any]] | None = None,
     ) -> list[ServiceStatus]:
-        """The rows of :meth:`status` from the services, their tasks and the nodes."""
+        """The rows of :meth:`status` from the services, their tasks (those the swarm
+        wants running), the nodes and the newest task of each service that ended
+        (``latest``): a service none of whose tasks runs and whose last ended task failed
+        or was rejected (a crash loop, an image no node can pull: the swarm keeps making new
+        tasks, each pending a while) is ``failed``, the task's error in its health column."""
         rows = []
         pools = list((self.cluster or default_cluster()).pools)
         pools += sorted({p for s in services.values() if (p := _pool_of(s))} - set(pools))
@@ -950,6 +1028,11 @@ class SwarmBackend(DockerBackend):
             wanted_n = _replicas(service)
             state = "running" if running else ("starting" if wanted_n else "stopped")
             health = ""
+            newest = (latest or {}).get(name)
+            if not running and wanted_n and newest is not None and _state(newest) in _FAILED:
+                status = newest.get("Status", {})
+                state = "failed"
+                health = str(status.get("Err") or status.get("Message") or _state(newest))
             if kind == "worker" and running and template is not None and pool is not None:
                 hosts = {self._task_hostname(template, pool, t) for t in running}
                 health = worker_health(hosts, registered)
@@ -1162,6 +1245,21 @@ def _pool_of(service: Any) -> str | None:
 def _replicas(service: Any) -> int:
     mode = service.attrs.get("Spec", {}).get("Mode", {})
     return int((mode.get("Replicated") or {}).get("Replicas") or 0)
+
+
+def _created(task: dict[str, Any]) -> float:
+    return parse_docker_time(str(task.get("CreatedAt") or ""))
+
+
+def _changed_at(service: Any) -> float:
+    """When the manager last changed ``service`` (its ``UpdatedAt``, else ``CreatedAt``;
+    0.0 when it says neither)."""
+    attrs = service.attrs
+    return parse_docker_time(str(attrs.get("UpdatedAt") or attrs.get("CreatedAt") or ""))
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def _state(task: dict[str, Any]) -> str:
