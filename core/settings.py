@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from mimir.core.limits import Limits
 from mimir.core.logtext import parse_log_format
+from mimir.core.secretfiles import read_secret_file
 
 __all__ = [
     "Settings",
@@ -133,26 +134,7 @@ def _api_token(env: Mapping[str, str]) -> str | None:
     raw = (env.get("MIMIR_API_TOKEN_FILE") or "").strip()
     if token or not raw:
         return token
-    path = Path(raw).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ValueError(f"MIMIR_API_TOKEN_FILE={path}: cannot read it ({reason})") from exc
-    if not text:
-        raise ValueError(f"MIMIR_API_TOKEN_FILE={path} is empty")
-    return text
-
-
-def _check_redis_password_file(env: Mapping[str, str]) -> None:
-    """``MIMIR_REDIS_PASSWORD_FILE`` naming a file that cannot be read or is empty stops
-    the process at startup (``ValueError`` naming the variable and the path); the
-    password itself is read by :func:`mimir.core.queue.connection.connect`, never kept
-    here."""
-    if (env.get("MIMIR_REDIS_PASSWORD_FILE") or "").strip():
-        from mimir.core.queue.connection import redis_password_from_file
-
-        redis_password_from_file(env)
+    return read_secret_file("MIMIR_API_TOKEN_FILE", raw)
 
 
 def _key_prefix(env: Mapping[str, str], redis_url: str, min_replicas: int) -> str:
@@ -370,7 +352,6 @@ class Settings:
         """Build settings from ``environ`` (default ``os.environ``)."""
         env = os.environ if environ is None else environ
         redis_raw = sentinel_url_from_env(env) or env.get("REDIS_URL", "")
-        _check_redis_password_file(env)
         redis_url = normalise_redis_url(redis_raw) if redis_raw else "redis://redis:6379/0"
         min_replicas = _env_count(env, "MIMIR_REDIS_MIN_REPLICAS", 0)
         key_prefix = _key_prefix(env, redis_url, min_replicas)

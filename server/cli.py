@@ -28,6 +28,7 @@ from types import FrameType
 import uvicorn
 
 from mimir.core import telemetry
+from mimir.core.queue.connection import check_redis_password_file
 from mimir.core.redis_embedded import EmbeddedRedis, EmbeddedRedisError, start_redis
 from mimir.core.settings import Settings
 from mimir.core.tls import TlsError, check_server_files
@@ -163,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.workers is not None and not args.embedded:
         parser.error("--workers needs --embedded (otherwise start workers with 'mimir worker')")
+    if not args.embedded:  # --embedded gives its own Redis's file
+        try:
+            check_redis_password_file()
+        except ValueError as exc:
+            print(f"mimir server: {exc}", file=sys.stderr)
+            return 2
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be 0 or more")
     if bool(args.tls_cert) != bool(args.tls_key):

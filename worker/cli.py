@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             lease=args.lease,
             redis_url=normalise_redis_url(args.redis_url) if args.redis_url else None,
         )
+        from mimir.core.queue.connection import check_redis_password_file
+
+        check_redis_password_file()  # MIMIR_REDIS_PASSWORD_FILE, before anything starts
     except ValueError as exc:
         print(f"mimir worker: {exc}", file=sys.stderr)
         return 2

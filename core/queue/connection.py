@@ -41,7 +41,6 @@ import os
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -53,6 +52,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from mimir.core.secretfiles import SecretFileError, read_secret_file
+
 __all__ = [
     "BLOCK_SLICE",
     "CLUSTER_SCHEME",
@@ -62,6 +63,7 @@ __all__ = [
     "NotReplicatedError",
     "RedisPasswordFileError",
     "SentinelURL",
+    "check_redis_password_file",
     "connect",
     "is_cluster",
     "is_cluster_url",
@@ -79,7 +81,7 @@ CLUSTER_SCHEME = "redis+cluster"
 PASSWORD_FILE_ENV = "MIMIR_REDIS_PASSWORD_FILE"
 
 
-class RedisPasswordFileError(ValueError):
+class RedisPasswordFileError(SecretFileError):
     """``MIMIR_REDIS_PASSWORD_FILE`` names a file that cannot be read or is empty. A
     ``ValueError``, so the server, workers and the command line stop at startup with
     the message (never a traceback)."""
@@ -87,24 +89,25 @@ class RedisPasswordFileError(ValueError):
 
 def redis_password_from_file(env: Mapping[str, str] = os.environ) -> str | None:
     """The Redis password held in the file ``MIMIR_REDIS_PASSWORD_FILE`` names
-    (surrounding whitespace and the trailing newline stripped), ``None`` when the
-    variable is unset or empty. Raises :class:`RedisPasswordFileError`, naming the
+    (:func:`~mimir.core.secretfiles.read_secret_file`: whitespace stripped), ``None`` when
+    the variable is unset or empty. Raises :class:`RedisPasswordFileError`, naming the
     variable and the path (never the contents), when the file cannot be read or holds
     nothing."""
     raw = (env.get(PASSWORD_FILE_ENV) or "").strip()
     if not raw:
         return None
-    path = Path(raw).expanduser()
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise RedisPasswordFileError(
-            f"{PASSWORD_FILE_ENV}={path}: cannot read the Redis password from it ({reason})"
-        ) from None
-    if not text:
-        raise RedisPasswordFileError(f"{PASSWORD_FILE_ENV}={path} is empty (no Redis password)")
-    return text
+        return read_secret_file(PASSWORD_FILE_ENV, raw)
+    except SecretFileError as exc:
+        raise RedisPasswordFileError(str(exc)) from None
+
+
+def check_redis_password_file(env: Mapping[str, str] = os.environ) -> None:
+    """Raise :class:`RedisPasswordFileError` when ``MIMIR_REDIS_PASSWORD_FILE`` is set
+    and names a file that cannot be read or is empty: what the commands that connect to
+    Redis (server, worker, enqueue) check at startup. Other commands never read it, so a
+    stale variable does not stop them."""
+    redis_password_from_file(env)
 
 
 def redis_password(url: str, env: Mapping[str, str] = os.environ) -> str | None:

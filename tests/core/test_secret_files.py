@@ -45,6 +45,27 @@ def test_missing_or_empty_token_file_is_an_error(tmp_path: Path) -> None:
     assert Settings.from_env({"MIMIR_API_TOKEN_FILE": " "}).api_token is None
 
 
+def test_one_reader_for_every_secret_file(tmp_path: Path) -> None:
+    """MIMIR_API_TOKEN_FILE and MIMIR_REDIS_PASSWORD_FILE go through read_secret_file:
+    the same stripping and the same messages, naming the variable and the path only."""
+    from mimir.core.queue.connection import RedisPasswordFileError, redis_password_from_file
+    from mimir.core.secretfiles import SecretFileError, read_secret_file
+
+    path = tmp_path / "secret"
+    path.write_text("\t hidden-value \r\n")
+    assert read_secret_file("X_FILE", str(path)) == "hidden-value"
+    assert redis_password_from_file({"MIMIR_REDIS_PASSWORD_FILE": str(path)}) == "hidden-value"
+    path.write_text("\n")
+    for variable in ("MIMIR_API_TOKEN_FILE", "MIMIR_REDIS_PASSWORD_FILE"):
+        with pytest.raises(SecretFileError, match=f"^{variable}={path} is empty$"):
+            if variable == "MIMIR_API_TOKEN_FILE":
+                Settings.from_env({variable: str(path)})
+            else:
+                redis_password_from_file({variable: str(path)})
+    assert issubclass(RedisPasswordFileError, SecretFileError)
+    assert issubclass(SecretFileError, ValueError)
+
+
 def test_server_refuses_to_start_on_an_unreadable_token_file(tmp_path: Path) -> None:
     env = {**os.environ, "MIMIR_API_TOKEN_FILE": str(tmp_path / "absent")}
     env.pop("MIMIR_API_TOKEN", None)

@@ -178,11 +178,41 @@ def test_backup_fetch_uses_the_file_password(
     assert PASSWORD not in str(caught.value)
 
 
-def test_settings_stop_at_startup_on_a_bad_file(tmp_path: Path) -> None:
+def test_a_stale_file_stops_only_the_commands_that_connect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Settings never read the file; the server, the worker and enqueue check it at
+    startup (exit 2 naming the variable and the path), other commands don't care."""
+    from mimir.app.cluster.cli import main as cluster_main
+    from mimir.core.queue.cli import main as enqueue_main
+    from mimir.server.cli import main as server_main
+    from mimir.worker.cli import main as worker_main
+
     missing = tmp_path / "absent"
-    with pytest.raises(ValueError, match=f"^{PASSWORD_FILE_ENV}={missing}: cannot read"):
-        Settings.from_env({PASSWORD_FILE_ENV: str(missing)})
     good = tmp_path / "pw"
     good.write_text(PASSWORD, encoding="utf-8")
-    settings = Settings.from_env({PASSWORD_FILE_ENV: str(good)})
-    assert PASSWORD not in repr(settings)
+    assert PASSWORD not in repr(Settings.from_env({PASSWORD_FILE_ENV: str(good)}))
+    Settings.from_env({PASSWORD_FILE_ENV: str(missing)})  # no error: nothing connects
+    for name in ("DOCKER_HOST", "DOCKER_CONTEXT", "MIMIR_CLUSTER_BACKEND", "MIMIR_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MIMIR_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.setenv(PASSWORD_FILE_ENV, str(missing))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        "name: p\nsteps:\n  - name: echo\n    plugin: Debug.echo\n", encoding="utf-8"
+    )
+    expected = f"{PASSWORD_FILE_ENV}={missing}: cannot read it"
+    for main, argv in (
+        (worker_main, []),
+        (server_main, ["--port", str(free_port())]),
+        (enqueue_main, [str(pipeline)]),
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2
+        assert expected in capsys.readouterr().err
+    # `mimir cluster status` reads no Redis password: the stale variable is no matter.
+    capsys.readouterr()
+    assert cluster_main(["status", "--backend", "local", "--project", "stale"]) == 3  # none
+    out, err = capsys.readouterr()
+    assert "cluster 'stale' (local)" in out and PASSWORD_FILE_ENV not in err
