@@ -17,7 +17,8 @@ same services through the API (:mod:`.swarm_spec`). What differs from the compos
   ``mimir_redis_password``) mounted in ``/run/secrets`` readable by the service's user only;
   no secret is in the file or in any environment.
 * Images come from a registry every node can pull from: ``${MIMIR_REGISTRY:-127.0.0.1:5000}``
-  (``mimir cluster build --push``).
+  (``mimir cluster build --push``), Redis's too (``${REDIS_IMAGE:-redis:7-alpine}`` there):
+  no node pulls from docker.io.
 * No Prometheus: its configuration is generated per cluster (``mimir cluster up
   --monitoring`` on the Docker or local backend).
 """
@@ -58,6 +59,8 @@ STACK_USAGE = """\
 #   docker node update --label-add io.mimir.data=true NODE   # Redis's and the API's node
 #   mimir cluster build --backend swarm --push --registry REGISTRY   # HOST:PORT every node
 #                                                      # pulls from (and trusts)
+#   (it pushes Redis as REGISTRY/redis:7-alpine, or as REGISTRY/mimir-aip:redis-latest
+#   when it built that instead: then also set REDIS_IMAGE=mimir-aip:redis-latest)
 # then: cd packaging && MIMIR_REGISTRY=REGISTRY docker stack deploy -c docker-stack.yml mimir
 # The API answers on port 8080 of NODE (every address of it); scale with
 #   docker service scale mimir_worker=N"""
@@ -72,7 +75,8 @@ def _escaped(text: str) -> str:
 
 def _image(spec: ServiceSpec) -> str:
     if spec.kind == "redis":
-        return "${REDIS_IMAGE:-" + spec.image + "}"
+        # What ``build --push`` pushed: the Redis image by its own name, in the registry.
+        return f"{REGISTRY_FROM_ENV}/${{REDIS_IMAGE:-{spec.image}}}"
     if spec.image in IMAGES.values():
         return f"{REGISTRY_FROM_ENV}/{spec.image}"
     return spec.image  # a pool's own image, pulled as it is

@@ -236,6 +236,8 @@ def test_the_stack_file_has_only_what_stack_deploy_applies() -> None:
         assert service["volumes"][0]["type"] == "tmpfs"
         env = service.get("environment", {})
         assert not {"MIMIR_API_TOKEN", "REDIS_PASSWORD"} & set(env)
+        # Every image from the registry (`build --push`): no node pulls from docker.io.
+        assert service["image"].startswith("${MIMIR_REGISTRY:-127.0.0.1:5000}/"), name
         if name != "redis":
             assert service["image"].startswith("${MIMIR_REGISTRY:-127.0.0.1:5000}/mimir-aip:")
     services = document["services"]
@@ -280,5 +282,6 @@ def test_docker_stack_config_accepts_the_stack_file() -> None:
     assert result.returncode == 0, result.stderr
     loaded = yaml.safe_load(result.stdout)
     assert loaded["services"]["worker"]["image"] == "10.9.0.1:5000/mimir-aip:worker-latest"
+    assert loaded["services"]["redis"]["image"] == "10.9.0.1:5000/redis:7-alpine"
     # $ reaches the container's shell unexpanded (escaped from the interpolation).
     assert '"$(cat /run/secrets/mimir_redis_password)"' in loaded["services"]["redis"]["command"][2]
