@@ -62,7 +62,7 @@ from mimir.core.jobs import Attempt, JobFailedError, get_job_handler
 from mimir.core.logtext import printable, set_worker_id
 from mimir.core.queue.connection import connect
 from mimir.core.queue.consumer import Delivery, HeartbeatRefusedError, Outcome, QueueConsumer
-from mimir.core.queue.errors import QueueFullError, is_oom
+from mimir.core.queue.errors import QueueFullError, is_auth_error, is_oom, redis_auth_message
 from mimir.core.queue.metrics import WorkerMetrics, flush_args
 from mimir.core.queue.models import iso, utc_now
 from mimir.core.settings import Settings
@@ -479,7 +479,11 @@ class Worker:
                     self._full_beat.refused(exc)  # starts anyway: it can drain
                 reconnect.ok()
                 return
-            except _OUTAGE_ERRORS as exc:
+            except (*_OUTAGE_ERRORS, RedisError) as exc:
+                if is_auth_error(exc):  # no password, or a wrong one: no retry helps
+                    raise WorkerGaveUpError(f"cannot connect: {redis_auth_message(exc)}") from exc
+                if not isinstance(exc, _OUTAGE_ERRORS):
+                    raise
                 if self._stopping.is_set():
                     raise WorkerGaveUpError("stopped before Redis became reachable") from exc
                 await reconnect.failed(exc)

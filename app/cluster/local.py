@@ -729,6 +729,13 @@ class LocalBackend:
                 raise
         running = ", ".join(f"{count} in {name}" for name, count in sizes.items())
         report("up", f"cluster {self.project!r} is up: API {self.api_url}, workers: {running}")
+        if state.own_redis and state.redis_auth:
+            # The file's path (never the password), for a worker or enqueue run by hand.
+            report(
+                "up",
+                "Redis requires a password; for a worker or enqueue run by hand: export "
+                f"MIMIR_REDIS_PASSWORD_FILE={self.secrets_dir / 'redis-password'}",
+            )
         if state.prometheus_port is not None:
             report("up", f"Prometheus: http://127.0.0.1:{state.prometheus_port}")
         return await self.status()

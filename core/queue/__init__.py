@@ -12,6 +12,7 @@ from mimir.core.queue.consumer import Delivery, Outcome, QueueConsumer, retry_de
 from mimir.core.queue.errors import (
     JobNotFoundError,
     JobStateError,
+    QueueAuthError,
     QueueCommandError,
     QueueError,
     QueueUnavailableError,
@@ -51,6 +52,7 @@ __all__ = [
     "PoolFigures",
     "Priority",
     "Progress",
+    "QueueAuthError",
     "QueueCommandError",
     "QueueConsumer",
     "QueueError",

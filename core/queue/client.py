@@ -32,12 +32,15 @@ from mimir.core.queue.connection import BLOCK_SLICE, NotReplicatedError, connect
 from mimir.core.queue.errors import (
     JobNotFoundError,
     JobStateError,
+    QueueAuthError,
     QueueCommandError,
     QueueFullError,
     QueueUnavailableError,
     WorkerNotFoundError,
+    is_auth_error,
     is_oom,
     queue_full_message,
+    redis_auth_message,
 )
 from mimir.core.queue.keys import GROUP, PRIORITIES, QueueKeys, require_hash_tag
 from mimir.core.queue.models import (
@@ -118,7 +121,15 @@ class JobPage(BaseModel):
 async def redis_errors(action: str) -> AsyncIterator[None]:
     """Translate Redis errors raised inside into queue errors naming ``action``."""
     try:
-        yield
+        try:
+            yield
+        except RedisError as exc:
+            if is_auth_error(exc):
+                # No password, or a refused one: one answer whichever way Redis said it
+                # (redis-py's AuthenticationError is a ConnectionError; an AUTH argument
+                # error is a ResponseError).
+                raise QueueAuthError(f"cannot {action}: {redis_auth_message(exc)}") from exc
+            raise
     except NotReplicatedError as exc:
         # MIMIR_REDIS_MIN_REPLICAS: the primary has the write, no replica said so in time.
         raise QueueUnavailableError(

@@ -13,8 +13,10 @@ broken connection a few times before either side sees an error.
     MimirError
      └── QueueError                  anything the queue cannot do
           ├── QueueUnavailableError  Redis cannot be reached, timed out, or takes no writes now
-          │    └── QueueFullError    Redis reached its memory limit (maxmemory, noeviction):
-          │                          nothing was written; retry once workers have drained
+          │    ├── QueueFullError    Redis reached its memory limit (maxmemory, noeviction):
+          │    │                     nothing was written; retry once workers have drained
+          │    └── QueueAuthError    Redis requires a password and got none, or refused the
+          │                          one given (MIMIR_REDIS_PASSWORD_FILE): no retry helps
           ├── QueueCommandError      Redis failed a command (a script error, a key of the
           │                          wrong type): a fault of this side, not of the caller
           ├── JobNotFoundError       no record for that job id (never existed, or expired)
@@ -27,7 +29,13 @@ The server's answer to each is in ``mimir.server.errors``.
 
 from __future__ import annotations
 
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+)
 
 from mimir.core.errors import MimirError
 
@@ -35,13 +43,16 @@ __all__ = [
     "OOM_TEXT",
     "JobNotFoundError",
     "JobStateError",
+    "QueueAuthError",
     "QueueCommandError",
     "QueueError",
     "QueueFullError",
     "QueueUnavailableError",
     "WorkerNotFoundError",
+    "is_auth_error",
     "is_oom",
     "queue_full_message",
+    "redis_auth_message",
 ]
 
 #: What Redis answers a write that would add data once ``used_memory`` passed
@@ -82,6 +93,63 @@ def queue_full_message(action: str) -> str:
         f"queue full: Redis reached its memory limit (maxmemory, noeviction), so it takes "
         f"no new data; nothing was written for this {action}. Retry later (workers keep "
         "draining the queue and free memory as jobs end), or raise MIMIR_REDIS_MAXMEMORY"
+    )
+
+
+class QueueAuthError(QueueUnavailableError):
+    """Redis requires a password and the client sent none, or Redis refused the one sent
+    (``MIMIR_REDIS_PASSWORD_FILE``, or the URL's own). The message
+    (:func:`redis_auth_message`) names the variable and where the password files of this
+    project's own Redis servers are; it never holds the password. Retrying does not help:
+    a worker stops at once rather than retrying for ``MIMIR_WORKER_MAX_OUTAGE``."""
+
+
+#: Redis's replies (and redis-py's texts) when a client sent no password: a RESP2
+#: command's ``NOAUTH``, the RESP3 handshake's ``HELLO`` refusal, redis-py's own.
+_NO_PASSWORD_TEXTS = ("NOAUTH", "HELLO must be called", "Authentication required")
+#: ... and when it refused the password sent (Redis 6+ ``WRONGPASS``; older: ``ERR
+#: invalid password``; ``AUTH`` with arguments a server does not take).
+_WRONG_PASSWORD_TEXTS = ("WRONGPASS", "invalid password", "invalid username-password")
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing the client for want of the right password:
+    redis-py's ``AuthenticationError`` (no password, a wrong one, with either protocol),
+    ``AuthenticationWrongNumberOfArgsError``, or any Redis error whose reply says
+    ``NOAUTH``, ``WRONGPASS``, ``invalid password`` or ``HELLO must be called``."""
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
+        return True
+    if not isinstance(exc, RedisError):
+        return False
+    text = str(exc)
+    return any(marker in text for marker in (*_NO_PASSWORD_TEXTS, *_WRONG_PASSWORD_TEXTS))
+
+
+def redis_auth_message(exc: BaseException) -> str:
+    """The one message of an authentication failure (:func:`is_auth_error`): a missing
+    password ("Redis requires a password: set MIMIR_REDIS_PASSWORD_FILE …") or a refused
+    one ("Redis refused the password …"), with where this project's own Redis servers
+    keep theirs. Never the password (Redis's replies hold none either)."""
+    try:
+        from mimir.core.settings import Settings
+
+        state = str(Settings.from_env().state_dir)
+    except Exception:  # a settings error is said elsewhere; the hint stays useful
+        state = "$MIMIR_STATE_DIR"
+    where = (
+        f"(a local cluster's: {state}/<project>/secrets/redis-password; "
+        f"mimir server --embedded's: {state}/embedded-redis/secrets/redis-password)"
+    )
+    text = str(exc)
+    missing = any(marker in text for marker in _NO_PASSWORD_TEXTS)
+    if missing:
+        return (
+            "Redis requires a password: set MIMIR_REDIS_PASSWORD_FILE to the file holding "
+            f"it {where}"
+        )
+    return (
+        "Redis refused the password (from MIMIR_REDIS_PASSWORD_FILE, or REDIS_URL's own): "
+        f"point MIMIR_REDIS_PASSWORD_FILE at the file holding this Redis's password {where}"
     )
 
 

@@ -119,6 +119,10 @@ def test_redis_requires_the_generated_password_kept_out_of_argv_and_state(
             wanted = str(secrets / "redis-password")
             assert process.environ()["MIMIR_REDIS_PASSWORD_FILE"] == wanted
             assert password not in str(process.environ())
+    # `up` says which file to export for a worker or enqueue run by hand (its path only).
+    said = [text for _, text in backend.progress.messages]  # type: ignore[attr-defined]
+    assert any(f"MIMIR_REDIS_PASSWORD_FILE={secrets / 'redis-password'}" in t for t in said)
+    assert not any(password in text for text in said)
 
 
 def test_jobs_enqueued_through_the_api_succeed(api: ClusterAPI) -> None:
