@@ -12,9 +12,10 @@ extra) is used with the same command line. Both write the AOF in the same direct
 7.x AOF (a directory of parts) cannot be read back by 6.2: keep to one binary per directory.
 
 With ``auth=True`` the server requires a password: :func:`redis_secrets` keeps it in
-``<directory>/secrets/redis-password`` (0600, in a 0700 directory, generated once) and
-writes ``redis.conf`` (0600) beside it with ``requirepass``, ``maxmemory``
-(``MIMIR_REDIS_MAXMEMORY``, default ``1gb``) and ``maxmemory-policy noeviction``. The server
+``<directory>/secrets/redis-password`` (0600, in a 0700 directory, generated once, written
+whole or not at all) and writes ``redis.conf`` (0600, replaced atomically) beside it with
+``requirepass``, ``maxmemory`` (``MIMIR_REDIS_MAXMEMORY``, default ``1gb``) and
+``maxmemory-policy noeviction``. The server
 reads that file, so the password is in no command line; clients get the file's path
 (``MIMIR_REDIS_PASSWORD_FILE``). The local cluster backend uses the same files.
 """
@@ -32,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,9 +79,15 @@ class RedisSecrets:
 
 def redis_secrets(directory: Path, maxmemory: str | None = None) -> RedisSecrets:
     """The password of the Redis whose secrets live in ``directory`` (made 0700), generated
-    on first use (``secrets.token_urlsafe(32)``, written 0600 with ``O_EXCL``, reused
-    after), and its configuration file (0600, rewritten each time: ``maxmemory`` may
-    change). ``maxmemory``: else ``MIMIR_REDIS_MAXMEMORY``, else :data:`DEFAULT_MAXMEMORY`."""
+    on first use (``secrets.token_urlsafe(32)``) and reused after, and its configuration
+    file (0600; rewritten only when ``maxmemory`` changed it). ``maxmemory``: else
+    ``MIMIR_REDIS_MAXMEMORY``, else :data:`DEFAULT_MAXMEMORY`.
+
+    Both files appear whole or not at all: each is written to a temporary file of the
+    same directory (0600, fsynced), then the password is linked to its name (a link
+    fails when the name exists, so two starters cannot each make one) and the
+    configuration renamed over the old one (a redis-server reading it sees the old or
+    the new file, never a half-written one)."""
     memory = (maxmemory or os.environ.get("MIMIR_REDIS_MAXMEMORY") or DEFAULT_MAXMEMORY).strip()
     if not re.fullmatch(_MAXMEMORY_RE, memory):
         raise EmbeddedRedisError(
@@ -88,24 +96,56 @@ def redis_secrets(directory: Path, maxmemory: str | None = None) -> RedisSecrets
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.chmod(0o700)
     password_file = directory / _PASSWORD_FILE
-    try:
-        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        password = password_file.read_text(encoding="utf-8").strip()
-        if not password:
-            raise EmbeddedRedisError(
-                f"{password_file} is empty: remove it for a new password"
-            ) from None
-    else:
-        password = secrets.token_urlsafe(32)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(password + "\n")
+    if not password_file.exists():
+        temporary = _write_temporary(directory, secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(temporary, password_file)
+        except FileExistsError:
+            pass  # another starter made it first: theirs is the password
+        finally:
+            temporary.unlink()
+        _sync_directory(directory)
+    password = password_file.read_text(encoding="utf-8").strip()
+    if not password:
+        raise EmbeddedRedisError(f"{password_file} is empty: remove it for a new password")
     config_file = directory / _CONFIG_FILE
-    fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(f"requirepass {password}\nmaxmemory {memory}\nmaxmemory-policy noeviction\n")
+    config = f"requirepass {password}\nmaxmemory {memory}\nmaxmemory-policy noeviction\n"
+    try:
+        unchanged = config_file.read_text(encoding="utf-8") == config
+    except OSError:
+        unchanged = False
+    if unchanged:
+        config_file.chmod(0o600)
+    else:
+        os.replace(_write_temporary(directory, config), config_file)
+        _sync_directory(directory)
     return RedisSecrets(password_file, config_file, password)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush ``directory``'s entries (a new link or rename) to disk, where the OS can."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_temporary(directory: Path, text: str) -> Path:
+    """A new file in ``directory`` (0600) holding ``text``, flushed to disk."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    return Path(name)
 
 
 class EmbeddedRedisError(MimirError):

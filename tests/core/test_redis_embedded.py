@@ -141,3 +141,47 @@ def test_auth_requires_the_generated_password_kept_across_restarts(
         assert again.password_file is not None
         assert again.password_file.read_text().strip() == password  # the same one
         assert redis.Redis(port=again.port, password=password, socket_timeout=5).ping()
+
+
+def test_secrets_are_written_whole_and_the_config_only_when_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password appears whole or not at all (a temporary file linked to its name,
+    never an empty file left by a crash); redis.conf is replaced by a rename, and left
+    alone (same inode, same mtime) when its content would not change."""
+    from mimir.core.redis_embedded import redis_secrets
+
+    directory = tmp_path / "secrets"
+    first = redis_secrets(directory, "64mb")
+    assert first.password_file.read_text() == first.password + "\n"
+    assert sorted(p.name for p in directory.iterdir()) == ["redis-password", "redis.conf"]
+    for path in (first.password_file, first.config_file):
+        assert path.stat().st_mode & 0o777 == 0o600
+    before = first.config_file.stat()
+    again = redis_secrets(directory, "64mb")
+    assert again.password == first.password
+    after = first.config_file.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    changed = redis_secrets(directory, "128mb")
+    assert changed.password == first.password
+    assert first.config_file.stat().st_ino != before.st_ino  # a new file renamed over it
+    assert "maxmemory 128mb\n" in first.config_file.read_text()
+    # A crash while writing the password leaves a temporary file only: the next start
+    # makes a password (the stray temporary is no obstacle).
+    fresh = tmp_path / "fresh"
+    fresh.mkdir(mode=0o700)
+    (fresh / ".tmp-crashed").write_text("")
+    made = redis_secrets(fresh, "64mb")
+    assert made.password and made.password_file.read_text().strip() == made.password
+    # Linking never replaces a password another starter made first.
+    real_link = os.link
+
+    def racing_link(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        Path(target).write_text("theirs\n")
+        real_link(source, target)
+
+    raced = tmp_path / "raced"
+    monkeypatch.setattr(os, "link", racing_link)
+    assert redis_secrets(raced, "64mb").password == "theirs"
+    monkeypatch.undo()
+    assert sorted(p.name for p in raced.iterdir()) == ["redis-password", "redis.conf"]
