@@ -198,8 +198,9 @@ def _redis_rules(snap: QueueSnapshot, t: Thresholds, out: list[Finding]) -> None
         if share >= t.memory_warning:
             severity: Severity = "error" if share >= t.memory_error else "warning"
             consequence = (
-                "writes are refused once it is full: enqueue answers 503 and workers cannot "
-                "record outcomes"
+                "once full it refuses new data: enqueue answers 503 (queue full), while "
+                "workers go on draining the queue and recording outcomes (heartbeats and "
+                "progress wait)"
                 if refuses
                 else f"policy {r.maxmemory_policy} evicts keys: job records and queue entries "
                 "are lost"
@@ -213,9 +214,12 @@ def _redis_rules(snap: QueueSnapshot, t: Thresholds, out: list[Finding]) -> None
                     else "Redis is at its memory limit",
                     f"used {_mib(r.used_memory)} of maxmemory {_mib(r.maxmemory)} "
                     f"({share:.0%}), policy {r.maxmemory_policy}: {consequence}",
-                    "Raise Redis's memory (`CONFIG SET maxmemory …` and in its configuration, "
-                    "or the container's limit), lower MIMIR_JOB_TTL so ended jobs expire "
-                    "sooner, and clear the dead letter; keep maxmemory-policy noeviction.",
+                    "Raise its limit: set MIMIR_REDIS_MAXMEMORY and restart Redis (a Redis "
+                    "a backend starts takes maxmemory from it at each start; one you run "
+                    "yourself: its own configuration), or `CONFIG SET maxmemory …` for now "
+                    "(lost at its next restart), leaving room under the container's memory "
+                    "limit; lower MIMIR_JOB_TTL so ended jobs expire sooner, and clear the "
+                    "dead letter; keep maxmemory-policy noeviction.",
                     "redis",
                 )
             )

@@ -289,6 +289,8 @@ def test_redis_out_of_memory_is_found(cluster: Cluster) -> None:
     assert memory and memory[0].severity == "error", describe(report)
     assert "maxmemory" in memory[0].seen and "noeviction" in memory[0].seen
     assert "enqueue answers 503" in memory[0].seen
+    assert "recording outcomes" in memory[0].seen and "cannot record" not in memory[0].seen
+    assert "MIMIR_REDIS_MAXMEMORY" in memory[0].action and "restart" in memory[0].action
     assert report.exit_code == 2
 
 
