@@ -333,6 +333,9 @@ class Autoscaler:
             self.reason = (
                 "autoscaling is off: MIMIR_PROJECT is not set (`mimir cluster up` sets it)"
             )
+        elif self.reason is None and self.backend == "swarm":
+            # `mimir cluster up --backend swarm` refuses autoscaled pools.
+            self.reason = "autoscaling is off: autoscaled pools are not on Swarm yet"
         elif self.reason is None and self.backend == "docker" and not environ.get(DOCKER_INSIDE):
             # `mimir cluster up` gives the server's container the engine only when the
             # cluster file autoscales a pool: without it a scale command could only fail.

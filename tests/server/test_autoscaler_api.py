@@ -22,6 +22,8 @@ import pytest
 
 from mimir.core.pools import ClusterFile, pools_to_env
 from mimir.core.queue import JobQueue, JobSpec, connect
+from mimir.core.settings import Settings
+from mimir.server.autoscaler import Autoscaler
 from tests.helpers import RedisServer, ServerProcess, wait_until
 
 RECORDER = """\
@@ -181,6 +183,24 @@ def test_a_docker_cluster_without_engine_access_has_autoscaling_off_and_says_why
     body = state(client_of(cluster_server(MIMIR_CLUSTER_BACKEND="docker")))
     assert body["enabled"] is False and body["leader"] is None
     assert "no access to the Docker engine" in body["reason"]
+
+
+def test_a_swarm_cluster_has_autoscaling_off_and_says_why(redis_server: RedisServer) -> None:
+    # The Swarm backend sets MIMIR_CLUSTER_BACKEND=swarm and refuses autoscaled pools. The
+    # API serves the reason as the tests above show: here the reason alone, no server.
+    env = {
+        "MIMIR_CLUSTER_BACKEND": "swarm",
+        "MIMIR_PROJECT": "autoscaled",
+        "MIMIR_POOLS": pools_to_env(CLUSTER),
+        "REDIS_URL": redis_server.url,
+    }
+    redis = connect(redis_server.url)
+    try:
+        autoscaler = Autoscaler(Settings.from_env(env), redis, environ=env)
+        assert not autoscaler.enabled
+        assert autoscaler.reason == "autoscaling is off: autoscaled pools are not on Swarm yet"
+    finally:
+        asyncio.run(redis.aclose())
 
 
 def test_a_burst_scales_the_pool_up_through_the_command_and_is_recorded(
