@@ -13,14 +13,17 @@ API) whose tasks the swarm places on its nodes. The service definitions come fro
   before it touches the engine, unless the API port is not published at all
   (``publish_api=False``).
 - **Secrets**: ``<project>_mimir_api_token`` and ``<project>_mimir_redis_password`` are
-  Docker secrets (made at ``up`` from the token and a generated password; kept when they
-  exist, as Docker cannot read them back; ``down`` removes them). No token is ever in a
+  Docker secrets (made at ``up`` from the token and a generated password, labelled with
+  their sha256; kept when they exist, as Docker cannot read them back, and ``up`` with
+  another token is refused; ``down`` removes them). No token is ever in a
   service's environment.
 - **Images reach every node** through a registry: the service ``<project>_registry``
   (Debian's docker-registry, ``mimir-aip:registry-latest``, run by image ID and pinned to
   the manager, published host-mode on 5000) unless ``registry`` (``--registry HOST:PORT``)
   names one. Images are pushed there (:meth:`push_images`) and services run the registry
-  refs, so no node tries docker.io. Every node's dockerd must trust that registry
+  refs pinned to the pushed digest (``ref@sha256:…``), so no node tries docker.io and no
+  later task runs another image pushed under the tag (the registry has no auth: 5000/tcp of
+  the manager is for the swarm's nodes only). Every node's dockerd must trust that registry
   (``insecure-registries`` or TLS); a one-node swarm uses ``127.0.0.1:5000``, which dockerd
   trusts by default.
 - **Placement**: Redis and the API server (their volumes) are pinned to the data node
