@@ -405,6 +405,7 @@ class SwarmBackend(DockerBackend):
         if self.registry:
             return
         name = self.service_name(REGISTRY)
+        await self._call(self._note_failures)  # a running registry's old failures are not ours
         existing = (await self._call(self._services)).get(REGISTRY)
         if existing is None:
             image = IMAGES[REGISTRY]
@@ -425,7 +426,6 @@ class SwarmBackend(DockerBackend):
                 endpoint_mode=self.endpoint_mode,
                 publish_mode=self.publish_mode,
             )
-            await self._call(self._note_failures)
             await self._call(lambda: self._connect().services.create(**kwargs))
             created.services.append(REGISTRY)
         await self._wait_tasks_running([REGISTRY], report)
