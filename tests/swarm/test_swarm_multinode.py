@@ -174,10 +174,17 @@ def test_a_three_node_swarm_runs_500_jobs_through_a_drain_and_a_scale(
         for service in engine.services.list(filters={"label": f"io.mimir.project={PROJECT}"}):
             image = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
             if not service.name.endswith("_registry"):
-                assert image.startswith(registry), (service.name, image)
+                # Pinned: a later task runs this image whatever the tag names by then.
+                assert image.startswith(registry) and "@sha256:" in image, (service.name, image)
         assert backend.api_url == f"http://{manager.address}:{API_PORT}"
         unauthorized = httpx.get(f"{backend.api_url}/api/v1/workers", timeout=10)
         assert unauthorized.status_code == 401, unauthorized.text
+        # Another token: refused at once (the secret's sha256 label), nothing changed.
+        other = SwarmBackend(PROJECT, api_token=token + "-new", **options)
+        with pytest.raises(ClusterError, match="API token differs"):
+            asyncio.run(other.up(3, clock.progress))
+        other.close()
+        assert _row(asyncio.run(backend.status()), "worker").replicas == 3
 
         # Hardening, by docker inspect on the node running each task.
         checked = 0
