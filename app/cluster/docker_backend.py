@@ -51,14 +51,21 @@ running Prometheus container is kept by a later ``up`` without the flag, shown b
 ``no-new-privileges``, all capabilities dropped (``cap_add`` none expected), a read-only root
 filesystem with a tmpfs ``/tmp``, a pids limit, CPU and memory limits (Redis too) and a
 healthcheck (the worker's: its heartbeat file). The API token and the Redis password are
-files in the project's volume ``secrets``, mounted read-only at ``/run/secrets``: ``up``
-fills it through a created-but-never-started helper container of the backend image that
-mounts it read-write (``put_archive``, so it works on remote engines too): the token owned
-by 10001 mode 0400, the Redis password (generated at the first ``up``) owned by 10001 and
-group 1000 mode 0440 (the ``mimir`` user reads it as its owner, ``redis`` 999:1000 through
-its group). ``down`` keeps the volume (Redis's AOF holds no password, but its clients must
-keep the same one), ``clean`` removes it. No token or password is in a container's
-environment, command or image; a console reads the token back from the volume.
+files in ``/run/secrets``, a read-only volume holding exactly the secrets the service lists
+(``spec.secrets``), one volume per set (:func:`_secrets_volume`):
+``<project>_secrets_api_token_redis_password`` for the API server,
+``<project>_secrets_redis_password`` for Redis and the workers (and a server without a
+token), ``<project>_secrets_api_token`` for Prometheus. Workers, which run pipeline code,
+never see the token; Prometheus never sees the password. ``up`` fills the volumes through a
+created-but-never-started helper container of the backend image that mounts them read-write
+(``put_archive``, so it works on remote engines too): the token owned by 10001 mode 0400,
+the Redis password (generated at the first ``up``) owned by 10001 and group 1000 mode 0440
+(the ``mimir`` user reads it as its owner, ``redis`` 999:1000 through its group). ``down``
+keeps the volumes (Redis's AOF holds no password, but its clients must keep the same one),
+``clean`` removes them. No token or password is in a container's environment, command or
+image; a console reads the token back from the running server. A cluster from before
+(one ``<project>_secrets`` volume in every container): ``up`` and ``scale`` ask for
+``down`` first; after it ``up`` takes the password over and removes the old volume.
 """
 
 from __future__ import annotations
@@ -133,7 +140,6 @@ from mimir.app.cluster.topology import (
     PROMETHEUS_CONFIG_DIR,
     PROMETHEUS_PORT,
     REDIS_GID,
-    REDIS_PASSWORD_FILE,
     REDIS_PASSWORD_SECRET,
     SECRETS_DIR,
     SECRETS_VOLUME,
@@ -324,7 +330,7 @@ class DockerBackend:
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._tunnel: SshTunnel | None = None
-        #: The cluster's Redis password, once ``up`` has read or made it (the secrets volume).
+        #: The cluster's Redis password, once ``up`` has read or made it (a secrets volume).
         self.redis_password: str | None = None
 
     # ---------------------------------------------------------------- engine access
@@ -588,7 +594,7 @@ class DockerBackend:
                 topology.network_name, driver="bridge", labels=topology.network_labels()
             )
             created.network = topology.network_name
-        for volume in topology.volumes:
+        for volume in _engine_volumes(topology):
             name = topology.volume_name(volume)
             try:
                 found = client.volumes.get(name)
@@ -615,12 +621,27 @@ class DockerBackend:
                 client.volumes.get(name).remove(force=True)
 
     def _fill_secrets(self, topology: Topology) -> None:
-        """Write the API token and the Redis password (the one the volume has, else a new
-        one) into the project's ``secrets`` volume (module doc), through a helper container
-        that is created, never started, and removed."""
-        if SECRETS_VOLUME not in topology.volumes:
+        """Write the API token and the Redis password (the one a volume has, else a new
+        one) into the project's secrets volumes, each only the files its services list
+        (module doc), through a helper container that is created, never started, and
+        removed. The old single ``secrets`` volume (a cluster from before): its password is
+        taken over, then the volume removed."""
+        sets = _secret_sets(topology)
+        if not sets:
             return
         client = self._connect()
+        legacy = topology.volume_name(SECRETS_VOLUME)
+        try:
+            old = client.volumes.get(legacy)
+            old = old if self.owns(old.attrs.get("Labels")) else None
+        except docker.errors.NotFound:
+            old = None
+        mounts = {
+            topology.volume_name(volume): {"bind": f"{SECRETS_DIR}/{volume}", "mode": "rw"}
+            for volume in sets
+        }
+        if old is not None:
+            mounts[legacy] = {"bind": f"{SECRETS_DIR}/{SECRETS_VOLUME}", "mode": "ro"}
         name = f"{self.project}-secrets"
         with contextlib.suppress(docker.errors.NotFound):  # a leftover of a crashed run
             client.containers.get(name).remove(force=True)
@@ -631,32 +652,47 @@ class DockerBackend:
             # The project's, and no service: `down` removes one a crash left behind.
             labels={LABEL_PROJECT: self.project},
             network_mode="none",
-            volumes={topology.volume_name(SECRETS_VOLUME): {"bind": SECRETS_DIR, "mode": "rw"}},
+            volumes=mounts,
         )
         try:
-            password = _read_archive_file(helper, REDIS_PASSWORD_FILE)
-            if not password:
-                password = secrets.token_urlsafe(32)
-            files = {REDIS_PASSWORD_SECRET: (password.encode(), 0o440, MIMIR_UID, REDIS_GID)}
+            # The password a volume has: one of this layout's, else the old volume's.
+            holders = [v for v, names in sets.items() if REDIS_PASSWORD_SECRET in names]
+            if old is not None:
+                holders.append(SECRETS_VOLUME)
+            password = None
+            for volume in holders:
+                path = f"{SECRETS_DIR}/{volume}/{REDIS_PASSWORD_SECRET}"
+                password = password or _read_archive_file(helper, path)
+            password = password or secrets.token_urlsafe(32)
+            every = {REDIS_PASSWORD_SECRET: (password.encode(), 0o440, MIMIR_UID, REDIS_GID)}
             if topology.api_token:
-                files[API_TOKEN_SECRET] = (topology.api_token.encode(), 0o400, MIMIR_UID, MIMIR_UID)
-            if not helper.put_archive(SECRETS_DIR, _owned_archive(files)):
-                raise ClusterError(f"the engine did not take the secrets for {SECRETS_DIR}")
+                every[API_TOKEN_SECRET] = (topology.api_token.encode(), 0o400, MIMIR_UID, MIMIR_UID)
+            for volume, names in sets.items():
+                files = {n: every[n] for n in names if n in every}
+                target = f"{SECRETS_DIR}/{volume}"
+                if files and not helper.put_archive(target, _owned_archive(files)):
+                    raise ClusterError(f"the engine did not take the secrets for {target}")
             self.redis_password = password
         finally:
             with contextlib.suppress(docker.errors.DockerException):
                 helper.remove(force=True)
+        if old is not None:
+            # Taken over: no container of this cluster mounts it any more (up checked).
+            with contextlib.suppress(docker.errors.DockerException):
+                old.remove()
 
     def _as_running(self, topology: Topology) -> Topology:
         """``topology`` as the running cluster's Redis wants its workers: a project without
         a secrets volume (docker-compose's: its file format has no secrets, the password is
         in ``REDIS_URL``) gets workers with the backend container's ``REDIS_URL`` and no
-        password file."""
+        password file. A cluster from before per-service secrets volumes: ``down`` first."""
+        client = self._connect()
         try:
-            self._connect().volumes.get(topology.volume_name(SECRETS_VOLUME))
+            client.volumes.get(topology.volume_name(_secrets_volume([REDIS_PASSWORD_SECRET])))
             return topology
         except docker.errors.NotFound:
             pass
+        _check_secrets_layout(self._containers(), topology.volume_name(SECRETS_VOLUME))
         backend = next((c for c in self._containers("backend") if c.status == "running"), None)
         url = _environment(backend).get("REDIS_URL") if backend is not None else None
         services = dict(topology.services)
@@ -719,7 +755,9 @@ class DockerBackend:
                 labels=topology.labels(spec.name, replica if spec.scalable else None),
                 environment=environment,
                 volumes={
-                    topology.volume_name(m.volume): {
+                    topology.volume_name(
+                        _secrets_volume(spec.secrets) if m.volume == SECRETS_VOLUME else m.volume
+                    ): {
                         "bind": m.target,
                         "mode": "ro" if m.read_only else "rw",
                     }
@@ -1008,6 +1046,7 @@ class DockerBackend:
             )
         existing = await self._call(self._containers)
         _check_redis_has_password(existing, self.project)
+        _check_secrets_layout(existing, f"{self.project}_{SECRETS_VOLUME}")
         same = known is not None and _same_pools(known, self.cluster)
         sizes = self._sizes(self.cluster, workers, existing if same else None)
         redis_image = await self._call(self.images.resolve_redis_image, report, False)
@@ -1024,7 +1063,8 @@ class DockerBackend:
         engine = await self._call(self._engine_mount) if recreate or not backends else None
         created = _Created(containers_before={c.id for c in existing})
         try:
-            report("network", f"network {topology.network_name}, {len(topology.volumes)} volumes")
+            volumes = len(_engine_volumes(topology))
+            report("network", f"network {topology.network_name}, {volumes} volumes")
             await self._call(self._ensure_network_and_volumes, topology, created)
             await self._call(self._fill_secrets, topology)
             for service in ("redis", "backend"):
@@ -1555,6 +1595,45 @@ def _check_redis_has_password(containers: list[Any], project: str) -> None:
             raise ClusterError(
                 f"cluster {project!r} runs a Redis started before Redis passwords: run "
                 f"'mimir cluster down --project {project}' (volumes are kept), then 'up' again"
+            )
+
+
+def _secrets_volume(names: list[str]) -> str:
+    """The volume (topology name) holding exactly the secret files ``names``: one per set
+    of secrets, so that a container sees only those its service lists (module doc)."""
+    return "_".join([SECRETS_VOLUME, *(n.removeprefix("mimir_") for n in sorted(set(names)))])
+
+
+def _secret_sets(topology: Topology) -> dict[str, list[str]]:
+    """The secrets volumes the services mount (topology name → the secrets it holds)."""
+    return {
+        _secrets_volume(spec.secrets): sorted(set(spec.secrets))
+        for spec in topology.services.values()
+        if any(m.volume == SECRETS_VOLUME for m in spec.volumes)
+    }
+
+
+def _engine_volumes(topology: Topology) -> list[str]:
+    """The topology's volumes as this backend makes them: its ``secrets`` volume stands
+    for one volume per set of secrets (:func:`_secrets_volume`)."""
+    names = [v for v in topology.volumes if v != SECRETS_VOLUME]
+    return names + sorted(_secret_sets(topology))
+
+
+def _check_secrets_layout(containers: list[Any], legacy: str) -> None:
+    """Containers started before per-service secrets volumes mount the one ``secrets``
+    volume (every secret in every container): such a cluster must be stopped before new
+    containers join it (``down`` keeps the data; the next ``up`` takes the password over)."""
+    for container in containers:
+        if container.status != "running":
+            continue
+        mounts = container.attrs.get("Mounts") or []
+        if any(m.get("Name") == legacy for m in mounts):
+            project = container.labels.get(LABEL_PROJECT, legacy.rsplit("_", 1)[0])
+            raise ClusterError(
+                f"cluster {project!r} runs containers that mount every secret (the volume "
+                f"{legacy}, from before per-service secrets): run 'mimir cluster down "
+                f"--project {project}' (volumes are kept), then 'up' again"
             )
 
 

@@ -5,8 +5,10 @@ Non-root user, no-new-privileges (the engine's option and the kernel's flag of P
 capabilities dropped, a read-only root filesystem, pids and memory limits, a healthcheck
 that reaches "healthy" (the worker's too), no token or Redis password in any environment,
 command or image; Redis refuses a client without the password, keeps protected mode and
-never evicts; the secrets volume's files have the contract's owners and modes; the password
-survives ``down``/``up``; a job runs.
+never evicts; each container sees only the secrets its service lists (a worker, which runs
+pipeline code, never the API token; Prometheus never the Redis password), with the contract's
+owners and modes; the password survives ``down``/``up``; a job runs; a cluster from before
+per-service secrets volumes is asked to ``down`` first, then migrated.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
+import docker
 import pytest
 
 from mimir.app.cluster.base import ClusterError
-from mimir.app.cluster.docker_backend import DockerBackend
+from mimir.app.cluster.docker_backend import DockerBackend, _Created
 from mimir.app.cluster.selection import docker_engine_answers
 from mimir.app.cluster.topology import IMAGES, PROMETHEUS
 from tests.cluster.conftest import ClusterAPI
@@ -134,6 +137,38 @@ def test_redis_requires_its_password_from_the_secrets_volume(backend: DockerBack
     assert _exec(server, ["touch", "/run/secrets/x"])[0] != 0  # read-only secrets
 
 
+def test_each_container_sees_only_its_own_secrets(backend: DockerBackend) -> None:
+    containers = _containers(backend)
+    listing = {
+        service: _exec(c, ["sh", "-c", "cd /run/secrets && stat -c '%n %a %u %g' *"])
+        for service, c in containers.items()
+    }
+    assert listing == {
+        "backend": (0, "mimir_api_token 400 10001 10001\nmimir_redis_password 440 10001 1000"),
+        "worker": (0, "mimir_redis_password 440 10001 1000"),
+        "redis": (0, "mimir_redis_password 440 10001 1000"),
+        PROMETHEUS: (0, "mimir_api_token 400 10001 10001"),
+    }
+    # A pipeline step in a worker runs as the worker's user: no token to read.
+    code, out = _exec(containers["worker"], ["cat", "/run/secrets/mimir_api_token"])
+    assert code != 0 and TOKEN not in out
+    password = backend.redis_password
+    assert password
+    code, out = _exec(containers[PROMETHEUS], ["cat", "/run/secrets/mimir_redis_password"])
+    assert code != 0 and password not in out
+    assert _exec(containers["backend"], ["cat", "/run/secrets/mimir_api_token"]) == (0, TOKEN)
+    assert _exec(containers["worker"], ["cat", "/run/secrets/mimir_redis_password"]) == (
+        0,
+        password,
+    )
+    volumes = {v.name for v in backend._project_volumes() if "secrets" in v.name}
+    assert volumes == {
+        f"{PROJECT}_secrets_api_token",
+        f"{PROJECT}_secrets_redis_password",
+        f"{PROJECT}_secrets_api_token_redis_password",
+    }
+
+
 def test_a_job_runs_and_the_password_survives_down_and_up(backend: DockerBackend) -> None:
     api = ClusterAPI(backend.api_url, TOKEN)
     try:
@@ -165,6 +200,50 @@ def test_a_job_runs_and_the_password_survives_down_and_up(backend: DockerBackend
             fresh.close()
     finally:
         again.close()
+
+
+def test_a_cluster_with_the_old_shared_secrets_volume_is_stopped_then_migrated() -> None:
+    project = f"{PROJECT}-shared"
+    cluster = DockerBackend(project, api_port=free_port(), api_token=TOKEN, start_timeout=30)
+    client = cluster._connect()
+    topology = cluster.topology(1)
+    legacy = topology.volume_name("secrets")
+    try:
+        volume = client.volumes.create(
+            legacy, labels={"io.mimir.project": project, "io.mimir.volume": "secrets"}
+        )
+        image = IMAGES["backend"]
+        # A worker as `up` ran it before: the one volume with every secret at /run/secrets.
+        old = client.containers.run(
+            image,
+            ["sh", "-c", "sleep 120"],
+            name=f"{project}-worker-1",
+            detach=True,
+            user="0",
+            network_mode="none",
+            labels={"io.mimir.project": project, "io.mimir.service": "worker"},
+            volumes={legacy: {"bind": "/run/secrets", "mode": "rw"}},
+        )
+        assert (
+            _exec(old, ["sh", "-c", "echo -n old-password > /run/secrets/mimir_redis_password"])[0]
+            == 0
+        )
+        with pytest.raises(ClusterError, match=r"mount every secret .* run 'mimir cluster down"):
+            asyncio.run(cluster.up(1))
+        assert [c.name for c in cluster._containers()] == [old.name]  # nothing started
+        old.remove(force=True)  # what `down` does
+        # The next `up` takes the password over into the new volumes and drops the old one.
+        cluster._ensure_network_and_volumes(topology, _Created())
+        cluster._fill_secrets(topology)
+        assert cluster.redis_password == "old-password"
+        names = {v.name for v in cluster._project_volumes()}
+        assert legacy not in names
+        assert f"{project}_secrets_redis_password" in names
+        with pytest.raises(docker.errors.NotFound):
+            client.volumes.get(volume.id)
+    finally:
+        asyncio.run(cluster.clean())
+        cluster.close()
 
 
 def test_up_on_a_redis_from_before_passwords_says_what_to_do() -> None:

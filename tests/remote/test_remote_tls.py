@@ -164,7 +164,9 @@ def test_down_then_clean_leave_nothing_of_the_project(
     assert down.code == 0, str(down)
     left = tls_host.host.project_objects(PROJECT)
     assert left["containers"] == [] and left["networks"] == [], left
-    assert len(left["volumes"]) == 8, left  # down keeps the data (and the secrets volume)
+    # down keeps the data and the secrets volumes (the server's token and password, and
+    # the password alone for Redis and the workers).
+    assert len(left["volumes"]) == 9, left
     status = cli("status", "--profile", profile, "--project", PROJECT)
     assert status.code == 3, str(status)  # not running: a clear answer, not an error
     clean = cli("clean", "--profile", profile, "--project", PROJECT)
