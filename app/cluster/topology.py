@@ -432,7 +432,9 @@ REDIS_HEALTHCHECK = [
     f'REDISCLI_AUTH="$(cat {REDIS_PASSWORD_FILE})" redis-cli ping | grep -q PONG',
 ]
 
-#: The secrets volume (the Docker backend fills it; read-only in the containers).
+#: The service's secrets volume (read-only in the containers): the Docker backend makes one
+#: per set of secrets (``secrets_<names>``: each container sees only the secrets its
+#: service lists) and fills it; Swarm, a stack and Kubernetes use their own secrets.
 SECRETS_VOLUME = "secrets"
 #: Where the Prometheus configuration is copied in before its container starts (a volume:
 #: the container's root filesystem is read-only, and a tmpfs is not there before start).
