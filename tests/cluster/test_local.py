@@ -137,7 +137,10 @@ def test_scale_up_then_down_without_losing_jobs(backend: LocalBackend, api: Clus
     assert len(_worker_pids(backend)) == 4
     registered = {w["pid"] for w in api.workers()}
     assert _worker_pids(backend) <= registered
-    # Scale down while jobs are still queued or running: they must all finish anyway.
+    # Scale down while jobs are still queued or running: they must all finish anyway. The
+    # first batch may be done by now (scale-up takes seconds on a loaded machine): this one
+    # is in the queue when the scale-down starts.
+    ids += api.enqueue(16, seconds=0.5)
     assert any(api.job(i)["status"] in ("queued", "running") for i in ids)
     progress = Recorder()
     status = asyncio.run(backend.scale(1, progress))
