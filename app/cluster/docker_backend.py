@@ -172,9 +172,35 @@ from mimir.core.pools import (
 )
 from mimir.core.settings import Settings
 
-__all__ = ["ENGINE_SOCKET", "INSIDE_ENV", "PACKAGING_DIR", "DockerBackend", "DockerProfile"]
+__all__ = [
+    "ENGINE_SOCKET",
+    "INSIDE_ENV",
+    "PACKAGING_DIR",
+    "DockerBackend",
+    "DockerProfile",
+    "run_once",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def run_once(client: Any, image: str, command: list[str], **options: Any) -> bytes:
+    """Run a short-lived helper container to its end and return its stdout, as
+    ``containers.run`` does; it is removed with its anonymous volumes whatever happens
+    (docker-py's ``remove=True`` leaves those: an image's ``VOLUME``, Redis's ``/data``).
+    A non-zero exit raises :class:`docker.errors.ContainerError` with its stderr."""
+    container = client.containers.create(image, command, **options)
+    try:
+        container.start()
+        status = int(container.wait()["StatusCode"])
+        if status != 0:
+            stderr = container.logs(stdout=False, stderr=True)
+            raise docker.errors.ContainerError(container, status, command, image, stderr)
+        return bytes(container.logs(stdout=True, stderr=False))
+    finally:
+        with contextlib.suppress(docker.errors.DockerException):
+            container.remove(force=True, v=True)
+
 
 T = TypeVar("T")
 
@@ -390,9 +416,10 @@ class DockerBackend:
         client = self._connect()
         name = f"{self.project}-engine-socket"
         with contextlib.suppress(docker.errors.NotFound):  # a leftover of a crashed run
-            client.containers.get(name).remove(force=True)
+            client.containers.get(name).remove(force=True, v=True)
         try:
-            output = client.containers.run(
+            output = run_once(
+                client,
                 IMAGES["backend"],
                 ["python3", "-c", _SOCKET_GID, ENGINE_SOCKET],
                 name=name,
@@ -400,7 +427,6 @@ class DockerBackend:
                 labels={LABEL_PROJECT: self.project},
                 mounts=[_socket_mount(socket)],
                 network_mode="none",
-                remove=True,
             )
         except docker.errors.ContainerError as exc:
             raise ClusterError(
@@ -644,7 +670,7 @@ class DockerBackend:
             mounts[legacy] = {"bind": f"{SECRETS_DIR}/{SECRETS_VOLUME}", "mode": "ro"}
         name = f"{self.project}-secrets"
         with contextlib.suppress(docker.errors.NotFound):  # a leftover of a crashed run
-            client.containers.get(name).remove(force=True)
+            client.containers.get(name).remove(force=True, v=True)
         helper = client.containers.create(
             IMAGES["backend"],
             ["true"],
@@ -675,7 +701,7 @@ class DockerBackend:
             self.redis_password = password
         finally:
             with contextlib.suppress(docker.errors.DockerException):
-                helper.remove(force=True)
+                helper.remove(force=True, v=True)
         if old is not None:
             # Taken over: no container of this cluster mounts it any more (up checked).
             with contextlib.suppress(docker.errors.DockerException):
@@ -725,7 +751,7 @@ class DockerBackend:
                 # Started meanwhile by another command (the autoscaler's `scale`, a
                 # person's): it runs what was asked for, and stopping it would lose work.
                 return found
-            found.remove(force=True)  # a leftover of a crashed run
+            found.remove(force=True, v=True)  # a leftover of a crashed run
         environment = spec.environment
         access: dict[str, Any] = {}
         if engine is not None:
@@ -788,7 +814,7 @@ class DockerBackend:
         except docker.errors.APIError as exc:
             # Created but not started (a port taken …): do not leave it behind.
             with contextlib.suppress(docker.errors.DockerException):
-                client.containers.get(name).remove(force=True)
+                client.containers.get(name).remove(force=True, v=True)
             message = str(exc.explanation or exc)
             taken = "port is already allocated" in message or "address already in use" in message
             if taken and spec.name == PROMETHEUS:
@@ -821,7 +847,7 @@ class DockerBackend:
                 timeout = budget.hand_back if worker else grace
                 container.stop(timeout=math.ceil(timeout))
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                container.remove(force=True, v=True)
 
         if not containers:
             return

@@ -24,7 +24,7 @@ import docker.errors
 
 from mimir.app.cluster.backup import _RestoreTarget
 from mimir.app.cluster.base import ClusterError, Progress
-from mimir.app.cluster.docker_backend import DockerBackend, _Created
+from mimir.app.cluster.docker_backend import DockerBackend, _Created, run_once
 from mimir.app.cluster.restore_local import build_trees, check_schemas, restore_postgres
 from mimir.app.cluster.topology import IMAGES, LABEL_PROJECT, REDIS_GID, REDIS_UID, Topology
 from mimir.core.backup.manifest import BackupError, Manifest
@@ -90,10 +90,10 @@ class DockerRestoreTarget(_RestoreTarget):
     def _redis_rdb_max(self) -> int:
         image = self._resolve_redis_image(lambda step, message: None)
         client = self.backend._connect()
-        output = client.containers.run(
+        output = run_once(
+            client,
             image,
             ["redis-server", "--version"],
-            remove=True,
             network_mode="none",
             labels=self._helper_labels(),
         )
@@ -133,10 +133,10 @@ class DockerRestoreTarget(_RestoreTarget):
             "[ -n \"$(ls -A redis 2>/dev/null)\" ] && echo 'a queue'; true"
         )
         client = self.backend._connect()
-        output = client.containers.run(
+        output = run_once(
+            client,
             IMAGES["backend"],
             ["sh", "-c", script],
-            remove=True,
             user="0",
             network_mode="none",
             labels=self._helper_labels(),
@@ -205,7 +205,7 @@ class DockerRestoreTarget(_RestoreTarget):
         client = self.backend._connect()
         name = self._helper_name("helper")
         with contextlib.suppress(docker.errors.NotFound):  # a leftover of a crashed restore
-            client.containers.get(name).remove(force=True)
+            client.containers.get(name).remove(force=True, v=True)
         return client.containers.run(
             IMAGES["backend"],
             ["sleep", "infinity"],
@@ -266,7 +266,7 @@ class DockerRestoreTarget(_RestoreTarget):
         client = self.backend._connect()
         name = self._helper_name("redis")
         with contextlib.suppress(docker.errors.NotFound):
-            client.containers.get(name).remove(force=True)
+            client.containers.get(name).remove(force=True, v=True)
         command = ["redis-server", "--dir", "/data", "--appendonly", "no"]
         command += ["--save", "", "--port", "6379"]
         redis = client.containers.run(
@@ -340,4 +340,4 @@ def _logs(container: Any) -> str:
 
 def _remove(container: Any) -> None:
     with contextlib.suppress(docker.errors.DockerException):
-        container.remove(force=True)
+        container.remove(force=True, v=True)

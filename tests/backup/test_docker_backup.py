@@ -81,7 +81,7 @@ class Counter:
         self.name = f"{project}-test-counter"
         for leftover in (self.name,):
             with contextlib.suppress(docker.errors.NotFound):
-                client.containers.get(leftover).remove(force=True)
+                client.containers.get(leftover).remove(force=True, v=True)
         found = [n for n in client.networks.list(names=[self.network_name])]
         network = found[0] if found else client.networks.create(self.network_name, driver="bridge")
         self.network = network
@@ -101,7 +101,7 @@ class Counter:
 
     def close(self) -> None:
         with contextlib.suppress(docker.errors.DockerException):
-            self.container.remove(force=True)
+            self.container.remove(force=True, v=True)
         with contextlib.suppress(docker.errors.DockerException):
             self.network.remove()
 

@@ -387,7 +387,7 @@ def test_compose_project_is_its_own_and_the_backend_scales_it(
         decoy.reload()
         decoy_volume.reload()
         assert len(cluster._containers("worker")) == 4  # 3 running, the decoy created
-        decoy.remove(force=True)  # (scale would remove it too: a worker that does not run)
+        decoy.remove(force=True, v=True)  # (scale would remove it too: a worker that does not run)
         # The backend scales compose's workers: numbers 1-3 are taken, 4 is started.
         status = asyncio.run(cluster.scale(4))
         assert _service(status, "worker").replicas == 4
@@ -402,7 +402,7 @@ def test_compose_project_is_its_own_and_the_backend_scales_it(
     finally:
         api.close()
         with contextlib.suppress(docker.errors.NotFound):
-            decoy.remove(force=True)
+            decoy.remove(force=True, v=True)
         run("down", "-v", "--timeout", "5")
         asyncio.run(cluster.clean())
 
@@ -466,4 +466,4 @@ def test_unified_image_runs_redis_server_and_workers_under_its_supervisor(
         logs = container.logs().decode()
         assert "supervise: stopping workers, server, redis" in logs and "worker-2 | " in logs
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)

@@ -231,7 +231,7 @@ def test_a_cluster_with_the_old_shared_secrets_volume_is_stopped_then_migrated()
         with pytest.raises(ClusterError, match=r"mount every secret .* run 'mimir cluster down"):
             asyncio.run(cluster.up(1))
         assert [c.name for c in cluster._containers()] == [old.name]  # nothing started
-        old.remove(force=True)  # what `down` does
+        old.remove(force=True, v=True)  # what `down` does
         # The next `up` takes the password over into the new volumes and drops the old one.
         cluster._ensure_network_and_volumes(topology, _Created())
         cluster._fill_secrets(topology)
