@@ -140,7 +140,7 @@ def _service(spec: ServiceSpec, topology: Topology, grace: str) -> dict[str, Any
     out["labels"] = dict(labels)
     deploy: dict[str, Any] = {
         "mode": "replicated",
-        "replicas": _replicas(spec, topology),
+        "replicas": initial_replicas(spec, topology),
         "endpoint_mode": "dnsrr",
         "labels": dict(labels),
     }
@@ -162,7 +162,9 @@ def _service(spec: ServiceSpec, topology: Topology, grace: str) -> dict[str, Any
     return out
 
 
-def _replicas(spec: ServiceSpec, topology: Topology) -> int:
+def initial_replicas(spec: ServiceSpec, topology: Topology) -> int:
+    """Replicas a service starts with: 1, the default pool's ``workers``, or a pool's own
+    ``initial_replicas`` (the stack file and the Swarm backend alike)."""
     if spec.pool is None:
         return 1
     if spec.pool == DEFAULT_POOL:

@@ -38,6 +38,7 @@ from docker.types import (
 )
 
 from mimir.app.cluster.base import ClusterError
+from mimir.app.cluster.stack import initial_replicas
 from mimir.app.cluster.topology import (
     IMAGES,
     LABEL_SERVICE,
@@ -51,7 +52,6 @@ from mimir.app.cluster.topology import (
     parse_memory,
     swarm_storage,
 )
-from mimir.core.pools import DEFAULT_POOL
 
 __all__ = [
     "REGISTRY_DATA",
@@ -157,14 +157,6 @@ def _image(spec: ServiceSpec, images: dict[str, str]) -> str:
     return images.get(spec.name) or images.get(spec.image) or spec.image
 
 
-def _replicas(spec: ServiceSpec, topology: Topology) -> int:
-    if spec.pool is None:
-        return 1
-    if spec.pool == DEFAULT_POOL:
-        return topology.workers
-    return topology.cluster.pools[spec.pool].initial_replicas
-
-
 def _service(
     spec: ServiceSpec,
     topology: Topology,
@@ -262,7 +254,7 @@ def service_specs(
             endpoint_mode=endpoint_mode,
             publish_mode=publish_mode,
             grace=grace,
-            replicas=(replicas or {}).get(name, _replicas(spec, topology)),
+            replicas=(replicas or {}).get(name, initial_replicas(spec, topology)),
         )
     return specs
 
