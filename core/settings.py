@@ -112,6 +112,13 @@ def _env_seconds(env: Mapping[str, str], name: str, default: float, unit: str = 
     return value
 
 
+def _worker_block(env: Mapping[str, str]) -> float:
+    value = _env_seconds(env, "MIMIR_WORKER_BLOCK", 1.0)
+    if not 0 < value <= 60:  # 0 would be Redis's "block for ever"
+        raise ValueError(f"MIMIR_WORKER_BLOCK must be over 0 and at most 60 seconds, got {value:g}")
+    return value
+
+
 def _env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name) or ""
     return tuple(part.strip() for part in raw.replace(";", ",").split(",") if part.strip())
@@ -275,6 +282,9 @@ class Settings:
     worker_heartbeat: float = 2.0
     #: Seconds of Redis outage after which a worker gives up (``MIMIR_WORKER_MAX_OUTAGE``).
     worker_max_outage: float = 300.0
+    #: Longest blocking read of an idle worker (``MIMIR_WORKER_BLOCK``, over 0, at most 60):
+    #: also how long a stopping idle worker may take to exit.
+    worker_block: float = 1.0
     #: Console's API URL (``MIMIR_API_URL``, or the seed's ``NEXT_PUBLIC_API_URL``).
     api_url: str = "http://localhost:8080"
     #: The server's TLS certificate and key, PEM (``MIMIR_TLS_CERT``, ``MIMIR_TLS_KEY``;
@@ -376,6 +386,7 @@ class Settings:
             worker_lease=_env_seconds(env, "MIMIR_WORKER_LEASE", 30.0),
             worker_heartbeat=_env_seconds(env, "MIMIR_WORKER_HEARTBEAT", 2.0),
             worker_max_outage=_env_seconds(env, "MIMIR_WORKER_MAX_OUTAGE", 300.0),
+            worker_block=_worker_block(env),
             api_url=(
                 env.get("MIMIR_API_URL")
                 or env.get("NEXT_PUBLIC_API_URL")

@@ -117,7 +117,7 @@ class WorkerConfig:
     #: Seconds of Redis outage after which the worker gives up (exit 1)
     #: (``MIMIR_WORKER_MAX_OUTAGE``).
     max_outage: float = 300.0
-    #: Longest blocking read on the streams.
+    #: Longest blocking read on the streams (``MIMIR_WORKER_BLOCK``).
     block: float = 1.0
     #: Longest pause between checks for due scheduled jobs.
     schedule_poll: float = 0.2
@@ -152,6 +152,7 @@ class WorkerConfig:
             "heartbeat": settings.worker_heartbeat,
             "grace": settings.worker_grace,
             "max_outage": settings.worker_max_outage,
+            "block": settings.worker_block,
             "min_replicas": settings.redis_min_replicas,
             "wait_timeout_ms": settings.redis_wait_timeout_ms,
         }
@@ -577,8 +578,20 @@ class Worker:
                 reconnect.ok()
                 continue
             full.ok()
+            if deliveries and self._stopping.is_set():
+                self._hand_back(deliveries)
+                continue
             for delivery in deliveries:
                 self._start(delivery)
+
+    def _hand_back(self, deliveries: list[Delivery]) -> None:
+        """Jobs the read in flight when the stop came delivered: back to their queue at
+        once, unrun and with no attempt counted. A draining worker takes no more jobs, so
+        the other workers (or, in a pool scaled to zero, the ones a backlog wakes) run
+        them, not a worker on its way out."""
+        logger.info("stopping: handing back %d jobs delivered as the stop came", len(deliveries))
+        for delivery in deliveries:
+            self._queue_write(Outcome(delivery, "requeue", duration=0.0))
 
     def _trim_if_idle(self) -> None:
         if (

@@ -194,6 +194,48 @@ def test_a_second_sigterm_hands_back_at_once_whatever_the_grace(
     assert all(status_of(run, queue, j.job_id) is JobStatus.queued for j in jobs)
 
 
+def test_a_job_delivered_as_the_stop_comes_goes_back_unrun(
+    make_worker: Callable[..., WorkerProcess], queue: JobQueue, run, redis_server: RedisServer
+) -> None:
+    """A draining worker takes no more jobs, including one that its blocking read (in
+    flight when SIGTERM came) delivers: handed back at once, its attempt not counted. (It
+    ran that job: with a pool scaled to zero the job ran on the worker on its way out, and
+    no wake-up was ever decided: CI, stop 27.) The stopped worker exits when that read
+    ends, within its ``MIMIR_WORKER_BLOCK``."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+
+    def blocked_reads() -> int:
+        return sum(
+            1
+            for c in client.client_list()
+            if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")
+        )
+
+    jobs: list[str] = []
+    exercised = False
+    # A 5 s read seen blocked: the job comes within it, unless it ended just then (then
+    # the worker exits without it, and the next try comes).
+    for _ in range(3):
+        worker = make_worker(MIMIR_WORKER_BLOCK="5")
+        assert worker.process is not None
+        wait_until(lambda: blocked_reads() == 1, timeout=10, message="the worker's read")
+        worker.process.send_signal(signal.SIGTERM)
+        wait_until(lambda w=worker: "stopping: no new jobs" in w.output(), timeout=10)
+        jobs.append(run(queue.enqueue(sleep_job(0))).job_id)
+        assert worker.process.wait(timeout=15) == 0, worker.output()
+        record = run(queue.get(jobs[-1]))
+        assert record.status is JobStatus.queued and record.attempts == 0, (record, worker.output())
+        if "handing back 1 jobs delivered as the stop came" in worker.output():
+            exercised = True
+            break
+    client.close()
+    assert exercised, ("in three tries no job reached the read in flight", worker.output())
+    # The jobs wait in the queue for the next worker, which runs each once.
+    make_worker()
+    records = [run(queue.wait(job_id, 10)).job for job_id in jobs]
+    assert all(r.status is JobStatus.succeeded and r.attempts == 1 for r in records), records
+
+
 def test_the_worker_writes_its_log_in_the_log_dir(
     make_worker: Callable[..., WorkerProcess], queue: JobQueue, run, tmp_path: Path
 ) -> None:
