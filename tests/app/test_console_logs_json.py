@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("PySide6")
 qasync = pytest.importorskip("qasync")
 
-from PySide6.QtCore import QCoreApplication, QEvent, QSettings, Qt  # noqa: E402
+from PySide6.QtCore import QCoreApplication, QEvent, QPoint, QSettings, Qt  # noqa: E402
 from PySide6.QtGui import QTextCursor  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 
@@ -137,14 +137,18 @@ def test_json_lines_render_and_a_job_id_opens_the_job(
         panel.filter_edit.setText("level")
         assert panel.view.toPlainText() == ""
         panel.filter_edit.setText("")
-        await asyncio.sleep(0.2)  # the view lays out its lines before the click
 
         # A click on the job id opens that job (History: its run, or the job live).
-        document = panel.view.document()
-        start = document.find(f"{job_id} attempt").selectionStart()
-        cursor = QTextCursor(document)
-        cursor.setPosition(start + 2)
-        where = panel.view.cursorRect(cursor).center()
+        def link_under() -> tuple[QPoint] | None:
+            """The point of the job id in the view, once laid out there (on a loaded
+            machine the layout may come after a fixed pause: a click then missed it)."""
+            document = panel.view.document()
+            cursor = QTextCursor(document)
+            cursor.setPosition(document.find(f"{job_id} attempt").selectionStart() + 2)
+            where = panel.view.cursorRect(cursor).center()
+            return (where,) if panel.view.anchorAt(where) == f"job:{job_id}" else None
+
+        [where] = await until(link_under, 10, lambda: "the job id's link laid out in the view")
         QTest.mouseClick(panel.view.viewport(), Qt.MouseButton.LeftButton, pos=where)
         assert window.current_panel() == "history"
         await until(
