@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mimir.core.durable import sync_directory
 from mimir.core.errors import MimirError
 
 __all__ = [
@@ -104,7 +105,7 @@ def redis_secrets(directory: Path, maxmemory: str | None = None) -> RedisSecrets
             pass  # another starter made it first: theirs is the password
         finally:
             temporary.unlink()
-        _sync_directory(directory)
+        sync_directory(directory)
     password = password_file.read_text(encoding="utf-8").strip()
     if not password:
         raise EmbeddedRedisError(f"{password_file} is empty: remove it for a new password")
@@ -118,18 +119,8 @@ def redis_secrets(directory: Path, maxmemory: str | None = None) -> RedisSecrets
         config_file.chmod(0o600)
     else:
         os.replace(_write_temporary(directory, config), config_file)
-        _sync_directory(directory)
+        sync_directory(directory)
     return RedisSecrets(password_file, config_file, password)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Flush ``directory``'s entries (a new link or rename) to disk, where the OS can."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _write_temporary(directory: Path, text: str) -> Path:

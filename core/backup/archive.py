@@ -60,6 +60,7 @@ from mimir.core.backup.manifest import (
     Part,
     parse_manifest,
 )
+from mimir.core.durable import sync_directory
 
 __all__ = [
     "SIDECAR_SUFFIX",
@@ -275,15 +276,6 @@ def _taken_at_epoch(manifest: Manifest) -> float:
         return time.time()
 
 
-def _fsync_directory(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_archive(
     staging: Path,
     dest: Path,
@@ -363,7 +355,7 @@ def write_archive(
             temporary = sidecar.with_name(sidecar.name + PARTIAL_SUFFIX)
             temporary.write_bytes(manifest_bytes)
             temporary.replace(sidecar)
-        _fsync_directory(dest.parent)
+        sync_directory(dest.parent)
     except BaseException as exc:
         partial.unlink(missing_ok=True)
         if isinstance(exc, OSError):

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mimir.core.backup.manifest import BackupError
+from mimir.core.durable import sync_directory
 from mimir.core.queue.connection import is_cluster_url, redis_password, resolve_primary_url
 from mimir.core.redis_embedded import answers_ping, free_port
 from mimir.core.settings import normalise_redis_url
@@ -262,7 +263,7 @@ def fetch_rdb(
         partial.unlink(missing_ok=True)
         raise
     os.replace(partial, dest)
-    _fsync_dir(dest.parent)
+    sync_directory(dest.parent)
     return RdbInfo(size=size, rdb_version=version, redis_version=redis_version, taken_at=taken_at)
 
 
@@ -309,15 +310,6 @@ def _payload(
         data = reader.more()
         emit(data[: length - written])
     return written
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # -- versions -----------------------------------------------------------------------
@@ -468,7 +460,7 @@ def rdb_to_aof(redis_server: str | Path, directory: Path, *, timeout: float = 12
     if not any((directory / name).exists() for name in ("appendonlydir", "appendonly.aof")):
         raise BackupError(f"the temporary redis-server wrote no AOF in {directory}", part=RDB_PART)
     rdb.unlink()
-    _fsync_dir(directory)
+    sync_directory(directory)
 
 
 def _tail(log: Path, lines: int = 15) -> str:

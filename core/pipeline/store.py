@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from mimir.core.durable import sync_directory
 from mimir.core.errors import (
     PathEscapeError,
     PipelineExistsError,
@@ -168,20 +169,6 @@ def _mode_for(existing: Path | None) -> int:
         except OSError:
             pass
     return 0o666 & ~_umask()
-
-
-def _sync_directory(directory: Path) -> None:
-    """Flush a directory's entries (a new or renamed file) to disk, where possible."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows cannot open a directory
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 class PipelineStore:
@@ -410,7 +397,7 @@ class PipelineStore:
                         f"a pipeline named {bare!r} already exists ({target.name})"
                     )
                 os.replace(temporary, target)
-            _sync_directory(root)
+            sync_directory(root)
         finally:
             Path(temporary).unlink(missing_ok=True)
         with self._lock:
