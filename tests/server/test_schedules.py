@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -173,7 +173,7 @@ def test_pause_resume_run_now_put_delete(api_client: httpx.Client) -> None:
     assert api_client.get(f"/api/v1/schedules/{sid}").json()["last_job_id"] == again
     resumed = api_client.post(f"/api/v1/schedules/{sid}/resume").json()
     assert resumed["state"] == "active"
-    assert resumed["next_run"] > datetime.utcnow().isoformat()
+    assert datetime.fromisoformat(resumed["next_run"]) > datetime.now(UTC)
     # PUT replaces the definition.
     replaced = api_client.put(
         f"/api/v1/schedules/{sid}", json={**PIPELINE, "name": "daily", "cron": "30 2 * * *"}
