@@ -3,7 +3,8 @@
 Server, workers and command-line clients all use it, so they share one decoding rule
 (``decode_responses``: every reply is ``str``) and one retry rule: a command that finds
 its connection broken (Redis restarted, a pooled connection closed by the server) is sent
-again on a new connection, a few times with a short backoff. A Redis that stays away
+again on a new connection, a few times with a short backoff; never one that Redis refused
+for want of the right password. A Redis that stays away
 surfaces as :class:`redis.exceptions.ConnectionError`, which the queue turns into
 :class:`~mimir.core.queue.errors.QueueUnavailableError` (producer side) or lets through
 to the worker (consumer side, retried with backoff there).
@@ -39,9 +40,9 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -52,7 +53,10 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from mimir.core.queue.errors import is_auth_error
 from mimir.core.secretfiles import SecretFileError, read_secret_file
+
+T = TypeVar("T")
 
 __all__ = [
     "BLOCK_SLICE",
@@ -336,6 +340,25 @@ def connect(
     return client
 
 
+class _NoAuthRetry(Retry):
+    """redis-py's retry, less an authentication failure: redis-py's
+    ``AuthenticationError`` is a ``ConnectionError``, so a missing or wrong password was
+    tried again and again (3.5 s of backoff on each command, a health check timing out
+    before the reason came), though no new connection mends it."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            return not is_auth_error(error) and (is_retryable is None or is_retryable(error))
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def _connect(
     url: str,
     max_connections: int | None,
@@ -348,7 +371,7 @@ def _connect(
         url = f"redis://{url}"
     options.setdefault("decode_responses", True)
     options.setdefault("health_check_interval", 30)
-    options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3))
+    options.setdefault("retry", _NoAuthRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=3))
     options.setdefault("retry_on_error", [RedisConnectionError])
     sentinel = parse_sentinel_url(url)
     if "password" not in options and _url_password(url) is None:

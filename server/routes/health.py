@@ -1,8 +1,9 @@
 """``GET /health`` (liveness) and ``GET /ready`` (readiness); neither needs a token.
 
 ``/health`` answers 200 whenever the server runs, saying whether Redis answers; ``/ready``
-answers 503 while Redis does not, so a container health check (or a load balancer) sees
-a server that cannot queue anything as unhealthy.
+answers 503 while Redis does not (saying so, or that Redis wants a password the server
+lacks or refuses its one), so a container health check (or a load balancer) sees a server
+that cannot queue anything as unhealthy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from mimir.core import __version__
-from mimir.core.queue.errors import QueueUnavailableError
+from mimir.core.queue.errors import QueueUnavailableError, is_auth_error, redis_auth_message
 from mimir.server.deps import RedisDep
 
 __all__ = ["Health", "Readiness", "router"]
@@ -42,14 +43,19 @@ class Readiness(BaseModel):
     redis: Literal["ok"]
 
 
-async def _redis_state(redis: RedisDep) -> RedisState:
+async def _ping(redis: RedisDep) -> BaseException | None:
+    """Why Redis did not answer a PING in time, or ``None`` when it did."""
     try:
         async with asyncio.timeout(PING_TIMEOUT):  # no extra task, unlike wait_for
             await redis.ping()
-        return "ok"
+        return None
     except (RedisError, OSError, TimeoutError) as exc:
         logger.debug("redis ping failed: %s", exc)
-        return "unavailable"
+        return exc
+
+
+async def _redis_state(redis: RedisDep) -> RedisState:
+    return "ok" if await _ping(redis) is None else "unavailable"
 
 
 @router.get("/health")
@@ -60,7 +66,12 @@ async def health(redis: RedisDep) -> Health:
 
 @router.get("/ready")
 async def ready(redis: RedisDep) -> Readiness:
-    """200 when the server can serve everything (Redis answers), else 503."""
-    if await _redis_state(redis) != "ok":
+    """200 when the server can serve everything (Redis answers), else 503 saying why: a
+    Redis that wants a password this server lacks (or refuses its one) is told apart from
+    one that does not answer."""
+    failure = await _ping(redis)
+    if failure is not None:
+        if is_auth_error(failure):
+            raise QueueUnavailableError(f"not ready: {redis_auth_message(failure)}")
         raise QueueUnavailableError("not ready: the queue's Redis does not answer")
     return Readiness(status="ready", version=__version__, redis="ok")

@@ -134,3 +134,31 @@ def test_worker_stops_at_once_without_or_with_a_wrong_password(
         assert "retrying" not in output and "giving up in" not in output
         assert PASSWORD not in output and "not-the-password" not in output
         assert took < 30, f"the worker took {took:.1f}s to give up"
+
+
+def test_the_servers_readiness_says_the_password_is_missing_or_refused(
+    secured: RedisServer, wrong_file: Path, tmp_path: Path
+) -> None:
+    """``/ready`` (the container's health check) is 503 either way; its error tells a
+    Redis that wants a password apart from one that does not answer."""
+    import httpx
+
+    from tests.helpers import ServerProcess
+
+    env = {**os.environ, "REDIS_URL": secured.url, "MIMIR_STATE_DIR": str(tmp_path / "state")}
+    env.pop(PASSWORD_FILE_ENV, None)
+    env.pop("MIMIR_API_TOKEN", None)
+    for password_file, expected in ((None, MISSING), (wrong_file, REFUSED)):
+        if password_file is not None:
+            env[PASSWORD_FILE_ENV] = str(password_file)
+        server = ServerProcess(free_port(), env).start()
+        try:
+            with httpx.Client(base_url=server.base_url, timeout=10) as client:
+                assert client.get("/health").json()["redis"] == "unavailable"
+                ready = client.get("/ready")
+                assert ready.status_code == 503, ready.text
+                assert ready.json()["error"].startswith(f"not ready: {expected}"), ready.text
+                assert PASSWORD not in ready.text and "not-the-password" not in ready.text
+            assert PASSWORD not in server.output(200)
+        finally:
+            server.stop()
