@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import Engine, and_, func, or_, select
 
 from mimir.core.queue import JobQueue
@@ -138,7 +139,14 @@ class Evaluator:
                 except Exception as exc:
                     if time.monotonic() - self._last_error > 60:
                         self._last_error = time.monotonic()
-                        logger.warning("alerting: evaluation failed: %s", exc, exc_info=True)
+                        # Redis away or full is an outage, said in a line; anything else
+                        # is a bug, logged with its traceback.
+                        logger.warning(
+                            "alerting: evaluation failed: %s: %s (trying again)",
+                            type(exc).__name__,
+                            exc,
+                            exc_info=not isinstance(exc, RedisError | OSError),
+                        )
                 await asyncio.sleep(TICK)
         finally:
             for task in list(self.tasks):
