@@ -114,8 +114,10 @@ def _env_seconds(env: Mapping[str, str], name: str, default: float, unit: str = 
 
 def _worker_block(env: Mapping[str, str]) -> float:
     value = _env_seconds(env, "MIMIR_WORKER_BLOCK", 1.0)
-    if not 0 < value <= 60:  # 0 would be Redis's "block for ever"
-        raise ValueError(f"MIMIR_WORKER_BLOCK must be over 0 and at most 60 seconds, got {value:g}")
+    # 0 would be Redis's "block for ever"; a stop waits for the read before the grace
+    # starts, so a long one would eat into what whoever stops the worker allows.
+    if not 0 < value <= 5:
+        raise ValueError(f"MIMIR_WORKER_BLOCK must be over 0 and at most 5 seconds, got {value:g}")
     return value
 
 
@@ -282,8 +284,8 @@ class Settings:
     worker_heartbeat: float = 2.0
     #: Seconds of Redis outage after which a worker gives up (``MIMIR_WORKER_MAX_OUTAGE``).
     worker_max_outage: float = 300.0
-    #: Longest blocking read of an idle worker (``MIMIR_WORKER_BLOCK``, over 0, at most 60):
-    #: also how long a stopping idle worker may take to exit.
+    #: Longest blocking read of an idle worker (``MIMIR_WORKER_BLOCK``, over 0, at most 5):
+    #: a stopping worker waits for it to end before its grace starts.
     worker_block: float = 1.0
     #: Console's API URL (``MIMIR_API_URL``, or the seed's ``NEXT_PUBLIC_API_URL``).
     api_url: str = "http://localhost:8080"

@@ -589,7 +589,7 @@ class Worker:
         once, unrun and with no attempt counted. A draining worker takes no more jobs, so
         the other workers (or, in a pool scaled to zero, the ones a backlog wakes) run
         them, not a worker on its way out."""
-        logger.info("stopping: handing back %d jobs delivered as the stop came", len(deliveries))
+        logger.info("stopping: handing back %d job(s) delivered as the stop came", len(deliveries))
         for delivery in deliveries:
             self._queue_write(Outcome(delivery, "requeue", duration=0.0))
 

@@ -125,31 +125,37 @@ def is_auth_error(exc: BaseException) -> bool:
     return any(marker in text for marker in (*_NO_PASSWORD_TEXTS, *_WRONG_PASSWORD_TEXTS))
 
 
-def redis_auth_message(exc: BaseException) -> str:
+def redis_auth_message(exc: BaseException, *, where: bool = True) -> str:
     """The one message of an authentication failure (:func:`is_auth_error`): a missing
     password ("Redis requires a password: set MIMIR_REDIS_PASSWORD_FILE …") or a refused
-    one ("Redis refused the password …"), with where this project's own Redis servers
-    keep theirs. Never the password (Redis's replies hold none either)."""
+    one ("Redis refused the password …"), with (``where``) where this project's own Redis
+    servers keep theirs: paths of this host, not for an answer anyone may read. Never the
+    password (Redis's replies hold none either)."""
+    missing = any(marker in str(exc) for marker in _NO_PASSWORD_TEXTS)
+    if not where:
+        return (
+            "Redis requires a password: set MIMIR_REDIS_PASSWORD_FILE to the file holding it"
+            if missing
+            else "Redis refused the password (from MIMIR_REDIS_PASSWORD_FILE, or REDIS_URL's own)"
+        )
     try:
         from mimir.core.settings import Settings
 
         state = str(Settings.from_env().state_dir)
     except Exception:  # a settings error is said elsewhere; the hint stays useful
         state = "$MIMIR_STATE_DIR"
-    where = (
+    files = (
         f"(a local cluster's: {state}/<project>/secrets/redis-password; "
         f"mimir server --embedded's: {state}/embedded-redis/secrets/redis-password)"
     )
-    text = str(exc)
-    missing = any(marker in text for marker in _NO_PASSWORD_TEXTS)
     if missing:
         return (
             "Redis requires a password: set MIMIR_REDIS_PASSWORD_FILE to the file holding "
-            f"it {where}"
+            f"it {files}"
         )
     return (
         "Redis refused the password (from MIMIR_REDIS_PASSWORD_FILE, or REDIS_URL's own): "
-        f"point MIMIR_REDIS_PASSWORD_FILE at the file holding this Redis's password {where}"
+        f"point MIMIR_REDIS_PASSWORD_FILE at the file holding this Redis's password {files}"
     )
 
 

@@ -71,7 +71,7 @@ async def ready(redis: RedisDep) -> Readiness:
     one that does not answer."""
     failure = await _ping(redis)
     if failure is not None:
-        if is_auth_error(failure):
-            raise QueueUnavailableError(f"not ready: {redis_auth_message(failure)}")
+        if is_auth_error(failure):  # not where the password files are: no token here
+            raise QueueUnavailableError(f"not ready: {redis_auth_message(failure, where=False)}")
         raise QueueUnavailableError("not ready: the queue's Redis does not answer")
     return Readiness(status="ready", version=__version__, redis="ok")

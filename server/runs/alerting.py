@@ -41,7 +41,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Engine, and_, func, or_, select
 
-from mimir.core.queue import JobQueue
+from mimir.core.queue import JobQueue, QueueUnavailableError
 from mimir.core.queue.keys import GROUP, PRIORITIES
 from mimir.core.runstore.alerts import Alert, AlertStore, Rule
 from mimir.core.runstore.notify import ATTEMPTS, channel_target, deliver
@@ -139,13 +139,14 @@ class Evaluator:
                 except Exception as exc:
                     if time.monotonic() - self._last_error > 60:
                         self._last_error = time.monotonic()
-                        # Redis away or full is an outage, said in a line; anything else
-                        # is a bug, logged with its traceback.
+                        # Redis away, full or refusing the password is an outage, said in
+                        # a line; anything else is a bug, logged with its traceback.
+                        outage = isinstance(exc, RedisError | OSError | QueueUnavailableError)
                         logger.warning(
                             "alerting: evaluation failed: %s: %s (trying again)",
                             type(exc).__name__,
                             exc,
-                            exc_info=not isinstance(exc, RedisError | OSError),
+                            exc_info=not outage,
                         )
                 await asyncio.sleep(TICK)
         finally:

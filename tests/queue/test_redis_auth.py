@@ -158,6 +158,9 @@ def test_the_servers_readiness_says_the_password_is_missing_or_refused(
                 ready = client.get("/ready")
                 assert ready.status_code == 503, ready.text
                 assert ready.json()["error"].startswith(f"not ready: {expected}"), ready.text
+                # The answer needs no token: it names the variable, not this host's paths.
+                assert "secrets/redis-password" not in ready.text, ready.text
+                assert str(tmp_path) not in ready.text, ready.text
                 assert PASSWORD not in ready.text and "not-the-password" not in ready.text
             assert PASSWORD not in server.output(200)
         finally:

@@ -225,7 +225,7 @@ def test_a_job_delivered_as_the_stop_comes_goes_back_unrun(
         assert worker.process.wait(timeout=15) == 0, worker.output()
         record = run(queue.get(jobs[-1]))
         assert record.status is JobStatus.queued and record.attempts == 0, (record, worker.output())
-        if "handing back 1 jobs delivered as the stop came" in worker.output():
+        if "handing back 1 job(s) delivered as the stop came" in worker.output():
             exercised = True
             break
     client.close()
