@@ -285,7 +285,8 @@ class Settings:
     #: Seconds of Redis outage after which a worker gives up (``MIMIR_WORKER_MAX_OUTAGE``).
     worker_max_outage: float = 300.0
     #: Longest blocking read of an idle worker (``MIMIR_WORKER_BLOCK``, over 0, at most 5):
-    #: a stopping worker waits for it to end before its grace starts.
+    #: a stopping worker waits for it to end before it says ``draining`` and its grace
+    #: starts.
     worker_block: float = 1.0
     #: Console's API URL (``MIMIR_API_URL``, or the seed's ``NEXT_PUBLIC_API_URL``).
     api_url: str = "http://localhost:8080"

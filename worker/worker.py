@@ -313,6 +313,9 @@ class Worker:
         #: Counts for Prometheus, sent with each heartbeat (:mod:`mimir.core.queue.metrics`).
         self.metrics = WorkerMetrics(config.pool)
         self._stopping = asyncio.Event()
+        #: Stopping, and the fetch loop has ended: no job can reach this worker any more
+        #: (what its heartbeat's ``draining`` says).
+        self._taking_no_more = False
         #: Set by a second stop request: hand running jobs back now, whatever grace is left.
         self._hurry = asyncio.Event()
         #: Set when the internal loops must end (after the drain); they check it on every
@@ -496,6 +499,12 @@ class Worker:
             self.config.grace,
         )
         await asyncio.wait([fetch], timeout=self.config.block + 5)
+        # Only now does the heartbeat say draining: the read in flight when the stop came
+        # may still have delivered a job (run, like any job this worker had taken), and
+        # whoever reads "draining" must be able to count on no job going to this worker
+        # after it (with a pool scaled to zero, a job enqueued then ran on the worker on
+        # its way out, and no wake-up was decided: CI, stop 27).
+        self._taking_no_more = True
         with contextlib.suppress(*_OUTAGE_ERRORS, QueueFullError):
             await self._heartbeat(draining=True)
         tasks = [r.task for r in self.running.values()]
@@ -578,20 +587,8 @@ class Worker:
                 reconnect.ok()
                 continue
             full.ok()
-            if deliveries and self._stopping.is_set():
-                self._hand_back(deliveries)
-                continue
             for delivery in deliveries:
                 self._start(delivery)
-
-    def _hand_back(self, deliveries: list[Delivery]) -> None:
-        """Jobs the read in flight when the stop came delivered: back to their queue at
-        once, unrun and with no attempt counted. A draining worker takes no more jobs, so
-        the other workers (or, in a pool scaled to zero, the ones a backlog wakes) run
-        them, not a worker on its way out."""
-        logger.info("stopping: handing back %d job(s) delivered as the stop came", len(deliveries))
-        for delivery in deliveries:
-            self._queue_write(Outcome(delivery, "requeue", duration=0.0))
 
     def _trim_if_idle(self) -> None:
         if (
@@ -879,7 +876,7 @@ class Worker:
             "failed": self.failed,
             "cpu_percent": self._usage.cpu_percent(),
             "memory_bytes": self._usage.rss(),
-            "draining": "1" if draining or self._stopping.is_set() else "0",
+            "draining": "1" if draining or self._taking_no_more else "0",
             "redis_rtt_ms": round((after - before) * 1000, 2),
             "clock_offset_ms": round(((before + after) / 2 - seconds - micros / 1e6) * 1000, 1),
         }
