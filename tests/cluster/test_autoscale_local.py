@@ -159,7 +159,17 @@ def test_with_min_zero_the_idle_pool_sleeps_and_a_job_wakes_it(api: ClusterAPI) 
     )  # fmt: skip
     assert response.status_code == 200, response.text
     assert response.json()["min"] == 0
-    wait_until(lambda: _running(api) == 0, timeout=60, interval=0.5, message="never at 0")
+    # Scaled to 0 by the autoscaler (its command done) and no worker taking jobs: a
+    # registry emptied by a late heartbeat alone would not be the pool asleep.
+    wait_until(
+        lambda: (
+            any(d["to"] == 0 and d["outcome"] == "ok" for d in _autoscaler(api)["decisions"])
+            and _running(api) == 0
+        ),
+        timeout=60,
+        interval=0.5,
+        message="never at 0",
+    )
     assert api.client.get("/api/v1/pools").json()["pools"]["default"]["replicas"]["running"] == 0
     known = _decision_ids(api)
     [job] = api.enqueue(1, seconds=0.05)
