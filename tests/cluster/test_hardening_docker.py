@@ -50,8 +50,12 @@ def backend() -> Iterator[DockerBackend]:
         monitoring=True,
         prometheus_port=free_port(),
     )
-    for which in ("backend", "worker", PROMETHEUS):  # built by `mimir cluster build`
-        assert cluster._image_exists(IMAGES[which]), f"{IMAGES[which]} missing: build it"
+    # What `mimir cluster build --monitoring` makes; on a fresh engine (tests/cluster/
+    # test_docker.py before this builds no Prometheus image) this builds it.
+    if not all(cluster._image_exists(IMAGES[which]) for which in ("backend", "worker", PROMETHEUS)):
+        asyncio.run(cluster.build())
+    for which in ("backend", "worker", PROMETHEUS):
+        assert cluster._image_exists(IMAGES[which]), f"{IMAGES[which]} not built"
     asyncio.run(cluster.clean())  # leftovers of an interrupted run
     asyncio.run(cluster.up(1))
     try:
