@@ -29,12 +29,6 @@ if pyver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/n
   PACKAGES+=("libpython$pyver")
 fi
 
-# kubectl's built-in kustomize renders the Kubernetes overlays (tests/cluster/
-# test_kubernetes.py); Debian's is kubernetes-client. A kubectl already on PATH is used as is.
-if ! command -v kubectl >/dev/null 2>&1; then
-  PACKAGES+=(kubernetes-client)
-fi
-
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
