@@ -270,13 +270,10 @@ def _docker_stack_config() -> bool:
     return probe.returncode == 0 and "--compose-file" in probe.stdout
 
 
-def test_the_compose_loader_accepts_the_stack_file() -> None:
-    """docker-compose's loader (installed by scripts/system-deps.sh on every machine the
-    tests run on) validates the file against the version 3.8 schema that ``docker stack
-    deploy`` uses: no unknown key (a misspelt ``deploy`` key fails here), interpolation,
-    types. Its output is a Compose file again, so ``$$`` stays escaped there."""
+def _loaded_by(command: list[str]) -> dict[str, Any]:
+    """The stack file as ``command`` loads it (with a registry set), its images checked."""
     result = subprocess.run(
-        ["docker-compose", "-f", str(STACK), "config"],
+        command,
         capture_output=True,
         text=True,
         timeout=60,
@@ -286,10 +283,18 @@ def test_the_compose_loader_accepts_the_stack_file() -> None:
     loaded = yaml.safe_load(result.stdout)
     assert loaded["services"]["worker"]["image"] == "10.9.0.1:5000/mimir-aip:worker-latest"
     assert loaded["services"]["redis"]["image"] == "10.9.0.1:5000/redis:7-alpine"
-    assert (
-        '"$$(cat /run/secrets/mimir_redis_password)"' in loaded["services"]["redis"]["command"][2]
-    )
     assert loaded["services"]["worker"]["deploy"]["endpoint_mode"] == "dnsrr"
+    return dict(loaded)
+
+
+def test_the_compose_loader_accepts_the_stack_file() -> None:
+    """docker-compose's loader (installed by scripts/system-deps.sh on every machine the
+    tests run on) validates the file against the version 3.8 schema that ``docker stack
+    deploy`` uses: no unknown key (a misspelt ``deploy`` key fails here), interpolation,
+    types. Its output is a Compose file again, so ``$$`` stays escaped there."""
+    loaded = _loaded_by(["docker-compose", "-f", str(STACK), "config"])
+    redis_command = loaded["services"]["redis"]["command"][2]
+    assert '"$$(cat /run/secrets/mimir_redis_password)"' in redis_command
 
 
 @pytest.mark.skipif(
@@ -299,16 +304,6 @@ def test_the_compose_loader_accepts_the_stack_file() -> None:
 )
 def test_docker_stack_config_accepts_the_stack_file() -> None:
     """The CLI's own loader (no swarm needed): schema, interpolation, types."""
-    result = subprocess.run(
-        ["docker", "stack", "config", "-c", str(STACK)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "MIMIR_REGISTRY": "10.9.0.1:5000"},
-    )
-    assert result.returncode == 0, result.stderr
-    loaded = yaml.safe_load(result.stdout)
-    assert loaded["services"]["worker"]["image"] == "10.9.0.1:5000/mimir-aip:worker-latest"
-    assert loaded["services"]["redis"]["image"] == "10.9.0.1:5000/redis:7-alpine"
+    loaded = _loaded_by(["docker", "stack", "config", "-c", str(STACK)])
     # $ reaches the container's shell unexpanded (escaped from the interpolation).
     assert '"$(cat /run/secrets/mimir_redis_password)"' in loaded["services"]["redis"]["command"][2]
