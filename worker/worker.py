@@ -506,7 +506,7 @@ class Worker:
         # its way out, and no wake-up was decided: CI, stop 27).
         self._taking_no_more = True
         with contextlib.suppress(*_OUTAGE_ERRORS, QueueFullError):
-            await self._heartbeat(draining=True)
+            await self._heartbeat()
         tasks = [r.task for r in self.running.values()]
         if tasks:
             # A second SIGTERM ends the grace early: whoever stops us may have less time
@@ -855,7 +855,7 @@ class Worker:
 
     # -- maintenance -------------------------------------------------------------------
 
-    async def _heartbeat(self, draining: bool = False, act: bool = True) -> None:
+    async def _heartbeat(self, act: bool = True) -> None:
         # Redis's TIME between two readings of this host's clock: the round trip, and how
         # far this clock is off Redis's (``mimir doctor`` reports both; leases need < 1 s).
         before = time.time()
@@ -876,7 +876,7 @@ class Worker:
             "failed": self.failed,
             "cpu_percent": self._usage.cpu_percent(),
             "memory_bytes": self._usage.rss(),
-            "draining": "1" if draining or self._taking_no_more else "0",
+            "draining": "1" if self._taking_no_more else "0",
             "redis_rtt_ms": round((after - before) * 1000, 2),
             "clock_offset_ms": round(((before + after) / 2 - seconds - micros / 1e6) * 1000, 1),
         }

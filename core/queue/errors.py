@@ -132,12 +132,13 @@ def redis_auth_message(exc: BaseException, *, where: bool = True) -> str:
     servers keep theirs: paths of this host, not for an answer anyone may read. Never the
     password (Redis's replies hold none either)."""
     missing = any(marker in str(exc) for marker in _NO_PASSWORD_TEXTS)
+    said = (
+        "Redis requires a password: set MIMIR_REDIS_PASSWORD_FILE to the file holding it"
+        if missing
+        else "Redis refused the password (from MIMIR_REDIS_PASSWORD_FILE, or REDIS_URL's own)"
+    )
     if not where:
-        return (
-            "Redis requires a password: set MIMIR_REDIS_PASSWORD_FILE to the file holding it"
-            if missing
-            else "Redis refused the password (from MIMIR_REDIS_PASSWORD_FILE, or REDIS_URL's own)"
-        )
+        return said
     try:
         from mimir.core.settings import Settings
 
@@ -149,13 +150,9 @@ def redis_auth_message(exc: BaseException, *, where: bool = True) -> str:
         f"mimir server --embedded's: {state}/embedded-redis/secrets/redis-password)"
     )
     if missing:
-        return (
-            "Redis requires a password: set MIMIR_REDIS_PASSWORD_FILE to the file holding "
-            f"it {files}"
-        )
+        return f"{said} {files}"
     return (
-        "Redis refused the password (from MIMIR_REDIS_PASSWORD_FILE, or REDIS_URL's own): "
-        f"point MIMIR_REDIS_PASSWORD_FILE at the file holding this Redis's password {files}"
+        f"{said}: point MIMIR_REDIS_PASSWORD_FILE at the file holding this Redis's password {files}"
     )
 
 
